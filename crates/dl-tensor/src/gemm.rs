@@ -1,0 +1,151 @@
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+/// `c = alpha · a · b + beta · c` on any strided 2-D views (transposed views included:
+/// pass `x.t()`), single-threaded, on `matrixmultiply`'s packed kernels.
+///
+/// Shapes: `a` `(M, K)`, `b` `(K, N)`, `c` `(M, N)`. With `beta == 0` the old content of
+/// `c` is ignored (even NaN), so `c` need not be initialised.
+///
+/// # Panics
+/// If the shapes do not agree (a programmer error); the message gives all three.
+pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert!(
+        k == k2 && c.dim() == (m, n),
+        "gemm: shapes do not agree: a {:?} · b {:?} -> c {:?}",
+        a.dim(),
+        b.dim(),
+        c.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
+    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
+    let (rsc, csc) = (c.strides()[0], c.strides()[1]);
+    // SAFETY: the pointers and strides come from live ndarray views whose shapes were
+    // checked above, so every index matrixmultiply forms (i*rs + j*cs for i < rows,
+    // j < cols) lies inside the viewed memory. `c` is a unique mutable view, so it does
+    // not alias `a` or `b`, and ndarray's mutable views never alias themselves.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+            csc,
+        );
+    }
+}
+
+/// Below this many multiply-adds a product is not worth splitting across threads.
+const PAR_MIN_MACS: usize = 1 << 20;
+
+/// Like [`gemm`], but splits the larger output dimension into blocks computed on the
+/// rayon pool when the product is large enough to pay for it.
+pub fn par_gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * k < PAR_MIN_MACS {
+        return gemm(alpha, a, b, beta, c);
+    }
+    assert!(
+        b.dim().0 == k && c.dim() == (m, n),
+        "par_gemm: shapes do not agree: a {:?} · b {:?} -> c {:?}",
+        a.dim(),
+        b.dim(),
+        c.dim()
+    );
+    let parts = threads * 2;
+    if m >= n {
+        let chunk = m.div_ceil(parts).max(8);
+        c.axis_chunks_iter_mut(Axis(0), chunk)
+            .into_par_iter()
+            .zip(a.axis_chunks_iter(Axis(0), chunk).into_par_iter())
+            .for_each(|(mut cc, aa)| gemm(alpha, &aa, b, beta, &mut cc));
+    } else {
+        let chunk = n.div_ceil(parts).max(8);
+        c.axis_chunks_iter_mut(Axis(1), chunk)
+            .into_par_iter()
+            .zip(b.axis_chunks_iter(Axis(1), chunk).into_par_iter())
+            .for_each(|(mut cc, bb)| gemm(alpha, a, &bb, beta, &mut cc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::matmul_reference;
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+
+    fn random(m: usize, n: usize, seed: u64) -> Array2<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Array2::from_shape_fn((m, n), |_| rng.gen_range(-1.0..1.0))
+    }
+
+    fn close(a: &Array2<f32>, b: &Array2<f32>) {
+        assert_eq!(a.dim(), b.dim());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn gemm_matches_reference_with_transposes_alpha_beta() {
+        for &(m, k, n) in &[(1, 1, 1), (7, 5, 3), (16, 144, 784), (33, 17, 65)] {
+            let a = random(m, k, 1);
+            let b = random(k, n, 2);
+            let c0 = random(m, n, 3);
+            let want = matmul_reference(&a.view(), &b.view()) * 0.5 + &c0 * 2.0;
+            let mut c = c0.clone();
+            gemm(0.5, &a.view(), &b.view(), 2.0, &mut c.view_mut());
+            close(&c, &want);
+            // the same product through transposed (column-major) views
+            let at = a.t().to_owned();
+            let bt = b.t().to_owned();
+            let mut c = c0.clone();
+            gemm(0.5, &at.t(), &bt.t(), 2.0, &mut c.view_mut());
+            close(&c, &want);
+            // beta = 0 ignores NaN in c
+            let mut c = Array2::from_elem((m, n), f32::NAN);
+            gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
+            close(&c, &matmul_reference(&a.view(), &b.view()));
+        }
+    }
+
+    #[test]
+    fn par_gemm_matches_reference_both_split_directions() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            for &(m, k, n) in &[(300, 64, 200), (16, 144, 1000), (1000, 9, 16)] {
+                let a = random(m, k, 4);
+                let b = random(k, n, 5);
+                let mut c = Array2::zeros((m, n));
+                par_gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
+                close(&c, &matmul_reference(&a.view(), &b.view()));
+            }
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: shapes do not agree")]
+    fn gemm_names_the_shapes_on_mismatch() {
+        let a = Array2::<f32>::zeros((2, 3));
+        let b = Array2::<f32>::zeros((4, 5));
+        let mut c = Array2::<f32>::zeros((2, 5));
+        gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
+    }
+}

@@ -1,0 +1,54 @@
+//! # dl-tensor
+//!
+//! The few hot numeric kernels that every other `dlfs` crate is built from, on
+//! `ndarray` arrays of `f32` in NCHW order:
+//!
+//! * [`im2col`] / [`col2im`]: exactly the book's functions (`common/util.py`), turning a
+//!   batch `(N, C, H, W)` into the column matrix `(N*OH*OW, C*FH*FW)` and back.
+//! * [`im2col_chw`] / [`col2im_chw`]: the per-image, transposed layout
+//!   `(C*FH*FW, OH*OW)` that the fast convolution uses, so that `W · col` writes an
+//!   NCHW output directly, with no transpose.
+//! * [`gemm`]: `C = alpha · A · B + beta · C` on strided views, backed by
+//!   `matrixmultiply`, and [`par_gemm`] which splits large products across rayon threads.
+//! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
+//! * [`reference`]: plain loop implementations kept as the yardstick the fast kernels are
+//!   tested against.
+//!
+//! ```
+//! use dl_tensor::{im2col, col2im, ConvGeometry};
+//! use ndarray::Array4;
+//!
+//! let x = Array4::<f32>::ones((2, 3, 7, 7));          // (N, C, H, W)
+//! let col = im2col(&x.view(), 5, 5, 1, 0);             // the book's im2col
+//! assert_eq!(col.dim(), (2 * 3 * 3, 3 * 5 * 5));       // (N*OH*OW, C*FH*FW)
+//! let back = col2im(&col.view(), (2, 3, 7, 7), 5, 5, 1, 0);
+//! assert_eq!(back.dim(), (2, 3, 7, 7));
+//! let g = ConvGeometry::new(3, 7, 7, 5, 5, 1, 0).unwrap();
+//! assert_eq!((g.out_h, g.out_w), (3, 3));
+//! ```
+
+mod denormal;
+mod gemm;
+mod im2col;
+mod ops;
+pub mod reference;
+
+pub use denormal::flush_denormals_to_zero;
+pub use gemm::{gemm, par_gemm};
+pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry};
+pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
+
+/// The tensor type used across dlfs: a dynamically shaped `f32` array (NCHW for images).
+pub type Tensor = ndarray::ArrayD<f32>;
+
+/// A parameter handed to an optimizer: its name (unique within the network, e.g. `"W1"`),
+/// its value, updated in place, and its gradient from the last backward pass.
+#[derive(Debug)]
+pub struct ParamMut<'a> {
+    /// Unique name of the parameter within its network (the book's dictionary key).
+    pub name: String,
+    /// The parameter value, updated in place by the optimizer.
+    pub value: &'a mut Tensor,
+    /// The gradient of the loss with respect to `value`, same shape.
+    pub grad: &'a Tensor,
+}
