@@ -1,14 +1,181 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! # dl-layers
+//!
+//! The book's layers (`common/layers.py`), one file each, with `forward` and `backward`
+//! side by side and the cache each layer needs kept on the layer:
+//! [`Relu`], [`Sigmoid`], [`Affine`], [`SoftmaxWithLoss`], [`Dropout`],
+//! [`BatchNormalization`], [`Convolution`], [`Pooling`]; plus [`Sequential`], which
+//! chains layers and is itself a [`Layer`], the first of the composite blocks.
+//!
+//! Every layer implements [`Layer`]: `forward` takes its input by value (so `Relu` works
+//! in place and `Convolution` keeps what it needs without a copy) and returns a typed
+//! [`LayerError`] when the input has the wrong shape; `backward` takes the upstream
+//! gradient and returns the gradient for the input; parameters and their gradients are
+//! reached by name through [`Layer::params`] and [`Layer::params_mut`].
+//!
+//! [`gradcheck`] holds the numerical-gradient check that every layer is tested with.
+//!
+//! ```
+//! use dl_layers::{Convolution, Init, Layer, Pooling, Relu};
+//! use ndarray::ArrayD;
+//!
+//! let mut conv = Convolution::new(1, 16, 3, 3, 1, 1, Init::He, 42);
+//! let mut relu = Relu::new();
+//! let mut pool = Pooling::max(2, 2, 2, 0);
+//! let x = ArrayD::<f32>::zeros(vec![8, 1, 28, 28]);          // (N, C, H, W)
+//! let y = conv.forward(x, true).unwrap();                    // (8, 16, 28, 28)
+//! let y = pool.forward(relu.forward(y, true).unwrap(), true).unwrap();
+//! assert_eq!(y.shape(), &[8, 16, 14, 14]);
+//! // a wrong channel count is an error that names the layer and both shapes
+//! let err = conv.forward(ArrayD::zeros(vec![8, 3, 28, 28]), false).unwrap_err();
+//! assert!(err.to_string().contains("Convolution"));
+//! ```
+
+mod affine;
+mod batch_norm;
+mod convolution;
+mod dropout;
+pub mod gradcheck;
+mod init;
+mod pooling;
+mod relu;
+mod sequential;
+mod sigmoid;
+mod softmax_with_loss;
+
+pub use affine::Affine;
+pub use batch_norm::{BatchNormalization, BatchNormMode};
+pub use convolution::Convolution;
+pub use dl_tensor::Tensor;
+pub use dropout::Dropout;
+pub use init::Init;
+pub use pooling::{PoolKind, Pooling};
+pub use relu::Relu;
+pub use sequential::Sequential;
+pub use sigmoid::Sigmoid;
+pub use softmax_with_loss::{Labels, SoftmaxWithLoss};
+
+/// A trainable parameter: its value and the gradient from the last backward pass (same
+/// shape).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// The value.
+    pub value: Tensor,
+    /// `dL/dvalue` from the last backward pass.
+    pub grad: Tensor,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Param {
+    /// A parameter with the given value and a zero gradient.
+    pub fn new(value: Tensor) -> Self {
+        let grad = Tensor::zeros(value.raw_dim());
+        Self { value, grad }
     }
+}
+
+/// Why a layer refused its input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LayerError {
+    /// The input has the wrong shape for this layer.
+    #[error("{layer}: expected input of shape {expected}, got {given:?}")]
+    Shape {
+        /// The layer's name, e.g. `"Convolution"`.
+        layer: String,
+        /// The expected shape, in words, e.g. `"(N, 3, H, W)"`.
+        expected: String,
+        /// The shape that was given.
+        given: Vec<usize>,
+    },
+    /// The window does not fit the input.
+    #[error("{layer}: {source}")]
+    Geometry {
+        /// The layer's name.
+        layer: String,
+        /// What is wrong with the window.
+        source: dl_tensor::GeometryError,
+    },
+    /// Anything else the layer cannot accept: labels that do not fit the scores, a
+    /// configuration that cannot work.
+    #[error("{layer}: {message}")]
+    Invalid {
+        /// The layer's name.
+        layer: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl LayerError {
+    pub(crate) fn shape(layer: &str, expected: impl Into<String>, given: &[usize]) -> Self {
+        LayerError::Shape {
+            layer: layer.to_string(),
+            expected: expected.into(),
+            given: given.to_vec(),
+        }
+    }
+}
+
+/// One layer of a network: the book's `forward`/`backward` pair and its parameters.
+///
+/// `forward` must be called before `backward`; the layer keeps what `backward` needs
+/// from the last `forward` with `train = true`.
+pub trait Layer: Send + Sync {
+    /// The book's name for the layer, e.g. `"Convolution"`.
+    fn name(&self) -> &str;
+
+    /// Computes the output. `train` selects training behaviour (dropout masks,
+    /// batch statistics) and makes the layer keep what `backward` needs.
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError>;
+
+    /// Given `dL/dout`, stores the parameter gradients and returns `dL/dx`.
+    ///
+    /// # Panics
+    /// If called without a preceding training `forward`, or with a `dout` whose shape is
+    /// not that of the last output: both are programmer errors.
+    fn backward(&mut self, dout: Tensor) -> Tensor;
+
+    /// The trainable parameters by local name (`"W"`, `"b"`, `"gamma"`, ...), in a fixed
+    /// order.
+    fn params(&self) -> Vec<(String, &Param)> {
+        Vec::new()
+    }
+
+    /// Mutable access to the same parameters, in the same order.
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        Vec::new()
+    }
+
+    /// Non-trainable state that must be saved with the parameters (batch norm's running
+    /// mean and variance), by local name.
+    fn buffers(&self) -> Vec<(String, &Tensor)> {
+        Vec::new()
+    }
+
+    /// Mutable access to the buffers, in the same order.
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        Vec::new()
+    }
+
+    /// The output shape for a given input shape (batch dimension included), or the
+    /// error `forward` would give.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;
+
+    /// A boxed copy of the layer, parameters and state included.
+    fn clone_box(&self) -> Box<dyn Layer>;
+}
+
+impl Clone for Box<dyn Layer> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// Checks `dout` has the shape `backward` expects, naming the layer otherwise.
+pub(crate) fn check_dout(layer: &str, dout: &Tensor, expected: &[usize]) {
+    assert_eq!(
+        dout.shape(),
+        expected,
+        "{layer}::backward: dout has shape {:?}, the last forward output had {:?}",
+        dout.shape(),
+        expected
+    );
 }

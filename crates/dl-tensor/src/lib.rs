@@ -35,7 +35,7 @@ pub mod reference;
 
 pub use denormal::flush_denormals_to_zero;
 pub use gemm::{gemm, par_gemm};
-pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry};
+pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
 
 /// The tensor type used across dlfs: a dynamically shaped `f32` array (NCHW for images).

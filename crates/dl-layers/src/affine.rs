@@ -1,0 +1,119 @@
+use dl_tensor::{gemm, Tensor};
+use ndarray::{Array2, Axis, Ix2};
+
+use crate::{check_dout, Init, Layer, LayerError, Param};
+
+/// The book's `Affine`: `out = x · W + b` with `W` `(D, M)` and `b` `(M,)`.
+///
+/// Input `(N, D)`, or any `(N, ...)` whose trailing dimensions multiply to `D` (a
+/// `(N, C, H, W)` feature map is flattened, and `backward` restores its shape, as in the
+/// book). Output `(N, M)`.
+#[derive(Debug, Clone)]
+pub struct Affine {
+    /// Weights `(D, M)`.
+    pub w: Param,
+    /// Bias `(M,)`.
+    pub b: Param,
+    x: Option<Array2<f32>>,
+    original_shape: Vec<usize>,
+}
+
+impl Affine {
+    /// An Affine layer from `input_size` to `output_size`, weights drawn by `init`
+    /// (fan-in `input_size`) from `seed`, zero bias.
+    pub fn new(input_size: usize, output_size: usize, init: Init, seed: u64) -> Self {
+        Self::from_params(
+            init.sample(&[input_size, output_size], input_size, seed),
+            Tensor::zeros(vec![output_size]),
+        )
+    }
+
+    /// An Affine layer with the given `W` `(D, M)` and `b` `(M,)`.
+    ///
+    /// # Panics
+    /// If the shapes do not fit each other.
+    pub fn from_params(w: Tensor, b: Tensor) -> Self {
+        assert!(
+            w.ndim() == 2 && b.ndim() == 1 && w.shape()[1] == b.shape()[0],
+            "Affine: W {:?} and b {:?} do not fit",
+            w.shape(),
+            b.shape()
+        );
+        Self {
+            w: Param::new(w),
+            b: Param::new(b),
+            x: None,
+            original_shape: Vec::new(),
+        }
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        (self.w.value.shape()[0], self.w.value.shape()[1])
+    }
+}
+
+impl Layer for Affine {
+    fn name(&self) -> &str {
+        "Affine"
+    }
+
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let out_shape = self.output_shape(x.shape())?;
+        let (d, m) = self.dims();
+        let n = out_shape[0];
+        let shape = x.shape().to_vec();
+        let x2 = x
+            .into_shape_with_order((n, d))
+            .map_err(|_| LayerError::shape("Affine", format!("(N, {d})"), &shape))?
+            .into_owned();
+        let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
+        let mut out = Array2::<f32>::zeros((n, m));
+        out += &self.b.value.view().into_dimensionality::<ndarray::Ix1>().expect("1-D b");
+        gemm(1.0, &x2.view(), &w, 1.0, &mut out.view_mut());
+        if train {
+            self.x = Some(x2);
+            self.original_shape = shape;
+        }
+        Ok(out.into_dyn())
+    }
+
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        let x = self.x.as_ref().expect("Affine::backward before a training forward");
+        let (d, m) = self.dims();
+        check_dout("Affine", &dout, &[x.nrows(), m]);
+        let dout = dout.into_dimensionality::<Ix2>().expect("2-D dout");
+        let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
+        let mut dx = Array2::<f32>::zeros((x.nrows(), d));
+        gemm(1.0, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
+        let mut dw = self.w.grad.view_mut().into_dimensionality::<Ix2>().expect("2-D dW");
+        gemm(1.0, &x.t(), &dout.view(), 0.0, &mut dw);
+        self.b.grad.assign(&dout.sum_axis(Axis(0)));
+        dx.into_dyn()
+            .into_shape_with_order(self.original_shape.clone())
+            .expect("original shape")
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        vec![("W".into(), &self.w), ("b".into(), &self.b)]
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        vec![("W".into(), &mut self.w), ("b".into(), &mut self.b)]
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        let (d, m) = self.dims();
+        if input.len() < 2 || input[1..].iter().product::<usize>() != d {
+            return Err(LayerError::shape(
+                "Affine",
+                format!("(N, {d}) or (N, ...) with {d} values per sample"),
+                input,
+            ));
+        }
+        Ok(vec![input[0], m])
+    }
+
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}

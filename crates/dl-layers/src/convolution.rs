@@ -1,0 +1,230 @@
+use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, Tensor};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
+use rayon::prelude::*;
+
+use crate::{check_dout, Init, Layer, LayerError, Param};
+
+/// The book's `Convolution`: filters `W` `(FN, C, FH, FW)`, bias `b` `(FN,)`, stride and
+/// zero padding. Input `(N, C, H, W)`, output `(N, FN, OH, OW)`.
+///
+/// The book lowers the whole batch with `im2col` to `(N*OH*OW, C*FH*FW)`, multiplies by
+/// `W^T` and transposes the result back to NCHW. This layer computes the same numbers
+/// image by image, in parallel over the batch: each image is lowered with
+/// [`im2col_chw`] to `(C*FH*FW, OH*OW)` and `W · col` is written straight into that
+/// image's `(FN, OH*OW)` output, so no transpose is needed. The tests compare it with the
+/// book's formulation and with a direct convolution.
+#[derive(Debug, Clone)]
+pub struct Convolution {
+    /// Filters `(FN, C, FH, FW)`.
+    pub w: Param,
+    /// Bias `(FN,)`.
+    pub b: Param,
+    stride: usize,
+    pad: usize,
+    /// The lowered input of the last training forward, `N` blocks of `(C*FH*FW, OH*OW)`.
+    col: Vec<f32>,
+    /// Geometry and batch size of the last training forward.
+    cache: Option<(ConvGeometry, usize)>,
+}
+
+impl Convolution {
+    /// A convolution from `in_channels` to `filters` channels with `fh x fw` filters,
+    /// weights drawn by `init` (fan-in `C*FH*FW`) from `seed`, zero bias.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        filters: usize,
+        fh: usize,
+        fw: usize,
+        stride: usize,
+        pad: usize,
+        init: Init,
+        seed: u64,
+    ) -> Self {
+        let fan_in = in_channels * fh * fw;
+        Self::from_params(
+            init.sample(&[filters, in_channels, fh, fw], fan_in, seed),
+            Tensor::zeros(vec![filters]),
+            stride,
+            pad,
+        )
+    }
+
+    /// A convolution with the given `W` `(FN, C, FH, FW)` and `b` `(FN,)`.
+    ///
+    /// # Panics
+    /// If the shapes do not fit each other or `stride == 0`.
+    pub fn from_params(w: Tensor, b: Tensor, stride: usize, pad: usize) -> Self {
+        assert!(
+            w.ndim() == 4 && b.ndim() == 1 && w.shape()[0] == b.shape()[0],
+            "Convolution: W {:?} and b {:?} do not fit",
+            w.shape(),
+            b.shape()
+        );
+        assert!(stride >= 1, "Convolution: stride must be at least 1");
+        Self {
+            w: Param::new(w),
+            b: Param::new(b),
+            stride,
+            pad,
+            col: Vec::new(),
+            cache: None,
+        }
+    }
+
+    /// `(FN, C, FH, FW)`.
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        let s = self.w.value.shape();
+        (s[0], s[1], s[2], s[3])
+    }
+
+    fn geometry(&self, input: &[usize]) -> Result<ConvGeometry, LayerError> {
+        let (_, c, fh, fw) = self.dims();
+        if input.len() != 4 || input[1] != c {
+            return Err(LayerError::shape("Convolution", format!("(N, {c}, H, W)"), input));
+        }
+        ConvGeometry::new(c, input[2], input[3], fh, fw, self.stride, self.pad).map_err(|source| {
+            LayerError::Geometry {
+                layer: "Convolution".into(),
+                source,
+            }
+        })
+    }
+
+    /// `W` seen as the matrix `(FN, C*FH*FW)`.
+    fn w_matrix(&self) -> ArrayView2<'_, f32> {
+        let (f, c, fh, fw) = self.dims();
+        self.w
+            .value
+            .view()
+            .into_shape_with_order((f, c * fh * fw))
+            .expect("contiguous W")
+    }
+}
+
+/// One image: `out (FN, OH*OW) = W · col + b`.
+fn forward_image(w: &ArrayView2<f32>, bias: &[f32], col: &[f32], g: &ConvGeometry, out: &mut [f32]) {
+    let col = ArrayView2::from_shape((g.col_rows(), g.col_cols()), col).expect("col block");
+    let mut out = ArrayViewMut2::from_shape((w.nrows(), g.col_cols()), out).expect("out block");
+    for (mut row, &b) in out.axis_iter_mut(Axis(0)).zip(bias) {
+        row.fill(b);
+    }
+    gemm(1.0, w, &col, 1.0, &mut out);
+}
+
+impl Layer for Convolution {
+    fn name(&self) -> &str {
+        "Convolution"
+    }
+
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let g = self.geometry(x.shape())?;
+        let n = x.shape()[0];
+        let (f, ..) = self.dims();
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
+        let mut out = vec![0.0f32; n * out_len];
+        let mut col = std::mem::take(&mut self.col);
+        let w = self.w_matrix();
+        let bias = self.b.value.as_slice().expect("contiguous b");
+        if train {
+            col.resize(n * col_len, 0.0);
+            out.par_chunks_mut(out_len)
+                .zip(col.par_chunks_mut(col_len))
+                .zip(xs.par_chunks(in_len))
+                .for_each(|((o, c), xi)| {
+                    im2col_chw(xi, &g, c);
+                    forward_image(&w, bias, c, &g, o);
+                });
+        } else {
+            out.par_chunks_mut(out_len)
+                .zip(xs.par_chunks(in_len))
+                .for_each_init(
+                    || vec![0.0f32; col_len],
+                    |c, (o, xi)| {
+                        im2col_chw(xi, &g, c);
+                        forward_image(&w, bias, c, &g, o);
+                    },
+                );
+        }
+        self.col = col;
+        if train {
+            self.cache = Some((g, n));
+        }
+        Ok(Tensor::from_shape_vec(vec![n, f, g.out_h, g.out_w], out).expect("output shape"))
+    }
+
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        let (g, n) = self.cache.expect("Convolution::backward before a training forward");
+        let (f, c, fh, fw) = self.dims();
+        check_dout("Convolution", &dout, &[n, f, g.out_h, g.out_w]);
+        let dout = dout.as_standard_layout();
+        let ds = dout.as_slice().expect("standard layout");
+        let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
+        let ckk = c * fh * fw;
+        let mut dx = vec![0.0f32; n * in_len];
+        let w = self.w_matrix();
+        let zero = || (Array2::<f32>::zeros((f, ckk)), vec![0.0f32; f], vec![0.0f32; col_len]);
+        let (dw, db, _) = dx
+            .par_chunks_mut(in_len)
+            .zip(ds.par_chunks(out_len))
+            .zip(self.col.par_chunks(col_len))
+            .fold(zero, |(mut dw, mut db, mut dcol), ((dxi, di), ci)| {
+                let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                let colv = ArrayView2::from_shape((ckk, g.col_cols()), ci).expect("col block");
+                // dW += dout_i · col_i^T ; db += row sums of dout_i
+                gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
+                for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
+                    *acc += row.sum();
+                }
+                // dcol = W^T · dout_i, then col2im into dx_i
+                let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                col2im_chw(&dcol, &g, dxi);
+                (dw, db, dcol)
+            })
+            .map(|(dw, db, _)| (dw, db, Vec::<f32>::new()))
+            .reduce(
+                || (Array2::zeros((f, ckk)), vec![0.0f32; f], Vec::new()),
+                |(mut a, mut ab, _), (b, bb, _)| {
+                    a += &b;
+                    for (x, y) in ab.iter_mut().zip(&bb) {
+                        *x += y;
+                    }
+                    (a, ab, Vec::new())
+                },
+            );
+        self.w
+            .grad
+            .view_mut()
+            .into_shape_with_order((f, ckk))
+            .expect("contiguous dW")
+            .into_dimensionality::<Ix2>()
+            .expect("2-D")
+            .assign(&dw);
+        self.b
+            .grad
+            .as_slice_mut()
+            .expect("contiguous db")
+            .copy_from_slice(&db);
+        Tensor::from_shape_vec(vec![n, g.c, g.h, g.w], dx).expect("dx shape")
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        vec![("W".into(), &self.w), ("b".into(), &self.b)]
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        vec![("W".into(), &mut self.w), ("b".into(), &mut self.b)]
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        let g = self.geometry(input)?;
+        Ok(vec![input[0], self.dims().0, g.out_h, g.out_w])
+    }
+
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,108 @@
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{check_dout, Layer, LayerError, Tensor};
+
+/// The book's `Dropout`, any input shape.
+///
+/// By default it is the book's *non-inverted* form: training multiplies by a 0/1 mask
+/// (a unit is kept when a uniform draw is `> ratio`), evaluation multiplies by
+/// `1 - ratio`. The weights the book trained expect exactly this. [`Dropout::inverted`]
+/// gives the common modern form: training divides the kept units by `1 - ratio`,
+/// evaluation is the identity.
+///
+/// The mask comes from the layer's own seeded ChaCha8 generator, so a run is
+/// reproducible from its seed.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    ratio: f32,
+    inverted: bool,
+    rng: ChaCha8Rng,
+    mask: Vec<bool>,
+    shape: Vec<usize>,
+}
+
+impl Dropout {
+    /// The book's non-inverted dropout dropping a fraction `ratio` of units.
+    ///
+    /// # Panics
+    /// If `ratio` is not in `[0, 1)`.
+    pub fn new(ratio: f32, seed: u64) -> Self {
+        assert!((0.0..1.0).contains(&ratio), "Dropout: ratio {ratio} not in [0, 1)");
+        Self {
+            ratio,
+            inverted: false,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            mask: Vec::new(),
+            shape: Vec::new(),
+        }
+    }
+
+    /// Inverted dropout: kept units are scaled by `1 / (1 - ratio)` in training and
+    /// evaluation is the identity.
+    pub fn inverted(ratio: f32, seed: u64) -> Self {
+        Self {
+            inverted: true,
+            ..Self::new(ratio, seed)
+        }
+    }
+
+    /// The dropout ratio.
+    pub fn ratio(&self) -> f32 {
+        self.ratio
+    }
+
+    /// Restarts the mask generator from `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
+    fn keep_scale(&self) -> f32 {
+        if self.inverted {
+            1.0 / (1.0 - self.ratio)
+        } else {
+            1.0
+        }
+    }
+}
+
+impl Layer for Dropout {
+    fn name(&self) -> &str {
+        "Dropout"
+    }
+
+    fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        if train {
+            let ratio = self.ratio;
+            self.mask.clear();
+            let rng = &mut self.rng;
+            self.mask.extend((0..x.len()).map(|_| rng.gen::<f32>() > ratio));
+            self.shape = x.shape().to_vec();
+            let scale = self.keep_scale();
+            for (v, &keep) in x.iter_mut().zip(&self.mask) {
+                *v = if keep { *v * scale } else { 0.0 };
+            }
+        } else if !self.inverted {
+            let scale = 1.0 - self.ratio;
+            x.mapv_inplace(|v| v * scale);
+        }
+        Ok(x)
+    }
+
+    fn backward(&mut self, mut dout: Tensor) -> Tensor {
+        check_dout("Dropout", &dout, &self.shape);
+        let scale = self.keep_scale();
+        for (d, &keep) in dout.iter_mut().zip(&self.mask) {
+            *d = if keep { *d * scale } else { 0.0 };
+        }
+        dout
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        Ok(input.to_vec())
+    }
+
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,194 @@
+use dl_tensor::{ConvGeometry, Tensor};
+use rayon::prelude::*;
+
+use crate::{check_dout, Layer, LayerError};
+
+/// Which reduction a [`Pooling`] layer applies to each window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The maximum (the book's `Pooling`).
+    Max,
+    /// The mean over the `PH x PW` window (padding counts as zero).
+    Average,
+}
+
+/// The book's `Pooling`: a `PH x PW` window moved with `stride` over each channel.
+/// Input `(N, C, H, W)`, output `(N, C, OH, OW)`.
+///
+/// The book computes it through `im2col`; this layer walks the windows directly (the
+/// same numbers, tested against the reference), and remembers for max pooling which
+/// input won each window (the book's `arg_max`). Padding, when asked for, never wins a
+/// max window.
+#[derive(Debug, Clone)]
+pub struct Pooling {
+    kind: PoolKind,
+    ph: usize,
+    pw: usize,
+    stride: usize,
+    pad: usize,
+    /// For max pooling: the index within its `(H, W)` plane of each output's winner.
+    arg_max: Vec<u32>,
+    cache: Option<(ConvGeometry, usize)>,
+}
+
+impl Pooling {
+    /// Max pooling, the book's `Pooling(pool_h, pool_w, stride, pad)`.
+    pub fn max(pool_h: usize, pool_w: usize, stride: usize, pad: usize) -> Self {
+        Self::new(PoolKind::Max, pool_h, pool_w, stride, pad)
+    }
+
+    /// Average pooling.
+    pub fn average(pool_h: usize, pool_w: usize, stride: usize, pad: usize) -> Self {
+        Self::new(PoolKind::Average, pool_h, pool_w, stride, pad)
+    }
+
+    /// A pooling layer of the given kind.
+    pub fn new(kind: PoolKind, pool_h: usize, pool_w: usize, stride: usize, pad: usize) -> Self {
+        Self {
+            kind,
+            ph: pool_h,
+            pw: pool_w,
+            stride,
+            pad,
+            arg_max: Vec::new(),
+            cache: None,
+        }
+    }
+
+    fn geometry(&self, input: &[usize]) -> Result<ConvGeometry, LayerError> {
+        if input.len() != 4 {
+            return Err(LayerError::shape("Pooling", "(N, C, H, W)", input));
+        }
+        let g = ConvGeometry::new(input[1], input[2], input[3], self.ph, self.pw, self.stride, self.pad)
+            .map_err(|source| LayerError::Geometry {
+                layer: "Pooling".into(),
+                source,
+            })?;
+        if self.pad >= self.ph || self.pad >= self.pw {
+            return Err(LayerError::Invalid {
+                layer: "Pooling".into(),
+                message: format!("padding {} must be smaller than the window {}x{}", self.pad, self.ph, self.pw),
+            });
+        }
+        Ok(g)
+    }
+
+    /// The input range `[lo, hi)` covered by output `o` along an axis of length `len`.
+    #[inline]
+    fn window(&self, o: usize, k: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.stride) as isize - self.pad as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + k as isize).max(0) as usize).min(len);
+        (lo, hi)
+    }
+}
+
+impl Layer for Pooling {
+    fn name(&self) -> &str {
+        "Pooling"
+    }
+
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let g = self.geometry(x.shape())?;
+        let n = x.shape()[0];
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let (plane, oplane) = (g.h * g.w, g.out_h * g.out_w);
+        let mut out = vec![0.0f32; n * g.c * oplane];
+        let mut arg = std::mem::take(&mut self.arg_max);
+        match self.kind {
+            PoolKind::Max => {
+                arg.resize(n * g.c * oplane, 0);
+                out.par_chunks_mut(oplane)
+                    .zip(arg.par_chunks_mut(oplane))
+                    .zip(xs.par_chunks(plane))
+                    .for_each(|((o, a), p)| {
+                        for oy in 0..g.out_h {
+                            let (y0, y1) = self.window(oy, g.fh, g.h);
+                            for ox in 0..g.out_w {
+                                let (x0, x1) = self.window(ox, g.fw, g.w);
+                                let mut best = f32::NEG_INFINITY;
+                                let mut best_i = y0 * g.w + x0;
+                                for yy in y0..y1 {
+                                    for (xx, &v) in p[yy * g.w + x0..yy * g.w + x1].iter().enumerate() {
+                                        if v > best {
+                                            best = v;
+                                            best_i = yy * g.w + x0 + xx;
+                                        }
+                                    }
+                                }
+                                o[oy * g.out_w + ox] = best;
+                                a[oy * g.out_w + ox] = best_i as u32;
+                            }
+                        }
+                    });
+            }
+            PoolKind::Average => {
+                let area = (g.fh * g.fw) as f32;
+                out.par_chunks_mut(oplane).zip(xs.par_chunks(plane)).for_each(|(o, p)| {
+                    for oy in 0..g.out_h {
+                        let (y0, y1) = self.window(oy, g.fh, g.h);
+                        for ox in 0..g.out_w {
+                            let (x0, x1) = self.window(ox, g.fw, g.w);
+                            let s: f32 = (y0..y1).map(|yy| p[yy * g.w + x0..yy * g.w + x1].iter().sum::<f32>()).sum();
+                            o[oy * g.out_w + ox] = s / area;
+                        }
+                    }
+                });
+            }
+        }
+        self.arg_max = arg;
+        if train {
+            self.cache = Some((g, n));
+        }
+        Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"))
+    }
+
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        let (g, n) = self.cache.expect("Pooling::backward before a training forward");
+        check_dout("Pooling", &dout, &[n, g.c, g.out_h, g.out_w]);
+        let dout = dout.as_standard_layout();
+        let ds = dout.as_slice().expect("standard layout");
+        let (plane, oplane) = (g.h * g.w, g.out_h * g.out_w);
+        let mut dx = vec![0.0f32; n * g.c * plane];
+        match self.kind {
+            PoolKind::Max => {
+                dx.par_chunks_mut(plane)
+                    .zip(ds.par_chunks(oplane))
+                    .zip(self.arg_max.par_chunks(oplane))
+                    .for_each(|((d, o), a)| {
+                        for (&v, &i) in o.iter().zip(a) {
+                            d[i as usize] += v;
+                        }
+                    });
+            }
+            PoolKind::Average => {
+                let area = (g.fh * g.fw) as f32;
+                dx.par_chunks_mut(plane).zip(ds.par_chunks(oplane)).for_each(|(d, o)| {
+                    for oy in 0..g.out_h {
+                        let (y0, y1) = self.window(oy, g.fh, g.h);
+                        for ox in 0..g.out_w {
+                            let (x0, x1) = self.window(ox, g.fw, g.w);
+                            let v = o[oy * g.out_w + ox] / area;
+                            for yy in y0..y1 {
+                                for e in &mut d[yy * g.w + x0..yy * g.w + x1] {
+                                    *e += v;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Tensor::from_shape_vec(vec![n, g.c, g.h, g.w], dx).expect("dx shape")
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        let g = self.geometry(input)?;
+        Ok(vec![input[0], input[1], g.out_h, g.out_w])
+    }
+
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}

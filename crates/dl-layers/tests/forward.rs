@@ -1,0 +1,141 @@
+//! Forward passes against the plain reference kernels, and the behaviour the book fixes.
+
+use dl_layers::gradcheck::random_input;
+use dl_layers::{
+    Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Labels, Layer, LayerError, Pooling, Relu,
+    Sequential, SoftmaxWithLoss, Tensor,
+};
+use dl_tensor::reference::{conv2d_reference, pool_reference};
+use ndarray::{Ix1, Ix4};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
+    for (i, &(c, f, k, s, p, h, w)) in [(1, 16, 3, 1, 1, 28, 28), (3, 5, 3, 2, 2, 9, 7), (4, 6, 5, 1, 0, 8, 9)]
+        .iter()
+        .enumerate()
+    {
+        let mut conv = Convolution::new(c, f, k, k, s, p, Init::He, i as u64);
+        conv.b.value = random_input(&[f], 0.0, 50 + i as u64);
+        let x = random_input(&[3, c, h, w], 0.0, 60 + i as u64);
+        let want = conv2d_reference(
+            &x.view().into_dimensionality::<Ix4>().unwrap(),
+            &conv.w.value.view().into_dimensionality::<Ix4>().unwrap(),
+            &conv.b.value.view().into_dimensionality::<Ix1>().unwrap(),
+            s,
+            p,
+        )
+        .into_dyn();
+        for train in [true, false] {
+            let got = conv.forward(x.clone(), train).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-4, "case {i} train={train}");
+        }
+    }
+}
+
+#[test]
+fn pooling_forward_matches_reference() {
+    for (i, &(k, s, p, h, w)) in [(2, 2, 0, 8, 8), (3, 2, 0, 7, 6), (3, 2, 1, 5, 6), (2, 1, 0, 4, 5)].iter().enumerate() {
+        let x = random_input(&[2, 3, h, w], 0.0, i as u64);
+        let v = x.view().into_dimensionality::<Ix4>().unwrap();
+        let got = Pooling::max(k, k, s, p).forward(x.clone(), false).unwrap();
+        assert_eq!(got, pool_reference(&v, k, k, s, p, false).into_dyn(), "max case {i}");
+        let got = Pooling::average(k, k, s, p).forward(x.clone(), false).unwrap();
+        let want = pool_reference(&v, k, k, s, p, true).into_dyn();
+        assert!(max_abs_diff(&got, &want) < 1e-6, "avg case {i}");
+    }
+}
+
+#[test]
+fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
+    let x = Tensor::ones(vec![100, 100]);
+    let mut d = Dropout::new(0.5, 1);
+    assert_eq!(d.forward(x.clone(), false).unwrap(), Tensor::from_elem(vec![100, 100], 0.5));
+    let y = d.forward(x.clone(), true).unwrap();
+    let kept = y.iter().filter(|&&v| v == 1.0).count();
+    assert_eq!(kept + y.iter().filter(|&&v| v == 0.0).count(), 10_000);
+    assert!((4_700..5_300).contains(&kept), "{kept}");
+    // same seed, same mask; next call, a new mask
+    assert_eq!(Dropout::new(0.5, 1).forward(x.clone(), true).unwrap(), y);
+    assert_ne!(d.forward(x.clone(), true).unwrap(), y);
+    // inverted: eval is the identity and the expected train output is the input
+    let mut inv = Dropout::inverted(0.5, 1);
+    assert_eq!(inv.forward(x.clone(), false).unwrap(), x);
+    let y = inv.forward(x.clone(), true).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+}
+
+#[test]
+fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
+    let mut bn = BatchNormalization::new(4, BatchNormMode::PerActivation);
+    let x = random_input(&[50, 4], 0.0, 3) * 3.0 + 2.0;
+    let y = bn.forward(x.clone(), true).unwrap();
+    for col in y.view().into_dimensionality::<ndarray::Ix2>().unwrap().columns() {
+        let m = col.mean().unwrap();
+        let v = col.mapv(|a| (a - m) * (a - m)).mean().unwrap();
+        assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-3, "mean {m} var {v}");
+    }
+    // after one step with momentum 0.9 the running mean is 0.1 * batch mean
+    let batch_mean = x.view().into_dimensionality::<ndarray::Ix2>().unwrap().mean_axis(ndarray::Axis(0)).unwrap();
+    for (r, m) in bn.running_mean.iter().zip(batch_mean.iter()) {
+        assert!((r - 0.1 * m).abs() < 1e-5);
+    }
+    // eval: (x - running_mean) / sqrt(running_var + 1e-6)
+    bn.running_mean.fill(1.0);
+    bn.running_var.fill(4.0);
+    let y = bn.forward(Tensor::from_elem(vec![2, 4], 3.0), false).unwrap();
+    assert!(y.iter().all(|&v| (v - 1.0).abs() < 1e-5));
+    // per-channel statistics span N, H and W
+    let mut bn = BatchNormalization::new(2, BatchNormMode::PerChannel);
+    let x = random_input(&[3, 2, 4, 4], 0.0, 4) + 5.0;
+    let y = bn.forward(x, true).unwrap();
+    let ch0: Vec<f32> = y.slice(ndarray::s![.., 0, .., ..]).iter().copied().collect();
+    assert!((ch0.iter().sum::<f32>() / ch0.len() as f32).abs() < 1e-5);
+}
+
+#[test]
+fn wrong_input_shapes_are_errors_that_name_layer_and_shapes() {
+    let mut conv = Convolution::new(1, 16, 3, 3, 1, 1, Init::He, 0);
+    let e = conv.forward(Tensor::zeros(vec![2, 3, 28, 28]), true).unwrap_err();
+    assert_eq!(e.to_string(), "Convolution: expected input of shape (N, 1, H, W), got [2, 3, 28, 28]");
+    let e = conv.forward(Tensor::zeros(vec![28, 28]), true).unwrap_err();
+    assert!(matches!(e, LayerError::Shape { .. }));
+    let e = Affine::new(1024, 50, Init::He, 0).forward(Tensor::zeros(vec![5, 1000]), true).unwrap_err();
+    assert!(e.to_string().starts_with("Affine: expected input of shape (N, 1024)"), "{e}");
+    assert!(e.to_string().contains("[5, 1000]"), "{e}");
+    let e = Pooling::max(2, 2, 2, 0).forward(Tensor::zeros(vec![1, 1, 1, 1]), true).unwrap_err();
+    assert!(e.to_string().starts_with("Pooling:"), "{e}");
+    let e = BatchNormalization::new(3, BatchNormMode::PerChannel)
+        .forward(Tensor::zeros(vec![2, 4, 2, 2]), true)
+        .unwrap_err();
+    assert!(e.to_string().contains("BatchNormalization") && e.to_string().contains("(N, 3, H, W)"));
+    let mut loss = SoftmaxWithLoss::new();
+    let e = loss.forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1, 10])).unwrap_err();
+    assert_eq!(e.to_string(), "SoftmaxWithLoss: label 10 out of range 0..10");
+    let e = loss.forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1])).unwrap_err();
+    assert!(e.to_string().contains("2 score rows but 1 labels"));
+}
+
+#[test]
+fn sequential_reports_output_shape_and_the_first_failing_layer() {
+    let net = Sequential::new()
+        .with(Convolution::new(1, 4, 3, 3, 1, 1, Init::He, 0))
+        .with(Relu::new())
+        .with(Pooling::max(2, 2, 2, 0))
+        .with(Affine::new(4 * 14 * 14, 10, Init::He, 1));
+    assert_eq!(net.output_shape(&[7, 1, 28, 28]).unwrap(), vec![7, 10]);
+    let e = net.output_shape(&[7, 1, 30, 30]).unwrap_err();
+    assert!(e.to_string().starts_with("Affine"), "{e}");
+}
+
+#[test]
+#[should_panic(expected = "Convolution::backward: dout has shape")]
+fn backward_with_a_wrong_dout_names_the_layer() {
+    let mut conv = Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 0);
+    conv.forward(Tensor::zeros(vec![1, 1, 4, 4]), true).unwrap();
+    conv.backward(Tensor::zeros(vec![1, 3, 4, 4]));
+}

@@ -1,0 +1,169 @@
+//! Every layer's backward against the numerical gradient: input gradient and every
+//! parameter gradient, on small odd shapes, batch > 1, stride 2, pad 2.
+
+use dl_layers::gradcheck::{check_layer, random_input};
+use dl_layers::{
+    Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Labels, Layer, Pooling, Relu, Sequential,
+    Sigmoid, SoftmaxWithLoss, Tensor,
+};
+
+const TOL: f64 = 2e-2;
+
+fn assert_grads<L: Layer + Clone>(what: &str, layer: &L, x: &Tensor, eps: f32) {
+    let r = check_layer(layer, x, eps, 7);
+    assert!(r.checked >= x.len(), "{what}: too few elements checked");
+    assert!(r.max_error < TOL, "{what}: max error {} at {}", r.max_error, r.worst);
+}
+
+#[test]
+fn relu_backward_matches_numerical_gradient() {
+    assert_grads("Relu", &Relu::new(), &random_input(&[3, 2, 3, 5], 0.05, 1), 1e-2);
+}
+
+#[test]
+fn sigmoid_backward_matches_numerical_gradient() {
+    assert_grads("Sigmoid", &Sigmoid::new(), &random_input(&[4, 7], 0.0, 2), 1e-2);
+}
+
+#[test]
+fn affine_backward_matches_numerical_gradient_2d_and_4d() {
+    let layer = Affine::new(7, 5, Init::He, 3);
+    assert_grads("Affine 2-D", &layer, &random_input(&[3, 7], 0.0, 4), 1e-2);
+    let layer = Affine::new(2 * 3 * 3, 4, Init::Xavier, 5);
+    assert_grads("Affine 4-D", &layer, &random_input(&[3, 2, 3, 3], 0.0, 6), 1e-2);
+}
+
+#[test]
+fn affine_restores_the_input_shape_on_backward() {
+    let mut layer = Affine::new(2 * 3 * 3, 4, Init::He, 5);
+    let y = layer.forward(random_input(&[3, 2, 3, 3], 0.0, 6), true).unwrap();
+    assert_eq!(y.shape(), &[3, 4]);
+    assert_eq!(layer.backward(Tensor::ones(vec![3, 4])).shape(), &[3, 2, 3, 3]);
+}
+
+#[test]
+fn convolution_backward_matches_numerical_gradient() {
+    // (in, filters, fh, fw, stride, pad, input shape)
+    let cases: &[(usize, usize, usize, usize, usize, usize, [usize; 4])] = &[
+        (1, 2, 3, 3, 1, 1, [2, 1, 5, 5]),
+        (2, 3, 3, 3, 2, 2, [2, 2, 7, 6]),
+        (3, 2, 2, 3, 1, 0, [3, 3, 5, 4]),
+        (2, 2, 3, 3, 3, 1, [1, 2, 8, 7]),
+    ];
+    for (i, &(c, f, fh, fw, s, p, shape)) in cases.iter().enumerate() {
+        let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 10 + i as u64);
+        layer.b.value = random_input(&[f], 0.0, 20 + i as u64);
+        let x = random_input(&shape, 0.0, 30 + i as u64);
+        assert_grads(&format!("Convolution case {i}"), &layer, &x, 1e-2);
+    }
+}
+
+#[test]
+fn pooling_backward_matches_numerical_gradient() {
+    // Values on a grid 0.1 apart: no two values in a window are within 2*eps.
+    let grid = |shape: &[usize], seed: u64| {
+        let mut x = random_input(shape, 0.0, seed);
+        let n = x.len();
+        for (k, v) in x.iter_mut().enumerate() {
+            *v = ((k * 37 + seed as usize) % n) as f32 * 0.1 - 1.0;
+        }
+        x
+    };
+    assert_grads("Pooling max 2x2/2", &Pooling::max(2, 2, 2, 0), &grid(&[2, 3, 6, 6], 1), 1e-3);
+    assert_grads("Pooling max 3x3/2 odd", &Pooling::max(3, 3, 2, 0), &grid(&[2, 2, 7, 5], 2), 1e-3);
+    assert_grads("Pooling max 3x3/2 pad1", &Pooling::max(3, 3, 2, 1), &grid(&[1, 2, 5, 5], 3), 1e-3);
+    assert_grads("Pooling avg 2x2/2", &Pooling::average(2, 2, 2, 0), &grid(&[2, 2, 5, 5], 4), 1e-2);
+    assert_grads("Pooling avg 3x3/1 pad2", &Pooling::average(3, 3, 1, 2), &grid(&[1, 2, 4, 5], 5), 1e-2);
+}
+
+#[test]
+fn dropout_backward_matches_numerical_gradient_in_both_forms() {
+    assert_grads("Dropout", &Dropout::new(0.5, 3), &random_input(&[4, 6], 0.0, 9), 1e-2);
+    assert_grads("Dropout inverted", &Dropout::inverted(0.3, 3), &random_input(&[2, 3, 2, 2], 0.0, 9), 1e-2);
+}
+
+#[test]
+fn batch_normalization_backward_matches_numerical_gradient_in_train_mode() {
+    let mut bn = BatchNormalization::new(5, BatchNormMode::PerActivation);
+    bn.gamma.value = random_input(&[5], 0.2, 11);
+    bn.beta.value = random_input(&[5], 0.0, 12);
+    assert_grads("BatchNormalization 2-D", &bn, &random_input(&[6, 5], 0.0, 13), 1e-2);
+
+    let mut bn = BatchNormalization::new(2 * 3 * 3, BatchNormMode::PerActivation);
+    bn.gamma.value = random_input(&[18], 0.2, 14);
+    assert_grads("BatchNormalization flattened 4-D", &bn, &random_input(&[4, 2, 3, 3], 0.0, 15), 1e-2);
+
+    let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
+    bn.gamma.value = random_input(&[3], 0.2, 16);
+    bn.beta.value = random_input(&[3], 0.0, 17);
+    assert_grads("BatchNormalization per channel", &bn, &random_input(&[3, 3, 4, 3], 0.0, 18), 1e-2);
+}
+
+#[test]
+fn a_sequential_block_backpropagates_through_all_its_layers() {
+    let net = Sequential::new()
+        .with(Convolution::new(2, 3, 3, 3, 1, 1, Init::He, 1))
+        .with(BatchNormalization::new(3, BatchNormMode::PerChannel))
+        .with(Relu::new())
+        .with(Pooling::max(2, 2, 2, 0))
+        .with(Affine::new(3 * 2 * 2, 4, Init::He, 2));
+    let x = random_input(&[2, 2, 4, 4], 0.0, 3);
+    // ReLU and max-pool kinks make finite differences fragile: use a small step.
+    let r = check_layer(&net, &x, 1e-3, 7);
+    assert!(r.max_error < 5e-2, "max error {} at {}", r.max_error, r.worst);
+    assert_eq!(net.params().len(), 2 + 2 + 2);
+}
+
+#[test]
+fn softmax_with_loss_backward_matches_numerical_gradient() {
+    let x = random_input(&[4, 5], 0.0, 21);
+    let labels = [0usize, 4, 2, 2];
+    let mut onehot = ndarray::Array2::<f32>::zeros((4, 5));
+    for (i, &c) in labels.iter().enumerate() {
+        onehot[[i, c]] = 1.0;
+    }
+    for t in [Labels::Indices(&labels), Labels::OneHot(onehot.view())] {
+        let mut layer = SoftmaxWithLoss::new();
+        layer.forward(&x, t).unwrap();
+        let dx = layer.backward();
+        let eps = 1e-3f32;
+        for i in 0..x.len() {
+            let mut xp = x.clone();
+            xp.as_slice_mut().unwrap()[i] += eps;
+            let mut xm = x.clone();
+            xm.as_slice_mut().unwrap()[i] -= eps;
+            let lp = SoftmaxWithLoss::new().forward(&xp, t).unwrap();
+            let lm = SoftmaxWithLoss::new().forward(&xm, t).unwrap();
+            let num = (lp - lm) / (2.0 * eps);
+            let a = dx.as_slice().unwrap()[i];
+            assert!((a - num).abs() < 2e-3, "element {i}: analytic {a}, numerical {num}");
+        }
+    }
+}
+
+#[test]
+fn gradcheck_detects_a_wrong_backward() {
+    // A layer whose backward is off by a factor must fail the check, or the check proves
+    // nothing.
+    #[derive(Clone)]
+    struct Wrong(Relu);
+    impl Layer for Wrong {
+        fn name(&self) -> &str {
+            "Wrong"
+        }
+        fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, dl_layers::LayerError> {
+            self.0.forward(x, train)
+        }
+        fn backward(&mut self, dout: Tensor) -> Tensor {
+            self.0.backward(dout) * 1.1
+        }
+        fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, dl_layers::LayerError> {
+            Ok(input.to_vec())
+        }
+        fn clone_box(&self) -> Box<dyn Layer> {
+            Box::new(self.clone())
+        }
+    }
+    let r = check_layer(&Wrong(Relu::new()), &random_input(&[2, 3], 0.1, 1), 1e-2, 7);
+    assert!(r.max_error > 0.05, "{r:?}");
+}
