@@ -1,14 +1,347 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! # dl-optim
+//!
+//! The optimizers of the book's `common/optimizer.py`: [`Sgd`], [`Momentum`],
+//! [`Nesterov`], [`AdaGrad`], [`RmsProp`] and [`Adam`] (bias-corrected as the book writes
+//! it), each with an optional L2 weight decay, all behind one [`Optimizer`] interface:
+//! parameters and their gradients in ([`ParamMut`]), parameters updated in place.
+//!
+//! State (velocities, moments) is kept per parameter name, like the book's `dict` of
+//! parameters, so a network may hand over only the parameters it wants trained (frozen
+//! layers simply are not passed).
+//!
+//! ```
+//! use dl_optim::{Adam, Optimizer};
+//! use dl_tensor::{ParamMut, Tensor};
+//!
+//! let mut w = Tensor::from_elem(vec![2], 1.0);
+//! let g = Tensor::from_elem(vec![2], 0.5);
+//! let mut adam = Adam::new(0.001);
+//! adam.update(&mut [ParamMut { name: "W1".into(), value: &mut w, grad: &g }]);
+//! // Adam's first step moves each weight by about lr against the sign of its gradient
+//! assert!((w[0] - (1.0 - 0.001)).abs() < 1e-5);
+//! ```
+
+use std::collections::HashMap;
+
+pub use dl_tensor::{ParamMut, Tensor};
+use ndarray::Zip;
+
+/// The book's small constant in the AdaGrad/RMSprop/Adam denominators.
+const EPS: f32 = 1e-7;
+
+/// Why an optimizer could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimError {
+    /// No optimizer of that name.
+    #[error("unknown optimizer {0:?}: expected one of sgd, momentum, nesterov, adagrad, rmsprop, adam")]
+    UnknownName(String),
+    /// A hyper-parameter outside its range.
+    #[error("invalid {name} {value}: {reason}")]
+    InvalidHyperParameter {
+        /// Which hyper-parameter.
+        name: &'static str,
+        /// Its value.
+        value: f32,
+        /// The allowed range.
+        reason: &'static str,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Updates parameters from their gradients.
+pub trait Optimizer: Send {
+    /// The book's name: `"SGD"`, `"Adam"`, ...
+    fn name(&self) -> &'static str;
+    /// One step: every parameter given is updated in place from its gradient.
+    fn update(&mut self, params: &mut [ParamMut<'_>]);
+    /// The current learning rate.
+    fn learning_rate(&self) -> f32;
+    /// Sets the learning rate (learning-rate schedules call this between steps).
+    fn set_learning_rate(&mut self, lr: f32);
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Builds an optimizer from its book name (case-insensitive) with learning rate `lr` and
+/// the book's defaults for the rest.
+pub fn by_name(name: &str, lr: f32) -> Result<Box<dyn Optimizer>, OptimError> {
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(OptimError::InvalidHyperParameter {
+            name: "learning rate",
+            value: lr,
+            reason: "must be a positive finite number",
+        });
     }
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "sgd" => Box::new(Sgd::new(lr)),
+        "momentum" => Box::new(Momentum::new(lr, 0.9)),
+        "nesterov" => Box::new(Nesterov::new(lr, 0.9)),
+        "adagrad" => Box::new(AdaGrad::new(lr)),
+        "rmsprop" => Box::new(RmsProp::new(lr, 0.99)),
+        "adam" => Box::new(Adam::new(lr)),
+        _ => return Err(OptimError::UnknownName(name.to_string())),
+    })
+}
+
+/// The L2 weight decay that applies to `p`: the gradient used is `g + lambda * w` for
+/// weight tensors (two or more dimensions); biases and other 1-D parameters are not
+/// decayed, as in the book's `MultiLayerNet`.
+fn decay_for(p: &ParamMut<'_>, lambda: f32) -> f32 {
+    if p.value.ndim() < 2 {
+        0.0
+    } else {
+        lambda
+    }
+}
+
+fn state<'a>(map: &'a mut HashMap<String, Tensor>, p: &ParamMut<'_>) -> &'a mut Tensor {
+    map.entry(p.name.clone())
+        .or_insert_with(|| Tensor::zeros(p.value.raw_dim()))
+}
+
+macro_rules! lr_accessors {
+    () => {
+        fn learning_rate(&self) -> f32 {
+            self.lr
+        }
+        fn set_learning_rate(&mut self, lr: f32) {
+            self.lr = lr;
+        }
+    };
+}
+
+/// Stochastic gradient descent: `W -= lr * dW`.
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+}
+
+impl Sgd {
+    /// The book's `SGD(lr)`.
+    pub fn new(lr: f32) -> Self {
+        Self { lr, weight_decay: 0.0 }
+    }
+}
+
+impl Optimizer for Sgd {
+    fn name(&self) -> &'static str {
+        "SGD"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            Zip::from(&mut *p.value).and(p.grad).for_each(|w, &g| *w -= self.lr * (g + wd * *w));
+        }
+    }
+    lr_accessors!();
+}
+
+/// Momentum SGD: `v = momentum * v - lr * dW; W += v`.
+#[derive(Debug, Clone)]
+pub struct Momentum {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum coefficient.
+    pub momentum: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    v: HashMap<String, Tensor>,
+}
+
+impl Momentum {
+    /// The book's `Momentum(lr, momentum)`.
+    pub fn new(lr: f32, momentum: f32) -> Self {
+        Self { lr, momentum, weight_decay: 0.0, v: HashMap::new() }
+    }
+}
+
+impl Optimizer for Momentum {
+    fn name(&self) -> &'static str {
+        "Momentum"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            let v = state(&mut self.v, p);
+            let (m, lr) = (self.momentum, self.lr);
+            Zip::from(&mut *p.value).and(v).and(p.grad).for_each(|w, v, &g| {
+                let g = g + wd * *w;
+                *v = m * *v - lr * g;
+                *w += *v;
+            });
+        }
+    }
+    lr_accessors!();
+}
+
+/// Nesterov's accelerated gradient in the book's form:
+/// `v = m*v - lr*dW; W += m*m*v - (1+m)*lr*dW`.
+#[derive(Debug, Clone)]
+pub struct Nesterov {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum coefficient.
+    pub momentum: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    v: HashMap<String, Tensor>,
+}
+
+impl Nesterov {
+    /// The book's `Nesterov(lr, momentum)`.
+    pub fn new(lr: f32, momentum: f32) -> Self {
+        Self { lr, momentum, weight_decay: 0.0, v: HashMap::new() }
+    }
+}
+
+impl Optimizer for Nesterov {
+    fn name(&self) -> &'static str {
+        "Nesterov"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            let v = state(&mut self.v, p);
+            let (m, lr) = (self.momentum, self.lr);
+            Zip::from(&mut *p.value).and(v).and(p.grad).for_each(|w, v, &g| {
+                let g = g + wd * *w;
+                *v = m * *v - lr * g;
+                *w += m * m * *v - (1.0 + m) * lr * g;
+            });
+        }
+    }
+    lr_accessors!();
+}
+
+/// AdaGrad: `h += dW^2; W -= lr * dW / (sqrt(h) + 1e-7)`.
+#[derive(Debug, Clone)]
+pub struct AdaGrad {
+    /// Learning rate.
+    pub lr: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    h: HashMap<String, Tensor>,
+}
+
+impl AdaGrad {
+    /// The book's `AdaGrad(lr)`.
+    pub fn new(lr: f32) -> Self {
+        Self { lr, weight_decay: 0.0, h: HashMap::new() }
+    }
+}
+
+impl Optimizer for AdaGrad {
+    fn name(&self) -> &'static str {
+        "AdaGrad"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            let h = state(&mut self.h, p);
+            let lr = self.lr;
+            Zip::from(&mut *p.value).and(h).and(p.grad).for_each(|w, h, &g| {
+                let g = g + wd * *w;
+                *h += g * g;
+                *w -= lr * g / (h.sqrt() + EPS);
+            });
+        }
+    }
+    lr_accessors!();
+}
+
+/// RMSprop: `h = decay*h + (1-decay)*dW^2; W -= lr * dW / (sqrt(h) + 1e-7)`.
+#[derive(Debug, Clone)]
+pub struct RmsProp {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rate of the running mean of squares.
+    pub decay_rate: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    h: HashMap<String, Tensor>,
+}
+
+impl RmsProp {
+    /// The book's `RMSprop(lr, decay_rate)`.
+    pub fn new(lr: f32, decay_rate: f32) -> Self {
+        Self { lr, decay_rate, weight_decay: 0.0, h: HashMap::new() }
+    }
+}
+
+impl Optimizer for RmsProp {
+    fn name(&self) -> &'static str {
+        "RMSprop"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            let h = state(&mut self.h, p);
+            let (lr, d) = (self.lr, self.decay_rate);
+            Zip::from(&mut *p.value).and(h).and(p.grad).for_each(|w, h, &g| {
+                let g = g + wd * *w;
+                *h = d * *h + (1.0 - d) * g * g;
+                *w -= lr * g / (h.sqrt() + EPS);
+            });
+        }
+    }
+    lr_accessors!();
+}
+
+/// Adam as the book writes it:
+/// `lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)`, `m += (1-beta1)(g - m)`,
+/// `v += (1-beta2)(g^2 - v)`, `W -= lr_t * m / (sqrt(v) + 1e-7)`.
+#[derive(Debug, Clone)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// L2 weight decay on weights.
+    pub weight_decay: f32,
+    iter: u64,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+}
+
+impl Adam {
+    /// The book's `Adam(lr)` with `beta1 = 0.9`, `beta2 = 0.999`.
+    pub fn new(lr: f32) -> Self {
+        Self::with_betas(lr, 0.9, 0.999)
+    }
+
+    /// Adam with the given moment decays.
+    pub fn with_betas(lr: f32, beta1: f32, beta2: f32) -> Self {
+        Self { lr, beta1, beta2, weight_decay: 0.0, iter: 0, m: HashMap::new(), v: HashMap::new() }
+    }
+
+    /// Steps taken so far (the `t` of the bias correction).
+    pub fn iterations(&self) -> u64 {
+        self.iter
+    }
+}
+
+impl Optimizer for Adam {
+    fn name(&self) -> &'static str {
+        "Adam"
+    }
+    fn update(&mut self, params: &mut [ParamMut<'_>]) {
+        self.iter += 1;
+        let t = self.iter as f64;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let lr_t = (f64::from(self.lr) * (1.0 - f64::from(b2).powf(t)).sqrt() / (1.0 - f64::from(b1).powf(t))) as f32;
+        for p in params.iter_mut() {
+            let wd = decay_for(p, self.weight_decay);
+            let m = state(&mut self.m, p);
+            let v = state(&mut self.v, p);
+            Zip::from(&mut *p.value).and(m).and(v).and(p.grad).for_each(|w, m, v, &g| {
+                let g = g + wd * *w;
+                *m += (1.0 - b1) * (g - *m);
+                *v += (1.0 - b2) * (g * g - *v);
+                *w -= lr_t * *m / (v.sqrt() + EPS);
+            });
+        }
+    }
+    lr_accessors!();
 }

@@ -1,0 +1,108 @@
+//! Each optimizer's first steps against numbers computed by hand, and each one driving
+//! the book's ill-conditioned `f(x, y) = x^2 / 20 + y^2` toward its minimum.
+
+use dl_optim::{by_name, AdaGrad, Adam, Momentum, Nesterov, Optimizer, RmsProp, Sgd};
+use dl_tensor::{ParamMut, Tensor};
+
+/// Two steps on a 1-D parameter starting at 1.0 with a constant gradient 0.5.
+fn two_steps(opt: &mut dyn Optimizer) -> (f32, f32) {
+    let mut w = Tensor::from_elem(vec![1], 1.0);
+    let g = Tensor::from_elem(vec![1], 0.5);
+    opt.update(&mut [ParamMut { name: "w".into(), value: &mut w, grad: &g }]);
+    let first = w[0];
+    opt.update(&mut [ParamMut { name: "w".into(), value: &mut w, grad: &g }]);
+    (first, w[0])
+}
+
+fn close(got: (f32, f32), want: (f32, f32), what: &str) {
+    assert!(
+        (got.0 - want.0).abs() < 1e-5 && (got.1 - want.1).abs() < 1e-5,
+        "{what}: got {got:?}, want {want:?}"
+    );
+}
+
+#[test]
+fn first_steps_match_hand_computed_values() {
+    // w1 = 1 - 0.1*0.5; w2 = w1 - 0.05
+    close(two_steps(&mut Sgd::new(0.1)), (0.95, 0.90), "SGD");
+    // v1 = -0.05, w1 = 0.95; v2 = 0.9*(-0.05) - 0.05 = -0.095, w2 = 0.855
+    close(two_steps(&mut Momentum::new(0.1, 0.9)), (0.95, 0.855), "Momentum");
+    // v1 = -0.05, w1 = 1 + 0.81*(-0.05) - 1.9*0.05 = 0.8645; v2 = -0.095,
+    // w2 = 0.8645 + 0.81*(-0.095) - 0.095 = 0.69255
+    close(two_steps(&mut Nesterov::new(0.1, 0.9)), (0.8645, 0.69255), "Nesterov");
+    // h1 = 0.25: w1 = 1 - 0.1*0.5/0.5 = 0.9; h2 = 0.5: w2 = 0.9 - 0.05/sqrt(0.5)
+    close(two_steps(&mut AdaGrad::new(0.1)), (0.9, 0.829_289_3), "AdaGrad");
+    // h1 = 0.0025: w1 = 1 - 0.05/0.05 = 0; h2 = 0.004975: w2 = -0.05/sqrt(0.004975)
+    close(two_steps(&mut RmsProp::new(0.1, 0.99)), (0.0, -0.708_878_2), "RMSprop");
+    // With a constant gradient the bias-corrected Adam step is lr each time.
+    close(two_steps(&mut Adam::new(0.1)), (0.9, 0.8), "Adam");
+}
+
+#[test]
+fn weight_decay_applies_to_weights_not_biases() {
+    let mut opt = Sgd::new(0.1);
+    opt.weight_decay = 0.1;
+    let mut w = Tensor::from_elem(vec![1, 1], 1.0);
+    let mut b = Tensor::from_elem(vec![1], 1.0);
+    let g = Tensor::from_elem(vec![1, 1], 0.5);
+    let gb = Tensor::from_elem(vec![1], 0.5);
+    opt.update(&mut [
+        ParamMut { name: "W1".into(), value: &mut w, grad: &g },
+        ParamMut { name: "b1".into(), value: &mut b, grad: &gb },
+    ]);
+    assert!((w[[0, 0]] - 0.94).abs() < 1e-6, "{}", w[[0, 0]]);
+    assert!((b[0] - 0.95).abs() < 1e-6, "{}", b[0]);
+    let mut adam = Adam::new(0.1);
+    adam.weight_decay = 1.0;
+    let mut w = Tensor::from_elem(vec![1, 1], 1.0);
+    let zero = Tensor::zeros(vec![1, 1]);
+    adam.update(&mut [ParamMut { name: "W".into(), value: &mut w, grad: &zero }]);
+    assert!(w[[0, 0]] < 1.0, "decay alone must shrink the weight");
+}
+
+#[test]
+fn state_is_kept_per_parameter_name() {
+    let mut opt = Momentum::new(0.1, 0.9);
+    let g = Tensor::from_elem(vec![1], 0.5);
+    let mut a = Tensor::from_elem(vec![1], 1.0);
+    let mut b = Tensor::from_elem(vec![1], 1.0);
+    opt.update(&mut [ParamMut { name: "a".into(), value: &mut a, grad: &g }]);
+    opt.update(&mut [ParamMut { name: "b".into(), value: &mut b, grad: &g }]);
+    // b's first step has no velocity from a's
+    assert!((b[0] - 0.95).abs() < 1e-6);
+}
+
+/// Runs `steps` updates on the book's `f(x, y) = x^2/20 + y^2` from (-7, 2).
+fn minimise(opt: &mut dyn Optimizer, steps: usize) -> f32 {
+    let mut x = Tensor::from_elem(vec![1], -7.0);
+    let mut y = Tensor::from_elem(vec![1], 2.0);
+    for _ in 0..steps {
+        let gx = &x / 10.0;
+        let gy = &y * 2.0;
+        opt.update(&mut [
+            ParamMut { name: "x".into(), value: &mut x, grad: &gx },
+            ParamMut { name: "y".into(), value: &mut y, grad: &gy },
+        ]);
+    }
+    x[0] * x[0] / 20.0 + y[0] * y[0]
+}
+
+#[test]
+fn every_optimizer_descends_the_books_quadratic() {
+    let start = 49.0 / 20.0 + 4.0;
+    // the book's figure 6-8 learning rates
+    for (name, lr) in [("sgd", 0.95), ("momentum", 0.1), ("nesterov", 0.1), ("adagrad", 1.5), ("rmsprop", 0.1), ("adam", 0.3)] {
+        let mut opt = by_name(name, lr).unwrap();
+        let f = minimise(opt.as_mut(), 200);
+        assert!(f < 0.01 * start, "{name}: f = {f} after 200 steps (start {start})");
+    }
+}
+
+#[test]
+fn by_name_rejects_unknown_names_and_bad_rates() {
+    assert_eq!(by_name("ADAM", 0.001).unwrap().name(), "Adam");
+    let e = by_name("adamw", 0.001).err().unwrap().to_string();
+    assert!(e.contains("unknown optimizer \"adamw\""), "{e}");
+    assert!(by_name("sgd", -1.0).is_err());
+    assert!(by_name("sgd", f32::NAN).is_err());
+}
