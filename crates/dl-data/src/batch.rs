@@ -1,0 +1,220 @@
+use std::path::PathBuf;
+
+use ndarray::{Array2, ArrayD};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::{DataError, IdxArray};
+
+/// Images of one channel with their labels, kept as bytes; converted to `f32` one
+/// batch at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSet {
+    /// `len * height * width` pixels, row-major, image after image.
+    pub images: Vec<u8>,
+    /// One label per image, each `< classes`.
+    pub labels: Vec<u8>,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl ImageSet {
+    /// Builds a set from in-memory pixels and labels, validating sizes and label range.
+    pub fn new(images: Vec<u8>, labels: Vec<u8>, height: usize, width: usize, classes: usize) -> Result<Self, DataError> {
+        let n = labels.len();
+        if images.len() != n * height * width {
+            return Err(DataError::CountMismatch {
+                images: PathBuf::from("<images>"),
+                n_images: images.len() / (height * width).max(1),
+                labels: PathBuf::from("<labels>"),
+                n_labels: n,
+            });
+        }
+        if let Some((index, &value)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+            return Err(DataError::LabelOutOfRange {
+                path: PathBuf::from("<labels>"),
+                index,
+                value,
+                classes,
+            });
+        }
+        Ok(Self { images, labels, height, width, classes })
+    }
+
+    /// Pairs an images IDX file `(N, H, W)` with a labels IDX file `(N,)`.
+    pub fn from_idx(images: (IdxArray, PathBuf), labels: (IdxArray, PathBuf), classes: usize) -> Result<Self, DataError> {
+        let ((img, ipath), (lab, lpath)) = (images, labels);
+        if img.dims.len() != 3 {
+            return Err(DataError::Dimensions {
+                path: ipath,
+                dims: img.dims,
+                expected: "(N, H, W) images".into(),
+            });
+        }
+        if lab.dims.len() != 1 {
+            return Err(DataError::Dimensions {
+                path: lpath,
+                dims: lab.dims,
+                expected: "(N,) labels".into(),
+            });
+        }
+        if img.dims[0] != lab.dims[0] {
+            return Err(DataError::CountMismatch {
+                images: ipath,
+                n_images: img.dims[0],
+                labels: lpath,
+                n_labels: lab.dims[0],
+            });
+        }
+        if let Some((index, &value)) = lab.data.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+            return Err(DataError::LabelOutOfRange {
+                path: lpath,
+                index,
+                value,
+                classes,
+            });
+        }
+        Ok(Self {
+            images: img.data,
+            labels: lab.data,
+            height: img.dims[1],
+            width: img.dims[2],
+            classes,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// `true` when there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn image_len(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// The first `n` images (all of them if `n` is larger).
+    pub fn take(&self, n: usize) -> Self {
+        let n = n.min(self.len());
+        Self {
+            images: self.images[..n * self.image_len()].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            ..self.clone_meta()
+        }
+    }
+
+    fn clone_meta(&self) -> Self {
+        Self {
+            images: Vec::new(),
+            labels: Vec::new(),
+            height: self.height,
+            width: self.width,
+            classes: self.classes,
+        }
+    }
+
+    /// Writes the images at `indices`, scaled to `[0, 1]`, into `out` as
+    /// `(B, 1, H, W)` values (resizing it), and their labels into `labels`.
+    ///
+    /// # Panics
+    /// If an index is out of range (a programmer error: indices come from
+    /// [`BatchOrder`]).
+    pub fn fill_batch(&self, indices: &[usize], out: &mut Vec<f32>, labels: &mut Vec<usize>) {
+        let len = self.image_len();
+        out.clear();
+        labels.clear();
+        for &i in indices {
+            out.extend(self.images[i * len..(i + 1) * len].iter().map(|&p| f32::from(p) / 255.0));
+            labels.push(self.labels[i] as usize);
+        }
+    }
+
+    /// The images at `indices` as a `(B, 1, H, W)` tensor in `[0, 1]` and their labels.
+    pub fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<usize>) {
+        let (mut x, mut t) = (Vec::new(), Vec::new());
+        self.fill_batch(indices, &mut x, &mut t);
+        let x = ArrayD::from_shape_vec(vec![indices.len(), 1, self.height, self.width], x).expect("batch shape");
+        (x, t)
+    }
+
+    /// The whole set as `f32`: `(N, H*W)` when `flatten`, else `(N, 1, H, W)`; scaled to
+    /// `[0, 1]` when `normalize`.
+    pub fn to_f32(&self, normalize: bool, flatten: bool) -> ArrayD<f32> {
+        let scale = if normalize { 1.0 / 255.0 } else { 1.0 };
+        let data: Vec<f32> = self.images.iter().map(|&p| f32::from(p) * scale).collect();
+        let shape = if flatten {
+            vec![self.len(), self.image_len()]
+        } else {
+            vec![self.len(), 1, self.height, self.width]
+        };
+        ArrayD::from_shape_vec(shape, data).expect("shape")
+    }
+
+    /// One-hot labels `(N, classes)`.
+    pub fn one_hot(&self) -> Array2<f32> {
+        let mut t = Array2::zeros((self.len(), self.classes));
+        for (i, &l) in self.labels.iter().enumerate() {
+            t[[i, l as usize]] = 1.0;
+        }
+        t
+    }
+}
+
+/// The order of mini-batches: each epoch a fresh permutation of `0..n` from a ChaCha8
+/// generator seeded by `seed` on stream `epoch`, cut into batches of `batch_size` (the
+/// last one shorter unless `drop_last`). The same seed gives the same batches on every
+/// machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOrder {
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    drop_last: bool,
+}
+
+impl BatchOrder {
+    /// Batches of `batch_size` over `n` samples.
+    ///
+    /// # Panics
+    /// If `batch_size` is 0.
+    pub fn new(n: usize, batch_size: usize, seed: u64) -> Self {
+        assert!(batch_size > 0, "BatchOrder: batch size must be at least 1");
+        Self { n, batch_size, seed, drop_last: false }
+    }
+
+    /// Leaves out the last, shorter batch of each epoch.
+    pub fn drop_last(mut self, yes: bool) -> Self {
+        self.drop_last = yes;
+        self
+    }
+
+    /// Batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        if self.drop_last {
+            self.n / self.batch_size
+        } else {
+            self.n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// The batches of epoch `epoch` (0-based).
+    pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Vec<usize>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch);
+        let mut perm: Vec<usize> = (0..self.n).collect();
+        perm.shuffle(&mut rng);
+        let count = self.batches_per_epoch();
+        let bs = self.batch_size;
+        (0..count).map(move |b| perm[b * bs..((b + 1) * bs).min(perm.len())].to_vec())
+    }
+}

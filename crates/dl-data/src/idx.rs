@@ -1,0 +1,171 @@
+use std::io::Read;
+use std::path::Path;
+
+use crate::DataError;
+
+/// An IDX array of unsigned bytes: its dimensions and its data in row-major order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxArray {
+    /// Dimensions from the header, e.g. `[60000, 28, 28]`.
+    pub dims: Vec<usize>,
+    /// `dims.product()` bytes.
+    pub data: Vec<u8>,
+}
+
+/// Reads a whole file, decompressing it when it starts with the gzip magic bytes
+/// (whatever its name).
+pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|source| DataError::Gzip {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Reads and validates an IDX file of unsigned bytes, raw or gzip.
+pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
+    parse_idx(&read_maybe_gzip(path)?, path)
+}
+
+/// Parses IDX bytes: magic `00 00`, element type `0x08`, 1 to 4 dimensions (big-endian
+/// `u32`), then exactly as many data bytes as the dimensions multiply to. `name` is
+/// used in errors.
+pub fn parse_idx(bytes: &[u8], name: impl AsRef<Path>) -> Result<IdxArray, DataError> {
+    let path = name.as_ref().to_path_buf();
+    let not_idx = |reason: String| DataError::NotIdx {
+        path: path.clone(),
+        reason,
+    };
+    if bytes.len() < 4 {
+        return Err(not_idx(format!("only {} bytes, a header needs at least 4", bytes.len())));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
+        return Err(not_idx(format!(
+            "magic number starts {:02x} {:02x}, expected 00 00",
+            bytes[0], bytes[1]
+        )));
+    }
+    let code = bytes[2];
+    if !matches!(code, 0x08 | 0x09 | 0x0B | 0x0C | 0x0D | 0x0E) {
+        return Err(not_idx(format!("unknown element type 0x{code:02x}")));
+    }
+    if code != 0x08 {
+        return Err(DataError::UnsupportedType { path, code });
+    }
+    let ndim = bytes[3] as usize;
+    if !(1..=4).contains(&ndim) {
+        return Err(not_idx(format!("{ndim} dimensions; expected 1 to 4")));
+    }
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(not_idx(format!(
+            "the header of {ndim} dimensions needs {header} bytes, the file has {}",
+            bytes.len()
+        )));
+    }
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let expected = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| not_idx(format!("dimensions {dims:?} overflow")))?;
+    let actual = (bytes.len() - header) as u64;
+    if actual != expected {
+        return Err(DataError::Length { path, expected, actual });
+    }
+    Ok(IdxArray {
+        dims,
+        data: bytes[header..].to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(code: u8, dims: &[u32]) -> Vec<u8> {
+        let mut v = vec![0, 0, code, dims.len() as u8];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn parses_a_valid_file() {
+        let mut b = header(8, &[2, 2, 3]);
+        b.extend(0..12u8);
+        let a = parse_idx(&b, "x").unwrap();
+        assert_eq!(a.dims, vec![2, 2, 3]);
+        assert_eq!(a.data, (0..12).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_file_with_a_typed_error() {
+        // too short for any header
+        assert!(matches!(parse_idx(&[0, 0], "f"), Err(DataError::NotIdx { .. })));
+        // wrong magic
+        let e = parse_idx(&[1, 2, 8, 1, 0, 0, 0, 0], "f").unwrap_err();
+        assert!(e.to_string().contains("magic number"), "{e}");
+        // unknown type
+        assert!(matches!(parse_idx(&header(0x42, &[1]), "f"), Err(DataError::NotIdx { .. })));
+        // valid but unsupported type (float)
+        assert!(matches!(
+            parse_idx(&header(0x0D, &[1]), "f"),
+            Err(DataError::UnsupportedType { code: 0x0D, .. })
+        ));
+        // zero or too many dimensions
+        assert!(parse_idx(&header(8, &[]), "f").is_err());
+        assert!(parse_idx(&header(8, &[1, 1, 1, 1, 1]), "f").is_err());
+        // header cut inside the dimensions
+        let mut b = header(8, &[5, 5]);
+        b.truncate(9);
+        assert!(matches!(parse_idx(&b, "f"), Err(DataError::NotIdx { .. })));
+        // truncated body
+        let mut b = header(8, &[2, 3]);
+        b.extend([1u8; 5]);
+        let e = parse_idx(&b, "train.idx").unwrap_err();
+        assert!(matches!(e, DataError::Length { expected: 6, actual: 5, .. }));
+        assert!(e.to_string().contains("train.idx") && e.to_string().contains("truncated"), "{e}");
+        // trailing garbage
+        let mut b = header(8, &[2]);
+        b.extend([1u8; 3]);
+        assert!(parse_idx(&b, "f").unwrap_err().to_string().contains("trailing"));
+    }
+
+    #[test]
+    fn reads_raw_and_gzip_files_alike_and_reports_corrupt_gzip() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = header(8, &[4]);
+        b.extend([9u8, 8, 7, 6]);
+        let raw = dir.path().join("a.idx");
+        std::fs::write(&raw, &b).unwrap();
+        let gz = dir.path().join("a.idx.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&b).unwrap();
+        let packed = enc.finish().unwrap();
+        std::fs::write(&gz, &packed).unwrap();
+        assert_eq!(read_idx(&raw).unwrap(), read_idx(&gz).unwrap());
+        // a gzip stream cut in half
+        let cut = dir.path().join("cut.gz");
+        std::fs::write(&cut, &packed[..packed.len() / 2]).unwrap();
+        let e = read_idx(&cut).unwrap_err();
+        assert!(matches!(e, DataError::Gzip { .. }), "{e}");
+        // a missing file
+        assert!(matches!(read_idx(&dir.path().join("nope")), Err(DataError::Io { .. })));
+    }
+}

@@ -1,0 +1,149 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use dl_data::{load_mnist, BatchOrder, DataError, ImageSet, LabelArray, LoadOptions, Mnist, MNIST_FILES};
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist")
+}
+
+fn idx(code_dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, code_dims.len() as u8];
+    for d in code_dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tiny MNIST-shaped folder: 3 train and 2 test images of 2x2.
+fn tiny(dir: &Path) {
+    std::fs::write(dir.join(MNIST_FILES[0]), idx(&[3, 2, 2], &[0, 255, 10, 20, 1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+    std::fs::write(dir.join(format!("{}.gz", MNIST_FILES[1])), gz(&idx(&[3], &[5, 0, 9]))).unwrap();
+    std::fs::write(dir.join(MNIST_FILES[2]), idx(&[2, 2, 2], &[9; 8])).unwrap();
+    std::fs::write(dir.join(MNIST_FILES[3]), idx(&[2], &[1, 2])).unwrap();
+}
+
+#[test]
+fn the_shipped_mnist_loads_with_checksums_and_known_labels() {
+    let m = Mnist::load(shipped()).unwrap();
+    assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
+    assert_eq!((m.train.height, m.train.width), (28, 28));
+    assert_eq!(&m.train.labels[..10], &[5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
+    assert_eq!(&m.test.labels[..10], &[7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
+}
+
+#[test]
+fn load_mnist_honours_the_books_options() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    let ((x, t), (xt, tt)) = load_mnist(dir.path(), LoadOptions::default()).unwrap();
+    assert_eq!(x.shape(), &[3, 4]);
+    assert_eq!(x[[0, 1]], 1.0);
+    assert_eq!(t, LabelArray::Indices(vec![5, 0, 9]));
+    assert_eq!(xt.shape(), &[2, 4]);
+    assert_eq!(tt, LabelArray::Indices(vec![1, 2]));
+    let opts = LoadOptions { normalize: false, flatten: false, one_hot_label: true };
+    let ((x, t), _) = load_mnist(dir.path(), opts).unwrap();
+    assert_eq!(x.shape(), &[3, 1, 2, 2]);
+    assert_eq!(x[[0, 0, 0, 1]], 255.0);
+    match t {
+        LabelArray::OneHot(t) => {
+            assert_eq!(t.dim(), (3, 10));
+            assert_eq!(t.row(0).to_vec(), vec![0., 0., 0., 0., 0., 1., 0., 0., 0., 0.]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_file_that_does_not_match_the_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    let manifest: String = MNIST_FILES
+        .iter()
+        .map(|f| {
+            let bytes = dl_data::read_maybe_gzip(&{
+                let raw = dir.path().join(f);
+                if raw.exists() {
+                    raw
+                } else {
+                    dir.path().join(format!("{f}.gz"))
+                }
+            })
+            .unwrap();
+            format!("{}  {f}\n", dl_data::sha256_hex(&bytes))
+        })
+        .collect();
+    std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), manifest).unwrap();
+    Mnist::load(dir.path()).unwrap();
+    // flip one pixel: still valid IDX, but not the file the manifest describes
+    std::fs::write(dir.path().join(MNIST_FILES[2]), idx(&[2, 2, 2], &[9, 9, 9, 9, 9, 9, 9, 8])).unwrap();
+    let e = Mnist::load(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::Checksum { .. }), "{e}");
+    assert!(e.to_string().contains(MNIST_FILES[2]), "{e}");
+    // a malformed manifest is named too
+    std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), "nonsense\n").unwrap();
+    assert!(matches!(Mnist::load(dir.path()), Err(DataError::Manifest { line: 1, .. })));
+}
+
+#[test]
+fn inconsistent_files_are_typed_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[3], &[1, 2, 3])).unwrap();
+    assert!(matches!(Mnist::load(dir.path()), Err(DataError::CountMismatch { n_images: 2, n_labels: 3, .. })));
+    std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[2], &[1, 10])).unwrap();
+    let e = Mnist::load(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::LabelOutOfRange { index: 1, value: 10, .. }), "{e}");
+    std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[2, 1], &[1, 1])).unwrap();
+    assert!(matches!(Mnist::load(dir.path()), Err(DataError::Dimensions { .. })));
+    // truncated images
+    let mut cut = idx(&[2, 2, 2], &[9; 8]);
+    cut.truncate(cut.len() - 3);
+    std::fs::write(dir.path().join(MNIST_FILES[2]), cut).unwrap();
+    let e = Mnist::load(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("truncated") && e.to_string().contains(MNIST_FILES[2]), "{e}");
+    std::fs::remove_file(dir.path().join(MNIST_FILES[2])).unwrap();
+    let e = Mnist::load(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::Missing { .. }) && e.to_string().contains("cargo xtask download"), "{e}");
+}
+
+#[test]
+fn batch_order_visits_every_sample_once_per_epoch_in_a_seeded_order() {
+    let order = BatchOrder::new(1003, 100, 7);
+    assert_eq!(order.batches_per_epoch(), 11);
+    for epoch in 0..3 {
+        let batches: Vec<Vec<usize>> = order.epoch(epoch).collect();
+        assert_eq!(batches.last().unwrap().len(), 3);
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1003).collect::<Vec<_>>());
+    }
+    let a: Vec<Vec<usize>> = order.epoch(0).collect();
+    assert_eq!(a, BatchOrder::new(1003, 100, 7).epoch(0).collect::<Vec<_>>());
+    assert_ne!(a, order.epoch(1).collect::<Vec<_>>(), "epochs differ");
+    assert_ne!(a, BatchOrder::new(1003, 100, 8).epoch(0).collect::<Vec<_>>(), "seeds differ");
+    assert_ne!(a[0], (0..100).collect::<Vec<_>>(), "shuffled");
+    let dropped = BatchOrder::new(1003, 100, 7).drop_last(true);
+    assert_eq!(dropped.epoch(0).count(), 10);
+}
+
+#[test]
+fn batches_convert_bytes_to_unit_floats() {
+    let set = ImageSet::new(vec![0, 255, 51, 102, 1, 2, 3, 4], vec![3, 1], 2, 2, 10).unwrap();
+    let (x, t) = set.batch(&[1, 0]);
+    assert_eq!(x.shape(), &[2, 1, 2, 2]);
+    assert_eq!(t, vec![1, 3]);
+    assert_eq!(x[[1, 0, 0, 1]], 1.0);
+    assert!((x[[1, 0, 1, 0]] - 0.2).abs() < 1e-7);
+    assert!(ImageSet::new(vec![0; 8], vec![3, 10], 2, 2, 10).is_err());
+    assert!(ImageSet::new(vec![0; 7], vec![3, 1], 2, 2, 10).is_err());
+    assert_eq!(set.take(1).labels, vec![3]);
+}
