@@ -25,7 +25,13 @@ pub struct ImageSet {
 
 impl ImageSet {
     /// Builds a set from in-memory pixels and labels, validating sizes and label range.
-    pub fn new(images: Vec<u8>, labels: Vec<u8>, height: usize, width: usize, classes: usize) -> Result<Self, DataError> {
+    pub fn new(
+        images: Vec<u8>,
+        labels: Vec<u8>,
+        height: usize,
+        width: usize,
+        classes: usize,
+    ) -> Result<Self, DataError> {
         let n = labels.len();
         if images.len() != n * height * width {
             return Err(DataError::CountMismatch {
@@ -43,11 +49,21 @@ impl ImageSet {
                 classes,
             });
         }
-        Ok(Self { images, labels, height, width, classes })
+        Ok(Self {
+            images,
+            labels,
+            height,
+            width,
+            classes,
+        })
     }
 
     /// Pairs an images IDX file `(N, H, W)` with a labels IDX file `(N,)`.
-    pub fn from_idx(images: (IdxArray, PathBuf), labels: (IdxArray, PathBuf), classes: usize) -> Result<Self, DataError> {
+    pub fn from_idx(
+        images: (IdxArray, PathBuf),
+        labels: (IdxArray, PathBuf),
+        classes: usize,
+    ) -> Result<Self, DataError> {
         let ((img, ipath), (lab, lpath)) = (images, labels);
         if img.dims.len() != 3 {
             return Err(DataError::Dimensions {
@@ -134,7 +150,11 @@ impl ImageSet {
         out.clear();
         labels.clear();
         for &i in indices {
-            out.extend(self.images[i * len..(i + 1) * len].iter().map(|&p| f32::from(p) / 255.0));
+            out.extend(
+                self.images[i * len..(i + 1) * len]
+                    .iter()
+                    .map(|&p| f32::from(p) / 255.0),
+            );
             labels.push(self.labels[i] as usize);
         }
     }
@@ -189,7 +209,12 @@ impl BatchOrder {
     /// If `batch_size` is 0.
     pub fn new(n: usize, batch_size: usize, seed: u64) -> Self {
         assert!(batch_size > 0, "BatchOrder: batch size must be at least 1");
-        Self { n, batch_size, seed, drop_last: false }
+        Self {
+            n,
+            batch_size,
+            seed,
+            drop_last: false,
+        }
     }
 
     /// Leaves out the last, shorter batch of each epoch.

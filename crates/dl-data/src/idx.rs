@@ -48,7 +48,10 @@ pub fn parse_idx(bytes: &[u8], name: impl AsRef<Path>) -> Result<IdxArray, DataE
         reason,
     };
     if bytes.len() < 4 {
-        return Err(not_idx(format!("only {} bytes, a header needs at least 4", bytes.len())));
+        return Err(not_idx(format!(
+            "only {} bytes, a header needs at least 4",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(not_idx(format!(
@@ -121,7 +124,10 @@ mod tests {
         let e = parse_idx(&[1, 2, 8, 1, 0, 0, 0, 0], "f").unwrap_err();
         assert!(e.to_string().contains("magic number"), "{e}");
         // unknown type
-        assert!(matches!(parse_idx(&header(0x42, &[1]), "f"), Err(DataError::NotIdx { .. })));
+        assert!(matches!(
+            parse_idx(&header(0x42, &[1]), "f"),
+            Err(DataError::NotIdx { .. })
+        ));
         // valid but unsupported type (float)
         assert!(matches!(
             parse_idx(&header(0x0D, &[1]), "f"),
@@ -138,8 +144,18 @@ mod tests {
         let mut b = header(8, &[2, 3]);
         b.extend([1u8; 5]);
         let e = parse_idx(&b, "train.idx").unwrap_err();
-        assert!(matches!(e, DataError::Length { expected: 6, actual: 5, .. }));
-        assert!(e.to_string().contains("train.idx") && e.to_string().contains("truncated"), "{e}");
+        assert!(matches!(
+            e,
+            DataError::Length {
+                expected: 6,
+                actual: 5,
+                ..
+            }
+        ));
+        assert!(
+            e.to_string().contains("train.idx") && e.to_string().contains("truncated"),
+            "{e}"
+        );
         // trailing garbage
         let mut b = header(8, &[2]);
         b.extend([1u8; 3]);

@@ -38,4 +38,4 @@ mod mnist;
 pub use batch::{BatchOrder, ImageSet};
 pub use error::DataError;
 pub use idx::{parse_idx, read_idx, read_maybe_gzip, IdxArray};
-pub use mnist::{load_mnist, sha256_hex, LabelArray, LoadOptions, Mnist, MNIST_FILES};
+pub use mnist::{load_mnist, sha256_hex, LabelArray, LoadOptions, Mnist, MANIFEST, MNIST_FILES};

@@ -157,7 +157,13 @@ impl Default for LoadOptions {
 pub fn load_mnist(
     dir: impl AsRef<Path>,
     options: LoadOptions,
-) -> Result<((dl_tensor_free::Tensor, LabelArray), (dl_tensor_free::Tensor, LabelArray)), DataError> {
+) -> Result<
+    (
+        (dl_tensor_free::Tensor, LabelArray),
+        (dl_tensor_free::Tensor, LabelArray),
+    ),
+    DataError,
+> {
     let m = Mnist::load(dir)?;
     let conv = |s: &ImageSet| {
         let x = s.to_f32(options.normalize, options.flatten);

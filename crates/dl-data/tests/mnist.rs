@@ -24,7 +24,11 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 /// A tiny MNIST-shaped folder: 3 train and 2 test images of 2x2.
 fn tiny(dir: &Path) {
-    std::fs::write(dir.join(MNIST_FILES[0]), idx(&[3, 2, 2], &[0, 255, 10, 20, 1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+    std::fs::write(
+        dir.join(MNIST_FILES[0]),
+        idx(&[3, 2, 2], &[0, 255, 10, 20, 1, 2, 3, 4, 5, 6, 7, 8]),
+    )
+    .unwrap();
     std::fs::write(dir.join(format!("{}.gz", MNIST_FILES[1])), gz(&idx(&[3], &[5, 0, 9]))).unwrap();
     std::fs::write(dir.join(MNIST_FILES[2]), idx(&[2, 2, 2], &[9; 8])).unwrap();
     std::fs::write(dir.join(MNIST_FILES[3]), idx(&[2], &[1, 2])).unwrap();
@@ -49,7 +53,11 @@ fn load_mnist_honours_the_books_options() {
     assert_eq!(t, LabelArray::Indices(vec![5, 0, 9]));
     assert_eq!(xt.shape(), &[2, 4]);
     assert_eq!(tt, LabelArray::Indices(vec![1, 2]));
-    let opts = LoadOptions { normalize: false, flatten: false, one_hot_label: true };
+    let opts = LoadOptions {
+        normalize: false,
+        flatten: false,
+        one_hot_label: true,
+    };
     let ((x, t), _) = load_mnist(dir.path(), opts).unwrap();
     assert_eq!(x.shape(), &[3, 1, 2, 2]);
     assert_eq!(x[[0, 0, 0, 1]], 255.0);
@@ -84,13 +92,20 @@ fn a_file_that_does_not_match_the_manifest_is_refused() {
     std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), manifest).unwrap();
     Mnist::load(dir.path()).unwrap();
     // flip one pixel: still valid IDX, but not the file the manifest describes
-    std::fs::write(dir.path().join(MNIST_FILES[2]), idx(&[2, 2, 2], &[9, 9, 9, 9, 9, 9, 9, 8])).unwrap();
+    std::fs::write(
+        dir.path().join(MNIST_FILES[2]),
+        idx(&[2, 2, 2], &[9, 9, 9, 9, 9, 9, 9, 8]),
+    )
+    .unwrap();
     let e = Mnist::load(dir.path()).unwrap_err();
     assert!(matches!(e, DataError::Checksum { .. }), "{e}");
     assert!(e.to_string().contains(MNIST_FILES[2]), "{e}");
     // a malformed manifest is named too
     std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), "nonsense\n").unwrap();
-    assert!(matches!(Mnist::load(dir.path()), Err(DataError::Manifest { line: 1, .. })));
+    assert!(matches!(
+        Mnist::load(dir.path()),
+        Err(DataError::Manifest { line: 1, .. })
+    ));
 }
 
 #[test]
@@ -98,10 +113,27 @@ fn inconsistent_files_are_typed_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     tiny(dir.path());
     std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[3], &[1, 2, 3])).unwrap();
-    assert!(matches!(Mnist::load(dir.path()), Err(DataError::CountMismatch { n_images: 2, n_labels: 3, .. })));
+    assert!(matches!(
+        Mnist::load(dir.path()),
+        Err(DataError::CountMismatch {
+            n_images: 2,
+            n_labels: 3,
+            ..
+        })
+    ));
     std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[2], &[1, 10])).unwrap();
     let e = Mnist::load(dir.path()).unwrap_err();
-    assert!(matches!(e, DataError::LabelOutOfRange { index: 1, value: 10, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DataError::LabelOutOfRange {
+                index: 1,
+                value: 10,
+                ..
+            }
+        ),
+        "{e}"
+    );
     std::fs::write(dir.path().join(MNIST_FILES[3]), idx(&[2, 1], &[1, 1])).unwrap();
     assert!(matches!(Mnist::load(dir.path()), Err(DataError::Dimensions { .. })));
     // truncated images
@@ -109,10 +141,16 @@ fn inconsistent_files_are_typed_errors_naming_the_file() {
     cut.truncate(cut.len() - 3);
     std::fs::write(dir.path().join(MNIST_FILES[2]), cut).unwrap();
     let e = Mnist::load(dir.path()).unwrap_err();
-    assert!(e.to_string().contains("truncated") && e.to_string().contains(MNIST_FILES[2]), "{e}");
+    assert!(
+        e.to_string().contains("truncated") && e.to_string().contains(MNIST_FILES[2]),
+        "{e}"
+    );
     std::fs::remove_file(dir.path().join(MNIST_FILES[2])).unwrap();
     let e = Mnist::load(dir.path()).unwrap_err();
-    assert!(matches!(e, DataError::Missing { .. }) && e.to_string().contains("cargo xtask download"), "{e}");
+    assert!(
+        matches!(e, DataError::Missing { .. }) && e.to_string().contains("cargo xtask download"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -129,7 +167,11 @@ fn batch_order_visits_every_sample_once_per_epoch_in_a_seeded_order() {
     let a: Vec<Vec<usize>> = order.epoch(0).collect();
     assert_eq!(a, BatchOrder::new(1003, 100, 7).epoch(0).collect::<Vec<_>>());
     assert_ne!(a, order.epoch(1).collect::<Vec<_>>(), "epochs differ");
-    assert_ne!(a, BatchOrder::new(1003, 100, 8).epoch(0).collect::<Vec<_>>(), "seeds differ");
+    assert_ne!(
+        a,
+        BatchOrder::new(1003, 100, 8).epoch(0).collect::<Vec<_>>(),
+        "seeds differ"
+    );
     assert_ne!(a[0], (0..100).collect::<Vec<_>>(), "shuffled");
     let dropped = BatchOrder::new(1003, 100, 7).drop_last(true);
     assert_eq!(dropped.epoch(0).count(), 10);

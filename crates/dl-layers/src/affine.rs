@@ -68,7 +68,12 @@ impl Layer for Affine {
             .into_owned();
         let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
         let mut out = Array2::<f32>::zeros((n, m));
-        out += &self.b.value.view().into_dimensionality::<ndarray::Ix1>().expect("1-D b");
+        out += &self
+            .b
+            .value
+            .view()
+            .into_dimensionality::<ndarray::Ix1>()
+            .expect("1-D b");
         gemm(1.0, &x2.view(), &w, 1.0, &mut out.view_mut());
         if train {
             self.x = Some(x2);

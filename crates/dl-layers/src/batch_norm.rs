@@ -83,7 +83,11 @@ impl BatchNormalization {
                 format!("(N, {f}) or (N, ...) with {f} values per sample"),
                 shape,
             )),
-            BatchNormMode::PerChannel => Err(LayerError::shape("BatchNormalization", format!("(N, {f}, H, W)"), shape)),
+            BatchNormMode::PerChannel => Err(LayerError::shape(
+                "BatchNormalization",
+                format!("(N, {f}, H, W)"),
+                shape,
+            )),
         }
     }
 }
@@ -111,7 +115,13 @@ impl Layer for BatchNormalization {
             .into_owned()
             .into_shape_with_order((n, f, s))
             .expect("grouping");
-        let gamma = self.gamma.value.view().into_shape_with_order(f).expect("1-D").to_owned();
+        let gamma = self
+            .gamma
+            .value
+            .view()
+            .into_shape_with_order(f)
+            .expect("1-D")
+            .to_owned();
         let beta = self.beta.value.view().into_shape_with_order(f).expect("1-D").to_owned();
         let (mean, var) = if train {
             let mean = per_feature_mean(&x3.view());
@@ -125,21 +135,36 @@ impl Layer for BatchNormalization {
             (mean, var)
         } else {
             (
-                self.running_mean.view().into_shape_with_order(f).expect("1-D").to_owned(),
-                self.running_var.view().into_shape_with_order(f).expect("1-D").to_owned(),
+                self.running_mean
+                    .view()
+                    .into_shape_with_order(f)
+                    .expect("1-D")
+                    .to_owned(),
+                self.running_var
+                    .view()
+                    .into_shape_with_order(f)
+                    .expect("1-D")
+                    .to_owned(),
             )
         };
         let std = var.mapv(|v| (v + EPS).sqrt());
-        let xn = (&x3 - &feat(&mean)) / &feat(&std);
-        let out = &xn * &feat(&gamma) + &feat(&beta);
+        let xn = (&x3 - &feat(&mean)) / feat(&std);
+        let out = &xn * &feat(&gamma) + feat(&beta);
         if train {
-            self.cache = Some(Cache { shape: shape.clone(), xn, std });
+            self.cache = Some(Cache {
+                shape: shape.clone(),
+                xn,
+                std,
+            });
         }
         Ok(out.into_dyn().into_shape_with_order(shape).expect("shape"))
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
-        let cache = self.cache.as_ref().expect("BatchNormalization::backward before a training forward");
+        let cache = self
+            .cache
+            .as_ref()
+            .expect("BatchNormalization::backward before a training forward");
         check_dout("BatchNormalization", &dout, &cache.shape);
         let (n, f, s) = cache.xn.dim();
         let d = dout
@@ -147,7 +172,13 @@ impl Layer for BatchNormalization {
             .into_owned()
             .into_shape_with_order((n, f, s))
             .expect("grouping");
-        let gamma = self.gamma.value.view().into_shape_with_order(f).expect("1-D").to_owned();
+        let gamma = self
+            .gamma
+            .value
+            .view()
+            .into_shape_with_order(f)
+            .expect("1-D")
+            .to_owned();
         let dbeta = d.sum_axis(Axis(2)).sum_axis(Axis(0));
         let dgamma = (&d * &cache.xn).sum_axis(Axis(2)).sum_axis(Axis(0));
         // dx = gamma / std * (dout - mean(dout) - xn * mean(dout * xn))  (per feature)
@@ -155,9 +186,13 @@ impl Layer for BatchNormalization {
         let mean_d = &dbeta / m;
         let mean_dxn = &dgamma / m;
         let scale = &gamma / &cache.std;
-        let dx = (&d - &feat(&mean_d) - &cache.xn * &feat(&mean_dxn)) * &feat(&scale);
-        self.beta.grad.assign(&dbeta.into_shape_with_order(self.beta.grad.raw_dim()).expect("shape"));
-        self.gamma.grad.assign(&dgamma.into_shape_with_order(self.gamma.grad.raw_dim()).expect("shape"));
+        let dx = (&d - &feat(&mean_d) - &cache.xn * &feat(&mean_dxn)) * feat(&scale);
+        self.beta
+            .grad
+            .assign(&dbeta.into_shape_with_order(self.beta.grad.raw_dim()).expect("shape"));
+        self.gamma
+            .grad
+            .assign(&dgamma.into_shape_with_order(self.gamma.grad.raw_dim()).expect("shape"));
         dx.into_dyn().into_shape_with_order(cache.shape.clone()).expect("shape")
     }
 
@@ -170,7 +205,10 @@ impl Layer for BatchNormalization {
     }
 
     fn buffers(&self) -> Vec<(String, &Tensor)> {
-        vec![("running_mean".into(), &self.running_mean), ("running_var".into(), &self.running_var)]
+        vec![
+            ("running_mean".into(), &self.running_mean),
+            ("running_var".into(), &self.running_var),
+        ]
     }
 
     fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -83,11 +83,9 @@ impl Convolution {
         if input.len() != 4 || input[1] != c {
             return Err(LayerError::shape("Convolution", format!("(N, {c}, H, W)"), input));
         }
-        ConvGeometry::new(c, input[2], input[3], fh, fw, self.stride, self.pad).map_err(|source| {
-            LayerError::Geometry {
-                layer: "Convolution".into(),
-                source,
-            }
+        ConvGeometry::new(c, input[2], input[3], fh, fw, self.stride, self.pad).map_err(|source| LayerError::Geometry {
+            layer: "Convolution".into(),
+            source,
         })
     }
 
@@ -101,6 +99,10 @@ impl Convolution {
             .expect("contiguous W")
     }
 }
+
+/// Images per group in the backward pass: the unit of parallel work and of the
+/// fixed-order gradient reduction.
+const GROUP: usize = 4;
 
 /// One image: `out (FN, OH*OW) = W · col + b`.
 fn forward_image(w: &ArrayView2<f32>, bias: &[f32], col: &[f32], g: &ConvGeometry, out: &mut [f32]) {
@@ -138,15 +140,13 @@ impl Layer for Convolution {
                     forward_image(&w, bias, c, &g, o);
                 });
         } else {
-            out.par_chunks_mut(out_len)
-                .zip(xs.par_chunks(in_len))
-                .for_each_init(
-                    || vec![0.0f32; col_len],
-                    |c, (o, xi)| {
-                        im2col_chw(xi, &g, c);
-                        forward_image(&w, bias, c, &g, o);
-                    },
-                );
+            out.par_chunks_mut(out_len).zip(xs.par_chunks(in_len)).for_each_init(
+                || vec![0.0f32; col_len],
+                |c, (o, xi)| {
+                    im2col_chw(xi, &g, c);
+                    forward_image(&w, bias, c, &g, o);
+                },
+            );
         }
         self.col = col;
         if train {
@@ -165,36 +165,43 @@ impl Layer for Convolution {
         let ckk = c * fh * fw;
         let mut dx = vec![0.0f32; n * in_len];
         let w = self.w_matrix();
-        let zero = || (Array2::<f32>::zeros((f, ckk)), vec![0.0f32; f], vec![0.0f32; col_len]);
-        let (dw, db, _) = dx
-            .par_chunks_mut(in_len)
-            .zip(ds.par_chunks(out_len))
-            .zip(self.col.par_chunks(col_len))
-            .fold(zero, |(mut dw, mut db, mut dcol), ((dxi, di), ci)| {
-                let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                let colv = ArrayView2::from_shape((ckk, g.col_cols()), ci).expect("col block");
-                // dW += dout_i · col_i^T ; db += row sums of dout_i
-                gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
-                for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
-                    *acc += row.sum();
-                }
-                // dcol = W^T · dout_i, then col2im into dx_i
-                let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
-                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
-                col2im_chw(&dcol, &g, dxi);
-                (dw, db, dcol)
-            })
-            .map(|(dw, db, _)| (dw, db, Vec::<f32>::new()))
-            .reduce(
-                || (Array2::zeros((f, ckk)), vec![0.0f32; f], Vec::new()),
-                |(mut a, mut ab, _), (b, bb, _)| {
-                    a += &b;
-                    for (x, y) in ab.iter_mut().zip(&bb) {
-                        *x += y;
+        // Images are taken in fixed groups, each group's dW/db summed on its own, and the
+        // groups' sums added in order: the result does not depend on the thread count or
+        // on how rayon schedules the work, so a seed fixes a run bit for bit.
+        let groups = n.div_ceil(GROUP);
+        let partials: Vec<(Array2<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(in_len * GROUP)
+            .zip(ds.par_chunks(out_len * GROUP))
+            .zip(self.col.par_chunks(col_len * GROUP))
+            .map(|((dxg, dg), cg)| {
+                let mut dw = Array2::<f32>::zeros((f, ckk));
+                let mut db = vec![0.0f32; f];
+                let mut dcol = vec![0.0f32; col_len];
+                for ((dxi, di), ci) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(cg.chunks(col_len)) {
+                    let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), ci).expect("col block");
+                    // dW += dout_i · col_i^T ; db += row sums of dout_i
+                    gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
+                    for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
+                        *acc += row.sum();
                     }
-                    (a, ab, Vec::new())
-                },
-            );
+                    // dcol = W^T · dout_i, then col2im into dx_i
+                    let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                    gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                    col2im_chw(&dcol, &g, dxi);
+                }
+                (dw, db)
+            })
+            .collect();
+        debug_assert_eq!(partials.len(), groups);
+        let mut parts = partials.into_iter();
+        let (mut dw, mut db) = parts.next().expect("at least one image");
+        for (pw, pb) in parts {
+            dw += &pw;
+            for (x, y) in db.iter_mut().zip(&pb) {
+                *x += y;
+            }
+        }
         self.w
             .grad
             .view_mut()
@@ -203,11 +210,7 @@ impl Layer for Convolution {
             .into_dimensionality::<Ix2>()
             .expect("2-D")
             .assign(&dw);
-        self.b
-            .grad
-            .as_slice_mut()
-            .expect("contiguous db")
-            .copy_from_slice(&db);
+        self.b.grad.as_slice_mut().expect("contiguous db").copy_from_slice(&db);
         Tensor::from_shape_vec(vec![n, g.c, g.h, g.w], dx).expect("dx shape")
     }
 

@@ -71,28 +71,31 @@ impl Layer for Dropout {
         "Dropout"
     }
 
-    fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let mut x = crate::into_standard(x);
+        let xs = x.as_slice_mut().expect("standard layout");
         if train {
             let ratio = self.ratio;
             self.mask.clear();
             let rng = &mut self.rng;
-            self.mask.extend((0..x.len()).map(|_| rng.gen::<f32>() > ratio));
-            self.shape = x.shape().to_vec();
+            self.mask.extend((0..xs.len()).map(|_| rng.gen::<f32>() > ratio));
             let scale = self.keep_scale();
-            for (v, &keep) in x.iter_mut().zip(&self.mask) {
+            for (v, &keep) in xs.iter_mut().zip(&self.mask) {
                 *v = if keep { *v * scale } else { 0.0 };
             }
+            self.shape = x.shape().to_vec();
         } else if !self.inverted {
             let scale = 1.0 - self.ratio;
-            x.mapv_inplace(|v| v * scale);
+            xs.iter_mut().for_each(|v| *v *= scale);
         }
         Ok(x)
     }
 
-    fn backward(&mut self, mut dout: Tensor) -> Tensor {
+    fn backward(&mut self, dout: Tensor) -> Tensor {
         check_dout("Dropout", &dout, &self.shape);
+        let mut dout = crate::into_standard(dout);
         let scale = self.keep_scale();
-        for (d, &keep) in dout.iter_mut().zip(&self.mask) {
+        for (d, &keep) in dout.as_slice_mut().expect("standard layout").iter_mut().zip(&self.mask) {
             *d = if keep { *d * scale } else { 0.0 };
         }
         dout

@@ -74,7 +74,11 @@ pub fn check_layer<L: Layer + Clone>(layer: &L, x: &Tensor, eps: f32, seed: u64)
                 loss(&l, x, &r)
             };
             let num = (shifted(eps) - shifted(-eps)) / (2.0 * e);
-            record(grad.as_slice().expect("standard layout")[i], num, format!("{name}[{i}]"));
+            record(
+                grad.as_slice().expect("standard layout")[i],
+                num,
+                format!("{name}[{i}]"),
+            );
         }
     }
     report

@@ -43,7 +43,7 @@ mod sigmoid;
 mod softmax_with_loss;
 
 pub use affine::Affine;
-pub use batch_norm::{BatchNormalization, BatchNormMode};
+pub use batch_norm::{BatchNormMode, BatchNormalization};
 pub use convolution::Convolution;
 pub use dl_tensor::Tensor;
 pub use dropout::Dropout;
@@ -166,6 +166,16 @@ pub trait Layer: Send + Sync {
 impl Clone for Box<dyn Layer> {
     fn clone(&self) -> Self {
         self.clone_box()
+    }
+}
+
+/// The tensor itself when it is in standard (row-major, contiguous) layout, else a
+/// standard-layout copy.
+pub(crate) fn into_standard(x: Tensor) -> Tensor {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
     }
 }
 

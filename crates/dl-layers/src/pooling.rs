@@ -59,15 +59,19 @@ impl Pooling {
         if input.len() != 4 {
             return Err(LayerError::shape("Pooling", "(N, C, H, W)", input));
         }
-        let g = ConvGeometry::new(input[1], input[2], input[3], self.ph, self.pw, self.stride, self.pad)
-            .map_err(|source| LayerError::Geometry {
+        let g = ConvGeometry::new(input[1], input[2], input[3], self.ph, self.pw, self.stride, self.pad).map_err(
+            |source| LayerError::Geometry {
                 layer: "Pooling".into(),
                 source,
-            })?;
+            },
+        )?;
         if self.pad >= self.ph || self.pad >= self.pw {
             return Err(LayerError::Invalid {
                 layer: "Pooling".into(),
-                message: format!("padding {} must be smaller than the window {}x{}", self.pad, self.ph, self.pw),
+                message: format!(
+                    "padding {} must be smaller than the window {}x{}",
+                    self.pad, self.ph, self.pw
+                ),
             });
         }
         Ok(g)
@@ -130,7 +134,9 @@ impl Layer for Pooling {
                         let (y0, y1) = self.window(oy, g.fh, g.h);
                         for ox in 0..g.out_w {
                             let (x0, x1) = self.window(ox, g.fw, g.w);
-                            let s: f32 = (y0..y1).map(|yy| p[yy * g.w + x0..yy * g.w + x1].iter().sum::<f32>()).sum();
+                            let s: f32 = (y0..y1)
+                                .map(|yy| p[yy * g.w + x0..yy * g.w + x1].iter().sum::<f32>())
+                                .sum();
                             o[oy * g.out_w + ox] = s / area;
                         }
                     }

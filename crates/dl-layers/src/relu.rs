@@ -1,4 +1,9 @@
+use rayon::prelude::*;
+
 use crate::{check_dout, Layer, LayerError, Tensor};
+
+/// Elements per parallel task of an element-wise layer.
+pub(crate) const CHUNK: usize = 1 << 16;
 
 /// The book's `Relu`: `max(0, x)`, element-wise, any shape. Works in place.
 #[derive(Debug, Clone, Default)]
@@ -20,23 +25,42 @@ impl Layer for Relu {
         "Relu"
     }
 
-    fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let mut x = crate::into_standard(x);
+        let xs = x.as_slice_mut().expect("standard layout");
         if train {
-            self.mask.clear();
-            self.mask.extend(x.iter().map(|&v| v <= 0.0));
+            self.mask.resize(xs.len(), false);
             self.shape = x.shape().to_vec();
+            let xs = x.as_slice_mut().expect("standard layout");
+            xs.par_chunks_mut(CHUNK)
+                .zip(self.mask.par_chunks_mut(CHUNK))
+                .for_each(|(xc, mc)| {
+                    for (v, m) in xc.iter_mut().zip(mc) {
+                        *m = *v <= 0.0;
+                        *v = v.max(0.0);
+                    }
+                });
+        } else {
+            xs.par_chunks_mut(CHUNK)
+                .for_each(|xc| xc.iter_mut().for_each(|v| *v = v.max(0.0)));
         }
-        x.mapv_inplace(|v| if v > 0.0 { v } else { 0.0 });
         Ok(x)
     }
 
-    fn backward(&mut self, mut dout: Tensor) -> Tensor {
+    fn backward(&mut self, dout: Tensor) -> Tensor {
         check_dout("Relu", &dout, &self.shape);
-        for (d, &m) in dout.iter_mut().zip(&self.mask) {
-            if m {
-                *d = 0.0;
-            }
-        }
+        let mut dout = crate::into_standard(dout);
+        dout.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(CHUNK)
+            .zip(self.mask.par_chunks(CHUNK))
+            .for_each(|(dc, mc)| {
+                for (d, &m) in dc.iter_mut().zip(mc) {
+                    if m {
+                        *d = 0.0;
+                    }
+                }
+            });
         dout
     }
 

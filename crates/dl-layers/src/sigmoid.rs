@@ -29,7 +29,9 @@ impl Layer for Sigmoid {
     fn backward(&mut self, mut dout: Tensor) -> Tensor {
         let out = self.out.as_ref().expect("Sigmoid::backward before a training forward");
         check_dout("Sigmoid", &dout, out.shape());
-        ndarray::Zip::from(&mut dout).and(out).for_each(|d, &y| *d *= (1.0 - y) * y);
+        ndarray::Zip::from(&mut dout)
+            .and(out)
+            .for_each(|d, &y| *d *= (1.0 - y) * y);
         dout
     }
 

@@ -39,7 +39,10 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 
 #[test]
 fn pooling_forward_matches_reference() {
-    for (i, &(k, s, p, h, w)) in [(2, 2, 0, 8, 8), (3, 2, 0, 7, 6), (3, 2, 1, 5, 6), (2, 1, 0, 4, 5)].iter().enumerate() {
+    for (i, &(k, s, p, h, w)) in [(2, 2, 0, 8, 8), (3, 2, 0, 7, 6), (3, 2, 1, 5, 6), (2, 1, 0, 4, 5)]
+        .iter()
+        .enumerate()
+    {
         let x = random_input(&[2, 3, h, w], 0.0, i as u64);
         let v = x.view().into_dimensionality::<Ix4>().unwrap();
         let got = Pooling::max(k, k, s, p).forward(x.clone(), false).unwrap();
@@ -54,7 +57,10 @@ fn pooling_forward_matches_reference() {
 fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     let x = Tensor::ones(vec![100, 100]);
     let mut d = Dropout::new(0.5, 1);
-    assert_eq!(d.forward(x.clone(), false).unwrap(), Tensor::from_elem(vec![100, 100], 0.5));
+    assert_eq!(
+        d.forward(x.clone(), false).unwrap(),
+        Tensor::from_elem(vec![100, 100], 0.5)
+    );
     let y = d.forward(x.clone(), true).unwrap();
     let kept = y.iter().filter(|&&v| v == 1.0).count();
     assert_eq!(kept + y.iter().filter(|&&v| v == 0.0).count(), 10_000);
@@ -80,7 +86,12 @@ fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
         assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-3, "mean {m} var {v}");
     }
     // after one step with momentum 0.9 the running mean is 0.1 * batch mean
-    let batch_mean = x.view().into_dimensionality::<ndarray::Ix2>().unwrap().mean_axis(ndarray::Axis(0)).unwrap();
+    let batch_mean = x
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap()
+        .mean_axis(ndarray::Axis(0))
+        .unwrap();
     for (r, m) in bn.running_mean.iter().zip(batch_mean.iter()) {
         assert!((r - 0.1 * m).abs() < 1e-5);
     }
@@ -101,22 +112,36 @@ fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
 fn wrong_input_shapes_are_errors_that_name_layer_and_shapes() {
     let mut conv = Convolution::new(1, 16, 3, 3, 1, 1, Init::He, 0);
     let e = conv.forward(Tensor::zeros(vec![2, 3, 28, 28]), true).unwrap_err();
-    assert_eq!(e.to_string(), "Convolution: expected input of shape (N, 1, H, W), got [2, 3, 28, 28]");
+    assert_eq!(
+        e.to_string(),
+        "Convolution: expected input of shape (N, 1, H, W), got [2, 3, 28, 28]"
+    );
     let e = conv.forward(Tensor::zeros(vec![28, 28]), true).unwrap_err();
     assert!(matches!(e, LayerError::Shape { .. }));
-    let e = Affine::new(1024, 50, Init::He, 0).forward(Tensor::zeros(vec![5, 1000]), true).unwrap_err();
-    assert!(e.to_string().starts_with("Affine: expected input of shape (N, 1024)"), "{e}");
+    let e = Affine::new(1024, 50, Init::He, 0)
+        .forward(Tensor::zeros(vec![5, 1000]), true)
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("Affine: expected input of shape (N, 1024)"),
+        "{e}"
+    );
     assert!(e.to_string().contains("[5, 1000]"), "{e}");
-    let e = Pooling::max(2, 2, 2, 0).forward(Tensor::zeros(vec![1, 1, 1, 1]), true).unwrap_err();
+    let e = Pooling::max(2, 2, 2, 0)
+        .forward(Tensor::zeros(vec![1, 1, 1, 1]), true)
+        .unwrap_err();
     assert!(e.to_string().starts_with("Pooling:"), "{e}");
     let e = BatchNormalization::new(3, BatchNormMode::PerChannel)
         .forward(Tensor::zeros(vec![2, 4, 2, 2]), true)
         .unwrap_err();
     assert!(e.to_string().contains("BatchNormalization") && e.to_string().contains("(N, 3, H, W)"));
     let mut loss = SoftmaxWithLoss::new();
-    let e = loss.forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1, 10])).unwrap_err();
+    let e = loss
+        .forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1, 10]))
+        .unwrap_err();
     assert_eq!(e.to_string(), "SoftmaxWithLoss: label 10 out of range 0..10");
-    let e = loss.forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1])).unwrap_err();
+    let e = loss
+        .forward(&Tensor::zeros(vec![2, 10]), Labels::Indices(&[1]))
+        .unwrap_err();
     assert!(e.to_string().contains("2 score rows but 1 labels"));
 }
 
@@ -138,4 +163,24 @@ fn backward_with_a_wrong_dout_names_the_layer() {
     let mut conv = Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 0);
     conv.forward(Tensor::zeros(vec![1, 1, 4, 4]), true).unwrap();
     conv.backward(Tensor::zeros(vec![1, 3, 4, 4]));
+}
+
+#[test]
+fn convolution_gradients_do_not_depend_on_the_thread_count() {
+    let conv = Convolution::new(3, 8, 3, 3, 1, 1, Init::He, 1);
+    let x = random_input(&[13, 3, 9, 9], 0.0, 2);
+    let dout = random_input(&[13, 8, 9, 9], 0.0, 3);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut c = conv.clone();
+            c.forward(x.clone(), true).unwrap();
+            let dx = c.backward(dout.clone());
+            (dx, c.w.grad.clone(), c.b.grad.clone())
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3, 5] {
+        assert_eq!(run(threads), one, "{threads} threads");
+    }
 }

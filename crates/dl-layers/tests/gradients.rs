@@ -44,7 +44,8 @@ fn affine_restores_the_input_shape_on_backward() {
 #[test]
 fn convolution_backward_matches_numerical_gradient() {
     // (in, filters, fh, fw, stride, pad, input shape)
-    let cases: &[(usize, usize, usize, usize, usize, usize, [usize; 4])] = &[
+    type Case = (usize, usize, usize, usize, usize, usize, [usize; 4]);
+    let cases: &[Case] = &[
         (1, 2, 3, 3, 1, 1, [2, 1, 5, 5]),
         (2, 3, 3, 3, 2, 2, [2, 2, 7, 6]),
         (3, 2, 2, 3, 1, 0, [3, 3, 5, 4]),
@@ -69,17 +70,47 @@ fn pooling_backward_matches_numerical_gradient() {
         }
         x
     };
-    assert_grads("Pooling max 2x2/2", &Pooling::max(2, 2, 2, 0), &grid(&[2, 3, 6, 6], 1), 1e-3);
-    assert_grads("Pooling max 3x3/2 odd", &Pooling::max(3, 3, 2, 0), &grid(&[2, 2, 7, 5], 2), 1e-3);
-    assert_grads("Pooling max 3x3/2 pad1", &Pooling::max(3, 3, 2, 1), &grid(&[1, 2, 5, 5], 3), 1e-3);
-    assert_grads("Pooling avg 2x2/2", &Pooling::average(2, 2, 2, 0), &grid(&[2, 2, 5, 5], 4), 1e-2);
-    assert_grads("Pooling avg 3x3/1 pad2", &Pooling::average(3, 3, 1, 2), &grid(&[1, 2, 4, 5], 5), 1e-2);
+    assert_grads(
+        "Pooling max 2x2/2",
+        &Pooling::max(2, 2, 2, 0),
+        &grid(&[2, 3, 6, 6], 1),
+        1e-3,
+    );
+    assert_grads(
+        "Pooling max 3x3/2 odd",
+        &Pooling::max(3, 3, 2, 0),
+        &grid(&[2, 2, 7, 5], 2),
+        1e-3,
+    );
+    assert_grads(
+        "Pooling max 3x3/2 pad1",
+        &Pooling::max(3, 3, 2, 1),
+        &grid(&[1, 2, 5, 5], 3),
+        1e-3,
+    );
+    assert_grads(
+        "Pooling avg 2x2/2",
+        &Pooling::average(2, 2, 2, 0),
+        &grid(&[2, 2, 5, 5], 4),
+        1e-2,
+    );
+    assert_grads(
+        "Pooling avg 3x3/1 pad2",
+        &Pooling::average(3, 3, 1, 2),
+        &grid(&[1, 2, 4, 5], 5),
+        1e-2,
+    );
 }
 
 #[test]
 fn dropout_backward_matches_numerical_gradient_in_both_forms() {
     assert_grads("Dropout", &Dropout::new(0.5, 3), &random_input(&[4, 6], 0.0, 9), 1e-2);
-    assert_grads("Dropout inverted", &Dropout::inverted(0.3, 3), &random_input(&[2, 3, 2, 2], 0.0, 9), 1e-2);
+    assert_grads(
+        "Dropout inverted",
+        &Dropout::inverted(0.3, 3),
+        &random_input(&[2, 3, 2, 2], 0.0, 9),
+        1e-2,
+    );
 }
 
 #[test]
@@ -91,12 +122,22 @@ fn batch_normalization_backward_matches_numerical_gradient_in_train_mode() {
 
     let mut bn = BatchNormalization::new(2 * 3 * 3, BatchNormMode::PerActivation);
     bn.gamma.value = random_input(&[18], 0.2, 14);
-    assert_grads("BatchNormalization flattened 4-D", &bn, &random_input(&[4, 2, 3, 3], 0.0, 15), 1e-2);
+    assert_grads(
+        "BatchNormalization flattened 4-D",
+        &bn,
+        &random_input(&[4, 2, 3, 3], 0.0, 15),
+        1e-2,
+    );
 
     let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
     bn.gamma.value = random_input(&[3], 0.2, 16);
     bn.beta.value = random_input(&[3], 0.0, 17);
-    assert_grads("BatchNormalization per channel", &bn, &random_input(&[3, 3, 4, 3], 0.0, 18), 1e-2);
+    assert_grads(
+        "BatchNormalization per channel",
+        &bn,
+        &random_input(&[3, 3, 4, 3], 0.0, 18),
+        1e-2,
+    );
 }
 
 #[test]

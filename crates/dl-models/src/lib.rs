@@ -1,14 +1,49 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # dl-models
+//!
+//! Networks built from `dl-layers`, with the methods of the book's network classes:
+//! `predict`, `loss`, `accuracy`, `gradient`, `save_params`, `load_params` (on
+//! [`Network`], which every model derefs to).
+//!
+//! * [`DeepConvNet`]: chapter 8's network, exactly as the book builds it: six 3x3
+//!   convolutions (16-16-32-32-64-64, the fourth with pad 2), three 2x2 max-pools,
+//!   Affine 1024->50, ReLU, Dropout 0.5, Affine 50->10, Dropout 0.5, SoftmaxWithLoss;
+//!   He initialisation.
+//! * [`SimpleConvNet`]: chapter 7's small network (conv 30x5x5, pool, Affine 100, Affine
+//!   10).
+//!
+//! Parameters are saved in the safetensors format under the book's names (`W1`, `b1`, ...
+//! `W8`, `b8`): no code runs on load (unlike the book's pickle), and PyTorch, candle and
+//! numpy read the files. Loading checks every name, shape and dtype.
+//!
+//! ```
+//! use dl_models::{DeepConvNet, DeepConvNetConfig};
+//! use dl_layers::Tensor;
+//!
+//! let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 42);
+//! assert_eq!(net.param_count(), 16 * 9 + 16 + 16 * 16 * 9 + 16 + 32 * 16 * 9 + 32 + 32 * 32 * 9 + 32
+//!     + 64 * 32 * 9 + 64 + 64 * 64 * 9 + 64 + 1024 * 50 + 50 + 50 * 10 + 10);
+//! let y = net.predict(Tensor::zeros(vec![2, 1, 28, 28]), false).unwrap();
+//! assert_eq!(y.shape(), &[2, 10]);
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod deep_convnet;
+mod error;
+mod network;
+mod simple_convnet;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
+pub use error::ModelError;
+pub use network::Network;
+pub use simple_convnet::{SimpleConvNet, SimpleConvNetConfig};
+
+/// Derives the seed of the `k`-th component (layer, dropout mask, ...) from a model seed,
+/// so that every random part of a model is fixed by one number.
+pub fn derive_seed(seed: u64, k: u64) -> u64 {
+    // SplitMix64 of (seed, k): well mixed, stable across versions.
+    let mut z = seed
+        ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x632B_E59B_D9B4_E019);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -130,7 +130,9 @@ impl Optimizer for Sgd {
     fn update(&mut self, params: &mut [ParamMut<'_>]) {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
-            Zip::from(&mut *p.value).and(p.grad).for_each(|w, &g| *w -= self.lr * (g + wd * *w));
+            Zip::from(&mut *p.value)
+                .and(p.grad)
+                .for_each(|w, &g| *w -= self.lr * (g + wd * *w));
         }
     }
     lr_accessors!();
@@ -151,7 +153,12 @@ pub struct Momentum {
 impl Momentum {
     /// The book's `Momentum(lr, momentum)`.
     pub fn new(lr: f32, momentum: f32) -> Self {
-        Self { lr, momentum, weight_decay: 0.0, v: HashMap::new() }
+        Self {
+            lr,
+            momentum,
+            weight_decay: 0.0,
+            v: HashMap::new(),
+        }
     }
 }
 
@@ -190,7 +197,12 @@ pub struct Nesterov {
 impl Nesterov {
     /// The book's `Nesterov(lr, momentum)`.
     pub fn new(lr: f32, momentum: f32) -> Self {
-        Self { lr, momentum, weight_decay: 0.0, v: HashMap::new() }
+        Self {
+            lr,
+            momentum,
+            weight_decay: 0.0,
+            v: HashMap::new(),
+        }
     }
 }
 
@@ -226,7 +238,11 @@ pub struct AdaGrad {
 impl AdaGrad {
     /// The book's `AdaGrad(lr)`.
     pub fn new(lr: f32) -> Self {
-        Self { lr, weight_decay: 0.0, h: HashMap::new() }
+        Self {
+            lr,
+            weight_decay: 0.0,
+            h: HashMap::new(),
+        }
     }
 }
 
@@ -264,7 +280,12 @@ pub struct RmsProp {
 impl RmsProp {
     /// The book's `RMSprop(lr, decay_rate)`.
     pub fn new(lr: f32, decay_rate: f32) -> Self {
-        Self { lr, decay_rate, weight_decay: 0.0, h: HashMap::new() }
+        Self {
+            lr,
+            decay_rate,
+            weight_decay: 0.0,
+            h: HashMap::new(),
+        }
     }
 }
 
@@ -313,7 +334,15 @@ impl Adam {
 
     /// Adam with the given moment decays.
     pub fn with_betas(lr: f32, beta1: f32, beta2: f32) -> Self {
-        Self { lr, beta1, beta2, weight_decay: 0.0, iter: 0, m: HashMap::new(), v: HashMap::new() }
+        Self {
+            lr,
+            beta1,
+            beta2,
+            weight_decay: 0.0,
+            iter: 0,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        }
     }
 
     /// Steps taken so far (the `t` of the bias correction).
@@ -335,12 +364,16 @@ impl Optimizer for Adam {
             let wd = decay_for(p, self.weight_decay);
             let m = state(&mut self.m, p);
             let v = state(&mut self.v, p);
-            Zip::from(&mut *p.value).and(m).and(v).and(p.grad).for_each(|w, m, v, &g| {
-                let g = g + wd * *w;
-                *m += (1.0 - b1) * (g - *m);
-                *v += (1.0 - b2) * (g * g - *v);
-                *w -= lr_t * *m / (v.sqrt() + EPS);
-            });
+            Zip::from(&mut *p.value)
+                .and(m)
+                .and(v)
+                .and(p.grad)
+                .for_each(|w, m, v, &g| {
+                    let g = g + wd * *w;
+                    *m += (1.0 - b1) * (g - *m);
+                    *v += (1.0 - b2) * (g * g - *v);
+                    *w -= lr_t * *m / (v.sqrt() + EPS);
+                });
         }
     }
     lr_accessors!();

@@ -8,9 +8,17 @@ use dl_tensor::{ParamMut, Tensor};
 fn two_steps(opt: &mut dyn Optimizer) -> (f32, f32) {
     let mut w = Tensor::from_elem(vec![1], 1.0);
     let g = Tensor::from_elem(vec![1], 0.5);
-    opt.update(&mut [ParamMut { name: "w".into(), value: &mut w, grad: &g }]);
+    opt.update(&mut [ParamMut {
+        name: "w".into(),
+        value: &mut w,
+        grad: &g,
+    }]);
     let first = w[0];
-    opt.update(&mut [ParamMut { name: "w".into(), value: &mut w, grad: &g }]);
+    opt.update(&mut [ParamMut {
+        name: "w".into(),
+        value: &mut w,
+        grad: &g,
+    }]);
     (first, w[0])
 }
 
@@ -47,8 +55,16 @@ fn weight_decay_applies_to_weights_not_biases() {
     let g = Tensor::from_elem(vec![1, 1], 0.5);
     let gb = Tensor::from_elem(vec![1], 0.5);
     opt.update(&mut [
-        ParamMut { name: "W1".into(), value: &mut w, grad: &g },
-        ParamMut { name: "b1".into(), value: &mut b, grad: &gb },
+        ParamMut {
+            name: "W1".into(),
+            value: &mut w,
+            grad: &g,
+        },
+        ParamMut {
+            name: "b1".into(),
+            value: &mut b,
+            grad: &gb,
+        },
     ]);
     assert!((w[[0, 0]] - 0.94).abs() < 1e-6, "{}", w[[0, 0]]);
     assert!((b[0] - 0.95).abs() < 1e-6, "{}", b[0]);
@@ -56,7 +72,11 @@ fn weight_decay_applies_to_weights_not_biases() {
     adam.weight_decay = 1.0;
     let mut w = Tensor::from_elem(vec![1, 1], 1.0);
     let zero = Tensor::zeros(vec![1, 1]);
-    adam.update(&mut [ParamMut { name: "W".into(), value: &mut w, grad: &zero }]);
+    adam.update(&mut [ParamMut {
+        name: "W".into(),
+        value: &mut w,
+        grad: &zero,
+    }]);
     assert!(w[[0, 0]] < 1.0, "decay alone must shrink the weight");
 }
 
@@ -66,8 +86,16 @@ fn state_is_kept_per_parameter_name() {
     let g = Tensor::from_elem(vec![1], 0.5);
     let mut a = Tensor::from_elem(vec![1], 1.0);
     let mut b = Tensor::from_elem(vec![1], 1.0);
-    opt.update(&mut [ParamMut { name: "a".into(), value: &mut a, grad: &g }]);
-    opt.update(&mut [ParamMut { name: "b".into(), value: &mut b, grad: &g }]);
+    opt.update(&mut [ParamMut {
+        name: "a".into(),
+        value: &mut a,
+        grad: &g,
+    }]);
+    opt.update(&mut [ParamMut {
+        name: "b".into(),
+        value: &mut b,
+        grad: &g,
+    }]);
     // b's first step has no velocity from a's
     assert!((b[0] - 0.95).abs() < 1e-6);
 }
@@ -80,8 +108,16 @@ fn minimise(opt: &mut dyn Optimizer, steps: usize) -> f32 {
         let gx = &x / 10.0;
         let gy = &y * 2.0;
         opt.update(&mut [
-            ParamMut { name: "x".into(), value: &mut x, grad: &gx },
-            ParamMut { name: "y".into(), value: &mut y, grad: &gy },
+            ParamMut {
+                name: "x".into(),
+                value: &mut x,
+                grad: &gx,
+            },
+            ParamMut {
+                name: "y".into(),
+                value: &mut y,
+                grad: &gy,
+            },
         ]);
     }
     x[0] * x[0] / 20.0 + y[0] * y[0]
@@ -91,7 +127,14 @@ fn minimise(opt: &mut dyn Optimizer, steps: usize) -> f32 {
 fn every_optimizer_descends_the_books_quadratic() {
     let start = 49.0 / 20.0 + 4.0;
     // the book's figure 6-8 learning rates
-    for (name, lr) in [("sgd", 0.95), ("momentum", 0.1), ("nesterov", 0.1), ("adagrad", 1.5), ("rmsprop", 0.1), ("adam", 0.3)] {
+    for (name, lr) in [
+        ("sgd", 0.95),
+        ("momentum", 0.1),
+        ("nesterov", 0.1),
+        ("adagrad", 1.5),
+        ("rmsprop", 0.1),
+        ("adam", 0.3),
+    ] {
         let mut opt = by_name(name, lr).unwrap();
         let f = minimise(opt.as_mut(), 200);
         assert!(f < 0.01 * start, "{name}: f = {f} after 200 steps (start {start})");

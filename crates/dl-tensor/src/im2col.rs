@@ -27,7 +27,9 @@ pub struct ConvGeometry {
 
 /// Why a [`ConvGeometry`] cannot exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid convolution geometry: input (C={c}, H={h}, W={w}), filter {fh}x{fw}, stride {stride}, pad {pad}: {reason}")]
+#[error(
+    "invalid convolution geometry: input (C={c}, H={h}, W={w}), filter {fh}x{fw}, stride {stride}, pad {pad}: {reason}"
+)]
 pub struct GeometryError {
     c: usize,
     h: usize,
@@ -118,16 +120,9 @@ impl ConvGeometry {
 ///
 /// # Panics
 /// If the geometry is impossible (stride 0, filter larger than the padded input).
-pub fn im2col(
-    input: &ArrayView4<f32>,
-    filter_h: usize,
-    filter_w: usize,
-    stride: usize,
-    pad: usize,
-) -> Array2<f32> {
+pub fn im2col(input: &ArrayView4<f32>, filter_h: usize, filter_w: usize, stride: usize, pad: usize) -> Array2<f32> {
     let (n, c, h, w) = input.dim();
-    let g = ConvGeometry::new(c, h, w, filter_h, filter_w, stride, pad)
-        .unwrap_or_else(|e| panic!("im2col: {e}"));
+    let g = ConvGeometry::new(c, h, w, filter_h, filter_w, stride, pad).unwrap_or_else(|e| panic!("im2col: {e}"));
     let (rows, cols) = (g.col_cols(), g.col_rows());
     let mut col = Array2::<f32>::zeros((n * rows, cols));
     let mut chw = vec![0.0f32; g.col_rows() * g.col_cols()];
@@ -156,8 +151,7 @@ pub fn col2im(
     pad: usize,
 ) -> Array4<f32> {
     let (n, c, h, w) = input_shape;
-    let g = ConvGeometry::new(c, h, w, filter_h, filter_w, stride, pad)
-        .unwrap_or_else(|e| panic!("col2im: {e}"));
+    let g = ConvGeometry::new(c, h, w, filter_h, filter_w, stride, pad).unwrap_or_else(|e| panic!("col2im: {e}"));
     let (rows, cols) = (g.col_cols(), g.col_rows());
     assert_eq!(
         col.dim(),
@@ -214,10 +208,7 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
                         if s == 1 {
                             dst[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
                         } else {
-                            for (d, v) in dst[ox_lo..ox_hi]
-                                .iter_mut()
-                                .zip(src[ix0..].iter().step_by(s))
-                            {
+                            for (d, v) in dst[ox_lo..ox_hi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
                                 *d = *v;
                             }
                         }

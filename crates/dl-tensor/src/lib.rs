@@ -11,7 +11,7 @@
 //! * [`gemm`]: `C = alpha · A · B + beta · C` on strided views, backed by
 //!   `matrixmultiply`, and [`par_gemm`] which splits large products across rayon threads.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
-//! * [`reference`]: plain loop implementations kept as the yardstick the fast kernels are
+//! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
 //!
 //! ```
@@ -52,3 +52,5 @@ pub struct ParamMut<'a> {
     /// The gradient of the loss with respect to `value`, same shape.
     pub grad: &'a Tensor,
 }
+
+pub mod fs;

@@ -10,9 +10,7 @@ pub fn matmul_reference(a: &ArrayView2<f32>, b: &ArrayView2<f32>) -> Array2<f32>
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "matmul_reference: inner dimensions differ");
     Array2::from_shape_fn((m, n), |(i, j)| {
-        (0..k)
-            .map(|p| f64::from(a[[i, p]]) * f64::from(b[[p, j]]))
-            .sum::<f64>() as f32
+        (0..k).map(|p| f64::from(a[[i, p]]) * f64::from(b[[p, j]])).sum::<f64>() as f32
     })
 }
 
@@ -41,8 +39,7 @@ pub fn im2col_reference(x: &ArrayView4<f32>, fh: usize, fw: usize, stride: usize
                         for kx in 0..fw {
                             let y = (oy * stride + ky) as isize - pad as isize;
                             let xx = (ox * stride + kx) as isize - pad as isize;
-                            col[[b * oh * ow + oy * ow + ox, ch * fh * fw + ky * fw + kx]] =
-                                padded(x, b, ch, y, xx);
+                            col[[b * oh * ow + oy * ow + ox, ch * fh * fw + ky * fw + kx]] = padded(x, b, ch, y, xx);
                         }
                     }
                 }
@@ -92,7 +89,14 @@ pub fn conv2d_reference(
 /// Pooling by the window loop: the maximum (or the mean when `average`) of each
 /// `ph x pw` window, padded windows counting padding as `-inf` for max and `0` for mean
 /// (the book pads with zeros before its im2col; with the default `pad = 0` both agree).
-pub fn pool_reference(x: &ArrayView4<f32>, ph: usize, pw: usize, stride: usize, pad: usize, average: bool) -> Array4<f32> {
+pub fn pool_reference(
+    x: &ArrayView4<f32>,
+    ph: usize,
+    pw: usize,
+    stride: usize,
+    pad: usize,
+    average: bool,
+) -> Array4<f32> {
     let (n, c, h, w) = x.dim();
     let oh = (h + 2 * pad - ph) / stride + 1;
     let ow = (w + 2 * pad - pw) / stride + 1;
@@ -104,7 +108,11 @@ pub fn pool_reference(x: &ArrayView4<f32>, ph: usize, pw: usize, stride: usize, 
                 let y = (oy * stride + ky) as isize - pad as isize;
                 let xx = (ox * stride + kx) as isize - pad as isize;
                 let inside = y >= 0 && xx >= 0 && y < h as isize && xx < w as isize;
-                let v = if inside { x[[b, ch, y as usize, xx as usize]] } else { 0.0 };
+                let v = if inside {
+                    x[[b, ch, y as usize, xx as usize]]
+                } else {
+                    0.0
+                };
                 if inside {
                     best = best.max(v);
                 }
@@ -121,5 +129,7 @@ pub fn pool_reference(x: &ArrayView4<f32>, ph: usize, pw: usize, stride: usize, 
 
 /// Column sums of `x` `(N, M)`.
 pub fn sum_rows_reference(x: &ArrayView2<f32>) -> Array1<f32> {
-    Array1::from_shape_fn(x.ncols(), |j| x.column(j).iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+    Array1::from_shape_fn(x.ncols(), |j| {
+        x.column(j).iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+    })
 }

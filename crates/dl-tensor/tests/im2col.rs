@@ -8,8 +8,11 @@ fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
     Array4::from_shape_fn(shape, |_| rng.gen_range(-1.0..1.0))
 }
 
-/// (N, C, H, W, FH, FW, stride, pad): odd sizes, stride 2 and 3, pad 0..2, non-square.
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+/// (N, C, H, W, FH, FW, stride, pad).
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// Odd sizes, stride 2 and 3, pad 0..2, non-square inputs and filters.
+const CASES: &[Case] = &[
     (1, 1, 5, 5, 3, 3, 1, 0),
     (2, 3, 7, 7, 5, 5, 1, 0),
     (2, 3, 7, 9, 3, 3, 2, 1),

@@ -1,14 +1,28 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # dl-train
+//!
+//! The book's `common/trainer.py` and what grows around it: [`Trainer`] runs
+//! mini-batch training of a [`Network`](dl_models::Network) on an
+//! [`ImageSet`](dl_data::ImageSet) with any optimizer, evaluates each epoch on a sample
+//! (the book's `evaluate_sample_num_per_epoch`), measures the full test set at the end,
+//! keeps a [`History`] that can be written as JSON, and reports progress to an
+//! [`Observer`] while it runs.
+//!
+//! ```no_run
+//! use dl_data::Mnist;
+//! use dl_models::{DeepConvNet, DeepConvNetConfig};
+//! use dl_train::{Trainer, TrainerConfig};
+//!
+//! let mnist = Mnist::load("datasets/mnist").unwrap();
+//! let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
+//! let config = TrainerConfig::default(); // the book's run: 20 epochs, batch 100, Adam 0.001
+//! let history = Trainer::new(&mut net, &mnist.train, &mnist.test, config).unwrap().train().unwrap();
+//! println!("test accuracy: {:.4}", history.test_accuracy);
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod evaluate;
+pub mod schedule;
+mod trainer;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use evaluate::{evaluate, Evaluation};
+pub use schedule::{ReduceOnPlateau, Schedule, Unit};
+pub use trainer::{EpochRecord, History, IterationInfo, Observer, TrainError, Trainer, TrainerConfig};

@@ -1,0 +1,105 @@
+use std::ops::{Deref, DerefMut};
+
+use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu};
+use serde::{Deserialize, Serialize};
+
+use crate::{derive_seed, ConvParam, Network};
+
+/// The book's `SimpleConvNet.__init__` arguments (chapter 7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimpleConvNetConfig {
+    /// `(C, H, W)` of one input image.
+    pub input_dim: (usize, usize, usize),
+    /// The convolution.
+    pub conv_param: ConvParam,
+    /// Units of the hidden Affine layer.
+    pub hidden_size: usize,
+    /// Number of classes.
+    pub output_size: usize,
+    /// The book's `weight_init_std` (0.01); He when `None`.
+    pub weight_init_std: Option<f32>,
+}
+
+impl Default for SimpleConvNetConfig {
+    /// The book's defaults: 30 filters of 5x5, hidden 100, 10 classes, std 0.01.
+    fn default() -> Self {
+        Self {
+            input_dim: (1, 28, 28),
+            conv_param: ConvParam {
+                filter_num: 30,
+                filter_size: 5,
+                pad: 0,
+                stride: 1,
+            },
+            hidden_size: 100,
+            output_size: 10,
+            weight_init_std: Some(0.01),
+        }
+    }
+}
+
+/// The book's chapter 7 network: `conv - relu - pool - affine - relu - affine - softmax`.
+#[derive(Debug, Clone)]
+pub struct SimpleConvNet {
+    network: Network,
+}
+
+impl SimpleConvNet {
+    /// Builds the network with its initial weights fixed by `seed`.
+    ///
+    /// # Panics
+    /// If the convolution does not fit the input size.
+    pub fn new(config: SimpleConvNetConfig, seed: u64) -> Self {
+        let init = config.weight_init_std.map_or(Init::He, Init::Std);
+        let (c, h, w) = config.input_dim;
+        let p = config.conv_param;
+        let conv = Convolution::new(
+            c,
+            p.filter_num,
+            p.filter_size,
+            p.filter_size,
+            p.stride,
+            p.pad,
+            init,
+            derive_seed(seed, 1),
+        );
+        let out = conv
+            .output_shape(&[1, c, h, w])
+            .unwrap_or_else(|e| panic!("SimpleConvNet: {e}"));
+        let pooled = out[1] * (out[2] / 2) * (out[3] / 2);
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(conv),
+            Box::new(Relu::new()),
+            Box::new(Pooling::max(2, 2, 2, 0)),
+            Box::new(Affine::new(pooled, config.hidden_size, init, derive_seed(seed, 2))),
+            Box::new(Relu::new()),
+            Box::new(Affine::new(
+                config.hidden_size,
+                config.output_size,
+                init,
+                derive_seed(seed, 3),
+            )),
+        ];
+        let mut network = Network::new("SimpleConvNet", layers);
+        network.set_metadata("config", serde_json::to_string(&config).expect("serialisable config"));
+        Self { network }
+    }
+
+    /// The underlying [`Network`], by value.
+    pub fn into_network(self) -> Network {
+        self.network
+    }
+}
+
+impl Deref for SimpleConvNet {
+    type Target = Network;
+    fn deref(&self) -> &Network {
+        &self.network
+    }
+}
+
+impl DerefMut for SimpleConvNet {
+    fn deref_mut(&mut self) -> &mut Network {
+        &mut self.network
+    }
+}

@@ -1,0 +1,223 @@
+use dl_layers::gradcheck::random_input;
+use dl_layers::{Labels, Tensor};
+use dl_models::{DeepConvNet, DeepConvNetConfig, ModelError, Network, SimpleConvNet, SimpleConvNetConfig};
+
+fn deep(seed: u64) -> Network {
+    DeepConvNet::new(DeepConvNetConfig::default(), seed).into_network()
+}
+
+#[test]
+fn deep_convnet_has_the_books_layers_names_and_shapes() {
+    let net = deep(0);
+    let layers: Vec<&str> = net.layers().iter().map(|l| l.name()).collect();
+    let conv_block = ["Convolution", "Relu", "Convolution", "Relu", "Pooling"];
+    let mut want: Vec<&str> = conv_block.iter().cycle().take(15).copied().collect();
+    want.extend(["Affine", "Relu", "Dropout", "Affine", "Dropout"]);
+    assert_eq!(layers, want);
+    let shapes: Vec<(String, Vec<usize>)> = net.params().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let expect = [
+        ("W1", vec![16, 1, 3, 3]),
+        ("b1", vec![16]),
+        ("W2", vec![16, 16, 3, 3]),
+        ("b2", vec![16]),
+        ("W3", vec![32, 16, 3, 3]),
+        ("b3", vec![32]),
+        ("W4", vec![32, 32, 3, 3]),
+        ("b4", vec![32]),
+        ("W5", vec![64, 32, 3, 3]),
+        ("b5", vec![64]),
+        ("W6", vec![64, 64, 3, 3]),
+        ("b6", vec![64]),
+        ("W7", vec![1024, 50]),
+        ("b7", vec![50]),
+        ("W8", vec![50, 10]),
+        ("b8", vec![10]),
+    ];
+    let expect: Vec<(String, Vec<usize>)> = expect.iter().map(|(n, s)| (n.to_string(), s.clone())).collect();
+    assert_eq!(shapes, expect);
+}
+
+#[test]
+fn he_initialisation_and_seeding() {
+    let net = deep(3);
+    for (name, t) in net.params() {
+        if name.starts_with('b') {
+            assert!(t.iter().all(|&v| v == 0.0), "{name} starts at zero");
+            continue;
+        }
+        let fan_in: usize = if t.ndim() == 4 {
+            t.shape()[1..].iter().product()
+        } else {
+            t.shape()[0]
+        };
+        let n = t.len() as f32;
+        let std = (t.iter().map(|v| v * v).sum::<f32>() / n).sqrt();
+        let want = (2.0 / fan_in as f32).sqrt();
+        assert!((std / want - 1.0).abs() < 0.25, "{name}: std {std}, He {want}");
+    }
+    let same = deep(3);
+    assert!(net.params().iter().zip(same.params()).all(|(a, b)| a.1 == b.1));
+    let other = deep(4);
+    assert!(net.params()[0].1 != other.params()[0].1);
+}
+
+#[test]
+fn save_and_load_round_trip_gives_identical_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let mut a = deep(1);
+    a.save_params(&path).unwrap();
+    let mut b = deep(2);
+    let x = random_input(&[3, 1, 28, 28], 0.0, 5).mapv(f32::abs);
+    assert_ne!(
+        a.predict(x.clone(), false).unwrap(),
+        b.predict(x.clone(), false).unwrap()
+    );
+    b.load_params(&path).unwrap();
+    assert_eq!(a.predict(x.clone(), false).unwrap(), b.predict(x, false).unwrap());
+    // nothing but the file itself is left in the folder (atomic write)
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // the file is plain safetensors with the book's names
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("W7").unwrap().shape(), &[1024, 50]);
+}
+
+#[test]
+fn loading_a_wrong_file_is_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let simple = dir.path().join("simple.safetensors");
+    SimpleConvNet::new(SimpleConvNetConfig::default(), 0)
+        .save_params(&simple)
+        .unwrap();
+    let mut net = deep(1);
+    let before: Vec<Tensor> = net.params().into_iter().map(|(_, t)| t.clone()).collect();
+    let e = net.load_params(&simple).unwrap_err();
+    assert!(matches!(e, ModelError::Shape { ref name, .. } if name == "W1"), "{e}");
+    assert!(
+        e.to_string().contains("[16, 1, 3, 3]") && e.to_string().contains("[30, 1, 5, 5]"),
+        "{e}"
+    );
+    let after: Vec<Tensor> = net.params().into_iter().map(|(_, t)| t.clone()).collect();
+    assert_eq!(before, after);
+
+    // a file missing a tensor
+    let bytes = {
+        let w = vec![0u8; 16 * 9 * 4];
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16, 1, 3, 3], &w).unwrap();
+        safetensors::serialize(vec![("W1", v)], &None).unwrap()
+    };
+    let e = net.load_params_from_bytes(&bytes, "partial".as_ref()).unwrap_err();
+    assert!(matches!(e, ModelError::Missing { ref name, .. } if name == "b1"), "{e}");
+
+    // a file of another dtype
+    let bytes = {
+        let w = vec![0u8; 16 * 9 * 8];
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![16, 1, 3, 3], &w).unwrap();
+        safetensors::serialize(vec![("W1", v)], &None).unwrap()
+    };
+    assert!(matches!(
+        net.load_params_from_bytes(&bytes, "f64".as_ref()),
+        Err(ModelError::DType { .. })
+    ));
+
+    // extra tensors
+    let mut full = deep(1).params_to_bytes();
+    let mut other = Network::new("x", Vec::new());
+    assert!(matches!(
+        other.load_params_from_bytes(&full, "extra".as_ref()),
+        Err(ModelError::Unexpected { .. })
+    ));
+
+    // garbage and truncation
+    full.truncate(full.len() / 2);
+    assert!(matches!(
+        net.load_params_from_bytes(&full, "cut".as_ref()),
+        Err(ModelError::Format { .. })
+    ));
+    assert!(matches!(
+        net.load_params(dir.path().join("nope")),
+        Err(ModelError::Io { .. })
+    ));
+    let after: Vec<Tensor> = net.params().into_iter().map(|(_, t)| t.clone()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn saving_into_a_missing_folder_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = deep(0)
+        .save_params(dir.path().join("no/such/dir/p.safetensors"))
+        .unwrap_err();
+    assert!(matches!(e, ModelError::Io { .. }), "{e}");
+}
+
+#[test]
+fn network_gradient_matches_numerical_gradient() {
+    // A small SimpleConvNet (He init so gradients are not tiny) on 8x8 images.
+    let cfg = SimpleConvNetConfig {
+        input_dim: (1, 8, 8),
+        conv_param: dl_models::ConvParam {
+            filter_num: 3,
+            filter_size: 3,
+            pad: 1,
+            stride: 1,
+        },
+        hidden_size: 6,
+        output_size: 4,
+        weight_init_std: None,
+    };
+    let mut net = SimpleConvNet::new(cfg, 9).into_network();
+    let x = random_input(&[3, 1, 8, 8], 0.0, 1);
+    let t = [0usize, 3, 1];
+    net.gradient(x.clone(), Labels::Indices(&t)).unwrap();
+    let grads: Vec<(String, Tensor)> = net.grads().into_iter().map(|(n, g)| (n, g.clone())).collect();
+    // A small step keeps the differences from straddling ReLU and max-pool kinks; the loss
+    // is an f32 near 1, so allow for its rounding (2.4e-7 / 2e-4 ~ 1e-3) in the tolerance.
+    let eps = 1e-4f32;
+    let mut worst = 0.0f32;
+    for (k, (name, g)) in grads.iter().enumerate() {
+        for i in (0..g.len()).step_by(1 + g.len() / 25) {
+            let loss_at = |delta: f32| {
+                let mut n = net.clone();
+                let mut pg = n.params_and_grads();
+                pg[k].value.as_slice_mut().unwrap()[i] += delta;
+                drop(pg);
+                n.loss(x.clone(), Labels::Indices(&t)).unwrap()
+            };
+            let num = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps);
+            let a = g.as_slice().unwrap()[i];
+            let err = (a - num).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= 3e-3 + 3e-2 * num.abs(),
+                "{name}[{i}]: analytic {a}, numerical {num}"
+            );
+        }
+    }
+    assert!(worst.is_finite());
+}
+
+#[test]
+fn frozen_layers_are_left_out_of_the_optimizer() {
+    let mut net = deep(0);
+    assert_eq!(net.params_and_grads().len(), 16);
+    net.set_frozen(0, true);
+    let names: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
+    assert_eq!(names.len(), 14);
+    assert!(!names.contains(&"W1".to_string()));
+}
+
+#[test]
+fn wrong_input_is_an_error_naming_the_layer() {
+    let mut net = deep(0);
+    let e = net.predict(Tensor::zeros(vec![2, 3, 28, 28]), false).unwrap_err();
+    assert!(
+        e.to_string().contains("Convolution") && e.to_string().contains("(N, 1, H, W)"),
+        "{e}"
+    );
+    let e = net.accuracy(&Tensor::zeros(vec![2, 1, 28, 28]), &[1], 100).unwrap_err();
+    assert!(e.to_string().contains("2 inputs but 1 labels"), "{e}");
+    let e = net.predict(Tensor::zeros(vec![2, 1, 20, 20]), false).unwrap_err();
+    assert!(e.to_string().starts_with("Affine"), "{e}");
+}

@@ -1,0 +1,291 @@
+use std::time::Instant;
+
+use dl_data::{BatchOrder, ImageSet};
+use dl_layers::{Labels, Tensor};
+use dl_models::{ModelError, Network};
+use dl_optim::{OptimError, Optimizer};
+use serde::{Deserialize, Serialize};
+
+use crate::{evaluate, Evaluation, ReduceOnPlateau, Schedule, Unit};
+
+/// What can stop training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The optimizer settings are invalid.
+    #[error(transparent)]
+    Optimizer(#[from] OptimError),
+    /// The network refused the data.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A setting outside its range.
+    #[error("invalid trainer setting: {0}")]
+    Config(String),
+    /// The loss became NaN or infinite.
+    #[error("the training loss diverged ({loss}) at iteration {iteration}; lower the learning rate")]
+    Diverged {
+        /// The loss.
+        loss: f32,
+        /// 1-based iteration.
+        iteration: usize,
+    },
+}
+
+/// The book's `Trainer` arguments, plus the seed that fixes the batch order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per mini-batch.
+    pub mini_batch_size: usize,
+    /// Optimizer by the book's name: `sgd`, `momentum`, `nesterov`, `adagrad`,
+    /// `rmsprop`, `adam`.
+    pub optimizer: String,
+    /// Learning rate.
+    pub lr: f32,
+    /// Images of each set used for the per-epoch accuracies (all when `None`).
+    pub evaluate_sample_num_per_epoch: Option<usize>,
+    /// Seed of the batch order.
+    pub seed: u64,
+    /// Print the book's per-epoch lines to stdout.
+    pub verbose: bool,
+    /// Learning-rate decay (constant when `None`).
+    #[serde(default)]
+    pub lr_schedule: Option<Schedule>,
+    /// Whether the schedule steps per iteration or per epoch.
+    #[serde(default = "default_unit")]
+    pub schedule_unit: Unit,
+    /// Reduce the rate when the per-epoch test accuracy stops improving.
+    #[serde(default)]
+    pub reduce_on_plateau: Option<ReduceOnPlateau>,
+}
+
+fn default_unit() -> Unit {
+    Unit::Iteration
+}
+
+impl Default for TrainerConfig {
+    /// The book's `train_deepnet.py`: 20 epochs, batch 100, Adam lr 0.001, 1000
+    /// evaluation samples per epoch.
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            mini_batch_size: 100,
+            optimizer: "adam".into(),
+            lr: 0.001,
+            evaluate_sample_num_per_epoch: Some(1000),
+            seed: 0,
+            verbose: false,
+            lr_schedule: None,
+            schedule_unit: Unit::Iteration,
+            reduce_on_plateau: None,
+        }
+    }
+}
+
+/// One epoch of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's mini-batches.
+    pub train_loss: f32,
+    /// Accuracy on the training sample.
+    pub train_acc: f64,
+    /// Accuracy on the test sample.
+    pub test_acc: f64,
+    /// Learning rate used in the epoch.
+    pub lr: f32,
+    /// Seconds of training (evaluation excluded) in the epoch.
+    pub train_seconds: f64,
+    /// Wall-clock seconds since training started, at the end of the epoch.
+    pub elapsed_seconds: f64,
+}
+
+/// Everything a run learned about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The settings of the run.
+    pub config: TrainerConfig,
+    /// The loss of every iteration (the book's `train_loss_list`).
+    pub train_loss_list: Vec<f32>,
+    /// One record per epoch.
+    pub epochs: Vec<EpochRecord>,
+    /// Full test-set accuracy at the end.
+    pub test_accuracy: f64,
+    /// Correct / total on the full test set.
+    pub test_evaluation: Evaluation,
+    /// Wall-clock seconds of the whole run.
+    pub total_seconds: f64,
+    /// Rayon threads used.
+    pub threads: usize,
+}
+
+/// Progress of one iteration, for an [`Observer`].
+#[derive(Debug, Clone, Copy)]
+pub struct IterationInfo {
+    /// 1-based iteration.
+    pub iteration: usize,
+    /// Total iterations of the run.
+    pub max_iter: usize,
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// This mini-batch's loss.
+    pub loss: f32,
+    /// Images in the mini-batch.
+    pub batch: usize,
+}
+
+/// Receives progress while a [`Trainer`] runs (a progress bar, a log, a plot).
+pub trait Observer {
+    /// After every iteration.
+    fn on_iteration(&mut self, _info: &IterationInfo) {}
+    /// After every epoch's evaluation.
+    fn on_epoch(&mut self, _record: &EpochRecord) {}
+    /// Before and after the final full test evaluation.
+    fn on_final_evaluation(&mut self, _done: Option<&Evaluation>) {}
+}
+
+/// No progress reports.
+struct Silent;
+impl Observer for Silent {}
+
+/// The book's `Trainer`: mini-batch training of a network with an optimizer.
+pub struct Trainer<'a> {
+    network: &'a mut Network,
+    train: &'a ImageSet,
+    test: &'a ImageSet,
+    config: TrainerConfig,
+    optimizer: Box<dyn Optimizer>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer for `network` on `train`, evaluated on `test`.
+    pub fn new(
+        network: &'a mut Network,
+        train: &'a ImageSet,
+        test: &'a ImageSet,
+        config: TrainerConfig,
+    ) -> Result<Self, TrainError> {
+        if config.mini_batch_size == 0 {
+            return Err(TrainError::Config("mini-batch size must be at least 1".into()));
+        }
+        if train.is_empty() {
+            return Err(TrainError::Config("the training set is empty".into()));
+        }
+        let optimizer = dl_optim::by_name(&config.optimizer, config.lr)?;
+        Ok(Self {
+            network,
+            train,
+            test,
+            config,
+            optimizer,
+        })
+    }
+
+    /// Replaces the optimizer built from the configuration (for settings beyond the
+    /// learning rate).
+    pub fn with_optimizer(mut self, optimizer: Box<dyn Optimizer>) -> Self {
+        self.optimizer = optimizer;
+        self
+    }
+
+    /// The book's `train()`, silently.
+    pub fn train(self) -> Result<History, TrainError> {
+        self.train_with(&mut Silent)
+    }
+
+    /// `train()`, reporting progress to `observer`.
+    pub fn train_with(mut self, observer: &mut dyn Observer) -> Result<History, TrainError> {
+        // Denormal numbers in gradients and Adam's moments fall onto a slow path;
+        // flush them on every thread that computes.
+        rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
+        dl_tensor::flush_denormals_to_zero();
+
+        let cfg = self.config.clone();
+        let order = BatchOrder::new(self.train.len(), cfg.mini_batch_size, cfg.seed);
+        let iter_per_epoch = order.batches_per_epoch();
+        let max_iter = iter_per_epoch * cfg.epochs;
+        let start = Instant::now();
+        let mut history = History {
+            config: cfg.clone(),
+            train_loss_list: Vec::with_capacity(max_iter),
+            epochs: Vec::with_capacity(cfg.epochs),
+            test_accuracy: 0.0,
+            test_evaluation: Evaluation { correct: 0, total: 0 },
+            total_seconds: 0.0,
+            threads: rayon::current_num_threads(),
+        };
+        let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
+        let mut iteration = 0;
+        // The base rate the schedule scales; reduce-on-plateau lowers it.
+        let mut base_lr = cfg.lr;
+        let mut plateau: Option<ReduceOnPlateau> = cfg.reduce_on_plateau.clone();
+        let schedule = cfg.lr_schedule.clone().unwrap_or(Schedule::Constant);
+        for epoch in 1..=cfg.epochs {
+            let epoch_start = Instant::now();
+            let mut loss_sum = 0.0f64;
+            let mut batches = 0usize;
+            for idx in order.epoch(epoch as u64 - 1) {
+                let lr = match cfg.schedule_unit {
+                    Unit::Iteration => schedule.lr_at(base_lr, iteration, max_iter),
+                    Unit::Epoch => schedule.lr_at(base_lr, epoch - 1, cfg.epochs),
+                };
+                self.optimizer.set_learning_rate(lr);
+                iteration += 1;
+                self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
+                let x = Tensor::from_shape_vec(
+                    vec![idx.len(), 1, self.train.height, self.train.width],
+                    std::mem::take(&mut xbuf),
+                )
+                .expect("batch shape");
+                let loss = self.network.gradient(x, Labels::Indices(&tbuf))?;
+                if !loss.is_finite() {
+                    return Err(TrainError::Diverged { loss, iteration });
+                }
+                self.optimizer.update(&mut self.network.params_and_grads());
+                history.train_loss_list.push(loss);
+                loss_sum += f64::from(loss);
+                batches += 1;
+                observer.on_iteration(&IterationInfo {
+                    iteration,
+                    max_iter,
+                    epoch,
+                    loss,
+                    batch: idx.len(),
+                });
+            }
+            let train_seconds = epoch_start.elapsed().as_secs_f64();
+            let n = cfg.evaluate_sample_num_per_epoch;
+            let train_acc = evaluate(self.network, self.train, n, cfg.mini_batch_size)?.accuracy();
+            let test_acc = evaluate(self.network, self.test, n, cfg.mini_batch_size)?.accuracy();
+            let record = EpochRecord {
+                epoch,
+                train_loss: (loss_sum / batches.max(1) as f64) as f32,
+                train_acc,
+                test_acc,
+                lr: self.optimizer.learning_rate(),
+                train_seconds,
+                elapsed_seconds: start.elapsed().as_secs_f64(),
+            };
+            if let Some(p) = plateau.as_mut() {
+                base_lr = p.step(test_acc, base_lr);
+            }
+            if cfg.verbose {
+                println!("=== epoch:{epoch}, train acc:{train_acc:.4}, test acc:{test_acc:.4} ===");
+            }
+            observer.on_epoch(&record);
+            history.epochs.push(record);
+        }
+        observer.on_final_evaluation(None);
+        let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
+        observer.on_final_evaluation(Some(&eval));
+        if cfg.verbose {
+            println!("=============== Final Test Accuracy ===============");
+            println!("test acc:{:.4}", eval.accuracy());
+        }
+        history.test_accuracy = eval.accuracy();
+        history.test_evaluation = eval;
+        history.total_seconds = start.elapsed().as_secs_f64();
+        Ok(history)
+    }
+}

@@ -1,0 +1,207 @@
+//! `cargo xtask bench`: whole-network throughput, a per-layer time breakdown and peak
+//! memory, as a table and as JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use dl_data::{BatchOrder, Mnist};
+use dl_layers::{Labels, SoftmaxWithLoss, Tensor};
+use dl_models::Network;
+use dl_optim::Optimizer;
+use serde::Serialize;
+
+use crate::train::ModelName;
+use crate::CliError;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Network to measure.
+    #[arg(long, value_enum, default_value = "deep")]
+    model: ModelName,
+    /// Timed windows per figure (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    windows: usize,
+    /// Training iterations (batch 100) per window.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Warm-up iterations before timing.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Folder with the MNIST files (default: the shipped copy).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct LayerTime {
+    index: usize,
+    layer: String,
+    forward_ms: f64,
+    backward_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    batch: usize,
+    train_images_per_sec: f64,
+    train_images_per_sec_windows: Vec<f64>,
+    infer_images_per_sec_b100: f64,
+    infer_images_per_sec_b1000: f64,
+    peak_rss_mib: f64,
+    layers: Vec<LayerTime>,
+    extra: BTreeMap<String, f64>,
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
+    dl_tensor::flush_denormals_to_zero();
+    let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
+    let mut net = a.model.build(0);
+    let mut opt = dl_optim::by_name("adam", 0.001).map_err(|e| CliError::Other(e.to_string()))?;
+    let batch = 100;
+    let order = BatchOrder::new(mnist.train.len(), batch, 0);
+    let mut batches = std::iter::repeat_with(|| order.epoch(0)).flatten();
+    let mut step = |net: &mut Network, opt: &mut Box<dyn Optimizer>| -> Result<(), CliError> {
+        let idx = batches.next().expect("endless");
+        let (x, t) = mnist.train.batch(&idx);
+        net.gradient(x, Labels::Indices(&t))?;
+        opt.update(&mut net.params_and_grads());
+        Ok(())
+    };
+    for _ in 0..a.warmup {
+        step(&mut net, &mut opt)?;
+    }
+    let mut train_rates = Vec::new();
+    for _ in 0..a.windows {
+        let t = Instant::now();
+        for _ in 0..a.iters {
+            step(&mut net, &mut opt)?;
+        }
+        train_rates.push((a.iters * batch) as f64 / t.elapsed().as_secs_f64());
+    }
+    let train = median(&train_rates);
+    eprintln!(
+        "train  batch {batch}: {train:.0} img/s (median of {} windows)",
+        a.windows
+    );
+
+    let mut infer = BTreeMap::new();
+    for bs in [100usize, 1000] {
+        let n = 10_000 - 10_000 % bs;
+        let (x, _) = mnist.test.batch(&(0..n).collect::<Vec<_>>());
+        let chunks: Vec<Tensor> = x.axis_chunks_iter(ndarray::Axis(0), bs).map(|c| c.to_owned()).collect();
+        net.predict(chunks[0].clone(), false)?;
+        let mut rates = Vec::new();
+        for _ in 0..a.windows.min(5) {
+            let t = Instant::now();
+            for c in &chunks {
+                net.predict(c.clone(), false)?;
+            }
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        let r = median(&rates);
+        eprintln!("infer  batch {bs}: {r:.0} img/s");
+        infer.insert(bs, r);
+    }
+
+    // Per-layer breakdown: forward and backward of each layer on one training batch.
+    let idx: Vec<usize> = (0..batch).collect();
+    let (x, t) = mnist.train.batch(&idx);
+    let layers_n = net.layers().len();
+    let mut fwd = vec![Vec::new(); layers_n];
+    let mut bwd = vec![Vec::new(); layers_n];
+    for _ in 0..a.windows {
+        let mut h = x.clone();
+        for (i, l) in net.layers_mut().iter_mut().enumerate() {
+            let s = Instant::now();
+            h = l.forward(h, true)?;
+            fwd[i].push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut last = SoftmaxWithLoss::new();
+        last.forward(&h, Labels::Indices(&t))?;
+        let mut d = last.backward();
+        for (i, l) in net.layers_mut().iter_mut().enumerate().rev() {
+            let s = Instant::now();
+            d = l.backward(d);
+            bwd[i].push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let layers: Vec<LayerTime> = net
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LayerTime {
+            index: i,
+            layer: l.name().to_string(),
+            forward_ms: median(&fwd[i]),
+            backward_ms: median(&bwd[i]),
+        })
+        .collect();
+    let report = Report {
+        model: net.kind().to_string(),
+        threads: rayon::current_num_threads(),
+        batch,
+        train_images_per_sec: train,
+        train_images_per_sec_windows: train_rates,
+        infer_images_per_sec_b100: infer[&100],
+        infer_images_per_sec_b1000: infer[&1000],
+        peak_rss_mib: peak_rss_mib(),
+        layers,
+        extra: BTreeMap::new(),
+    };
+    print_table(&report);
+    if let Some(path) = a.json {
+        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| CliError::Other(e.to_string()))?;
+        dl_tensor::fs::atomic_write(&path, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!("{} on {} threads, batch {}", r.model, r.threads, r.batch);
+    println!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
+    println!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
+    println!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);
+    println!("  peak RSS               {:>8.1} MiB", r.peak_rss_mib);
+    println!("  {:>3} {:<20} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
+    let (mut tf, mut tb) = (0.0, 0.0);
+    for l in &r.layers {
+        println!(
+            "  {:>3} {:<20} {:>10.3} {:>10.3}",
+            l.index, l.layer, l.forward_ms, l.backward_ms
+        );
+        tf += l.forward_ms;
+        tb += l.backward_ms;
+    }
+    println!("  {:>3} {:<20} {:>10.3} {:>10.3}", "", "total", tf, tb);
+}
