@@ -21,8 +21,10 @@ pub struct Convolution {
     pub b: Param,
     stride: usize,
     pad: usize,
-    /// The lowered input of the last training forward, `N` blocks of `(C*FH*FW, OH*OW)`.
-    col: Vec<f32>,
+    /// The input of the last training forward (the book's `self.x`), `(N, C, H, W)`.
+    /// Backward lowers it again image by image: a lowered image stays in the core's
+    /// cache, where keeping the whole batch's columns would send them through memory.
+    x: Option<Tensor>,
     /// Geometry and batch size of the last training forward.
     cache: Option<(ConvGeometry, usize)>,
 }
@@ -67,7 +69,7 @@ impl Convolution {
             b: Param::new(b),
             stride,
             pad,
-            col: Vec::new(),
+            x: None,
             cache: None,
         }
     }
@@ -123,23 +125,13 @@ impl Layer for Convolution {
         let g = self.geometry(x.shape())?;
         let n = x.shape()[0];
         let (f, ..) = self.dims();
-        let x = x.as_standard_layout();
-        let xs = x.as_slice().expect("standard layout");
+        let x = crate::into_standard(x);
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
         let mut out = vec![0.0f32; n * out_len];
-        let mut col = std::mem::take(&mut self.col);
-        let w = self.w_matrix();
-        let bias = self.b.value.as_slice().expect("contiguous b");
-        if train {
-            col.resize(n * col_len, 0.0);
-            out.par_chunks_mut(out_len)
-                .zip(col.par_chunks_mut(col_len))
-                .zip(xs.par_chunks(in_len))
-                .for_each(|((o, c), xi)| {
-                    im2col_chw(xi, &g, c);
-                    forward_image(&w, bias, c, &g, o);
-                });
-        } else {
+        {
+            let xs = x.as_slice().expect("standard layout");
+            let w = self.w_matrix();
+            let bias = self.b.value.as_slice().expect("contiguous b");
             out.par_chunks_mut(out_len).zip(xs.par_chunks(in_len)).for_each_init(
                 || vec![0.0f32; col_len],
                 |c, (o, xi)| {
@@ -148,8 +140,8 @@ impl Layer for Convolution {
                 },
             );
         }
-        self.col = col;
         if train {
+            self.x = Some(x);
             self.cache = Some((g, n));
         }
         Ok(Tensor::from_shape_vec(vec![n, f, g.out_h, g.out_w], out).expect("output shape"))
@@ -161,6 +153,8 @@ impl Layer for Convolution {
         check_dout("Convolution", &dout, &[n, f, g.out_h, g.out_w]);
         let dout = dout.as_standard_layout();
         let ds = dout.as_slice().expect("standard layout");
+        let x = self.x.as_ref().expect("input kept by the training forward");
+        let xs = x.as_slice().expect("standard layout");
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
         let ckk = c * fh * fw;
         let mut dx = vec![0.0f32; n * in_len];
@@ -172,14 +166,16 @@ impl Layer for Convolution {
         let partials: Vec<(Array2<f32>, Vec<f32>)> = dx
             .par_chunks_mut(in_len * GROUP)
             .zip(ds.par_chunks(out_len * GROUP))
-            .zip(self.col.par_chunks(col_len * GROUP))
-            .map(|((dxg, dg), cg)| {
+            .zip(xs.par_chunks(in_len * GROUP))
+            .map(|((dxg, dg), xg)| {
                 let mut dw = Array2::<f32>::zeros((f, ckk));
                 let mut db = vec![0.0f32; f];
+                let mut col = vec![0.0f32; col_len];
                 let mut dcol = vec![0.0f32; col_len];
-                for ((dxi, di), ci) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(cg.chunks(col_len)) {
+                for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
+                    im2col_chw(xi, &g, &mut col);
                     let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), ci).expect("col block");
+                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
                     // dW += dout_i · col_i^T ; db += row sums of dout_i
                     gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
                     for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {

@@ -1,8 +1,25 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+/// Checks the shapes of `c = a · b`, naming all three otherwise.
+fn check(what: &str, a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &ArrayViewMut2<f32>) -> (usize, usize, usize) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert!(
+        k == k2 && c.dim() == (m, n),
+        "{what}: shapes do not agree: a {:?} · b {:?} -> c {:?}",
+        a.dim(),
+        b.dim(),
+        c.dim()
+    );
+    (m, k, n)
+}
+
 /// `c = alpha · a · b + beta · c` on any strided 2-D views (transposed views included:
-/// pass `x.t()`), single-threaded, on `matrixmultiply`'s packed kernels.
+/// pass `x.t()`), single-threaded. This is the one GEMM every layer calls; it runs on
+/// the `gemm` crate's kernels (AVX-512 where the CPU has it, chosen at run time), which
+/// beat `matrixmultiply` on this network's shapes (`docs/PERFORMANCE.md`);
+/// [`gemm_matrixmultiply`] is the same product on `matrixmultiply`.
 ///
 /// Shapes: `a` `(M, K)`, `b` `(K, N)`, `c` `(M, N)`. With `beta == 0` the old content of
 /// `c` is ignored (even NaN), so `c` need not be initialised.
@@ -10,25 +27,66 @@ use rayon::prelude::*;
 /// # Panics
 /// If the shapes do not agree (a programmer error); the message gives all three.
 pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
-    let (m, k) = a.dim();
-    let (k2, n) = b.dim();
-    assert!(
-        k == k2 && c.dim() == (m, n),
-        "gemm: shapes do not agree: a {:?} · b {:?} -> c {:?}",
-        a.dim(),
-        b.dim(),
-        c.dim()
-    );
+    let (m, k, n) = check("gemm", a, b, c);
     if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.mapv_inplace(|v| if beta == 0.0 { 0.0 } else { beta * v });
         return;
     }
     let (rsa, csa) = (a.strides()[0], a.strides()[1]);
     let (rsb, csb) = (b.strides()[0], b.strides()[1]);
     let (rsc, csc) = (c.strides()[0], c.strides()[1]);
     // SAFETY: the pointers and strides come from live ndarray views whose shapes were
-    // checked above, so every index matrixmultiply forms (i*rs + j*cs for i < rows,
-    // j < cols) lies inside the viewed memory. `c` is a unique mutable view, so it does
-    // not alias `a` or `b`, and ndarray's mutable views never alias themselves.
+    // checked above, so every element the kernel addresses (i*rs + j*cs for i < rows,
+    // j < cols) lies inside the viewed memory. `c` is a unique mutable view, so it
+    // aliases neither `a` nor `b`, and a mutable ndarray view never aliases itself.
+    // The gemm crate computes dst = alpha·dst + beta·lhs·rhs, reading dst only when
+    // asked: its alpha is our beta and its beta our alpha.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            csc,
+            rsc,
+            beta != 0.0,
+            a.as_ptr(),
+            csa,
+            rsa,
+            b.as_ptr(),
+            csb,
+            rsb,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// [`gemm`] computed by `matrixmultiply`'s packed kernels: kept as the second backend
+/// the benchmarks compare against and the tests check.
+pub fn gemm_matrixmultiply(
+    alpha: f32,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
+    let (m, k, n) = check("gemm_matrixmultiply", a, b, c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
+    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
+    let (rsc, csc) = (c.strides()[0], c.strides()[1]);
+    // SAFETY: as in `gemm`: shapes checked, pointers and strides from live views, `c`
+    // unique and not aliasing the inputs.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -113,6 +171,9 @@ mod tests {
             let mut c = c0.clone();
             gemm(0.5, &a.view(), &b.view(), 2.0, &mut c.view_mut());
             close(&c, &want);
+            let mut c = c0.clone();
+            gemm_matrixmultiply(0.5, &a.view(), &b.view(), 2.0, &mut c.view_mut());
+            close(&c, &want);
             // the same product through transposed (column-major) views
             let at = a.t().to_owned();
             let bt = b.t().to_owned();
@@ -138,6 +199,21 @@ mod tests {
                 close(&c, &matmul_reference(&a.view(), &b.view()));
             }
         });
+    }
+
+    #[test]
+    fn gemm_handles_empty_inner_dimension_and_negative_strides() {
+        let a = Array2::<f32>::zeros((3, 0));
+        let b = Array2::<f32>::zeros((0, 2));
+        let mut c = Array2::from_elem((3, 2), 5.0f32);
+        gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
+        assert!(c.iter().all(|&v| v == 2.5));
+        let a = random(4, 5, 8);
+        let b = random(5, 3, 9);
+        let flipped = a.slice(ndarray::s![..;-1, ..]);
+        let mut c = Array2::zeros((4, 3));
+        gemm(1.0, &flipped, &b.view(), 0.0, &mut c.view_mut());
+        close(&c, &matmul_reference(&flipped, &b.view()));
     }
 
     #[test]

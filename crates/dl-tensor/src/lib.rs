@@ -9,7 +9,8 @@
 //!   `(C*FH*FW, OH*OW)` that the fast convolution uses, so that `W · col` writes an
 //!   NCHW output directly, with no transpose.
 //! * [`gemm`]: `C = alpha · A · B + beta · C` on strided views, backed by
-//!   `matrixmultiply`, and [`par_gemm`] which splits large products across rayon threads.
+//!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
+//!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -34,7 +35,7 @@ mod ops;
 pub mod reference;
 
 pub use denormal::flush_denormals_to_zero;
-pub use gemm::{gemm, par_gemm};
+pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
 
