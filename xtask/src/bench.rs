@@ -35,6 +35,14 @@ pub struct BenchArgs {
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Also run PyTorch on the same network in this invocation (between two halves of
+    /// our own windows) and print the ratios. Optional value: the anchor script
+    /// (default: ../shared/anchors/torch_deepconvnet.py beside the checkout).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    vs_torch: Option<String>,
+    /// Python interpreter with torch and numpy, for --vs-torch.
+    #[arg(long, default_value = "python3")]
+    python: String,
 }
 
 #[derive(Serialize)]
@@ -57,6 +65,9 @@ struct Report {
     peak_rss_mib: f64,
     layers: Vec<LayerTime>,
     extra: BTreeMap<String, f64>,
+    /// PyTorch's medians from the same invocation (`--vs-torch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 pub fn median(xs: &[f64]) -> f64 {
@@ -84,7 +95,8 @@ pub fn peak_rss_mib() -> f64 {
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
     dl_tensor::flush_denormals_to_zero();
-    let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
+    let data_dir = a.data.clone().unwrap_or_else(crate::default_data_dir);
+    let mnist = Mnist::load(&data_dir)?;
     let mut net = a.model.build(0);
     let mut opt = dl_optim::by_name("adam", 0.001).map_err(|e| CliError::Other(e.to_string()))?;
     let batch = 100;
@@ -101,13 +113,23 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         step(&mut net, &mut opt)?;
     }
     let mut train_rates = Vec::new();
-    for _ in 0..a.windows {
-        let t = Instant::now();
-        for _ in 0..a.iters {
-            step(&mut net, &mut opt)?;
+    let mut measure = |windows: usize, rates: &mut Vec<f64>| -> Result<(), CliError> {
+        for _ in 0..windows {
+            let t = Instant::now();
+            for _ in 0..a.iters {
+                step(&mut net, &mut opt)?;
+            }
+            rates.push((a.iters * batch) as f64 / t.elapsed().as_secs_f64());
         }
-        train_rates.push((a.iters * batch) as f64 / t.elapsed().as_secs_f64());
-    }
+        Ok(())
+    };
+    let first_half = a.windows.div_ceil(2);
+    measure(first_half, &mut train_rates)?;
+    let torch = match &a.vs_torch {
+        Some(script) => run_torch(script, &a.python, a.windows, &data_dir),
+        None => None,
+    };
+    measure(a.windows - first_half, &mut train_rates)?;
     let train = median(&train_rates);
     eprintln!(
         "train  batch {batch}: {train:.0} img/s (median of {} windows)",
@@ -177,6 +199,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         peak_rss_mib: peak_rss_mib(),
         layers,
         extra: BTreeMap::new(),
+        torch,
     };
     print_table(&report);
     if let Some(path) = a.json {
@@ -204,4 +227,71 @@ fn print_table(r: &Report) {
         tb += l.backward_ms;
     }
     println!("  {:>3} {:<20} {:>10.3} {:>10.3}", "", "total", tf, tb);
+    if let Some(t) = &r.torch {
+        println!(
+            "  versus PyTorch {} in the same run (dlfs / PyTorch):",
+            t.get("torch").map_or("?".into(), |v| v.to_string())
+        );
+        for (key, ours) in [
+            ("train_images_per_sec", r.train_images_per_sec),
+            ("infer_images_per_sec_b100", r.infer_images_per_sec_b100),
+            ("infer_images_per_sec_b1000", r.infer_images_per_sec_b1000),
+        ] {
+            if let Some(theirs) = t.get(key).and_then(|v| v.as_f64()) {
+                println!("    {key:<28} {ours:>8.0} / {theirs:>8.0} = {:.2}x", ours / theirs);
+            }
+        }
+    }
+}
+
+/// Runs the PyTorch anchor's `bench` mode with the same thread count and returns its
+/// JSON medians, or explains what is missing and returns `None`.
+fn run_torch(
+    script: &str,
+    python: &str,
+    windows: usize,
+    data: &std::path::Path,
+) -> Option<BTreeMap<String, serde_json::Value>> {
+    let script = if script.is_empty() {
+        crate::root().join("../shared/anchors/torch_deepconvnet.py")
+    } else {
+        PathBuf::from(script)
+    };
+    let hint = "a Python with torch and numpy is needed: python3 -m venv .venv && .venv/bin/pip install torch numpy, then --python .venv/bin/python";
+    let ok = std::process::Command::new(python)
+        .args(["-c", "import torch, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("--vs-torch: {python} cannot import torch and numpy; {hint}. Going on without PyTorch.");
+        return None;
+    }
+    if !script.is_file() {
+        eprintln!(
+            "--vs-torch: no anchor script at {}. Going on without PyTorch.",
+            script.display()
+        );
+        return None;
+    }
+    let out = std::env::temp_dir().join(format!("dlfs-torch-{}.json", std::process::id()));
+    let threads = rayon::current_num_threads().to_string();
+    let windows = windows.to_string();
+    eprintln!("running PyTorch: {} bench --threads {threads}", script.display());
+    let status = std::process::Command::new(python)
+        .arg(&script)
+        .args(["bench", "--threads", &threads, "--windows", &windows, "--json"])
+        .arg(&out)
+        .arg("--mnist")
+        .arg(data)
+        .status();
+    let result = match status {
+        Ok(s) if s.success() => std::fs::read(&out).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+        other => {
+            eprintln!("--vs-torch: the PyTorch run failed ({other:?}). Going on without it.");
+            None
+        }
+    };
+    let _ = std::fs::remove_file(&out);
+    result
 }

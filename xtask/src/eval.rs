@@ -40,3 +40,18 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     println!("test accuracy: {e}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_weights_reach_the_documented_accuracy() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let mut net = ModelName::Deep.build(0);
+        net.load_params(crate::shipped_params()).unwrap();
+        let e = evaluate(&mut net, &mnist.test, None, 500).unwrap();
+        assert_eq!(e.total, 10_000);
+        assert!(e.accuracy() >= 0.9929, "shipped weights: {e}");
+    }
+}

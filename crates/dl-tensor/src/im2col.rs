@@ -197,6 +197,25 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
                 let (ox_lo, ox_hi) = g.valid_range(kx, w, ow);
                 row[..oy_lo * ow].fill(0.0);
                 row[oy_hi * ow..].fill(0.0);
+                if s == 1 && ow == w {
+                    // A "same"-width convolution: this row is the whole plane shifted by
+                    // (ky - pad) rows and (kx - pad) columns. Copy it in one piece, then
+                    // clear the columns that wrapped around from the neighbouring rows.
+                    let shift = (ky as isize - g.pad as isize) * w as isize + kx as isize - g.pad as isize;
+                    let (j0, j1) = (oy_lo * ow, oy_hi * ow);
+                    let start = (j0 as isize).max(-shift) as usize;
+                    let end = ((j1 as isize).min((h * w) as isize - shift).max(start as isize)) as usize;
+                    row[j0..start].fill(0.0);
+                    row[end..j1].fill(0.0);
+                    let from = (start as isize + shift) as usize;
+                    row[start..end].copy_from_slice(&plane[from..from + (end - start)]);
+                    for oy in oy_lo..oy_hi {
+                        let r = &mut row[oy * ow..(oy + 1) * ow];
+                        r[..ox_lo].fill(0.0);
+                        r[ox_hi..].fill(0.0);
+                    }
+                    continue;
+                }
                 for oy in oy_lo..oy_hi {
                     let iy = oy * s + ky - g.pad;
                     let src = &plane[iy * w..(iy + 1) * w];
