@@ -209,10 +209,11 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
     let hist = a.out.join("history.json");
     dl_tensor::fs::atomic_write(&hist, &json).map_err(|e| CliError::Other(format!("{}: {e}", hist.display())))?;
     println!(
-        "wrote {} and {} ({:.1} s in all)",
+        "wrote {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
         params.display(),
         hist.display(),
-        history.total_seconds
+        history.total_seconds,
+        crate::bench::peak_rss_mib()
     );
     println!("test accuracy: {}", history.test_evaluation);
     Ok(())
