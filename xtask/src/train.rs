@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use dl_data::Mnist;
+use dl_data::{Augment, Mnist, Pipeline};
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network, SimpleConvNet, SimpleConvNetConfig};
 use dl_train::{
     EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer, TrainerConfig, Unit,
@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// Linear warm-up steps of the cosine decay.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// Augment every training batch with the MNIST recipe: rotation up to 10 degrees,
+    /// zoom 0.9-1.1, shift up to 2 pixels (no flips: a mirrored digit is another glyph).
+    #[arg(long)]
+    augment: bool,
     /// Halve the rate when the per-epoch test accuracy has not improved for N epochs.
     #[arg(long)]
     plateau_patience: Option<usize>,
@@ -179,6 +183,16 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
             Unit::Iteration
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
+        augment: a.augment.then(|| {
+            Pipeline::new(
+                vec![
+                    Augment::Rotate { max_degrees: 10.0 },
+                    Augment::Scale { min: 0.9, max: 1.1 },
+                    Augment::Shift { max: 2.0 },
+                ],
+                a.seed,
+            )
+        }),
     };
     println!(
         "{} ({} parameters), {} epochs, batch {}, {} lr {}, seed {}, {} threads",

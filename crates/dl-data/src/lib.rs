@@ -10,6 +10,8 @@
 //!   one_hot_label)` arrays.
 //! * [`ImageSet`] and [`BatchOrder`]: shuffled mini-batches from a seeded generator,
 //!   converted to `f32` one batch at a time.
+//! * [`augment`]: shift, rotate, scale, crop, flip and elastic distortion, and a seeded
+//!   [`Pipeline`] that applies them to each mini-batch.
 //!
 //! Every failure is a typed [`DataError`] that names the file and what is wrong.
 //!
@@ -30,11 +32,13 @@
 //! assert_eq!(all, (0..10).collect::<Vec<_>>());
 //! ```
 
+pub mod augment;
 mod batch;
 mod error;
 mod idx;
 mod mnist;
 
+pub use augment::{Augment, Pipeline};
 pub use batch::{BatchOrder, ImageSet};
 pub use error::DataError;
 pub use idx::{parse_idx, read_idx, read_maybe_gzip, IdxArray};

@@ -143,26 +143,25 @@ impl Network {
         Ok(correct as f32 / n.max(1) as f32)
     }
 
-    /// The parameters by their book names (`W1`, `b1`, ...), in layer order.
-    pub fn params(&self) -> Vec<(String, &Tensor)> {
+    /// Every [`Param`](dl_layers::Param) under its book name, in layer order.
+    fn named_params(&self) -> Vec<(String, &dl_layers::Param)> {
         let mut out = Vec::new();
         for (layer, names) in self.layers.iter().zip(&self.names) {
             for ((_, p), name) in layer.params().into_iter().zip(names) {
-                out.push((name.clone(), &p.value));
+                out.push((name.clone(), p));
             }
         }
         out
     }
 
+    /// The parameters by their book names (`W1`, `b1`, ...), in layer order.
+    pub fn params(&self) -> Vec<(String, &Tensor)> {
+        self.named_params().into_iter().map(|(n, p)| (n, &p.value)).collect()
+    }
+
     /// The gradients from the last [`Network::gradient`], by parameter name.
     pub fn grads(&self) -> Vec<(String, &Tensor)> {
-        let mut out = Vec::new();
-        for (layer, names) in self.layers.iter().zip(&self.names) {
-            for ((_, p), name) in layer.params().into_iter().zip(names) {
-                out.push((name.clone(), &p.grad));
-            }
-        }
-        out
+        self.named_params().into_iter().map(|(n, p)| (n, &p.grad)).collect()
     }
 
     /// Parameters with their gradients, for an optimizer; frozen layers are left out.

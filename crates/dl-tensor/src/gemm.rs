@@ -69,7 +69,7 @@ pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: 
     }
 }
 
-/// [`gemm`] computed by `matrixmultiply`'s packed kernels: kept as the second backend
+/// [`gemm()`] computed by `matrixmultiply`'s packed kernels: kept as the second backend
 /// the benchmarks compare against and the tests check.
 pub fn gemm_matrixmultiply(
     alpha: f32,
@@ -110,7 +110,7 @@ pub fn gemm_matrixmultiply(
 /// Below this many multiply-adds a product is not worth splitting across threads.
 const PAR_MIN_MACS: usize = 1 << 20;
 
-/// Like [`gemm`], but splits the larger output dimension into blocks computed on the
+/// Like [`gemm()`], but splits the larger output dimension into blocks computed on the
 /// rayon pool when the product is large enough to pay for it.
 pub fn par_gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
     let (m, k) = a.dim();

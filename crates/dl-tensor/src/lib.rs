@@ -8,7 +8,7 @@
 //! * [`im2col_chw`] / [`col2im_chw`]: the per-image, transposed layout
 //!   `(C*FH*FW, OH*OW)` that the fast convolution uses, so that `W · col` writes an
 //!   NCHW output directly, with no transpose.
-//! * [`gemm`]: `C = alpha · A · B + beta · C` on strided views, backed by
+//! * [`gemm()`]: `C = alpha · A · B + beta · C` on strided views, backed by
 //!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
 //!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.

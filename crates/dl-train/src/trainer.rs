@@ -1,6 +1,6 @@
 use std::time::Instant;
 
-use dl_data::{BatchOrder, ImageSet};
+use dl_data::{BatchOrder, ImageSet, Pipeline};
 use dl_layers::{Labels, Tensor};
 use dl_models::{ModelError, Network};
 use dl_optim::{OptimError, Optimizer};
@@ -57,6 +57,10 @@ pub struct TrainerConfig {
     /// Reduce the rate when the per-epoch test accuracy stops improving.
     #[serde(default)]
     pub reduce_on_plateau: Option<ReduceOnPlateau>,
+    /// Data augmentation applied to every training mini-batch (never to labels, never
+    /// to evaluation).
+    #[serde(default)]
+    pub augment: Option<Pipeline>,
 }
 
 fn default_unit() -> Unit {
@@ -78,6 +82,7 @@ impl Default for TrainerConfig {
             lr_schedule: None,
             schedule_unit: Unit::Iteration,
             reduce_on_plateau: None,
+            augment: None,
         }
     }
 }
@@ -233,6 +238,9 @@ impl<'a> Trainer<'a> {
                 self.optimizer.set_learning_rate(lr);
                 iteration += 1;
                 self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
+                if let Some(p) = &cfg.augment {
+                    p.apply_batch(&mut xbuf, self.train.height, self.train.width, iteration as u64);
+                }
                 let x = Tensor::from_shape_vec(
                     vec![idx.len(), 1, self.train.height, self.train.width],
                     std::mem::take(&mut xbuf),

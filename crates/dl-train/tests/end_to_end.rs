@@ -112,3 +112,34 @@ fn a_seed_fixes_the_run_whatever_the_thread_count() {
         assert!(p == params, "parameters differ with {threads} threads");
     }
 }
+
+#[test]
+fn augmentation_changes_training_reproducibly() {
+    use dl_data::{Augment, Pipeline};
+    let mnist = Mnist::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist")).unwrap();
+    let train = mnist.train.take(200);
+    let test = mnist.test.take(50);
+    let run = |augment: Option<Pipeline>| {
+        let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 3).into_network();
+        let cfg = TrainerConfig {
+            epochs: 1,
+            mini_batch_size: 50,
+            seed: 3,
+            augment,
+            ..TrainerConfig::default()
+        };
+        Trainer::new(&mut net, &train, &test, cfg)
+            .unwrap()
+            .train()
+            .unwrap()
+            .train_loss_list
+    };
+    let recipe = Some(Pipeline::new(
+        vec![Augment::Rotate { max_degrees: 10.0 }, Augment::Shift { max: 2.0 }],
+        1,
+    ));
+    let plain = run(None);
+    let augmented = run(recipe.clone());
+    assert_eq!(augmented, run(recipe));
+    assert_ne!(augmented, plain);
+}

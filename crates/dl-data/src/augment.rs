@@ -1,0 +1,350 @@
+//! Data augmentation for single-channel images (chapter 8: "data augmentation").
+//!
+//! Each transform is a plain function on one `(H, W)` image (row-major `f32`), and
+//! [`Augment`] draws its parameters from a range; a [`Pipeline`] applies a list of them to
+//! every image of a mini-batch, in parallel, with a ChaCha8 generator per image derived
+//! from the pipeline's seed, the batch number and the image's position: the same seed gives
+//! the same batch on every machine and with any thread count. Labels are never touched.
+//!
+//! Resampling is bilinear; pixels that come from outside the image are 0 (background).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Bilinear sample of `img` at the (fractional) position `(y, x)`; 0 outside.
+fn sample(img: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
+    let (y0, x0) = (y.floor(), x.floor());
+    let (fy, fx) = (y - y0, x - x0);
+    let at = |yy: f32, xx: f32| {
+        if yy < 0.0 || xx < 0.0 || yy >= h as f32 || xx >= w as f32 {
+            0.0
+        } else {
+            img[yy as usize * w + xx as usize]
+        }
+    };
+    let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
+    let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// `out(y, x) = img(source(y, x))`, bilinear.
+fn warp(img: &[f32], h: usize, w: usize, source: impl Fn(f32, f32) -> (f32, f32)) -> Vec<f32> {
+    let mut out = vec![0.0; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let (sy, sx) = source(y as f32, x as f32);
+            out[y * w + x] = sample(img, h, w, sy, sx);
+        }
+    }
+    out
+}
+
+/// Translates by `dy` rows down and `dx` columns right (fractional shifts interpolate).
+pub fn shift(img: &[f32], h: usize, w: usize, dy: f32, dx: f32) -> Vec<f32> {
+    warp(img, h, w, |y, x| (y - dy, x - dx))
+}
+
+/// Rotates by `degrees` counter-clockwise about the image centre.
+pub fn rotate(img: &[f32], h: usize, w: usize, degrees: f32) -> Vec<f32> {
+    let (s, c) = degrees.to_radians().sin_cos();
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    // inverse rotation of the output position gives the source position
+    warp(img, h, w, |y, x| {
+        let (ry, rx) = (y - cy, x - cx);
+        (cy + c * ry + s * rx, cx - s * ry + c * rx)
+    })
+}
+
+/// Zooms by `factor` about the centre (> 1 enlarges).
+pub fn scale(img: &[f32], h: usize, w: usize, factor: f32) -> Vec<f32> {
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    warp(img, h, w, |y, x| (cy + (y - cy) / factor, cx + (x - cx) / factor))
+}
+
+/// Mirrors left to right.
+pub fn flip_horizontal(img: &[f32], h: usize, w: usize) -> Vec<f32> {
+    (0..h * w).map(|i| img[(i / w) * w + (w - 1 - i % w)]).collect()
+}
+
+/// Mirrors top to bottom.
+pub fn flip_vertical(img: &[f32], h: usize, w: usize) -> Vec<f32> {
+    (0..h * w).map(|i| img[(h - 1 - i / w) * w + i % w]).collect()
+}
+
+/// The `ch x cw` window at `(top, left)` of the image padded by `pad` zeros on each side.
+///
+/// # Panics
+/// If the window does not fit in the padded image.
+#[allow(clippy::too_many_arguments)]
+pub fn crop(img: &[f32], h: usize, w: usize, pad: usize, top: usize, left: usize, ch: usize, cw: usize) -> Vec<f32> {
+    assert!(
+        top + ch <= h + 2 * pad && left + cw <= w + 2 * pad,
+        "crop: window outside the padded image"
+    );
+    let mut out = vec![0.0; ch * cw];
+    for y in 0..ch {
+        for x in 0..cw {
+            let (sy, sx) = ((top + y) as isize - pad as isize, (left + x) as isize - pad as isize);
+            if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                out[y * cw + x] = img[sy as usize * w + sx as usize];
+            }
+        }
+    }
+    out
+}
+
+/// Gaussian blur of a field with standard deviation `sigma` (separable, zero border).
+fn blur(field: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let norm: f32 = kernel.iter().sum();
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0.0; h * w];
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let mut acc = 0.0;
+                for (k, &kv) in kernel.iter().enumerate() {
+                    let o = k as isize - r;
+                    let (yy, xx) = if horizontal { (y, x + o) } else { (y + o, x) };
+                    if yy >= 0 && xx >= 0 && yy < h as isize && xx < w as isize {
+                        acc += kv * src[yy as usize * w + xx as usize];
+                    }
+                }
+                out[y as usize * w + x as usize] = acc / norm;
+            }
+        }
+        out
+    };
+    pass(&pass(field, true), false)
+}
+
+/// Simard et al. (2003) elastic distortion: random displacement fields uniform in
+/// `[-1, 1]`, smoothed by a Gaussian of `sigma` pixels and scaled by `alpha`.
+pub fn elastic(img: &[f32], h: usize, w: usize, alpha: f32, sigma: f32, rng: &mut impl Rng) -> Vec<f32> {
+    let mut field = || {
+        let f: Vec<f32> = (0..h * w).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        blur(&f, h, w, sigma)
+    };
+    let (fy, fx) = (field(), field());
+    warp(img, h, w, |y, x| {
+        let i = y as usize * w + x as usize;
+        (y + alpha * fy[i], x + alpha * fx[i])
+    })
+}
+
+/// One random transform, its parameters drawn per image from the given range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Augment {
+    /// Shift by `dy, dx` uniform in `[-max, max]` pixels.
+    Shift {
+        /// Largest shift in pixels.
+        max: f32,
+    },
+    /// Rotate by an angle uniform in `[-max_degrees, max_degrees]`.
+    Rotate {
+        /// Largest angle.
+        max_degrees: f32,
+    },
+    /// Zoom by a factor uniform in `[min, max]`.
+    Scale {
+        /// Smallest factor.
+        min: f32,
+        /// Largest factor.
+        max: f32,
+    },
+    /// Random crop of the original size from the image padded by `pad` (a random integer
+    /// shift of up to `pad` pixels).
+    Crop {
+        /// Padding on each side.
+        pad: usize,
+    },
+    /// Mirror left-right with probability `p` (not for digits: a mirrored digit is another
+    /// glyph).
+    FlipHorizontal {
+        /// Probability.
+        p: f32,
+    },
+    /// Mirror top-bottom with probability `p`.
+    FlipVertical {
+        /// Probability.
+        p: f32,
+    },
+    /// Elastic distortion.
+    Elastic {
+        /// Displacement scale in pixels.
+        alpha: f32,
+        /// Smoothing in pixels.
+        sigma: f32,
+    },
+}
+
+impl Augment {
+    /// Applies the transform with parameters drawn from `rng`.
+    pub fn apply(&self, img: &[f32], h: usize, w: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        let sym = |rng: &mut ChaCha8Rng, m: f32| if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 };
+        match *self {
+            Augment::Shift { max } => {
+                let (dy, dx) = (sym(rng, max), sym(rng, max));
+                shift(img, h, w, dy, dx)
+            }
+            Augment::Rotate { max_degrees } => rotate(img, h, w, sym(rng, max_degrees)),
+            Augment::Scale { min, max } => scale(img, h, w, if max > min { rng.gen_range(min..=max) } else { min }),
+            Augment::Crop { pad } => {
+                let (top, left) = (rng.gen_range(0..=2 * pad), rng.gen_range(0..=2 * pad));
+                crop(img, h, w, pad, top, left, h, w)
+            }
+            Augment::FlipHorizontal { p } => {
+                if rng.gen::<f32>() < p {
+                    flip_horizontal(img, h, w)
+                } else {
+                    img.to_vec()
+                }
+            }
+            Augment::FlipVertical { p } => {
+                if rng.gen::<f32>() < p {
+                    flip_vertical(img, h, w)
+                } else {
+                    img.to_vec()
+                }
+            }
+            Augment::Elastic { alpha, sigma } => elastic(img, h, w, alpha, sigma, rng),
+        }
+    }
+}
+
+/// A list of [`Augment`]s applied in order to every image of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// The transforms, applied in order.
+    pub steps: Vec<Augment>,
+    /// The seed every random draw derives from.
+    pub seed: u64,
+}
+
+impl Pipeline {
+    /// A pipeline of `steps` seeded by `seed`.
+    pub fn new(steps: Vec<Augment>, seed: u64) -> Self {
+        Self { steps, seed }
+    }
+
+    /// Transforms the `n` images of `(H, W)` in `x` in place (parallel over images).
+    /// `batch` numbers the batch within the run, so that each batch gets fresh but
+    /// reproducible draws.
+    pub fn apply_batch(&self, x: &mut [f32], h: usize, w: usize, batch: u64) {
+        x.par_chunks_mut(h * w).enumerate().for_each(|(i, img)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            rng.set_stream(i as u64);
+            let mut cur = img.to_vec();
+            for step in &self.steps {
+                cur = step.apply(&cur, h, w, &mut rng);
+            }
+            img.copy_from_slice(&cur);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digit() -> Vec<f32> {
+        // an asymmetric 7x7 pattern
+        (0..49).map(|i| ((i * 37) % 11) as f32 / 10.0).collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol, "pixel {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn an_integer_shift_moves_a_pixel_by_that_many_pixels() {
+        let mut img = vec![0.0; 49];
+        img[2 * 7 + 3] = 1.0;
+        let s = shift(&img, 7, 7, 2.0, -1.0);
+        assert_eq!(s[4 * 7 + 2], 1.0);
+        assert_eq!(s.iter().sum::<f32>(), 1.0);
+        // a half-pixel shift splits it between two neighbours
+        let s = shift(&img, 7, 7, 0.0, 0.5);
+        assert!((s[2 * 7 + 3] - 0.5).abs() < 1e-6 && (s[2 * 7 + 4] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn four_quarter_turns_give_back_the_image_and_one_turn_moves_corners() {
+        let img = digit();
+        let mut r = img.clone();
+        for _ in 0..4 {
+            r = rotate(&r, 7, 7, 90.0);
+        }
+        close(&r, &img, 1e-4);
+        // counter-clockwise: the top-right corner goes to the top-left
+        let mut one = vec![0.0; 49];
+        one[6] = 1.0;
+        let r = rotate(&one, 7, 7, 90.0);
+        assert!((r[0] - 1.0).abs() < 1e-4, "{r:?}");
+    }
+
+    #[test]
+    fn flipping_twice_is_the_identity() {
+        let img = digit();
+        assert_eq!(flip_horizontal(&flip_horizontal(&img, 7, 7), 7, 7), img);
+        assert_eq!(flip_vertical(&flip_vertical(&img, 7, 7), 7, 7), img);
+        assert_ne!(flip_horizontal(&img, 7, 7), img);
+        assert_eq!(flip_horizontal(&img, 7, 7)[0], img[6]);
+    }
+
+    #[test]
+    fn crops_have_the_asked_size_and_content() {
+        let img = digit();
+        let c = crop(&img, 7, 7, 2, 1, 3, 5, 4);
+        assert_eq!(c.len(), 20);
+        // (top 1, left 3) in the padded image is (-1, 1) in the original: a zero row first
+        assert!(c[..4].iter().all(|&v| v == 0.0));
+        assert_eq!(c[4], img[1]);
+        assert_eq!(crop(&img, 7, 7, 0, 0, 0, 7, 7), img);
+    }
+
+    #[test]
+    fn scale_one_and_zero_distortion_are_identities() {
+        let img = digit();
+        close(&scale(&img, 7, 7, 1.0), &img, 1e-6);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        close(&elastic(&img, 7, 7, 0.0, 2.0, &mut rng), &img, 1e-6);
+        let moved = elastic(&img, 7, 7, 3.0, 1.0, &mut rng);
+        assert_ne!(moved, img);
+    }
+
+    #[test]
+    fn a_pipeline_is_reproducible_from_its_seed_and_batch_number() {
+        let p = Pipeline::new(
+            vec![
+                Augment::Rotate { max_degrees: 15.0 },
+                Augment::Shift { max: 2.0 },
+                Augment::Elastic { alpha: 2.0, sigma: 1.5 },
+            ],
+            9,
+        );
+        let batch: Vec<f32> = (0..4).flat_map(|_| digit()).collect();
+        let run = |b: u64| {
+            let mut x = batch.clone();
+            p.apply_batch(&mut x, 7, 7, b);
+            x
+        };
+        assert_eq!(run(0), run(0));
+        assert_ne!(run(0), run(1));
+        let x = run(0);
+        assert_ne!(&x[..49], &x[49..98], "images of a batch get their own draws");
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| run(0));
+        assert_eq!(one_thread, x);
+    }
+}
