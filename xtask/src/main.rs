@@ -3,6 +3,7 @@
 mod bench;
 mod download;
 mod eval;
+mod preview;
 mod train;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fetch and verify MNIST, Fashion-MNIST or KMNIST.
     Download(download::DownloadArgs),
+    /// Write a PNG grid of original and augmented digits.
+    AugmentPreview(preview::PreviewArgs),
     /// Throughput, per-layer times and peak memory (table, and JSON with --json).
     Bench(bench::BenchArgs),
 }
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
+        Command::AugmentPreview(a) => preview::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use dl_data::{Augment, Mnist, Pipeline};
+use dl_data::Mnist;
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network, SimpleConvNet, SimpleConvNetConfig};
 use dl_train::{
     EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer, TrainerConfig, Unit,
@@ -183,16 +183,7 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
             Unit::Iteration
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
-        augment: a.augment.then(|| {
-            Pipeline::new(
-                vec![
-                    Augment::Rotate { max_degrees: 10.0 },
-                    Augment::Scale { min: 0.9, max: 1.1 },
-                    Augment::Shift { max: 2.0 },
-                ],
-                a.seed,
-            )
-        }),
+        augment: a.augment.then(|| crate::preview::recipe(false, a.seed)),
     };
     println!(
         "{} ({} parameters), {} epochs, batch {}, {} lr {}, seed {}, {} threads",

@@ -1,0 +1,118 @@
+//! `cargo xtask augment-preview`: a PNG grid of MNIST digits, each row one digit: the
+//! original, then augmented copies, so a person can see what a recipe does.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dl_data::{Augment, Mnist, Pipeline};
+
+use crate::CliError;
+
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// Output PNG file.
+    #[arg(long, default_value = "runs/augment-preview.png")]
+    out: PathBuf,
+    /// Digits (rows).
+    #[arg(long, default_value_t = 8)]
+    rows: usize,
+    /// Augmented copies per digit (columns after the original).
+    #[arg(long, default_value_t = 7)]
+    copies: usize,
+    /// Add elastic distortion (alpha 8, sigma 3) to the recipe.
+    #[arg(long)]
+    elastic: bool,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder with the MNIST files (default: the shipped copy).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// The recipe `cargo xtask train --augment` uses, optionally with elastic distortion.
+pub fn recipe(elastic: bool, seed: u64) -> Pipeline {
+    let mut steps = vec![
+        Augment::Rotate { max_degrees: 10.0 },
+        Augment::Scale { min: 0.9, max: 1.1 },
+        Augment::Shift { max: 2.0 },
+    ];
+    if elastic {
+        steps.push(Augment::Elastic { alpha: 8.0, sigma: 3.0 });
+    }
+    Pipeline::new(steps, seed)
+}
+
+pub fn run(a: PreviewArgs) -> Result<(), CliError> {
+    let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
+    let (h, w) = (mnist.train.height, mnist.train.width);
+    let (rows, cols, zoom, gap) = (a.rows.max(1), a.copies + 1, 3usize, 2usize);
+    let pipeline = recipe(a.elastic, a.seed);
+    let (width, height) = (cols * (w * zoom + gap) + gap, rows * (h * zoom + gap) + gap);
+    let mut pixels = vec![64u8; width * height];
+    for r in 0..rows {
+        let (orig, _) = mnist.train.batch(&[r]);
+        let orig = orig.into_raw_vec_and_offset().0;
+        let mut copies: Vec<f32> = orig.iter().copied().cycle().take(orig.len() * a.copies).collect();
+        pipeline.apply_batch(&mut copies, h, w, r as u64);
+        for c in 0..cols {
+            let img = if c == 0 {
+                &orig[..]
+            } else {
+                &copies[(c - 1) * h * w..c * h * w]
+            };
+            for y in 0..h * zoom {
+                for x in 0..w * zoom {
+                    let v = img[(y / zoom) * w + x / zoom].clamp(0.0, 1.0);
+                    let (py, px) = (gap + r * (h * zoom + gap) + y, gap + c * (w * zoom + gap) + x);
+                    pixels[py * width + px] = (v * 255.0).round() as u8;
+                }
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| CliError::Other(e.to_string()))?;
+        writer
+            .write_image_data(&pixels)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
+    }
+    dl_tensor::fs::atomic_write(&a.out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+    println!(
+        "wrote {} ({rows} digits: the original, then {} augmented copies)",
+        a.out.display(),
+        a.copies
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_png_grid_of_the_asked_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sub/p.png");
+        run(PreviewArgs {
+            out: out.clone(),
+            rows: 2,
+            copies: 3,
+            elastic: true,
+            seed: 1,
+            data: None,
+        })
+        .unwrap();
+        let decoder = png::Decoder::new(std::fs::File::open(&out).unwrap());
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        // 4 columns and 2 rows of 84-pixel cells with 2-pixel gaps
+        assert_eq!((info.width, info.height), (4 * 86 + 2, 2 * 86 + 2));
+    }
+}
