@@ -110,9 +110,7 @@ impl Layer for BatchNormalization {
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         let (n, f, s) = self.grouping(x.shape())?;
         let shape = x.shape().to_vec();
-        let x3 = x
-            .as_standard_layout()
-            .into_owned()
+        let x3 = crate::into_standard(x)
             .into_shape_with_order((n, f, s))
             .expect("grouping");
         let gamma = self
@@ -167,9 +165,7 @@ impl Layer for BatchNormalization {
             .expect("BatchNormalization::backward before a training forward");
         check_dout("BatchNormalization", &dout, &cache.shape);
         let (n, f, s) = cache.xn.dim();
-        let d = dout
-            .as_standard_layout()
-            .into_owned()
+        let d = crate::into_standard(dout)
             .into_shape_with_order((n, f, s))
             .expect("grouping");
         let gamma = self

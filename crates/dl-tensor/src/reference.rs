@@ -2,7 +2,7 @@
 //! kernel in dlfs is tested against one of these, and they document what the fast code
 //! computes.
 
-use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4};
 
 /// `a · b` by the triple loop, accumulating in `f64`.
 pub fn matmul_reference(a: &ArrayView2<f32>, b: &ArrayView2<f32>) -> Array2<f32> {
@@ -124,12 +124,5 @@ pub fn pool_reference(
         } else {
             best
         }
-    })
-}
-
-/// Column sums of `x` `(N, M)`.
-pub fn sum_rows_reference(x: &ArrayView2<f32>) -> Array1<f32> {
-    Array1::from_shape_fn(x.ncols(), |j| {
-        x.column(j).iter().map(|&v| f64::from(v)).sum::<f64>() as f32
     })
 }
