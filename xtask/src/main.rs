@@ -2,6 +2,7 @@
 
 mod bench;
 mod download;
+mod ensemble;
 mod eval;
 mod preview;
 mod train;
@@ -29,6 +30,11 @@ pub fn shipped_params() -> PathBuf {
     root().join("crates/dl-models/weights/deep_convnet.safetensors")
 }
 
+/// The ensemble shipped in the repository (`cargo xtask eval --ensemble`).
+pub fn shipped_ensemble() -> PathBuf {
+    root().join("crates/dl-models/weights/ensemble")
+}
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "dlfs: deep learning from scratch, in Rust", version)]
 struct Cli {
@@ -45,6 +51,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Full test accuracy of saved weights (default: the shipped DeepConvNet).
     Eval(eval::EvalArgs),
+    /// Combine trained weights files into an ensemble folder (members + ensemble.json).
+    Ensemble(ensemble::EnsembleArgs),
     /// Fetch and verify MNIST, Fashion-MNIST or KMNIST.
     Download(download::DownloadArgs),
     /// Write a PNG grid of original and augmented digits.
@@ -64,6 +72,8 @@ pub enum CliError {
     Train(#[from] dl_train::TrainError),
     #[error(transparent)]
     Layer(#[from] dl_layers::LayerError),
+    #[error(transparent)]
+    Ensemble(#[from] dl_train::EnsembleError),
     #[error("{0}")]
     Other(String),
 }
@@ -85,6 +95,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
+        Command::Ensemble(a) => ensemble::run(a),
         Command::AugmentPreview(a) => preview::run(a),
     };
     match result {
@@ -93,5 +104,61 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_cli(args: &[&str]) -> Result<(), CliError> {
+        let cli = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
+        match cli.command {
+            Command::Train(a) => train::run(a),
+            Command::Eval(a) => eval::run(a),
+            Command::Ensemble(a) => ensemble::run(a),
+            _ => unreachable!("not used here"),
+        }
+    }
+
+    #[test]
+    fn an_ensemble_trained_at_once_equals_its_members_trained_alone_and_assembled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let short = [
+            "--model",
+            "simple",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "300",
+            "--eval-samples",
+            "100",
+        ];
+        fn with<'a>(short: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            [&["train"][..], short, extra].concat()
+        }
+        run_cli(&with(
+            &short,
+            &["--ensemble", "2", "--parallel", "2", "--seed", "5", "--out", &p("ens")],
+        ))
+        .unwrap();
+        for seed in ["5", "6"] {
+            run_cli(&with(&short, &["--seed", seed, "--out", &p(&format!("single-{seed}"))])).unwrap();
+        }
+        let (a, b) = (p("single-5/params.safetensors"), p("single-6/params.safetensors"));
+        run_cli(&["ensemble", "--model", "simple", "--out", &p("asm"), &a, &b]).unwrap();
+        let trained = dl_train::Ensemble::read_manifest(p("ens")).unwrap();
+        let assembled = dl_train::Ensemble::read_manifest(p("asm")).unwrap();
+        assert_eq!(trained.members, assembled.members);
+        assert_eq!(trained.members[1].seed, Some(6));
+        assert_eq!(trained.test_evaluation, assembled.test_evaluation);
+        run_cli(&["eval", "--ensemble", &p("asm")]).unwrap();
+        // a wrong folder is an error, not a panic
+        let err = run_cli(&["eval", "--ensemble", &p("single-5")]).unwrap_err();
+        assert!(err.to_string().contains("ensemble.json"), "{err}");
+        // bad flags are refused before any work
+        assert!(run_cli(&with(&short, &["--ensemble", "0", "--out", &p("x")])).is_err());
+        assert!(run_cli(&with(&short, &["--parallel", "2", "--out", &p("x")])).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dl_data::{Augment, Mnist, Pipeline};
+use dl_data::{Mnist, Pipeline};
 
 use crate::CliError;
 
@@ -30,24 +30,11 @@ pub struct PreviewArgs {
     data: Option<PathBuf>,
 }
 
-/// The recipe `cargo xtask train --augment` uses, optionally with elastic distortion.
-pub fn recipe(elastic: bool, seed: u64) -> Pipeline {
-    let mut steps = vec![
-        Augment::Rotate { max_degrees: 10.0 },
-        Augment::Scale { min: 0.9, max: 1.1 },
-        Augment::Shift { max: 2.0 },
-    ];
-    if elastic {
-        steps.push(Augment::Elastic { alpha: 8.0, sigma: 3.0 });
-    }
-    Pipeline::new(steps, seed)
-}
-
 pub fn run(a: PreviewArgs) -> Result<(), CliError> {
     let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
     let (h, w) = (mnist.train.height, mnist.train.width);
     let (rows, cols, zoom, gap) = (a.rows.max(1), a.copies + 1, 3usize, 2usize);
-    let pipeline = recipe(a.elastic, a.seed);
+    let pipeline = Pipeline::mnist(a.elastic, a.seed);
     let (width, height) = (cols * (w * zoom + gap) + gap, rows * (h * zoom + gap) + gap);
     let mut pixels = vec![64u8; width * height];
     for r in 0..rows {

@@ -5,7 +5,8 @@ use clap::{Args, ValueEnum};
 use dl_data::Mnist;
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network, SimpleConvNet, SimpleConvNetConfig};
 use dl_train::{
-    EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer, TrainerConfig, Unit,
+    train_ensemble, EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer,
+    TrainerConfig, Unit, Vote,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -20,6 +21,15 @@ pub enum ModelName {
 }
 
 impl ModelName {
+    /// The model whose [`Network::kind`] is `kind`.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        match kind {
+            "DeepConvNet" => Some(ModelName::Deep),
+            "SimpleConvNet" => Some(ModelName::Simple),
+            _ => None,
+        }
+    }
+
     pub fn build(self, seed: u64) -> Network {
         match self {
             ModelName::Deep => DeepConvNet::new(DeepConvNetConfig::default(), seed).into_network(),
@@ -88,9 +98,37 @@ pub struct TrainArgs {
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Folder for params.safetensors and history.json.
+    /// Train an ensemble of K members (seeds seed, seed+1, ...) and save it as a folder:
+    /// member-{i}.safetensors, member-{i}-history.json and ensemble.json.
+    #[arg(long, value_name = "K")]
+    ensemble: Option<usize>,
+    /// Ensemble members trained at once, each on an equal share of the threads (the
+    /// members come out the same either way).
+    #[arg(long, default_value_t = 1, value_name = "P")]
+    parallel: usize,
+    /// How the ensemble combines its members for the final figure.
+    #[arg(long, value_enum, default_value = "mean")]
+    vote: VoteArg,
+    /// Folder for params.safetensors and history.json (or the ensemble's files).
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum VoteArg {
+    /// Average the members' softmax outputs.
+    Mean,
+    /// Majority vote (ties: larger mean output).
+    Majority,
+}
+
+impl From<VoteArg> for Vote {
+    fn from(v: VoteArg) -> Self {
+        match v {
+            VoteArg::Mean => Vote::Mean,
+            VoteArg::Majority => Vote::Majority,
+        }
+    }
 }
 
 /// A progress bar with loss, images/s and time left (drawn only on a terminal), and a
@@ -99,6 +137,30 @@ struct Progress {
     bar: ProgressBar,
     started: Instant,
     images: usize,
+    /// Put before each epoch line ("member 2  "), empty for a single run.
+    prefix: String,
+}
+
+impl Progress {
+    /// A bar drawn on a terminal, or none (`hidden`) when several runs share the screen.
+    fn new(prefix: String, hidden: bool) -> Self {
+        let bar = if hidden {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} it  {msg}  [{elapsed_precise} < {eta_precise}]")
+                    .expect("valid template"),
+            );
+            bar
+        };
+        Self {
+            bar,
+            started: Instant::now(),
+            images: 0,
+            prefix,
+        }
+    }
 }
 
 impl Observer for Progress {
@@ -117,7 +179,8 @@ impl Observer for Progress {
 
     fn on_epoch(&mut self, r: &EpochRecord) {
         let line = format!(
-            "epoch {:>3}  loss {:.4}  train acc {:.4}  test acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
+            "{}epoch {:>3}  loss {:.4}  train acc {:.4}  test acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
+            self.prefix,
             r.epoch,
             r.train_loss,
             r.train_acc,
@@ -137,25 +200,12 @@ impl Observer for Progress {
     }
 }
 
-pub fn run(a: TrainArgs) -> Result<(), CliError> {
-    let data = a.data.unwrap_or_else(crate::default_data_dir);
-    let load_start = Instant::now();
-    let mut mnist = Mnist::load(&data)?;
-    if let Some(n) = a.train_limit {
-        mnist.train = mnist.train.take(n);
-    }
-    println!(
-        "MNIST from {}: {} train, {} test images ({:.1} s)",
-        data.display(),
-        mnist.train.len(),
-        mnist.test.len(),
-        load_start.elapsed().as_secs_f64()
-    );
-    let mut net = a.model.build(a.seed);
-    let config = TrainerConfig {
+/// The trainer settings the flags ask for.
+fn trainer_config(a: &TrainArgs) -> TrainerConfig {
+    TrainerConfig {
         epochs: a.epochs,
         mini_batch_size: a.batch_size,
-        optimizer: a.optimizer,
+        optimizer: a.optimizer.clone(),
         lr: a.lr,
         evaluate_sample_num_per_epoch: (a.eval_samples > 0).then_some(a.eval_samples),
         seed: a.seed,
@@ -183,36 +233,76 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
             Unit::Iteration
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
-        augment: a.augment.then(|| crate::preview::recipe(false, a.seed)),
-    };
+        augment: a.augment.then(|| dl_data::Pipeline::mnist(false, a.seed)),
+    }
+}
+
+fn threads_word(n: usize) -> &'static str {
+    if n == 1 {
+        "thread"
+    } else {
+        "threads"
+    }
+}
+
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), CliError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| CliError::Other(e.to_string()))?;
+    dl_tensor::fs::atomic_write(path, &json).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
+}
+
+pub fn run(a: TrainArgs) -> Result<(), CliError> {
+    if a.ensemble == Some(0) {
+        return Err(CliError::Other("--ensemble needs at least one member".into()));
+    }
+    if a.parallel == 0 {
+        return Err(CliError::Other("--parallel must be at least 1".into()));
+    }
+    if a.ensemble.is_none() && a.parallel > 1 {
+        return Err(CliError::Other("--parallel applies to --ensemble runs only".into()));
+    }
+    let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+    let load_start = Instant::now();
+    let mut mnist = Mnist::load(&data)?;
+    if let Some(n) = a.train_limit {
+        mnist.train = mnist.train.take(n);
+    }
     println!(
-        "{} ({} parameters), {} epochs, batch {}, {} lr {}, seed {}, {} threads",
-        net.kind(),
-        net.param_count(),
+        "MNIST from {}: {} train, {} test images ({:.1} s)",
+        data.display(),
+        mnist.train.len(),
+        mnist.test.len(),
+        load_start.elapsed().as_secs_f64()
+    );
+    let config = trainer_config(&a);
+    let probe = a.model.build(a.seed);
+    let threads = rayon::current_num_threads();
+    println!(
+        "{} ({} parameters), {} epoch{}, batch {}, {} lr {}, seed {}, {} {}",
+        probe.kind(),
+        probe.param_count(),
         config.epochs,
+        if config.epochs == 1 { "" } else { "s" },
         config.mini_batch_size,
         config.optimizer,
         config.lr,
         config.seed,
-        rayon::current_num_threads()
+        threads,
+        threads_word(threads)
     );
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} it  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
-    let mut progress = Progress {
-        bar,
-        started: Instant::now(),
-        images: 0,
-    };
+    match a.ensemble {
+        None => train_one(&a, probe, &mnist, config),
+        Some(k) => train_many(&a, k, &mnist, config),
+    }
+}
+
+fn train_one(a: &TrainArgs, mut net: Network, mnist: &Mnist, config: TrainerConfig) -> Result<(), CliError> {
+    let mut progress = Progress::new(String::new(), false);
     let history = Trainer::new(&mut net, &mnist.train, &mnist.test, config)?.train_with(&mut progress)?;
     let params = a.out.join("params.safetensors");
     net.save_params(&params)?;
-    let json = serde_json::to_vec_pretty(&history).map_err(|e| CliError::Other(e.to_string()))?;
     let hist = a.out.join("history.json");
-    dl_tensor::fs::atomic_write(&hist, &json).map_err(|e| CliError::Other(format!("{}: {e}", hist.display())))?;
+    write_json(&hist, &history)?;
     println!(
         "wrote {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
         params.display(),
@@ -221,5 +311,57 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
         crate::bench::peak_rss_mib()
     );
     println!("test accuracy: {}", history.test_evaluation);
+    Ok(())
+}
+
+fn train_many(a: &TrainArgs, k: usize, mnist: &Mnist, config: TrainerConfig) -> Result<(), CliError> {
+    let parallel = a.parallel.min(k);
+    let per_member = (rayon::current_num_threads() / parallel).max(1);
+    println!(
+        "ensemble of {k}: seeds {}..={}, {parallel} at a time on {per_member} {} each",
+        config.seed,
+        config.seed.wrapping_add(k as u64 - 1),
+        threads_word(per_member)
+    );
+    let start = Instant::now();
+    let model = a.model;
+    let run = train_ensemble(
+        |_, seed| model.build(seed),
+        &mnist.train,
+        &mnist.test,
+        &config,
+        k,
+        parallel,
+        |i| Progress::new(format!("member {i}  "), parallel > 1),
+    )?;
+    for (i, h) in run.histories.iter().enumerate() {
+        println!(
+            "member {i} (seed {}): test accuracy {} ({:.1} s)",
+            run.seeds[i], h.test_evaluation, h.total_seconds
+        );
+        write_json(&a.out.join(format!("member-{i}-history.json")), h)?;
+    }
+    let mut ensemble = run.ensemble;
+    let ev = ensemble.evaluate(&mnist.test, None, 100)?;
+    let vote = Vote::from(a.vote);
+    let description = format!(
+        "cargo xtask train {}",
+        std::env::args()
+            .skip_while(|s| s != "train")
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let m = ensemble.save(&a.out, vote, Some(&run.seeds), Some(&ev), &description)?;
+    println!("ensemble, mean of softmax: {}", ev.mean);
+    println!("ensemble, majority vote:   {}", ev.majority);
+    println!(
+        "wrote {} members and {} ({:.1} s in all, peak memory {:.0} MiB)",
+        m.members.len(),
+        a.out.join(dl_train::ensemble::MANIFEST_FILE).display(),
+        start.elapsed().as_secs_f64(),
+        crate::bench::peak_rss_mib()
+    );
+    println!("test accuracy: {}", ev.by(vote));
     Ok(())
 }

@@ -232,6 +232,21 @@ impl Pipeline {
         Self { steps, seed }
     }
 
+    /// The MNIST recipe (`cargo xtask train --augment`): rotation up to 10 degrees, zoom
+    /// 0.9-1.1, shift up to 2 pixels, and with `elastic` Simard's elastic distortion
+    /// (alpha 8, sigma 3). No flips: a mirrored digit is another glyph or none.
+    pub fn mnist(elastic: bool, seed: u64) -> Self {
+        let mut steps = vec![
+            Augment::Rotate { max_degrees: 10.0 },
+            Augment::Scale { min: 0.9, max: 1.1 },
+            Augment::Shift { max: 2.0 },
+        ];
+        if elastic {
+            steps.push(Augment::Elastic { alpha: 8.0, sigma: 3.0 });
+        }
+        Self::new(steps, seed)
+    }
+
     /// Transforms the `n` images of `(H, W)` in `x` in place (parallel over images).
     /// `batch` numbers the batch within the run, so that each batch gets fresh but
     /// reproducible draws.

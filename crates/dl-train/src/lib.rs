@@ -19,10 +19,12 @@
 //! println!("test accuracy: {:.4}", history.test_accuracy);
 //! ```
 
+pub mod ensemble;
 mod evaluate;
 pub mod schedule;
 mod trainer;
 
+pub use ensemble::{train_ensemble, Ensemble, EnsembleError, EnsembleEvaluation, EnsembleRun, Manifest, Vote};
 pub use evaluate::{evaluate, Evaluation};
 pub use schedule::{ReduceOnPlateau, Schedule, Unit};
 pub use trainer::{EpochRecord, History, IterationInfo, Observer, TrainError, Trainer, TrainerConfig};

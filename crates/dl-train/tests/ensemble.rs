@@ -1,0 +1,238 @@
+//! Ensembles: combination rules against hand-computed values, save/load with every
+//! failure a typed error, and training that gives the same members in turn, in parallel
+//! and one by one.
+
+use std::path::Path;
+
+use dl_data::{ImageSet, Mnist, Pipeline};
+use dl_layers::Tensor;
+use dl_models::{Network, SimpleConvNet, SimpleConvNetConfig};
+use dl_train::ensemble::{member_config, MANIFEST_FILE};
+use dl_train::{evaluate, train_ensemble, Ensemble, EnsembleError, Observer, Trainer, TrainerConfig, Vote};
+use ndarray::{Array2, Axis, Ix2};
+
+fn small(seed: u64) -> Network {
+    let config = SimpleConvNetConfig {
+        hidden_size: 20,
+        conv_param: dl_models::ConvParam {
+            filter_num: 4,
+            filter_size: 5,
+            pad: 0,
+            stride: 2,
+        },
+        ..SimpleConvNetConfig::default()
+    };
+    SimpleConvNet::new(config, seed).into_network()
+}
+
+fn mnist() -> Mnist {
+    Mnist::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist")).unwrap()
+}
+
+fn softmax_of(net: &mut Network, x: &Tensor) -> Array2<f32> {
+    let y = net
+        .predict(x.clone(), false)
+        .unwrap()
+        .into_dimensionality::<Ix2>()
+        .unwrap();
+    dl_tensor::softmax(&y.view())
+}
+
+fn input(n: usize, seed: u64) -> Tensor {
+    dl_layers::gradcheck::random_input(&[n, 1, 28, 28], 0.0, seed)
+}
+
+#[test]
+fn mean_vote_averages_the_members_softmax_outputs() {
+    let x = input(7, 1);
+    let (mut a, mut b, mut c) = (small(1), small(2), small(3));
+    let expected = (softmax_of(&mut a, &x) + softmax_of(&mut b, &x) + softmax_of(&mut c, &x)) / 3.0;
+    let mut e = Ensemble::new(vec![a, b, c]).unwrap();
+    // batch 3 does not divide 7: the chunks must join up in order
+    let p = e.predict_proba(&x, 3).unwrap();
+    assert_eq!(p.dim(), (7, 10));
+    for (got, want) in p.iter().zip(expected.iter()) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    for row in p.axis_iter(Axis(0)) {
+        assert!((row.sum() - 1.0).abs() < 1e-5);
+    }
+    let classes = e.classify(&x, 3, Vote::Mean).unwrap();
+    assert_eq!(classes, dl_tensor::argmax_rows(&expected.view()).to_vec());
+}
+
+#[test]
+fn an_ensemble_of_one_is_that_network() {
+    let x = input(5, 2);
+    let mut net = small(4);
+    let alone = net.classify(&x, 5).unwrap();
+    let mut e = Ensemble::new(vec![net]).unwrap();
+    assert_eq!(e.classify(&x, 2, Vote::Mean).unwrap(), alone);
+    assert_eq!(e.classify(&x, 2, Vote::Majority).unwrap(), alone);
+}
+
+#[test]
+fn majority_vote_counts_votes_and_breaks_ties_by_the_mean() {
+    // Three members, each a net whose last layer we set by hand so that its scores are
+    // known: Affine weights zero, bias = the scores we want.
+    fn fixed(scores: [f32; 10]) -> Network {
+        let mut net = small(0);
+        let names: Vec<String> = net.params().into_iter().map(|(n, _)| n).collect();
+        let last_w = names.iter().rev().find(|n| n.starts_with('W')).unwrap().clone();
+        let last_b = names.iter().rev().find(|n| n.starts_with('b')).unwrap().clone();
+        for p in net.params_and_grads() {
+            if p.name == last_w {
+                p.value.fill(0.0);
+            } else if p.name == last_b {
+                p.value.assign(&ndarray::arr1(&scores).into_dyn());
+            }
+        }
+        net
+    }
+    let mut s = [[0.0f32; 10]; 4];
+    // members 0 and 1 vote for class 2 weakly, member 2 for class 7 very strongly:
+    // the vote says 2, the mean says 7
+    s[0][2] = 1.0;
+    s[1][2] = 1.0;
+    s[2][7] = 12.0;
+    let x = input(1, 3);
+    let mut e = Ensemble::new(vec![fixed(s[0]), fixed(s[1]), fixed(s[2])]).unwrap();
+    assert_eq!(e.classify(&x, 1, Vote::Majority).unwrap(), vec![2]);
+    assert_eq!(e.classify(&x, 1, Vote::Mean).unwrap(), vec![7]);
+    // a tie (one vote each for 2 and 7): the larger mean wins, whichever member says it
+    s[3][7] = 0.5;
+    let mut e = Ensemble::new(vec![fixed(s[0]), fixed(s[3])]).unwrap();
+    assert_eq!(e.classify(&x, 1, Vote::Majority).unwrap(), vec![2]);
+    let mut e = Ensemble::new(vec![fixed(s[3]), fixed(s[0])]).unwrap();
+    assert_eq!(e.classify(&x, 1, Vote::Majority).unwrap(), vec![2]);
+}
+
+#[test]
+fn an_empty_ensemble_is_an_error() {
+    assert!(matches!(Ensemble::new(vec![]), Err(EnsembleError::Empty)));
+}
+
+#[test]
+fn evaluate_counts_members_and_both_votes_against_the_labels() {
+    let data = mnist();
+    let test = data.test.take(300);
+    let mut nets = vec![small(5), small(6), small(7)];
+    let singles: Vec<_> = nets.iter_mut().map(|n| evaluate(n, &test, None, 64).unwrap()).collect();
+    let (x, t) = test.batch(&(0..300).collect::<Vec<_>>());
+    let mut e = Ensemble::new(nets).unwrap();
+    let ev = e.evaluate(&test, None, 64).unwrap();
+    assert_eq!(ev.members, singles);
+    let right = |p: Vec<usize>| p.iter().zip(&t).filter(|(a, b)| a == b).count();
+    assert_eq!(ev.mean.correct, right(e.classify(&x, 50, Vote::Mean).unwrap()));
+    assert_eq!(ev.majority.correct, right(e.classify(&x, 50, Vote::Majority).unwrap()));
+    assert_eq!(ev.mean.total, 300);
+    assert_eq!(ev.by(Vote::Majority), ev.majority);
+}
+
+#[test]
+fn save_and_load_give_the_same_predictions_and_check_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = input(6, 9);
+    let mut e = Ensemble::new(vec![small(11), small(12)]).unwrap();
+    let before = e.predict_proba(&x, 6).unwrap();
+    let manifest = e.save(dir.path(), Vote::Mean, Some(&[11, 12]), None, "test").unwrap();
+    assert_eq!(manifest.members.len(), 2);
+    assert_eq!(manifest.members[1].seed, Some(12));
+    assert_eq!(manifest.members[0].model, "SimpleConvNet");
+    let build = |_: &dl_train::ensemble::MemberEntry| Ok(small(0));
+    let (mut loaded, m) = Ensemble::load(dir.path(), build).unwrap();
+    assert_eq!(m, manifest);
+    assert_eq!(loaded.predict_proba(&x, 6).unwrap(), before);
+
+    // a changed member file
+    let member = dir.path().join(&manifest.members[1].file);
+    let mut bytes = std::fs::read(&member).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&member, &bytes).unwrap();
+    assert!(matches!(
+        Ensemble::load(dir.path(), build),
+        Err(EnsembleError::Checksum { .. })
+    ));
+    bytes[last] ^= 1;
+    std::fs::write(&member, &bytes).unwrap();
+    Ensemble::load(dir.path(), build).unwrap();
+
+    // a member built as the wrong model: the weights do not fit
+    let wrong =
+        |_: &dl_train::ensemble::MemberEntry| Ok(dl_models::DeepConvNet::new(Default::default(), 0).into_network());
+    let err = Ensemble::load(dir.path(), wrong).unwrap_err();
+    assert!(matches!(err, EnsembleError::Model(_)), "{err}");
+
+    // manifests this version does not read
+    let path = dir.path().join(MANIFEST_FILE);
+    let good = std::fs::read_to_string(&path).unwrap();
+    for (bad, says) in [
+        (good.replace("dlfs-ensemble", "other"), "format"),
+        (good.replace("\"version\": 1", "\"version\": 9"), "version"),
+        (
+            good.replace("member-0.safetensors", "../member-0.safetensors"),
+            "plain name",
+        ),
+        (good[..good.len() / 2].to_string(), "not a valid manifest"),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let err = Ensemble::load(dir.path(), build).unwrap_err();
+        assert!(
+            matches!(err, EnsembleError::Manifest { .. }) && err.to_string().contains(says),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        Ensemble::load(dir.path(), build),
+        Err(EnsembleError::Io { .. })
+    ));
+}
+
+struct Count(usize);
+impl Observer for Count {
+    fn on_epoch(&mut self, _: &dl_train::EpochRecord) {
+        self.0 += 1;
+    }
+}
+
+#[test]
+fn members_are_the_same_trained_in_turn_in_parallel_or_alone() {
+    let data = mnist();
+    let train: ImageSet = data.train.take(400);
+    let test = data.test.take(200);
+    let config = TrainerConfig {
+        epochs: 1,
+        mini_batch_size: 50,
+        evaluate_sample_num_per_epoch: Some(100),
+        seed: 20,
+        augment: Some(Pipeline::mnist(false, 20)),
+        ..TrainerConfig::default()
+    };
+    let build = |_: usize, seed: u64| small(seed);
+    let run = |parallel| train_ensemble(build, &train, &test, &config, 3, parallel, |_| Count(0)).unwrap();
+    let in_turn = run(1);
+    let parallel = run(2);
+    assert_eq!(in_turn.seeds, vec![20, 21, 22]);
+    for (a, b) in in_turn.ensemble.members().iter().zip(parallel.ensemble.members()) {
+        assert_eq!(a.params_to_bytes(), b.params_to_bytes());
+    }
+    // member 2 alone, trained as a single network with member_config
+    let cfg = member_config(&config, 2);
+    assert_eq!(cfg.seed, 22);
+    assert_eq!(cfg.augment.as_ref().unwrap().seed, 22);
+    let mut alone = small(cfg.seed);
+    let h = Trainer::new(&mut alone, &train, &test, cfg).unwrap().train().unwrap();
+    assert_eq!(alone.params_to_bytes(), in_turn.ensemble.members()[2].params_to_bytes());
+    assert_eq!(h.train_loss_list, in_turn.histories[2].train_loss_list);
+    // the members differ from one another
+    assert_ne!(
+        in_turn.ensemble.members()[0].params_to_bytes(),
+        in_turn.ensemble.members()[1].params_to_bytes()
+    );
+    assert!(matches!(
+        train_ensemble(build, &train, &test, &config, 0, 1, |_| Count(0)),
+        Err(EnsembleError::Empty)
+    ));
+}
