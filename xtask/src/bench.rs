@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// (default: ../shared/anchors/torch_deepconvnet.py beside the checkout).
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     vs_torch: Option<String>,
+    /// Skip the windows that measure the cost of data augmentation.
+    #[arg(long)]
+    skip_augment: bool,
     /// Python interpreter with torch and numpy, for --vs-torch.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -102,39 +105,69 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let batch = 100;
     let order = BatchOrder::new(mnist.train.len(), batch, 0);
     let mut batches = std::iter::repeat_with(|| order.epoch(0)).flatten();
-    let mut step = |net: &mut Network, opt: &mut Box<dyn Optimizer>| -> Result<(), CliError> {
+    // One training step as the Trainer takes it: bytes to f32, augmentation when asked,
+    // forward, backward, Adam.
+    let pipeline = dl_data::Pipeline::mnist(false, 0);
+    let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
+    let mut iteration = 0u64;
+    let (h, w) = (mnist.train.height, mnist.train.width);
+    let mut step = |net: &mut Network, opt: &mut Box<dyn Optimizer>, augment: bool| -> Result<(), CliError> {
         let idx = batches.next().expect("endless");
-        let (x, t) = mnist.train.batch(&idx);
-        net.gradient(x, Labels::Indices(&t))?;
+        iteration += 1;
+        mnist.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
+        if augment {
+            pipeline.apply_batch(&mut xbuf, h, w, iteration);
+        }
+        let x = Tensor::from_shape_vec(vec![idx.len(), 1, h, w], std::mem::take(&mut xbuf)).expect("batch shape");
+        net.gradient(x, Labels::Indices(&tbuf))?;
         opt.update(&mut net.params_and_grads());
         Ok(())
     };
     for _ in 0..a.warmup {
-        step(&mut net, &mut opt)?;
+        step(&mut net, &mut opt, false)?;
     }
-    let mut train_rates = Vec::new();
-    let mut measure = |windows: usize, rates: &mut Vec<f64>| -> Result<(), CliError> {
-        for _ in 0..windows {
-            let t = Instant::now();
-            for _ in 0..a.iters {
-                step(&mut net, &mut opt)?;
-            }
-            rates.push((a.iters * batch) as f64 / t.elapsed().as_secs_f64());
+    let mut window = |net: &mut Network, opt: &mut Box<dyn Optimizer>, augment: bool| -> Result<f64, CliError> {
+        let t = Instant::now();
+        for _ in 0..a.iters {
+            step(net, opt, augment)?;
         }
-        Ok(())
+        Ok((a.iters * batch) as f64 / t.elapsed().as_secs_f64())
     };
+    let mut train_rates = Vec::new();
     let first_half = a.windows.div_ceil(2);
-    measure(first_half, &mut train_rates)?;
+    for _ in 0..first_half {
+        train_rates.push(window(&mut net, &mut opt, false)?);
+    }
     let torch = match &a.vs_torch {
         Some(script) => run_torch(script, &a.python, a.windows, &data_dir),
         None => None,
     };
-    measure(a.windows - first_half, &mut train_rates)?;
+    for _ in first_half..a.windows {
+        train_rates.push(window(&mut net, &mut opt, false)?);
+    }
     let train = median(&train_rates);
     eprintln!(
         "train  batch {batch}: {train:.0} img/s (median of {} windows)",
         a.windows
     );
+    // The cost of the MNIST augmentation recipe: windows with and without it, in
+    // alternation, compared by their medians.
+    let mut extra = BTreeMap::new();
+    if !a.skip_augment {
+        let (mut plain, mut augmented) = (Vec::new(), Vec::new());
+        for _ in 0..a.windows {
+            plain.push(window(&mut net, &mut opt, false)?);
+            augmented.push(window(&mut net, &mut opt, true)?);
+        }
+        let (p, q) = (median(&plain), median(&augmented));
+        eprintln!(
+            "train  batch {batch} with augmentation: {q:.0} img/s vs {p:.0} without: epoch time +{:.1}%",
+            (p / q - 1.0) * 100.0
+        );
+        extra.insert("train_images_per_sec_plain_paired".into(), p);
+        extra.insert("train_images_per_sec_augmented".into(), q);
+        extra.insert("augment_epoch_time_increase_pct".into(), (p / q - 1.0) * 100.0);
+    }
 
     let mut infer = BTreeMap::new();
     for bs in [100usize, 1000] {
@@ -198,7 +231,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         infer_images_per_sec_b1000: infer[&1000],
         peak_rss_mib: peak_rss_mib(),
         layers,
-        extra: BTreeMap::new(),
+        extra,
         torch,
     };
     print_table(&report);
@@ -215,6 +248,12 @@ fn print_table(r: &Report) {
     println!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
     println!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
     println!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);
+    if let (Some(q), Some(pct)) = (
+        r.extra.get("train_images_per_sec_augmented"),
+        r.extra.get("augment_epoch_time_increase_pct"),
+    ) {
+        println!("  train with augmentation{q:>8.0} img/s (epoch time +{pct:.1}%)");
+    }
     println!("  peak RSS               {:>8.1} MiB", r.peak_rss_mib);
     println!("  {:>3} {:<20} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
     let (mut tf, mut tb) = (0.0, 0.0);

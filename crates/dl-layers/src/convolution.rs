@@ -27,6 +27,8 @@ pub struct Convolution {
     x: Option<Tensor>,
     /// Geometry and batch size of the last training forward.
     cache: Option<(ConvGeometry, usize)>,
+    /// Whether `backward` computes `dL/dx` (the first layer of a network need not).
+    input_gradient: bool,
 }
 
 impl Convolution {
@@ -71,6 +73,7 @@ impl Convolution {
             pad,
             x: None,
             cache: None,
+            input_gradient: true,
         }
     }
 
@@ -100,6 +103,28 @@ impl Convolution {
             .into_shape_with_order((f, c * fh * fw))
             .expect("contiguous W")
     }
+}
+
+/// For a stride-1 convolution with square filters and `pad < FH`, `dL/dx` is itself a
+/// stride-1 convolution: of `dout` `(FN, OH, OW)`, padded by `FH - 1 - pad`, with the
+/// filters turned by 180 degrees and their channel axes swapped, `W'` `(C, FN, FH, FW)`.
+/// Returns that convolution's geometry and `W'` as the matrix `(C, FN*FH*FW)`; `None`
+/// when the shortcut does not apply (the general `W^T · dout` then `col2im` is used).
+fn transposed_convolution(w: &Tensor, g: &ConvGeometry) -> Option<(ConvGeometry, Array2<f32>)> {
+    let (f, c, fh, fw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    if g.stride != 1 || fh != fw || g.pad >= fh {
+        return None;
+    }
+    let gt = ConvGeometry::new(f, g.out_h, g.out_w, fh, fw, 1, fh - 1 - g.pad).ok()?;
+    if (gt.out_h, gt.out_w) != (g.h, g.w) {
+        return None;
+    }
+    let wt = Array2::from_shape_fn((c, f * fh * fw), |(ci, j)| {
+        let (fi, k) = (j / (fh * fw), j % (fh * fw));
+        let (ky, kx) = (k / fw, k % fw);
+        w[[fi, ci, fh - 1 - ky, fw - 1 - kx]]
+    });
+    Some((gt, wt))
 }
 
 /// Images per group in the backward pass: the unit of parallel work and of the
@@ -159,6 +184,12 @@ impl Layer for Convolution {
         let ckk = c * fh * fw;
         let mut dx = vec![0.0f32; n * in_len];
         let w = self.w_matrix();
+        let transposed = if self.input_gradient {
+            transposed_convolution(&self.w.value, &g)
+        } else {
+            None
+        };
+        let dcol_len = transposed.as_ref().map_or(col_len, |(gt, _)| gt.col_rows() * gt.col_cols());
         // Images are taken in fixed groups, each group's dW/db summed on its own, and the
         // groups' sums added in order: the result does not depend on the thread count or
         // on how rayon schedules the work, so a seed fixes a run bit for bit.
@@ -171,7 +202,7 @@ impl Layer for Convolution {
                 let mut dw = Array2::<f32>::zeros((f, ckk));
                 let mut db = vec![0.0f32; f];
                 let mut col = vec![0.0f32; col_len];
-                let mut dcol = vec![0.0f32; col_len];
+                let mut dcol = vec![0.0f32; dcol_len];
                 for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
                     im2col_chw(xi, &g, &mut col);
                     let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
@@ -181,10 +212,24 @@ impl Layer for Convolution {
                     for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
                         *acc += row.sum();
                     }
-                    // dcol = W^T · dout_i, then col2im into dx_i
-                    let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
-                    gemm(1.0, &w.t(), &d, 0.0, &mut dc);
-                    col2im_chw(&dcol, &g, dxi);
+                    if !self.input_gradient {
+                        continue;
+                    }
+                    match &transposed {
+                        // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
+                        Some((gt, wt)) => {
+                            im2col_chw(di, gt, &mut dcol);
+                            let dc = ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..]).expect("dcol");
+                            let mut dxv = ArrayViewMut2::from_shape((c, g.h * g.w), dxi).expect("dx block");
+                            gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
+                        }
+                        // dcol = W^T · dout_i, then col2im into dx_i
+                        None => {
+                            let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                            gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                            col2im_chw(&dcol, &g, dxi);
+                        }
+                    }
                 }
                 (dw, db)
             })
@@ -216,6 +261,10 @@ impl Layer for Convolution {
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
         vec![("W".into(), &mut self.w), ("b".into(), &mut self.b)]
+    }
+
+    fn set_input_gradient_needed(&mut self, needed: bool) {
+        self.input_gradient = needed;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

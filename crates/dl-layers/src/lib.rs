@@ -155,6 +155,11 @@ pub trait Layer: Send + Sync {
         Vec::new()
     }
 
+    /// Tells the layer whether anyone reads the `dL/dx` its `backward` returns (`true`
+    /// unless told otherwise). A network's first layer is told `false`: a layer may then
+    /// skip that work and return zeros. Layers that gain nothing ignore it.
+    fn set_input_gradient_needed(&mut self, _needed: bool) {}
+
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;

@@ -92,6 +92,13 @@ impl Layer for Sequential {
         out
     }
 
+    fn set_input_gradient_needed(&mut self, needed: bool) {
+        // only the first layer's dx leaves the block
+        if let Some(first) = self.layers.first_mut() {
+            first.set_input_gradient_needed(needed);
+        }
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }

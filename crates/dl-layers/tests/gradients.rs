@@ -50,6 +50,11 @@ fn convolution_backward_matches_numerical_gradient() {
         (2, 3, 3, 3, 2, 2, [2, 2, 7, 6]),
         (3, 2, 2, 3, 1, 0, [3, 3, 5, 4]),
         (2, 2, 3, 3, 3, 1, [1, 2, 8, 7]),
+        // stride 1, square filters: dx through the transposed convolution
+        (2, 3, 3, 3, 1, 2, [2, 2, 6, 5]),
+        (2, 2, 3, 3, 1, 0, [5, 2, 6, 6]),
+        (1, 2, 5, 5, 1, 2, [1, 1, 7, 7]),
+        (2, 2, 5, 5, 1, 4, [2, 2, 3, 4]),
     ];
     for (i, &(c, f, fh, fw, s, p, shape)) in cases.iter().enumerate() {
         let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 10 + i as u64);
@@ -57,6 +62,24 @@ fn convolution_backward_matches_numerical_gradient() {
         let x = random_input(&shape, 0.0, 30 + i as u64);
         assert_grads(&format!("Convolution case {i}"), &layer, &x, 1e-2);
     }
+}
+
+#[test]
+fn convolution_told_that_nobody_reads_dx_keeps_its_parameter_gradients() {
+    let x = random_input(&[3, 2, 6, 6], 0.0, 40);
+    let dout = random_input(&[3, 4, 6, 6], 0.0, 41);
+    let mut full = Convolution::new(2, 4, 3, 3, 1, 1, Init::He, 42);
+    let mut lean = full.clone();
+    lean.set_input_gradient_needed(false);
+    full.forward(x.clone(), true).unwrap();
+    lean.forward(x, true).unwrap();
+    let dx_full = full.backward(dout.clone());
+    let dx_lean = lean.backward(dout);
+    assert_eq!(full.w.grad, lean.w.grad);
+    assert_eq!(full.b.grad, lean.b.grad);
+    assert!(dx_full.iter().any(|v| *v != 0.0));
+    assert!(dx_lean.iter().all(|v| *v == 0.0));
+    assert_eq!(dx_lean.shape(), dx_full.shape());
 }
 
 #[test]

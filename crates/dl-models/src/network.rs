@@ -37,7 +37,11 @@ impl std::fmt::Debug for Network {
 
 impl Network {
     /// A network of the given layers; `kind` names it in saved files (`"DeepConvNet"`).
-    pub fn new(kind: impl Into<String>, layers: Vec<Box<dyn Layer>>) -> Self {
+    pub fn new(kind: impl Into<String>, mut layers: Vec<Box<dyn Layer>>) -> Self {
+        // Nobody reads the gradient with respect to the input images.
+        if let Some(first) = layers.first_mut() {
+            first.set_input_gradient_needed(false);
+        }
         let mut k = 0;
         let mut names = Vec::new();
         let mut buffer_names = Vec::new();

@@ -187,6 +187,10 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
     let (h, w, oh, ow, s) = (g.h, g.w, g.out_h, g.out_w, g.stride);
     assert_eq!(x.len(), g.c * h * w, "im2col_chw: input length");
     assert_eq!(col.len(), g.col_rows() * g.col_cols(), "im2col_chw: col length");
+    if s == 1 {
+        im2col_chw_stride1(x, g, col);
+        return;
+    }
     let mut rows = col.chunks_exact_mut(oh * ow);
     for c in 0..g.c {
         let plane = &x[c * h * w..(c + 1) * h * w];
@@ -197,25 +201,6 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
                 let (ox_lo, ox_hi) = g.valid_range(kx, w, ow);
                 row[..oy_lo * ow].fill(0.0);
                 row[oy_hi * ow..].fill(0.0);
-                if s == 1 && ow == w {
-                    // A "same"-width convolution: this row is the whole plane shifted by
-                    // (ky - pad) rows and (kx - pad) columns. Copy it in one piece, then
-                    // clear the columns that wrapped around from the neighbouring rows.
-                    let shift = (ky as isize - g.pad as isize) * w as isize + kx as isize - g.pad as isize;
-                    let (j0, j1) = (oy_lo * ow, oy_hi * ow);
-                    let start = (j0 as isize).max(-shift) as usize;
-                    let end = ((j1 as isize).min((h * w) as isize - shift).max(start as isize)) as usize;
-                    row[j0..start].fill(0.0);
-                    row[end..j1].fill(0.0);
-                    let from = (start as isize + shift) as usize;
-                    row[start..end].copy_from_slice(&plane[from..from + (end - start)]);
-                    for oy in oy_lo..oy_hi {
-                        let r = &mut row[oy * ow..(oy + 1) * ow];
-                        r[..ox_lo].fill(0.0);
-                        r[ox_hi..].fill(0.0);
-                    }
-                    continue;
-                }
                 for oy in oy_lo..oy_hi {
                     let iy = oy * s + ky - g.pad;
                     let src = &plane[iy * w..(iy + 1) * w];
@@ -236,6 +221,92 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
             }
         }
     }
+}
+
+/// Copies a short run (a row of a small image) with fixed-size moves, so that no call to
+/// `memcpy` is made for a few dozen bytes.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (a, b) in (&mut d).zip(&mut s) {
+        let v: [f32; 8] = b.try_into().expect("8 values");
+        a.copy_from_slice(&v);
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
+    }
+}
+
+/// Stride-1 im2col: each channel is copied once into a zero-padded plane, and every row
+/// of `col` is then `OH` runs of `OW` values read from that plane at offset `(ky, kx)`:
+/// no bounds arithmetic per element and no clearing, the padding supplies the zeros.
+fn im2col_chw_stride1(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    let (h, w, oh, ow, p) = (g.h, g.w, g.out_h, g.out_w, g.pad);
+    let wp = w + 2 * p;
+    // (oy + ky) <= oh - 1 + fh - 1 = h + 2p - 1 and likewise for columns: every read is
+    // inside the padded plane.
+    let hp = (oh + g.fh - 1).max(h + 2 * p);
+    PADDED.with(|cell| {
+        let mut padded = cell.borrow_mut();
+        padded.clear();
+        padded.resize(hp * wp, 0.0);
+        let mut rows = col.chunks_exact_mut(oh * ow);
+        for plane in x.chunks_exact(h * w) {
+            if ow != w {
+                for (y, src) in plane.chunks_exact(w).enumerate() {
+                    copy_short(&mut padded[(y + p) * wp + p..(y + p) * wp + p + w], src);
+                }
+            }
+            for ky in 0..g.fh {
+                for kx in 0..g.fw {
+                    let row = rows.next().expect("row count");
+                    if ow == w {
+                        // A "same"-width convolution: one block copy of the shifted
+                        // plane beats a copy per output row.
+                        same_width_row(plane, g, ky, kx, row);
+                        continue;
+                    }
+                    for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
+                        let at = (oy + ky) * wp + kx;
+                        copy_short(dst, &padded[at..at + ow]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One row of a stride-1 im2col whose output width equals the input width: the whole
+/// plane shifted by `(ky - pad, kx - pad)`, copied in one piece; then the rows that fall
+/// outside and the columns that wrapped around from the neighbouring rows are cleared,
+/// the columns by strided stores (a `fill` per image row would be a `memset` call for one
+/// or two values).
+fn same_width_row(plane: &[f32], g: &ConvGeometry, ky: usize, kx: usize, row: &mut [f32]) {
+    let (h, w, ow) = (g.h, g.w, g.out_w);
+    let (oy_lo, oy_hi) = g.valid_range(ky, h, g.out_h);
+    let (ox_lo, ox_hi) = g.valid_range(kx, w, ow);
+    row[..oy_lo * ow].fill(0.0);
+    row[oy_hi * ow..].fill(0.0);
+    let shift = (ky as isize - g.pad as isize) * w as isize + kx as isize - g.pad as isize;
+    let (j0, j1) = (oy_lo * ow, oy_hi * ow);
+    let start = (j0 as isize).max(-shift) as usize;
+    let end = ((j1 as isize).min((h * w) as isize - shift).max(start as isize)) as usize;
+    row[j0..start].fill(0.0);
+    row[end..j1].fill(0.0);
+    let from = (start as isize + shift) as usize;
+    row[start..end].copy_from_slice(&plane[from..from + (end - start)]);
+    for x in (0..ox_lo).chain(ox_hi..ow) {
+        for oy in oy_lo..oy_hi {
+            row[oy * ow + x] = 0.0;
+        }
+    }
+}
+
+thread_local! {
+    /// The zero-padded plane of [`im2col_chw_stride1`], reused across calls on a thread.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Per-image col2im, the adjoint of [`im2col_chw`]: **adds** `col` `(C*FH*FW, OH*OW)` into
