@@ -87,6 +87,26 @@ impl Pooling {
     }
 }
 
+/// Max over every whole 2x2 window with stride 2 of one plane of width `w`, with the
+/// general path's choice on ties (the first largest in row-major order wins).
+fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
+    for oy in 0..oh {
+        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+        for ox in 0..ow {
+            let cand = [r0 + 2 * ox, r0 + 2 * ox + 1, r1 + 2 * ox, r1 + 2 * ox + 1];
+            let (mut best, mut best_i) = (f32::NEG_INFINITY, cand[0]);
+            for i in cand {
+                if p[i] > best {
+                    best = p[i];
+                    best_i = i;
+                }
+            }
+            o[oy * ow + ox] = best;
+            a[oy * ow + ox] = best_i as u32;
+        }
+    }
+}
+
 impl Layer for Pooling {
     fn name(&self) -> &str {
         "Pooling"
@@ -103,10 +123,22 @@ impl Layer for Pooling {
         match self.kind {
             PoolKind::Max => {
                 arg.resize(n * g.c * oplane, 0);
+                // The book's 2x2 pooling with stride 2 over even sizes: every window is
+                // whole, so a plain unrolled loop does.
+                let full_2x2 = g.fh == 2
+                    && g.fw == 2
+                    && self.stride == 2
+                    && self.pad == 0
+                    && g.h == 2 * g.out_h
+                    && g.w == 2 * g.out_w;
                 out.par_chunks_mut(oplane)
                     .zip(arg.par_chunks_mut(oplane))
                     .zip(xs.par_chunks(plane))
                     .for_each(|((o, a), p)| {
+                        if full_2x2 {
+                            max_pool_2x2(p, g.w, g.out_h, g.out_w, o, a);
+                            return;
+                        }
                         for oy in 0..g.out_h {
                             let (y0, y1) = self.window(oy, g.fh, g.h);
                             for ox in 0..g.out_w {

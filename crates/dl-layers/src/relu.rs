@@ -55,10 +55,9 @@ impl Layer for Relu {
             .par_chunks_mut(CHUNK)
             .zip(self.mask.par_chunks(CHUNK))
             .for_each(|(dc, mc)| {
+                // a select, not a branch: vectorises
                 for (d, &m) in dc.iter_mut().zip(mc) {
-                    if m {
-                        *d = 0.0;
-                    }
+                    *d = if m { 0.0 } else { *d };
                 }
             });
         dout

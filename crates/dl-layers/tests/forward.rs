@@ -38,6 +38,27 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 }
 
 #[test]
+fn max_pooling_2x2_fast_path_routes_ties_like_the_general_path() {
+    // Values from {0, 0.5, 1}: many windows hold ties. A 6x6 input takes the 2x2 fast
+    // path; the same values with a seventh column (left out by every window) take the
+    // general path, and the two must agree, gradients included.
+    let mut wide = random_input(&[2, 3, 6, 7], 0.0, 7);
+    wide.mapv_inplace(|v| ((v + 1.0) * 1.5).floor().min(2.0) * 0.5);
+    let even = wide.slice(ndarray::s![.., .., .., 0..6]).to_owned().into_dyn();
+    let (mut fast, mut general) = (Pooling::max(2, 2, 2, 0), Pooling::max(2, 2, 2, 0));
+    let yf = fast.forward(even.clone(), true).unwrap();
+    let yg = general.forward(wide.clone(), true).unwrap();
+    assert_eq!(yf, yg);
+    let dout = random_input(&[2, 3, 3, 3], 0.0, 8);
+    let dxg = general.backward(dout.clone());
+    let dxf = fast.backward(dout);
+    assert_eq!(dxf, dxg.slice(ndarray::s![.., .., .., 0..6]).to_owned().into_dyn());
+    assert!(dxf.iter().any(|v| *v != 0.0));
+    let v = even.view().into_dimensionality::<Ix4>().unwrap();
+    assert_eq!(yf, pool_reference(&v, 2, 2, 2, 0, false).into_dyn());
+}
+
+#[test]
 fn pooling_forward_matches_reference() {
     for (i, &(k, s, p, h, w)) in [(2, 2, 0, 8, 8), (3, 2, 0, 7, 6), (3, 2, 1, 5, 6), (2, 1, 0, 4, 5)]
         .iter()
