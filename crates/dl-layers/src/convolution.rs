@@ -127,6 +127,28 @@ fn transposed_convolution(w: &Tensor, g: &ConvGeometry) -> Option<(ConvGeometry,
     Some((gt, wt))
 }
 
+thread_local! {
+    /// Per-thread lowering buffers, kept between calls: a lowered image is written in
+    /// full before it is read, so the buffers are never cleared.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's two scratch buffers, of at least `a` and `b` values.
+/// `f` must not start parallel work (a stolen task could ask for the same buffers).
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        let (x, y) = &mut *bufs;
+        if x.len() < a {
+            x.resize(a, 0.0);
+        }
+        if y.len() < b {
+            y.resize(b, 0.0);
+        }
+        f(&mut x[..a], &mut y[..b])
+    })
+}
+
 /// Images per group in the backward pass: the unit of parallel work and of the
 /// fixed-order gradient reduction.
 const GROUP: usize = 4;
@@ -157,13 +179,14 @@ impl Layer for Convolution {
             let xs = x.as_slice().expect("standard layout");
             let w = self.w_matrix();
             let bias = self.b.value.as_slice().expect("contiguous b");
-            out.par_chunks_mut(out_len).zip(xs.par_chunks(in_len)).for_each_init(
-                || vec![0.0f32; col_len],
-                |c, (o, xi)| {
-                    im2col_chw(xi, &g, c);
-                    forward_image(&w, bias, c, &g, o);
-                },
-            );
+            out.par_chunks_mut(out_len)
+                .zip(xs.par_chunks(in_len))
+                .for_each(|(o, xi)| {
+                    with_scratch(col_len, 0, |c, _| {
+                        im2col_chw(xi, &g, c);
+                        forward_image(&w, bias, c, &g, o);
+                    })
+                });
         }
         if train {
             self.x = Some(x);
@@ -189,7 +212,9 @@ impl Layer for Convolution {
         } else {
             None
         };
-        let dcol_len = transposed.as_ref().map_or(col_len, |(gt, _)| gt.col_rows() * gt.col_cols());
+        let dcol_len = transposed
+            .as_ref()
+            .map_or(col_len, |(gt, _)| gt.col_rows() * gt.col_cols());
         // Images are taken in fixed groups, each group's dW/db summed on its own, and the
         // groups' sums added in order: the result does not depend on the thread count or
         // on how rayon schedules the work, so a seed fixes a run bit for bit.
@@ -201,36 +226,38 @@ impl Layer for Convolution {
             .map(|((dxg, dg), xg)| {
                 let mut dw = Array2::<f32>::zeros((f, ckk));
                 let mut db = vec![0.0f32; f];
-                let mut col = vec![0.0f32; col_len];
-                let mut dcol = vec![0.0f32; dcol_len];
-                for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
-                    im2col_chw(xi, &g, &mut col);
-                    let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
-                    // dW += dout_i · col_i^T ; db += row sums of dout_i
-                    gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
-                    for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
-                        *acc += row.sum();
-                    }
-                    if !self.input_gradient {
-                        continue;
-                    }
-                    match &transposed {
-                        // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
-                        Some((gt, wt)) => {
-                            im2col_chw(di, gt, &mut dcol);
-                            let dc = ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..]).expect("dcol");
-                            let mut dxv = ArrayViewMut2::from_shape((c, g.h * g.w), dxi).expect("dx block");
-                            gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
+                with_scratch(col_len, dcol_len, |col, dcol| {
+                    for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
+                        im2col_chw(xi, &g, col);
+                        let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                        let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
+                        // dW += dout_i · col_i^T ; db += row sums of dout_i
+                        gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
+                        for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
+                            *acc += row.sum();
                         }
-                        // dcol = W^T · dout_i, then col2im into dx_i
-                        None => {
-                            let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
-                            gemm(1.0, &w.t(), &d, 0.0, &mut dc);
-                            col2im_chw(&dcol, &g, dxi);
+                        if !self.input_gradient {
+                            continue;
+                        }
+                        match &transposed {
+                            // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
+                            Some((gt, wt)) => {
+                                im2col_chw(di, gt, dcol);
+                                let dc =
+                                    ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..]).expect("dcol");
+                                let mut dxv = ArrayViewMut2::from_shape((c, g.h * g.w), dxi).expect("dx block");
+                                gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
+                            }
+                            // dcol = W^T · dout_i, then col2im into dx_i
+                            None => {
+                                let mut dc =
+                                    ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                                col2im_chw(dcol, &g, dxi);
+                            }
                         }
                     }
-                }
+                });
                 (dw, db)
             })
             .collect();
