@@ -51,6 +51,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Full test accuracy of saved weights (default: the shipped DeepConvNet).
     Eval(eval::EvalArgs),
+    /// Convert the book's pickled parameters (deep_convnet_params.pkl) to safetensors.
+    ConvertBook(eval::ConvertArgs),
     /// Combine trained weights files into an ensemble folder (members + ensemble.json).
     Ensemble(ensemble::EnsembleArgs),
     /// Fetch and verify MNIST, Fashion-MNIST or KMNIST.
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
         Command::Ensemble(a) => ensemble::run(a),
+        Command::ConvertBook(a) => eval::convert(a),
         Command::AugmentPreview(a) => preview::run(a),
     };
     match result {

@@ -64,6 +64,9 @@ pub enum ModelError {
         /// Their names.
         names: Vec<String>,
     },
+    /// A pickle of the book's parameters was refused.
+    #[error(transparent)]
+    Pickle(#[from] crate::book::PickleError),
     /// The inputs and the labels do not fit together.
     #[error("{0}")]
     Input(String),

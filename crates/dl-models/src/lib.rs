@@ -15,6 +15,10 @@
 //! `W8`, `b8`): no code runs on load (unlike the book's pickle), and PyTorch, candle and
 //! numpy read the files. Loading checks every name, shape and dtype.
 //!
+//! The book's own pickled parameter files load too
+//! ([`Network::load_book_params`]), through a reader that accepts nothing but NumPy arrays
+//! ([`book`]): no Python and no code from the file runs.
+//!
 //! ```
 //! use dl_models::{DeepConvNet, DeepConvNetConfig};
 //! use dl_layers::Tensor;
@@ -26,6 +30,7 @@
 //! assert_eq!(y.shape(), &[2, 10]);
 //! ```
 
+pub mod book;
 mod deep_convnet;
 mod error;
 mod network;

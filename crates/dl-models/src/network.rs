@@ -251,6 +251,36 @@ impl Network {
         self.load_params_from_bytes(&bytes, path)
     }
 
+    /// The book's `load_params("deep_convnet_params.pkl")`: reads the pickle the book's
+    /// code writes (a dict of NumPy arrays under the book's names) with
+    /// [`book::read_pickled_arrays`](crate::book::read_pickled_arrays), which runs no code
+    /// from the file, and loads it with the same checks as [`Network::load_params`].
+    /// float64 values become float32. On any error the network is unchanged.
+    pub fn load_book_params(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        let path = path.as_ref();
+        let arrays = crate::book::read_pickled_arrays(path)?;
+        let raw: Vec<(String, Vec<usize>, Vec<u8>)> = arrays
+            .into_iter()
+            .map(|(n, a)| (n, a.shape, a.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views = raw
+            .iter()
+            .map(|(n, s, b)| {
+                TensorView::new(Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ModelError::Format {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = safetensors::serialize(views, &None).map_err(|e| ModelError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        self.load_params_from_bytes(&bytes, path)
+    }
+
     /// [`Network::load_params`] from bytes in memory; `path` only names the source in
     /// errors.
     pub fn load_params_from_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<(), ModelError> {
