@@ -5,7 +5,10 @@
 //! [`ImageSet`](dl_data::ImageSet) with any optimizer, evaluates each epoch on a sample
 //! (the book's `evaluate_sample_num_per_epoch`), measures the full test set at the end,
 //! keeps a [`History`] that can be written as JSON, and reports progress to an
-//! [`Observer`] while it runs.
+//! [`Observer`] while it runs. [`schedule`] holds the learning-rate decays and
+//! [`ensemble`] the chapter's ensembles: several networks trained with different seeds
+//! ([`train_ensemble`]) whose softmax outputs are averaged (or which vote), saved as a
+//! folder with a checked manifest.
 //!
 //! ```no_run
 //! use dl_data::Mnist;
