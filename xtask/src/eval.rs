@@ -131,6 +131,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_ensemble_reaches_the_documented_accuracy() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let (mut e, manifest) = Ensemble::load(crate::shipped_ensemble(), build_member).unwrap();
+        assert_eq!(e.len(), 5);
+        let ev = e.evaluate(&mnist.test, None, 500).unwrap();
+        assert_eq!(Some(ev.by(manifest.vote)), manifest.test_evaluation);
+        assert!(ev.mean.accuracy() >= 0.997, "shipped ensemble: {}", ev.mean);
+        for (got, entry) in ev.members.iter().zip(&manifest.members) {
+            assert_eq!(Some(*got), entry.test_evaluation);
+        }
+    }
+
+    #[test]
     fn the_shipped_weights_reach_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
         let mut net = ModelName::Deep.build(0);
