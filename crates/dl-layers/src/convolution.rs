@@ -212,9 +212,11 @@ impl Layer for Convolution {
         } else {
             None
         };
-        let dcol_len = transposed
-            .as_ref()
-            .map_or(col_len, |(gt, _)| gt.col_rows() * gt.col_cols());
+        let dcol_len = match &transposed {
+            _ if !self.input_gradient => 0,
+            Some((gt, _)) => gt.col_rows() * gt.col_cols(),
+            None => col_len,
+        };
         // Images are taken in fixed groups, each group's dW/db summed on its own, and the
         // groups' sums added in order: the result does not depend on the thread count or
         // on how rayon schedules the work, so a seed fixes a run bit for bit.
