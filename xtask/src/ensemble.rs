@@ -12,7 +12,8 @@ use crate::CliError;
 
 #[derive(Args)]
 pub struct EnsembleArgs {
-    /// The members' weights files (safetensors). A history.json beside a file (as
+    /// The members' weights files (safetensors, or the book's pickle). A history.json
+    /// beside a file (as
     /// `cargo xtask train` writes) supplies the member's seed for the manifest.
     #[arg(required = true, value_name = "PARAMS")]
     params: Vec<PathBuf>,
@@ -46,22 +47,14 @@ pub fn run(a: EnsembleArgs) -> Result<(), CliError> {
     let mut seeds = Vec::with_capacity(a.params.len());
     for p in &a.params {
         let mut net = a.model.build(0);
-        net.load_params(p)?;
+        crate::eval::load_any(&mut net, p)?;
         members.push(net);
         seeds.push(seed_beside(p));
     }
     let seeds: Option<Vec<u64>> = seeds.into_iter().collect();
     let mut ensemble = Ensemble::new(members)?;
     let ev = ensemble.evaluate(&mnist.test, None, 100)?;
-    let description = a.description.unwrap_or_else(|| {
-        format!(
-            "cargo xtask {}",
-            std::env::args()
-                .skip_while(|s| s != "ensemble")
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-    });
+    let description = a.description.unwrap_or_else(|| crate::command_line("ensemble"));
     let vote = a.vote.into();
     ensemble.save(&a.out, vote, seeds.as_deref(), Some(&ev), &description)?;
     for (p, e) in a.params.iter().zip(&ev.members) {

@@ -30,6 +30,13 @@ pub fn shipped_params() -> PathBuf {
     root().join("crates/dl-models/weights/deep_convnet.safetensors")
 }
 
+/// This invocation as `cargo xtask <sub> <its arguments>`, for a manifest's description
+/// (global flags before the subcommand are left out).
+pub fn command_line(sub: &str) -> String {
+    let rest: Vec<String> = std::env::args().skip_while(|s| s != sub).skip(1).collect();
+    format!("cargo xtask {sub} {}", rest.join(" ")).trim_end().to_string()
+}
+
 /// The ensemble shipped in the repository (`cargo xtask eval --ensemble`).
 pub fn shipped_ensemble() -> PathBuf {
     root().join("crates/dl-models/weights/ensemble")

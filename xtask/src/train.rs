@@ -344,14 +344,7 @@ fn train_many(a: &TrainArgs, k: usize, mnist: &Mnist, config: TrainerConfig) -> 
     let mut ensemble = run.ensemble;
     let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let vote = Vote::from(a.vote);
-    let description = format!(
-        "cargo xtask train {}",
-        std::env::args()
-            .skip_while(|s| s != "train")
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let description = crate::command_line("train");
     let m = ensemble.save(&a.out, vote, Some(&run.seeds), Some(&ev), &description)?;
     println!("ensemble, mean of softmax: {}", ev.mean);
     println!("ensemble, majority vote:   {}", ev.majority);
