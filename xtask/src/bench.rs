@@ -10,6 +10,7 @@ use dl_data::{BatchOrder, Mnist};
 use dl_layers::{Labels, SoftmaxWithLoss, Tensor};
 use dl_models::Network;
 use dl_optim::Optimizer;
+use dl_tensor::DirectConv;
 use serde::Serialize;
 
 use crate::train::ModelName;
@@ -169,23 +170,55 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         extra.insert("augment_epoch_time_increase_pct".into(), (p / q - 1.0) * 100.0);
     }
 
+    // The direct convolution kernel against im2col + GEMM (what CPUs without AVX-512
+    // run): windows of each in alternation.
+    if DirectConv::is_supported() {
+        let (mut lowered, mut direct) = (Vec::new(), Vec::new());
+        for _ in 0..a.windows {
+            DirectConv::set_enabled(false);
+            lowered.push(window(&mut net, &mut opt, false)?);
+            DirectConv::set_enabled(true);
+            direct.push(window(&mut net, &mut opt, false)?);
+        }
+        let (p, q) = (median(&lowered), median(&direct));
+        eprintln!(
+            "train  batch {batch}: direct convolution {q:.0} img/s vs im2col + GEMM {p:.0}: {:.2}x",
+            q / p
+        );
+        extra.insert("train_images_per_sec_im2col_paired".into(), p);
+        extra.insert("train_images_per_sec_direct_paired".into(), q);
+    }
+
     let mut infer = BTreeMap::new();
     for bs in [100usize, 1000] {
         let n = 10_000 - 10_000 % bs;
         let (x, _) = mnist.test.batch(&(0..n).collect::<Vec<_>>());
         let chunks: Vec<Tensor> = x.axis_chunks_iter(ndarray::Axis(0), bs).map(|c| c.to_owned()).collect();
         net.predict(chunks[0].clone(), false)?;
-        let mut rates = Vec::new();
-        for _ in 0..a.windows.min(5) {
+        let pass = |net: &mut Network| -> Result<f64, CliError> {
             let t = Instant::now();
             for c in &chunks {
                 net.predict(c.clone(), false)?;
             }
-            rates.push(n as f64 / t.elapsed().as_secs_f64());
+            Ok(n as f64 / t.elapsed().as_secs_f64())
+        };
+        let (mut rates, mut lowered) = (Vec::new(), Vec::new());
+        for _ in 0..a.windows.min(5) {
+            rates.push(pass(&mut net)?);
+            if DirectConv::is_supported() {
+                DirectConv::set_enabled(false);
+                lowered.push(pass(&mut net)?);
+                DirectConv::set_enabled(true);
+            }
         }
         let r = median(&rates);
         eprintln!("infer  batch {bs}: {r:.0} img/s");
         infer.insert(bs, r);
+        if !lowered.is_empty() {
+            let l = median(&lowered);
+            eprintln!("infer  batch {bs}: im2col + GEMM {l:.0} img/s: direct {:.2}x", r / l);
+            extra.insert(format!("infer_images_per_sec_b{bs}_im2col_paired"), l);
+        }
     }
 
     // Per-layer breakdown: forward and backward of each layer on one training batch.

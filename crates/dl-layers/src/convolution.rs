@@ -1,4 +1,4 @@
-use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, Tensor};
+use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, DirectConv, Tensor};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
 use rayon::prelude::*;
 
@@ -29,6 +29,8 @@ pub struct Convolution {
     cache: Option<(ConvGeometry, usize)>,
     /// Whether `backward` computes `dL/dx` (the first layer of a network need not).
     input_gradient: bool,
+    /// Whether stride-1 products may use [`DirectConv`].
+    direct: bool,
 }
 
 impl Convolution {
@@ -74,6 +76,7 @@ impl Convolution {
             x: None,
             cache: None,
             input_gradient: true,
+            direct: true,
         }
     }
 
@@ -92,6 +95,22 @@ impl Convolution {
             layer: "Convolution".into(),
             source,
         })
+    }
+
+    /// The direct kernel for this layer's filters, where it applies (stride 1, AVX-512)
+    /// and is not switched off.
+    fn direct_path(&self, g: &ConvGeometry) -> Option<DirectConv> {
+        if !self.direct {
+            return None;
+        }
+        DirectConv::new(self.w.value.as_slice().expect("contiguous W"), self.dims().0, g)
+    }
+
+    /// Whether stride-1 convolutions use [`DirectConv`] (the default, where the CPU has
+    /// AVX-512) or always `im2col` + GEMM, the book's formulation, kept as the reference
+    /// path the tests compare the direct one with.
+    pub fn set_direct(&mut self, on: bool) {
+        self.direct = on;
     }
 
     /// `W` seen as the matrix `(FN, C*FH*FW)`.
@@ -179,13 +198,16 @@ impl Layer for Convolution {
             let xs = x.as_slice().expect("standard layout");
             let w = self.w_matrix();
             let bias = self.b.value.as_slice().expect("contiguous b");
+            let direct = self.direct_path(&g);
             out.par_chunks_mut(out_len)
                 .zip(xs.par_chunks(in_len))
-                .for_each(|(o, xi)| {
-                    with_scratch(col_len, 0, |c, _| {
+                .for_each(|(o, xi)| match &direct {
+                    // stride 1 on AVX-512: straight from the padded image, no lowering
+                    Some(d) => with_scratch(d.scratch_len(), 0, |s, _| d.forward_image(xi, Some(bias), o, s)),
+                    None => with_scratch(col_len, 0, |c, _| {
                         im2col_chw(xi, &g, c);
                         forward_image(&w, bias, c, &g, o);
-                    })
+                    }),
                 });
         }
         if train {
@@ -212,10 +234,18 @@ impl Layer for Convolution {
         } else {
             None
         };
-        let dcol_len = match &transposed {
+        // dW by the direct kernel where it applies and pays (see `DirectConv::gradient_pays`).
+        let direct_dw = self.direct_path(&g).filter(DirectConv::gradient_pays);
+        let col_len = direct_dw.as_ref().map_or(col_len, DirectConv::gradient_scratch_len);
+        let direct = match &transposed {
+            Some((gt, wt)) if self.direct => DirectConv::new(wt.as_slice().expect("standard layout"), c, gt),
+            _ => None,
+        };
+        let dcol_len = match (&direct, &transposed) {
             _ if !self.input_gradient => 0,
-            Some((gt, _)) => gt.col_rows() * gt.col_cols(),
-            None => col_len,
+            (Some(d), _) => d.scratch_len(),
+            (None, Some((gt, _))) => gt.col_rows() * gt.col_cols(),
+            (None, None) => col_len,
         };
         // Images are taken in fixed groups, each group's dW/db summed on its own, and the
         // groups' sums added in order: the result does not depend on the thread count or
@@ -228,22 +258,29 @@ impl Layer for Convolution {
             .map(|((dxg, dg), xg)| {
                 let mut dw = Array2::<f32>::zeros((f, ckk));
                 let mut db = vec![0.0f32; f];
+                let mut sums = direct_dw.as_ref().map(DirectConv::gradient_accumulator);
                 with_scratch(col_len, dcol_len, |col, dcol| {
                     for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
-                        im2col_chw(xi, &g, col);
-                        let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                        let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
                         // dW += dout_i · col_i^T ; db += row sums of dout_i
-                        gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
-                        for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
-                            *acc += row.sum();
+                        if let (Some(dd), Some(acc)) = (&direct_dw, &mut sums) {
+                            dd.weight_gradient_image(xi, di, acc, col);
+                        } else {
+                            im2col_chw(xi, &g, col);
+                            let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                            let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
+                            gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
+                            for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
+                                *acc += row.sum();
+                            }
                         }
                         if !self.input_gradient {
                             continue;
                         }
-                        match &transposed {
+                        match (&direct, &transposed) {
+                            // dx_i = W' * dout_i by the direct kernel
+                            (Some(d), _) => d.forward_image(di, None, dxi, dcol),
                             // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
-                            Some((gt, wt)) => {
+                            (None, Some((gt, wt))) => {
                                 im2col_chw(di, gt, dcol);
                                 let dc =
                                     ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..]).expect("dcol");
@@ -251,15 +288,19 @@ impl Layer for Convolution {
                                 gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
                             }
                             // dcol = W^T · dout_i, then col2im into dx_i
-                            None => {
+                            (None, None) => {
                                 let mut dc =
                                     ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                                let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
                                 gemm(1.0, &w.t(), &d, 0.0, &mut dc);
                                 col2im_chw(dcol, &g, dxi);
                             }
                         }
                     }
                 });
+                if let Some(acc) = &sums {
+                    acc.add_to(dw.as_slice_mut().expect("standard layout"), &mut db);
+                }
                 (dw, db)
             })
             .collect();

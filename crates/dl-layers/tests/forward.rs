@@ -38,6 +38,48 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 }
 
 #[test]
+fn direct_convolution_path_agrees_with_im2col_path() {
+    // (C, FN, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and 1), and 70
+    // filters (lane blocks of 64 and 16). Without AVX-512 both layers take the same path.
+    for (i, &(c, f, p, h)) in [
+        (1, 16, 1, 28),
+        (16, 16, 1, 28),
+        (32, 32, 2, 14),
+        (64, 64, 1, 8),
+        (5, 70, 1, 6),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut direct = Convolution::new(c, f, 3, 3, 1, p, Init::He, 70 + i as u64);
+        direct.b.value = random_input(&[f], 0.0, 80 + i as u64);
+        let mut lowered = direct.clone();
+        lowered.set_direct(false);
+        let x = random_input(&[5, c, h, h], 0.0, 90 + i as u64);
+        let yd = direct.forward(x.clone(), true).unwrap();
+        let yl = lowered.forward(x, true).unwrap();
+        let scale = yl.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        assert!(max_abs_diff(&yd, &yl) < 1e-5 * scale, "case {i}: forward");
+        let dout = random_input(yl.shape(), 0.0, 100 + i as u64);
+        let dxd = direct.backward(dout.clone());
+        let dxl = lowered.backward(dout);
+        for (what, a, b) in [
+            ("dx", &dxd, &dxl),
+            ("dW", &direct.w.grad, &lowered.w.grad),
+            ("db", &direct.b.grad, &lowered.b.grad),
+        ] {
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            assert!(b.iter().any(|v| *v != 0.0), "case {i}: {what} is all zeros");
+            assert!(
+                max_abs_diff(a, b) < 1e-5 * scale,
+                "case {i}: {what} differs by {}",
+                max_abs_diff(a, b)
+            );
+        }
+    }
+}
+
+#[test]
 fn max_pooling_2x2_fast_path_routes_ties_like_the_general_path() {
     // Values from {0, 0.5, 1}: many windows hold ties. A 6x6 input takes the 2x2 fast
     // path; the same values with a seventh column (left out by every window) take the

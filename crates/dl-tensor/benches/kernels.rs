@@ -2,7 +2,7 @@
 //! col2im. Run with `cargo bench -p dl-tensor`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dl_tensor::{col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry};
+use dl_tensor::{col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, DirectConv};
 use ndarray::Array2;
 
 /// `(name, M, K, N)`: the per-image products of DeepConvNet's convolutions.
@@ -51,9 +51,91 @@ fn lowering(c: &mut Criterion) {
     group.finish();
 }
 
+/// One image of each of DeepConvNet's stride-1 convolutions, `W · x + b`: the direct
+/// kernel against `im2col_chw` + `gemm` (what the layer does without AVX-512).
+fn convolution(c: &mut Criterion) {
+    let mut group = c.benchmark_group("convolution");
+    // (name, C, H, FN, pad)
+    let layers = [
+        ("conv1", 1usize, 28usize, 16usize, 1usize),
+        ("conv2", 16, 28, 16, 1),
+        ("conv3", 16, 14, 32, 1),
+        ("conv4", 32, 14, 32, 2),
+        ("conv5", 32, 8, 64, 1),
+        ("conv6", 64, 8, 64, 1),
+    ];
+    for &(name, ch, hw, f, pad) in &layers {
+        let g = ConvGeometry::new(ch, hw, hw, 3, 3, 1, pad).unwrap();
+        let x: Vec<f32> = (0..ch * hw * hw).map(|i| (i % 17) as f32 * 0.1).collect();
+        let w = Array2::from_shape_fn((f, g.col_rows()), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.1);
+        let bias = vec![0.5f32; f];
+        let mut out = vec![0.0f32; f * g.col_cols()];
+        group.throughput(Throughput::Elements((2 * f * g.col_rows() * g.col_cols()) as u64));
+        let mut col = vec![0.0f32; g.col_rows() * g.col_cols()];
+        group.bench_function(BenchmarkId::new("im2col+gemm", name), |b| {
+            b.iter(|| {
+                im2col_chw(&x, &g, &mut col);
+                let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
+                let mut o = ndarray::ArrayViewMut2::from_shape((f, g.col_cols()), &mut out[..]).unwrap();
+                for (mut row, &bv) in o.rows_mut().into_iter().zip(&bias) {
+                    row.fill(bv);
+                }
+                gemm(1.0, &w.view(), &colv, 1.0, &mut o);
+            })
+        });
+        if let Some(d) = DirectConv::new(w.as_slice().unwrap(), f, &g) {
+            let mut scratch = vec![0.0f32; d.scratch_len()];
+            group.bench_function(BenchmarkId::new("direct", name), |b| {
+                b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
+            });
+        }
+        // The filter gradient of one image, dW += dout · col^T, db += row sums.
+        let dout: Vec<f32> = (0..f * g.col_cols()).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let mut dw = Array2::<f32>::zeros((f, g.col_rows()));
+        let mut db = vec![0.0f32; f];
+        group.bench_function(BenchmarkId::new("dW-im2col+gemm", name), |b| {
+            b.iter(|| {
+                im2col_chw(&x, &g, &mut col);
+                let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
+                let dv = ndarray::ArrayView2::from_shape((f, g.col_cols()), &dout[..]).unwrap();
+                gemm(1.0, &dv, &colv.t(), 1.0, &mut dw.view_mut());
+                for (acc, row) in db.iter_mut().zip(dv.rows()) {
+                    *acc += row.sum();
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("dW-im2col+gemmT", name), |b| {
+            b.iter(|| {
+                im2col_chw(&x, &g, &mut col);
+                let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
+                let dv = ndarray::ArrayView2::from_shape((f, g.col_cols()), &dout[..]).unwrap();
+                gemm(1.0, &colv, &dv.t(), 1.0, &mut dw.view_mut().reversed_axes());
+            })
+        });
+        group.bench_function(BenchmarkId::new("dW-gemm-only", name), |b| {
+            b.iter(|| {
+                let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
+                let dv = ndarray::ArrayView2::from_shape((f, g.col_cols()), &dout[..]).unwrap();
+                gemm(1.0, &dv, &colv.t(), 1.0, &mut dw.view_mut());
+            })
+        });
+        group.bench_function(BenchmarkId::new("dW-im2col-only", name), |b| {
+            b.iter(|| im2col_chw(&x, &g, &mut col))
+        });
+        if let Some(d) = DirectConv::new(w.as_slice().unwrap(), f, &g) {
+            let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
+            let mut acc = d.gradient_accumulator();
+            group.bench_function(BenchmarkId::new("dW-direct", name), |b| {
+                b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering
+    targets = gemm_backends, lowering, convolution
 }
 criterion_main!(benches);

@@ -11,6 +11,8 @@
 //! * [`gemm()`]: `C = alpha · A · B + beta · C` on strided views, backed by
 //!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
 //!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
+//! * [`DirectConv`]: stride-1 convolution straight from the zero-padded image, with no
+//!   lowered matrix (an AVX-512 kernel; `None` on other CPUs, which keep im2col + GEMM).
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -29,12 +31,14 @@
 //! ```
 
 mod denormal;
+mod direct;
 mod gemm;
 mod im2col;
 mod ops;
 pub mod reference;
 
 pub use denormal::flush_denormals_to_zero;
+pub use direct::{DirectConv, GradientAccumulator};
 pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};

@@ -1,0 +1,588 @@
+//! Direct stride-1 convolution without a lowered matrix (an "implicit GEMM").
+//!
+//! For a stride-1 convolution, row `(c, ky, kx)` of the per-image column matrix that
+//! [`im2col_chw`](crate::im2col_chw) builds is the zero-padded channel `c` read from
+//! offset `ky * Wp + kx`, where `Wp = W + 2*pad` is the padded width, provided the output
+//! is computed `Wp` columns wide instead of `OW` (the `FW - 1` extra columns of each output
+//! row are computed and dropped). So the product `W · col` can read its right-hand side
+//! straight from the padded image: one copy of the input instead of `FH*FW` copies, and
+//! no packing. [`DirectConv`] does that with an AVX-512 kernel that keeps an 8-filter x
+//! 48-column tile of the output in 24 registers; it exists only where the CPU has
+//! AVX-512 (elsewhere [`DirectConv::new`] returns `None` and callers keep the
+//! `im2col` + GEMM path, which the tests compare it with).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::ConvGeometry;
+
+/// The process-wide switch of [`DirectConv::set_enabled`].
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Filters per register tile.
+const MR: usize = 8;
+/// Output columns per full register tile (three 16-lane vectors).
+const NR: usize = 48;
+/// Registers of sums in one tile of the weight gradient: `(rows of dW^T) x (16-filter
+/// vectors)` = 24 x 1, 12 x 2, 8 x 3 or 6 x 4.
+const GRADIENT_TILE: usize = 24;
+
+/// A stride-1 convolution's filters packed for the direct kernel, with the geometry they
+/// apply to. Build it once per weight update (packing is `FN*C*FH*FW` copies) and call
+/// [`DirectConv::forward_image`] for every image, from as many threads as wanted.
+#[derive(Debug, Clone)]
+pub struct DirectConv {
+    g: ConvGeometry,
+    filters: usize,
+    /// `W` in blocks of [`MR`] filters, `[block][k][MR]`, zero rows past `filters`.
+    packed: Vec<f32>,
+    /// Offset in the padded image of the virtual column-matrix row `k = (c, ky, kx)`.
+    offsets: Vec<usize>,
+    /// Padded width `W + 2*pad`.
+    wp: usize,
+    /// Computed output columns, `OH * Wp`, rounded up to a multiple of 16.
+    cols: usize,
+    /// Length of the padded image with the slack the last tile reads.
+    padded_len: usize,
+}
+
+impl DirectConv {
+    /// Whether this CPU runs the direct kernel (x86-64 with AVX-512F).
+    pub fn is_supported() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Switches the direct kernel on or off for the whole process (it is on by
+    /// default): while off, [`DirectConv::new`] returns `None` and convolutions take the
+    /// `im2col` + GEMM path. For benchmarks that compare the two in one run, and for
+    /// reproducing the other path's rounding.
+    pub fn set_enabled(on: bool) {
+        ENABLED.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the direct kernel is switched on ([`DirectConv::set_enabled`]).
+    pub fn is_enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// Packs `w` `(filters, C, FH, FW)` (row-major, `filters*C*FH*FW` values) for the
+    /// geometry `g`. `None` when the geometry is not stride 1, the CPU lacks AVX-512 or
+    /// the kernel is switched off ([`DirectConv::set_enabled`]).
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters * g.col_rows()` values.
+    pub fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
+        let k = g.col_rows();
+        assert_eq!(
+            w.len(),
+            filters * k,
+            "DirectConv: W has {} values, want {filters} x {k}",
+            w.len()
+        );
+        if g.stride != 1 || filters == 0 || !Self::is_enabled() || !Self::is_supported() {
+            return None;
+        }
+        let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
+        let blocks = filters.div_ceil(MR);
+        let mut packed = vec![0.0f32; blocks * k * MR];
+        for (f, row) in w.chunks_exact(k).enumerate() {
+            let (b, r) = (f / MR, f % MR);
+            for (j, &v) in row.iter().enumerate() {
+                packed[(b * k + j) * MR + r] = v;
+            }
+        }
+        let mut offsets = Vec::with_capacity(k);
+        for c in 0..g.c {
+            for ky in 0..g.fh {
+                for kx in 0..g.fw {
+                    offsets.push(c * hp * wp + ky * wp + kx);
+                }
+            }
+        }
+        let cols = (g.out_h * wp).div_ceil(16) * 16;
+        // The last tile reads up to column `cols - 1` at the largest offset.
+        let padded_len = (g.c * hp * wp).max(cols + offsets.last().copied().unwrap_or(0));
+        Some(Self {
+            g: *g,
+            filters,
+            packed,
+            offsets,
+            wp,
+            cols,
+            padded_len,
+        })
+    }
+
+    /// The geometry this convolution was packed for.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.g
+    }
+
+    /// Values of scratch space [`DirectConv::forward_image`] needs.
+    pub fn scratch_len(&self) -> usize {
+        self.padded_len + self.filters.div_ceil(MR) * MR * self.cols
+    }
+
+    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
+    /// `(FN,)` (or none). `scratch` (at least [`DirectConv::scratch_len`] values) needs no
+    /// clearing; its content is overwritten.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    pub fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        let g = &self.g;
+        assert_eq!(x.len(), g.c * g.h * g.w, "DirectConv: input length");
+        assert_eq!(out.len(), self.filters * g.out_h * g.out_w, "DirectConv: output length");
+        assert!(scratch.len() >= self.scratch_len(), "DirectConv: scratch too short");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.filters, "DirectConv: bias length");
+        }
+        let (padded, rest) = scratch.split_at_mut(self.padded_len);
+        let wide = &mut rest[..self.filters.div_ceil(MR) * MR * self.cols];
+        self.pad_image(x, padded);
+        self.multiply(padded, wide);
+        // Drop the FW - 1 extra columns of every output row, add the bias.
+        let (oh, ow) = (g.out_h, g.out_w);
+        for (f, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+            let b = bias.map_or(0.0, |b| b[f]);
+            let src = &wide[f * self.cols..];
+            for (oy, dst) in plane.chunks_exact_mut(ow).enumerate() {
+                for (d, s) in dst.iter_mut().zip(&src[oy * self.wp..oy * self.wp + ow]) {
+                    *d = s + b;
+                }
+            }
+        }
+    }
+
+    /// Whether [`DirectConv::weight_gradient_image`] beats lowering the image and a GEMM
+    /// for this geometry: when `C*FH*FW` fills at least one register tile (24 rows of
+    /// `dW^T`). Below that (the 1-channel first layer, `K = 9`) most of the tile would
+    /// be padding and the lowered matrix is tiny anyway (`cargo bench -p dl-tensor --bench
+    /// kernels -- convolution/dW`: conv1 16.5 µs direct against 6.0 µs lowered; conv2
+    /// 47 against 78).
+    pub fn gradient_pays(&self) -> bool {
+        self.g.col_rows() >= GRADIENT_TILE
+    }
+
+    /// Values of scratch space [`DirectConv::weight_gradient_image`] needs.
+    pub fn gradient_scratch_len(&self) -> usize {
+        self.padded_len + self.cols * self.filters.div_ceil(16) * 16
+    }
+
+    /// A zeroed accumulator for [`DirectConv::weight_gradient_image`].
+    pub fn gradient_accumulator(&self) -> GradientAccumulator {
+        let k = self.g.col_rows();
+        let fp = self.filters.div_ceil(16) * 16;
+        GradientAccumulator {
+            dwt: vec![0.0; k.div_ceil(GRADIENT_TILE) * GRADIENT_TILE * fp],
+            db: vec![0.0; self.filters],
+            k,
+            fp,
+        }
+    }
+
+    /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
+    /// `db += ` row sums of `dout`, for the input `x` `(C, H, W)` and the output gradient
+    /// `dout` `(FN, OH, OW)`.
+    ///
+    /// The lowered `col(x)` is never built. `dW^T = col(x) · dout^T` is computed with the
+    /// rows of `col(x)` read from the padded image as in the forward pass (each value
+    /// broadcast to a register) and `dout^T` `(OH*Wp, FN)` built once, with zeros in the
+    /// rows of the extra columns: every register holds 16 filters' sums for one
+    /// `(c, ky, kx)`, so no horizontal sums are needed, and the sums stay in `acc` as
+    /// `dW^T` until [`GradientAccumulator::add_to`]. `scratch` (at least
+    /// [`DirectConv::gradient_scratch_len`] values) needs no clearing.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or `acc` is another layer's.
+    pub fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        let g = &self.g;
+        let k = g.col_rows();
+        let f = self.filters;
+        let fp = f.div_ceil(16) * 16;
+        assert_eq!(x.len(), g.c * g.h * g.w, "DirectConv: input length");
+        assert_eq!(dout.len(), f * g.out_h * g.out_w, "DirectConv: dout length");
+        assert!(
+            acc.k == k && acc.fp == fp && acc.db.len() == f,
+            "DirectConv: accumulator of another shape"
+        );
+        assert!(
+            scratch.len() >= self.gradient_scratch_len(),
+            "DirectConv: scratch too short"
+        );
+        let (padded, rest) = scratch.split_at_mut(self.padded_len);
+        let dt = &mut rest[..self.cols * fp];
+        self.pad_image(x, padded);
+        // dout^T (cols, fp): row oy*Wp + ox holds the FN values at (oy, ox); rows of the
+        // extra columns, rows past OH*Wp and lanes past FN are zero.
+        let (oh, ow) = (g.out_h, g.out_w);
+        dt.fill(0.0);
+        for (fi, (plane, b)) in dout.chunks_exact(oh * ow).zip(acc.db.iter_mut()).enumerate() {
+            let mut sum = 0.0f32;
+            for (oy, row) in plane.chunks_exact(ow).enumerate() {
+                for (ox, &v) in row.iter().enumerate() {
+                    dt[(oy * self.wp + ox) * fp + fi] = v;
+                    sum += v;
+                }
+            }
+            *b += sum;
+        }
+        // Filters in blocks of up to 64 (four registers), rows of dW^T in groups of
+        // GRADIENT_TILE / vectors; the last group's offsets are padded with 0 and its
+        // extra rows land in the accumulator's padding rows.
+        for f0 in (0..fp).step_by(64) {
+            let v = ((fp - f0) / 16).min(4);
+            let mr = GRADIENT_TILE / v;
+            for k0 in (0..k).step_by(mr) {
+                let mut offs = [0usize; GRADIENT_TILE];
+                for (o, &off) in offs.iter_mut().zip(&self.offsets[k0..(k0 + mr).min(k)]) {
+                    *o = off;
+                }
+                // SAFETY: the CPU has AVX-512F (as in `multiply`). The kernel reads
+                // `padded[off + p]` for `p < cols` at each offset, with
+                // `cols + max offset <= padded.len()`, and `16 v` values of each of the
+                // `cols` rows of `dt` (stride fp) from lane f0, with `f0 + 16 v <= fp`; it
+                // adds to `mr` rows of `acc.dwt` (stride fp) from row k0, lane f0, and
+                // `k0 + mr <= k` rounded up to GRADIENT_TILE, the accumulator's row count.
+                unsafe {
+                    let (d, xp) = (dt.as_ptr().add(f0), padded.as_ptr());
+                    let out = acc.dwt.as_mut_ptr().add(k0 * fp + f0);
+                    match v {
+                        1 => gradient::tile::<24, 1>(xp, &offs, d, fp, self.cols, out),
+                        2 => gradient::tile::<12, 2>(xp, &offs, d, fp, self.cols, out),
+                        3 => gradient::tile::<8, 3>(xp, &offs, d, fp, self.cols, out),
+                        _ => gradient::tile::<6, 4>(xp, &offs, d, fp, self.cols, out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies `x` into the zero-padded planes and clears the slack after them.
+    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
+        let g = &self.g;
+        let (p, wp, hp) = (g.pad, self.wp, g.h + 2 * g.pad);
+        let planes = g.c * hp * wp;
+        padded[planes..].fill(0.0);
+        if p == 0 {
+            padded[..planes].copy_from_slice(x);
+            return;
+        }
+        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(hp * wp)) {
+            dst[..p * wp + p].fill(0.0);
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let at = (y + p) * wp + p;
+                dst[at..at + g.w].copy_from_slice(row);
+                // right pad of this row and left pad of the next
+                let end = (at + g.w + 2 * p).min(hp * wp);
+                dst[at + g.w..end].fill(0.0);
+            }
+            dst[(g.h + p) * wp..].fill(0.0);
+        }
+    }
+
+    /// `wide` `(blocks*MR, cols)` `= packed W · virtual col`, tile by tile.
+    fn multiply(&self, padded: &[f32], wide: &mut [f32]) {
+        let k = self.offsets.len();
+        debug_assert!(padded.len() >= self.cols + self.offsets[k - 1]);
+        for (b, rows) in wide.chunks_exact_mut(MR * self.cols).enumerate() {
+            let w = &self.packed[b * k * MR..(b + 1) * k * MR];
+            let mut j = 0;
+            while j < self.cols {
+                let width = (self.cols - j).min(NR);
+                // SAFETY: `is_supported()` was true when `self` was built (new returns
+                // None otherwise), so the CPU has AVX-512F. The kernel reads
+                // `padded[j + off .. j + off + width]` for every offset, and
+                // `j + width <= cols` with `cols + max offset <= padded.len()`; it reads
+                // `w[k*MR]` values of the packed block and writes `MR` rows of `width`
+                // values at stride `cols` starting at column `j` of `rows`, which holds
+                // `MR * cols` values.
+                unsafe {
+                    let (x, out) = (padded.as_ptr().add(j), rows.as_mut_ptr().add(j));
+                    match width {
+                        48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                    }
+                }
+                j += width;
+            }
+        }
+    }
+}
+
+/// Sums of [`DirectConv::weight_gradient_image`] over several images, kept as `dW^T`
+/// `(C*FH*FW, FN)` (rows and lanes padded) until [`GradientAccumulator::add_to`].
+#[derive(Debug, Clone)]
+pub struct GradientAccumulator {
+    dwt: Vec<f32>,
+    db: Vec<f32>,
+    k: usize,
+    fp: usize,
+}
+
+impl GradientAccumulator {
+    /// Adds the sums to `dw` `(FN, C*FH*FW)` and `db` `(FN,)`.
+    ///
+    /// # Panics
+    /// If the lengths do not match the accumulator's convolution.
+    pub fn add_to(&self, dw: &mut [f32], db: &mut [f32]) {
+        let f = self.db.len();
+        assert_eq!(dw.len(), f * self.k, "GradientAccumulator: dW length");
+        assert_eq!(db.len(), f, "GradientAccumulator: db length");
+        for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v += self.dwt[j * self.fp + fi];
+            }
+        }
+        for (a, b) in db.iter_mut().zip(&self.db) {
+            *a += b;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use super::MR;
+    use std::arch::x86_64::*;
+
+    /// `out[r][16v + l] = sum_k w[k][r] * x[offsets[k] + 16v + l]` for `r < MR`,
+    /// `v < V`, `l < 16`; `out` rows `ld` apart.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `w` holds `offsets.len() * MR` values; `x + off` is valid for
+    /// `16 V` reads at every offset; `out` is valid for `MR` rows of `16 V` writes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const V: usize>(offsets: &[usize], w: *const f32, x: *const f32, out: *mut f32, ld: usize) {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for (k, &off) in offsets.iter().enumerate() {
+            let mut b = [_mm512_setzero_ps(); V];
+            for (v, bv) in b.iter_mut().enumerate() {
+                // SAFETY: see the function's contract.
+                *bv = unsafe { _mm512_loadu_ps(x.add(off + 16 * v)) };
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: k < offsets.len(), r < MR.
+                let a = _mm512_set1_ps(unsafe { *w.add(k * MR + r) });
+                for (v, bv) in b.iter().enumerate() {
+                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, val) in row.iter().enumerate() {
+                // SAFETY: see the function's contract.
+                unsafe { _mm512_storeu_ps(out.add(r * ld + 16 * v), *val) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod gradient {
+    use super::GRADIENT_TILE;
+    use std::arch::x86_64::*;
+
+    /// `out[m*ld + l] += sum_{p < cols} x[offs[m] + p] * d[p*ld + l]` for `m < MR`,
+    /// `l < 16 V`: MR rows of `dW^T`, each value of `x` broadcast, `V` vectors of
+    /// `dout^T` loaded per `p`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `x + offs[m]` is valid for `cols` reads for `m < MR`; `d`
+    /// for `16 V` reads at each of `cols` rows `ld` apart; `out` for reads and writes of
+    /// `16 V` values at each of `MR` rows `ld` apart; `MR <= GRADIENT_TILE`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const MR: usize, const V: usize>(
+        x: *const f32,
+        offs: &[usize; GRADIENT_TILE],
+        d: *const f32,
+        ld: usize,
+        cols: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for (m, row) in acc.iter_mut().enumerate() {
+            for (v, val) in row.iter_mut().enumerate() {
+                // SAFETY: see the function's contract.
+                *val = unsafe { _mm512_loadu_ps(out.add(m * ld + 16 * v)) };
+            }
+        }
+        for p in 0..cols {
+            let mut b = [_mm512_setzero_ps(); V];
+            for (v, bv) in b.iter_mut().enumerate() {
+                // SAFETY: see the function's contract.
+                *bv = unsafe { _mm512_loadu_ps(d.add(p * ld + 16 * v)) };
+            }
+            for (m, row) in acc.iter_mut().enumerate() {
+                // SAFETY: see the function's contract.
+                let a = _mm512_set1_ps(unsafe { *x.add(offs[m] + p) });
+                for (v, bv) in b.iter().enumerate() {
+                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
+                }
+            }
+        }
+        for (m, row) in acc.iter().enumerate() {
+            for (v, val) in row.iter().enumerate() {
+                // SAFETY: see the function's contract.
+                unsafe { _mm512_storeu_ps(out.add(m * ld + 16 * v), *val) };
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel {
+    /// Never called: `DirectConv::new` returns `None` off x86-64.
+    pub unsafe fn tile<const V: usize>(_: &[usize], _: *const f32, _: *const f32, _: *mut f32, _: usize) {
+        unreachable!("DirectConv exists only on x86-64 with AVX-512")
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod gradient {
+    use super::GRADIENT_TILE;
+
+    /// Never called: `DirectConv::new` returns `None` off x86-64.
+    pub unsafe fn tile<const MR: usize, const V: usize>(
+        _: *const f32,
+        _: &[usize; GRADIENT_TILE],
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+    ) {
+        unreachable!("DirectConv exists only on x86-64 with AVX-512")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::conv2d_reference;
+    use ndarray::{Array1, Array4};
+    use rand::{Rng, SeedableRng};
+
+    fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Array4::from_shape_fn(shape, |_| rng.gen_range(-1.0..1.0))
+    }
+
+    #[test]
+    fn matches_the_reference_convolution() {
+        if !DirectConv::is_supported() {
+            eprintln!("no AVX-512 on this CPU: the direct convolution is not used here, nothing to test");
+            return;
+        }
+        // (C, H, W, FN, FH, FW, pad): the network's six layers, odd sizes, wide and
+        // narrow filters, filter counts that are not a multiple of 8, pad 0 and pad > 1.
+        let cases = [
+            (1, 28, 28, 16, 3, 3, 1),
+            (16, 28, 28, 16, 3, 3, 1),
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (32, 8, 8, 64, 3, 3, 1),
+            (64, 7, 7, 64, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (2, 6, 5, 13, 5, 5, 2),
+            (4, 5, 7, 3, 2, 3, 1),
+            (1, 3, 3, 1, 3, 3, 0),
+        ];
+        for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
+            let x = random4((2, c, h, w), i as u64);
+            let wt = random4((f, c, fh, fw), 100 + i as u64);
+            let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
+            let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
+            let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+            let d = DirectConv::new(wt.as_slice().unwrap(), f, &g).expect("stride 1 on AVX-512");
+            // scratch full of garbage: the kernel must not depend on its content
+            let mut scratch = vec![f32::NAN; d.scratch_len()];
+            for n in 0..2 {
+                let xi = x.index_axis(ndarray::Axis(0), n);
+                let mut out = vec![0.0f32; f * g.out_h * g.out_w];
+                d.forward_image(
+                    xi.as_standard_layout().as_slice().unwrap(),
+                    Some(b.as_slice().unwrap()),
+                    &mut out,
+                    &mut scratch,
+                );
+                let want_n = want.index_axis(ndarray::Axis(0), n);
+                for (got, want) in out.iter().zip(want_n.iter()) {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "case {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_dout_times_lowered_input() {
+        if !DirectConv::is_supported() {
+            eprintln!("no AVX-512 on this CPU: the direct convolution is not used here, nothing to test");
+            return;
+        }
+        // (C, H, W, FN, FH, FW, pad): filter counts not a multiple of 4, C*FH*FW not a
+        // multiple of 6, wide images, pad 0 and 2.
+        let cases = [
+            (1, 28, 28, 16, 3, 3, 1),
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (64, 8, 8, 64, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (2, 6, 5, 13, 5, 5, 2),
+            (4, 5, 7, 3, 2, 3, 1),
+        ];
+        for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
+            let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+            let k = g.col_rows();
+            let x = random4((1, c, h, w), 200 + i as u64);
+            let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
+            let d = DirectConv::new(&vec![0.0; f * k], f, &g).unwrap();
+            // start from non-zero sums: add_to adds to them
+            let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
+            let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
+            let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
+            let mut acc = d.gradient_accumulator();
+            // two images: the same one twice, halved
+            for _ in 0..2 {
+                d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
+            }
+            acc.add_to(&mut dw, &mut db);
+            // reference: dW = dout (F, OH*OW) · col^T with the plain im2col, in f64
+            let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
+            let dm = dout.view().into_shape_with_order((f, g.col_cols())).unwrap();
+            for fi in 0..f {
+                let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
+                assert!(
+                    (f64::from(db[fi]) - want_b).abs() < 1e-3,
+                    "case {i}: db[{fi}] {} vs {want_b}",
+                    db[fi]
+                );
+                for kj in 0..k {
+                    let mut want = (fi * k + kj) as f64 * 0.01;
+                    for p in 0..g.col_cols() {
+                        want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
+                    }
+                    let got = f64::from(dw[fi * k + kj]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "case {i}: dW[{fi}][{kj}] {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_strided_geometries() {
+        let g = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
+        assert!(DirectConv::new(&[0.0; 9], 1, &g).is_none());
+    }
+}
