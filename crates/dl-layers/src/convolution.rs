@@ -168,6 +168,20 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
     })
 }
 
+/// A batch buffer of `len` values that `fill` writes in full, without clearing it first.
+///
+/// # Safety
+/// `fill` must initialise every element (the direct kernel's `forward_image_uninit`
+/// does, for each image's chunk).
+unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut buf = Vec::<f32>::with_capacity(len);
+    fill(&mut buf.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`, and `fill` initialised the first `len`
+    // elements (the caller's promise).
+    unsafe { buf.set_len(len) };
+    buf
+}
+
 /// Images per group in the backward pass: the unit of parallel work and of the
 /// fixed-order gradient reduction.
 const GROUP: usize = 4;
@@ -193,23 +207,36 @@ impl Layer for Convolution {
         let (f, ..) = self.dims();
         let x = crate::into_standard(x);
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
-        let mut out = vec![0.0f32; n * out_len];
-        {
-            let xs = x.as_slice().expect("standard layout");
-            let w = self.w_matrix();
-            let bias = self.b.value.as_slice().expect("contiguous b");
-            let direct = self.direct_path(&g);
-            out.par_chunks_mut(out_len)
-                .zip(xs.par_chunks(in_len))
-                .for_each(|(o, xi)| match &direct {
-                    // stride 1 on AVX-512: straight from the padded image, no lowering
-                    Some(d) => with_scratch(d.scratch_len(), 0, |s, _| d.forward_image(xi, Some(bias), o, s)),
-                    None => with_scratch(col_len, 0, |c, _| {
-                        im2col_chw(xi, &g, c);
-                        forward_image(&w, bias, c, &g, o);
-                    }),
-                });
-        }
+        let xs = x.as_slice().expect("standard layout");
+        let bias = self.b.value.as_slice().expect("contiguous b");
+        let out = match self.direct_path(&g) {
+            // stride 1 on AVX-512: straight from the padded image, no lowering, into
+            // memory that is not cleared first
+            // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
+            // `forward_image_uninit` writes every element of its chunk.
+            Some(d) => unsafe {
+                batch_uninit(n * out_len, |out| {
+                    out.par_chunks_mut(out_len)
+                        .zip(xs.par_chunks(in_len))
+                        .for_each(|(o, xi)| {
+                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, Some(bias), o, s))
+                        });
+                })
+            },
+            None => {
+                let mut out = vec![0.0f32; n * out_len];
+                let w = self.w_matrix();
+                out.par_chunks_mut(out_len)
+                    .zip(xs.par_chunks(in_len))
+                    .for_each(|(o, xi)| {
+                        with_scratch(col_len, 0, |c, _| {
+                            im2col_chw(xi, &g, c);
+                            forward_image(&w, bias, c, &g, o);
+                        })
+                    });
+                out
+            }
+        };
         if train {
             self.x = Some(x);
             self.cache = Some((g, n));

@@ -90,19 +90,25 @@ impl Pooling {
 /// Max over every whole 2x2 window with stride 2 of one plane of width `w`, with the
 /// general path's choice on ties (the first largest in row-major order wins).
 fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
-    for oy in 0..oh {
+    for (oy, (orow, arow)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).take(oh).enumerate() {
         let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-        for ox in 0..ow {
-            let cand = [r0 + 2 * ox, r0 + 2 * ox + 1, r1 + 2 * ox, r1 + 2 * ox + 1];
-            let (mut best, mut best_i) = (f32::NEG_INFINITY, cand[0]);
-            for i in cand {
-                if p[i] > best {
-                    best = p[i];
-                    best_i = i;
-                }
+        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+        let cells = orow.iter_mut().zip(arow.iter_mut());
+        for (ox, ((ov, av), (t, b))) in cells.zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))).enumerate() {
+            // The general path's scan (strictly greater replaces, from -inf), as selects.
+            let (mut best, mut at) = (f32::NEG_INFINITY, r0 + 2 * ox);
+            for (v, i) in [
+                (t[0], r0 + 2 * ox),
+                (t[1], r0 + 2 * ox + 1),
+                (b[0], r1 + 2 * ox),
+                (b[1], r1 + 2 * ox + 1),
+            ] {
+                let take = v > best;
+                best = if take { v } else { best };
+                at = if take { i } else { at };
             }
-            o[oy * ow + ox] = best;
-            a[oy * ow + ox] = best_i as u32;
+            *ov = best;
+            *av = at as u32;
         }
     }
 }

@@ -11,8 +11,10 @@
 //! AVX-512 (elsewhere [`DirectConv::new`] returns `None` and callers keep the
 //! `im2col` + GEMM path, which the tests compare it with).
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::im2col::copy_short;
 use crate::ConvGeometry;
 
 /// The process-wide switch of [`DirectConv::set_enabled`].
@@ -136,6 +138,26 @@ impl DirectConv {
     /// # Panics
     /// If a slice length does not match the geometry.
     pub fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
+        // `forward_image_uninit` only ever stores initialised values into `out`, so `out`
+        // stays a valid `[f32]`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) };
+        self.forward_image_uninit(x, bias, out, scratch);
+    }
+
+    /// [`DirectConv::forward_image`] into memory that need not be initialised: every
+    /// element of `out` is written, so a caller can allocate the output of a whole batch
+    /// without clearing it first.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    pub fn forward_image_uninit(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
         let g = &self.g;
         assert_eq!(x.len(), g.c * g.h * g.w, "DirectConv: input length");
         assert_eq!(out.len(), self.filters * g.out_h * g.out_w, "DirectConv: output length");
@@ -154,7 +176,7 @@ impl DirectConv {
             let src = &wide[f * self.cols..];
             for (oy, dst) in plane.chunks_exact_mut(ow).enumerate() {
                 for (d, s) in dst.iter_mut().zip(&src[oy * self.wp..oy * self.wp + ow]) {
-                    *d = s + b;
+                    d.write(s + b);
                 }
             }
         }
@@ -278,7 +300,7 @@ impl DirectConv {
             dst[..p * wp + p].fill(0.0);
             for (y, row) in src.chunks_exact(g.w).enumerate() {
                 let at = (y + p) * wp + p;
-                dst[at..at + g.w].copy_from_slice(row);
+                copy_short(&mut dst[at..at + g.w], row);
                 // right pad of this row and left pad of the next
                 let end = (at + g.w + 2 * p).min(hp * wp);
                 dst[at + g.w..end].fill(0.0);

@@ -226,7 +226,7 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
 /// Copies a short run (a row of a small image) with fixed-size moves, so that no call to
 /// `memcpy` is made for a few dozen bytes.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
     debug_assert_eq!(dst.len(), src.len());
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
