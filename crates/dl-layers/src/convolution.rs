@@ -11,8 +11,11 @@ use crate::{check_dout, Init, Layer, LayerError, Param};
 /// `W^T` and transposes the result back to NCHW. This layer computes the same numbers
 /// image by image, in parallel over the batch: each image is lowered with
 /// [`im2col_chw`] to `(C*FH*FW, OH*OW)` and `W · col` is written straight into that
-/// image's `(FN, OH*OW)` output, so no transpose is needed. The tests compare it with the
-/// book's formulation and with a direct convolution.
+/// image's `(FN, OH*OW)` output, so no transpose is needed. For stride 1 on CPUs with
+/// AVX-512 even the lowering is skipped: [`DirectConv`] reads the lowered rows straight
+/// from a zero-padded copy of the image, in the forward pass and for both gradients
+/// (switch it off with [`Convolution::set_direct`]). The tests compare every path with the
+/// book's formulation and with a direct seven-loop convolution.
 #[derive(Debug, Clone)]
 pub struct Convolution {
     /// Filters `(FN, C, FH, FW)`.

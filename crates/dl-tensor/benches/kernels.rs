@@ -104,14 +104,6 @@ fn convolution(c: &mut Criterion) {
                 }
             })
         });
-        group.bench_function(BenchmarkId::new("dW-im2col+gemmT", name), |b| {
-            b.iter(|| {
-                im2col_chw(&x, &g, &mut col);
-                let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
-                let dv = ndarray::ArrayView2::from_shape((f, g.col_cols()), &dout[..]).unwrap();
-                gemm(1.0, &colv, &dv.t(), 1.0, &mut dw.view_mut().reversed_axes());
-            })
-        });
         group.bench_function(BenchmarkId::new("dW-gemm-only", name), |b| {
             b.iter(|| {
                 let colv = ndarray::ArrayView2::from_shape((g.col_rows(), g.col_cols()), &col[..]).unwrap();
