@@ -267,11 +267,11 @@ impl Layer for Convolution {
         // dW by the direct kernel where it applies and pays (see `DirectConv::gradient_pays`).
         let direct_dw = self.direct_path(&g).filter(DirectConv::gradient_pays);
         let col_len = direct_dw.as_ref().map_or(col_len, DirectConv::gradient_scratch_len);
-        let direct = match &transposed {
+        let direct_dx = match &transposed {
             Some((gt, wt)) if self.direct => DirectConv::new(wt.as_slice().expect("standard layout"), c, gt),
             _ => None,
         };
-        let dcol_len = match (&direct, &transposed) {
+        let dcol_len = match (&direct_dx, &transposed) {
             _ if !self.input_gradient => 0,
             (Some(d), _) => d.scratch_len(),
             (None, Some((gt, _))) => gt.col_rows() * gt.col_cols(),
@@ -306,7 +306,7 @@ impl Layer for Convolution {
                         if !self.input_gradient {
                             continue;
                         }
-                        match (&direct, &transposed) {
+                        match (&direct_dx, &transposed) {
                             // dx_i = W' * dout_i by the direct kernel
                             (Some(d), _) => d.forward_image(di, None, dxi, dcol),
                             // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
