@@ -10,7 +10,7 @@ use dl_data::{BatchOrder, Mnist};
 use dl_layers::{Labels, SoftmaxWithLoss, Tensor};
 use dl_models::Network;
 use dl_optim::Optimizer;
-use dl_tensor::DirectConv;
+use dl_tensor::{DirectConv, WinogradConv};
 use serde::Serialize;
 
 use crate::train::ModelName;
@@ -187,6 +187,21 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         );
         extra.insert("train_images_per_sec_im2col_paired".into(), p);
         extra.insert("train_images_per_sec_direct_paired".into(), q);
+        // Winograd F(2x2, 3x3) against the direct kernel alone on the same layers.
+        let (mut direct, mut winograd) = (Vec::new(), Vec::new());
+        for _ in 0..a.windows {
+            WinogradConv::set_enabled(false);
+            direct.push(window(&mut net, &mut opt, false)?);
+            WinogradConv::set_enabled(true);
+            winograd.push(window(&mut net, &mut opt, false)?);
+        }
+        let (p, q) = (median(&direct), median(&winograd));
+        eprintln!(
+            "train  batch {batch}: with Winograd {q:.0} img/s vs direct kernel only {p:.0}: {:.2}x",
+            q / p
+        );
+        extra.insert("train_images_per_sec_direct_only_paired".into(), p);
+        extra.insert("train_images_per_sec_winograd_paired".into(), q);
     }
 
     let mut infer = BTreeMap::new();
@@ -202,13 +217,16 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             }
             Ok(n as f64 / t.elapsed().as_secs_f64())
         };
-        let (mut rates, mut lowered) = (Vec::new(), Vec::new());
+        let (mut rates, mut lowered, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.windows.min(5) {
             rates.push(pass(&mut net)?);
             if DirectConv::is_supported() {
                 DirectConv::set_enabled(false);
                 lowered.push(pass(&mut net)?);
                 DirectConv::set_enabled(true);
+                WinogradConv::set_enabled(false);
+                direct.push(pass(&mut net)?);
+                WinogradConv::set_enabled(true);
             }
         }
         let r = median(&rates);
@@ -218,6 +236,12 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             let l = median(&lowered);
             eprintln!("infer  batch {bs}: im2col + GEMM {l:.0} img/s: direct {:.2}x", r / l);
             extra.insert(format!("infer_images_per_sec_b{bs}_im2col_paired"), l);
+            let d = median(&direct);
+            eprintln!(
+                "infer  batch {bs}: direct kernel only {d:.0} img/s: with Winograd {:.2}x",
+                r / d
+            );
+            extra.insert(format!("infer_images_per_sec_b{bs}_direct_only_paired"), d);
         }
     }
 

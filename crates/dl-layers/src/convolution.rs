@@ -1,4 +1,6 @@
-use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, DirectConv, Tensor};
+use std::mem::MaybeUninit;
+
+use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, DirectConv, GradientAccumulator, Tensor, WinogradConv};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
 use rayon::prelude::*;
 
@@ -100,18 +102,20 @@ impl Convolution {
         })
     }
 
-    /// The direct kernel for this layer's filters, where it applies (stride 1, AVX-512)
-    /// and is not switched off.
-    fn direct_path(&self, g: &ConvGeometry) -> Option<DirectConv> {
+    /// The kernel without lowering for this layer's filters, where one applies (stride 1,
+    /// AVX-512) and they are not switched off.
+    fn stride_one(&self, g: &ConvGeometry) -> Option<StrideOne> {
         if !self.direct {
             return None;
         }
-        DirectConv::new(self.w.value.as_slice().expect("contiguous W"), self.dims().0, g)
+        StrideOne::new(self.w.value.as_slice().expect("contiguous W"), self.dims().0, g)
     }
 
-    /// Whether stride-1 convolutions use [`DirectConv`] (the default, where the CPU has
-    /// AVX-512) or always `im2col` + GEMM, the book's formulation, kept as the reference
-    /// path the tests compare the direct one with.
+    /// Whether stride-1 convolutions use the kernels without lowering (the default, where
+    /// the CPU has AVX-512: [`WinogradConv`] for the forward pass and the input gradient
+    /// of 3x3 layers with at least 8 input channels, [`DirectConv`] for the rest) or
+    /// always `im2col` + GEMM, the book's formulation, kept as the reference path the
+    /// tests compare them with.
     pub fn set_direct(&mut self, on: bool) {
         self.direct = on;
     }
@@ -124,6 +128,72 @@ impl Convolution {
             .view()
             .into_shape_with_order((f, c * fh * fw))
             .expect("contiguous W")
+    }
+}
+
+/// A stride-1 product without lowering: Winograd F(2x2, 3x3) where it pays
+/// ([`WinogradConv::pays`]: 3x3 filters, at least 8 input channels), else the direct
+/// kernel.
+#[derive(Debug)]
+enum StrideOne {
+    Winograd(WinogradConv),
+    Direct(DirectConv),
+}
+
+impl StrideOne {
+    /// For `w` `(filters, C*FH*FW)` on `g`; `None` where neither kernel applies (stride
+    /// above 1, no AVX-512, switched off).
+    fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
+        if WinogradConv::pays(g) {
+            if let Some(wg) = WinogradConv::new(w, filters, g) {
+                return Some(Self::Winograd(wg));
+            }
+        }
+        DirectConv::new(w, filters, g).map(Self::Direct)
+    }
+
+    fn scratch_len(&self) -> usize {
+        match self {
+            Self::Winograd(k) => k.scratch_len(),
+            Self::Direct(k) => k.scratch_len(),
+        }
+    }
+
+    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+        match self {
+            Self::Winograd(k) => k.forward_image_uninit(x, bias, out, scratch),
+            Self::Direct(k) => k.forward_image_uninit(x, bias, out, scratch),
+        }
+    }
+
+    /// Whether the filter gradient by this kernel beats lowering the image and a GEMM
+    /// (always for Winograd; see [`DirectConv::gradient_pays`] for the direct kernel).
+    fn gradient_pays(&self) -> bool {
+        match self {
+            Self::Winograd(_) => true,
+            Self::Direct(k) => k.gradient_pays(),
+        }
+    }
+
+    fn gradient_scratch_len(&self) -> usize {
+        match self {
+            Self::Winograd(k) => k.gradient_scratch_len(),
+            Self::Direct(k) => k.gradient_scratch_len(),
+        }
+    }
+
+    fn gradient_accumulator(&self) -> GradientAccumulator {
+        match self {
+            Self::Winograd(k) => k.gradient_accumulator(),
+            Self::Direct(k) => k.gradient_accumulator(),
+        }
+    }
+
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        match self {
+            Self::Winograd(k) => k.weight_gradient_image(x, dout, acc, scratch),
+            Self::Direct(k) => k.weight_gradient_image(x, dout, acc, scratch),
+        }
     }
 }
 
@@ -176,13 +246,21 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// # Safety
 /// `fill` must initialise every element (the direct kernel's `forward_image_uninit`
 /// does, for each image's chunk).
-unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut buf = Vec::<f32>::with_capacity(len);
     fill(&mut buf.spare_capacity_mut()[..len]);
     // SAFETY: the capacity is at least `len`, and `fill` initialised the first `len`
     // elements (the caller's promise).
     unsafe { buf.set_len(len) };
     buf
+}
+
+/// Clears `buf` and returns it as initialised values.
+fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    buf.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written, and `[MaybeUninit<f32>]` and `[f32]` have
+    // the same layout.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Images per group in the backward pass: the unit of parallel work and of the
@@ -212,7 +290,7 @@ impl Layer for Convolution {
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
         let xs = x.as_slice().expect("standard layout");
         let bias = self.b.value.as_slice().expect("contiguous b");
-        let out = match self.direct_path(&g) {
+        let out = match self.stride_one(&g) {
             // stride 1 on AVX-512: straight from the padded image, no lowering, into
             // memory that is not cleared first
             // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
@@ -257,18 +335,17 @@ impl Layer for Convolution {
         let xs = x.as_slice().expect("standard layout");
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
         let ckk = c * fh * fw;
-        let mut dx = vec![0.0f32; n * in_len];
         let w = self.w_matrix();
         let transposed = if self.input_gradient {
             transposed_convolution(&self.w.value, &g)
         } else {
             None
         };
-        // dW by the direct kernel where it applies and pays (see `DirectConv::gradient_pays`).
-        let direct_dw = self.direct_path(&g).filter(DirectConv::gradient_pays);
-        let col_len = direct_dw.as_ref().map_or(col_len, DirectConv::gradient_scratch_len);
+        // dW without lowering where it applies and pays (`StrideOne::gradient_pays`).
+        let fast_dw = self.stride_one(&g).filter(StrideOne::gradient_pays);
+        let col_len = fast_dw.as_ref().map_or(col_len, StrideOne::gradient_scratch_len);
         let direct_dx = match &transposed {
-            Some((gt, wt)) if self.direct => DirectConv::new(wt.as_slice().expect("standard layout"), c, gt),
+            Some((gt, wt)) if self.direct => StrideOne::new(wt.as_slice().expect("standard layout"), c, gt),
             _ => None,
         };
         let dcol_len = match (&direct_dx, &transposed) {
@@ -281,66 +358,90 @@ impl Layer for Convolution {
         // groups' sums added in order: the result does not depend on the thread count or
         // on how rayon schedules the work, so a seed fixes a run bit for bit.
         let groups = n.div_ceil(GROUP);
-        let partials: Vec<(Array2<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(in_len * GROUP)
-            .zip(ds.par_chunks(out_len * GROUP))
-            .zip(xs.par_chunks(in_len * GROUP))
-            .map(|((dxg, dg), xg)| {
-                let mut dw = Array2::<f32>::zeros((f, ckk));
-                let mut db = vec![0.0f32; f];
-                let mut sums = direct_dw.as_ref().map(DirectConv::gradient_accumulator);
-                with_scratch(col_len, dcol_len, |col, dcol| {
-                    for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len)) {
-                        // dW += dout_i · col_i^T ; db += row sums of dout_i
-                        if let (Some(dd), Some(acc)) = (&direct_dw, &mut sums) {
-                            dd.weight_gradient_image(xi, di, acc, col);
-                        } else {
-                            im2col_chw(xi, &g, col);
-                            let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                            let colv = ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
-                            gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
-                            for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
-                                *acc += row.sum();
+        let mut partials: Vec<(Option<GradientAccumulator>, Array2<f32>, Vec<f32>)> = Vec::new();
+        // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
+        // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
+        // paths and when no input gradient is asked for.
+        let dx = unsafe {
+            batch_uninit(n * in_len, |dx| {
+                partials = dx
+                    .par_chunks_mut(in_len * GROUP)
+                    .zip(ds.par_chunks(out_len * GROUP))
+                    .zip(xs.par_chunks(in_len * GROUP))
+                    .map(|((dxg, dg), xg)| {
+                        let mut sums = fast_dw.as_ref().map(StrideOne::gradient_accumulator);
+                        // the lowered path's sums (the fast path keeps its own in `sums`)
+                        let (mut dw, mut db) = match sums {
+                            Some(_) => (Array2::<f32>::zeros((0, 0)), Vec::new()),
+                            None => (Array2::<f32>::zeros((f, ckk)), vec![0.0f32; f]),
+                        };
+                        with_scratch(col_len, dcol_len, |col, dcol| {
+                            for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len))
+                            {
+                                // dW += dout_i · col_i^T ; db += row sums of dout_i
+                                if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
+                                    dd.weight_gradient_image(xi, di, acc, col);
+                                } else {
+                                    im2col_chw(xi, &g, col);
+                                    let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                                    let colv =
+                                        ArrayView2::from_shape((ckk, g.col_cols()), &col[..]).expect("col block");
+                                    gemm(1.0, &d, &colv.t(), 1.0, &mut dw.view_mut());
+                                    for (acc, row) in db.iter_mut().zip(d.axis_iter(Axis(0))) {
+                                        *acc += row.sum();
+                                    }
+                                }
+                                if let (true, Some(d)) = (self.input_gradient, &direct_dx) {
+                                    // dx_i = W' * dout_i without lowering, every value written
+                                    d.forward_image_uninit(di, None, dxi, dcol);
+                                    continue;
+                                }
+                                let dxi = zeroed(dxi);
+                                if !self.input_gradient {
+                                    continue;
+                                }
+                                match &transposed {
+                                    // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
+                                    Some((gt, wt)) => {
+                                        im2col_chw(di, gt, dcol);
+                                        let dc = ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..])
+                                            .expect("dcol");
+                                        let mut dxv = ArrayViewMut2::from_shape((c, g.h * g.w), dxi).expect("dx block");
+                                        gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
+                                    }
+                                    // dcol = W^T · dout_i, then col2im into dx_i
+                                    None => {
+                                        let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..])
+                                            .expect("dcol");
+                                        let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                                        gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                                        col2im_chw(dcol, &g, dxi);
+                                    }
+                                }
                             }
-                        }
-                        if !self.input_gradient {
-                            continue;
-                        }
-                        match (&direct_dx, &transposed) {
-                            // dx_i = W' * dout_i by the direct kernel
-                            (Some(d), _) => d.forward_image(di, None, dxi, dcol),
-                            // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
-                            (None, Some((gt, wt))) => {
-                                im2col_chw(di, gt, dcol);
-                                let dc =
-                                    ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), &dcol[..]).expect("dcol");
-                                let mut dxv = ArrayViewMut2::from_shape((c, g.h * g.w), dxi).expect("dx block");
-                                gemm(1.0, &wt.view(), &dc, 0.0, &mut dxv);
-                            }
-                            // dcol = W^T · dout_i, then col2im into dx_i
-                            (None, None) => {
-                                let mut dc =
-                                    ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
-                                let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
-                                col2im_chw(dcol, &g, dxi);
-                            }
-                        }
-                    }
-                });
-                if let Some(acc) = &sums {
-                    acc.add_to(dw.as_slice_mut().expect("standard layout"), &mut db);
-                }
-                (dw, db)
+                        });
+                        (sums, dw, db)
+                    })
+                    .collect();
             })
-            .collect();
+        };
         debug_assert_eq!(partials.len(), groups);
         let mut parts = partials.into_iter();
-        let (mut dw, mut db) = parts.next().expect("at least one image");
-        for (pw, pb) in parts {
-            dw += &pw;
-            for (x, y) in db.iter_mut().zip(&pb) {
-                *x += y;
+        let (first, mut dw, mut db) = parts.next().expect("at least one image");
+        if let Some(mut acc) = first {
+            // the fast kernels' sums stay in their own layout until all groups are in
+            for (sums, ..) in parts {
+                acc.merge(&sums.expect("every group takes the same path"));
+            }
+            dw = Array2::<f32>::zeros((f, ckk));
+            db = vec![0.0f32; f];
+            acc.add_to(dw.as_slice_mut().expect("standard layout"), &mut db);
+        } else {
+            for (_, pw, pb) in parts {
+                dw += &pw;
+                for (x, y) in db.iter_mut().zip(&pb) {
+                    *x += y;
+                }
             }
         }
         self.w

@@ -56,8 +56,11 @@ fn convolution_backward_matches_numerical_gradient() {
         (1, 2, 5, 5, 1, 2, [1, 1, 7, 7]),
         (2, 2, 5, 5, 1, 4, [2, 2, 3, 4]),
         // C*FH*FW >= 24: dW through the direct kernel where the CPU has AVX-512, with 17
-        // filters (two lane blocks, the second mostly padding)
+        // filters (two lane blocks, the second mostly padding); dx (17 channels in)
+        // through Winograd F(2x2, 3x3)
         (3, 17, 3, 3, 1, 1, [2, 3, 5, 4]),
+        // 8 input channels: the forward pass through Winograd, odd output sizes
+        (8, 3, 3, 3, 1, 1, [2, 8, 5, 7]),
     ];
     for (i, &(c, f, fh, fw, s, p, shape)) in cases.iter().enumerate() {
         let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 10 + i as u64);

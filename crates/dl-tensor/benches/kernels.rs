@@ -2,7 +2,7 @@
 //! col2im. Run with `cargo bench -p dl-tensor`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dl_tensor::{col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, DirectConv};
+use dl_tensor::{col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, DirectConv, WinogradConv};
 use ndarray::Array2;
 
 /// `(name, M, K, N)`: the per-image products of DeepConvNet's convolutions.
@@ -52,7 +52,10 @@ fn lowering(c: &mut Criterion) {
 }
 
 /// One image of each of DeepConvNet's stride-1 convolutions, `W · x + b`: the direct
-/// kernel against `im2col_chw` + `gemm` (what the layer does without AVX-512).
+/// kernel and Winograd F(2x2, 3x3) against `im2col_chw` + `gemm` (what the layer does
+/// without AVX-512); then the filter gradient by each path. The `dx*` rows are the
+/// input gradients as the layer computes them: the transposed convolution of `dout`
+/// (`FN` channels in, `C` out).
 fn convolution(c: &mut Criterion) {
     let mut group = c.benchmark_group("convolution");
     // (name, C, H, FN, pad)
@@ -63,6 +66,10 @@ fn convolution(c: &mut Criterion) {
         ("conv4", 32, 14, 32, 2),
         ("conv5", 32, 8, 64, 1),
         ("conv6", 64, 8, 64, 1),
+        ("dx2", 16, 28, 16, 1),
+        ("dx3", 32, 14, 16, 1),
+        ("dx4", 32, 16, 32, 0),
+        ("dx5", 64, 8, 32, 1),
     ];
     for &(name, ch, hw, f, pad) in &layers {
         let g = ConvGeometry::new(ch, hw, hw, 3, 3, 1, pad).unwrap();
@@ -86,6 +93,12 @@ fn convolution(c: &mut Criterion) {
         if let Some(d) = DirectConv::new(w.as_slice().unwrap(), f, &g) {
             let mut scratch = vec![0.0f32; d.scratch_len()];
             group.bench_function(BenchmarkId::new("direct", name), |b| {
+                b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
+            });
+        }
+        if let Some(d) = WinogradConv::new(w.as_slice().unwrap(), f, &g) {
+            let mut scratch = vec![0.0f32; d.scratch_len()];
+            group.bench_function(BenchmarkId::new("winograd", name), |b| {
                 b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
             });
         }
@@ -118,6 +131,13 @@ fn convolution(c: &mut Criterion) {
             let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
             let mut acc = d.gradient_accumulator();
             group.bench_function(BenchmarkId::new("dW-direct", name), |b| {
+                b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+            });
+        }
+        if let Some(d) = WinogradConv::new(w.as_slice().unwrap(), f, &g) {
+            let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
+            let mut acc = d.gradient_accumulator();
+            group.bench_function(BenchmarkId::new("dW-winograd", name), |b| {
                 b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
             });
         }

@@ -21,12 +21,12 @@ use crate::ConvGeometry;
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Filters per register tile.
-const MR: usize = 8;
+pub(crate) const MR: usize = 8;
 /// Output columns per full register tile (three 16-lane vectors).
 const NR: usize = 48;
 /// Registers of sums in one tile of the weight gradient: `(rows of dW^T) x (16-filter
 /// vectors)` = 24 x 1, 12 x 2, 8 x 3 or 6 x 4.
-const GRADIENT_TILE: usize = 24;
+pub(crate) const GRADIENT_TILE: usize = 24;
 
 /// A stride-1 convolution's filters packed for the direct kernel, with the geometry they
 /// apply to. Build it once per weight update (packing is `FN*C*FH*FW` copies) and call
@@ -202,10 +202,11 @@ impl DirectConv {
         let k = self.g.col_rows();
         let fp = self.filters.div_ceil(16) * 16;
         GradientAccumulator {
-            dwt: vec![0.0; k.div_ceil(GRADIENT_TILE) * GRADIENT_TILE * fp],
+            sums: vec![0.0; k.div_ceil(GRADIENT_TILE) * GRADIENT_TILE * fp],
             db: vec![0.0; self.filters],
             k,
             fp,
+            winograd: None,
         }
     }
 
@@ -231,7 +232,7 @@ impl DirectConv {
         assert_eq!(x.len(), g.c * g.h * g.w, "DirectConv: input length");
         assert_eq!(dout.len(), f * g.out_h * g.out_w, "DirectConv: dout length");
         assert!(
-            acc.k == k && acc.fp == fp && acc.db.len() == f,
+            acc.k == k && acc.fp == fp && acc.db.len() == f && acc.winograd.is_none(),
             "DirectConv: accumulator of another shape"
         );
         assert!(
@@ -270,11 +271,11 @@ impl DirectConv {
                 // `padded[off + p]` for `p < cols` at each offset, with
                 // `cols + max offset <= padded.len()`, and `16 v` values of each of the
                 // `cols` rows of `dt` (stride fp) from lane f0, with `f0 + 16 v <= fp`; it
-                // adds to `mr` rows of `acc.dwt` (stride fp) from row k0, lane f0, and
+                // adds to `mr` rows of `acc.sums` (stride fp) from row k0, lane f0, and
                 // `k0 + mr <= k` rounded up to GRADIENT_TILE, the accumulator's row count.
                 unsafe {
                     let (d, xp) = (dt.as_ptr().add(f0), padded.as_ptr());
-                    let out = acc.dwt.as_mut_ptr().add(k0 * fp + f0);
+                    let out = acc.sums.as_mut_ptr().add(k0 * fp + f0);
                     match v {
                         1 => gradient::tile::<24, 1>(xp, &offs, d, fp, self.cols, out),
                         2 => gradient::tile::<12, 2>(xp, &offs, d, fp, self.cols, out),
@@ -339,17 +340,44 @@ impl DirectConv {
     }
 }
 
-/// Sums of [`DirectConv::weight_gradient_image`] over several images, kept as `dW^T`
-/// `(C*FH*FW, FN)` (rows and lanes padded) until [`GradientAccumulator::add_to`].
+/// Sums of the filter gradients of several images ([`DirectConv::weight_gradient_image`]
+/// or [`WinogradConv::weight_gradient_image`](crate::WinogradConv::weight_gradient_image)),
+/// kept in the kernel's own layout until [`GradientAccumulator::add_to`]: `dW^T`
+/// `(C*FH*FW, FN)` for the direct kernel, `dU` `(16, C, FN)` (the gradient of the
+/// transformed filters) for Winograd; rows and lanes padded.
 #[derive(Debug, Clone)]
 pub struct GradientAccumulator {
-    dwt: Vec<f32>,
-    db: Vec<f32>,
-    k: usize,
-    fp: usize,
+    pub(crate) sums: Vec<f32>,
+    pub(crate) db: Vec<f32>,
+    /// `C*FH*FW`.
+    pub(crate) k: usize,
+    /// Filters rounded up to 16 (the lanes of a row of `sums`).
+    pub(crate) fp: usize,
+    /// For Winograd: channels rounded up (the rows of one position of `sums`).
+    pub(crate) winograd: Option<usize>,
 }
 
 impl GradientAccumulator {
+    /// Adds `other`'s sums to these (the sums of two groups of images, in the kernel's
+    /// own layout: cheaper than [`GradientAccumulator::add_to`] for each group).
+    ///
+    /// # Panics
+    /// If `other` belongs to a convolution of another shape or kernel.
+    pub fn merge(&mut self, other: &GradientAccumulator) {
+        assert!(
+            self.sums.len() == other.sums.len()
+                && self.db.len() == other.db.len()
+                && (self.k, self.fp, self.winograd) == (other.k, other.fp, other.winograd),
+            "GradientAccumulator: merging sums of another shape"
+        );
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += b;
+        }
+        for (a, b) in self.db.iter_mut().zip(&other.db) {
+            *a += b;
+        }
+    }
+
     /// Adds the sums to `dw` `(FN, C*FH*FW)` and `db` `(FN,)`.
     ///
     /// # Panics
@@ -358,9 +386,24 @@ impl GradientAccumulator {
         let f = self.db.len();
         assert_eq!(dw.len(), f * self.k, "GradientAccumulator: dW length");
         assert_eq!(db.len(), f, "GradientAccumulator: db length");
-        for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v += self.dwt[j * self.fp + fi];
+        match self.winograd {
+            None => {
+                for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += self.sums[j * self.fp + fi];
+                    }
+                }
+            }
+            Some(cp) => {
+                // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C)
+                for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
+                    for (ci, g) in row.chunks_exact_mut(9).enumerate() {
+                        let du: [f32; 16] = std::array::from_fn(|xi| self.sums[(xi * cp + ci) * self.fp + fi]);
+                        for (v, d) in g.iter_mut().zip(crate::winograd::transform_filter_gradient(&du)) {
+                            *v += d;
+                        }
+                    }
+                }
             }
         }
         for (a, b) in db.iter_mut().zip(&self.db) {
@@ -370,7 +413,7 @@ impl GradientAccumulator {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod kernel {
+pub(crate) mod kernel {
     use super::MR;
     use std::arch::x86_64::*;
 
@@ -407,7 +450,7 @@ mod kernel {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod gradient {
+pub(crate) mod gradient {
     use super::GRADIENT_TILE;
     use std::arch::x86_64::*;
 
@@ -459,7 +502,7 @@ mod gradient {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-mod kernel {
+pub(crate) mod kernel {
     /// Never called: `DirectConv::new` returns `None` off x86-64.
     pub unsafe fn tile<const V: usize>(_: &[usize], _: *const f32, _: *const f32, _: *mut f32, _: usize) {
         unreachable!("DirectConv exists only on x86-64 with AVX-512")
@@ -467,7 +510,7 @@ mod kernel {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-mod gradient {
+pub(crate) mod gradient {
     use super::GRADIENT_TILE;
 
     /// Never called: `DirectConv::new` returns `None` off x86-64.

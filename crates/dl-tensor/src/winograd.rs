@@ -1,0 +1,942 @@
+//! Winograd F(2x2, 3x3): a stride-1 3x3 convolution with 16 multiplies per 2x2 output
+//! tile instead of 36.
+//!
+//! Lavin and Gray's minimal filtering ("Fast Algorithms for Convolutional Neural
+//! Networks", 2015): for a 4x4 input tile `d` and a 3x3 filter `g`, the 2x2 output tile is
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` with
+//!
+//! ```text
+//!      | 1  0 -1  0 |        | 1    0    0  |        | 1  1  1  0 |
+//! Bᵀ = | 0  1  1  0 |    G = | 1/2  1/2  1/2|   Aᵀ = | 0  1 -1 -1 |
+//!      | 0 -1  1  0 |        | 1/2 -1/2  1/2|
+//!      | 0  1  0 -1 |        | 0    0    1  |
+//! ```
+//!
+//! Summed over the input channels, each of the 16 positions `ξ` of the transformed tiles
+//! is a matrix product: `M[ξ] (FN, tiles) = U[ξ] (FN, C) · V[ξ] (C, tiles)`, with
+//! `U = G g Gᵀ` (the filters, transformed once per weight update) and `V = Bᵀ d B` (the
+//! input tiles). [`WinogradConv`] transforms one image's tiles with AVX-512 (16 tiles of
+//! a tile row per register), runs the 16 products with the direct convolution's register
+//! kernel, and transforms back. 2.25x fewer multiplies than [`DirectConv`](crate::DirectConv),
+//! and no computed-then-dropped columns (the direct kernel computes `Wp` columns per
+//! output row); in exchange the transforms read and write the image four times. Whether
+//! that pays depends on the channel counts: see [`WinogradConv::pays`].
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::direct::{gradient, kernel, DirectConv, GradientAccumulator, GRADIENT_TILE, MR};
+use crate::ConvGeometry;
+
+/// The process-wide switch of [`WinogradConv::set_enabled`].
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Tile columns of the widest register tile of the products (three 16-lane vectors).
+const NR: usize = 48;
+
+/// A stride-1 3x3 convolution's filters transformed for Winograd F(2x2, 3x3), with the
+/// geometry they apply to. Build it once per weight update and call
+/// [`WinogradConv::forward_image`] for every image, from as many threads as wanted.
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    g: ConvGeometry,
+    filters: usize,
+    /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
+    packed: Vec<f32>,
+    /// Offset of channel `c`'s row in one position of `V`: `c * tp`.
+    offsets: Vec<usize>,
+    /// Tile rows and columns: `ceil(OH/2)`, `ceil(OW/2)`.
+    th: usize,
+    tw: usize,
+    /// Tiles per image rounded up to 16 (the row length of `V` and `M`).
+    tp: usize,
+    /// Rows and row length of a padded input plane: `2 th + 2`, `2 tw + 2`.
+    hs: usize,
+    ws: usize,
+    /// Lanes per tile row in the transforms' registers: 16, or 8 or 4 when the tile rows
+    /// are that short (then a register holds 2 or 4 tile rows).
+    l: usize,
+}
+
+impl WinogradConv {
+    /// Switches Winograd convolutions on or off for the whole process (on by default):
+    /// while off, [`WinogradConv::new`] returns `None`. For benchmarks that compare it
+    /// with the direct kernel in one run.
+    pub fn set_enabled(on: bool) {
+        ENABLED.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether Winograd convolutions are switched on ([`WinogradConv::set_enabled`]).
+    pub fn is_enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// Whether this geometry is one Winograd F(2x2, 3x3) computes: 3x3 filters, stride 1.
+    pub fn applies(g: &ConvGeometry) -> bool {
+        g.fh == 3 && g.fw == 3 && g.stride == 1
+    }
+
+    /// Whether Winograd beats the direct kernel on this geometry: with at least 8 input
+    /// channels. With fewer, the products' inner dimension is too short for the
+    /// transforms to pay (`cargo bench -p dl-tensor --bench kernels -- convolution`, see
+    /// docs/PERFORMANCE.md).
+    pub fn pays(g: &ConvGeometry) -> bool {
+        Self::applies(g) && g.c >= 8
+    }
+
+    /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g`. `None` when
+    /// the geometry is not a 3x3 stride-1 convolution ([`WinogradConv::applies`]), the
+    /// CPU lacks AVX-512 or the kernel is switched off ([`WinogradConv::set_enabled`],
+    /// [`DirectConv::set_enabled`]).
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters * g.col_rows()` values.
+    pub fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
+        let k = g.col_rows();
+        assert_eq!(
+            w.len(),
+            filters * k,
+            "WinogradConv: W has {} values, want {filters} x {k}",
+            w.len()
+        );
+        if !Self::applies(g)
+            || filters == 0
+            || !Self::is_enabled()
+            || !DirectConv::is_enabled()
+            || !DirectConv::is_supported()
+        {
+            return None;
+        }
+        let c = g.c;
+        let blocks = filters.div_ceil(MR);
+        let mut packed = vec![0.0f32; 16 * blocks * c * MR];
+        for (f, filter) in w.chunks_exact(c * 9).enumerate() {
+            let (b, r) = (f / MR, f % MR);
+            for (ci, k) in filter.chunks_exact(9).enumerate() {
+                let u = transform_filter(k.try_into().expect("3x3"));
+                for (xi, &v) in u.iter().enumerate() {
+                    packed[((xi * blocks + b) * c + ci) * MR + r] = v;
+                }
+            }
+        }
+        let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+        let tp = (th * tw).div_ceil(16) * 16;
+        Some(Self {
+            g: *g,
+            filters,
+            packed,
+            offsets: (0..c).map(|ci| ci * tp).collect(),
+            th,
+            tw,
+            tp,
+            hs: 2 * th + 2,
+            ws: 2 * tw + 2,
+            l: match tw {
+                0..=4 => 4,
+                5..=8 => 8,
+                _ => 16,
+            },
+        })
+    }
+
+    /// The geometry this convolution was built for.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.g
+    }
+
+    fn padded_len(&self) -> usize {
+        // slack: a register's tiles read up to `2 (16 / l) + 2` rows (past the last
+        // tile row when it is not full) of up to 34 values
+        self.g.c * self.hs * self.ws + 8 * self.ws + 64
+    }
+
+    /// The register groups of tiles the transforms work on: `(i0, j0, mask)`, the first
+    /// tile row and column and which lanes hold tiles (lane `ii l + j` is tile
+    /// `(i0 + ii, j0 + j)`). The selected tiles are `t0 = i0 tw + j0` onwards, in order.
+    fn groups(&self) -> impl Iterator<Item = (usize, usize, u16)> + '_ {
+        let (l, r) = (self.l, 16 / self.l);
+        (0..self.th).step_by(r).flat_map(move |i0| {
+            (0..self.tw).step_by(l).map(move |j0| {
+                let lanes = (self.tw - j0).min(l);
+                let row: u16 = if lanes >= 16 { 0xffff } else { (1u16 << lanes) - 1 };
+                let mask = (0..r.min(self.th - i0)).fold(0u16, |m, ii| m | (row << (ii * l)));
+                (i0, j0, mask)
+            })
+        })
+    }
+
+    /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
+    /// the transforms' 16 loads or stores, one per position, do not all fall in the same
+    /// cache set when `C tp` is a multiple of 4 KiB.
+    fn v_stride(&self) -> usize {
+        self.g.c * self.tp + 16
+    }
+
+    fn v_len(&self) -> usize {
+        16 * self.v_stride()
+    }
+
+    /// Distance between two positions of `M` (rows `blocks*MR` of `tp`), padded as `V`'s.
+    fn m_stride(&self) -> usize {
+        self.filters.div_ceil(MR) * MR * self.tp + 16
+    }
+
+    fn m_len(&self) -> usize {
+        // the output transform's loads read up to 15 values past a row's last tile
+        16 * self.m_stride() + 16
+    }
+
+    /// Values of scratch space [`WinogradConv::forward_image`] needs.
+    pub fn scratch_len(&self) -> usize {
+        self.padded_len() + self.v_len() + self.m_len()
+    }
+
+    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
+    /// `(FN,)` (or none). `scratch` (at least [`WinogradConv::scratch_len`] values) needs
+    /// no clearing; its content is overwritten.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    pub fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
+        // `forward_image_uninit` only ever stores initialised values into `out`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) };
+        self.forward_image_uninit(x, bias, out, scratch);
+    }
+
+    /// [`WinogradConv::forward_image`] into memory that need not be initialised: every
+    /// element of `out` is written.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    pub fn forward_image_uninit(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let g = &self.g;
+        assert_eq!(x.len(), g.c * g.h * g.w, "WinogradConv: input length");
+        assert_eq!(
+            out.len(),
+            self.filters * g.out_h * g.out_w,
+            "WinogradConv: output length"
+        );
+        assert!(scratch.len() >= self.scratch_len(), "WinogradConv: scratch too short");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.filters, "WinogradConv: bias length");
+        }
+        let (padded, rest) = scratch.split_at_mut(self.padded_len());
+        let (v, rest) = rest.split_at_mut(self.v_len());
+        let m = &mut rest[..self.m_len()];
+        self.pad_image(x, padded);
+        self.transform_input(padded, v);
+        self.multiply(v, m);
+        self.transform_output(m, bias, out);
+    }
+
+    /// Filters rounded up to 16: the lanes of the filter gradient's rows.
+    fn fp(&self) -> usize {
+        self.filters.div_ceil(16) * 16
+    }
+
+    /// `dout` on the tiles' grid `(2 th, 2 tw)`, filters last: `dt[y][x][fp]`.
+    fn dt_len(&self) -> usize {
+        4 * self.th * self.tw * self.fp()
+    }
+
+    /// Distance between two positions of `Z` (`tp` rows of `fp`), padded as `V`'s.
+    fn z_stride(&self) -> usize {
+        self.tp * self.fp() + 16
+    }
+
+    /// The transformed output gradient, `Z[ξ][t][fp]`.
+    fn z_len(&self) -> usize {
+        16 * self.z_stride()
+    }
+
+    /// Values of scratch space [`WinogradConv::weight_gradient_image`] needs.
+    pub fn gradient_scratch_len(&self) -> usize {
+        self.padded_len() + self.v_len() + self.dt_len() + self.z_len()
+    }
+
+    /// A zeroed accumulator for [`WinogradConv::weight_gradient_image`].
+    pub fn gradient_accumulator(&self) -> GradientAccumulator {
+        let cp = self.g.c.div_ceil(16) * 16;
+        GradientAccumulator {
+            sums: vec![0.0; 16 * cp * self.fp()],
+            db: vec![0.0; self.filters],
+            k: self.g.col_rows(),
+            fp: self.fp(),
+            winograd: Some(cp),
+        }
+    }
+
+    /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
+    /// `db += ` row sums of `dout`, for the input `x` `(C, H, W)` and the output gradient
+    /// `dout` `(FN, OH, OW)`.
+    ///
+    /// The forward pass is `Y = Aᵀ (U ⊙ V) A` per tile, so the gradient of the
+    /// transformed filters is `dU[ξ] = Σ_tiles Z[ξ] V[ξ]` with `Z = A dY Aᵀ` (the 2x2
+    /// output-gradient tile `dY` taken back to 4x4), and `dW = Gᵀ dU G`, applied once in
+    /// [`GradientAccumulator::add_to`]. The 16 products `(C, tiles) · (tiles, FN)` have
+    /// the tiles as inner dimension; the direct kernel's `dW` register tiles compute
+    /// them, each value of `V` broadcast, `Z` stored filters-last. `scratch` (at least
+    /// [`WinogradConv::gradient_scratch_len`] values) needs no clearing.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or `acc` is another layer's.
+    pub fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        let g = &self.g;
+        let (c, fp, tp) = (g.c, self.fp(), self.tp);
+        let cp = c.div_ceil(16) * 16;
+        assert_eq!(x.len(), c * g.h * g.w, "WinogradConv: input length");
+        assert_eq!(
+            dout.len(),
+            self.filters * g.out_h * g.out_w,
+            "WinogradConv: dout length"
+        );
+        assert!(
+            acc.winograd == Some(cp) && acc.k == g.col_rows() && acc.fp == fp && acc.db.len() == self.filters,
+            "WinogradConv: accumulator of another shape"
+        );
+        assert!(
+            scratch.len() >= self.gradient_scratch_len(),
+            "WinogradConv: scratch too short"
+        );
+        let (padded, rest) = scratch.split_at_mut(self.padded_len());
+        let (v, rest) = rest.split_at_mut(self.v_len());
+        let (dt, rest) = rest.split_at_mut(self.dt_len());
+        let z = &mut rest[..self.z_len()];
+        self.pad_image(x, padded);
+        self.transform_input(padded, v);
+        // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN; db
+        let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
+        dt.fill(0.0);
+        for (fi, (plane, b)) in dout.chunks_exact(oh * ow).zip(acc.db.iter_mut()).enumerate() {
+            let mut sum = 0.0f32;
+            for (oy, row) in plane.chunks_exact(ow).enumerate() {
+                for (ox, &val) in row.iter().enumerate() {
+                    dt[(oy * gw + ox) * fp + fi] = val;
+                    sum += val;
+                }
+            }
+            *b += sum;
+        }
+        for i in 0..self.th {
+            for j in 0..self.tw {
+                for f0 in (0..fp).step_by(16) {
+                    // SAFETY: AVX-512F as in `transform_input`. Reads 16 values at
+                    // grid positions (2i + a, 2j + b), `a, b < 2`, inside the `2 th x 2 tw`
+                    // grid of `dt`, from lane `f0 + 16 <= fp`; writes 16 values at tile
+                    // `i tw + j < tp` of each of the 16 positions of `z` (`z_stride` apart).
+                    unsafe {
+                        let src = dt.as_ptr().add((2 * i * gw + 2 * j) * fp + f0);
+                        let dst = z.as_mut_ptr().add((i * self.tw + j) * fp + f0);
+                        avx::output_gradient_tile(src, gw * fp, fp, dst, self.z_stride());
+                    }
+                }
+            }
+        }
+        // dU[ξ] (C, FN) += V[ξ] (C, tiles) · Z[ξ] (tiles, FN): rows of channels, lanes
+        // of filters (16, 32, 48 or 64 at a time)
+        let tiles = self.th * self.tw;
+        for xi in 0..16 {
+            let (vx, zx) = (
+                &v[xi * self.v_stride()..][..c * tp],
+                &z[xi * self.z_stride()..][..tp * fp],
+            );
+            for f0 in (0..fp).step_by(64) {
+                let nv = ((fp - f0) / 16).min(4);
+                let mr = match nv {
+                    1 => 16,
+                    2 | 3 => 8,
+                    _ => 4,
+                };
+                for c0 in (0..cp).step_by(mr) {
+                    // rows past C read channel C - 1 again; their sums land in the
+                    // accumulator's padding rows
+                    let mut offs = [0usize; GRADIENT_TILE];
+                    for (m, o) in offs.iter_mut().enumerate().take(mr) {
+                        *o = (c0 + m).min(c - 1) * tp;
+                    }
+                    // SAFETY: AVX-512F as above. The kernel reads `tiles` values at each
+                    // offset `c' tp`, `c' < C`, of `vx` (`C tp` values); `16 nv` values
+                    // from lane `f0` (`f0 + 16 nv <= fp`) at each of `tiles <= tp` rows of
+                    // `zx` (`fp` apart); it adds to `mr` rows from `(ξ cp + c0)` of
+                    // `acc.sums` (`fp` apart, `c0 + mr <= cp` as `mr` divides 16),
+                    // `16 nv` lanes from `f0`.
+                    unsafe {
+                        let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
+                        let out = acc.sums.as_mut_ptr().add((xi * cp + c0) * fp + f0);
+                        match nv {
+                            1 => gradient::tile::<16, 1>(xp, &offs, d, fp, tiles, out),
+                            2 => gradient::tile::<8, 2>(xp, &offs, d, fp, tiles, out),
+                            3 => gradient::tile::<8, 3>(xp, &offs, d, fp, tiles, out),
+                            _ => gradient::tile::<4, 4>(xp, &offs, d, fp, tiles, out),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`.
+    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
+        let g = &self.g;
+        padded.fill(0.0);
+        let plane = self.hs * self.ws;
+        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let at = (y + g.pad) * self.ws + g.pad;
+                dst[at..at + g.w].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, zeros in the padding
+    /// lanes `t >= tiles`.
+    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
+        let (c, tiles) = (self.g.c, self.th * self.tw);
+        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
+        for xi in 0..16 {
+            for row in v[xi * self.v_stride()..][..c * self.tp].chunks_exact_mut(self.tp) {
+                row[tiles..].fill(0.0);
+            }
+        }
+        for ci in 0..c {
+            for (i0, j0, mask) in self.groups() {
+                // SAFETY: `DirectConv::is_supported()` held when `self` was built, so the
+                // CPU has AVX-512F. The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
+                // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
+                // 1` rows past the last plane's end, which `padded_len`'s slack covers.
+                // It writes `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`)
+                // in row `ci` of each of the 16 positions of `v` (`v_stride` apart).
+                unsafe {
+                    let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
+                    let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
+                    avx::input_tiles(src, self.ws, self.l, dst, self.v_stride(), mask);
+                }
+            }
+        }
+    }
+
+    /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)` for each of the 16 positions.
+    fn multiply(&self, v: &[f32], m: &mut [f32]) {
+        let (c, tp) = (self.g.c, self.tp);
+        let blocks = self.filters.div_ceil(MR);
+        for xi in 0..16 {
+            let vx = &v[xi * self.v_stride()..][..c * tp];
+            for b in 0..blocks {
+                let w = &self.packed[(xi * blocks + b) * c * MR..(xi * blocks + b + 1) * c * MR];
+                let rows = &mut m[xi * self.m_stride() + b * MR * tp..][..MR * tp];
+                let mut j = 0;
+                while j < tp {
+                    let width = (tp - j).min(NR);
+                    // SAFETY: AVX-512F as above. The kernel reads `width` values at
+                    // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
+                    // within `vx`'s `c tp`), `c MR` values of `w`, and writes `MR` rows
+                    // of `width` values `tp` apart from column `j` of `rows` (`MR tp`).
+                    unsafe {
+                        let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
+                        match width {
+                            48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
+                            32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
+                            _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
+                        }
+                    }
+                    j += width;
+                }
+            }
+        }
+    }
+
+    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
+    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+        let (oh, ow) = (self.g.out_h, self.g.out_w);
+        let stride = self.m_stride();
+        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
+        for f in 0..self.filters {
+            let b = bias.map_or(0.0, |b| b[f]);
+            for (i0, j0, mask) in self.groups() {
+                let (rows, cols) = (oh - 2 * i0, (ow - 2 * j0).min(2 * self.l));
+                // SAFETY: AVX-512F as above. Reads 16 values at `f tp + i0 tw + j0 +
+                // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
+                // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
+                // output rows `2 i0 + k < OH` of plane `f`.
+                unsafe {
+                    let src = m.as_ptr().add(f * self.tp + i0 * self.tw + j0);
+                    let dst = out.as_mut_ptr().cast::<f32>().add(f * oh * ow + 2 * i0 * ow + 2 * j0);
+                    avx::output_tiles(src, stride, self.l, mask, b, dst, ow, rows, cols);
+                }
+            }
+        }
+    }
+}
+
+/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 16 values `ξ = 4 row + col`.
+fn transform_filter(g: &[f32; 9]) -> [f32; 16] {
+    // G applied to the three values of a row or column
+    let gv = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    let mut t = [[0.0f32; 3]; 4]; // G g: 4 x 3
+    for col in 0..3 {
+        let r = gv(g[col], g[3 + col], g[6 + col]);
+        for (row, v) in r.iter().enumerate() {
+            t[row][col] = *v;
+        }
+    }
+    let mut u = [0.0f32; 16];
+    for (row, tr) in t.iter().enumerate() {
+        u[4 * row..4 * row + 4].copy_from_slice(&gv(tr[0], tr[1], tr[2]));
+    }
+    u
+}
+
+/// `Gᵀ dU G` for one filter's 16 transformed-gradient values (`ξ = 4 row + col`): the
+/// gradient of the 3x3 filter, row-major.
+pub(crate) fn transform_filter_gradient(du: &[f32; 16]) -> [f32; 9] {
+    // Gᵀ applied to the four values of a row or column
+    let gt = |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
+    let mut t = [[0.0f32; 4]; 3]; // Gᵀ dU: 3 x 4
+    for col in 0..4 {
+        let r = gt(du[col], du[4 + col], du[8 + col], du[12 + col]);
+        for (row, v) in r.iter().enumerate() {
+            t[row][col] = *v;
+        }
+    }
+    let mut g = [0.0f32; 9];
+    for (row, tr) in t.iter().enumerate() {
+        g[3 * row..3 * row + 3].copy_from_slice(&gt(tr[0], tr[1], tr[2], tr[3]));
+    }
+    g
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// Bᵀ applied to four values: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+    #[inline(always)]
+    fn bt(d: [__m512; 4]) -> [__m512; 4] {
+        // SAFETY: register arithmetic; only reached from the AVX-512F functions below.
+        unsafe {
+            [
+                _mm512_sub_ps(d[0], d[2]),
+                _mm512_add_ps(d[1], d[2]),
+                _mm512_sub_ps(d[2], d[1]),
+                _mm512_sub_ps(d[1], d[3]),
+            ]
+        }
+    }
+
+    /// Where the lanes of a register come from: `16 / l` tile rows of `l` tiles each
+    /// (`l` = 16, 8 or 4). Lane `ii l + j` is tile `j` of tile row `ii`.
+    ///
+    /// The two registers `(a, b)` hold, for one row `r` of the 4x4 input tiles, the 32
+    /// values the tiles' even and odd columns are taken from: for `l = 16`, 32 values of
+    /// one image row; for `l = 8`, 16 of each of two rows (tile rows `2 ws` apart); for
+    /// `l = 4`, 8 of each of four.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p` is valid for reads of 32 values, and `p + k 2 ws` of 16
+    /// values for `k < 16 / l`.
+    #[inline(always)]
+    unsafe fn gather_row(p: *const f32, ws: usize, l: usize) -> (__m512, __m512) {
+        // SAFETY: within the contract.
+        unsafe {
+            match l {
+                16 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
+                8 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(2 * ws))),
+                _ => {
+                    let row = |k: usize| _mm512_loadu_ps(p.add(2 * k * ws));
+                    // 128-bit lanes 0 and 1 of each: the first 8 values of two rows
+                    (
+                        _mm512_shuffle_f32x4::<0x44>(row(0), row(1)),
+                        _mm512_shuffle_f32x4::<0x44>(row(2), row(3)),
+                    )
+                }
+            }
+        }
+    }
+
+    /// The input transform of up to 16 tiles: `16 / l` tile rows of `l` tiles from
+    /// `src` (the top-left value of the first tile; tile rows `2 ws` apart, image rows
+    /// `ws`). `Bᵀ d B` position `ξ` of the tiles selected by `mask` (lane `ii l + j`) is
+    /// stored, packed in lane order, as `count = popcount(mask)` values at `dst + ξ pos`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` is valid for reads of 34 values from each of the rows
+    /// `k ws`, `k < 2 (16 / l) + 2`; `dst` for writes of `count` values at each of 16 rows
+    /// `pos` apart.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mut t = [[_mm512_setzero_ps(); 4]; 4];
+        for (r, tr) in t.iter_mut().enumerate() {
+            // SAFETY: rows `r + 2k` from columns 0 and 2, within the contract.
+            let ((a, b), (a2, b2)) = unsafe {
+                let p = src.add(r * ws);
+                (gather_row(p, ws, l), gather_row(p.add(2), ws, l))
+            };
+            *tr = bt([
+                _mm512_permutex2var_ps(a, even, b),
+                _mm512_permutex2var_ps(a, odd, b),
+                _mm512_permutex2var_ps(a2, even, b2),
+                _mm512_permutex2var_ps(a2, odd, b2),
+            ]);
+        }
+        let count = mask.count_ones();
+        let packed: __mmask16 = if count >= 16 { 0xffff } else { (1u16 << count) - 1 };
+        let gaps = packed != mask;
+        for q in 0..4 {
+            let col = bt(t.map(|row| row[q]));
+            for (r, v) in col.iter().enumerate() {
+                let v = if gaps { _mm512_maskz_compress_ps(mask, *v) } else { *v };
+                // SAFETY: row `4r + q < 16` of `dst`, `count` values, within the contract.
+                unsafe { _mm512_mask_storeu_ps(dst.add((4 * r + q) * pos), packed, v) };
+            }
+        }
+    }
+
+    /// `Z = A dY Aᵀ` for one tile and 16 filters: `dY[a][b]` at `src + a row + b fp`, the
+    /// 16 values `Z[ξ]` to `dst + ξ pos`. `A dY` has rows `dY0`, `dY0 + dY1`, `dY0 - dY1`,
+    /// `-dY1`; a row `(u, v)` times `Aᵀ` is `(u, u + v, u - v, -v)`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` is valid for reads of 16 values at offsets 0, `fp`,
+    /// `row` and `row + fp`; `dst` for writes of 16 values at each of 16 rows `pos` apart.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
+        // SAFETY: within the contract.
+        let (d00, d01, d10, d11) = unsafe {
+            (
+                _mm512_loadu_ps(src),
+                _mm512_loadu_ps(src.add(fp)),
+                _mm512_loadu_ps(src.add(row)),
+                _mm512_loadu_ps(src.add(row + fp)),
+            )
+        };
+        let zero = _mm512_setzero_ps();
+        let rows = [
+            (d00, d01),
+            (_mm512_add_ps(d00, d10), _mm512_add_ps(d01, d11)),
+            (_mm512_sub_ps(d00, d10), _mm512_sub_ps(d01, d11)),
+            (_mm512_sub_ps(zero, d10), _mm512_sub_ps(zero, d11)),
+        ];
+        for (r, (u, v)) in rows.into_iter().enumerate() {
+            let z = [u, _mm512_add_ps(u, v), _mm512_sub_ps(u, v), _mm512_sub_ps(zero, v)];
+            for (q, val) in z.into_iter().enumerate() {
+                // SAFETY: row `4 r + q < 16`, within the contract.
+                unsafe { _mm512_storeu_ps(dst.add((4 * r + q) * pos), val) };
+            }
+        }
+    }
+
+    /// The first `n <= 16` of a register's values to `dst` (nothing when `n == 0`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `dst` is valid for writes of `n` values.
+    #[inline(always)]
+    unsafe fn store_first(dst: *mut f32, n: usize, v: __m512) {
+        let mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+        // SAFETY: `n` values, within the contract.
+        unsafe { _mm512_mask_storeu_ps(dst, mask, v) };
+    }
+
+    /// The output transform of up to 16 tiles laid out as in [`input_tiles`]: `Aᵀ m A + b`,
+    /// with `m[ξ]` of the tiles selected by `mask` packed at `src + ξ pos`. Writes, for
+    /// tile row `ii < 16 / l` and output row `a < 2` with `2 ii + a < rows`, the first
+    /// `cols <= 2 l` values of output row `2 ii + a` to `dst + (2 ii + a) ow`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` is valid for reads of 16 values at each of 16 rows
+    /// `pos` apart; `dst + (2 ii + a) ow` for writes of `cols` values for each written
+    /// row.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn output_tiles(
+        src: *const f32,
+        pos: usize,
+        l: usize,
+        mask: u16,
+        b: f32,
+        dst: *mut f32,
+        ow: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let count = mask.count_ones();
+        let gaps = count < 16 && mask != (1u16 << count) - 1;
+        let mut m = [_mm512_setzero_ps(); 16];
+        for (xi, v) in m.iter_mut().enumerate() {
+            // SAFETY: within the contract.
+            let packed = unsafe { _mm512_loadu_ps(src.add(xi * pos)) };
+            *v = if gaps {
+                _mm512_maskz_expand_ps(mask, packed)
+            } else {
+                packed
+            };
+        }
+        let bias = _mm512_set1_ps(b);
+        // Aᵀ m: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4)
+        let mut s = [[_mm512_setzero_ps(); 4]; 2];
+        for q in 0..4 {
+            s[0][q] = _mm512_add_ps(_mm512_add_ps(m[q], m[4 + q]), m[8 + q]);
+            s[1][q] = _mm512_sub_ps(_mm512_sub_ps(m[4 + q], m[8 + q]), m[12 + q]);
+        }
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for (a, sa) in s.iter().enumerate() {
+            // (s A): y0 = s0 + s1 + s2, y1 = s1 - s2 - s3, plus the bias
+            let y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(sa[0], sa[1]), sa[2]), bias);
+            let y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(sa[1], sa[2]), sa[3]), bias);
+            // interleaved, output columns 2j and 2j + 1: 32 values, 2 l per tile row
+            let first = _mm512_permutex2var_ps(y0, lo, y1);
+            let second = _mm512_permutex2var_ps(y0, hi, y1);
+            // SAFETY: every store is of `cols` values to a row `2 ii + a < rows`.
+            unsafe {
+                let row = |ii: usize| (2 * ii + a < rows).then(|| dst.add((2 * ii + a) * ow));
+                match l {
+                    16 => {
+                        if let Some(d) = row(0) {
+                            store_first(d, cols, first);
+                            store_first(d.add(16), cols.saturating_sub(16), second);
+                        }
+                    }
+                    8 => {
+                        for (ii, v) in [first, second].into_iter().enumerate() {
+                            if let Some(d) = row(ii) {
+                                store_first(d, cols, v);
+                            }
+                        }
+                    }
+                    _ => {
+                        let halves = [
+                            first,
+                            _mm512_shuffle_f32x4::<0xee>(first, first),
+                            second,
+                            _mm512_shuffle_f32x4::<0xee>(second, second),
+                        ];
+                        for (ii, v) in halves.into_iter().enumerate() {
+                            if let Some(d) = row(ii) {
+                                store_first(d, cols, v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx {
+    /// Never called: `WinogradConv::new` returns `None` off x86-64.
+    pub unsafe fn output_gradient_tile(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize) {
+        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    }
+
+    /// Never called: `WinogradConv::new` returns `None` off x86-64.
+    pub unsafe fn input_tiles(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize, _: u16) {
+        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    }
+
+    /// Never called: `WinogradConv::new` returns `None` off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn output_tiles(
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: u16,
+        _: f32,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::conv2d_reference;
+    use ndarray::{Array1, Array4};
+    use rand::{Rng, SeedableRng};
+
+    fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Array4::from_shape_fn(shape, |_| rng.gen_range(-1.0..1.0))
+    }
+
+    #[test]
+    fn filter_transform_matches_g_times_g_times_gt() {
+        let g = [[1.0f32, 0.5, 0.25], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+        let f: [f32; 9] = std::array::from_fn(|i| i as f32 - 3.5);
+        let u = transform_filter(&f);
+        for r in 0..4 {
+            for c in 0..4 {
+                // (G f Gᵀ)[r][c] = sum_ab G[r][a] f[a][b] G[c][b], with G's first row (1, 0, 0)
+                let gr = |r: usize, a: usize| if r == 0 { [1.0, 0.0, 0.0][a] } else { g[r][a] };
+                let mut want = 0.0f32;
+                for a in 0..3 {
+                    for b in 0..3 {
+                        want += gr(r, a) * f[3 * a + b] * gr(c, b);
+                    }
+                }
+                assert!(
+                    (u[4 * r + c] - want).abs() < 1e-5,
+                    "U[{r}][{c}] {} vs {want}",
+                    u[4 * r + c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_convolution() {
+        if !DirectConv::is_supported() {
+            eprintln!("no AVX-512 on this CPU: Winograd convolutions are not used here, nothing to test");
+            return;
+        }
+        // (C, H, W, FN, pad): the network's 3x3 layers (conv4 with pad 2, 16x16 output),
+        // odd output sizes (the last tile row and column half outside), pad 0, filter
+        // counts that are not a multiple of 8, images wider than 32 (two tile chunks of a
+        // row), 1x1 and 2x1 outputs.
+        let cases = [
+            (16, 28, 28, 16, 1),
+            (16, 14, 14, 32, 1),
+            (32, 14, 14, 32, 2),
+            (32, 8, 8, 64, 1),
+            (64, 7, 7, 64, 1),
+            (3, 9, 11, 5, 0),
+            (5, 13, 40, 13, 1),
+            (2, 3, 3, 3, 0),
+            (1, 4, 3, 2, 0),
+            (8, 5, 35, 9, 2),
+        ];
+        for (i, &(c, h, w, f, pad)) in cases.iter().enumerate() {
+            let x = random4((2, c, h, w), i as u64);
+            let wt = random4((f, c, 3, 3), 100 + i as u64);
+            let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
+            let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let d = WinogradConv::new(wt.as_slice().unwrap(), f, &g).expect("3x3 stride 1 on AVX-512");
+            // scratch full of garbage: the result must not depend on its content
+            let mut scratch = vec![f32::NAN; d.scratch_len()];
+            for n in 0..2 {
+                let xi = x.index_axis(ndarray::Axis(0), n);
+                let mut out = vec![f32::NAN; f * g.out_h * g.out_w];
+                d.forward_image(
+                    xi.as_standard_layout().as_slice().unwrap(),
+                    Some(b.as_slice().unwrap()),
+                    &mut out,
+                    &mut scratch,
+                );
+                let want_n = want.index_axis(ndarray::Axis(0), n);
+                for (j, (got, want)) in out.iter().zip(want_n.iter()).enumerate() {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "case {i}, image {n}, value {j}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn filter_gradient_transform_is_gt_times_du_times_g() {
+        let gm = [[1.0f32, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+        let du: [f32; 16] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
+        let got = transform_filter_gradient(&du);
+        for a in 0..3 {
+            for b in 0..3 {
+                // (Gᵀ dU G)[a][b] = sum_rc G[r][a] dU[r][c] G[c][b]
+                let mut want = 0.0f32;
+                for r in 0..4 {
+                    for c in 0..4 {
+                        want += gm[r][a] * du[4 * r + c] * gm[c][b];
+                    }
+                }
+                assert!(
+                    (got[3 * a + b] - want).abs() < 1e-5,
+                    "dW[{a}][{b}] {} vs {want}",
+                    got[3 * a + b]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_dout_times_lowered_input() {
+        if !DirectConv::is_supported() {
+            eprintln!("no AVX-512 on this CPU: Winograd convolutions are not used here, nothing to test");
+            return;
+        }
+        // (C, H, W, FN, pad): the network's 3x3 layers, channel counts that are not a
+        // multiple of the 16-row groups, 70 filters (lane blocks of 64 and 16), 48
+        // filters (three vectors), odd output sizes, pad 0 and 2.
+        let cases = [
+            (16, 28, 28, 16, 1),
+            (16, 14, 14, 32, 1),
+            (32, 14, 14, 32, 2),
+            (64, 8, 8, 64, 1),
+            (5, 7, 9, 70, 1),
+            (3, 9, 11, 5, 0),
+            (20, 5, 6, 48, 2),
+            (1, 3, 3, 1, 0),
+        ];
+        for (i, &(c, h, w, f, pad)) in cases.iter().enumerate() {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let k = g.col_rows();
+            let x = random4((1, c, h, w), 200 + i as u64);
+            let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
+            let d = WinogradConv::new(&vec![0.0; f * k], f, &g).unwrap();
+            // start from non-zero sums: add_to adds to them
+            let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
+            let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
+            let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
+            let mut acc = d.gradient_accumulator();
+            // two images: the same one twice
+            for _ in 0..2 {
+                d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
+            }
+            acc.add_to(&mut dw, &mut db);
+            // reference: dW = dout (F, OH*OW) · col^T with the plain im2col, in f64
+            let col = crate::reference::im2col_reference(&x.view(), 3, 3, 1, pad); // (OH*OW, K)
+            let dm = dout.view().into_shape_with_order((f, g.col_cols())).unwrap();
+            for fi in 0..f {
+                let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
+                assert!(
+                    (f64::from(db[fi]) - want_b).abs() < 1e-3,
+                    "case {i}: db[{fi}] {} vs {want_b}",
+                    db[fi]
+                );
+                for kj in 0..k {
+                    let mut want = (fi * k + kj) as f64 * 0.01;
+                    for p in 0..g.col_cols() {
+                        want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
+                    }
+                    let got = f64::from(dw[fi * k + kj]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "case {i}: dW[{fi}][{kj}] {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_compute() {
+        let strided = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
+        assert!(WinogradConv::new(&[0.0; 9], 1, &strided).is_none());
+        let five = ConvGeometry::new(1, 8, 8, 5, 5, 1, 1).unwrap();
+        assert!(WinogradConv::new(&[0.0; 25], 1, &five).is_none());
+        assert!(!WinogradConv::pays(&ConvGeometry::new(1, 28, 28, 3, 3, 1, 1).unwrap()));
+        assert!(WinogradConv::pays(&ConvGeometry::new(16, 28, 28, 3, 3, 1, 1).unwrap()));
+    }
+}
