@@ -211,12 +211,20 @@ fn transposed_convolution(w: &Tensor, g: &ConvGeometry) -> Option<(ConvGeometry,
     if (gt.out_h, gt.out_w) != (g.h, g.w) {
         return None;
     }
-    let wt = Array2::from_shape_fn((c, f * fh * fw), |(ci, j)| {
-        let (fi, k) = (j / (fh * fw), j % (fh * fw));
-        let (ky, kx) = (k / fw, k % fw);
-        w[[fi, ci, fh - 1 - ky, fw - 1 - kx]]
-    });
-    Some((gt, wt))
+    // W'[ci][fi][k] = W[fi][ci][FH*FW - 1 - k] (a 180-degree turn is the reversed
+    // filter), by slices rather than 4-D indexing
+    let kk = fh * fw;
+    let ws = w.as_slice().expect("contiguous W");
+    let mut wt = vec![0.0f32; c * f * kk];
+    for (fi, filter) in ws.chunks_exact(c * kk).enumerate() {
+        for (ci, src) in filter.chunks_exact(kk).enumerate() {
+            let dst = &mut wt[(ci * f + fi) * kk..][..kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    Some((gt, Array2::from_shape_vec((c, f * kk), wt).expect("W' shape")))
 }
 
 thread_local! {
@@ -261,6 +269,18 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: every element was just written, and `[MaybeUninit<f32>]` and `[f32]` have
     // the same layout.
     unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Merges the groups' sums into `parts[0]` pairwise, in a tree whose shape depends only
+/// on the number of groups (so the result does not depend on the thread count), the two
+/// halves of each level in parallel.
+fn merge_tree(parts: &mut [GradientAccumulator]) {
+    if parts.len() < 2 {
+        return;
+    }
+    let (left, right) = parts.split_at_mut(parts.len() / 2);
+    rayon::join(|| merge_tree(left), || merge_tree(right));
+    left[0].merge(&right[0]);
 }
 
 /// Images per group in the backward pass: the unit of parallel work and of the
@@ -426,16 +446,15 @@ impl Layer for Convolution {
             })
         };
         debug_assert_eq!(partials.len(), groups);
+        let fast_sums: Option<Vec<GradientAccumulator>> = partials.iter_mut().map(|p| p.0.take()).collect();
         let mut parts = partials.into_iter();
-        let (first, mut dw, mut db) = parts.next().expect("at least one image");
-        if let Some(mut acc) = first {
+        let (_, mut dw, mut db) = parts.next().expect("at least one image");
+        if let Some(mut sums) = fast_sums {
             // the fast kernels' sums stay in their own layout until all groups are in
-            for (sums, ..) in parts {
-                acc.merge(&sums.expect("every group takes the same path"));
-            }
+            merge_tree(&mut sums);
             dw = Array2::<f32>::zeros((f, ckk));
             db = vec![0.0f32; f];
-            acc.add_to(dw.as_slice_mut().expect("standard layout"), &mut db);
+            sums[0].add_to(dw.as_slice_mut().expect("standard layout"), &mut db);
         } else {
             for (_, pw, pb) in parts {
                 dw += &pw;

@@ -311,18 +311,31 @@ impl WinogradConv {
         let z = &mut rest[..self.z_len()];
         self.pad_image(x, padded);
         self.transform_input(padded, v);
-        // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN; db
+        // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN, in
+        // 16 x 16 blocks transposed in registers; db
         let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
-        dt.fill(0.0);
-        for (fi, (plane, b)) in dout.chunks_exact(oh * ow).zip(acc.db.iter_mut()).enumerate() {
-            let mut sum = 0.0f32;
-            for (oy, row) in plane.chunks_exact(ow).enumerate() {
-                for (ox, &val) in row.iter().enumerate() {
-                    dt[(oy * gw + ox) * fp + fi] = val;
-                    sum += val;
+        for f0 in (0..fp).step_by(16) {
+            let rows = (self.filters - f0.min(self.filters)).min(16);
+            let mut sums = [0.0f32; 16];
+            for oy in 0..2 * self.th {
+                for ox0 in (0..gw).step_by(16) {
+                    let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
+                    let stores = (gw - ox0).min(16);
+                    // SAFETY: AVX-512F as above. Reads `lanes` values (none when 0) at
+                    // `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with `f0 + rows <= FN`,
+                    // `oy < OH` and `ox0 + lanes <= OW`; writes 16 values at each of the
+                    // `stores` grid positions `(oy, ox0 + q)`, `ox0 + stores <= 2 tw`,
+                    // `oy < 2 th`, from lane `f0 + 16 <= fp` of `dt`.
+                    unsafe {
+                        let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
+                        let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
+                        avx::transpose_block(src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
+                    }
                 }
             }
-            *b += sum;
+            for (b, s) in acc.db[f0.min(self.filters)..].iter_mut().zip(&sums[..rows]) {
+                *b += s;
+            }
         }
         for i in 0..self.th {
             for j in 0..self.tw {
@@ -385,13 +398,12 @@ impl WinogradConv {
     /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`.
     fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
         let g = &self.g;
-        padded.fill(0.0);
         let plane = self.hs * self.ws;
+        padded[g.c * plane..].fill(0.0);
         for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
-            for (y, row) in src.chunks_exact(g.w).enumerate() {
-                let at = (y + g.pad) * self.ws + g.pad;
-                dst[at..at + g.w].copy_from_slice(row);
-            }
+            // SAFETY: AVX-512F as in `transform_input`; `src` holds the `H x W` plane
+            // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
+            unsafe { avx::pad_plane(src.as_ptr(), g.h, g.w, g.pad, dst.as_mut_ptr(), self.hs, self.ws) };
         }
     }
 
@@ -634,6 +646,121 @@ mod avx {
         }
     }
 
+    /// The first `n` lanes set (all for `n >= 16`).
+    #[inline(always)]
+    fn prefix(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
+    /// zeros around it, a register per 16 values of a row (masked loads supply the zeros).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `x` is valid for reads of `h w` values, `dst` for writes of
+    /// `hs ws`; `p + h <= hs`, `p + w <= ws`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
+        let zero = _mm512_setzero_ps();
+        for k in (0..ws).step_by(16) {
+            // lanes i with p <= k + i < p + w hold x[y - p][k + i - p]
+            let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
+            let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
+            // SAFETY (all stores): `min(16, ws - k)` values of a row `y < hs`.
+            for y in 0..p {
+                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
+            }
+            for y in p..p + h {
+                let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
+                // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
+                let v = unsafe { _mm512_maskz_loadu_ps(load, src) };
+                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, v) };
+            }
+            for y in p + h..hs {
+                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
+            }
+        }
+    }
+
+    /// The permutations of one stage of [`transpose_block`], for blocks of `b`: lane `l` of
+    /// the new row `i` and of the new row `i + b` (`i & b == 0`), as indices into the pair
+    /// (row `i`, row `i + b`).
+    const fn butterfly(b: usize) -> ([i32; 16], [i32; 16]) {
+        let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+        let mut l = 0;
+        while l < 16 {
+            if l % (2 * b) < b {
+                lo[l] = l as i32;
+                hi[l] = (l + b) as i32;
+            } else {
+                lo[l] = (16 + l - b) as i32;
+                hi[l] = (16 + l) as i32;
+            }
+            l += 1;
+        }
+        (lo, hi)
+    }
+
+    const BUTTERFLY: [([i32; 16], [i32; 16]); 4] = [butterfly(8), butterfly(4), butterfly(2), butterfly(1)];
+
+    /// Transposes a 16 x 16 block: row `r < rows` is `lanes` values at `src + r plane`
+    /// (zeros past them and in the rows past `rows`); column `q < stores` of the block
+    /// is written as 16 values at `dst + q fp`, and every column is added to `sums`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src + r plane` is valid for reads of `lanes` values for
+    /// `r < rows` (nothing is read when `lanes == 0`); `dst + q fp` for writes of 16
+    /// values for `q < stores <= 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose_block(
+        src: *const f32,
+        plane: usize,
+        rows: usize,
+        lanes: usize,
+        dst: *mut f32,
+        fp: usize,
+        stores: usize,
+        sums: &mut [f32; 16],
+    ) {
+        let mut m = [_mm512_setzero_ps(); 16];
+        if lanes > 0 {
+            for (r, v) in m.iter_mut().enumerate().take(rows) {
+                // SAFETY: `lanes` values of row `r < rows`, within the contract.
+                *v = unsafe { _mm512_maskz_loadu_ps(prefix(lanes), src.wrapping_add(r * plane)) };
+            }
+        }
+        // four butterfly stages: swap the off-diagonal b x b blocks of each 2b x 2b block
+        for (b, (lo, hi)) in [8usize, 4, 2, 1].into_iter().zip(BUTTERFLY) {
+            // SAFETY: reads of two constant arrays of 16 values.
+            let (lo, hi) = unsafe {
+                (
+                    _mm512_loadu_si512(lo.as_ptr().cast()),
+                    _mm512_loadu_si512(hi.as_ptr().cast()),
+                )
+            };
+            for i in (0..16).filter(|i| i & b == 0) {
+                let (a, c) = (m[i], m[i + b]);
+                m[i] = _mm512_permutex2var_ps(a, lo, c);
+                m[i + b] = _mm512_permutex2var_ps(a, hi, c);
+            }
+        }
+        // SAFETY: a read of the 16 local sums.
+        let mut acc = unsafe { _mm512_loadu_ps(sums.as_ptr()) };
+        for (q, v) in m.iter().enumerate() {
+            acc = _mm512_add_ps(acc, *v);
+            if q < stores {
+                // SAFETY: column `q < stores`, within the contract.
+                unsafe { _mm512_storeu_ps(dst.add(q * fp), *v) };
+            }
+        }
+        // SAFETY: a write of the 16 local sums.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), acc) };
+    }
+
     /// The first `n <= 16` of a register's values to `dst` (nothing when `n == 0`).
     ///
     /// # Safety
@@ -733,6 +860,26 @@ mod avx {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx {
+    /// Never called: `WinogradConv::new` returns `None` off x86-64.
+    pub unsafe fn pad_plane(_: *const f32, _: usize, _: usize, _: usize, _: *mut f32, _: usize, _: usize) {
+        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    }
+
+    /// Never called: `WinogradConv::new` returns `None` off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn transpose_block(
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: &mut [f32; 16],
+    ) {
+        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    }
+
     /// Never called: `WinogradConv::new` returns `None` off x86-64.
     pub unsafe fn output_gradient_tile(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize) {
         unreachable!("WinogradConv exists only on x86-64 with AVX-512")
