@@ -14,10 +14,12 @@ use crate::{check_dout, Init, Layer, LayerError, Param};
 /// image by image, in parallel over the batch: each image is lowered with
 /// [`im2col_chw`] to `(C*FH*FW, OH*OW)` and `W · col` is written straight into that
 /// image's `(FN, OH*OW)` output, so no transpose is needed. For stride 1 on CPUs with
-/// AVX-512 even the lowering is skipped: [`DirectConv`] reads the lowered rows straight
-/// from a zero-padded copy of the image, in the forward pass and for both gradients
-/// (switch it off with [`Convolution::set_direct`]). The tests compare every path with the
-/// book's formulation and with a direct seven-loop convolution.
+/// AVX-512 even the lowering is skipped, in the forward pass and for both gradients:
+/// 3x3 layers with at least 8 input channels use Winograd F(2x2, 3x3)
+/// ([`WinogradConv`], 16 multiplies per 2x2 output tile instead of 36), the others
+/// [`DirectConv`], which reads the lowered rows straight from a zero-padded copy of the
+/// image (switch both off with [`Convolution::set_direct`]). The tests compare every path
+/// with the book's formulation and with a direct seven-loop convolution.
 #[derive(Debug, Clone)]
 pub struct Convolution {
     /// Filters `(FN, C, FH, FW)`.

@@ -39,9 +39,12 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 
 #[test]
 fn direct_convolution_path_agrees_with_im2col_path() {
-    // (C, FN, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and 1), and 70
-    // filters (lane blocks of 64 and 16). Without AVX-512 both layers take the same path.
+    // (C, FN, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and 1; conv1 on
+    // the direct kernel, the others on Winograd in forward, dx and dW), 70 filters (lane
+    // blocks of 64 and 16), and an odd output size on Winograd (tiles half outside).
+    // Without AVX-512 both layers take the same path.
     for (i, &(c, f, p, h)) in [
+        (8, 5, 1, 7),
         (1, 16, 1, 28),
         (16, 16, 1, 28),
         (32, 32, 2, 14),
