@@ -1,6 +1,8 @@
 use std::mem::MaybeUninit;
 
-use dl_tensor::{col2im_chw, gemm, im2col_chw, ConvGeometry, DirectConv, GradientAccumulator, Tensor, WinogradConv};
+use dl_tensor::{
+    col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Tensor, WinogradConv,
+};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix2};
 use rayon::prelude::*;
 
@@ -106,11 +108,11 @@ impl Convolution {
 
     /// The kernel without lowering for this layer's filters, where one applies (stride 1,
     /// AVX-512) and they are not switched off.
-    fn stride_one(&self, g: &ConvGeometry) -> Option<StrideOne> {
+    fn stride_one(&self, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
         if !self.direct {
             return None;
         }
-        StrideOne::new(self.w.value.as_slice().expect("contiguous W"), self.dims().0, g)
+        stride_one_kernel(self.w.value.as_slice().expect("contiguous W"), self.dims().0, g)
     }
 
     /// Whether stride-1 convolutions use the kernels without lowering (the default, where
@@ -133,70 +135,17 @@ impl Convolution {
     }
 }
 
-/// A stride-1 product without lowering: Winograd F(2x2, 3x3) where it pays
-/// ([`WinogradConv::pays`]: 3x3 filters, at least 8 input channels), else the direct
-/// kernel.
-#[derive(Debug)]
-enum StrideOne {
-    Winograd(WinogradConv),
-    Direct(DirectConv),
-}
-
-impl StrideOne {
-    /// For `w` `(filters, C*FH*FW)` on `g`; `None` where neither kernel applies (stride
-    /// above 1, no AVX-512, switched off).
-    fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
-        if WinogradConv::pays(g) {
-            if let Some(wg) = WinogradConv::new(w, filters, g) {
-                return Some(Self::Winograd(wg));
-            }
-        }
-        DirectConv::new(w, filters, g).map(Self::Direct)
-    }
-
-    fn scratch_len(&self) -> usize {
-        match self {
-            Self::Winograd(k) => k.scratch_len(),
-            Self::Direct(k) => k.scratch_len(),
+/// The kernel without lowering for `w` `(filters, C*FH*FW)` on `g`: Winograd F(2x2, 3x3)
+/// where it pays ([`WinogradConv::pays`]: 3x3 filters, at least 8 input channels), else
+/// the direct kernel; `None` where neither applies (stride above 1, no AVX-512, switched
+/// off).
+fn stride_one_kernel(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
+    if WinogradConv::pays(g) {
+        if let Some(k) = WinogradConv::new(w, filters, g) {
+            return Some(Box::new(k));
         }
     }
-
-    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
-        match self {
-            Self::Winograd(k) => k.forward_image_uninit(x, bias, out, scratch),
-            Self::Direct(k) => k.forward_image_uninit(x, bias, out, scratch),
-        }
-    }
-
-    /// Whether the filter gradient by this kernel beats lowering the image and a GEMM
-    /// (always for Winograd; see [`DirectConv::gradient_pays`] for the direct kernel).
-    fn gradient_pays(&self) -> bool {
-        match self {
-            Self::Winograd(_) => true,
-            Self::Direct(k) => k.gradient_pays(),
-        }
-    }
-
-    fn gradient_scratch_len(&self) -> usize {
-        match self {
-            Self::Winograd(k) => k.gradient_scratch_len(),
-            Self::Direct(k) => k.gradient_scratch_len(),
-        }
-    }
-
-    fn gradient_accumulator(&self) -> GradientAccumulator {
-        match self {
-            Self::Winograd(k) => k.gradient_accumulator(),
-            Self::Direct(k) => k.gradient_accumulator(),
-        }
-    }
-
-    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
-        match self {
-            Self::Winograd(k) => k.weight_gradient_image(x, dout, acc, scratch),
-            Self::Direct(k) => k.weight_gradient_image(x, dout, acc, scratch),
-        }
-    }
+    DirectConv::new(w, filters, g).map(|k| Box::new(k) as Box<dyn ConvKernel>)
 }
 
 /// For a stride-1 convolution with square filters and `pad < FH`, `dL/dx` is itself a
@@ -363,11 +312,11 @@ impl Layer for Convolution {
         } else {
             None
         };
-        // dW without lowering where it applies and pays (`StrideOne::gradient_pays`).
-        let fast_dw = self.stride_one(&g).filter(StrideOne::gradient_pays);
-        let col_len = fast_dw.as_ref().map_or(col_len, StrideOne::gradient_scratch_len);
+        // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
+        let fast_dw = self.stride_one(&g).filter(|k| k.gradient_pays());
+        let col_len = fast_dw.as_ref().map_or(col_len, |k| k.gradient_scratch_len());
         let direct_dx = match &transposed {
-            Some((gt, wt)) if self.direct => StrideOne::new(wt.as_slice().expect("standard layout"), c, gt),
+            Some((gt, wt)) if self.direct => stride_one_kernel(wt.as_slice().expect("standard layout"), c, gt),
             _ => None,
         };
         let dcol_len = match (&direct_dx, &transposed) {
@@ -391,7 +340,7 @@ impl Layer for Convolution {
                     .zip(ds.par_chunks(out_len * GROUP))
                     .zip(xs.par_chunks(in_len * GROUP))
                     .map(|((dxg, dg), xg)| {
-                        let mut sums = fast_dw.as_ref().map(StrideOne::gradient_accumulator);
+                        let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
                         // the lowered path's sums (the fast path keeps its own in `sums`)
                         let (mut dw, mut db) = match sums {
                             Some(_) => (Array2::<f32>::zeros((0, 0)), Vec::new()),

@@ -2,7 +2,9 @@
 //! col2im. Run with `cargo bench -p dl-tensor`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dl_tensor::{col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, DirectConv, WinogradConv};
+use dl_tensor::{
+    col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, WinogradConv,
+};
 use ndarray::Array2;
 
 /// `(name, M, K, N)`: the per-image products of DeepConvNet's convolutions.

@@ -121,28 +121,68 @@ impl DirectConv {
         })
     }
 
+    /// Copies `x` into the zero-padded planes and clears the slack after them.
+    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
+        let g = &self.g;
+        let (p, wp, hp) = (g.pad, self.wp, g.h + 2 * g.pad);
+        let planes = g.c * hp * wp;
+        padded[planes..].fill(0.0);
+        if p == 0 {
+            padded[..planes].copy_from_slice(x);
+            return;
+        }
+        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(hp * wp)) {
+            dst[..p * wp + p].fill(0.0);
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let at = (y + p) * wp + p;
+                copy_short(&mut dst[at..at + g.w], row);
+                // right pad of this row and left pad of the next
+                let end = (at + g.w + 2 * p).min(hp * wp);
+                dst[at + g.w..end].fill(0.0);
+            }
+            dst[(g.h + p) * wp..].fill(0.0);
+        }
+    }
+
+    /// `wide` `(blocks*MR, cols)` `= packed W · virtual col`, tile by tile.
+    fn multiply(&self, padded: &[f32], wide: &mut [f32]) {
+        let k = self.offsets.len();
+        debug_assert!(padded.len() >= self.cols + self.offsets[k - 1]);
+        for (b, rows) in wide.chunks_exact_mut(MR * self.cols).enumerate() {
+            let w = &self.packed[b * k * MR..(b + 1) * k * MR];
+            let mut j = 0;
+            while j < self.cols {
+                let width = (self.cols - j).min(NR);
+                // SAFETY: `is_supported()` was true when `self` was built (new returns
+                // None otherwise), so the CPU has AVX-512F. The kernel reads
+                // `padded[j + off .. j + off + width]` for every offset, and
+                // `j + width <= cols` with `cols + max offset <= padded.len()`; it reads
+                // `w[k*MR]` values of the packed block and writes `MR` rows of `width`
+                // values at stride `cols` starting at column `j` of `rows`, which holds
+                // `MR * cols` values.
+                unsafe {
+                    let (x, out) = (padded.as_ptr().add(j), rows.as_mut_ptr().add(j));
+                    match width {
+                        48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                    }
+                }
+                j += width;
+            }
+        }
+    }
+}
+
+impl ConvKernel for DirectConv {
     /// The geometry this convolution was packed for.
-    pub fn geometry(&self) -> &ConvGeometry {
+    fn geometry(&self) -> &ConvGeometry {
         &self.g
     }
 
     /// Values of scratch space [`DirectConv::forward_image`] needs.
-    pub fn scratch_len(&self) -> usize {
+    fn scratch_len(&self) -> usize {
         self.padded_len + self.filters.div_ceil(MR) * MR * self.cols
-    }
-
-    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
-    /// `(FN,)` (or none). `scratch` (at least [`DirectConv::scratch_len`] values) needs no
-    /// clearing; its content is overwritten.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry.
-    pub fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
-        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
-        // `forward_image_uninit` only ever stores initialised values into `out`, so `out`
-        // stays a valid `[f32]`.
-        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) };
-        self.forward_image_uninit(x, bias, out, scratch);
     }
 
     /// [`DirectConv::forward_image`] into memory that need not be initialised: every
@@ -151,20 +191,15 @@ impl DirectConv {
     ///
     /// # Panics
     /// If a slice length does not match the geometry.
-    pub fn forward_image_uninit(
-        &self,
-        x: &[f32],
-        bias: Option<&[f32]>,
-        out: &mut [MaybeUninit<f32>],
-        scratch: &mut [f32],
-    ) {
+    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
         let g = &self.g;
-        assert_eq!(x.len(), g.c * g.h * g.w, "DirectConv: input length");
-        assert_eq!(out.len(), self.filters * g.out_h * g.out_w, "DirectConv: output length");
-        assert!(scratch.len() >= self.scratch_len(), "DirectConv: scratch too short");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.filters, "DirectConv: bias length");
-        }
+        check_forward_args(
+            "DirectConv",
+            g,
+            self.filters,
+            (x, bias, out.len()),
+            scratch.len() >= self.scratch_len(),
+        );
         let (padded, rest) = scratch.split_at_mut(self.padded_len);
         let wide = &mut rest[..self.filters.div_ceil(MR) * MR * self.cols];
         self.pad_image(x, padded);
@@ -188,17 +223,17 @@ impl DirectConv {
     /// be padding and the lowered matrix is tiny anyway (`cargo bench -p dl-tensor --bench
     /// kernels -- convolution/dW`: conv1 16.5 µs direct against 6.0 µs lowered; conv2
     /// 47 against 78).
-    pub fn gradient_pays(&self) -> bool {
+    fn gradient_pays(&self) -> bool {
         self.g.col_rows() >= GRADIENT_TILE
     }
 
     /// Values of scratch space [`DirectConv::weight_gradient_image`] needs.
-    pub fn gradient_scratch_len(&self) -> usize {
+    fn gradient_scratch_len(&self) -> usize {
         self.padded_len + self.cols * self.filters.div_ceil(16) * 16
     }
 
     /// A zeroed accumulator for [`DirectConv::weight_gradient_image`].
-    pub fn gradient_accumulator(&self) -> GradientAccumulator {
+    fn gradient_accumulator(&self) -> GradientAccumulator {
         let k = self.g.col_rows();
         let fp = self.filters.div_ceil(16) * 16;
         GradientAccumulator {
@@ -224,7 +259,7 @@ impl DirectConv {
     ///
     /// # Panics
     /// If a slice length does not match the geometry or `acc` is another layer's.
-    pub fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
         let g = &self.g;
         let k = g.col_rows();
         let f = self.filters;
@@ -286,57 +321,84 @@ impl DirectConv {
             }
         }
     }
+}
 
-    /// Copies `x` into the zero-padded planes and clears the slack after them.
-    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
-        let g = &self.g;
-        let (p, wp, hp) = (g.pad, self.wp, g.h + 2 * g.pad);
-        let planes = g.c * hp * wp;
-        padded[planes..].fill(0.0);
-        if p == 0 {
-            padded[..planes].copy_from_slice(x);
-            return;
-        }
-        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(hp * wp)) {
-            dst[..p * wp + p].fill(0.0);
-            for (y, row) in src.chunks_exact(g.w).enumerate() {
-                let at = (y + p) * wp + p;
-                copy_short(&mut dst[at..at + g.w], row);
-                // right pad of this row and left pad of the next
-                let end = (at + g.w + 2 * p).min(hp * wp);
-                dst[at + g.w..end].fill(0.0);
-            }
-            dst[(g.h + p) * wp..].fill(0.0);
-        }
+/// A stride-1 convolution computed without a lowered matrix, for one set of filters
+/// and one geometry: [`DirectConv`] or [`WinogradConv`](crate::WinogradConv). Build one
+/// per weight update; every method takes one image and may be called from many threads
+/// at once, each with its own scratch space (which needs no clearing).
+pub trait ConvKernel: std::fmt::Debug + Send + Sync {
+    /// The geometry the kernel was built for.
+    fn geometry(&self) -> &ConvGeometry;
+
+    /// Values of scratch space [`ConvKernel::forward_image_uninit`] needs.
+    fn scratch_len(&self) -> usize;
+
+    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
+    /// `(FN,)` (or none), into memory that need not be initialised: every element of
+    /// `out` is written, so a caller can allocate a whole batch's output without clearing
+    /// it. `scratch` holds at least [`ConvKernel::scratch_len`] values.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]);
+
+    /// [`ConvKernel::forward_image_uninit`] into initialised memory.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        self.forward_image_uninit(x, bias, as_uninit(out), scratch);
     }
 
-    /// `wide` `(blocks*MR, cols)` `= packed W · virtual col`, tile by tile.
-    fn multiply(&self, padded: &[f32], wide: &mut [f32]) {
-        let k = self.offsets.len();
-        debug_assert!(padded.len() >= self.cols + self.offsets[k - 1]);
-        for (b, rows) in wide.chunks_exact_mut(MR * self.cols).enumerate() {
-            let w = &self.packed[b * k * MR..(b + 1) * k * MR];
-            let mut j = 0;
-            while j < self.cols {
-                let width = (self.cols - j).min(NR);
-                // SAFETY: `is_supported()` was true when `self` was built (new returns
-                // None otherwise), so the CPU has AVX-512F. The kernel reads
-                // `padded[j + off .. j + off + width]` for every offset, and
-                // `j + width <= cols` with `cols + max offset <= padded.len()`; it reads
-                // `w[k*MR]` values of the packed block and writes `MR` rows of `width`
-                // values at stride `cols` starting at column `j` of `rows`, which holds
-                // `MR * cols` values.
-                unsafe {
-                    let (x, out) = (padded.as_ptr().add(j), rows.as_mut_ptr().add(j));
-                    match width {
-                        48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                    }
-                }
-                j += width;
-            }
-        }
+    /// Whether [`ConvKernel::weight_gradient_image`] beats lowering the image and a GEMM
+    /// on this geometry.
+    fn gradient_pays(&self) -> bool {
+        true
+    }
+
+    /// Values of scratch space [`ConvKernel::weight_gradient_image`] needs.
+    fn gradient_scratch_len(&self) -> usize;
+
+    /// A zeroed accumulator for [`ConvKernel::weight_gradient_image`].
+    fn gradient_accumulator(&self) -> GradientAccumulator;
+
+    /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
+    /// `db += ` row sums of `dout`, for the input `x` `(C, H, W)` and the output gradient
+    /// `dout` `(FN, OH, OW)`; [`GradientAccumulator::add_to`] hands the sums over.
+    /// `scratch` holds at least [`ConvKernel::gradient_scratch_len`] values.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or `acc` is another kernel's.
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]);
+}
+
+/// `out` seen as memory the `forward_image_uninit` kernels may write.
+///
+/// Sound because `[f32]` and `[MaybeUninit<f32>]` have the same layout and those kernels
+/// only ever store initialised values, so `out` stays a valid `[f32]`.
+pub(crate) fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: see above; the length and the borrow carry over.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) }
+}
+
+/// The length checks of a `forward_image_uninit`: input `(C, H, W)`, bias `(FN,)`,
+/// output `(FN, OH, OW)`, and scratch long enough.
+///
+/// # Panics
+/// If one does not hold, naming `kernel`.
+pub(crate) fn check_forward_args(
+    kernel: &str,
+    g: &ConvGeometry,
+    filters: usize,
+    (x, bias, out_len): (&[f32], Option<&[f32]>, usize),
+    scratch_ok: bool,
+) {
+    assert_eq!(x.len(), g.c * g.h * g.w, "{kernel}: input length");
+    assert_eq!(out_len, filters * g.out_h * g.out_w, "{kernel}: output length");
+    assert!(scratch_ok, "{kernel}: scratch too short");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), filters, "{kernel}: bias length");
     }
 }
 
@@ -530,27 +592,12 @@ pub(crate) mod gradient {
 mod tests {
     use super::*;
     use crate::reference::conv2d_reference;
-    use ndarray::{Array1, Array4};
-    use rand::{Rng, SeedableRng};
-
-    fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        Array4::from_shape_fn(shape, |_| rng.gen_range(-1.0..1.0))
-    }
-
-    /// Whether the CPU runs the direct kernels; says so on stderr when it does not (the
-    /// tests then have nothing to check: `DirectConv::new` returns `None` there).
-    fn supported_or_say() -> bool {
-        let yes = DirectConv::is_supported();
-        if !yes {
-            eprintln!("no AVX-512 on this CPU: the direct convolution is not used here, nothing to test");
-        }
-        yes
-    }
+    use crate::testing::{assert_adds_the_weight_gradient_twice, avx512_or_say, random4};
+    use ndarray::Array1;
 
     #[test]
     fn matches_the_reference_convolution() {
-        if !supported_or_say() {
+        if !avx512_or_say() {
             return;
         }
         // (C, H, W, FN, FH, FW, pad): the network's six layers, odd sizes, wide and
@@ -598,7 +645,7 @@ mod tests {
 
     #[test]
     fn weight_gradient_matches_dout_times_lowered_input() {
-        if !supported_or_say() {
+        if !avx512_or_say() {
             return;
         }
         // (C, H, W, FN, FH, FW, pad): filter counts not a multiple of 16 (padded lanes)
@@ -620,38 +667,14 @@ mod tests {
             let x = random4((1, c, h, w), 200 + i as u64);
             let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
             let d = DirectConv::new(&vec![0.0; f * k], f, &g).unwrap();
-            // start from non-zero sums: add_to adds to them
-            let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
-            let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
-            let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
-            let mut acc = d.gradient_accumulator();
-            // two images: the same one twice, halved
-            for _ in 0..2 {
-                d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
-            }
-            acc.add_to(&mut dw, &mut db);
-            // reference: dW = dout (F, OH*OW) · col^T with the plain im2col, in f64
-            let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
-            let dm = dout.view().into_shape_with_order((f, g.col_cols())).unwrap();
-            for fi in 0..f {
-                let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
-                assert!(
-                    (f64::from(db[fi]) - want_b).abs() < 1e-3,
-                    "case {i}: db[{fi}] {} vs {want_b}",
-                    db[fi]
-                );
-                for kj in 0..k {
-                    let mut want = (fi * k + kj) as f64 * 0.01;
-                    for p in 0..g.col_cols() {
-                        want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
-                    }
-                    let got = f64::from(dw[fi * k + kj]);
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "case {i}: dW[{fi}][{kj}] {got} vs {want}"
-                    );
+            assert_adds_the_weight_gradient_twice(i, &x, &dout, (fh, fw, pad), |dw, db| {
+                let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
+                let mut acc = d.gradient_accumulator();
+                for _ in 0..2 {
+                    d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
                 }
-            }
+                acc.add_to(dw, db);
+            });
         }
     }
 

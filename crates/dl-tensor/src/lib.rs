@@ -14,7 +14,8 @@
 //! * [`DirectConv`]: stride-1 convolution straight from the zero-padded image, with no
 //!   lowered matrix (an AVX-512 kernel; `None` on other CPUs, which keep im2col + GEMM).
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
-//!   per 2x2 output tile instead of 36 (AVX-512 as well).
+//!   per 2x2 output tile instead of 36 (AVX-512 as well). Both implement [`ConvKernel`]
+//!   (forward pass and filter gradient of one image).
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -38,10 +39,12 @@ mod gemm;
 mod im2col;
 mod ops;
 pub mod reference;
+#[cfg(test)]
+mod testing;
 mod winograd;
 
 pub use denormal::flush_denormals_to_zero;
-pub use direct::{DirectConv, GradientAccumulator};
+pub use direct::{ConvKernel, DirectConv, GradientAccumulator};
 pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};

@@ -25,7 +25,9 @@
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::direct::{gradient, kernel, DirectConv, GradientAccumulator, GRADIENT_TILE, MR};
+use crate::direct::{
+    check_forward_args, gradient, kernel, ConvKernel, DirectConv, GradientAccumulator, GRADIENT_TILE, MR,
+};
 use crate::ConvGeometry;
 
 /// The process-wide switch of [`WinogradConv::set_enabled`].
@@ -139,11 +141,6 @@ impl WinogradConv {
         })
     }
 
-    /// The geometry this convolution was built for.
-    pub fn geometry(&self) -> &ConvGeometry {
-        &self.g
-    }
-
     fn padded_len(&self) -> usize {
         // slack: a register's tiles read up to `2 (16 / l) + 2` rows (past the last
         // tile row when it is not full) of up to 34 values
@@ -186,56 +183,6 @@ impl WinogradConv {
         16 * self.m_stride() + 16
     }
 
-    /// Values of scratch space [`WinogradConv::forward_image`] needs.
-    pub fn scratch_len(&self) -> usize {
-        self.padded_len() + self.v_len() + self.m_len()
-    }
-
-    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
-    /// `(FN,)` (or none). `scratch` (at least [`WinogradConv::scratch_len`] values) needs
-    /// no clearing; its content is overwritten.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry.
-    pub fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
-        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
-        // `forward_image_uninit` only ever stores initialised values into `out`.
-        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) };
-        self.forward_image_uninit(x, bias, out, scratch);
-    }
-
-    /// [`WinogradConv::forward_image`] into memory that need not be initialised: every
-    /// element of `out` is written.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry.
-    pub fn forward_image_uninit(
-        &self,
-        x: &[f32],
-        bias: Option<&[f32]>,
-        out: &mut [MaybeUninit<f32>],
-        scratch: &mut [f32],
-    ) {
-        let g = &self.g;
-        assert_eq!(x.len(), g.c * g.h * g.w, "WinogradConv: input length");
-        assert_eq!(
-            out.len(),
-            self.filters * g.out_h * g.out_w,
-            "WinogradConv: output length"
-        );
-        assert!(scratch.len() >= self.scratch_len(), "WinogradConv: scratch too short");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.filters, "WinogradConv: bias length");
-        }
-        let (padded, rest) = scratch.split_at_mut(self.padded_len());
-        let (v, rest) = rest.split_at_mut(self.v_len());
-        let m = &mut rest[..self.m_len()];
-        self.pad_image(x, padded);
-        self.transform_input(padded, v);
-        self.multiply(v, m);
-        self.transform_output(m, bias, out);
-    }
-
     /// Filters rounded up to 16: the lanes of the filter gradient's rows.
     fn fp(&self) -> usize {
         self.filters.div_ceil(16) * 16
@@ -256,13 +203,138 @@ impl WinogradConv {
         16 * self.z_stride()
     }
 
+    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`.
+    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
+        let g = &self.g;
+        let plane = self.hs * self.ws;
+        padded[g.c * plane..].fill(0.0);
+        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
+            // SAFETY: AVX-512F as in `transform_input`; `src` holds the `H x W` plane
+            // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
+            unsafe { avx::pad_plane(src.as_ptr(), g.h, g.w, g.pad, dst.as_mut_ptr(), self.hs, self.ws) };
+        }
+    }
+
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, zeros in the padding
+    /// lanes `t >= tiles`.
+    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
+        let (c, tiles) = (self.g.c, self.th * self.tw);
+        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
+        for xi in 0..16 {
+            for row in v[xi * self.v_stride()..][..c * self.tp].chunks_exact_mut(self.tp) {
+                row[tiles..].fill(0.0);
+            }
+        }
+        for ci in 0..c {
+            for (i0, j0, mask) in self.groups() {
+                // SAFETY: `DirectConv::is_supported()` held when `self` was built, so the
+                // CPU has AVX-512F. The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
+                // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
+                // 1` rows past the last plane's end, which `padded_len`'s slack covers.
+                // It writes `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`)
+                // in row `ci` of each of the 16 positions of `v` (`v_stride` apart).
+                unsafe {
+                    let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
+                    let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
+                    avx::input_tiles(src, self.ws, self.l, dst, self.v_stride(), mask);
+                }
+            }
+        }
+    }
+
+    /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)` for each of the 16 positions.
+    fn multiply(&self, v: &[f32], m: &mut [f32]) {
+        let (c, tp) = (self.g.c, self.tp);
+        let blocks = self.filters.div_ceil(MR);
+        for xi in 0..16 {
+            let vx = &v[xi * self.v_stride()..][..c * tp];
+            for b in 0..blocks {
+                let w = &self.packed[(xi * blocks + b) * c * MR..(xi * blocks + b + 1) * c * MR];
+                let rows = &mut m[xi * self.m_stride() + b * MR * tp..][..MR * tp];
+                let mut j = 0;
+                while j < tp {
+                    let width = (tp - j).min(NR);
+                    // SAFETY: AVX-512F as above. The kernel reads `width` values at
+                    // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
+                    // within `vx`'s `c tp`), `c MR` values of `w`, and writes `MR` rows
+                    // of `width` values `tp` apart from column `j` of `rows` (`MR tp`).
+                    unsafe {
+                        let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
+                        match width {
+                            48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
+                            32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
+                            _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
+                        }
+                    }
+                    j += width;
+                }
+            }
+        }
+    }
+
+    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
+    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+        let (oh, ow) = (self.g.out_h, self.g.out_w);
+        let stride = self.m_stride();
+        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
+        for f in 0..self.filters {
+            let b = bias.map_or(0.0, |b| b[f]);
+            for (i0, j0, mask) in self.groups() {
+                let (rows, cols) = (oh - 2 * i0, (ow - 2 * j0).min(2 * self.l));
+                // SAFETY: AVX-512F as above. Reads 16 values at `f tp + i0 tw + j0 +
+                // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
+                // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
+                // output rows `2 i0 + k < OH` of plane `f`.
+                unsafe {
+                    let src = m.as_ptr().add(f * self.tp + i0 * self.tw + j0);
+                    let dst = out.as_mut_ptr().cast::<f32>().add(f * oh * ow + 2 * i0 * ow + 2 * j0);
+                    avx::output_tiles(src, stride, self.l, mask, b, dst, ow, rows, cols);
+                }
+            }
+        }
+    }
+}
+
+impl ConvKernel for WinogradConv {
+    /// The geometry this convolution was built for.
+    fn geometry(&self) -> &ConvGeometry {
+        &self.g
+    }
+
+    /// Values of scratch space [`WinogradConv::forward_image`] needs.
+    fn scratch_len(&self) -> usize {
+        self.padded_len() + self.v_len() + self.m_len()
+    }
+
+    /// [`WinogradConv::forward_image`] into memory that need not be initialised: every
+    /// element of `out` is written.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry.
+    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+        check_forward_args(
+            "WinogradConv",
+            &self.g,
+            self.filters,
+            (x, bias, out.len()),
+            scratch.len() >= self.scratch_len(),
+        );
+        let (padded, rest) = scratch.split_at_mut(self.padded_len());
+        let (v, rest) = rest.split_at_mut(self.v_len());
+        let m = &mut rest[..self.m_len()];
+        self.pad_image(x, padded);
+        self.transform_input(padded, v);
+        self.multiply(v, m);
+        self.transform_output(m, bias, out);
+    }
+
     /// Values of scratch space [`WinogradConv::weight_gradient_image`] needs.
-    pub fn gradient_scratch_len(&self) -> usize {
+    fn gradient_scratch_len(&self) -> usize {
         self.padded_len() + self.v_len() + self.dt_len() + self.z_len()
     }
 
     /// A zeroed accumulator for [`WinogradConv::weight_gradient_image`].
-    pub fn gradient_accumulator(&self) -> GradientAccumulator {
+    fn gradient_accumulator(&self) -> GradientAccumulator {
         let cp = self.g.c.div_ceil(16) * 16;
         GradientAccumulator {
             sums: vec![0.0; 16 * cp * self.fp()],
@@ -287,7 +359,7 @@ impl WinogradConv {
     ///
     /// # Panics
     /// If a slice length does not match the geometry or `acc` is another layer's.
-    pub fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
         let g = &self.g;
         let (c, fp, tp) = (g.c, self.fp(), self.tp);
         let cp = c.div_ceil(16) * 16;
@@ -390,97 +462,6 @@ impl WinogradConv {
                             _ => gradient::tile::<4, 4>(xp, &offs, d, fp, tiles, out),
                         }
                     }
-                }
-            }
-        }
-    }
-
-    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`.
-    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
-        let g = &self.g;
-        let plane = self.hs * self.ws;
-        padded[g.c * plane..].fill(0.0);
-        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
-            // SAFETY: AVX-512F as in `transform_input`; `src` holds the `H x W` plane
-            // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
-            unsafe { avx::pad_plane(src.as_ptr(), g.h, g.w, g.pad, dst.as_mut_ptr(), self.hs, self.ws) };
-        }
-    }
-
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, zeros in the padding
-    /// lanes `t >= tiles`.
-    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
-        let (c, tiles) = (self.g.c, self.th * self.tw);
-        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for xi in 0..16 {
-            for row in v[xi * self.v_stride()..][..c * self.tp].chunks_exact_mut(self.tp) {
-                row[tiles..].fill(0.0);
-            }
-        }
-        for ci in 0..c {
-            for (i0, j0, mask) in self.groups() {
-                // SAFETY: `DirectConv::is_supported()` held when `self` was built, so the
-                // CPU has AVX-512F. The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
-                // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
-                // 1` rows past the last plane's end, which `padded_len`'s slack covers.
-                // It writes `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`)
-                // in row `ci` of each of the 16 positions of `v` (`v_stride` apart).
-                unsafe {
-                    let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
-                    let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
-                    avx::input_tiles(src, self.ws, self.l, dst, self.v_stride(), mask);
-                }
-            }
-        }
-    }
-
-    /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)` for each of the 16 positions.
-    fn multiply(&self, v: &[f32], m: &mut [f32]) {
-        let (c, tp) = (self.g.c, self.tp);
-        let blocks = self.filters.div_ceil(MR);
-        for xi in 0..16 {
-            let vx = &v[xi * self.v_stride()..][..c * tp];
-            for b in 0..blocks {
-                let w = &self.packed[(xi * blocks + b) * c * MR..(xi * blocks + b + 1) * c * MR];
-                let rows = &mut m[xi * self.m_stride() + b * MR * tp..][..MR * tp];
-                let mut j = 0;
-                while j < tp {
-                    let width = (tp - j).min(NR);
-                    // SAFETY: AVX-512F as above. The kernel reads `width` values at
-                    // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
-                    // within `vx`'s `c tp`), `c MR` values of `w`, and writes `MR` rows
-                    // of `width` values `tp` apart from column `j` of `rows` (`MR tp`).
-                    unsafe {
-                        let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
-                        match width {
-                            48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
-                            32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
-                            _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
-                        }
-                    }
-                    j += width;
-                }
-            }
-        }
-    }
-
-    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
-    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-        let (oh, ow) = (self.g.out_h, self.g.out_w);
-        let stride = self.m_stride();
-        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
-        for f in 0..self.filters {
-            let b = bias.map_or(0.0, |b| b[f]);
-            for (i0, j0, mask) in self.groups() {
-                let (rows, cols) = (oh - 2 * i0, (ow - 2 * j0).min(2 * self.l));
-                // SAFETY: AVX-512F as above. Reads 16 values at `f tp + i0 tw + j0 +
-                // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
-                // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
-                // output rows `2 i0 + k < OH` of plane `f`.
-                unsafe {
-                    let src = m.as_ptr().add(f * self.tp + i0 * self.tw + j0);
-                    let dst = out.as_mut_ptr().cast::<f32>().add(f * oh * ow + 2 * i0 * ow + 2 * j0);
-                    avx::output_tiles(src, stride, self.l, mask, b, dst, ow, rows, cols);
                 }
             }
         }
@@ -911,13 +892,8 @@ mod avx {
 mod tests {
     use super::*;
     use crate::reference::conv2d_reference;
-    use ndarray::{Array1, Array4};
-    use rand::{Rng, SeedableRng};
-
-    fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        Array4::from_shape_fn(shape, |_| rng.gen_range(-1.0..1.0))
-    }
+    use crate::testing::{assert_adds_the_weight_gradient_twice, avx512_or_say, random4};
+    use ndarray::Array1;
 
     #[test]
     fn filter_transform_matches_g_times_g_times_gt() {
@@ -945,8 +921,7 @@ mod tests {
 
     #[test]
     fn matches_the_reference_convolution() {
-        if !DirectConv::is_supported() {
-            eprintln!("no AVX-512 on this CPU: Winograd convolutions are not used here, nothing to test");
+        if !avx512_or_say() {
             return;
         }
         // (C, H, W, FN, pad): the network's 3x3 layers (conv4 with pad 2, 16x16 output),
@@ -1019,8 +994,7 @@ mod tests {
 
     #[test]
     fn weight_gradient_matches_dout_times_lowered_input() {
-        if !DirectConv::is_supported() {
-            eprintln!("no AVX-512 on this CPU: Winograd convolutions are not used here, nothing to test");
+        if !avx512_or_say() {
             return;
         }
         // (C, H, W, FN, pad): the network's 3x3 layers, channel counts that are not a
@@ -1042,38 +1016,14 @@ mod tests {
             let x = random4((1, c, h, w), 200 + i as u64);
             let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
             let d = WinogradConv::new(&vec![0.0; f * k], f, &g).unwrap();
-            // start from non-zero sums: add_to adds to them
-            let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
-            let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
-            let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
-            let mut acc = d.gradient_accumulator();
-            // two images: the same one twice
-            for _ in 0..2 {
-                d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
-            }
-            acc.add_to(&mut dw, &mut db);
-            // reference: dW = dout (F, OH*OW) · col^T with the plain im2col, in f64
-            let col = crate::reference::im2col_reference(&x.view(), 3, 3, 1, pad); // (OH*OW, K)
-            let dm = dout.view().into_shape_with_order((f, g.col_cols())).unwrap();
-            for fi in 0..f {
-                let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
-                assert!(
-                    (f64::from(db[fi]) - want_b).abs() < 1e-3,
-                    "case {i}: db[{fi}] {} vs {want_b}",
-                    db[fi]
-                );
-                for kj in 0..k {
-                    let mut want = (fi * k + kj) as f64 * 0.01;
-                    for p in 0..g.col_cols() {
-                        want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
-                    }
-                    let got = f64::from(dw[fi * k + kj]);
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "case {i}: dW[{fi}][{kj}] {got} vs {want}"
-                    );
+            assert_adds_the_weight_gradient_twice(i, &x, &dout, (3, 3, pad), |dw, db| {
+                let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
+                let mut acc = d.gradient_accumulator();
+                for _ in 0..2 {
+                    d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
                 }
-            }
+                acc.add_to(dw, db);
+            });
         }
     }
 
