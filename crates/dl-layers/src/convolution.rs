@@ -116,8 +116,8 @@ impl Convolution {
     }
 
     /// Whether stride-1 convolutions use the kernels without lowering (the default, where
-    /// the CPU has AVX-512: [`WinogradConv`] for the forward pass and the input gradient
-    /// of 3x3 layers with at least 8 input channels, [`DirectConv`] for the rest) or
+    /// the CPU has AVX-512: [`WinogradConv`] for the forward pass and both gradients of
+    /// 3x3 layers with at least 8 input channels, [`DirectConv`] for the rest) or
     /// always `im2col` + GEMM, the book's formulation, kept as the reference path the
     /// tests compare them with.
     pub fn set_direct(&mut self, on: bool) {
@@ -203,8 +203,8 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// A batch buffer of `len` values that `fill` writes in full, without clearing it first.
 ///
 /// # Safety
-/// `fill` must initialise every element (the direct kernel's `forward_image_uninit`
-/// does, for each image's chunk).
+/// `fill` must initialise every element (the kernels' `forward_image_uninit` does, for
+/// each image's chunk).
 unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut buf = Vec::<f32>::with_capacity(len);
     fill(&mut buf.spare_capacity_mut()[..len]);
@@ -315,19 +315,20 @@ impl Layer for Convolution {
         // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
         let fast_dw = self.stride_one(&g).filter(|k| k.gradient_pays());
         let col_len = fast_dw.as_ref().map_or(col_len, |k| k.gradient_scratch_len());
-        let direct_dx = match &transposed {
+        let fast_dx = match &transposed {
             Some((gt, wt)) if self.direct => stride_one_kernel(wt.as_slice().expect("standard layout"), c, gt),
             _ => None,
         };
-        let dcol_len = match (&direct_dx, &transposed) {
+        let dcol_len = match (&fast_dx, &transposed) {
             _ if !self.input_gradient => 0,
             (Some(d), _) => d.scratch_len(),
             (None, Some((gt, _))) => gt.col_rows() * gt.col_cols(),
             (None, None) => col_len,
         };
         // Images are taken in fixed groups, each group's dW/db summed on its own, and the
-        // groups' sums added in order: the result does not depend on the thread count or
-        // on how rayon schedules the work, so a seed fixes a run bit for bit.
+        // groups' sums added in order (lowered path) or in a fixed tree (`merge_tree`):
+        // the result does not depend on the thread count or on how rayon schedules the
+        // work, so a seed fixes a run bit for bit.
         let groups = n.div_ceil(GROUP);
         let mut partials: Vec<(Option<GradientAccumulator>, Array2<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
@@ -362,7 +363,7 @@ impl Layer for Convolution {
                                         *acc += row.sum();
                                     }
                                 }
-                                if let (true, Some(d)) = (self.input_gradient, &direct_dx) {
+                                if let (true, Some(d)) = (self.input_gradient, &fast_dx) {
                                     // dx_i = W' * dout_i without lowering, every value written
                                     d.forward_image_uninit(di, None, dxi, dcol);
                                     continue;
