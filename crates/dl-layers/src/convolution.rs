@@ -1,4 +1,5 @@
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use dl_tensor::{
     col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Tensor, WinogradConv,
@@ -36,6 +37,9 @@ pub struct Convolution {
     x: Option<Tensor>,
     /// Geometry and batch size of the last training forward.
     cache: Option<(ConvGeometry, usize)>,
+    /// The kernel without lowering the last training forward used, kept for the filter
+    /// gradient (which depends on the geometry only, not on `W`, so it is built once).
+    kernel: Option<Arc<dyn ConvKernel>>,
     /// Whether `backward` computes `dL/dx` (the first layer of a network need not).
     input_gradient: bool,
     /// Whether stride-1 products may use [`DirectConv`].
@@ -84,6 +88,7 @@ impl Convolution {
             pad,
             x: None,
             cache: None,
+            kernel: None,
             input_gradient: true,
             direct: true,
         }
@@ -261,7 +266,8 @@ impl Layer for Convolution {
         let (in_len, col_len, out_len) = (g.c * g.h * g.w, g.col_rows() * g.col_cols(), f * g.col_cols());
         let xs = x.as_slice().expect("standard layout");
         let bias = self.b.value.as_slice().expect("contiguous b");
-        let out = match self.stride_one(&g) {
+        let kernel: Option<Arc<dyn ConvKernel>> = self.stride_one(&g).map(Arc::from);
+        let out = match &kernel {
             // stride 1 on AVX-512: straight from the padded image, no lowering, into
             // memory that is not cleared first
             // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
@@ -292,6 +298,7 @@ impl Layer for Convolution {
         if train {
             self.x = Some(x);
             self.cache = Some((g, n));
+            self.kernel = kernel;
         }
         Ok(Tensor::from_shape_vec(vec![n, f, g.out_h, g.out_w], out).expect("output shape"))
     }
@@ -313,7 +320,7 @@ impl Layer for Convolution {
             None
         };
         // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
-        let fast_dw = self.stride_one(&g).filter(|k| k.gradient_pays());
+        let fast_dw = self.kernel.clone().filter(|k| k.gradient_pays());
         let col_len = fast_dw.as_ref().map_or(col_len, |k| k.gradient_scratch_len());
         let fast_dx = match &transposed {
             Some((gt, wt)) if self.direct => stride_one_kernel(wt.as_slice().expect("standard layout"), c, gt),
