@@ -174,35 +174,41 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     // GEMM (what CPUs without AVX-512 run): windows of each in alternation. The JSON keys
     // keep their first name, `*_direct_paired`.
     if DirectConv::is_supported() {
-        let (mut lowered, mut direct) = (Vec::new(), Vec::new());
-        for _ in 0..a.windows {
-            DirectConv::set_enabled(false);
-            lowered.push(window(&mut net, &mut opt, false)?);
-            DirectConv::set_enabled(true);
-            direct.push(window(&mut net, &mut opt, false)?);
+        // (switch, baseline, candidate, their JSON key parts); the second pair is
+        // Winograd F(2x2, 3x3) against the direct kernel alone on the same layers
+        type Pair = (fn(bool), &'static str, &'static str, &'static str, &'static str);
+        let pairs: [Pair; 2] = [
+            (
+                DirectConv::set_enabled,
+                "im2col + GEMM",
+                "without lowering",
+                "im2col",
+                "direct",
+            ),
+            (
+                WinogradConv::set_enabled,
+                "direct kernel only",
+                "with Winograd",
+                "direct_only",
+                "winograd",
+            ),
+        ];
+        for (switch, base_name, name, base_key, key) in pairs {
+            let (mut base, mut candidate) = (Vec::new(), Vec::new());
+            for _ in 0..a.windows {
+                switch(false);
+                base.push(window(&mut net, &mut opt, false)?);
+                switch(true);
+                candidate.push(window(&mut net, &mut opt, false)?);
+            }
+            let (p, q) = (median(&base), median(&candidate));
+            eprintln!(
+                "train  batch {batch}: {name} {q:.0} img/s vs {base_name} {p:.0}: {:.2}x",
+                q / p
+            );
+            extra.insert(format!("train_images_per_sec_{base_key}_paired"), p);
+            extra.insert(format!("train_images_per_sec_{key}_paired"), q);
         }
-        let (p, q) = (median(&lowered), median(&direct));
-        eprintln!(
-            "train  batch {batch}: without lowering {q:.0} img/s vs im2col + GEMM {p:.0}: {:.2}x",
-            q / p
-        );
-        extra.insert("train_images_per_sec_im2col_paired".into(), p);
-        extra.insert("train_images_per_sec_direct_paired".into(), q);
-        // Winograd F(2x2, 3x3) against the direct kernel alone on the same layers.
-        let (mut direct, mut winograd) = (Vec::new(), Vec::new());
-        for _ in 0..a.windows {
-            WinogradConv::set_enabled(false);
-            direct.push(window(&mut net, &mut opt, false)?);
-            WinogradConv::set_enabled(true);
-            winograd.push(window(&mut net, &mut opt, false)?);
-        }
-        let (p, q) = (median(&direct), median(&winograd));
-        eprintln!(
-            "train  batch {batch}: with Winograd {q:.0} img/s vs direct kernel only {p:.0}: {:.2}x",
-            q / p
-        );
-        extra.insert("train_images_per_sec_direct_only_paired".into(), p);
-        extra.insert("train_images_per_sec_winograd_paired".into(), q);
     }
 
     let mut infer = BTreeMap::new();
