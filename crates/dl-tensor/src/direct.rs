@@ -591,9 +591,7 @@ pub(crate) mod gradient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::conv2d_reference;
-    use crate::testing::{assert_adds_the_weight_gradient_twice, avx512_or_say, random4};
-    use ndarray::Array1;
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, avx512_or_say};
 
     #[test]
     fn matches_the_reference_convolution() {
@@ -614,33 +612,7 @@ mod tests {
             (4, 5, 7, 3, 2, 3, 1),
             (1, 3, 3, 1, 3, 3, 0),
         ];
-        for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
-            let x = random4((2, c, h, w), i as u64);
-            let wt = random4((f, c, fh, fw), 100 + i as u64);
-            let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
-            let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
-            let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
-            let d = DirectConv::new(wt.as_slice().unwrap(), f, &g).expect("stride 1 on AVX-512");
-            // scratch full of garbage: the kernel must not depend on its content
-            let mut scratch = vec![f32::NAN; d.scratch_len()];
-            for n in 0..2 {
-                let xi = x.index_axis(ndarray::Axis(0), n);
-                let mut out = vec![0.0f32; f * g.out_h * g.out_w];
-                d.forward_image(
-                    xi.as_standard_layout().as_slice().unwrap(),
-                    Some(b.as_slice().unwrap()),
-                    &mut out,
-                    &mut scratch,
-                );
-                let want_n = want.index_axis(ndarray::Axis(0), n);
-                for (got, want) in out.iter().zip(want_n.iter()) {
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "case {i}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        assert_forward_matches_reference(&cases, DirectConv::new);
     }
 
     #[test]
@@ -661,21 +633,7 @@ mod tests {
             (2, 6, 5, 13, 5, 5, 2),
             (4, 5, 7, 3, 2, 3, 1),
         ];
-        for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
-            let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
-            let k = g.col_rows();
-            let x = random4((1, c, h, w), 200 + i as u64);
-            let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
-            let d = DirectConv::new(&vec![0.0; f * k], f, &g).unwrap();
-            assert_adds_the_weight_gradient_twice(i, &x, &dout, (fh, fw, pad), |dw, db| {
-                let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
-                let mut acc = d.gradient_accumulator();
-                for _ in 0..2 {
-                    d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
-                }
-                acc.add_to(dw, db);
-            });
-        }
+        assert_weight_gradient_matches_reference(&cases, DirectConv::new);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Test support shared by the kernels' unit tests.
 
-use ndarray::Array4;
+use ndarray::{Array1, Array4, Axis};
 use rand::{Rng, SeedableRng};
 
-use crate::DirectConv;
+use crate::reference::conv2d_reference;
+use crate::{ConvGeometry, ConvKernel, DirectConv};
 
 /// A random array in [-1, 1) from a seed.
 pub(crate) fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
@@ -21,42 +22,83 @@ pub(crate) fn avx512_or_say() -> bool {
     yes
 }
 
-/// Checks a filter-gradient kernel: `accumulate(dw, db)` must add the gradient of the
-/// image `x` `(1, C, H, W)` and `dout` `(1, FN, OH, OW)` twice to `dw` `(FN, C*FH*FW)`
-/// and `db`, which start non-zero (`dw[j] = 0.01 j`, `db[f] = f`: the sums must be
-/// added, not stored). The reference is `dout · col^T` with the plain im2col, in f64.
-pub(crate) fn assert_adds_the_weight_gradient_twice(
-    case: usize,
-    x: &Array4<f32>,
-    dout: &Array4<f32>,
-    (fh, fw, pad): (usize, usize, usize),
-    accumulate: impl FnOnce(&mut [f32], &mut [f32]),
-) {
-    let f = dout.dim().1;
-    let k = x.dim().1 * fh * fw;
-    let positions = dout.dim().2 * dout.dim().3;
-    let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
-    let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
-    accumulate(&mut dw, &mut db);
-    let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
-    let dm = dout.view().into_shape_with_order((f, positions)).unwrap();
-    for fi in 0..f {
-        let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
-        assert!(
-            (f64::from(db[fi]) - want_b).abs() < 1e-3,
-            "case {case}: db[{fi}] {} vs {want_b}",
-            db[fi]
-        );
-        for kj in 0..k {
-            let mut want = (fi * k + kj) as f64 * 0.01;
-            for p in 0..positions {
-                want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
-            }
-            let got = f64::from(dw[fi * k + kj]);
-            assert!(
-                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                "case {case}: dW[{fi}][{kj}] {got} vs {want}"
+/// A test geometry: `(C, H, W, FN, FH, FW, pad)`, stride 1.
+pub(crate) type Case = (usize, usize, usize, usize, usize, usize, usize);
+
+/// Builds a kernel from `W` `(FN, C*FH*FW)`, `FN` and the geometry (`new` of a kernel).
+pub(crate) type Build<K> = fn(&[f32], usize, &ConvGeometry) -> Option<K>;
+
+/// Checks `forward_image` of the kernels `build` makes against the seven-loop reference
+/// convolution on every case, two images each, with scratch and output full of NaN (the
+/// kernel must neither depend on the scratch's content nor leave an output unwritten).
+pub(crate) fn assert_forward_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
+    for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
+        let x = random4((2, c, h, w), i as u64);
+        let wt = random4((f, c, fh, fw), 100 + i as u64);
+        let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
+        let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
+        let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+        let d = build(wt.as_slice().unwrap(), f, &g).expect("a geometry the kernel computes");
+        let mut scratch = vec![f32::NAN; d.scratch_len()];
+        for n in 0..2 {
+            let xi = x.index_axis(Axis(0), n);
+            let mut out = vec![f32::NAN; f * g.out_h * g.out_w];
+            d.forward_image(
+                xi.as_standard_layout().as_slice().unwrap(),
+                Some(b.as_slice().unwrap()),
+                &mut out,
+                &mut scratch,
             );
+            for (j, (got, want)) in out.iter().zip(want.index_axis(Axis(0), n).iter()).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "case {i}, image {n}, value {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Checks `weight_gradient_image` of the kernels `build` makes on every case: the
+/// gradient of one image added twice to an accumulator, handed to `dw` `(FN, C*FH*FW)` and
+/// `db`, which start non-zero (`dw[j] = 0.01 j`, `db[f] = f`: the sums must be added, not
+/// stored), against `dout · col^T` with the plain im2col, in f64. Scratch full of NaN.
+pub(crate) fn assert_weight_gradient_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
+    for (case, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
+        let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+        let k = g.col_rows();
+        let positions = g.out_h * g.out_w;
+        let x = random4((1, c, h, w), 200 + case as u64);
+        let dout = random4((1, f, g.out_h, g.out_w), 300 + case as u64);
+        let d = build(&vec![0.0; f * k], f, &g).expect("a geometry the kernel computes");
+        let mut dw: Vec<f32> = (0..f * k).map(|j| j as f32 * 0.01).collect();
+        let mut db: Vec<f32> = (0..f).map(|j| j as f32).collect();
+        let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
+        let mut acc = d.gradient_accumulator();
+        for _ in 0..2 {
+            d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
+        }
+        acc.add_to(&mut dw, &mut db);
+        let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
+        let dm = dout.view().into_shape_with_order((f, positions)).unwrap();
+        for fi in 0..f {
+            let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
+            assert!(
+                (f64::from(db[fi]) - want_b).abs() < 1e-3,
+                "case {case}: db[{fi}] {} vs {want_b}",
+                db[fi]
+            );
+            for kj in 0..k {
+                let mut want = (fi * k + kj) as f64 * 0.01;
+                for p in 0..positions {
+                    want += 2.0 * f64::from(dm[[fi, p]]) * f64::from(col[[p, kj]]);
+                }
+                let got = f64::from(dw[fi * k + kj]);
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "case {case}: dW[{fi}][{kj}] {got} vs {want}"
+                );
+            }
         }
     }
 }

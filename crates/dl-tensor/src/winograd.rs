@@ -891,9 +891,7 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::conv2d_reference;
-    use crate::testing::{assert_adds_the_weight_gradient_twice, avx512_or_say, random4};
-    use ndarray::Array1;
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, avx512_or_say};
 
     #[test]
     fn filter_transform_matches_g_times_g_times_gt() {
@@ -924,49 +922,23 @@ mod tests {
         if !avx512_or_say() {
             return;
         }
-        // (C, H, W, FN, pad): the network's 3x3 layers (conv4 with pad 2, 16x16 output),
+        // (C, H, W, FN, FH, FW, pad): the network's 3x3 layers (conv4 with pad 2, 16x16 output),
         // odd output sizes (the last tile row and column half outside), pad 0, filter
         // counts that are not a multiple of 8, images wider than 32 (two tile chunks of a
         // row), 1x1 and 2x1 outputs.
         let cases = [
-            (16, 28, 28, 16, 1),
-            (16, 14, 14, 32, 1),
-            (32, 14, 14, 32, 2),
-            (32, 8, 8, 64, 1),
-            (64, 7, 7, 64, 1),
-            (3, 9, 11, 5, 0),
-            (5, 13, 40, 13, 1),
-            (2, 3, 3, 3, 0),
-            (1, 4, 3, 2, 0),
-            (8, 5, 35, 9, 2),
+            (16, 28, 28, 16, 3, 3, 1),
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (32, 8, 8, 64, 3, 3, 1),
+            (64, 7, 7, 64, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (5, 13, 40, 13, 3, 3, 1),
+            (2, 3, 3, 3, 3, 3, 0),
+            (1, 4, 3, 2, 3, 3, 0),
+            (8, 5, 35, 9, 3, 3, 2),
         ];
-        for (i, &(c, h, w, f, pad)) in cases.iter().enumerate() {
-            let x = random4((2, c, h, w), i as u64);
-            let wt = random4((f, c, 3, 3), 100 + i as u64);
-            let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
-            let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
-            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
-            let d = WinogradConv::new(wt.as_slice().unwrap(), f, &g).expect("3x3 stride 1 on AVX-512");
-            // scratch full of garbage: the result must not depend on its content
-            let mut scratch = vec![f32::NAN; d.scratch_len()];
-            for n in 0..2 {
-                let xi = x.index_axis(ndarray::Axis(0), n);
-                let mut out = vec![f32::NAN; f * g.out_h * g.out_w];
-                d.forward_image(
-                    xi.as_standard_layout().as_slice().unwrap(),
-                    Some(b.as_slice().unwrap()),
-                    &mut out,
-                    &mut scratch,
-                );
-                let want_n = want.index_axis(ndarray::Axis(0), n);
-                for (j, (got, want)) in out.iter().zip(want_n.iter()).enumerate() {
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "case {i}, image {n}, value {j}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        assert_forward_matches_reference(&cases, WinogradConv::new);
     }
 
     #[test]
@@ -997,34 +969,20 @@ mod tests {
         if !avx512_or_say() {
             return;
         }
-        // (C, H, W, FN, pad): the network's 3x3 layers, channel counts that are not a
+        // (C, H, W, FN, FH, FW, pad): the network's 3x3 layers, channel counts that are not a
         // multiple of the 16-row groups, 70 filters (lane blocks of 64 and 16), 48
         // filters (three vectors), odd output sizes, pad 0 and 2.
         let cases = [
-            (16, 28, 28, 16, 1),
-            (16, 14, 14, 32, 1),
-            (32, 14, 14, 32, 2),
-            (64, 8, 8, 64, 1),
-            (5, 7, 9, 70, 1),
-            (3, 9, 11, 5, 0),
-            (20, 5, 6, 48, 2),
-            (1, 3, 3, 1, 0),
+            (16, 28, 28, 16, 3, 3, 1),
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (64, 8, 8, 64, 3, 3, 1),
+            (5, 7, 9, 70, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (20, 5, 6, 48, 3, 3, 2),
+            (1, 3, 3, 1, 3, 3, 0),
         ];
-        for (i, &(c, h, w, f, pad)) in cases.iter().enumerate() {
-            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
-            let k = g.col_rows();
-            let x = random4((1, c, h, w), 200 + i as u64);
-            let dout = random4((1, f, g.out_h, g.out_w), 300 + i as u64);
-            let d = WinogradConv::new(&vec![0.0; f * k], f, &g).unwrap();
-            assert_adds_the_weight_gradient_twice(i, &x, &dout, (3, 3, pad), |dw, db| {
-                let mut scratch = vec![f32::NAN; d.gradient_scratch_len()];
-                let mut acc = d.gradient_accumulator();
-                for _ in 0..2 {
-                    d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
-                }
-                acc.add_to(dw, db);
-            });
-        }
+        assert_weight_gradient_matches_reference(&cases, WinogradConv::new);
     }
 
     #[test]
