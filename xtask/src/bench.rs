@@ -10,7 +10,7 @@ use dl_data::{BatchOrder, Mnist};
 use dl_layers::{Labels, SoftmaxWithLoss, Tensor};
 use dl_models::Network;
 use dl_optim::Optimizer;
-use dl_tensor::{DirectConv, WinogradConv};
+use dl_tensor::ConvAlgo;
 use serde::Serialize;
 
 use crate::train::ModelName;
@@ -60,6 +60,11 @@ struct LayerTime {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    /// The CPU (`model name` of /proc/cpuinfo).
+    cpu: String,
+    /// The widest instruction set the convolution kernels ran at: `avx512` or `scalar`
+    /// (im2col + GEMM, whose GEMM picks its own level at run time).
+    conv_isa: String,
     threads: usize,
     batch: usize,
     train_images_per_sec: f64,
@@ -96,6 +101,18 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The CPU's model name (Linux), or `unknown`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
     dl_tensor::flush_denormals_to_zero();
@@ -111,15 +128,15 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let pipeline = dl_data::Pipeline::mnist(false, 0);
     let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
     let mut iteration = 0u64;
-    let (h, w) = (mnist.train.height, mnist.train.width);
+    let set = &mnist.train;
     let mut step = |net: &mut Network, opt: &mut Box<dyn Optimizer>, augment: bool| -> Result<(), CliError> {
         let idx = batches.next().expect("endless");
         iteration += 1;
-        mnist.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
+        set.fill_batch(&idx, &mut xbuf, &mut tbuf);
         if augment {
-            pipeline.apply_batch(&mut xbuf, h, w, iteration);
+            pipeline.apply_batch_chw(&mut xbuf, set.channels, set.height, set.width, iteration);
         }
-        let x = Tensor::from_shape_vec(vec![idx.len(), 1, h, w], std::mem::take(&mut xbuf)).expect("batch shape");
+        let x = Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut xbuf)).expect("batch shape");
         net.gradient(x, Labels::Indices(&tbuf))?;
         opt.update(&mut net.params_and_grads());
         Ok(())
@@ -171,34 +188,33 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
 
     // The kernels without lowering (Winograd and the direct kernel) against im2col +
-    // GEMM (what CPUs without AVX-512 run): windows of each in alternation. The JSON keys
-    // keep their first name, `*_direct_paired`.
-    if DirectConv::is_supported() {
-        // (switch, baseline, candidate, their JSON key parts); the second pair is
-        // Winograd F(2x2, 3x3) against the direct kernel alone on the same layers
-        type Pair = (fn(bool), &'static str, &'static str, &'static str, &'static str);
-        let pairs: [Pair; 2] = [
-            (
-                DirectConv::set_enabled,
-                "im2col + GEMM",
-                "without lowering",
-                "im2col",
-                "direct",
-            ),
-            (
-                WinogradConv::set_enabled,
-                "direct kernel only",
-                "with Winograd",
-                "direct_only",
-                "winograd",
-            ),
-        ];
-        for (switch, base_name, name, base_key, key) in pairs {
+    // GEMM (what CPUs without AVX-512 run), and Winograd against the direct kernel alone:
+    // windows of each in alternation. The JSON keys keep their first names.
+    let avx512 = dl_tensor::avx512_supported();
+    // (baseline, its name, its key; candidate Auto, its name, its key)
+    let pairs: [(ConvAlgo, &str, &str, &str, &str); 2] = [
+        (
+            ConvAlgo::Lowered,
+            "im2col + GEMM",
+            "im2col",
+            "without lowering",
+            "direct",
+        ),
+        (
+            ConvAlgo::Direct,
+            "direct kernel only",
+            "direct_only",
+            "with Winograd",
+            "winograd",
+        ),
+    ];
+    if avx512 {
+        for (base_algo, base_name, base_key, name, key) in pairs {
             let (mut base, mut candidate) = (Vec::new(), Vec::new());
             for _ in 0..a.windows {
-                switch(false);
+                net.set_conv_algo(base_algo);
                 base.push(window(&mut net, &mut opt, false)?);
-                switch(true);
+                net.set_conv_algo(ConvAlgo::Auto);
                 candidate.push(window(&mut net, &mut opt, false)?);
             }
             let (p, q) = (median(&base), median(&candidate));
@@ -227,13 +243,12 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let (mut rates, mut lowered, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.windows.min(5) {
             rates.push(pass(&mut net)?);
-            if DirectConv::is_supported() {
-                DirectConv::set_enabled(false);
+            if avx512 {
+                net.set_conv_algo(ConvAlgo::Lowered);
                 lowered.push(pass(&mut net)?);
-                DirectConv::set_enabled(true);
-                WinogradConv::set_enabled(false);
+                net.set_conv_algo(ConvAlgo::Direct);
                 direct.push(pass(&mut net)?);
-                WinogradConv::set_enabled(true);
+                net.set_conv_algo(ConvAlgo::Auto);
             }
         }
         let r = median(&rates);
@@ -277,19 +292,22 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             bwd[i].push(s.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let names = net.root().names().to_vec();
     let layers: Vec<LayerTime> = net
         .layers()
         .iter()
         .enumerate()
         .map(|(i, l)| LayerTime {
             index: i,
-            layer: l.name().to_string(),
+            layer: format!("{} {}", names[i], l.name()),
             forward_ms: median(&fwd[i]),
             backward_ms: median(&bwd[i]),
         })
         .collect();
     let report = Report {
         model: net.kind().to_string(),
+        cpu: cpu_model(),
+        conv_isa: if avx512 { "avx512" } else { "scalar" }.into(),
         threads: rayon::current_num_threads(),
         batch,
         train_images_per_sec: train,
@@ -312,6 +330,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
 
 fn print_table(r: &Report) {
     println!("{} on {} threads, batch {}", r.model, r.threads, r.batch);
+    println!("  CPU {}, convolution kernels at {}", r.cpu, r.conv_isa);
     println!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
     println!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
     println!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);
@@ -322,17 +341,17 @@ fn print_table(r: &Report) {
         println!("  train with augmentation{q:>8.0} img/s (epoch time +{pct:.1}%)");
     }
     println!("  peak RSS               {:>8.1} MiB", r.peak_rss_mib);
-    println!("  {:>3} {:<20} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
+    println!("  {:>3} {:<28} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
     let (mut tf, mut tb) = (0.0, 0.0);
     for l in &r.layers {
         println!(
-            "  {:>3} {:<20} {:>10.3} {:>10.3}",
+            "  {:>3} {:<28} {:>10.3} {:>10.3}",
             l.index, l.layer, l.forward_ms, l.backward_ms
         );
         tf += l.forward_ms;
         tb += l.backward_ms;
     }
-    println!("  {:>3} {:<20} {:>10.3} {:>10.3}", "", "total", tf, tb);
+    println!("  {:>3} {:<28} {:>10.3} {:>10.3}", "", "total", tf, tb);
     if let Some(t) = &r.torch {
         println!(
             "  versus PyTorch {} in the same run (dlfs / PyTorch):",

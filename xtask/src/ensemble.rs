@@ -7,19 +7,16 @@ use clap::Args;
 use dl_data::Mnist;
 use dl_train::Ensemble;
 
-use crate::train::{ModelName, VoteArg};
+use crate::train::VoteArg;
 use crate::CliError;
 
 #[derive(Args)]
 pub struct EnsembleArgs {
-    /// The members' weights files (safetensors, or the book's pickle). A history.json
-    /// beside a file (as
-    /// `cargo xtask train` writes) supplies the member's seed for the manifest.
+    /// The members' weights files (safetensors, of any model, or the book's pickle). A
+    /// history.json beside a file (as `cargo xtask train` writes) supplies the member's
+    /// seed for the manifest.
     #[arg(required = true, value_name = "PARAMS")]
     params: Vec<PathBuf>,
-    /// The network every member is.
-    #[arg(long, value_enum, default_value = "deep")]
-    model: ModelName,
     /// The rule the manifest records (and the final line uses).
     #[arg(long, value_enum, default_value = "mean")]
     vote: VoteArg,
@@ -46,9 +43,8 @@ pub fn run(a: EnsembleArgs) -> Result<(), CliError> {
     let mut members = Vec::with_capacity(a.params.len());
     let mut seeds = Vec::with_capacity(a.params.len());
     for p in &a.params {
-        let mut net = a.model.build(0);
-        crate::eval::load_any(&mut net, p)?;
-        members.push(net);
+        // each member is rebuilt from its file: an ensemble may mix models
+        members.push(dl_models::load(p)?);
         seeds.push(seed_beside(p));
     }
     let seeds: Option<Vec<u64>> = seeds.into_iter().collect();

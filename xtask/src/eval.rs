@@ -2,8 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use dl_data::Mnist;
-use dl_train::ensemble::MemberEntry;
-use dl_train::{evaluate, Ensemble, EnsembleError, Vote};
+use dl_train::{evaluate, Ensemble, Vote};
 
 use crate::train::{ModelName, VoteArg};
 use crate::CliError;
@@ -14,9 +13,6 @@ pub struct EvalArgs {
     /// or the book's own pickle (`deep_convnet_params.pkl`, read without running it).
     #[arg(long)]
     params: Option<PathBuf>,
-    /// The network the parameters belong to.
-    #[arg(long, value_enum, default_value = "deep")]
-    model: ModelName,
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -25,44 +21,16 @@ pub struct EvalArgs {
     batch_size: usize,
     /// Evaluate an ensemble folder (with ensemble.json) instead; without DIR, the shipped
     /// ensemble.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with_all = ["params", "model"])]
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with_all = ["params"])]
     ensemble: Option<Option<PathBuf>>,
     /// For an ensemble: combine by this rule instead of the manifest's.
     #[arg(long, value_enum, requires = "ensemble")]
     vote: Option<VoteArg>,
 }
 
-/// Loads safetensors parameters, or the book's pickled ones (a file that starts with the
-/// pickle protocol byte), read without running any of it.
-pub fn load_any(net: &mut dl_models::Network, path: &std::path::Path) -> Result<(), CliError> {
-    let mut head = [0u8; 1];
-    let is_pickle = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .map(|_| head[0] == 0x80)
-        .unwrap_or(false);
-    if is_pickle {
-        net.load_book_params(path)?;
-    } else {
-        net.load_params(path)?;
-    }
-    Ok(())
-}
-
-/// Builds the network a manifest entry names.
-pub fn build_member(entry: &MemberEntry) -> Result<dl_models::Network, EnsembleError> {
-    let model = ModelName::from_kind(&entry.model).ok_or_else(|| EnsembleError::Manifest {
-        path: PathBuf::from(&entry.file),
-        message: format!(
-            "model {:?} is not one this command builds (DeepConvNet, SimpleConvNet)",
-            entry.model
-        ),
-    })?;
-    Ok(model.build(0))
-}
-
 fn run_ensemble(dir: PathBuf, vote: Option<VoteArg>, data: Option<PathBuf>, batch: usize) -> Result<(), CliError> {
     let mnist = Mnist::load(data.unwrap_or_else(crate::default_data_dir))?;
-    let (mut ensemble, manifest) = Ensemble::load(&dir, build_member)?;
+    let (mut ensemble, manifest) = Ensemble::load(&dir)?;
     let vote = vote.map_or(manifest.vote, Vote::from);
     let start = std::time::Instant::now();
     let ev = ensemble.evaluate(&mnist.test, None, batch)?;
@@ -94,8 +62,8 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     }
     let params = a.params.unwrap_or_else(crate::shipped_params);
     let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
-    let mut net = a.model.build(0);
-    load_any(&mut net, &params)?;
+    // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
+    let mut net = dl_models::load(&params)?;
     let start = std::time::Instant::now();
     let e = evaluate(&mut net, &mnist.test, None, a.batch_size)?;
     println!(
@@ -124,8 +92,7 @@ mod tests {
             return;
         }
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
-        let mut net = ModelName::Deep.build(0);
-        load_any(&mut net, &pkl).unwrap();
+        let mut net = dl_models::load(&pkl).unwrap();
         let e = evaluate(&mut net, &mnist.test, None, 500).unwrap();
         assert_eq!(e.correct, 9797, "the book's parameters: {e}");
     }
@@ -133,7 +100,7 @@ mod tests {
     #[test]
     fn the_shipped_ensemble_reaches_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
-        let (mut e, manifest) = Ensemble::load(crate::shipped_ensemble(), build_member).unwrap();
+        let (mut e, manifest) = Ensemble::load(crate::shipped_ensemble()).unwrap();
         assert_eq!(e.len(), 5);
         let ev = e.evaluate(&mnist.test, None, 500).unwrap();
         assert_eq!(Some(ev.by(manifest.vote)), manifest.test_evaluation);
@@ -146,8 +113,8 @@ mod tests {
     #[test]
     fn the_shipped_weights_reach_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
-        let mut net = ModelName::Deep.build(0);
-        net.load_params(crate::shipped_params()).unwrap();
+        let mut net = dl_models::load(crate::shipped_params()).unwrap();
+        assert_eq!(net.kind(), "DeepConvNet");
         let e = evaluate(&mut net, &mnist.test, None, 500).unwrap();
         assert_eq!(e.total, 10_000);
         assert!(e.accuracy() >= 0.9936, "shipped weights: {e}");

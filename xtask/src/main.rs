@@ -157,7 +157,7 @@ mod tests {
             run_cli(&with(&short, &["--seed", seed, "--out", &p(&format!("single-{seed}"))])).unwrap();
         }
         let (a, b) = (p("single-5/params.safetensors"), p("single-6/params.safetensors"));
-        run_cli(&["ensemble", "--model", "simple", "--out", &p("asm"), &a, &b]).unwrap();
+        run_cli(&["ensemble", "--out", &p("asm"), &a, &b]).unwrap();
         let trained = dl_train::Ensemble::read_manifest(p("ens")).unwrap();
         let assembled = dl_train::Ensemble::read_manifest(p("asm")).unwrap();
         assert_eq!(trained.members, assembled.members);

@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use dl_data::Mnist;
-use dl_models::{DeepConvNet, DeepConvNetConfig, Network, SimpleConvNet, SimpleConvNetConfig};
+use dl_models::Network;
 use dl_train::{
     train_ensemble, EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer,
     TrainerConfig, Unit, Vote,
@@ -18,23 +18,29 @@ pub enum ModelName {
     Deep,
     /// The book's chapter 7 SimpleConvNet.
     Simple,
+    /// VGG for 28x28 digits (blocks of 3x3 convolutions with batch norm).
+    Vgg,
+    /// ResNet-20 (CIFAR-style, 3 stages of 3 basic blocks).
+    Resnet,
+    /// A small GoogLeNet (inception modules).
+    Googlenet,
 }
 
 impl ModelName {
-    /// The model whose [`Network::kind`] is `kind`.
-    pub fn from_kind(kind: &str) -> Option<Self> {
-        match kind {
-            "DeepConvNet" => Some(ModelName::Deep),
-            "SimpleConvNet" => Some(ModelName::Simple),
-            _ => None,
+    /// The registry's name of the model ([`Network::kind`]).
+    pub fn kind(self) -> &'static str {
+        match self {
+            ModelName::Deep => "DeepConvNet",
+            ModelName::Simple => "SimpleConvNet",
+            ModelName::Vgg => "Vgg",
+            ModelName::Resnet => "ResNet",
+            ModelName::Googlenet => "GoogLeNet",
         }
     }
 
+    /// The model with its default configuration, every random part fixed by `seed`.
     pub fn build(self, seed: u64) -> Network {
-        match self {
-            ModelName::Deep => DeepConvNet::new(DeepConvNetConfig::default(), seed).into_network(),
-            ModelName::Simple => SimpleConvNet::new(SimpleConvNetConfig::default(), seed).into_network(),
-        }
+        dl_models::build(self.kind(), None, seed).expect("the default configurations build")
     }
 }
 

@@ -251,14 +251,23 @@ impl Pipeline {
     /// `batch` numbers the batch within the run, so that each batch gets fresh but
     /// reproducible draws.
     pub fn apply_batch(&self, x: &mut [f32], h: usize, w: usize, batch: u64) {
-        x.par_chunks_mut(h * w).enumerate().for_each(|(i, img)| {
+        self.apply_batch_chw(x, 1, h, w, batch);
+    }
+
+    /// [`Pipeline::apply_batch`] for images of `c` channels `(B, C, H, W)`: every channel
+    /// of an image gets the same transformation (the same random draws).
+    pub fn apply_batch_chw(&self, x: &mut [f32], c: usize, h: usize, w: usize, batch: u64) {
+        x.par_chunks_mut(c * h * w).enumerate().for_each(|(i, img)| {
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             rng.set_stream(i as u64);
-            let mut cur = img.to_vec();
-            for step in &self.steps {
-                cur = step.apply(&cur, h, w, &mut rng);
+            for plane in img.chunks_exact_mut(h * w) {
+                let mut r = rng.clone();
+                let mut cur = plane.to_vec();
+                for step in &self.steps {
+                    cur = step.apply(&cur, h, w, &mut r);
+                }
+                plane.copy_from_slice(&cur);
             }
-            img.copy_from_slice(&cur);
         });
     }
 }

@@ -7,14 +7,16 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{DataError, IdxArray};
 
-/// Images of one channel with their labels, kept as bytes; converted to `f32` one
-/// batch at a time.
+/// Images with their labels, kept as bytes (`C` channels of `H x W`, channel-major per
+/// image, as NCHW); converted to `f32` one batch at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSet {
-    /// `len * height * width` pixels, row-major, image after image.
+    /// `len * channels * height * width` pixels, row-major, image after image.
     pub images: Vec<u8>,
     /// One label per image, each `< classes`.
     pub labels: Vec<u8>,
+    /// Channels per image (1 for MNIST).
+    pub channels: usize,
     /// Image height.
     pub height: usize,
     /// Image width.
@@ -24,7 +26,8 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    /// Builds a set from in-memory pixels and labels, validating sizes and label range.
+    /// Builds a set of one-channel images from in-memory pixels and labels, validating
+    /// sizes and label range.
     pub fn new(
         images: Vec<u8>,
         labels: Vec<u8>,
@@ -32,11 +35,22 @@ impl ImageSet {
         width: usize,
         classes: usize,
     ) -> Result<Self, DataError> {
+        Self::with_channels(images, labels, (1, height, width), classes)
+    }
+
+    /// Builds a set of `(C, H, W)` images (channel-major per image) from in-memory
+    /// pixels and labels, validating sizes and label range.
+    pub fn with_channels(
+        images: Vec<u8>,
+        labels: Vec<u8>,
+        (channels, height, width): (usize, usize, usize),
+        classes: usize,
+    ) -> Result<Self, DataError> {
         let n = labels.len();
-        if images.len() != n * height * width {
+        if images.len() != n * channels * height * width {
             return Err(DataError::CountMismatch {
                 images: PathBuf::from("<images>"),
-                n_images: images.len() / (height * width).max(1),
+                n_images: images.len() / (channels * height * width).max(1),
                 labels: PathBuf::from("<labels>"),
                 n_labels: n,
             });
@@ -52,6 +66,7 @@ impl ImageSet {
         Ok(Self {
             images,
             labels,
+            channels,
             height,
             width,
             classes,
@@ -98,6 +113,7 @@ impl ImageSet {
         Ok(Self {
             images: img.data,
             labels: lab.data,
+            channels: 1,
             height: img.dims[1],
             width: img.dims[2],
             classes,
@@ -114,9 +130,34 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
-    /// Pixels per image.
+    /// Values per image, `C * H * W`.
     pub fn image_len(&self) -> usize {
-        self.height * self.width
+        self.channels * self.height * self.width
+    }
+
+    /// The shape of a batch of `n` images: `(n, C, H, W)`.
+    pub fn batch_shape(&self, n: usize) -> Vec<usize> {
+        vec![n, self.channels, self.height, self.width]
+    }
+
+    /// Holds out `n` images (all but one at most), drawn at random by `seed`, as a
+    /// validation set: returns `(rest, held out)`, each in the original order. For
+    /// choosing epochs, rates and recipes without looking at the test set.
+    pub fn split(&self, n: usize, seed: u64) -> (Self, Self) {
+        let n = n.min(self.len().saturating_sub(1));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut held = vec![false; self.len()];
+        for i in rand::seq::index::sample(&mut rng, self.len(), n) {
+            held[i] = true;
+        }
+        let len = self.image_len();
+        let (mut a, mut b) = (self.clone_meta(), self.clone_meta());
+        for (i, &h) in held.iter().enumerate() {
+            let part = if h { &mut b } else { &mut a };
+            part.images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
+            part.labels.push(self.labels[i]);
+        }
+        (a, b)
     }
 
     /// The first `n` images (all of them if `n` is larger).
@@ -133,6 +174,7 @@ impl ImageSet {
         Self {
             images: Vec::new(),
             labels: Vec::new(),
+            channels: self.channels,
             height: self.height,
             width: self.width,
             classes: self.classes,
@@ -140,7 +182,7 @@ impl ImageSet {
     }
 
     /// Writes the images at `indices`, scaled to `[0, 1]`, into `out` as
-    /// `(B, 1, H, W)` values (resizing it), and their labels into `labels`.
+    /// `(B, C, H, W)` values (resizing it), and their labels into `labels`.
     ///
     /// # Panics
     /// If an index is out of range (a programmer error: indices come from
@@ -159,15 +201,15 @@ impl ImageSet {
         }
     }
 
-    /// The images at `indices` as a `(B, 1, H, W)` tensor in `[0, 1]` and their labels.
+    /// The images at `indices` as a `(B, C, H, W)` tensor in `[0, 1]` and their labels.
     pub fn batch(&self, indices: &[usize]) -> (ArrayD<f32>, Vec<usize>) {
         let (mut x, mut t) = (Vec::new(), Vec::new());
         self.fill_batch(indices, &mut x, &mut t);
-        let x = ArrayD::from_shape_vec(vec![indices.len(), 1, self.height, self.width], x).expect("batch shape");
+        let x = ArrayD::from_shape_vec(self.batch_shape(indices.len()), x).expect("batch shape");
         (x, t)
     }
 
-    /// The whole set as `f32`: `(N, H*W)` when `flatten`, else `(N, 1, H, W)`; scaled to
+    /// The whole set as `f32`: `(N, C*H*W)` when `flatten`, else `(N, C, H, W)`; scaled to
     /// `[0, 1]` when `normalize`.
     pub fn to_f32(&self, normalize: bool, flatten: bool) -> ArrayD<f32> {
         let scale = if normalize { 1.0 / 255.0 } else { 1.0 };
@@ -175,7 +217,7 @@ impl ImageSet {
         let shape = if flatten {
             vec![self.len(), self.image_len()]
         } else {
-            vec![self.len(), 1, self.height, self.width]
+            self.batch_shape(self.len())
         };
         ArrayD::from_shape_vec(shape, data).expect("shape")
     }

@@ -1,4 +1,4 @@
-use ndarray::{Array1, Array3, ArrayView3, Axis, Zip};
+use rayon::prelude::*;
 
 use crate::{check_dout, Layer, LayerError, Param, Tensor};
 
@@ -14,9 +14,19 @@ pub enum BatchNormMode {
     PerChannel,
 }
 
-/// The book's `BatchNormalization`: `out = gamma * (x - mean) / sqrt(var + 1e-6) + beta`,
+/// The book's `BatchNormalization`: `out = gamma * (x - mean) / sqrt(var + eps) + beta`,
 /// with batch statistics in training and running averages
 /// (`running = momentum * running + (1 - momentum) * batch`) in evaluation.
+///
+/// [`BatchNormalization::new`] has the book's settings (eps `1e-6`, momentum 0.9 in the
+/// formula above, running statistics starting at zero);
+/// [`BatchNormalization::torchvision`] has PyTorch's (eps `1e-5`, PyTorch's momentum 0.1,
+/// which is 0.9 here, running variance starting at one and updated with the unbiased
+/// batch variance). [`BatchNormalization::set_frozen`] makes a layer use its running
+/// statistics in training too (and leave them alone), as when fine-tuning.
+///
+/// Forward and backward are one pass over the data for the statistics and one for the
+/// output, in parallel over the batch, the sums per feature in `f64` in a fixed order.
 #[derive(Debug, Clone)]
 pub struct BatchNormalization {
     /// Scale, one per feature.
@@ -28,6 +38,11 @@ pub struct BatchNormalization {
     /// Running variance used in evaluation.
     pub running_var: Tensor,
     momentum: f32,
+    eps: f32,
+    /// Update the running variance with the unbiased batch variance (PyTorch's rule).
+    unbiased_running_var: bool,
+    /// Use the running statistics in training as well (and do not update them).
+    frozen: bool,
     mode: BatchNormMode,
     cache: Option<Cache>,
 }
@@ -35,10 +50,14 @@ pub struct BatchNormalization {
 #[derive(Debug, Clone)]
 struct Cache {
     shape: Vec<usize>,
-    /// Normalised input, viewed `(N, F, S)`.
-    xn: Array3<f32>,
+    /// `(N, F, S)`: batch, features, positions sharing a feature's statistics.
+    dims: (usize, usize, usize),
+    /// Normalised input, `(N, F, S)` row-major.
+    xn: Vec<f32>,
     /// `sqrt(var + eps)` per feature.
-    std: Array1<f32>,
+    std: Vec<f32>,
+    /// Whether the statistics were the batch's (they depend on `x`) or the running ones.
+    batch_stats: bool,
 }
 
 /// The book's epsilon (`10e-7`).
@@ -46,7 +65,7 @@ const EPS: f32 = 1e-6;
 
 impl BatchNormalization {
     /// A batch norm over `features` features (activations or channels, by `mode`), with
-    /// `gamma = 1`, `beta = 0`, and the book's momentum of 0.9.
+    /// `gamma = 1`, `beta = 0`, and the book's momentum of 0.9 and epsilon of `1e-6`.
     pub fn new(features: usize, mode: BatchNormMode) -> Self {
         Self {
             gamma: Param::new(Tensor::ones(vec![features])),
@@ -54,15 +73,41 @@ impl BatchNormalization {
             running_mean: Tensor::zeros(vec![features]),
             running_var: Tensor::zeros(vec![features]),
             momentum: 0.9,
+            eps: EPS,
+            unbiased_running_var: false,
+            frozen: false,
             mode,
             cache: None,
         }
     }
 
-    /// Sets the running-average momentum (the book's default is 0.9).
+    /// A per-channel batch norm with torchvision's `BatchNorm2d` defaults: eps `1e-5`,
+    /// momentum 0.1 in PyTorch's convention (0.9 in the book's), running variance
+    /// starting at 1 and updated with the unbiased batch variance.
+    pub fn torchvision(channels: usize) -> Self {
+        let mut bn = Self::new(channels, BatchNormMode::PerChannel).with_eps(1e-5);
+        bn.running_var = Tensor::ones(vec![channels]);
+        bn.unbiased_running_var = true;
+        bn
+    }
+
+    /// Sets the running-average momentum in the book's convention (the weight of the old
+    /// value: 0.9 by default; PyTorch's `momentum` is one minus this).
     pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self
+    }
+
+    /// Sets epsilon, added to the variance before the square root.
+    pub fn with_eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// With `true`, training uses the running statistics as evaluation does and leaves
+    /// them unchanged (inference mode for this layer; `gamma` and `beta` still learn).
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
     }
 
     fn features(&self) -> usize {
@@ -92,14 +137,39 @@ impl BatchNormalization {
     }
 }
 
-fn per_feature_mean(x: &ArrayView3<f32>) -> Array1<f32> {
-    let count = (x.len_of(Axis(0)) * x.len_of(Axis(2))).max(1) as f32;
-    x.sum_axis(Axis(2)).sum_axis(Axis(0)) / count
+/// For each feature of `a` (and `b`, same layout) `(N, F, S)`: `(Σ a, Σ a·b)` in `f64`,
+/// in a fixed order, in parallel over the features.
+fn feature_sums(a: &[f32], b: &[f32], (n, f, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
+    (0..f)
+        .into_par_iter()
+        .map(|fi| {
+            let (mut sa, mut sab) = (0.0f64, 0.0f64);
+            for ni in 0..n {
+                let at = (ni * f + fi) * s;
+                for (&x, &y) in a[at..at + s].iter().zip(&b[at..at + s]) {
+                    sa += f64::from(x);
+                    sab += f64::from(x) * f64::from(y);
+                }
+            }
+            (sa, sab)
+        })
+        .collect()
 }
 
-/// Broadcasts a per-feature vector over `(N, F, S)`.
-fn feat(v: &Array1<f32>) -> ArrayView3<'_, f32> {
-    v.view().into_shape_with_order((1, v.len(), 1)).expect("feature vector")
+/// `out[n, f, s] = op(f, x[n, f, s], i)` for each sample in parallel, `i` the flat index.
+fn per_feature(out: &mut [f32], (_, f, s): (usize, usize, usize), op: impl Fn(usize, f32, usize) -> f32 + Sync) {
+    out.par_chunks_mut(f * s).enumerate().for_each(|(ni, sample)| {
+        for (fi, row) in sample.chunks_exact_mut(s).enumerate() {
+            let base = (ni * f + fi) * s;
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = op(fi, *v, base + j);
+            }
+        }
+    });
+}
+
+fn vector(t: &Tensor) -> &[f32] {
+    t.as_slice().expect("contiguous 1-D")
 }
 
 impl Layer for BatchNormalization {
@@ -108,54 +178,58 @@ impl Layer for BatchNormalization {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        let (n, f, s) = self.grouping(x.shape())?;
+        let dims = self.grouping(x.shape())?;
+        let (n, _, s) = dims;
+        let mut x = crate::into_standard(x);
         let shape = x.shape().to_vec();
-        let x3 = crate::into_standard(x)
-            .into_shape_with_order((n, f, s))
-            .expect("grouping");
-        let gamma = self
-            .gamma
-            .value
-            .view()
-            .into_shape_with_order(f)
-            .expect("1-D")
-            .to_owned();
-        let beta = self.beta.value.view().into_shape_with_order(f).expect("1-D").to_owned();
-        let (mean, var) = if train {
-            let mean = per_feature_mean(&x3.view());
-            let xc = &x3 - &feat(&mean);
-            let var = per_feature_mean(&(&xc * &xc).view());
-            let m = self.momentum;
-            let rm = self.running_mean.view_mut().into_shape_with_order(f).expect("1-D");
-            Zip::from(rm).and(&mean).for_each(|r, &v| *r = m * *r + (1.0 - m) * v);
-            let rv = self.running_var.view_mut().into_shape_with_order(f).expect("1-D");
-            Zip::from(rv).and(&var).for_each(|r, &v| *r = m * *r + (1.0 - m) * v);
-            (mean, var)
-        } else {
+        let xs = x.as_slice_mut().expect("standard layout");
+        let batch_stats = train && !self.frozen;
+        let (mean, var): (Vec<f32>, Vec<f32>) = if batch_stats {
+            let m = (n * s).max(1) as f64;
+            let sums = feature_sums(xs, xs, dims);
+            let (mean, var): (Vec<f64>, Vec<f64>) = sums
+                .iter()
+                .map(|&(sx, sxx)| {
+                    let mu = sx / m;
+                    (mu, (sxx / m - mu * mu).max(0.0))
+                })
+                .unzip();
+            let mo = self.momentum;
+            let correction = if self.unbiased_running_var && m > 1.0 {
+                m / (m - 1.0)
+            } else {
+                1.0
+            };
+            for (r, &v) in self.running_mean.iter_mut().zip(&mean) {
+                *r = mo * *r + (1.0 - mo) * v as f32;
+            }
+            for (r, &v) in self.running_var.iter_mut().zip(&var) {
+                *r = mo * *r + (1.0 - mo) * (v * correction) as f32;
+            }
             (
-                self.running_mean
-                    .view()
-                    .into_shape_with_order(f)
-                    .expect("1-D")
-                    .to_owned(),
-                self.running_var
-                    .view()
-                    .into_shape_with_order(f)
-                    .expect("1-D")
-                    .to_owned(),
+                mean.iter().map(|&v| v as f32).collect(),
+                var.iter().map(|&v| v as f32).collect(),
             )
+        } else {
+            (vector(&self.running_mean).to_vec(), vector(&self.running_var).to_vec())
         };
-        let std = var.mapv(|v| (v + EPS).sqrt());
-        let xn = (&x3 - &feat(&mean)) / feat(&std);
-        let out = &xn * &feat(&gamma) + feat(&beta);
+        let std: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt()).collect();
+        let (gamma, beta) = (vector(&self.gamma.value), vector(&self.beta.value));
         if train {
+            let mut xn = xs.to_vec();
+            per_feature(&mut xn, dims, |fi, v, _| (v - mean[fi]) / std[fi]);
+            per_feature(xs, dims, |fi, _, i| xn[i] * gamma[fi] + beta[fi]);
             self.cache = Some(Cache {
-                shape: shape.clone(),
+                shape,
+                dims,
                 xn,
                 std,
+                batch_stats,
             });
+        } else {
+            per_feature(xs, dims, |fi, v, _| (v - mean[fi]) / std[fi] * gamma[fi] + beta[fi]);
         }
-        Ok(out.into_dyn().into_shape_with_order(shape).expect("shape"))
+        Ok(x)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
@@ -164,32 +238,36 @@ impl Layer for BatchNormalization {
             .as_ref()
             .expect("BatchNormalization::backward before a training forward");
         check_dout("BatchNormalization", &dout, &cache.shape);
-        let (n, f, s) = cache.xn.dim();
-        let d = crate::into_standard(dout)
-            .into_shape_with_order((n, f, s))
-            .expect("grouping");
-        let gamma = self
-            .gamma
-            .value
-            .view()
-            .into_shape_with_order(f)
-            .expect("1-D")
-            .to_owned();
-        let dbeta = d.sum_axis(Axis(2)).sum_axis(Axis(0));
-        let dgamma = (&d * &cache.xn).sum_axis(Axis(2)).sum_axis(Axis(0));
-        // dx = gamma / std * (dout - mean(dout) - xn * mean(dout * xn))  (per feature)
-        let m = (n * s) as f32;
-        let mean_d = &dbeta / m;
-        let mean_dxn = &dgamma / m;
-        let scale = &gamma / &cache.std;
-        let dx = (&d - &feat(&mean_d) - &cache.xn * &feat(&mean_dxn)) * feat(&scale);
+        let (n, _, s) = cache.dims;
+        let mut d = crate::into_standard(dout);
+        let ds = d.as_slice_mut().expect("standard layout");
+        let sums = feature_sums(ds, &cache.xn, cache.dims);
+        let dbeta: Vec<f32> = sums.iter().map(|p| p.0 as f32).collect();
+        let dgamma: Vec<f32> = sums.iter().map(|p| p.1 as f32).collect();
+        let gamma = vector(&self.gamma.value);
+        let scale: Vec<f32> = gamma.iter().zip(&cache.std).map(|(g, s)| g / s).collect();
+        if cache.batch_stats {
+            // dx = gamma / std * (dout - mean(dout) - xn * mean(dout * xn))  (per feature)
+            let m = (n * s) as f32;
+            let (xn, mb, mg) = (&cache.xn, &dbeta, &dgamma);
+            per_feature(ds, cache.dims, |fi, v, i| {
+                scale[fi] * (v - mb[fi] / m - xn[i] * mg[fi] / m)
+            });
+        } else {
+            // the statistics are constants: dx = gamma / std * dout
+            per_feature(ds, cache.dims, |fi, v, _| scale[fi] * v);
+        }
         self.beta
             .grad
-            .assign(&dbeta.into_shape_with_order(self.beta.grad.raw_dim()).expect("shape"));
+            .as_slice_mut()
+            .expect("contiguous")
+            .copy_from_slice(&dbeta);
         self.gamma
             .grad
-            .assign(&dgamma.into_shape_with_order(self.gamma.grad.raw_dim()).expect("shape"));
-        dx.into_dyn().into_shape_with_order(cache.shape.clone()).expect("shape")
+            .as_slice_mut()
+            .expect("contiguous")
+            .copy_from_slice(&dgamma);
+        d
     }
 
     fn params(&self) -> Vec<(String, &Param)> {

@@ -3,8 +3,10 @@
 //! The book's layers (`common/layers.py`), one file each, with `forward` and `backward`
 //! side by side and the cache each layer needs kept on the layer:
 //! [`Relu`], [`Sigmoid`], [`Affine`], [`SoftmaxWithLoss`], [`Dropout`],
-//! [`BatchNormalization`], [`Convolution`], [`Pooling`]; plus [`Sequential`], which
-//! chains layers and is itself a [`Layer`], the first of the composite blocks.
+//! [`BatchNormalization`], [`Convolution`], [`Pooling`]; [`GlobalAveragePooling`]; and
+//! the blocks, themselves layers, that deeper networks are made of: [`Sequential`]
+//! (layers in a row, VGG), [`Residual`] (a body plus a shortcut, ResNet) and [`Concat`]
+//! (branches side by side joined on channels, GoogLeNet's inception module).
 //!
 //! Every layer implements [`Layer`]: `forward` takes its input by value (so `Relu` works
 //! in place and `Convolution` keeps what it needs without a copy) and returns a typed
@@ -32,24 +34,30 @@
 
 mod affine;
 mod batch_norm;
+mod concat;
 mod convolution;
 mod dropout;
+mod global_average_pooling;
 pub mod gradcheck;
 mod init;
 mod pooling;
 mod relu;
+mod residual;
 mod sequential;
 mod sigmoid;
 mod softmax_with_loss;
 
 pub use affine::Affine;
 pub use batch_norm::{BatchNormMode, BatchNormalization};
+pub use concat::Concat;
 pub use convolution::Convolution;
-pub use dl_tensor::Tensor;
+pub use dl_tensor::{ConvAlgo, Tensor};
 pub use dropout::Dropout;
+pub use global_average_pooling::GlobalAveragePooling;
 pub use init::Init;
 pub use pooling::{PoolKind, Pooling};
 pub use relu::Relu;
+pub use residual::Residual;
 pub use sequential::Sequential;
 pub use sigmoid::Sigmoid;
 pub use softmax_with_loss::{Labels, SoftmaxWithLoss};
@@ -133,8 +141,11 @@ pub trait Layer: Send + Sync {
     /// not that of the last output: both are programmer errors.
     fn backward(&mut self, dout: Tensor) -> Tensor;
 
-    /// The trainable parameters by local name (`"W"`, `"b"`, `"gamma"`, ...), in a fixed
-    /// order.
+    /// The trainable parameters by path within the layer, in a fixed order: a plain
+    /// layer names its own (`"W"`, `"b"`, `"gamma"`, ...); a block prefixes its
+    /// children's with their names (`"conv1.W"`, `"layer1.0.bn1.gamma"`), so the names of
+    /// a whole network come from one traversal of its root and are unique by
+    /// construction.
     fn params(&self) -> Vec<(String, &Param)> {
         Vec::new()
     }
@@ -145,7 +156,7 @@ pub trait Layer: Send + Sync {
     }
 
     /// Non-trainable state that must be saved with the parameters (batch norm's running
-    /// mean and variance), by local name.
+    /// mean and variance), by path as in [`Layer::params`].
     fn buffers(&self) -> Vec<(String, &Tensor)> {
         Vec::new()
     }
@@ -159,6 +170,10 @@ pub trait Layer: Send + Sync {
     /// unless told otherwise). A network's first layer is told `false`: a layer may then
     /// skip that work and return zeros. Layers that gain nothing ignore it.
     fn set_input_gradient_needed(&mut self, _needed: bool) {}
+
+    /// Sets the algorithm of every convolution in the layer ([`Convolution::set_algo`]);
+    /// blocks pass it to their children, other layers ignore it.
+    fn set_conv_algo(&mut self, _algo: ConvAlgo) {}
 
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
@@ -182,6 +197,11 @@ pub(crate) fn into_standard(x: Tensor) -> Tensor {
     } else {
         x.as_standard_layout().into_owned()
     }
+}
+
+/// `(path, item)` pairs of a child named `name`, as the parent's: `"name.path"`.
+pub(crate) fn prefixed<T>(name: &str, items: Vec<(String, T)>) -> Vec<(String, T)> {
+    items.into_iter().map(|(n, p)| (format!("{name}.{n}"), p)).collect()
 }
 
 /// Checks `dout` has the shape `backward` expects, naming the layer otherwise.

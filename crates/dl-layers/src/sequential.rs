@@ -1,15 +1,19 @@
-use crate::{Layer, LayerError, Param, Tensor};
+use crate::{prefixed, ConvAlgo, Layer, LayerError, Param, Tensor};
 
-/// Layers applied one after another; itself a [`Layer`], so blocks nest. Parameter
-/// names are prefixed by the layer's position: `"0.W"`, `"2.b"`, ...
+/// Layers applied one after another; itself a [`Layer`], so blocks nest. Each layer has
+/// a name, its position unless given one ([`Sequential::with_named`]), and its
+/// parameters are named under it: `"0.W"`, `"conv1.W"`, `"layer1.0.bn1.gamma"`.
 #[derive(Clone, Default)]
 pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Sequential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.layers.iter().map(|l| l.name())).finish()
+        f.debug_map()
+            .entries(self.names.iter().zip(self.layers.iter().map(|l| l.name())))
+            .finish()
     }
 }
 
@@ -19,14 +23,37 @@ impl Sequential {
         Self::default()
     }
 
-    /// Appends a layer (builder style).
+    /// Appends a layer named by its position (builder style).
     pub fn with(mut self, layer: impl Layer + 'static) -> Self {
-        self.layers.push(Box::new(layer));
+        self.push(Box::new(layer));
         self
     }
 
-    /// Appends a boxed layer.
+    /// Appends a layer under `name` (builder style).
+    ///
+    /// # Panics
+    /// If the name is empty, contains a `.`, or is taken: a programmer error.
+    pub fn with_named(mut self, name: &str, layer: impl Layer + 'static) -> Self {
+        self.push_named(name, Box::new(layer));
+        self
+    }
+
+    /// Appends a boxed layer named by its position.
     pub fn push(&mut self, layer: Box<dyn Layer>) {
+        let name = self.layers.len().to_string();
+        self.push_named(&name, layer);
+    }
+
+    /// Appends a boxed layer under `name`.
+    ///
+    /// # Panics
+    /// If the name is empty, contains a `.`, or is taken: a programmer error.
+    pub fn push_named(&mut self, name: &str, layer: Box<dyn Layer>) {
+        assert!(
+            !name.is_empty() && !name.contains('.') && !self.names.iter().any(|n| n == name),
+            "Sequential: layer name {name:?} is empty, has a '.' or is taken"
+        );
+        self.names.push(name.to_string());
         self.layers.push(layer);
     }
 
@@ -38,6 +65,30 @@ impl Sequential {
     /// Mutable access to the layers, in order.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
         &mut self.layers
+    }
+
+    /// The layers' names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl FromIterator<Box<dyn Layer>> for Sequential {
+    /// The layers in a row, named by position.
+    fn from_iter<I: IntoIterator<Item = Box<dyn Layer>>>(iter: I) -> Self {
+        let mut s = Sequential::new();
+        iter.into_iter().for_each(|l| s.push(l));
+        s
     }
 }
 
@@ -61,35 +112,23 @@ impl Layer for Sequential {
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            out.extend(l.params().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
-        }
-        out
+        let children = self.names.iter().zip(&self.layers);
+        children.flat_map(|(n, l)| prefixed(n, l.params())).collect()
     }
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            out.extend(l.params_mut().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
-        }
-        out
+        let children = self.names.iter().zip(&mut self.layers);
+        children.flat_map(|(n, l)| prefixed(n, l.params_mut())).collect()
     }
 
     fn buffers(&self) -> Vec<(String, &Tensor)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            out.extend(l.buffers().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
-        }
-        out
+        let children = self.names.iter().zip(&self.layers);
+        children.flat_map(|(n, l)| prefixed(n, l.buffers())).collect()
     }
 
     fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            out.extend(l.buffers_mut().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
-        }
-        out
+        let children = self.names.iter().zip(&mut self.layers);
+        children.flat_map(|(n, l)| prefixed(n, l.buffers_mut())).collect()
     }
 
     fn set_input_gradient_needed(&mut self, needed: bool) {
@@ -97,6 +136,10 @@ impl Layer for Sequential {
         if let Some(first) = self.layers.first_mut() {
             first.set_input_gradient_needed(needed);
         }
+    }
+
+    fn set_conv_algo(&mut self, algo: ConvAlgo) {
+        self.layers.iter_mut().for_each(|l| l.set_conv_algo(algo));
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

@@ -2,8 +2,8 @@
 
 use dl_layers::gradcheck::random_input;
 use dl_layers::{
-    Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Labels, Layer, LayerError, Pooling, Relu,
-    Sequential, SoftmaxWithLoss, Tensor,
+    Affine, BatchNormMode, BatchNormalization, ConvAlgo, Convolution, Dropout, Init, Labels, Layer, LayerError,
+    Pooling, Relu, Sequential, SoftmaxWithLoss, Tensor,
 };
 use dl_tensor::reference::{conv2d_reference, pool_reference};
 use ndarray::{Ix1, Ix4};
@@ -20,12 +20,19 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
         .enumerate()
     {
         let mut conv = Convolution::new(c, f, k, k, s, p, Init::He, i as u64);
-        conv.b.value = random_input(&[f], 0.0, 50 + i as u64);
+        conv.b.as_mut().unwrap().value = random_input(&[f], 0.0, 50 + i as u64);
         let x = random_input(&[3, c, h, w], 0.0, 60 + i as u64);
         let want = conv2d_reference(
             &x.view().into_dimensionality::<Ix4>().unwrap(),
             &conv.w.value.view().into_dimensionality::<Ix4>().unwrap(),
-            &conv.b.value.view().into_dimensionality::<Ix1>().unwrap(),
+            &conv
+                .b
+                .as_ref()
+                .unwrap()
+                .value
+                .view()
+                .into_dimensionality::<Ix1>()
+                .unwrap(),
             s,
             p,
         )
@@ -38,48 +45,91 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 }
 
 #[test]
-fn direct_convolution_path_agrees_with_im2col_path() {
-    // (C, FN, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and 1; conv1 on
-    // the direct kernel, the others on Winograd in forward, dx and dW), 70 filters (lane
-    // blocks of 64 and 16), and an odd output size on Winograd (tiles half outside).
-    // Without AVX-512 both layers take the same path.
-    for (i, &(c, f, p, h)) in [
-        (8, 5, 1, 7),
-        (1, 16, 1, 28),
-        (16, 16, 1, 28),
-        (32, 32, 2, 14),
-        (64, 64, 1, 8),
-        (5, 70, 1, 6),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let mut direct = Convolution::new(c, f, 3, 3, 1, p, Init::He, 70 + i as u64);
-        direct.b.value = random_input(&[f], 0.0, 80 + i as u64);
-        let mut lowered = direct.clone();
-        lowered.set_direct(false);
-        let x = random_input(&[5, c, h, h], 0.0, 90 + i as u64);
-        let yd = direct.forward(x.clone(), true).unwrap();
-        let yl = lowered.forward(x, true).unwrap();
-        let scale = yl.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        assert!(max_abs_diff(&yd, &yl) < 1e-5 * scale, "case {i}: forward");
-        let dout = random_input(yl.shape(), 0.0, 100 + i as u64);
-        let dxd = direct.backward(dout.clone());
-        let dxl = lowered.backward(dout);
-        for (what, a, b) in [
-            ("dx", &dxd, &dxl),
-            ("dW", &direct.w.grad, &lowered.w.grad),
-            ("db", &direct.b.grad, &lowered.b.grad),
-        ] {
-            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            assert!(b.iter().any(|v| *v != 0.0), "case {i}: {what} is all zeros");
-            assert!(
-                max_abs_diff(a, b) < 1e-5 * scale,
-                "case {i}: {what} differs by {}",
-                max_abs_diff(a, b)
-            );
+fn every_convolution_algorithm_agrees_with_the_lowered_path() {
+    // (C, FN, FH, stride, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and
+    // 1; conv1 on the direct kernel, the others on Winograd in forward, dx and dW), 70
+    // filters (lane blocks of 64 and 16), an odd output size on Winograd (tiles half
+    // outside), 1x1 convolutions (no lowering at all), a 3x3 stride-2 one (ResNet's
+    // downsampling) and 5x5. Every algorithm falls back to the lowered path where its
+    // kernel does not apply (stride 2, or no AVX-512 on this CPU).
+    let cases = [
+        (8, 5, 3, 1, 1, 7),
+        (1, 16, 3, 1, 1, 28),
+        (16, 16, 3, 1, 1, 28),
+        (32, 32, 3, 1, 2, 14),
+        (64, 64, 3, 1, 1, 8),
+        (5, 70, 3, 1, 1, 6),
+        (16, 24, 1, 1, 0, 7),
+        (16, 32, 1, 2, 0, 8),
+        (16, 32, 3, 2, 1, 9),
+        (3, 6, 5, 1, 2, 9),
+    ];
+    for (i, &(c, f, k, stride, p, h)) in cases.iter().enumerate() {
+        for algo in [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
+            let mut fast = Convolution::new(c, f, k, k, stride, p, Init::He, 70 + i as u64);
+            fast.b.as_mut().unwrap().value = random_input(&[f], 0.0, 80 + i as u64);
+            fast.set_algo(algo);
+            let mut lowered = fast.clone();
+            lowered.set_algo(ConvAlgo::Lowered);
+            let x = random_input(&[5, c, h, h], 0.0, 90 + i as u64);
+            let yd = fast.forward(x.clone(), true).unwrap();
+            let yl = lowered.forward(x, true).unwrap();
+            assert_eq!(lowered.last_kernel(), Some("lowered"));
+            let scale = yl.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            assert!(max_abs_diff(&yd, &yl) < 1e-5 * scale, "case {i} {algo:?}: forward");
+            let dout = random_input(yl.shape(), 0.0, 100 + i as u64);
+            let dxd = fast.backward(dout.clone());
+            let dxl = lowered.backward(dout);
+            for (what, a, b) in [
+                ("dx", &dxd, &dxl),
+                ("dW", &fast.w.grad, &lowered.w.grad),
+                ("db", &fast.b.as_ref().unwrap().grad, &lowered.b.as_ref().unwrap().grad),
+            ] {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                assert!(b.iter().any(|v| *v != 0.0), "case {i} {algo:?}: {what} is all zeros");
+                assert!(
+                    max_abs_diff(a, b) < 1e-5 * scale,
+                    "case {i} {algo:?}: {what} differs by {}",
+                    max_abs_diff(a, b)
+                );
+            }
         }
     }
+}
+
+#[test]
+fn the_algorithm_picks_the_kernel_the_cpu_has() {
+    // 3x3 stride 1 with 16 channels: Winograd under Auto, the direct kernel under
+    // Direct, where the CPU has AVX-512; the lowered path otherwise and for stride 2.
+    let x = random_input(&[2, 16, 8, 8], 0.0, 1);
+    let run = |algo: ConvAlgo, stride: usize| {
+        let mut conv = Convolution::new(16, 8, 3, 3, stride, 1, Init::He, 2);
+        conv.set_algo(algo);
+        conv.forward(x.clone(), true).unwrap();
+        conv.last_kernel().unwrap()
+    };
+    let avx512 = dl_tensor::avx512_supported();
+    assert_eq!(run(ConvAlgo::Auto, 1), if avx512 { "winograd" } else { "lowered" });
+    assert_eq!(run(ConvAlgo::Direct, 1), if avx512 { "direct" } else { "lowered" });
+    assert_eq!(run(ConvAlgo::Lowered, 1), "lowered");
+    assert_eq!(run(ConvAlgo::Auto, 2), "lowered");
+}
+
+#[test]
+fn a_convolution_without_bias_has_no_bias_parameter() {
+    let mut conv = Convolution::new(2, 3, 3, 3, 1, 1, Init::He, 4).without_bias();
+    let names: Vec<String> = conv.params().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["W"]);
+    let mut with_zero_bias = Convolution::from_params(conv.w.value.clone(), Tensor::zeros(vec![3]), 1, 1);
+    let x = random_input(&[2, 2, 5, 5], 0.0, 5);
+    let (y, z) = (
+        conv.forward(x.clone(), true).unwrap(),
+        with_zero_bias.forward(x, true).unwrap(),
+    );
+    assert_eq!(y, z);
+    let dout = random_input(y.shape(), 0.0, 6);
+    assert_eq!(conv.backward(dout.clone()), with_zero_bias.backward(dout));
+    assert_eq!(conv.w.grad, with_zero_bias.w.grad);
 }
 
 #[test]
@@ -242,7 +292,7 @@ fn convolution_gradients_do_not_depend_on_the_thread_count() {
             let mut c = conv.clone();
             c.forward(x.clone(), true).unwrap();
             let dx = c.backward(dout.clone());
-            (dx, c.w.grad.clone(), c.b.grad.clone())
+            (dx, c.w.grad.clone(), c.b.as_ref().unwrap().grad.clone())
         })
     };
     let one = run(1);

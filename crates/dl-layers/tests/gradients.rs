@@ -3,8 +3,8 @@
 
 use dl_layers::gradcheck::{check_layer, random_input};
 use dl_layers::{
-    Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Labels, Layer, Pooling, Relu, Sequential,
-    Sigmoid, SoftmaxWithLoss, Tensor,
+    Affine, BatchNormMode, BatchNormalization, Concat, Convolution, Dropout, GlobalAveragePooling, Init, Labels, Layer,
+    Pooling, Relu, Residual, Sequential, Sigmoid, SoftmaxWithLoss, Tensor,
 };
 
 const TOL: f64 = 2e-2;
@@ -64,7 +64,7 @@ fn convolution_backward_matches_numerical_gradient() {
     ];
     for (i, &(c, f, fh, fw, s, p, shape)) in cases.iter().enumerate() {
         let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 10 + i as u64);
-        layer.b.value = random_input(&[f], 0.0, 20 + i as u64);
+        layer.b.as_mut().unwrap().value = random_input(&[f], 0.0, 20 + i as u64);
         let x = random_input(&shape, 0.0, 30 + i as u64);
         assert_grads(&format!("Convolution case {i}"), &layer, &x, 1e-2);
     }
@@ -82,7 +82,7 @@ fn convolution_told_that_nobody_reads_dx_keeps_its_parameter_gradients() {
     let dx_full = full.backward(dout.clone());
     let dx_lean = lean.backward(dout);
     assert_eq!(full.w.grad, lean.w.grad);
-    assert_eq!(full.b.grad, lean.b.grad);
+    assert_eq!(full.b, lean.b);
     assert!(dx_full.iter().any(|v| *v != 0.0));
     assert!(dx_lean.iter().all(|v| *v == 0.0));
     assert_eq!(dx_lean.shape(), dx_full.shape());
@@ -182,6 +182,150 @@ fn a_sequential_block_backpropagates_through_all_its_layers() {
     let r = check_layer(&net, &x, 1e-3, 7);
     assert!(r.max_error < 5e-2, "max error {} at {}", r.max_error, r.worst);
     assert_eq!(net.params().len(), 2 + 2 + 2);
+}
+
+#[test]
+fn batch_normalization_with_torchvision_settings_and_frozen_statistics_matches_numerical_gradient() {
+    let mut bn = BatchNormalization::torchvision(3);
+    bn.gamma.value = random_input(&[3], 0.2, 31);
+    bn.beta.value = random_input(&[3], 0.0, 32);
+    let x = random_input(&[2, 3, 3, 4], 0.0, 33);
+    assert_grads("BatchNormalization torchvision", &bn, &x, 1e-2);
+    // frozen: the running statistics are constants, and the gradient is gamma / std
+    bn.running_mean = random_input(&[3], 0.0, 34);
+    bn.running_var = random_input(&[3], 0.5, 35).mapv(f32::abs);
+    bn.set_frozen(true);
+    assert_grads("BatchNormalization frozen", &bn, &x, 1e-2);
+}
+
+#[test]
+fn global_average_pooling_backward_matches_numerical_gradient() {
+    let x = random_input(&[3, 4, 3, 5], 0.0, 36);
+    assert_grads("GlobalAveragePooling", &GlobalAveragePooling::new(), &x, 1e-2);
+}
+
+/// `conv - bn - relu - conv - bn`, ResNet's basic block body.
+fn basic_body(c_in: usize, c_out: usize, stride: usize, seed: u64) -> Sequential {
+    let bn = |c, s| {
+        let mut bn = BatchNormalization::torchvision(c);
+        bn.gamma.value = random_input(&[c], 0.3, s);
+        bn.beta.value = random_input(&[c], 0.0, s + 1);
+        bn
+    };
+    Sequential::new()
+        .with_named(
+            "conv1",
+            Convolution::new(c_in, c_out, 3, 3, stride, 1, Init::He, seed).without_bias(),
+        )
+        .with_named("bn1", bn(c_out, seed + 1))
+        .with_named("relu", Relu::new())
+        .with_named(
+            "conv2",
+            Convolution::new(c_out, c_out, 3, 3, 1, 1, Init::He, seed + 3).without_bias(),
+        )
+        .with_named("bn2", bn(c_out, seed + 4))
+}
+
+#[test]
+fn residual_blocks_backpropagate_through_body_and_shortcut() {
+    // identity shortcut
+    let block = Residual::new(basic_body(3, 3, 1, 40), None);
+    let x = random_input(&[2, 3, 4, 4], 0.0, 41);
+    let r = check_layer(&block, &x, 1e-3, 7);
+    assert!(r.max_error < 5e-2, "identity: max error {} at {}", r.max_error, r.worst);
+    // projection: 1x1 stride-2 convolution and batch norm, the body halving the size
+    let shortcut = Sequential::new()
+        .with(Convolution::new(2, 4, 1, 1, 2, 0, Init::He, 42).without_bias())
+        .with(BatchNormalization::torchvision(4));
+    let block = Residual::new(basic_body(2, 4, 2, 43), Some(shortcut));
+    let x = random_input(&[2, 2, 6, 6], 0.0, 44);
+    let r = check_layer(&block, &x, 1e-3, 7);
+    assert!(
+        r.max_error < 5e-2,
+        "projection: max error {} at {}",
+        r.max_error,
+        r.worst
+    );
+    let names: Vec<String> = block.params().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "conv1.W",
+            "bn1.gamma",
+            "bn1.beta",
+            "conv2.W",
+            "bn2.gamma",
+            "bn2.beta",
+            "downsample.0.W",
+            "downsample.1.gamma",
+            "downsample.1.beta"
+        ]
+    );
+    // a body that changes the shape without a projection is an error, not a panic
+    let mut bad = Residual::new(basic_body(2, 4, 2, 45), None);
+    assert!(bad.forward(x.clone(), false).is_err());
+    assert!(bad.output_shape(x.shape()).is_err());
+}
+
+#[test]
+fn concat_backpropagates_through_every_branch() {
+    let module = Concat::new()
+        .with_branch(
+            "branch1",
+            Sequential::new().with(Convolution::new(3, 2, 1, 1, 1, 0, Init::He, 50)),
+        )
+        .with_branch(
+            "branch2",
+            Sequential::new()
+                .with(Convolution::new(3, 2, 1, 1, 1, 0, Init::He, 51))
+                .with(Convolution::new(2, 3, 3, 3, 1, 1, Init::He, 52)),
+        )
+        .with_branch(
+            "branch3",
+            Sequential::new()
+                .with(Pooling::max(3, 3, 1, 1))
+                .with(Convolution::new(3, 1, 1, 1, 1, 0, Init::He, 53)),
+        );
+    // values on a grid, so no max-pool window holds two values within 2 eps
+    let mut x = random_input(&[2, 3, 4, 5], 0.0, 54);
+    let n = x.len();
+    for (k, v) in x.iter_mut().enumerate() {
+        *v = ((k * 37) % n) as f32 * 0.02 - 1.0;
+    }
+    assert_eq!(module.output_shape(x.shape()).unwrap(), [2, 6, 4, 5]);
+    let r = check_layer(&module, &x, 1e-3, 7);
+    assert!(r.max_error < 2e-2, "max error {} at {}", r.max_error, r.worst);
+    let names: Vec<String> = module.params().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "branch1.0.W",
+            "branch1.0.b",
+            "branch2.0.W",
+            "branch2.0.b",
+            "branch2.1.W",
+            "branch2.1.b",
+            "branch3.1.W",
+            "branch3.1.b"
+        ]
+    );
+    // branches whose outputs differ in size are an error
+    let mut bad = Concat::new()
+        .with_branch("a", Sequential::new().with(Pooling::max(2, 2, 2, 0)))
+        .with_branch("b", Sequential::new().with(Relu::new()));
+    assert!(bad.forward(x.clone(), false).is_err());
+    assert!(Concat::new().forward(x, false).is_err());
+}
+
+#[test]
+fn a_convolution_without_bias_matches_numerical_gradient() {
+    let layer = Convolution::new(2, 3, 3, 3, 2, 1, Init::He, 60).without_bias();
+    assert_grads(
+        "Convolution without bias",
+        &layer,
+        &random_input(&[2, 2, 5, 5], 0.0, 61),
+        1e-2,
+    );
 }
 
 #[test]

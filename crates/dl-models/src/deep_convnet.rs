@@ -1,9 +1,10 @@
-use std::ops::{Deref, DerefMut};
-
-use dl_layers::{Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Layer, Pooling, Relu};
+use dl_layers::{
+    Affine, BatchNormMode, BatchNormalization, Convolution, Dropout, Init, Layer, Pooling, Relu, Sequential,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::{derive_seed, Network};
+use crate::blocks::{check_ratio, check_size, model_type, MAX_SIZE};
+use crate::{book_names, derive_seed, ModelError, Network};
 
 /// One convolution's settings, the book's `conv_param` dictionary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +108,25 @@ impl DeepConvNet {
     /// If the configuration does not fit together (an image size the three pools cannot
     /// halve to a whole number of units): a programmer error caught at construction.
     pub fn new(config: DeepConvNetConfig, seed: u64) -> Self {
+        Self::try_new(config, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the network, or says what is wrong with the configuration.
+    pub fn try_new(config: DeepConvNetConfig, seed: u64) -> Result<Self, ModelError> {
+        let kind = "DeepConvNet";
+        let (c0, h0, w0) = config.input_dim;
+        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
+            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
+        }
+        for p in &config.conv_params {
+            check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
+            check_size(kind, "filter size", p.filter_size, 64)?;
+            check_size(kind, "stride", p.stride, 64)?;
+            check_size(kind, "pad + 1", p.pad + 1, 64)?;
+        }
+        check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
+        check_size(kind, "output size", config.output_size, MAX_SIZE)?;
+        check_ratio(kind, config.dropout_ratio)?;
         let (mut c, mut h, mut w) = config.input_dim;
         let mut layers: Vec<Box<dyn Layer>> = Vec::new();
         let mut k = 0u64;
@@ -122,9 +142,10 @@ impl DeepConvNet {
                 Init::He,
                 derive_seed(seed, k),
             );
-            let out = conv
-                .output_shape(&[1, c, h, w])
-                .unwrap_or_else(|e| panic!("DeepConvNet: convolution {}: {e}", i + 1));
+            let out = conv.output_shape(&[1, c, h, w]).map_err(|e| ModelError::Config {
+                kind: kind.into(),
+                message: format!("convolution {}: {e}", i + 1),
+            })?;
             layers.push(Box::new(conv));
             if config.use_batchnorm {
                 layers.push(Box::new(BatchNormalization::new(out[1], BatchNormMode::PerChannel)));
@@ -137,6 +158,12 @@ impl DeepConvNet {
             }
         }
         let flat = c * h * w;
+        if flat == 0 {
+            return Err(ModelError::Config {
+                kind: kind.into(),
+                message: "the three pools leave no units".into(),
+            });
+        }
         layers.push(Box::new(Affine::new(
             flat,
             config.hidden_size,
@@ -166,31 +193,12 @@ impl DeepConvNet {
             config.inverted_dropout,
             derive_seed(seed, 102),
         ));
-        let mut network = Network::new("DeepConvNet", layers);
+        let root: Sequential = layers.into_iter().collect();
+        let renames = book_names(&root);
+        let mut network = Network::new("DeepConvNet", root).with_renames(renames);
         network.set_metadata("config", serde_json::to_string(&config).expect("serialisable config"));
-        Self { network, config }
-    }
-
-    /// The configuration it was built with.
-    pub fn config(&self) -> &DeepConvNetConfig {
-        &self.config
-    }
-
-    /// The underlying [`Network`], by value.
-    pub fn into_network(self) -> Network {
-        self.network
+        Ok(Self { network, config })
     }
 }
 
-impl Deref for DeepConvNet {
-    type Target = Network;
-    fn deref(&self) -> &Network {
-        &self.network
-    }
-}
-
-impl DerefMut for DeepConvNet {
-    fn deref_mut(&mut self) -> &mut Network {
-        &mut self.network
-    }
-}
+model_type!(DeepConvNet, DeepConvNetConfig);

@@ -67,6 +67,30 @@ pub enum ModelError {
     /// A pickle of the book's parameters was refused.
     #[error(transparent)]
     Pickle(#[from] crate::book::PickleError),
+    /// A model configuration that cannot be built.
+    #[error("{kind}: invalid configuration: {message}")]
+    Config {
+        /// The model's kind.
+        kind: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A model kind the registry does not know.
+    #[error("unknown model {kind:?} (known: {known})")]
+    UnknownModel {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds there are, comma-separated.
+        known: String,
+    },
+    /// A parameter file that does not say which model it belongs to.
+    #[error("{path}: no dlfs model metadata (kind and configuration): {message}")]
+    NoModel {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
     /// The inputs and the labels do not fit together.
     #[error("{0}")]
     Input(String),

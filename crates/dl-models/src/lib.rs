@@ -30,16 +30,47 @@
 //! assert_eq!(y.shape(), &[2, 10]);
 //! ```
 
+mod blocks;
 pub mod book;
 mod deep_convnet;
 mod error;
+mod googlenet;
 mod network;
+pub mod registry;
+mod resnet;
 mod simple_convnet;
+mod vgg;
 
 pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
 pub use error::ModelError;
+pub use googlenet::{GoogLeNet, GoogLeNetConfig, InceptionParam};
 pub use network::Network;
+pub use registry::{build, load, ModelConfig, MODEL_KINDS};
+pub use resnet::{ResNet, ResNetConfig};
 pub use simple_convnet::{SimpleConvNet, SimpleConvNetConfig};
+pub use vgg::{Vgg, VggConfig};
+
+/// The book's names for the parameters and buffers of a chain of layers: the `k`-th
+/// layer with weights contributes `W{k}` and `b{k}`; a batch norm after it
+/// `gamma{k}`, `beta{k}`, `running_mean{k}`, `running_var{k}` (the numbering of the
+/// book's `MultiLayerNetExtend`). Returned as `(path, name)` pairs for
+/// [`Network::with_renames`].
+pub(crate) fn book_names(root: &dl_layers::Sequential) -> Vec<(String, String)> {
+    let mut k = 0;
+    let mut out = Vec::new();
+    for (name, layer) in root.names().iter().zip(root.layers()) {
+        let params = layer.params();
+        if params.iter().any(|(n, _)| n == "W") || (k == 0 && !params.is_empty()) {
+            k += 1;
+        }
+        let local = params
+            .into_iter()
+            .map(|(n, _)| n)
+            .chain(layer.buffers().into_iter().map(|(n, _)| n));
+        out.extend(local.map(|n| (format!("{name}.{n}"), format!("{n}{k}"))));
+    }
+    out
+}
 
 /// Derives the seed of the `k`-th component (layer, dropout mask, ...) from a model seed,
 /// so that every random part of a model is fixed by one number.

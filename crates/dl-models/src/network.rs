@@ -1,28 +1,30 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use dl_layers::{Labels, Layer, SoftmaxWithLoss, Tensor};
+use dl_layers::{ConvAlgo, Labels, Layer, Sequential, SoftmaxWithLoss, Tensor};
 use dl_tensor::{argmax_rows, ParamMut};
 use ndarray::{Axis, Ix2};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::ModelError;
 
-/// A network: layers applied in order, then the book's `last_layer`, a
-/// [`SoftmaxWithLoss`]. Parameters are named the book's way: the `k`-th layer with
-/// weights contributes `W{k}` and `b{k}`; a batch norm after it contributes `gamma{k}`,
-/// `beta{k}` and saves its running statistics as `running_mean{k}`, `running_var{k}`.
+/// A network: one root layer (a [`Sequential`], whose children may be blocks of any
+/// depth), then the book's `last_layer`, a [`SoftmaxWithLoss`].
+///
+/// Parameters and buffers are named by their path in the root (`layer1.0.conv1.W`,
+/// `features.1.running_mean`), from one traversal, so names are unique by construction.
+/// A model may rename them with an explicit table: the book's networks keep the book's
+/// `W1` ... `b8` (and `gamma1`, `running_mean1` for batch norm) that way, so their files
+/// and the book's pickle load unchanged.
 #[derive(Clone)]
 pub struct Network {
     kind: String,
-    layers: Vec<Box<dyn Layer>>,
+    root: Sequential,
     last_layer: SoftmaxWithLoss,
-    /// Public parameter names, per layer, in the order of `Layer::params`.
-    names: Vec<Vec<String>>,
-    /// Public buffer names, per layer, in the order of `Layer::buffers`.
-    buffer_names: Vec<Vec<String>>,
-    /// Layers whose parameters the optimizer leaves alone.
-    frozen: Vec<bool>,
+    /// Path in the root -> public name, for the parameters and buffers a model renames.
+    renames: HashMap<String, String>,
+    /// Path prefixes whose parameters the optimizer leaves alone.
+    frozen: Vec<String>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -30,41 +32,59 @@ impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
             .field("kind", &self.kind)
-            .field("layers", &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>())
+            .field("root", &self.root)
             .finish()
     }
 }
 
+/// Whether the parameter at `path` lies under `prefix` (`"layer1"` holds `layer1.0.W`,
+/// not `layer10.W`).
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'.'))
+}
+
 impl Network {
-    /// A network of the given layers; `kind` names it in saved files (`"DeepConvNet"`).
-    pub fn new(kind: impl Into<String>, mut layers: Vec<Box<dyn Layer>>) -> Self {
+    /// A network with the given root; `kind` names it in saved files (`"ResNet"`).
+    pub fn new(kind: impl Into<String>, mut root: Sequential) -> Self {
         // Nobody reads the gradient with respect to the input images.
-        if let Some(first) = layers.first_mut() {
-            first.set_input_gradient_needed(false);
-        }
-        let mut k = 0;
-        let mut names = Vec::new();
-        let mut buffer_names = Vec::new();
-        for layer in &layers {
-            let params = layer.params();
-            // A layer with weights starts the next number; batch norm's gamma and beta
-            // share the number of the weights they follow (the book's MultiLayerNetExtend).
-            if params.iter().any(|(n, _)| n == "W") || (k == 0 && !params.is_empty()) {
-                k += 1;
-            }
-            names.push(params.iter().map(|(n, _)| format!("{n}{k}")).collect());
-            buffer_names.push(layer.buffers().iter().map(|(n, _)| format!("{n}{k}")).collect());
-        }
-        let frozen = vec![false; layers.len()];
+        root.set_input_gradient_needed(false);
         Self {
             kind: kind.into(),
-            layers,
+            root,
             last_layer: SoftmaxWithLoss::new(),
-            names,
-            buffer_names,
-            frozen,
+            renames: HashMap::new(),
+            frozen: Vec::new(),
             metadata: BTreeMap::new(),
         }
+    }
+
+    /// Renames parameters and buffers: `(path, public name)` pairs (builder style).
+    ///
+    /// # Panics
+    /// If a path is not a parameter or buffer of the network, or two names coincide: a
+    /// programmer error in the model's table.
+    pub fn with_renames(mut self, table: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.renames = table.into_iter().collect();
+        let paths: Vec<String> = (self.root.params().into_iter().map(|(n, _)| n))
+            .chain(self.root.buffers().into_iter().map(|(n, _)| n))
+            .collect();
+        for from in self.renames.keys() {
+            assert!(
+                paths.contains(from),
+                "Network: renamed path {from:?} is not in the network"
+            );
+        }
+        let mut names = self.saved_tensors().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "Network: the renames make two names coincide");
+        self
+    }
+
+    /// The public name of the parameter or buffer at `path`.
+    fn public(&self, path: String) -> String {
+        self.renames.get(&path).cloned().unwrap_or(path)
     }
 
     /// The model's name, e.g. `"DeepConvNet"`.
@@ -77,31 +97,58 @@ impl Network {
         self.metadata.insert(key.to_string(), value);
     }
 
-    /// The layers, in order.
+    /// The metadata saved with the parameters (`"config"`: the model's configuration as
+    /// JSON).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The root layer.
+    pub fn root(&self) -> &Sequential {
+        &self.root
+    }
+
+    /// Mutable access to the root layer.
+    pub fn root_mut(&mut self) -> &mut Sequential {
+        &mut self.root
+    }
+
+    /// The root's layers, in order.
     pub fn layers(&self) -> &[Box<dyn Layer>] {
-        &self.layers
+        self.root.layers()
     }
 
-    /// Mutable access to the layers.
+    /// Mutable access to the root's layers.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
-        &mut self.layers
+        self.root.layers_mut()
     }
 
-    /// Freezes (or unfreezes) layer `index`: [`Network::params_and_grads`] leaves out its
-    /// parameters, so the optimizer does not change them (fine-tuning).
-    ///
-    /// # Panics
-    /// If `index` is not a layer index.
-    pub fn set_frozen(&mut self, index: usize, frozen: bool) {
-        self.frozen[index] = frozen;
+    /// Sets the algorithm of every convolution ([`ConvAlgo::Auto`] by default: the
+    /// fastest this CPU has; [`ConvAlgo::Lowered`] is the book's `im2col` + GEMM).
+    pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
+        self.root.set_conv_algo(algo);
+    }
+
+    /// Freezes (or unfreezes) every parameter whose path lies under `prefix` (a layer of
+    /// the root such as `"0"` or `"layer1"`, or any block below, `"layer2.1"`):
+    /// [`Network::params_and_grads`] leaves them out, so the optimizer does not change
+    /// them (fine-tuning). Paths are the root's, before any rename.
+    pub fn set_frozen(&mut self, prefix: &str, frozen: bool) -> Result<(), ModelError> {
+        if !self.root.params().iter().any(|(n, _)| under(n, prefix)) {
+            return Err(ModelError::Input(format!(
+                "no parameter of the network lies under {prefix:?}"
+            )));
+        }
+        self.frozen.retain(|p| p != prefix);
+        if frozen {
+            self.frozen.push(prefix.to_string());
+        }
+        Ok(())
     }
 
     /// The book's `predict(x, train_flg)`: scores `(N, classes)` for input `x`.
-    pub fn predict(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, ModelError> {
-        for layer in &mut self.layers {
-            x = layer.forward(x, train)?;
-        }
-        Ok(x)
+    pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Ok(self.root.forward(x, train)?)
     }
 
     /// The book's `loss(x, t)`: the forward pass in training mode, then the mean
@@ -115,10 +162,8 @@ impl Network {
     /// gradients are stored on the parameters ([`Network::grads`]); returns the loss.
     pub fn gradient(&mut self, x: Tensor, t: Labels<'_>) -> Result<f32, ModelError> {
         let loss = self.loss(x, t)?;
-        let mut dout = self.last_layer.backward();
-        for layer in self.layers.iter_mut().rev() {
-            dout = layer.backward(dout);
-        }
+        let dout = self.last_layer.backward();
+        self.root.backward(dout);
         Ok(loss)
     }
 
@@ -147,44 +192,35 @@ impl Network {
         Ok(correct as f32 / n.max(1) as f32)
     }
 
-    /// Every [`Param`](dl_layers::Param) under its book name, in layer order.
-    fn named_params(&self) -> Vec<(String, &dl_layers::Param)> {
-        let mut out = Vec::new();
-        for (layer, names) in self.layers.iter().zip(&self.names) {
-            for ((_, p), name) in layer.params().into_iter().zip(names) {
-                out.push((name.clone(), p));
-            }
-        }
-        out
-    }
-
-    /// The parameters by their book names (`W1`, `b1`, ...), in layer order.
+    /// The parameters by name (`W1`, `b1`, ... for the book's networks, paths such as
+    /// `layer1.0.conv1.W` for the others), in layer order.
     pub fn params(&self) -> Vec<(String, &Tensor)> {
-        self.named_params().into_iter().map(|(n, p)| (n, &p.value)).collect()
+        let params = self.root.params().into_iter();
+        params.map(|(n, p)| (self.public(n), &p.value)).collect()
     }
 
     /// The gradients from the last [`Network::gradient`], by parameter name.
     pub fn grads(&self) -> Vec<(String, &Tensor)> {
-        self.named_params().into_iter().map(|(n, p)| (n, &p.grad)).collect()
+        let params = self.root.params().into_iter();
+        params.map(|(n, p)| (self.public(n), &p.grad)).collect()
     }
 
-    /// Parameters with their gradients, for an optimizer; frozen layers are left out.
+    /// Parameters with their gradients, for an optimizer; frozen ones are left out.
     pub fn params_and_grads(&mut self) -> Vec<ParamMut<'_>> {
-        let mut out = Vec::new();
-        for ((layer, names), &frozen) in self.layers.iter_mut().zip(&self.names).zip(&self.frozen) {
-            if frozen {
-                continue;
-            }
-            for ((_, p), name) in layer.params_mut().into_iter().zip(names) {
+        let (renames, frozen) = (&self.renames, &self.frozen);
+        self.root
+            .params_mut()
+            .into_iter()
+            .filter(|(n, _)| !frozen.iter().any(|f| under(n, f)))
+            .map(|(n, p)| {
                 let p = &mut *p;
-                out.push(ParamMut {
-                    name: name.clone(),
+                ParamMut {
+                    name: renames.get(&n).cloned().unwrap_or(n),
                     value: &mut p.value,
                     grad: &p.grad,
-                });
-            }
-        }
-        out
+                }
+            })
+            .collect()
     }
 
     /// Number of trainable scalars.
@@ -195,11 +231,8 @@ impl Network {
     /// Everything that is saved: parameters, then buffers, by name.
     fn saved_tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = self.params();
-        for (layer, names) in self.layers.iter().zip(&self.buffer_names) {
-            for ((_, b), name) in layer.buffers().into_iter().zip(names) {
-                out.push((name.clone(), b));
-            }
-        }
+        let buffers = self.root.buffers().into_iter();
+        out.extend(buffers.map(|(n, b)| (self.public(n), b)));
         out
     }
 
@@ -333,13 +366,13 @@ impl Network {
                 names: extra,
             });
         }
-        for ((layer, names), bnames) in self.layers.iter_mut().zip(&self.names).zip(&self.buffer_names) {
-            for ((_, p), name) in layer.params_mut().into_iter().zip(names) {
-                p.value = values.remove(name).expect("checked above");
-            }
-            for ((_, b), name) in layer.buffers_mut().into_iter().zip(bnames) {
-                *b = values.remove(name).expect("checked above");
-            }
+        let renames = &self.renames;
+        let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
+        for (name, p) in self.root.params_mut() {
+            p.value = values.remove(&public(name)).expect("checked above");
+        }
+        for (name, b) in self.root.buffers_mut() {
+            *b = values.remove(&public(name)).expect("checked above");
         }
         Ok(())
     }

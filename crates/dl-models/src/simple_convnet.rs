@@ -1,9 +1,8 @@
-use std::ops::{Deref, DerefMut};
-
-use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu};
+use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::{derive_seed, ConvParam, Network};
+use crate::blocks::{check_size, model_type, MAX_SIZE};
+use crate::{book_names, derive_seed, ConvParam, ModelError, Network};
 
 /// The book's `SimpleConvNet.__init__` arguments (chapter 7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,14 +41,32 @@ impl Default for SimpleConvNetConfig {
 #[derive(Debug, Clone)]
 pub struct SimpleConvNet {
     network: Network,
+    config: SimpleConvNetConfig,
 }
 
 impl SimpleConvNet {
     /// Builds the network with its initial weights fixed by `seed`.
     ///
     /// # Panics
-    /// If the convolution does not fit the input size.
+    /// If the configuration is invalid ([`SimpleConvNet::try_new`] says why instead).
     pub fn new(config: SimpleConvNetConfig, seed: u64) -> Self {
+        Self::try_new(config, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the network, or says what is wrong with the configuration.
+    pub fn try_new(config: SimpleConvNetConfig, seed: u64) -> Result<Self, ModelError> {
+        let kind = "SimpleConvNet";
+        let (c0, h0, w0) = config.input_dim;
+        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
+            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
+        }
+        let p = config.conv_param;
+        check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
+        check_size(kind, "filter size", p.filter_size, 64)?;
+        check_size(kind, "stride", p.stride, 64)?;
+        check_size(kind, "pad + 1", p.pad + 1, 64)?;
+        check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
+        check_size(kind, "output size", config.output_size, MAX_SIZE)?;
         let init = config.weight_init_std.map_or(Init::He, Init::Std);
         let (c, h, w) = config.input_dim;
         let p = config.conv_param;
@@ -63,10 +80,17 @@ impl SimpleConvNet {
             init,
             derive_seed(seed, 1),
         );
-        let out = conv
-            .output_shape(&[1, c, h, w])
-            .unwrap_or_else(|e| panic!("SimpleConvNet: {e}"));
+        let out = conv.output_shape(&[1, c, h, w]).map_err(|e| ModelError::Config {
+            kind: kind.into(),
+            message: e.to_string(),
+        })?;
         let pooled = out[1] * (out[2] / 2) * (out[3] / 2);
+        if pooled == 0 {
+            return Err(ModelError::Config {
+                kind: kind.into(),
+                message: "the pool leaves no units".into(),
+            });
+        }
         let layers: Vec<Box<dyn Layer>> = vec![
             Box::new(conv),
             Box::new(Relu::new()),
@@ -80,26 +104,12 @@ impl SimpleConvNet {
                 derive_seed(seed, 3),
             )),
         ];
-        let mut network = Network::new("SimpleConvNet", layers);
+        let root: Sequential = layers.into_iter().collect();
+        let renames = book_names(&root);
+        let mut network = Network::new("SimpleConvNet", root).with_renames(renames);
         network.set_metadata("config", serde_json::to_string(&config).expect("serialisable config"));
-        Self { network }
-    }
-
-    /// The underlying [`Network`], by value.
-    pub fn into_network(self) -> Network {
-        self.network
+        Ok(Self { network, config })
     }
 }
 
-impl Deref for SimpleConvNet {
-    type Target = Network;
-    fn deref(&self) -> &Network {
-        &self.network
-    }
-}
-
-impl DerefMut for SimpleConvNet {
-    fn deref_mut(&mut self) -> &mut Network {
-        &mut self.network
-    }
-}
+model_type!(SimpleConvNet, SimpleConvNetConfig);

@@ -123,7 +123,7 @@ fn loading_a_wrong_file_is_a_clear_error_and_changes_nothing() {
 
     // extra tensors
     let mut full = deep(1).params_to_bytes();
-    let mut other = Network::new("x", Vec::new());
+    let mut other = Network::new("x", dl_layers::Sequential::new());
     assert!(matches!(
         other.load_params_from_bytes(&full, "extra".as_ref()),
         Err(ModelError::Unexpected { .. })
@@ -202,7 +202,7 @@ fn network_gradient_matches_numerical_gradient() {
 fn frozen_layers_are_left_out_of_the_optimizer() {
     let mut net = deep(0);
     assert_eq!(net.params_and_grads().len(), 16);
-    net.set_frozen(0, true);
+    net.set_frozen("0", true).unwrap();
     let names: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
     assert_eq!(names.len(), 14);
     assert!(!names.contains(&"W1".to_string()));

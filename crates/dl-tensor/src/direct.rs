@@ -12,21 +12,13 @@
 //! `im2col` + GEMM path, which the tests compare it with).
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::im2col::copy_short;
-use crate::ConvGeometry;
+use crate::kernel::{avx512_supported, check_forward_args, gradient, products, GRADIENT_TILE, MR};
+use crate::{ConvGeometry, ConvKernel, GradientAccumulator};
 
-/// The process-wide switch of [`DirectConv::set_enabled`].
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Filters per register tile.
-pub(crate) const MR: usize = 8;
 /// Output columns per full register tile (three 16-lane vectors).
 const NR: usize = 48;
-/// Registers of sums in one tile of the weight gradient: `(rows of dW^T) x (16-filter
-/// vectors)` = 24 x 1, 12 x 2, 8 x 3 or 6 x 4.
-pub(crate) const GRADIENT_TILE: usize = 24;
 
 /// A stride-1 convolution's filters packed for the direct kernel, with the geometry they
 /// apply to. Build it once per weight update (packing is `FN*C*FH*FW` copies) and call
@@ -48,34 +40,8 @@ pub struct DirectConv {
 }
 
 impl DirectConv {
-    /// Whether this CPU runs the direct kernel (x86-64 with AVX-512F).
-    pub fn is_supported() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// Switches the direct kernel on or off for the whole process (it is on by
-    /// default): while off, [`DirectConv::new`] returns `None` and convolutions take the
-    /// `im2col` + GEMM path. For benchmarks that compare the two in one run, and for
-    /// reproducing the other path's rounding.
-    pub fn set_enabled(on: bool) {
-        ENABLED.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether the direct kernel is switched on ([`DirectConv::set_enabled`]).
-    pub fn is_enabled() -> bool {
-        ENABLED.load(Ordering::Relaxed)
-    }
-
     /// Packs `w` `(filters, C, FH, FW)` (row-major, `filters*C*FH*FW` values) for the
-    /// geometry `g`. `None` when the geometry is not stride 1, the CPU lacks AVX-512 or
-    /// the kernel is switched off ([`DirectConv::set_enabled`]).
+    /// geometry `g`. `None` when the geometry is not stride 1 or the CPU lacks AVX-512.
     ///
     /// # Panics
     /// If `w` does not hold `filters * g.col_rows()` values.
@@ -87,7 +53,7 @@ impl DirectConv {
             "DirectConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if g.stride != 1 || filters == 0 || !Self::is_enabled() || !Self::is_supported() {
+        if g.stride != 1 || filters == 0 || !avx512_supported() {
             return None;
         }
         let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
@@ -153,7 +119,7 @@ impl DirectConv {
             let mut j = 0;
             while j < self.cols {
                 let width = (self.cols - j).min(NR);
-                // SAFETY: `is_supported()` was true when `self` was built (new returns
+                // SAFETY: `avx512_supported()` was true when `self` was built (new returns
                 // None otherwise), so the CPU has AVX-512F. The kernel reads
                 // `padded[j + off .. j + off + width]` for every offset, and
                 // `j + width <= cols` with `cols + max offset <= padded.len()`; it reads
@@ -163,9 +129,9 @@ impl DirectConv {
                 unsafe {
                     let (x, out) = (padded.as_ptr().add(j), rows.as_mut_ptr().add(j));
                     match width {
-                        48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        48 => products::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        32 => products::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
+                        _ => products::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
                     }
                 }
                 j += width;
@@ -176,6 +142,10 @@ impl DirectConv {
 
 impl ConvKernel for DirectConv {
     /// The geometry this convolution was packed for.
+    fn name(&self) -> &'static str {
+        "direct"
+    }
+
     fn geometry(&self) -> &ConvGeometry {
         &self.g
     }
@@ -321,270 +291,21 @@ impl ConvKernel for DirectConv {
             }
         }
     }
-}
 
-/// A stride-1 convolution computed without a lowered matrix, for one set of filters
-/// and one geometry: [`DirectConv`] or [`WinogradConv`](crate::WinogradConv). Build one
-/// per weight update; every method takes one image and may be called from many threads
-/// at once, each with its own scratch space (which needs no clearing).
-pub trait ConvKernel: std::fmt::Debug + Send + Sync {
-    /// The geometry the kernel was built for.
-    fn geometry(&self) -> &ConvGeometry;
-
-    /// Values of scratch space [`ConvKernel::forward_image_uninit`] needs.
-    fn scratch_len(&self) -> usize;
-
-    /// One image: `out` `(FN, OH, OW)` `= W * x + b` for `x` `(C, H, W)`, with `bias`
-    /// `(FN,)` (or none), into memory that need not be initialised: every element of
-    /// `out` is written, so a caller can allocate a whole batch's output without clearing
-    /// it. `scratch` holds at least [`ConvKernel::scratch_len`] values.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry.
-    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]);
-
-    /// [`ConvKernel::forward_image_uninit`] into initialised memory.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry.
-    fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
-        self.forward_image_uninit(x, bias, as_uninit(out), scratch);
-    }
-
-    /// Whether [`ConvKernel::weight_gradient_image`] beats lowering the image and a GEMM
-    /// on this geometry.
-    fn gradient_pays(&self) -> bool {
-        true
-    }
-
-    /// Values of scratch space [`ConvKernel::weight_gradient_image`] needs.
-    fn gradient_scratch_len(&self) -> usize;
-
-    /// A zeroed accumulator for [`ConvKernel::weight_gradient_image`].
-    fn gradient_accumulator(&self) -> GradientAccumulator;
-
-    /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
-    /// `db += ` row sums of `dout`, for the input `x` `(C, H, W)` and the output gradient
-    /// `dout` `(FN, OH, OW)`; [`GradientAccumulator::add_to`] hands the sums over.
-    /// `scratch` holds at least [`ConvKernel::gradient_scratch_len`] values.
-    ///
-    /// # Panics
-    /// If a slice length does not match the geometry or `acc` is another kernel's.
-    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]);
-}
-
-/// `out` seen as memory the `forward_image_uninit` kernels may write.
-///
-/// Sound because `[f32]` and `[MaybeUninit<f32>]` have the same layout and those kernels
-/// only ever store initialised values, so `out` stays a valid `[f32]`.
-pub(crate) fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: see above; the length and the borrow carry over.
-    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) }
-}
-
-/// The length checks of a `forward_image_uninit`: input `(C, H, W)`, bias `(FN,)`,
-/// output `(FN, OH, OW)`, and scratch long enough.
-///
-/// # Panics
-/// If one does not hold, naming `kernel`.
-pub(crate) fn check_forward_args(
-    kernel: &str,
-    g: &ConvGeometry,
-    filters: usize,
-    (x, bias, out_len): (&[f32], Option<&[f32]>, usize),
-    scratch_ok: bool,
-) {
-    assert_eq!(x.len(), g.c * g.h * g.w, "{kernel}: input length");
-    assert_eq!(out_len, filters * g.out_h * g.out_w, "{kernel}: output length");
-    assert!(scratch_ok, "{kernel}: scratch too short");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), filters, "{kernel}: bias length");
-    }
-}
-
-/// Sums of the filter gradients of several images ([`DirectConv::weight_gradient_image`]
-/// or [`WinogradConv::weight_gradient_image`](crate::WinogradConv::weight_gradient_image)),
-/// kept in the kernel's own layout until [`GradientAccumulator::add_to`]: `dW^T`
-/// `(C*FH*FW, FN)` for the direct kernel, `dU` `(16, C, FN)` (the gradient of the
-/// transformed filters) for Winograd; rows and lanes padded.
-#[derive(Debug, Clone)]
-pub struct GradientAccumulator {
-    pub(crate) sums: Vec<f32>,
-    pub(crate) db: Vec<f32>,
-    /// `C*FH*FW`.
-    pub(crate) k: usize,
-    /// Filters rounded up to 16 (the lanes of a row of `sums`).
-    pub(crate) fp: usize,
-    /// For Winograd: channels rounded up (the rows of one position of `sums`).
-    pub(crate) winograd: Option<usize>,
-}
-
-impl GradientAccumulator {
-    /// Adds `other`'s sums to these (the sums of two groups of images, in the kernel's
-    /// own layout: cheaper than [`GradientAccumulator::add_to`] for each group).
-    ///
-    /// # Panics
-    /// If `other` belongs to a convolution of another shape or kernel.
-    pub fn merge(&mut self, other: &GradientAccumulator) {
-        assert!(
-            self.sums.len() == other.sums.len()
-                && self.db.len() == other.db.len()
-                && (self.k, self.fp, self.winograd) == (other.k, other.fp, other.winograd),
-            "GradientAccumulator: merging sums of another shape"
-        );
-        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+    fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
+        let (f, k) = (self.filters, acc.k);
+        assert!(acc.winograd.is_none(), "DirectConv: accumulator of another kernel");
+        assert_eq!(dw.len(), f * k, "DirectConv: dW length");
+        assert_eq!(db.len(), f, "DirectConv: db length");
+        // the sums are dW^T (k, fp)
+        for (fi, row) in dw.chunks_exact_mut(k).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v += acc.sums[j * acc.fp + fi];
+            }
+        }
+        for (a, b) in db.iter_mut().zip(&acc.db) {
             *a += b;
         }
-        for (a, b) in self.db.iter_mut().zip(&other.db) {
-            *a += b;
-        }
-    }
-
-    /// Adds the sums to `dw` `(FN, C*FH*FW)` and `db` `(FN,)`.
-    ///
-    /// # Panics
-    /// If the lengths do not match the accumulator's convolution.
-    pub fn add_to(&self, dw: &mut [f32], db: &mut [f32]) {
-        let f = self.db.len();
-        assert_eq!(dw.len(), f * self.k, "GradientAccumulator: dW length");
-        assert_eq!(db.len(), f, "GradientAccumulator: db length");
-        match self.winograd {
-            None => {
-                for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v += self.sums[j * self.fp + fi];
-                    }
-                }
-            }
-            Some(cp) => {
-                // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C)
-                for (fi, row) in dw.chunks_exact_mut(self.k).enumerate() {
-                    for (ci, g) in row.chunks_exact_mut(9).enumerate() {
-                        let du: [f32; 16] = std::array::from_fn(|xi| self.sums[(xi * cp + ci) * self.fp + fi]);
-                        for (v, d) in g.iter_mut().zip(crate::winograd::transform_filter_gradient(&du)) {
-                            *v += d;
-                        }
-                    }
-                }
-            }
-        }
-        for (a, b) in db.iter_mut().zip(&self.db) {
-            *a += b;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod kernel {
-    use super::MR;
-    use std::arch::x86_64::*;
-
-    /// `out[r][16v + l] = sum_k w[k][r] * x[offsets[k] + 16v + l]` for `r < MR`,
-    /// `v < V`, `l < 16`; `out` rows `ld` apart.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `w` holds `offsets.len() * MR` values; `x + off` is valid for
-    /// `16 V` reads at every offset; `out` is valid for `MR` rows of `16 V` writes.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const V: usize>(offsets: &[usize], w: *const f32, x: *const f32, out: *mut f32, ld: usize) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        for (k, &off) in offsets.iter().enumerate() {
-            let mut b = [_mm512_setzero_ps(); V];
-            for (v, bv) in b.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *bv = unsafe { _mm512_loadu_ps(x.add(off + 16 * v)) };
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: k < offsets.len(), r < MR.
-                let a = _mm512_set1_ps(unsafe { *w.add(k * MR + r) });
-                for (v, bv) in b.iter().enumerate() {
-                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
-                }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, val) in row.iter().enumerate() {
-                // SAFETY: see the function's contract.
-                unsafe { _mm512_storeu_ps(out.add(r * ld + 16 * v), *val) };
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod gradient {
-    use super::GRADIENT_TILE;
-    use std::arch::x86_64::*;
-
-    /// `out[m*ld + l] += sum_{p < cols} x[offs[m] + p] * d[p*ld + l]` for `m < MR`,
-    /// `l < 16 V`: MR rows of `dW^T`, each value of `x` broadcast, `V` vectors of
-    /// `dout^T` loaded per `p`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `x + offs[m]` is valid for `cols` reads for `m < MR`; `d`
-    /// for `16 V` reads at each of `cols` rows `ld` apart; `out` for reads and writes of
-    /// `16 V` values at each of `MR` rows `ld` apart; `MR <= GRADIENT_TILE`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const MR: usize, const V: usize>(
-        x: *const f32,
-        offs: &[usize; GRADIENT_TILE],
-        d: *const f32,
-        ld: usize,
-        cols: usize,
-        out: *mut f32,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        for (m, row) in acc.iter_mut().enumerate() {
-            for (v, val) in row.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *val = unsafe { _mm512_loadu_ps(out.add(m * ld + 16 * v)) };
-            }
-        }
-        for p in 0..cols {
-            let mut b = [_mm512_setzero_ps(); V];
-            for (v, bv) in b.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *bv = unsafe { _mm512_loadu_ps(d.add(p * ld + 16 * v)) };
-            }
-            for (m, row) in acc.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                let a = _mm512_set1_ps(unsafe { *x.add(offs[m] + p) });
-                for (v, bv) in b.iter().enumerate() {
-                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
-                }
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (v, val) in row.iter().enumerate() {
-                // SAFETY: see the function's contract.
-                unsafe { _mm512_storeu_ps(out.add(m * ld + 16 * v), *val) };
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) mod kernel {
-    /// Never called: `DirectConv::new` returns `None` off x86-64.
-    pub unsafe fn tile<const V: usize>(_: &[usize], _: *const f32, _: *const f32, _: *mut f32, _: usize) {
-        unreachable!("DirectConv exists only on x86-64 with AVX-512")
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) mod gradient {
-    use super::GRADIENT_TILE;
-
-    /// Never called: `DirectConv::new` returns `None` off x86-64.
-    pub unsafe fn tile<const MR: usize, const V: usize>(
-        _: *const f32,
-        _: &[usize; GRADIENT_TILE],
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: *mut f32,
-    ) {
-        unreachable!("DirectConv exists only on x86-64 with AVX-512")
     }
 }
 

@@ -16,6 +16,9 @@
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
 //!   per 2x2 output tile instead of 36 (AVX-512 as well). Both implement [`ConvKernel`]
 //!   (forward pass and filter gradient of one image).
+//! * [`ConvPlan`]: a convolution's whole schedule for a batch (forward, `dW`, `db`,
+//!   `dx`), with the algorithm chosen by [`ConvAlgo`] (`Auto`, `Lowered`, `Direct`,
+//!   `Winograd`): what a convolution layer calls.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -33,20 +36,24 @@
 //! assert_eq!((g.out_h, g.out_w), (3, 3));
 //! ```
 
+mod conv;
 mod denormal;
 mod direct;
 mod gemm;
 mod im2col;
+mod kernel;
 mod ops;
 pub mod reference;
 #[cfg(test)]
 mod testing;
 mod winograd;
 
+pub use conv::{ConvAlgo, ConvPlan, ConvSaved, GROUP};
 pub use denormal::flush_denormals_to_zero;
-pub use direct::{ConvKernel, DirectConv, GradientAccumulator};
+pub use direct::DirectConv;
 pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
+pub use kernel::{avx512_supported, ConvKernel, GradientAccumulator};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
 pub use winograd::WinogradConv;
 

@@ -4,7 +4,7 @@ use ndarray::{Array1, Array4, Axis};
 use rand::{Rng, SeedableRng};
 
 use crate::reference::conv2d_reference;
-use crate::{ConvGeometry, ConvKernel, DirectConv};
+use crate::{ConvGeometry, ConvKernel};
 
 /// A random array in [-1, 1) from a seed.
 pub(crate) fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
@@ -15,7 +15,7 @@ pub(crate) fn random4(shape: (usize, usize, usize, usize), seed: u64) -> Array4<
 /// Whether the CPU runs the AVX-512 kernels; says so on stderr when it does not (the
 /// tests of those kernels then have nothing to check: their `new` returns `None`).
 pub(crate) fn avx512_or_say() -> bool {
-    let yes = DirectConv::is_supported();
+    let yes = crate::avx512_supported();
     if !yes {
         eprintln!("no AVX-512 on this CPU: the direct and Winograd convolutions are not used here, nothing to test");
     }
@@ -78,7 +78,7 @@ pub(crate) fn assert_weight_gradient_matches_reference<K: ConvKernel>(cases: &[C
         for _ in 0..2 {
             d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
         }
-        acc.add_to(&mut dw, &mut db);
+        d.add_gradient(&acc, &mut dw, &mut db);
         let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
         let dm = dout.view().into_shape_with_order((f, positions)).unwrap();
         for fi in 0..f {

@@ -23,15 +23,9 @@
 //! that pays depends on the channel counts: see [`WinogradConv::pays`].
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::direct::{
-    check_forward_args, gradient, kernel, ConvKernel, DirectConv, GradientAccumulator, GRADIENT_TILE, MR,
-};
-use crate::ConvGeometry;
-
-/// The process-wide switch of [`WinogradConv::set_enabled`].
-static ENABLED: AtomicBool = AtomicBool::new(true);
+use crate::kernel::{avx512_supported, check_forward_args, gradient, products, GRADIENT_TILE, MR};
+use crate::{ConvGeometry, ConvKernel, GradientAccumulator};
 
 /// Tile columns of the widest register tile of the products (three 16-lane vectors).
 const NR: usize = 48;
@@ -61,18 +55,6 @@ pub struct WinogradConv {
 }
 
 impl WinogradConv {
-    /// Switches Winograd convolutions on or off for the whole process (on by default):
-    /// while off, [`WinogradConv::new`] returns `None`. For benchmarks that compare it
-    /// with the direct kernel in one run.
-    pub fn set_enabled(on: bool) {
-        ENABLED.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether Winograd convolutions are switched on ([`WinogradConv::set_enabled`]).
-    pub fn is_enabled() -> bool {
-        ENABLED.load(Ordering::Relaxed)
-    }
-
     /// Whether this geometry is one Winograd F(2x2, 3x3) computes: 3x3 filters, stride 1.
     pub fn applies(g: &ConvGeometry) -> bool {
         g.fh == 3 && g.fw == 3 && g.stride == 1
@@ -87,9 +69,8 @@ impl WinogradConv {
     }
 
     /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g`. `None` when
-    /// the geometry is not a 3x3 stride-1 convolution ([`WinogradConv::applies`]), the
-    /// CPU lacks AVX-512 or the kernel is switched off ([`WinogradConv::set_enabled`],
-    /// [`DirectConv::set_enabled`]).
+    /// the geometry is not a 3x3 stride-1 convolution ([`WinogradConv::applies`]) or
+    /// the CPU lacks AVX-512.
     ///
     /// # Panics
     /// If `w` does not hold `filters * g.col_rows()` values.
@@ -101,12 +82,7 @@ impl WinogradConv {
             "WinogradConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if !Self::applies(g)
-            || filters == 0
-            || !Self::is_enabled()
-            || !DirectConv::is_enabled()
-            || !DirectConv::is_supported()
-        {
+        if !Self::applies(g) || filters == 0 || !avx512_supported() {
             return None;
         }
         let c = g.c;
@@ -227,7 +203,7 @@ impl WinogradConv {
         }
         for ci in 0..c {
             for (i0, j0, mask) in self.groups() {
-                // SAFETY: `DirectConv::is_supported()` held when `self` was built, so the
+                // SAFETY: `avx512_supported()` held when `self` was built, so the
                 // CPU has AVX-512F. The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
                 // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
                 // 1` rows past the last plane's end, which `padded_len`'s slack covers.
@@ -261,9 +237,9 @@ impl WinogradConv {
                     unsafe {
                         let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
                         match width {
-                            48 => kernel::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
-                            32 => kernel::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
-                            _ => kernel::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
+                            48 => products::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
+                            32 => products::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
+                            _ => products::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
                         }
                     }
                     j += width;
@@ -297,6 +273,10 @@ impl WinogradConv {
 
 impl ConvKernel for WinogradConv {
     /// The geometry this convolution was built for.
+    fn name(&self) -> &'static str {
+        "winograd"
+    }
+
     fn geometry(&self) -> &ConvGeometry {
         &self.g
     }
@@ -464,6 +444,25 @@ impl ConvKernel for WinogradConv {
                     }
                 }
             }
+        }
+    }
+
+    fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
+        let (f, k) = (self.filters, acc.k);
+        let cp = acc.winograd.expect("WinogradConv: accumulator of another kernel");
+        assert_eq!(dw.len(), f * k, "WinogradConv: dW length");
+        assert_eq!(db.len(), f, "WinogradConv: db length");
+        // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C)
+        for (fi, row) in dw.chunks_exact_mut(k).enumerate() {
+            for (ci, g) in row.chunks_exact_mut(9).enumerate() {
+                let du: [f32; 16] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
+                for (v, d) in g.iter_mut().zip(transform_filter_gradient(&du)) {
+                    *v += d;
+                }
+            }
+        }
+        for (a, b) in db.iter_mut().zip(&acc.db) {
+            *a += b;
         }
     }
 }

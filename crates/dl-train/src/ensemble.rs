@@ -309,8 +309,7 @@ impl Ensemble {
         for start in (0..total).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(total)).collect();
             set.fill_batch(&idx, &mut x, &mut t);
-            let xb = Tensor::from_shape_vec(vec![idx.len(), 1, set.height, set.width], std::mem::take(&mut x))
-                .expect("batch shape");
+            let xb = Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut x)).expect("batch shape");
             let probs = member_probabilities(&mut self.members, &xb)?;
             let right = |pred: &[usize]| pred.iter().zip(&t).filter(|(p, t)| p == t).count();
             for (c, p) in member_correct.iter_mut().zip(&probs) {
@@ -405,12 +404,10 @@ impl Ensemble {
     }
 
     /// Loads the ensemble in `dir`: reads the manifest, checks every member file's
-    /// SHA-256, builds each member with `build(entry)` (which knows the model kinds) and
+    /// SHA-256, rebuilds each member from its file (the model kind and configuration in
+    /// its metadata, [`dl_models::registry`]; members may be of different kinds) and
     /// loads its weights. Nothing is returned unless every member loaded.
-    pub fn load(
-        dir: impl AsRef<Path>,
-        mut build: impl FnMut(&MemberEntry) -> Result<Network, EnsembleError>,
-    ) -> Result<(Self, Manifest), EnsembleError> {
+    pub fn load(dir: impl AsRef<Path>) -> Result<(Self, Manifest), EnsembleError> {
         let dir = dir.as_ref();
         let manifest = Self::read_manifest(dir)?;
         let mut members = Vec::with_capacity(manifest.members.len());
@@ -425,8 +422,13 @@ impl Ensemble {
                     found,
                 });
             }
-            let mut net = build(entry)?;
-            net.load_params_from_bytes(&bytes, &path)?;
+            let net = dl_models::registry::load_from_bytes(&bytes, &path)?;
+            if net.kind() != entry.model {
+                return Err(EnsembleError::Manifest {
+                    path,
+                    message: format!("the manifest says {:?}, the file holds a {}", entry.model, net.kind()),
+                });
+            }
             members.push(net);
         }
         Ok((Self::new(members)?, manifest))

@@ -44,8 +44,8 @@ pub fn evaluate(
     for start in (0..total).step_by(bs) {
         let idx: Vec<usize> = (start..(start + bs).min(total)).collect();
         set.fill_batch(&idx, &mut x, &mut t);
-        let xb = dl_layers::Tensor::from_shape_vec(vec![idx.len(), 1, set.height, set.width], std::mem::take(&mut x))
-            .expect("batch shape");
+        let xb =
+            dl_layers::Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut x)).expect("batch shape");
         let pred = network.classify(&xb, bs)?;
         correct += pred.iter().zip(&t).filter(|(p, t)| p == t).count();
         x = xb.into_raw_vec_and_offset().0;

@@ -239,13 +239,11 @@ impl<'a> Trainer<'a> {
                 iteration += 1;
                 self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
                 if let Some(p) = &cfg.augment {
-                    p.apply_batch(&mut xbuf, self.train.height, self.train.width, iteration as u64);
+                    let t = &self.train;
+                    p.apply_batch_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64);
                 }
-                let x = Tensor::from_shape_vec(
-                    vec![idx.len(), 1, self.train.height, self.train.width],
-                    std::mem::take(&mut xbuf),
-                )
-                .expect("batch shape");
+                let x = Tensor::from_shape_vec(self.train.batch_shape(idx.len()), std::mem::take(&mut xbuf))
+                    .expect("batch shape");
                 let loss = self.network.gradient(x, Labels::Indices(&tbuf))?;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged { loss, iteration });

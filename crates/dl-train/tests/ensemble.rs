@@ -139,8 +139,7 @@ fn save_and_load_give_the_same_predictions_and_check_every_file() {
     assert_eq!(manifest.members.len(), 2);
     assert_eq!(manifest.members[1].seed, Some(12));
     assert_eq!(manifest.members[0].model, "SimpleConvNet");
-    let build = |_: &dl_train::ensemble::MemberEntry| Ok(small(0));
-    let (mut loaded, m) = Ensemble::load(dir.path(), build).unwrap();
+    let (mut loaded, m) = Ensemble::load(dir.path()).unwrap();
     assert_eq!(m, manifest);
     assert_eq!(loaded.predict_proba(&x, 6).unwrap(), before);
 
@@ -151,18 +150,23 @@ fn save_and_load_give_the_same_predictions_and_check_every_file() {
     bytes[last] ^= 1;
     std::fs::write(&member, &bytes).unwrap();
     assert!(matches!(
-        Ensemble::load(dir.path(), build),
+        Ensemble::load(dir.path()),
         Err(EnsembleError::Checksum { .. })
     ));
     bytes[last] ^= 1;
     std::fs::write(&member, &bytes).unwrap();
-    Ensemble::load(dir.path(), build).unwrap();
+    Ensemble::load(dir.path()).unwrap();
 
-    // a member built as the wrong model: the weights do not fit
-    let wrong =
-        |_: &dl_train::ensemble::MemberEntry| Ok(dl_models::DeepConvNet::new(Default::default(), 0).into_network());
-    let err = Ensemble::load(dir.path(), wrong).unwrap_err();
-    assert!(matches!(err, EnsembleError::Model(_)), "{err}");
+    // a manifest that names another model than the file holds
+    let path = dir.path().join(MANIFEST_FILE);
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("\"SimpleConvNet\"", "\"DeepConvNet\"")).unwrap();
+    let err = Ensemble::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, EnsembleError::Manifest { .. }) && err.to_string().contains("holds a SimpleConvNet"),
+        "{err}"
+    );
+    std::fs::write(&path, &good).unwrap();
 
     // manifests this version does not read
     let path = dir.path().join(MANIFEST_FILE);
@@ -177,17 +181,14 @@ fn save_and_load_give_the_same_predictions_and_check_every_file() {
         (good[..good.len() / 2].to_string(), "not a valid manifest"),
     ] {
         std::fs::write(&path, bad).unwrap();
-        let err = Ensemble::load(dir.path(), build).unwrap_err();
+        let err = Ensemble::load(dir.path()).unwrap_err();
         assert!(
             matches!(err, EnsembleError::Manifest { .. }) && err.to_string().contains(says),
             "{err}"
         );
     }
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(
-        Ensemble::load(dir.path(), build),
-        Err(EnsembleError::Io { .. })
-    ));
+    assert!(matches!(Ensemble::load(dir.path()), Err(EnsembleError::Io { .. })));
 }
 
 struct Count(usize);

@@ -1,0 +1,171 @@
+use ndarray::{Axis, Slice};
+
+use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor};
+
+/// GoogLeNet's inception module: branches run side by side on the same input
+/// `(N, C, H, W)`, their outputs `(N, C_i, H, W)` joined along the channels into
+/// `(N, ΣC_i, H, W)` (as `torch.cat(.., 1)`). Backward splits the gradient by channels,
+/// sends each part back through its branch and sums the branches' input gradients.
+///
+/// Each branch has a name (`branch1`, `branch2`, ...) and its parameters are named under
+/// it (`branch2.0.W`).
+#[derive(Debug, Clone, Default)]
+pub struct Concat {
+    branches: Vec<Sequential>,
+    names: Vec<String>,
+    /// Channels of each branch's output in the last training forward.
+    channels: Vec<usize>,
+    shape: Vec<usize>,
+}
+
+impl Concat {
+    /// No branches yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a branch under `name` (builder style).
+    ///
+    /// # Panics
+    /// If the name is empty, has a `.` or is taken.
+    pub fn with_branch(mut self, name: &str, branch: Sequential) -> Self {
+        assert!(
+            !name.is_empty() && !name.contains('.') && !self.names.iter().any(|n| n == name),
+            "Concat: branch name {name:?} is empty, has a '.' or is taken"
+        );
+        self.names.push(name.to_string());
+        self.branches.push(branch);
+        self
+    }
+
+    /// The branches, in order.
+    pub fn branches(&self) -> &[Sequential] {
+        &self.branches
+    }
+
+    fn mismatch(shapes: &[Vec<usize>]) -> LayerError {
+        LayerError::Invalid {
+            layer: "Concat".into(),
+            message: format!("the branches' outputs {shapes:?} differ in more than their channels"),
+        }
+    }
+}
+
+impl Layer for Concat {
+    fn name(&self) -> &str {
+        "Concat"
+    }
+
+    fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        if self.branches.is_empty() {
+            return Err(LayerError::Invalid {
+                layer: "Concat".into(),
+                message: "no branches".into(),
+            });
+        }
+        let last = self.branches.len() - 1;
+        let mut outs = Vec::with_capacity(self.branches.len());
+        let mut x = Some(x);
+        for (i, b) in self.branches.iter_mut().enumerate() {
+            let xi = if i == last {
+                x.take().expect("input")
+            } else {
+                x.clone().expect("input")
+            };
+            outs.push(b.forward(xi, train)?);
+        }
+        let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.shape().to_vec()).collect();
+        let s0 = &shapes[0];
+        if s0.len() < 2
+            || shapes
+                .iter()
+                .any(|s| s.len() != s0.len() || s[0] != s0[0] || s[2..] != s0[2..])
+        {
+            return Err(Self::mismatch(&shapes));
+        }
+        let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
+        let y = ndarray::concatenate(Axis(1), &views).map_err(|_| Self::mismatch(&shapes))?;
+        if train {
+            self.channels = shapes.iter().map(|s| s[1]).collect();
+            self.shape = y.shape().to_vec();
+        }
+        Ok(crate::into_standard(y))
+    }
+
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        check_dout("Concat", &dout, &self.shape);
+        let mut dx: Option<Tensor> = None;
+        let mut at = 0;
+        for (b, &c) in self.branches.iter_mut().zip(&self.channels) {
+            let part = dout
+                .slice_axis(Axis(1), Slice::from(at..at + c))
+                .as_standard_layout()
+                .into_owned();
+            at += c;
+            let d = b.backward(part);
+            match &mut dx {
+                None => dx = Some(crate::into_standard(d)),
+                Some(acc) => *acc += &d,
+            }
+        }
+        dx.expect("at least one branch")
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        let children = self.names.iter().zip(&self.branches);
+        children.flat_map(|(n, b)| prefixed(n, b.params())).collect()
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let children = self.names.iter().zip(&mut self.branches);
+        children.flat_map(|(n, b)| prefixed(n, b.params_mut())).collect()
+    }
+
+    fn buffers(&self) -> Vec<(String, &Tensor)> {
+        let children = self.names.iter().zip(&self.branches);
+        children.flat_map(|(n, b)| prefixed(n, b.buffers())).collect()
+    }
+
+    fn buffers_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let children = self.names.iter().zip(&mut self.branches);
+        children.flat_map(|(n, b)| prefixed(n, b.buffers_mut())).collect()
+    }
+
+    fn set_input_gradient_needed(&mut self, needed: bool) {
+        self.branches
+            .iter_mut()
+            .for_each(|b| b.set_input_gradient_needed(needed));
+    }
+
+    fn set_conv_algo(&mut self, algo: ConvAlgo) {
+        self.branches.iter_mut().for_each(|b| b.set_conv_algo(algo));
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        let shapes = self
+            .branches
+            .iter()
+            .map(|b| b.output_shape(input))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(s0) = shapes.first() else {
+            return Err(LayerError::Invalid {
+                layer: "Concat".into(),
+                message: "no branches".into(),
+            });
+        };
+        if s0.len() < 2
+            || shapes
+                .iter()
+                .any(|s| s.len() != s0.len() || s[0] != s0[0] || s[2..] != s0[2..])
+        {
+            return Err(Self::mismatch(&shapes));
+        }
+        let mut out = s0.clone();
+        out[1] = shapes.iter().map(|s| s[1]).sum();
+        Ok(out)
+    }
+
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,93 @@
+//! Pieces the deeper models share: a seed counter, torchvision's conv-bn-relu unit, and
+//! the wrapper boilerplate of a model type.
+
+use dl_layers::{BatchNormalization, Convolution, Init, Relu, Sequential};
+
+use crate::{derive_seed, ModelError};
+
+/// Hands out the seeds of a model's random parts in order: `derive_seed(seed, 1)`, 2, ...
+pub(crate) struct Seeds {
+    seed: u64,
+    k: u64,
+}
+
+impl Seeds {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self { seed, k: 0 }
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.k += 1;
+        derive_seed(self.seed, self.k)
+    }
+}
+
+/// A `k x k` convolution without bias, He-initialised.
+pub(crate) fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, seeds: &mut Seeds) -> Convolution {
+    Convolution::new(c_in, c_out, k, k, stride, pad, Init::He, seeds.next()).without_bias()
+}
+
+/// torchvision's `BasicConv2d` (GoogLeNet): `conv` (no bias), `bn` (eps `1e-3`), `relu`.
+pub(crate) fn basic_conv(c_in: usize, c_out: usize, k: usize, seeds: &mut Seeds) -> Sequential {
+    Sequential::new()
+        .with_named("conv", conv(c_in, c_out, k, 1, k / 2, seeds))
+        .with_named("bn", BatchNormalization::torchvision(c_out).with_eps(1e-3))
+        .with_named("relu", Relu::new())
+}
+
+/// Checks a size read from a configuration: at least 1 and at most `max`.
+pub(crate) fn check_size(kind: &str, what: &str, value: usize, max: usize) -> Result<(), ModelError> {
+    if value == 0 || value > max {
+        return Err(ModelError::Config {
+            kind: kind.into(),
+            message: format!("{what} is {value}, must be 1 to {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// The largest channel count, image side or hidden width a configuration may ask for.
+pub(crate) const MAX_SIZE: usize = 4096;
+
+/// A dropout ratio in `[0, 1)`.
+pub(crate) fn check_ratio(kind: &str, ratio: f32) -> Result<(), ModelError> {
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(ModelError::Config {
+            kind: kind.into(),
+            message: format!("dropout ratio {ratio} is not in [0, 1)"),
+        });
+    }
+    Ok(())
+}
+
+/// `Deref`/`DerefMut` to the [`Network`](crate::Network) field and `into_network`, for
+/// a model type `$t { network: Network, config: $c }`.
+macro_rules! model_type {
+    ($t:ident, $c:ty) => {
+        impl $t {
+            /// The configuration it was built with.
+            pub fn config(&self) -> &$c {
+                &self.config
+            }
+
+            /// The underlying [`Network`](crate::Network), by value.
+            pub fn into_network(self) -> crate::Network {
+                self.network
+            }
+        }
+
+        impl std::ops::Deref for $t {
+            type Target = crate::Network;
+            fn deref(&self) -> &crate::Network {
+                &self.network
+            }
+        }
+
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut crate::Network {
+                &mut self.network
+            }
+        }
+    };
+}
+pub(crate) use model_type;

@@ -1,0 +1,164 @@
+//! Every model by name: build one from its kind and configuration, and rebuild the model
+//! a parameter file was saved from, without the code that trained it.
+//!
+//! A saved file carries, in its safetensors metadata entry `dlfs`, the model's kind
+//! (`"model": "ResNet"`) and configuration (`"config"`, JSON). [`load`] reads both,
+//! builds that model and loads the parameters; the book's pickle (which carries neither)
+//! loads as the book's DeepConvNet.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    DeepConvNet, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelError, Network, ResNet, ResNetConfig,
+    SimpleConvNet, SimpleConvNetConfig, Vgg, VggConfig,
+};
+
+/// The model kinds [`ModelConfig`] builds, as saved files name them.
+pub const MODEL_KINDS: [&str; 5] = ["DeepConvNet", "SimpleConvNet", "Vgg", "ResNet", "GoogLeNet"];
+
+/// A model's kind with its configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelConfig {
+    /// The book's chapter 8 network.
+    DeepConvNet(DeepConvNetConfig),
+    /// The book's chapter 7 network.
+    SimpleConvNet(SimpleConvNetConfig),
+    /// VGG for small images.
+    Vgg(VggConfig),
+    /// The CIFAR ResNet.
+    ResNet(ResNetConfig),
+    /// A small GoogLeNet.
+    GoogLeNet(GoogLeNetConfig),
+}
+
+fn unknown(kind: &str) -> ModelError {
+    ModelError::UnknownModel {
+        kind: kind.into(),
+        known: MODEL_KINDS.join(", "),
+    }
+}
+
+impl ModelConfig {
+    /// The default configuration of `kind` (one of [`MODEL_KINDS`]).
+    pub fn default_for(kind: &str) -> Result<Self, ModelError> {
+        Ok(match kind {
+            "DeepConvNet" => Self::DeepConvNet(Default::default()),
+            "SimpleConvNet" => Self::SimpleConvNet(Default::default()),
+            "Vgg" => Self::Vgg(Default::default()),
+            "ResNet" => Self::ResNet(Default::default()),
+            "GoogLeNet" => Self::GoogLeNet(Default::default()),
+            _ => return Err(unknown(kind)),
+        })
+    }
+
+    /// The configuration of `kind` from its JSON (as saved in a file's metadata).
+    pub fn from_json(kind: &str, json: &str) -> Result<Self, ModelError> {
+        fn parse<T: for<'de> Deserialize<'de>>(kind: &str, json: &str) -> Result<T, ModelError> {
+            serde_json::from_str(json).map_err(|e| ModelError::Config {
+                kind: kind.into(),
+                message: e.to_string(),
+            })
+        }
+        Ok(match kind {
+            "DeepConvNet" => Self::DeepConvNet(parse(kind, json)?),
+            "SimpleConvNet" => Self::SimpleConvNet(parse(kind, json)?),
+            "Vgg" => Self::Vgg(parse(kind, json)?),
+            "ResNet" => Self::ResNet(parse(kind, json)?),
+            "GoogLeNet" => Self::GoogLeNet(parse(kind, json)?),
+            _ => return Err(unknown(kind)),
+        })
+    }
+
+    /// The kind, as [`Network::kind`] gives it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::DeepConvNet(_) => "DeepConvNet",
+            Self::SimpleConvNet(_) => "SimpleConvNet",
+            Self::Vgg(_) => "Vgg",
+            Self::ResNet(_) => "ResNet",
+            Self::GoogLeNet(_) => "GoogLeNet",
+        }
+    }
+
+    /// Builds the model, every random part fixed by `seed`.
+    pub fn build(&self, seed: u64) -> Result<Network, ModelError> {
+        Ok(match self.clone() {
+            Self::DeepConvNet(c) => DeepConvNet::try_new(c, seed)?.into_network(),
+            Self::SimpleConvNet(c) => SimpleConvNet::try_new(c, seed)?.into_network(),
+            Self::Vgg(c) => Vgg::try_new(c, seed)?.into_network(),
+            Self::ResNet(c) => ResNet::try_new(c, seed)?.into_network(),
+            Self::GoogLeNet(c) => GoogLeNet::try_new(c, seed)?.into_network(),
+        })
+    }
+}
+
+/// Builds `kind` with its configuration in JSON, or its default one.
+pub fn build(kind: &str, config: Option<&str>, seed: u64) -> Result<Network, ModelError> {
+    match config {
+        Some(json) => ModelConfig::from_json(kind, json)?,
+        None => ModelConfig::default_for(kind)?,
+    }
+    .build(seed)
+}
+
+/// The model a saved parameter file belongs to, from its metadata (the header only is
+/// read).
+pub fn read_model_config(path: impl AsRef<Path>) -> Result<ModelConfig, ModelError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    model_config_from_bytes(&bytes, path)
+}
+
+/// [`read_model_config`] of a file's bytes in memory; `path` only names it in errors.
+pub fn model_config_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelConfig, ModelError> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let no_model = |message: &str| ModelError::NoModel {
+        path: path.to_path_buf(),
+        message: message.into(),
+    };
+    let entry = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("dlfs"))
+        .ok_or_else(|| no_model("no \"dlfs\" entry"))?;
+    let info: std::collections::BTreeMap<String, String> = serde_json::from_str(entry)
+        .map_err(|e| no_model(&format!("the \"dlfs\" entry is not a map of strings: {e}")))?;
+    let kind = info.get("model").ok_or_else(|| no_model("no \"model\""))?;
+    match info.get("config") {
+        Some(json) => ModelConfig::from_json(kind, json),
+        None => ModelConfig::default_for(kind),
+    }
+}
+
+/// Rebuilds the model a parameter file was saved from and loads its parameters: a
+/// safetensors file by its metadata, the book's pickle (a file starting with the pickle
+/// protocol byte) as the book's DeepConvNet, read without running any of it.
+pub fn load(path: impl AsRef<Path>) -> Result<Network, ModelError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.first() == Some(&0x80) {
+        let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
+        net.load_book_params(path)?;
+        return Ok(net);
+    }
+    load_from_bytes(&bytes, path)
+}
+
+/// Rebuilds the model of a safetensors file in memory and loads its parameters; `path`
+/// only names the file in errors.
+pub fn load_from_bytes(bytes: &[u8], path: &Path) -> Result<Network, ModelError> {
+    let mut net = model_config_from_bytes(bytes, path)?.build(0)?;
+    net.load_params_from_bytes(bytes, path)?;
+    Ok(net)
+}

@@ -1,0 +1,428 @@
+//! The convolution's schedule: which kernel runs, how a batch is split over threads, how
+//! the filter gradient is summed, and the scratch memory, behind one [`ConvPlan`] per
+//! layer geometry. A layer describes its convolution (filters, stride, padding) and asks
+//! the plan for the forward pass and the gradients; everything else is here.
+//!
+//! The book lowers the whole batch with `im2col` to `(N*OH*OW, C*FH*FW)`, multiplies by
+//! `W^T` and transposes back to NCHW. The plan computes the same numbers image by image,
+//! in parallel over the batch: each image is lowered with [`im2col_chw`] to
+//! `(C*FH*FW, OH*OW)` and `W · col` lands straight in that image's `(FN, OH*OW)` slice
+//! of the output (a 1x1 stride-1 convolution without padding needs no lowering at all:
+//! the image is its own column matrix). Where the CPU has AVX-512 and the stride is 1,
+//! [`ConvAlgo::Auto`] skips even the lowering: 3x3 layers with at least 8 input
+//! channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others [`DirectConv`].
+//!
+//! Backward takes the images in fixed groups of [`GROUP`], each group summing its `dW`
+//! and `db` on its own, the groups' sums added in a fixed order: the result does not
+//! depend on the thread count.
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use crate::{col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, WinogradConv};
+
+/// Which algorithm a convolution runs. Every choice computes the same numbers up to
+/// rounding (the tests compare them); they differ in speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgo {
+    /// The fastest this CPU has for the geometry: Winograd where it pays
+    /// ([`WinogradConv::pays`]), else the direct kernel, else the lowered path.
+    #[default]
+    Auto,
+    /// Always `im2col` + GEMM, the book's formulation (per image).
+    Lowered,
+    /// The direct kernel wherever it applies (stride 1, AVX-512), else lowered.
+    Direct,
+    /// Winograd wherever it applies (3x3, stride 1, AVX-512), else as [`ConvAlgo::Direct`].
+    Winograd,
+}
+
+impl ConvAlgo {
+    /// The kernel without lowering for `w` `(filters, C*FH*FW)` on `g`, or `None` for the
+    /// lowered path.
+    pub fn kernel(self, w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
+        let winograd = match self {
+            ConvAlgo::Lowered => return None,
+            ConvAlgo::Auto => WinogradConv::pays(g),
+            ConvAlgo::Winograd => true,
+            ConvAlgo::Direct => false,
+        };
+        if winograd {
+            if let Some(k) = WinogradConv::new(w, filters, g) {
+                return Some(Box::new(k));
+            }
+        }
+        DirectConv::new(w, filters, g).map(|k| Box::new(k) as Box<dyn ConvKernel>)
+    }
+}
+
+/// Images per group in the backward pass: the unit of parallel work and of the
+/// fixed-order gradient reduction.
+pub const GROUP: usize = 4;
+
+/// What a training forward keeps for the backward pass: the kernel it ran (the filter
+/// gradient depends on the geometry only, so it is built once per step).
+#[derive(Debug, Clone, Default)]
+pub struct ConvSaved {
+    kernel: Option<Arc<dyn ConvKernel>>,
+}
+
+impl ConvSaved {
+    /// The name of the kernel the forward ran: `"winograd"`, `"direct"` or `"lowered"`.
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.as_ref().map_or("lowered", |k| k.name())
+    }
+}
+
+/// One convolution's schedule: its geometry, filter count and algorithm. Cheap to build
+/// (a few integers); the filters are packed per call, since they change every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvPlan {
+    /// Input, filter and output sizes.
+    pub g: ConvGeometry,
+    /// Number of filters `FN`.
+    pub filters: usize,
+    /// The algorithm.
+    pub algo: ConvAlgo,
+}
+
+impl ConvPlan {
+    /// A plan for `filters` filters on `g`.
+    pub fn new(g: ConvGeometry, filters: usize, algo: ConvAlgo) -> Self {
+        Self { g, filters, algo }
+    }
+
+    fn lens(&self) -> (usize, usize) {
+        let g = &self.g;
+        (g.c * g.h * g.w, self.filters * g.out_h * g.out_w)
+    }
+
+    /// `y = W * x + b` for a batch: `w` `(FN, C, FH, FW)`, `bias` `(FN,)` or none, `x`
+    /// `(N, C, H, W)`, all row-major; returns `y` `(N, FN, OH, OW)` and what
+    /// [`ConvPlan::backward`] needs from this pass.
+    ///
+    /// # Panics
+    /// If a length does not fit the plan (a programmer error: the layer checks shapes).
+    pub fn forward(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
+        let g = &self.g;
+        let (in_len, out_len) = self.lens();
+        assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
+        assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
+        let n = x.len() / in_len.max(1);
+        let kernel: Option<Arc<dyn ConvKernel>> = self.algo.kernel(w, self.filters, g).map(Arc::from);
+        let out = match &kernel {
+            // straight from the padded image, no lowering, into memory not cleared first
+            // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
+            // `forward_image_uninit` writes every element of its chunk.
+            Some(d) => unsafe {
+                batch_uninit(n * out_len, |out| {
+                    out.par_chunks_mut(out_len)
+                        .zip(x.par_chunks(in_len))
+                        .for_each(|(o, xi)| {
+                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, bias, o, s))
+                        });
+                })
+            },
+            None => {
+                let mut out = vec![0.0f32; n * out_len];
+                let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
+                out.par_chunks_mut(out_len)
+                    .zip(x.par_chunks(in_len))
+                    .for_each(|(o, xi)| {
+                        with_scratch(lowered_len(g), 0, |c, _| {
+                            let col = lowered(xi, g, c);
+                            forward_image(&wm, bias, col, g, o);
+                        })
+                    });
+                out
+            }
+        };
+        (out, ConvSaved { kernel })
+    }
+
+    /// The gradients of a batch: given `x` and `dout` `(N, FN, OH, OW)` of the forward
+    /// that produced `saved`, **stores** `dL/dW` in `dw` `(FN, C, FH, FW)` and `dL/db` in
+    /// `db` `(FN,)` (when given), and returns `dL/dx` `(N, C, H, W)`, or zeros when
+    /// `input_gradient` is false (nobody reads it: a network's first layer).
+    ///
+    /// # Panics
+    /// If a length does not fit the plan.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        w: &[f32],
+        saved: &ConvSaved,
+        x: &[f32],
+        dout: &[f32],
+        input_gradient: bool,
+        dw: &mut [f32],
+        db: Option<&mut [f32]>,
+    ) -> Vec<f32> {
+        let g = &self.g;
+        let f = self.filters;
+        let ckk = g.col_rows();
+        let (in_len, out_len) = self.lens();
+        let n = x.len() / in_len.max(1);
+        assert_eq!(x.len(), n * in_len, "ConvPlan: input length");
+        assert_eq!(dout.len(), n * out_len, "ConvPlan: dout length");
+        assert_eq!(dw.len(), f * ckk, "ConvPlan: dW length");
+        assert!(n > 0, "ConvPlan: backward of an empty batch");
+        let transposed = if input_gradient {
+            transposed_convolution(w, f, g)
+        } else {
+            None
+        };
+        // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
+        let fast_dw = saved.kernel.clone().filter(|k| k.gradient_pays());
+        let col_len = fast_dw.as_ref().map_or(lowered_len(g), |k| k.gradient_scratch_len());
+        let fast_dx = match &transposed {
+            Some((gt, wt)) => self.algo.kernel(wt, g.c, gt),
+            _ => None,
+        };
+        let dcol_len = match (&fast_dx, &transposed) {
+            _ if !input_gradient => 0,
+            (Some(d), _) => d.scratch_len(),
+            (None, Some((gt, _))) => lowered_len(gt),
+            (None, None) => g.col_rows() * g.col_cols(),
+        };
+        let wm = ArrayView2::from_shape((f, ckk), w).expect("W matrix");
+        let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
+        // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
+        // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
+        // paths and when no input gradient is asked for.
+        let dx = unsafe {
+            batch_uninit(n * in_len, |dx| {
+                partials = dx
+                    .par_chunks_mut(in_len * GROUP)
+                    .zip(dout.par_chunks(out_len * GROUP))
+                    .zip(x.par_chunks(in_len * GROUP))
+                    .map(|((dxg, dg), xg)| {
+                        let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
+                        // the lowered path's sums (the fast path keeps its own in `sums`)
+                        let (mut gw, mut gb) = match sums {
+                            Some(_) => (Vec::new(), Vec::new()),
+                            None => (vec![0.0f32; f * ckk], vec![0.0f32; f]),
+                        };
+                        with_scratch(col_len, dcol_len, |col, dcol| {
+                            for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len))
+                            {
+                                // dW += dout_i · col_i^T ; db += row sums of dout_i
+                                if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
+                                    dd.weight_gradient_image(xi, di, acc, col);
+                                } else {
+                                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), lowered(xi, g, col))
+                                        .expect("col block");
+                                    let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                                    let mut gwv = ArrayViewMut2::from_shape((f, ckk), &mut gw[..]).expect("dW");
+                                    gemm(1.0, &d, &colv.t(), 1.0, &mut gwv);
+                                    for (acc, row) in gb.iter_mut().zip(d.axis_iter(Axis(0))) {
+                                        *acc += row.sum();
+                                    }
+                                }
+                                self.input_gradient_image(input_gradient, &wm, &transposed, &fast_dx, di, dxi, dcol);
+                            }
+                        });
+                        (sums, gw, gb)
+                    })
+                    .collect();
+            })
+        };
+        let fast_sums: Option<Vec<GradientAccumulator>> = partials.iter_mut().map(|p| p.0.take()).collect();
+        dw.fill(0.0);
+        let mut gb = vec![0.0f32; f];
+        match (fast_sums, &fast_dw) {
+            (Some(mut sums), Some(k)) => {
+                // the fast kernels' sums stay in their own layout until all groups are in
+                merge_tree(&mut sums);
+                k.add_gradient(&sums[0], dw, &mut gb);
+            }
+            _ => {
+                for (_, pw, pb) in partials {
+                    for (a, b) in dw.iter_mut().zip(&pw) {
+                        *a += b;
+                    }
+                    for (a, b) in gb.iter_mut().zip(&pb) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        if let Some(db) = db {
+            assert_eq!(db.len(), f, "ConvPlan: db length");
+            db.copy_from_slice(&gb);
+        }
+        dx
+    }
+
+    /// `dx_i` of one image (every value written).
+    #[allow(clippy::too_many_arguments)]
+    fn input_gradient_image(
+        &self,
+        needed: bool,
+        w: &ArrayView2<f32>,
+        transposed: &Option<(ConvGeometry, Vec<f32>)>,
+        fast_dx: &Option<Box<dyn ConvKernel>>,
+        di: &[f32],
+        dxi: &mut [MaybeUninit<f32>],
+        dcol: &mut [f32],
+    ) {
+        let g = &self.g;
+        if let (true, Some(d)) = (needed, fast_dx) {
+            // dx_i = W' * dout_i without lowering, every value written
+            d.forward_image_uninit(di, None, dxi, dcol);
+            return;
+        }
+        let dxi = zeroed(dxi);
+        if !needed {
+            return;
+        }
+        match transposed {
+            // dx_i = W' · im2col(dout_i): the forward's kernels, no col2im
+            Some((gt, wt)) => {
+                let dc = ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), lowered(di, gt, dcol)).expect("dcol");
+                let wt = ArrayView2::from_shape((g.c, gt.col_rows()), &wt[..]).expect("W'");
+                let mut dxv = ArrayViewMut2::from_shape((g.c, g.h * g.w), dxi).expect("dx block");
+                gemm(1.0, &wt, &dc, 0.0, &mut dxv);
+            }
+            // dcol = W^T · dout_i, then col2im into dx_i
+            None => {
+                let ckk = g.col_rows();
+                let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
+                let d = ArrayView2::from_shape((self.filters, g.col_cols()), di).expect("dout block");
+                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                col2im_chw(dcol, g, dxi);
+            }
+        }
+    }
+}
+
+/// Whether the lowered image is the image itself: a 1x1 stride-1 convolution without
+/// padding.
+fn lowering_is_identity(g: &ConvGeometry) -> bool {
+    g.fh == 1 && g.fw == 1 && g.stride == 1 && g.pad == 0
+}
+
+/// Scratch values [`lowered`] needs.
+fn lowered_len(g: &ConvGeometry) -> usize {
+    if lowering_is_identity(g) {
+        0
+    } else {
+        g.col_rows() * g.col_cols()
+    }
+}
+
+/// The image `x` `(C, H, W)` lowered to `(C*FH*FW, OH*OW)`: `x` itself where that is the
+/// same, else [`im2col_chw`] into `scratch`.
+fn lowered<'a>(x: &'a [f32], g: &ConvGeometry, scratch: &'a mut [f32]) -> &'a [f32] {
+    if lowering_is_identity(g) {
+        x
+    } else {
+        im2col_chw(x, g, scratch);
+        scratch
+    }
+}
+
+/// For a stride-1 convolution with square filters and `pad < FH`, `dL/dx` is itself a
+/// stride-1 convolution: of `dout` `(FN, OH, OW)`, padded by `FH - 1 - pad`, with the
+/// filters turned by 180 degrees and their channel axes swapped, `W'` `(C, FN, FH, FW)`.
+/// Returns that convolution's geometry and `W'`; `None` when the shortcut does not apply
+/// (the general `W^T · dout` then `col2im` is used).
+fn transposed_convolution(w: &[f32], f: usize, g: &ConvGeometry) -> Option<(ConvGeometry, Vec<f32>)> {
+    let (c, fh, fw) = (g.c, g.fh, g.fw);
+    if g.stride != 1 || fh != fw || g.pad >= fh {
+        return None;
+    }
+    let gt = ConvGeometry::new(f, g.out_h, g.out_w, fh, fw, 1, fh - 1 - g.pad).ok()?;
+    if (gt.out_h, gt.out_w) != (g.h, g.w) {
+        return None;
+    }
+    // W'[ci][fi][k] = W[fi][ci][FH*FW - 1 - k] (a 180-degree turn is the reversed
+    // filter), by slices rather than 4-D indexing
+    let kk = fh * fw;
+    let mut wt = vec![0.0f32; c * f * kk];
+    for (fi, filter) in w.chunks_exact(c * kk).enumerate() {
+        for (ci, src) in filter.chunks_exact(kk).enumerate() {
+            let dst = &mut wt[(ci * f + fi) * kk..][..kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    Some((gt, wt))
+}
+
+thread_local! {
+    /// Per-thread lowering buffers, kept between calls: a lowered image is written in
+    /// full before it is read, so the buffers are never cleared.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's two scratch buffers, of at least `a` and `b` values.
+/// `f` must not start parallel work (a stolen task could ask for the same buffers).
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        let (x, y) = &mut *bufs;
+        if x.len() < a {
+            x.resize(a, 0.0);
+        }
+        if y.len() < b {
+            y.resize(b, 0.0);
+        }
+        f(&mut x[..a], &mut y[..b])
+    })
+}
+
+/// A batch buffer of `len` values that `fill` writes in full, without clearing it first.
+///
+/// # Safety
+/// `fill` must initialise every element (the kernels' `forward_image_uninit` does, for
+/// each image's chunk).
+unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut buf = Vec::<f32>::with_capacity(len);
+    fill(&mut buf.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`, and `fill` initialised the first `len`
+    // elements (the caller's promise).
+    unsafe { buf.set_len(len) };
+    buf
+}
+
+/// Clears `buf` and returns it as initialised values.
+fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    buf.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written, and `[MaybeUninit<f32>]` and `[f32]` have
+    // the same layout.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Merges the groups' sums into `parts[0]` pairwise, in a tree whose shape depends only
+/// on the number of groups (so the result does not depend on the thread count), the two
+/// halves of each level in parallel.
+fn merge_tree(parts: &mut [GradientAccumulator]) {
+    if parts.len() < 2 {
+        return;
+    }
+    let (left, right) = parts.split_at_mut(parts.len() / 2);
+    rayon::join(|| merge_tree(left), || merge_tree(right));
+    left[0].merge(&right[0]);
+}
+
+/// One image: `out (FN, OH*OW) = W · col + b`.
+fn forward_image(w: &ArrayView2<f32>, bias: Option<&[f32]>, col: &[f32], g: &ConvGeometry, out: &mut [f32]) {
+    let col = ArrayView2::from_shape((g.col_rows(), g.col_cols()), col).expect("col block");
+    let mut out = ArrayViewMut2::from_shape((w.nrows(), g.col_cols()), out).expect("out block");
+    let beta = match bias {
+        Some(bias) => {
+            for (mut row, &b) in out.axis_iter_mut(Axis(0)).zip(bias) {
+                row.fill(b);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    gemm(1.0, w, &col, beta, &mut out);
+}
