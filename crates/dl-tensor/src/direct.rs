@@ -224,7 +224,7 @@ impl ConvKernel for DirectConv {
     /// broadcast to a register) and `dout^T` `(OH*Wp, FN)` built once, with zeros in the
     /// rows of the extra columns: every register holds 16 filters' sums for one
     /// `(c, ky, kx)`, so no horizontal sums are needed, and the sums stay in `acc` as
-    /// `dW^T` until [`GradientAccumulator::add_to`]. `scratch` (at least
+    /// `dW^T` until [`ConvKernel::add_gradient`]. `scratch` (at least
     /// [`DirectConv::gradient_scratch_len`] values) needs no clearing.
     ///
     /// # Panics

@@ -332,7 +332,7 @@ impl ConvKernel for WinogradConv {
     /// The forward pass is `Y = Aᵀ (U ⊙ V) A` per tile, so the gradient of the
     /// transformed filters is `dU[ξ] = Σ_tiles Z[ξ] V[ξ]` with `Z = A dY Aᵀ` (the 2x2
     /// output-gradient tile `dY` taken back to 4x4), and `dW = Gᵀ dU G`, applied once in
-    /// [`GradientAccumulator::add_to`]. The 16 products `(C, tiles) · (tiles, FN)` have
+    /// [`ConvKernel::add_gradient`]. The 16 products `(C, tiles) · (tiles, FN)` have
     /// the tiles as inner dimension; the direct kernel's `dW` register tiles compute
     /// them, each value of `V` broadcast, `Z` stored filters-last. `scratch` (at least
     /// [`WinogradConv::gradient_scratch_len`] values) needs no clearing.
