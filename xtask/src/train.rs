@@ -2,10 +2,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use dl_data::Mnist;
+use dl_data::{ImageSet, Mnist};
 use dl_models::Network;
 use dl_train::{
-    train_ensemble, EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer,
+    evaluate, train_ensemble, EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer,
     TrainerConfig, Unit, Vote,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,6 +104,14 @@ pub struct TrainArgs {
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Hold out N training images (drawn by --validation-seed) as a validation set: the
+    /// per-epoch accuracies, the plateau rule and the final figure of the run are taken
+    /// on it, and the test set is evaluated once, at the end.
+    #[arg(long, value_name = "N")]
+    validation: Option<usize>,
+    /// Seed of the validation split (the same split for every --seed by default).
+    #[arg(long, default_value_t = 0)]
+    validation_seed: u64,
     /// Train an ensemble of K members (seeds seed, seed+1, ...) and save it as a folder:
     /// member-{i}.safetensors, member-{i}-history.json and ensemble.json.
     #[arg(long, value_name = "K")]
@@ -145,11 +153,13 @@ struct Progress {
     images: usize,
     /// Put before each epoch line ("member 2  "), empty for a single run.
     prefix: String,
+    /// What the per-epoch evaluation set is called: "test" or "val".
+    eval_name: &'static str,
 }
 
 impl Progress {
     /// A bar drawn on a terminal, or none (`hidden`) when several runs share the screen.
-    fn new(prefix: String, hidden: bool) -> Self {
+    fn new(prefix: String, hidden: bool, eval_name: &'static str) -> Self {
         let bar = if hidden {
             ProgressBar::hidden()
         } else {
@@ -165,6 +175,7 @@ impl Progress {
             started: Instant::now(),
             images: 0,
             prefix,
+            eval_name,
         }
     }
 }
@@ -185,11 +196,12 @@ impl Observer for Progress {
 
     fn on_epoch(&mut self, r: &EpochRecord) {
         let line = format!(
-            "{}epoch {:>3}  loss {:.4}  train acc {:.4}  test acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
+            "{}epoch {:>3}  loss {:.4}  train acc {:.4}  {} acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
             self.prefix,
             r.epoch,
             r.train_loss,
             r.train_acc,
+            self.eval_name,
             r.test_acc,
             r.lr,
             r.train_seconds,
@@ -272,10 +284,30 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
     if let Some(n) = a.train_limit {
         mnist.train = mnist.train.take(n);
     }
+    let validation = match a.validation {
+        Some(0) => return Err(CliError::Other("--validation needs at least one image".into())),
+        Some(n) if n >= mnist.train.len() => {
+            return Err(CliError::Other(format!(
+                "--validation {n} leaves no training images (there are {})",
+                mnist.train.len()
+            )))
+        }
+        Some(n) => {
+            let (rest, held) = mnist.train.split(n, a.validation_seed);
+            mnist.train = rest;
+            Some(held)
+        }
+        None => None,
+    };
     println!(
-        "MNIST from {}: {} train, {} test images ({:.1} s)",
+        "MNIST from {}: {} train, {}{} test images ({:.1} s)",
         data.display(),
         mnist.train.len(),
+        validation.as_ref().map_or(String::new(), |v| format!(
+            "{} validation (seed {}), ",
+            v.len(),
+            a.validation_seed
+        )),
         mnist.test.len(),
         load_start.elapsed().as_secs_f64()
     );
@@ -297,14 +329,21 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
     );
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
     match a.ensemble {
-        None => train_one(&a, probe, &mnist, config),
-        Some(k) => train_many(&a, k, &mnist, config),
+        None => train_one(&a, probe, &mnist, validation.as_ref(), config),
+        Some(k) => train_many(&a, k, &mnist, validation.as_ref(), config),
     }
 }
 
-fn train_one(a: &TrainArgs, mut net: Network, mnist: &Mnist, config: TrainerConfig) -> Result<(), CliError> {
-    let mut progress = Progress::new(String::new(), false);
-    let history = Trainer::new(&mut net, &mnist.train, &mnist.test, config)?.train_with(&mut progress)?;
+fn train_one(
+    a: &TrainArgs,
+    mut net: Network,
+    mnist: &Mnist,
+    validation: Option<&ImageSet>,
+    config: TrainerConfig,
+) -> Result<(), CliError> {
+    let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
+    let eval_set = validation.unwrap_or(&mnist.test);
+    let history = Trainer::new(&mut net, &mnist.train, eval_set, config)?.train_with(&mut progress)?;
     let params = a.out.join("params.safetensors");
     net.save_params(&params)?;
     let hist = a.out.join("history.json");
@@ -316,11 +355,22 @@ fn train_one(a: &TrainArgs, mut net: Network, mnist: &Mnist, config: TrainerConf
         history.total_seconds,
         crate::bench::peak_rss_mib()
     );
-    println!("test accuracy: {}", history.test_evaluation);
+    if validation.is_some() {
+        println!("validation accuracy: {}", history.test_evaluation);
+        println!("test accuracy: {}", evaluate(&mut net, &mnist.test, None, 100)?);
+    } else {
+        println!("test accuracy: {}", history.test_evaluation);
+    }
     Ok(())
 }
 
-fn train_many(a: &TrainArgs, k: usize, mnist: &Mnist, config: TrainerConfig) -> Result<(), CliError> {
+fn train_many(
+    a: &TrainArgs,
+    k: usize,
+    mnist: &Mnist,
+    validation: Option<&ImageSet>,
+    config: TrainerConfig,
+) -> Result<(), CliError> {
     let parallel = a.parallel.min(k);
     let per_member = (rayon::current_num_threads() / parallel).max(1);
     println!(
@@ -331,18 +381,19 @@ fn train_many(a: &TrainArgs, k: usize, mnist: &Mnist, config: TrainerConfig) -> 
     );
     let start = Instant::now();
     let model = a.model;
+    let eval_name = if validation.is_some() { "val" } else { "test" };
     let run = train_ensemble(
         |_, seed| model.build(seed),
         &mnist.train,
-        &mnist.test,
+        validation.unwrap_or(&mnist.test),
         &config,
         k,
         parallel,
-        |i| Progress::new(format!("member {i}  "), parallel > 1),
+        |i| Progress::new(format!("member {i}  "), parallel > 1, eval_name),
     )?;
     for (i, h) in run.histories.iter().enumerate() {
         println!(
-            "member {i} (seed {}): test accuracy {} ({:.1} s)",
+            "member {i} (seed {}): {eval_name} accuracy {} ({:.1} s)",
             run.seeds[i], h.test_evaluation, h.total_seconds
         );
         write_json(&a.out.join(format!("member-{i}-history.json")), h)?;
