@@ -345,6 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn every_channel_of_an_image_gets_the_same_transformation() {
+        let p = Pipeline::mnist(true, 4);
+        let img = digit();
+        // two 3-channel images whose channels are the digit times 1, 2 and 3
+        let one: Vec<f32> = (1..=3).flat_map(|k| img.iter().map(move |v| v * k as f32)).collect();
+        let mut x: Vec<f32> = one.iter().chain(&one).copied().collect();
+        p.apply_batch_chw(&mut x, 3, 7, 7, 2);
+        for image in x.chunks(3 * 49) {
+            let c: Vec<&[f32]> = image.chunks(49).collect();
+            close(&c[1].iter().map(|v| v / 2.0).collect::<Vec<_>>(), c[0], 1e-5);
+            close(&c[2].iter().map(|v| v / 3.0).collect::<Vec<_>>(), c[0], 1e-5);
+            assert_ne!(c[0], &img[..], "transformed");
+        }
+        assert_ne!(&x[..49], &x[3 * 49..4 * 49], "the two images get their own draws");
+        // one channel: the same as apply_batch
+        let mut a: Vec<f32> = img.iter().chain(&img).copied().collect();
+        let mut b = a.clone();
+        p.apply_batch(&mut a, 7, 7, 2);
+        p.apply_batch_chw(&mut b, 1, 7, 7, 2);
+        assert_eq!(a, b);
+        // channel k of image i equals the one-channel transform of image i
+        let mut single: Vec<f32> = img.iter().chain(&img).copied().collect();
+        p.apply_batch(&mut single, 7, 7, 2);
+        close(&x[..49], &single[..49], 1e-6);
+        close(&x[3 * 49..4 * 49], &single[49..], 1e-6);
+    }
+
+    #[test]
     fn a_pipeline_is_reproducible_from_its_seed_and_batch_number() {
         let p = Pipeline::new(
             vec![

@@ -189,3 +189,41 @@ fn batches_convert_bytes_to_unit_floats() {
     assert!(ImageSet::new(vec![0; 7], vec![3, 1], 2, 2, 10).is_err());
     assert_eq!(set.take(1).labels, vec![3]);
 }
+
+#[test]
+fn images_of_several_channels_batch_as_nchw() {
+    // two 3-channel 1x2 images: channel-major within an image
+    let pixels: Vec<u8> = (0..12).map(|v| v * 20).collect();
+    let set = ImageSet::with_channels(pixels, vec![4, 7], (3, 1, 2), 10).unwrap();
+    assert_eq!(set.image_len(), 6);
+    let (x, t) = set.batch(&[1]);
+    assert_eq!(x.shape(), &[1, 3, 1, 2]);
+    assert_eq!(t, vec![7]);
+    assert!((x[[0, 2, 0, 1]] - 220.0 / 255.0).abs() < 1e-6);
+    assert_eq!(set.to_f32(false, true).shape(), &[2, 6]);
+    assert!(ImageSet::with_channels(vec![0; 11], vec![4, 7], (3, 1, 2), 10).is_err());
+}
+
+#[test]
+fn a_validation_split_is_disjoint_seeded_and_keeps_the_order() {
+    // image i holds the byte i, label i % 10
+    let n = 200;
+    let set = ImageSet::new((0..n as u8).collect(), (0..n as u8).map(|i| i % 10).collect(), 1, 1, 10).unwrap();
+    let (rest, held) = set.split(30, 5);
+    assert_eq!((rest.len(), held.len()), (170, 30));
+    let mut all: Vec<u8> = rest.images.iter().chain(&held.images).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..n as u8).collect::<Vec<_>>(), "every image once");
+    assert!(rest.images.windows(2).all(|w| w[0] < w[1]) && held.images.windows(2).all(|w| w[0] < w[1]));
+    for part in [&rest, &held] {
+        assert!(
+            part.images.iter().zip(&part.labels).all(|(&i, &l)| i % 10 == l),
+            "labels follow"
+        );
+    }
+    assert_eq!(set.split(30, 5), (rest, held.clone()));
+    assert_ne!(set.split(30, 6).1, held, "another seed, another split");
+    assert_ne!(held.images, (0..30).collect::<Vec<u8>>(), "drawn, not the first images");
+    // at least one image stays for training
+    assert_eq!(set.split(500, 0).0.len(), 1);
+}

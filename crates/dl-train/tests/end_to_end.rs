@@ -143,3 +143,52 @@ fn augmentation_changes_training_reproducibly() {
     assert_eq!(augmented, run(recipe));
     assert_ne!(augmented, plain);
 }
+
+/// Synthetic 3-channel 8x8 images: class `k` of 3 has a bright square in channel `k` at
+/// a random place, the other channels hold noise.
+fn three_channel_set(n: usize, seed: u64) -> dl_data::ImageSet {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let k = rng.gen_range(0..3usize);
+        let (y0, x0) = (rng.gen_range(0..5usize), rng.gen_range(0..5usize));
+        for c in 0..3 {
+            for y in 0..8 {
+                for x in 0..8 {
+                    let inside = c == k && (y0..y0 + 3).contains(&y) && (x0..x0 + 3).contains(&x);
+                    images.push(if inside { 250 } else { rng.gen_range(0..60u8) });
+                }
+            }
+        }
+        labels.push(k as u8);
+    }
+    dl_data::ImageSet::with_channels(images, labels, (3, 8, 8), 3).unwrap()
+}
+
+#[test]
+fn a_resnet_learns_three_channel_images_with_augmentation() {
+    use dl_models::{ResNet, ResNetConfig};
+    let (train, test) = (three_channel_set(600, 1), three_channel_set(200, 2));
+    let config = ResNetConfig {
+        input_dim: (3, 8, 8),
+        blocks_per_stage: 1,
+        widths: vec![8, 16],
+        output_size: 3,
+    };
+    let mut net = ResNet::new(config, 3).into_network();
+    let trainer = TrainerConfig {
+        epochs: 3,
+        mini_batch_size: 20,
+        evaluate_sample_num_per_epoch: Some(100),
+        augment: Some(dl_data::Pipeline::new(vec![dl_data::Augment::Shift { max: 1.0 }], 3)),
+        ..TrainerConfig::default()
+    };
+    let history = Trainer::new(&mut net, &train, &test, trainer).unwrap().train().unwrap();
+    assert_eq!(history.epochs.len(), 3);
+    assert!(
+        history.test_evaluation.accuracy() >= 0.95,
+        "ResNet on 3-channel squares: {}",
+        history.test_evaluation
+    );
+}

@@ -1,0 +1,184 @@
+//! The model registry and the deeper models: every model builds, names its parameters
+//! uniquely and as torchvision does, saves and rebuilds from its own file (batch-norm
+//! statistics included), and refuses a bad configuration with a typed error.
+
+use std::collections::HashSet;
+
+use dl_layers::gradcheck::random_input;
+use dl_layers::{Labels, Layer, Tensor};
+use dl_models::registry::{model_config_from_bytes, read_model_config};
+use dl_models::{
+    build, load, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig, Vgg, VggConfig,
+    MODEL_KINDS,
+};
+
+fn names(net: &Network) -> Vec<String> {
+    net.params().into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn every_model_builds_with_unique_names_and_classifies_a_batch() {
+    for kind in MODEL_KINDS {
+        let mut net = build(kind, None, 1).unwrap();
+        assert_eq!(net.kind(), kind);
+        let bytes = net.params_to_bytes();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let saved: Vec<String> = st.names().into_iter().cloned().collect();
+        let unique: HashSet<&String> = saved.iter().collect();
+        assert_eq!(unique.len(), saved.len(), "{kind}: names are unique");
+        assert!(saved.len() >= names(&net).len());
+        let y = net.predict(Tensor::zeros(vec![2, 1, 28, 28]), false).unwrap();
+        assert_eq!(y.shape(), &[2, 10], "{kind}");
+    }
+}
+
+#[test]
+fn the_deeper_models_name_their_parameters_as_torchvision_does() {
+    let net = ResNet::new(ResNetConfig::default(), 0);
+    let n = names(&net);
+    // ResNet-20: conv1 + 3 stages x 3 blocks x 2 convolutions + fc, two projections
+    assert_eq!(n.iter().filter(|s| s.ends_with(".W")).count(), 1 + 18 + 2 + 1);
+    for want in [
+        "conv1.W",
+        "bn1.gamma",
+        "layer1.0.conv1.W",
+        "layer1.2.bn2.beta",
+        "layer2.0.downsample.0.W",
+        "layer2.0.downsample.1.gamma",
+        "layer3.2.conv2.W",
+        "fc.W",
+        "fc.b",
+    ] {
+        assert!(n.iter().any(|s| s == want), "ResNet has {want}");
+    }
+    assert!(
+        !n.iter().any(|s| s.starts_with("layer1.0.downsample")),
+        "layer1 keeps the identity"
+    );
+    let buffers: Vec<String> = {
+        let bytes = net.params_to_bytes();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.names().into_iter().cloned().collect()
+    };
+    assert!(buffers.iter().any(|s| s == "layer3.1.bn1.running_var"));
+
+    let n = names(&GoogLeNet::new(GoogLeNetConfig::default(), 0));
+    for want in [
+        "conv1.conv.W",
+        "conv1.bn.gamma",
+        "inception3a.branch1.conv.W",
+        "inception3a.branch2.1.conv.W",
+        "inception3b.branch3.1.bn.beta",
+        "inception4b.branch4.1.conv.W",
+        "fc.W",
+    ] {
+        assert!(n.iter().any(|s| s == want), "GoogLeNet has {want}");
+    }
+    let n = names(&Vgg::new(VggConfig::default(), 0));
+    assert_eq!(
+        n[..4],
+        ["features.0.W", "features.0.b", "features.1.gamma", "features.1.beta"]
+    );
+    assert_eq!(n[n.len() - 2..], ["classifier.3.W", "classifier.3.b"]);
+}
+
+#[test]
+fn a_trained_model_rebuilds_from_its_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // a non-default configuration with 3-channel input: the file must carry it
+    let config = ResNetConfig {
+        input_dim: (3, 12, 12),
+        blocks_per_stage: 1,
+        widths: vec![4, 8],
+        output_size: 5,
+    };
+    let mut net = ResNet::new(config.clone(), 7).into_network();
+    let x = random_input(&[4, 3, 12, 12], 0.0, 1);
+    // one training step moves the batch-norm running statistics off their start
+    net.gradient(x.clone(), Labels::Indices(&[0, 1, 2, 4])).unwrap();
+    let before = net.predict(x.clone(), false).unwrap();
+    let path = dir.path().join("resnet.safetensors");
+    net.save_params(&path).unwrap();
+    assert_eq!(read_model_config(&path).unwrap(), ModelConfig::ResNet(config));
+    let mut again = load(&path).unwrap();
+    assert_eq!(again.kind(), "ResNet");
+    assert_eq!(again.predict(x.clone(), false).unwrap(), before);
+    // the running statistics came along: a fresh model predicts otherwise
+    let mut fresh = load(&path).unwrap();
+    for (_, b) in fresh.root_mut().buffers_mut().into_iter() {
+        b.fill(0.5);
+    }
+    assert_ne!(fresh.predict(x, false).unwrap(), before);
+}
+
+#[test]
+fn bad_kinds_configurations_and_files_are_typed_errors() {
+    assert!(matches!(
+        build("AlexNet", None, 0),
+        Err(ModelError::UnknownModel { .. })
+    ));
+    for (kind, json) in [
+        ("Vgg", "{}"),
+        (
+            "Vgg",
+            r#"{"input_dim":[1,28,28],"blocks":[],"hidden_size":8,"output_size":10,"dropout_ratio":0.5,"use_batchnorm":true}"#,
+        ),
+        (
+            "Vgg",
+            r#"{"input_dim":[1,4,4],"blocks":[[1,4],[1,4],[1,4]],"hidden_size":8,"output_size":10,"dropout_ratio":0.5,"use_batchnorm":true}"#,
+        ),
+        (
+            "Vgg",
+            r#"{"input_dim":[1,28,28],"blocks":[[1,4]],"hidden_size":8,"output_size":10,"dropout_ratio":1.5,"use_batchnorm":true}"#,
+        ),
+        (
+            "ResNet",
+            r#"{"input_dim":[1,28,28],"blocks_per_stage":3,"widths":[16,32,99999999],"output_size":10}"#,
+        ),
+        (
+            "ResNet",
+            r#"{"input_dim":[0,28,28],"blocks_per_stage":3,"widths":[16],"output_size":10}"#,
+        ),
+        (
+            "GoogLeNet",
+            r#"{"input_dim":[1,28,28],"stem_channels":8,"stages":[[]],"dropout_ratio":0.2,"output_size":10}"#,
+        ),
+        (
+            "DeepConvNet",
+            r#"{"input_dim":[1,5,5],"conv_params":[{"filter_num":4,"filter_size":3,"pad":0,"stride":1},{"filter_num":4,"filter_size":3,"pad":0,"stride":1},{"filter_num":4,"filter_size":3,"pad":0,"stride":1},{"filter_num":4,"filter_size":3,"pad":0,"stride":1},{"filter_num":4,"filter_size":3,"pad":0,"stride":1},{"filter_num":4,"filter_size":3,"pad":0,"stride":1}],"hidden_size":5,"output_size":10,"dropout_ratio":0.5,"inverted_dropout":false}"#,
+        ),
+        (
+            "SimpleConvNet",
+            r#"{"input_dim":[1,3,3],"conv_param":{"filter_num":4,"filter_size":5,"pad":0,"stride":1},"hidden_size":5,"output_size":10,"weight_init_std":null}"#,
+        ),
+    ] {
+        let err = build(kind, Some(json), 0).unwrap_err();
+        assert!(matches!(err, ModelError::Config { .. }), "{kind} {json}: {err}");
+        assert!(err.to_string().contains(kind), "{err}");
+    }
+    // a safetensors file without the model's metadata
+    let bare = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), &None).unwrap();
+    let err = model_config_from_bytes(&bare, "x".as_ref()).unwrap_err();
+    assert!(matches!(err, ModelError::NoModel { .. }), "{err}");
+    // not a safetensors file at all, and a missing file
+    assert!(matches!(
+        model_config_from_bytes(b"garbage", "x".as_ref()),
+        Err(ModelError::Format { .. })
+    ));
+    assert!(matches!(load("/nonexistent/x.safetensors"), Err(ModelError::Io { .. })));
+}
+
+#[test]
+fn freezing_by_path_leaves_exactly_that_block_to_the_optimizer() {
+    let mut net = ResNet::new(ResNetConfig::default(), 0).into_network();
+    let all = net.params_and_grads().len();
+    net.set_frozen("layer1", true).unwrap();
+    let left: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
+    assert!(left.iter().all(|n| !n.starts_with("layer1.")));
+    // 3 blocks x (2 convolutions + 2 batch norms x 2) = 18 parameters in layer1
+    assert_eq!(left.len(), all - 18);
+    net.set_frozen("layer1", false).unwrap();
+    assert_eq!(net.params_and_grads().len(), all);
+    // a prefix is a whole path component: "layer" holds nothing
+    assert!(net.set_frozen("layer", true).is_err());
+}
