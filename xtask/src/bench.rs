@@ -37,8 +37,8 @@ pub struct BenchArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Also run PyTorch on the same network in this invocation (between two halves of
-    /// our own windows) and print the ratios. Optional value: the anchor script
-    /// (default: ../shared/anchors/torch_deepconvnet.py beside the checkout).
+    /// our own windows) and print the ratios. Optional value: the script (default: the
+    /// repository's scripts/torch_models.py, which builds every model but `simple`).
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     vs_torch: Option<String>,
     /// Skip the windows that measure the cost of data augmentation.
@@ -157,7 +157,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         train_rates.push(window(&mut net, &mut opt, false)?);
     }
     let torch = match &a.vs_torch {
-        Some(script) => run_torch(script, &a.python, a.windows, &data_dir),
+        Some(script) => run_torch(script, &a.python, a.windows, &data_dir, &net),
         None => None,
     };
     for _ in first_half..a.windows {
@@ -376,25 +376,37 @@ fn run_torch(
     python: &str,
     windows: usize,
     data: &std::path::Path,
+    net: &Network,
 ) -> Option<BTreeMap<String, serde_json::Value>> {
     let script = if script.is_empty() {
-        crate::root().join("../shared/anchors/torch_deepconvnet.py")
+        crate::root().join("scripts/torch_models.py")
     } else {
         PathBuf::from(script)
     };
-    let hint = "a Python with torch and numpy is needed: python3 -m venv .venv && .venv/bin/pip install torch numpy, then --python .venv/bin/python";
+    let model = match net.kind() {
+        "DeepConvNet" => "deep",
+        "Vgg" => "vgg",
+        "ResNet" => "resnet",
+        "GoogLeNet" => "googlenet",
+        other => {
+            eprintln!("--vs-torch: the PyTorch script has no {other}. Going on without PyTorch.");
+            return None;
+        }
+    };
+    let config = net.metadata().get("config").cloned().unwrap_or_default();
+    let hint = "a Python with torch, numpy and safetensors is needed: python3 -m venv .venv && .venv/bin/pip install torch numpy safetensors, then --python .venv/bin/python";
     let ok = std::process::Command::new(python)
-        .args(["-c", "import torch, numpy"])
+        .args(["-c", "import torch, numpy, safetensors"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("--vs-torch: {python} cannot import torch and numpy; {hint}. Going on without PyTorch.");
+        eprintln!("--vs-torch: {python} cannot import torch, numpy and safetensors; {hint}. Going on without PyTorch.");
         return None;
     }
     if !script.is_file() {
         eprintln!(
-            "--vs-torch: no anchor script at {}. Going on without PyTorch.",
+            "--vs-torch: no script at {}. Going on without PyTorch.",
             script.display()
         );
         return None;
@@ -402,10 +414,14 @@ fn run_torch(
     let out = std::env::temp_dir().join(format!("dlfs-torch-{}.json", std::process::id()));
     let threads = rayon::current_num_threads().to_string();
     let windows = windows.to_string();
-    eprintln!("running PyTorch: {} bench --threads {threads}", script.display());
+    eprintln!(
+        "running PyTorch: {} bench --model {model} --threads {threads}",
+        script.display()
+    );
     let status = std::process::Command::new(python)
         .arg(&script)
-        .args(["bench", "--threads", &threads, "--windows", &windows, "--json"])
+        .args(["bench", "--model", model, "--config", &config])
+        .args(["--threads", &threads, "--windows", &windows, "--json"])
         .arg(&out)
         .arg("--mnist")
         .arg(data)

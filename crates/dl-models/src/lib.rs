@@ -10,17 +10,22 @@
 //!   He initialisation.
 //! * [`SimpleConvNet`]: chapter 7's small network (conv 30x5x5, pool, Affine 100, Affine
 //!   10).
+//! * [`Vgg`], [`ResNet`] (ResNet-20 by default), [`GoogLeNet`]: chapter 8.2's deeper
+//!   networks, for 28x28 digits by default, each with a config struct.
 //!
-//! Parameters are saved in the safetensors format under the book's names (`W1`, `b1`, ...
-//! `W8`, `b8`): no code runs on load (unlike the book's pickle), and PyTorch, candle and
-//! numpy read the files. Loading checks every name, shape and dtype.
+//! Parameters are saved in the safetensors format: no code runs on load (unlike the
+//! book's pickle), and PyTorch, candle and numpy read the files. The book's networks use
+//! the book's names (`W1`, `b1`, ... `W8`, `b8`), the others their paths, as torchvision
+//! names them (`layer1.0.conv1.W`). Loading checks every name, shape and dtype. A file
+//! records its model's kind and configuration, so [`load`] rebuilds any model from its
+//! file alone ([`registry`]).
 //!
 //! The book's own pickled parameter files load too
 //! ([`Network::load_book_params`]), through a reader that accepts nothing but NumPy arrays
 //! ([`book`]): no Python and no code from the file runs.
 //!
 //! ```
-//! use dl_models::{DeepConvNet, DeepConvNetConfig};
+//! use dl_models::{build, DeepConvNet, DeepConvNetConfig, ResNet, ResNetConfig};
 //! use dl_layers::Tensor;
 //!
 //! let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 42);
@@ -28,6 +33,11 @@
 //!     + 64 * 32 * 9 + 64 + 64 * 64 * 9 + 64 + 1024 * 50 + 50 + 50 * 10 + 10);
 //! let y = net.predict(Tensor::zeros(vec![2, 1, 28, 28]), false).unwrap();
 //! assert_eq!(y.shape(), &[2, 10]);
+//!
+//! // ResNet-20, named as torchvision names it; the registry builds any model by kind
+//! let resnet = ResNet::new(ResNetConfig::default(), 0);
+//! assert!(resnet.params().iter().any(|(name, _)| name == "layer2.0.downsample.0.W"));
+//! assert_eq!(build("GoogLeNet", None, 0).unwrap().kind(), "GoogLeNet");
 //! ```
 
 mod blocks;
