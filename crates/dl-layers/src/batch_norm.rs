@@ -137,8 +137,9 @@ impl BatchNormalization {
     }
 }
 
-/// For each feature of `a` (and `b`, same layout) `(N, F, S)`: `(Σ a, Σ a·b)` in `f64`,
-/// in a fixed order, in parallel over the features.
+/// For each feature of `a` (and `b`, same layout) `(N, F, S)`: `(Σ a, Σ a·b)`, in parallel
+/// over the features, in a fixed order: each row of `S` values in `f32` over 8 lanes,
+/// the rows in `f64`.
 fn feature_sums(a: &[f32], b: &[f32], (n, f, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
     (0..f)
         .into_par_iter()
@@ -146,26 +147,50 @@ fn feature_sums(a: &[f32], b: &[f32], (n, f, s): (usize, usize, usize)) -> Vec<(
             let (mut sa, mut sab) = (0.0f64, 0.0f64);
             for ni in 0..n {
                 let at = (ni * f + fi) * s;
-                for (&x, &y) in a[at..at + s].iter().zip(&b[at..at + s]) {
-                    sa += f64::from(x);
-                    sab += f64::from(x) * f64::from(y);
-                }
+                let (ra, rab) = row_sums(&a[at..at + s], &b[at..at + s]);
+                sa += ra;
+                sab += rab;
             }
             (sa, sab)
         })
         .collect()
 }
 
-/// `out[n, f, s] = op(f, x[n, f, s], i)` for each sample in parallel, `i` the flat index.
-fn per_feature(out: &mut [f32], (_, f, s): (usize, usize, usize), op: impl Fn(usize, f32, usize) -> f32 + Sync) {
-    out.par_chunks_mut(f * s).enumerate().for_each(|(ni, sample)| {
-        for (fi, row) in sample.chunks_exact_mut(s).enumerate() {
-            let base = (ni * f + fi) * s;
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = op(fi, *v, base + j);
-            }
+/// `(Σ a, Σ a·b)` of two rows of equal length.
+fn row_sums(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut sa, mut sab) = ([0.0f32; 8], [0.0f32; 8]);
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            sa[l] += x[l];
+            sab[l] += x[l] * y[l];
         }
-    });
+    }
+    let mut ta: f64 = sa.iter().map(|&v| f64::from(v)).sum();
+    let mut tab: f64 = sab.iter().map(|&v| f64::from(v)).sum();
+    for (&x, &y) in ar.iter().zip(br) {
+        ta += f64::from(x);
+        tab += f64::from(x) * f64::from(y);
+    }
+    (ta, tab)
+}
+
+/// Calls `op(feature, row of a, row of b)` for every `(sample, feature)` row of `S`
+/// values of `a` and `b` `(N, F, S)`, in parallel over the samples.
+fn rows<B: Send>(
+    a: &mut [f32],
+    b: &mut [B],
+    (_, f, s): (usize, usize, usize),
+    op: impl Fn(usize, &mut [f32], &mut [B]) + Sync,
+) {
+    a.par_chunks_mut(f * s)
+        .zip(b.par_chunks_mut(f * s))
+        .for_each(|(sa, sb)| {
+            for (fi, (ra, rb)) in sa.chunks_exact_mut(s).zip(sb.chunks_exact_mut(s)).enumerate() {
+                op(fi, ra, rb);
+            }
+        });
 }
 
 fn vector(t: &Tensor) -> &[f32] {
@@ -179,7 +204,7 @@ impl Layer for BatchNormalization {
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         let dims = self.grouping(x.shape())?;
-        let (n, _, s) = dims;
+        let (n, f, s) = dims;
         let mut x = crate::into_standard(x);
         let shape = x.shape().to_vec();
         let xs = x.as_slice_mut().expect("standard layout");
@@ -216,9 +241,15 @@ impl Layer for BatchNormalization {
         let std: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt()).collect();
         let (gamma, beta) = (vector(&self.gamma.value), vector(&self.beta.value));
         if train {
-            let mut xn = xs.to_vec();
-            per_feature(&mut xn, dims, |fi, v, _| (v - mean[fi]) / std[fi]);
-            per_feature(xs, dims, |fi, _, i| xn[i] * gamma[fi] + beta[fi]);
+            // xn = (x - mean) / std is kept for backward; out = gamma * xn + beta
+            let mut xn = vec![0.0f32; xs.len()];
+            rows(xs, &mut xn, dims, |fi, x, xn| {
+                let (m, inv, g, b) = (mean[fi], 1.0 / std[fi], gamma[fi], beta[fi]);
+                for (x, n) in x.iter_mut().zip(xn) {
+                    *n = (*x - m) * inv;
+                    *x = *n * g + b;
+                }
+            });
             self.cache = Some(Cache {
                 shape,
                 dims,
@@ -227,15 +258,22 @@ impl Layer for BatchNormalization {
                 batch_stats,
             });
         } else {
-            per_feature(xs, dims, |fi, v, _| (v - mean[fi]) / std[fi] * gamma[fi] + beta[fi]);
+            // out = x * (gamma / std) + (beta - mean * gamma / std)
+            let scale: Vec<f32> = gamma.iter().zip(&std).map(|(g, s)| g / s).collect();
+            let shift: Vec<f32> = (0..f).map(|fi| beta[fi] - mean[fi] * scale[fi]).collect();
+            rows(xs, &mut vec![(); xs.len()], dims, |fi, x, _| {
+                let (a, c) = (scale[fi], shift[fi]);
+                x.iter_mut().for_each(|v| *v = *v * a + c);
+            });
         }
         Ok(x)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
-        let cache = self
+        // taken for the mutable row views `rows` hands out, and put back below
+        let mut cache = self
             .cache
-            .as_ref()
+            .take()
             .expect("BatchNormalization::backward before a training forward");
         check_dout("BatchNormalization", &dout, &cache.shape);
         let (n, _, s) = cache.dims;
@@ -249,13 +287,18 @@ impl Layer for BatchNormalization {
         if cache.batch_stats {
             // dx = gamma / std * (dout - mean(dout) - xn * mean(dout * xn))  (per feature)
             let m = (n * s) as f32;
-            let (xn, mb, mg) = (&cache.xn, &dbeta, &dgamma);
-            per_feature(ds, cache.dims, |fi, v, i| {
-                scale[fi] * (v - mb[fi] / m - xn[i] * mg[fi] / m)
+            rows(ds, &mut cache.xn, cache.dims, |fi, d, xn| {
+                let (k, mb, mg) = (scale[fi], dbeta[fi] / m, dgamma[fi] / m);
+                for (d, &x) in d.iter_mut().zip(xn.iter()) {
+                    *d = k * (*d - mb - x * mg);
+                }
             });
         } else {
             // the statistics are constants: dx = gamma / std * dout
-            per_feature(ds, cache.dims, |fi, v, _| scale[fi] * v);
+            rows(ds, &mut vec![(); ds.len()], cache.dims, |fi, d, _| {
+                let k = scale[fi];
+                d.iter_mut().for_each(|v| *v *= k);
+            });
         }
         self.beta
             .grad
@@ -267,6 +310,7 @@ impl Layer for BatchNormalization {
             .as_slice_mut()
             .expect("contiguous")
             .copy_from_slice(&dgamma);
+        self.cache = Some(cache);
         d
     }
 
