@@ -426,3 +426,169 @@ fn forward_image(w: &ArrayView2<f32>, bias: Option<&[f32]>, col: &[f32], g: &Con
     };
     gemm(1.0, w, &col, beta, &mut out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::{conv2d_reference, im2col_reference};
+    use crate::testing::random4;
+    use ndarray::{Array1, Array4};
+
+    /// `dL/dx` by its definition, in f64: every output position sends `W · dout` back to
+    /// the inputs its window covered.
+    fn input_gradient_reference(w: &Array4<f32>, dout: &Array4<f32>, g: &ConvGeometry) -> Array4<f64> {
+        let (n, f) = (dout.shape()[0], dout.shape()[1]);
+        let mut dx = Array4::<f64>::zeros((n, g.c, g.h, g.w));
+        for ni in 0..n {
+            for fi in 0..f {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let d = f64::from(dout[[ni, fi, oy, ox]]);
+                        for ci in 0..g.c {
+                            for ky in 0..g.fh {
+                                for kx in 0..g.fw {
+                                    let y = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let x = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
+                                        dx[[ni, ci, y as usize, x as usize]] += d * f64::from(w[[fi, ci, ky, kx]]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx
+    }
+
+    fn close(got: f32, want: f64, scale: f64, what: &str) {
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-4 * scale,
+            "{what}: {got} vs {want} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn every_algorithm_computes_the_reference_forward_and_gradients() {
+        // (N, C, H, W, FN, FH, FW, stride, pad): batches that split into groups of 4 and
+        // less, 3x3 on the kernels without lowering (stride 1, >= 8 channels for
+        // Winograd), 1x1 without lowering at all, stride 2 and 3, 5x5, pad 2
+        let cases = [
+            (5, 8, 7, 6, 5, 3, 3, 1, 1),
+            (1, 1, 9, 9, 4, 3, 3, 1, 1),
+            (9, 3, 6, 5, 17, 3, 3, 1, 2),
+            (4, 6, 5, 5, 3, 1, 1, 1, 0),
+            (3, 4, 8, 7, 5, 3, 3, 2, 1),
+            (2, 2, 9, 9, 3, 3, 2, 3, 1),
+            (2, 2, 7, 7, 3, 5, 5, 1, 2),
+        ];
+        for (i, &(n, c, h, w, f, fh, fw, stride, pad)) in cases.iter().enumerate() {
+            let g = ConvGeometry::new(c, h, w, fh, fw, stride, pad).unwrap();
+            let x = random4((n, c, h, w), 10 + i as u64);
+            let wt = random4((f, c, fh, fw), 20 + i as u64);
+            let b = Array1::from_shape_fn(f, |j| j as f32 * 0.5 - 1.0);
+            let dout = random4((n, f, g.out_h, g.out_w), 30 + i as u64);
+            let want_y = conv2d_reference(&x.view(), &wt.view(), &b.view(), stride, pad);
+            let no_bias = conv2d_reference(&x.view(), &wt.view(), &Array1::zeros(f).view(), stride, pad);
+            let want_dx = input_gradient_reference(&wt, &dout, &g);
+            // dW = Σ_n dout_n · col_n^T, db = Σ_n row sums of dout_n, in f64
+            let k = g.col_rows();
+            let mut want_dw = vec![0.0f64; f * k];
+            let mut want_db = vec![0.0f64; f];
+            for ni in 0..n {
+                let xi = x.slice(ndarray::s![ni..ni + 1, .., .., ..]);
+                let col = im2col_reference(&xi, fh, fw, stride, pad); // (OH*OW, K)
+                for fi in 0..f {
+                    for p in 0..g.out_h * g.out_w {
+                        let d = f64::from(dout[[ni, fi, p / g.out_w, p % g.out_w]]);
+                        want_db[fi] += d;
+                        for kj in 0..k {
+                            want_dw[fi * k + kj] += d * f64::from(col[[p, kj]]);
+                        }
+                    }
+                }
+            }
+            let scale = |v: &mut dyn Iterator<Item = f64>| v.fold(1.0f64, |m, a| m.max(a.abs()));
+            let (sy, sdx) = (
+                scale(&mut want_y.iter().map(|&v| f64::from(v))),
+                scale(&mut want_dx.iter().copied()),
+            );
+            let (sdw, sdb) = (scale(&mut want_dw.iter().copied()), scale(&mut want_db.iter().copied()));
+            for algo in [ConvAlgo::Lowered, ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                let what = |s: &str| format!("case {i}, {algo:?}: {s}");
+                let plan = ConvPlan::new(g, f, algo);
+                let ws = wt.as_slice().unwrap();
+                let (y, saved) = plan.forward(ws, Some(b.as_slice().unwrap()), x.as_slice().unwrap());
+                for (a, e) in y.iter().zip(want_y.iter()) {
+                    close(*a, f64::from(*e), sy, &what("y"));
+                }
+                let (y0, _) = plan.forward(ws, None, x.as_slice().unwrap());
+                for (a, e) in y0.iter().zip(no_bias.iter()) {
+                    close(*a, f64::from(*e), sy, &what("y without bias"));
+                }
+                // dW and db are stored, not added: they start as garbage
+                let mut dw = vec![7.0f32; f * k];
+                let mut db = vec![-3.0f32; f];
+                let dx = plan.backward(
+                    ws,
+                    &saved,
+                    x.as_slice().unwrap(),
+                    dout.as_slice().unwrap(),
+                    true,
+                    &mut dw,
+                    Some(&mut db),
+                );
+                for (a, e) in dx.iter().zip(want_dx.iter()) {
+                    close(*a, *e, sdx, &what("dx"));
+                }
+                for (a, e) in dw.iter().zip(&want_dw) {
+                    close(*a, *e, sdw, &what("dW"));
+                }
+                for (a, e) in db.iter().zip(&want_db) {
+                    close(*a, *e, sdb, &what("db"));
+                }
+                // without the input gradient: zeros, and the same dW without db
+                let mut dw2 = vec![1.0f32; f * k];
+                let dx = plan.backward(
+                    ws,
+                    &saved,
+                    x.as_slice().unwrap(),
+                    dout.as_slice().unwrap(),
+                    false,
+                    &mut dw2,
+                    None,
+                );
+                assert!(dx.iter().all(|&v| v == 0.0), "{}", what("dx not needed"));
+                assert_eq!(dx.len(), n * c * h * w);
+                assert_eq!(dw2, dw, "{}", what("dW without dx"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_algorithm_decides_the_kernel() {
+        let g3 = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
+        let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
+        let g2 = ConvGeometry::new(16, 8, 8, 3, 3, 2, 1).unwrap();
+        let w16 = vec![0.5f32; 4 * 16 * 9];
+        let w1 = vec![0.5f32; 4 * 9];
+        let name = |algo: ConvAlgo, w: &[f32], g: &ConvGeometry| algo.kernel(w, 4, g).map(|k| k.name());
+        assert_eq!(name(ConvAlgo::Lowered, &w16, &g3), None);
+        assert_eq!(name(ConvAlgo::Auto, &w16, &g2), None, "stride 2 is lowered");
+        if crate::avx512_supported() {
+            assert_eq!(name(ConvAlgo::Auto, &w16, &g3), Some("winograd"));
+            assert_eq!(
+                name(ConvAlgo::Auto, &w1, &g1),
+                Some("direct"),
+                "one channel: Winograd does not pay"
+            );
+            assert_eq!(name(ConvAlgo::Winograd, &w1, &g1), Some("winograd"));
+            assert_eq!(name(ConvAlgo::Direct, &w16, &g3), Some("direct"));
+        } else {
+            assert_eq!(name(ConvAlgo::Auto, &w16, &g3), None);
+        }
+        let (_, saved) = ConvPlan::new(g2, 4, ConvAlgo::Auto).forward(&w16, None, &vec![0.0; 16 * 64]);
+        assert_eq!(saved.kernel_name(), "lowered");
+    }
+}
