@@ -237,3 +237,43 @@ fn members_are_the_same_trained_in_turn_in_parallel_or_alone() {
         Err(EnsembleError::Empty)
     ));
 }
+
+#[test]
+fn an_ensemble_of_different_models_saves_and_loads_each_as_its_own_kind() {
+    use dl_models::{GoogLeNet, GoogLeNetConfig, InceptionParam, ResNet, ResNetConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let x = input(3, 4);
+    let resnet = ResNet::new(
+        ResNetConfig {
+            blocks_per_stage: 1,
+            widths: vec![4, 8],
+            ..ResNetConfig::default()
+        },
+        1,
+    )
+    .into_network();
+    let p = InceptionParam {
+        ch1x1: 2,
+        ch3x3red: 2,
+        ch3x3: 2,
+        ch5x5red: 2,
+        ch5x5: 2,
+        pool_proj: 2,
+    };
+    let googlenet = GoogLeNet::new(
+        GoogLeNetConfig {
+            stem_channels: 4,
+            stages: vec![vec![p]],
+            ..GoogLeNetConfig::default()
+        },
+        2,
+    )
+    .into_network();
+    let mut e = Ensemble::new(vec![small(3), resnet, googlenet]).unwrap();
+    let before = e.predict_proba(&x, 3).unwrap();
+    let manifest = e.save(dir.path(), Vote::Mean, None, None, "mixed").unwrap();
+    let kinds: Vec<&str> = manifest.members.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(kinds, ["SimpleConvNet", "ResNet", "GoogLeNet"]);
+    let (mut loaded, _) = Ensemble::load(dir.path()).unwrap();
+    assert_eq!(loaded.predict_proba(&x, 3).unwrap(), before);
+}
