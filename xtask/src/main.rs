@@ -132,6 +132,41 @@ mod tests {
     }
 
     #[test]
+    fn any_model_trains_with_a_validation_split_and_evaluates_from_its_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("resnet");
+        let out_s = out.to_str().unwrap();
+        let short = [
+            "train",
+            "--model",
+            "resnet",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "300",
+            "--eval-samples",
+            "50",
+            "--augment",
+            "--lr-decay",
+            "cosine",
+            "--out",
+            out_s,
+        ];
+        run_cli(&[&short[..], &["--validation", "100"]].concat()).unwrap();
+        let params = out.join("params.safetensors");
+        let history: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("history.json")).unwrap()).unwrap();
+        // the per-epoch and final figures of the run are on the 100 held-out images
+        assert_eq!(history["test_evaluation"]["total"], 100);
+        assert_eq!(dl_models::load(&params).unwrap().kind(), "ResNet");
+        run_cli(&["eval", "--params", params.to_str().unwrap()]).unwrap();
+        for bad in ["0", "300", "1000"] {
+            let err = run_cli(&[&short[..], &["--validation", bad]].concat()).unwrap_err();
+            assert!(err.to_string().contains("--validation"), "{err}");
+        }
+    }
+
+    #[test]
     fn an_ensemble_trained_at_once_equals_its_members_trained_alone_and_assembled() {
         let dir = tempfile::tempdir().unwrap();
         let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
