@@ -57,32 +57,19 @@ impl Layer for Concat {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        if self.branches.is_empty() {
+        // every branch but the last gets a copy of the input, the last the input itself
+        let Some((last, rest)) = self.branches.split_last_mut() else {
             return Err(LayerError::Invalid {
                 layer: "Concat".into(),
                 message: "no branches".into(),
             });
+        };
+        let mut outs = Vec::new();
+        for b in rest {
+            outs.push(b.forward(x.clone(), train)?);
         }
-        let last = self.branches.len() - 1;
-        let mut outs = Vec::with_capacity(self.branches.len());
-        let mut x = Some(x);
-        for (i, b) in self.branches.iter_mut().enumerate() {
-            let xi = if i == last {
-                x.take().expect("input")
-            } else {
-                x.clone().expect("input")
-            };
-            outs.push(b.forward(xi, train)?);
-        }
+        outs.push(last.forward(x, train)?);
         let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.shape().to_vec()).collect();
-        let s0 = &shapes[0];
-        if s0.len() < 2
-            || shapes
-                .iter()
-                .any(|s| s.len() != s0.len() || s[0] != s0[0] || s[2..] != s0[2..])
-        {
-            return Err(Self::mismatch(&shapes));
-        }
         let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
         let y = ndarray::concatenate(Axis(1), &views).map_err(|_| Self::mismatch(&shapes))?;
         if train {

@@ -309,12 +309,24 @@ fn concat_backpropagates_through_every_branch() {
             "branch3.1.b"
         ]
     );
-    // branches whose outputs differ in size are an error
+    assert_eq!(module.name(), "Concat");
+    assert_eq!(module.branches().len(), 3);
+    assert_eq!(module.branches()[1].len(), 2);
+    // branches whose outputs differ in size, or in rank, are an error
     let mut bad = Concat::new()
         .with_branch("a", Sequential::new().with(Pooling::max(2, 2, 2, 0)))
         .with_branch("b", Sequential::new().with(Relu::new()));
     assert!(bad.forward(x.clone(), false).is_err());
-    assert!(Concat::new().forward(x, false).is_err());
+    assert!(bad.output_shape(x.shape()).is_err());
+    let mut ranks = Concat::new()
+        .with_branch("a", Sequential::new().with(GlobalAveragePooling::new()))
+        .with_branch("b", Sequential::new().with(Relu::new()));
+    assert!(ranks.forward(x.clone(), false).is_err());
+    assert!(ranks.output_shape(x.shape()).is_err());
+    let mut flat = Concat::new().with_branch("a", Sequential::new().with(GlobalAveragePooling::new()));
+    assert!(flat.forward(x.clone(), false).is_ok(), "(N, C) outputs join on C");
+    assert!(Concat::new().forward(x.clone(), false).is_err());
+    assert!(Concat::new().output_shape(x.shape()).is_err());
 }
 
 #[test]
