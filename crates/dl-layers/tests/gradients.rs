@@ -202,6 +202,15 @@ fn batch_normalization_with_torchvision_settings_and_frozen_statistics_matches_n
 fn global_average_pooling_backward_matches_numerical_gradient() {
     let x = random_input(&[3, 4, 3, 5], 0.0, 36);
     assert_grads("GlobalAveragePooling", &GlobalAveragePooling::new(), &x, 1e-2);
+    let mut gap = GlobalAveragePooling::new();
+    assert_eq!(gap.name(), "GlobalAveragePooling");
+    let y = gap.forward(x.clone(), false).unwrap();
+    assert_eq!(y.shape(), &[3, 4]);
+    let mean: f32 = x.slice(ndarray::s![1, 2, .., ..]).iter().sum::<f32>() / 15.0;
+    assert!((y[[1, 2]] - mean).abs() < 1e-6);
+    for bad in [&[3, 4, 5][..], &[3, 4, 0, 5], &[3, 4, 5, 0]] {
+        assert!(gap.output_shape(bad).is_err(), "{bad:?}");
+    }
 }
 
 /// `conv - bn - relu - conv - bn`, ResNet's basic block body.
