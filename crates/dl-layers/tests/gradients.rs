@@ -270,10 +270,39 @@ fn residual_blocks_backpropagate_through_body_and_shortcut() {
             "downsample.1.beta"
         ]
     );
+    assert_eq!(block.name(), "Residual");
+    assert_eq!(block.body().len(), 5);
+    assert_eq!(block.shortcut().map(|s| s.len()), Some(2));
+    assert!(Residual::new(basic_body(3, 3, 1, 40), None).shortcut().is_none());
     // a body that changes the shape without a projection is an error, not a panic
     let mut bad = Residual::new(basic_body(2, 4, 2, 45), None);
     assert!(bad.forward(x.clone(), false).is_err());
     assert!(bad.output_shape(x.shape()).is_err());
+}
+
+#[test]
+fn a_residual_block_computes_relu_of_body_plus_shortcut_in_both_modes() {
+    let body = Sequential::new()
+        .with(Convolution::new(2, 2, 3, 3, 1, 1, Init::He, 70))
+        .with(Relu::new())
+        .with(Convolution::new(2, 2, 3, 3, 1, 1, Init::He, 71));
+    let shortcut = Sequential::new().with(Convolution::new(2, 2, 1, 1, 1, 0, Init::He, 72));
+    let x = random_input(&[2, 2, 5, 5], 0.0, 73);
+    for sc in [None, Some(shortcut)] {
+        let mut block = Residual::new(body.clone(), sc.clone());
+        let y_body = body.clone().forward(x.clone(), false).unwrap();
+        let y_short = match sc {
+            Some(mut s) => s.forward(x.clone(), false).unwrap(),
+            None => x.clone(),
+        };
+        let want = (&y_body + &y_short).mapv(|v| v.max(0.0));
+        assert!(want.iter().any(|&v| v == 0.0) && want.iter().any(|&v| v > 0.0));
+        for train in [false, true] {
+            let y = block.forward(x.clone(), train).unwrap();
+            let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-6, "train {train}: {err}");
+        }
+    }
 }
 
 #[test]
@@ -318,6 +347,15 @@ fn concat_backpropagates_through_every_branch() {
             "branch3.1.b"
         ]
     );
+    // the output is the branches' outputs side by side, in order
+    let y = module.clone().forward(x.clone(), false).unwrap();
+    let mut at = 0;
+    for b in module.branches() {
+        let part = b.clone().forward(x.clone(), false).unwrap();
+        let c = part.shape()[1];
+        assert_eq!(y.slice(ndarray::s![.., at..at + c, .., ..]), part.view());
+        at += c;
+    }
     assert_eq!(module.name(), "Concat");
     assert_eq!(module.branches().len(), 3);
     assert_eq!(module.branches()[1].len(), 2);
