@@ -353,7 +353,7 @@ fn concat_backpropagates_through_every_branch() {
     for b in module.branches() {
         let part = b.clone().forward(x.clone(), false).unwrap();
         let c = part.shape()[1];
-        assert_eq!(y.slice(ndarray::s![.., at..at + c, .., ..]), part.view());
+        assert_eq!(y.slice(ndarray::s![.., at..at + c, .., ..]).into_dyn(), part.view());
         at += c;
     }
     assert_eq!(module.name(), "Concat");
