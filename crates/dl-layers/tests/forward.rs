@@ -300,3 +300,31 @@ fn convolution_gradients_do_not_depend_on_the_thread_count() {
         assert_eq!(run(threads), one, "{threads} threads");
     }
 }
+
+#[test]
+fn a_sequential_names_its_layers_by_position_or_by_name() {
+    let mut s = Sequential::new()
+        .with(Relu::new())
+        .with_named("conv", Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 1));
+    s.push(Box::new(Relu::new()));
+    s.push_named("pool", Box::new(Pooling::max(2, 2, 2, 0)));
+    assert_eq!(s.names(), ["0", "conv", "2", "pool"]);
+    assert_eq!((s.len(), s.is_empty(), Sequential::new().is_empty()), (4, false, true));
+    assert_eq!(
+        format!("{s:?}"),
+        r#"{"0": "Relu", "conv": "Convolution", "2": "Relu", "pool": "Pooling"}"#
+    );
+    let names: Vec<String> = s.params().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["conv.W", "conv.b"]);
+    let collected: Sequential = vec![Box::new(Relu::new()) as Box<dyn Layer>, Box::new(Relu::new())]
+        .into_iter()
+        .collect();
+    assert_eq!(collected.names(), ["0", "1"]);
+    for bad in ["", "a.b", "conv"] {
+        let mut s = s.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.push_named(bad, Box::new(Relu::new()))
+        }));
+        assert!(r.is_err(), "{bad:?} is refused");
+    }
+}
