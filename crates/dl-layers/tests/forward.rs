@@ -316,6 +316,20 @@ fn a_sequential_names_its_layers_by_position_or_by_name() {
     );
     let names: Vec<String> = s.params().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["conv.W", "conv.b"]);
+    // buffers by path too, and writable through buffers_mut
+    let mut with_bn = Sequential::new().with(Relu::new()).with_named(
+        "block",
+        Sequential::new().with(BatchNormalization::new(3, BatchNormMode::PerChannel)),
+    );
+    let bnames: Vec<String> = with_bn.buffers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(bnames, ["block.0.running_mean", "block.0.running_var"]);
+    for (_, b) in with_bn.buffers_mut() {
+        b.fill(2.5);
+    }
+    assert!(with_bn
+        .buffers()
+        .iter()
+        .all(|(_, b)| b.iter().all(|&v| v == 2.5) && b.len() == 3));
     let collected: Sequential = vec![Box::new(Relu::new()) as Box<dyn Layer>, Box::new(Relu::new())]
         .into_iter()
         .collect();
