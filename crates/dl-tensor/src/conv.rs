@@ -520,10 +520,12 @@ mod tests {
                 let plan = ConvPlan::new(g, f, algo);
                 let ws = wt.as_slice().unwrap();
                 let (y, saved) = plan.forward(ws, Some(b.as_slice().unwrap()), x.as_slice().unwrap());
+                assert_eq!(y.len(), want_y.len(), "{}", what("y length"));
                 for (a, e) in y.iter().zip(want_y.iter()) {
                     close(*a, f64::from(*e), sy, &what("y"));
                 }
                 let (y0, _) = plan.forward(ws, None, x.as_slice().unwrap());
+                assert_eq!(y0.len(), want_y.len(), "{}", what("y length"));
                 for (a, e) in y0.iter().zip(no_bias.iter()) {
                     close(*a, f64::from(*e), sy, &what("y without bias"));
                 }
@@ -539,6 +541,7 @@ mod tests {
                     &mut dw,
                     Some(&mut db),
                 );
+                assert_eq!(dx.len(), want_dx.len(), "{}", what("dx length"));
                 for (a, e) in dx.iter().zip(want_dx.iter()) {
                     close(*a, *e, sdx, &what("dx"));
                 }
