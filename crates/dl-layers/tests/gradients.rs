@@ -299,6 +299,7 @@ fn a_residual_block_computes_relu_of_body_plus_shortcut_in_both_modes() {
         assert!(want.iter().any(|&v| v == 0.0) && want.iter().any(|&v| v > 0.0));
         for train in [false, true] {
             let y = block.forward(x.clone(), train).unwrap();
+            assert_eq!(y.shape(), want.shape());
             let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(err < 1e-6, "train {train}: {err}");
         }
