@@ -482,6 +482,12 @@ mod tests {
             (3, 4, 8, 7, 5, 3, 3, 2, 1),
             (2, 2, 9, 9, 3, 3, 2, 3, 1),
             (2, 2, 7, 7, 3, 5, 5, 1, 2),
+            // 1x1 with stride 2 or padding, 1x3 and 3x1 without padding: none of them is
+            // its own column matrix
+            (2, 4, 6, 6, 3, 1, 1, 2, 0),
+            (2, 2, 4, 4, 3, 1, 1, 1, 1),
+            (2, 3, 6, 7, 4, 1, 3, 1, 0),
+            (2, 3, 6, 7, 4, 3, 1, 1, 0),
         ];
         for (i, &(n, c, h, w, f, fh, fw, stride, pad)) in cases.iter().enumerate() {
             let g = ConvGeometry::new(c, h, w, fh, fw, stride, pad).unwrap();
