@@ -81,22 +81,6 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    /// The book's own trained parameters (`../shared/book/`, beside the checkout; not
-    /// shipped, the test says so and passes where the file is absent). An independent
-    /// PyTorch float64 forward of the same file classifies the same 9,797 images.
-    #[test]
-    fn the_books_pickled_parameters_load_and_give_the_cross_checked_accuracy() {
-        let pkl = crate::root().join("../shared/book/deep_convnet_params.pkl");
-        if !pkl.is_file() {
-            eprintln!("{} is absent: nothing to check", pkl.display());
-            return;
-        }
-        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
-        let mut net = dl_models::load(&pkl).unwrap();
-        let e = evaluate(&mut net, &mnist.test, None, 500).unwrap();
-        assert_eq!(e.correct, 9797, "the book's parameters: {e}");
-    }
-
     #[test]
     fn the_shipped_ensemble_reaches_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();

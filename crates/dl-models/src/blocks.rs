@@ -46,6 +46,14 @@ pub(crate) fn check_size(kind: &str, what: &str, value: usize, max: usize) -> Re
     Ok(())
 }
 
+/// Checks a configuration's input `(C, H, W)`: each 1 to [`MAX_SIZE`].
+pub(crate) fn check_input(kind: &str, (c, h, w): (usize, usize, usize)) -> Result<(), ModelError> {
+    for (what, v) in [("channels", c), ("height", h), ("width", w)] {
+        check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
+    }
+    Ok(())
+}
+
 /// The largest channel count, image side or hidden width a configuration may ask for.
 pub(crate) const MAX_SIZE: usize = 4096;
 

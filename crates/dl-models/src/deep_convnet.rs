@@ -3,7 +3,7 @@ use dl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_ratio, check_size, model_type, MAX_SIZE};
+use crate::blocks::{check_input, check_ratio, check_size, model_type, MAX_SIZE};
 use crate::{book_names, derive_seed, ModelError, Network};
 
 /// One convolution's settings, the book's `conv_param` dictionary.
@@ -114,10 +114,7 @@ impl DeepConvNet {
     /// Builds the network, or says what is wrong with the configuration.
     pub fn try_new(config: DeepConvNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "DeepConvNet";
-        let (c0, h0, w0) = config.input_dim;
-        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
-            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
-        }
+        check_input(kind, config.input_dim)?;
         for p in &config.conv_params {
             check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
             check_size(kind, "filter size", p.filter_size, 64)?;

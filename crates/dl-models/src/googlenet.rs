@@ -1,7 +1,7 @@
 use dl_layers::{Affine, Concat, Dropout, GlobalAveragePooling, Init, Layer, Pooling, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{basic_conv, check_ratio, check_size, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{basic_conv, check_input, check_ratio, check_size, model_type, Seeds, MAX_SIZE};
 use crate::{ModelError, Network};
 
 /// One inception module's widths, torchvision's `Inception` arguments.
@@ -130,9 +130,7 @@ impl GoogLeNet {
     pub fn try_new(config: GoogLeNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "GoogLeNet";
         let (c0, h0, w0) = config.input_dim;
-        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
-            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
-        }
+        check_input(kind, config.input_dim)?;
         check_size(kind, "stem channels", config.stem_channels, MAX_SIZE)?;
         check_size(kind, "number of stages", config.stages.len(), 6)?;
         for stage in &config.stages {

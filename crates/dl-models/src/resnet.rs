@@ -1,7 +1,7 @@
 use dl_layers::{Affine, BatchNormalization, GlobalAveragePooling, Init, Layer, Relu, Residual, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_size, conv, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{check_input, check_size, conv, model_type, Seeds, MAX_SIZE};
 use crate::{ModelError, Network};
 
 /// The settings of a [`ResNet`].
@@ -77,9 +77,7 @@ impl ResNet {
     pub fn try_new(config: ResNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "ResNet";
         let (c0, h0, w0) = config.input_dim;
-        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
-            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
-        }
+        check_input(kind, config.input_dim)?;
         check_size(kind, "blocks per stage", config.blocks_per_stage, 64)?;
         check_size(kind, "number of stages", config.widths.len(), 8)?;
         for &c in &config.widths {

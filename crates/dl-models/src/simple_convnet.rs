@@ -1,7 +1,7 @@
 use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_size, model_type, MAX_SIZE};
+use crate::blocks::{check_input, check_size, model_type, MAX_SIZE};
 use crate::{book_names, derive_seed, ConvParam, ModelError, Network};
 
 /// The book's `SimpleConvNet.__init__` arguments (chapter 7).
@@ -56,10 +56,7 @@ impl SimpleConvNet {
     /// Builds the network, or says what is wrong with the configuration.
     pub fn try_new(config: SimpleConvNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "SimpleConvNet";
-        let (c0, h0, w0) = config.input_dim;
-        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
-            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
-        }
+        check_input(kind, config.input_dim)?;
         let p = config.conv_param;
         check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
         check_size(kind, "filter size", p.filter_size, 64)?;

@@ -1,7 +1,7 @@
 use dl_layers::{Affine, BatchNormalization, Convolution, Dropout, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_ratio, check_size, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{check_input, check_ratio, check_size, model_type, Seeds, MAX_SIZE};
 use crate::{ModelError, Network};
 
 /// The settings of a [`Vgg`].
@@ -63,9 +63,7 @@ impl Vgg {
     pub fn try_new(config: VggConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "Vgg";
         let (c0, h0, w0) = config.input_dim;
-        for (what, v) in [("channels", c0), ("height", h0), ("width", w0)] {
-            check_size(kind, &format!("input {what}"), v, MAX_SIZE)?;
-        }
+        check_input(kind, config.input_dim)?;
         check_size(kind, "number of blocks", config.blocks.len(), 8)?;
         for &(n, c) in &config.blocks {
             check_size(kind, "convolutions in a block", n, 8)?;
