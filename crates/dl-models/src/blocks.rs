@@ -54,6 +54,21 @@ pub(crate) fn check_input(kind: &str, (c, h, w): (usize, usize, usize)) -> Resul
     Ok(())
 }
 
+/// Checks the book's `conv_param` read from a configuration: filter number 1 to
+/// [`MAX_SIZE`], filter size and stride 1 to 64, padding at most 63.
+pub(crate) fn check_conv_param(kind: &str, p: &crate::ConvParam) -> Result<(), ModelError> {
+    check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
+    check_size(kind, "filter size", p.filter_size, 64)?;
+    check_size(kind, "stride", p.stride, 64)?;
+    if p.pad > 63 {
+        return Err(ModelError::Config {
+            kind: kind.into(),
+            message: format!("pad is {}, must be at most 63", p.pad),
+        });
+    }
+    Ok(())
+}
+
 /// The largest channel count, image side or hidden width a configuration may ask for.
 pub(crate) const MAX_SIZE: usize = 4096;
 

@@ -3,7 +3,7 @@ use dl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_input, check_ratio, check_size, model_type, MAX_SIZE};
+use crate::blocks::{check_conv_param, check_input, check_ratio, check_size, model_type, MAX_SIZE};
 use crate::{book_names, derive_seed, ModelError, Network};
 
 /// One convolution's settings, the book's `conv_param` dictionary.
@@ -116,10 +116,7 @@ impl DeepConvNet {
         let kind = "DeepConvNet";
         check_input(kind, config.input_dim)?;
         for p in &config.conv_params {
-            check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
-            check_size(kind, "filter size", p.filter_size, 64)?;
-            check_size(kind, "stride", p.stride, 64)?;
-            check_size(kind, "pad + 1", p.pad + 1, 64)?;
+            check_conv_param(kind, p)?;
         }
         check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;

@@ -1,7 +1,7 @@
 use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_input, check_size, model_type, MAX_SIZE};
+use crate::blocks::{check_conv_param, check_input, check_size, model_type, MAX_SIZE};
 use crate::{book_names, derive_seed, ConvParam, ModelError, Network};
 
 /// The book's `SimpleConvNet.__init__` arguments (chapter 7).
@@ -57,11 +57,7 @@ impl SimpleConvNet {
     pub fn try_new(config: SimpleConvNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "SimpleConvNet";
         check_input(kind, config.input_dim)?;
-        let p = config.conv_param;
-        check_size(kind, "filter number", p.filter_num, MAX_SIZE)?;
-        check_size(kind, "filter size", p.filter_size, 64)?;
-        check_size(kind, "stride", p.stride, 64)?;
-        check_size(kind, "pad + 1", p.pad + 1, 64)?;
+        check_conv_param(kind, &config.conv_param)?;
         check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
         let init = config.weight_init_std.map_or(Init::He, Init::Std);
