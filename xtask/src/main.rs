@@ -149,10 +149,8 @@ mod tests {
             "--augment",
             "--lr-decay",
             "cosine",
-            "--out",
-            out_s,
         ];
-        run_cli(&[&short[..], &["--validation", "100"]].concat()).unwrap();
+        run_cli(&[&short[..], &["--validation", "100", "--out", out_s]].concat()).unwrap();
         let params = out.join("params.safetensors");
         let history: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("history.json")).unwrap()).unwrap();
@@ -160,10 +158,66 @@ mod tests {
         assert_eq!(history["test_evaluation"]["total"], 100);
         assert_eq!(dl_models::load(&params).unwrap().kind(), "ResNet");
         run_cli(&["eval", "--params", params.to_str().unwrap()]).unwrap();
+        let other = dir.path().join("other");
         for bad in ["0", "300", "1000"] {
-            let err = run_cli(&[&short[..], &["--validation", bad]].concat()).unwrap_err();
+            let err =
+                run_cli(&[&short[..], &["--validation", bad, "--out", other.to_str().unwrap()]].concat()).unwrap_err();
             assert!(err.to_string().contains("--validation"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_stopped_run_resumes_to_the_same_parameters_and_no_run_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let short = [
+            "train",
+            "--model",
+            "deep",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "200",
+            "--eval-samples",
+            "50",
+            "--augment",
+            "--lr-decay",
+            "cosine",
+            "--validation",
+            "50",
+        ];
+        run_cli(&[&short[..], &["--out", &p("a")]].concat()).unwrap();
+        let final_a = std::fs::read(p("a/params.safetensors")).unwrap();
+        // a run killed after its first epoch leaves run.json and that epoch's checkpoint
+        let b = dir.path().join("b");
+        std::fs::create_dir_all(b.join("checkpoints")).unwrap();
+        std::fs::copy(p("a/run.json"), b.join("run.json")).unwrap();
+        std::fs::copy(
+            p("a/checkpoints/checkpoint-0001.safetensors"),
+            b.join("checkpoints/checkpoint-0001.safetensors"),
+        )
+        .unwrap();
+        run_cli(&["train", "--resume", &p("b")]).unwrap();
+        assert!(std::fs::read(b.join("params.safetensors")).unwrap() == final_a);
+        // the run's folder is not taken over by a new run, unless asked
+        let err = run_cli(&[&short[..], &["--out", &p("a")]].concat()).unwrap_err();
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        assert!(std::fs::read(p("a/params.safetensors")).unwrap() == final_a);
+        run_cli(&[&short[..], &["--out", &p("a"), "--overwrite", "--seed", "1"]].concat()).unwrap();
+        assert!(std::fs::read(p("a/params.safetensors")).unwrap() != final_a);
+        // --resume takes its settings from the run: other training flags are refused
+        assert!(Cli::try_parse_from(["xtask", "train", "--resume", "b", "--epochs", "3"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "train", "--resume", "b", "--out", "c"]).is_err());
+        // a folder without a run or without a checkpoint is a clear error
+        let err = run_cli(&["train", "--resume", &p("nothing")]).unwrap_err();
+        assert!(err.to_string().contains("run.json"), "{err}");
+        std::fs::remove_file(b.join("checkpoints/checkpoint-0001.safetensors")).unwrap();
+        std::fs::remove_dir_all(b.join("checkpoints")).ok();
+        std::fs::create_dir_all(b.join("checkpoints")).unwrap();
+        let err = run_cli(&["train", "--resume", &p("b")]).unwrap_err();
+        assert!(err.to_string().contains("no checkpoint"), "{err}");
+        let err = run_cli(&[&short[..], &["--out", &p("z"), "--checkpoint-every", "0"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("--checkpoint-every"), "{err}");
     }
 
     #[test]

@@ -1,18 +1,18 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use dl_data::{ImageSet, Mnist};
 use dl_models::Network;
 use dl_train::{
-    evaluate, train_ensemble, EpochRecord, Evaluation, IterationInfo, Observer, ReduceOnPlateau, Schedule, Trainer,
-    TrainerConfig, Unit, Vote,
+    checkpoint, evaluate, train_ensemble, CheckpointPolicy, EpochRecord, Evaluation, IterationInfo, Observer,
+    ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, Unit, Vote,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::CliError;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum ModelName {
     /// The book's chapter 8 DeepConvNet.
     Deep,
@@ -44,7 +44,7 @@ impl ModelName {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Decay {
     None,
     Step,
@@ -53,7 +53,8 @@ pub enum Decay {
     OneCycle,
 }
 
-#[derive(Args)]
+/// The training flags; a run folder keeps them as `run.json`, which `--resume` reads.
+#[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
     /// Network to train.
     #[arg(long, value_enum, default_value = "deep")]
@@ -98,9 +99,15 @@ pub struct TrainArgs {
     /// zoom 0.9-1.1, shift up to 2 pixels (no flips: a mirrored digit is another glyph).
     #[arg(long)]
     augment: bool,
-    /// Halve the rate when the per-epoch test accuracy has not improved for N epochs.
+    /// Halve the rate when the per-epoch accuracy (validation, or test without
+    /// --validation) has not improved for N epochs.
     #[arg(long)]
     plateau_patience: Option<usize>,
+    /// Stop when the per-epoch accuracy (validation, or test without --validation) has
+    /// not improved for N epochs.
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    early_stop: Option<usize>,
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -123,12 +130,50 @@ pub struct TrainArgs {
     /// How the ensemble combines its members for the final figure.
     #[arg(long, value_enum, default_value = "mean")]
     vote: VoteArg,
-    /// Folder for params.safetensors and history.json (or the ensemble's files).
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
+    /// Folder for params.safetensors, history.json, run.json and checkpoints/ (or the
+    /// ensemble's files). Default: runs/train, or runs/train-2, -3, ... when taken.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the run in --out if there is one.
+    #[arg(long)]
+    #[serde(skip)]
+    overwrite: bool,
+    /// Write a checkpoint (parameters, optimizer and trainer state) every N epochs and
+    /// after the last, into OUT/checkpoints; OUT/checkpoints/best.safetensors keeps the
+    /// parameters of the epoch with the best per-epoch accuracy.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[serde(default = "one")]
+    checkpoint_every: usize,
+    /// Checkpoints kept (the newest; 0 keeps all).
+    #[arg(long, default_value_t = 2, value_name = "K")]
+    #[serde(default = "two")]
+    keep_checkpoints: usize,
+    /// Continue the stopped run in DIR from its newest checkpoint, with the settings in
+    /// its run.json; the result is the same, bit for bit, as a run that never stopped.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "model", "epochs", "batch_size", "optimizer", "lr", "seed", "eval_samples", "train_limit",
+        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
+        "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
+        "overwrite", "checkpoint_every", "keep_checkpoints",
+    ])]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+fn one() -> usize {
+    1
+}
+
+fn two() -> usize {
+    2
+}
+
+/// The file of a run folder that holds its flags.
+const RUN_FILE: &str = "run.json";
+/// The sub-folder of a run folder that holds its checkpoints.
+const CHECKPOINT_DIR: &str = "checkpoints";
+
+#[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum VoteArg {
     /// Average the members' softmax outputs.
     Mean,
@@ -251,6 +296,7 @@ fn trainer_config(a: &TrainArgs) -> TrainerConfig {
             Unit::Iteration
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
+        early_stop_patience: a.early_stop,
         augment: a.augment.then(|| dl_data::Pipeline::mnist(false, a.seed)),
     }
 }
@@ -268,7 +314,83 @@ fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(
     dl_tensor::fs::atomic_write(path, &json).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
 }
 
+/// Whether `dir` holds anything (a missing folder holds nothing).
+fn holds_files(dir: &Path) -> Result<bool, CliError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CliError::Other(format!("{}: {e}", dir.display()))),
+    }
+}
+
+/// The folder a new run writes to: `--out` if it is empty or missing (or `--overwrite`),
+/// else an error; without `--out`, `base` or the first of `base-2`, `base-3`, ... that is
+/// empty or missing. Never a folder that holds another run, unless asked.
+fn new_run_folder(out: Option<&Path>, overwrite: bool, base: &Path) -> Result<PathBuf, CliError> {
+    match out {
+        Some(dir) if overwrite || !holds_files(dir)? => Ok(dir.to_path_buf()),
+        Some(dir) => Err(CliError::Other(format!(
+            "{} holds files already: pass --overwrite to replace its run, --resume {} to continue it, or another --out",
+            dir.display(),
+            dir.display()
+        ))),
+        None => {
+            let mut dir = base.to_path_buf();
+            let mut k = 1;
+            while holds_files(&dir)? {
+                k += 1;
+                dir = PathBuf::from(format!("{}-{k}", base.display()));
+            }
+            Ok(dir)
+        }
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<(), CliError> {
+    match a.resume.clone() {
+        Some(dir) => resume(&dir),
+        None => {
+            let out = new_run_folder(a.out.as_deref(), a.overwrite, Path::new("runs/train"))?;
+            start(a, out, None)
+        }
+    }
+}
+
+/// Continues the run in `dir` from its newest checkpoint.
+fn resume(dir: &Path) -> Result<(), CliError> {
+    let run_file = dir.join(RUN_FILE);
+    let text = std::fs::read_to_string(&run_file).map_err(|e| {
+        CliError::Other(format!(
+            "{}: {e} (--resume takes the folder of a run started by cargo xtask train)",
+            run_file.display()
+        ))
+    })?;
+    let a: TrainArgs =
+        serde_json::from_str(&text).map_err(|e| CliError::Other(format!("{}: {e}", run_file.display())))?;
+    if a.ensemble.is_some() {
+        return Err(CliError::Other(
+            "an ensemble run cannot be resumed: train its missing members with --seed and join them with cargo xtask ensemble".into(),
+        ));
+    }
+    let checkpoints = dir.join(CHECKPOINT_DIR);
+    let latest = checkpoint::latest(&checkpoints)?
+        .ok_or_else(|| CliError::Other(format!("{}: no checkpoint to resume from", checkpoints.display())))?;
+    let ckpt = checkpoint::read(&latest)?;
+    println!(
+        "resuming {} from {} (epoch {} of {})",
+        dir.display(),
+        latest.display(),
+        ckpt.trainer.epoch,
+        ckpt.trainer.config.epochs
+    );
+    start(a, dir.to_path_buf(), Some(ckpt))
+}
+
+fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoint>) -> Result<(), CliError> {
+    a.out = Some(out.clone());
+    if a.checkpoint_every == 0 {
+        return Err(CliError::Other("--checkpoint-every must be at least 1".into()));
+    }
     if a.ensemble == Some(0) {
         return Err(CliError::Other("--ensemble needs at least one member".into()));
     }
@@ -327,26 +449,68 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
         threads,
         threads_word(threads)
     );
-    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+    std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    if resume_from.is_none() {
+        // a run that replaces another (--overwrite) starts without the old checkpoints
+        let old = out.join(CHECKPOINT_DIR);
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| CliError::Other(format!("{}: {e}", old.display())))?;
+        }
+        write_json(&out.join(RUN_FILE), &a)?;
+    }
     match a.ensemble {
-        None => train_one(&a, probe, &mnist, validation.as_ref(), config),
-        Some(k) => train_many(&a, k, &mnist, validation.as_ref(), config),
+        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from),
+        Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config),
     }
 }
 
 fn train_one(
     a: &TrainArgs,
+    out: &Path,
     mut net: Network,
     mnist: &Mnist,
     validation: Option<&ImageSet>,
     config: TrainerConfig,
+    resume_from: Option<dl_train::Checkpoint>,
 ) -> Result<(), CliError> {
     let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
     let eval_set = validation.unwrap_or(&mnist.test);
-    let history = Trainer::new(&mut net, &mnist.train, eval_set, config)?.train_with(&mut progress)?;
-    let params = a.out.join("params.safetensors");
+    let dir = out.join(CHECKPOINT_DIR);
+    println!(
+        "checkpoints in {} every {} epoch{} (keeping {})",
+        dir.display(),
+        a.checkpoint_every,
+        if a.checkpoint_every == 1 { "" } else { "s" },
+        if a.keep_checkpoints == 0 {
+            "all".to_string()
+        } else {
+            format!("the last {}", a.keep_checkpoints)
+        }
+    );
+    let policy = CheckpointPolicy {
+        dir: dir.clone(),
+        every: a.checkpoint_every,
+        keep: a.keep_checkpoints,
+        keep_best: true,
+    };
+    let mut trainer = Trainer::new(&mut net, &mnist.train, eval_set, config)?.with_checkpoints(policy)?;
+    if let Some(ckpt) = &resume_from {
+        trainer = trainer.resume(ckpt)?;
+    }
+    let history = trainer.train_with(&mut progress).map_err(|e| match e {
+        TrainError::Diverged { .. } => match checkpoint::latest(&dir) {
+            Ok(Some(last)) => CliError::Other(format!(
+                "{e}; the last good checkpoint is {} (cargo xtask train --resume {} continues from it)",
+                last.display(),
+                out.display()
+            )),
+            _ => CliError::Other(format!("{e}; no epoch had finished, so there is no checkpoint")),
+        },
+        e => e.into(),
+    })?;
+    let params = out.join("params.safetensors");
     net.save_params(&params)?;
-    let hist = a.out.join("history.json");
+    let hist = out.join("history.json");
     write_json(&hist, &history)?;
     println!(
         "wrote {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
@@ -366,6 +530,7 @@ fn train_one(
 
 fn train_many(
     a: &TrainArgs,
+    out: &Path,
     k: usize,
     mnist: &Mnist,
     validation: Option<&ImageSet>,
@@ -396,22 +561,53 @@ fn train_many(
             "member {i} (seed {}): {eval_name} accuracy {} ({:.1} s)",
             run.seeds[i], h.test_evaluation, h.total_seconds
         );
-        write_json(&a.out.join(format!("member-{i}-history.json")), h)?;
+        write_json(&out.join(format!("member-{i}-history.json")), h)?;
     }
     let mut ensemble = run.ensemble;
     let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let vote = Vote::from(a.vote);
     let description = crate::command_line("train");
-    let m = ensemble.save(&a.out, vote, Some(&run.seeds), Some(&ev), &description)?;
+    let m = ensemble.save(out, vote, Some(&run.seeds), Some(&ev), &description)?;
     println!("ensemble, mean of softmax: {}", ev.mean);
     println!("ensemble, majority vote:   {}", ev.majority);
     println!(
         "wrote {} members and {} ({:.1} s in all, peak memory {:.0} MiB)",
         m.members.len(),
-        a.out.join(dl_train::ensemble::MANIFEST_FILE).display(),
+        out.join(dl_train::ensemble::MANIFEST_FILE).display(),
         start.elapsed().as_secs_f64(),
         crate::bench::peak_rss_mib()
     );
     println!("test accuracy: {}", ev.by(vote));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_run_never_lands_in_a_folder_that_holds_files_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("train");
+        // missing, then empty: the base itself
+        assert_eq!(new_run_folder(None, false, &base).unwrap(), base);
+        std::fs::create_dir_all(&base).unwrap();
+        assert_eq!(new_run_folder(None, false, &base).unwrap(), base);
+        // taken: the next free number
+        std::fs::write(base.join("params.safetensors"), b"x").unwrap();
+        let second = dir.path().join("train-2");
+        assert_eq!(new_run_folder(None, false, &base).unwrap(), second);
+        std::fs::create_dir_all(second.join("checkpoints")).unwrap();
+        assert_eq!(new_run_folder(None, false, &base).unwrap(), dir.path().join("train-3"));
+        // an explicit folder: refused while it holds files, unless --overwrite
+        let err = new_run_folder(Some(&base), false, &base).unwrap_err().to_string();
+        assert!(err.contains("--overwrite") && err.contains("--resume"), "{err}");
+        assert_eq!(new_run_folder(Some(&base), true, &base).unwrap(), base);
+        let fresh = dir.path().join("fresh");
+        assert_eq!(new_run_folder(Some(&fresh), false, &base).unwrap(), fresh);
+        // a path that cannot be listed is an error, not "free"
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(new_run_folder(Some(&file), false, &base).is_err());
+    }
 }

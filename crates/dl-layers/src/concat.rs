@@ -128,6 +128,10 @@ impl Layer for Concat {
         self.branches.iter_mut().for_each(|b| b.set_conv_algo(algo));
     }
 
+    fn set_iteration(&mut self, iteration: u64) {
+        self.branches.iter_mut().for_each(|b| b.set_iteration(iteration));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let shapes = self
             .branches

@@ -12,11 +12,15 @@ use crate::{check_dout, Layer, LayerError, Tensor};
 /// evaluation is the identity.
 ///
 /// The mask comes from the layer's own seeded ChaCha8 generator, so a run is
-/// reproducible from its seed.
+/// reproducible from its seed. [`Layer::set_iteration`] restarts the generator on the
+/// stream of that iteration (ChaCha's 64-bit stream number), so the masks of an
+/// iteration depend only on `(seed, iteration)`; without it the generator runs on from
+/// call to call.
 #[derive(Debug, Clone)]
 pub struct Dropout {
     ratio: f32,
     inverted: bool,
+    seed: u64,
     rng: ChaCha8Rng,
     mask: Vec<bool>,
     shape: Vec<usize>,
@@ -32,6 +36,7 @@ impl Dropout {
         Self {
             ratio,
             inverted: false,
+            seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             mask: Vec::new(),
             shape: Vec::new(),
@@ -54,6 +59,7 @@ impl Dropout {
 
     /// Restarts the mask generator from `seed`.
     pub fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
         self.rng = ChaCha8Rng::seed_from_u64(seed);
     }
 
@@ -99,6 +105,11 @@ impl Layer for Dropout {
             *d = if keep { *d * scale } else { 0.0 };
         }
         dout
+    }
+
+    fn set_iteration(&mut self, iteration: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(self.seed);
+        self.rng.set_stream(iteration);
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

@@ -175,6 +175,12 @@ pub trait Layer: Send + Sync {
     /// blocks pass it to their children, other layers ignore it.
     fn set_conv_algo(&mut self, _algo: ConvAlgo) {}
 
+    /// Tells the layer which training iteration the next forward belongs to: layers that
+    /// draw random numbers (dropout) draw those of `(seed, iteration)`, so a run resumed
+    /// at any iteration makes the same draws as one that never stopped. Containers pass
+    /// it to their children.
+    fn set_iteration(&mut self, _iteration: u64) {}
+
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;

@@ -163,6 +163,13 @@ impl Layer for Residual {
         }
     }
 
+    fn set_iteration(&mut self, iteration: u64) {
+        self.body.set_iteration(iteration);
+        if let Some(s) = &mut self.shortcut {
+            s.set_iteration(iteration);
+        }
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let y = self.body.output_shape(input)?;
         let s = match &self.shortcut {

@@ -142,6 +142,10 @@ impl Layer for Sequential {
         self.layers.iter_mut().for_each(|l| l.set_conv_algo(algo));
     }
 
+    fn set_iteration(&mut self, iteration: u64) {
+        self.layers.iter_mut().for_each(|l| l.set_iteration(iteration));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }

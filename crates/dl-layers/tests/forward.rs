@@ -2,8 +2,8 @@
 
 use dl_layers::gradcheck::random_input;
 use dl_layers::{
-    Affine, BatchNormMode, BatchNormalization, ConvAlgo, Convolution, Dropout, Init, Labels, Layer, LayerError,
-    Pooling, Relu, Sequential, SoftmaxWithLoss, Tensor,
+    Affine, BatchNormMode, BatchNormalization, Concat, ConvAlgo, Convolution, Dropout, Init, Labels, Layer, LayerError,
+    Pooling, Relu, Residual, Sequential, SoftmaxWithLoss, Tensor,
 };
 use dl_tensor::reference::{conv2d_reference, pool_reference};
 use ndarray::{Ix1, Ix4};
@@ -189,6 +189,52 @@ fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     assert_eq!(inv.forward(x.clone(), false).unwrap(), x);
     let y = inv.forward(x.clone(), true).unwrap();
     assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+}
+
+#[test]
+fn dropout_masks_of_an_iteration_depend_on_the_seed_and_the_iteration_only() {
+    let x = Tensor::ones(vec![20, 50]);
+    let mask_at = |d: &mut Dropout, it: u64| {
+        d.set_iteration(it);
+        d.forward(x.clone(), true).unwrap()
+    };
+    // a layer that ran iterations 0..5 and a fresh one told "iteration 5" draw the same
+    let mut run = Dropout::new(0.5, 7);
+    for it in 0..5 {
+        mask_at(&mut run, it);
+    }
+    let fifth = mask_at(&mut run, 5);
+    assert_eq!(mask_at(&mut Dropout::new(0.5, 7), 5), fifth);
+    // inside a container too
+    let mut seq = Sequential::new().with(Dropout::new(0.5, 7));
+    seq.set_iteration(5);
+    assert_eq!(seq.forward(x.clone(), true).unwrap(), fifth);
+    // a residual block passes the iteration to its body and its shortcut
+    let (mut body, mut short) = (Dropout::new(0.5, 7), Dropout::new(0.5, 9));
+    let want = mask_at(&mut body, 5) + mask_at(&mut short, 5);
+    let mut res = Residual::new(
+        Sequential::new().with(Dropout::new(0.5, 7)),
+        Some(Sequential::new().with(Dropout::new(0.5, 9))),
+    );
+    res.set_iteration(5);
+    assert_eq!(res.forward(x.clone(), true).unwrap(), want);
+    // a concatenation, to each branch
+    let mut cat = Concat::new()
+        .with_branch("a", Sequential::new().with(Dropout::new(0.5, 9)))
+        .with_branch("b", Sequential::new().with(Dropout::new(0.5, 7)));
+    cat.set_iteration(5);
+    let y = cat
+        .forward(x.clone().into_shape_with_order(vec![20, 50, 1, 1]).unwrap(), true)
+        .unwrap();
+    let want = ndarray::concatenate(ndarray::Axis(1), &[mask_at(&mut short, 5).view(), fifth.view()]).unwrap();
+    assert_eq!(y.into_shape_with_order(vec![20, 100]).unwrap(), want.into_dyn());
+    // another iteration or another seed: another mask
+    assert_ne!(mask_at(&mut Dropout::new(0.5, 7), 6), fifth);
+    assert_ne!(mask_at(&mut Dropout::new(0.5, 8), 5), fifth);
+    // reseed moves the iteration's draws to the new seed
+    let mut d = Dropout::new(0.5, 8);
+    d.reseed(7);
+    assert_eq!(mask_at(&mut d, 5), fifth);
 }
 
 #[test]

@@ -37,6 +37,11 @@ impl std::fmt::Debug for Network {
     }
 }
 
+/// The prefix of the tensors in a parameter file that belong to training rather than to
+/// the network (a checkpoint's optimizer state, [`Network::params_to_bytes_with`]); the
+/// loaders skip them.
+pub const TRAINING_PREFIX: &str = "training/";
+
 /// Whether the parameter at `path` lies under `prefix` (`"layer1"` holds `layer1.0.W`,
 /// not `layer10.W`).
 fn under(path: &str, prefix: &str) -> bool {
@@ -127,6 +132,15 @@ impl Network {
     /// fastest this CPU has; [`ConvAlgo::Lowered`] is the book's `im2col` + GEMM).
     pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
         self.root.set_conv_algo(algo);
+    }
+
+    /// Tells every layer which training iteration comes next ([`Layer::set_iteration`]):
+    /// dropout then draws the masks of `(seed, iteration)`. The [`Trainer`] calls it
+    /// before every step, which makes a resumed run draw what an unbroken one would.
+    ///
+    /// [`Trainer`]: https://docs.rs/dl-train
+    pub fn set_iteration(&mut self, iteration: u64) {
+        self.root.set_iteration(iteration);
     }
 
     /// Freezes (or unfreezes) every parameter whose path lies under `prefix` (a layer of
@@ -238,7 +252,17 @@ impl Network {
 
     /// The parameter file as bytes (safetensors, little-endian float32).
     pub fn params_to_bytes(&self) -> Vec<u8> {
-        let tensors = self.saved_tensors();
+        self.params_to_bytes_with(&[], &BTreeMap::new())
+    }
+
+    /// [`Network::params_to_bytes`] with more in the same file: `extra` tensors, each
+    /// stored under [`TRAINING_PREFIX`]`name` (so they never collide with the network's
+    /// own), and `metadata` entries beside the network's `"dlfs"` entry (which a key
+    /// `"dlfs"` here does not replace). A checkpoint is such a file: it loads as a
+    /// parameter file, since the loaders skip the prefixed tensors.
+    pub fn params_to_bytes_with(&self, extra: &[(String, &Tensor)], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+        let mut tensors = self.saved_tensors();
+        tensors.extend(extra.iter().map(|(n, t)| (format!("{TRAINING_PREFIX}{n}"), *t)));
         let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
             .map(|(n, t)| {
@@ -259,7 +283,8 @@ impl Network {
         // always gives the same bytes (a HashMap of several entries would not).
         let mut info = self.metadata.clone();
         info.insert("model".into(), self.kind.clone());
-        let meta = HashMap::from([("dlfs".to_string(), serde_json::to_string(&info).expect("string map"))]);
+        let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        meta.insert("dlfs".to_string(), serde_json::to_string(&info).expect("string map"));
         safetensors::serialize(views, &Some(meta)).expect("serialising in-memory tensors")
     }
 
@@ -274,7 +299,8 @@ impl Network {
     }
 
     /// The book's `load_params`: reads a safetensors file whose names and shapes match
-    /// this network exactly. On any error the network is unchanged.
+    /// this network exactly (tensors under [`TRAINING_PREFIX`], a checkpoint's optimizer
+    /// state, are skipped). On any error the network is unchanged.
     pub fn load_params(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
@@ -356,7 +382,7 @@ impl Network {
         let mut extra: Vec<String> = st
             .names()
             .into_iter()
-            .filter(|n| !values.contains_key(*n))
+            .filter(|n| !values.contains_key(*n) && !n.starts_with(TRAINING_PREFIX))
             .cloned()
             .collect();
         if !extra.is_empty() {

@@ -221,3 +221,44 @@ fn wrong_input_is_an_error_naming_the_layer() {
     let e = net.predict(Tensor::zeros(vec![2, 1, 20, 20]), false).unwrap_err();
     assert!(e.to_string().starts_with("Affine"), "{e}");
 }
+
+#[test]
+fn a_file_with_training_state_loads_as_parameters_and_keeps_its_extras() {
+    let a = deep(1);
+    let m = Tensor::from_elem(vec![2, 3], 0.5);
+    let meta = std::collections::BTreeMap::from([
+        ("step".to_string(), "7".to_string()),
+        ("dlfs".to_string(), "not the model's".to_string()),
+    ]);
+    let bytes = a.params_to_bytes_with(&[("m/W1".into(), &m)], &meta);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(&format!("{}m/W1", dl_models::TRAINING_PREFIX)).unwrap();
+    assert_eq!(view.shape(), &[2, 3]);
+    assert_eq!(&view.data()[..4], &0.5f32.to_le_bytes());
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let info = header.metadata().as_ref().unwrap();
+    assert_eq!(info["step"], "7");
+    assert!(
+        info["dlfs"].contains("DeepConvNet"),
+        "the model's own entry wins: {}",
+        info["dlfs"]
+    );
+    // the network's tensors are those of the plain file
+    let plain_bytes = a.params_to_bytes();
+    let plain = safetensors::SafeTensors::deserialize(&plain_bytes).unwrap();
+    assert_eq!(st.names().len(), plain.names().len() + 1);
+    // it loads as a parameter file, directly or through the registry
+    let mut b = deep(2);
+    b.load_params_from_bytes(&bytes, "checkpoint".as_ref()).unwrap();
+    assert!(a.params().iter().zip(b.params()).all(|(x, y)| x == &y));
+    let c = dl_models::registry::load_from_bytes(&bytes, "checkpoint".as_ref()).unwrap();
+    assert_eq!(c.kind(), "DeepConvNet");
+    // a name outside the prefix that the network does not have is still refused
+    let mut wrong = bytes.clone();
+    let pos = wrong.windows(9).position(|w| w == b"training/").unwrap();
+    wrong[pos..pos + 9].copy_from_slice(b"trainingX");
+    assert!(matches!(
+        b.load_params_from_bytes(&wrong, "x".as_ref()),
+        Err(ModelError::Unexpected { .. })
+    ));
+}

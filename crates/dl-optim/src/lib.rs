@@ -7,7 +7,9 @@
 //!
 //! State (velocities, moments) is kept per parameter name, like the book's `dict` of
 //! parameters, so a network may hand over only the parameters it wants trained (frozen
-//! layers simply are not passed).
+//! layers simply are not passed). [`Optimizer::state`] exports it and
+//! [`Optimizer::load_state`] puts it back, so a stopped run continues exactly where it
+//! was (a checkpoint).
 //!
 //! ```
 //! use dl_optim::{Adam, Optimizer};
@@ -21,7 +23,7 @@
 //! assert!((w[0] - (1.0 - 0.001)).abs() < 1e-5);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use dl_tensor::{ParamMut, Tensor};
 use ndarray::Zip;
@@ -35,6 +37,9 @@ pub enum OptimError {
     /// No optimizer of that name.
     #[error("unknown optimizer {0:?}: expected one of sgd, momentum, nesterov, adagrad, rmsprop, adam")]
     UnknownName(String),
+    /// A saved state that does not fit this optimizer or these parameters.
+    #[error("optimizer state does not fit: {0}")]
+    State(String),
     /// A hyper-parameter outside its range.
     #[error("invalid {name} {value}: {reason}")]
     InvalidHyperParameter {
@@ -57,6 +62,79 @@ pub trait Optimizer: Send {
     fn learning_rate(&self) -> f32;
     /// Sets the learning rate (learning-rate schedules call this between steps).
     fn set_learning_rate(&mut self, lr: f32);
+    /// Everything the optimizer has learned so far (not its hyper-parameters).
+    fn state(&self) -> OptimizerState;
+    /// Replaces the learned state with `state`, exported by an optimizer of the same
+    /// kind for the parameters `params` (name and value, as a network lists them). On
+    /// an error (another optimizer's state, an unknown parameter, a shape that differs
+    /// from the parameter's) the optimizer is unchanged.
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError>;
+}
+
+/// What an optimizer has learned: its step count and its per-parameter tensors, each
+/// under `slot/parameter` (`"m/conv1.W"`: Adam's first moment of `conv1.W`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OptimizerState {
+    /// The optimizer's book name ([`Optimizer::name`]).
+    pub optimizer: String,
+    /// Steps taken (Adam's `t`; the other optimizers do not depend on it and keep 0).
+    pub steps: u64,
+    /// The tensors by `slot/parameter`, in name order.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// The state of `optimizer` with the slots `slots` (`("v", &velocities)`).
+fn export(optimizer: &str, steps: u64, slots: &[(&str, &HashMap<String, Tensor>)]) -> OptimizerState {
+    let mut tensors = BTreeMap::new();
+    for (slot, map) in slots {
+        for (name, t) in map.iter() {
+            tensors.insert(format!("{slot}/{name}"), t.clone());
+        }
+    }
+    OptimizerState {
+        optimizer: optimizer.to_string(),
+        steps,
+        tensors,
+    }
+}
+
+/// The slots' maps rebuilt from `state`, checked against `optimizer`'s name and slots
+/// and against the parameters' names and shapes.
+fn import(
+    optimizer: &str,
+    slot_names: &[&str],
+    state: &OptimizerState,
+    params: &[(String, &Tensor)],
+) -> Result<Vec<HashMap<String, Tensor>>, OptimError> {
+    if state.optimizer != optimizer {
+        return Err(OptimError::State(format!(
+            "it is {:?}'s, this optimizer is {optimizer}",
+            state.optimizer
+        )));
+    }
+    let shapes: HashMap<&str, &[usize]> = params.iter().map(|(n, t)| (n.as_str(), t.shape())).collect();
+    let mut maps = vec![HashMap::new(); slot_names.len()];
+    for (key, t) in &state.tensors {
+        let (slot, name) = key
+            .split_once('/')
+            .ok_or_else(|| OptimError::State(format!("{key:?} is not slot/parameter")))?;
+        let i = slot_names
+            .iter()
+            .position(|s| *s == slot)
+            .ok_or_else(|| OptimError::State(format!("{optimizer} has no slot {slot:?} (in {key:?})")))?;
+        let shape = shapes
+            .get(name)
+            .ok_or_else(|| OptimError::State(format!("no parameter {name:?} (in {key:?})")))?;
+        if t.shape() != *shape {
+            return Err(OptimError::State(format!(
+                "{key:?} has shape {:?}, the parameter {:?}",
+                t.shape(),
+                shape
+            )));
+        }
+        maps[i].insert(name.to_string(), t.clone());
+    }
+    Ok(maps)
 }
 
 /// Builds an optimizer from its book name (case-insensitive) with learning rate `lr` and
@@ -136,6 +214,12 @@ impl Optimizer for Sgd {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), 0, &[])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        import(self.name(), &[], state, params).map(|_| ())
+    }
 }
 
 /// Momentum SGD: `v = momentum * v - lr * dW; W += v`.
@@ -179,6 +263,14 @@ impl Optimizer for Momentum {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), 0, &[("v", &self.v)])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        let [v] = <[_; 1]>::try_from(import(self.name(), &["v"], state, params)?).expect("one slot");
+        self.v = v;
+        Ok(())
+    }
 }
 
 /// Nesterov's accelerated gradient in the book's form:
@@ -223,6 +315,14 @@ impl Optimizer for Nesterov {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), 0, &[("v", &self.v)])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        let [v] = <[_; 1]>::try_from(import(self.name(), &["v"], state, params)?).expect("one slot");
+        self.v = v;
+        Ok(())
+    }
 }
 
 /// AdaGrad: `h += dW^2; W -= lr * dW / (sqrt(h) + 1e-7)`.
@@ -263,6 +363,14 @@ impl Optimizer for AdaGrad {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), 0, &[("h", &self.h)])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        let [h] = <[_; 1]>::try_from(import(self.name(), &["h"], state, params)?).expect("one slot");
+        self.h = h;
+        Ok(())
+    }
 }
 
 /// RMSprop: `h = decay*h + (1-decay)*dW^2; W -= lr * dW / (sqrt(h) + 1e-7)`.
@@ -306,6 +414,14 @@ impl Optimizer for RmsProp {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), 0, &[("h", &self.h)])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        let [h] = <[_; 1]>::try_from(import(self.name(), &["h"], state, params)?).expect("one slot");
+        self.h = h;
+        Ok(())
+    }
 }
 
 /// Adam as the book writes it:
@@ -377,4 +493,12 @@ impl Optimizer for Adam {
         }
     }
     lr_accessors!();
+    fn state(&self) -> OptimizerState {
+        export(self.name(), self.iter, &[("m", &self.m), ("v", &self.v)])
+    }
+    fn load_state(&mut self, state: &OptimizerState, params: &[(String, &Tensor)]) -> Result<(), OptimError> {
+        let [m, v] = <[_; 2]>::try_from(import(self.name(), &["m", "v"], state, params)?).expect("two slots");
+        (self.iter, self.m, self.v) = (state.steps, m, v);
+        Ok(())
+    }
 }

@@ -8,7 +8,11 @@
 //! [`Observer`] while it runs. [`schedule`] holds the learning-rate decays and
 //! [`ensemble`] the chapter's ensembles: several networks trained with different seeds
 //! ([`train_ensemble`]) whose softmax outputs are averaged (or which vote), saved as a
-//! folder with a checked manifest.
+//! folder with a checked manifest. [`checkpoint`] holds what a stopped run needs to go
+//! on: a [`Trainer`] with a [`CheckpointPolicy`] writes one atomically at the end of
+//! every N epochs (network, optimizer state and [`TrainerState`] in one safetensors
+//! file), and [`Trainer::resume`] continues from one to the same parameters, bit for
+//! bit, as a run that never stopped.
 //!
 //! ```no_run
 //! use dl_data::Mnist;
@@ -22,12 +26,16 @@
 //! println!("test accuracy: {:.4}", history.test_accuracy);
 //! ```
 
+pub mod checkpoint;
 pub mod ensemble;
 mod evaluate;
 pub mod schedule;
 mod trainer;
 
+pub use checkpoint::{Checkpoint, TrainerState};
 pub use ensemble::{train_ensemble, Ensemble, EnsembleError, EnsembleEvaluation, EnsembleRun, Manifest, Vote};
 pub use evaluate::{evaluate, Evaluation};
 pub use schedule::{ReduceOnPlateau, Schedule, Unit};
-pub use trainer::{EpochRecord, History, IterationInfo, Observer, TrainError, Trainer, TrainerConfig};
+pub use trainer::{
+    CheckpointPolicy, EpochRecord, History, IterationInfo, Observer, TrainError, Trainer, TrainerConfig, BEST_FILE,
+};

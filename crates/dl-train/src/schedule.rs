@@ -123,6 +123,16 @@ impl ReduceOnPlateau {
         }
     }
 
+    /// The best accuracy seen and the epochs since it improved (what a checkpoint keeps).
+    pub fn progress(&self) -> (Option<f64>, usize) {
+        (self.best, self.bad_epochs)
+    }
+
+    /// Restores [`ReduceOnPlateau::progress`].
+    pub fn set_progress(&mut self, best: Option<f64>, bad_epochs: usize) {
+        (self.best, self.bad_epochs) = (best, bad_epochs);
+    }
+
     /// Given this epoch's accuracy and the current rate, returns the rate for the next
     /// epoch.
     pub fn step(&mut self, accuracy: f64, lr: f32) -> f32 {

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::time::Instant;
 
 use dl_data::{BatchOrder, ImageSet, Pipeline};
@@ -6,6 +7,7 @@ use dl_models::{ModelError, Network};
 use dl_optim::{OptimError, Optimizer};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, Checkpoint, TrainerState};
 use crate::{evaluate, Evaluation, ReduceOnPlateau, Schedule, Unit};
 
 /// What can stop training.
@@ -20,6 +22,23 @@ pub enum TrainError {
     /// A setting outside its range.
     #[error("invalid trainer setting: {0}")]
     Config(String),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint that cannot be resumed: not a checkpoint, another format, another
+    /// run's settings.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The loss became NaN or infinite.
     #[error("the training loss diverged ({loss}) at iteration {iteration}; lower the learning rate")]
     Diverged {
@@ -54,9 +73,12 @@ pub struct TrainerConfig {
     /// Whether the schedule steps per iteration or per epoch.
     #[serde(default = "default_unit")]
     pub schedule_unit: Unit,
-    /// Reduce the rate when the per-epoch test accuracy stops improving.
+    /// Reduce the rate when the per-epoch evaluation accuracy stops improving.
     #[serde(default)]
     pub reduce_on_plateau: Option<ReduceOnPlateau>,
+    /// Stop when the per-epoch evaluation accuracy has not improved for this many epochs.
+    #[serde(default)]
+    pub early_stop_patience: Option<usize>,
     /// Data augmentation applied to every training mini-batch (never to labels, never
     /// to evaluation).
     #[serde(default)]
@@ -82,6 +104,7 @@ impl Default for TrainerConfig {
             lr_schedule: None,
             schedule_unit: Unit::Iteration,
             reduce_on_plateau: None,
+            early_stop_patience: None,
             augment: None,
         }
     }
@@ -119,7 +142,7 @@ pub struct History {
     pub test_accuracy: f64,
     /// Correct / total on the full test set.
     pub test_evaluation: Evaluation,
-    /// Wall-clock seconds of the whole run.
+    /// Wall-clock seconds of the whole run (of all its parts, when it was resumed).
     pub total_seconds: f64,
     /// Rayon threads used.
     pub threads: usize,
@@ -154,13 +177,36 @@ pub trait Observer {
 struct Silent;
 impl Observer for Silent {}
 
+/// Where and how often a [`Trainer`] writes checkpoints ([`crate::checkpoint`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointPolicy {
+    /// The folder of the checkpoints (and of `best.safetensors`).
+    pub dir: PathBuf,
+    /// A checkpoint after every this many epochs (and after the last one).
+    pub every: usize,
+    /// How many of the newest checkpoints to keep (0: all).
+    pub keep: usize,
+    /// Also keep the parameters of the epoch with the best evaluation accuracy as
+    /// `best.safetensors`.
+    pub keep_best: bool,
+}
+
+/// The file [`CheckpointPolicy::keep_best`] writes.
+pub const BEST_FILE: &str = "best.safetensors";
+
 /// The book's `Trainer`: mini-batch training of a network with an optimizer.
+///
+/// The per-epoch evaluation set (`test` here, as the book names it) steers
+/// reduce-on-plateau, early stopping and the best checkpoint: give it a validation split
+/// held out of the training images to keep the test set out of every choice.
 pub struct Trainer<'a> {
     network: &'a mut Network,
     train: &'a ImageSet,
     test: &'a ImageSet,
     config: TrainerConfig,
     optimizer: Box<dyn Optimizer>,
+    checkpoints: Option<CheckpointPolicy>,
+    resumed: Option<TrainerState>,
 }
 
 impl<'a> Trainer<'a> {
@@ -174,6 +220,11 @@ impl<'a> Trainer<'a> {
         if config.mini_batch_size == 0 {
             return Err(TrainError::Config("mini-batch size must be at least 1".into()));
         }
+        if config.early_stop_patience == Some(0) {
+            return Err(TrainError::Config(
+                "early-stop patience must be at least 1 epoch".into(),
+            ));
+        }
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
         }
@@ -184,7 +235,58 @@ impl<'a> Trainer<'a> {
             test,
             config,
             optimizer,
+            checkpoints: None,
+            resumed: None,
         })
+    }
+
+    /// Writes checkpoints as `policy` says (none by default).
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> Result<Self, TrainError> {
+        if policy.every == 0 {
+            return Err(TrainError::Config("checkpoints every 0 epochs".into()));
+        }
+        self.checkpoints = Some(policy);
+        Ok(self)
+    }
+
+    /// Continues the run `checkpoint` was written by: loads the network's parameters and
+    /// the optimizer's state, and starts after the checkpoint's epoch. The run then ends
+    /// exactly as it would have without the stop: the same parameters, bit for bit.
+    /// Call it after [`Trainer::with_optimizer`]. On an error (settings other than the
+    /// checkpoint's, a network or optimizer the file does not fit) nothing is changed.
+    pub fn resume(mut self, checkpoint: &Checkpoint) -> Result<Self, TrainError> {
+        let state = &checkpoint.trainer;
+        let path = &checkpoint.path;
+        let bad = |message: String| TrainError::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        let mut theirs = state.config.clone();
+        theirs.verbose = self.config.verbose;
+        if theirs != self.config {
+            return Err(bad(format!(
+                "written with other settings: {}, not {}",
+                serde_json::to_string(&state.config).unwrap_or_default(),
+                serde_json::to_string(&self.config).unwrap_or_default()
+            )));
+        }
+        if state.epoch > self.config.epochs || state.epochs.len() != state.epoch {
+            return Err(bad(format!(
+                "{} epochs done ({} records) of {}",
+                state.epoch,
+                state.epochs.len(),
+                self.config.epochs
+            )));
+        }
+        // the network's part first into a copy, so that a failure changes nothing
+        let mut net = self.network.clone();
+        net.load_params_from_bytes(&checkpoint.bytes, path)?;
+        self.optimizer
+            .load_state(&checkpoint.optimizer, &net.params())
+            .map_err(|e| bad(e.to_string()))?;
+        *self.network = net;
+        self.resumed = Some(state.clone());
+        Ok(self)
     }
 
     /// Replaces the optimizer built from the configuration (for settings beyond the
@@ -211,32 +313,38 @@ impl<'a> Trainer<'a> {
         let iter_per_epoch = order.batches_per_epoch();
         let max_iter = iter_per_epoch * cfg.epochs;
         let start = Instant::now();
-        let mut history = History {
+        let mut state = self.resumed.take().unwrap_or_else(|| TrainerState {
             config: cfg.clone(),
+            epoch: 0,
+            iteration: 0,
+            base_lr: cfg.lr,
+            plateau: None,
+            best: None,
             train_loss_list: Vec::with_capacity(max_iter),
             epochs: Vec::with_capacity(cfg.epochs),
-            test_accuracy: 0.0,
-            test_evaluation: Evaluation { correct: 0, total: 0 },
-            total_seconds: 0.0,
-            threads: rayon::current_num_threads(),
-        };
+            elapsed_seconds: 0.0,
+        });
+        let elapsed_before = state.elapsed_seconds;
         let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
-        let mut iteration = 0;
-        // The base rate the schedule scales; reduce-on-plateau lowers it.
-        let mut base_lr = cfg.lr;
-        let mut plateau: Option<ReduceOnPlateau> = cfg.reduce_on_plateau.clone();
+        let mut plateau: Option<ReduceOnPlateau> = cfg.reduce_on_plateau.clone().map(|mut p| {
+            if let Some((best, bad)) = state.plateau {
+                p.set_progress(best, bad);
+            }
+            p
+        });
         let schedule = cfg.lr_schedule.clone().unwrap_or(Schedule::Constant);
-        for epoch in 1..=cfg.epochs {
+        for epoch in state.epoch + 1..=cfg.epochs {
             let epoch_start = Instant::now();
             let mut loss_sum = 0.0f64;
             let mut batches = 0usize;
             for idx in order.epoch(epoch as u64 - 1) {
                 let lr = match cfg.schedule_unit {
-                    Unit::Iteration => schedule.lr_at(base_lr, iteration, max_iter),
-                    Unit::Epoch => schedule.lr_at(base_lr, epoch - 1, cfg.epochs),
+                    Unit::Iteration => schedule.lr_at(state.base_lr, state.iteration, max_iter),
+                    Unit::Epoch => schedule.lr_at(state.base_lr, epoch - 1, cfg.epochs),
                 };
                 self.optimizer.set_learning_rate(lr);
-                iteration += 1;
+                state.iteration += 1;
+                let iteration = state.iteration;
                 self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
                 if let Some(p) = &cfg.augment {
                     let t = &self.train;
@@ -244,12 +352,13 @@ impl<'a> Trainer<'a> {
                 }
                 let x = Tensor::from_shape_vec(self.train.batch_shape(idx.len()), std::mem::take(&mut xbuf))
                     .expect("batch shape");
+                self.network.set_iteration(iteration as u64);
                 let loss = self.network.gradient(x, Labels::Indices(&tbuf))?;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged { loss, iteration });
                 }
                 self.optimizer.update(&mut self.network.params_and_grads());
-                history.train_loss_list.push(loss);
+                state.train_loss_list.push(loss);
                 loss_sum += f64::from(loss);
                 batches += 1;
                 observer.on_iteration(&IterationInfo {
@@ -271,17 +380,52 @@ impl<'a> Trainer<'a> {
                 test_acc,
                 lr: self.optimizer.learning_rate(),
                 train_seconds,
-                elapsed_seconds: start.elapsed().as_secs_f64(),
+                elapsed_seconds: elapsed_before + start.elapsed().as_secs_f64(),
             };
             if let Some(p) = plateau.as_mut() {
-                base_lr = p.step(test_acc, base_lr);
+                state.base_lr = p.step(test_acc, state.base_lr);
+                state.plateau = Some(p.progress());
+            }
+            let improved = state.best.is_none_or(|(b, _)| test_acc > b);
+            if improved {
+                state.best = Some((test_acc, epoch));
             }
             if cfg.verbose {
                 println!("=== epoch:{epoch}, train acc:{train_acc:.4}, test acc:{test_acc:.4} ===");
             }
             observer.on_epoch(&record);
-            history.epochs.push(record);
+            state.epochs.push(record);
+            state.epoch = epoch;
+            state.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
+            let stop = cfg
+                .early_stop_patience
+                .is_some_and(|p| state.best.is_some_and(|(_, at)| epoch - at >= p));
+            if let Some(policy) = &self.checkpoints {
+                if improved && policy.keep_best {
+                    let best = policy.dir.join(BEST_FILE);
+                    std::fs::create_dir_all(&policy.dir).map_err(|source| TrainError::Io {
+                        path: policy.dir.clone(),
+                        source,
+                    })?;
+                    self.network.save_params(&best)?;
+                }
+                if epoch % policy.every == 0 || epoch == cfg.epochs || stop {
+                    checkpoint::write(&policy.dir, self.network, self.optimizer.as_ref(), &state, policy.keep)?;
+                }
+            }
+            if stop {
+                break;
+            }
         }
+        let mut history = History {
+            config: cfg.clone(),
+            train_loss_list: state.train_loss_list,
+            epochs: state.epochs,
+            test_accuracy: 0.0,
+            test_evaluation: Evaluation { correct: 0, total: 0 },
+            total_seconds: 0.0,
+            threads: rayon::current_num_threads(),
+        };
         observer.on_final_evaluation(None);
         let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
         observer.on_final_evaluation(Some(&eval));
@@ -291,7 +435,7 @@ impl<'a> Trainer<'a> {
         }
         history.test_accuracy = eval.accuracy();
         history.test_evaluation = eval;
-        history.total_seconds = start.elapsed().as_secs_f64();
+        history.total_seconds = elapsed_before + start.elapsed().as_secs_f64();
         Ok(history)
     }
 }
