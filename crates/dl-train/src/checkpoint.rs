@@ -142,7 +142,26 @@ pub fn write(
             std::fs::remove_file(old).map_err(io_error(old))?;
         }
     }
+    remove_stale_temporaries(dir)?;
     Ok(path)
+}
+
+/// Removes the temporary files of checkpoint writes that a killed process left
+/// (`.checkpoint-EEEE.safetensors.tmp-PID`): never read, they would only fill the disk.
+fn remove_stale_temporaries(dir: &Path) -> Result<(), TrainError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let stale = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.split_once(".tmp-"))
+            .is_some_and(|(target, _)| epoch_of(target).is_some());
+        if stale {
+            std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoints in `dir`, oldest first, by epoch.
