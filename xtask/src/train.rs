@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 0.001)]
     lr: f32,
+    /// L2 weight decay on the weights (not on biases or batch norm's parameters).
+    #[arg(long, default_value_t = 0.0, value_name = "LAMBDA")]
+    #[serde(default)]
+    weight_decay: f32,
     /// Seed of initial weights, dropout masks and batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -151,7 +155,7 @@ pub struct TrainArgs {
     /// Continue the stopped run in DIR from its newest checkpoint, with the settings in
     /// its run.json; the result is the same, bit for bit, as a run that never stopped.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "model", "epochs", "batch_size", "optimizer", "lr", "seed", "eval_samples", "train_limit",
+        "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints",
@@ -270,6 +274,7 @@ fn trainer_config(a: &TrainArgs) -> TrainerConfig {
         mini_batch_size: a.batch_size,
         optimizer: a.optimizer.clone(),
         lr: a.lr,
+        weight_decay: a.weight_decay,
         evaluate_sample_num_per_epoch: (a.eval_samples > 0).then_some(a.eval_samples),
         seed: a.seed,
         verbose: false,
@@ -437,7 +442,7 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
     let probe = a.model.build(a.seed);
     let threads = rayon::current_num_threads();
     println!(
-        "{} ({} parameters), {} epoch{}, batch {}, {} lr {}, seed {}, {} {}",
+        "{} ({} parameters), {} epoch{}, batch {}, {} lr {}{}, seed {}, {} {}",
         probe.kind(),
         probe.param_count(),
         config.epochs,
@@ -445,6 +450,11 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
         config.mini_batch_size,
         config.optimizer,
         config.lr,
+        if config.weight_decay > 0.0 {
+            format!(" weight decay {}", config.weight_decay)
+        } else {
+            String::new()
+        },
         config.seed,
         threads,
         threads_word(threads)

@@ -140,6 +140,11 @@ fn import(
 /// Builds an optimizer from its book name (case-insensitive) with learning rate `lr` and
 /// the book's defaults for the rest.
 pub fn by_name(name: &str, lr: f32) -> Result<Box<dyn Optimizer>, OptimError> {
+    by_name_with_decay(name, lr, 0.0)
+}
+
+/// [`by_name`] with an L2 weight decay `weight_decay` on the weights (0: none).
+pub fn by_name_with_decay(name: &str, lr: f32, weight_decay: f32) -> Result<Box<dyn Optimizer>, OptimError> {
     if !(lr.is_finite() && lr > 0.0) {
         return Err(OptimError::InvalidHyperParameter {
             name: "learning rate",
@@ -147,13 +152,39 @@ pub fn by_name(name: &str, lr: f32) -> Result<Box<dyn Optimizer>, OptimError> {
             reason: "must be a positive finite number",
         });
     }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(OptimError::InvalidHyperParameter {
+            name: "weight decay",
+            value: weight_decay,
+            reason: "must be a finite number >= 0",
+        });
+    }
+    let wd = weight_decay;
     Ok(match name.to_ascii_lowercase().as_str() {
-        "sgd" => Box::new(Sgd::new(lr)),
-        "momentum" => Box::new(Momentum::new(lr, 0.9)),
-        "nesterov" => Box::new(Nesterov::new(lr, 0.9)),
-        "adagrad" => Box::new(AdaGrad::new(lr)),
-        "rmsprop" => Box::new(RmsProp::new(lr, 0.99)),
-        "adam" => Box::new(Adam::new(lr)),
+        "sgd" => Box::new(Sgd {
+            weight_decay: wd,
+            ..Sgd::new(lr)
+        }),
+        "momentum" => Box::new(Momentum {
+            weight_decay: wd,
+            ..Momentum::new(lr, 0.9)
+        }),
+        "nesterov" => Box::new(Nesterov {
+            weight_decay: wd,
+            ..Nesterov::new(lr, 0.9)
+        }),
+        "adagrad" => Box::new(AdaGrad {
+            weight_decay: wd,
+            ..AdaGrad::new(lr)
+        }),
+        "rmsprop" => Box::new(RmsProp {
+            weight_decay: wd,
+            ..RmsProp::new(lr, 0.99)
+        }),
+        "adam" => Box::new(Adam {
+            weight_decay: wd,
+            ..Adam::new(lr)
+        }),
         _ => return Err(OptimError::UnknownName(name.to_string())),
     })
 }

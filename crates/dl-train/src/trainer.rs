@@ -61,6 +61,9 @@ pub struct TrainerConfig {
     pub optimizer: String,
     /// Learning rate.
     pub lr: f32,
+    /// L2 weight decay on the weights (not on biases or batch norm's parameters).
+    #[serde(default)]
+    pub weight_decay: f32,
     /// Images of each set used for the per-epoch accuracies (all when `None`).
     pub evaluate_sample_num_per_epoch: Option<usize>,
     /// Seed of the batch order.
@@ -98,6 +101,7 @@ impl Default for TrainerConfig {
             mini_batch_size: 100,
             optimizer: "adam".into(),
             lr: 0.001,
+            weight_decay: 0.0,
             evaluate_sample_num_per_epoch: Some(1000),
             seed: 0,
             verbose: false,
@@ -228,7 +232,7 @@ impl<'a> Trainer<'a> {
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
         }
-        let optimizer = dl_optim::by_name(&config.optimizer, config.lr)?;
+        let optimizer = dl_optim::by_name_with_decay(&config.optimizer, config.lr, config.weight_decay)?;
         Ok(Self {
             network,
             train,

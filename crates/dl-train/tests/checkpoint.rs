@@ -315,3 +315,45 @@ fn a_file_that_cannot_be_resumed_is_a_typed_error_and_changes_nothing() {
         .collect();
     assert_eq!(epochs, [1]);
 }
+
+#[test]
+fn the_weight_decay_setting_reaches_the_optimizer() {
+    let (train, test) = sets();
+    let run = |wd: f32| {
+        let mut n = net();
+        let cfg = TrainerConfig {
+            weight_decay: wd,
+            optimizer: "sgd".into(),
+            lr: 0.01,
+            ..config(1)
+        };
+        Trainer::new(&mut n, &train, &test, cfg).unwrap().train().unwrap();
+        n.params()
+            .into_iter()
+            .map(|(name, t)| (name, t.clone()))
+            .collect::<Vec<_>>()
+    };
+    let (plain, decayed) = (run(0.0), run(0.5));
+    for ((name, a), (_, b)) in plain.iter().zip(&decayed) {
+        // biases are not decayed, weights shrink
+        if name.starts_with('b') {
+            continue;
+        }
+        let norm = |t: &dl_layers::Tensor| t.iter().map(|v| v * v).sum::<f32>();
+        assert!(
+            norm(b) < norm(a),
+            "{name}: |W|^2 {} with decay, {} without",
+            norm(b),
+            norm(a)
+        );
+    }
+    let bad = TrainerConfig {
+        weight_decay: -1.0,
+        ..config(1)
+    };
+    let mut n = net();
+    assert!(matches!(
+        Trainer::new(&mut n, &train, &test, bad),
+        Err(TrainError::Optimizer(_))
+    ));
+}
