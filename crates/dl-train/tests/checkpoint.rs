@@ -357,3 +357,51 @@ fn the_weight_decay_setting_reaches_the_optimizer() {
         Err(TrainError::Optimizer(_))
     ));
 }
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_leaves_the_last_checkpoint_alone() {
+    let (train, test) = sets();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = net();
+    Trainer::new(&mut n, &train, &test, config(1))
+        .unwrap()
+        .with_checkpoints(policy(dir.path(), 1))
+        .unwrap()
+        .train()
+        .unwrap();
+    let good = checkpoint::read(&dir.path().join(checkpoint::file_name(1))).unwrap();
+    // the same run at epoch 1 of 3, but with a weight gone to NaN: epoch 2 diverges
+    let mut state = good.trainer.clone();
+    state.config = config(3);
+    let mut broken = net();
+    broken.load_params_from_bytes(&good.bytes, "good".as_ref()).unwrap();
+    let mut opt = dl_optim::by_name("adam", 0.001).unwrap();
+    opt.load_state(&good.optimizer, &broken.params()).unwrap();
+    for p in broken.params_and_grads() {
+        p.value.fill(f32::NAN);
+    }
+    let nan_dir = tempfile::tempdir().unwrap();
+    let last = checkpoint::write(nan_dir.path(), &broken, opt.as_ref(), &state, 1).unwrap();
+    let before = std::fs::read(&last).unwrap();
+    let ckpt = checkpoint::read(&last).unwrap();
+    let mut target = net();
+    let e = Trainer::new(&mut target, &train, &test, config(3))
+        .unwrap()
+        .with_checkpoints(policy(nan_dir.path(), 1))
+        .unwrap()
+        .resume(&ckpt)
+        .unwrap()
+        .train()
+        .unwrap_err();
+    match e {
+        TrainError::Diverged { iteration, .. } => assert_eq!(iteration, 5, "the first step of epoch 2"),
+        other => panic!("expected Diverged, got {other}"),
+    }
+    let left: Vec<usize> = checkpoint::list(nan_dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(left, [1], "no checkpoint of the diverged epoch, the last one kept");
+    assert!(std::fs::read(&last).unwrap() == before);
+}
