@@ -42,6 +42,37 @@ impl std::fmt::Debug for Network {
 /// loaders skip them.
 pub const TRAINING_PREFIX: &str = "training/";
 
+/// What [`Network::load_matching`] did, tensor by tensor (names in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// The network's tensors taken from the file (same name and shape).
+    pub loaded: Vec<String>,
+    /// The network's tensors the file does not have: they keep their values.
+    pub missing: Vec<String>,
+    /// The file's tensors left out, each with the reason: a name this network does not
+    /// have, or another shape.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for TransferReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tensors loaded, {} kept as they were (not in the file), {} of the file's skipped",
+            self.loaded.len(),
+            self.missing.len(),
+            self.skipped.len()
+        )?;
+        for name in &self.missing {
+            write!(f, "\n  kept: {name}")?;
+        }
+        for (name, why) in &self.skipped {
+            write!(f, "\n  skipped: {name} ({why})")?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether the parameter at `path` lies under `prefix` (`"layer1"` holds `layer1.0.W`,
 /// not `layer10.W`).
 fn under(path: &str, prefix: &str) -> bool {
@@ -338,6 +369,93 @@ impl Network {
             message: e.to_string(),
         })?;
         self.load_params_from_bytes(&bytes, path)
+    }
+
+    /// Transfer learning's first step: copies from the parameter file `path` every
+    /// tensor whose name and shape match one of this network's (parameters and batch-norm
+    /// statistics), and leaves the rest as they are: a pretrained backbone goes into a
+    /// network with a new head. Returns what was loaded, what the file lacked and what
+    /// it held that did not fit. A checkpoint's training state is ignored. On an error
+    /// (not a safetensors file, a tensor not float32) the network is unchanged.
+    pub fn load_matching(&mut self, path: impl AsRef<Path>) -> Result<TransferReport, ModelError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_matching_from_bytes(&bytes, path)
+    }
+
+    /// [`Network::load_matching`] from bytes in memory; `path` only names the source in
+    /// errors.
+    pub fn load_matching_from_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<TransferReport, ModelError> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut report = TransferReport::default();
+        let mut values: HashMap<String, Tensor> = HashMap::new();
+        let ours: HashMap<String, Vec<usize>> = self
+            .saved_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .collect();
+        let mut names: Vec<&String> = st.names();
+        names.sort();
+        for name in names {
+            if name.starts_with(TRAINING_PREFIX) {
+                continue;
+            }
+            let view = st.tensor(name).map_err(|e| ModelError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            let Some(shape) = ours.get(name) else {
+                report.skipped.push((name.clone(), "not in this network".into()));
+                continue;
+            };
+            if view.dtype() != Dtype::F32 {
+                return Err(ModelError::DType {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            if view.shape() != &shape[..] {
+                report.skipped.push((
+                    name.clone(),
+                    format!("shape {:?} here, {:?} in the file", shape, view.shape()),
+                ));
+                continue;
+            }
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            values.insert(
+                name.clone(),
+                Tensor::from_shape_vec(shape.clone(), data).expect("checked shape"),
+            );
+            report.loaded.push(name.clone());
+        }
+        let in_file: std::collections::HashSet<&String> = st.names().into_iter().collect();
+        let mut missing: Vec<String> = ours.into_keys().filter(|n| !in_file.contains(n)).collect();
+        missing.sort();
+        report.missing = missing;
+        let renames = &self.renames;
+        let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
+        for (name, p) in self.root.params_mut() {
+            if let Some(v) = values.remove(&public(name)) {
+                p.value = v;
+            }
+        }
+        for (name, b) in self.root.buffers_mut() {
+            if let Some(v) = values.remove(&public(name)) {
+                *b = v;
+            }
+        }
+        Ok(report)
     }
 
     /// [`Network::load_params`] from bytes in memory; `path` only names the source in

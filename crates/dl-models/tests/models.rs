@@ -262,3 +262,106 @@ fn a_file_with_training_state_loads_as_parameters_and_keeps_its_extras() {
         Err(ModelError::Unexpected { .. })
     ));
 }
+
+#[test]
+fn load_matching_takes_the_backbone_and_reports_the_new_head() {
+    use dl_models::{ResNet, ResNetConfig, TransferReport};
+    let small = |out: usize, seed: u64| {
+        let config = ResNetConfig {
+            blocks_per_stage: 1,
+            widths: vec![4, 8, 8],
+            output_size: out,
+            ..ResNetConfig::default()
+        };
+        ResNet::try_new(config, seed).unwrap().into_network()
+    };
+    let pretrained = small(10, 1);
+    let bytes = pretrained.params_to_bytes();
+    // a new head of 5 classes: everything but fc.W and fc.b comes from the file
+    let mut target = small(5, 2);
+    let head_before: Vec<Tensor> = target
+        .params()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("fc."))
+        .map(|(_, t)| t.clone())
+        .collect();
+    let report = target.load_matching_from_bytes(&bytes, "pre".as_ref()).unwrap();
+    let skipped = [
+        ("fc.W", "shape [8, 5] here, [8, 10] in the file"),
+        ("fc.b", "shape [5] here, [10] in the file"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    assert_eq!(report.skipped, skipped);
+    assert!(report.missing.is_empty(), "{report}");
+    let theirs: std::collections::HashMap<String, Tensor> =
+        pretrained.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+    let mut loaded = 0;
+    for (name, t) in target.params() {
+        if name.starts_with("fc.") {
+            continue;
+        }
+        assert_eq!(t, &theirs[&name], "{name}");
+        loaded += 1;
+    }
+    let head_after: Vec<Tensor> = target
+        .params()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("fc."))
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert_eq!(head_before, head_after, "the new head keeps its initial values");
+    // the batch-norm statistics come along (parameters + buffers)
+    assert!(report.loaded.iter().any(|n| n.ends_with("running_var")));
+    assert_eq!(
+        report.loaded.len(),
+        loaded + report.loaded.iter().filter(|n| n.contains("running")).count()
+    );
+
+    // a file with a tensor the network lacks, and lacking one the network has
+    let mut fewer = small(10, 3);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        st.tensors().into_iter().filter(|(n, _)| n != "conv1.W").collect();
+    let extra = vec![0u8; 8];
+    views.push((
+        "aux.W".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &extra).unwrap(),
+    ));
+    let partial = safetensors::serialize(views, &None).unwrap();
+    let conv1_before = fewer.params()[0].1.clone();
+    let r: TransferReport = fewer.load_matching_from_bytes(&partial, "partial".as_ref()).unwrap();
+    assert_eq!(r.missing, ["conv1.W"]);
+    assert_eq!(r.skipped, [("aux.W".to_string(), "not in this network".to_string())]);
+    assert_eq!(fewer.params()[0].1, &conv1_before);
+    let text = r.to_string();
+    assert!(
+        text.contains("kept: conv1.W") && text.contains("skipped: aux.W (not in this network)"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!("{} tensors loaded, 1 kept", r.loaded.len())),
+        "{text}"
+    );
+
+    // not safetensors, or a tensor of another dtype: an error, nothing changed
+    let before = fewer.params_to_bytes();
+    assert!(matches!(
+        fewer.load_matching_from_bytes(b"nonsense", "x".as_ref()),
+        Err(ModelError::Format { .. })
+    ));
+    let w = vec![0u8; 8 * 4];
+    let f64_file = safetensors::serialize(
+        vec![(
+            "conv1.W",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![4], &w).unwrap(),
+        )],
+        &None,
+    )
+    .unwrap();
+    assert!(matches!(
+        fewer.load_matching_from_bytes(&f64_file, "x".as_ref()),
+        Err(ModelError::DType { .. })
+    ));
+    assert!(fewer.params_to_bytes() == before);
+    assert!(fewer.load_matching("/nonexistent/file").is_err());
+}
