@@ -365,3 +365,21 @@ fn load_matching_takes_the_backbone_and_reports_the_new_head() {
     assert!(fewer.params_to_bytes() == before);
     assert!(fewer.load_matching("/nonexistent/file").is_err());
 }
+
+#[test]
+fn set_iteration_fixes_the_dropout_masks_of_a_training_forward() {
+    let x = random_input(&[4, 1, 28, 28], 0.0, 9).mapv(f32::abs);
+    let mut a = deep(1);
+    let mut b = deep(1);
+    // b has run other iterations before; told the same iteration, both drop the same
+    for it in 0..3 {
+        b.set_iteration(it);
+        b.predict(x.clone(), true).unwrap();
+    }
+    a.set_iteration(7);
+    b.set_iteration(7);
+    let ya = a.predict(x.clone(), true).unwrap();
+    assert_eq!(ya, b.predict(x.clone(), true).unwrap());
+    b.set_iteration(8);
+    assert_ne!(ya, b.predict(x, true).unwrap());
+}

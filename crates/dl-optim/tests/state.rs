@@ -139,9 +139,12 @@ fn a_state_that_does_not_fit_is_refused() {
     p.step(target.as_mut(), 1);
     let params = p.params();
 
-    // another optimizer's state
+    // another optimizer's state, into one with state and into one without
     let mut mom = by_name("momentum", 0.01).unwrap();
     refused(mom.as_mut(), &good, &params, "Adam");
+    let mut sgd = by_name("sgd", 0.01).unwrap();
+    refused(sgd.as_mut(), &good, &params, "Adam");
+    sgd.load_state(&sgd.state(), &params).unwrap();
     // an unknown slot, a key without a slot, an unknown parameter, a wrong shape
     let mut s = good.clone();
     s.tensors.insert("h/conv1.W".into(), p.w.clone());

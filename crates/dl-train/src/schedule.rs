@@ -213,4 +213,24 @@ mod tests {
         lr = p.step(0.96, lr);
         close(lr, 0.05);
     }
+
+    #[test]
+    fn plateau_progress_round_trips() {
+        let mut p = ReduceOnPlateau::new(0.5, 2);
+        let mut lr = 0.1;
+        for acc in [0.90, 0.95, 0.94] {
+            lr = p.step(acc, lr);
+        }
+        assert_eq!(p.progress(), (Some(0.95), 1));
+        let mut q = ReduceOnPlateau::new(0.5, 2);
+        q.set_progress(Some(0.95), 1);
+        assert_eq!(q.progress(), p.progress());
+        // two more epochs without improvement: both reduce at the same one
+        for acc in [0.95, 0.949] {
+            let (a, b) = (p.step(acc, lr), q.step(acc, lr));
+            assert_eq!(a, b);
+            lr = a;
+        }
+        close(lr, 0.05);
+    }
 }

@@ -264,6 +264,14 @@ fn a_file_that_cannot_be_resumed_is_a_typed_error_and_changes_nothing() {
         .err()
         .unwrap();
     check(e, "2 epochs done");
+    let mut odd = good.clone();
+    odd.trainer.epochs.clear();
+    let e = Trainer::new(&mut target, &train, &test, config(1))
+        .unwrap()
+        .resume(&odd)
+        .err()
+        .unwrap();
+    check(e, "(0 records)");
     assert_eq!(target.params_to_bytes(), before, "nothing was loaded");
 
     // files: a parameter file, a truncated checkpoint, another format, garbage metadata
@@ -304,6 +312,7 @@ fn a_file_that_cannot_be_resumed_is_a_typed_error_and_changes_nothing() {
     for name in [
         "checkpoint-.safetensors",
         "checkpoint-00x1.safetensors",
+        "checkpoint-+002.safetensors",
         "checkpoint-0001.json",
     ] {
         std::fs::write(dir.path().join(name), b"x").unwrap();
@@ -404,4 +413,53 @@ fn a_diverging_run_stops_with_an_error_and_leaves_the_last_checkpoint_alone() {
         .collect();
     assert_eq!(left, [1], "no checkpoint of the diverged epoch, the last one kept");
     assert!(std::fs::read(&last).unwrap() == before);
+}
+
+#[test]
+fn a_resumed_run_counts_the_time_of_its_earlier_parts() {
+    let (train, test) = sets();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = net();
+    Trainer::new(&mut n, &train, &test, config(2))
+        .unwrap()
+        .with_checkpoints(policy(dir.path(), 0))
+        .unwrap()
+        .train()
+        .unwrap();
+    let mut ckpt = checkpoint::read(&dir.path().join(checkpoint::file_name(1))).unwrap();
+    // as if the first epoch had taken a million seconds
+    ckpt.trainer.elapsed_seconds = 1e6;
+    let out = tempfile::tempdir().unwrap();
+    let mut m = net();
+    let h = Trainer::new(&mut m, &train, &test, config(2))
+        .unwrap()
+        .with_checkpoints(policy(out.path(), 0))
+        .unwrap()
+        .resume(&ckpt)
+        .unwrap()
+        .train()
+        .unwrap();
+    let within = |t: f64, what: &str| assert!((1e6..1e6 + 600.0).contains(&t), "{what}: {t}");
+    within(h.total_seconds, "total");
+    within(h.epochs[1].elapsed_seconds, "epoch 2's elapsed");
+    let last = checkpoint::read(&out.path().join(checkpoint::file_name(2))).unwrap();
+    within(last.trainer.elapsed_seconds, "the checkpoint's elapsed");
+}
+
+#[test]
+fn a_schedule_per_epoch_sets_each_epochs_rate() {
+    let (train, test) = sets();
+    let cfg = TrainerConfig {
+        lr_schedule: Some(Schedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        }),
+        schedule_unit: dl_train::Unit::Epoch,
+        reduce_on_plateau: None,
+        ..config(3)
+    };
+    let mut n = net();
+    let h = Trainer::new(&mut n, &train, &test, cfg).unwrap().train().unwrap();
+    let rates: Vec<f32> = h.epochs.iter().map(|r| r.lr).collect();
+    assert_eq!(rates, [0.001, 0.0005, 0.00025]);
 }
