@@ -42,6 +42,22 @@ impl std::fmt::Debug for Network {
 /// loaders skip them.
 pub const TRAINING_PREFIX: &str = "training/";
 
+/// The bytes of the file at `path`.
+fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The values of a float32 little-endian tensor.
+fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// What [`Network::load_matching`] did, tensor by tensor (names in order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransferReport {
@@ -334,10 +350,7 @@ impl Network {
     /// state, are skipped). On any error the network is unchanged.
     pub fn load_params(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_file(path)?;
         self.load_params_from_bytes(&bytes, path)
     }
 
@@ -371,6 +384,22 @@ impl Network {
         self.load_params_from_bytes(&bytes, path)
     }
 
+    /// Replaces each parameter and buffer named (by public name) in `values`.
+    fn set_tensors(&mut self, mut values: HashMap<String, Tensor>) {
+        let renames = &self.renames;
+        let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
+        for (name, p) in self.root.params_mut() {
+            if let Some(v) = values.remove(&public(name)) {
+                p.value = v;
+            }
+        }
+        for (name, b) in self.root.buffers_mut() {
+            if let Some(v) = values.remove(&public(name)) {
+                *b = v;
+            }
+        }
+    }
+
     /// Transfer learning's first step: copies from the parameter file `path` every
     /// tensor whose name and shape match one of this network's (parameters and batch-norm
     /// statistics), and leaves the rest as they are: a pretrained backbone goes into a
@@ -379,10 +408,7 @@ impl Network {
     /// (not a safetensors file, a tensor not float32) the network is unchanged.
     pub fn load_matching(&mut self, path: impl AsRef<Path>) -> Result<TransferReport, ModelError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_file(path)?;
         self.load_matching_from_bytes(&bytes, path)
     }
 
@@ -428,11 +454,7 @@ impl Network {
                 ));
                 continue;
             }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = f32_values(&view);
             values.insert(
                 name.clone(),
                 Tensor::from_shape_vec(shape.clone(), data).expect("checked shape"),
@@ -443,18 +465,7 @@ impl Network {
         let mut missing: Vec<String> = ours.into_keys().filter(|n| !in_file.contains(n)).collect();
         missing.sort();
         report.missing = missing;
-        let renames = &self.renames;
-        let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
-        for (name, p) in self.root.params_mut() {
-            if let Some(v) = values.remove(&public(name)) {
-                p.value = v;
-            }
-        }
-        for (name, b) in self.root.buffers_mut() {
-            if let Some(v) = values.remove(&public(name)) {
-                *b = v;
-            }
-        }
+        self.set_tensors(values);
         Ok(report)
     }
 
@@ -487,11 +498,7 @@ impl Network {
                     found: view.shape().to_vec(),
                 });
             }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = f32_values(&view);
             values.insert(
                 name,
                 Tensor::from_shape_vec(t.shape().to_vec(), data).expect("checked shape"),
@@ -510,14 +517,7 @@ impl Network {
                 names: extra,
             });
         }
-        let renames = &self.renames;
-        let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
-        for (name, p) in self.root.params_mut() {
-            p.value = values.remove(&public(name)).expect("checked above");
-        }
-        for (name, b) in self.root.buffers_mut() {
-            *b = values.remove(&public(name)).expect("checked above");
-        }
+        self.set_tensors(values);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use dl_data::{ImageSet, Mnist, Pipeline};
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network};
 use dl_train::checkpoint::{self, FORMAT_VERSION, METADATA_KEY};
-use dl_train::{CheckpointPolicy, ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, BEST_FILE};
+use dl_train::{CheckpointPolicy, History, ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, BEST_FILE};
 use sha2::{Digest, Sha256};
 
 fn sets() -> (ImageSet, ImageSet) {
@@ -43,6 +43,23 @@ fn policy(dir: &Path, keep: usize) -> CheckpointPolicy {
     }
 }
 
+/// Trains `net` with `cfg`, writing checkpoints into `dir` every epoch (keeping `keep`).
+fn train_into(
+    net: &mut Network,
+    train: &ImageSet,
+    test: &ImageSet,
+    cfg: TrainerConfig,
+    dir: &Path,
+    keep: usize,
+) -> History {
+    Trainer::new(net, train, test, cfg)
+        .unwrap()
+        .with_checkpoints(policy(dir, keep))
+        .unwrap()
+        .train()
+        .unwrap()
+}
+
 fn sha(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
@@ -52,12 +69,7 @@ fn a_resumed_run_ends_bit_for_bit_as_the_unbroken_run() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
     let mut straight = net();
-    let unbroken = Trainer::new(&mut straight, &train, &test, config(3))
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 0))
-        .unwrap()
-        .train()
-        .unwrap();
+    let unbroken = train_into(&mut straight, &train, &test, config(3), dir.path(), 0);
     let names: Vec<String> = checkpoint::list(dir.path())
         .unwrap()
         .into_iter()
@@ -111,12 +123,7 @@ fn old_checkpoints_are_pruned_and_the_best_epoch_is_kept() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
     let mut n = net();
-    let h = Trainer::new(&mut n, &train, &test, config(3))
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 2))
-        .unwrap()
-        .train()
-        .unwrap();
+    let h = train_into(&mut n, &train, &test, config(3), dir.path(), 2);
     let epochs: Vec<usize> = checkpoint::list(dir.path())
         .unwrap()
         .into_iter()
@@ -186,12 +193,7 @@ fn early_stopping_ends_the_run_when_the_accuracy_stalls() {
         ..config(6)
     };
     let mut n = net();
-    let h = Trainer::new(&mut n, &train, &test, cfg.clone())
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 0))
-        .unwrap()
-        .train()
-        .unwrap();
+    let h = train_into(&mut n, &train, &test, cfg.clone(), dir.path(), 0);
     assert_eq!(h.epochs.len(), 3, "best at epoch 1, two more without improvement");
     let epochs: Vec<usize> = checkpoint::list(dir.path())
         .unwrap()
@@ -214,12 +216,7 @@ fn a_file_that_cannot_be_resumed_is_a_typed_error_and_changes_nothing() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
     let mut n = net();
-    Trainer::new(&mut n, &train, &test, config(1))
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 0))
-        .unwrap()
-        .train()
-        .unwrap();
+    train_into(&mut n, &train, &test, config(1), dir.path(), 0);
     let path = dir.path().join(checkpoint::file_name(1));
     let good = checkpoint::read(&path).unwrap();
     let mut target = net();
@@ -372,12 +369,7 @@ fn a_diverging_run_stops_with_an_error_and_leaves_the_last_checkpoint_alone() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
     let mut n = net();
-    Trainer::new(&mut n, &train, &test, config(1))
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 1))
-        .unwrap()
-        .train()
-        .unwrap();
+    train_into(&mut n, &train, &test, config(1), dir.path(), 1);
     let good = checkpoint::read(&dir.path().join(checkpoint::file_name(1))).unwrap();
     // the same run at epoch 1 of 3, but with a weight gone to NaN: epoch 2 diverges
     let mut state = good.trainer.clone();
@@ -420,12 +412,7 @@ fn a_resumed_run_counts_the_time_of_its_earlier_parts() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
     let mut n = net();
-    Trainer::new(&mut n, &train, &test, config(2))
-        .unwrap()
-        .with_checkpoints(policy(dir.path(), 0))
-        .unwrap()
-        .train()
-        .unwrap();
+    train_into(&mut n, &train, &test, config(2), dir.path(), 0);
     let mut ckpt = checkpoint::read(&dir.path().join(checkpoint::file_name(1))).unwrap();
     // as if the first epoch had taken a million seconds
     ckpt.trainer.elapsed_seconds = 1e6;
