@@ -138,16 +138,30 @@ pub fn model_config_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelConfig,
     }
 }
 
+/// Whether `bytes` start as a safetensors file does: an 8-byte little-endian header
+/// length that fits the file, then the header's `{`. (Its first byte alone says
+/// nothing: a header of 0x..80 bytes starts with the pickle protocol byte.)
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    match (bytes.get(..8), bytes.get(8)) {
+        (Some(len), Some(b'{')) => {
+            let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+            n <= (bytes.len() - 8) as u64
+        }
+        _ => false,
+    }
+}
+
 /// Rebuilds the model a parameter file was saved from and loads its parameters: a
 /// safetensors file by its metadata, the book's pickle (a file starting with the pickle
-/// protocol byte) as the book's DeepConvNet, read without running any of it.
+/// protocol byte that is not a safetensors file) as the book's DeepConvNet, read without
+/// running any of it.
 pub fn load(path: impl AsRef<Path>) -> Result<Network, ModelError> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    if bytes.first() == Some(&0x80) {
+    if bytes.first() == Some(&0x80) && !looks_like_safetensors(&bytes) {
         let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
         net.load_book_params(path)?;
         return Ok(net);

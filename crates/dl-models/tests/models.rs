@@ -383,3 +383,26 @@ fn set_iteration_fixes_the_dropout_masks_of_a_training_forward() {
     b.set_iteration(8);
     assert_ne!(ya, b.predict(x, true).unwrap());
 }
+
+#[test]
+fn a_safetensors_file_whose_header_length_starts_like_a_pickle_loads() {
+    // a header of 0x..80 bytes makes the file's first byte the pickle protocol byte
+    let net = deep(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let bytes = (0..300)
+        .map(|k| {
+            let meta = std::collections::BTreeMap::from([("pad".to_string(), "x".repeat(k))]);
+            net.params_to_bytes_with(&[], &meta)
+        })
+        .find(|b| b[0] == 0x80)
+        .expect("some padding gives a header length of 0x..80");
+    std::fs::write(&path, &bytes).unwrap();
+    let loaded = dl_models::load(&path).unwrap();
+    assert!(loaded.params_to_bytes() == net.params_to_bytes());
+    // a real pickle still goes to the pickle reader: its error says so
+    let pkl = dir.path().join("empty.pkl");
+    std::fs::write(&pkl, [0x80, 0x02, b'}', b'.']).unwrap();
+    let e = dl_models::load(&pkl).unwrap_err().to_string();
+    assert!(e.contains("has no tensor \"W1\""), "{e}");
+}
