@@ -256,7 +256,9 @@ impl<'a> Trainer<'a> {
     /// Continues the run `checkpoint` was written by: loads the network's parameters and
     /// the optimizer's state, and starts after the checkpoint's epoch. The run then ends
     /// exactly as it would have without the stop: the same parameters, bit for bit.
-    /// Call it after [`Trainer::with_optimizer`]. On an error (settings other than the
+    /// Call it after [`Trainer::with_optimizer`], on a network built as the run's was
+    /// (the same model, configuration and seed: the seed also fixes the dropout layers'
+    /// streams, which are not in the file). On an error (settings other than the
     /// checkpoint's, a network or optimizer the file does not fit) nothing is changed.
     pub fn resume(mut self, checkpoint: &Checkpoint) -> Result<Self, TrainError> {
         let state = &checkpoint.trainer;
