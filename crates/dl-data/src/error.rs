@@ -107,4 +107,10 @@ pub enum DataError {
         /// 1-based line number.
         line: usize,
     },
+    /// A picture that cannot be made into a digit ([`crate::preprocess`]).
+    #[error("bad image: {reason}")]
+    BadImage {
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -12,6 +12,8 @@
 //!   converted to `f32` one batch at a time.
 //! * [`augment`]: shift, rotate, scale, crop, flip and elastic distortion, and a seeded
 //!   [`Pipeline`] that applies them to each mini-batch.
+//! * [`preprocess`]: a digit from any picture (a drawing, a photo), scaled and centred
+//!   the way MNIST's digits were.
 //!
 //! Every failure is a typed [`DataError`] that names the file and what is wrong.
 //!
@@ -37,6 +39,7 @@ mod batch;
 mod error;
 mod idx;
 mod mnist;
+pub mod preprocess;
 
 pub use augment::{Augment, Pipeline};
 pub use batch::{BatchOrder, ImageSet};
