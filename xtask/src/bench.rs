@@ -47,6 +47,46 @@ pub struct BenchArgs {
     /// Python interpreter with torch and numpy, for --vs-torch.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Measure the web server instead (`cargo xtask serve`, the shipped DeepConvNet):
+    /// prediction latency (p50, p99) under --clients concurrent clients.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: concurrent clients.
+    #[arg(long, default_value_t = 50, requires = "serve")]
+    clients: usize,
+    /// With --serve: requests per client.
+    #[arg(long, default_value_t = 40, requires = "serve")]
+    requests: usize,
+    /// With --serve: each client starts a request at most every N ms (100 is the page's
+    /// pace while a person draws; 0 sends the next as soon as the answer is back).
+    #[arg(long, default_value_t = 100, requires = "serve")]
+    interval_ms: u64,
+}
+
+fn run_serve(a: &BenchArgs) -> Result<(), CliError> {
+    if a.clients == 0 || a.requests == 0 {
+        return Err(CliError::Other("--clients and --requests must be at least 1".into()));
+    }
+    let r = crate::serve::bench(a.clients, a.requests, a.interval_ms, a.data.clone())?;
+    println!("cpu: {}", r.cpu);
+    println!("model: {}", r.model);
+    let pace = if r.interval_ms == 0 {
+        "each as soon as its last answer came back".to_string()
+    } else {
+        format!("each at most one every {} ms", r.interval_ms)
+    };
+    println!("{} clients ({pace}), {} requests ({})", r.clients, r.requests, r.body);
+    println!(
+        "latency per prediction: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+    );
+    println!("throughput: {:.0} predictions/s", r.requests_per_sec);
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&r).map_err(|e| CliError::Other(e.to_string()))?;
+        dl_tensor::fs::atomic_write(path, &json).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -114,6 +154,9 @@ pub fn cpu_model() -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    if a.serve {
+        return run_serve(&a);
+    }
     rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
     dl_tensor::flush_denormals_to_zero();
     let data_dir = a.data.clone().unwrap_or_else(crate::default_data_dir);

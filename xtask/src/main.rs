@@ -4,7 +4,10 @@ mod bench;
 mod download;
 mod ensemble;
 mod eval;
+mod misclassified;
+mod plot;
 mod preview;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -68,6 +71,14 @@ enum Command {
     AugmentPreview(preview::PreviewArgs),
     /// Throughput, per-layer times and peak memory (table, and JSON with --json).
     Bench(bench::BenchArgs),
+    /// Serve the draw-a-digit page and the JSON API (POST /api/predict).
+    Serve(serve::ServeArgs),
+    /// The digit and probabilities for each image file (PNG or JPEG).
+    Predict(serve::PredictArgs),
+    /// Training curves of one or several runs (history.json files) as a PNG.
+    Plot(plot::PlotArgs),
+    /// A PNG grid of the test digits a model gets wrong.
+    Misclassified(misclassified::MisclassifiedArgs),
 }
 
 /// Errors of the command line, printed as one line.
@@ -107,6 +118,10 @@ fn main() -> ExitCode {
         Command::Ensemble(a) => ensemble::run(a),
         Command::ConvertBook(a) => eval::convert(a),
         Command::AugmentPreview(a) => preview::run(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Predict(a) => serve::predict(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Misclassified(a) => misclassified::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,6 +171,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(out.join("history.json")).unwrap()).unwrap();
         // the per-epoch and final figures of the run are on the 100 held-out images
         assert_eq!(history["test_evaluation"]["total"], 100);
+        assert_eq!(history["evaluated_on"], "validation");
+        // and its curves are drawn beside its history
+        let curves = png::Decoder::new(std::fs::File::open(out.join(train::CURVES_FILE)).unwrap()).read_info().unwrap();
+        assert_eq!((curves.info().width, curves.info().height), plot::CHART_SIZE);
         assert_eq!(dl_models::load(&params).unwrap().kind(), "ResNet");
         run_cli(&["eval", "--params", params.to_str().unwrap()]).unwrap();
         let other = dir.path().join("other");
@@ -247,6 +266,10 @@ mod tests {
         }
         let (a, b) = (p("single-5/params.safetensors"), p("single-6/params.safetensors"));
         run_cli(&["ensemble", "--out", &p("asm"), &a, &b]).unwrap();
+        let member: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("ens/member-1-history.json")).unwrap()).unwrap();
+        assert_eq!(member["evaluated_on"], "test");
+        assert!(dir.path().join("ens").join(train::CURVES_FILE).is_file());
         let trained = dl_train::Ensemble::read_manifest(p("ens")).unwrap();
         let assembled = dl_train::Ensemble::read_manifest(p("asm")).unwrap();
         assert_eq!(trained.members, assembled.members);

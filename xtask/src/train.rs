@@ -314,6 +314,24 @@ fn threads_word(n: usize) -> &'static str {
     }
 }
 
+/// The training curves a run writes beside its history.
+pub const CURVES_FILE: &str = "curves.png";
+
+/// The name history files give the per-epoch evaluation set.
+fn evaluated_on(validation: Option<&ImageSet>) -> &'static str {
+    if validation.is_some() {
+        "validation"
+    } else {
+        "test"
+    }
+}
+
+/// A run's name in a legend: its folder's name.
+fn run_label(out: &Path) -> String {
+    out.file_name()
+        .map_or_else(|| out.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), CliError> {
     let json = serde_json::to_vec_pretty(value).map_err(|e| CliError::Other(e.to_string()))?;
     dl_tensor::fs::atomic_write(path, &json).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
@@ -518,14 +536,19 @@ fn train_one(
         },
         e => e.into(),
     })?;
+    let mut history = history;
+    history.evaluated_on = Some(evaluated_on(validation).into());
     let params = out.join("params.safetensors");
     net.save_params(&params)?;
     let hist = out.join("history.json");
     write_json(&hist, &history)?;
+    let curves = out.join(CURVES_FILE);
+    crate::plot::write_curves(&curves, &[crate::plot::Curve::from_history(&run_label(out), &history)])?;
     println!(
-        "wrote {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
+        "wrote {}, {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
         params.display(),
         hist.display(),
+        curves.display(),
         history.total_seconds,
         crate::bench::peak_rss_mib()
     );
@@ -566,13 +589,18 @@ fn train_many(
         parallel,
         |i| Progress::new(format!("member {i}  "), parallel > 1, eval_name),
     )?;
+    let mut curves = Vec::with_capacity(k);
     for (i, h) in run.histories.iter().enumerate() {
         println!(
             "member {i} (seed {}): {eval_name} accuracy {} ({:.1} s)",
             run.seeds[i], h.test_evaluation, h.total_seconds
         );
-        write_json(&out.join(format!("member-{i}-history.json")), h)?;
+        let mut h = h.clone();
+        h.evaluated_on = Some(evaluated_on(validation).into());
+        write_json(&out.join(format!("member-{i}-history.json")), &h)?;
+        curves.push(crate::plot::Curve::from_history(&format!("member {i}"), &h));
     }
+    crate::plot::write_curves(&out.join(CURVES_FILE), &curves)?;
     let mut ensemble = run.ensemble;
     let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let vote = Vote::from(a.vote);
@@ -581,9 +609,10 @@ fn train_many(
     println!("ensemble, mean of softmax: {}", ev.mean);
     println!("ensemble, majority vote:   {}", ev.majority);
     println!(
-        "wrote {} members and {} ({:.1} s in all, peak memory {:.0} MiB)",
+        "wrote {} members, {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
         m.members.len(),
         out.join(dl_train::ensemble::MANIFEST_FILE).display(),
+        out.join(CURVES_FILE).display(),
         start.elapsed().as_secs_f64(),
         crate::bench::peak_rss_mib()
     );

@@ -90,7 +90,9 @@ fn check_size(width: usize, height: usize, len: usize) -> Result<(), DataError> 
         return Err(bad(format!("the image is {width}x{height}: it has no pixels")));
     }
     if width > MAX_SIDE || height > MAX_SIDE {
-        return Err(bad(format!("the image is {width}x{height}: the largest accepted side is {MAX_SIDE}")));
+        return Err(bad(format!(
+            "the image is {width}x{height}: the largest accepted side is {MAX_SIDE}"
+        )));
     }
     if len != width * height {
         return Err(bad(format!(
@@ -254,7 +256,11 @@ mod tests {
         }
         let d = mnist_like(w, h, &ink).unwrap();
         let (x0, x1, y0, y1) = bounding_box(&d, SIDE);
-        assert_eq!((x1 - x0 + 1, y1 - y0 + 1), (20, 7), "aspect ratio kept (90:30 -> 20:6.7)");
+        assert_eq!(
+            (x1 - x0 + 1, y1 - y0 + 1),
+            (20, 7),
+            "aspect ratio kept (90:30 -> 20:6.7)"
+        );
         // the box's centre of mass is 9.5 columns in: 14 - 9.5 = 4.5, rounded to 5
         assert_eq!((x0, y0), (5, 11));
         // a solid box stays solid: area averaging of ones is one (up to the edge rows)
@@ -283,7 +289,10 @@ mod tests {
         assert!(x0 > 4, "the bar pulls it left of centre, so the box moves right: {x0}");
         let sum_in: f32 = ink.iter().sum::<f32>() * (20.0 * 20.0) / (40.0 * 40.0);
         let sum_out: f32 = d.iter().sum();
-        assert!((sum_in - sum_out).abs() < 1e-3, "area averaging keeps the mass: {sum_in} {sum_out}");
+        assert!(
+            (sum_in - sum_out).abs() < 1e-3,
+            "area averaging keeps the mass: {sum_in} {sum_out}"
+        );
         // centred in the columns; in the rows, as close to 14 as the border lets it be
         let (cy, cx) = centre_of_mass(&d, SIDE);
         assert!(cy > 16.0 && (cx - 14.0).abs() <= 0.5, "{cy} {cx}");

@@ -65,17 +65,29 @@ impl From<ServeError> for ApiError {
     }
 }
 
+/// Whether the server logs each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestLog {
+    /// One line per request on stderr: method, path, status, milliseconds.
+    Stderr,
+    /// Nothing (a load benchmark).
+    Off,
+}
+
 /// The routes: `GET /` (the page), `GET /api/model`, `POST /api/predict`; every other
 /// path is a JSON 404. Bodies above 2 MiB are refused with 413.
-pub fn router(classifier: SharedClassifier) -> Router {
-    Router::new()
+pub fn router(classifier: SharedClassifier, log: RequestLog) -> Router {
+    let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/model", get(model_info))
         .route("/api/predict", post(predict))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page: try / or POST /api/predict") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(log_request))
-        .with_state(classifier)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let app = match log {
+        RequestLog::Stderr => app.layer(middleware::from_fn(log_request)),
+        RequestLog::Off => app,
+    };
+    app.with_state(classifier)
 }
 
 async fn model_info(State(c): State<SharedClassifier>) -> Response {
@@ -163,14 +175,12 @@ async fn log_request(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `router(classifier)` on `listener` until `shutdown` completes, then lets the
+/// Serves `app` (a [`router`]) on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    classifier: SharedClassifier,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(classifier))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -24,12 +24,12 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use dl_serve::Classifier;
+//! use dl_serve::{router, Classifier, RequestLog};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let classifier = Arc::new(Classifier::from_params("crates/dl-models/weights/deep_convnet.safetensors")?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! dl_serve::serve(listener, classifier, async {
+//! dl_serve::serve(listener, router(classifier, RequestLog::Stderr), async {
 //!     tokio::signal::ctrl_c().await.ok();
 //! })
 //! .await?;
@@ -55,7 +55,7 @@
 mod http;
 mod model;
 
-pub use http::{router, serve, ApiError, PixelsRequest, PAGE};
+pub use http::{router, serve, ApiError, PixelsRequest, RequestLog, PAGE};
 pub use model::{digit_from_gray, digit_from_image, Classifier, Prediction, SharedClassifier, MAX_BODY_BYTES};
 
 /// Everything that can go wrong serving predictions.

@@ -88,7 +88,9 @@ impl Classifier {
                 SIDE * SIDE
             )));
         }
-        let x = Array4::from_shape_vec((1, 1, SIDE, SIDE), input.clone()).expect("784 values").into_dyn();
+        let x = Array4::from_shape_vec((1, 1, SIDE, SIDE), input.clone())
+            .expect("784 values")
+            .into_dyn();
         let mut model = self.checkout();
         let result = model.predict_proba(&x, 1);
         self.give_back(model);

@@ -47,7 +47,13 @@ fn server() -> SocketAddr {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                dl_serve::serve(listener, c, std::future::pending()).await.unwrap();
+                dl_serve::serve(
+                    listener,
+                    dl_serve::router(c, dl_serve::RequestLog::Off),
+                    std::future::pending(),
+                )
+                .await
+                .unwrap();
             });
         });
         rx.recv().unwrap()
@@ -99,7 +105,12 @@ fn digit_of(v: &Value) -> usize {
 }
 
 fn probabilities(v: &Value) -> Vec<f32> {
-    v["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() as f32).collect()
+    v["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
@@ -108,9 +119,13 @@ fn the_page_and_the_model_are_served() {
     assert_eq!(page.content_type(), "text/html");
     let html = page.into_string().unwrap();
     assert!(html.contains("<canvas id=\"pad\"") && html.contains("/api/predict"));
-    let info: Value = serde_json::from_str(&ureq::get(&url("/api/model")).call().unwrap().into_string().unwrap()).unwrap();
+    let info: Value =
+        serde_json::from_str(&ureq::get(&url("/api/model")).call().unwrap().into_string().unwrap()).unwrap();
     assert_eq!(info["members"], 1);
-    assert!(info["model"].as_str().unwrap().starts_with("DeepConvNet from "), "{info}");
+    assert!(
+        info["model"].as_str().unwrap().starts_with("DeepConvNet from "),
+        "{info}"
+    );
 }
 
 #[test]
@@ -123,7 +138,12 @@ fn a_png_a_jpeg_and_json_pixels_get_the_same_answer_as_the_classifier() {
     assert_eq!(status, 200, "{by_png}");
     assert_eq!(digit_of(&by_png), label);
     assert_eq!(probabilities(&by_png), expected.probabilities);
-    let input: Vec<f32> = by_png["input"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let input: Vec<f32> = by_png["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     assert_eq!(input, expected.input);
     let total: f32 = expected.probabilities.iter().sum();
     assert!((total - 1.0).abs() < 1e-5);
@@ -161,16 +181,33 @@ fn mnist_digits_through_the_preprocessing_are_read_as_well_as_the_originals() {
     }
     eprintln!("{as_is}/{n} as they are, {as_scans}/{n} as scans");
     assert!(as_is >= 990, "{as_is}/{n} as they are");
-    assert!(as_scans + 3 >= as_is, "{as_scans}/{n} as scans against {as_is}/{n} as they are");
+    assert!(
+        as_scans + 3 >= as_is,
+        "{as_scans}/{n} as scans against {as_is}/{n} as they are"
+    );
 }
 
 #[test]
 fn every_kind_of_bad_request_gets_a_4xx_with_a_json_error() {
     let (gray, _) = test_image(0);
     let json = |v: Value| v.to_string().into_bytes();
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        ("/api/predict", Some("application/json"), b"{\"width\": 28,".to_vec(), 400, "malformed JSON"),
-        ("/api/predict", Some("application/json"), b"[1, 2, 3]".to_vec(), 400, "malformed JSON"),
+    // path, content type, body, expected status, words the error must contain
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/api/predict",
+            Some("application/json"),
+            b"{\"width\": 28,".to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "/api/predict",
+            Some("application/json"),
+            b"[1, 2, 3]".to_vec(),
+            400,
+            "malformed JSON",
+        ),
         (
             "/api/predict",
             Some("application/json"),
@@ -213,12 +250,42 @@ fn every_kind_of_bad_request_gets_a_4xx_with_a_json_error() {
             422,
             "no ink",
         ),
-        ("/api/predict", Some("image/png"), b"GIF89a not a png".to_vec(), 422, "not a PNG or JPEG"),
-        ("/api/predict", Some("image/png"), png(28, 28, &gray)[..60].to_vec(), 422, "cannot read the image"),
-        ("/api/predict", Some("image/png"), png(28, 28, &[255; 784]), 422, "no ink"),
-        ("/api/predict", Some("text/plain"), b"7".to_vec(), 415, "content type text/plain"),
+        (
+            "/api/predict",
+            Some("image/png"),
+            b"GIF89a not a png".to_vec(),
+            422,
+            "not a PNG or JPEG",
+        ),
+        (
+            "/api/predict",
+            Some("image/png"),
+            png(28, 28, &gray)[..60].to_vec(),
+            422,
+            "cannot read the image",
+        ),
+        (
+            "/api/predict",
+            Some("image/png"),
+            png(28, 28, &[255; 784]),
+            422,
+            "no ink",
+        ),
+        (
+            "/api/predict",
+            Some("text/plain"),
+            b"7".to_vec(),
+            415,
+            "content type text/plain",
+        ),
         ("/api/predict", None, b"7".to_vec(), 415, "content type missing"),
-        ("/api/predict", Some("image/png"), vec![0u8; 3 * 1024 * 1024], 413, "larger than 2097152 bytes"),
+        (
+            "/api/predict",
+            Some("image/png"),
+            vec![0u8; 3 * 1024 * 1024],
+            413,
+            "larger than 2097152 bytes",
+        ),
         ("/nowhere", Some("image/png"), b"x".to_vec(), 404, "no such page"),
     ];
     for (path, ctype, body, want_status, want_text) in cases {

@@ -150,6 +150,11 @@ pub struct History {
     pub total_seconds: f64,
     /// Rayon threads used.
     pub threads: usize,
+    /// What the per-epoch accuracy (`test_acc`) was measured on, `"validation"` or
+    /// `"test"`, when the caller recorded it (the [`Trainer`] only sees "an evaluation
+    /// set"; `cargo xtask train` fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_on: Option<String>,
 }
 
 /// Progress of one iteration, for an [`Observer`].
@@ -431,6 +436,7 @@ impl<'a> Trainer<'a> {
             test_evaluation: Evaluation { correct: 0, total: 0 },
             total_seconds: 0.0,
             threads: rayon::current_num_threads(),
+            evaluated_on: None,
         };
         observer.on_final_evaluation(None);
         let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
