@@ -173,7 +173,9 @@ mod tests {
         assert_eq!(history["test_evaluation"]["total"], 100);
         assert_eq!(history["evaluated_on"], "validation");
         // and its curves are drawn beside its history
-        let curves = png::Decoder::new(std::fs::File::open(out.join(train::CURVES_FILE)).unwrap()).read_info().unwrap();
+        let curves = png::Decoder::new(std::fs::File::open(out.join(train::CURVES_FILE)).unwrap())
+            .read_info()
+            .unwrap();
         assert_eq!((curves.info().width, curves.info().height), plot::CHART_SIZE);
         assert_eq!(dl_models::load(&params).unwrap().kind(), "ResNet");
         run_cli(&["eval", "--params", params.to_str().unwrap()]).unwrap();

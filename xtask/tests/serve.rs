@@ -20,7 +20,11 @@ fn serve_answers_logs_and_stops_on_ctrl_c() {
     out.read_line(&mut first).unwrap();
     // "serving DeepConvNet from ... at http://127.0.0.1:PORT/  (Ctrl-C stops)"
     assert!(first.starts_with("serving DeepConvNet from "), "{first}");
-    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "loopback: {url}");
 
     let page = ureq::get(&url).call().unwrap().into_string().unwrap();
@@ -37,13 +41,18 @@ fn serve_answers_logs_and_stops_on_ctrl_c() {
 
     // a second server on the same port is refused with a clear message
     let port = url.trim_end_matches('/').rsplit(':').next().unwrap();
-    let taken = xtask(&["serve", "--addr", &format!("127.0.0.1:{port}")]).output().unwrap();
+    let taken = xtask(&["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert!(!taken.status.success());
     let err = String::from_utf8_lossy(&taken.stderr);
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
 
     // Ctrl-C
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
@@ -77,9 +86,14 @@ fn predict_prints_each_file_and_fails_on_a_bad_one() {
 
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"\x89PNG but not really").unwrap();
-    let bad = xtask(&["predict", bar.to_str().unwrap(), junk.to_str().unwrap()]).output().unwrap();
+    let bad = xtask(&["predict", bar.to_str().unwrap(), junk.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let text = String::from_utf8_lossy(&bad.stdout);
-    assert!(text.contains(&format!("{}: error: cannot read the image", junk.display())), "{text}");
+    assert!(
+        text.contains(&format!("{}: error: cannot read the image", junk.display())),
+        "{text}"
+    );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1 of 2 images could not be read"));
 }

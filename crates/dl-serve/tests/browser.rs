@@ -2,7 +2,8 @@
 //! protocol (chromiumoxide, its downloader off). For each digit 0-9 the first MNIST test
 //! image of that digit is traced into pen strokes (thinned to its skeleton, the skeleton
 //! followed into polylines), the strokes are drawn on the page's canvas with real mouse
-//! events, and the page's answer is read back: at least 9 of 10 must be right.
+//! events, and the page's answer is read back: at least 9 of 10 must be right. Then a
+//! scanned digit (dark on white, JPEG) is uploaded through the page's file input.
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium` package; `.ci/run` installs it), so it
 //! is ignored by a plain `cargo test`:
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
 use chromiumoxide::cdp::browser_protocol::input::{DispatchMouseEventParams, DispatchMouseEventType, MouseButton};
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::Page;
@@ -260,11 +262,52 @@ async fn ten_digits_drawn_on_the_page_are_read_back() {
         .unwrap_or_else(|| std::env::temp_dir().join("dlfs-page.png"));
     std::fs::write(&path, shot).unwrap();
     println!("{right}/10 right; screenshot in {}", path.display());
+
+    // the upload: a test 3 as a scan would give it (10x larger, dark on white, JPEG)
+    let three = mnist.test.labels.iter().position(|&l| l == 3).unwrap();
+    let img = &mnist.test.images[three * 784..(three + 1) * 784];
+    let scan = image::GrayImage::from_fn(280, 280, |x, y| {
+        image::Luma([255 - img[(y / 10 * 28 + x / 10) as usize]])
+    });
+    let file = std::env::temp_dir().join(format!("dlfs-upload-{}.jpg", std::process::id()));
+    scan.save(&file).unwrap();
+    let before: f64 = page
+        .evaluate("Number(document.body.dataset.answered || 0)")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    let input = page.find_element("#upload").await.unwrap();
+    page.execute(
+        SetFileInputFilesParams::builder()
+            .files(vec![file.to_string_lossy().into_owned()])
+            .backend_node_id(input.backend_node_id)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut uploaded = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uploaded.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        uploaded = page
+            .evaluate(format!(
+                "(() => {{ const d = document.body.dataset; return Number(d.answered) > {before} ? d.digit : null; }})()"
+            ))
+            .await
+            .unwrap()
+            .into_value::<Option<String>>()
+            .unwrap_or(None);
+    }
+    std::fs::remove_file(&file).ok();
+    println!("uploaded a scan of test image {three} (a 3): the page says {uploaded:?}");
     browser.close().await.ok();
     browser.wait().await.ok();
     events.abort();
     std::fs::remove_dir_all(&profile).ok();
     assert!(right >= 9, "{right}/10 digits read back");
+    assert_eq!(uploaded.as_deref(), Some("3"), "the uploaded picture");
 }
 
 #[test]
