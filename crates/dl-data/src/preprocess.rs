@@ -178,13 +178,11 @@ fn area_weights(n: usize, m: usize) -> Vec<Vec<(usize, f64)>> {
     (0..m)
         .map(|o| {
             let (a, b) = (o as f64 * step, (o + 1) as f64 * step);
-            let first = a.floor() as usize;
-            let last = ((b.ceil() as usize).max(first + 1)).min(n);
+            // cells floor(a) .. ceil(b): each overlaps [a, b) by a positive length,
+            // since b > a
+            let (first, last) = (a.floor() as usize, (b.ceil() as usize).min(n));
             (first..last)
-                .filter_map(|i| {
-                    let overlap = (b.min((i + 1) as f64) - a.max(i as f64)) / step;
-                    (overlap > 0.0).then_some((i, overlap))
-                })
+                .map(|i| (i, (b.min((i + 1) as f64) - a.max(i as f64)) / step))
                 .collect()
         })
         .collect()
@@ -349,6 +347,57 @@ mod tests {
     }
 
     #[test]
+    fn polarity_is_decided_by_the_outermost_ring_alone() {
+        // random images of many shapes against the definition: invert when the mean of
+        // the pixels on the outermost ring is above half
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut inverted = 0;
+        for _ in 0..400 {
+            let (w, h) = (rng.gen_range(1..9usize), rng.gen_range(1..9usize));
+            let gray: Vec<u8> = (0..w * h).map(|_| rng.gen()).collect();
+            let ring: Vec<f64> = (0..w * h)
+                .filter(|i| {
+                    let (x, y) = (i % w, i / w);
+                    x.min(y).min(w - 1 - x).min(h - 1 - y) == 0
+                })
+                .map(|i| f64::from(gray[i]))
+                .collect();
+            let light = ring.iter().sum::<f64>() / ring.len() as f64 > 127.5;
+            let ink = ink_from_gray(w, h, &gray).unwrap();
+            for (v, &g) in ink.iter().zip(&gray) {
+                let want = if light {
+                    1.0 - f32::from(g) / 255.0
+                } else {
+                    f32::from(g) / 255.0
+                };
+                assert_eq!(*v, want, "{w}x{h} {gray:?}");
+            }
+            inverted += usize::from(light);
+        }
+        assert!((100..300).contains(&inverted), "both polarities are tried: {inverted}");
+    }
+
+    #[test]
+    fn a_digit_heavy_at_the_top_is_kept_whole_at_the_bottom_border() {
+        // a T: a thick bar on top of a thin stem; its centre of mass is high, so the box
+        // moves down as far as the border lets it
+        let (w, h) = (40, 40);
+        let mut ink = vec![0.0f32; w * h];
+        for y in 0..12 {
+            for x in 0..40 {
+                ink[y * w + x] = 1.0;
+            }
+        }
+        for y in 12..40 {
+            ink[y * w + 20] = 1.0;
+        }
+        let d = mnist_like(w, h, &ink).unwrap();
+        let (_, _, y0, y1) = bounding_box(&d, SIDE);
+        assert_eq!((y0, y1), (8, 27), "flush with the bottom, nothing cut");
+    }
+
+    #[test]
     fn bad_images_are_typed_errors() {
         for (w, h, ink, want) in [
             (0, 5, vec![], "no pixels"),
@@ -370,5 +419,6 @@ mod tests {
         let mut ink = vec![0.0; MAX_SIDE];
         ink[7] = 1.0;
         assert!(mnist_like(MAX_SIDE, 1, &ink).is_ok());
+        assert!(mnist_like(1, MAX_SIDE, &ink).is_ok());
     }
 }
