@@ -295,13 +295,108 @@ fn every_kind_of_bad_request_gets_a_4xx_with_a_json_error() {
         assert!(msg.contains(want_text), "{ctype:?}: {msg:?} lacks {want_text:?}");
     }
     // a PNG that claims to be 100000 pixels wide is refused before it is decoded
-    let mut bomb = png(28, 28, &gray);
-    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    let bomb = claiming(&png(28, 28, &gray), 100_000, 28);
     let (status, v) = post("/api/predict", Some("image/png"), &bomb);
     assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
     // and the server still answers
     let (status, _) = post("/api/predict", Some("image/png"), &png(28, 28, &gray));
     assert_eq!(status, 200);
+}
+
+#[test]
+fn large_pictures_are_read_up_to_the_decoding_limit_and_refused_beyond_it() {
+    // a 1200x1200 scan (1.4 MB of grey levels decoded) is read
+    let (gray, label) = test_image(0);
+    let side = 1200u32;
+    let scan = image::GrayImage::from_fn(side, side, |x, y| {
+        let (sx, sy) = (x as usize * 28 / side as usize, y as usize * 28 / side as usize);
+        image::Luma([255 - gray[sy * 28 + sx]])
+    });
+    let mut body = std::io::Cursor::new(Vec::new());
+    scan.write_to(&mut body, image::ImageFormat::Png).unwrap();
+    let (status, v) = post("/api/predict", Some("image/png"), body.get_ref());
+    assert_eq!((status, digit_of(&v)), (200, label), "{v}");
+    // a PNG whose (valid) header claims 4096x4096 RGBA of 16-bit channels, 128 MiB
+    // decoded, is refused before anything is allocated
+    let small = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(8, 8, image::Rgba([0, 0, 0, 65535]));
+    let mut body = std::io::Cursor::new(Vec::new());
+    small.write_to(&mut body, image::ImageFormat::Png).unwrap();
+    let (status, v) = post("/api/predict", Some("image/png"), &claiming(body.get_ref(), 4096, 4096));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+}
+
+/// `png` with its header rewritten to claim `width x height` (the header's CRC fixed,
+/// so the decoder believes it).
+fn claiming(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let mut out = png.to_vec();
+    assert_eq!(&out[12..16], b"IHDR");
+    out[16..20].copy_from_slice(&width.to_be_bytes());
+    out[20..24].copy_from_slice(&height.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&out[12..29]);
+    out[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    out
+}
+
+#[test]
+fn an_ensemble_is_served_as_the_mean_of_its_members() {
+    let dir = workspace().join("crates/dl-models/weights/ensemble");
+    let ensemble = Arc::new(Classifier::from_ensemble_dir(&dir).unwrap());
+    assert_eq!(ensemble.members(), 5);
+    assert!(
+        ensemble.description().starts_with("ensemble of 5 from "),
+        "{}",
+        ensemble.description()
+    );
+    let (gray, label) = test_image(1);
+    let input = digit_from_gray(28, 28, &gray).unwrap();
+    let p = ensemble.classify(input.clone()).unwrap();
+    assert_eq!(p.digit, label);
+    // the mean of the members' probabilities
+    let (members, _) = dl_train::Ensemble::load(&dir).unwrap();
+    let mut mean = vec![0.0f32; 10];
+    for net in members.into_members() {
+        let one = Classifier::new(dl_train::Ensemble::new(vec![net]).unwrap(), "one");
+        assert_eq!(one.members(), 1);
+        for (m, q) in mean.iter_mut().zip(one.classify(input.clone()).unwrap().probabilities) {
+            *m += q / 5.0;
+        }
+    }
+    for (a, b) in p.probabilities.iter().zip(&mean) {
+        assert!((a - b).abs() < 1e-6, "{:?} against {mean:?}", p.probabilities);
+    }
+    // a wrong input length is an error, not a panic
+    assert!(ensemble.classify(vec![0.0; 10]).is_err());
+}
+
+#[test]
+fn the_request_log_passes_every_answer_through() {
+    // the same router with one line per request on stderr answers exactly as without
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = classifier();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = dl_serve::router(c, dl_serve::RequestLog::Stderr);
+            dl_serve::serve(listener, app, std::future::pending()).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let (gray, label) = test_image(2);
+    let text = ureq::post(&format!("http://{addr}/api/predict"))
+        .set("Content-Type", "image/png")
+        .send_bytes(&png(28, 28, &gray))
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(digit_of(&v), label);
+    let missing = ureq::get(&format!("http://{addr}/nowhere")).call().unwrap_err();
+    assert!(matches!(missing, ureq::Error::Status(404, _)));
 }
 
 #[test]
