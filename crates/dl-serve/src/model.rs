@@ -182,6 +182,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transparent_pixels_are_laid_over_white() {
+        // dark ink on a transparent background, with half-transparent pixels
+        let (w, h) = (30u32, 30u32);
+        let la = image::GrayAlphaImage::from_fn(w, h, |x, y| match (x, y) {
+            (10..=19, 5..=24) => image::LumaA([0, 255]),
+            (20, 5..=24) => image::LumaA([0, 128]),
+            (21, 5..=24) => image::LumaA([200, 100]),
+            _ => image::LumaA([0, 0]),
+        });
+        let mut png = Cursor::new(Vec::new());
+        la.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let over_white: Vec<u8> = la
+            .pixels()
+            .map(|p| {
+                let (l, a) = (f64::from(p.0[0]), f64::from(p.0[1]));
+                ((l * a + 255.0 * (255.0 - a)) / 255.0).round() as u8
+            })
+            .collect();
+        assert_eq!(over_white[(5 * w + 20) as usize], 127);
+        assert_eq!(over_white[(5 * w + 21) as usize], 233);
+        assert_eq!(over_white[0], 255);
+        let expected = digit_from_gray(w as usize, h as usize, &over_white).unwrap();
+        assert_eq!(digit_from_image(png.get_ref()).unwrap(), expected);
+    }
+
+    #[test]
     fn argmax_takes_the_first_of_equal_values() {
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
         assert_eq!(argmax(&[0.3, 0.3, 0.4]), 2);
