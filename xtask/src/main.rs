@@ -142,7 +142,38 @@ mod tests {
             Command::Train(a) => train::run(a),
             Command::Eval(a) => eval::run(a),
             Command::Ensemble(a) => ensemble::run(a),
+            Command::Bench(a) => bench::run(a),
             _ => unreachable!("not used here"),
+        }
+    }
+
+    #[test]
+    fn bench_serve_measures_the_asked_load_and_writes_its_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("serve.json");
+        let j = json.to_str().unwrap();
+        run_cli(&[
+            "bench",
+            "--serve",
+            "--clients",
+            "3",
+            "--requests",
+            "4",
+            "--interval-ms",
+            "5",
+            "--json",
+            j,
+        ])
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(
+            (r["clients"].as_u64(), r["requests"].as_u64(), r["interval_ms"].as_u64()),
+            (Some(3), Some(12), Some(5))
+        );
+        assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
+        for bad in [["--clients", "0"], ["--requests", "0"]] {
+            let e = run_cli(&[&["bench", "--serve"][..], &bad[..]].concat()).unwrap_err();
+            assert_eq!(e.to_string(), "--clients and --requests must be at least 1");
         }
     }
 

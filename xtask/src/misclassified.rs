@@ -56,11 +56,7 @@ pub fn misses(model: &mut Ensemble, mnist: &Mnist) -> Result<Vec<Miss>, CliError
         let (x, labels) = test.batch(chunk);
         let probs = model.predict_proba(&x, 100)?;
         for (row, (&index, &label)) in probs.rows().into_iter().zip(chunk.iter().zip(&labels)) {
-            let (guess, confidence) =
-                row.iter().enumerate().fold(
-                    (0, f32::NEG_INFINITY),
-                    |best, (d, &p)| if p > best.1 { (d, p) } else { best },
-                );
+            let (guess, confidence) = top(row.as_slice().expect("rows of a standard-layout array"));
             if guess != label {
                 out.push(Miss {
                     index,
@@ -72,6 +68,14 @@ pub fn misses(model: &mut Ensemble, mnist: &Mnist) -> Result<Vec<Miss>, CliError
         }
     }
     Ok(out)
+}
+
+/// The most probable class and its probability (the first, on a tie).
+fn top(probs: &[f32]) -> (usize, f32) {
+    probs.iter().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |best, (d, &p)| if p > best.1 { (d, p) } else { best },
+    )
 }
 
 /// Cell layout: the digit at 3x, then a line of text.
@@ -174,6 +178,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_top_class_is_the_first_of_equal_probabilities() {
+        assert_eq!(top(&[0.1, 0.6, 0.3]), (1, 0.6));
+        assert_eq!(top(&[0.4, 0.2, 0.4]), (0, 0.4));
+        assert_eq!(top(&[0.2, 0.4, 0.4]), (1, 0.4));
+    }
+
+    #[test]
     fn the_shipped_network_misses_exactly_its_documented_count_and_each_miss_is_wrong() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
         let net = dl_models::registry::load(crate::shipped_params()).unwrap();
@@ -201,11 +212,8 @@ mod tests {
         let reader = png::Decoder::new(std::fs::File::open(&out).unwrap())
             .read_info()
             .unwrap();
-        // 25 digits in rows of 10: three rows
-        assert_eq!(
-            (reader.info().width, reader.info().height),
-            (10 * CELL_W, TITLE_H + 3 * CELL_H)
-        );
+        // 25 digits in rows of 10: three rows of 104x110-pixel cells under a 34-pixel title
+        assert_eq!((reader.info().width, reader.info().height), (1040, 34 + 3 * 110));
         let e = run(MisclassifiedArgs {
             params: None,
             ensemble: None,
