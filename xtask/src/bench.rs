@@ -63,6 +63,15 @@ pub struct BenchArgs {
     interval_ms: u64,
 }
 
+/// How the clients of `bench --serve` pace their requests, in words.
+fn pace(interval_ms: u64) -> String {
+    if interval_ms == 0 {
+        "each as soon as its last answer came back".to_string()
+    } else {
+        format!("each at most one every {interval_ms} ms")
+    }
+}
+
 fn run_serve(a: &BenchArgs) -> Result<(), CliError> {
     if a.clients == 0 || a.requests == 0 {
         return Err(CliError::Other("--clients and --requests must be at least 1".into()));
@@ -70,12 +79,13 @@ fn run_serve(a: &BenchArgs) -> Result<(), CliError> {
     let r = crate::serve::bench(a.clients, a.requests, a.interval_ms, a.data.clone())?;
     println!("cpu: {}", r.cpu);
     println!("model: {}", r.model);
-    let pace = if r.interval_ms == 0 {
-        "each as soon as its last answer came back".to_string()
-    } else {
-        format!("each at most one every {} ms", r.interval_ms)
-    };
-    println!("{} clients ({pace}), {} requests ({})", r.clients, r.requests, r.body);
+    println!(
+        "{} clients ({}), {} requests ({})",
+        r.clients,
+        pace(r.interval_ms),
+        r.requests,
+        r.body
+    );
     println!(
         "latency per prediction: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
@@ -478,4 +488,15 @@ fn run_torch(
     };
     let _ = std::fs::remove_file(&out);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_of_the_clients_is_said_in_words() {
+        assert_eq!(pace(0), "each as soon as its last answer came back");
+        assert_eq!(pace(100), "each at most one every 100 ms");
+    }
 }
