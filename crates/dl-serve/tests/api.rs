@@ -37,27 +37,26 @@ fn test_image(i: usize) -> (Vec<u8>, usize) {
 }
 
 /// A server on a free loopback port, for the rest of the test process.
-fn server() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let c = classifier();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                dl_serve::serve(
-                    listener,
-                    dl_serve::router(c, dl_serve::RequestLog::Off),
-                    std::future::pending(),
-                )
+fn start(log: dl_serve::RequestLog) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = classifier();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            dl_serve::serve(listener, dl_serve::router(c, log), std::future::pending())
                 .await
                 .unwrap();
-            });
         });
-        rx.recv().unwrap()
-    })
+    });
+    rx.recv().unwrap()
+}
+
+/// The server most tests share (no request log).
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| start(dl_serve::RequestLog::Off))
 }
 
 fn url(path: &str) -> String {
@@ -374,18 +373,7 @@ fn an_ensemble_is_served_as_the_mean_of_its_members() {
 #[test]
 fn the_request_log_passes_every_answer_through() {
     // the same router with one line per request on stderr answers exactly as without
-    let (tx, rx) = std::sync::mpsc::channel();
-    let c = classifier();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = dl_serve::router(c, dl_serve::RequestLog::Stderr);
-            dl_serve::serve(listener, app, std::future::pending()).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = start(dl_serve::RequestLog::Stderr);
     let (gray, label) = test_image(2);
     let text = ureq::post(&format!("http://{addr}/api/predict"))
         .set("Content-Type", "image/png")
