@@ -141,8 +141,7 @@ async fn predict(
         }
         Body::Image => {
             // decoding is CPU work: keep it off the async threads, with the inference
-            let bytes = body.clone();
-            run_blocking(move || crate::model::digit_from_image(&bytes)).await?
+            run_blocking(move || crate::model::digit_from_image(&body)).await?
         }
     };
     let prediction = run_blocking(move || classifier.classify(input)).await?;

@@ -118,7 +118,8 @@ impl Classifier {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(model);
     }
 
-    /// Copies of the model made so far (the most requests ever in flight at once).
+    /// Copies of the model waiting in the pool. With no request in flight: every copy
+    /// made so far, which is the most requests that ever ran at once.
     pub fn pooled(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
