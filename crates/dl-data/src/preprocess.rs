@@ -192,6 +192,13 @@ fn area_weights(n: usize, m: usize) -> Vec<Vec<(usize, f64)>> {
 mod tests {
     use super::*;
 
+    /// Full ink on rows `ys` and columns `xs` of a `w`-wide image.
+    fn fill(ink: &mut [f32], w: usize, ys: std::ops::Range<usize>, xs: std::ops::Range<usize>) {
+        for y in ys {
+            ink[y * w + xs.start..y * w + xs.end].fill(1.0);
+        }
+    }
+
     fn bounding_box(img: &[f32], side: usize) -> (usize, usize, usize, usize) {
         let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
         for y in 0..side {
@@ -247,11 +254,7 @@ mod tests {
         // a solid 90x30 rectangle in a 200x100 image, off centre
         let (w, h) = (200, 100);
         let mut ink = vec![0.0f32; w * h];
-        for y in 5..35 {
-            for x in 100..190 {
-                ink[y * w + x] = 1.0;
-            }
-        }
+        fill(&mut ink, w, 5..35, 100..190);
         let d = mnist_like(w, h, &ink).unwrap();
         let (x0, x1, y0, y1) = bounding_box(&d, SIDE);
         assert_eq!(
@@ -275,11 +278,7 @@ mod tests {
         for y in 0..40 {
             ink[y * w] = 1.0;
         }
-        for y in 30..40 {
-            for x in 0..40 {
-                ink[y * w + x] = 1.0;
-            }
-        }
+        fill(&mut ink, w, 30..40, 0..40);
         let d = mnist_like(w, h, &ink).unwrap();
         let (x0, x1, y0, y1) = bounding_box(&d, SIDE);
         assert_eq!((x1 - x0 + 1, y1 - y0 + 1), (20, 20));
@@ -384,11 +383,7 @@ mod tests {
         // moves down as far as the border lets it
         let (w, h) = (40, 40);
         let mut ink = vec![0.0f32; w * h];
-        for y in 0..12 {
-            for x in 0..40 {
-                ink[y * w + x] = 1.0;
-            }
-        }
+        fill(&mut ink, w, 0..12, 0..40);
         for y in 12..40 {
             ink[y * w + 20] = 1.0;
         }
