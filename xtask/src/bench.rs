@@ -112,9 +112,15 @@ struct Report {
     model: String,
     /// The CPU (`model name` of /proc/cpuinfo).
     cpu: String,
-    /// The widest instruction set the convolution kernels ran at: `avx512` or `scalar`
-    /// (im2col + GEMM, whose GEMM picks its own level at run time).
+    /// The CPU's SIMD features (`avx2 fma avx512f ...`).
+    simd_flags: Vec<String>,
+    /// The instruction set the direct and Winograd kernels ran at (`DLFS_SIMD`, else the
+    /// widest the CPU has): `avx512`, `avx2`, `neon` or `scalar` (where `Auto` lowers
+    /// every convolution to im2col + GEMM).
     conv_isa: String,
+    /// The instruction set of the `gemm` crate's kernels (im2col + GEMM, the affine
+    /// layers), which it picks at run time whatever `DLFS_SIMD` says.
+    gemm_isa: String,
     threads: usize,
     batch: usize,
     train_images_per_sec: f64,
@@ -161,6 +167,21 @@ pub fn cpu_model() -> String {
                 .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The level the `gemm` crate (built with its `x86-v4` feature) runs at on this CPU:
+/// AVX-512 where the CPU has it, else AVX2 + FMA, else its scalar code.
+fn gemm_isa() -> &'static str {
+    use dl_tensor::Isa;
+    if cfg!(target_arch = "x86_64") && Isa::Avx512.supported() {
+        "avx512"
+    } else if Isa::Avx2.supported() {
+        "avx2"
+    } else if Isa::Neon.supported() {
+        "neon"
+    } else {
+        "scalar"
+    }
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
@@ -241,9 +262,10 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
 
     // The kernels without lowering (Winograd and the direct kernel) against im2col +
-    // GEMM (what CPUs without AVX-512 run), and Winograd against the direct kernel alone:
+    // GEMM (what the scalar level runs), and Winograd against the direct kernel alone:
     // windows of each in alternation. The JSON keys keep their first names.
-    let avx512 = dl_tensor::avx512_supported();
+    let conv_isa = dl_tensor::Isa::active();
+    let vector = conv_isa != dl_tensor::Isa::Scalar;
     // (baseline, its name, its key; candidate Auto, its name, its key)
     let pairs: [(ConvAlgo, &str, &str, &str, &str); 2] = [
         (
@@ -261,7 +283,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             "winograd",
         ),
     ];
-    if avx512 {
+    if vector {
         for (base_algo, base_name, base_key, name, key) in pairs {
             let (mut base, mut candidate) = (Vec::new(), Vec::new());
             for _ in 0..a.windows {
@@ -296,7 +318,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let (mut rates, mut lowered, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.windows.min(5) {
             rates.push(pass(&mut net)?);
-            if avx512 {
+            if vector {
                 net.set_conv_algo(ConvAlgo::Lowered);
                 lowered.push(pass(&mut net)?);
                 net.set_conv_algo(ConvAlgo::Direct);
@@ -360,7 +382,9 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let report = Report {
         model: net.kind().to_string(),
         cpu: cpu_model(),
-        conv_isa: if avx512 { "avx512" } else { "scalar" }.into(),
+        simd_flags: dl_tensor::cpu_simd_flags().into_iter().map(String::from).collect(),
+        conv_isa: conv_isa.to_string(),
+        gemm_isa: gemm_isa().into(),
         threads: rayon::current_num_threads(),
         batch,
         train_images_per_sec: train,
@@ -383,7 +407,13 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
 
 fn print_table(r: &Report) {
     println!("{} on {} threads, batch {}", r.model, r.threads, r.batch);
-    println!("  CPU {}, convolution kernels at {}", r.cpu, r.conv_isa);
+    println!(
+        "  CPU {} ({}), direct and Winograd kernels at {}, GEMM at {}",
+        r.cpu,
+        r.simd_flags.join(" "),
+        r.conv_isa,
+        r.gemm_isa
+    );
     println!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
     println!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
     println!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);

@@ -100,6 +100,10 @@ pub enum CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = dl_tensor::Isa::from_env() {
+        eprintln!("error: {}: {e}", dl_tensor::SIMD_ENV);
+        return ExitCode::from(2);
+    }
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1");

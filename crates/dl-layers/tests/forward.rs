@@ -100,7 +100,8 @@ fn every_convolution_algorithm_agrees_with_the_lowered_path() {
 #[test]
 fn the_algorithm_picks_the_kernel_the_cpu_has() {
     // 3x3 stride 1 with 16 channels: Winograd under Auto, the direct kernel under
-    // Direct, where the CPU has AVX-512; the lowered path otherwise and for stride 2.
+    // Direct, at any vector instruction set; the lowered path at the scalar level
+    // (DLFS_SIMD=scalar) and for stride 2.
     let x = random_input(&[2, 16, 8, 8], 0.0, 1);
     let run = |algo: ConvAlgo, stride: usize| {
         let mut conv = Convolution::new(16, 8, 3, 3, stride, 1, Init::He, 2);
@@ -108,9 +109,9 @@ fn the_algorithm_picks_the_kernel_the_cpu_has() {
         conv.forward(x.clone(), true).unwrap();
         conv.last_kernel().unwrap()
     };
-    let avx512 = dl_tensor::avx512_supported();
-    assert_eq!(run(ConvAlgo::Auto, 1), if avx512 { "winograd" } else { "lowered" });
-    assert_eq!(run(ConvAlgo::Direct, 1), if avx512 { "direct" } else { "lowered" });
+    let vector = dl_tensor::Isa::active() != dl_tensor::Isa::Scalar;
+    assert_eq!(run(ConvAlgo::Auto, 1), if vector { "winograd" } else { "lowered" });
+    assert_eq!(run(ConvAlgo::Direct, 1), "direct");
     assert_eq!(run(ConvAlgo::Lowered, 1), "lowered");
     assert_eq!(run(ConvAlgo::Auto, 2), "lowered");
 }

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dl_tensor::{
-    col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, WinogradConv,
+    col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, Isa, WinogradConv,
 };
 use ndarray::Array2;
 
@@ -54,8 +54,9 @@ fn lowering(c: &mut Criterion) {
 }
 
 /// One image of each of DeepConvNet's stride-1 convolutions, `W · x + b`: the direct
-/// kernel and Winograd F(2x2, 3x3) against `im2col_chw` + `gemm` (what the layer does
-/// without AVX-512); then the filter gradient by each path. The `dx*` rows are the
+/// kernel and Winograd F(2x2, 3x3), at every vector instruction set the CPU has
+/// (`direct-avx2`, `winograd-avx512`, ...), against `im2col_chw` + `gemm` (what the
+/// layer does at the scalar level); then the filter gradient by each path. The `dx*` rows are the
 /// input gradients as the layer computes them: the transposed convolution of `dout`
 /// (`FN` channels in, `C` out).
 fn convolution(c: &mut Criterion) {
@@ -92,17 +93,19 @@ fn convolution(c: &mut Criterion) {
                 gemm(1.0, &w.view(), &colv, 1.0, &mut o);
             })
         });
-        if let Some(d) = DirectConv::new(w.as_slice().unwrap(), f, &g) {
-            let mut scratch = vec![0.0f32; d.scratch_len()];
-            group.bench_function(BenchmarkId::new("direct", name), |b| {
-                b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
-            });
-        }
-        if let Some(d) = WinogradConv::new(w.as_slice().unwrap(), f, &g) {
-            let mut scratch = vec![0.0f32; d.scratch_len()];
-            group.bench_function(BenchmarkId::new("winograd", name), |b| {
-                b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
-            });
+        for isa in vector_levels() {
+            if let Some(d) = DirectConv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.scratch_len()];
+                group.bench_function(BenchmarkId::new(format!("direct-{isa}"), name), |b| {
+                    b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
+                });
+            }
+            if let Some(d) = WinogradConv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.scratch_len()];
+                group.bench_function(BenchmarkId::new(format!("winograd-{isa}"), name), |b| {
+                    b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
+                });
+            }
         }
         // The filter gradient of one image, dW += dout · col^T, db += row sums.
         let dout: Vec<f32> = (0..f * g.col_cols()).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
@@ -129,22 +132,33 @@ fn convolution(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("dW-im2col-only", name), |b| {
             b.iter(|| im2col_chw(&x, &g, &mut col))
         });
-        if let Some(d) = DirectConv::new(w.as_slice().unwrap(), f, &g) {
-            let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
-            let mut acc = d.gradient_accumulator();
-            group.bench_function(BenchmarkId::new("dW-direct", name), |b| {
-                b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
-            });
-        }
-        if let Some(d) = WinogradConv::new(w.as_slice().unwrap(), f, &g) {
-            let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
-            let mut acc = d.gradient_accumulator();
-            group.bench_function(BenchmarkId::new("dW-winograd", name), |b| {
-                b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
-            });
+        for isa in vector_levels() {
+            if let Some(d) = DirectConv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
+                let mut acc = d.gradient_accumulator();
+                group.bench_function(BenchmarkId::new(format!("dW-direct-{isa}"), name), |b| {
+                    b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+                });
+            }
+            if let Some(d) = WinogradConv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
+                let mut acc = d.gradient_accumulator();
+                group.bench_function(BenchmarkId::new(format!("dW-winograd-{isa}"), name), |b| {
+                    b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+                });
+            }
         }
     }
     group.finish();
+}
+
+/// The vector instruction sets this CPU has (`DLFS_SIMD` narrows them to one).
+fn vector_levels() -> Vec<Isa> {
+    let forced = Isa::from_env().ok().flatten();
+    Isa::supported_levels()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar && forced.is_none_or(|f| f == i))
+        .collect()
 }
 
 criterion_group! {

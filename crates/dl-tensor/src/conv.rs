@@ -8,9 +8,10 @@
 //! in parallel over the batch: each image is lowered with [`im2col_chw`] to
 //! `(C*FH*FW, OH*OW)` and `W · col` lands straight in that image's `(FN, OH*OW)` slice
 //! of the output (a 1x1 stride-1 convolution without padding needs no lowering at all:
-//! the image is its own column matrix). Where the CPU has AVX-512 and the stride is 1,
-//! [`ConvAlgo::Auto`] skips even the lowering: 3x3 layers with at least 8 input
-//! channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others [`DirectConv`].
+//! the image is its own column matrix). Where the stride is 1 and the plan's instruction
+//! set ([`Isa`]) is a vector one, [`ConvAlgo::Auto`] skips even the lowering: 3x3 layers
+//! with at least 8 input channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others
+//! [`DirectConv`].
 //!
 //! Backward takes the images in fixed groups of [`GROUP`], each group summing its `dW`
 //! and `db` on its own, the groups' sums added in a fixed order: the result does not
@@ -22,41 +23,52 @@ use std::sync::Arc;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use crate::{col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, WinogradConv};
+use crate::{
+    col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Isa, WinogradConv,
+};
 
 /// Which algorithm a convolution runs. Every choice computes the same numbers up to
 /// rounding (the tests compare them); they differ in speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgo {
-    /// The fastest this CPU has for the geometry: Winograd where it pays
-    /// ([`WinogradConv::pays`]), else the direct kernel, else the lowered path.
+    /// The fastest for the geometry at a vector instruction set: Winograd where it pays
+    /// ([`WinogradConv::pays`]), else the direct kernel (stride 1), else the lowered
+    /// path; always the lowered path at [`Isa::Scalar`], where the GEMM's own vector
+    /// code beats plain loops.
     #[default]
     Auto,
     /// Always `im2col` + GEMM, the book's formulation (per image).
     Lowered,
-    /// The direct kernel wherever it applies (stride 1, AVX-512), else lowered.
+    /// The direct kernel wherever it applies (stride 1), else lowered.
     Direct,
-    /// Winograd wherever it applies (3x3, stride 1, AVX-512), else as [`ConvAlgo::Direct`].
+    /// Winograd wherever it applies (3x3, stride 1), else as [`ConvAlgo::Direct`].
     Winograd,
 }
 
 impl ConvAlgo {
-    /// The kernel without lowering for `w` `(filters, C*FH*FW)` on `g`, or `None` for the
-    /// lowered path.
+    /// The kernel without lowering for `w` `(filters, C*FH*FW)` on `g` at the instruction
+    /// set [`Isa::active`], or `None` for the lowered path.
     pub fn kernel(self, w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
+        self.kernel_at(Isa::active(), w, filters, g)
+    }
+
+    /// [`ConvAlgo::kernel`] at the instruction set `isa` (`None`, the lowered path, also
+    /// when `isa` cannot run on this CPU).
+    pub fn kernel_at(self, isa: Isa, w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
         let winograd = match self {
             ConvAlgo::Lowered => return None,
+            ConvAlgo::Auto if isa == Isa::Scalar => return None,
             ConvAlgo::Auto => WinogradConv::pays(g),
             ConvAlgo::Winograd => true,
             ConvAlgo::Direct => false,
         };
         if winograd {
-            if let Some(k) = WinogradConv::new(w, filters, g) {
+            if let Some(k) = WinogradConv::with_isa(w, filters, g, isa) {
                 return Some(Box::new(k));
             }
         }
-        DirectConv::new(w, filters, g).map(|k| Box::new(k) as Box<dyn ConvKernel>)
+        DirectConv::with_isa(w, filters, g, isa).map(|k| Box::new(k) as Box<dyn ConvKernel>)
     }
 }
 
@@ -76,10 +88,17 @@ impl ConvSaved {
     pub fn kernel_name(&self) -> &'static str {
         self.kernel.as_ref().map_or("lowered", |k| k.name())
     }
+
+    /// The instruction set of the kernel the forward ran (`None` for the lowered path,
+    /// whose GEMM chooses its own).
+    pub fn kernel_isa(&self) -> Option<Isa> {
+        self.kernel.as_ref().map(|k| k.isa())
+    }
 }
 
-/// One convolution's schedule: its geometry, filter count and algorithm. Cheap to build
-/// (a few integers); the filters are packed per call, since they change every step.
+/// One convolution's schedule: its geometry, filter count, algorithm and instruction
+/// set. Cheap to build (a few integers); the filters are packed per call, since they
+/// change every step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvPlan {
     /// Input, filter and output sizes.
@@ -88,12 +107,25 @@ pub struct ConvPlan {
     pub filters: usize,
     /// The algorithm.
     pub algo: ConvAlgo,
+    /// The instruction set of the kernels without lowering.
+    pub isa: Isa,
 }
 
 impl ConvPlan {
-    /// A plan for `filters` filters on `g`.
+    /// A plan for `filters` filters on `g`, at the instruction set [`Isa::active`].
     pub fn new(g: ConvGeometry, filters: usize, algo: ConvAlgo) -> Self {
-        Self { g, filters, algo }
+        Self {
+            g,
+            filters,
+            algo,
+            isa: Isa::active(),
+        }
+    }
+
+    /// This plan at the instruction set `isa` (which falls back to the lowered path where
+    /// `isa` cannot run on this CPU).
+    pub fn with_isa(self, isa: Isa) -> Self {
+        Self { isa, ..self }
     }
 
     fn lens(&self) -> (usize, usize) {
@@ -113,7 +145,7 @@ impl ConvPlan {
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
-        let kernel: Option<Arc<dyn ConvKernel>> = self.algo.kernel(w, self.filters, g).map(Arc::from);
+        let kernel: Option<Arc<dyn ConvKernel>> = self.algo.kernel_at(self.isa, w, self.filters, g).map(Arc::from);
         let out = match &kernel {
             // straight from the padded image, no lowering, into memory not cleared first
             // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
@@ -180,7 +212,7 @@ impl ConvPlan {
         let fast_dw = saved.kernel.clone().filter(|k| k.gradient_pays());
         let col_len = fast_dw.as_ref().map_or(lowered_len(g), |k| k.gradient_scratch_len());
         let fast_dx = match &transposed {
-            Some((gt, wt)) => self.algo.kernel(wt, g.c, gt),
+            Some((gt, wt)) => self.algo.kernel_at(self.isa, wt, g.c, gt),
             _ => None,
         };
         let dcol_len = match (&fast_dx, &transposed) {
@@ -521,9 +553,11 @@ mod tests {
                 scale(&mut want_dx.iter().copied()),
             );
             let (sdw, sdb) = (scale(&mut want_dw.iter().copied()), scale(&mut want_db.iter().copied()));
-            for algo in [ConvAlgo::Lowered, ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
-                let what = |s: &str| format!("case {i}, {algo:?}: {s}");
-                let plan = ConvPlan::new(g, f, algo);
+            let levels = Isa::ALL.into_iter().filter(|isa| isa.runs_here());
+            let algos = [ConvAlgo::Lowered, ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd];
+            for (isa, algo) in levels.flat_map(|isa| algos.map(|algo| (isa, algo))) {
+                let what = |s: &str| format!("case {i}, {algo:?} at {isa}: {s}");
+                let plan = ConvPlan::new(g, f, algo).with_isa(isa);
                 let ws = wt.as_slice().unwrap();
                 let (y, saved) = plan.forward(ws, Some(b.as_slice().unwrap()), x.as_slice().unwrap());
                 assert_eq!(y.len(), want_y.len(), "{}", what("y length"));
@@ -582,22 +616,40 @@ mod tests {
         let g2 = ConvGeometry::new(16, 8, 8, 3, 3, 2, 1).unwrap();
         let w16 = vec![0.5f32; 4 * 16 * 9];
         let w1 = vec![0.5f32; 4 * 9];
-        let name = |algo: ConvAlgo, w: &[f32], g: &ConvGeometry| algo.kernel(w, 4, g).map(|k| k.name());
-        assert_eq!(name(ConvAlgo::Lowered, &w16, &g3), None);
-        assert_eq!(name(ConvAlgo::Auto, &w16, &g2), None, "stride 2 is lowered");
-        if crate::avx512_supported() {
-            assert_eq!(name(ConvAlgo::Auto, &w16, &g3), Some("winograd"));
-            assert_eq!(
-                name(ConvAlgo::Auto, &w1, &g1),
-                Some("direct"),
-                "one channel: Winograd does not pay"
-            );
-            assert_eq!(name(ConvAlgo::Winograd, &w1, &g1), Some("winograd"));
-            assert_eq!(name(ConvAlgo::Direct, &w16, &g3), Some("direct"));
-        } else {
-            assert_eq!(name(ConvAlgo::Auto, &w16, &g3), None);
+        for isa in Isa::ALL {
+            let kernel = |algo: ConvAlgo, w: &[f32], g: &ConvGeometry| {
+                algo.kernel_at(isa, w, 4, g).map(|k| {
+                    assert_eq!(k.isa(), isa);
+                    k.name()
+                })
+            };
+            assert_eq!(kernel(ConvAlgo::Lowered, &w16, &g3), None);
+            assert_eq!(kernel(ConvAlgo::Auto, &w16, &g2), None, "stride 2 is lowered");
+            if !isa.runs_here() {
+                for algo in [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                    assert_eq!(kernel(algo, &w16, &g3), None, "{isa} does not run here");
+                }
+                continue;
+            }
+            if isa == Isa::Scalar {
+                assert_eq!(kernel(ConvAlgo::Auto, &w16, &g3), None, "plain loops lose to the GEMM");
+            } else {
+                assert_eq!(kernel(ConvAlgo::Auto, &w16, &g3), Some("winograd"));
+                assert_eq!(
+                    kernel(ConvAlgo::Auto, &w1, &g1),
+                    Some("direct"),
+                    "one channel: Winograd does not pay"
+                );
+            }
+            assert_eq!(kernel(ConvAlgo::Winograd, &w1, &g1), Some("winograd"));
+            assert_eq!(kernel(ConvAlgo::Winograd, &w16, &g2), None, "stride 2 is lowered");
+            assert_eq!(kernel(ConvAlgo::Direct, &w16, &g3), Some("direct"));
+            let plan = ConvPlan::new(g3, 4, ConvAlgo::Direct).with_isa(isa);
+            let (_, saved) = plan.forward(&w16, None, &vec![0.0; 16 * 64]);
+            assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("direct", Some(isa)));
         }
+        assert_eq!(ConvPlan::new(g3, 4, ConvAlgo::Auto).isa, Isa::active());
         let (_, saved) = ConvPlan::new(g2, 4, ConvAlgo::Auto).forward(&w16, None, &vec![0.0; 16 * 64]);
-        assert_eq!(saved.kernel_name(), "lowered");
+        assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("lowered", None));
     }
 }

@@ -6,16 +6,17 @@
 //! is computed `Wp` columns wide instead of `OW` (the `FW - 1` extra columns of each output
 //! row are computed and dropped). So the product `W · col` can read its right-hand side
 //! straight from the padded image: one copy of the input instead of `FH*FW` copies, and
-//! no packing. [`DirectConv`] does that with an AVX-512 kernel that keeps an 8-filter x
-//! 48-column tile of the output in 24 registers; it exists only where the CPU has
-//! AVX-512 (elsewhere [`DirectConv::new`] returns `None` and callers keep the
-//! `im2col` + GEMM path, which the tests compare it with).
+//! no packing. [`DirectConv`] does that with register tiles of the output (8 filters x
+//! 48 columns in 24 registers on AVX-512, 4 x 24 in 12 on AVX2, 4 x 16 on NEON), at
+//! the instruction set [`Isa`] chosen at run time; the tests compare every level with the
+//! reference convolution.
 
 use std::mem::MaybeUninit;
 
 use crate::im2col::copy_short;
-use crate::kernel::{avx512_supported, check_forward_args, gradient, products, GRADIENT_TILE, MR};
-use crate::{ConvGeometry, ConvKernel, GradientAccumulator};
+use crate::kernel::{check_forward_args, GRADIENT_TILE, MR};
+use crate::simd::{gradient, products};
+use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 
 /// Output columns per full register tile (three 16-lane vectors).
 const NR: usize = 48;
@@ -26,6 +27,7 @@ const NR: usize = 48;
 #[derive(Debug, Clone)]
 pub struct DirectConv {
     g: ConvGeometry,
+    isa: Isa,
     filters: usize,
     /// `W` in blocks of [`MR`] filters, `[block][k][MR]`, zero rows past `filters`.
     packed: Vec<f32>,
@@ -41,11 +43,21 @@ pub struct DirectConv {
 
 impl DirectConv {
     /// Packs `w` `(filters, C, FH, FW)` (row-major, `filters*C*FH*FW` values) for the
-    /// geometry `g`. `None` when the geometry is not stride 1 or the CPU lacks AVX-512.
+    /// geometry `g`, at the instruction set [`Isa::active`]. `None` when the geometry is
+    /// not stride 1.
     ///
     /// # Panics
     /// If `w` does not hold `filters * g.col_rows()` values.
     pub fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
+        Self::with_isa(w, filters, g, Isa::active())
+    }
+
+    /// [`DirectConv::new`] at the instruction set `isa`; `None` also when `isa` cannot
+    /// run here (AVX2 or AVX-512 on a CPU without them).
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters * g.col_rows()` values.
+    pub fn with_isa(w: &[f32], filters: usize, g: &ConvGeometry, isa: Isa) -> Option<Self> {
         let k = g.col_rows();
         assert_eq!(
             w.len(),
@@ -53,7 +65,7 @@ impl DirectConv {
             "DirectConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if g.stride != 1 || filters == 0 || !avx512_supported() {
+        if g.stride != 1 || filters == 0 || !isa.runs_here() {
             return None;
         }
         let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
@@ -78,6 +90,7 @@ impl DirectConv {
         let padded_len = (g.c * hp * wp).max(cols + offsets.last().copied().unwrap_or(0));
         Some(Self {
             g: *g,
+            isa,
             filters,
             packed,
             offsets,
@@ -119,8 +132,7 @@ impl DirectConv {
             let mut j = 0;
             while j < self.cols {
                 let width = (self.cols - j).min(NR);
-                // SAFETY: `avx512_supported()` was true when `self` was built (new returns
-                // None otherwise), so the CPU has AVX-512F. The kernel reads
+                // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The kernel reads
                 // `padded[j + off .. j + off + width]` for every offset, and
                 // `j + width <= cols` with `cols + max offset <= padded.len()`; it reads
                 // `w[k*MR]` values of the packed block and writes `MR` rows of `width`
@@ -128,11 +140,7 @@ impl DirectConv {
                 // `MR * cols` values.
                 unsafe {
                     let (x, out) = (padded.as_ptr().add(j), rows.as_mut_ptr().add(j));
-                    match width {
-                        48 => products::tile::<3>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        32 => products::tile::<2>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                        _ => products::tile::<1>(&self.offsets, w.as_ptr(), x, out, self.cols),
-                    }
+                    products(self.isa, &self.offsets, w.as_ptr(), x, out, self.cols, width);
                 }
                 j += width;
             }
@@ -144,6 +152,10 @@ impl ConvKernel for DirectConv {
     /// The geometry this convolution was packed for.
     fn name(&self) -> &'static str {
         "direct"
+    }
+
+    fn isa(&self) -> Isa {
+        self.isa
     }
 
     fn geometry(&self) -> &ConvGeometry {
@@ -272,7 +284,7 @@ impl ConvKernel for DirectConv {
                 for (o, &off) in offs.iter_mut().zip(&self.offsets[k0..(k0 + mr).min(k)]) {
                     *o = off;
                 }
-                // SAFETY: the CPU has AVX-512F (as in `multiply`). The kernel reads
+                // SAFETY: `self.isa` runs here (as in `multiply`). The kernel reads
                 // `padded[off + p]` for `p < cols` at each offset, with
                 // `cols + max offset <= padded.len()`, and `16 v` values of each of the
                 // `cols` rows of `dt` (stride fp) from lane f0, with `f0 + 16 v <= fp`; it
@@ -281,12 +293,7 @@ impl ConvKernel for DirectConv {
                 unsafe {
                     let (d, xp) = (dt.as_ptr().add(f0), padded.as_ptr());
                     let out = acc.sums.as_mut_ptr().add(k0 * fp + f0);
-                    match v {
-                        1 => gradient::tile::<24, 1>(xp, &offs, d, fp, self.cols, out),
-                        2 => gradient::tile::<12, 2>(xp, &offs, d, fp, self.cols, out),
-                        3 => gradient::tile::<8, 3>(xp, &offs, d, fp, self.cols, out),
-                        _ => gradient::tile::<6, 4>(xp, &offs, d, fp, self.cols, out),
-                    }
+                    gradient(self.isa, xp, &offs, mr, d, fp, self.cols, out, v);
                 }
             }
         }
@@ -312,13 +319,10 @@ impl ConvKernel for DirectConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, avx512_or_say};
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
 
     #[test]
     fn matches_the_reference_convolution() {
-        if !avx512_or_say() {
-            return;
-        }
         // (C, H, W, FN, FH, FW, pad): the network's six layers, odd sizes, wide and
         // narrow filters, filter counts that are not a multiple of 8, pad 0 and pad > 1.
         let cases = [
@@ -333,14 +337,11 @@ mod tests {
             (4, 5, 7, 3, 2, 3, 1),
             (1, 3, 3, 1, 3, 3, 0),
         ];
-        assert_forward_matches_reference(&cases, DirectConv::new);
+        assert_forward_matches_reference(&cases, DirectConv::with_isa);
     }
 
     #[test]
     fn weight_gradient_matches_dout_times_lowered_input() {
-        if !avx512_or_say() {
-            return;
-        }
         // (C, H, W, FN, FH, FW, pad): filter counts not a multiple of 16 (padded lanes)
         // and above 64 (two filter blocks), C*FH*FW not a multiple of the 24-row tile,
         // wide images, pad 0 and 2.
@@ -354,7 +355,7 @@ mod tests {
             (2, 6, 5, 13, 5, 5, 2),
             (4, 5, 7, 3, 2, 3, 1),
         ];
-        assert_weight_gradient_matches_reference(&cases, DirectConv::new);
+        assert_weight_gradient_matches_reference(&cases, DirectConv::with_isa);
     }
 
     #[test]

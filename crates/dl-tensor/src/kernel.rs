@@ -1,29 +1,17 @@
 //! What the convolution kernels without lowering ([`DirectConv`](crate::DirectConv),
 //! [`WinogradConv`](crate::WinogradConv)) share: the [`ConvKernel`] trait, the
-//! [`GradientAccumulator`] their filter-gradient sums live in, and the AVX-512 register
-//! kernels both run their products on.
+//! [`GradientAccumulator`] their filter-gradient sums live in (the register kernels both
+//! run their products on are in `simd.rs`).
 
 use std::mem::MaybeUninit;
 
-use crate::ConvGeometry;
+use crate::{ConvGeometry, Isa};
 
 /// Filters per register tile of the products.
 pub(crate) const MR: usize = 8;
 /// Registers of sums in one tile of the weight gradient: `(rows of dW^T) x (16-filter
 /// vectors)` = 24 x 1, 12 x 2, 8 x 3 or 6 x 4.
 pub(crate) const GRADIENT_TILE: usize = 24;
-
-/// Whether this CPU runs the AVX-512 kernels (x86-64 with AVX-512F).
-pub fn avx512_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// A stride-1 convolution computed without a lowered matrix, for one set of filters
 /// and one geometry: [`DirectConv`](crate::DirectConv) or [`WinogradConv`](crate::WinogradConv). Build one
@@ -35,6 +23,9 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
 
     /// A short name for reports: `"direct"`, `"winograd"`.
     fn name(&self) -> &'static str;
+
+    /// The instruction set the kernel runs at.
+    fn isa(&self) -> Isa;
 
     /// Values of scratch space [`ConvKernel::forward_image_uninit`] needs.
     fn scratch_len(&self) -> usize;
@@ -149,119 +140,5 @@ impl GradientAccumulator {
         for (a, b) in self.db.iter_mut().zip(&other.db) {
             *a += b;
         }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod products {
-    use super::MR;
-    use std::arch::x86_64::*;
-
-    /// `out[r][16v + l] = sum_k w[k][r] * x[offsets[k] + 16v + l]` for `r < MR`,
-    /// `v < V`, `l < 16`; `out` rows `ld` apart.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `w` holds `offsets.len() * MR` values; `x + off` is valid for
-    /// `16 V` reads at every offset; `out` is valid for `MR` rows of `16 V` writes.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const V: usize>(offsets: &[usize], w: *const f32, x: *const f32, out: *mut f32, ld: usize) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        for (k, &off) in offsets.iter().enumerate() {
-            let mut b = [_mm512_setzero_ps(); V];
-            for (v, bv) in b.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *bv = unsafe { _mm512_loadu_ps(x.add(off + 16 * v)) };
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: k < offsets.len(), r < MR.
-                let a = _mm512_set1_ps(unsafe { *w.add(k * MR + r) });
-                for (v, bv) in b.iter().enumerate() {
-                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
-                }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, val) in row.iter().enumerate() {
-                // SAFETY: see the function's contract.
-                unsafe { _mm512_storeu_ps(out.add(r * ld + 16 * v), *val) };
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod gradient {
-    use super::GRADIENT_TILE;
-    use std::arch::x86_64::*;
-
-    /// `out[m*ld + l] += sum_{p < cols} x[offs[m] + p] * d[p*ld + l]` for `m < MR`,
-    /// `l < 16 V`: MR rows of `dW^T`, each value of `x` broadcast, `V` vectors of
-    /// `dout^T` loaded per `p`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `x + offs[m]` is valid for `cols` reads for `m < MR`; `d`
-    /// for `16 V` reads at each of `cols` rows `ld` apart; `out` for reads and writes of
-    /// `16 V` values at each of `MR` rows `ld` apart; `MR <= GRADIENT_TILE`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const MR: usize, const V: usize>(
-        x: *const f32,
-        offs: &[usize; GRADIENT_TILE],
-        d: *const f32,
-        ld: usize,
-        cols: usize,
-        out: *mut f32,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        for (m, row) in acc.iter_mut().enumerate() {
-            for (v, val) in row.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *val = unsafe { _mm512_loadu_ps(out.add(m * ld + 16 * v)) };
-            }
-        }
-        for p in 0..cols {
-            let mut b = [_mm512_setzero_ps(); V];
-            for (v, bv) in b.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                *bv = unsafe { _mm512_loadu_ps(d.add(p * ld + 16 * v)) };
-            }
-            for (m, row) in acc.iter_mut().enumerate() {
-                // SAFETY: see the function's contract.
-                let a = _mm512_set1_ps(unsafe { *x.add(offs[m] + p) });
-                for (v, bv) in b.iter().enumerate() {
-                    row[v] = _mm512_fmadd_ps(a, *bv, row[v]);
-                }
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (v, val) in row.iter().enumerate() {
-                // SAFETY: see the function's contract.
-                unsafe { _mm512_storeu_ps(out.add(m * ld + 16 * v), *val) };
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) mod products {
-    /// Never called: the kernels' `new` returns `None` off x86-64.
-    pub unsafe fn tile<const V: usize>(_: &[usize], _: *const f32, _: *const f32, _: *mut f32, _: usize) {
-        unreachable!("the register kernels exist only on x86-64 with AVX-512")
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) mod gradient {
-    use super::GRADIENT_TILE;
-
-    /// Never called: the kernels' `new` returns `None` off x86-64.
-    pub unsafe fn tile<const MR: usize, const V: usize>(
-        _: *const f32,
-        _: &[usize; GRADIENT_TILE],
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: *mut f32,
-    ) {
-        unreachable!("the register kernels exist only on x86-64 with AVX-512")
     }
 }

@@ -12,10 +12,12 @@
 //!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
 //!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
 //! * [`DirectConv`]: stride-1 convolution straight from the zero-padded image, with no
-//!   lowered matrix (an AVX-512 kernel; `None` on other CPUs, which keep im2col + GEMM).
+//!   lowered matrix.
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
-//!   per 2x2 output tile instead of 36 (AVX-512 as well). Both implement [`ConvKernel`]
-//!   (forward pass and filter gradient of one image).
+//!   per 2x2 output tile instead of 36. Both implement [`ConvKernel`] (forward pass and
+//!   filter gradient of one image), at every instruction set of [`Isa`]: AVX-512,
+//!   AVX2 + FMA, NEON and plain scalar loops, chosen at run time ([`Isa::active`], which
+//!   the `DLFS_SIMD` environment variable overrides).
 //! * [`ConvPlan`]: a convolution's whole schedule for a batch (forward, `dW`, `db`,
 //!   `dx`), with the algorithm chosen by [`ConvAlgo`] (`Auto`, `Lowered`, `Direct`,
 //!   `Winograd`): what a convolution layer calls.
@@ -41,9 +43,11 @@ mod denormal;
 mod direct;
 mod gemm;
 mod im2col;
+mod isa;
 mod kernel;
 mod ops;
 pub mod reference;
+mod simd;
 #[cfg(test)]
 mod testing;
 mod winograd;
@@ -53,7 +57,8 @@ pub use denormal::flush_denormals_to_zero;
 pub use direct::DirectConv;
 pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
-pub use kernel::{avx512_supported, ConvKernel, GradientAccumulator};
+pub use isa::{cpu_simd_flags, Isa, IsaError, SIMD_ENV};
+pub use kernel::{ConvKernel, GradientAccumulator};
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
 pub use winograd::WinogradConv;
 

@@ -24,8 +24,15 @@
 
 use std::mem::MaybeUninit;
 
-use crate::kernel::{avx512_supported, check_forward_args, gradient, products, GRADIENT_TILE, MR};
-use crate::{ConvGeometry, ConvKernel, GradientAccumulator};
+use crate::kernel::{check_forward_args, GRADIENT_TILE, MR};
+use crate::simd::{gradient, products};
+use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
 
 /// Tile columns of the widest register tile of the products (three 16-lane vectors).
 const NR: usize = 48;
@@ -36,6 +43,7 @@ const NR: usize = 48;
 #[derive(Debug, Clone)]
 pub struct WinogradConv {
     g: ConvGeometry,
+    isa: Isa,
     filters: usize,
     /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
     packed: Vec<f32>,
@@ -68,13 +76,22 @@ impl WinogradConv {
         Self::applies(g) && g.c >= 8
     }
 
-    /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g`. `None` when
-    /// the geometry is not a 3x3 stride-1 convolution ([`WinogradConv::applies`]) or
-    /// the CPU lacks AVX-512.
+    /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g`, at the
+    /// instruction set [`Isa::active`]. `None` when the geometry is not a 3x3 stride-1
+    /// convolution ([`WinogradConv::applies`]).
     ///
     /// # Panics
     /// If `w` does not hold `filters * g.col_rows()` values.
     pub fn new(w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Self> {
+        Self::with_isa(w, filters, g, Isa::active())
+    }
+
+    /// [`WinogradConv::new`] at the instruction set `isa`; `None` also when `isa` cannot
+    /// run here (AVX2 or AVX-512 on a CPU without them).
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters * g.col_rows()` values.
+    pub fn with_isa(w: &[f32], filters: usize, g: &ConvGeometry, isa: Isa) -> Option<Self> {
         let k = g.col_rows();
         assert_eq!(
             w.len(),
@@ -82,7 +99,7 @@ impl WinogradConv {
             "WinogradConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if !Self::applies(g) || filters == 0 || !avx512_supported() {
+        if !Self::applies(g) || filters == 0 || !isa.runs_here() {
             return None;
         }
         let c = g.c;
@@ -101,6 +118,7 @@ impl WinogradConv {
         let tp = (th * tw).div_ceil(16) * 16;
         Some(Self {
             g: *g,
+            isa,
             filters,
             packed,
             offsets: (0..c).map(|ci| ci * tp).collect(),
@@ -185,9 +203,20 @@ impl WinogradConv {
         let plane = self.hs * self.ws;
         padded[g.c * plane..].fill(0.0);
         for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
-            // SAFETY: AVX-512F as in `transform_input`; `src` holds the `H x W` plane
+            // SAFETY: `self.isa` runs here, as in `transform_input`; `src` holds the `H x W` plane
             // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
-            unsafe { avx::pad_plane(src.as_ptr(), g.h, g.w, g.pad, dst.as_mut_ptr(), self.hs, self.ws) };
+            unsafe {
+                transform::pad_plane(
+                    self.isa,
+                    src.as_ptr(),
+                    g.h,
+                    g.w,
+                    g.pad,
+                    dst.as_mut_ptr(),
+                    self.hs,
+                    self.ws,
+                )
+            };
         }
     }
 
@@ -203,8 +232,7 @@ impl WinogradConv {
         }
         for ci in 0..c {
             for (i0, j0, mask) in self.groups() {
-                // SAFETY: `avx512_supported()` held when `self` was built, so the
-                // CPU has AVX-512F. The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
+                // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
                 // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
                 // 1` rows past the last plane's end, which `padded_len`'s slack covers.
                 // It writes `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`)
@@ -212,7 +240,7 @@ impl WinogradConv {
                 unsafe {
                     let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
                     let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
-                    avx::input_tiles(src, self.ws, self.l, dst, self.v_stride(), mask);
+                    transform::input_tiles(self.isa, src, self.ws, self.l, dst, self.v_stride(), mask);
                 }
             }
         }
@@ -230,17 +258,13 @@ impl WinogradConv {
                 let mut j = 0;
                 while j < tp {
                     let width = (tp - j).min(NR);
-                    // SAFETY: AVX-512F as above. The kernel reads `width` values at
+                    // SAFETY: `self.isa` runs here, as above. The kernel reads `width` values at
                     // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
                     // within `vx`'s `c tp`), `c MR` values of `w`, and writes `MR` rows
                     // of `width` values `tp` apart from column `j` of `rows` (`MR tp`).
                     unsafe {
                         let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
-                        match width {
-                            48 => products::tile::<3>(&self.offsets, w.as_ptr(), x, out, tp),
-                            32 => products::tile::<2>(&self.offsets, w.as_ptr(), x, out, tp),
-                            _ => products::tile::<1>(&self.offsets, w.as_ptr(), x, out, tp),
-                        }
+                        products(self.isa, &self.offsets, w.as_ptr(), x, out, tp, width);
                     }
                     j += width;
                 }
@@ -257,14 +281,14 @@ impl WinogradConv {
             let b = bias.map_or(0.0, |b| b[f]);
             for (i0, j0, mask) in self.groups() {
                 let (rows, cols) = (oh - 2 * i0, (ow - 2 * j0).min(2 * self.l));
-                // SAFETY: AVX-512F as above. Reads 16 values at `f tp + i0 tw + j0 +
+                // SAFETY: `self.isa` runs here, as above. Reads 16 values at `f tp + i0 tw + j0 +
                 // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
                 // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
                 // output rows `2 i0 + k < OH` of plane `f`.
                 unsafe {
                     let src = m.as_ptr().add(f * self.tp + i0 * self.tw + j0);
                     let dst = out.as_mut_ptr().cast::<f32>().add(f * oh * ow + 2 * i0 * ow + 2 * j0);
-                    avx::output_tiles(src, stride, self.l, mask, b, dst, ow, rows, cols);
+                    transform::output_tiles(self.isa, src, stride, self.l, mask, b, dst, ow, rows, cols);
                 }
             }
         }
@@ -275,6 +299,10 @@ impl ConvKernel for WinogradConv {
     /// The geometry this convolution was built for.
     fn name(&self) -> &'static str {
         "winograd"
+    }
+
+    fn isa(&self) -> Isa {
+        self.isa
     }
 
     fn geometry(&self) -> &ConvGeometry {
@@ -373,7 +401,7 @@ impl ConvKernel for WinogradConv {
                 for ox0 in (0..gw).step_by(16) {
                     let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
                     let stores = (gw - ox0).min(16);
-                    // SAFETY: AVX-512F as above. Reads `lanes` values (none when 0) at
+                    // SAFETY: `self.isa` runs here, as above. Reads `lanes` values (none when 0) at
                     // `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with `f0 + rows <= FN`,
                     // `oy < OH` and `ox0 + lanes <= OW`; writes 16 values at each of the
                     // `stores` grid positions `(oy, ox0 + q)`, `ox0 + stores <= 2 tw`,
@@ -381,7 +409,7 @@ impl ConvKernel for WinogradConv {
                     unsafe {
                         let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
                         let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
-                        avx::transpose_block(src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
+                        transform::transpose_block(self.isa, src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
                     }
                 }
             }
@@ -392,14 +420,14 @@ impl ConvKernel for WinogradConv {
         for i in 0..self.th {
             for j in 0..self.tw {
                 for f0 in (0..fp).step_by(16) {
-                    // SAFETY: AVX-512F as in `transform_input`. Reads 16 values at
+                    // SAFETY: `self.isa` runs here, as in `transform_input`. Reads 16 values at
                     // grid positions (2i + a, 2j + b), `a, b < 2`, inside the `2 th x 2 tw`
                     // grid of `dt`, from lane `f0 + 16 <= fp`; writes 16 values at tile
                     // `i tw + j < tp` of each of the 16 positions of `z` (`z_stride` apart).
                     unsafe {
                         let src = dt.as_ptr().add((2 * i * gw + 2 * j) * fp + f0);
                         let dst = z.as_mut_ptr().add((i * self.tw + j) * fp + f0);
-                        avx::output_gradient_tile(src, gw * fp, fp, dst, self.z_stride());
+                        transform::output_gradient_tile(self.isa, src, gw * fp, fp, dst, self.z_stride());
                     }
                 }
             }
@@ -426,7 +454,7 @@ impl ConvKernel for WinogradConv {
                     for (m, o) in offs.iter_mut().enumerate().take(mr) {
                         *o = (c0 + m).min(c - 1) * tp;
                     }
-                    // SAFETY: AVX-512F as above. The kernel reads `tiles` values at each
+                    // SAFETY: `self.isa` runs here, as above. The kernel reads `tiles` values at each
                     // offset `c' tp`, `c' < C`, of `vx` (`C tp` values); `16 nv` values
                     // from lane `f0` (`f0 + 16 nv <= fp`) at each of `tiles <= tp` rows of
                     // `zx` (`fp` apart); it adds to `mr` rows from `(ξ cp + c0)` of
@@ -435,12 +463,7 @@ impl ConvKernel for WinogradConv {
                     unsafe {
                         let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
                         let out = acc.sums.as_mut_ptr().add((xi * cp + c0) * fp + f0);
-                        match nv {
-                            1 => gradient::tile::<16, 1>(xp, &offs, d, fp, tiles, out),
-                            2 => gradient::tile::<8, 2>(xp, &offs, d, fp, tiles, out),
-                            3 => gradient::tile::<8, 3>(xp, &offs, d, fp, tiles, out),
-                            _ => gradient::tile::<4, 4>(xp, &offs, d, fp, tiles, out),
-                        }
+                        gradient(self.isa, xp, &offs, mr, d, fp, tiles, out, nv);
                     }
                 }
             }
@@ -504,393 +527,54 @@ pub(crate) fn transform_filter_gradient(du: &[f32; 16]) -> [f32; 9] {
     g
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx {
-    use std::arch::x86_64::*;
+/// The transforms at a kernel's instruction set: the AVX-512 ones, the AVX2 ones, or the
+/// portable ones.
+mod transform {
+    use super::portable;
+    use crate::Isa;
 
-    /// Bᵀ applied to four values: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
-    #[inline(always)]
-    fn bt(d: [__m512; 4]) -> [__m512; 4] {
-        // SAFETY: register arithmetic; only reached from the AVX-512F functions below.
-        unsafe {
-            [
-                _mm512_sub_ps(d[0], d[2]),
-                _mm512_add_ps(d[1], d[2]),
-                _mm512_sub_ps(d[2], d[1]),
-                _mm512_sub_ps(d[1], d[3]),
-            ]
-        }
-    }
-
-    /// Where the lanes of a register come from: `16 / l` tile rows of `l` tiles each
-    /// (`l` = 16, 8 or 4). Lane `ii l + j` is tile `j` of tile row `ii`.
-    ///
-    /// The two registers `(a, b)` hold, for one row `r` of the 4x4 input tiles, the 32
-    /// values the tiles' even and odd columns are taken from: for `l = 16`, 32 values of
-    /// one image row; for `l = 8`, 16 of each of two rows (tile rows `2 ws` apart); for
-    /// `l = 4`, 8 of each of four.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `p` is valid for reads of 32 values, and `p + k 2 ws` of 16
-    /// values for `k < 16 / l`.
-    #[inline(always)]
-    unsafe fn gather_row(p: *const f32, ws: usize, l: usize) -> (__m512, __m512) {
-        // SAFETY: within the contract.
-        unsafe {
-            match l {
-                16 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
-                8 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(2 * ws))),
-                _ => {
-                    let row = |k: usize| _mm512_loadu_ps(p.add(2 * k * ws));
-                    // 128-bit lanes 0 and 1 of each: the first 8 values of two rows
-                    (
-                        _mm512_shuffle_f32x4::<0x44>(row(0), row(1)),
-                        _mm512_shuffle_f32x4::<0x44>(row(2), row(3)),
-                    )
-                }
-            }
-        }
-    }
-
-    /// The input transform of up to 16 tiles: `16 / l` tile rows of `l` tiles from
-    /// `src` (the top-left value of the first tile; tile rows `2 ws` apart, image rows
-    /// `ws`). `Bᵀ d B` position `ξ` of the tiles selected by `mask` (lane `ii l + j`) is
-    /// stored, packed in lane order, as `count = popcount(mask)` values at `dst + ξ pos`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `src` is valid for reads of 34 values from each of the rows
-    /// `k ws`, `k < 2 (16 / l) + 2`; `dst` for writes of `count` values at each of 16 rows
-    /// `pos` apart.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let mut t = [[_mm512_setzero_ps(); 4]; 4];
-        for (r, tr) in t.iter_mut().enumerate() {
-            // SAFETY: rows `r + 2k` from columns 0 and 2, within the contract.
-            let ((a, b), (a2, b2)) = unsafe {
-                let p = src.add(r * ws);
-                (gather_row(p, ws, l), gather_row(p.add(2), ws, l))
-            };
-            *tr = bt([
-                _mm512_permutex2var_ps(a, even, b),
-                _mm512_permutex2var_ps(a, odd, b),
-                _mm512_permutex2var_ps(a2, even, b2),
-                _mm512_permutex2var_ps(a2, odd, b2),
-            ]);
-        }
-        let count = mask.count_ones();
-        let packed: __mmask16 = if count >= 16 { 0xffff } else { (1u16 << count) - 1 };
-        let gaps = packed != mask;
-        for q in 0..4 {
-            let col = bt(t.map(|row| row[q]));
-            for (r, v) in col.iter().enumerate() {
-                let v = if gaps { _mm512_maskz_compress_ps(mask, *v) } else { *v };
-                // SAFETY: row `4r + q < 16` of `dst`, `count` values, within the contract.
-                unsafe { _mm512_mask_storeu_ps(dst.add((4 * r + q) * pos), packed, v) };
-            }
-        }
-    }
-
-    /// `Z = A dY Aᵀ` for one tile and 16 filters: `dY[a][b]` at `src + a row + b fp`, the
-    /// 16 values `Z[ξ]` to `dst + ξ pos`. `A dY` has rows `dY0`, `dY0 + dY1`, `dY0 - dY1`,
-    /// `-dY1`; a row `(u, v)` times `Aᵀ` is `(u, u + v, u - v, -v)`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `src` is valid for reads of 16 values at offsets 0, `fp`,
-    /// `row` and `row + fp`; `dst` for writes of 16 values at each of 16 rows `pos` apart.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
-        // SAFETY: within the contract.
-        let (d00, d01, d10, d11) = unsafe {
-            (
-                _mm512_loadu_ps(src),
-                _mm512_loadu_ps(src.add(fp)),
-                _mm512_loadu_ps(src.add(row)),
-                _mm512_loadu_ps(src.add(row + fp)),
-            )
-        };
-        let zero = _mm512_setzero_ps();
-        let rows = [
-            (d00, d01),
-            (_mm512_add_ps(d00, d10), _mm512_add_ps(d01, d11)),
-            (_mm512_sub_ps(d00, d10), _mm512_sub_ps(d01, d11)),
-            (_mm512_sub_ps(zero, d10), _mm512_sub_ps(zero, d11)),
-        ];
-        for (r, (u, v)) in rows.into_iter().enumerate() {
-            let z = [u, _mm512_add_ps(u, v), _mm512_sub_ps(u, v), _mm512_sub_ps(zero, v)];
-            for (q, val) in z.into_iter().enumerate() {
-                // SAFETY: row `4 r + q < 16`, within the contract.
-                unsafe { _mm512_storeu_ps(dst.add((4 * r + q) * pos), val) };
-            }
-        }
-    }
-
-    /// The first `n` lanes set (all for `n >= 16`).
-    #[inline(always)]
-    fn prefix(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
-
-    /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
-    /// zeros around it, a register per 16 values of a row (masked loads supply the zeros).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `x` is valid for reads of `h w` values, `dst` for writes of
-    /// `hs ws`; `p + h <= hs`, `p + w <= ws`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
-        let zero = _mm512_setzero_ps();
-        for k in (0..ws).step_by(16) {
-            // lanes i with p <= k + i < p + w hold x[y - p][k + i - p]
-            let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
-            let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
-            // SAFETY (all stores): `min(16, ws - k)` values of a row `y < hs`.
-            for y in 0..p {
-                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
-            }
-            for y in p..p + h {
-                let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
-                // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
-                let v = unsafe { _mm512_maskz_loadu_ps(load, src) };
-                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, v) };
-            }
-            for y in p + h..hs {
-                unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
-            }
-        }
-    }
-
-    /// The permutations of one stage of [`transpose_block`], for blocks of `b`: lane `l` of
-    /// the new row `i` and of the new row `i + b` (`i & b == 0`), as indices into the pair
-    /// (row `i`, row `i + b`).
-    const fn butterfly(b: usize) -> ([i32; 16], [i32; 16]) {
-        let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
-        let mut l = 0;
-        while l < 16 {
-            if l % (2 * b) < b {
-                lo[l] = l as i32;
-                hi[l] = (l + b) as i32;
-            } else {
-                lo[l] = (16 + l - b) as i32;
-                hi[l] = (16 + l) as i32;
-            }
-            l += 1;
-        }
-        (lo, hi)
-    }
-
-    const BUTTERFLY: [([i32; 16], [i32; 16]); 4] = [butterfly(8), butterfly(4), butterfly(2), butterfly(1)];
-
-    /// Transposes a 16 x 16 block: row `r < rows` is `lanes` values at `src + r plane`
-    /// (zeros past them and in the rows past `rows`); column `q < stores` of the block
-    /// is written as 16 values at `dst + q fp`, and every column is added to `sums`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `src + r plane` is valid for reads of `lanes` values for
-    /// `r < rows` (nothing is read when `lanes == 0`); `dst + q fp` for writes of 16
-    /// values for `q < stores <= 16`.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn transpose_block(
-        src: *const f32,
-        plane: usize,
-        rows: usize,
-        lanes: usize,
-        dst: *mut f32,
-        fp: usize,
-        stores: usize,
-        sums: &mut [f32; 16],
-    ) {
-        let mut m = [_mm512_setzero_ps(); 16];
-        if lanes > 0 {
-            for (r, v) in m.iter_mut().enumerate().take(rows) {
-                // SAFETY: `lanes` values of row `r < rows`, within the contract.
-                *v = unsafe { _mm512_maskz_loadu_ps(prefix(lanes), src.wrapping_add(r * plane)) };
-            }
-        }
-        // four butterfly stages: swap the off-diagonal b x b blocks of each 2b x 2b block
-        for (b, (lo, hi)) in [8usize, 4, 2, 1].into_iter().zip(BUTTERFLY) {
-            // SAFETY: reads of two constant arrays of 16 values.
-            let (lo, hi) = unsafe {
-                (
-                    _mm512_loadu_si512(lo.as_ptr().cast()),
-                    _mm512_loadu_si512(hi.as_ptr().cast()),
-                )
-            };
-            for i in (0..16).filter(|i| i & b == 0) {
-                let (a, c) = (m[i], m[i + b]);
-                m[i] = _mm512_permutex2var_ps(a, lo, c);
-                m[i + b] = _mm512_permutex2var_ps(a, hi, c);
-            }
-        }
-        // SAFETY: a read of the 16 local sums.
-        let mut acc = unsafe { _mm512_loadu_ps(sums.as_ptr()) };
-        for (q, v) in m.iter().enumerate() {
-            acc = _mm512_add_ps(acc, *v);
-            if q < stores {
-                // SAFETY: column `q < stores`, within the contract.
-                unsafe { _mm512_storeu_ps(dst.add(q * fp), *v) };
-            }
-        }
-        // SAFETY: a write of the 16 local sums.
-        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), acc) };
-    }
-
-    /// The first `n <= 16` of a register's values to `dst` (nothing when `n == 0`).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `dst` is valid for writes of `n` values.
-    #[inline(always)]
-    unsafe fn store_first(dst: *mut f32, n: usize, v: __m512) {
-        let mask: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-        // SAFETY: `n` values, within the contract.
-        unsafe { _mm512_mask_storeu_ps(dst, mask, v) };
-    }
-
-    /// The output transform of up to 16 tiles laid out as in [`input_tiles`]: `Aᵀ m A + b`,
-    /// with `m[ξ]` of the tiles selected by `mask` packed at `src + ξ pos`. Writes, for
-    /// tile row `ii < 16 / l` and output row `a < 2` with `2 ii + a < rows`, the first
-    /// `cols <= 2 l` values of output row `2 ii + a` to `dst + (2 ii + a) ow`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `src` is valid for reads of 16 values at each of 16 rows
-    /// `pos` apart; `dst + (2 ii + a) ow` for writes of `cols` values for each written
-    /// row.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_tiles(
-        src: *const f32,
-        pos: usize,
-        l: usize,
-        mask: u16,
-        b: f32,
-        dst: *mut f32,
-        ow: usize,
-        rows: usize,
-        cols: usize,
-    ) {
-        let count = mask.count_ones();
-        let gaps = count < 16 && mask != (1u16 << count) - 1;
-        let mut m = [_mm512_setzero_ps(); 16];
-        for (xi, v) in m.iter_mut().enumerate() {
-            // SAFETY: within the contract.
-            let packed = unsafe { _mm512_loadu_ps(src.add(xi * pos)) };
-            *v = if gaps {
-                _mm512_maskz_expand_ps(mask, packed)
-            } else {
-                packed
-            };
-        }
-        let bias = _mm512_set1_ps(b);
-        // Aᵀ m: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4)
-        let mut s = [[_mm512_setzero_ps(); 4]; 2];
-        for q in 0..4 {
-            s[0][q] = _mm512_add_ps(_mm512_add_ps(m[q], m[4 + q]), m[8 + q]);
-            s[1][q] = _mm512_sub_ps(_mm512_sub_ps(m[4 + q], m[8 + q]), m[12 + q]);
-        }
-        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        for (a, sa) in s.iter().enumerate() {
-            // (s A): y0 = s0 + s1 + s2, y1 = s1 - s2 - s3, plus the bias
-            let y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(sa[0], sa[1]), sa[2]), bias);
-            let y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(sa[1], sa[2]), sa[3]), bias);
-            // interleaved, output columns 2j and 2j + 1: 32 values, 2 l per tile row
-            let first = _mm512_permutex2var_ps(y0, lo, y1);
-            let second = _mm512_permutex2var_ps(y0, hi, y1);
-            // SAFETY: every store is of `cols` values to a row `2 ii + a < rows`.
-            unsafe {
-                let row = |ii: usize| (2 * ii + a < rows).then(|| dst.add((2 * ii + a) * ow));
-                match l {
-                    16 => {
-                        if let Some(d) = row(0) {
-                            store_first(d, cols, first);
-                            store_first(d.add(16), cols.saturating_sub(16), second);
-                        }
-                    }
-                    8 => {
-                        for (ii, v) in [first, second].into_iter().enumerate() {
-                            if let Some(d) = row(ii) {
-                                store_first(d, cols, v);
-                            }
-                        }
-                    }
-                    _ => {
-                        let halves = [
-                            first,
-                            _mm512_shuffle_f32x4::<0xee>(first, first),
-                            second,
-                            _mm512_shuffle_f32x4::<0xee>(second, second),
-                        ];
-                        for (ii, v) in halves.into_iter().enumerate() {
-                            if let Some(d) = row(ii) {
-                                store_first(d, cols, v);
-                            }
-                        }
+    macro_rules! dispatch {
+        ($(fn $name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+            /// The transform of the same name at the level `isa`.
+            ///
+            /// # Safety
+            /// `isa` runs on this CPU; the transform's own contract.
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name(isa: Isa, $($arg: $ty),*) {
+                // SAFETY: the contract, passed on; each level's version needs only the
+                // instruction set `isa` running here guarantees.
+                unsafe {
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512 => super::avx512::$name($($arg),*),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 => super::avx2::$name($($arg),*),
+                        _ => portable::$name($($arg),*),
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod avx {
-    /// Never called: `WinogradConv::new` returns `None` off x86-64.
-    pub unsafe fn pad_plane(_: *const f32, _: usize, _: usize, _: usize, _: *mut f32, _: usize, _: usize) {
-        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+        )*};
     }
 
-    /// Never called: `WinogradConv::new` returns `None` off x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn transpose_block(
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: &mut [f32; 16],
-    ) {
-        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
-    }
-
-    /// Never called: `WinogradConv::new` returns `None` off x86-64.
-    pub unsafe fn output_gradient_tile(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize) {
-        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
-    }
-
-    /// Never called: `WinogradConv::new` returns `None` off x86-64.
-    pub unsafe fn input_tiles(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize, _: u16) {
-        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
-    }
-
-    /// Never called: `WinogradConv::new` returns `None` off x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn output_tiles(
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: u16,
-        _: f32,
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) {
-        unreachable!("WinogradConv exists only on x86-64 with AVX-512")
+    dispatch! {
+        fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16);
+        fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize);
+        fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize);
+        fn transpose_block(
+            src: *const f32, plane: usize, rows: usize, lanes: usize, dst: *mut f32, fp: usize, stores: usize,
+            sums: &mut [f32; 16]
+        );
+        fn output_tiles(
+            src: *const f32, pos: usize, l: usize, mask: u16, b: f32, dst: *mut f32, ow: usize, rows: usize,
+            cols: usize
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, avx512_or_say};
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
 
     #[test]
     fn filter_transform_matches_g_times_g_times_gt() {
@@ -918,9 +602,6 @@ mod tests {
 
     #[test]
     fn matches_the_reference_convolution() {
-        if !avx512_or_say() {
-            return;
-        }
         // (C, H, W, FN, FH, FW, pad): the network's 3x3 layers (conv4 with pad 2, 16x16 output),
         // odd output sizes (the last tile row and column half outside), pad 0, filter
         // counts that are not a multiple of 8, images wider than 32 (two tile chunks of a
@@ -937,7 +618,7 @@ mod tests {
             (1, 4, 3, 2, 3, 3, 0),
             (8, 5, 35, 9, 3, 3, 2),
         ];
-        assert_forward_matches_reference(&cases, WinogradConv::new);
+        assert_forward_matches_reference(&cases, WinogradConv::with_isa);
     }
 
     #[test]
@@ -965,9 +646,6 @@ mod tests {
 
     #[test]
     fn weight_gradient_matches_dout_times_lowered_input() {
-        if !avx512_or_say() {
-            return;
-        }
         // (C, H, W, FN, FH, FW, pad): the network's 3x3 layers, channel counts that are not a
         // multiple of the 16-row groups, 70 filters (lane blocks of 64 and 16), 48
         // filters (three vectors), odd output sizes, pad 0 and 2.
@@ -981,7 +659,7 @@ mod tests {
             (20, 5, 6, 48, 3, 3, 2),
             (1, 3, 3, 1, 3, 3, 0),
         ];
-        assert_weight_gradient_matches_reference(&cases, WinogradConv::new);
+        assert_weight_gradient_matches_reference(&cases, WinogradConv::with_isa);
     }
 
     #[test]

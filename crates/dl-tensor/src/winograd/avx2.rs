@@ -1,0 +1,334 @@
+//! The forward transforms of [`WinogradConv`](super::WinogradConv) with AVX2 intrinsics:
+//! the sixteen lanes of an AVX-512 register are two 8-lane registers here (`lo`: lanes
+//! 0-7, `hi`: 8-15), on the same layouts and with the same contracts as the AVX-512
+//! functions. Copying an image into its padded planes is the portable code compiled for
+//! AVX2.
+
+use std::arch::x86_64::*;
+
+pub use super::portable::avx2::pad_plane;
+
+/// Sixteen lanes as two AVX registers.
+type V16 = (__m256, __m256);
+
+/// `(even, odd)` values of the 16 at `a[0..8]`, `b[0..8]`: `[a0 a2 a4 a6 b0 b2 b4 b6]`
+/// and `[a1 a3 a5 a7 b1 b3 b5 b7]`.
+#[inline(always)]
+fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
+    // SAFETY: register shuffles; only reached from the AVX2 functions below.
+    unsafe {
+        // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit blocks in the order 0 2 1 3
+        let even = _mm256_shuffle_ps::<0x88>(a, b);
+        let odd = _mm256_shuffle_ps::<0xdd>(a, b);
+        (
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(even))),
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(odd))),
+        )
+    }
+}
+
+#[inline(always)]
+fn add(a: V16, b: V16) -> V16 {
+    // SAFETY: register arithmetic, as above.
+    unsafe { (_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1)) }
+}
+
+#[inline(always)]
+fn sub(a: V16, b: V16) -> V16 {
+    // SAFETY: register arithmetic, as above.
+    unsafe { (_mm256_sub_ps(a.0, b.0), _mm256_sub_ps(a.1, b.1)) }
+}
+
+/// Bᵀ applied to four values: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+#[inline(always)]
+fn bt(d: [V16; 4]) -> [V16; 4] {
+    [sub(d[0], d[2]), add(d[1], d[2]), sub(d[2], d[1]), sub(d[1], d[3])]
+}
+
+/// The first `n` lanes of `v` (`n = 16`), or the lanes `mask` selects, packed, to `dst`.
+///
+/// # Safety
+/// The CPU has AVX; `dst` is valid for `popcount(mask)` writes.
+#[inline(always)]
+unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, count: usize, gaps: bool) {
+    // SAFETY (all): `count` values to `dst`, within the contract.
+    unsafe {
+        if count == 16 {
+            _mm256_storeu_ps(dst, v.0);
+            _mm256_storeu_ps(dst.add(8), v.1);
+            return;
+        }
+        let mut lanes = [0.0f32; 16];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v.0);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), v.1);
+        if gaps {
+            for (n, i) in (0..16).filter(|i| mask >> i & 1 == 1).enumerate() {
+                *dst.add(n) = lanes[i];
+            }
+        } else {
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, count);
+        }
+    }
+}
+
+/// The input transform of up to 16 tiles, as the AVX-512 `input_tiles`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `l` is 16, 8 or 4; `src` is valid for reads of 34 values
+/// from each of the rows `k ws`, `k < 2 (16 / l) + 2`; `dst` for writes of
+/// `popcount(mask)` values at each of 16 rows `pos` apart.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
+    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut t = [[zero; 4]; 4];
+    for (r, tr) in t.iter_mut().enumerate() {
+        let p = src.wrapping_add(r * ws);
+        // where lanes 0-7 and 8-15 take their 16 values from, in two loads each
+        let (lo_a, lo_b, hi_a, hi_b) = match l {
+            16 => (p, p.wrapping_add(8), p.wrapping_add(16), p.wrapping_add(24)),
+            8 => (p, p.wrapping_add(8), p.wrapping_add(2 * ws), p.wrapping_add(2 * ws + 8)),
+            _ => (
+                p,
+                p.wrapping_add(2 * ws),
+                p.wrapping_add(4 * ws),
+                p.wrapping_add(6 * ws),
+            ),
+        };
+        // SAFETY: 8 values at each of the four pointers and 2 further, all within the
+        // 34 values of rows `r + 2k` the contract gives.
+        let (d0, d1, d2, d3) = unsafe {
+            let half = |a: *const f32, b: *const f32, o: usize| {
+                deinterleave(_mm256_loadu_ps(a.add(o)), _mm256_loadu_ps(b.add(o)))
+            };
+            let ((lo0, lo1), (hi0, hi1)) = (half(lo_a, lo_b, 0), half(hi_a, hi_b, 0));
+            let ((lo2, lo3), (hi2, hi3)) = (half(lo_a, lo_b, 2), half(hi_a, hi_b, 2));
+            ((lo0, hi0), (lo1, hi1), (lo2, hi2), (lo3, hi3))
+        };
+        *tr = bt([d0, d1, d2, d3]);
+    }
+    let count = mask.count_ones() as usize;
+    let gaps = count < 16 && mask != (1u16 << count) - 1;
+    for q in 0..4 {
+        let col = bt(t.map(|row| row[q]));
+        for (r, v) in col.into_iter().enumerate() {
+            // SAFETY: row `4 r + q < 16` of `dst`, `count` values, within the contract.
+            unsafe { store_packed(dst.add((4 * r + q) * pos), v, mask, count, gaps) };
+        }
+    }
+}
+
+/// The output transform of up to 16 tiles, as the AVX-512 `output_tiles`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `l` is 16, 8 or 4; `src` is valid for reads of 16 values at
+/// each of 16 rows `pos` apart; `dst + (2 ii + a) ow` for writes of `cols <= 2 l` values
+/// for each written row `2 ii + a < rows`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn output_tiles(
+    src: *const f32,
+    pos: usize,
+    l: usize,
+    mask: u16,
+    b: f32,
+    dst: *mut f32,
+    ow: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let count = mask.count_ones() as usize;
+    let gaps = count < 16 && mask != (1u16 << count) - 1;
+    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut m = [zero; 16];
+    for (xi, v) in m.iter_mut().enumerate() {
+        // SAFETY: 16 values of row `ξ`, within the contract.
+        unsafe {
+            let at = src.add(xi * pos);
+            if gaps {
+                let mut lanes = [0.0f32; 16];
+                for (n, i) in (0..16).filter(|i| mask >> i & 1 == 1).enumerate() {
+                    lanes[i] = *at.add(n);
+                }
+                *v = (_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8)));
+            } else {
+                *v = (_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8)));
+            }
+        }
+    }
+    let bias = _mm256_set1_ps(b);
+    let bias = (bias, bias);
+    for a in 0..2 {
+        // Aᵀ m, row a: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4)
+        let s: [V16; 4] = std::array::from_fn(|q| {
+            if a == 0 {
+                add(add(m[q], m[4 + q]), m[8 + q])
+            } else {
+                sub(sub(m[4 + q], m[8 + q]), m[12 + q])
+            }
+        });
+        // (s A) + b: y0 = s0 + s1 + s2, y1 = s1 - s2 - s3, interleaved
+        let y0 = add(add(add(s[0], s[1]), s[2]), bias);
+        let y1 = add(sub(sub(s[1], s[2]), s[3]), bias);
+        let mut out = [0.0f32; 32];
+        for (h, (u, v)) in [(y0.0, y1.0), (y0.1, y1.1)].into_iter().enumerate() {
+            // [u0 v0 u1 v1 | u4 v4 u5 v5] and [u2 v2 u3 v3 | u6 v6 u7 v7]
+            let (lo, hi) = (_mm256_unpacklo_ps(u, v), _mm256_unpackhi_ps(u, v));
+            // SAFETY: 16 values of the local `out`.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h), _mm256_permute2f128_ps::<0x20>(lo, hi));
+                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+            }
+        }
+        for (ii, part) in out.chunks_exact(2 * l).enumerate() {
+            if 2 * ii + a >= rows {
+                break;
+            }
+            // SAFETY: `cols <= 2 l` values of output row `2 ii + a < rows`.
+            unsafe {
+                let d = dst.add((2 * ii + a) * ow);
+                if cols == 2 * l {
+                    for k in (0..cols).step_by(8) {
+                        _mm256_storeu_ps(d.add(k), _mm256_loadu_ps(part.as_ptr().add(k)));
+                    }
+                } else {
+                    for (k, v) in part.iter().enumerate().take(cols) {
+                        *d.add(k) = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Z = A dY Aᵀ` for one tile and 16 filters, as the AVX-512 `output_gradient_tile`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `src` is valid for reads of 16 values at offsets 0, `fp`,
+/// `row` and `row + fp`; `dst` for writes of 16 values at each of 16 rows `pos` apart.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
+    // SAFETY: within the contract.
+    let load = |at: usize| unsafe { (_mm256_loadu_ps(src.add(at)), _mm256_loadu_ps(src.add(at + 8))) };
+    let (d00, d01, d10, d11) = (load(0), load(fp), load(row), load(row + fp));
+    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let rows = [
+        (d00, d01),
+        (add(d00, d10), add(d01, d11)),
+        (sub(d00, d10), sub(d01, d11)),
+        (sub(zero, d10), sub(zero, d11)),
+    ];
+    for (r, (u, v)) in rows.into_iter().enumerate() {
+        for (q, val) in [u, add(u, v), sub(u, v), sub(zero, v)].into_iter().enumerate() {
+            // SAFETY: row `4 r + q < 16`, within the contract.
+            unsafe {
+                let d = dst.add((4 * r + q) * pos);
+                _mm256_storeu_ps(d, val.0);
+                _mm256_storeu_ps(d.add(8), val.1);
+            }
+        }
+    }
+}
+
+/// Transposes eight rows of eight values: `out[c][r] = rows[r][c]`.
+#[inline(always)]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register shuffles; only reached from the AVX2 functions here.
+    unsafe {
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // t0 = [r0_0 r1_0 r0_1 r1_1 | r0_4 r1_4 r0_5 r1_5], t1 = the same with 2, 3 | 6, 7
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xee>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xee>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xee>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xee>(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ]
+    }
+}
+
+/// Transposes a 16 x 16 block, as the AVX-512 `transpose_block`: row `r < rows` is
+/// `lanes` values at `src + r plane` (zeros past them and in the rows past `rows`);
+/// column `q < stores` is written as 16 values at `dst + q fp`, and every column is
+/// added to `sums`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `src + r plane` is valid for reads of `lanes` values for
+/// `r < rows` (nothing is read when `lanes == 0`); `dst + q fp` for writes of 16 values
+/// for `q < stores <= 16`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn transpose_block(
+    src: *const f32,
+    plane: usize,
+    rows: usize,
+    lanes: usize,
+    dst: *mut f32,
+    fp: usize,
+    stores: usize,
+    sums: &mut [f32; 16],
+) {
+    // lane i of the masks is set (sign bit) when i < lanes, for columns 0-7 and 8-15
+    let idx_lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let idx_hi = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+    let n = _mm256_set1_epi32(lanes.min(16) as i32);
+    let (mask_lo, mask_hi) = (_mm256_cmpgt_epi32(n, idx_lo), _mm256_cmpgt_epi32(n, idx_hi));
+    let mut lo = [_mm256_setzero_ps(); 16];
+    let mut hi = [_mm256_setzero_ps(); 16];
+    if lanes > 0 {
+        for r in 0..rows.min(16) {
+            // SAFETY: only the `lanes` values of row `r < rows` are read, within the contract.
+            unsafe {
+                let p = src.wrapping_add(r * plane);
+                lo[r] = _mm256_maskload_ps(p, mask_lo);
+                hi[r] = _mm256_maskload_ps(p.wrapping_add(8), mask_hi);
+            }
+        }
+    }
+    let half = |v: &[__m256; 16], from: usize| -> [__m256; 8] { std::array::from_fn(|i| v[from + i]) };
+    // columns 0-7: rows 0-7 from the top-left block, rows 8-15 from the bottom-left one
+    let (a, b, c, d) = (
+        transpose8(half(&lo, 0)),
+        transpose8(half(&hi, 0)),
+        transpose8(half(&lo, 8)),
+        transpose8(half(&hi, 8)),
+    );
+    // SAFETY: reads and writes of the 16 local sums.
+    let (mut acc_lo, mut acc_hi) = unsafe { (_mm256_loadu_ps(sums.as_ptr()), _mm256_loadu_ps(sums.as_ptr().add(8))) };
+    for q in 0..16 {
+        let (top, bottom) = if q < 8 { (a[q], c[q]) } else { (b[q - 8], d[q - 8]) };
+        acc_lo = _mm256_add_ps(acc_lo, top);
+        acc_hi = _mm256_add_ps(acc_hi, bottom);
+        if q < stores {
+            // SAFETY: column `q < stores`, within the contract.
+            unsafe {
+                _mm256_storeu_ps(dst.add(q * fp), top);
+                _mm256_storeu_ps(dst.add(q * fp + 8), bottom);
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        _mm256_storeu_ps(sums.as_mut_ptr(), acc_lo);
+        _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc_hi);
+    }
+}
