@@ -111,7 +111,8 @@ unsafe fn gradient_tile<S: Simd, const R: usize, const V: usize>(
 }
 
 /// The products of [`MR`] rows with `width` columns where a tile is `R` rows (`MR` a
-/// multiple of `R`) by up to `V` vectors: full tiles, then one vector at a time.
+/// multiple of `R`) by up to `V` vectors: full tiles, then a tile of two vectors where
+/// two remain (`V > 2`), then one vector at a time.
 ///
 /// # Safety
 /// As [`products`], with `width` a multiple of `S::LANES`.
@@ -131,6 +132,10 @@ unsafe fn products_by<S: Simd, const R: usize, const V: usize>(
             while j + V * S::LANES <= width {
                 products_tile::<S, R, V>(offsets, w.add(r0), x.add(j), out.add(r0 * ld + j), ld);
                 j += V * S::LANES;
+            }
+            if V > 2 && j + 2 * S::LANES <= width {
+                products_tile::<S, R, 2>(offsets, w.add(r0), x.add(j), out.add(r0 * ld + j), ld);
+                j += 2 * S::LANES;
             }
             while j < width {
                 products_tile::<S, R, 1>(offsets, w.add(r0), x.add(j), out.add(r0 * ld + j), ld);
@@ -190,7 +195,7 @@ pub(crate) unsafe fn products(
     ld: usize,
     width: usize,
 ) {
-    debug_assert!(width % 16 == 0 && width <= 48);
+    debug_assert!(width.is_multiple_of(16) && width <= 48);
     // SAFETY: within the contract; each level's function needs its instruction set,
     // which `isa` running here guarantees.
     unsafe {

@@ -45,28 +45,104 @@ fn bt(d: [V16; 4]) -> [V16; 4] {
     [sub(d[0], d[2]), add(d[1], d[2]), sub(d[2], d[1]), sub(d[1], d[3])]
 }
 
-/// The first `n` lanes of `v` (`n = 16`), or the lanes `mask` selects, packed, to `dst`.
+/// The first `n <= 8` lanes set, as a mask for `vmaskmovps`.
+#[inline(always)]
+fn prefix8(n: usize) -> __m256i {
+    // SAFETY: register arithmetic; only reached from the AVX2 functions here.
+    unsafe {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+}
+
+/// The first `n <= 4` lanes set, as a mask for `vmaskmovps`.
+#[inline(always)]
+fn prefix4(n: usize) -> __m128i {
+    // SAFETY: as above.
+    unsafe { _mm_cmpgt_epi32(_mm_set1_epi32(n.min(4) as i32), _mm_setr_epi32(0, 1, 2, 3)) }
+}
+
+/// Which lanes of a group hold tiles, as `groups()` in `mod.rs` makes them: `rows` tile
+/// rows of `n` tiles, row `ii` from lane `ii l`. `(n, rows)`.
+#[inline(always)]
+fn runs(mask: u16, l: usize) -> (usize, usize) {
+    let first = if l >= 16 { mask } else { mask & ((1u16 << l) - 1) };
+    let n = first.count_ones() as usize;
+    (n, (mask.count_ones() as usize).checked_div(n).unwrap_or(0))
+}
+
+/// The lanes of `v` that `mask` selects (`popcount(mask)` of them, in lane order) to
+/// `dst`, for a mask of [`runs`] shape.
 ///
 /// # Safety
-/// The CPU has AVX; `dst` is valid for `popcount(mask)` writes.
+/// The CPU has AVX2; `dst` is valid for `popcount(mask)` writes.
 #[inline(always)]
-unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, count: usize, gaps: bool) {
-    // SAFETY (all): `count` values to `dst`, within the contract.
+unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, l: usize) {
+    let count = mask.count_ones() as usize;
+    // SAFETY (all): `count` values from `dst`, within the contract.
     unsafe {
         if count == 16 {
             _mm256_storeu_ps(dst, v.0);
             _mm256_storeu_ps(dst.add(8), v.1);
-            return;
-        }
-        let mut lanes = [0.0f32; 16];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), v.0);
-        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), v.1);
-        if gaps {
-            for (n, i) in (0..16).filter(|i| mask >> i & 1 == 1).enumerate() {
-                *dst.add(n) = lanes[i];
+        } else if mask == (1u16 << count) - 1 {
+            _mm256_maskstore_ps(dst, prefix8(count), v.0);
+            if count > 8 {
+                _mm256_maskstore_ps(dst.add(8), prefix8(count - 8), v.1);
             }
         } else {
-            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, count);
+            let (n, rows) = runs(mask, l);
+            if l == 8 {
+                _mm256_maskstore_ps(dst, prefix8(n), v.0);
+                if rows > 1 {
+                    _mm256_maskstore_ps(dst.add(n), prefix8(n), v.1);
+                }
+            } else {
+                let quarters = [
+                    _mm256_castps256_ps128(v.0),
+                    _mm256_extractf128_ps::<1>(v.0),
+                    _mm256_castps256_ps128(v.1),
+                    _mm256_extractf128_ps::<1>(v.1),
+                ];
+                for (k, q) in quarters.into_iter().enumerate().take(rows) {
+                    _mm_maskstore_ps(dst.add(k * n), prefix4(n), q);
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`store_packed`]: `popcount(mask)` values at `src` to the lanes `mask`
+/// selects, zeros in the others.
+///
+/// # Safety
+/// The CPU has AVX2; `src` is valid for reads of 16 values.
+#[inline(always)]
+unsafe fn load_packed(src: *const f32, mask: u16, l: usize) -> V16 {
+    let count = mask.count_ones() as usize;
+    // SAFETY (all): reads within the 16 values at `src`.
+    unsafe {
+        if count == 16 || mask == (1u16 << count) - 1 {
+            return (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
+        }
+        let (n, rows) = runs(mask, l);
+        if l == 8 {
+            let hi = if rows > 1 {
+                _mm256_maskload_ps(src.add(n), prefix8(n))
+            } else {
+                _mm256_setzero_ps()
+            };
+            (_mm256_maskload_ps(src, prefix8(n)), hi)
+        } else {
+            let q: [__m128; 4] = std::array::from_fn(|k| {
+                if k < rows {
+                    _mm_maskload_ps(src.add(k * n), prefix4(n))
+                } else {
+                    _mm_setzero_ps()
+                }
+            });
+            (_mm256_set_m128(q[1], q[0]), _mm256_set_m128(q[3], q[2]))
         }
     }
 }
@@ -106,13 +182,12 @@ pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, p
         };
         *tr = bt([d0, d1, d2, d3]);
     }
-    let count = mask.count_ones() as usize;
-    let gaps = count < 16 && mask != (1u16 << count) - 1;
     for q in 0..4 {
         let col = bt(t.map(|row| row[q]));
         for (r, v) in col.into_iter().enumerate() {
-            // SAFETY: row `4 r + q < 16` of `dst`, `count` values, within the contract.
-            unsafe { store_packed(dst.add((4 * r + q) * pos), v, mask, count, gaps) };
+            // SAFETY: row `4 r + q < 16` of `dst`, `popcount(mask)` values, within the
+            // contract.
+            unsafe { store_packed(dst.add((4 * r + q) * pos), v, mask, l) };
         }
     }
 }
@@ -136,24 +211,11 @@ pub unsafe fn output_tiles(
     rows: usize,
     cols: usize,
 ) {
-    let count = mask.count_ones() as usize;
-    let gaps = count < 16 && mask != (1u16 << count) - 1;
     let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut m = [zero; 16];
     for (xi, v) in m.iter_mut().enumerate() {
         // SAFETY: 16 values of row `ξ`, within the contract.
-        unsafe {
-            let at = src.add(xi * pos);
-            if gaps {
-                let mut lanes = [0.0f32; 16];
-                for (n, i) in (0..16).filter(|i| mask >> i & 1 == 1).enumerate() {
-                    lanes[i] = *at.add(n);
-                }
-                *v = (_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8)));
-            } else {
-                *v = (_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8)));
-            }
-        }
+        *v = unsafe { load_packed(src.add(xi * pos), mask, l) };
     }
     let bias = _mm256_set1_ps(b);
     let bias = (bias, bias);

@@ -617,6 +617,8 @@ mod tests {
             (2, 3, 3, 3, 3, 3, 0),
             (1, 4, 3, 2, 3, 3, 0),
             (8, 5, 35, 9, 3, 3, 2),
+            // 6x6 output: tile rows of 3 in 4-lane groups, three to a register (gaps)
+            (4, 6, 6, 5, 3, 3, 1),
         ];
         assert_forward_matches_reference(&cases, WinogradConv::with_isa);
     }
@@ -658,6 +660,7 @@ mod tests {
             (3, 9, 11, 5, 3, 3, 0),
             (20, 5, 6, 48, 3, 3, 2),
             (1, 3, 3, 1, 3, 3, 0),
+            (4, 6, 6, 5, 3, 3, 1),
         ];
         assert_weight_gradient_matches_reference(&cases, WinogradConv::with_isa);
     }

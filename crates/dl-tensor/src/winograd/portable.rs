@@ -71,7 +71,7 @@ unsafe fn input_tiles_by<const L: usize>(src: *const f32, ws: usize, dst: *mut f
     let count = mask.count_ones() as usize;
     let gaps = count < 16 && mask != (1u16 << count) - 1;
     for q in 0..4 {
-        let col = bt16(&[t[0][q], t[1][q], t[2][q], t[3][q]]);
+        let col = bt16(&t.map(|row| row[q]));
         for (r, v) in col.iter().enumerate() {
             // SAFETY: row `4 r + q < 16`, `count` values, within the contract.
             unsafe { store_selected(dst.add((4 * r + q) * pos), v, mask, count, gaps) };
@@ -184,7 +184,7 @@ pub unsafe fn transpose_block(
         }
     }
     for q in 0..16 {
-        let col: [f32; 16] = std::array::from_fn(|r| m[r][q]);
+        let col: [f32; 16] = m.map(|row| row[q]);
         for (s, v) in sums.iter_mut().zip(col) {
             *s += v;
         }
