@@ -649,6 +649,12 @@ mod tests {
             assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("direct", Some(isa)));
         }
         assert_eq!(ConvPlan::new(g3, 4, ConvAlgo::Auto).isa, Isa::active());
+        let direct = ConvAlgo::Direct.kernel(&w16, 4, &g3).map(|k| (k.name(), k.isa()));
+        assert_eq!(
+            direct,
+            Some(("direct", Isa::active())),
+            "kernel() is kernel_at(Isa::active())"
+        );
         let (_, saved) = ConvPlan::new(g2, 4, ConvAlgo::Auto).forward(&w16, None, &vec![0.0; 16 * 64]);
         assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("lowered", None));
     }

@@ -82,10 +82,16 @@ impl Isa {
     /// The level `DLFS_SIMD` asks for: `Ok(None)` when it is unset or empty, an error
     /// when it names no level or one this CPU lacks.
     pub fn from_env() -> Result<Option<Isa>, IsaError> {
-        match std::env::var(SIMD_ENV) {
-            Ok(v) if !v.trim().is_empty() => Isa::forced(v.trim()).map(Some),
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(v)) => Err(IsaError::Unknown(v.to_string_lossy().into_owned())),
+        Isa::from_value(std::env::var_os(SIMD_ENV).as_deref())
+    }
+
+    /// [`Isa::from_env`] for the variable's value (`None`: unset).
+    fn from_value(value: Option<&std::ffi::OsStr>) -> Result<Option<Isa>, IsaError> {
+        let Some(value) = value else { return Ok(None) };
+        match value.to_str().map(str::trim) {
+            Some("") => Ok(None),
+            Some(v) => Isa::forced(v).map(Some),
+            None => Err(IsaError::Unknown(value.to_string_lossy().into_owned())),
         }
     }
 
@@ -270,6 +276,51 @@ mod tests {
             if Isa::Avx512.supported() {
                 assert!(Isa::Avx2.supported());
             }
+        }
+    }
+
+    #[test]
+    fn the_variable_names_a_level_or_nothing() {
+        use std::ffi::OsStr;
+        let v = |s: &str| Isa::from_value(Some(OsStr::new(s)));
+        assert_eq!(Isa::from_value(None), Ok(None));
+        assert_eq!(v(""), Ok(None));
+        assert_eq!(v("  "), Ok(None));
+        assert_eq!(v(" scalar "), Ok(Some(Isa::Scalar)));
+        assert_eq!(v("AVX512"), Isa::forced("avx512").map(Some));
+        assert_eq!(v("sse2"), Err(IsaError::Unknown("sse2".into())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = Isa::from_value(Some(OsStr::from_bytes(b"avx\xff")));
+            assert!(matches!(bad, Err(IsaError::Unknown(_))), "{bad:?}");
+        }
+        assert_eq!(Isa::from_env(), Isa::from_value(std::env::var_os(SIMD_ENV).as_deref()));
+    }
+
+    /// What the CPU reports of itself, where Linux says it.
+    #[test]
+    fn detection_agrees_with_proc_cpuinfo() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let Some(line) = info
+            .lines()
+            .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        else {
+            return;
+        };
+        let flags: Vec<&str> = line.split_whitespace().collect();
+        let has = |f: &str| flags.contains(&f);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(Isa::Avx512.supported(), has("avx512f"));
+            assert_eq!(Isa::Avx2.supported(), has("avx2") && has("fma"));
+            for f in ["avx2", "fma", "avx512f"] {
+                assert_eq!(cpu_simd_flags().contains(&f), has(f), "{f}");
+            }
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(Isa::Neon.supported(), has("asimd"));
         }
     }
 
