@@ -362,5 +362,9 @@ mod tests {
     fn declines_strided_geometries() {
         let g = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
         assert!(DirectConv::new(&[0.0; 9], 1, &g).is_none());
+        let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
+        for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+            assert!(DirectConv::with_isa(&[], 0, &g1, isa).is_none(), "no filters at {isa}");
+        }
     }
 }

@@ -669,6 +669,13 @@ mod tests {
     fn declines_what_it_does_not_compute() {
         let strided = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
         assert!(WinogradConv::new(&[0.0; 9], 1, &strided).is_none());
+        let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
+        for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+            assert!(
+                WinogradConv::with_isa(&[], 0, &g1, isa).is_none(),
+                "no filters at {isa}"
+            );
+        }
         let five = ConvGeometry::new(1, 8, 8, 5, 5, 1, 1).unwrap();
         assert!(WinogradConv::new(&[0.0; 25], 1, &five).is_none());
         assert!(!WinogradConv::pays(&ConvGeometry::new(1, 28, 28, 3, 3, 1, 1).unwrap()));
