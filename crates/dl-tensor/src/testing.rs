@@ -34,8 +34,9 @@ pub(crate) type Case = (usize, usize, usize, usize, usize, usize, usize);
 pub(crate) type Build<K> = fn(&[f32], usize, &ConvGeometry, Isa) -> Option<K>;
 
 /// Checks `forward_image` of the kernels `build` makes, at every level this CPU runs,
-/// against the seven-loop reference convolution on every case, two images each, with scratch and output full of NaN (the
-/// kernel must neither depend on the scratch's content nor leave an output unwritten).
+/// against the seven-loop reference convolution on every case, two images each, with
+/// scratch and output full of NaN (the kernel must neither depend on the scratch's
+/// content nor leave an output unwritten).
 pub(crate) fn assert_forward_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
     for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
         let x = random4((2, c, h, w), i as u64);
@@ -68,10 +69,10 @@ pub(crate) fn assert_forward_matches_reference<K: ConvKernel>(cases: &[Case], bu
 }
 
 /// Checks `weight_gradient_image` of the kernels `build` makes, at every level this CPU
-/// runs, on every case: the
-/// gradient of one image added twice to an accumulator, handed to `dw` `(FN, C*FH*FW)` and
-/// `db`, which start non-zero (`dw[j] = 0.01 j`, `db[f] = f`: the sums must be added, not
-/// stored), against `dout · col^T` with the plain im2col, in f64. Scratch full of NaN.
+/// runs, on every case: the gradient of one image added twice to an accumulator, handed
+/// to `dw` `(FN, C*FH*FW)` and `db`, which start non-zero (`dw[j] = 0.01 j`,
+/// `db[f] = f`: the sums must be added, not stored), against `dout · col^T` with the
+/// plain im2col, in f64. Scratch full of NaN.
 pub(crate) fn assert_weight_gradient_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
     for (case, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
         let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();

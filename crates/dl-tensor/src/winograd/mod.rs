@@ -232,11 +232,12 @@ impl WinogradConv {
         }
         for ci in 0..c {
             for (i0, j0, mask) in self.groups() {
-                // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The group reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`,
-                // of plane `ci` from column `2 j0`, 34 values each: at most `2 (16 / l) -
-                // 1` rows past the last plane's end, which `padded_len`'s slack covers.
-                // It writes `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`)
-                // in row `ci` of each of the 16 positions of `v` (`v_stride` apart).
+                // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The group
+                // reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`, of plane `ci` from column
+                // `2 j0`, 34 values each: at most `2 (16 / l) - 1` rows past the last
+                // plane's end, which `padded_len`'s slack covers. It writes
+                // `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`) in row `ci`
+                // of each of the 16 positions of `v` (`v_stride` apart).
                 unsafe {
                     let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
                     let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
