@@ -61,6 +61,93 @@ pub struct BenchArgs {
     /// pace while a person draws; 0 sends the next as soon as the answer is back).
     #[arg(long, default_value_t = 100, requires = "serve")]
     interval_ms: u64,
+    /// Measure time to accuracy instead: train with --recipe and report the training
+    /// seconds (evaluation excluded, counted separately) until the full 10,000-image test
+    /// set first reaches each --targets accuracy, checked --checks-per-epoch times an
+    /// epoch.
+    #[arg(long, conflicts_with = "serve")]
+    time_to_accuracy: bool,
+    /// With --time-to-accuracy: the run's settings (`cargo xtask train --recipe`).
+    #[arg(long, value_enum, default_value = "fast", requires = "time_to_accuracy")]
+    recipe: crate::train::Recipe,
+    /// With --time-to-accuracy: the seed of the run.
+    #[arg(long, default_value_t = 0, requires = "time_to_accuracy")]
+    seed: u64,
+    /// With --time-to-accuracy: the accuracies, percent.
+    #[arg(long, value_delimiter = ',', default_values_t = [99.0, 99.4], requires = "time_to_accuracy")]
+    targets: Vec<f64>,
+    /// With --time-to-accuracy: test-set checks per epoch.
+    #[arg(long, default_value_t = 2, requires = "time_to_accuracy")]
+    checks_per_epoch: usize,
+}
+
+/// What `bench --time-to-accuracy` measured.
+#[derive(Serialize)]
+struct TimeToReport {
+    cpu: String,
+    simd_flags: Vec<String>,
+    conv_isa: String,
+    gemm_isa: String,
+    threads: usize,
+    recipe: String,
+    /// The same run as `cargo xtask train` flags.
+    train_flags: String,
+    /// Per target: where it was first reached (`null`: not within the recipe's epochs).
+    reached: Vec<Option<crate::train::Reached>>,
+    targets: Vec<f64>,
+    checks: Vec<crate::train::Check>,
+    /// Seconds of training of the whole run, evaluation excluded.
+    train_seconds: f64,
+    /// Seconds of all the test-set checks.
+    check_seconds: f64,
+    /// Accuracy on the full test set where the run stopped.
+    final_test_accuracy: f64,
+}
+
+fn run_time_to(a: &BenchArgs) -> Result<(), CliError> {
+    let args = crate::train::TrainArgs::for_recipe_watching(
+        a.recipe,
+        a.seed,
+        a.targets.clone(),
+        a.checks_per_epoch,
+        a.data.clone(),
+    );
+    let conv_isa = dl_tensor::Isa::active();
+    let threads = rayon::current_num_threads();
+    println!("cpu: {}", cpu_model());
+    println!(
+        "conv kernels at {}, gemm at {}, {threads} threads",
+        conv_isa.name(),
+        gemm_isa()
+    );
+    let flags = args.flags();
+    println!("cargo xtask train {flags}");
+    let (history, watch) = crate::train::time_to_accuracy(&args)?;
+    let train_seconds: f64 = watch.checks.last().map_or(0.0, |c| c.train_seconds);
+    for line in crate::train::time_to_lines(&watch, "test") {
+        println!("{line}");
+    }
+    let report = TimeToReport {
+        cpu: cpu_model(),
+        simd_flags: dl_tensor::cpu_simd_flags().into_iter().map(String::from).collect(),
+        conv_isa: conv_isa.name().into(),
+        gemm_isa: gemm_isa().into(),
+        threads,
+        recipe: format!("{:?}", a.recipe).to_lowercase(),
+        train_flags: flags,
+        reached: watch.reached.clone(),
+        targets: a.targets.clone(),
+        checks: watch.checks.clone(),
+        train_seconds,
+        check_seconds: watch.check_seconds,
+        final_test_accuracy: history.test_accuracy,
+    };
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| CliError::Other(e.to_string()))?;
+        dl_tensor::fs::atomic_write(path, &json).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// How the clients of `bench --serve` pace their requests, in words.
@@ -187,6 +274,9 @@ fn gemm_isa() -> &'static str {
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.serve {
         return run_serve(&a);
+    }
+    if a.time_to_accuracy {
+        return run_time_to(&a);
     }
     rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
     dl_tensor::flush_denormals_to_zero();

@@ -98,8 +98,23 @@ pub enum CliError {
     Other(String),
 }
 
+/// Parses the command line, with `train --recipe` applied to the flags not given.
+fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Train(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("train")) {
+        a.apply_recipe(&|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
+    }
+    Ok(cli)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = dl_tensor::Isa::from_env() {
         eprintln!("error: {}: {e}", dl_tensor::SIMD_ENV);
         return ExitCode::from(2);
@@ -141,7 +156,7 @@ mod tests {
     use super::*;
 
     fn run_cli(args: &[&str]) -> Result<(), CliError> {
-        let cli = Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
+        let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
         match cli.command {
             Command::Train(a) => train::run(a),
             Command::Eval(a) => eval::run(a),

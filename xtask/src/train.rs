@@ -1,3 +1,4 @@
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -5,7 +6,7 @@ use clap::{Args, ValueEnum};
 use dl_data::{ImageSet, Mnist};
 use dl_models::Network;
 use dl_train::{
-    checkpoint, evaluate, train_ensemble, CheckpointPolicy, EpochRecord, Evaluation, IterationInfo, Observer,
+    checkpoint, evaluate, train_ensemble, CheckpointPolicy, EpochRecord, Evaluation, History, IterationInfo, Observer,
     ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, Unit, Vote,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,7 +43,29 @@ impl ModelName {
     pub fn build(self, seed: u64) -> Network {
         dl_models::build(self.kind(), None, seed).expect("the default configurations build")
     }
+
+    /// The model with `config` (JSON, as a saved file's metadata holds it), or its
+    /// default configuration.
+    pub fn build_with(self, config: Option<&str>, seed: u64) -> Result<Network, CliError> {
+        dl_models::build(self.kind(), config, seed).map_err(|e| CliError::Other(format!("--model-config: {e}")))
+    }
 }
+
+/// Named settings of a whole run (`--recipe`); flags given beside it win.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Recipe {
+    /// The book's chapter 8 run, which the flags' defaults are: DeepConvNet, 20 epochs,
+    /// batch 100, Adam 0.001.
+    Book,
+    /// The fastest road to 99% found on a validation split (docs/RESULTS.md): the
+    /// book's DeepConvNet with batch norm and without dropout, batch 128, Adam with a
+    /// one-cycle rate peaking at 0.006, 3 epochs.
+    Fast,
+}
+
+/// The fast recipe's model configuration: the book's DeepConvNet, batch norm after
+/// every convolution and the hidden Affine layer, no dropout.
+pub const FAST_MODEL_CONFIG: &str = r#"{"input_dim":[1,28,28],"conv_params":[{"filter_num":16,"filter_size":3,"pad":1,"stride":1},{"filter_num":16,"filter_size":3,"pad":1,"stride":1},{"filter_num":32,"filter_size":3,"pad":1,"stride":1},{"filter_num":32,"filter_size":3,"pad":2,"stride":1},{"filter_num":64,"filter_size":3,"pad":1,"stride":1},{"filter_num":64,"filter_size":3,"pad":1,"stride":1}],"hidden_size":50,"output_size":10,"dropout_ratio":0.0,"inverted_dropout":true,"use_batchnorm":true}"#;
 
 #[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Decay {
@@ -56,9 +79,19 @@ pub enum Decay {
 /// The training flags; a run folder keeps them as `run.json`, which `--resume` reads.
 #[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
+    /// Settings of a whole run: `book` (the defaults) or `fast` (the fastest road to
+    /// 99%, chosen on a validation split). Flags given beside it win.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    recipe: Option<Recipe>,
     /// Network to train.
     #[arg(long, value_enum, default_value = "deep")]
     model: ModelName,
+    /// The model's configuration as JSON, with the fields its saved files' metadata
+    /// holds (default: the model's default configuration).
+    #[arg(long, value_name = "JSON")]
+    #[serde(default)]
+    model_config: Option<String>,
     /// Passes over the training set.
     #[arg(long, default_value_t = 20)]
     epochs: usize,
@@ -152,10 +185,21 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2, value_name = "K")]
     #[serde(default = "two")]
     keep_checkpoints: usize,
+    /// Report the training seconds (evaluation excluded) at which the per-epoch
+    /// evaluation set (validation, or test without --validation), evaluated whole every
+    /// 1/--checks-per-epoch epoch, first reaches each of these accuracies in percent;
+    /// the run stops when it has reached the last.
+    #[arg(long, value_name = "PERCENT", value_delimiter = ',')]
+    #[serde(default)]
+    time_to: Vec<f64>,
+    /// Evaluations per epoch for --time-to.
+    #[arg(long, default_value_t = 2, value_name = "K")]
+    #[serde(default = "two")]
+    checks_per_epoch: usize,
     /// Continue the stopped run in DIR from its newest checkpoint, with the settings in
     /// its run.json; the result is the same, bit for bit, as a run that never stopped.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
+        "recipe", "model", "model_config", "time_to", "checks_per_epoch", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints",
@@ -166,6 +210,97 @@ pub struct TrainArgs {
 
 fn one() -> usize {
     1
+}
+
+impl TrainArgs {
+    /// Applies `--recipe` to every setting it names whose flag was not given
+    /// (`given(id)` says whether the flag with clap's id `id` was on the command line).
+    pub fn apply_recipe(&mut self, given: &dyn Fn(&str) -> bool) {
+        let Some(Recipe::Fast) = self.recipe else {
+            return;
+        };
+        macro_rules! set {
+            ($field:ident, $value:expr) => {
+                if !given(stringify!($field)) {
+                    self.$field = $value;
+                }
+            };
+        }
+        set!(model, ModelName::Deep);
+        set!(model_config, Some(FAST_MODEL_CONFIG.to_string()));
+        set!(epochs, 3);
+        set!(batch_size, 128);
+        set!(optimizer, "adam".to_string());
+        set!(lr, 0.006);
+        set!(lr_decay, Decay::OneCycle);
+    }
+
+    /// The settings of `recipe` with every other flag at its default.
+    pub fn for_recipe(recipe: Recipe, seed: u64) -> Self {
+        Self::for_recipe_watching(recipe, seed, Vec::new(), 2, None)
+    }
+
+    /// [`TrainArgs::for_recipe`], watching for `time_to` (percent) with
+    /// `checks_per_epoch` checks an epoch, on the MNIST in `data` (default: the shipped
+    /// copy).
+    pub fn for_recipe_watching(
+        recipe: Recipe,
+        seed: u64,
+        time_to: Vec<f64>,
+        checks_per_epoch: usize,
+        data: Option<PathBuf>,
+    ) -> Self {
+        use clap::{Args, FromArgMatches};
+        let cmd = Self::augment_args(clap::Command::new("train"));
+        let matches = cmd.get_matches_from(["train"]);
+        let mut a = Self::from_arg_matches(&matches).expect("the defaults parse");
+        a.recipe = Some(recipe);
+        a.seed = seed;
+        a.time_to = time_to;
+        a.checks_per_epoch = checks_per_epoch;
+        a.data = data;
+        a.apply_recipe(&|_| false);
+        a
+    }
+
+    /// The network these settings train, every random part fixed by the seed.
+    pub fn build_model(&self) -> Result<Network, CliError> {
+        self.model.build_with(self.model_config.as_deref(), self.seed)
+    }
+
+    /// The flags that give these settings to `cargo xtask train` (those that differ
+    /// from the defaults, but always the model).
+    pub fn flags(&self) -> String {
+        let base = Self::for_recipe(Recipe::Book, self.seed);
+        let mut out = vec![format!("--model {}", value_name(self.model))];
+        if let Some(c) = &self.model_config {
+            out.push(format!("--model-config '{c}'"));
+        }
+        let mut diff = |name: &str, mine: String, theirs: String| {
+            if mine != theirs {
+                out.push(format!("--{name} {mine}"));
+            }
+        };
+        diff("epochs", self.epochs.to_string(), base.epochs.to_string());
+        diff("batch-size", self.batch_size.to_string(), base.batch_size.to_string());
+        diff("optimizer", self.optimizer.clone(), base.optimizer.clone());
+        diff("lr", self.lr.to_string(), base.lr.to_string());
+        diff("lr-decay", value_name(self.lr_decay), value_name(base.lr_decay));
+        diff("seed", self.seed.to_string(), base.seed.to_string());
+        if self.augment {
+            out.push("--augment".into());
+        }
+        if let Some(n) = self.validation {
+            out.push(format!("--validation {n}"));
+        }
+        out.join(" ")
+    }
+}
+
+/// A value's name on the command line (`one-cycle`).
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
 }
 
 fn two() -> usize {
@@ -194,6 +329,120 @@ impl From<VoteArg> for Vote {
     }
 }
 
+/// An accuracy a run watches for (`--time-to`), where it was first reached.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Reached {
+    /// The accuracy watched for, percent.
+    pub target_percent: f64,
+    /// The accuracy measured, a fraction.
+    pub accuracy: f64,
+    /// Iterations trained.
+    pub iteration: usize,
+    /// Epochs trained (iterations over iterations per epoch).
+    pub epochs: f64,
+    /// Seconds of training, evaluation excluded.
+    pub train_seconds: f64,
+    /// Seconds spent on the checks up to and with this one.
+    pub check_seconds: f64,
+}
+
+/// One evaluation of the whole evaluation set by [`TimeTo`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Check {
+    /// Iterations trained.
+    pub iteration: usize,
+    /// Epochs trained.
+    pub epochs: f64,
+    /// Seconds of training, evaluation excluded.
+    pub train_seconds: f64,
+    /// The accuracy, a fraction.
+    pub accuracy: f64,
+}
+
+/// Time to an accuracy: evaluates the whole evaluation set every `every` iterations,
+/// notes when each target was first reached, and stops the run at the last.
+pub struct TimeTo {
+    targets: Vec<f64>,
+    checks_per_epoch: usize,
+    iter_per_epoch: usize,
+    /// Per target (in the order given), where it was reached.
+    pub reached: Vec<Option<Reached>>,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Seconds of all checks.
+    pub check_seconds: f64,
+}
+
+impl TimeTo {
+    /// Watches for `targets` (percent, each in (0, 100]) on `checks_per_epoch` checks
+    /// an epoch of `iter_per_epoch` iterations.
+    pub fn new(targets: &[f64], checks_per_epoch: usize, iter_per_epoch: usize) -> Result<Self, CliError> {
+        if let Some(t) = targets.iter().find(|t| !(**t > 0.0 && **t <= 100.0)) {
+            return Err(CliError::Other(format!(
+                "--time-to {t}: an accuracy is a percentage above 0 and at most 100"
+            )));
+        }
+        if checks_per_epoch == 0 || checks_per_epoch > iter_per_epoch {
+            return Err(CliError::Other(format!(
+                "--checks-per-epoch {checks_per_epoch}: between 1 and the {iter_per_epoch} iterations of an epoch"
+            )));
+        }
+        Ok(Self {
+            targets: targets.to_vec(),
+            checks_per_epoch,
+            iter_per_epoch,
+            reached: vec![None; targets.len()],
+            checks: Vec::new(),
+            check_seconds: 0.0,
+        })
+    }
+
+    /// The targets still not reached.
+    fn pending(&self) -> usize {
+        self.reached.iter().filter(|r| r.is_none()).count()
+    }
+}
+
+impl Observer for TimeTo {
+    fn evaluate_now(&mut self, info: &IterationInfo) -> bool {
+        // the k-th check of an epoch after iteration ceil(k * iter_per_epoch / checks)
+        // of it, the last one at its end
+        let in_epoch = (info.iteration - 1) % self.iter_per_epoch + 1;
+        let k = |i: usize| i * self.checks_per_epoch / self.iter_per_epoch;
+        k(in_epoch) > k(in_epoch - 1) || info.iteration == info.max_iter
+    }
+
+    fn on_evaluation(&mut self, info: &IterationInfo, evaluation: &Evaluation, seconds: f64) -> ControlFlow<()> {
+        self.check_seconds += seconds;
+        let check = Check {
+            iteration: info.iteration,
+            epochs: info.iteration as f64 / self.iter_per_epoch as f64,
+            train_seconds: info.train_seconds,
+            accuracy: evaluation.accuracy(),
+        };
+        self.checks.push(check);
+        for (target, reached) in self.targets.iter().zip(self.reached.iter_mut()) {
+            // counted in images, so that 99.4% of 10,000 is 9,940 exactly
+            let needed = (target / 100.0 * evaluation.total as f64 - 1e-6).ceil() as usize;
+            if reached.is_none() && evaluation.correct >= needed {
+                *reached = Some(Reached {
+                    target_percent: *target,
+                    accuracy: check.accuracy,
+                    iteration: check.iteration,
+                    epochs: check.epochs,
+                    train_seconds: check.train_seconds,
+                    check_seconds: self.check_seconds,
+                });
+            }
+        }
+        if self.pending() == 0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
 /// A progress bar with loss, images/s and time left (drawn only on a terminal), and a
 /// line per epoch.
 struct Progress {
@@ -204,6 +453,8 @@ struct Progress {
     prefix: String,
     /// What the per-epoch evaluation set is called: "test" or "val".
     eval_name: &'static str,
+    /// `--time-to`'s checks, if asked.
+    watch: Option<TimeTo>,
 }
 
 impl Progress {
@@ -225,6 +476,7 @@ impl Progress {
             images: 0,
             prefix,
             eval_name,
+            watch: None,
         }
     }
 }
@@ -265,6 +517,52 @@ impl Observer for Progress {
             self.bar.finish_and_clear();
         }
     }
+
+    fn evaluate_now(&mut self, info: &IterationInfo) -> bool {
+        self.watch.as_mut().is_some_and(|w| w.evaluate_now(info))
+    }
+
+    fn on_evaluation(&mut self, info: &IterationInfo, evaluation: &Evaluation, seconds: f64) -> ControlFlow<()> {
+        let Some(w) = self.watch.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let before = w.pending();
+        let flow = w.on_evaluation(info, evaluation, seconds);
+        let c = w.checks.last().copied().expect("just pushed");
+        let mut line = format!(
+            "{}check at {:.2} epochs  {} acc {:.4}  {:.1} s train",
+            self.prefix, c.epochs, self.eval_name, c.accuracy, c.train_seconds
+        );
+        if w.pending() < before {
+            line.push_str("  <- reached ");
+            let now: Vec<String> = w
+                .reached
+                .iter()
+                .flatten()
+                .filter(|r| r.iteration == c.iteration)
+                .map(|r| format!("{}%", r.target_percent))
+                .collect();
+            line.push_str(&now.join(", "));
+        }
+        self.bar.suspend(|| println!("{line}"));
+        flow
+    }
+}
+
+/// The lines that say when each target of `watch` was reached, on `set`.
+pub fn time_to_lines(watch: &TimeTo, set: &str) -> Vec<String> {
+    watch
+        .targets
+        .iter()
+        .zip(&watch.reached)
+        .map(|(t, r)| match r {
+            Some(r) => format!(
+                "{t}% on {set}: {:.1} s of training ({:.2} epochs, {} iterations; {:.1} s of checks besides)",
+                r.train_seconds, r.epochs, r.iteration, r.check_seconds
+            ),
+            None => format!("{t}% on {set}: not reached"),
+        })
+        .collect()
 }
 
 /// The trainer settings the flags ask for.
@@ -456,8 +754,13 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
         mnist.test.len(),
         load_start.elapsed().as_secs_f64()
     );
+    if a.ensemble.is_some() && !a.time_to.is_empty() {
+        return Err(CliError::Other(
+            "--time-to applies to single runs, not to --ensemble".into(),
+        ));
+    }
     let config = trainer_config(&a);
-    let probe = a.model.build(a.seed);
+    let probe = a.build_model()?;
     let threads = rayon::current_num_threads();
     println!(
         "{} ({} parameters), {} epoch{}, batch {}, {} lr {}{}, seed {}, {} {}",
@@ -522,6 +825,10 @@ fn train_one(
         keep_best: true,
     };
     let mut trainer = Trainer::new(&mut net, &mnist.train, eval_set, config)?.with_checkpoints(policy)?;
+    if !a.time_to.is_empty() {
+        let iter_per_epoch = dl_data::BatchOrder::new(mnist.train.len(), a.batch_size, a.seed).batches_per_epoch();
+        progress.watch = Some(TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?);
+    }
     if let Some(ckpt) = &resume_from {
         trainer = trainer.resume(ckpt)?;
     }
@@ -552,6 +859,11 @@ fn train_one(
         history.total_seconds,
         crate::bench::peak_rss_mib()
     );
+    if let Some(w) = &progress.watch {
+        for line in time_to_lines(w, evaluated_on(validation)) {
+            println!("{line}");
+        }
+    }
     if validation.is_some() {
         println!("validation accuracy: {}", history.test_evaluation);
         println!("test accuracy: {}", evaluate(&mut net, &mnist.test, None, 100)?);
@@ -559,6 +871,40 @@ fn train_one(
         println!("test accuracy: {}", history.test_evaluation);
     }
     Ok(())
+}
+
+/// Trains as `a` says, writing no file, and watches the whole evaluation set (the test
+/// set, or the validation split of `a`) for `a.time_to`; the progress goes to stdout.
+pub fn time_to_accuracy(a: &TrainArgs) -> Result<(History, TimeTo), CliError> {
+    if a.time_to.is_empty() {
+        return Err(CliError::Other("no accuracy to watch for".into()));
+    }
+    let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+    let mut mnist = Mnist::load(&data)?;
+    if let Some(n) = a.train_limit {
+        mnist.train = mnist.train.take(n);
+    }
+    let validation = match a.validation {
+        Some(n) if n == 0 || n >= mnist.train.len() => {
+            return Err(CliError::Other(format!(
+                "--validation {n}: between 1 and the training images"
+            )))
+        }
+        Some(n) => {
+            let (rest, held) = mnist.train.split(n, a.validation_seed);
+            mnist.train = rest;
+            Some(held)
+        }
+        None => None,
+    };
+    let mut net = a.build_model()?;
+    let eval_set = validation.as_ref().unwrap_or(&mnist.test);
+    let trainer = Trainer::new(&mut net, &mnist.train, eval_set, trainer_config(a))?;
+    let iter_per_epoch = dl_data::BatchOrder::new(mnist.train.len(), a.batch_size, a.seed).batches_per_epoch();
+    let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
+    progress.watch = Some(TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?);
+    let history = trainer.train_with(&mut progress)?;
+    Ok((history, progress.watch.expect("set above")))
 }
 
 fn train_many(
@@ -578,10 +924,14 @@ fn train_many(
         threads_word(per_member)
     );
     let start = Instant::now();
-    let model = a.model;
+    let (model, model_config) = (a.model, a.model_config.clone());
     let eval_name = if validation.is_some() { "val" } else { "test" };
     let run = train_ensemble(
-        |_, seed| model.build(seed),
+        |_, seed| {
+            model
+                .build_with(model_config.as_deref(), seed)
+                .expect("the configuration built the first network")
+        },
         &mnist.train,
         validation.unwrap_or(&mnist.test),
         &config,
@@ -623,6 +973,97 @@ fn train_many(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(iteration: usize, max_iter: usize) -> IterationInfo {
+        IterationInfo {
+            iteration,
+            max_iter,
+            epoch: 1,
+            loss: 0.0,
+            batch: 1,
+            train_seconds: iteration as f64 * 0.5,
+        }
+    }
+
+    #[test]
+    fn time_to_checks_k_times_an_epoch_and_stops_at_the_last_target() {
+        // 7 iterations an epoch, 3 epochs (21 iterations), 2 checks an epoch: after
+        // iterations 4 and 7 of each epoch (ceil(7/2) = 4)
+        let mut w = TimeTo::new(&[99.4, 99.0], 2, 7).unwrap();
+        let at: Vec<usize> = (1..=21).filter(|&i| w.evaluate_now(&info(i, 21))).collect();
+        assert_eq!(at, [4, 7, 11, 14, 18, 21]);
+        // one check an epoch: at its end, and at the run's end whatever the epoch
+        let mut one = TimeTo::new(&[99.0], 1, 7).unwrap();
+        let at: Vec<usize> = (1..=17).filter(|&i| one.evaluate_now(&info(i, 17))).collect();
+        assert_eq!(at, [7, 14, 17]);
+        // as many checks as iterations: every one
+        let mut all = TimeTo::new(&[99.0], 7, 7).unwrap();
+        assert!((1..=14).all(|i| all.evaluate_now(&info(i, 14))));
+
+        let ev = |correct| Evaluation { correct, total: 10_000 };
+        assert!(w.on_evaluation(&info(4, 21), &ev(9_899), 0.25).is_continue());
+        assert_eq!(w.reached, [None, None]);
+        assert!(w.on_evaluation(&info(7, 21), &ev(9_900), 0.25).is_continue());
+        let r = w.reached[1].expect("99.0% is 9,900 of 10,000");
+        assert_eq!((r.iteration, r.target_percent), (7, 99.0));
+        assert_eq!((r.epochs, r.train_seconds, r.check_seconds), (1.0, 3.5, 0.5));
+        assert!(w.on_evaluation(&info(11, 21), &ev(9_939), 0.25).is_continue());
+        assert!(w.reached[0].is_none());
+        // a later, lower check moves nothing; 9,940 reaches 99.4% and ends the run
+        assert!(w.on_evaluation(&info(14, 21), &ev(9_940), 0.25).is_break());
+        assert_eq!(w.reached[0].unwrap().iteration, 14);
+        assert_eq!(w.reached[1].unwrap().iteration, 7);
+        assert_eq!(w.checks.len(), 4);
+        assert_eq!(w.check_seconds, 1.0);
+        let lines = time_to_lines(&w, "test");
+        assert!(
+            lines[0].starts_with("99.4% on test: 7.0 s of training (2.00 epochs, 14 iterations"),
+            "{lines:?}"
+        );
+        let fresh = TimeTo::new(&[98.0], 2, 7).unwrap();
+        assert_eq!(time_to_lines(&fresh, "validation"), ["98% on validation: not reached"]);
+    }
+
+    #[test]
+    fn time_to_refuses_impossible_settings() {
+        for bad in [0.0, -1.0, 100.5, f64::NAN] {
+            let err = TimeTo::new(&[99.0, bad], 2, 10).err().expect("refused").to_string();
+            assert!(err.contains("percentage"), "{err}");
+        }
+        assert!(TimeTo::new(&[100.0], 2, 10).is_ok());
+        for checks in [0, 11] {
+            let err = TimeTo::new(&[99.0], checks, 10).err().expect("refused").to_string();
+            assert!(err.contains("--checks-per-epoch"), "{err}");
+        }
+        assert!(TimeTo::new(&[99.0], 10, 10).is_ok());
+    }
+
+    #[test]
+    fn the_fast_recipe_sets_what_the_flags_leave_unset() {
+        let book = TrainArgs::for_recipe(Recipe::Book, 3);
+        assert_eq!((book.epochs, book.batch_size, book.lr, book.seed), (20, 100, 0.001, 3));
+        assert!(book.model_config.is_none());
+        let fast = TrainArgs::for_recipe(Recipe::Fast, 0);
+        assert_eq!((fast.epochs, fast.batch_size, fast.lr), (3, 128, 0.006));
+        assert!(matches!(fast.lr_decay, Decay::OneCycle));
+        let net = fast.build_model().unwrap();
+        assert_eq!(net.kind(), "DeepConvNet");
+        let bn = net.params().iter().filter(|(n, _)| n.contains("gamma")).count();
+        assert_eq!(bn, 7, "batch norm after the six convolutions and the hidden layer");
+        assert_eq!(
+            fast.flags(),
+            format!("--model deep --model-config '{FAST_MODEL_CONFIG}' --epochs 3 --batch-size 128 --lr 0.006 --lr-decay one-cycle")
+        );
+        // a flag given beside the recipe wins
+        let mut mine = fast.clone();
+        mine.epochs = 5;
+        mine.apply_recipe(&|id| id == "epochs");
+        assert_eq!((mine.epochs, mine.lr), (5, 0.006));
+        // a bad configuration is an error, not a panic
+        let mut bad = fast.clone();
+        bad.model_config = Some("{\"hidden_size\": 3}".into());
+        assert!(bad.build_model().unwrap_err().to_string().contains("--model-config"));
+    }
 
     #[test]
     fn a_new_run_never_lands_in_a_folder_that_holds_files_unless_asked() {

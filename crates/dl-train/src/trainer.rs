@@ -1,3 +1,4 @@
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -170,6 +171,10 @@ pub struct IterationInfo {
     pub loss: f32,
     /// Images in the mini-batch.
     pub batch: usize,
+    /// Seconds spent training so far in the run, this iteration included: the forward
+    /// and backward passes, the updates and the batch assembly, never an evaluation (of
+    /// all the run's parts, when it was resumed).
+    pub train_seconds: f64,
 }
 
 /// Receives progress while a [`Trainer`] runs (a progress bar, a log, a plot).
@@ -180,6 +185,17 @@ pub trait Observer {
     fn on_epoch(&mut self, _record: &EpochRecord) {}
     /// Before and after the final full test evaluation.
     fn on_final_evaluation(&mut self, _done: Option<&Evaluation>) {}
+    /// Asked after every iteration: evaluate the network on the whole evaluation set
+    /// now? (Time to a given accuracy checks at every half epoch, say.) The evaluation
+    /// changes nothing in the run: the parameters come out the same with or without it.
+    fn evaluate_now(&mut self, _info: &IterationInfo) -> bool {
+        false
+    }
+    /// The evaluation [`Observer::evaluate_now`] asked for, and the seconds it took.
+    /// [`ControlFlow::Break`] ends the run here (the final evaluation still follows).
+    fn on_evaluation(&mut self, _info: &IterationInfo, _evaluation: &Evaluation, _seconds: f64) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
 }
 
 /// No progress reports.
@@ -336,6 +352,7 @@ impl<'a> Trainer<'a> {
             elapsed_seconds: 0.0,
         });
         let elapsed_before = state.elapsed_seconds;
+        let mut train_seconds: f64 = state.epochs.iter().map(|r| r.train_seconds).sum();
         let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
         let mut plateau: Option<ReduceOnPlateau> = cfg.reduce_on_plateau.clone().map(|mut p| {
             if let Some((best, bad)) = state.plateau {
@@ -344,11 +361,12 @@ impl<'a> Trainer<'a> {
             p
         });
         let schedule = cfg.lr_schedule.clone().unwrap_or(Schedule::Constant);
-        for epoch in state.epoch + 1..=cfg.epochs {
-            let epoch_start = Instant::now();
+        'epochs: for epoch in state.epoch + 1..=cfg.epochs {
+            let mut epoch_seconds = 0.0f64;
             let mut loss_sum = 0.0f64;
             let mut batches = 0usize;
             for idx in order.epoch(epoch as u64 - 1) {
+                let step_start = Instant::now();
                 let lr = match cfg.schedule_unit {
                     Unit::Iteration => schedule.lr_at(state.base_lr, state.iteration, max_iter),
                     Unit::Epoch => schedule.lr_at(state.base_lr, epoch - 1, cfg.epochs),
@@ -372,15 +390,27 @@ impl<'a> Trainer<'a> {
                 state.train_loss_list.push(loss);
                 loss_sum += f64::from(loss);
                 batches += 1;
-                observer.on_iteration(&IterationInfo {
+                let step_seconds = step_start.elapsed().as_secs_f64();
+                epoch_seconds += step_seconds;
+                train_seconds += step_seconds;
+                let info = IterationInfo {
                     iteration,
                     max_iter,
                     epoch,
                     loss,
                     batch: idx.len(),
-                });
+                    train_seconds,
+                };
+                observer.on_iteration(&info);
+                if observer.evaluate_now(&info) {
+                    let eval_start = Instant::now();
+                    let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
+                    let seconds = eval_start.elapsed().as_secs_f64();
+                    if observer.on_evaluation(&info, &eval, seconds).is_break() {
+                        break 'epochs;
+                    }
+                }
             }
-            let train_seconds = epoch_start.elapsed().as_secs_f64();
             let n = cfg.evaluate_sample_num_per_epoch;
             let train_acc = evaluate(self.network, self.train, n, cfg.mini_batch_size)?.accuracy();
             let test_acc = evaluate(self.network, self.test, n, cfg.mini_batch_size)?.accuracy();
@@ -390,7 +420,7 @@ impl<'a> Trainer<'a> {
                 train_acc,
                 test_acc,
                 lr: self.optimizer.learning_rate(),
-                train_seconds,
+                train_seconds: epoch_seconds,
                 elapsed_seconds: elapsed_before + start.elapsed().as_secs_f64(),
             };
             if let Some(p) = plateau.as_mut() {
