@@ -238,6 +238,92 @@ mod tests {
     }
 
     #[test]
+    fn a_recipe_is_applied_under_the_flags_and_time_to_stops_at_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let short = [
+            "train",
+            "--recipe",
+            "fast",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "400",
+            "--validation",
+            "100",
+            "--eval-samples",
+            "50",
+        ];
+        // 300 training images, batch 128: 3 iterations an epoch, checked after the 2nd
+        // and the 3rd; 5% of the 100 validation images is reached at once
+        run_cli(&[&short[..], &["--time-to", "5", "--out", &p("a")]].concat()).unwrap();
+        let run: serde_json::Value = serde_json::from_slice(&std::fs::read(p("a/run.json")).unwrap()).unwrap();
+        assert_eq!(run["recipe"], "Fast");
+        assert_eq!(run["epochs"], 2, "the flag wins over the recipe");
+        assert_eq!(run["batch_size"], 128);
+        assert_eq!(run["model_config"], train::FAST_MODEL_CONFIG);
+        let history: serde_json::Value = serde_json::from_slice(&std::fs::read(p("a/history.json")).unwrap()).unwrap();
+        assert_eq!(
+            history["train_loss_list"].as_array().unwrap().len(),
+            2,
+            "stopped at the first check"
+        );
+        // without a target the run goes on to its end
+        run_cli(&[&short[..], &["--out", &p("b")]].concat()).unwrap();
+        let history: serde_json::Value = serde_json::from_slice(&std::fs::read(p("b/history.json")).unwrap()).unwrap();
+        assert_eq!(history["train_loss_list"].as_array().unwrap().len(), 6);
+        for (extra, says) in [
+            (&["--time-to", "5", "--ensemble", "2"][..], "--time-to"),
+            (&["--time-to", "101"][..], "percentage"),
+            (&["--time-to", "5", "--checks-per-epoch", "4"][..], "--checks-per-epoch"),
+            (&["--model-config", "{}"][..], "--model-config"),
+        ] {
+            let err = run_cli(&[&short[..], extra, &["--out", &p("c")]].concat()).unwrap_err();
+            assert!(err.to_string().contains(says), "{extra:?}: {err}");
+            assert!(!dir.path().join("c").exists(), "{extra:?}: refused before writing");
+        }
+    }
+
+    #[test]
+    fn bench_time_to_accuracy_reports_the_first_check_at_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("tta.json");
+        run_cli(&[
+            "bench",
+            "--time-to-accuracy",
+            "--targets",
+            "30",
+            "--checks-per-epoch",
+            "40",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(r["recipe"], "fast");
+        assert!(r["cpu"].is_string() && r["conv_isa"].is_string());
+        let checks = r["checks"].as_array().unwrap();
+        let reached = &r["reached"][0];
+        // 60,000 images in batches of 128: 469 iterations an epoch, the k-th check after
+        // iteration ceil(469 k / 40)
+        let at: Vec<u64> = checks.iter().map(|c| c["iteration"].as_u64().unwrap()).collect();
+        assert_eq!(
+            at,
+            (1..=at.len() as u64)
+                .map(|k| (469 * k).div_ceil(40))
+                .collect::<Vec<_>>()
+        );
+        let last = checks.last().unwrap();
+        assert!(last["accuracy"].as_f64().unwrap() >= 0.3);
+        assert!(checks[..checks.len() - 1]
+            .iter()
+            .all(|c| c["accuracy"].as_f64().unwrap() < 0.3));
+        assert_eq!(reached["iteration"], last["iteration"]);
+        assert_eq!(reached["train_seconds"], last["train_seconds"]);
+        assert_eq!(r["final_test_accuracy"], last["accuracy"]);
+    }
+
+    #[test]
     fn a_stopped_run_resumes_to_the_same_parameters_and_no_run_is_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();

@@ -759,6 +759,12 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
             "--time-to applies to single runs, not to --ensemble".into(),
         ));
     }
+    if !a.time_to.is_empty() {
+        // checked before anything is written
+        let iter_per_epoch =
+            dl_data::BatchOrder::new(mnist.train.len(), a.batch_size.max(1), a.seed).batches_per_epoch();
+        TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?;
+    }
     let config = trainer_config(&a);
     let probe = a.build_model()?;
     let threads = rayon::current_num_threads();
@@ -849,13 +855,18 @@ fn train_one(
     net.save_params(&params)?;
     let hist = out.join("history.json");
     write_json(&hist, &history)?;
+    // a run that --time-to stopped before its first epoch ended has no curve to draw
     let curves = out.join(CURVES_FILE);
-    crate::plot::write_curves(&curves, &[crate::plot::Curve::from_history(&run_label(out), &history)])?;
+    let drawn = if history.epochs.is_empty() {
+        String::new()
+    } else {
+        crate::plot::write_curves(&curves, &[crate::plot::Curve::from_history(&run_label(out), &history)])?;
+        format!(" and {}", curves.display())
+    };
     println!(
-        "wrote {}, {} and {} ({:.1} s in all, peak memory {:.0} MiB)",
+        "wrote {}, {}{drawn} ({:.1} s in all, peak memory {:.0} MiB)",
         params.display(),
         hist.display(),
-        curves.display(),
         history.total_seconds,
         crate::bench::peak_rss_mib()
     );
