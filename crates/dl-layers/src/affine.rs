@@ -16,6 +16,10 @@ pub struct Affine {
     pub b: Param,
     x: Option<Array2<f32>>,
     original_shape: Vec<usize>,
+    /// Whether `backward` computes `dL/dx`.
+    input_gradient: bool,
+    /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
+    trainable: bool,
 }
 
 impl Affine {
@@ -44,6 +48,8 @@ impl Affine {
             b: Param::new(b),
             x: None,
             original_shape: Vec::new(),
+            input_gradient: true,
+            trainable: true,
         }
     }
 
@@ -89,10 +95,14 @@ impl Layer for Affine {
         let dout = dout.into_dimensionality::<Ix2>().expect("2-D dout");
         let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
         let mut dx = Array2::<f32>::zeros((x.nrows(), d));
-        gemm(1.0, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
-        let mut dw = self.w.grad.view_mut().into_dimensionality::<Ix2>().expect("2-D dW");
-        gemm(1.0, &x.t(), &dout.view(), 0.0, &mut dw);
-        self.b.grad.assign(&dout.sum_axis(Axis(0)));
+        if self.input_gradient {
+            gemm(1.0, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
+        }
+        if self.trainable {
+            let mut dw = self.w.grad.view_mut().into_dimensionality::<Ix2>().expect("2-D dW");
+            gemm(1.0, &x.t(), &dout.view(), 0.0, &mut dw);
+            self.b.grad.assign(&dout.sum_axis(Axis(0)));
+        }
         dx.into_dyn()
             .into_shape_with_order(self.original_shape.clone())
             .expect("original shape")
@@ -104,6 +114,18 @@ impl Layer for Affine {
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
         vec![("W".into(), &mut self.w), ("b".into(), &mut self.b)]
+    }
+
+    fn set_input_gradient_needed(&mut self, needed: bool) {
+        self.input_gradient = needed;
+    }
+
+    fn set_trainable(&mut self, trainable: bool) {
+        self.trainable = trainable;
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.trainable
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

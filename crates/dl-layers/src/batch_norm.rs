@@ -43,6 +43,8 @@ pub struct BatchNormalization {
     unbiased_running_var: bool,
     /// Use the running statistics in training as well (and do not update them).
     frozen: bool,
+    /// Whether `backward` computes `dL/dgamma` and `dL/dbeta`.
+    trainable: bool,
     mode: BatchNormMode,
     cache: Option<Cache>,
 }
@@ -76,6 +78,7 @@ impl BatchNormalization {
             eps: EPS,
             unbiased_running_var: false,
             frozen: false,
+            trainable: true,
             mode,
             cache: None,
         }
@@ -279,7 +282,13 @@ impl Layer for BatchNormalization {
         let (n, _, s) = cache.dims;
         let mut d = crate::into_standard(dout);
         let ds = d.as_slice_mut().expect("standard layout");
-        let sums = feature_sums(ds, &cache.xn, cache.dims);
+        // the sums of dout and dout * xn: for gamma and beta's gradients, and for dx when
+        // the statistics were the batch's; a frozen layer needs neither
+        let sums = if self.trainable || cache.batch_stats {
+            feature_sums(ds, &cache.xn, cache.dims)
+        } else {
+            Vec::new()
+        };
         let dbeta: Vec<f32> = sums.iter().map(|p| p.0 as f32).collect();
         let dgamma: Vec<f32> = sums.iter().map(|p| p.1 as f32).collect();
         let gamma = vector(&self.gamma.value);
@@ -300,16 +309,18 @@ impl Layer for BatchNormalization {
                 d.iter_mut().for_each(|v| *v *= k);
             });
         }
-        self.beta
-            .grad
-            .as_slice_mut()
-            .expect("contiguous")
-            .copy_from_slice(&dbeta);
-        self.gamma
-            .grad
-            .as_slice_mut()
-            .expect("contiguous")
-            .copy_from_slice(&dgamma);
+        if self.trainable {
+            self.beta
+                .grad
+                .as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&dbeta);
+            self.gamma
+                .grad
+                .as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&dgamma);
+        }
         self.cache = Some(cache);
         d
     }
@@ -320,6 +331,16 @@ impl Layer for BatchNormalization {
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
         vec![("gamma".into(), &mut self.gamma), ("beta".into(), &mut self.beta)]
+    }
+
+    /// Also freezes (`false`) or releases the statistics ([`BatchNormalization::set_frozen`]).
+    fn set_trainable(&mut self, trainable: bool) {
+        self.trainable = trainable;
+        self.frozen = !trainable;
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.trainable
     }
 
     fn buffers(&self) -> Vec<(String, &Tensor)> {

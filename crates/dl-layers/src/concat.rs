@@ -124,6 +124,26 @@ impl Layer for Concat {
             .for_each(|b| b.set_input_gradient_needed(needed));
     }
 
+    fn set_trainable(&mut self, trainable: bool) {
+        self.branches.iter_mut().for_each(|b| b.set_trainable(trainable));
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.branches.iter().any(|b| b.is_trainable())
+    }
+
+    fn trainable_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let children = self.names.iter().zip(&mut self.branches);
+        children
+            .flat_map(|(n, b)| prefixed(n, b.trainable_params_mut()))
+            .collect()
+    }
+
+    fn child_mut(&mut self, name: &str) -> Option<&mut dyn Layer> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(&mut self.branches[i])
+    }
+
     fn set_conv_algo(&mut self, algo: ConvAlgo) {
         self.branches.iter_mut().for_each(|b| b.set_conv_algo(algo));
     }

@@ -26,6 +26,8 @@ pub struct Convolution {
     cache: Option<(ConvPlan, ConvSaved)>,
     /// Whether `backward` computes `dL/dx` (the first layer of a network need not).
     input_gradient: bool,
+    /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
+    trainable: bool,
 }
 
 impl Convolution {
@@ -72,6 +74,7 @@ impl Convolution {
             x: None,
             cache: None,
             input_gradient: true,
+            trainable: true,
         }
     }
 
@@ -156,7 +159,8 @@ impl Layer for Convolution {
             x.as_slice().expect("standard layout"),
             dout.as_slice().expect("standard layout"),
             self.input_gradient,
-            self.w.grad.as_slice_mut().expect("contiguous dW"),
+            self.trainable
+                .then(|| self.w.grad.as_slice_mut().expect("contiguous dW")),
             self.b.as_mut().map(|b| b.grad.as_slice_mut().expect("contiguous db")),
         );
         Tensor::from_shape_vec(vec![n, g.c, g.h, g.w], dx).expect("dx shape")
@@ -176,6 +180,14 @@ impl Layer for Convolution {
 
     fn set_input_gradient_needed(&mut self, needed: bool) {
         self.input_gradient = needed;
+    }
+
+    fn set_trainable(&mut self, trainable: bool) {
+        self.trainable = trainable;
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.trainable
     }
 
     fn set_conv_algo(&mut self, algo: ConvAlgo) {

@@ -167,9 +167,41 @@ pub trait Layer: Send + Sync {
     }
 
     /// Tells the layer whether anyone reads the `dL/dx` its `backward` returns (`true`
-    /// unless told otherwise). A network's first layer is told `false`: a layer may then
-    /// skip that work and return zeros. Layers that gain nothing ignore it.
+    /// unless told otherwise). A network's first layer is told `false`, and so is every
+    /// layer below the lowest trainable one ([`Layer::set_trainable`]): a layer may then
+    /// skip that work and return zeros. Containers work out what each child is told.
+    /// Layers that gain nothing ignore it.
     fn set_input_gradient_needed(&mut self, _needed: bool) {}
+
+    /// Trains (`true`, the default) or freezes every parameter of the layer, as when
+    /// fine-tuning a pretrained network: `backward` computes no gradient for a frozen
+    /// parameter (it keeps its last value, and [`Layer::trainable_params_mut`] leaves the
+    /// parameter out), and a frozen batch norm normalises with its running statistics and
+    /// leaves them alone, in training too. Containers pass it to every child; layers
+    /// without parameters ignore it.
+    fn set_trainable(&mut self, _trainable: bool) {}
+
+    /// Whether `backward` computes a gradient for any parameter of the layer.
+    fn is_trainable(&self) -> bool {
+        false
+    }
+
+    /// The parameters `backward` computes gradients for, named and ordered as by
+    /// [`Layer::params_mut`].
+    fn trainable_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        if self.is_trainable() {
+            self.params_mut()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The direct child named `name` of a container (a layer of a [`Sequential`], a
+    /// branch of a [`Concat`], the `downsample` shortcut of a [`Residual`] and its body's
+    /// layers), so that a path such as `layer2.1.conv1` reaches a layer deep inside.
+    fn child_mut(&mut self, _name: &str) -> Option<&mut dyn Layer> {
+        None
+    }
 
     /// Sets the algorithm of every convolution in the layer ([`Convolution::set_algo`]);
     /// blocks pass it to their children, other layers ignore it.

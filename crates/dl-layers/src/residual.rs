@@ -156,6 +156,41 @@ impl Layer for Residual {
         out
     }
 
+    fn set_input_gradient_needed(&mut self, needed: bool) {
+        self.body.set_input_gradient_needed(needed);
+        if let Some(s) = &mut self.shortcut {
+            s.set_input_gradient_needed(needed);
+        }
+    }
+
+    fn set_trainable(&mut self, trainable: bool) {
+        self.body.set_trainable(trainable);
+        if let Some(s) = &mut self.shortcut {
+            s.set_trainable(trainable);
+        }
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.body.is_trainable() || self.shortcut.as_ref().is_some_and(|s| s.is_trainable())
+    }
+
+    fn trainable_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut out = self.body.trainable_params_mut();
+        out.extend(
+            self.shortcut
+                .iter_mut()
+                .flat_map(|s| prefixed("downsample", s.trainable_params_mut())),
+        );
+        out
+    }
+
+    fn child_mut(&mut self, name: &str) -> Option<&mut dyn Layer> {
+        match (name, &mut self.shortcut) {
+            ("downsample", Some(s)) => Some(s),
+            _ => self.body.child_mut(name),
+        }
+    }
+
     fn set_conv_algo(&mut self, algo: ConvAlgo) {
         self.body.set_conv_algo(algo);
         if let Some(s) = &mut self.shortcut {

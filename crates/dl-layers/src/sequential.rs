@@ -7,6 +7,10 @@ use crate::{prefixed, ConvAlgo, Layer, LayerError, Param, Tensor};
 pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
     names: Vec<String>,
+    /// Nobody reads the chain's `dL/dx` (it was told so).
+    input_gradient_unread: bool,
+    /// The input shape of the last training forward.
+    input_shape: Vec<usize>,
 }
 
 impl std::fmt::Debug for Sequential {
@@ -81,6 +85,28 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// Per layer, whether anyone reads the `dL/dx` of its input: the chain's reader, or
+    /// a trainable layer before it.
+    fn input_gradients_read(&self) -> Vec<bool> {
+        let mut read = !self.input_gradient_unread;
+        self.layers
+            .iter()
+            .map(|l| {
+                let mine = read;
+                read |= l.is_trainable();
+                mine
+            })
+            .collect()
+    }
+
+    /// Tells every layer whether its input gradient is read.
+    fn tell_input_gradients(&mut self) {
+        let read = self.input_gradients_read();
+        for (l, r) in self.layers.iter_mut().zip(read) {
+            l.set_input_gradient_needed(r);
+        }
+    }
 }
 
 impl FromIterator<Box<dyn Layer>> for Sequential {
@@ -98,6 +124,9 @@ impl Layer for Sequential {
     }
 
     fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        if train {
+            self.input_shape = x.shape().to_vec();
+        }
         for layer in &mut self.layers {
             x = layer.forward(x, train)?;
         }
@@ -105,7 +134,12 @@ impl Layer for Sequential {
     }
 
     fn backward(&mut self, mut dout: Tensor) -> Tensor {
-        for layer in self.layers.iter_mut().rev() {
+        let read = self.input_gradients_read();
+        for (layer, read) in self.layers.iter_mut().zip(read).rev() {
+            if !read && !layer.is_trainable() {
+                // nothing from here down learns and nobody reads dx: stop
+                return Tensor::zeros(self.input_shape.clone());
+            }
             dout = layer.backward(dout);
         }
         dout
@@ -132,10 +166,29 @@ impl Layer for Sequential {
     }
 
     fn set_input_gradient_needed(&mut self, needed: bool) {
-        // only the first layer's dx leaves the block
-        if let Some(first) = self.layers.first_mut() {
-            first.set_input_gradient_needed(needed);
-        }
+        self.input_gradient_unread = !needed;
+        self.tell_input_gradients();
+    }
+
+    fn set_trainable(&mut self, trainable: bool) {
+        self.layers.iter_mut().for_each(|l| l.set_trainable(trainable));
+        self.tell_input_gradients();
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.layers.iter().any(|l| l.is_trainable())
+    }
+
+    fn trainable_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let children = self.names.iter().zip(&mut self.layers);
+        children
+            .flat_map(|(n, l)| prefixed(n, l.trainable_params_mut()))
+            .collect()
+    }
+
+    fn child_mut(&mut self, name: &str) -> Option<&mut dyn Layer> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(self.layers[i].as_mut())
     }
 
     fn set_conv_algo(&mut self, algo: ConvAlgo) {

@@ -23,8 +23,6 @@ pub struct Network {
     last_layer: SoftmaxWithLoss,
     /// Path in the root -> public name, for the parameters and buffers a model renames.
     renames: HashMap<String, String>,
-    /// Path prefixes whose parameters the optimizer leaves alone.
-    frozen: Vec<String>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -89,12 +87,6 @@ impl std::fmt::Display for TransferReport {
     }
 }
 
-/// Whether the parameter at `path` lies under `prefix` (`"layer1"` holds `layer1.0.W`,
-/// not `layer10.W`).
-fn under(path: &str, prefix: &str) -> bool {
-    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'.'))
-}
-
 impl Network {
     /// A network with the given root; `kind` names it in saved files (`"ResNet"`).
     pub fn new(kind: impl Into<String>, mut root: Sequential) -> Self {
@@ -105,7 +97,6 @@ impl Network {
             root,
             last_layer: SoftmaxWithLoss::new(),
             renames: HashMap::new(),
-            frozen: Vec::new(),
             metadata: BTreeMap::new(),
         }
     }
@@ -190,20 +181,24 @@ impl Network {
         self.root.set_iteration(iteration);
     }
 
-    /// Freezes (or unfreezes) every parameter whose path lies under `prefix` (a layer of
-    /// the root such as `"0"` or `"layer1"`, or any block below, `"layer2.1"`):
-    /// [`Network::params_and_grads`] leaves them out, so the optimizer does not change
-    /// them (fine-tuning). Paths are the root's, before any rename.
-    pub fn set_frozen(&mut self, prefix: &str, frozen: bool) -> Result<(), ModelError> {
-        if !self.root.params().iter().any(|(n, _)| under(n, prefix)) {
-            return Err(ModelError::Input(format!(
-                "no parameter of the network lies under {prefix:?}"
-            )));
+    /// Trains (`true`) or freezes (`false`) the layer at `path` and everything inside
+    /// it, as when fine-tuning a pretrained network: `path` is a layer's path as the
+    /// parameter names have it before any rename (`"layer1"`, `"layer2.1.conv1"`,
+    /// `"features.3"`, `"0"` for the book's first convolution), or `""` for the whole
+    /// network. A frozen layer gets no weight gradient and [`Network::params_and_grads`]
+    /// leaves its parameters out (the optimizer does not touch them), a frozen batch
+    /// norm uses and keeps its running statistics, and no input gradient is computed
+    /// below the lowest trainable layer ([`Layer::set_trainable`]).
+    pub fn set_trainable(&mut self, path: &str, trainable: bool) -> Result<(), ModelError> {
+        let mut at: &mut dyn Layer = &mut self.root;
+        for part in path.split('.').filter(|_| !path.is_empty()) {
+            at = at
+                .child_mut(part)
+                .ok_or_else(|| ModelError::Input(format!("no layer of the network at {path:?}")))?;
         }
-        self.frozen.retain(|p| p != prefix);
-        if frozen {
-            self.frozen.push(prefix.to_string());
-        }
+        at.set_trainable(trainable);
+        // every container works out again which input gradients are read
+        self.root.set_input_gradient_needed(false);
         Ok(())
     }
 
@@ -268,11 +263,10 @@ impl Network {
 
     /// Parameters with their gradients, for an optimizer; frozen ones are left out.
     pub fn params_and_grads(&mut self) -> Vec<ParamMut<'_>> {
-        let (renames, frozen) = (&self.renames, &self.frozen);
+        let renames = &self.renames;
         self.root
-            .params_mut()
+            .trainable_params_mut()
             .into_iter()
-            .filter(|(n, _)| !frozen.iter().any(|f| under(n, f)))
             .map(|(n, p)| {
                 let p = &mut *p;
                 ParamMut {
@@ -287,6 +281,12 @@ impl Network {
     /// Number of trainable scalars.
     pub fn param_count(&self) -> usize {
         self.params().iter().map(|(_, p)| p.len()).sum()
+    }
+
+    /// The buffers (batch norm's running statistics) by name, in layer order.
+    pub fn buffers(&self) -> Vec<(String, &Tensor)> {
+        let buffers = self.root.buffers().into_iter();
+        buffers.map(|(n, b)| (self.public(n), b)).collect()
     }
 
     /// Everything that is saved: parameters, then buffers, by name.

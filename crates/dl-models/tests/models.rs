@@ -202,7 +202,7 @@ fn network_gradient_matches_numerical_gradient() {
 fn frozen_layers_are_left_out_of_the_optimizer() {
     let mut net = deep(0);
     assert_eq!(net.params_and_grads().len(), 16);
-    net.set_frozen("0", true).unwrap();
+    net.set_trainable("0", false).unwrap();
     let names: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
     assert_eq!(names.len(), 14);
     assert!(!names.contains(&"W1".to_string()));

@@ -169,16 +169,58 @@ fn bad_kinds_configurations_and_files_are_typed_errors() {
 }
 
 #[test]
+fn a_frozen_backbone_changes_nothing_while_its_head_learns() {
+    // ResNet with batch norm everywhere: everything frozen but the classifier
+    let mut net = ResNet::new(ResNetConfig::default(), 0).into_network();
+    net.set_trainable("", false).unwrap();
+    net.set_trainable("fc", true).unwrap();
+    let names: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["fc.W", "fc.b"]);
+    let before = net.params_to_bytes();
+    let values = |net: &dl_models::Network| -> Vec<(String, Vec<f32>)> {
+        net.params()
+            .into_iter()
+            .map(|(n, t)| (n, t.iter().copied().collect()))
+            .collect()
+    };
+    let buffers = |net: &dl_models::Network| -> Vec<(String, Tensor)> {
+        net.buffers().into_iter().map(|(n, t)| (n, t.clone())).collect()
+    };
+    let (params0, buffers0) = (values(&net), buffers(&net));
+    assert_eq!(buffers0.len(), 2 * 21, "21 batch norms, two of them in projections");
+    let x = random_input(&[4, 1, 28, 28], 0.0, 1);
+    for _ in 0..2 {
+        net.gradient(x.clone(), Labels::Indices(&[1, 2, 3, 4])).unwrap();
+        for p in net.params_and_grads() {
+            p.value.scaled_add(-0.1, p.grad);
+        }
+    }
+    assert_ne!(net.params_to_bytes(), before);
+    for ((name, a), (_, b)) in values(&net).iter().zip(&params0) {
+        assert_eq!(a == b, !name.starts_with("fc."), "{name}");
+    }
+    assert_eq!(buffers(&net), buffers0, "the running statistics are frozen too");
+    // no gradient was computed for the frozen layers
+    assert!(net
+        .grads()
+        .iter()
+        .filter(|(n, _)| !n.starts_with("fc."))
+        .all(|(_, g)| g.iter().all(|&v| v == 0.0)));
+    assert!(net.set_trainable("fc.W", true).is_err(), "a parameter is not a layer");
+}
+
+#[test]
 fn freezing_by_path_leaves_exactly_that_block_to_the_optimizer() {
     let mut net = ResNet::new(ResNetConfig::default(), 0).into_network();
     let all = net.params_and_grads().len();
-    net.set_frozen("layer1", true).unwrap();
+    net.set_trainable("layer1", false).unwrap();
     let left: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
     assert!(left.iter().all(|n| !n.starts_with("layer1.")));
     // 3 blocks x (2 convolutions + 2 batch norms x 2) = 18 parameters in layer1
     assert_eq!(left.len(), all - 18);
-    net.set_frozen("layer1", false).unwrap();
+    net.set_trainable("layer1", true).unwrap();
     assert_eq!(net.params_and_grads().len(), all);
-    // a prefix is a whole path component: "layer" holds nothing
-    assert!(net.set_frozen("layer", true).is_err());
+    // a path names layers: "layer" is none, nor is a parameter
+    assert!(net.set_trainable("layer", false).is_err());
+    assert!(net.set_trainable("conv1.W", false).is_err());
 }

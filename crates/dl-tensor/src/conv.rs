@@ -179,7 +179,8 @@ impl ConvPlan {
     /// The gradients of a batch: given `x` and `dout` `(N, FN, OH, OW)` of the forward
     /// that produced `saved`, **stores** `dL/dW` in `dw` `(FN, C, FH, FW)` and `dL/db` in
     /// `db` `(FN,)` (when given), and returns `dL/dx` `(N, C, H, W)`, or zeros when
-    /// `input_gradient` is false (nobody reads it: a network's first layer).
+    /// `input_gradient` is false (nobody reads it: a network's first layer). Without
+    /// `dw` (a frozen layer) neither filter gradient is computed and `db` is left alone.
     ///
     /// # Panics
     /// If a length does not fit the plan.
@@ -191,7 +192,7 @@ impl ConvPlan {
         x: &[f32],
         dout: &[f32],
         input_gradient: bool,
-        dw: &mut [f32],
+        dw: Option<&mut [f32]>,
         db: Option<&mut [f32]>,
     ) -> Vec<f32> {
         let g = &self.g;
@@ -201,16 +202,23 @@ impl ConvPlan {
         let n = x.len() / in_len.max(1);
         assert_eq!(x.len(), n * in_len, "ConvPlan: input length");
         assert_eq!(dout.len(), n * out_len, "ConvPlan: dout length");
-        assert_eq!(dw.len(), f * ckk, "ConvPlan: dW length");
+        if let Some(dw) = &dw {
+            assert_eq!(dw.len(), f * ckk, "ConvPlan: dW length");
+        }
         assert!(n > 0, "ConvPlan: backward of an empty batch");
+        let want_dw = dw.is_some();
         let transposed = if input_gradient {
             transposed_convolution(w, f, g)
         } else {
             None
         };
         // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
-        let fast_dw = saved.kernel.clone().filter(|k| k.gradient_pays());
-        let col_len = fast_dw.as_ref().map_or(lowered_len(g), |k| k.gradient_scratch_len());
+        let fast_dw = saved.kernel.clone().filter(|k| want_dw && k.gradient_pays());
+        let col_len = match &fast_dw {
+            _ if !want_dw => 0,
+            Some(k) => k.gradient_scratch_len(),
+            None => lowered_len(g),
+        };
         let fast_dx = match &transposed {
             Some((gt, wt)) => self.algo.kernel_at(self.isa, wt, g.c, gt),
             _ => None,
@@ -236,14 +244,15 @@ impl ConvPlan {
                         let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
                         // the lowered path's sums (the fast path keeps its own in `sums`)
                         let (mut gw, mut gb) = match sums {
-                            Some(_) => (Vec::new(), Vec::new()),
-                            None => (vec![0.0f32; f * ckk], vec![0.0f32; f]),
+                            None if want_dw => (vec![0.0f32; f * ckk], vec![0.0f32; f]),
+                            _ => (Vec::new(), Vec::new()),
                         };
                         with_scratch(col_len, dcol_len, |col, dcol| {
                             for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len))
                             {
                                 // dW += dout_i · col_i^T ; db += row sums of dout_i
-                                if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
+                                if !want_dw {
+                                } else if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
                                     dd.weight_gradient_image(xi, di, acc, col);
                                 } else {
                                     let colv = ArrayView2::from_shape((ckk, g.col_cols()), lowered(xi, g, col))
@@ -262,6 +271,9 @@ impl ConvPlan {
                     })
                     .collect();
             })
+        };
+        let Some(dw) = dw else {
+            return dx;
         };
         let fast_sums: Option<Vec<GradientAccumulator>> = partials.iter_mut().map(|p| p.0.take()).collect();
         dw.fill(0.0);
@@ -572,17 +584,17 @@ mod tests {
                 // dW and db are stored, not added: they start as garbage
                 let mut dw = vec![7.0f32; f * k];
                 let mut db = vec![-3.0f32; f];
-                let dx = plan.backward(
+                let dx1 = plan.backward(
                     ws,
                     &saved,
                     x.as_slice().unwrap(),
                     dout.as_slice().unwrap(),
                     true,
-                    &mut dw,
+                    Some(&mut dw),
                     Some(&mut db),
                 );
-                assert_eq!(dx.len(), want_dx.len(), "{}", what("dx length"));
-                for (a, e) in dx.iter().zip(want_dx.iter()) {
+                assert_eq!(dx1.len(), want_dx.len(), "{}", what("dx length"));
+                for (a, e) in dx1.iter().zip(want_dx.iter()) {
                     close(*a, *e, sdx, &what("dx"));
                 }
                 for (a, e) in dw.iter().zip(&want_dw) {
@@ -599,12 +611,25 @@ mod tests {
                     x.as_slice().unwrap(),
                     dout.as_slice().unwrap(),
                     false,
-                    &mut dw2,
+                    Some(&mut dw2),
                     None,
                 );
                 assert!(dx.iter().all(|&v| v == 0.0), "{}", what("dx not needed"));
                 assert_eq!(dx.len(), n * c * h * w);
                 assert_eq!(dw2, dw, "{}", what("dW without dx"));
+                // a frozen layer: the same dx, no filter gradient, db left alone
+                let mut db3 = vec![5.0f32; f];
+                let dx3 = plan.backward(
+                    ws,
+                    &saved,
+                    x.as_slice().unwrap(),
+                    dout.as_slice().unwrap(),
+                    true,
+                    None,
+                    Some(&mut db3),
+                );
+                assert_eq!(dx3, dx1, "{}", what("dx of a frozen layer"));
+                assert!(db3.iter().all(|&v| v == 5.0), "{}", what("db of a frozen layer"));
             }
         }
     }
