@@ -108,6 +108,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0, value_name = "LAMBDA")]
     #[serde(default)]
     weight_decay: f32,
+    /// The parameters whose names lie under PREFIX learn at F times the rate (repeat the
+    /// flag for several groups; the longest prefix wins; an empty prefix holds them all):
+    /// `--lr-factor =0.1 --lr-factor fc=1` trains a backbone at a tenth of the head's rate.
+    #[arg(long, value_name = "PREFIX=F", value_parser = parse_lr_factor)]
+    #[serde(default)]
+    lr_factor: Vec<(String, f32)>,
     /// Seed of initial weights, dropout masks and batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -199,7 +205,7 @@ pub struct TrainArgs {
     /// Continue the stopped run in DIR from its newest checkpoint, with the settings in
     /// its run.json; the result is the same, bit for bit, as a run that never stopped.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "recipe", "model", "model_config", "time_to", "checks_per_epoch", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
+        "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints",
@@ -571,9 +577,23 @@ pub fn time_to_lines(watch: &TimeTo, set: &str) -> Vec<String> {
         .collect()
 }
 
+/// `PREFIX=F` of `--lr-factor`.
+fn parse_lr_factor(s: &str) -> Result<(String, f32), String> {
+    let (prefix, f) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PREFIX=FACTOR, such as layer1=0.1"))?;
+    let f: f32 = f.parse().map_err(|e| format!("{s:?}: the factor: {e}"))?;
+    dl_optim::LrGroups::new()
+        .set(prefix, f)
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((prefix.to_string(), f))
+}
+
 /// The trainer settings the flags ask for.
-fn trainer_config(a: &TrainArgs) -> TrainerConfig {
-    TrainerConfig {
+fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
+    let lr_groups =
+        dl_optim::LrGroups::from_pairs(&a.lr_factor).map_err(|e| CliError::Other(format!("--lr-factor: {e}")))?;
+    Ok(TrainerConfig {
         epochs: a.epochs,
         mini_batch_size: a.batch_size,
         optimizer: a.optimizer.clone(),
@@ -607,7 +627,8 @@ fn trainer_config(a: &TrainArgs) -> TrainerConfig {
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
         early_stop_patience: a.early_stop,
         augment: a.augment.then(|| dl_data::Pipeline::mnist(false, a.seed)),
-    }
+        lr_groups,
+    })
 }
 
 fn threads_word(n: usize) -> &'static str {
@@ -771,7 +792,7 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
             dl_data::BatchOrder::new(mnist.train.len(), a.batch_size.max(1), a.seed).batches_per_epoch();
         TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?;
     }
-    let config = trainer_config(&a);
+    let config = trainer_config(&a)?;
     let probe = a.build_model()?;
     let threads = rayon::current_num_threads();
     println!(
@@ -916,7 +937,7 @@ pub fn time_to_accuracy(a: &TrainArgs) -> Result<(History, TimeTo), CliError> {
     };
     let mut net = a.build_model()?;
     let eval_set = validation.as_ref().unwrap_or(&mnist.test);
-    let trainer = Trainer::new(&mut net, &mnist.train, eval_set, trainer_config(a))?;
+    let trainer = Trainer::new(&mut net, &mnist.train, eval_set, trainer_config(a)?)?;
     let iter_per_epoch = dl_data::BatchOrder::new(mnist.train.len(), a.batch_size, a.seed).batches_per_epoch();
     let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
     progress.watch = Some(TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?);
@@ -1039,6 +1060,24 @@ mod tests {
         );
         let fresh = TimeTo::new(&[98.0], 2, 7).unwrap();
         assert_eq!(time_to_lines(&fresh, "validation"), ["98% on validation: not reached"]);
+    }
+
+    #[test]
+    fn lr_factors_parse_and_reach_the_trainer() {
+        assert_eq!(parse_lr_factor("layer1=0.1").unwrap(), ("layer1".to_string(), 0.1));
+        assert_eq!(parse_lr_factor("=0.5").unwrap(), (String::new(), 0.5));
+        assert_eq!(parse_lr_factor("a=b=2").unwrap(), ("a=b".to_string(), 2.0));
+        for bad in ["layer1", "x=abc", "x=-1", "x=inf"] {
+            assert!(parse_lr_factor(bad).is_err(), "{bad}");
+        }
+        let mut a = TrainArgs::for_recipe(Recipe::Book, 0);
+        assert!(trainer_config(&a).unwrap().lr_groups.pairs().is_empty());
+        a.lr_factor = vec![("".into(), 0.1), ("fc".into(), 1.0)];
+        let g = trainer_config(&a).unwrap().lr_groups;
+        assert_eq!((g.factor("layer1.0.conv1.W"), g.factor("fc.W")), (0.1, 1.0));
+        // a run.json edited by hand is checked too
+        a.lr_factor = vec![("fc".into(), -1.0)];
+        assert!(trainer_config(&a).unwrap_err().to_string().contains("--lr-factor"));
     }
 
     #[test]

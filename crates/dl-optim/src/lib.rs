@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use dl_tensor::{ParamMut, Tensor};
 use ndarray::Zip;
+use serde::{Deserialize, Serialize};
 
 /// The book's small constant in the AdaGrad/RMSprop/Adam denominators.
 const EPS: f32 = 1e-7;
@@ -52,6 +53,77 @@ pub enum OptimError {
     },
 }
 
+/// Learning rates per parameter group, as PyTorch's `param_groups` give them: a
+/// parameter whose name lies under a group's prefix (`"layer1"` holds `layer1.0.conv1.W`,
+/// not `layer10.W`; `""` holds every name) learns at the optimizer's rate times the
+/// group's factor, the longest prefix winning; every other parameter at the rate itself.
+/// Fine-tuning trains a pretrained backbone at a fraction of the new head's rate.
+///
+/// ```
+/// use dl_optim::LrGroups;
+///
+/// let mut groups = LrGroups::new();
+/// groups.set("", 0.1).unwrap(); // the backbone: everything ...
+/// groups.set("fc", 1.0).unwrap(); // ... but the new head
+/// assert_eq!(groups.factor("layer1.0.conv1.W"), 0.1);
+/// assert_eq!(groups.factor("fc.W"), 1.0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LrGroups {
+    groups: Vec<(String, f32)>,
+}
+
+impl LrGroups {
+    /// No groups: every parameter learns at the optimizer's rate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The groups of `(prefix, factor)` pairs, later pairs replacing earlier ones with
+    /// the same prefix.
+    pub fn from_pairs(pairs: &[(String, f32)]) -> Result<Self, OptimError> {
+        let mut g = Self::new();
+        for (prefix, factor) in pairs {
+            g.set(prefix, *factor)?;
+        }
+        Ok(g)
+    }
+
+    /// Sets the factor of the parameters under `prefix` (replacing the prefix's old one).
+    /// A factor is finite and at least 0 (0 holds the parameters still).
+    pub fn set(&mut self, prefix: &str, factor: f32) -> Result<(), OptimError> {
+        if !(factor.is_finite() && factor >= 0.0) {
+            return Err(OptimError::InvalidHyperParameter {
+                name: "learning-rate factor",
+                value: factor,
+                reason: "must be a finite number >= 0",
+            });
+        }
+        self.groups.retain(|(p, _)| p != prefix);
+        self.groups.push((prefix.to_string(), factor));
+        Ok(())
+    }
+
+    /// The factor of the parameter `name`: its longest group prefix's, else 1.
+    pub fn factor(&self, name: &str) -> f32 {
+        let under = |prefix: &str| {
+            prefix.is_empty()
+                || name == prefix
+                || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+        };
+        self.groups
+            .iter()
+            .filter(|(p, _)| under(p))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(1.0, |(_, f)| *f)
+    }
+
+    /// The `(prefix, factor)` pairs, in the order they were set.
+    pub fn pairs(&self) -> &[(String, f32)] {
+        &self.groups
+    }
+}
+
 /// Updates parameters from their gradients.
 pub trait Optimizer: Send {
     /// The book's name: `"SGD"`, `"Adam"`, ...
@@ -62,6 +134,10 @@ pub trait Optimizer: Send {
     fn learning_rate(&self) -> f32;
     /// Sets the learning rate (learning-rate schedules call this between steps).
     fn set_learning_rate(&mut self, lr: f32);
+    /// The learning-rate factors per parameter group (none by default).
+    fn lr_groups(&self) -> &LrGroups;
+    /// Sets the learning-rate factors per parameter group.
+    fn set_lr_groups(&mut self, groups: LrGroups);
     /// Everything the optimizer has learned so far (not its hyper-parameters).
     fn state(&self) -> OptimizerState;
     /// Replaces the learned state with `state`, exported by an optimizer of the same
@@ -213,6 +289,12 @@ macro_rules! lr_accessors {
         fn set_learning_rate(&mut self, lr: f32) {
             self.lr = lr;
         }
+        fn lr_groups(&self) -> &LrGroups {
+            &self.lr_groups
+        }
+        fn set_lr_groups(&mut self, groups: LrGroups) {
+            self.lr_groups = groups;
+        }
     };
 }
 
@@ -223,12 +305,18 @@ pub struct Sgd {
     pub lr: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
 }
 
 impl Sgd {
     /// The book's `SGD(lr)`.
     pub fn new(lr: f32) -> Self {
-        Self { lr, weight_decay: 0.0 }
+        Self {
+            lr,
+            weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
+        }
     }
 }
 
@@ -239,9 +327,10 @@ impl Optimizer for Sgd {
     fn update(&mut self, params: &mut [ParamMut<'_>]) {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
+            let lr = self.lr * self.lr_groups.factor(&p.name);
             Zip::from(&mut *p.value)
                 .and(p.grad)
-                .for_each(|w, &g| *w -= self.lr * (g + wd * *w));
+                .for_each(|w, &g| *w -= lr * (g + wd * *w));
         }
     }
     lr_accessors!();
@@ -262,6 +351,8 @@ pub struct Momentum {
     pub momentum: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
     v: HashMap<String, Tensor>,
 }
 
@@ -272,6 +363,7 @@ impl Momentum {
             lr,
             momentum,
             weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
             v: HashMap::new(),
         }
     }
@@ -285,7 +377,7 @@ impl Optimizer for Momentum {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
             let v = state(&mut self.v, p);
-            let (m, lr) = (self.momentum, self.lr);
+            let (m, lr) = (self.momentum, self.lr * self.lr_groups.factor(&p.name));
             Zip::from(&mut *p.value).and(v).and(p.grad).for_each(|w, v, &g| {
                 let g = g + wd * *w;
                 *v = m * *v - lr * g;
@@ -314,6 +406,8 @@ pub struct Nesterov {
     pub momentum: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
     v: HashMap<String, Tensor>,
 }
 
@@ -324,6 +418,7 @@ impl Nesterov {
             lr,
             momentum,
             weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
             v: HashMap::new(),
         }
     }
@@ -337,7 +432,7 @@ impl Optimizer for Nesterov {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
             let v = state(&mut self.v, p);
-            let (m, lr) = (self.momentum, self.lr);
+            let (m, lr) = (self.momentum, self.lr * self.lr_groups.factor(&p.name));
             Zip::from(&mut *p.value).and(v).and(p.grad).for_each(|w, v, &g| {
                 let g = g + wd * *w;
                 *v = m * *v - lr * g;
@@ -363,6 +458,8 @@ pub struct AdaGrad {
     pub lr: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
     h: HashMap<String, Tensor>,
 }
 
@@ -372,6 +469,7 @@ impl AdaGrad {
         Self {
             lr,
             weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
             h: HashMap::new(),
         }
     }
@@ -385,7 +483,7 @@ impl Optimizer for AdaGrad {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
             let h = state(&mut self.h, p);
-            let lr = self.lr;
+            let lr = self.lr * self.lr_groups.factor(&p.name);
             Zip::from(&mut *p.value).and(h).and(p.grad).for_each(|w, h, &g| {
                 let g = g + wd * *w;
                 *h += g * g;
@@ -413,6 +511,8 @@ pub struct RmsProp {
     pub decay_rate: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
     h: HashMap<String, Tensor>,
 }
 
@@ -423,6 +523,7 @@ impl RmsProp {
             lr,
             decay_rate,
             weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
             h: HashMap::new(),
         }
     }
@@ -436,7 +537,7 @@ impl Optimizer for RmsProp {
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
             let h = state(&mut self.h, p);
-            let (lr, d) = (self.lr, self.decay_rate);
+            let (lr, d) = (self.lr * self.lr_groups.factor(&p.name), self.decay_rate);
             Zip::from(&mut *p.value).and(h).and(p.grad).for_each(|w, h, &g| {
                 let g = g + wd * *w;
                 *h = d * *h + (1.0 - d) * g * g;
@@ -468,6 +569,8 @@ pub struct Adam {
     pub beta2: f32,
     /// L2 weight decay on weights.
     pub weight_decay: f32,
+    /// Learning-rate factors per parameter group.
+    pub lr_groups: LrGroups,
     iter: u64,
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
@@ -486,6 +589,7 @@ impl Adam {
             beta1,
             beta2,
             weight_decay: 0.0,
+            lr_groups: LrGroups::new(),
             iter: 0,
             m: HashMap::new(),
             v: HashMap::new(),
@@ -509,6 +613,7 @@ impl Optimizer for Adam {
         let lr_t = (f64::from(self.lr) * (1.0 - f64::from(b2).powf(t)).sqrt() / (1.0 - f64::from(b1).powf(t))) as f32;
         for p in params.iter_mut() {
             let wd = decay_for(p, self.weight_decay);
+            let lr_t = lr_t * self.lr_groups.factor(&p.name);
             let m = state(&mut self.m, p);
             let v = state(&mut self.v, p);
             Zip::from(&mut *p.value)

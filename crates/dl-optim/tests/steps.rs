@@ -192,3 +192,88 @@ fn by_name_with_decay_sets_the_decay_of_every_optimizer() {
         assert!(by_name_with_decay("sgd", 0.1, bad).is_err(), "decay {bad}");
     }
 }
+
+/// Two steps of `opt` on two parameters, `backbone.W` and `head.W`, each starting at 1.0
+/// with a constant gradient 0.5 and a weight decay of 0.1: their values after each step.
+fn two_steps_grouped(opt: &mut dyn Optimizer) -> [(f32, f32); 2] {
+    let mut a = Tensor::from_elem(vec![1, 1], 1.0);
+    let mut b = Tensor::from_elem(vec![1, 1], 1.0);
+    let g = Tensor::from_elem(vec![1, 1], 0.5);
+    let mut first = (0.0, 0.0);
+    for step in 0..2 {
+        opt.update(&mut [
+            ParamMut {
+                name: "backbone.W".into(),
+                value: &mut a,
+                grad: &g,
+            },
+            ParamMut {
+                name: "head.W".into(),
+                value: &mut b,
+                grad: &g,
+            },
+        ]);
+        if step == 0 {
+            first = (a[[0, 0]], b[[0, 0]]);
+        }
+    }
+    [(first.0, a[[0, 0]]), (first.1, b[[0, 0]])]
+}
+
+#[test]
+fn a_group_learns_at_its_factor_of_the_rate() {
+    use dl_optim::LrGroups;
+    let mut groups = LrGroups::new();
+    groups.set("backbone", 0.25).unwrap();
+    for name in ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] {
+        // each parameter alone at the rate it should get, against both in one grouped
+        // optimizer
+        let alone = |lr: f32| {
+            let mut o = by_name_with_decay(name, lr, 0.1).unwrap();
+            two_steps_grouped(o.as_mut())
+        };
+        let mut grouped = by_name_with_decay(name, 0.2, 0.1).unwrap();
+        grouped.set_lr_groups(groups.clone());
+        assert_eq!(grouped.lr_groups(), &groups);
+        let got = two_steps_grouped(grouped.as_mut());
+        assert_eq!(got[1], alone(0.2)[1], "{name}: the head at the full rate");
+        let want = alone(0.05)[0];
+        close(got[0], want, name);
+        assert_ne!(got[0], alone(0.2)[0], "{name}: the backbone is slower");
+    }
+    // by hand, SGD: the gradient with decay is 0.5 + 0.1 w; the backbone's rate 0.05
+    let mut sgd = Sgd::new(0.2);
+    sgd.weight_decay = 0.1;
+    sgd.lr_groups = groups;
+    let [backbone, head] = two_steps_grouped(&mut sgd);
+    let w1 = 1.0 - 0.05 * 0.6;
+    close(backbone, (w1, w1 - 0.05 * (0.5 + 0.1 * w1)), "SGD backbone");
+    let h1 = 1.0 - 0.2 * 0.6;
+    close(head, (h1, h1 - 0.2 * (0.5 + 0.1 * h1)), "SGD head");
+}
+
+#[test]
+fn the_longest_group_prefix_decides_and_bad_factors_are_refused() {
+    use dl_optim::{LrGroups, OptimError};
+    let mut g = LrGroups::new();
+    assert_eq!(g.factor("anything"), 1.0);
+    g.set("layer1", 0.5).unwrap();
+    g.set("layer1.0", 0.0).unwrap();
+    g.set("", 0.1).unwrap();
+    assert_eq!(g.factor("layer1.0.conv1.W"), 0.0);
+    assert_eq!(g.factor("layer1.1.conv1.W"), 0.5);
+    assert_eq!(g.factor("layer1"), 0.5);
+    assert_eq!(g.factor("layer10.W"), 0.1, "a prefix is whole path components");
+    assert_eq!(g.factor("fc.W"), 0.1);
+    // setting a prefix again replaces its factor
+    g.set("layer1", 2.0).unwrap();
+    assert_eq!(g.factor("layer1.1.W"), 2.0);
+    assert_eq!(g.pairs().len(), 3);
+    for bad in [-0.5, f32::NAN, f32::INFINITY] {
+        assert!(matches!(g.set("x", bad), Err(OptimError::InvalidHyperParameter { .. })));
+    }
+    assert_eq!(g.pairs().len(), 3, "a refused factor changes nothing");
+    let pairs = [("a".to_string(), 0.5), ("a".to_string(), 0.25)];
+    assert_eq!(LrGroups::from_pairs(&pairs).unwrap().factor("a.W"), 0.25);
+    assert!(LrGroups::from_pairs(&[("a".to_string(), -1.0)]).is_err());
+}

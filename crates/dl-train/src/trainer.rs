@@ -5,7 +5,7 @@ use std::time::Instant;
 use dl_data::{BatchOrder, ImageSet, Pipeline};
 use dl_layers::{Labels, Tensor};
 use dl_models::{ModelError, Network};
-use dl_optim::{OptimError, Optimizer};
+use dl_optim::{LrGroups, OptimError, Optimizer};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
@@ -87,6 +87,10 @@ pub struct TrainerConfig {
     /// to evaluation).
     #[serde(default)]
     pub augment: Option<Pipeline>,
+    /// Learning-rate factors per parameter group, by parameter name prefix (a
+    /// pretrained backbone at a fraction of the new head's rate).
+    #[serde(default)]
+    pub lr_groups: LrGroups,
 }
 
 fn default_unit() -> Unit {
@@ -111,6 +115,7 @@ impl Default for TrainerConfig {
             reduce_on_plateau: None,
             early_stop_patience: None,
             augment: None,
+            lr_groups: LrGroups::new(),
         }
     }
 }
@@ -253,7 +258,8 @@ impl<'a> Trainer<'a> {
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
         }
-        let optimizer = dl_optim::by_name_with_decay(&config.optimizer, config.lr, config.weight_decay)?;
+        let mut optimizer = dl_optim::by_name_with_decay(&config.optimizer, config.lr, config.weight_decay)?;
+        optimizer.set_lr_groups(config.lr_groups.clone());
         Ok(Self {
             network,
             train,

@@ -365,6 +365,25 @@ fn the_weight_decay_setting_reaches_the_optimizer() {
 }
 
 #[test]
+fn learning_rate_groups_reach_the_optimizer() {
+    let (train, test) = sets();
+    let before = net();
+    let mut n = net();
+    // the book's first two convolutions (W1, b1, W2, b2) held still, the rest learning
+    let mut groups = dl_optim::LrGroups::new();
+    groups.set("W1", 0.0).unwrap();
+    groups.set("b1", 0.0).unwrap();
+    let cfg = TrainerConfig {
+        lr_groups: groups,
+        ..config(1)
+    };
+    Trainer::new(&mut n, &train, &test, cfg).unwrap().train().unwrap();
+    for ((name, a), (_, b)) in n.params().into_iter().zip(before.params()) {
+        assert_eq!(a == b, name == "W1" || name == "b1", "{name}");
+    }
+}
+
+#[test]
 fn a_diverging_run_stops_with_an_error_and_leaves_the_last_checkpoint_alone() {
     let (train, test) = sets();
     let dir = tempfile::tempdir().unwrap();
