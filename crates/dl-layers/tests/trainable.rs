@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use dl_layers::gradcheck::{check_layer, random_input};
 use dl_layers::{
-    Affine, BatchNormMode, BatchNormalization, Convolution, Init, Layer, LayerError, Param, Pooling, Relu, Sequential,
-    Tensor,
+    Affine, BatchNormMode, BatchNormalization, Concat, Convolution, Init, Layer, LayerError, Param, Pooling, Relu,
+    Residual, Sequential, Tensor,
 };
 
 /// conv - bn - relu - conv - bn - relu - pool - affine, with running statistics that
@@ -210,4 +210,120 @@ fn nothing_below_the_lowest_trainable_layer_runs_its_backward() {
         "all frozen"
     );
     assert!(net.child_mut("9").is_none());
+}
+
+fn trainable_names(l: &mut dyn Layer) -> Vec<String> {
+    l.trainable_params_mut().into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn layers_without_parameters_never_count_as_trainable() {
+    assert!(!Relu::new().is_trainable());
+    assert!(!Pooling::max(2, 2, 2, 0).is_trainable());
+    let mut chain = Sequential::new().with(Relu::new()).with(Pooling::max(2, 2, 2, 0));
+    assert!(!chain.is_trainable());
+    chain.set_trainable(true);
+    assert!(!chain.is_trainable());
+    // nor does a frozen Affine layer; a frozen one leaves its gradients alone
+    let mut fc = Affine::new(3, 2, Init::He, 1);
+    assert!(fc.is_trainable());
+    fc.set_trainable(false);
+    assert!(!fc.is_trainable());
+    assert!(trainable_names(&mut fc).is_empty());
+    fc.w.grad.fill(7.0);
+    fc.b.grad.fill(7.0);
+    let x = random_input(&[4, 3], 0.0, 2);
+    fc.forward(x.clone(), true).unwrap();
+    let dx = fc.backward(random_input(&[4, 2], 0.0, 3));
+    assert!(fc.w.grad.iter().chain(fc.b.grad.iter()).all(|&v| v == 7.0));
+    assert!(dx.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn an_affine_layer_told_that_nobody_reads_dx_keeps_its_parameter_gradients() {
+    let mut a = Affine::new(5, 3, Init::He, 4);
+    let mut b = a.clone();
+    b.set_input_gradient_needed(false);
+    let x = random_input(&[2, 5], 0.0, 5);
+    let dout = random_input(&[2, 3], 0.0, 6);
+    a.forward(x.clone(), true).unwrap();
+    b.forward(x, true).unwrap();
+    let (da, db) = (a.backward(dout.clone()), b.backward(dout));
+    assert!(da.iter().any(|&v| v != 0.0));
+    assert!(db.iter().all(|&v| v == 0.0));
+    assert_eq!(db.shape(), da.shape());
+    assert_eq!(a.w.grad, b.w.grad);
+    assert_eq!(a.b.grad, b.b.grad);
+}
+
+fn body(c_in: usize, c_out: usize, seed: u64) -> Sequential {
+    Sequential::new()
+        .with_named("conv1", Convolution::new(c_in, c_out, 3, 3, 1, 1, Init::He, seed))
+        .with_named("bn1", BatchNormalization::torchvision(c_out))
+        .with_named("relu", Relu::new())
+        .with_named("conv2", Convolution::new(c_out, c_out, 3, 3, 1, 1, Init::He, seed + 1))
+}
+
+#[test]
+fn a_residual_block_freezes_by_path_and_passes_what_it_is_told() {
+    let shortcut = Sequential::new().with(Convolution::new(2, 3, 1, 1, 1, 0, Init::He, 9));
+    let mut block = Residual::new(body(2, 3, 7), Some(shortcut));
+    let all = trainable_names(&mut block);
+    assert_eq!(all.len(), 8);
+    // the projection by its name, a body layer by its own
+    block.child_mut("downsample").unwrap().set_trainable(false);
+    assert_eq!(trainable_names(&mut block), all[..6]);
+    block.child_mut("conv2").unwrap().set_trainable(false);
+    assert_eq!(
+        trainable_names(&mut block),
+        ["conv1.W", "conv1.b", "bn1.gamma", "bn1.beta"]
+    );
+    assert!(block.child_mut("conv3").is_none());
+    block.set_trainable(false);
+    assert!(!block.is_trainable());
+    assert!(trainable_names(&mut block).is_empty());
+    // one trainable part, body or shortcut, makes the block trainable
+    block.child_mut("downsample").unwrap().set_trainable(true);
+    assert!(block.is_trainable());
+    assert_eq!(trainable_names(&mut block), ["downsample.0.W", "downsample.0.b"]);
+    block.child_mut("downsample").unwrap().set_trainable(false);
+    block.child_mut("conv1").unwrap().set_trainable(true);
+    assert!(block.is_trainable());
+    block.set_trainable(true);
+    assert_eq!(trainable_names(&mut block), all);
+    // told that nobody reads its dx, neither path computes one
+    let x = random_input(&[2, 2, 4, 4], 0.0, 10);
+    let dout = random_input(&[2, 3, 4, 4], 0.0, 11);
+    block.forward(x.clone(), true).unwrap();
+    assert!(block.backward(dout.clone()).iter().any(|&v| v != 0.0));
+    block.set_input_gradient_needed(false);
+    block.forward(x, true).unwrap();
+    assert!(block.backward(dout).iter().all(|&v| v == 0.0));
+    // an identity shortcut has no name to reach
+    let mut plain = Residual::new(body(3, 3, 12), None);
+    assert!(plain.child_mut("downsample").is_none());
+}
+
+#[test]
+fn a_concat_freezes_its_branches_by_name() {
+    let mut module = Concat::new()
+        .with_branch(
+            "a",
+            Sequential::new().with(Convolution::new(2, 2, 1, 1, 1, 0, Init::He, 1)),
+        )
+        .with_branch(
+            "b",
+            Sequential::new().with(Convolution::new(2, 1, 3, 3, 1, 1, Init::He, 2)),
+        );
+    assert!(module.is_trainable());
+    module.set_trainable(false);
+    assert!(!module.is_trainable());
+    assert!(trainable_names(&mut module).is_empty());
+    module.child_mut("b").unwrap().set_trainable(true);
+    assert!(module.is_trainable());
+    assert_eq!(trainable_names(&mut module), ["b.0.W", "b.0.b"]);
+    module.child_mut("a").unwrap().set_trainable(true);
+    module.child_mut("b").unwrap().set_trainable(false);
+    assert_eq!(trainable_names(&mut module), ["a.0.W", "a.0.b"]);
+    assert!(module.child_mut("c").is_none());
 }
