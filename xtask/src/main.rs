@@ -59,6 +59,9 @@ struct Cli {
 enum Command {
     /// Train a network on MNIST (defaults: the book's chapter 8 run).
     Train(train::TrainArgs),
+    /// Fine-tune a saved network (--from) on new data: train's flags, and a new head
+    /// (--head-classes), frozen layers (--freeze), few labels (--labels-per-class).
+    Finetune(train::TrainArgs),
     /// Full test accuracy of saved weights (default: the shipped DeepConvNet).
     Eval(eval::EvalArgs),
     /// Convert the book's pickled parameters (deep_convnet_params.pkl) to safetensors.
@@ -107,7 +110,10 @@ where
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
-    if let (Command::Train(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("train")) {
+    let given = matches
+        .subcommand_matches("train")
+        .or(matches.subcommand_matches("finetune"));
+    if let (Command::Train(a) | Command::Finetune(a), Some(m)) = (&mut cli.command, given) {
         a.apply_recipe(&|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
     }
     Ok(cli)
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Finetune(a) => train::finetune(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
@@ -159,6 +166,7 @@ mod tests {
         let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
         match cli.command {
             Command::Train(a) => train::run(a),
+            Command::Finetune(a) => train::finetune(a),
             Command::Eval(a) => eval::run(a),
             Command::Ensemble(a) => ensemble::run(a),
             Command::Bench(a) => bench::run(a),
@@ -281,6 +289,77 @@ mod tests {
             let err = run_cli(&[&short[..], extra, &["--out", &p("c")]].concat()).unwrap_err();
             assert!(err.to_string().contains(says), "{extra:?}: {err}");
             assert!(!dir.path().join("c").exists(), "{extra:?}: refused before writing");
+        }
+    }
+
+    #[test]
+    fn a_network_pretrained_on_some_digits_is_finetuned_on_others_with_a_new_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let common = ["--epochs", "1", "--train-limit", "400", "--eval-samples", "50"];
+        run_cli(&[&["train", "--classes", "0-4", "--out", &p("pre")][..], &common].concat()).unwrap();
+        let pre = dl_models::load(p("pre/params.safetensors")).unwrap();
+        let tune = [
+            "finetune",
+            "--from",
+            &p("pre/params.safetensors"),
+            "--classes",
+            "5,6,7,8,9",
+            "--head-classes",
+            "5",
+            "--labels-per-class",
+            "10",
+            "--freeze",
+            "0",
+            "--freeze",
+            "2",
+            "--lr-factor",
+            "=0.5",
+        ];
+        run_cli(&[&tune[..], &common, &["--out", &p("tuned")]].concat()).unwrap();
+        let tuned = dl_models::load(p("tuned/params.safetensors")).unwrap();
+        let get = |net: &dl_models::Network, name: &str| {
+            net.params()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
+        // the frozen convolutions kept the pretrained values, the others learned, and
+        // the head is new and 5 wide
+        for name in ["W1", "b1", "W2", "b2"] {
+            assert_eq!(get(&tuned, name), get(&pre, name), "{name}");
+        }
+        assert_ne!(get(&tuned, "W3"), get(&pre, "W3"));
+        assert_eq!(get(&tuned, "W8").shape(), [50, 5]);
+        let history: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p("tuned/history.json")).unwrap()).unwrap();
+        // 10 labels of each of 5 classes: one batch of 50 an epoch; the test set holds
+        // the 5 digits only (4,861 of the 10,000)
+        assert_eq!(history["train_loss_list"].as_array().unwrap().len(), 1);
+        assert_eq!(history["test_evaluation"]["total"], 4861);
+        // what cannot work is refused, and nothing is written
+        for (args, says) in [
+            (&["finetune", "--classes", "5-9"][..], "--from"),
+            (&["train", "--classes", "7-5"][..], "--classes"),
+            (&["train", "--classes", "3,x"][..], "--classes"),
+            (&["train", "--classes", "0-10"][..], "not below"),
+            (&["train", "--freeze", "zz"][..], "--freeze zz"),
+            (&["train", "--labels-per-class", "0"][..], "--labels-per-class"),
+            (
+                &[
+                    "finetune",
+                    "--from",
+                    &p("pre/params.safetensors"),
+                    "--head-classes",
+                    "3",
+                ][..],
+                "--head-classes 10",
+            ),
+        ] {
+            let err = run_cli(&[args, &common, &["--out", &p("bad")]].concat()).unwrap_err();
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+            assert!(!dir.path().join("bad").exists(), "{args:?}");
         }
     }
 

@@ -123,6 +123,31 @@ pub struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Only these digits, in training, validation and test, relabelled by their
+    /// position in the list: `0-4`, or `5,6,7,8,9` (digit 5 becomes class 0).
+    #[arg(long, value_name = "DIGITS")]
+    #[serde(default)]
+    classes: Option<String>,
+    /// Train on K images of each class (drawn by --seed, after the validation split).
+    #[arg(long, value_name = "K")]
+    #[serde(default)]
+    labels_per_class: Option<usize>,
+    /// Start from the network saved in PARAMS (its kind and configuration from the
+    /// file, not --model): every tensor of the file with a name and shape the new
+    /// network has is loaded, and the rest is reported.
+    #[arg(long, value_name = "PARAMS")]
+    #[serde(default)]
+    from: Option<PathBuf>,
+    /// With --from: a new classifier head with C outputs (its weights start fresh).
+    #[arg(long, value_name = "C", requires = "from")]
+    #[serde(default)]
+    head_classes: Option<usize>,
+    /// Freeze the layer at PATH and everything inside it (`layer1`, `features.3`, `0`
+    /// for the book's first convolution; repeat for several): no weight gradient, batch
+    /// norm on its running statistics, no backward below the lowest trainable layer.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    freeze: Vec<String>,
     /// Learning-rate decay: none, step, exponential, cosine, one-cycle.
     #[arg(long, value_enum, default_value = "none")]
     lr_decay: Decay,
@@ -205,7 +230,8 @@ pub struct TrainArgs {
     /// Continue the stopped run in DIR from its newest checkpoint, with the settings in
     /// its run.json; the result is the same, bit for bit, as a run that never stopped.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
+        "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "classes", "labels_per_class",
+        "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints",
@@ -272,7 +298,30 @@ impl TrainArgs {
 
     /// The network these settings train, every random part fixed by the seed.
     pub fn build_model(&self) -> Result<Network, CliError> {
-        self.model.build_with(self.model_config.as_deref(), self.seed)
+        self.build_model_reporting().map(|(net, _)| net)
+    }
+
+    /// [`TrainArgs::build_model`], with what `--from` loaded.
+    pub fn build_model_reporting(&self) -> Result<(Network, Option<dl_models::TransferReport>), CliError> {
+        let (mut net, report) = match &self.from {
+            None => (self.model.build_with(self.model_config.as_deref(), self.seed)?, None),
+            Some(from) => {
+                let mut config = dl_models::registry::read_model_config(from)?;
+                if let Some(c) = self.head_classes {
+                    config = config.with_output_size(c)?;
+                }
+                let mut net = config
+                    .build(self.seed)
+                    .map_err(|e| CliError::Other(format!("--head-classes: {e}")))?;
+                let report = net.load_matching(from)?;
+                (net, Some(report))
+            }
+        };
+        for path in &self.freeze {
+            net.set_trainable(path, false)
+                .map_err(|e| CliError::Other(format!("--freeze {path}: {e}")))?;
+        }
+        Ok((net, report))
     }
 
     /// The flags that give these settings to `cargo xtask train` (those that differ
@@ -698,10 +747,45 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
     match a.resume.clone() {
         Some(dir) => resume(&dir),
         None => {
-            let out = new_run_folder(a.out.as_deref(), a.overwrite, Path::new("runs/train"))?;
+            let base = if a.from.is_some() {
+                "runs/finetune"
+            } else {
+                "runs/train"
+            };
+            let out = new_run_folder(a.out.as_deref(), a.overwrite, Path::new(base))?;
             start(a, out, None)
         }
     }
+}
+
+/// `cargo xtask finetune`: `train` from a saved network (`--from` required).
+pub fn finetune(a: TrainArgs) -> Result<(), CliError> {
+    if a.from.is_none() && a.resume.is_none() {
+        return Err(CliError::Other(
+            "finetune starts from a saved network: pass --from PARAMS (or --resume DIR)".into(),
+        ));
+    }
+    run(a)
+}
+
+/// The digits of `--classes`: `0-4` or `5,6,7`.
+fn parse_classes(spec: &str) -> Result<Vec<u8>, CliError> {
+    let bad = || CliError::Other(format!("--classes {spec}: expected digits such as 0-4 or 5,6,7"));
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let digit = |s: &str| s.trim().parse::<u8>().map_err(|_| bad());
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (digit(a)?, digit(b)?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(digit(part)?),
+        }
+    }
+    Ok(out)
 }
 
 /// Continues the run in `dir` from its newest checkpoint.
@@ -751,6 +835,11 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
     let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
     let load_start = Instant::now();
     let mut mnist = Mnist::load(&data)?;
+    if let Some(spec) = &a.classes {
+        let classes = parse_classes(spec)?;
+        mnist.train = mnist.train.select_classes(&classes)?;
+        mnist.test = mnist.test.select_classes(&classes)?;
+    }
     if let Some(n) = a.train_limit {
         mnist.train = mnist.train.take(n);
     }
@@ -769,6 +858,11 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
         }
         None => None,
     };
+    match a.labels_per_class {
+        Some(0) => return Err(CliError::Other("--labels-per-class needs at least one image".into())),
+        Some(k) => mnist.train = mnist.train.per_class(k, a.seed),
+        None => {}
+    }
     println!(
         "MNIST from {}: {} train, {}{} test images ({:.1} s)",
         data.display(),
@@ -793,7 +887,21 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
         TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?;
     }
     let config = trainer_config(&a)?;
-    let probe = a.build_model()?;
+    let (mut probe, transfer) = a.build_model_reporting()?;
+    if let (Some(from), Some(report)) = (&a.from, &transfer) {
+        println!("from {}: {report}", from.display());
+    }
+    // every class of the data needs an output
+    let (c, h, w) = (mnist.train.channels, mnist.train.height, mnist.train.width);
+    let outputs = probe
+        .predict(dl_layers::Tensor::zeros(vec![1, c, h, w]), false)?
+        .shape()[1];
+    if outputs < mnist.train.classes {
+        return Err(CliError::Other(format!(
+            "the network has {outputs} outputs for {} classes: pass --head-classes {}",
+            mnist.train.classes, mnist.train.classes
+        )));
+    }
     let threads = rayon::current_num_threads();
     println!(
         "{} ({} parameters), {} epoch{}, batch {}, {} lr {}{}, seed {}, {} {}",
@@ -962,13 +1070,13 @@ fn train_many(
         threads_word(per_member)
     );
     let start = Instant::now();
-    let (model, model_config) = (a.model, a.model_config.clone());
+    let member_args = a.clone();
     let eval_name = if validation.is_some() { "val" } else { "test" };
     let run = train_ensemble(
         |_, seed| {
-            model
-                .build_with(model_config.as_deref(), seed)
-                .expect("the configuration built the first network")
+            let mut m = member_args.clone();
+            m.seed = seed;
+            m.build_model().expect("the settings built the first network")
         },
         &mnist.train,
         validation.unwrap_or(&mnist.test),

@@ -160,6 +160,63 @@ impl ImageSet {
         (a, b)
     }
 
+    /// The images of the classes `classes` only, in their order, relabelled by their
+    /// position in `classes` (`[5, 6, 7, 8, 9]` makes a 5-class set whose digit 5 is
+    /// class 0): the split tasks of transfer learning. The classes must be distinct and
+    /// below [`ImageSet::classes`].
+    pub fn select_classes(&self, classes: &[u8]) -> Result<Self, DataError> {
+        let bad = |reason: String| DataError::Classes {
+            classes: classes.to_vec(),
+            reason,
+        };
+        if classes.is_empty() {
+            return Err(bad("no class chosen".into()));
+        }
+        if let Some(c) = classes.iter().find(|&&c| usize::from(c) >= self.classes) {
+            return Err(bad(format!("class {c} is not below the set's {}", self.classes)));
+        }
+        let mut position = [None; 256];
+        for (i, &c) in classes.iter().enumerate() {
+            if position[usize::from(c)].replace(i as u8).is_some() {
+                return Err(bad(format!("class {c} is chosen twice")));
+            }
+        }
+        let len = self.image_len();
+        let mut out = Self {
+            classes: classes.len(),
+            ..self.clone_meta()
+        };
+        for (i, &label) in self.labels.iter().enumerate() {
+            if let Some(new) = position[usize::from(label)] {
+                out.images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
+                out.labels.push(new);
+            }
+        }
+        Ok(out)
+    }
+
+    /// At most `k` images of each class, drawn at random by `seed`, in their original
+    /// order: few labels, as when fine-tuning on a new task.
+    pub fn per_class(&self, k: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut keep = vec![false; self.len()];
+        for class in 0..self.classes {
+            let of_class: Vec<usize> = (0..self.len())
+                .filter(|&i| usize::from(self.labels[i]) == class)
+                .collect();
+            for &j in of_class.choose_multiple(&mut rng, k.min(of_class.len())) {
+                keep[j] = true;
+            }
+        }
+        let len = self.image_len();
+        let mut out = self.clone_meta();
+        for (i, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
+            out.images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
+            out.labels.push(self.labels[i]);
+        }
+        out
+    }
+
     /// The first `n` images (all of them if `n` is larger).
     pub fn take(&self, n: usize) -> Self {
         let n = n.min(self.len());
@@ -283,5 +340,54 @@ impl BatchOrder {
         let count = self.batches_per_epoch();
         let bs = self.batch_size;
         (0..count).map(move |b| perm[b * bs..((b + 1) * bs).min(perm.len())].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 20 one-pixel images: image i has value i and label i % 4 (4 classes).
+    fn set() -> ImageSet {
+        let images: Vec<u8> = (0..20).collect();
+        let labels: Vec<u8> = (0..20).map(|i| i % 4).collect();
+        ImageSet::new(images, labels, 1, 1, 4).unwrap()
+    }
+
+    #[test]
+    fn select_classes_keeps_those_classes_relabelled_in_order() {
+        let s = set().select_classes(&[3, 1]).unwrap();
+        assert_eq!(s.classes, 2);
+        assert_eq!(s.images, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]);
+        assert_eq!(s.labels, [1, 0, 1, 0, 1, 0, 1, 0, 1, 0], "3 is class 0, 1 is class 1");
+        for (bad, says) in [
+            (&[][..], "no class"),
+            (&[4][..], "not below"),
+            (&[2, 0, 2][..], "twice"),
+        ] {
+            let err = set().select_classes(bad).unwrap_err();
+            assert!(
+                matches!(err, DataError::Classes { .. }) && err.to_string().contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_class_draws_k_of_each_class_by_seed() {
+        let s = set().per_class(2, 7);
+        assert_eq!(s.len(), 8);
+        for class in 0..4u8 {
+            assert_eq!(s.labels.iter().filter(|&&l| l == class).count(), 2);
+        }
+        // each image keeps its label, in the original order
+        assert!(s.images.windows(2).all(|w| w[0] < w[1]));
+        assert!(s.images.iter().zip(&s.labels).all(|(&i, &l)| i % 4 == l));
+        assert_eq!(s.images, set().per_class(2, 7).images, "the seed fixes the draw");
+        let others: Vec<Vec<u8>> = (0..8).map(|seed| set().per_class(2, seed).images).collect();
+        assert!(others.iter().any(|o| *o != s.images), "another seed, another draw");
+        // more than a class holds: all of it
+        assert_eq!(set().per_class(9, 0).images, set().images);
+        assert!(set().per_class(0, 0).is_empty());
     }
 }

@@ -113,4 +113,12 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A choice of classes the set cannot give ([`crate::ImageSet::select_classes`]).
+    #[error("classes {classes:?}: {reason}")]
+    Classes {
+        /// The classes asked for.
+        classes: Vec<u8>,
+        /// What is wrong with them.
+        reason: String,
+    },
 }

@@ -82,6 +82,25 @@ impl ModelConfig {
         }
     }
 
+    /// The configuration as JSON, as a saved file's metadata holds it.
+    pub fn to_json(&self) -> String {
+        match self {
+            Self::DeepConvNet(c) => serde_json::to_string(c),
+            Self::SimpleConvNet(c) => serde_json::to_string(c),
+            Self::Vgg(c) => serde_json::to_string(c),
+            Self::ResNet(c) => serde_json::to_string(c),
+            Self::GoogLeNet(c) => serde_json::to_string(c),
+        }
+        .expect("serialisable config")
+    }
+
+    /// The same model with `classes` outputs: a new head, for another task.
+    pub fn with_output_size(&self, classes: usize) -> Result<Self, ModelError> {
+        let mut value: serde_json::Value = serde_json::from_str(&self.to_json()).expect("JSON of a config");
+        value["output_size"] = classes.into();
+        Self::from_json(self.kind(), &value.to_string())
+    }
+
     /// Builds the model, every random part fixed by `seed`.
     pub fn build(&self, seed: u64) -> Result<Network, ModelError> {
         Ok(match self.clone() {

@@ -224,3 +224,20 @@ fn freezing_by_path_leaves_exactly_that_block_to_the_optimizer() {
     assert!(net.set_trainable("layer", false).is_err());
     assert!(net.set_trainable("conv1.W", false).is_err());
 }
+
+#[test]
+fn any_model_takes_a_new_head_of_any_size() {
+    for kind in MODEL_KINDS {
+        let config = ModelConfig::default_for(kind).unwrap();
+        let five = config.with_output_size(5).unwrap();
+        assert_eq!(five.kind(), kind);
+        assert_eq!(ModelConfig::from_json(kind, &five.to_json()).unwrap(), five);
+        let mut net = five.build(0).unwrap();
+        let y = net.predict(Tensor::zeros(vec![2, 1, 28, 28]), false).unwrap();
+        assert_eq!(y.shape(), [2, 5], "{kind}");
+        assert!(
+            config.with_output_size(0).unwrap().build(0).is_err(),
+            "{kind}: no class"
+        );
+    }
+}
