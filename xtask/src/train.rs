@@ -108,8 +108,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0, value_name = "LAMBDA")]
     #[serde(default)]
     weight_decay: f32,
-    /// The parameters whose names lie under PREFIX learn at F times the rate (repeat the
-    /// flag for several groups; the longest prefix wins; an empty prefix holds them all):
+    /// The parameters whose names (as saved: `W8` for the book's networks,
+    /// `layer1.0.conv1.W`) lie under PREFIX learn at F times the rate (repeat the flag
+    /// for several groups; the longest prefix wins; an empty prefix holds them all):
     /// `--lr-factor =0.1 --lr-factor fc=1` trains a backbone at a tenth of the head's rate.
     #[arg(long, value_name = "PREFIX=F", value_parser = parse_lr_factor)]
     #[serde(default)]
