@@ -107,6 +107,12 @@ fn evaluations_in_the_middle_of_an_epoch_change_nothing() {
         },
         "the evaluation after iteration 4 is of the network after iteration 4"
     );
+    // each epoch's loss is the mean of its iterations'
+    for (e, r) in h.epochs.iter().enumerate() {
+        let losses = &h.train_loss_list[e * 6..(e + 1) * 6];
+        let mean = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / 6.0;
+        assert!((f64::from(r.train_loss) - mean).abs() < 1e-6, "epoch {}", r.epoch);
+    }
     // training seconds: what the epochs recorded, evaluations left out
     let recorded: f64 = h.epochs.iter().map(|r| r.train_seconds).sum();
     assert!((obs.last_train_seconds - recorded).abs() < 1e-9 * recorded.max(1.0));
