@@ -421,8 +421,9 @@ pub struct Check {
     pub accuracy: f64,
 }
 
-/// Time to an accuracy: evaluates the whole evaluation set every `every` iterations,
-/// notes when each target was first reached, and stops the run at the last.
+/// Time to an accuracy: evaluates the whole evaluation set `checks_per_epoch` times an
+/// epoch (and at the run's last iteration), notes when each target was first reached,
+/// and stops the run when all are.
 pub struct TimeTo {
     targets: Vec<f64>,
     checks_per_epoch: usize,
