@@ -468,11 +468,11 @@ impl TimeTo {
 
 impl Observer for TimeTo {
     fn evaluate_now(&mut self, info: &IterationInfo) -> bool {
-        // the k-th check of an epoch after iteration ceil(k * iter_per_epoch / checks)
-        // of it, the last one at its end
-        let in_epoch = (info.iteration - 1) % self.iter_per_epoch + 1;
+        // a check after iteration ceil(j * iter_per_epoch / checks) for j = 1, 2, ...:
+        // as every epoch has iter_per_epoch iterations, the k-th of an epoch comes after
+        // its iteration ceil(k * iter_per_epoch / checks), the last at its end
         let k = |i: usize| i * self.checks_per_epoch / self.iter_per_epoch;
-        k(in_epoch) > k(in_epoch - 1) || info.iteration == info.max_iter
+        k(info.iteration) > k(info.iteration - 1) || info.iteration == info.max_iter
     }
 
     fn on_evaluation(&mut self, info: &IterationInfo, evaluation: &Evaluation, seconds: f64) -> ControlFlow<()> {
