@@ -352,9 +352,6 @@ impl TrainArgs {
         if self.augment {
             out.push("--augment".into());
         }
-        if let Some(n) = self.validation {
-            out.push(format!("--validation {n}"));
-        }
         out.join(" ")
     }
 }
@@ -1021,35 +1018,19 @@ fn train_one(
     Ok(())
 }
 
-/// Trains as `a` says, writing no file, and watches the whole evaluation set (the test
-/// set, or the validation split of `a`) for `a.time_to`; the progress goes to stdout.
+/// Trains as `a` says on all the training images, writing no file, and watches the
+/// full test set for `a.time_to`; the progress goes to stdout (`bench
+/// --time-to-accuracy`; a recipe is chosen with `train --validation N --time-to`).
 pub fn time_to_accuracy(a: &TrainArgs) -> Result<(History, TimeTo), CliError> {
     if a.time_to.is_empty() {
         return Err(CliError::Other("no accuracy to watch for".into()));
     }
     let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
-    let mut mnist = Mnist::load(&data)?;
-    if let Some(n) = a.train_limit {
-        mnist.train = mnist.train.take(n);
-    }
-    let validation = match a.validation {
-        Some(n) if n == 0 || n >= mnist.train.len() => {
-            return Err(CliError::Other(format!(
-                "--validation {n}: between 1 and the training images"
-            )))
-        }
-        Some(n) => {
-            let (rest, held) = mnist.train.split(n, a.validation_seed);
-            mnist.train = rest;
-            Some(held)
-        }
-        None => None,
-    };
+    let mnist = Mnist::load(&data)?;
     let mut net = a.build_model()?;
-    let eval_set = validation.as_ref().unwrap_or(&mnist.test);
-    let trainer = Trainer::new(&mut net, &mnist.train, eval_set, trainer_config(a)?)?;
+    let trainer = Trainer::new(&mut net, &mnist.train, &mnist.test, trainer_config(a)?)?;
     let iter_per_epoch = dl_data::BatchOrder::new(mnist.train.len(), a.batch_size, a.seed).batches_per_epoch();
-    let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
+    let mut progress = Progress::new(String::new(), false, "test");
     progress.watch = Some(TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?);
     let history = trainer.train_with(&mut progress)?;
     Ok((history, progress.watch.expect("set above")))
