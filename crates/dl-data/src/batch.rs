@@ -140,20 +140,51 @@ impl ImageSet {
         vec![n, self.channels, self.height, self.width]
     }
 
-    /// Holds out `n` images (all but one at most), drawn at random by `seed`, as a
-    /// validation set: returns `(rest, held out)`, each in the original order. For
-    /// choosing epochs, rates and recipes without looking at the test set.
+    /// Holds out `n` images (all but one at most), drawn at random by `seed` and
+    /// stratified by class, as a validation set: returns `(rest, held out)`, each in the
+    /// original order. For choosing epochs, rates and recipes without looking at the
+    /// test set.
+    ///
+    /// Each class gives its share of `n` (`n * class size / len`), the fractions handed
+    /// out to the classes with the largest remainders (ties to the lower class), so the
+    /// held-out set has the class proportions of the whole.
     pub fn split(&self, n: usize, seed: u64) -> (Self, Self) {
         let n = n.min(self.len().saturating_sub(1));
+        let members = self.members_by_class();
+        let total = self.len().max(1);
+        // whole shares first, then one more for the largest remainders
+        let mut quota: Vec<usize> = members.iter().map(|m| m.len() * n / total).collect();
+        let mut by_remainder: Vec<usize> = (0..members.len()).collect();
+        by_remainder.sort_by_key(|&c| std::cmp::Reverse(members[c].len() * n % total));
+        let short = n - quota.iter().sum::<usize>();
+        for &c in by_remainder.iter().take(short) {
+            quota[c] += 1;
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut held = vec![false; self.len()];
-        for i in rand::seq::index::sample(&mut rng, self.len(), n) {
-            held[i] = true;
+        for (m, &q) in members.iter().zip(&quota) {
+            for &i in m.choose_multiple(&mut rng, q) {
+                held[i] = true;
+            }
         }
+        self.partition(&held)
+    }
+
+    /// The indices of each class's images, in order.
+    fn members_by_class(&self) -> Vec<Vec<usize>> {
+        let mut members = vec![Vec::new(); self.classes];
+        for (i, &l) in self.labels.iter().enumerate() {
+            members[usize::from(l)].push(i);
+        }
+        members
+    }
+
+    /// `(images not marked, images marked)`, each in the original order.
+    fn partition(&self, marked: &[bool]) -> (Self, Self) {
         let len = self.image_len();
         let (mut a, mut b) = (self.clone_meta(), self.clone_meta());
-        for (i, &h) in held.iter().enumerate() {
-            let part = if h { &mut b } else { &mut a };
+        for (i, &m) in marked.iter().enumerate() {
+            let part = if m { &mut b } else { &mut a };
             part.images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
             part.labels.push(self.labels[i]);
         }
@@ -198,23 +229,21 @@ impl ImageSet {
     /// At most `k` images of each class, drawn at random by `seed`, in their original
     /// order: few labels, as when fine-tuning on a new task.
     pub fn per_class(&self, k: usize, seed: u64) -> Self {
+        self.per_class_split(k, seed).0
+    }
+
+    /// [`ImageSet::per_class`] and the images it leaves: `(chosen, rest)`, each in the
+    /// original order. The rest is the evaluation set of a data set with no test set of
+    /// its own (the optical digits).
+    pub fn per_class_split(&self, k: usize, seed: u64) -> (Self, Self) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut keep = vec![false; self.len()];
-        for class in 0..self.classes {
-            let of_class: Vec<usize> = (0..self.len())
-                .filter(|&i| usize::from(self.labels[i]) == class)
-                .collect();
+        let mut left = vec![true; self.len()];
+        for of_class in self.members_by_class() {
             for &j in of_class.choose_multiple(&mut rng, k.min(of_class.len())) {
-                keep[j] = true;
+                left[j] = false;
             }
         }
-        let len = self.image_len();
-        let mut out = self.clone_meta();
-        for (i, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
-            out.images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
-            out.labels.push(self.labels[i]);
-        }
-        out
+        self.partition(&left)
     }
 
     /// The first `n` images (all of them if `n` is larger).
@@ -401,5 +430,13 @@ mod tests {
         // more than a class holds: all of it
         assert_eq!(set().per_class(9, 0).images, set().images);
         assert!(set().per_class(0, 0).is_empty());
+        // the rest is every other image, in order
+        let (chosen, rest) = set().per_class_split(2, 7);
+        assert_eq!(chosen, s);
+        let mut all = [ids(&chosen), ids(&rest)].concat();
+        assert!(ids(&rest).windows(2).all(|w| w[0] < w[1]));
+        assert!(ids(&rest).iter().zip(&rest.labels).all(|(&i, &l)| i % 4 == l));
+        all.sort_unstable();
+        assert_eq!(all, ids(&set()));
     }
 }

@@ -121,4 +121,13 @@ pub enum DataError {
         /// What is wrong with them.
         reason: String,
     },
+    /// A line of a CSV data file that is not what the format says
+    /// ([`crate::optdigits::parse_csv`]).
+    #[error("CSV line {line}: {reason}")]
+    Csv {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

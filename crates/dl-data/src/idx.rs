@@ -12,6 +12,10 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The most bytes a gzip file may decompress to (1 GiB; MNIST's largest file is 47 MB):
+/// a small hostile file cannot make a reader allocate more.
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
 /// Reads a whole file, decompressing it when it starts with the gzip magic bytes
 /// (whatever its name).
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -19,18 +23,31 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    decompress_maybe_gzip(&raw, path)
+}
+
+/// `raw` decompressed when it starts with the gzip magic bytes, else as it is; `name`
+/// is used in errors. Refuses to decompress beyond [`MAX_DECOMPRESSED`] bytes.
+pub fn decompress_maybe_gzip(raw: &[u8], name: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
+    let gzip_error = |source| DataError::Gzip {
+        path: name.as_ref().to_path_buf(),
+        source,
+    };
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw.to_vec());
     }
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(gzip_error)?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(gzip_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
+        )));
+    }
+    Ok(out)
 }
 
 /// Reads and validates an IDX file of unsigned bytes, raw or gzip.
@@ -95,6 +112,21 @@ pub fn parse_idx(bytes: &[u8], name: impl AsRef<Path>) -> Result<IdxArray, DataE
     })
 }
 
+/// The IDX bytes of unsigned-byte data with dimensions `dims` (1 to 4 of them, each
+/// below 2^32, multiplying to `data.len()`): the inverse of [`parse_idx`]. `None` when
+/// the dimensions cannot describe `data`.
+pub fn encode_idx(dims: &[usize], data: &[u8]) -> Option<Vec<u8>> {
+    if !(1..=4).contains(&dims.len()) || dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(data.len()) {
+        return None;
+    }
+    let mut out = vec![0, 0, 0x08, dims.len() as u8];
+    for &d in dims {
+        out.extend_from_slice(&u32::try_from(d).ok()?.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +146,20 @@ mod tests {
         let a = parse_idx(&b, "x").unwrap();
         assert_eq!(a.dims, vec![2, 2, 3]);
         assert_eq!(a.data, (0..12).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn encoding_is_the_inverse_of_parsing_and_refuses_what_idx_cannot_say() {
+        let data: Vec<u8> = (0..24).collect();
+        let bytes = encode_idx(&[2, 3, 4], &data).unwrap();
+        assert_eq!(bytes[..8], [0, 0, 8, 3, 0, 0, 0, 2]);
+        let back = parse_idx(&bytes, "x").unwrap();
+        assert_eq!((back.dims, back.data), (vec![2, 3, 4], data.clone()));
+        assert_eq!(encode_idx(&[5], &data), None, "dimensions that do not fit the data");
+        assert_eq!(encode_idx(&[], &[]), None, "no dimension");
+        assert_eq!(encode_idx(&[1, 1, 1, 1, 24], &data), None, "five dimensions");
+        assert!(encode_idx(&[1, 1, 1, 24], &data).is_some(), "four are allowed");
+        assert_eq!(encode_idx(&[1 << 32, 0], &[]), None, "a dimension beyond u32");
     }
 
     #[test]

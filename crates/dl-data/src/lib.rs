@@ -12,6 +12,9 @@
 //!   converted to `f32` one batch at a time.
 //! * [`augment`]: shift, rotate, scale, crop, flip and elastic distortion, and a seeded
 //!   [`Pipeline`] that applies them to each mini-batch.
+//! * [`optdigits`]: a second, different set of handwritten digits (UCI's optical
+//!   digits, 8x8 grids of counts), made into MNIST-style 28x28 images on load, for
+//!   transfer learning.
 //! * [`preprocess`]: a digit from any picture (a drawing, a photo), scaled and centred
 //!   the way MNIST's digits were.
 //!
@@ -39,10 +42,12 @@ mod batch;
 mod error;
 mod idx;
 mod mnist;
+pub mod optdigits;
 pub mod preprocess;
 
 pub use augment::{Augment, Pipeline};
 pub use batch::{BatchOrder, ImageSet};
 pub use error::DataError;
-pub use idx::{parse_idx, read_idx, read_maybe_gzip, IdxArray};
+pub use idx::{decompress_maybe_gzip, encode_idx, parse_idx, read_idx, read_maybe_gzip, IdxArray, MAX_DECOMPRESSED};
 pub use mnist::{load_mnist, sha256_hex, LabelArray, LoadOptions, Mnist, MANIFEST, MNIST_FILES};
+pub use optdigits::load_optdigits;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use sha2::{Digest, Sha256};
 
-use crate::{parse_idx, read_maybe_gzip, DataError, ImageSet};
+use crate::{parse_idx, read_maybe_gzip, DataError, IdxArray, ImageSet};
 
 /// The four MNIST file names (without `.gz`): train images, train labels, test images,
 /// test labels. Fashion-MNIST and KMNIST use the same names and format.
@@ -32,7 +32,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_manifest(path: &Path) -> Result<HashMap<String, String>, DataError> {
+pub(crate) fn read_manifest(path: &Path) -> Result<HashMap<String, String>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -59,8 +59,9 @@ fn read_manifest(path: &Path) -> Result<HashMap<String, String>, DataError> {
     Ok(map)
 }
 
-/// `dir/name` or `dir/name.gz`, whichever exists (raw first).
-fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
+/// `dir/name` or `dir/name.gz`, whichever exists (raw first); `hint` says how to get
+/// it when neither does.
+pub(crate) fn find(dir: &Path, name: &str, hint: &str) -> Result<PathBuf, DataError> {
     let raw = dir.join(name);
     if raw.is_file() {
         return Ok(raw);
@@ -71,8 +72,37 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     }
     Err(DataError::Missing {
         path: raw,
-        hint: "Run `cargo xtask download`, or put the four MNIST files (raw or .gz) in that folder.".into(),
+        hint: hint.into(),
     })
+}
+
+/// The IDX files `names` of `dir` (each raw or `.gz`), each checked against the
+/// `SHA256SUMS.uncompressed` manifest when `dir` has one, parsed, with their paths.
+pub(crate) fn read_checked_idx(dir: &Path, names: &[&str], hint: &str) -> Result<Vec<(IdxArray, PathBuf)>, DataError> {
+    let manifest_path = dir.join(MANIFEST);
+    let manifest = if manifest_path.is_file() {
+        Some(read_manifest(&manifest_path)?)
+    } else {
+        None
+    };
+    let mut arrays = Vec::with_capacity(names.len());
+    for &name in names {
+        let path = find(dir, name, hint)?;
+        let bytes = read_maybe_gzip(&path)?;
+        if let Some(expected) = manifest.as_ref().and_then(|m| m.get(name)) {
+            let actual = sha256_hex(&bytes);
+            if &actual != expected {
+                return Err(DataError::Checksum {
+                    path,
+                    manifest: manifest_path,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        arrays.push((parse_idx(&bytes, &path)?, path));
+    }
+    Ok(arrays)
 }
 
 impl Mnist {
@@ -80,30 +110,11 @@ impl Mnist {
     /// `SHA256SUMS.uncompressed` manifest when `dir` has one, then validating the IDX
     /// structure, the 28x28 (any `H x W`) image shape, equal counts and labels 0-9.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, DataError> {
-        let dir = dir.as_ref();
-        let manifest_path = dir.join(MANIFEST);
-        let manifest = if manifest_path.is_file() {
-            Some(read_manifest(&manifest_path)?)
-        } else {
-            None
-        };
-        let mut arrays = Vec::with_capacity(4);
-        for name in MNIST_FILES {
-            let path = find(dir, name)?;
-            let bytes = read_maybe_gzip(&path)?;
-            if let Some(expected) = manifest.as_ref().and_then(|m| m.get(name)) {
-                let actual = sha256_hex(&bytes);
-                if &actual != expected {
-                    return Err(DataError::Checksum {
-                        path,
-                        manifest: manifest_path,
-                        expected: expected.clone(),
-                        actual,
-                    });
-                }
-            }
-            arrays.push((parse_idx(&bytes, &path)?, path));
-        }
+        let arrays = read_checked_idx(
+            dir.as_ref(),
+            &MNIST_FILES,
+            "Run `cargo xtask download`, or put the four MNIST files (raw or .gz) in that folder.",
+        )?;
         let mut it = arrays.into_iter();
         let (ti, tl, vi, vl) = (
             it.next().expect("4"),

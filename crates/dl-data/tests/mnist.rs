@@ -227,3 +227,41 @@ fn a_validation_split_is_disjoint_seeded_and_keeps_the_order() {
     // at least one image stays for training
     assert_eq!(set.split(500, 0).0.len(), 1);
 }
+
+#[test]
+fn a_validation_split_keeps_the_class_proportions() {
+    // 60 images of class 0, 30 of class 1, 10 of class 2, interleaved
+    let labels: Vec<u8> = (0..100u8)
+        .map(|i| {
+            if i % 10 < 6 {
+                0
+            } else if i % 10 < 9 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    let set = ImageSet::new((0..100).collect(), labels, 1, 1, 3).unwrap();
+    let count = |s: &ImageSet, c: u8| s.labels.iter().filter(|&&l| l == c).count();
+    for seed in 0..5 {
+        let (rest, held) = set.split(20, seed);
+        assert_eq!([0, 1, 2].map(|c| count(&held, c)), [12, 6, 2], "seed {seed}");
+        assert_eq!([0, 1, 2].map(|c| count(&rest, c)), [48, 24, 8]);
+        assert!(held
+            .images
+            .iter()
+            .zip(&held.labels)
+            .all(|(&i, &l)| set.labels[usize::from(i)] == l));
+    }
+    // shares of 7 are 4.2, 2.1 and 0.7: the largest remainder (0.7) gets the extra one
+    let (_, held) = set.split(7, 0);
+    assert_eq!([0, 1, 2].map(|c| count(&held, c)), [4, 2, 1]);
+    // 5 of 100: 3, 1.5 and 0.5; the tie of remainders goes to the lower class
+    let (_, held) = set.split(5, 0);
+    assert_eq!([0, 1, 2].map(|c| count(&held, c)), [3, 2, 0]);
+    // a class with no image takes no share
+    let set = ImageSet::new(vec![0; 4], vec![0, 0, 2, 2], 1, 1, 3).unwrap();
+    let (_, held) = set.split(2, 1);
+    assert_eq!(held.labels, [0, 2]);
+}
