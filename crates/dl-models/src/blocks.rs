@@ -72,6 +72,38 @@ pub(crate) fn check_conv_param(kind: &str, p: &crate::ConvParam) -> Result<(), M
 /// The largest channel count, image side or hidden width a configuration may ask for.
 pub(crate) const MAX_SIZE: usize = 4096;
 
+/// The most parameters a configuration may ask for (2^28: 1 GiB of `f32`), checked
+/// before anything is allocated.
+pub const MAX_PARAMS: u128 = 1 << 28;
+
+/// Refuses a configuration of more than [`MAX_PARAMS`] parameters.
+pub(crate) fn check_params(kind: &str, count: u128) -> Result<(), ModelError> {
+    if count > MAX_PARAMS {
+        return Err(ModelError::Config {
+            kind: kind.into(),
+            message: format!("{count} parameters, more than the {MAX_PARAMS} a model may have"),
+        });
+    }
+    Ok(())
+}
+
+/// Parameters of a `k x k` convolution from `c_in` to `c_out` channels, with or without
+/// its bias.
+pub(crate) fn conv_params(c_in: usize, c_out: usize, k: usize, bias: bool) -> u128 {
+    let (c_in, c_out, k) = (c_in as u128, c_out as u128, k as u128);
+    c_in * c_out * k * k + if bias { c_out } else { 0 }
+}
+
+/// Parameters of an Affine layer (weights and bias).
+pub(crate) fn affine_params(n_in: usize, n_out: usize) -> u128 {
+    n_in as u128 * n_out as u128 + n_out as u128
+}
+
+/// The output side of a convolution or pool, `None` when the window does not fit.
+pub(crate) fn out_side(side: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    (side + 2 * pad).checked_sub(k).map(|d| d / stride.max(1) + 1)
+}
+
 /// A dropout ratio in `[0, 1)`.
 pub(crate) fn check_ratio(kind: &str, ratio: f32) -> Result<(), ModelError> {
     if !(0.0..1.0).contains(&ratio) {

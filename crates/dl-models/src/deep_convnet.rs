@@ -3,7 +3,10 @@ use dl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_conv_param, check_input, check_ratio, check_size, model_type, MAX_SIZE};
+use crate::blocks::{
+    affine_params, check_conv_param, check_input, check_params, check_ratio, check_size, conv_params, model_type,
+    out_side, MAX_SIZE,
+};
 use crate::{book_names, derive_seed, ModelError, Network};
 
 /// One convolution's settings, the book's `conv_param` dictionary.
@@ -100,6 +103,31 @@ fn dropout(ratio: f32, inverted: bool, seed: u64) -> Box<dyn Layer> {
     }
 }
 
+impl DeepConvNetConfig {
+    /// The parameters the network has (weights, biases, batch norm's scale and shift),
+    /// counted without building it (the hidden layer's inputs as 0 when the image does
+    /// not fit the convolutions).
+    pub fn param_count(&self) -> u128 {
+        let bn = |c: usize| if self.use_batchnorm { 2 * c as u128 } else { 0 };
+        let (mut c, mut h, mut w) = (self.input_dim.0, Some(self.input_dim.1), Some(self.input_dim.2));
+        let mut count = 0;
+        for (i, p) in self.conv_params.iter().enumerate() {
+            count += conv_params(c, p.filter_num, p.filter_size, true) + bn(p.filter_num);
+            c = p.filter_num;
+            h = h.and_then(|h| out_side(h, p.filter_size, p.stride, p.pad));
+            w = w.and_then(|w| out_side(w, p.filter_size, p.stride, p.pad));
+            if i % 2 == 1 {
+                (h, w) = (h.map(|h| h / 2), w.map(|w| w / 2));
+            }
+        }
+        let flat = c * h.unwrap_or(0) * w.unwrap_or(0);
+        count
+            + affine_params(flat, self.hidden_size)
+            + bn(self.hidden_size)
+            + affine_params(self.hidden_size, self.output_size)
+    }
+}
+
 impl DeepConvNet {
     /// Builds the network with every random part (initial weights, dropout masks) fixed
     /// by `seed`.
@@ -121,6 +149,7 @@ impl DeepConvNet {
         check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
         check_ratio(kind, config.dropout_ratio)?;
+        check_params(kind, config.param_count())?;
         let (mut c, mut h, mut w) = config.input_dim;
         let mut layers: Vec<Box<dyn Layer>> = Vec::new();
         let mut k = 0u64;

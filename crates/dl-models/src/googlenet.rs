@@ -1,7 +1,10 @@
 use dl_layers::{Affine, Concat, Dropout, GlobalAveragePooling, Init, Layer, Pooling, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{basic_conv, check_input, check_ratio, check_size, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{
+    affine_params, basic_conv, check_input, check_params, check_ratio, check_size, conv_params, model_type, Seeds,
+    MAX_SIZE,
+};
 use crate::{ModelError, Network};
 
 /// One inception module's widths, torchvision's `Inception` arguments.
@@ -52,6 +55,26 @@ pub struct GoogLeNetConfig {
     pub dropout_ratio: f32,
     /// Number of classes.
     pub output_size: usize,
+}
+
+impl GoogLeNetConfig {
+    /// The parameters the network has, counted without building it.
+    pub fn param_count(&self) -> u128 {
+        // a BasicConv2d: a convolution without bias, and batch norm's scale and shift
+        let basic = |c_in: usize, c_out: usize, k: usize| conv_params(c_in, c_out, k, false) + 2 * c_out as u128;
+        let mut count = basic(self.input_dim.0, self.stem_channels, 3);
+        let mut c = self.stem_channels;
+        for p in self.stages.iter().flatten() {
+            count += basic(c, p.ch1x1, 1)
+                + basic(c, p.ch3x3red, 1)
+                + basic(p.ch3x3red, p.ch3x3, 3)
+                + basic(c, p.ch5x5red, 1)
+                + basic(p.ch5x5red, p.ch5x5, 5)
+                + basic(c, p.pool_proj, 1);
+            c = p.out_channels();
+        }
+        count + affine_params(c, self.output_size)
+    }
 }
 
 impl Default for GoogLeNetConfig {
@@ -144,6 +167,7 @@ impl GoogLeNet {
         }
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
         check_ratio(kind, config.dropout_ratio)?;
+        check_params(kind, config.param_count())?;
         if h0 >> config.stages.len() == 0 || w0 >> config.stages.len() == 0 {
             return Err(ModelError::Config {
                 kind: kind.into(),

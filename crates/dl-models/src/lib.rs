@@ -51,6 +51,7 @@ mod resnet;
 mod simple_convnet;
 mod vgg;
 
+pub use blocks::MAX_PARAMS;
 pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
 pub use error::ModelError;
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, InceptionParam};

@@ -101,6 +101,17 @@ impl ModelConfig {
         Self::from_json(self.kind(), &value.to_string())
     }
 
+    /// The parameters the model has, counted without building it.
+    pub fn param_count(&self) -> u128 {
+        match self {
+            Self::DeepConvNet(c) => c.param_count(),
+            Self::SimpleConvNet(c) => c.param_count(),
+            Self::Vgg(c) => c.param_count(),
+            Self::ResNet(c) => c.param_count(),
+            Self::GoogLeNet(c) => c.param_count(),
+        }
+    }
+
     /// Builds the model, every random part fixed by `seed`.
     pub fn build(&self, seed: u64) -> Result<Network, ModelError> {
         Ok(match self.clone() {
@@ -190,8 +201,25 @@ pub fn load(path: impl AsRef<Path>) -> Result<Network, ModelError> {
 
 /// Rebuilds the model of a safetensors file in memory and loads its parameters; `path`
 /// only names the file in errors.
+///
+/// The model is built only when the file is large enough to hold its parameters as
+/// `f32`, so a file of `n` bytes never makes this allocate parameters of more than `n`
+/// bytes.
 pub fn load_from_bytes(bytes: &[u8], path: &Path) -> Result<Network, ModelError> {
-    let mut net = model_config_from_bytes(bytes, path)?.build(0)?;
+    let config = model_config_from_bytes(bytes, path)?;
+    let needed = config.param_count().saturating_mul(4);
+    if needed > bytes.len() as u128 {
+        return Err(ModelError::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "its {} asks for {} parameters ({needed} bytes), more than the file's {} bytes hold",
+                config.kind(),
+                config.param_count(),
+                bytes.len()
+            ),
+        });
+    }
+    let mut net = config.build(0)?;
     net.load_params_from_bytes(bytes, path)?;
     Ok(net)
 }

@@ -1,7 +1,9 @@
 use dl_layers::{Affine, BatchNormalization, GlobalAveragePooling, Init, Layer, Relu, Residual, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_input, check_size, conv, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{
+    affine_params, check_input, check_params, check_size, conv, conv_params, model_type, Seeds, MAX_SIZE,
+};
 use crate::{ModelError, Network};
 
 /// The settings of a [`ResNet`].
@@ -28,6 +30,29 @@ impl Default for ResNetConfig {
             widths: vec![16, 32, 64],
             output_size: 10,
         }
+    }
+}
+
+impl ResNetConfig {
+    /// The parameters the network has, counted without building it.
+    pub fn param_count(&self) -> u128 {
+        let bn = |c: usize| 2 * c as u128;
+        let Some(&first) = self.widths.first() else {
+            return 0;
+        };
+        let mut count = conv_params(self.input_dim.0, first, 3, false) + bn(first);
+        let mut c = first;
+        for (i, &width) in self.widths.iter().enumerate() {
+            for b in 0..self.blocks_per_stage {
+                let stride = if i > 0 && b == 0 { 2 } else { 1 };
+                count += conv_params(c, width, 3, false) + bn(width) + conv_params(width, width, 3, false) + bn(width);
+                if stride != 1 || c != width {
+                    count += conv_params(c, width, 1, false) + bn(width);
+                }
+                c = width;
+            }
+        }
+        count + affine_params(c, self.output_size)
     }
 }
 
@@ -84,6 +109,7 @@ impl ResNet {
             check_size(kind, "stage width", c, MAX_SIZE)?;
         }
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
+        check_params(kind, config.param_count())?;
         let mut seeds = Seeds::new(seed);
         let w0c = config.widths[0];
         let mut root = Sequential::new()

@@ -1,7 +1,9 @@
 use dl_layers::{Affine, Convolution, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_conv_param, check_input, check_size, model_type, MAX_SIZE};
+use crate::blocks::{
+    affine_params, check_conv_param, check_input, check_params, check_size, conv_params, model_type, out_side, MAX_SIZE,
+};
 use crate::{book_names, derive_seed, ConvParam, ModelError, Network};
 
 /// The book's `SimpleConvNet.__init__` arguments (chapter 7).
@@ -60,6 +62,7 @@ impl SimpleConvNet {
         check_conv_param(kind, &config.conv_param)?;
         check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
+        check_params(kind, config.param_count())?;
         let init = config.weight_init_std.map_or(Init::He, Init::Std);
         let (c, h, w) = config.input_dim;
         let p = config.conv_param;
@@ -106,3 +109,17 @@ impl SimpleConvNet {
 }
 
 model_type!(SimpleConvNet, SimpleConvNetConfig);
+
+impl SimpleConvNetConfig {
+    /// The parameters the network has, counted without building it (the hidden
+    /// layer's inputs as 0 when the image does not fit the convolution).
+    pub fn param_count(&self) -> u128 {
+        let p = self.conv_param;
+        let (c, h, w) = self.input_dim;
+        let side = |s: usize| out_side(s, p.filter_size, p.stride, p.pad).map_or(0, |o| o / 2);
+        let pooled = p.filter_num * side(h) * side(w);
+        conv_params(c, p.filter_num, p.filter_size, true)
+            + affine_params(pooled, self.hidden_size)
+            + affine_params(self.hidden_size, self.output_size)
+    }
+}

@@ -1,7 +1,9 @@
 use dl_layers::{Affine, BatchNormalization, Convolution, Dropout, Init, Layer, Pooling, Relu, Sequential};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{check_input, check_ratio, check_size, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{
+    affine_params, check_input, check_params, check_ratio, check_size, conv_params, model_type, Seeds, MAX_SIZE,
+};
 use crate::{ModelError, Network};
 
 /// The settings of a [`Vgg`].
@@ -34,6 +36,22 @@ impl Default for VggConfig {
             dropout_ratio: 0.5,
             use_batchnorm: true,
         }
+    }
+}
+
+impl VggConfig {
+    /// The parameters the network has, counted without building it.
+    pub fn param_count(&self) -> u128 {
+        let (mut c, mut h, mut w) = self.input_dim;
+        let mut count = 0;
+        for &(n, channels) in &self.blocks {
+            for _ in 0..n {
+                count += conv_params(c, channels, 3, true) + if self.use_batchnorm { 2 * channels as u128 } else { 0 };
+                c = channels;
+            }
+            (h, w) = (h / 2, w / 2);
+        }
+        count + affine_params(c * h * w, self.hidden_size) + affine_params(self.hidden_size, self.output_size)
     }
 }
 
@@ -72,6 +90,7 @@ impl Vgg {
         check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
         check_size(kind, "output size", config.output_size, MAX_SIZE)?;
         check_ratio(kind, config.dropout_ratio)?;
+        check_params(kind, config.param_count())?;
         let (mut c, mut h, mut w) = config.input_dim;
         if h >> config.blocks.len() == 0 || w >> config.blocks.len() == 0 {
             return Err(ModelError::Config {

@@ -241,3 +241,82 @@ fn any_model_takes_a_new_head_of_any_size() {
         );
     }
 }
+
+#[test]
+fn a_configuration_counts_its_parameters_before_anything_is_built() {
+    let configs = [
+        ("DeepConvNet", None),
+        (
+            "DeepConvNet",
+            Some(
+                r#"{"input_dim":[3,20,24],"conv_params":[{"filter_num":4,"filter_size":3,"pad":1,"stride":2},{"filter_num":5,"filter_size":3,"pad":0,"stride":1},{"filter_num":6,"filter_size":1,"pad":0,"stride":1},{"filter_num":7,"filter_size":3,"pad":1,"stride":1},{"filter_num":2,"filter_size":2,"pad":1,"stride":1},{"filter_num":3,"filter_size":3,"pad":2,"stride":1}],"hidden_size":9,"output_size":4,"dropout_ratio":0.5,"inverted_dropout":true,"use_batchnorm":true}"#,
+            ),
+        ),
+        ("SimpleConvNet", None),
+        (
+            "SimpleConvNet",
+            Some(
+                r#"{"input_dim":[2,13,11],"conv_param":{"filter_num":3,"filter_size":4,"pad":1,"stride":2},"hidden_size":7,"output_size":5,"weight_init_std":null}"#,
+            ),
+        ),
+        ("Vgg", None),
+        (
+            "Vgg",
+            Some(
+                r#"{"input_dim":[2,17,12],"blocks":[[1,3],[2,5]],"hidden_size":6,"output_size":3,"dropout_ratio":0.5,"use_batchnorm":false}"#,
+            ),
+        ),
+        ("ResNet", None),
+        (
+            "ResNet",
+            Some(r#"{"input_dim":[1,12,12],"blocks_per_stage":2,"widths":[4,4,6],"output_size":3}"#),
+        ),
+        ("GoogLeNet", None),
+    ];
+    for (kind, json) in configs {
+        let config = match json {
+            Some(j) => ModelConfig::from_json(kind, j).unwrap(),
+            None => ModelConfig::default_for(kind).unwrap(),
+        };
+        let net = config.build(0).unwrap();
+        assert_eq!(config.param_count(), net.param_count() as u128, "{kind} {json:?}");
+    }
+    // beyond the bound: refused before the 64 convolutions of 4096 x 4096 (40 GB) exist
+    let huge = r#"{"input_dim":[1,256,256],"blocks":[[8,4096],[8,4096],[8,4096],[8,4096],[8,4096],[8,4096],[8,4096],[8,4096]],"hidden_size":8,"output_size":2,"dropout_ratio":0.5,"use_batchnorm":true}"#;
+    let err = build("Vgg", Some(huge), 0).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Config { .. }) && err.to_string().contains(&dl_models::MAX_PARAMS.to_string()),
+        "{err}"
+    );
+    // just under it builds; just over it does not
+    let wide = |hidden: usize| {
+        format!(
+            r#"{{"input_dim":[1,2,2],"conv_param":{{"filter_num":1,"filter_size":1,"pad":0,"stride":1}},"hidden_size":{hidden},"output_size":1,"weight_init_std":null}}"#
+        )
+    };
+    let fits = ModelConfig::from_json("SimpleConvNet", &wide(1)).unwrap();
+    assert!(fits.param_count() <= dl_models::MAX_PARAMS);
+    let over = ModelConfig::from_json("SimpleConvNet", &wide(4096)).unwrap();
+    assert_eq!(over.param_count(), 2 + (4096 + 4096) + (4096 + 1));
+}
+
+#[test]
+fn a_small_file_cannot_ask_for_a_large_model() {
+    // a real file whose configuration claims far more parameters than it holds
+    let net = build("SimpleConvNet", None, 0).unwrap();
+    let bytes = net.params_to_bytes();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let bigger = header.replacen(":100,", ":4000,", 1);
+    assert_ne!(bigger, header, "the header names the hidden size");
+    let mut forged = (bigger.len() as u64).to_le_bytes().to_vec();
+    forged.extend_from_slice(bigger.as_bytes());
+    forged.extend_from_slice(&bytes[8 + header_len..]);
+    let err = dl_models::registry::load_from_bytes(&forged, std::path::Path::new("forged")).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Format { .. }) && err.to_string().contains("more than the file"),
+        "{err}"
+    );
+    // the true file loads
+    dl_models::registry::load_from_bytes(&bytes, std::path::Path::new("true")).unwrap();
+}
