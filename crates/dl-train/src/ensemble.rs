@@ -374,11 +374,18 @@ impl Ensemble {
     pub fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest, EnsembleError> {
         let path = dir.as_ref().join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        Self::parse_manifest(&bytes, &path)
+    }
+
+    /// [`Ensemble::read_manifest`] from bytes in memory: the JSON, its format and
+    /// version, at least one member, and member files that are plain names inside the
+    /// folder. `path` names the source in errors.
+    pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, EnsembleError> {
         let bad = |message: String| EnsembleError::Manifest {
-            path: path.clone(),
+            path: path.to_path_buf(),
             message,
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
         if m.format != MANIFEST_FORMAT {
             return Err(bad(format!("format is {:?}, expected {MANIFEST_FORMAT:?}", m.format)));
         }
