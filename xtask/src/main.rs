@@ -5,12 +5,14 @@ mod download;
 mod ensemble;
 mod eval;
 mod misclassified;
+mod optdigits;
 mod plot;
 mod preview;
 mod serve;
 mod train;
+mod transfer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,54 @@ pub fn root() -> PathBuf {
 /// The MNIST copy shipped in the repository.
 pub fn default_data_dir() -> PathBuf {
     root().join("datasets").join("mnist")
+}
+
+/// A data set the commands train and evaluate on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    /// MNIST, or any set in its four-file format (Fashion-MNIST, KMNIST): a training and
+    /// a test set.
+    #[default]
+    Mnist,
+    /// UCI's optical digits (1,797 images, 28x28 on load): one set, from which
+    /// --labels-per-class K draws the training images; the rest is the test set.
+    Optdigits,
+}
+
+impl Dataset {
+    /// The copy shipped in the repository.
+    pub fn default_dir(self) -> PathBuf {
+        match self {
+            Dataset::Mnist => default_data_dir(),
+            Dataset::Optdigits => root().join("datasets").join("optdigits"),
+        }
+    }
+
+    /// The set in `dir` (default: the shipped copy) as training and test images. The
+    /// optical digits have no split of their own: all of them are the training set
+    /// and the test set is empty, until [`Dataset::few_labels`] splits them.
+    pub fn load(self, dir: Option<&Path>) -> Result<dl_data::Mnist, CliError> {
+        let dir = dir.map_or_else(|| self.default_dir(), Path::to_path_buf);
+        Ok(match self {
+            Dataset::Mnist => dl_data::Mnist::load(&dir)?,
+            Dataset::Optdigits => {
+                let all = dl_data::load_optdigits(&dir)?;
+                let test = all.take(0);
+                dl_data::Mnist { train: all, test }
+            }
+        })
+    }
+
+    /// Keeps `k` training images of each class (drawn by `seed`); for the optical
+    /// digits, the images left become the test set.
+    pub fn few_labels(self, data: &mut dl_data::Mnist, k: usize, seed: u64) {
+        let (chosen, rest) = data.train.per_class_split(k, seed);
+        data.train = chosen;
+        if self == Dataset::Optdigits {
+            data.test = rest;
+        }
+    }
 }
 
 /// The trained DeepConvNet weights shipped in the repository.
@@ -62,6 +112,9 @@ enum Command {
     /// Fine-tune a saved network (--from) on new data: train's flags, and a new head
     /// (--head-classes), frozen layers (--freeze), few labels (--labels-per-class).
     Finetune(train::TrainArgs),
+    /// The transfer-learning experiments: fine-tuned against from scratch, over labels
+    /// per class and seeds (results.json, summary.md, transfer.png).
+    Transfer(transfer::TransferArgs),
     /// Full test accuracy of saved weights (default: the shipped DeepConvNet).
     Eval(eval::EvalArgs),
     /// Convert the book's pickled parameters (deep_convnet_params.pkl) to safetensors.
@@ -70,6 +123,9 @@ enum Command {
     Ensemble(ensemble::EnsembleArgs),
     /// Fetch and verify MNIST, Fashion-MNIST or KMNIST.
     Download(download::DownloadArgs),
+    /// Make datasets/optdigits (IDX files and checksums) from scikit-learn's
+    /// digits.csv.gz.
+    ConvertOptdigits(optdigits::ConvertArgs),
     /// Write a PNG grid of original and augmented digits.
     AugmentPreview(preview::PreviewArgs),
     /// Throughput, per-layer times and peak memory (table, and JSON with --json).
@@ -138,11 +194,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train::run(a),
         Command::Finetune(a) => train::finetune(a),
+        Command::Transfer(a) => transfer::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => download::run(a),
         Command::Ensemble(a) => ensemble::run(a),
         Command::ConvertBook(a) => eval::convert(a),
+        Command::ConvertOptdigits(a) => optdigits::convert(a),
         Command::AugmentPreview(a) => preview::run(a),
         Command::Serve(a) => serve::serve(a),
         Command::Predict(a) => serve::predict(a),
@@ -170,8 +228,98 @@ mod tests {
             Command::Eval(a) => eval::run(a),
             Command::Ensemble(a) => ensemble::run(a),
             Command::Bench(a) => bench::run(a),
+            Command::ConvertOptdigits(a) => optdigits::convert(a),
+            Command::Transfer(a) => transfer::run(a),
             _ => unreachable!("not used here"),
         }
+    }
+
+    /// A SimpleConvNet small enough to train in a blink.
+    pub const TINY_SIMPLE: &str = r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":1,"filter_size":5,"pad":0,"stride":1},"hidden_size":4,"output_size":10,"weight_init_std":null}"#;
+
+    #[test]
+    fn optical_digits_are_converted_from_the_csv_then_trained_on_and_evaluated() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        // 30 digits, 3 of each class: a bar whose place and width follow the index
+        let mut csv = String::new();
+        for i in 0..30usize {
+            let counts: Vec<String> = (0..64)
+                .map(|j| {
+                    if j % 8 == i % 5 + 1 || j % 8 == i % 3 + 2 {
+                        ((i + j) % 16 + 1).to_string()
+                    } else {
+                        "0".into()
+                    }
+                })
+                .collect();
+            csv.push_str(&format!("{},{}\n", counts.join(","), i % 10));
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(csv.as_bytes()).unwrap();
+        std::fs::write(p("digits.csv.gz"), gz.finish().unwrap()).unwrap();
+        let convert = ["convert-optdigits", "--csv", &p("digits.csv.gz"), "--out", &p("opt")];
+        run_cli(&convert).unwrap();
+        let set = dl_data::load_optdigits(p("opt")).unwrap();
+        assert_eq!(set.len(), 30);
+        assert_eq!(set.labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+        let sums = std::fs::read_to_string(p("opt/SHA256SUMS.uncompressed")).unwrap();
+        assert_eq!(sums.lines().count(), 2);
+        // a second conversion does not replace the first without --overwrite
+        let err = run_cli(&convert).unwrap_err();
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        run_cli(&[&convert[..], &["--overwrite"]].concat()).unwrap();
+        std::fs::write(p("bad.csv"), "1,2,3\n").unwrap();
+        let err = run_cli(&["convert-optdigits", "--csv", &p("bad.csv"), "--out", &p("bad")]).unwrap_err();
+        assert!(err.to_string().contains("CSV line 1"), "{err}");
+        assert!(!dir.path().join("bad").exists(), "nothing written");
+        // train on 1 of each digit, 1 of each held out for validation, test on the rest
+        let train = [
+            "train",
+            "--dataset",
+            "optdigits",
+            "--data",
+            &p("opt"),
+            "--model",
+            "simple",
+            "--model-config",
+            TINY_SIMPLE,
+            "--epochs",
+            "2",
+            "--eval-samples",
+            "0",
+        ];
+        let cli = parse_from(std::iter::once("xtask").chain(train.iter().copied()).chain([
+            "--labels-per-class",
+            "1",
+            "--validation",
+            "10",
+            "--out",
+            &p("run"),
+        ]))
+        .unwrap();
+        let Command::Train(a) = cli.command else { unreachable!() };
+        let test = train::run_scored(a).unwrap().unwrap();
+        assert_eq!(test.total, 10, "30 - 10 validation - 10 trained on");
+        let history: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p("run/history.json")).unwrap()).unwrap();
+        assert_eq!(history["evaluated_on"], "validation");
+        assert_eq!(history["test_evaluation"]["total"], 10);
+        // without --labels-per-class there is nothing to test on
+        let err = run_cli(&[&train[..], &["--out", &p("run2")]].concat()).unwrap_err();
+        assert!(err.to_string().contains("--labels-per-class"), "{err}");
+        // and eval scores every optical digit
+        run_cli(&[
+            "eval",
+            "--dataset",
+            "optdigits",
+            "--data",
+            &p("opt"),
+            "--params",
+            &p("run/params.safetensors"),
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -177,7 +177,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     #[serde(default)]
     early_stop: Option<usize>,
-    /// Folder with the MNIST files (default: the shipped copy).
+    /// The data set: mnist (or any set in its format, with --data), or optdigits (UCI's
+    /// optical digits: needs --labels-per-class, and tests on the images not drawn).
+    #[arg(long, value_enum, default_value = "mnist")]
+    #[serde(default)]
+    dataset: crate::Dataset,
+    /// Folder with the data set's files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Hold out N training images (drawn by --validation-seed) as a validation set: the
@@ -234,7 +239,7 @@ pub struct TrainArgs {
         "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "classes", "labels_per_class",
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
-        "early_stop", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
+        "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints",
     ])]
     #[serde(skip)]
@@ -357,6 +362,15 @@ impl TrainArgs {
 }
 
 /// A value's name on the command line (`one-cycle`).
+/// The `--model` value of a saved model's kind.
+pub fn model_value_name(config: &dl_models::registry::ModelConfig) -> Result<String, CliError> {
+    ModelName::value_variants()
+        .iter()
+        .find(|m| m.kind() == config.kind())
+        .map(|&m| value_name(m))
+        .ok_or_else(|| CliError::Other(format!("no --model trains a {}", config.kind())))
+}
+
 fn value_name(v: impl ValueEnum) -> String {
     v.to_possible_value()
         .map_or_else(String::new, |p| p.get_name().to_string())
@@ -743,6 +757,11 @@ fn new_run_folder(out: Option<&Path>, overwrite: bool, base: &Path) -> Result<Pa
 }
 
 pub fn run(a: TrainArgs) -> Result<(), CliError> {
+    run_scored(a).map(drop)
+}
+
+/// [`run`], returning the final test figure of a single run.
+pub fn run_scored(a: TrainArgs) -> Result<Option<Evaluation>, CliError> {
     match a.resume.clone() {
         Some(dir) => resume(&dir),
         None => {
@@ -759,12 +778,17 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
 
 /// `cargo xtask finetune`: `train` from a saved network (`--from` required).
 pub fn finetune(a: TrainArgs) -> Result<(), CliError> {
+    finetune_scored(a).map(drop)
+}
+
+/// [`finetune`], returning the final test figure.
+pub fn finetune_scored(a: TrainArgs) -> Result<Option<Evaluation>, CliError> {
     if a.from.is_none() && a.resume.is_none() {
         return Err(CliError::Other(
             "finetune starts from a saved network: pass --from PARAMS (or --resume DIR)".into(),
         ));
     }
-    run(a)
+    run_scored(a)
 }
 
 /// The digits of `--classes`: `0-4` or `5,6,7`.
@@ -788,7 +812,7 @@ fn parse_classes(spec: &str) -> Result<Vec<u8>, CliError> {
 }
 
 /// Continues the run in `dir` from its newest checkpoint.
-fn resume(dir: &Path) -> Result<(), CliError> {
+fn resume(dir: &Path) -> Result<Option<Evaluation>, CliError> {
     let run_file = dir.join(RUN_FILE);
     let text = std::fs::read_to_string(&run_file).map_err(|e| {
         CliError::Other(format!(
@@ -817,7 +841,13 @@ fn resume(dir: &Path) -> Result<(), CliError> {
     start(a, dir.to_path_buf(), Some(ckpt))
 }
 
-fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoint>) -> Result<(), CliError> {
+/// Trains as `a` says into `out`; the final test figure of a single run (`None` for an
+/// ensemble, which prints its own).
+fn start(
+    mut a: TrainArgs,
+    out: PathBuf,
+    resume_from: Option<dl_train::Checkpoint>,
+) -> Result<Option<Evaluation>, CliError> {
     a.out = Some(out.clone());
     if a.checkpoint_every == 0 {
         return Err(CliError::Other("--checkpoint-every must be at least 1".into()));
@@ -831,9 +861,9 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
     if a.ensemble.is_none() && a.parallel > 1 {
         return Err(CliError::Other("--parallel applies to --ensemble runs only".into()));
     }
-    let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+    let data = a.data.clone().unwrap_or_else(|| a.dataset.default_dir());
     let load_start = Instant::now();
-    let mut mnist = Mnist::load(&data)?;
+    let mut mnist = a.dataset.load(Some(&data))?;
     if let Some(spec) = &a.classes {
         let classes = parse_classes(spec)?;
         mnist.train = mnist.train.select_classes(&classes)?;
@@ -859,11 +889,22 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
     };
     match a.labels_per_class {
         Some(0) => return Err(CliError::Other("--labels-per-class needs at least one image".into())),
-        Some(k) => mnist.train = mnist.train.per_class(k, a.seed),
+        Some(k) => a.dataset.few_labels(&mut mnist, k, a.seed),
+        None if a.dataset == crate::Dataset::Optdigits => {
+            return Err(CliError::Other(
+                "--dataset optdigits has no test set of its own: pass --labels-per-class K to train on K \
+                 images of each digit and test on the rest"
+                    .into(),
+            ))
+        }
         None => {}
     }
     println!(
-        "MNIST from {}: {} train, {}{} test images ({:.1} s)",
+        "{} from {}: {} train, {}{} test images ({:.1} s)",
+        match a.dataset {
+            crate::Dataset::Mnist => "MNIST",
+            crate::Dataset::Optdigits => "optical digits",
+        },
         data.display(),
         mnist.train.len(),
         validation.as_ref().map_or(String::new(), |v| format!(
@@ -930,8 +971,8 @@ fn start(mut a: TrainArgs, out: PathBuf, resume_from: Option<dl_train::Checkpoin
         write_json(&out.join(RUN_FILE), &a)?;
     }
     match a.ensemble {
-        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from),
-        Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config),
+        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from).map(Some),
+        Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config).map(|()| None),
     }
 }
 
@@ -943,7 +984,7 @@ fn train_one(
     validation: Option<&ImageSet>,
     config: TrainerConfig,
     resume_from: Option<dl_train::Checkpoint>,
-) -> Result<(), CliError> {
+) -> Result<Evaluation, CliError> {
     let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
     let eval_set = validation.unwrap_or(&mnist.test);
     let dir = out.join(CHECKPOINT_DIR);
@@ -1009,13 +1050,14 @@ fn train_one(
             println!("{line}");
         }
     }
-    if validation.is_some() {
+    let test = if validation.is_some() {
         println!("validation accuracy: {}", history.test_evaluation);
-        println!("test accuracy: {}", evaluate(&mut net, &mnist.test, None, 100)?);
+        evaluate(&mut net, &mnist.test, None, 100)?
     } else {
-        println!("test accuracy: {}", history.test_evaluation);
-    }
-    Ok(())
+        history.test_evaluation
+    };
+    println!("test accuracy: {test}");
+    Ok(test)
 }
 
 /// Trains as `a` says on all the training images, writing no file, and watches the
