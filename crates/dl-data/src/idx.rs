@@ -29,6 +29,11 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
 /// `raw` decompressed when it starts with the gzip magic bytes, else as it is; `name`
 /// is used in errors. Refuses to decompress beyond [`MAX_DECOMPRESSED`] bytes.
 pub fn decompress_maybe_gzip(raw: &[u8], name: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
+    decompress_at_most(raw, name, MAX_DECOMPRESSED)
+}
+
+/// [`decompress_maybe_gzip`] with a cap of `limit` bytes on the decompressed output.
+pub fn decompress_at_most(raw: &[u8], name: impl AsRef<Path>, limit: u64) -> Result<Vec<u8>, DataError> {
     let gzip_error = |source| DataError::Gzip {
         path: name.as_ref().to_path_buf(),
         source,
@@ -38,13 +43,13 @@ pub fn decompress_maybe_gzip(raw: &[u8], name: impl AsRef<Path>) -> Result<Vec<u
     }
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
     flate2::read::MultiGzDecoder::new(raw)
-        .take(MAX_DECOMPRESSED + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(gzip_error)?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
+    if out.len() as u64 > limit {
         return Err(gzip_error(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
+            format!("decompresses to more than {limit} bytes"),
         )));
     }
     Ok(out)
@@ -229,5 +234,15 @@ mod tests {
         assert!(matches!(e, DataError::Gzip { .. }), "{e}");
         // a missing file
         assert!(matches!(read_idx(&dir.path().join("nope")), Err(DataError::Io { .. })));
+        // the cap on the decompressed size: exactly the limit passes, one byte more not
+        let limit = b.len() as u64;
+        assert_eq!(decompress_at_most(&packed, "a", limit).unwrap(), b);
+        let e = decompress_at_most(&packed, "a", limit - 1).unwrap_err();
+        assert!(
+            matches!(e, DataError::Gzip { .. }) && e.to_string().contains("more than 11 bytes"),
+            "{e}"
+        );
+        // raw bytes are not capped: they are already in memory
+        assert_eq!(decompress_at_most(&b, "a", 0).unwrap(), b);
     }
 }

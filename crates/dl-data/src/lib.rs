@@ -48,6 +48,9 @@ pub mod preprocess;
 pub use augment::{Augment, Pipeline};
 pub use batch::{BatchOrder, ImageSet};
 pub use error::DataError;
-pub use idx::{decompress_maybe_gzip, encode_idx, parse_idx, read_idx, read_maybe_gzip, IdxArray, MAX_DECOMPRESSED};
+pub use idx::{
+    decompress_at_most, decompress_maybe_gzip, encode_idx, parse_idx, read_idx, read_maybe_gzip, IdxArray,
+    MAX_DECOMPRESSED,
+};
 pub use mnist::{load_mnist, sha256_hex, LabelArray, LoadOptions, Mnist, MANIFEST, MNIST_FILES};
 pub use optdigits::load_optdigits;

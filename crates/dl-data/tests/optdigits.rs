@@ -87,6 +87,15 @@ fn counts_are_interpolated_between_block_centres() {
     assert_eq!(at(13, 17), at(14, 18));
     assert_eq!(at(12, 17), at(15, 18));
     assert_eq!(at(0, 0), 0.0);
+    // mirroring the grid mirrors the image: the scheme treats both edges alike
+    let grid: Vec<u8> = (0..64u32).map(|i| ((i * 37 + 11) % 17) as u8).collect();
+    let mirrored: Vec<u8> = (0..64).map(|i| grid[(i / 8) * 8 + 7 - i % 8]).collect();
+    let (a, b) = (to_ink(&grid).unwrap(), to_ink(&mirrored).unwrap());
+    for y in 0..32 {
+        for x in 0..32 {
+            assert!((a[y * 32 + x] - b[y * 32 + 31 - x]).abs() < 1e-6, "({y}, {x})");
+        }
+    }
 }
 
 #[test]
