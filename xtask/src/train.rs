@@ -139,7 +139,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "PARAMS")]
     #[serde(default)]
     from: Option<PathBuf>,
-    /// With --from: a new classifier head with C outputs (its weights start fresh).
+    /// With --from: a new classifier head with C outputs, its weights started fresh (also
+    /// when the file's head has C outputs too).
     #[arg(long, value_name = "C", requires = "from")]
     #[serde(default)]
     head_classes: Option<usize>,
@@ -313,13 +314,15 @@ impl TrainArgs {
             None => (self.model.build_with(self.model_config.as_deref(), self.seed)?, None),
             Some(from) => {
                 let mut config = dl_models::registry::read_model_config(from)?;
+                let mut head = Vec::new();
                 if let Some(c) = self.head_classes {
                     config = config.with_output_size(c)?;
+                    head = config.head_names()?;
                 }
                 let mut net = config
                     .build(self.seed)
                     .map_err(|e| CliError::Other(format!("--head-classes: {e}")))?;
-                let report = net.load_matching(from)?;
+                let report = net.load_matching_except(from, &head)?;
                 (net, Some(report))
             }
         };
@@ -1154,6 +1157,33 @@ mod tests {
             batch: 1,
             train_seconds: iteration as f64 * 0.5,
         }
+    }
+
+    #[test]
+    fn a_new_head_starts_fresh_even_for_as_many_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pre.safetensors");
+        dl_models::build("SimpleConvNet", Some(crate::tests::TINY_SIMPLE), 5)
+            .unwrap()
+            .save_params(&file)
+            .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec!["xtask", "finetune", "--from", file.to_str().unwrap()];
+            v.extend_from_slice(extra);
+            let crate::Command::Finetune(a) = crate::parse_from(v).unwrap().command else {
+                unreachable!()
+            };
+            a
+        };
+        let (_, report) = args(&["--head-classes", "10"]).build_model_reporting().unwrap();
+        let report = report.unwrap();
+        let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["W3", "b3"]);
+        let (_, report) = args(&[]).build_model_reporting().unwrap();
+        assert!(
+            report.unwrap().skipped.is_empty(),
+            "without --head-classes the head is loaded"
+        );
     }
 
     #[test]

@@ -407,14 +407,34 @@ impl Network {
     /// it held that did not fit. A checkpoint's training state is ignored. On an error
     /// (not a safetensors file, a tensor not float32) the network is unchanged.
     pub fn load_matching(&mut self, path: impl AsRef<Path>) -> Result<TransferReport, ModelError> {
+        self.load_matching_except(path, &[])
+    }
+
+    /// [`Network::load_matching`], leaving the tensors named in `except` as they are
+    /// even where the file has them in the same shape (reported as skipped): a new head
+    /// for as many classes as the old one.
+    pub fn load_matching_except(
+        &mut self,
+        path: impl AsRef<Path>,
+        except: &[String],
+    ) -> Result<TransferReport, ModelError> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        self.load_matching_from_bytes(&bytes, path)
+        self.load_matching_from_bytes_except(&bytes, path, except)
     }
 
     /// [`Network::load_matching`] from bytes in memory; `path` only names the source in
     /// errors.
     pub fn load_matching_from_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<TransferReport, ModelError> {
+        self.load_matching_from_bytes_except(bytes, path, &[])
+    }
+
+    fn load_matching_from_bytes_except(
+        &mut self,
+        bytes: &[u8],
+        path: &Path,
+        except: &[String],
+    ) -> Result<TransferReport, ModelError> {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -440,6 +460,12 @@ impl Network {
                 report.skipped.push((name.clone(), "not in this network".into()));
                 continue;
             };
+            if except.contains(name) {
+                report
+                    .skipped
+                    .push((name.clone(), "left as it starts (a new head)".into()));
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(ModelError::DType {
                     path: path.to_path_buf(),

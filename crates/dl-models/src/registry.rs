@@ -101,6 +101,25 @@ impl ModelConfig {
         Self::from_json(self.kind(), &value.to_string())
     }
 
+    /// The names of the parameters that depend on the number of classes: the classifier
+    /// head that [`ModelConfig::with_output_size`] replaces. Found by building the model
+    /// for one class more and comparing the shapes.
+    pub fn head_names(&self) -> Result<Vec<String>, ModelError> {
+        let value: serde_json::Value = serde_json::from_str(&self.to_json()).expect("JSON of a config");
+        let classes = value["output_size"].as_u64().unwrap_or(0) as usize;
+        let shapes = |net: &Network| -> std::collections::BTreeMap<String, Vec<usize>> {
+            net.params().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect()
+        };
+        let (a, b) = (
+            shapes(&self.build(0)?),
+            shapes(&self.with_output_size(classes + 1)?.build(0)?),
+        );
+        Ok(a.into_iter()
+            .filter(|(n, s)| b.get(n) != Some(s))
+            .map(|(n, _)| n)
+            .collect())
+    }
+
     /// The parameters the model has, counted without building it.
     pub fn param_count(&self) -> u128 {
         match self {

@@ -320,3 +320,50 @@ fn a_small_file_cannot_ask_for_a_large_model() {
     // the true file loads
     dl_models::registry::load_from_bytes(&bytes, std::path::Path::new("true")).unwrap();
 }
+
+#[test]
+fn the_head_is_what_depends_on_the_classes_and_can_start_fresh_for_as_many_classes() {
+    let heads = [
+        ("DeepConvNet", vec!["W8", "b8"]),
+        ("SimpleConvNet", vec!["W3", "b3"]),
+        ("Vgg", vec!["classifier.3.W", "classifier.3.b"]),
+        ("ResNet", vec!["fc.W", "fc.b"]),
+        ("GoogLeNet", vec!["fc.W", "fc.b"]),
+    ];
+    for (kind, want) in heads {
+        assert_eq!(
+            ModelConfig::default_for(kind).unwrap().head_names().unwrap(),
+            want,
+            "{kind}"
+        );
+    }
+    // a trained file into a network of as many classes, its head left as it starts
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pre.safetensors");
+    build("SimpleConvNet", None, 1).unwrap().save_params(&file).unwrap();
+    let pre = load(&file).unwrap();
+    let mut net = build("SimpleConvNet", None, 2).unwrap();
+    let fresh = build("SimpleConvNet", None, 2).unwrap();
+    let head = vec!["W3".to_string(), "b3".to_string()];
+    let report = net.load_matching_except(&file, &head).unwrap();
+    let value = |n: &Network, name: &str| n.params().into_iter().find(|(p, _)| p == name).unwrap().1.clone();
+    for name in ["W1", "b1", "W2", "b2"] {
+        assert_eq!(value(&net, name), value(&pre, name), "{name} from the file");
+    }
+    for name in ["W3", "b3"] {
+        assert_eq!(value(&net, name), value(&fresh, name), "{name} as it started");
+    }
+    assert_ne!(
+        value(&net, "W3"),
+        value(&pre, "W3"),
+        "not the file's (biases start at 0 in both)"
+    );
+    assert_eq!(report.loaded, ["W1", "W2", "b1", "b2"]);
+    let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(skipped, ["W3", "b3"]);
+    assert!(report.skipped[0].1.contains("new head"));
+    // without the exception everything is loaded
+    let report = net.load_matching(&file).unwrap();
+    assert!(report.skipped.is_empty() && report.loaded.len() == 6);
+    assert_eq!(value(&net, "W3"), value(&pre, "W3"));
+}
