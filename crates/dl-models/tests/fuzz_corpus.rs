@@ -1,23 +1,22 @@
-//! The fuzzers' corpora (fuzz/corpus, kept by `cargo fuzz cmin`) replayed through the
-//! same readers as the fuzz targets: every input gives a value or a typed error, never a
-//! panic, and the seed inputs (valid files, named `seed*`) read back whole.
+//! The fuzzers' seeds (fuzz/seeds) and corpora (fuzz/corpus, kept small by `cargo fuzz
+//! cmin`) replayed through the same readers as the fuzz targets: every input gives a
+//! value or a typed error, never a panic, and the seed inputs (valid files, named
+//! `seed*`) read back whole.
 
 use std::path::{Path, PathBuf};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let path = e.unwrap().path();
-            (
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for dir in [fuzz.join("seeds").join(target), fuzz.join("corpus").join(target)] {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            files.push((
                 path.file_name().unwrap().to_string_lossy().into_owned(),
                 std::fs::read(&path).unwrap(),
-            )
-        })
-        .collect();
+            ));
+        }
+    }
     files.sort();
     assert!(
         files.iter().any(|(name, _)| name.starts_with("seed")),
