@@ -146,3 +146,22 @@ macro_rules! model_type {
     };
 }
 pub(crate) use model_type;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parameter_bound_is_inclusive() {
+        assert!(check_params("m", MAX_PARAMS).is_ok());
+        assert!(check_params("m", 0).is_ok());
+        let e = check_params("m", MAX_PARAMS + 1).unwrap_err();
+        assert!(e.to_string().contains(&(MAX_PARAMS + 1).to_string()), "{e}");
+        assert_eq!(conv_params(2, 3, 5, true), 2 * 3 * 25 + 3);
+        assert_eq!(conv_params(2, 3, 5, false), 150);
+        assert_eq!(affine_params(4, 7), 35);
+        assert_eq!(out_side(28, 5, 1, 0), Some(24));
+        assert_eq!(out_side(7, 3, 2, 1), Some(4));
+        assert_eq!(out_side(2, 5, 1, 1), None);
+    }
+}

@@ -362,6 +362,16 @@ fn the_head_is_what_depends_on_the_classes_and_can_start_fresh_for_as_many_class
     let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(skipped, ["W3", "b3"]);
     assert!(report.skipped[0].1.contains("new head"));
+    // a one-class model has a head too
+    let one = r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":2,"filter_size":5,"pad":0,"stride":1},"hidden_size":3,"output_size":1,"weight_init_std":null}"#;
+    let one = ModelConfig::from_json("SimpleConvNet", one).unwrap();
+    assert_eq!(one.head_names().unwrap(), ["W3", "b3"]);
+    // from bytes, as from the file
+    let bytes = std::fs::read(&file).unwrap();
+    let mut other = build("SimpleConvNet", None, 3).unwrap();
+    let report = other.load_matching_from_bytes(&bytes, &file).unwrap();
+    assert_eq!(report.loaded.len(), 6);
+    assert_eq!(value(&other, "W3"), value(&pre, "W3"));
     // without the exception everything is loaded
     let report = net.load_matching(&file).unwrap();
     assert!(report.skipped.is_empty() && report.loaded.len() == 6);
