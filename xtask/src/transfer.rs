@@ -83,6 +83,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Its name in the run folders (as in results.json).
+    fn slug(self) -> &'static str {
+        match self {
+            Mode::Finetune => "finetune",
+            Mode::FinetuneNewHead => "finetune-new-head",
+            Mode::Scratch => "scratch",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Finetune => "fine-tuned",
@@ -124,9 +133,6 @@ struct Plan {
     default_labels: Vec<Labels>,
 }
 
-/// Held-out images of the target task that steer nothing but the per-epoch figures.
-const VALIDATION: [(Experiment, usize); 2] = [(Experiment::SplitMnist, 500), (Experiment::Optdigits, 100)];
-
 /// Images a few-label run sees in all (at least 5 and at most [`MAX_EPOCHS`] epochs);
 /// with all the labels a run lasts [`ALL_EPOCHS`] epochs.
 pub const BUDGET_IMAGES: usize = 15_000;
@@ -145,7 +151,12 @@ pub fn epochs(labels: Labels, classes: usize) -> usize {
 }
 
 fn plan(e: Experiment) -> Plan {
-    let validation = VALIDATION.iter().find(|(x, _)| *x == e).map_or(0, |v| v.1).to_string();
+    // held-out images of the target task, which steer nothing but the per-epoch figures
+    let validation = match e {
+        Experiment::SplitMnist => 500,
+        Experiment::Optdigits => 100,
+    }
+    .to_string();
     match e {
         Experiment::SplitMnist => Plan {
             classes: 5,
@@ -318,10 +329,7 @@ pub fn run(a: TransferArgs) -> Result<(), CliError> {
                 {
                     continue;
                 }
-                let dir = out.join(format!(
-                    "{}-{l}-seed{seed}",
-                    serde_json::to_value(mode).expect("a name").as_str().expect("a string")
-                ));
+                let dir = out.join(format!("{}-{l}-seed{seed}", mode.slug()));
                 let args = run_args(&plan, &from, mode, l, seed, &dir)?;
                 println!("== {}", shell_line(&args));
                 let start = std::time::Instant::now();
@@ -563,6 +571,13 @@ mod tests {
         assert!(parse_labels("0").is_err() && parse_labels("x").is_err());
         assert_eq!(Labels(None).to_string(), "all");
         assert_eq!(Labels(Some(3)).to_string(), "3");
+        for m in [Mode::Finetune, Mode::FinetuneNewHead, Mode::Scratch] {
+            assert_eq!(
+                serde_json::to_value(m).unwrap(),
+                m.slug(),
+                "folders named as results.json names them"
+            );
+        }
     }
 
     #[test]
