@@ -88,7 +88,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "deep")]
     model: ModelName,
     /// The model's configuration as JSON, with the fields its saved files' metadata
-    /// holds (default: the model's default configuration).
+    /// holds (default: the model's default configuration). With --from, the fields given
+    /// replace the file's (`{"dropout_ratio": 0.0}` fine-tunes without dropout).
     #[arg(long, value_name = "JSON")]
     #[serde(default)]
     model_config: Option<String>,
@@ -314,6 +315,11 @@ impl TrainArgs {
             None => (self.model.build_with(self.model_config.as_deref(), self.seed)?, None),
             Some(from) => {
                 let mut config = dl_models::registry::read_model_config(from)?;
+                if let Some(overrides) = &self.model_config {
+                    config = config
+                        .with_overrides(overrides)
+                        .map_err(|e| CliError::Other(format!("--model-config: {e}")))?;
+                }
                 let mut head = Vec::new();
                 if let Some(c) = self.head_classes {
                     config = config.with_output_size(c)?;
@@ -1184,6 +1190,35 @@ mod tests {
             report.unwrap().skipped.is_empty(),
             "without --head-classes the head is loaded"
         );
+    }
+
+    #[test]
+    fn model_config_beside_from_replaces_the_files_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pre.safetensors");
+        let pre = dl_models::build("SimpleConvNet", Some(crate::tests::TINY_SIMPLE), 5).unwrap();
+        pre.save_params(&file).unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec!["xtask", "finetune", "--from", file.to_str().unwrap()];
+            v.extend_from_slice(extra);
+            let crate::Command::Finetune(a) = crate::parse_from(v).unwrap().command else {
+                unreachable!()
+            };
+            a
+        };
+        let (net, report) = args(&["--model-config", r#"{"hidden_size": 7}"#])
+            .build_model_reporting()
+            .unwrap();
+        let shape = |name: &str| net.params().into_iter().find(|(n, _)| n == name).unwrap().1.shape().to_vec();
+        assert_eq!(shape("b2"), [7]);
+        let report = report.unwrap();
+        let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["W2", "W3", "b2"], "the hidden layer's shapes changed");
+        let err = args(&["--model-config", r#"{"hiden_size": 7}"#])
+            .build_model_reporting()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--model-config") && err.contains("hiden_size"), "{err}");
     }
 
     #[test]

@@ -101,6 +101,33 @@ impl ModelConfig {
         Self::from_json(self.kind(), &value.to_string())
     }
 
+    /// The same model with some fields of its configuration replaced: `overrides` is a
+    /// JSON object of fields the configuration has (`{"dropout_ratio": 0.0}`), each
+    /// replacing that field whole. A field the configuration does not have is an error.
+    pub fn with_overrides(&self, overrides: &str) -> Result<Self, ModelError> {
+        let config_error = |message: String| ModelError::Config {
+            kind: self.kind().into(),
+            message,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&self.to_json()).expect("JSON of a config");
+        let fields = value.as_object_mut().expect("a config is a JSON object");
+        let changes: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(overrides).map_err(|e| config_error(format!("overrides: {e}")))?;
+        for (name, new) in changes {
+            match fields.get_mut(&name) {
+                Some(field) => *field = new,
+                None => {
+                    let known: Vec<&str> = fields.keys().map(String::as_str).collect();
+                    return Err(config_error(format!(
+                        "no field `{name}` (the fields are {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Self::from_json(self.kind(), &value.to_string())
+    }
+
     /// The names of the parameters that depend on the number of classes: the classifier
     /// head that [`ModelConfig::with_output_size`] replaces. Found by building the model
     /// for one class more and comparing the shapes.

@@ -8,7 +8,7 @@ use dl_layers::gradcheck::random_input;
 use dl_layers::{Labels, Layer, Tensor};
 use dl_models::registry::{model_config_from_bytes, read_model_config};
 use dl_models::{
-    build, load, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig, Vgg, VggConfig,
+    build, load, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig, Vgg, VggConfig,
     MODEL_KINDS,
 };
 
@@ -376,4 +376,43 @@ fn the_head_is_what_depends_on_the_classes_and_can_start_fresh_for_as_many_class
     let report = net.load_matching(&file).unwrap();
     assert!(report.skipped.is_empty() && report.loaded.len() == 6);
     assert_eq!(value(&net, "W3"), value(&pre, "W3"));
+}
+
+#[test]
+fn overrides_replace_the_named_fields_and_refuse_unknown_ones() {
+    let deep = ModelConfig::default_for("DeepConvNet").unwrap();
+    let changed = deep
+        .with_overrides(r#"{"dropout_ratio": 0.0, "hidden_size": 64}"#)
+        .unwrap();
+    let ModelConfig::DeepConvNet(c) = &changed else {
+        panic!("kind changed: {changed:?}")
+    };
+    assert_eq!((c.dropout_ratio, c.hidden_size), (0.0, 64));
+    let ModelConfig::DeepConvNet(d) = &deep else { unreachable!() };
+    // every other field as it was
+    assert_eq!(
+        DeepConvNetConfig {
+            dropout_ratio: d.dropout_ratio,
+            hidden_size: d.hidden_size,
+            ..c.clone()
+        },
+        d.clone()
+    );
+    assert_eq!(deep.with_overrides("{}").unwrap(), deep);
+    for bad in [
+        r#"{"dropout": 0.0}"#,
+        r#"{"hidden_size": "wide"}"#,
+        "[1, 2]",
+        "not json",
+    ] {
+        let err = deep.with_overrides(bad).unwrap_err();
+        assert!(matches!(err, ModelError::Config { .. }), "{bad}: {err:?}");
+    }
+    let message = deep.with_overrides(r#"{"dropout": 0.0}"#).unwrap_err().to_string();
+    assert!(message.contains("dropout_ratio"), "{message}");
+    // any kind
+    for kind in MODEL_KINDS {
+        let config = ModelConfig::default_for(kind).unwrap();
+        assert_eq!(config.with_overrides(r#"{"output_size": 3}"#).unwrap(), config.with_output_size(3).unwrap());
+    }
 }
