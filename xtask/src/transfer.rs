@@ -477,6 +477,16 @@ fn x_of(l: Labels, largest: usize) -> f64 {
     l.0.map_or(largest as f64 * 10.0, |k| k as f64)
 }
 
+/// The x axis's label at `x`: the number up to the largest k, `all` at the point of all
+/// the labels (when plotted), nothing between.
+fn tick_label(x: f64, largest: usize, all_x: Option<f64>) -> String {
+    match all_x {
+        Some(a) if (x / a - 1.0).abs() < 1e-6 => "all".into(),
+        _ if x > largest as f64 * 1.000001 => String::new(),
+        _ => format!("{}", x.round() as u64),
+    }
+}
+
 /// The chart: test accuracy (mean, with a bar of one standard deviation either side)
 /// against labels per class on a log axis, one line per mode.
 pub fn chart(title: &str, stats: &[Stat], modes: &[Mode]) -> Result<Vec<u8>, CliError> {
@@ -499,8 +509,11 @@ pub fn chart(title: &str, stats: &[Stat], modes: &[Mode]) -> Result<Vec<u8>, Cli
             .x_label_area_size(44)
             .y_label_area_size(60)
             .build_cartesian_2d((0.7f64..xmax).log_scale(), bottom.max(0.0)..100.0f64)?;
+        let has_all = stats.iter().any(|s| s.labels.0.is_none());
+        let all_x = x_of(Labels(None), largest);
         c.configure_mesh()
-            .x_desc("labelled images per class (log scale; the last point: all)")
+            .x_label_formatter(&|&x| tick_label(x, largest, has_all.then_some(all_x)))
+            .x_desc("labelled images per class (log scale)")
             .y_desc("test accuracy (%)")
             .label_style(("sans-serif", 14))
             .draw()?;
@@ -540,6 +553,16 @@ pub fn chart(title: &str, stats: &[Stat], modes: &[Mode]) -> Result<Vec<u8>, Cli
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_axis_names_the_all_labels_point() {
+        assert_eq!(tick_label(10.0, 100, Some(1000.0)), "10");
+        assert_eq!(tick_label(100.0, 100, Some(1000.0)), "100");
+        assert_eq!(tick_label(1000.0, 100, Some(1000.0)), "all");
+        assert_eq!(tick_label(500.0, 100, Some(1000.0)), "");
+        assert_eq!(tick_label(1000.0, 50, None), "");
+        assert_eq!(tick_label(1.0, 50, None), "1");
+    }
 
     fn row(labels: Option<usize>, mode: Mode, seed: u64, correct: usize) -> Row {
         Row {
