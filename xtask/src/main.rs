@@ -644,6 +644,28 @@ mod tests {
         // a wrong folder is an error, not a panic
         let err = run_cli(&["eval", "--ensemble", &p("single-5")]).unwrap_err();
         assert!(err.to_string().contains("ensemble.json"), "{err}");
+        // with a validation split: the ensemble and its members scored there too, and the
+        // test figure returned
+        let cli = parse_from(
+            ["cargo xtask"]
+                .into_iter()
+                .chain(with(&short, &["--ensemble", "2", "--validation", "50", "--out", &p("val")])),
+        )
+        .unwrap();
+        let Command::Train(a) = cli.command else { unreachable!() };
+        let test = train::run_scored(a).unwrap().expect("an ensemble's test figure");
+        let manifest = dl_train::Ensemble::read_manifest(p("val")).unwrap();
+        assert_eq!(Some(test), manifest.test_evaluation);
+        let val: dl_train::ensemble::EnsembleEvaluation =
+            serde_json::from_slice(&std::fs::read(dir.path().join("val/validation.json")).unwrap()).unwrap();
+        assert_eq!(val.mean.total, 50);
+        for i in 0..2 {
+            let h: dl_train::History = serde_json::from_slice(
+                &std::fs::read(dir.path().join(format!("val/member-{i}-history.json"))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(val.members[i], h.test_evaluation, "member {i}");
+        }
         // bad flags are refused before any work
         assert!(run_cli(&with(&short, &["--ensemble", "0", "--out", &p("x")])).is_err());
         assert!(run_cli(&with(&short, &["--parallel", "2", "--out", &p("x")])).is_err());

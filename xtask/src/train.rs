@@ -196,7 +196,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     validation_seed: u64,
     /// Train an ensemble of K members (seeds seed, seed+1, ...) and save it as a folder:
-    /// member-{i}.safetensors, member-{i}-history.json and ensemble.json.
+    /// member-{i}.safetensors, member-{i}-history.json and ensemble.json (and, with
+    /// --validation, validation.json: the ensemble and each member on the validation set).
     #[arg(long, value_name = "K")]
     ensemble: Option<usize>,
     /// Ensemble members trained at once, each on an equal share of the threads (the
@@ -391,6 +392,8 @@ fn two() -> usize {
 
 /// The file of a run folder that holds its flags.
 const RUN_FILE: &str = "run.json";
+/// An ensemble run's figures on its validation split (the ensemble and each member).
+const ENSEMBLE_VALIDATION_FILE: &str = "validation.json";
 /// The sub-folder of a run folder that holds its checkpoints.
 const CHECKPOINT_DIR: &str = "checkpoints";
 
@@ -981,7 +984,7 @@ fn start(
     }
     match a.ensemble {
         None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from).map(Some),
-        Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config).map(|()| None),
+        Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config).map(Some),
     }
 }
 
@@ -1094,7 +1097,7 @@ fn train_many(
     mnist: &Mnist,
     validation: Option<&ImageSet>,
     config: TrainerConfig,
-) -> Result<(), CliError> {
+) -> Result<Evaluation, CliError> {
     let parallel = a.parallel.min(k);
     let per_member = (rayon::current_num_threads() / parallel).max(1);
     println!(
@@ -1132,8 +1135,13 @@ fn train_many(
     }
     crate::plot::write_curves(&out.join(CURVES_FILE), &curves)?;
     let mut ensemble = run.ensemble;
-    let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let vote = Vote::from(a.vote);
+    if let Some(v) = validation {
+        let ev = ensemble.evaluate(v, None, 100)?;
+        println!("ensemble, validation:      {} ({})", ev.by(vote), value_name(a.vote));
+        write_json(&out.join(ENSEMBLE_VALIDATION_FILE), &ev)?;
+    }
+    let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let description = crate::command_line("train");
     let m = ensemble.save(out, vote, Some(&run.seeds), Some(&ev), &description)?;
     println!("ensemble, mean of softmax: {}", ev.mean);
@@ -1147,7 +1155,7 @@ fn train_many(
         crate::bench::peak_rss_mib()
     );
     println!("test accuracy: {}", ev.by(vote));
-    Ok(())
+    Ok(ev.by(vote))
 }
 
 #[cfg(test)]
