@@ -646,11 +646,10 @@ mod tests {
         assert!(err.to_string().contains("ensemble.json"), "{err}");
         // with a validation split: the ensemble and its members scored there too, and the
         // test figure returned
-        let cli = parse_from(
-            ["cargo xtask"]
-                .into_iter()
-                .chain(with(&short, &["--ensemble", "2", "--validation", "50", "--out", &p("val")])),
-        )
+        let cli = parse_from(["cargo xtask"].into_iter().chain(with(
+            &short,
+            &["--ensemble", "2", "--validation", "50", "--out", &p("val")],
+        )))
         .unwrap();
         let Command::Train(a) = cli.command else { unreachable!() };
         let test = train::run_scored(a).unwrap().expect("an ensemble's test figure");

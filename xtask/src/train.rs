@@ -1217,7 +1217,15 @@ mod tests {
         let (net, report) = args(&["--model-config", r#"{"hidden_size": 7}"#])
             .build_model_reporting()
             .unwrap();
-        let shape = |name: &str| net.params().into_iter().find(|(n, _)| n == name).unwrap().1.shape().to_vec();
+        let shape = |name: &str| {
+            net.params()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .shape()
+                .to_vec()
+        };
         assert_eq!(shape("b2"), [7]);
         let report = report.unwrap();
         let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();

@@ -139,7 +139,10 @@ pub const BUDGET_IMAGES: usize = 15_000;
 /// The most epochs of a few-label run.
 pub const MAX_EPOCHS: usize = 300;
 /// Epochs of a run on all the labels.
-pub const ALL_EPOCHS: usize = 5;
+pub const ALL_EPOCHS: usize = 10;
+/// The flags a run on all the labels adds to [`RUN_FLAGS`]: the rate decays to zero
+/// along a cosine over its [`ALL_EPOCHS`] epochs.
+pub const ALL_FLAGS: [&str; 2] = ["--lr-decay", "cosine"];
 
 /// The epochs of a run with `labels` per class of `classes`: the same for fine-tuning
 /// and from scratch.
@@ -215,8 +218,9 @@ fn run_args(
     };
     args.extend(plan.data_flags.iter().cloned());
     args.extend(RUN_FLAGS.iter().map(|s| s.to_string()));
-    if let Some(k) = labels.0 {
-        args.extend(["--labels-per-class".into(), k.to_string()]);
+    match labels.0 {
+        Some(k) => args.extend(["--labels-per-class".into(), k.to_string()]),
+        None => args.extend(ALL_FLAGS.iter().map(|s| s.to_string())),
     }
     args.extend([
         "--epochs".into(),
@@ -368,8 +372,8 @@ pub fn run(a: TransferArgs) -> Result<(), CliError> {
 }
 
 /// The split-mnist experiment's pretrained network: OUT/pretrain/params.safetensors,
-/// trained on digits 0-4 (5 epochs of the book's recipe, 1,000 validation images)
-/// unless it is there.
+/// trained on digits 0-4 (10 epochs of the book's recipe with the MNIST augmentation,
+/// 1,000 validation images) unless it is there.
 fn pretrain_split_mnist(out: &Path) -> Result<PathBuf, CliError> {
     let dir = out.join("pretrain");
     let params = dir.join("params.safetensors");
@@ -382,13 +386,14 @@ fn pretrain_split_mnist(out: &Path) -> Result<PathBuf, CliError> {
         "--classes",
         "0-4",
         "--epochs",
-        "5",
+        "10",
+        "--augment",
         "--validation",
         "1000",
         "--seed",
         "0",
         "--checkpoint-every",
-        "5",
+        "10",
         "--overwrite",
         "--out",
     ]
@@ -642,7 +647,13 @@ mod tests {
         )
         .unwrap();
         assert!(!all.contains(&"--labels-per-class".to_string()));
-        assert!(shell_line(&all).contains(r#""output_size":5"#));
+        let all = shell_line(&all);
+        assert!(all.contains(r#""output_size":5"#));
+        assert!(
+            all.contains("--epochs 10 ") && all.contains("--lr-decay cosine"),
+            "{all}"
+        );
+        assert!(!line.contains("--lr-decay"), "a few-label run keeps its rate: {line}");
         assert_eq!(shell_line(&["it's".into()]), r"cargo xtask 'it'\''s'");
     }
 

@@ -8,8 +8,8 @@ use dl_layers::gradcheck::random_input;
 use dl_layers::{Labels, Layer, Tensor};
 use dl_models::registry::{model_config_from_bytes, read_model_config};
 use dl_models::{
-    build, load, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig, Vgg, VggConfig,
-    MODEL_KINDS,
+    build, load, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig,
+    Vgg, VggConfig, MODEL_KINDS,
 };
 
 fn names(net: &Network) -> Vec<String> {
@@ -388,7 +388,9 @@ fn overrides_replace_the_named_fields_and_refuse_unknown_ones() {
         panic!("kind changed: {changed:?}")
     };
     assert_eq!((c.dropout_ratio, c.hidden_size), (0.0, 64));
-    let ModelConfig::DeepConvNet(d) = &deep else { unreachable!() };
+    let ModelConfig::DeepConvNet(d) = &deep else {
+        unreachable!()
+    };
     // every other field as it was
     assert_eq!(
         DeepConvNetConfig {
@@ -413,6 +415,9 @@ fn overrides_replace_the_named_fields_and_refuse_unknown_ones() {
     // any kind
     for kind in MODEL_KINDS {
         let config = ModelConfig::default_for(kind).unwrap();
-        assert_eq!(config.with_overrides(r#"{"output_size": 3}"#).unwrap(), config.with_output_size(3).unwrap());
+        assert_eq!(
+            config.with_overrides(r#"{"output_size": 3}"#).unwrap(),
+            config.with_output_size(3).unwrap()
+        );
     }
 }
