@@ -80,7 +80,8 @@ pub enum Decay {
 #[derive(Args, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
     /// Settings of a whole run: `book` (the defaults) or `fast` (the fastest road to
-    /// 99%, chosen on a validation split). Flags given beside it win.
+    /// 99%, chosen on a validation split). Flags given beside it win; with --from, the
+    /// file's model is trained with the recipe's other settings.
     #[arg(long, value_enum)]
     #[serde(default)]
     recipe: Option<Recipe>,
@@ -267,8 +268,11 @@ impl TrainArgs {
                 }
             };
         }
-        set!(model, ModelName::Deep);
-        set!(model_config, Some(FAST_MODEL_CONFIG.to_string()));
+        // a run --from a file trains the file's model, with the recipe's other settings
+        if self.from.is_none() {
+            set!(model, ModelName::Deep);
+            set!(model_config, Some(FAST_MODEL_CONFIG.to_string()));
+        }
         set!(epochs, 3);
         set!(batch_size, 128);
         set!(optimizer, "nesterov".to_string());
@@ -1333,6 +1337,13 @@ mod tests {
         mine.epochs = 5;
         mine.apply_recipe(&|id| id == "epochs");
         assert_eq!((mine.epochs, mine.lr), (5, 0.1));
+        // from a file: the file's model, the recipe's training
+        let mut tune = TrainArgs::for_recipe(Recipe::Book, 0);
+        tune.recipe = Some(Recipe::Fast);
+        tune.from = Some("pre.safetensors".into());
+        tune.apply_recipe(&|_| false);
+        assert!(tune.model_config.is_none(), "{:?}", tune.model_config);
+        assert_eq!((tune.epochs, tune.lr), (3, 0.1));
         // a bad configuration is an error, not a panic
         let mut bad = fast.clone();
         bad.model_config = Some("{\"hidden_size\": 3}".into());
