@@ -567,6 +567,7 @@ mod tests {
         assert_eq!(tick_label(500.0, 100, Some(1000.0)), "");
         assert_eq!(tick_label(1000.0, 50, None), "");
         assert_eq!(tick_label(1.0, 50, None), "1");
+        assert_eq!(tick_label(2.0, 1, Some(10.0)), "", "past the largest k, before all");
     }
 
     fn row(labels: Option<usize>, mode: Mode, seed: u64, correct: usize) -> Row {
