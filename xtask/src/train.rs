@@ -1177,6 +1177,16 @@ mod tests {
         }
     }
 
+    /// `cargo xtask finetune --from FILE EXTRA...`, parsed.
+    fn finetune_args(file: &Path, extra: &[&str]) -> TrainArgs {
+        let mut v = vec!["xtask", "finetune", "--from", file.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        let crate::Command::Finetune(a) = crate::parse_from(v).unwrap().command else {
+            unreachable!()
+        };
+        a
+    }
+
     #[test]
     fn a_new_head_starts_fresh_even_for_as_many_classes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1185,14 +1195,7 @@ mod tests {
             .unwrap()
             .save_params(&file)
             .unwrap();
-        let args = |extra: &[&str]| {
-            let mut v = vec!["xtask", "finetune", "--from", file.to_str().unwrap()];
-            v.extend_from_slice(extra);
-            let crate::Command::Finetune(a) = crate::parse_from(v).unwrap().command else {
-                unreachable!()
-            };
-            a
-        };
+        let args = |extra: &[&str]| finetune_args(&file, extra);
         let (_, report) = args(&["--head-classes", "10"]).build_model_reporting().unwrap();
         let report = report.unwrap();
         let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
@@ -1210,14 +1213,7 @@ mod tests {
         let file = dir.path().join("pre.safetensors");
         let pre = dl_models::build("SimpleConvNet", Some(crate::tests::TINY_SIMPLE), 5).unwrap();
         pre.save_params(&file).unwrap();
-        let args = |extra: &[&str]| {
-            let mut v = vec!["xtask", "finetune", "--from", file.to_str().unwrap()];
-            v.extend_from_slice(extra);
-            let crate::Command::Finetune(a) = crate::parse_from(v).unwrap().command else {
-                unreachable!()
-            };
-            a
-        };
+        let args = |extra: &[&str]| finetune_args(&file, extra);
         let (net, report) = args(&["--model-config", r#"{"hidden_size": 7}"#])
             .build_model_reporting()
             .unwrap();
