@@ -326,15 +326,24 @@ pub fn run(a: TransferArgs) -> Result<(), CliError> {
     for &l in &labels {
         for seed in 0..a.seeds {
             for &mode in &plan.modes {
-                if results
-                    .rows
-                    .iter()
-                    .any(|r| r.labels == l && r.mode == mode && r.seed == seed)
-                {
-                    continue;
-                }
                 let dir = out.join(format!("{}-{l}-seed{seed}", mode.slug()));
                 let args = run_args(&plan, &from, mode, l, seed, &dir)?;
+                let done = results
+                    .rows
+                    .iter()
+                    .find(|r| r.labels == l && r.mode == mode && r.seed == seed);
+                if let Some(row) = done {
+                    // a run made with other flags would mix two recipes in one table
+                    if row.command != shell_line(&args) {
+                        return Err(CliError::Other(format!(
+                            "{} holds a run made with other flags ({}), not `{}`: choose another --out",
+                            results_path.display(),
+                            row.command,
+                            shell_line(&args)
+                        )));
+                    }
+                    continue;
+                }
                 println!("== {}", shell_line(&args));
                 let start = std::time::Instant::now();
                 let e = run_command(&args)?;
@@ -734,6 +743,15 @@ mod tests {
         let before = std::fs::read(p("t/results.json")).unwrap();
         cli(&["--from", &p("tiny.safetensors"), "--out", &p("t")]).unwrap();
         assert_eq!(std::fs::read(p("t/results.json")).unwrap(), before);
+        // nor runs made with other flags (an earlier recipe)
+        let mut stale: Results = serde_json::from_slice(&before).unwrap();
+        stale.rows[0].command = stale.rows[0].command.replace("--augment", "");
+        let stale = serde_json::to_vec_pretty(&stale).unwrap();
+        std::fs::write(p("t/results.json"), &stale).unwrap();
+        let err = cli(&["--from", &p("tiny.safetensors"), "--out", &p("t")]).unwrap_err();
+        assert!(err.to_string().contains("other flags"), "{err}");
+        assert_eq!(std::fs::read(p("t/results.json")).unwrap(), stale, "left as it was");
+        std::fs::write(p("t/results.json"), &before).unwrap();
         // results of another starting point are not mixed in
         let err = cli(&["--out", &p("t")]).unwrap_err();
         assert!(err.to_string().contains("another --out"), "{err}");
