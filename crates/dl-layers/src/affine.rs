@@ -1,7 +1,7 @@
 use dl_tensor::{gemm, Tensor};
 use ndarray::{Array2, Axis, Ix2};
 
-use crate::{check_dout, Init, Layer, LayerError, Param};
+use crate::{check_dout, Init, Layer, LayerError, Param, Op};
 
 /// The book's `Affine`: `out = x · W + b` with `W` `(D, M)` and `b` `(M,)`.
 ///
@@ -138,6 +138,13 @@ impl Layer for Affine {
             ));
         }
         Ok(vec![input[0], m])
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Affine {
+            w: self.w.value.clone(),
+            b: self.b.value.clone(),
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

@@ -1,6 +1,6 @@
 use rayon::prelude::*;
 
-use crate::{check_dout, Layer, LayerError, Param, Tensor};
+use crate::{check_dout, Layer, LayerError, Param, Tensor, Op};
 
 /// Over what [`BatchNormalization`] takes its statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,6 +360,19 @@ impl Layer for BatchNormalization {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.grouping(input)?;
         Ok(input.to_vec())
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        // The evaluation forward's own scale and shift.
+        let (gamma, beta) = (vector(&self.gamma.value), vector(&self.beta.value));
+        let (mean, var) = (vector(&self.running_mean), vector(&self.running_var));
+        let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g / (v + self.eps).sqrt()).collect();
+        let shift: Vec<f32> = beta.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        Ok(Op::Scale {
+            scale,
+            shift,
+            per_channel: self.mode == BatchNormMode::PerChannel,
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

@@ -1,6 +1,6 @@
 use ndarray::{Axis, Slice};
 
-use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor};
+use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor, Op};
 
 /// GoogLeNet's inception module: branches run side by side on the same input
 /// `(N, C, H, W)`, their outputs `(N, C_i, H, W)` joined along the channels into
@@ -174,6 +174,11 @@ impl Layer for Concat {
         let mut out = s0.clone();
         out[1] = shapes.iter().map(|s| s[1]).sum();
         Ok(out)
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        let branches = self.branches.iter().map(Sequential::inference_ops).collect::<Result<_, _>>()?;
+        Ok(Op::Concat(branches))
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

@@ -1,6 +1,6 @@
 use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, Tensor};
 
-use crate::{check_dout, Init, Layer, LayerError, Param};
+use crate::{check_dout, Init, Layer, LayerError, Param, Op};
 
 /// The book's `Convolution`: filters `W` `(FN, C, FH, FW)`, bias `b` `(FN,)` (or none, as
 /// torchvision's convolutions before a batch norm), stride and zero padding. Input
@@ -197,6 +197,15 @@ impl Layer for Convolution {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let p = self.plan(input)?;
         Ok(vec![input[0], p.filters, p.g.out_h, p.g.out_w])
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Convolution {
+            w: self.w.value.clone(),
+            b: self.b.as_ref().map(|b| b.value.clone()),
+            stride: self.stride,
+            pad: self.pad,
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

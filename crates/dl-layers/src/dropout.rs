@@ -1,7 +1,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{check_dout, Layer, LayerError, Tensor};
+use crate::{check_dout, Layer, LayerError, Tensor, Op};
 
 /// The book's `Dropout`, any input shape.
 ///
@@ -114,6 +114,14 @@ impl Layer for Dropout {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         Ok(input.to_vec())
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(if self.inverted {
+            Op::Sequential(Vec::new())
+        } else {
+            Op::Multiply(1.0 - self.ratio)
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

@@ -1,4 +1,4 @@
-use crate::{check_dout, Layer, LayerError, Tensor};
+use crate::{check_dout, Layer, LayerError, Tensor, Op};
 
 /// Global average pooling: the mean of each channel's `H x W` plane. Input
 /// `(N, C, H, W)`, output `(N, C)` (ResNet's and GoogLeNet's last feature layer, before
@@ -61,6 +61,10 @@ impl Layer for GlobalAveragePooling {
             ));
         }
         Ok(input[..2].to_vec())
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::GlobalAveragePooling)
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

@@ -14,6 +14,9 @@
 //! gradient and returns the gradient for the input; parameters and their gradients are
 //! reached by name through [`Layer::params`] and [`Layer::params_mut`].
 //!
+//! [`Layer::inference_op`] gives a layer's evaluation-mode computation as data ([`Op`]),
+//! for inference engines of other precisions.
+//!
 //! [`gradcheck`] holds the numerical-gradient check that every layer is tested with.
 //!
 //! ```
@@ -39,6 +42,7 @@ mod convolution;
 mod dropout;
 mod global_average_pooling;
 pub mod gradcheck;
+mod inference;
 mod init;
 mod pooling;
 mod relu;
@@ -54,6 +58,7 @@ pub use convolution::Convolution;
 pub use dl_tensor::{ConvAlgo, Tensor};
 pub use dropout::Dropout;
 pub use global_average_pooling::GlobalAveragePooling;
+pub use inference::Op;
 pub use init::Init;
 pub use pooling::{PoolKind, Pooling};
 pub use relu::Relu;
@@ -216,6 +221,17 @@ pub trait Layer: Send + Sync {
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;
+
+    /// What the layer computes in evaluation, as data ([`Op`]): the form an inference
+    /// engine of another precision runs. Every layer of this crate has one (the loss
+    /// layer is not a [`Layer`]); a layer without one says so with
+    /// [`LayerError::Invalid`], the default.
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Err(LayerError::Invalid {
+            layer: self.name().to_string(),
+            message: "has no inference form (Layer::inference_op)".into(),
+        })
+    }
 
     /// A boxed copy of the layer, parameters and state included.
     fn clone_box(&self) -> Box<dyn Layer>;

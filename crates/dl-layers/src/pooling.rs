@@ -1,7 +1,7 @@
 use dl_tensor::{ConvGeometry, Tensor};
 use rayon::prelude::*;
 
-use crate::{check_dout, Layer, LayerError};
+use crate::{check_dout, Layer, LayerError, Op};
 
 /// Which reduction a [`Pooling`] layer applies to each window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +230,16 @@ impl Layer for Pooling {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let g = self.geometry(input)?;
         Ok(vec![input[0], input[1], g.out_h, g.out_w])
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Pooling {
+            kind: self.kind,
+            ph: self.ph,
+            pw: self.pw,
+            stride: self.stride,
+            pad: self.pad,
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

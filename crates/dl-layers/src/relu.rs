@@ -1,6 +1,6 @@
 use rayon::prelude::*;
 
-use crate::{check_dout, Layer, LayerError, Tensor};
+use crate::{check_dout, Layer, LayerError, Tensor, Op};
 
 /// Elements per parallel task of an element-wise layer.
 pub(crate) const CHUNK: usize = 1 << 16;
@@ -65,6 +65,10 @@ impl Layer for Relu {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         Ok(input.to_vec())
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Relu)
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

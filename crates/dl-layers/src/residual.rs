@@ -1,7 +1,7 @@
 use rayon::prelude::*;
 
 use crate::relu::CHUNK;
-use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor};
+use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor, Op};
 
 /// ResNet's skip connection: `out = relu(body(x) + shortcut(x))`, where the shortcut is
 /// the identity or, when the body changes the shape, a projection (torchvision's
@@ -218,6 +218,13 @@ impl Layer for Residual {
             });
         }
         Ok(y)
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Residual {
+            body: self.body.inference_ops()?,
+            shortcut: self.shortcut.as_ref().map(Sequential::inference_ops).transpose()?,
+        })
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

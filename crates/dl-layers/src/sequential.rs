@@ -1,4 +1,4 @@
-use crate::{prefixed, ConvAlgo, Layer, LayerError, Param, Tensor};
+use crate::{prefixed, ConvAlgo, Layer, LayerError, Param, Tensor, Op};
 
 /// Layers applied one after another; itself a [`Layer`], so blocks nest. Each layer has
 /// a name, its position unless given one ([`Sequential::with_named`]), and its
@@ -74,6 +74,11 @@ impl Sequential {
     /// The layers' names, in order.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The inference form of every layer, in order ([`Layer::inference_op`]).
+    pub fn inference_ops(&self) -> Result<Vec<Op>, LayerError> {
+        self.layers.iter().map(|l| l.inference_op()).collect()
     }
 
     /// The number of layers.
@@ -201,6 +206,10 @@ impl Layer for Sequential {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Sequential(self.inference_ops()?))
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

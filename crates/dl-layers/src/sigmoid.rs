@@ -1,4 +1,4 @@
-use crate::{check_dout, Layer, LayerError, Tensor};
+use crate::{check_dout, Layer, LayerError, Tensor, Op};
 
 /// The book's `Sigmoid`: `1 / (1 + exp(-x))`, element-wise, any shape.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,10 @@ impl Layer for Sigmoid {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         Ok(input.to_vec())
+    }
+
+    fn inference_op(&self) -> Result<Op, LayerError> {
+        Ok(Op::Sigmoid)
     }
 
     fn clone_box(&self) -> Box<dyn Layer> {

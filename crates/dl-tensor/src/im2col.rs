@@ -291,12 +291,15 @@ fn same_width_row(plane: &[f32], g: &ConvGeometry, ky: usize, kx: usize, row: &m
     row[oy_hi * ow..].fill(0.0);
     let shift = (ky as isize - g.pad as isize) * w as isize + kx as isize - g.pad as isize;
     let (j0, j1) = (oy_lo * ow, oy_hi * ow);
-    let start = (j0 as isize).max(-shift) as usize;
+    // A filter offset whose every read falls in the padding leaves `j0 == j1`.
+    let start = ((j0 as isize).max(-shift) as usize).min(j1);
     let end = ((j1 as isize).min((h * w) as isize - shift).max(start as isize)) as usize;
     row[j0..start].fill(0.0);
     row[end..j1].fill(0.0);
-    let from = (start as isize + shift) as usize;
-    row[start..end].copy_from_slice(&plane[from..from + (end - start)]);
+    if end > start {
+        let from = (start as isize + shift) as usize;
+        row[start..end].copy_from_slice(&plane[from..from + (end - start)]);
+    }
     for x in (0..ox_lo).chain(ox_hi..ow) {
         for oy in oy_lo..oy_hi {
             row[oy * ow + x] = 0.0;

@@ -45,6 +45,7 @@ mod gemm;
 mod im2col;
 mod isa;
 mod kernel;
+pub mod lowp;
 mod ops;
 pub mod reference;
 mod simd;

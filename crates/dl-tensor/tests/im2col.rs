@@ -26,6 +26,11 @@ const CASES: &[Case] = &[
     (1, 2, 6, 5, 5, 5, 1, 2),
     (2, 2, 5, 4, 1, 1, 1, 0),
     (1, 1, 4, 6, 3, 5, 1, 2),
+    // images smaller than the filter's reach: rows of a filter offset wholly in the
+    // padding
+    (2, 2, 1, 1, 3, 3, 1, 1),
+    (1, 3, 2, 2, 5, 5, 1, 2),
+    (1, 1, 1, 3, 3, 3, 1, 1),
 ];
 
 #[test]

@@ -1,0 +1,171 @@
+//! Every model of the registry, run by the inference engine at each precision, against
+//! the training code's own evaluation forward.
+
+use dl_infer::{InferError, Inference, InferenceNetwork, Precision};
+use dl_layers::{Layer, Tensor};
+use dl_models::{ModelConfig, Network, MODEL_KINDS};
+use rand::{Rng, SeedableRng};
+
+fn images(n: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Tensor::from_shape_fn(vec![n, 1, 28, 28], |_| rng.gen_range(0.0..1.0))
+}
+
+/// The model of `kind` (with batch norm in DeepConvNet too), its batch-norm running
+/// statistics moved away from their starting values by a few training forwards, so
+/// that the folded scale and shift are not the identity.
+fn model(kind: &str) -> Network {
+    let mut config = ModelConfig::default_for(kind).unwrap();
+    if kind == "DeepConvNet" {
+        config = config.with_overrides(r#"{"use_batchnorm": true}"#).unwrap();
+    }
+    let mut net = config.build(7).unwrap();
+    for seed in 0..3 {
+        net.predict(images(8, 100 + seed), true).unwrap();
+    }
+    net
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+#[test]
+fn f32_inference_is_the_networks_evaluation_forward() {
+    for kind in MODEL_KINDS {
+        let mut net = model(kind);
+        let x = images(6, 1);
+        let want = net.predict(x.clone(), false).unwrap();
+        let engine = InferenceNetwork::<f32>::new(net.root()).unwrap();
+        let got = engine.predict(&x).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{kind}");
+        // Same formulas, summed in another order (GEMM blocks, Winograd, folded BN).
+        let tol = 1e-4 * max_abs(&want).max(1.0);
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(err <= tol, "{kind}: f32 inference differs by {err} (tolerance {tol})");
+    }
+}
+
+/// At 16 bits every score is the f32 one within what the stored precision allows: the
+/// relative error of one rounding (2^-11 for f16, 2^-8 for bf16) grown over the
+/// network's depth, and the scores rank the classes as f32 does on nearly every image.
+#[test]
+fn sixteen_bit_inference_stays_close_to_f32() {
+    for kind in MODEL_KINDS {
+        let net = model(kind);
+        let x = images(32, 2);
+        let full = Inference::new(net.root(), Precision::F32).unwrap();
+        let want = full.predict(&x).unwrap();
+        let scale = max_abs(&want).max(1e-3);
+        for (precision, bound) in [(Precision::F16, 0.02), (Precision::Bf16, 0.1)] {
+            let half = Inference::new(net.root(), precision).unwrap();
+            assert_eq!(half.precision(), precision);
+            let got = half.predict(&x).unwrap();
+            let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs())) / scale;
+            assert!(err < bound, "{kind} {precision}: relative error {err}");
+            assert!(err > 0.0, "{kind} {precision}: 16 bits must round somewhere");
+            let same = full
+                .classify(&x, 8)
+                .unwrap()
+                .iter()
+                .zip(half.classify(&x, 8).unwrap())
+                .filter(|(a, b)| **a == *b)
+                .count();
+            assert!(same >= 30, "{kind} {precision}: {same} of 32 classes agree");
+            assert_eq!(2 * half.weight_bytes(), full.weight_bytes(), "{kind}");
+        }
+    }
+}
+
+/// Each batch norm's gamma and beta become a scale and a shift, its running statistics
+/// are folded in: the stored values are the parameters, two bytes each.
+#[test]
+fn weight_bytes_count_every_parameter() {
+    for kind in MODEL_KINDS {
+        let net = model(kind);
+        let engine = Inference::new(net.root(), Precision::F16).unwrap();
+        assert_eq!(engine.weight_bytes(), 2 * net.param_count(), "{kind}");
+    }
+}
+
+#[test]
+fn one_network_serves_many_threads_with_the_same_answers() {
+    let net = model("ResNet");
+    let engine = Inference::new(net.root(), Precision::F16).unwrap();
+    let x = images(4, 3);
+    let want = engine.predict(&x).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| engine.predict(&x).unwrap())).collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), want);
+        }
+    });
+}
+
+#[test]
+fn classify_and_accuracy_go_batch_by_batch() {
+    let net = model("SimpleConvNet");
+    let engine = Inference::new(net.root(), Precision::Bf16).unwrap();
+    let x = images(7, 4);
+    let whole = engine.classify(&x, 7).unwrap();
+    assert_eq!(engine.classify(&x, 3).unwrap(), whole);
+    assert_eq!(engine.accuracy(&x, &whole, 2).unwrap(), 1.0);
+    let mut wrong = whole.clone();
+    wrong[0] = (wrong[0] + 1) % 10;
+    wrong[5] = (wrong[5] + 1) % 10;
+    assert_eq!(engine.accuracy(&x, &wrong, 4).unwrap(), 5.0 / 7.0);
+    assert!(matches!(engine.accuracy(&x, &whole[1..], 4), Err(InferError::Invalid { .. })));
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let net = model("DeepConvNet");
+    let engine = Inference::new(net.root(), Precision::F16).unwrap();
+    let err = engine.predict(&Tensor::zeros(vec![2, 3, 28, 28])).unwrap_err();
+    assert!(
+        matches!(&err, InferError::Shape { op: "Convolution", given, .. } if given == &[2, 3, 28, 28]),
+        "{err}"
+    );
+    let err = engine.predict(&Tensor::zeros(vec![2, 1, 2, 2])).unwrap_err();
+    assert!(matches!(err, InferError::Invalid { op: "Convolution", .. }), "{err}");
+    assert_eq!(
+        "f8".parse::<Precision>().unwrap_err(),
+        InferError::Precision("f8".into())
+    );
+    for p in Precision::ALL {
+        assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        assert_eq!(p.to_string(), p.name());
+    }
+    assert_eq!(
+        Precision::ALL.map(Precision::bytes),
+        [4, 2, 2],
+        "bytes per value"
+    );
+}
+
+/// A layer without an inference form is refused by name.
+#[test]
+fn a_layer_without_an_inference_form_is_refused() {
+    #[derive(Clone)]
+    struct Custom;
+    impl Layer for Custom {
+        fn name(&self) -> &str {
+            "Custom"
+        }
+        fn forward(&mut self, x: Tensor, _: bool) -> Result<Tensor, dl_layers::LayerError> {
+            Ok(x)
+        }
+        fn backward(&mut self, dout: Tensor) -> Tensor {
+            dout
+        }
+        fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, dl_layers::LayerError> {
+            Ok(input.to_vec())
+        }
+        fn clone_box(&self) -> Box<dyn Layer> {
+            Box::new(self.clone())
+        }
+    }
+    let root = dl_layers::Sequential::new().with(dl_layers::Relu::new()).with(Custom);
+    let err = Inference::new(&root, Precision::F16).unwrap_err();
+    assert!(err.to_string().contains("Custom"), "{err}");
+}

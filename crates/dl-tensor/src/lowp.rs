@@ -1,0 +1,446 @@
+//! Fewer bits: tensors stored as 16-bit floats (IEEE half, `f16`, and bfloat16, `bf16`)
+//! and the kernels of inference over them, which read 16-bit values, multiply and
+//! accumulate in `f32`, and round each output once to 16 bits.
+//!
+//! A [`Storage`] is an element type a tensor can be kept in: `f32` itself, [`f16`]
+//! (5 exponent bits, 10 mantissa bits: three decimal digits, largest 65504) or [`bf16`]
+//! (`f32`'s 8 exponent bits, 7 mantissa bits: two digits, `f32`'s range). Conversions
+//! round to nearest, ties to even (the `half` crate, which converts whole slices with
+//! the CPU's F16C instructions where it has them).
+
+use ndarray::ArrayView2;
+
+pub use half::{bf16, f16};
+
+use crate::{gemm, im2col_chw, ConvGeometry};
+
+/// An element type a tensor is stored in: `f32`, [`f16`] or [`bf16`].
+pub trait Storage: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {
+    /// The type's name as safetensors and the command line spell it (`"f32"`, `"f16"`,
+    /// `"bf16"`).
+    const NAME: &'static str;
+    /// Bytes per element.
+    const BYTES: usize;
+
+    /// The nearest value of this type (ties to even; beyond the range, infinity).
+    fn from_f32(v: f32) -> Self;
+
+    /// The value as `f32` (exact: every value of the three types is an `f32`).
+    fn to_f32(self) -> f32;
+
+    /// `dst[i] = src[i].to_f32()`.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "to_f32_slice: lengths differ");
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+    }
+
+    /// `dst[i] = Self::from_f32(src[i])`.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        assert_eq!(src.len(), dst.len(), "from_f32_slice: lengths differ");
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = Self::from_f32(*s));
+    }
+}
+
+impl Storage for f32 {
+    const NAME: &'static str = "f32";
+    const BYTES: usize = 4;
+
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Storage for f16 {
+    const NAME: &'static str = "f16";
+    const BYTES: usize = 2;
+
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        assert_eq!(src.len(), dst.len(), "to_f32_slice: lengths differ");
+        src.convert_to_f32_slice(dst);
+    }
+
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        assert_eq!(src.len(), dst.len(), "from_f32_slice: lengths differ");
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Storage for bf16 {
+    const NAME: &'static str = "bf16";
+    const BYTES: usize = 2;
+
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Scratch memory of [`conv_image`]: the image and its column matrix in `f32`.
+#[derive(Debug, Default, Clone)]
+pub struct LowpScratch {
+    image: Vec<f32>,
+    col: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Bias and activation applied to a product before it is rounded to its storage type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to each output row (a convolution's filters) or column (an affine layer's
+    /// outputs), as the kernel says.
+    pub bias: Option<&'a [f32]>,
+    /// `max(0, v)` after the bias.
+    pub relu: bool,
+}
+
+/// One image of a convolution over stored values: `x` `(C, H, W)` of type `E`, filters
+/// `w` `(FN, C*FH*FW)` in `f32` (converted once per batch by the caller), into `out`
+/// `(FN, OH*OW)` of type `E`. The image is widened to `f32`, lowered by [`im2col_chw`],
+/// multiplied by [`gemm()`] (products and sums in `f32`), then the bias and the ReLU of
+/// `epilogue` are applied and each output is rounded once to `E`.
+///
+/// # Panics
+/// If the slice lengths do not fit the geometry and `fn_`.
+pub fn conv_image<E: Storage>(
+    x: &[E],
+    g: &ConvGeometry,
+    w: &[f32],
+    fn_: usize,
+    epilogue: Epilogue<'_>,
+    out: &mut [E],
+    scratch: &mut LowpScratch,
+) {
+    let (k, p) = (g.col_rows(), g.col_cols());
+    assert_eq!(x.len(), g.c * g.h * g.w, "conv_image: input length");
+    assert_eq!(w.len(), fn_ * k, "conv_image: filter length");
+    assert_eq!(out.len(), fn_ * p, "conv_image: output length");
+    scratch.image.resize(x.len(), 0.0);
+    E::to_f32_slice(x, &mut scratch.image);
+    scratch.col.resize(k * p, 0.0);
+    im2col_chw(&scratch.image, g, &mut scratch.col);
+    scratch.out.resize(fn_ * p, 0.0);
+    let wv = ArrayView2::from_shape((fn_, k), w).expect("checked length");
+    let cv = ArrayView2::from_shape((k, p), &scratch.col[..]).expect("checked length");
+    let mut ov = ndarray::ArrayViewMut2::from_shape((fn_, p), &mut scratch.out[..]).expect("checked length");
+    gemm(1.0, &wv, &cv, 0.0, &mut ov);
+    if let Some(b) = epilogue.bias {
+        assert_eq!(b.len(), fn_, "conv_image: bias length");
+        for (row, &bv) in scratch.out.chunks_exact_mut(p).zip(b) {
+            row.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    if epilogue.relu {
+        scratch.out.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    E::from_f32_slice(&scratch.out, out);
+}
+
+/// An affine layer over stored values: `x` `(N, D)` of type `E` times `w` `(D, M)` in
+/// `f32`, plus the bias per output column of `epilogue`, its ReLU, and one rounding to
+/// `E` into `out` `(N, M)`. Products and sums in `f32`.
+///
+/// # Panics
+/// If the slice lengths do not fit `n`, `d` and `m`.
+pub fn affine<E: Storage>(
+    x: &[E],
+    n: usize,
+    w: &[f32],
+    d: usize,
+    m: usize,
+    epilogue: Epilogue<'_>,
+    out: &mut [E],
+    scratch: &mut LowpScratch,
+) {
+    assert_eq!(x.len(), n * d, "affine: input length");
+    assert_eq!(w.len(), d * m, "affine: weight length");
+    assert_eq!(out.len(), n * m, "affine: output length");
+    scratch.image.resize(n * d, 0.0);
+    E::to_f32_slice(x, &mut scratch.image);
+    scratch.out.resize(n * m, 0.0);
+    let xv = ArrayView2::from_shape((n, d), &scratch.image[..]).expect("checked length");
+    let wv = ArrayView2::from_shape((d, m), w).expect("checked length");
+    let mut ov = ndarray::ArrayViewMut2::from_shape((n, m), &mut scratch.out[..]).expect("checked length");
+    gemm(1.0, &xv, &wv, 0.0, &mut ov);
+    if let Some(b) = epilogue.bias {
+        assert_eq!(b.len(), m, "affine: bias length");
+        for row in scratch.out.chunks_exact_mut(m) {
+            row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
+        }
+    }
+    if epilogue.relu {
+        scratch.out.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    E::from_f32_slice(&scratch.out, out);
+}
+
+/// Max pooling of one `(C, H, W)` plane stack of stored values into `(C, OH, OW)`: the
+/// largest value of each window (padding never wins), compared exactly, so the output
+/// holds input values unchanged.
+///
+/// # Panics
+/// If the slice lengths do not fit the geometry.
+pub fn max_pool_image<E: Storage>(x: &[E], g: &ConvGeometry, out: &mut [E]) {
+    pool_image(x, g, out, |window| {
+        window.fold(f32::NEG_INFINITY, |best, v| if v > best { v } else { best })
+    });
+}
+
+/// Average pooling of one `(C, H, W)` plane stack of stored values into `(C, OH, OW)`:
+/// the mean over the whole `FH x FW` window (padding counts as zero), summed in `f32`
+/// and rounded once.
+///
+/// # Panics
+/// If the slice lengths do not fit the geometry.
+pub fn average_pool_image<E: Storage>(x: &[E], g: &ConvGeometry, out: &mut [E]) {
+    let area = (g.fh * g.fw) as f32;
+    pool_image(x, g, out, |window| window.sum::<f32>() / area);
+}
+
+fn pool_image<E: Storage>(
+    x: &[E],
+    g: &ConvGeometry,
+    out: &mut [E],
+    reduce: impl Fn(&mut dyn Iterator<Item = f32>) -> f32,
+) {
+    let (h, w, oh, ow) = (g.h, g.w, g.out_h, g.out_w);
+    assert_eq!(x.len(), g.c * h * w, "pool_image: input length");
+    assert_eq!(out.len(), g.c * oh * ow, "pool_image: output length");
+    let span = |o: usize, k: usize, len: usize| {
+        let start = (o * g.stride) as isize - g.pad as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + k as isize).max(0) as usize).min(len);
+        lo..hi
+    };
+    for (plane, oplane) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (ys, xs) = (span(oy, g.fh, h), span(ox, g.fw, w));
+                let mut window = ys.flat_map(|y| plane[y * w + xs.start..y * w + xs.end].iter().map(|v| v.to_f32()));
+                oplane[oy * ow + ox] = E::from_f32(reduce(&mut window));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::{conv2d_reference, pool_reference};
+    use crate::testing::random4;
+    use ndarray::{Array1, Array2, Array4};
+
+    /// Every `f16` bit pattern converts to `f32` and back to itself (NaNs to a NaN), in
+    /// the slice conversion as in the scalar one.
+    #[test]
+    fn f16_slice_conversion_matches_the_scalar_one_on_every_value() {
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        let mut wide = vec![0.0f32; all.len()];
+        f16::to_f32_slice(&all, &mut wide);
+        let mut back = vec![f16::ZERO; all.len()];
+        f16::from_f32_slice(&wide, &mut back);
+        for ((h, w), b) in all.iter().zip(&wide).zip(&back) {
+            assert_eq!(w.to_bits(), h.to_f32().to_bits(), "{h:?}");
+            if h.is_nan() {
+                assert!(b.is_nan());
+            } else {
+                assert_eq!(b.to_bits(), h.to_bits(), "{h:?}");
+            }
+        }
+    }
+
+    /// Rounding to 16 bits is to nearest, ties to even, and overflows to infinity; the
+    /// slice conversions agree with the scalar ones on values between representable ones.
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-11 lies halfway between f16's 1 and 1 + 2^-10: ties go to the even 1.
+        let half_ulp = 1.0 + f32::powi(2.0, -11);
+        assert_eq!(f16::from_f32(half_ulp), f16::ONE);
+        // just above the halfway point rounds up.
+        assert_eq!(f16::from_f32(half_ulp + f32::powi(2.0, -20)).to_f32(), 1.0 + f32::powi(2.0, -10));
+        assert_eq!(f16::from_f32(70000.0), f16::INFINITY);
+        // bf16: 1 + 2^-8 is halfway between 1 and 1 + 2^-7.
+        assert_eq!(bf16::from_f32(1.0 + f32::powi(2.0, -8)), bf16::ONE);
+        assert_eq!(bf16::from_f32(f32::MAX), bf16::INFINITY);
+        let values: Vec<f32> = (0..20_000).map(|i| (i as f32 - 10_000.0) * 0.013_7).collect();
+        for convert in [round_trip::<f16> as fn(&[f32]) -> Vec<f32>, round_trip::<bf16>] {
+            let got = convert(&values);
+            assert!(got.iter().zip(&values).any(|(g, v)| g != v), "16 bits must round");
+        }
+        let mut h = vec![f16::ZERO; values.len()];
+        f16::from_f32_slice(&values, &mut h);
+        let mut b = vec![bf16::ZERO; values.len()];
+        bf16::from_f32_slice(&values, &mut b);
+        for ((v, h), b) in values.iter().zip(&h).zip(&b) {
+            assert_eq!(h.to_bits(), f16::from_f32(*v).to_bits());
+            assert_eq!(b.to_bits(), bf16::from_f32(*v).to_bits());
+        }
+    }
+
+    fn round_trip<E: Storage>(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| E::from_f32(x).to_f32()).collect()
+    }
+
+    fn stored<E: Storage>(a: &[f32]) -> Vec<E> {
+        a.iter().map(|&v| E::from_f32(v)).collect()
+    }
+
+    /// Whether `got` is `want` rounded to `E`, or a neighbour of it: `want` is summed in
+    /// `f64`, the kernel in `f32`, so a sum within an `f32` rounding of a halfway point
+    /// may round to the other side. At 16 bits that is rare (at most 1% of the values);
+    /// for `f32` itself only the summation error is allowed.
+    fn assert_rounded<E: Storage>(got: &[E], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        let eps = match E::NAME {
+            "f16" => f32::powi(2.0, -10),
+            "bf16" => f32::powi(2.0, -7),
+            _ => 0.0,
+        };
+        let mut exact = 0;
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let r = E::from_f32(*w);
+            if *g == r {
+                exact += 1;
+                continue;
+            }
+            assert!(
+                (g.to_f32() - w).abs() <= eps * w.abs() + 1e-5,
+                "{what} ({}): element {i} is {g:?}, want {w} rounded, {r:?}",
+                E::NAME
+            );
+        }
+        if E::BYTES == 2 {
+            assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} exact", got.len());
+        }
+    }
+
+    fn conv_case<E: Storage>(c: usize, h: usize, f: usize, k: usize, stride: usize, pad: usize, relu: bool) {
+        let x32 = random4((2, c, h, h + 1), 1);
+        let w32 = random4((f, c, k, k), 2);
+        let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 0.5);
+        // The values as stored: the reference sees exactly what the kernel sees.
+        let x: Vec<E> = stored(x32.as_slice().unwrap());
+        let w: Vec<f32> = round_trip::<E>(w32.as_slice().unwrap());
+        let xr = Array4::from_shape_vec(x32.dim(), x.iter().map(|v| v.to_f32()).collect()).unwrap();
+        let wr = Array4::from_shape_vec(w32.dim(), w.clone()).unwrap();
+        let mut want = conv2d_reference(&xr.view(), &wr.view(), &b.view(), stride, pad);
+        if relu {
+            want.mapv_inplace(|v| v.max(0.0));
+        }
+        let g = ConvGeometry::new(c, h, h + 1, k, k, stride, pad).unwrap();
+        let per = f * g.col_cols();
+        let mut out = vec![E::from_f32(f32::NAN); 2 * per];
+        let mut scratch = LowpScratch::default();
+        for (xi, oi) in x.chunks_exact(c * h * (h + 1)).zip(out.chunks_exact_mut(per)) {
+            let epilogue = Epilogue {
+                bias: Some(b.as_slice().unwrap()),
+                relu,
+            };
+            conv_image(xi, &g, &w, f, epilogue, oi, &mut scratch);
+        }
+        assert_rounded(&out, want.as_slice().unwrap(), "conv_image");
+    }
+
+    #[test]
+    fn conv_image_is_the_reference_convolution_rounded_once() {
+        for (c, h, f, k, stride, pad, relu) in [
+            (1, 8, 4, 3, 1, 1, false),
+            (3, 7, 5, 3, 2, 1, true),
+            (16, 6, 8, 3, 1, 0, true),
+            (2, 9, 3, 5, 1, 2, false),
+        ] {
+            conv_case::<f32>(c, h, f, k, stride, pad, relu);
+            conv_case::<f16>(c, h, f, k, stride, pad, relu);
+            conv_case::<bf16>(c, h, f, k, stride, pad, relu);
+        }
+    }
+
+    fn affine_case<E: Storage>(relu: bool) {
+        let (n, d, m) = (5, 37, 11);
+        let x32 = random4((1, 1, n, d), 3);
+        let w32 = random4((1, 1, d, m), 4);
+        let b: Vec<f32> = (0..m).map(|j| j as f32 * 0.1 - 0.4).collect();
+        let x: Vec<E> = stored(x32.as_slice().unwrap());
+        let w = round_trip::<E>(w32.as_slice().unwrap());
+        let xr = Array2::from_shape_vec((n, d), x.iter().map(|v| v.to_f32()).collect()).unwrap();
+        let wr = Array2::from_shape_vec((d, m), w.clone()).unwrap();
+        let mut want = crate::reference::matmul_reference(&xr.view(), &wr.view());
+        for mut row in want.rows_mut() {
+            row.iter_mut().zip(&b).for_each(|(v, bv)| *v += bv);
+        }
+        if relu {
+            want.mapv_inplace(|v| v.max(0.0));
+        }
+        let mut out = vec![E::from_f32(f32::NAN); n * m];
+        let epilogue = Epilogue { bias: Some(&b), relu };
+        affine(&x, n, &w, d, m, epilogue, &mut out, &mut LowpScratch::default());
+        assert_rounded(&out, want.as_slice().unwrap(), "affine");
+    }
+
+    #[test]
+    fn affine_is_the_reference_product_rounded_once() {
+        for relu in [false, true] {
+            affine_case::<f32>(relu);
+            affine_case::<f16>(relu);
+            affine_case::<bf16>(relu);
+        }
+    }
+
+    fn pool_case<E: Storage>(k: usize, stride: usize, pad: usize) {
+        let x32 = random4((1, 3, 7, 8), 5);
+        let x: Vec<E> = stored(x32.as_slice().unwrap());
+        let xr = Array4::from_shape_vec(x32.dim(), x.iter().map(|v| v.to_f32()).collect()).unwrap();
+        let g = ConvGeometry::new(3, 7, 8, k, k, stride, pad).unwrap();
+        for average in [false, true] {
+            let want = pool_reference(&xr.view(), k, k, stride, pad, average);
+            let mut out = vec![E::from_f32(f32::NAN); 3 * g.col_cols()];
+            if average {
+                average_pool_image(&x, &g, &mut out);
+                assert_rounded(&out, want.as_slice().unwrap(), "average_pool_image");
+            } else {
+                max_pool_image(&x, &g, &mut out);
+                let got: Vec<f32> = out.iter().map(|v| v.to_f32()).collect();
+                assert_eq!(&got[..], want.as_slice().unwrap(), "max pooling is exact");
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_matches_the_reference() {
+        for (k, stride, pad) in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)] {
+            pool_case::<f32>(k, stride, pad);
+            pool_case::<f16>(k, stride, pad);
+            pool_case::<bf16>(k, stride, pad);
+        }
+    }
+}
