@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dl_train::{evaluate, Ensemble, Vote};
+use dl_infer::{Inference, Precision};
+use dl_train::{evaluate, Ensemble, Evaluation, Vote};
 
 use crate::train::{ModelName, VoteArg};
 use crate::CliError;
@@ -30,6 +31,63 @@ pub struct EvalArgs {
     /// For an ensemble: combine by this rule instead of the manifest's.
     #[arg(long, value_enum, requires = "ensemble")]
     vote: Option<VoteArg>,
+    /// Also run the network with its weights and activations stored in this precision
+    /// (f16, bf16; products summed in f32), and print its accuracy under f32's, both by
+    /// the inference engine (dl-infer).
+    #[arg(long, value_parser = parse_precision, conflicts_with = "ensemble")]
+    precision: Option<Precision>,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse::<Precision>().map_err(|e| e.to_string())
+}
+
+/// The predicted class of every image of `set` by `engine`, `batch` at a time.
+fn classify_set(engine: &Inference, set: &dl_data::ImageSet, batch: usize) -> Result<Vec<usize>, CliError> {
+    let bs = batch.max(1);
+    let (mut x, mut t) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(set.len());
+    for start in (0..set.len()).step_by(bs) {
+        let idx: Vec<usize> = (start..(start + bs).min(set.len())).collect();
+        set.fill_batch(&idx, &mut x, &mut t);
+        let xb =
+            dl_layers::Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut x)).expect("batch shape");
+        out.extend(engine.classify(&xb, bs).map_err(|e| CliError::Other(e.to_string()))?);
+        x = xb.into_raw_vec_and_offset().0;
+    }
+    Ok(out)
+}
+
+/// One precision's line: accuracy, weight bytes, time, and how many classes differ from
+/// the reference's.
+fn precision_line(
+    engine: &Inference,
+    set: &dl_data::ImageSet,
+    batch: usize,
+    reference: Option<&[usize]>,
+) -> Result<(Vec<usize>, Evaluation, String), CliError> {
+    let start = std::time::Instant::now();
+    let classes = classify_set(engine, set, batch)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let correct = classes
+        .iter()
+        .zip(&set.labels)
+        .filter(|(p, t)| **p == usize::from(**t))
+        .count();
+    let e = Evaluation {
+        correct,
+        total: classes.len(),
+    };
+    let mut line = format!(
+        "{:<4} weights {:>9} bytes: {e} in {seconds:.2} s",
+        engine.precision().name(),
+        engine.weight_bytes()
+    );
+    if let Some(r) = reference {
+        let differ = classes.iter().zip(r).filter(|(a, b)| a != b).count();
+        line += &format!(", {differ} of {} classes differ from f32", classes.len());
+    }
+    Ok((classes, e, line))
 }
 
 /// The images `eval` scores: the test set, or all of a set that has none.
@@ -71,6 +129,20 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     let params = a.params.unwrap_or_else(crate::shipped_params);
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
+    if let Some(precision) = a.precision {
+        let engine = |p| Inference::new(net.root(), p).map_err(|e| CliError::Other(e.to_string()));
+        println!("{}: {} on {} test images", params.display(), net.kind(), test.len());
+        let (reference, full, line) = precision_line(&engine(Precision::F32)?, &test, a.batch_size, None)?;
+        println!("{line}");
+        let mut e = full;
+        if precision != Precision::F32 {
+            let (_, low, line) = precision_line(&engine(precision)?, &test, a.batch_size, Some(&reference))?;
+            println!("{line}");
+            e = low;
+        }
+        println!("test accuracy: {e}");
+        return Ok(());
+    }
     let start = std::time::Instant::now();
     let e = evaluate(&mut net, &test, None, a.batch_size)?;
     println!(
@@ -111,6 +183,46 @@ mod tests {
         assert_eq!(e.total, 10_000);
         assert_eq!(e.correct, 9943, "shipped weights: {e}");
     }
+}
+
+#[derive(Args)]
+pub struct ConvertParamsArgs {
+    /// The parameter file to read (any precision; default: the shipped weights).
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// The precision to store every tensor in: f32, f16 or bf16.
+    #[arg(long, value_parser = parse_precision)]
+    precision: Precision,
+    /// The safetensors file to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+/// `cargo xtask convert-params`: a parameter file stored at another precision.
+pub fn convert_params(a: ConvertParamsArgs) -> Result<(), CliError> {
+    let params = a.params.unwrap_or_else(crate::shipped_params);
+    if a.out.exists() && !a.overwrite {
+        return Err(CliError::Other(format!(
+            "{} exists: pass --overwrite to replace it",
+            a.out.display()
+        )));
+    }
+    let net = dl_models::load(&params)?;
+    net.save_params_as(&a.out, a.precision)?;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({} of {}, {} bytes; {} had {} bytes)",
+        a.out.display(),
+        a.precision,
+        net.kind(),
+        size(&a.out),
+        params.display(),
+        size(&params)
+    );
+    Ok(())
 }
 
 #[derive(Args)]

@@ -117,6 +117,8 @@ enum Command {
     Transfer(transfer::TransferArgs),
     /// Full test accuracy of saved weights (default: the shipped DeepConvNet).
     Eval(eval::EvalArgs),
+    /// A parameter file stored at another precision (f16 or bf16: half the bytes).
+    ConvertParams(eval::ConvertParamsArgs),
     /// Convert the book's pickled parameters (deep_convnet_params.pkl) to safetensors.
     ConvertBook(eval::ConvertArgs),
     /// Combine trained weights files into an ensemble folder (members + ensemble.json).
@@ -200,6 +202,7 @@ fn main() -> ExitCode {
         Command::Download(a) => download::run(a),
         Command::Ensemble(a) => ensemble::run(a),
         Command::ConvertBook(a) => eval::convert(a),
+        Command::ConvertParams(a) => eval::convert_params(a),
         Command::ConvertOptdigits(a) => optdigits::convert(a),
         Command::AugmentPreview(a) => preview::run(a),
         Command::Serve(a) => serve::serve(a),
@@ -226,12 +229,40 @@ mod tests {
             Command::Train(a) => train::run(a),
             Command::Finetune(a) => train::finetune(a),
             Command::Eval(a) => eval::run(a),
+            Command::ConvertParams(a) => eval::convert_params(a),
             Command::Ensemble(a) => ensemble::run(a),
             Command::Bench(a) => bench::run(a),
             Command::ConvertOptdigits(a) => optdigits::convert(a),
             Command::Transfer(a) => transfer::run(a),
             _ => unreachable!("not used here"),
         }
+    }
+
+    /// `convert-params` stores the shipped weights at 16 bits in half the bytes, refuses
+    /// to replace its output without --overwrite, and `eval --precision` runs the file.
+    #[test]
+    fn convert_params_and_eval_at_sixteen_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("deep-f16.safetensors");
+        let out = out.to_str().unwrap();
+        let convert = ["convert-params", "--precision", "f16", "--out", out];
+        run_cli(&convert).unwrap();
+        let full = std::fs::metadata(shipped_params()).unwrap().len();
+        let half = std::fs::metadata(out).unwrap().len();
+        assert!(
+            half < full / 2 + 4096 && half > full / 2 - 4096,
+            "{half} of {full} bytes"
+        );
+        let st_bytes = std::fs::read(out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+        assert!(st.tensors().iter().all(|(_, v)| v.dtype() == safetensors::Dtype::F16));
+        let err = run_cli(&convert).unwrap_err();
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        assert_eq!(std::fs::read(out).unwrap(), st_bytes, "left as it was");
+        run_cli(&[&convert[..], &["--overwrite"]].concat()).unwrap();
+        run_cli(&["eval", "--params", out, "--precision", "bf16"]).unwrap();
+        assert!(parse_from(["xtask", "eval", "--precision", "f8"]).is_err());
+        assert!(parse_from(["xtask", "eval", "--precision", "f16", "--ensemble"]).is_err());
     }
 
     /// A SimpleConvNet small enough to train in a blink.

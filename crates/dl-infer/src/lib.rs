@@ -33,66 +33,12 @@
 //! assert_eq!(2 * half.weight_bytes(), full.weight_bytes());
 //! ```
 
-use std::fmt;
-use std::str::FromStr;
-
 use dl_layers::{Layer, LayerError, Op, PoolKind, Tensor};
 use dl_tensor::lowp::{self, Epilogue, LowpScratch, Storage};
 use dl_tensor::ConvGeometry;
 use rayon::prelude::*;
 
-pub use dl_tensor::lowp::{bf16, f16};
-
-/// The number format weights and activations are stored in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Precision {
-    /// 32-bit IEEE floats: the format the network was trained in.
-    F32,
-    /// 16-bit IEEE half floats: 10 mantissa bits, largest value 65504.
-    F16,
-    /// bfloat16: `f32`'s exponent with 7 mantissa bits.
-    Bf16,
-}
-
-impl Precision {
-    /// Every precision, widest first.
-    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
-
-    /// The name on the command line and in safetensors: `"f32"`, `"f16"`, `"bf16"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => f32::NAME,
-            Precision::F16 => f16::NAME,
-            Precision::Bf16 => bf16::NAME,
-        }
-    }
-
-    /// Bytes per stored value.
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => f32::BYTES,
-            Precision::F16 => f16::BYTES,
-            Precision::Bf16 => bf16::BYTES,
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Precision {
-    type Err = InferError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| InferError::Precision(s.to_string()))
-    }
-}
+pub use dl_tensor::lowp::{bf16, f16, Precision, UnknownPrecision};
 
 /// Why a network cannot be built for inference or refused its input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -118,9 +64,6 @@ pub enum InferError {
         /// What is wrong.
         message: String,
     },
-    /// A precision name other than `f32`, `f16` and `bf16`.
-    #[error("unknown precision {0:?}: expected f32, f16 or bf16")]
-    Precision(String),
 }
 
 /// One op ready to run at storage type `E`: weights stored as `E`, shapes checked.
@@ -302,7 +245,14 @@ fn images_per_task(n: usize) -> usize {
     n.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
-fn geometry(op: &'static str, shape: &[usize], fh: usize, fw: usize, stride: usize, pad: usize) -> Result<ConvGeometry, InferError> {
+fn geometry(
+    op: &'static str,
+    shape: &[usize],
+    fh: usize,
+    fw: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<ConvGeometry, InferError> {
     ConvGeometry::new(shape[1], shape[2], shape[3], fh, fw, stride, pad).map_err(|e| invalid(op, e.to_string()))
 }
 
@@ -481,7 +431,11 @@ impl<E: Storage> Node<E> {
                     .map(|b| run_all(b, x.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let first = &outs[0].shape;
-                if first.len() < 2 || outs.iter().any(|o| o.shape.len() != first.len() || o.shape[0] != first[0] || o.shape[2..] != first[2..]) {
+                if first.len() < 2
+                    || outs
+                        .iter()
+                        .any(|o| o.shape.len() != first.len() || o.shape[0] != first[0] || o.shape[2..] != first[2..])
+                {
                     let shapes: Vec<&Vec<usize>> = outs.iter().map(|o| &o.shape).collect();
                     return Err(invalid(
                         "Concat",

@@ -1,7 +1,7 @@
 use dl_tensor::{gemm, Tensor};
 use ndarray::{Array2, Axis, Ix2};
 
-use crate::{check_dout, Init, Layer, LayerError, Param, Op};
+use crate::{check_dout, Init, Layer, LayerError, Op, Param};
 
 /// The book's `Affine`: `out = x · W + b` with `W` `(D, M)` and `b` `(M,)`.
 ///

@@ -1,6 +1,6 @@
 use rayon::prelude::*;
 
-use crate::{check_dout, Layer, LayerError, Param, Tensor, Op};
+use crate::{check_dout, Layer, LayerError, Op, Param, Tensor};
 
 /// Over what [`BatchNormalization`] takes its statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

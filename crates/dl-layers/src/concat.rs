@@ -1,6 +1,6 @@
 use ndarray::{Axis, Slice};
 
-use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor, Op};
+use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Op, Param, Sequential, Tensor};
 
 /// GoogLeNet's inception module: branches run side by side on the same input
 /// `(N, C, H, W)`, their outputs `(N, C_i, H, W)` joined along the channels into
@@ -177,7 +177,11 @@ impl Layer for Concat {
     }
 
     fn inference_op(&self) -> Result<Op, LayerError> {
-        let branches = self.branches.iter().map(Sequential::inference_ops).collect::<Result<_, _>>()?;
+        let branches = self
+            .branches
+            .iter()
+            .map(Sequential::inference_ops)
+            .collect::<Result<_, _>>()?;
         Ok(Op::Concat(branches))
     }
 

@@ -1,6 +1,6 @@
 use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, Tensor};
 
-use crate::{check_dout, Init, Layer, LayerError, Param, Op};
+use crate::{check_dout, Init, Layer, LayerError, Op, Param};
 
 /// The book's `Convolution`: filters `W` `(FN, C, FH, FW)`, bias `b` `(FN,)` (or none, as
 /// torchvision's convolutions before a batch norm), stride and zero padding. Input

@@ -1,7 +1,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{check_dout, Layer, LayerError, Tensor, Op};
+use crate::{check_dout, Layer, LayerError, Op, Tensor};
 
 /// The book's `Dropout`, any input shape.
 ///

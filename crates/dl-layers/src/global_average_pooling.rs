@@ -1,4 +1,4 @@
-use crate::{check_dout, Layer, LayerError, Tensor, Op};
+use crate::{check_dout, Layer, LayerError, Op, Tensor};
 
 /// Global average pooling: the mean of each channel's `H x W` plane. Input
 /// `(N, C, H, W)`, output `(N, C)` (ResNet's and GoogLeNet's last feature layer, before

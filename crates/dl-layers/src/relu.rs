@@ -1,6 +1,6 @@
 use rayon::prelude::*;
 
-use crate::{check_dout, Layer, LayerError, Tensor, Op};
+use crate::{check_dout, Layer, LayerError, Op, Tensor};
 
 /// Elements per parallel task of an element-wise layer.
 pub(crate) const CHUNK: usize = 1 << 16;

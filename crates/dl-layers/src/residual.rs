@@ -1,7 +1,7 @@
 use rayon::prelude::*;
 
 use crate::relu::CHUNK;
-use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Param, Sequential, Tensor, Op};
+use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Op, Param, Sequential, Tensor};
 
 /// ResNet's skip connection: `out = relu(body(x) + shortcut(x))`, where the shortcut is
 /// the identity or, when the body changes the shape, a projection (torchvision's

@@ -1,4 +1,4 @@
-use crate::{prefixed, ConvAlgo, Layer, LayerError, Param, Tensor, Op};
+use crate::{prefixed, ConvAlgo, Layer, LayerError, Op, Param, Tensor};
 
 /// Layers applied one after another; itself a [`Layer`], so blocks nest. Each layer has
 /// a name, its position unless given one ([`Sequential::with_named`]), and its

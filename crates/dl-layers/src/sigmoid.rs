@@ -1,4 +1,4 @@
-use crate::{check_dout, Layer, LayerError, Tensor, Op};
+use crate::{check_dout, Layer, LayerError, Op, Tensor};
 
 /// The book's `Sigmoid`: `1 / (1 + exp(-x))`, element-wise, any shape.
 #[derive(Debug, Clone, Default)]

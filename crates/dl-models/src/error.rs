@@ -46,8 +46,8 @@ pub enum ModelError {
         /// Shape in the file.
         found: Vec<usize>,
     },
-    /// The file holds a tensor that is not float32.
-    #[error("{path}: tensor {name:?} is {dtype}, expected F32")]
+    /// The file holds a tensor that is not float32, float16 or bfloat16.
+    #[error("{path}: tensor {name:?} is {dtype}, expected F32, F16 or BF16")]
     DType {
         /// The file.
         path: PathBuf,

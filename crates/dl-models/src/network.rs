@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use dl_layers::{ConvAlgo, Labels, Layer, Sequential, SoftmaxWithLoss, Tensor};
+use dl_tensor::lowp::Precision;
 use dl_tensor::{argmax_rows, ParamMut};
 use ndarray::{Axis, Ix2};
 use safetensors::tensor::{Dtype, TensorView};
@@ -49,11 +50,31 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
 }
 
 /// The values of a float32 little-endian tensor.
-fn f32_values(view: &TensorView<'_>) -> Vec<f32> {
-    view.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// The values of a stored tensor, widened to `f32`: float32, float16 or bfloat16; any
+/// other dtype is an error naming the tensor.
+fn f32_values(view: &TensorView<'_>, path: &Path, name: &str) -> Result<Vec<f32>, ModelError> {
+    let precision = match view.dtype() {
+        Dtype::F32 => Precision::F32,
+        Dtype::F16 => Precision::F16,
+        Dtype::BF16 => Precision::Bf16,
+        other => {
+            return Err(ModelError::DType {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    };
+    Ok(precision.from_le_bytes(view.data()))
+}
+
+/// safetensors' dtype of a precision.
+fn dtype(precision: Precision) -> Dtype {
+    match precision {
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+        Precision::Bf16 => Dtype::BF16,
+    }
 }
 
 /// What [`Network::load_matching`] did, tensor by tensor (names in order).
@@ -302,6 +323,24 @@ impl Network {
         self.params_to_bytes_with(&[], &BTreeMap::new())
     }
 
+    /// The parameter file as bytes with every tensor stored at `precision` (safetensors'
+    /// `F32`, `F16` or `BF16`), each value rounded to nearest: half the bytes at 16 bits.
+    /// Every loader reads such a file, widening the values to `f32` (exactly).
+    pub fn params_to_bytes_as(&self, precision: Precision) -> Vec<u8> {
+        self.serialize(&self.saved_tensors(), &BTreeMap::new(), precision)
+    }
+
+    /// [`Network::save_params`] at `precision` ([`Network::params_to_bytes_as`]),
+    /// atomically.
+    pub fn save_params_as(&self, path: impl AsRef<Path>, precision: Precision) -> Result<(), ModelError> {
+        let path = path.as_ref();
+        let bytes = self.params_to_bytes_as(precision);
+        dl_tensor::fs::atomic_write(path, &bytes).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// [`Network::params_to_bytes`] with more in the same file: `extra` tensors, each
     /// stored under [`TRAINING_PREFIX`]`name` (so they never collide with the network's
     /// own), and `metadata` entries beside the network's `"dlfs"` entry (which a key
@@ -310,19 +349,25 @@ impl Network {
     pub fn params_to_bytes_with(&self, extra: &[(String, &Tensor)], metadata: &BTreeMap<String, String>) -> Vec<u8> {
         let mut tensors = self.saved_tensors();
         tensors.extend(extra.iter().map(|(n, t)| (format!("{TRAINING_PREFIX}{n}"), *t)));
+        self.serialize(&tensors, metadata, Precision::F32)
+    }
+
+    fn serialize(
+        &self,
+        tensors: &[(String, &Tensor)],
+        metadata: &BTreeMap<String, String>,
+        precision: Precision,
+    ) -> Vec<u8> {
         let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
-            .map(|(n, t)| {
-                let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (n.clone(), t.shape().to_vec(), bytes)
-            })
+            .map(|(n, t)| (n.clone(), t.shape().to_vec(), precision.to_le_bytes(t.iter().copied())))
             .collect();
         let views: Vec<(String, TensorView<'_>)> = raw
             .iter()
             .map(|(n, s, b)| {
                 (
                     n.clone(),
-                    TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
+                    TensorView::new(dtype(precision), s.clone(), b).expect("consistent view"),
                 )
             })
             .collect();
@@ -466,13 +511,7 @@ impl Network {
                     .push((name.clone(), "left as it starts (a new head)".into()));
                 continue;
             }
-            if view.dtype() != Dtype::F32 {
-                return Err(ModelError::DType {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
+            let data = f32_values(&view, path, name)?;
             if view.shape() != &shape[..] {
                 report.skipped.push((
                     name.clone(),
@@ -480,7 +519,6 @@ impl Network {
                 ));
                 continue;
             }
-            let data = f32_values(&view);
             values.insert(
                 name.clone(),
                 Tensor::from_shape_vec(shape.clone(), data).expect("checked shape"),
@@ -509,13 +547,7 @@ impl Network {
                 name: name.clone(),
                 expected: t.shape().to_vec(),
             })?;
-            if view.dtype() != Dtype::F32 {
-                return Err(ModelError::DType {
-                    path: path.to_path_buf(),
-                    name,
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
+            let data = f32_values(&view, path, &name)?;
             if view.shape() != t.shape() {
                 return Err(ModelError::Shape {
                     path: path.to_path_buf(),
@@ -524,7 +556,6 @@ impl Network {
                     found: view.shape().to_vec(),
                 });
             }
-            let data = f32_values(&view);
             values.insert(
                 name,
                 Tensor::from_shape_vec(t.shape().to_vec(), data).expect("checked shape"),

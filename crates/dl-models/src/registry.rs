@@ -248,12 +248,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Network, ModelError> {
 /// Rebuilds the model of a safetensors file in memory and loads its parameters; `path`
 /// only names the file in errors.
 ///
-/// The model is built only when the file is large enough to hold its parameters as
-/// `f32`, so a file of `n` bytes never makes this allocate parameters of more than `n`
-/// bytes.
+/// The model is built only when the file is large enough to hold its parameters at 16
+/// bits (the narrowest a file stores), so a file of `n` bytes never makes this allocate
+/// parameters of more than `2n` bytes.
 pub fn load_from_bytes(bytes: &[u8], path: &Path) -> Result<Network, ModelError> {
     let config = model_config_from_bytes(bytes, path)?;
-    let needed = config.param_count().saturating_mul(4);
+    let needed = config.param_count().saturating_mul(2);
     if needed > bytes.len() as u128 {
         return Err(ModelError::Format {
             path: path.to_path_buf(),

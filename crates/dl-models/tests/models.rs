@@ -406,3 +406,54 @@ fn a_safetensors_file_whose_header_length_starts_like_a_pickle_loads() {
     let e = dl_models::load(&pkl).unwrap_err().to_string();
     assert!(e.contains("has no tensor \"W1\""), "{e}");
 }
+
+/// A file saved at 16 bits holds every tensor as F16 or BF16 (half the bytes), and
+/// every loader reads it back as the values rounded to that precision.
+#[test]
+fn parameters_save_and_load_at_sixteen_bits() {
+    use dl_tensor::lowp::{bf16, f16, Precision};
+    let net = dl_models::build("ResNet", None, 3).unwrap();
+    let full = net.params_to_bytes();
+    assert_eq!(net.params_to_bytes_as(Precision::F32), full);
+    for (precision, dtype) in [
+        (Precision::F16, safetensors::Dtype::F16),
+        (Precision::Bf16, safetensors::Dtype::BF16),
+    ] {
+        let round = |v: f32| match precision {
+            Precision::F16 => f16::from_f32(v).to_f32(),
+            _ => bf16::from_f32(v).to_f32(),
+        };
+        let bytes = net.params_to_bytes_as(precision);
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert!(st.tensors().iter().all(|(_, v)| v.dtype() == dtype));
+        let values: usize = net.params().iter().chain(&net.buffers()).map(|(_, t)| t.len()).sum();
+        let data = |b: &[u8]| b.len() - 8 - u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        assert_eq!((data(&full), data(&bytes)), (4 * values, 2 * values), "{precision}");
+        // the registry rebuilds the model from the 16-bit file alone
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("resnet-{precision}.safetensors"));
+        net.save_params_as(&path, precision).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let loaded = dl_models::load(&path).unwrap();
+        for ((name, a), (_, b)) in net.params().iter().zip(loaded.params()) {
+            let want: Vec<f32> = a.iter().map(|&v| round(v)).collect();
+            assert_eq!(b.as_slice().unwrap(), &want[..], "{precision} {name}");
+        }
+        assert_ne!(net.params(), loaded.params(), "{precision}: the weights must round");
+        for ((name, a), (_, b)) in net.buffers().iter().zip(loaded.buffers()) {
+            let want: Vec<f32> = a.iter().map(|&v| round(v)).collect();
+            assert_eq!(b.as_slice().unwrap(), &want[..], "{precision} {name}");
+        }
+        // load_params and load_matching take it too
+        let mut other = dl_models::build("ResNet", None, 4).unwrap();
+        other.load_params_from_bytes(&bytes, "x".as_ref()).unwrap();
+        assert_eq!(other.params(), loaded.params());
+        let mut other = dl_models::build("ResNet", None, 5).unwrap();
+        let report = other.load_matching_from_bytes(&bytes, "x".as_ref()).unwrap();
+        assert!(report.missing.is_empty() && report.skipped.is_empty());
+        assert_eq!(other.params(), loaded.params());
+    }
+    assert!(net
+        .save_params_as("/nonexistent/dir/x.safetensors", Precision::F16)
+        .is_err());
+}

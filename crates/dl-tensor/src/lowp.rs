@@ -106,6 +106,90 @@ impl Storage for bf16 {
     }
 }
 
+/// The number format weights and activations are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 32-bit IEEE floats: the format networks are trained in.
+    F32,
+    /// 16-bit IEEE half floats: 10 mantissa bits, largest value 65504.
+    F16,
+    /// bfloat16: `f32`'s exponent with 7 mantissa bits.
+    Bf16,
+}
+
+/// A precision name other than `f32`, `f16` and `bf16`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown precision {0:?}: expected f32, f16 or bf16")]
+pub struct UnknownPrecision(pub String);
+
+impl Precision {
+    /// Every precision, widest first.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
+    /// The name on the command line: `"f32"`, `"f16"`, `"bf16"` ([`Storage::NAME`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => f32::NAME,
+            Precision::F16 => f16::NAME,
+            Precision::Bf16 => bf16::NAME,
+        }
+    }
+
+    /// Bytes per stored value ([`Storage::BYTES`]).
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => f32::BYTES,
+            Precision::F16 => f16::BYTES,
+            Precision::Bf16 => bf16::BYTES,
+        }
+    }
+
+    /// `values` rounded to this precision, as little-endian bytes (safetensors' layout).
+    pub fn to_le_bytes(self, values: impl Iterator<Item = f32>) -> Vec<u8> {
+        match self {
+            Precision::F32 => values.flat_map(f32::to_le_bytes).collect(),
+            Precision::F16 => values.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
+            Precision::Bf16 => values.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values of little-endian `bytes` of this precision, widened to `f32` (exact);
+    /// a trailing partial value is ignored.
+    pub fn from_le_bytes(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Precision::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Precision::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Precision::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = UnknownPrecision;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPrecision(s.to_string()))
+    }
+}
+
 /// Scratch memory of [`conv_image`]: the image and its column matrix in `f32`.
 #[derive(Debug, Default, Clone)]
 pub struct LowpScratch {
@@ -287,7 +371,10 @@ mod tests {
         let half_ulp = 1.0 + f32::powi(2.0, -11);
         assert_eq!(f16::from_f32(half_ulp), f16::ONE);
         // just above the halfway point rounds up.
-        assert_eq!(f16::from_f32(half_ulp + f32::powi(2.0, -20)).to_f32(), 1.0 + f32::powi(2.0, -10));
+        assert_eq!(
+            f16::from_f32(half_ulp + f32::powi(2.0, -20)).to_f32(),
+            1.0 + f32::powi(2.0, -10)
+        );
         assert_eq!(f16::from_f32(70000.0), f16::INFINITY);
         // bf16: 1 + 2^-8 is halfway between 1 and 1 + 2^-7.
         assert_eq!(bf16::from_f32(1.0 + f32::powi(2.0, -8)), bf16::ONE);
@@ -305,6 +392,29 @@ mod tests {
             assert_eq!(h.to_bits(), f16::from_f32(*v).to_bits());
             assert_eq!(b.to_bits(), bf16::from_f32(*v).to_bits());
         }
+    }
+
+    #[test]
+    fn precision_names_bytes_and_byte_layout() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert_eq!("f8".parse::<Precision>(), Err(UnknownPrecision("f8".into())));
+        assert_eq!(Precision::ALL.map(Precision::bytes), [4, 2, 2]);
+        let values = [1.0f32, -2.5, 1.0 + f32::powi(2.0, -9), 3.0e-6, 65504.0];
+        let f32_bytes = Precision::F32.to_le_bytes(values.into_iter());
+        assert_eq!(&f32_bytes[..4], &[0, 0, 0x80, 0x3f]);
+        assert_eq!(Precision::F32.from_le_bytes(&f32_bytes), values);
+        let h = Precision::F16.to_le_bytes(values.into_iter());
+        assert_eq!(h.len(), 10);
+        assert_eq!(&h[..4], &[0x00, 0x3c, 0x00, 0xc1], "1.0 and -2.5 as IEEE halves");
+        assert_eq!(Precision::F16.from_le_bytes(&h), round_trip::<f16>(&values));
+        let b = Precision::Bf16.to_le_bytes(values.into_iter());
+        assert_eq!(&b[..4], &[0x80, 0x3f, 0x20, 0xc0], "1.0 and -2.5 as bfloat16");
+        assert_eq!(Precision::Bf16.from_le_bytes(&b), round_trip::<bf16>(&values));
+        // a trailing partial value is ignored
+        assert_eq!(Precision::F16.from_le_bytes(&h[..3]).len(), 1);
     }
 
     fn round_trip<E: Storage>(v: &[f32]) -> Vec<f32> {
@@ -340,7 +450,11 @@ mod tests {
             );
         }
         if E::BYTES == 2 {
-            assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} exact", got.len());
+            assert!(
+                exact * 100 >= got.len() * 99,
+                "{what}: only {exact} of {} exact",
+                got.len()
+            );
         }
     }
 
