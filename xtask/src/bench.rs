@@ -76,6 +76,15 @@ pub struct BenchArgs {
     /// With --time-to-accuracy: the accuracies, percent.
     #[arg(long, value_delimiter = ',', default_values_t = [99.0, 99.4], requires = "time_to_accuracy")]
     targets: Vec<f64>,
+    /// Measure inference at these precisions instead (f32, f16, bf16, comma-separated),
+    /// beside the training code's f32 forward: test accuracy, file and weight bytes,
+    /// images per second at batch 1, 100 and 1000 (--params: default the shipped
+    /// weights).
+    #[arg(long, value_delimiter = ',', value_parser = crate::eval::parse_precision, conflicts_with_all = ["serve", "time_to_accuracy"])]
+    precision: Vec<dl_infer::Precision>,
+    /// With --precision: the parameter file (default: the shipped DeepConvNet).
+    #[arg(long)]
+    params: Option<PathBuf>,
     /// With --time-to-accuracy: test-set checks per epoch.
     #[arg(long, default_value_t = 2, requires = "time_to_accuracy")]
     checks_per_epoch: usize,
@@ -258,7 +267,7 @@ pub fn cpu_model() -> String {
 
 /// The level the `gemm` crate (built with its `x86-v4` feature) runs at on this CPU:
 /// AVX-512 where the CPU has it, else AVX2 + FMA, else its scalar code.
-fn gemm_isa() -> &'static str {
+pub fn gemm_isa() -> &'static str {
     use dl_tensor::Isa;
     if cfg!(target_arch = "x86_64") && Isa::Avx512.supported() {
         "avx512"
@@ -277,6 +286,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     if a.time_to_accuracy {
         return run_time_to(&a);
+    }
+    if !a.precision.is_empty() {
+        let params = a.params.clone().unwrap_or_else(crate::shipped_params);
+        let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+        return crate::bench_precision::run(&params, &a.precision, a.windows, &data, a.json.as_deref());
     }
     rayon::broadcast(|_| dl_tensor::flush_denormals_to_zero());
     dl_tensor::flush_denormals_to_zero();

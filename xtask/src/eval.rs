@@ -38,7 +38,7 @@ pub struct EvalArgs {
     precision: Option<Precision>,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse::<Precision>().map_err(|e| e.to_string())
 }
 

@@ -34,8 +34,8 @@
 //! ```
 
 use dl_layers::{Layer, LayerError, Op, PoolKind, Tensor};
-use dl_tensor::lowp::{self, Epilogue, LowpScratch, Storage};
-use dl_tensor::ConvGeometry;
+use dl_tensor::lowp::{self, Epilogue, LowpConv, LowpScratch, Storage};
+use dl_tensor::{ConvAlgo, ConvGeometry};
 use rayon::prelude::*;
 
 pub use dl_tensor::lowp::{bf16, f16, Precision, UnknownPrecision};
@@ -77,6 +77,7 @@ enum Node<E> {
         stride: usize,
         pad: usize,
         relu: bool,
+        plans: PlanCache,
     },
     Affine {
         w: Vec<E>,
@@ -107,6 +108,35 @@ enum Node<E> {
         shortcut: Option<Vec<Node<E>>>,
     },
     Concat(Vec<Vec<Node<E>>>),
+}
+
+/// The convolutions an op has run, by input geometry: the filters widened to `f32` and
+/// the kernel's own transform of them (Winograd's) are made once per image size, not
+/// once per batch. A copy of the network starts with an empty cache.
+#[derive(Debug, Default)]
+struct PlanCache(std::sync::RwLock<Vec<std::sync::Arc<LowpConv>>>);
+
+impl Clone for PlanCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PlanCache {
+    /// The convolution for `g`, made by `make` the first time.
+    fn get(&self, g: &ConvGeometry, make: impl FnOnce() -> LowpConv) -> std::sync::Arc<LowpConv> {
+        let found = |plans: &[std::sync::Arc<LowpConv>]| plans.iter().find(|p| p.geometry() == g).cloned();
+        if let Some(p) = found(&self.0.read().unwrap_or_else(|e| e.into_inner())) {
+            return p;
+        }
+        let mut plans = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = found(&plans) {
+            return p;
+        }
+        let p = std::sync::Arc::new(make());
+        plans.push(p.clone());
+        p
+    }
 }
 
 /// A batch of activations stored as `E`, row-major with its shape.
@@ -161,6 +191,7 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
                     stride: *stride,
                     pad: *pad,
                     relu: fuse,
+                    plans: PlanCache::default(),
                 }
             }
             Op::Affine { w, b } => {
@@ -280,12 +311,14 @@ impl<E: Storage> Node<E> {
                 stride,
                 pad,
                 relu,
+                plans,
             } => {
                 let [f, c, fh, fw] = *dims;
                 need_4d("Convolution", &x.shape, Some(c))?;
                 let g = geometry("Convolution", &x.shape, fh, fw, *stride, *pad)?;
                 let n = x.shape[0];
-                let (w32, b32) = (widened(w), b.as_deref().map(widened));
+                let conv = plans.get(&g, || LowpConv::new(widened(w), f, g, ConvAlgo::Auto));
+                let b32 = b.as_deref().map(widened);
                 let per = f * g.col_cols();
                 let mut out = vec![E::default(); n * per];
                 let epilogue = Epilogue {
@@ -298,7 +331,7 @@ impl<E: Storage> Node<E> {
                     .zip(x.data.par_chunks(image * chunk))
                     .for_each_init(LowpScratch::default, |scratch, (o, xs)| {
                         for (oi, xi) in o.chunks_exact_mut(per).zip(xs.chunks_exact(image)) {
-                            lowp::conv_image(xi, &g, &w32, f, epilogue, oi, scratch);
+                            conv.forward_image(xi, epilogue, oi, scratch);
                         }
                     });
                 Ok(Act {

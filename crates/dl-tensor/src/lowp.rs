@@ -12,7 +12,7 @@ use ndarray::ArrayView2;
 
 pub use half::{bf16, f16};
 
-use crate::{gemm, im2col_chw, ConvGeometry};
+use crate::{gemm, im2col_chw, ConvAlgo, ConvGeometry, ConvKernel, Isa};
 
 /// An element type a tensor is stored in: `f32`, [`f16`] or [`bf16`].
 pub trait Storage: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {
@@ -190,7 +190,8 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// Scratch memory of [`conv_image`]: the image and its column matrix in `f32`.
+/// Scratch memory of [`LowpConv`] and [`affine`]: the input, the column matrix (or the
+/// kernel's scratch) and the output, in `f32`.
 #[derive(Debug, Default, Clone)]
 pub struct LowpScratch {
     image: Vec<f32>,
@@ -208,46 +209,90 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// One image of a convolution over stored values: `x` `(C, H, W)` of type `E`, filters
-/// `w` `(FN, C*FH*FW)` in `f32` (converted once per batch by the caller), into `out`
-/// `(FN, OH*OW)` of type `E`. The image is widened to `f32`, lowered by [`im2col_chw`],
-/// multiplied by [`gemm()`] (products and sums in `f32`), then the bias and the ReLU of
-/// `epilogue` are applied and each output is rounded once to `E`.
-///
-/// # Panics
-/// If the slice lengths do not fit the geometry and `fn_`.
-pub fn conv_image<E: Storage>(
-    x: &[E],
-    g: &ConvGeometry,
-    w: &[f32],
-    fn_: usize,
-    epilogue: Epilogue<'_>,
-    out: &mut [E],
-    scratch: &mut LowpScratch,
-) {
-    let (k, p) = (g.col_rows(), g.col_cols());
-    assert_eq!(x.len(), g.c * g.h * g.w, "conv_image: input length");
-    assert_eq!(w.len(), fn_ * k, "conv_image: filter length");
-    assert_eq!(out.len(), fn_ * p, "conv_image: output length");
-    scratch.image.resize(x.len(), 0.0);
-    E::to_f32_slice(x, &mut scratch.image);
-    scratch.col.resize(k * p, 0.0);
-    im2col_chw(&scratch.image, g, &mut scratch.col);
-    scratch.out.resize(fn_ * p, 0.0);
-    let wv = ArrayView2::from_shape((fn_, k), w).expect("checked length");
-    let cv = ArrayView2::from_shape((k, p), &scratch.col[..]).expect("checked length");
-    let mut ov = ndarray::ArrayViewMut2::from_shape((fn_, p), &mut scratch.out[..]).expect("checked length");
-    gemm(1.0, &wv, &cv, 0.0, &mut ov);
-    if let Some(b) = epilogue.bias {
-        assert_eq!(b.len(), fn_, "conv_image: bias length");
-        for (row, &bv) in scratch.out.chunks_exact_mut(p).zip(b) {
-            row.iter_mut().for_each(|v| *v += bv);
+/// A convolution over stored values for one geometry and one set of filters: the
+/// filters in `f32` (widened once per batch by the caller) and the kernel of
+/// [`ConvAlgo`] that computes it (Winograd or the direct kernel where they apply, at
+/// the instruction set asked for; else `im2col` + GEMM).
+#[derive(Debug)]
+pub struct LowpConv {
+    g: ConvGeometry,
+    filters: usize,
+    w: Vec<f32>,
+    kernel: Option<Box<dyn ConvKernel>>,
+}
+
+impl LowpConv {
+    /// The convolution of `w` `(filters, C*FH*FW)` on `g`, by `algo` at the instruction
+    /// set [`Isa::active`].
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters` filters of the geometry.
+    pub fn new(w: Vec<f32>, filters: usize, g: ConvGeometry, algo: ConvAlgo) -> Self {
+        Self::at(w, filters, g, algo, Isa::active())
+    }
+
+    /// [`LowpConv::new`] at the instruction set `isa` (the lowered path where the
+    /// kernel cannot run at it).
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters` filters of the geometry.
+    pub fn at(w: Vec<f32>, filters: usize, g: ConvGeometry, algo: ConvAlgo, isa: Isa) -> Self {
+        assert_eq!(w.len(), filters * g.col_rows(), "LowpConv: filter length");
+        let kernel = algo.kernel_at(isa, &w, filters, &g);
+        Self { g, filters, w, kernel }
+    }
+
+    /// The geometry it was made for.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.g
+    }
+
+    /// The kernel that runs: `"winograd"`, `"direct"` or `"lowered"`.
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.as_ref().map_or("lowered", |k| k.name())
+    }
+
+    /// One image: `x` `(C, H, W)` of type `E` into `out` `(FN, OH*OW)` of type `E`. The
+    /// image is widened to `f32`, convolved (products and sums in `f32`), the bias and
+    /// the ReLU of `epilogue` are applied, and each output is rounded once to `E`.
+    ///
+    /// # Panics
+    /// If the slice lengths do not fit the geometry.
+    pub fn forward_image<E: Storage>(&self, x: &[E], epilogue: Epilogue<'_>, out: &mut [E], scratch: &mut LowpScratch) {
+        let g = &self.g;
+        let (f, k, p) = (self.filters, g.col_rows(), g.col_cols());
+        assert_eq!(x.len(), g.c * g.h * g.w, "LowpConv: input length");
+        assert_eq!(out.len(), f * p, "LowpConv: output length");
+        if let Some(b) = epilogue.bias {
+            assert_eq!(b.len(), f, "LowpConv: bias length");
         }
+        scratch.image.resize(x.len(), 0.0);
+        E::to_f32_slice(x, &mut scratch.image);
+        scratch.out.resize(f * p, 0.0);
+        match &self.kernel {
+            Some(kernel) => {
+                scratch.col.resize(kernel.scratch_len(), 0.0);
+                kernel.forward_image(&scratch.image, epilogue.bias, &mut scratch.out, &mut scratch.col);
+            }
+            None => {
+                scratch.col.resize(k * p, 0.0);
+                im2col_chw(&scratch.image, g, &mut scratch.col);
+                let wv = ArrayView2::from_shape((f, k), &self.w[..]).expect("checked length");
+                let cv = ArrayView2::from_shape((k, p), &scratch.col[..]).expect("checked length");
+                let mut ov = ndarray::ArrayViewMut2::from_shape((f, p), &mut scratch.out[..]).expect("checked length");
+                gemm(1.0, &wv, &cv, 0.0, &mut ov);
+                if let Some(b) = epilogue.bias {
+                    for (row, &bv) in scratch.out.chunks_exact_mut(p).zip(b) {
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            }
+        }
+        if epilogue.relu {
+            scratch.out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        E::from_f32_slice(&scratch.out, out);
     }
-    if epilogue.relu {
-        scratch.out.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
-    E::from_f32_slice(&scratch.out, out);
 }
 
 /// An affine layer over stored values: `x` `(N, D)` of type `E` times `w` `(D, M)` in
@@ -295,9 +340,14 @@ pub fn affine<E: Storage>(
 /// # Panics
 /// If the slice lengths do not fit the geometry.
 pub fn max_pool_image<E: Storage>(x: &[E], g: &ConvGeometry, out: &mut [E]) {
-    pool_image(x, g, out, |window| {
-        window.fold(f32::NEG_INFINITY, |best, v| if v > best { v } else { best })
-    });
+    pool_image(
+        x,
+        g,
+        out,
+        f32::NEG_INFINITY,
+        |best, v| if v > best { v } else { best },
+        |m| m,
+    );
 }
 
 /// Average pooling of one `(C, H, W)` plane stack of stored values into `(C, OH, OW)`:
@@ -308,14 +358,18 @@ pub fn max_pool_image<E: Storage>(x: &[E], g: &ConvGeometry, out: &mut [E]) {
 /// If the slice lengths do not fit the geometry.
 pub fn average_pool_image<E: Storage>(x: &[E], g: &ConvGeometry, out: &mut [E]) {
     let area = (g.fh * g.fw) as f32;
-    pool_image(x, g, out, |window| window.sum::<f32>() / area);
+    pool_image(x, g, out, 0.0, |sum, v| sum + v, |sum| sum / area);
 }
 
+/// Reduces each window of each plane by `step` from `init`, then `finish`, widening one
+/// plane at a time to `f32`.
 fn pool_image<E: Storage>(
     x: &[E],
     g: &ConvGeometry,
     out: &mut [E],
-    reduce: impl Fn(&mut dyn Iterator<Item = f32>) -> f32,
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    finish: impl Fn(f32) -> f32,
 ) {
     let (h, w, oh, ow) = (g.h, g.w, g.out_h, g.out_w);
     assert_eq!(x.len(), g.c * h * w, "pool_image: input length");
@@ -326,13 +380,23 @@ fn pool_image<E: Storage>(
         let hi = ((start + k as isize).max(0) as usize).min(len);
         lo..hi
     };
+    let mut plane32 = vec![0.0f32; h * w];
+    let mut row32 = vec![0.0f32; ow];
     for (plane, oplane) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (ys, xs) = (span(oy, g.fh, h), span(ox, g.fw, w));
-                let mut window = ys.flat_map(|y| plane[y * w + xs.start..y * w + xs.end].iter().map(|v| v.to_f32()));
-                oplane[oy * ow + ox] = E::from_f32(reduce(&mut window));
+        E::to_f32_slice(plane, &mut plane32);
+        for (oy, orow) in oplane.chunks_exact_mut(ow).enumerate() {
+            let ys = span(oy, g.fh, h);
+            for (ox, o) in row32.iter_mut().enumerate() {
+                let xs = span(ox, g.fw, w);
+                let mut acc = init;
+                for y in ys.clone() {
+                    for &v in &plane32[y * w + xs.start..y * w + xs.end] {
+                        acc = step(acc, v);
+                    }
+                }
+                *o = finish(acc);
             }
+            E::from_f32_slice(&row32, orow);
         }
     }
 }
@@ -428,13 +492,14 @@ mod tests {
     /// Whether `got` is `want` rounded to `E`, or a neighbour of it: `want` is summed in
     /// `f64`, the kernel in `f32`, so a sum within an `f32` rounding of a halfway point
     /// may round to the other side. At 16 bits that is rare (at most 1% of the values);
-    /// for `f32` itself only the summation error is allowed.
+    /// for `f32` itself only the summation error is allowed (Winograd's transforms add a
+    /// little).
     fn assert_rounded<E: Storage>(got: &[E], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len());
         let eps = match E::NAME {
             "f16" => f32::powi(2.0, -10),
             "bf16" => f32::powi(2.0, -7),
-            _ => 0.0,
+            _ => 1e-5,
         };
         let mut exact = 0;
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -473,20 +538,37 @@ mod tests {
         }
         let g = ConvGeometry::new(c, h, h + 1, k, k, stride, pad).unwrap();
         let per = f * g.col_cols();
-        let mut out = vec![E::from_f32(f32::NAN); 2 * per];
-        let mut scratch = LowpScratch::default();
-        for (xi, oi) in x.chunks_exact(c * h * (h + 1)).zip(out.chunks_exact_mut(per)) {
-            let epilogue = Epilogue {
-                bias: Some(b.as_slice().unwrap()),
-                relu,
-            };
-            conv_image(xi, &g, &w, f, epilogue, oi, &mut scratch);
+        let mut kernels = std::collections::BTreeSet::new();
+        for isa in Isa::supported_levels() {
+            for algo in [ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                let conv = LowpConv::at(w.clone(), f, g, algo, isa);
+                kernels.insert(conv.kernel_name());
+                let mut out = vec![E::from_f32(f32::NAN); 2 * per];
+                let mut scratch = LowpScratch::default();
+                for (xi, oi) in x.chunks_exact(c * h * (h + 1)).zip(out.chunks_exact_mut(per)) {
+                    let epilogue = Epilogue {
+                        bias: Some(b.as_slice().unwrap()),
+                        relu,
+                    };
+                    conv.forward_image(xi, epilogue, oi, &mut scratch);
+                }
+                let what = format!("{} at {isa} {algo:?}", conv.kernel_name());
+                assert_rounded(&out, want.as_slice().unwrap(), &what);
+            }
         }
-        assert_rounded(&out, want.as_slice().unwrap(), "conv_image");
+        let all = ["direct", "lowered", "winograd"];
+        let expected: Vec<&str> = match (stride, k) {
+            (1, 3) => all.to_vec(),
+            (1, _) => all[..2].to_vec(),
+            _ => vec!["lowered"],
+        };
+        assert_eq!(kernels.into_iter().collect::<Vec<_>>(), expected);
     }
 
+    /// Every kernel (`im2col` + GEMM, direct, Winograd) at every instruction set this
+    /// CPU runs, at every storage type, against the seven-loop reference.
     #[test]
-    fn conv_image_is_the_reference_convolution_rounded_once() {
+    fn every_kernel_is_the_reference_convolution_rounded_once() {
         for (c, h, f, k, stride, pad, relu) in [
             (1, 8, 4, 3, 1, 1, false),
             (3, 7, 5, 3, 2, 1, true),
