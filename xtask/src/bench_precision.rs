@@ -48,7 +48,7 @@ struct PrecisionReport {
 
 /// What is measured: the training code's forward, or the inference engine.
 enum Runner {
-    Network(Network),
+    Network(Box<Network>),
     Engine(Inference),
 }
 
@@ -88,7 +88,7 @@ pub fn run(
         "network f32".to_string(),
         net.params_to_bytes().len(),
         4 * net.param_count(),
-        Runner::Network(net.clone()),
+        Runner::Network(Box::new(net.clone())),
     )];
     for &p in precisions {
         let engine = Inference::new(net.root(), p).map_err(|e| CliError::Other(e.to_string()))?;

@@ -170,7 +170,7 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
         let node = match &ops[i] {
             Op::Convolution { w, b, stride, pad } => {
                 let s = w.shape();
-                if s.len() != 4 || *stride == 0 {
+                if s.len() != 4 || s.contains(&0) || *stride == 0 {
                     return Err(invalid(
                         "Convolution",
                         format!("filters of shape {s:?} with stride {stride}"),
@@ -196,7 +196,7 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
             }
             Op::Affine { w, b } => {
                 let s = w.shape();
-                if s.len() != 2 || b.shape() != [s[1]] {
+                if s.len() != 2 || s.contains(&0) || b.shape() != [s[1]] {
                     return Err(invalid(
                         "Affine",
                         format!("weights {s:?} and bias {:?} do not fit", b.shape()),
@@ -350,6 +350,7 @@ impl<E: Storage> Node<E> {
                     });
                 }
                 let (w32, b32) = (widened(w), widened(b));
+                let wv = ndarray::ArrayView2::from_shape((d, m), &w32[..]).expect("checked at compile");
                 let epilogue = Epilogue {
                     bias: Some(&b32),
                     relu: *relu,
@@ -359,7 +360,7 @@ impl<E: Storage> Node<E> {
                 out.par_chunks_mut(m * chunk)
                     .zip(x.data.par_chunks(d * chunk))
                     .for_each_init(LowpScratch::default, |scratch, (o, xs)| {
-                        lowp::affine(xs, xs.len() / d, &w32, d, m, epilogue, o, scratch);
+                        lowp::affine(xs, &wv, epilogue, o, scratch);
                     });
                 Ok(Act {
                     shape: vec![n, m],

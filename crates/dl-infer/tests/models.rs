@@ -159,3 +159,74 @@ fn a_layer_without_an_inference_form_is_refused() {
     let err = Inference::new(&root, Precision::F16).unwrap_err();
     assert!(err.to_string().contains("Custom"), "{err}");
 }
+
+/// Ops whose parts do not fit are refused when the network is built, never at run time.
+#[test]
+fn ops_that_do_not_fit_are_refused_by_name() {
+    use dl_layers::{Op, PoolKind};
+    let t = |shape: &[usize]| Tensor::zeros(shape.to_vec());
+    let conv = |w: &[usize], b: Option<&[usize]>, stride| Op::Convolution {
+        w: t(w),
+        b: b.map(t),
+        stride,
+        pad: 0,
+    };
+    let refused = [
+        (conv(&[4, 1, 3], None, 1), "Convolution"),
+        (conv(&[4, 1, 3, 3], Some(&[3]), 1), "Convolution"),
+        (conv(&[4, 1, 3, 3], None, 0), "Convolution"),
+        (conv(&[0, 1, 3, 3], None, 1), "Convolution"),
+        (
+            Op::Affine {
+                w: t(&[5, 3]),
+                b: t(&[5]),
+            },
+            "Affine",
+        ),
+        (
+            Op::Affine {
+                w: t(&[0, 3]),
+                b: t(&[3]),
+            },
+            "Affine",
+        ),
+        (
+            Op::Pooling {
+                kind: PoolKind::Max,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 2,
+            },
+            "Pooling",
+        ),
+        (
+            Op::Scale {
+                scale: vec![1.0; 3],
+                shift: vec![0.0; 2],
+                per_channel: true,
+            },
+            "BatchNormalization",
+        ),
+        (Op::Concat(Vec::new()), "Concat"),
+    ];
+    for (op, name) in refused {
+        // inside a block as well as at the top
+        for op in [
+            op.clone(),
+            Op::Residual {
+                body: vec![op],
+                shortcut: None,
+            },
+        ] {
+            match InferenceNetwork::<f32>::from_op(&op) {
+                Err(InferError::Invalid { op, .. }) => assert_eq!(op, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+    let fine = Op::Sequential(vec![conv(&[2, 1, 3, 3], Some(&[2]), 1), Op::Relu]);
+    let engine = InferenceNetwork::<f32>::from_op(&fine).unwrap();
+    let y = engine.predict(&t(&[1, 1, 4, 4])).unwrap();
+    assert_eq!(y.shape(), &[1, 2, 2, 2]);
+}

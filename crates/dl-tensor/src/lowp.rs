@@ -300,27 +300,24 @@ impl LowpConv {
 /// `E` into `out` `(N, M)`. Products and sums in `f32`.
 ///
 /// # Panics
-/// If the slice lengths do not fit `n`, `d` and `m`.
+/// If the slice lengths do not fit `w`'s shape.
 pub fn affine<E: Storage>(
     x: &[E],
-    n: usize,
-    w: &[f32],
-    d: usize,
-    m: usize,
+    w: &ArrayView2<f32>,
     epilogue: Epilogue<'_>,
     out: &mut [E],
     scratch: &mut LowpScratch,
 ) {
-    assert_eq!(x.len(), n * d, "affine: input length");
-    assert_eq!(w.len(), d * m, "affine: weight length");
+    let (d, m) = w.dim();
+    assert!(d > 0 && x.len().is_multiple_of(d), "affine: input length");
+    let n = x.len() / d;
     assert_eq!(out.len(), n * m, "affine: output length");
     scratch.image.resize(n * d, 0.0);
     E::to_f32_slice(x, &mut scratch.image);
     scratch.out.resize(n * m, 0.0);
     let xv = ArrayView2::from_shape((n, d), &scratch.image[..]).expect("checked length");
-    let wv = ArrayView2::from_shape((d, m), w).expect("checked length");
     let mut ov = ndarray::ArrayViewMut2::from_shape((n, m), &mut scratch.out[..]).expect("checked length");
-    gemm(1.0, &xv, &wv, 0.0, &mut ov);
+    gemm(1.0, &xv, w, 0.0, &mut ov);
     if let Some(b) = epilogue.bias {
         assert_eq!(b.len(), m, "affine: bias length");
         for row in scratch.out.chunks_exact_mut(m) {
@@ -599,7 +596,8 @@ mod tests {
         }
         let mut out = vec![E::from_f32(f32::NAN); n * m];
         let epilogue = Epilogue { bias: Some(&b), relu };
-        affine(&x, n, &w, d, m, epilogue, &mut out, &mut LowpScratch::default());
+        let wv = ArrayView2::from_shape((d, m), &w[..]).unwrap();
+        affine(&x, &wv, epilogue, &mut out, &mut LowpScratch::default());
         assert_rounded(&out, want.as_slice().unwrap(), "affine");
     }
 
