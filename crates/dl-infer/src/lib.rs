@@ -2,7 +2,7 @@
 //!
 //! Inference of a trained `dlfs` network in fewer bits, the book's last speed-up
 //! (chapter 8, "reducing the bit precision"): the network's weights and every
-//! activation between its layers are stored as 16-bit floats ([`f16`], IEEE half, or
+//! activation between its layers are stored as 16-bit floats ([`f16`](struct@f16), IEEE half, or
 //! [`bf16`], bfloat16), and each layer reads them, multiplies and sums in `f32`, and
 //! rounds its output once back to 16 bits (the kernels are in [`dl_tensor::lowp`]).
 //! `f32` itself is a [`Precision`] too, so the comparison the book makes (accuracy in
@@ -516,7 +516,7 @@ fn run_all<E: Storage>(nodes: &[Node<E>], x: Act<E>) -> Result<Act<E>, InferErro
     nodes.iter().try_fold(x, |x, node| node.run(x))
 }
 
-/// A network ready for inference at storage type `E` (`f32`, [`f16`] or [`bf16`]):
+/// A network ready for inference at storage type `E` (`f32`, [`f16`](struct@f16) or [`bf16`]):
 /// weights and activations stored as `E`, products summed in `f32`. Read-only: share it
 /// between threads.
 #[derive(Debug, Clone)]

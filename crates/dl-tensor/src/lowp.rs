@@ -2,7 +2,7 @@
 //! and the kernels of inference over them, which read 16-bit values, multiply and
 //! accumulate in `f32`, and round each output once to 16 bits.
 //!
-//! A [`Storage`] is an element type a tensor can be kept in: `f32` itself, [`f16`]
+//! A [`Storage`] is an element type a tensor can be kept in: `f32` itself, [`f16`](struct@f16)
 //! (5 exponent bits, 10 mantissa bits: three decimal digits, largest 65504) or [`bf16`]
 //! (`f32`'s 8 exponent bits, 7 mantissa bits: two digits, `f32`'s range). Conversions
 //! round to nearest, ties to even (the `half` crate, which converts whole slices with
@@ -14,7 +14,7 @@ pub use half::{bf16, f16};
 
 use crate::{gemm, im2col_chw, ConvAlgo, ConvGeometry, ConvKernel, Isa};
 
-/// An element type a tensor is stored in: `f32`, [`f16`] or [`bf16`].
+/// An element type a tensor is stored in: `f32`, [`f16`](struct@f16) or [`bf16`].
 pub trait Storage: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {
     /// The type's name as safetensors and the command line spell it (`"f32"`, `"f16"`,
     /// `"bf16"`).
