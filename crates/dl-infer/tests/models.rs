@@ -201,6 +201,16 @@ fn ops_that_do_not_fit_are_refused_by_name() {
             "Pooling",
         ),
         (
+            Op::Pooling {
+                kind: PoolKind::Average,
+                ph: 3,
+                pw: 2,
+                stride: 1,
+                pad: 2,
+            },
+            "Pooling",
+        ),
+        (
             Op::Scale {
                 scale: vec![1.0; 3],
                 shift: vec![0.0; 2],
@@ -229,4 +239,27 @@ fn ops_that_do_not_fit_are_refused_by_name() {
     let engine = InferenceNetwork::<f32>::from_op(&fine).unwrap();
     let y = engine.predict(&t(&[1, 1, 4, 4])).unwrap();
     assert_eq!(y.shape(), &[1, 2, 2, 2]);
+}
+
+/// A network that takes images of any size keeps one convolution plan per size, and
+/// each size gets its own: the same answers as a network that saw only that size.
+#[test]
+fn each_image_size_gets_its_own_plan() {
+    use dl_layers::{Affine, Convolution, GlobalAveragePooling, Init, Relu, Sequential};
+    let root = Sequential::new()
+        .with(Convolution::new(1, 4, 3, 3, 1, 1, Init::He, 1))
+        .with(Relu::new())
+        .with(GlobalAveragePooling::new())
+        .with(Affine::new(4, 3, Init::He, 2));
+    let engine = InferenceNetwork::<f32>::new(&root).unwrap();
+    let (big, small) = (
+        images(2, 5),
+        images(2, 6).slice_move(ndarray::s![.., .., ..20, ..17]).into_dyn(),
+    );
+    let big_first = engine.predict(&big).unwrap();
+    assert_eq!(engine.predict(&big).unwrap(), big_first, "the cached plan");
+    let small_after = engine.predict(&small).unwrap();
+    let fresh = InferenceNetwork::<f32>::new(&root).unwrap();
+    assert_eq!(small_after, fresh.predict(&small).unwrap());
+    assert_eq!(engine.predict(&big).unwrap(), big_first);
 }
