@@ -31,10 +31,10 @@ pub struct EvalArgs {
     /// For an ensemble: combine by this rule instead of the manifest's.
     #[arg(long, value_enum, requires = "ensemble")]
     vote: Option<VoteArg>,
-    /// Also run the network with its weights and activations stored in this precision
-    /// (f16, bf16; products summed in f32), and print its accuracy under f32's, both by
-    /// the inference engine (dl-infer).
-    #[arg(long, value_parser = parse_precision, conflicts_with = "ensemble")]
+    /// Also run the network (or the ensemble's members) with weights and activations
+    /// stored in this precision (f16, bf16; products summed in f32), and print its
+    /// accuracy under f32's, both by the inference engine (dl-infer).
+    #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
 }
 
@@ -42,52 +42,112 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse::<Precision>().map_err(|e| e.to_string())
 }
 
-/// The predicted class of every image of `set` by `engine`, `batch` at a time.
-fn classify_set(engine: &Inference, set: &dl_data::ImageSet, batch: usize) -> Result<Vec<usize>, CliError> {
+/// Every image of `set`, `batch` at a time, through `f`.
+fn for_batches(
+    set: &dl_data::ImageSet,
+    batch: usize,
+    mut f: impl FnMut(&dl_layers::Tensor) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     let bs = batch.max(1);
     let (mut x, mut t) = (Vec::new(), Vec::new());
-    let mut out = Vec::with_capacity(set.len());
     for start in (0..set.len()).step_by(bs) {
         let idx: Vec<usize> = (start..(start + bs).min(set.len())).collect();
         set.fill_batch(&idx, &mut x, &mut t);
         let xb =
             dl_layers::Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut x)).expect("batch shape");
-        out.extend(engine.classify(&xb, bs).map_err(|e| CliError::Other(e.to_string()))?);
+        f(&xb)?;
         x = xb.into_raw_vec_and_offset().0;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// One precision's line: accuracy, weight bytes, time, and how many classes differ from
-/// the reference's.
-fn precision_line(
-    engine: &Inference,
+fn infer_error(e: dl_infer::InferError) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+/// The classes `engines` give every image of `set`: each member's, and the ensemble's
+/// by `vote` (for one engine, its own).
+fn classify_set(
+    engines: &[Inference],
     set: &dl_data::ImageSet,
     batch: usize,
-    reference: Option<&[usize]>,
-) -> Result<(Vec<usize>, Evaluation, String), CliError> {
-    let start = std::time::Instant::now();
-    let classes = classify_set(engine, set, batch)?;
-    let seconds = start.elapsed().as_secs_f64();
+    vote: Vote,
+) -> Result<(Vec<Vec<usize>>, Vec<usize>), CliError> {
+    let mut members = vec![Vec::with_capacity(set.len()); engines.len()];
+    let mut combined = Vec::with_capacity(set.len());
+    for_batches(set, batch, |x| {
+        let mut probs = Vec::with_capacity(engines.len());
+        for (engine, classes) in engines.iter().zip(&mut members) {
+            let scores = engine.predict(x).map_err(infer_error)?;
+            let scores = scores
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|_| CliError::Other("the network's output is not (N, classes)".into()))?;
+            classes.extend(dl_tensor::argmax_rows(&scores.view()));
+            probs.push(dl_tensor::softmax(&scores.view()));
+        }
+        if probs.iter().any(|p| p.dim() != probs[0].dim()) {
+            return Err(CliError::Other("the members give different numbers of classes".into()));
+        }
+        combined.extend(dl_train::ensemble::combine(&probs, vote));
+        Ok(())
+    })?;
+    Ok((members, combined))
+}
+
+fn evaluation(classes: &[usize], set: &dl_data::ImageSet) -> Evaluation {
     let correct = classes
         .iter()
         .zip(&set.labels)
         .filter(|(p, t)| **p == usize::from(**t))
         .count();
-    let e = Evaluation {
+    Evaluation {
         correct,
         total: classes.len(),
-    };
-    let mut line = format!(
-        "{:<4} weights {:>9} bytes: {e} in {seconds:.2} s",
-        engine.precision().name(),
-        engine.weight_bytes()
-    );
-    if let Some(r) = reference {
-        let differ = classes.iter().zip(r).filter(|(a, b)| a != b).count();
-        line += &format!(", {differ} of {} classes differ from f32", classes.len());
     }
-    Ok((classes, e, line))
+}
+
+/// Runs the network (or ensemble) `members` at f32 and at `precision`, printing one
+/// line each (members first for an ensemble), and returns the last one's evaluation.
+fn run_precisions(
+    members: &[&dl_models::Network],
+    precision: Precision,
+    set: &dl_data::ImageSet,
+    batch: usize,
+    vote: Vote,
+) -> Result<Evaluation, CliError> {
+    let mut reference: Option<Vec<usize>> = None;
+    let mut last = Evaluation { correct: 0, total: 0 };
+    let precisions: &[Precision] = if precision == Precision::F32 {
+        &[Precision::F32]
+    } else {
+        &[Precision::F32, precision]
+    };
+    for &p in precisions {
+        let engines = members
+            .iter()
+            .map(|m| Inference::new(m.root(), p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(infer_error)?;
+        let start = std::time::Instant::now();
+        let (per_member, combined) = classify_set(&engines, set, batch, vote)?;
+        let seconds = start.elapsed().as_secs_f64();
+        if members.len() > 1 {
+            for (i, classes) in per_member.iter().enumerate() {
+                println!("{:<4} member {i}: {}", p.name(), evaluation(classes, set));
+            }
+        }
+        let e = evaluation(&combined, set);
+        let bytes: usize = engines.iter().map(Inference::weight_bytes).sum();
+        let mut line = format!("{:<4} weights {bytes:>9} bytes: {e} in {seconds:.2} s", p.name());
+        if let Some(r) = &reference {
+            let differ = combined.iter().zip(r).filter(|(a, b)| a != b).count();
+            line += &format!(", {differ} of {} classes differ from f32", combined.len());
+        }
+        println!("{line}");
+        reference.get_or_insert(combined);
+        last = e;
+    }
+    Ok(last)
 }
 
 /// The images `eval` scores: the test set, or all of a set that has none.
@@ -124,22 +184,29 @@ fn run_ensemble(dir: PathBuf, vote: Option<VoteArg>, test: &dl_data::ImageSet, b
 pub fn run(a: EvalArgs) -> Result<(), CliError> {
     let test = eval_set(a.dataset, a.data.as_deref())?;
     if let Some(dir) = a.ensemble {
-        return run_ensemble(dir.unwrap_or_else(crate::shipped_ensemble), a.vote, &test, a.batch_size);
+        let dir = dir.unwrap_or_else(crate::shipped_ensemble);
+        if let Some(precision) = a.precision {
+            let (ensemble, manifest) = Ensemble::load(&dir)?;
+            let vote = a.vote.map_or(manifest.vote, Vote::from);
+            println!(
+                "{}: {} members on {} test images, combined by {vote:?}",
+                dir.display(),
+                ensemble.len(),
+                test.len()
+            );
+            let members: Vec<&dl_models::Network> = ensemble.members().iter().collect();
+            let e = run_precisions(&members, precision, &test, a.batch_size, vote)?;
+            println!("test accuracy: {e}");
+            return Ok(());
+        }
+        return run_ensemble(dir, a.vote, &test, a.batch_size);
     }
     let params = a.params.unwrap_or_else(crate::shipped_params);
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
     if let Some(precision) = a.precision {
-        let engine = |p| Inference::new(net.root(), p).map_err(|e| CliError::Other(e.to_string()));
         println!("{}: {} on {} test images", params.display(), net.kind(), test.len());
-        let (reference, full, line) = precision_line(&engine(Precision::F32)?, &test, a.batch_size, None)?;
-        println!("{line}");
-        let mut e = full;
-        if precision != Precision::F32 {
-            let (_, low, line) = precision_line(&engine(precision)?, &test, a.batch_size, Some(&reference))?;
-            println!("{line}");
-            e = low;
-        }
+        let e = run_precisions(&[&net], precision, &test, a.batch_size, Vote::Mean)?;
         println!("test accuracy: {e}");
         return Ok(());
     }

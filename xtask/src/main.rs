@@ -263,7 +263,7 @@ mod tests {
         run_cli(&[&convert[..], &["--overwrite"]].concat()).unwrap();
         run_cli(&["eval", "--params", out, "--precision", "bf16"]).unwrap();
         assert!(parse_from(["xtask", "eval", "--precision", "f8"]).is_err());
-        assert!(parse_from(["xtask", "eval", "--precision", "f16", "--ensemble"]).is_err());
+        run_cli(&["eval", "--ensemble", "--precision", "f16", "--vote", "majority"]).unwrap();
     }
 
     /// A SimpleConvNet small enough to train in a blink.

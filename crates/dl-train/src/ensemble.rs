@@ -200,6 +200,26 @@ fn argmax(p: &Array2<f32>) -> Vec<usize> {
     dl_tensor::argmax_rows(&p.view()).to_vec()
 }
 
+/// The classes the members' softmax outputs `probs` (one `(N, classes)` array per
+/// member, at least one) give together by `vote`: what [`Ensemble::classify`] does with
+/// its own members' outputs, for outputs computed elsewhere (another precision, another
+/// engine).
+///
+/// # Panics
+/// If `probs` is empty or the arrays differ in shape.
+pub fn combine(probs: &[Array2<f32>], vote: Vote) -> Vec<usize> {
+    assert!(!probs.is_empty(), "combine: no members");
+    assert!(
+        probs.iter().all(|p| p.dim() == probs[0].dim()),
+        "combine: the members' outputs differ in shape"
+    );
+    let mean = mean_of(probs);
+    match vote {
+        Vote::Mean => argmax(&mean),
+        Vote::Majority => majority_of(probs, &mean),
+    }
+}
+
 /// Mean of the members' probabilities.
 fn mean_of(probs: &[Array2<f32>]) -> Array2<f32> {
     let mut mean = probs[0].clone();
@@ -284,11 +304,7 @@ impl Ensemble {
         let mut out = Vec::new();
         for chunk in x.axis_chunks_iter(ndarray::Axis(0), batch_size.max(1)) {
             let probs = member_probabilities(&mut self.members, &chunk.to_owned())?;
-            let mean = mean_of(&probs);
-            match vote {
-                Vote::Mean => out.extend(argmax(&mean)),
-                Vote::Majority => out.extend(majority_of(&probs, &mean)),
-            }
+            out.extend(combine(&probs, vote));
         }
         Ok(out)
     }

@@ -277,3 +277,36 @@ fn an_ensemble_of_different_models_saves_and_loads_each_as_its_own_kind() {
     let (mut loaded, _) = Ensemble::load(dir.path()).unwrap();
     assert_eq!(loaded.predict_proba(&x, 3).unwrap(), before);
 }
+
+/// `combine` on outputs computed elsewhere: the mean's top class, or the most votes with
+/// ties to the larger mean.
+#[test]
+fn combine_takes_outputs_computed_elsewhere() {
+    use dl_train::ensemble::combine;
+    let p = |rows: &[[f32; 3]]| Array2::from_shape_fn((rows.len(), 3), |(r, c)| rows[r][c]);
+    // image 0: two members say class 0 weakly, one says class 2 strongly
+    // image 1: every member says class 1
+    let probs = [
+        p(&[[0.5, 0.1, 0.4], [0.1, 0.8, 0.1]]),
+        p(&[[0.5, 0.1, 0.4], [0.2, 0.7, 0.1]]),
+        p(&[[0.0, 0.0, 1.0], [0.3, 0.6, 0.1]]),
+    ];
+    assert_eq!(combine(&probs, Vote::Mean), vec![2, 1]);
+    assert_eq!(combine(&probs, Vote::Majority), vec![0, 1]);
+    // a tie of votes (one each) goes to the larger mean: class 2 here
+    let tie = [p(&[[0.6, 0.0, 0.4]]), p(&[[0.0, 0.1, 0.9]])];
+    assert_eq!(combine(&tie, Vote::Majority), vec![2]);
+    assert_eq!(combine(&probs[..1], Vote::Mean), vec![0, 1]);
+}
+
+#[test]
+#[should_panic(expected = "no members")]
+fn combine_needs_a_member() {
+    dl_train::ensemble::combine(&[], Vote::Mean);
+}
+
+#[test]
+#[should_panic(expected = "differ in shape")]
+fn combine_needs_outputs_of_one_shape() {
+    dl_train::ensemble::combine(&[Array2::zeros((2, 3)), Array2::zeros((2, 4))], Vote::Mean);
+}
