@@ -263,3 +263,75 @@ fn each_image_size_gets_its_own_plan() {
     assert_eq!(small_after, fresh.predict(&small).unwrap());
     assert_eq!(engine.predict(&big).unwrap(), big_first);
 }
+
+/// The element-wise ops against their formulas, at f32 (exact) and f16 (rounded once).
+#[test]
+fn sigmoid_and_both_batch_norm_forms_compute_their_formulas() {
+    use dl_layers::Op;
+    let x = Tensor::from_shape_vec(vec![1, 2, 1, 2], vec![-2.0, -0.5, 0.25, 3.0]).unwrap();
+    let run = |op: Op| InferenceNetwork::<f32>::from_op(&op).unwrap().predict(&x).unwrap();
+    let sigmoid = run(Op::Sigmoid);
+    for (y, v) in sigmoid.iter().zip(&x) {
+        assert_eq!(*y, 1.0 / (1.0 + (-v).exp()));
+    }
+    // the book's form: one scale per value of the flattened image
+    let flat = run(Op::Scale {
+        scale: vec![1.0, 2.0, 3.0, 4.0],
+        shift: vec![0.5, 0.0, -1.0, 0.0],
+        per_channel: false,
+    });
+    assert_eq!(flat.as_slice().unwrap(), &[-1.5, -1.0, -0.25, 12.0]);
+    // per channel: one scale per channel of (N, C, H, W)
+    let channels = run(Op::Scale {
+        scale: vec![2.0, -1.0],
+        shift: vec![1.0, 0.5],
+        per_channel: true,
+    });
+    assert_eq!(channels.as_slice().unwrap(), &[-3.0, 0.0, 0.25, -2.5]);
+    let half = InferenceNetwork::<dl_infer::f16>::from_op(&Op::Sigmoid)
+        .unwrap()
+        .predict(&x)
+        .unwrap();
+    for (h, f) in half.iter().zip(&sigmoid) {
+        assert_eq!(*h, dl_infer::f16::from_f32(*f).to_f32());
+    }
+}
+
+#[test]
+fn inputs_of_the_wrong_shape_are_refused_by_each_op() {
+    use dl_layers::Op;
+    let t = |shape: &[usize]| Tensor::zeros(shape.to_vec());
+    let affine = InferenceNetwork::<f32>::from_op(&Op::Affine {
+        w: t(&[6, 3]),
+        b: t(&[3]),
+    })
+    .unwrap();
+    assert_eq!(affine.predict(&t(&[2, 2, 3])).unwrap().shape(), &[2, 3]);
+    for bad in [t(&[2, 7]), t(&[6])] {
+        let err = affine.predict(&bad).unwrap_err();
+        assert!(matches!(err, InferError::Shape { op: "Affine", .. }), "{err}");
+    }
+    for per_channel in [false, true] {
+        let scale = Op::Scale {
+            scale: vec![1.0; 3],
+            shift: vec![0.0; 3],
+            per_channel,
+        };
+        let engine = InferenceNetwork::<f32>::from_op(&scale).unwrap();
+        let fits = if per_channel { t(&[2, 3, 4, 4]) } else { t(&[2, 3]) };
+        assert_eq!(engine.predict(&fits).unwrap().shape(), fits.shape());
+        for bad in [t(&[2, 4, 1, 1]), t(&[3])] {
+            let err = engine.predict(&bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    InferError::Shape {
+                        op: "BatchNormalization",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+    }
+}
