@@ -335,3 +335,62 @@ fn inputs_of_the_wrong_shape_are_refused_by_each_op() {
         }
     }
 }
+
+/// Branches are joined only along the channels; a residual block adds only outputs of
+/// one shape.
+#[test]
+fn blocks_join_only_outputs_that_fit() {
+    use dl_layers::{Op, PoolKind};
+    use ndarray::Dimension;
+    let t = |shape: &[usize]| Tensor::from_shape_fn(shape.to_vec(), |d| d.as_array_view().sum() as f32);
+    let identity = || Vec::new();
+    let pool = || {
+        vec![Op::Pooling {
+            kind: PoolKind::Max,
+            ph: 2,
+            pw: 2,
+            stride: 2,
+            pad: 0,
+        }]
+    };
+    let engine = |op: Op| InferenceNetwork::<f32>::from_op(&op).unwrap();
+    let x = t(&[2, 3, 4, 4]);
+    // outputs of (N, C) join too: two global average poolings
+    let gap = engine(Op::Concat(vec![
+        vec![Op::GlobalAveragePooling],
+        vec![Op::GlobalAveragePooling],
+    ]));
+    let y = gap.predict(&x).unwrap();
+    assert_eq!(y.shape(), &[2, 6]);
+    let row: Vec<f32> = y.iter().skip(6).copied().collect();
+    assert_eq!(row[..3], row[3..]);
+    assert_eq!(
+        row[..3],
+        [4.0, 5.0, 6.0],
+        "image 1: the mean of 1 + c + h + w over h, w < 4"
+    );
+    for (branches, input) in [
+        // other heights and widths
+        (vec![pool(), identity()], x.clone()),
+        // other ranks
+        (vec![vec![Op::GlobalAveragePooling], identity()], x.clone()),
+        // no channel axis at all
+        (vec![identity(), identity()], t(&[5])),
+    ] {
+        let err = engine(Op::Concat(branches)).predict(&input).unwrap_err();
+        assert!(matches!(err, InferError::Invalid { op: "Concat", .. }), "{err}");
+    }
+    let residual = engine(Op::Residual {
+        body: pool(),
+        shortcut: None,
+    });
+    let err = residual.predict(&x).unwrap_err();
+    assert!(matches!(err, InferError::Shape { op: "Residual", .. }), "{err}");
+    let fits = engine(Op::Residual {
+        body: pool(),
+        shortcut: Some(pool()),
+    });
+    let y = fits.predict(&x).unwrap();
+    let pooled = engine(Op::Sequential(pool())).predict(&x).unwrap();
+    assert_eq!(y, pooled.mapv(|v| 2.0 * v), "relu(pool + pool) of non-negative values");
+}
