@@ -463,6 +463,11 @@ mod tests {
         }
         assert_eq!("f8".parse::<Precision>(), Err(UnknownPrecision("f8".into())));
         assert_eq!(Precision::ALL.map(Precision::bytes), [4, 2, 2]);
+        // f32 stores every f32 as it is
+        for v in [1.5f32, -3.0e-39, f32::MAX] {
+            assert_eq!(<f32 as Storage>::from_f32(v).to_bits(), v.to_bits());
+            assert_eq!(Storage::to_f32(v).to_bits(), v.to_bits());
+        }
         let values = [1.0f32, -2.5, 1.0 + f32::powi(2.0, -9), 3.0e-6, 65504.0];
         let f32_bytes = Precision::F32.to_le_bytes(values.into_iter());
         assert_eq!(&f32_bytes[..4], &[0, 0, 0x80, 0x3f]);
