@@ -106,17 +106,32 @@ fn evaluation(classes: &[usize], set: &dl_data::ImageSet) -> Evaluation {
     }
 }
 
-/// Runs the network (or ensemble) `members` at f32 and at `precision`, printing one
-/// line each (members first for an ensemble), and returns the last one's evaluation.
-fn run_precisions(
+/// One precision's figures from [`precision_runs`].
+#[derive(Debug, Clone, PartialEq)]
+struct PrecisionRun {
+    precision: Precision,
+    /// Each member's evaluation (one for a single network).
+    members: Vec<Evaluation>,
+    /// The network's, or the ensemble's by its vote.
+    combined: Evaluation,
+    /// Bytes of every member's stored weights.
+    weight_bytes: usize,
+    /// Images whose combined class differs from f32's (`None` for f32 itself).
+    differ_from_f32: Option<usize>,
+    seconds: f64,
+}
+
+/// Runs the network (or ensemble) `members` at f32 and, unless it is f32, at
+/// `precision`, by the inference engine.
+fn precision_runs(
     members: &[&dl_models::Network],
     precision: Precision,
     set: &dl_data::ImageSet,
     batch: usize,
     vote: Vote,
-) -> Result<Evaluation, CliError> {
+) -> Result<Vec<PrecisionRun>, CliError> {
     let mut reference: Option<Vec<usize>> = None;
-    let mut last = Evaluation { correct: 0, total: 0 };
+    let mut runs = Vec::new();
     let precisions: &[Precision] = if precision == Precision::F32 {
         &[Precision::F32]
     } else {
@@ -131,23 +146,61 @@ fn run_precisions(
         let start = std::time::Instant::now();
         let (per_member, combined) = classify_set(&engines, set, batch, vote)?;
         let seconds = start.elapsed().as_secs_f64();
-        if members.len() > 1 {
-            for (i, classes) in per_member.iter().enumerate() {
-                println!("{:<4} member {i}: {}", p.name(), evaluation(classes, set));
+        let differ_from_f32 = reference
+            .as_ref()
+            .map(|r| combined.iter().zip(r).filter(|(a, b)| a != b).count());
+        runs.push(PrecisionRun {
+            precision: p,
+            members: per_member.iter().map(|c| evaluation(c, set)).collect(),
+            combined: evaluation(&combined, set),
+            weight_bytes: engines.iter().map(Inference::weight_bytes).sum(),
+            differ_from_f32,
+            seconds,
+        });
+        reference.get_or_insert(combined);
+    }
+    Ok(runs)
+}
+
+/// The lines `eval --precision` prints for `runs`: each member's (for an ensemble),
+/// then the whole's, per precision.
+fn precision_lines(runs: &[PrecisionRun]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in runs {
+        let name = r.precision.name();
+        if r.members.len() > 1 {
+            for (i, e) in r.members.iter().enumerate() {
+                lines.push(format!("{name:<4} member {i}: {e}"));
             }
         }
-        let e = evaluation(&combined, set);
-        let bytes: usize = engines.iter().map(Inference::weight_bytes).sum();
-        let mut line = format!("{:<4} weights {bytes:>9} bytes: {e} in {seconds:.2} s", p.name());
-        if let Some(r) = &reference {
-            let differ = combined.iter().zip(r).filter(|(a, b)| a != b).count();
-            line += &format!(", {differ} of {} classes differ from f32", combined.len());
+        let mut line = format!(
+            "{name:<4} weights {:>9} bytes: {} in {:.2} s",
+            r.weight_bytes, r.combined, r.seconds
+        );
+        if let Some(d) = r.differ_from_f32 {
+            line += &format!(", {d} of {} classes differ from f32", r.combined.total);
         }
-        println!("{line}");
-        reference.get_or_insert(combined);
-        last = e;
+        lines.push(line);
     }
-    Ok(last)
+    lines
+}
+
+/// Prints `precision_runs` and the last one's `test accuracy:` line.
+fn run_precisions(
+    members: &[&dl_models::Network],
+    precision: Precision,
+    set: &dl_data::ImageSet,
+    batch: usize,
+    vote: Vote,
+) -> Result<(), CliError> {
+    let runs = precision_runs(members, precision, set, batch, vote)?;
+    for line in precision_lines(&runs) {
+        println!("{line}");
+    }
+    if let Some(last) = runs.last() {
+        println!("test accuracy: {}", last.combined);
+    }
+    Ok(())
 }
 
 /// The images `eval` scores: the test set, or all of a set that has none.
@@ -195,9 +248,7 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
                 test.len()
             );
             let members: Vec<&dl_models::Network> = ensemble.members().iter().collect();
-            let e = run_precisions(&members, precision, &test, a.batch_size, vote)?;
-            println!("test accuracy: {e}");
-            return Ok(());
+            return run_precisions(&members, precision, &test, a.batch_size, vote);
         }
         return run_ensemble(dir, a.vote, &test, a.batch_size);
     }
@@ -206,9 +257,7 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     let mut net = dl_models::load(&params)?;
     if let Some(precision) = a.precision {
         println!("{}: {} on {} test images", params.display(), net.kind(), test.len());
-        let e = run_precisions(&[&net], precision, &test, a.batch_size, Vote::Mean)?;
-        println!("test accuracy: {e}");
-        return Ok(());
+        return run_precisions(&[&net], precision, &test, a.batch_size, Vote::Mean);
     }
     let start = std::time::Instant::now();
     let e = evaluate(&mut net, &test, None, a.batch_size)?;
@@ -239,6 +288,62 @@ mod tests {
         for (got, entry) in ev.members.iter().zip(&manifest.members) {
             assert_eq!(Some(*got), entry.test_evaluation);
         }
+    }
+
+    /// Two members of the shipped ensemble on 300 test images: at f32 the engine gives
+    /// the training code's figures, at f16 the same members' own, and the lines say so.
+    #[test]
+    fn precision_runs_count_members_the_whole_and_the_differences() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let set = mnist.test.take(300);
+        let (ensemble, _) = Ensemble::load(crate::shipped_ensemble()).unwrap();
+        let mut two = Ensemble::new(ensemble.into_members().into_iter().take(2).collect()).unwrap();
+        let want = two.evaluate(&set, None, 100).unwrap();
+        let members: Vec<&dl_models::Network> = two.members().iter().collect();
+        let runs = precision_runs(&members, Precision::F16, &set, 64, Vote::Majority).unwrap();
+        assert_eq!(runs.len(), 2);
+        let (full, half) = (&runs[0], &runs[1]);
+        assert_eq!((full.precision, half.precision), (Precision::F32, Precision::F16));
+        assert_eq!(full.members, want.members);
+        assert_eq!(full.combined, want.majority);
+        assert_eq!(full.differ_from_f32, None);
+        assert_eq!(full.weight_bytes, 2 * half.weight_bytes);
+        assert_eq!(full.weight_bytes, 8 * two.members()[0].param_count());
+        for (m, e) in two.members().iter().zip(&half.members) {
+            let engine = Inference::new(m.root(), Precision::F16).unwrap();
+            let (x, t) = set.batch(&(0..set.len()).collect::<Vec<_>>());
+            let correct = engine
+                .classify(&x, 100)
+                .unwrap()
+                .iter()
+                .zip(&t)
+                .filter(|(p, t)| p == t)
+                .count();
+            assert_eq!(*e, Evaluation { correct, total: 300 });
+        }
+        assert_eq!(half.combined.total, 300);
+        // the shipped members agree with themselves at 16 bits on these images
+        assert_eq!(half.differ_from_f32, Some(0));
+        let lines = precision_lines(&runs);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0], format!("f32  member 0: {}", want.members[0]));
+        assert!(lines[2].starts_with(&format!(
+            "f32  weights {:>9} bytes: {} in ",
+            full.weight_bytes, want.majority
+        )));
+        assert!(lines[5].ends_with(", 0 of 300 classes differ from f32"), "{}", lines[5]);
+        // one network at f32: one line, no members, no comparison
+        let one = precision_runs(&members[..1], Precision::F32, &set, 300, Vote::Mean).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].combined, want.members[0]);
+        let lines = precision_lines(&one);
+        assert_eq!(lines.len(), 1);
+        assert!(!lines[0].contains("differ"));
+        // a different count shows in the line
+        let mut other = runs[1].clone();
+        other.differ_from_f32 = Some(7);
+        let lines = precision_lines(&[other]);
+        assert!(lines[2].ends_with(", 7 of 300 classes differ from f32"), "{}", lines[2]);
     }
 
     #[test]

@@ -263,7 +263,17 @@ mod tests {
         run_cli(&[&convert[..], &["--overwrite"]].concat()).unwrap();
         run_cli(&["eval", "--params", out, "--precision", "bf16"]).unwrap();
         assert!(parse_from(["xtask", "eval", "--precision", "f8"]).is_err());
-        run_cli(&["eval", "--ensemble", "--precision", "f16", "--vote", "majority"]).unwrap();
+        run_cli(&[
+            "eval",
+            "--ensemble",
+            "--precision",
+            "f16",
+            "--vote",
+            "majority",
+            "--dataset",
+            "optdigits",
+        ])
+        .unwrap();
     }
 
     /// A SimpleConvNet small enough to train in a blink.
