@@ -152,6 +152,42 @@ fn convolution(c: &mut Criterion) {
     group.finish();
 }
 
+/// The integer convolution of each DeepConvNet layer at every int8 kernel this CPU
+/// has, beside the f32 kernels above (same shapes, one image, NHWC bytes in and out).
+fn int8_convolution(c: &mut Criterion) {
+    use dl_tensor::int8::{Int8Kernel, Int8Scratch, QConv, Requantize};
+    let mut group = c.benchmark_group("int8-convolution");
+    let layers = [
+        ("conv1", 1usize, 28usize, 16usize, 1usize),
+        ("conv2", 16, 28, 16, 1),
+        ("conv3", 16, 14, 32, 1),
+        ("conv4", 32, 14, 32, 2),
+        ("conv5", 32, 8, 64, 1),
+        ("conv6", 64, 8, 64, 1),
+    ];
+    for &(name, ch, hw, f, pad) in &layers {
+        let g = ConvGeometry::new(ch, hw, hw, 3, 3, 1, pad).unwrap();
+        let w: Vec<i8> = (0..f * ch * 9).map(|i| ((i * 7) % 255) as u8 as i8).collect();
+        let conv = QConv::new(w, [f, ch, 3, 3], 1, pad, vec![100; f], 0).unwrap();
+        let x: Vec<u8> = (0..ch * hw * hw).map(|i| (i % 251) as u8).collect();
+        let multiplier = vec![1e-4f32; f];
+        let rq = Requantize {
+            multiplier: &multiplier,
+            zero_point: 0,
+            relu: true,
+        };
+        let mut out = vec![0u8; f * g.col_cols()];
+        let mut scratch = Int8Scratch::default();
+        group.throughput(Throughput::Elements((2 * f * g.col_rows() * g.col_cols()) as u64));
+        for kernel in Int8Kernel::supported_levels() {
+            group.bench_function(BenchmarkId::new(kernel.name(), name), |b| {
+                b.iter(|| conv.forward_u8(&x, hw, hw, rq, &mut out, &mut scratch, kernel).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
 /// The vector instruction sets this CPU has (`DLFS_SIMD` narrows them to one).
 fn vector_levels() -> Vec<Isa> {
     let forced = Isa::from_env().ok().flatten();
@@ -164,6 +200,6 @@ fn vector_levels() -> Vec<Isa> {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering, convolution
+    targets = gemm_backends, lowering, convolution, int8_convolution
 }
 criterion_main!(benches);

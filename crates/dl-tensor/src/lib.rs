@@ -43,6 +43,7 @@ mod denormal;
 mod direct;
 mod gemm;
 mod im2col;
+pub mod int8;
 mod isa;
 mod kernel;
 pub mod lowp;

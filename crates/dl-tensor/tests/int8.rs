@@ -1,0 +1,301 @@
+//! The integer convolution's kernels against the definition, bit for bit, at every
+//! level this CPU has; the quantization rules against hand-worked values.
+
+use dl_tensor::int8::{
+    max_pool_nhwc, quantize_weights, reference_accumulate, Int8Error, Int8Kernel, Int8Scratch, QConv, QuantParams,
+    Requantize, MAX_DEPTH,
+};
+use dl_tensor::{ConvGeometry, Isa};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Case {
+    f: usize,
+    c: usize,
+    fh: usize,
+    fw: usize,
+    stride: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for &(f, c) in &[
+        (1, 1),
+        (3, 1),
+        (8, 3),
+        (5, 2),
+        (16, 16),
+        (17, 5),
+        (33, 4),
+        (10, 50),
+        (64, 32),
+    ] {
+        for &(fh, fw, stride, pad) in &[(3, 3, 1, 1), (3, 3, 1, 2), (1, 1, 1, 0), (3, 2, 2, 1), (2, 2, 2, 0)] {
+            for &(h, w) in &[(5, 7), (1, 13), (8, 8)] {
+                if h + 2 * pad >= fh && w + 2 * pad >= fw {
+                    out.push(Case {
+                        f,
+                        c,
+                        fh,
+                        fw,
+                        stride,
+                        pad,
+                        h,
+                        w,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn random_conv(rng: &mut ChaCha8Rng, k: &Case, zero: u8) -> (QConv, Vec<i8>, Vec<i32>) {
+    let n = k.f * k.c * k.fh * k.fw;
+    let w: Vec<i8> = (0..n).map(|_| rng.gen::<i8>()).collect();
+    let bias: Vec<i32> = (0..k.f).map(|_| rng.gen_range(-5000..5000)).collect();
+    let conv = QConv::new(w.clone(), [k.f, k.c, k.fh, k.fw], k.stride, k.pad, bias.clone(), zero).unwrap();
+    (conv, w, bias)
+}
+
+#[test]
+fn every_kernel_gives_the_definitions_sums() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let levels = Int8Kernel::supported_levels();
+    assert!(levels.contains(&Int8Kernel::Scalar));
+    let mut scratch = Int8Scratch::default();
+    for k in cases() {
+        let zero = rng.gen::<u8>();
+        let (conv, w, bias) = random_conv(&mut rng, &k, zero);
+        let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
+        let want = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
+        for &kernel in &levels {
+            let mut got = vec![0; want.len()];
+            conv.accumulate(&x, k.h, k.w, &mut got, &mut scratch, kernel).unwrap();
+            assert_eq!(
+                got, want,
+                "{kernel}: f {} c {} filter {}x{} stride {} pad {} image {}x{}",
+                k.f, k.c, k.fh, k.fw, k.stride, k.pad, k.h, k.w
+            );
+        }
+    }
+}
+
+#[test]
+fn extreme_values_do_not_saturate() {
+    // 255 x -128 and 255 x 127 at full depth: the pair sums vpmaddubsw would saturate
+    let k = Case {
+        f: 16,
+        c: 64,
+        fh: 3,
+        fw: 3,
+        stride: 1,
+        pad: 1,
+        h: 4,
+        w: 4,
+    };
+    let mut scratch = Int8Scratch::default();
+    for fill in [-128i8, 127] {
+        let w = vec![fill; 16 * 64 * 9];
+        let conv = QConv::new(w.clone(), [16, 64, 3, 3], 1, 1, vec![0; 16], 0).unwrap();
+        let x = vec![255u8; 4 * 4 * 64];
+        let want = reference_accumulate(&x, k.h, k.w, 0, &w, conv.dims(), 1, 1, &[0; 16]);
+        // the centre pixel sees all 9 taps of all 64 channels
+        assert_eq!(want[(4 + 1) * 16], 255 * i32::from(fill) * 64 * 9);
+        for kernel in Int8Kernel::supported_levels() {
+            let mut got = vec![0; want.len()];
+            conv.accumulate(&x, 4, 4, &mut got, &mut scratch, kernel).unwrap();
+            assert_eq!(got, want, "{kernel}");
+        }
+    }
+}
+
+#[test]
+fn requantized_outputs_match_the_sums_on_every_kernel() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut scratch = Int8Scratch::default();
+    for k in cases().iter().step_by(3) {
+        let zero = rng.gen_range(0..20);
+        let (conv, w, bias) = random_conv(&mut rng, k, zero);
+        let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
+        let sums = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
+        let multiplier: Vec<f32> = (0..k.f).map(|_| rng.gen_range(1e-5..1e-3)).collect();
+        for relu in [false, true] {
+            let rq = Requantize {
+                multiplier: &multiplier,
+                zero_point: 40,
+                relu,
+            };
+            let want_u8: Vec<u8> = sums.iter().enumerate().map(|(i, &a)| rq.apply(a, i % k.f)).collect();
+            let want_f32: Vec<f32> = sums
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let v = a as f32 * multiplier[i % k.f];
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            for kernel in Int8Kernel::supported_levels() {
+                let mut got = vec![0u8; sums.len()];
+                conv.forward_u8(&x, k.h, k.w, rq, &mut got, &mut scratch, kernel)
+                    .unwrap();
+                assert_eq!(got, want_u8, "{kernel}");
+                let mut got = vec![0f32; sums.len()];
+                conv.forward_f32(&x, k.h, k.w, &multiplier, relu, &mut got, &mut scratch, kernel)
+                    .unwrap();
+                assert_eq!(got, want_f32, "{kernel}");
+            }
+            if relu {
+                assert!(want_u8.iter().all(|&q| q >= 40));
+            } else {
+                assert!(want_u8.iter().any(|&q| q < 40), "some outputs are negative");
+            }
+        }
+    }
+}
+
+#[test]
+fn requantize_rounds_ties_to_even_and_clamps() {
+    let m = [0.5f32, 1.0];
+    let rq = Requantize {
+        multiplier: &m,
+        zero_point: 10,
+        relu: false,
+    };
+    assert_eq!(rq.apply(5, 0), 12); // 2.5 -> 2
+    assert_eq!(rq.apply(7, 0), 14); // 3.5 -> 4
+    assert_eq!(rq.apply(-3, 1), 7);
+    assert_eq!(rq.apply(-30, 1), 0);
+    assert_eq!(rq.apply(300, 1), 255);
+    let relu = Requantize { relu: true, ..rq };
+    assert_eq!(relu.apply(-3, 1), 10);
+    assert_eq!(relu.apply(3, 1), 13);
+}
+
+#[test]
+fn quantization_parameters() {
+    let pixels = QuantParams::from_range(0.0, 1.0);
+    assert_eq!(pixels.zero_point, 0);
+    assert_eq!(pixels.scale, 1.0 / 255.0);
+    // every MNIST pixel value k/255 is stored as k exactly
+    for k in 0..=255u8 {
+        let x = f32::from(k) / 255.0;
+        assert_eq!(pixels.quantize(x), k);
+        assert!((pixels.dequantize(k) - x).abs() < 1e-6);
+    }
+    let signed = QuantParams::from_range(-1.0, 3.0);
+    assert_eq!(signed.scale, 4.0 / 255.0);
+    assert_eq!(signed.zero_point, 64); // 63.75 rounded
+    assert_eq!(signed.quantize(0.0), 64);
+    assert_eq!(signed.quantize(-5.0), 0);
+    assert_eq!(signed.quantize(5.0), 255);
+    assert_eq!(signed.quantize(f32::NAN), 0);
+    assert!((signed.dequantize(255) - 191.0 * 4.0 / 255.0).abs() < 1e-6);
+    // a range that excludes 0 is widened to hold it
+    assert_eq!(QuantParams::from_range(2.0, 5.1), QuantParams::from_range(0.0, 5.1));
+    assert_eq!(QuantParams::from_range(-2.0, -1.0).zero_point, 255);
+    for degenerate in [(0.0, 0.0), (f32::NEG_INFINITY, 1.0), (0.0, f32::NAN)] {
+        let q = QuantParams::from_range(degenerate.0, degenerate.1);
+        assert_eq!(q.scale, 1.0, "{degenerate:?}");
+    }
+}
+
+#[test]
+fn weights_are_quantized_per_filter() {
+    let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 2.0, 1.0, -0.01];
+    let (q, s) = quantize_weights(&w, 3);
+    assert_eq!(s, vec![1.0 / 127.0, 1.0, 2.0 / 127.0]);
+    assert_eq!(q, vec![64, -127, 32, 0, 0, 0, 127, 64, -1]); // 63.5 -> 64, 31.75 -> 32
+    let (q, _) = quantize_weights(&[1.0, -1.0, 0.3], 1);
+    assert!(q.iter().all(|&v| v >= -127));
+}
+
+#[test]
+fn bad_filters_are_typed_errors() {
+    let e = |r: Result<QConv, Int8Error>| r.unwrap_err().to_string();
+    assert!(e(QConv::new(vec![], [0, 1, 3, 3], 1, 0, vec![], 0)).contains("filters"));
+    assert!(e(QConv::new(vec![0; 9], [1, 1, 3, 3], 0, 0, vec![0], 0)).contains("stride 0"));
+    assert!(e(QConv::new(vec![0; 8], [1, 1, 3, 3], 1, 0, vec![0], 0)).contains("8 weights"));
+    assert!(e(QConv::new(vec![0; 9], [1, 1, 3, 3], 1, 0, vec![0, 0], 0)).contains("2 biases"));
+    let deep = MAX_DEPTH + 1;
+    assert!(e(QConv::new(vec![0; deep], [1, deep, 1, 1], 1, 0, vec![0], 0)).contains("overflow"));
+    assert!(QConv::new(vec![0; MAX_DEPTH], [1, MAX_DEPTH, 1, 1], 1, 0, vec![0], 0).is_ok());
+    let conv = QConv::new(vec![0; 9], [1, 1, 3, 3], 1, 0, vec![0], 0).unwrap();
+    let mut out = vec![0; 4];
+    let err = conv
+        .accumulate(&[0; 4], 2, 2, &mut out, &mut Int8Scratch::default(), Int8Kernel::Scalar)
+        .unwrap_err();
+    assert!(matches!(err, Int8Error::Geometry(_)), "{err}");
+}
+
+#[test]
+fn the_zero_point_is_folded_into_the_bias() {
+    // x - zero is what is multiplied: an image all at the zero point sums to the bias,
+    // padding included
+    let conv = QConv::new(vec![5; 2 * 3 * 9], [2, 3, 3, 3], 1, 1, vec![7, -9], 100).unwrap();
+    assert_eq!(conv.input_zero(), 100);
+    let mut out = vec![0; 4 * 4 * 2];
+    conv.accumulate(
+        &[100; 48],
+        4,
+        4,
+        &mut out,
+        &mut Int8Scratch::default(),
+        Int8Kernel::Scalar,
+    )
+    .unwrap();
+    assert!(out.chunks(2).all(|p| p == [7, -9]), "{out:?}");
+}
+
+#[test]
+fn kernels_are_chosen_by_level() {
+    assert_eq!(Int8Kernel::for_isa(Isa::Scalar), Int8Kernel::Scalar);
+    assert_eq!(Int8Kernel::for_isa(Isa::Neon), Int8Kernel::Scalar);
+    if Isa::Avx2.supported() {
+        assert_eq!(Int8Kernel::for_isa(Isa::Avx2), Int8Kernel::Avx2);
+    }
+    if Isa::Avx512.supported() {
+        let want = if Int8Kernel::Avx512Vnni.supported() {
+            Int8Kernel::Avx512Vnni
+        } else {
+            Int8Kernel::Avx2
+        };
+        assert_eq!(Int8Kernel::for_isa(Isa::Avx512), want);
+    }
+    assert!(Int8Kernel::active().supported());
+    assert_eq!(Int8Kernel::for_isa(Isa::active()), Int8Kernel::active());
+    let names: Vec<&str> = Int8Kernel::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(names, ["scalar", "avx2", "avx512-vnni"]);
+    assert_eq!(Int8Kernel::Avx512Vnni.to_string(), "avx512-vnni");
+}
+
+#[test]
+fn max_pool_on_bytes_matches_the_float_pool() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for &(c, h, w, p, s, pad) in &[(3, 6, 6, 2, 2, 0), (16, 7, 5, 3, 2, 1), (1, 4, 4, 2, 1, 1)] {
+        let g = ConvGeometry::new(c, h, w, p, p, s, pad).unwrap();
+        let x: Vec<u8> = (0..h * w * c).map(|_| rng.gen()).collect();
+        let mut got = vec![0u8; g.out_h * g.out_w * c];
+        max_pool_nhwc(&x, &g, &mut got);
+        // the same in CHW floats
+        let chw: Vec<f32> = (0..c * h * w)
+            .map(|i| {
+                let (ci, yx) = (i / (h * w), i % (h * w));
+                f32::from(x[yx * c + ci])
+            })
+            .collect();
+        let mut want = vec![0f32; c * g.out_h * g.out_w];
+        dl_tensor::lowp::max_pool_image(&chw, &g, &mut want);
+        for (i, &v) in got.iter().enumerate() {
+            let (yx, ci) = (i / c, i % c);
+            assert_eq!(f32::from(v), want[ci * g.out_h * g.out_w + yx]);
+        }
+    }
+}
