@@ -190,7 +190,7 @@ impl QuantParams {
 /// scale is its largest magnitude over 127 (1 for a row of zeros), and each weight the
 /// nearest integer in `-127..=127` (ties to even). Returns the integers and the scales.
 pub fn quantize_weights(w: &[f32], filters: usize) -> (Vec<i8>, Vec<f32>) {
-    let per = if filters == 0 { 0 } else { w.len() / filters };
+    let per = w.len().checked_div(filters).unwrap_or(0);
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(filters);
     for row in w.chunks(per.max(1)).take(filters) {
@@ -750,10 +750,10 @@ impl Tile<'_> {
                 // SAFETY: `w` holds `taps * CP/4` groups of 64 bytes, read in order.
                 let wv = unsafe { _mm512_loadu_si512(wp.cast()) };
                 wp = unsafe { wp.add(64) };
-                for r in 0..TILE {
+                for (sum, &o) in sums.iter_mut().zip(self.offs) {
                     // SAFETY: inside the padded image (see `Tile`).
-                    let quad = unsafe { (x.add(self.offs[r] + t + c4) as *const i32).read_unaligned() };
-                    sums[r] = _mm512_dpbusd_epi32(sums[r], _mm512_set1_epi32(quad), wv);
+                    let quad = unsafe { (x.add(o + t + c4) as *const i32).read_unaligned() };
+                    *sum = _mm512_dpbusd_epi32(*sum, _mm512_set1_epi32(quad), wv);
                 }
             }
         }
