@@ -40,6 +40,9 @@ use rayon::prelude::*;
 
 pub use dl_tensor::lowp::{bf16, f16, Precision, UnknownPrecision};
 
+pub mod int8;
+pub use int8::QuantizedNetwork;
+
 /// Why a network cannot be built for inference or refused its input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferError {
@@ -56,7 +59,8 @@ pub enum InferError {
         /// The shape given.
         given: Vec<usize>,
     },
-    /// An op whose parts do not fit each other (a bias of the wrong length).
+    /// An op whose parts do not fit each other (a bias of the wrong length), or one
+    /// with no form at the precision asked for.
     #[error("{op}: {message}")]
     Invalid {
         /// The op.
@@ -64,6 +68,9 @@ pub enum InferError {
         /// What is wrong.
         message: String,
     },
+    /// Bytes that are not a quantized network's file.
+    #[error("not a valid int8 network file: {0}")]
+    Format(String),
 }
 
 /// One op ready to run at storage type `E`: weights stored as `E`, shapes checked.
@@ -607,32 +614,46 @@ impl Inference {
     /// The predicted class of each image of `x`, `batch_size` images at a time (the
     /// first of equal scores wins).
     pub fn classify(&self, x: &Tensor, batch_size: usize) -> Result<Vec<usize>, InferError> {
-        let n = x.shape().first().copied().unwrap_or(0);
-        let mut out = Vec::with_capacity(n);
-        for start in (0..n).step_by(batch_size.max(1)) {
-            let end = (start + batch_size.max(1)).min(n);
-            let scores = self.predict(&x.slice_axis(ndarray::Axis(0), (start..end).into()).to_owned())?;
-            let scores = scores
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|_| invalid("classify", "the network's output is not (N, classes)".into()))?;
-            out.extend(dl_tensor::argmax_rows(&scores.view()));
-        }
-        Ok(out)
+        classify_with(x, batch_size, |b| self.predict(b))
     }
 
     /// The fraction of the images of `x` whose class is `t`.
     pub fn accuracy(&self, x: &Tensor, t: &[usize], batch_size: usize) -> Result<f32, InferError> {
-        let predicted = self.classify(x, batch_size)?;
-        if predicted.len() != t.len() {
-            return Err(invalid(
-                "accuracy",
-                format!("{} images and {} labels", predicted.len(), t.len()),
-            ));
-        }
-        if t.is_empty() {
-            return Ok(0.0);
-        }
-        let right = predicted.iter().zip(t).filter(|(p, t)| p == t).count();
-        Ok(right as f32 / t.len() as f32)
+        accuracy_of(self.classify(x, batch_size)?, t)
     }
+}
+
+/// The class of each image of `x` by `predict`, `batch_size` images at a time (the
+/// first of equal scores wins).
+fn classify_with(
+    x: &Tensor,
+    batch_size: usize,
+    predict: impl Fn(&Tensor) -> Result<Tensor, InferError>,
+) -> Result<Vec<usize>, InferError> {
+    let n = x.shape().first().copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let end = (start + batch_size.max(1)).min(n);
+        let scores = predict(&x.slice_axis(ndarray::Axis(0), (start..end).into()).to_owned())?;
+        let scores = scores
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| invalid("classify", "the network's output is not (N, classes)".into()))?;
+        out.extend(dl_tensor::argmax_rows(&scores.view()));
+    }
+    Ok(out)
+}
+
+/// The fraction of `predicted` equal to `t`.
+fn accuracy_of(predicted: Vec<usize>, t: &[usize]) -> Result<f32, InferError> {
+    if predicted.len() != t.len() {
+        return Err(invalid(
+            "accuracy",
+            format!("{} images and {} labels", predicted.len(), t.len()),
+        ));
+    }
+    if t.is_empty() {
+        return Ok(0.0);
+    }
+    let right = predicted.iter().zip(t).filter(|(p, t)| p == t).count();
+    Ok(right as f32 / t.len() as f32)
 }

@@ -1,0 +1,911 @@
+//! Post-training quantization to 8-bit integers and integer inference.
+//!
+//! [`QuantizedNetwork::quantize`] takes a network's evaluation form and a few
+//! calibration images (training images, never the test set), and builds the network
+//! in integers:
+//!
+//! * each convolution and affine layer gets symmetric `i8` weights with one scale per
+//!   output channel, and an `i32` bias in units of input scale times weight scale;
+//!   batch norm after it is folded into its weights and bias first, and so are the
+//!   book's evaluation-mode dropout (a positive multiplier) and the ReLU, which becomes
+//!   the lower clamp of its requantization;
+//! * every activation between layers is a `u8` tensor with one scale and zero point,
+//!   from the smallest and largest value the calibration images give it;
+//! * max pooling runs on the bytes; the last layer gives `f32` scores.
+//!
+//! Convolutions, affine layers, ReLU, max pooling, batch norm and dropout have integer
+//! forms; any other layer is refused with a typed error. The kernels are
+//! [`dl_tensor::int8`]'s, at the instruction set this CPU has (or the one asked for).
+//!
+//! A quantized network is saved as safetensors ([`QuantizedNetwork::to_bytes`]): for
+//! step `i`, `i.weight` (`I8`, `(F, C, FH, FW)`, or `(out, in)` for an affine layer),
+//! `i.weight_scale` (`F32`, one per output) and `i.bias` (`I32`), with the steps'
+//! kinds, strides, activation scales and zero points as JSON in the metadata entry
+//! `dlfs-int8`.
+
+use std::collections::HashMap;
+
+use dl_layers::{Layer, Op, PoolKind, Tensor};
+use dl_tensor::int8::{max_pool_nhwc, quantize_weights, Int8Kernel, Int8Scratch, QConv, QuantParams, Requantize};
+use dl_tensor::{ConvGeometry, Isa};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{InferError, InferenceNetwork};
+
+/// The metadata key of a quantized network's description.
+pub const METADATA_KEY: &str = "dlfs-int8";
+/// The version of the file layout this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+fn invalid(message: impl Into<String>) -> InferError {
+    InferError::Invalid {
+        op: "int8",
+        message: message.into(),
+    }
+}
+
+fn format_error(message: impl Into<String>) -> InferError {
+    InferError::Format(message.into())
+}
+
+/// A step of the network in `f32`, with batch norm, dropout and ReLU folded in.
+#[derive(Debug, Clone)]
+enum FloatStep {
+    Linear {
+        kind: LinearKind,
+        /// `(F, C, FH, FW)`; an affine layer's `(out, in)` as `(M, D, 1, 1)`.
+        w: Vec<f32>,
+        b: Vec<f32>,
+        dims: [usize; 4],
+        stride: usize,
+        pad: usize,
+        relu: bool,
+    },
+    MaxPool(Pool),
+}
+
+/// Convolution or affine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LinearKind {
+    Convolution,
+    Affine,
+}
+
+/// A max-pooling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Pool {
+    ph: usize,
+    pw: usize,
+    stride: usize,
+    pad: usize,
+}
+
+/// `ops` flattened into linear layers and max pools, the rest folded in or refused.
+fn fold(ops: &[Op], steps: &mut Vec<FloatStep>, since_linear: &mut Vec<&'static str>) -> Result<(), InferError> {
+    for op in ops {
+        match op {
+            Op::Sequential(inner) => fold(inner, steps, since_linear)?,
+            Op::Convolution { w, b, stride, pad } => {
+                let s = w.shape();
+                if s.len() != 4 || s.contains(&0) || *stride == 0 {
+                    return Err(invalid(format!("filters of shape {s:?} with stride {stride}")));
+                }
+                let bias = match b {
+                    Some(b) if b.shape() == [s[0]] => b.iter().copied().collect(),
+                    Some(b) => return Err(invalid(format!("bias of shape {:?} for {} filters", b.shape(), s[0]))),
+                    None => vec![0.0; s[0]],
+                };
+                steps.push(FloatStep::Linear {
+                    kind: LinearKind::Convolution,
+                    w: w.iter().copied().collect(),
+                    b: bias,
+                    dims: [s[0], s[1], s[2], s[3]],
+                    stride: *stride,
+                    pad: *pad,
+                    relu: false,
+                });
+                since_linear.clear();
+            }
+            Op::Affine { w, b } => {
+                let s = w.shape();
+                if s.len() != 2 || s.contains(&0) || b.shape() != [s[1]] {
+                    return Err(invalid(format!("affine weights {s:?} and bias {:?}", b.shape())));
+                }
+                let (d, m) = (s[0], s[1]);
+                let wt: Vec<f32> = (0..m)
+                    .flat_map(|j| (0..d).map(move |i| (i, j)))
+                    .map(|(i, j)| w[[i, j]])
+                    .collect();
+                steps.push(FloatStep::Linear {
+                    kind: LinearKind::Affine,
+                    w: wt,
+                    b: b.iter().copied().collect(),
+                    dims: [m, d, 1, 1],
+                    stride: 1,
+                    pad: 0,
+                    relu: false,
+                });
+                since_linear.clear();
+            }
+            Op::Relu => {
+                // max(0, .) commutes with max pooling: it joins the last linear layer
+                last_linear(steps, since_linear, "ReLU", &["max pooling", "ReLU"])?.relu_mut(|r| *r = true);
+                since_linear.push("ReLU");
+            }
+            &Op::Multiply(k) => {
+                if !(k.is_finite() && k > 0.0) {
+                    return Err(invalid(format!("a multiplier of {k} has no int8 form")));
+                }
+                // a positive factor commutes with ReLU and max pooling
+                last_linear(steps, since_linear, "dropout", &["max pooling", "ReLU"])?.scale(|_| k, |_| 0.0);
+            }
+            Op::Scale {
+                scale,
+                shift,
+                per_channel,
+            } => {
+                let step = last_linear(steps, since_linear, "batch norm", &[])?;
+                let FloatStep::Linear { kind, dims, .. } = step else {
+                    unreachable!("last_linear gives a linear step")
+                };
+                let fits = scale.len() == dims[0]
+                    && shift.len() == dims[0]
+                    && (*per_channel == (*kind == LinearKind::Convolution));
+                if !fits {
+                    return Err(invalid(format!(
+                        "batch norm of {} features after a layer of {} outputs",
+                        scale.len(),
+                        dims[0]
+                    )));
+                }
+                step.scale(|f| scale[f], |f| shift[f]);
+            }
+            &Op::Pooling {
+                kind: PoolKind::Max,
+                ph,
+                pw,
+                stride,
+                pad,
+            } => {
+                if pad >= ph || pad >= pw || stride == 0 {
+                    return Err(invalid(format!("pooling {ph}x{pw} stride {stride} pad {pad}")));
+                }
+                steps.push(FloatStep::MaxPool(Pool { ph, pw, stride, pad }));
+                since_linear.push("max pooling");
+            }
+            other => {
+                return Err(invalid(format!("{} has no int8 form", op_name(other))));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Pooling { .. } => "average pooling",
+        Op::Sigmoid => "a sigmoid",
+        Op::GlobalAveragePooling => "global average pooling",
+        Op::Residual { .. } => "a residual block",
+        Op::Concat(_) => "an inception block",
+        _ => "this layer",
+    }
+}
+
+/// The last linear step, if only the ops in `allowed` came after it.
+fn last_linear<'a>(
+    steps: &'a mut [FloatStep],
+    since: &[&'static str],
+    what: &str,
+    allowed: &[&str],
+) -> Result<&'a mut FloatStep, InferError> {
+    if let Some(bad) = since.iter().find(|s| !allowed.contains(s)) {
+        return Err(invalid(format!("{what} after {bad} cannot be folded into a layer")));
+    }
+    let step = steps
+        .iter_mut()
+        .rev()
+        .find(|s| matches!(s, FloatStep::Linear { .. }))
+        .ok_or_else(|| invalid(format!("{what} before any convolution or affine layer")))?;
+    Ok(step)
+}
+
+impl FloatStep {
+    fn relu_mut(&mut self, f: impl FnOnce(&mut bool)) {
+        if let FloatStep::Linear { relu, .. } = self {
+            f(relu)
+        }
+    }
+
+    /// Output `f` becomes `scale(f) * out + shift(f)`.
+    fn scale(&mut self, scale: impl Fn(usize) -> f32, shift: impl Fn(usize) -> f32) {
+        if let FloatStep::Linear { w, b, dims, .. } = self {
+            let per = w.len() / dims[0];
+            for (f, (row, bias)) in w.chunks_exact_mut(per).zip(b.iter_mut()).enumerate() {
+                let k = scale(f);
+                row.iter_mut().for_each(|v| *v *= k);
+                *bias = *bias * k + shift(f);
+            }
+        }
+    }
+
+    /// The step as ops of the `f32` engine (for calibration).
+    fn ops(&self) -> Vec<Op> {
+        match self {
+            FloatStep::Linear {
+                kind,
+                w,
+                b,
+                dims,
+                stride,
+                pad,
+                relu,
+            } => {
+                let bias = Tensor::from_shape_vec(vec![dims[0]], b.clone()).expect("one bias per output");
+                let linear = match kind {
+                    LinearKind::Convolution => Op::Convolution {
+                        w: Tensor::from_shape_vec(dims.to_vec(), w.clone()).expect("filters fit dims"),
+                        b: Some(bias),
+                        stride: *stride,
+                        pad: *pad,
+                    },
+                    LinearKind::Affine => {
+                        let (m, d) = (dims[0], dims[1]);
+                        let wt = ndarray::Array2::from_shape_fn((d, m), |(i, j)| w[j * d + i]);
+                        Op::Affine {
+                            w: wt.into_dyn(),
+                            b: bias,
+                        }
+                    }
+                };
+                if *relu {
+                    vec![linear, Op::Relu]
+                } else {
+                    vec![linear]
+                }
+            }
+            FloatStep::MaxPool(p) => vec![Op::Pooling {
+                kind: PoolKind::Max,
+                ph: p.ph,
+                pw: p.pw,
+                stride: p.stride,
+                pad: p.pad,
+            }],
+        }
+    }
+}
+
+/// One step of the integer network.
+#[derive(Debug, Clone)]
+enum Step {
+    Linear(Box<Linear>),
+    MaxPool(Pool),
+}
+
+/// A convolution or affine layer in integers.
+#[derive(Debug, Clone)]
+struct Linear {
+    kind: LinearKind,
+    conv: QConv,
+    weight_scale: Vec<f32>,
+    /// As stored: before the input zero point is folded in.
+    bias: Vec<i32>,
+    /// `None` for the last layer, whose output is `f32`.
+    output: Option<QuantParams>,
+    relu: bool,
+    /// Input scale times weight scale, over the output scale when there is one.
+    multiplier: Vec<f32>,
+}
+
+impl Linear {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: LinearKind,
+        weights: Vec<i8>,
+        dims: [usize; 4],
+        stride: usize,
+        pad: usize,
+        weight_scale: Vec<f32>,
+        bias: Vec<i32>,
+        input: QuantParams,
+        output: Option<QuantParams>,
+        relu: bool,
+    ) -> Result<Linear, InferError> {
+        if weight_scale.len() != dims[0] || weight_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(invalid(format!(
+                "{} weight scales for {} outputs, each must be positive",
+                weight_scale.len(),
+                dims[0]
+            )));
+        }
+        for q in std::iter::once(&input).chain(output.as_ref()) {
+            if !(q.scale.is_finite() && q.scale > 0.0) {
+                return Err(invalid(format!("activation scale {}", q.scale)));
+            }
+        }
+        let conv = QConv::new(weights, dims, stride, pad, bias.clone(), input.zero_point)
+            .map_err(|e| invalid(e.to_string()))?;
+        let multiplier = weight_scale
+            .iter()
+            .map(|s| input.scale * s / output.map_or(1.0, |o| o.scale))
+            .collect();
+        Ok(Linear {
+            kind,
+            conv,
+            weight_scale,
+            bias,
+            output,
+            relu,
+            multiplier,
+        })
+    }
+}
+
+/// The smallest and largest value of each linear step's output (after its ReLU).
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    min: f32,
+    max: f32,
+}
+
+impl Range {
+    const EMPTY: Range = Range {
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+    };
+
+    fn of(&mut self, t: &Tensor) {
+        for &v in t.iter() {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+    }
+}
+
+/// A network in 8-bit integers, built by [`QuantizedNetwork::quantize`] or read by
+/// [`QuantizedNetwork::from_bytes`]. Read-only: share it between threads.
+#[derive(Debug, Clone)]
+pub struct QuantizedNetwork {
+    input: QuantParams,
+    steps: Vec<Step>,
+    kernel: Int8Kernel,
+}
+
+/// The description of the steps written to a file's metadata.
+#[derive(Debug, Serialize, Deserialize)]
+struct Description {
+    version: u32,
+    input: QuantParams,
+    steps: Vec<StepDescription>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum StepDescription {
+    Convolution {
+        stride: usize,
+        pad: usize,
+        relu: bool,
+        output: Option<QuantParams>,
+    },
+    Affine {
+        relu: bool,
+        output: Option<QuantParams>,
+    },
+    MaxPooling {
+        size: [usize; 2],
+        stride: usize,
+        pad: usize,
+    },
+}
+
+impl QuantizedNetwork {
+    /// Quantizes `layer` (a network's root) with activation ranges from
+    /// `calibration` (`(N, C, H, W)` training images), at the int8 kernel of
+    /// [`Isa::active`].
+    pub fn quantize(layer: &dyn Layer, calibration: &Tensor) -> Result<QuantizedNetwork, InferError> {
+        Self::quantize_op(&layer.inference_op()?, calibration)
+    }
+
+    /// [`QuantizedNetwork::quantize`] of an [`Op`].
+    pub fn quantize_op(op: &Op, calibration: &Tensor) -> Result<QuantizedNetwork, InferError> {
+        let mut steps = Vec::new();
+        fold(std::slice::from_ref(op), &mut steps, &mut Vec::new())?;
+        let last = steps
+            .iter()
+            .rposition(|s| matches!(s, FloatStep::Linear { .. }))
+            .ok_or_else(|| invalid("a network without a convolution or affine layer"))?;
+        if last + 1 != steps.len() {
+            return Err(invalid("the network must end with a convolution or affine layer"));
+        }
+        if calibration.shape().first().is_none_or(|&n| n == 0) {
+            return Err(invalid("no calibration images"));
+        }
+        // the ranges, by running the folded steps in f32
+        let mut input_range = Range::EMPTY;
+        input_range.of(calibration);
+        let runners = steps
+            .iter()
+            .map(|s| InferenceNetwork::<f32>::from_op(&Op::Sequential(s.ops())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ranges = vec![Range::EMPTY; steps.len()];
+        for start in (0..calibration.shape()[0]).step_by(256) {
+            let end = (start + 256).min(calibration.shape()[0]);
+            let mut x = calibration.slice_axis(ndarray::Axis(0), (start..end).into()).to_owned();
+            for (runner, range) in runners.iter().zip(&mut ranges) {
+                x = runner.predict(&x)?;
+                range.of(&x);
+            }
+        }
+        let input = QuantParams::from_range(input_range.min, input_range.max);
+        let mut current = input;
+        let mut out = Vec::with_capacity(steps.len());
+        for (i, (step, range)) in steps.into_iter().zip(ranges).enumerate() {
+            match step {
+                FloatStep::MaxPool(p) => out.push(Step::MaxPool(p)),
+                FloatStep::Linear {
+                    kind,
+                    w,
+                    b,
+                    dims,
+                    stride,
+                    pad,
+                    relu,
+                } => {
+                    let (wq, scales) = quantize_weights(&w, dims[0]);
+                    let bias = b
+                        .iter()
+                        .zip(&scales)
+                        .map(|(&b, &s)| (b / (current.scale * s)).round_ties_even().clamp(-1e9, 1e9) as i32)
+                        .collect();
+                    let output = (i != last).then(|| QuantParams::from_range(range.min, range.max));
+                    let linear = Linear::new(kind, wq, dims, stride, pad, scales, bias, current, output, relu)?;
+                    if let Some(o) = output {
+                        current = o;
+                    }
+                    out.push(Step::Linear(Box::new(linear)));
+                }
+            }
+        }
+        Ok(QuantizedNetwork {
+            input,
+            steps: out,
+            kernel: Int8Kernel::active(),
+        })
+    }
+
+    /// The same network run by the int8 kernel of the instruction-set level `isa`
+    /// (the widest this CPU has at or below it).
+    pub fn at(mut self, isa: Isa) -> QuantizedNetwork {
+        self.kernel = Int8Kernel::for_isa(isa);
+        self
+    }
+
+    /// The kernel it runs: `"scalar"`, `"avx2"` or `"avx512-vnni"`.
+    pub fn kernel(&self) -> Int8Kernel {
+        self.kernel
+    }
+
+    /// The input's quantization (from the calibration images).
+    pub fn input_params(&self) -> QuantParams {
+        self.input
+    }
+
+    /// Bytes of the stored weights (one each), their scales (four each per output)
+    /// and the biases (four each).
+    pub fn weight_bytes(&self) -> usize {
+        self.linears()
+            .map(|l| l.conv.weights().len() + 4 * l.weight_scale.len() + 4 * l.bias.len())
+            .sum()
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Linear(l) => Some(l.as_ref()),
+            Step::MaxPool(_) => None,
+        })
+    }
+
+    /// The scores of a batch `x` `(N, C, H, W)` (or `(N, D)` for a network that starts
+    /// with an affine layer): quantized to bytes on the way in, `f32` on the way out.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor, InferError> {
+        let shape = x.shape().to_vec();
+        let n = shape.first().copied().unwrap_or(0);
+        // NHWC bytes: (n, h, w, c), or (n, 1, 1, d) for a flat input
+        let (h, w, c, data) = if shape.len() == 4 {
+            let (c, h, w) = (shape[1], shape[2], shape[3]);
+            let xs = x.as_standard_layout();
+            let src = xs.as_slice().expect("standard layout");
+            let mut data = vec![0u8; src.len()];
+            data.par_chunks_mut((h * w * c).max(1))
+                .zip(src.par_chunks((h * w * c).max(1)))
+                .for_each(|(o, i)| {
+                    for ci in 0..c {
+                        for p in 0..h * w {
+                            o[p * c + ci] = self.input.quantize(i[ci * h * w + p]);
+                        }
+                    }
+                });
+            (h, w, c, data)
+        } else if shape.len() >= 2 {
+            let d: usize = shape[1..].iter().product();
+            (1, 1, d, x.iter().map(|&v| self.input.quantize(v)).collect())
+        } else {
+            return Err(InferError::Shape {
+                op: "int8",
+                expected: "(N, C, H, W) or (N, D)".into(),
+                given: shape,
+            });
+        };
+        let mut act = Bytes { n, h, w, c, data };
+        for step in &self.steps[..self.steps.len() - 1] {
+            act = match step {
+                Step::MaxPool(p) => act.max_pool(p)?,
+                Step::Linear(l) => act.linear(l, self.kernel)?,
+            };
+        }
+        let Some(Step::Linear(last)) = self.steps.last() else {
+            unreachable!("a quantized network ends with a linear step")
+        };
+        act.last_linear(last, self.kernel)
+    }
+
+    /// The predicted class of each image of `x`, `batch_size` at a time.
+    pub fn classify(&self, x: &Tensor, batch_size: usize) -> Result<Vec<usize>, InferError> {
+        crate::classify_with(x, batch_size, |b| self.predict(b))
+    }
+
+    /// The fraction of the images of `x` whose class is `t`.
+    pub fn accuracy(&self, x: &Tensor, t: &[usize], batch_size: usize) -> Result<f32, InferError> {
+        crate::accuracy_of(self.classify(x, batch_size)?, t)
+    }
+
+    /// The network as safetensors bytes (see the module's documentation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut raw: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut described = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::MaxPool(p) => described.push(StepDescription::MaxPooling {
+                    size: [p.ph, p.pw],
+                    stride: p.stride,
+                    pad: p.pad,
+                }),
+                Step::Linear(l) => {
+                    let dims = l.conv.dims();
+                    let shape = match l.kind {
+                        LinearKind::Convolution => dims.to_vec(),
+                        LinearKind::Affine => vec![dims[0], dims[1]],
+                    };
+                    let w = l.conv.weights().iter().map(|&v| v as u8).collect();
+                    raw.push((format!("{i}.weight"), safetensors::Dtype::I8, shape, w));
+                    let s = l.weight_scale.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    raw.push((format!("{i}.weight_scale"), safetensors::Dtype::F32, vec![dims[0]], s));
+                    let b = l.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    raw.push((format!("{i}.bias"), safetensors::Dtype::I32, vec![dims[0]], b));
+                    described.push(match l.kind {
+                        LinearKind::Convolution => StepDescription::Convolution {
+                            stride: l.conv.stride(),
+                            pad: l.conv.pad(),
+                            relu: l.relu,
+                            output: l.output,
+                        },
+                        LinearKind::Affine => StepDescription::Affine {
+                            relu: l.relu,
+                            output: l.output,
+                        },
+                    });
+                }
+            }
+        }
+        let description = Description {
+            version: FORMAT_VERSION,
+            input: self.input,
+            steps: described,
+        };
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("consistent view");
+                (name.clone(), view)
+            })
+            .collect();
+        let meta = HashMap::from([(
+            METADATA_KEY.to_string(),
+            serde_json::to_string(&description).expect("plain data"),
+        )]);
+        safetensors::serialize(views, &Some(meta)).expect("serialising in-memory tensors")
+    }
+
+    /// Whether `bytes` are a safetensors file with a quantized network's metadata
+    /// (without checking the rest).
+    pub fn is_quantized_file(bytes: &[u8]) -> bool {
+        safetensors::SafeTensors::read_metadata(bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.contains_key(METADATA_KEY)))
+            .unwrap_or(false)
+    }
+
+    /// A network from [`QuantizedNetwork::to_bytes`]'s bytes; every part is checked,
+    /// and a file that is not one gets [`InferError::Format`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<QuantizedNetwork, InferError> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format_error(e.to_string()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format_error(e.to_string()))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .ok_or_else(|| format_error(format!("no `{METADATA_KEY}` metadata: not a quantized network")))?;
+        let description: Description =
+            serde_json::from_str(json).map_err(|e| format_error(format!("`{METADATA_KEY}` metadata: {e}")))?;
+        if description.version != FORMAT_VERSION {
+            return Err(format_error(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                description.version
+            )));
+        }
+        let tensor = |name: String, dtype: safetensors::Dtype| {
+            let view = st
+                .tensor(&name)
+                .map_err(|_| format_error(format!("tensor `{name}` missing")))?;
+            if view.dtype() != dtype {
+                return Err(format_error(format!(
+                    "tensor `{name}` is {:?}, expected {dtype:?}",
+                    view.dtype()
+                )));
+            }
+            Ok((view.shape().to_vec(), view.data().to_vec()))
+        };
+        let mut steps = Vec::with_capacity(description.steps.len());
+        let mut current = description.input;
+        let count = description.steps.len();
+        for (i, step) in description.steps.into_iter().enumerate() {
+            let (kind, stride, pad, relu, output) = match step {
+                StepDescription::MaxPooling { size, stride, pad } => {
+                    if pad >= size[0] || pad >= size[1] || stride == 0 {
+                        return Err(format_error(format!(
+                            "step {i}: pooling {size:?} stride {stride} pad {pad}"
+                        )));
+                    }
+                    steps.push(Step::MaxPool(Pool {
+                        ph: size[0],
+                        pw: size[1],
+                        stride,
+                        pad,
+                    }));
+                    continue;
+                }
+                StepDescription::Convolution {
+                    stride,
+                    pad,
+                    relu,
+                    output,
+                } => (LinearKind::Convolution, stride, pad, relu, output),
+                StepDescription::Affine { relu, output } => (LinearKind::Affine, 1, 0, relu, output),
+            };
+            if output.is_none() != (i + 1 == count) {
+                return Err(format_error(format!(
+                    "step {i}: only the last layer has no output quantization"
+                )));
+            }
+            let (shape, w) = tensor(format!("{i}.weight"), safetensors::Dtype::I8)?;
+            let dims = match (kind, shape.as_slice()) {
+                (LinearKind::Convolution, &[f, c, fh, fw]) => [f, c, fh, fw],
+                (LinearKind::Affine, &[m, d]) => [m, d, 1, 1],
+                _ => return Err(format_error(format!("step {i}: weight of shape {shape:?}"))),
+            };
+            let (sshape, s) = tensor(format!("{i}.weight_scale"), safetensors::Dtype::F32)?;
+            let (bshape, b) = tensor(format!("{i}.bias"), safetensors::Dtype::I32)?;
+            if sshape != [dims[0]] || bshape != [dims[0]] {
+                return Err(format_error(format!(
+                    "step {i}: scales {sshape:?} and bias {bshape:?} for {} outputs",
+                    dims[0]
+                )));
+            }
+            let weights = w.iter().map(|&v| v as i8).collect();
+            let scales = s
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            let bias = b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            let linear = Linear::new(kind, weights, dims, stride, pad, scales, bias, current, output, relu)
+                .map_err(|e| format_error(format!("step {i}: {e}")))?;
+            if let Some(o) = output {
+                current = o;
+            }
+            steps.push(Step::Linear(Box::new(linear)));
+        }
+        if !matches!(steps.last(), Some(Step::Linear(_))) {
+            return Err(format_error("the network must end with a convolution or affine layer"));
+        }
+        Ok(QuantizedNetwork {
+            input: description.input,
+            steps,
+            kernel: Int8Kernel::active(),
+        })
+    }
+}
+
+/// A batch of NHWC bytes `(n, h, w, c)`.
+struct Bytes {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    data: Vec<u8>,
+}
+
+/// Images per parallel task of a convolution.
+fn per_task(n: usize) -> usize {
+    n.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
+impl Bytes {
+    fn image(&self) -> usize {
+        self.h * self.w * self.c
+    }
+
+    fn max_pool(self, p: &Pool) -> Result<Bytes, InferError> {
+        let g = ConvGeometry::new(self.c, self.h, self.w, p.ph, p.pw, p.stride, p.pad)
+            .map_err(|e| invalid(e.to_string()))?;
+        let per = g.out_h * g.out_w * self.c;
+        let mut data = vec![0u8; self.n * per];
+        data.par_chunks_mut(per.max(1))
+            .zip(self.data.par_chunks(self.image().max(1)))
+            .for_each(|(o, x)| max_pool_nhwc(x, &g, o));
+        Ok(Bytes {
+            n: self.n,
+            h: g.out_h,
+            w: g.out_w,
+            c: self.c,
+            data,
+        })
+    }
+
+    /// The input of an affine layer: each image flattened in the book's (C, H, W)
+    /// order, as one row of `n` pixels of `C*H*W` channels.
+    fn flattened(self, d: usize) -> Result<Bytes, InferError> {
+        if self.image() != d {
+            return Err(InferError::Shape {
+                op: "Affine",
+                expected: format!("(N, ...) with {d} values per image"),
+                given: vec![self.n, self.c, self.h, self.w],
+            });
+        }
+        let (hw, c) = (self.h * self.w, self.c);
+        let mut data = self.data;
+        if hw > 1 && c > 1 {
+            let mut chw = vec![0u8; data.len()];
+            chw.par_chunks_mut(d).zip(data.par_chunks(d)).for_each(|(o, x)| {
+                for p in 0..hw {
+                    for ci in 0..c {
+                        o[ci * hw + p] = x[p * c + ci];
+                    }
+                }
+            });
+            data = chw;
+        }
+        Ok(Bytes {
+            n: self.n,
+            h: 1,
+            w: 1,
+            c: d,
+            data,
+        })
+    }
+
+    fn check_conv(&self, l: &Linear) -> Result<ConvGeometry, InferError> {
+        let [_, c, _, _] = l.conv.dims();
+        if self.c != c {
+            return Err(InferError::Shape {
+                op: "Convolution",
+                expected: format!("(N, {c}, H, W)"),
+                given: vec![self.n, self.c, self.h, self.w],
+            });
+        }
+        l.conv.geometry(self.h, self.w).map_err(|e| invalid(e.to_string()))
+    }
+
+    fn linear(self, l: &Linear, kernel: Int8Kernel) -> Result<Bytes, InferError> {
+        let out = l.output.expect("inner layers have an output quantization");
+        let requantize = Requantize {
+            multiplier: &l.multiplier,
+            zero_point: out.zero_point,
+            relu: l.relu,
+        };
+        let f = l.conv.dims()[0];
+        match l.kind {
+            LinearKind::Convolution => {
+                let g = self.check_conv(l)?;
+                let per = g.out_h * g.out_w * f;
+                let mut data = vec![0u8; self.n * per];
+                let (image, chunk) = (self.image(), per_task(self.n));
+                data.par_chunks_mut(per * chunk)
+                    .zip(self.data.par_chunks(image * chunk))
+                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
+                        for (oi, xi) in o.chunks_exact_mut(per).zip(xs.chunks_exact(image)) {
+                            l.conv.forward_u8(xi, self.h, self.w, requantize, oi, scratch, kernel)?;
+                        }
+                        Ok::<(), dl_tensor::int8::Int8Error>(())
+                    })
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Bytes {
+                    n: self.n,
+                    h: g.out_h,
+                    w: g.out_w,
+                    c: f,
+                    data,
+                })
+            }
+            LinearKind::Affine => {
+                let x = self.flattened(l.conv.dims()[1])?;
+                let (n, d) = (x.n, x.c);
+                let mut data = vec![0u8; n * f];
+                let chunk = per_task(n);
+                data.par_chunks_mut(f * chunk)
+                    .zip(x.data.par_chunks(d * chunk))
+                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
+                        l.conv.forward_u8(xs, 1, xs.len() / d, requantize, o, scratch, kernel)
+                    })
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Bytes {
+                    n,
+                    h: 1,
+                    w: 1,
+                    c: f,
+                    data,
+                })
+            }
+        }
+    }
+
+    /// The last layer, in `f32`: `(N, F, OH, OW)` for a convolution, `(N, M)` for an
+    /// affine layer.
+    fn last_linear(self, l: &Linear, kernel: Int8Kernel) -> Result<Tensor, InferError> {
+        let f = l.conv.dims()[0];
+        match l.kind {
+            LinearKind::Convolution => {
+                let g = self.check_conv(l)?;
+                let (hw, per) = (g.out_h * g.out_w, g.out_h * g.out_w * f);
+                let mut data = vec![0f32; self.n * per];
+                let image = self.image();
+                data.par_chunks_mut(per)
+                    .zip(self.data.par_chunks(image))
+                    .try_for_each_init(
+                        || (Int8Scratch::default(), vec![0f32; per]),
+                        |(scratch, nhwc), (o, xi)| {
+                            l.conv
+                                .forward_f32(xi, self.h, self.w, &l.multiplier, l.relu, nhwc, scratch, kernel)?;
+                            for p in 0..hw {
+                                for fi in 0..f {
+                                    o[fi * hw + p] = nhwc[p * f + fi];
+                                }
+                            }
+                            Ok::<(), dl_tensor::int8::Int8Error>(())
+                        },
+                    )
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Tensor::from_shape_vec(vec![self.n, f, g.out_h, g.out_w], data).expect("shape fits"))
+            }
+            LinearKind::Affine => {
+                let x = self.flattened(l.conv.dims()[1])?;
+                let (n, d) = (x.n, x.c);
+                let mut data = vec![0f32; n * f];
+                let chunk = per_task(n);
+                data.par_chunks_mut(f * chunk)
+                    .zip(x.data.par_chunks(d * chunk))
+                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
+                        l.conv
+                            .forward_f32(xs, 1, xs.len() / d, &l.multiplier, l.relu, o, scratch, kernel)
+                    })
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Tensor::from_shape_vec(vec![n, f], data).expect("shape fits"))
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Post-training quantization: the integer network against the f32 one it came from,
+//! every int8 kernel against the scalar one bit for bit, the file format against
+//! itself and against broken files, and the layers that have no integer form.
+
+use dl_infer::{InferError, Inference, Precision, QuantizedNetwork};
+use dl_layers::{Op, PoolKind, Tensor};
+use dl_models::{ModelConfig, Network};
+use dl_tensor::int8::Int8Kernel;
+use dl_tensor::Isa;
+use rand::{Rng, SeedableRng};
+
+fn images(n: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Tensor::from_shape_fn(vec![n, 1, 28, 28], |_| rng.gen_range(0.0..1.0))
+}
+
+/// DeepConvNet with batch norm (so that folding it is tested), its running statistics
+/// moved by a few training forwards.
+fn deep_convnet(batchnorm: bool) -> Network {
+    let config = ModelConfig::default_for("DeepConvNet")
+        .unwrap()
+        .with_overrides(&format!(r#"{{"use_batchnorm": {batchnorm}}}"#))
+        .unwrap();
+    let mut net = config.build(7).unwrap();
+    for seed in 0..3 {
+        net.predict(images(8, 100 + seed), true).unwrap();
+    }
+    net
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+#[test]
+fn int8_scores_stay_close_to_f32() {
+    for batchnorm in [false, true] {
+        let net = deep_convnet(batchnorm);
+        let q = QuantizedNetwork::quantize(net.root(), &images(64, 1)).unwrap();
+        let x = images(32, 2);
+        let want = Inference::new(net.root(), Precision::F32).unwrap().predict(&x).unwrap();
+        let got = q.predict(&x).unwrap();
+        assert_eq!(got.shape(), want.shape());
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+        // 8 bits through 8 layers: a few percent of the scores' range
+        let bound = 0.05 * max_abs(&want);
+        assert!(
+            err <= bound,
+            "batchnorm {batchnorm}: int8 differs by {err} (bound {bound})"
+        );
+        assert!(err > 0.0, "int8 is not f32");
+    }
+}
+
+#[test]
+fn every_kernel_gives_the_same_scores_bit_for_bit() {
+    let net = deep_convnet(true);
+    let q = QuantizedNetwork::quantize(net.root(), &images(16, 3)).unwrap();
+    assert_eq!(q.kernel(), Int8Kernel::active());
+    let x = images(13, 4);
+    let scalar = q.clone().at(Isa::Scalar);
+    assert_eq!(scalar.kernel(), Int8Kernel::Scalar);
+    let want = scalar.predict(&x).unwrap();
+    for isa in Isa::supported_levels() {
+        let at = q.clone().at(isa);
+        assert_eq!(at.kernel(), Int8Kernel::for_isa(isa));
+        let got = at.predict(&x).unwrap();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}",
+            at.kernel()
+        );
+    }
+}
+
+#[test]
+fn the_file_round_trips_and_is_four_times_smaller() {
+    let net = deep_convnet(false);
+    let q = QuantizedNetwork::quantize(net.root(), &images(16, 5)).unwrap();
+    let bytes = q.to_bytes();
+    assert!(QuantizedNetwork::is_quantized_file(&bytes));
+    let back = QuantizedNetwork::from_bytes(&bytes).unwrap();
+    assert_eq!(back.to_bytes(), bytes);
+    assert_eq!(back.input_params(), q.input_params());
+    let x = images(5, 6);
+    assert_eq!(back.predict(&x).unwrap(), q.predict(&x).unwrap());
+    let f32_bytes = net.params_to_bytes().len();
+    let ratio = f32_bytes as f64 / bytes.len() as f64;
+    // the weights are 4x smaller; the per-channel scales, i32 biases and header cost
+    // a little of that
+    assert!(
+        ratio > 3.7,
+        "f32 file {f32_bytes} bytes, int8 {} ({ratio:.2}x)",
+        bytes.len()
+    );
+    let params: usize = net.params().iter().map(|(_, t)| t.len()).sum();
+    let outputs: usize = net
+        .params()
+        .iter()
+        .filter(|(n, _)| n.starts_with('b'))
+        .map(|(_, t)| t.len())
+        .sum();
+    assert_eq!(q.weight_bytes(), (params - outputs) + 8 * outputs);
+}
+
+#[test]
+fn broken_files_are_format_errors() {
+    let net = deep_convnet(false);
+    let bytes = QuantizedNetwork::quantize(net.root(), &images(4, 7))
+        .unwrap()
+        .to_bytes();
+    let format = |b: &[u8]| match QuantizedNetwork::from_bytes(b) {
+        Err(InferError::Format(m)) => m,
+        other => panic!("expected a format error, got {other:?}"),
+    };
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        format(&bytes[..cut]);
+    }
+    // an f32 parameter file is not a quantized one
+    let plain = net.params_to_bytes();
+    assert!(!QuantizedNetwork::is_quantized_file(&plain));
+    assert!(format(&plain).contains("not a quantized network"));
+    // hostile metadata: same tensors, edited description
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let json = meta.metadata().as_ref().unwrap()["dlfs-int8"].clone();
+    let rewrite = |json: String, drop: Option<&str>| {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| Some(n.as_str()) != drop)
+            .collect();
+        let meta = std::collections::HashMap::from([("dlfs-int8".to_string(), json)]);
+        safetensors::serialize(views, &Some(meta)).unwrap()
+    };
+    assert!(format(&rewrite(json.replace("\"version\":1", "\"version\":9"), None)).contains("version 9"));
+    assert!(format(&rewrite(json.replacen("\"stride\":1", "\"stride\":0", 1), None)).contains("stride 0"));
+    assert!(format(&rewrite("{".into(), None)).contains("metadata"));
+    assert!(format(&rewrite(json.clone(), Some("0.bias"))).contains("`0.bias` missing"));
+    let no_last = json.replace("\"output\":null", "\"output\":{\"scale\":1.0,\"zero_point\":0}");
+    assert!(format(&rewrite(no_last, None)).contains("only the last layer"));
+    let bad_scale = json.replacen("\"scale\":", "\"scale\":-", 2);
+    assert!(format(&rewrite(bad_scale, None)).contains("scale"));
+}
+
+#[test]
+fn layers_without_an_integer_form_are_refused() {
+    let conv = || Op::Convolution {
+        w: Tensor::from_elem(vec![2, 1, 3, 3], 0.1),
+        b: None,
+        stride: 1,
+        pad: 1,
+    };
+    let x = images(2, 8);
+    let refuse = |ops: Vec<Op>, want: &str| {
+        let err = QuantizedNetwork::quantize_op(&Op::Sequential(ops), &x).unwrap_err();
+        assert!(matches!(err, InferError::Invalid { op: "int8", .. }), "{err}");
+        assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+    };
+    refuse(vec![conv(), Op::Sigmoid], "sigmoid");
+    refuse(
+        vec![
+            conv(),
+            Op::Pooling {
+                kind: PoolKind::Average,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 0,
+            },
+        ],
+        "average pooling",
+    );
+    refuse(vec![conv(), Op::GlobalAveragePooling], "global average");
+    refuse(
+        vec![Op::Residual {
+            body: vec![conv()],
+            shortcut: None,
+        }],
+        "residual",
+    );
+    refuse(vec![Op::Concat(vec![vec![conv()]])], "inception");
+    refuse(vec![Op::Relu, conv()], "before any convolution");
+    refuse(vec![conv(), Op::Multiply(-1.0)], "multiplier of -1");
+    let bn = Op::Scale {
+        scale: vec![1.0, 2.0],
+        shift: vec![0.0, 1.0],
+        per_channel: true,
+    };
+    refuse(vec![conv(), Op::Relu, bn.clone()], "batch norm after ReLU");
+    let flat_bn = Op::Scale {
+        scale: vec![1.0, 2.0],
+        shift: vec![0.0, 1.0],
+        per_channel: false,
+    };
+    refuse(vec![conv(), flat_bn], "batch norm of 2 features");
+    refuse(
+        vec![
+            conv(),
+            Op::Pooling {
+                kind: PoolKind::Max,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 0,
+            },
+        ],
+        "must end with",
+    );
+    let err = QuantizedNetwork::quantize_op(&Op::Sequential(vec![conv()]), &images(0, 1)).unwrap_err();
+    assert!(err.to_string().contains("no calibration"), "{err}");
+    // folded: batch norm straight after the convolution, dropout and ReLU after pooling
+    let ok = QuantizedNetwork::quantize_op(
+        &Op::Sequential(vec![
+            conv(),
+            bn,
+            Op::Pooling {
+                kind: PoolKind::Max,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 0,
+            },
+            Op::Relu,
+            Op::Multiply(0.5),
+            Op::Affine {
+                w: Tensor::from_elem(vec![2 * 14 * 14, 3], 0.01),
+                b: Tensor::zeros(vec![3]),
+            },
+        ]),
+        &x,
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
+fn folded_layers_compute_what_the_float_network_does() {
+    // conv -> BN -> max pool -> ReLU -> dropout x0.5 -> affine: the integer network's
+    // scores against the f32 engine's on the same ops
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let w = Tensor::from_shape_fn(vec![4, 1, 3, 3], |_| rng.gen_range(-0.5..0.5));
+    let ops = Op::Sequential(vec![
+        Op::Convolution {
+            w,
+            b: Some(Tensor::from_shape_vec(vec![4], vec![0.1, -0.2, 0.3, 0.0]).unwrap()),
+            stride: 1,
+            pad: 1,
+        },
+        Op::Scale {
+            scale: vec![1.5, 0.5, 2.0, 1.0],
+            shift: vec![0.1, 0.0, -0.3, 0.2],
+            per_channel: true,
+        },
+        Op::Pooling {
+            kind: PoolKind::Max,
+            ph: 2,
+            pw: 2,
+            stride: 2,
+            pad: 0,
+        },
+        Op::Relu,
+        Op::Multiply(0.5),
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![4 * 14 * 14, 5], |_| rng.gen_range(-0.1..0.1)),
+            b: Tensor::from_shape_vec(vec![5], vec![0.0, 0.1, 0.2, -0.1, 0.05]).unwrap(),
+        },
+    ]);
+    let x = images(20, 10);
+    let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
+    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
+        .unwrap()
+        .predict(&x)
+        .unwrap();
+    let got = q.predict(&x).unwrap();
+    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+}
+
+#[test]
+fn wrong_inputs_are_shape_errors() {
+    let net = deep_convnet(false);
+    let q = QuantizedNetwork::quantize(net.root(), &images(4, 11)).unwrap();
+    let err = q.predict(&Tensor::zeros(vec![2, 3, 28, 28])).unwrap_err();
+    assert!(matches!(err, InferError::Shape { .. }), "{err}");
+    let err = q.predict(&Tensor::zeros(vec![5])).unwrap_err();
+    assert!(matches!(err, InferError::Shape { .. }), "{err}");
+    let err = q.predict(&Tensor::zeros(vec![2, 1, 20, 20])).unwrap_err();
+    assert!(matches!(err, InferError::Shape { op: "Affine", .. }), "{err}");
+    assert_eq!(q.predict(&Tensor::zeros(vec![0, 1, 28, 28])).unwrap().shape(), [0, 10]);
+    let t = vec![0usize; 3];
+    let acc = q.accuracy(&images(3, 12), &t, 2).unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(q.accuracy(&images(3, 12), &t[..2], 2).is_err());
+}
+
+/// The shipped DeepConvNet, calibrated on 1000 training images, classifies 2000 other
+/// training images as f32 does on all but a handful (the test set is left to
+/// `cargo xtask eval --precision int8`).
+#[test]
+fn the_shipped_network_keeps_its_answers_in_int8() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let net = dl_models::load(root.join("crates/dl-models/weights/deep_convnet.safetensors")).unwrap();
+    let mnist = dl_data::Mnist::load(root.join("datasets/mnist")).unwrap();
+    let take = |from: usize, n: usize| {
+        let px = &mnist.train.images[from * 784..(from + n) * 784];
+        Tensor::from_shape_vec(vec![n, 1, 28, 28], px.iter().map(|&v| f32::from(v) / 255.0).collect()).unwrap()
+    };
+    let q = QuantizedNetwork::quantize(net.root(), &take(0, 1000)).unwrap();
+    assert_eq!(q.input_params().zero_point, 0);
+    assert_eq!(q.input_params().scale, 1.0 / 255.0);
+    let x = take(20_000, 2000);
+    let full = Inference::new(net.root(), Precision::F32)
+        .unwrap()
+        .classify(&x, 100)
+        .unwrap();
+    let int8 = q.classify(&x, 100).unwrap();
+    let differ = full.iter().zip(&int8).filter(|(a, b)| a != b).count();
+    assert!(differ <= 4, "{differ} of 2000 classes differ");
+}
