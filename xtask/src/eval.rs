@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dl_infer::{Inference, Precision};
+use dl_infer::{Inference, Precision, QuantizedNetwork};
 use dl_train::{evaluate, Ensemble, Evaluation, Vote};
 
 use crate::train::{ModelName, VoteArg};
@@ -32,14 +32,93 @@ pub struct EvalArgs {
     #[arg(long, value_enum, requires = "ensemble")]
     vote: Option<VoteArg>,
     /// Also run the network (or the ensemble's members) with weights and activations
-    /// stored in this precision (f16, bf16; products summed in f32), and print its
-    /// accuracy under f32's, both by the inference engine (dl-infer).
-    #[arg(long, value_parser = parse_precision)]
-    precision: Option<Precision>,
+    /// stored in this precision (f16, bf16: products summed in f32; int8: quantized
+    /// after training, products summed in i32), and print its accuracy under f32's,
+    /// both by the inference engine (dl-infer).
+    #[arg(long, value_parser = parse_eval_precision)]
+    precision: Option<EvalPrecision>,
+    /// For int8: the training images (the first N) whose activations set the
+    /// quantization ranges.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    calibrate: u64,
 }
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse::<Precision>().map_err(|e| e.to_string())
+}
+
+/// A precision `eval` and `bench` run: a float storage type, or 8-bit integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalPrecision {
+    /// f32, f16 or bf16.
+    Float(Precision),
+    /// Post-training int8 quantization.
+    Int8,
+}
+
+impl EvalPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalPrecision::Float(p) => p.name(),
+            EvalPrecision::Int8 => "int8",
+        }
+    }
+}
+
+pub fn parse_eval_precision(s: &str) -> Result<EvalPrecision, String> {
+    if s == "int8" {
+        Ok(EvalPrecision::Int8)
+    } else {
+        parse_precision(s)
+            .map(EvalPrecision::Float)
+            .map_err(|e| format!("{e} (or int8)"))
+    }
+}
+
+/// The first `n` training images of the MNIST set in `data` (default: the shipped
+/// copy), the calibration images of int8 quantization.
+pub fn calibration_images(n: usize, data: Option<&std::path::Path>) -> Result<dl_layers::Tensor, CliError> {
+    let mnist = crate::Dataset::Mnist.load(data)?;
+    let n = n.min(mnist.train.len());
+    Ok(mnist.train.batch(&(0..n).collect::<Vec<_>>()).0)
+}
+
+/// A network run by the inference engine at one precision.
+pub enum Engine {
+    Float(Inference),
+    Int8(QuantizedNetwork),
+}
+
+impl Engine {
+    /// `net` at `precision`; int8 needs `calibration` images.
+    pub fn new(
+        net: &dl_models::Network,
+        precision: EvalPrecision,
+        calibration: Option<&dl_layers::Tensor>,
+    ) -> Result<Engine, CliError> {
+        Ok(match precision {
+            EvalPrecision::Float(p) => Engine::Float(Inference::new(net.root(), p).map_err(infer_error)?),
+            EvalPrecision::Int8 => {
+                let x = calibration.ok_or_else(|| CliError::Other("int8 needs calibration images".into()))?;
+                Engine::Int8(QuantizedNetwork::quantize(net.root(), x).map_err(infer_error)?)
+            }
+        })
+    }
+
+    pub fn predict(&self, x: &dl_layers::Tensor) -> Result<dl_layers::Tensor, CliError> {
+        match self {
+            Engine::Float(e) => e.predict(x),
+            Engine::Int8(q) => q.predict(x),
+        }
+        .map_err(infer_error)
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Engine::Float(e) => e.weight_bytes(),
+            Engine::Int8(q) => q.weight_bytes(),
+        }
+    }
 }
 
 /// Every image of `set`, `batch` at a time, through `f`.
@@ -68,7 +147,7 @@ fn infer_error(e: dl_infer::InferError) -> CliError {
 /// The classes `engines` give every image of `set`: each member's, and the ensemble's
 /// by `vote` (for one engine, its own).
 fn classify_set(
-    engines: &[Inference],
+    engines: &[Engine],
     set: &dl_data::ImageSet,
     batch: usize,
     vote: Vote,
@@ -78,7 +157,7 @@ fn classify_set(
     for_batches(set, batch, |x| {
         let mut probs = Vec::with_capacity(engines.len());
         for (engine, classes) in engines.iter().zip(&mut members) {
-            let scores = engine.predict(x).map_err(infer_error)?;
+            let scores = engine.predict(x)?;
             let scores = scores
                 .into_dimensionality::<ndarray::Ix2>()
                 .map_err(|_| CliError::Other("the network's output is not (N, classes)".into()))?;
@@ -109,7 +188,7 @@ fn evaluation(classes: &[usize], set: &dl_data::ImageSet) -> Evaluation {
 /// One precision's figures from [`precision_runs`].
 #[derive(Debug, Clone, PartialEq)]
 struct PrecisionRun {
-    precision: Precision,
+    precision: &'static str,
     /// Each member's evaluation (one for a single network).
     members: Vec<Evaluation>,
     /// The network's, or the ensemble's by its vote.
@@ -122,27 +201,24 @@ struct PrecisionRun {
 }
 
 /// Runs the network (or ensemble) `members` at f32 and, unless it is f32, at
-/// `precision`, by the inference engine.
+/// `precision`, by the inference engine (int8 calibrated on `calibration`).
 fn precision_runs(
     members: &[&dl_models::Network],
-    precision: Precision,
+    precision: EvalPrecision,
     set: &dl_data::ImageSet,
     batch: usize,
     vote: Vote,
+    calibration: Option<&dl_layers::Tensor>,
 ) -> Result<Vec<PrecisionRun>, CliError> {
     let mut reference: Option<Vec<usize>> = None;
     let mut runs = Vec::new();
-    let precisions: &[Precision] = if precision == Precision::F32 {
-        &[Precision::F32]
-    } else {
-        &[Precision::F32, precision]
-    };
+    let f32 = EvalPrecision::Float(Precision::F32);
+    let precisions: &[EvalPrecision] = if precision == f32 { &[f32] } else { &[f32, precision] };
     for &p in precisions {
         let engines = members
             .iter()
-            .map(|m| Inference::new(m.root(), p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(infer_error)?;
+            .map(|m| Engine::new(m, p, calibration))
+            .collect::<Result<Vec<_>, _>>()?;
         let start = std::time::Instant::now();
         let (per_member, combined) = classify_set(&engines, set, batch, vote)?;
         let seconds = start.elapsed().as_secs_f64();
@@ -150,10 +226,10 @@ fn precision_runs(
             .as_ref()
             .map(|r| combined.iter().zip(r).filter(|(a, b)| a != b).count());
         runs.push(PrecisionRun {
-            precision: p,
+            precision: p.name(),
             members: per_member.iter().map(|c| evaluation(c, set)).collect(),
             combined: evaluation(&combined, set),
-            weight_bytes: engines.iter().map(Inference::weight_bytes).sum(),
+            weight_bytes: engines.iter().map(Engine::weight_bytes).sum(),
             differ_from_f32,
             seconds,
         });
@@ -167,7 +243,7 @@ fn precision_runs(
 fn precision_lines(runs: &[PrecisionRun]) -> Vec<String> {
     let mut lines = Vec::new();
     for r in runs {
-        let name = r.precision.name();
+        let name = r.precision;
         if r.members.len() > 1 {
             for (i, e) in r.members.iter().enumerate() {
                 lines.push(format!("{name:<4} member {i}: {e}"));
@@ -188,12 +264,21 @@ fn precision_lines(runs: &[PrecisionRun]) -> Vec<String> {
 /// Prints `precision_runs` and the last one's `test accuracy:` line.
 fn run_precisions(
     members: &[&dl_models::Network],
-    precision: Precision,
+    precision: EvalPrecision,
     set: &dl_data::ImageSet,
     batch: usize,
     vote: Vote,
+    calibrate: usize,
 ) -> Result<(), CliError> {
-    let runs = precision_runs(members, precision, set, batch, vote)?;
+    let calibration = match precision {
+        EvalPrecision::Int8 => {
+            let x = calibration_images(calibrate, None)?;
+            println!("int8 calibrated on the first {} training images", x.shape()[0]);
+            Some(x)
+        }
+        EvalPrecision::Float(_) => None,
+    };
+    let runs = precision_runs(members, precision, set, batch, vote, calibration.as_ref())?;
     for line in precision_lines(&runs) {
         println!("{line}");
     }
@@ -248,16 +333,26 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
                 test.len()
             );
             let members: Vec<&dl_models::Network> = ensemble.members().iter().collect();
-            return run_precisions(&members, precision, &test, a.batch_size, vote);
+            return run_precisions(&members, precision, &test, a.batch_size, vote, a.calibrate as usize);
         }
         return run_ensemble(dir, a.vote, &test, a.batch_size);
     }
     let params = a.params.unwrap_or_else(crate::shipped_params);
+    if let Some(q) = read_quantized(&params)? {
+        return run_quantized(&params, &q, &test, a.batch_size);
+    }
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
     if let Some(precision) = a.precision {
         println!("{}: {} on {} test images", params.display(), net.kind(), test.len());
-        return run_precisions(&[&net], precision, &test, a.batch_size, Vote::Mean);
+        return run_precisions(
+            &[&net],
+            precision,
+            &test,
+            a.batch_size,
+            Vote::Mean,
+            a.calibrate as usize,
+        );
     }
     let start = std::time::Instant::now();
     let e = evaluate(&mut net, &test, None, a.batch_size)?;
@@ -269,6 +364,87 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
         start.elapsed().as_secs_f64()
     );
     println!("test accuracy: {e}");
+    Ok(())
+}
+
+/// The network of `path` if it is a quantized file (`cargo xtask quantize`'s).
+fn read_quantized(path: &std::path::Path) -> Result<Option<QuantizedNetwork>, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    if !QuantizedNetwork::is_quantized_file(&bytes) {
+        return Ok(None);
+    }
+    let q = QuantizedNetwork::from_bytes(&bytes).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    Ok(Some(q))
+}
+
+/// `eval --params` of a quantized file: its accuracy, by the int8 kernels.
+fn run_quantized(
+    path: &std::path::Path,
+    q: &QuantizedNetwork,
+    test: &dl_data::ImageSet,
+    batch: usize,
+) -> Result<(), CliError> {
+    let engines = [Engine::Int8(q.clone())];
+    let start = std::time::Instant::now();
+    let (_, classes) = classify_set(&engines, test, batch, Vote::Mean)?;
+    let e = evaluation(&classes, test);
+    println!(
+        "{}: int8 network ({} kernel), weights {} bytes, on {} test images in {:.2} s",
+        path.display(),
+        q.kernel(),
+        q.weight_bytes(),
+        e.total,
+        start.elapsed().as_secs_f64()
+    );
+    println!("test accuracy: {e}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The parameter file to quantize (default: the shipped DeepConvNet).
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// The safetensors file to write (atomically): int8 weights, their scales, i32
+    /// biases and the activations' scales.
+    #[arg(long)]
+    out: PathBuf,
+    /// The training images (the first N) whose activations set the ranges; never the
+    /// test set.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    calibrate: u64,
+    /// Folder with the MNIST files (default: the shipped copy).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+/// `cargo xtask quantize`: post-training int8 quantization of a parameter file.
+pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
+    let params = a.params.unwrap_or_else(crate::shipped_params);
+    if a.out.exists() && !a.overwrite {
+        return Err(CliError::Other(format!(
+            "{} exists: pass --overwrite to replace it",
+            a.out.display()
+        )));
+    }
+    let net = dl_models::load(&params)?;
+    let x = calibration_images(a.calibrate as usize, a.data.as_deref())?;
+    let q = QuantizedNetwork::quantize(net.root(), &x).map_err(infer_error)?;
+    let bytes = q.to_bytes();
+    dl_tensor::fs::atomic_write(&a.out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+    let f32_bytes = net.params_to_bytes().len();
+    println!(
+        "wrote {} (int8 {} calibrated on {} training images: {} bytes, {:.2}x smaller than f32's {} bytes)",
+        a.out.display(),
+        net.kind(),
+        x.shape()[0],
+        bytes.len(),
+        f32_bytes as f64 / bytes.len() as f64,
+        f32_bytes
+    );
     Ok(())
 }
 
@@ -300,10 +476,11 @@ mod tests {
         let mut two = Ensemble::new(ensemble.into_members().into_iter().take(2).collect()).unwrap();
         let want = two.evaluate(&set, None, 100).unwrap();
         let members: Vec<&dl_models::Network> = two.members().iter().collect();
-        let runs = precision_runs(&members, Precision::F16, &set, 64, Vote::Majority).unwrap();
+        let half16 = EvalPrecision::Float(Precision::F16);
+        let runs = precision_runs(&members, half16, &set, 64, Vote::Majority, None).unwrap();
         assert_eq!(runs.len(), 2);
         let (full, half) = (&runs[0], &runs[1]);
-        assert_eq!((full.precision, half.precision), (Precision::F32, Precision::F16));
+        assert_eq!((full.precision, half.precision), ("f32", "f16"));
         assert_eq!(full.members, want.members);
         assert_eq!(full.combined, want.majority);
         assert_eq!(full.differ_from_f32, None);
@@ -333,7 +510,8 @@ mod tests {
         )));
         assert!(lines[5].ends_with(", 0 of 300 classes differ from f32"), "{}", lines[5]);
         // one network at f32: one line, no members, no comparison
-        let one = precision_runs(&members[..1], Precision::F32, &set, 300, Vote::Mean).unwrap();
+        let f32 = EvalPrecision::Float(Precision::F32);
+        let one = precision_runs(&members[..1], f32, &set, 300, Vote::Mean, None).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].combined, want.members[0]);
         let lines = precision_lines(&one);

@@ -120,6 +120,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A parameter file stored at another precision (f16 or bf16: half the bytes).
     ConvertParams(eval::ConvertParamsArgs),
+    /// Post-training int8 quantization of a parameter file: per-channel int8 weights,
+    /// i32 biases, activation scales from training images.
+    Quantize(eval::QuantizeArgs),
     /// Convert the book's pickled parameters (deep_convnet_params.pkl) to safetensors.
     ConvertBook(eval::ConvertArgs),
     /// Combine trained weights files into an ensemble folder (members + ensemble.json).
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
         Command::Ensemble(a) => ensemble::run(a),
         Command::ConvertBook(a) => eval::convert(a),
         Command::ConvertParams(a) => eval::convert_params(a),
+        Command::Quantize(a) => eval::quantize(a),
         Command::ConvertOptdigits(a) => optdigits::convert(a),
         Command::AugmentPreview(a) => preview::run(a),
         Command::Serve(a) => serve::serve(a),
@@ -231,6 +235,7 @@ mod tests {
             Command::Finetune(a) => train::finetune(a),
             Command::Eval(a) => eval::run(a),
             Command::ConvertParams(a) => eval::convert_params(a),
+            Command::Quantize(a) => eval::quantize(a),
             Command::Ensemble(a) => ensemble::run(a),
             Command::Bench(a) => bench::run(a),
             Command::ConvertOptdigits(a) => optdigits::convert(a),
