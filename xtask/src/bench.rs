@@ -76,12 +76,12 @@ pub struct BenchArgs {
     /// With --time-to-accuracy: the accuracies, percent.
     #[arg(long, value_delimiter = ',', default_values_t = [99.0, 99.4], requires = "time_to_accuracy")]
     targets: Vec<f64>,
-    /// Measure inference at these precisions instead (f32, f16, bf16, comma-separated),
-    /// beside the training code's f32 forward: test accuracy, file and weight bytes,
-    /// images per second at batch 1, 100 and 1000 (--params: default the shipped
-    /// weights).
-    #[arg(long, value_delimiter = ',', value_parser = crate::eval::parse_precision, conflicts_with_all = ["serve", "time_to_accuracy"])]
-    precision: Vec<dl_infer::Precision>,
+    /// Measure inference at these precisions instead (f32, f16, bf16, int8,
+    /// comma-separated), beside the training code's f32 forward: test accuracy, file and
+    /// weight bytes, images per second at batch 1, 100 and 1000 (--params: default the
+    /// shipped weights; int8 is calibrated on the first 1000 training images).
+    #[arg(long, value_delimiter = ',', value_parser = crate::eval::parse_eval_precision, conflicts_with_all = ["serve", "time_to_accuracy"])]
+    precision: Vec<crate::eval::EvalPrecision>,
     /// With --precision: the parameter file (default: the shipped DeepConvNet).
     #[arg(long)]
     params: Option<PathBuf>,

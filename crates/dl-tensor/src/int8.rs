@@ -445,7 +445,13 @@ impl QConv {
             let n = BLOCK.min(f - f0);
             for (r, b) in bytes.iter().take(rows).enumerate() {
                 let at = (p0 + r) * f + f0;
-                out[at..at + n].copy_from_slice(&b[..n]);
+                if n == BLOCK {
+                    // a fixed-size copy: one vector move, not a call to memcpy
+                    let dst: &mut [u8; BLOCK] = (&mut out[at..at + BLOCK]).try_into().expect("16 bytes");
+                    *dst = *b;
+                } else {
+                    out[at..at + n].copy_from_slice(&b[..n]);
+                }
             }
         })
     }
@@ -508,22 +514,29 @@ impl QConv {
             // the padded image (`C` values per pixel there)
             let image = &mut scratch.image;
             pad_image(x, h, w, c, pad, c, self.input_zero, image);
+            // 8 bytes of slack after the image and the rows: each filter row's `FW*C`
+            // values move as one 8-byte word when they fit in one, whose surplus bytes
+            // the next filter row (or pixel) overwrites, or that land beyond `C*FH*FW`
+            // where the packed weights are zero
+            image.resize(image.len() + 8, 0);
             let col = &mut scratch.padded;
             col.clear();
-            col.resize(pixels * cp, 0);
-            for i in 0..fh {
-                for j in 0..fw {
-                    for k in 0..c {
-                        let at = (i * fw + j) * c + k;
-                        for oy in 0..g.out_h {
-                            // a row of output pixels reads a strided row of the image
-                            let dst = col[oy * g.out_w * cp + at..].iter_mut().step_by(cp);
-                            let src = image[((oy * s + i) * wp + j) * c + k..].iter().step_by(s * c);
-                            for (d, &v) in dst.zip(src).take(g.out_w) {
-                                *d = v;
-                            }
+            col.resize(pixels * cp + 8, 0);
+            let run = fw * c;
+            let mut p = 0;
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    for i in 0..fh {
+                        let from = ((oy * s + i) * wp + ox * s) * c;
+                        let to = p * cp + i * run;
+                        if run <= 8 {
+                            let word: [u8; 8] = image[from..from + 8].try_into().expect("8 bytes");
+                            col[to..to + 8].copy_from_slice(&word);
+                        } else {
+                            col[to..to + run].copy_from_slice(&image[from..from + run]);
                         }
                     }
+                    p += 1;
                 }
             }
             (vec![0], Box::new(move |p| p * cp))
