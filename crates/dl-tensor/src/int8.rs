@@ -238,12 +238,14 @@ fn round_to_byte(v: f32) -> u8 {
     (v + MAGIC).to_bits() as u8
 }
 
-/// Scratch memory of [`QConv`]: the padded input image, and the lowered rows of an
-/// input with fewer than 4 channels.
+/// Scratch memory of [`QConv`]: the padded input image (and the same widened to 16
+/// bits for the AVX2 kernel), and the lowered rows of an input with fewer than 4
+/// channels.
 #[derive(Debug, Default, Clone)]
 pub struct Int8Scratch {
     padded: Vec<u8>,
     image: Vec<u8>,
+    wide: Vec<u16>,
 }
 
 /// A convolution in integers: `i8` filters `(F, C, FH, FW)`, an `i32` bias, and the
@@ -547,6 +549,12 @@ impl QConv {
             (taps, Box::new(move |p| ((p / out_w) * s * wp + (p % out_w) * s) * cp))
         };
         let padded = &scratch.padded;
+        // the AVX2 kernel reads the input widened, two channels as one 32-bit word
+        if kernel == Int8Kernel::Avx2 {
+            scratch.wide.clear();
+            scratch.wide.extend(padded.iter().map(|&v| u16::from(v)));
+        }
+        let wide = &scratch.wide;
         let kernel = kernel.usable();
         let block_len = taps.len() * cp * BLOCK;
         let mut acc = [[0i32; BLOCK]; TILE];
@@ -562,6 +570,7 @@ impl QConv {
             while b < blocks {
                 let tile = Tile {
                     x: padded,
+                    x16: if kernel == Int8Kernel::Avx2 { wide } else { &[] },
                     offs: &offs,
                     taps: &taps,
                     cp,
@@ -689,6 +698,8 @@ const TILE: usize = 12;
 /// because the offsets come from the geometry of the padded image.
 struct Tile<'a> {
     x: &'a [u8],
+    /// `x` widened to 16 bits, for the AVX2 kernel (empty for the others).
+    x16: &'a [u16],
     offs: &'a [usize; TILE],
     taps: &'a [usize],
     cp: usize,
@@ -720,7 +731,7 @@ impl Tile<'_> {
     unsafe fn avx2(&self, w: &[i16], bias: &[i32; BLOCK], acc: &mut [[i32; BLOCK]; TILE]) {
         use std::arch::x86_64::*;
         const R: usize = 6;
-        let x = self.x.as_ptr();
+        let x = self.x16.as_ptr();
         // SAFETY: `bias` is 16 `i32`.
         let (b0, b1) = unsafe {
             (
@@ -741,9 +752,8 @@ impl Tile<'_> {
                     wp = unsafe { wp.add(32) };
                     for r in 0..R {
                         // SAFETY: inside the padded image (see `Tile`).
-                        let pair = unsafe { (x.add(offs[r] + t + c2) as *const u16).read_unaligned() };
-                        let v = (u32::from(pair) & 0xff) | ((u32::from(pair) & 0xff00) << 8);
-                        let b = _mm256_set1_epi32(v as i32);
+                        let pair = unsafe { (x.add(offs[r] + t + c2) as *const i32).read_unaligned() };
+                        let b = _mm256_set1_epi32(pair);
                         lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(b, w0));
                         hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(b, w1));
                     }
