@@ -244,6 +244,9 @@ fn round_to_byte(v: f32) -> u8 {
 #[derive(Debug, Default, Clone)]
 pub struct Int8Scratch {
     padded: Vec<u8>,
+    /// What `padded` holds the border of: `(h, w, c, pad, cp, zero)`. An image of the
+    /// same geometry only rewrites the inside.
+    padded_for: Option<(usize, usize, usize, usize, usize, u8)>,
     image: Vec<u8>,
     wide: Vec<u16>,
 }
@@ -515,13 +518,16 @@ impl QConv {
             // one row of `FH*FW*C` values per output pixel, gathered tap by tap from
             // the padded image (`C` values per pixel there)
             let image = &mut scratch.image;
-            pad_image(x, h, w, c, pad, c, self.input_zero, image);
+            image.clear();
+            image.resize((h + 2 * pad) * wp * c, self.input_zero);
+            pad_inside(x, h, w, c, pad, c, image);
             // 8 bytes of slack after the image and the rows: each filter row's `FW*C`
             // values move as one 8-byte word when they fit in one, whose surplus bytes
             // the next filter row (or pixel) overwrites, or that land beyond `C*FH*FW`
             // where the packed weights are zero
             image.resize(image.len() + 8, 0);
             let col = &mut scratch.padded;
+            scratch.padded_for = None;
             col.clear();
             col.resize(pixels * cp + 8, 0);
             let run = fw * c;
@@ -543,7 +549,13 @@ impl QConv {
             }
             (vec![0], Box::new(move |p| p * cp))
         } else {
-            pad_image(x, h, w, c, pad, cp, self.input_zero, &mut scratch.padded);
+            let key = Some((h, w, c, pad, cp, self.input_zero));
+            if scratch.padded_for != key {
+                scratch.padded.clear();
+                scratch.padded.resize((h + 2 * pad) * wp * cp, self.input_zero);
+                scratch.padded_for = key;
+            }
+            pad_inside(x, h, w, c, pad, cp, &mut scratch.padded);
             let taps = (0..fh).flat_map(|i| (0..fw).map(move |j| (i * wp + j) * cp)).collect();
             let out_w = g.out_w;
             (taps, Box::new(move |p| ((p / out_w) * s * wp + (p % out_w) * s) * cp))
@@ -608,13 +620,12 @@ impl QConv {
     }
 }
 
-/// `x` `(h, w, c)` into `out` `(h + 2 pad, w + 2 pad, cp)`, the border and the
-/// channels beyond `c` at `zero`.
+/// `x` `(h, w, c)` into the inside of `out` `(h + 2 pad, w + 2 pad, cp)`, whose
+/// border and channels beyond `c` hold the zero point already.
 #[allow(clippy::too_many_arguments)]
-fn pad_image(x: &[u8], h: usize, w: usize, c: usize, pad: usize, cp: usize, zero: u8, out: &mut Vec<u8>) {
+fn pad_inside(x: &[u8], h: usize, w: usize, c: usize, pad: usize, cp: usize, out: &mut [u8]) {
     let wp = w + 2 * pad;
-    out.clear();
-    out.resize((h + 2 * pad) * wp * cp, zero);
+    debug_assert_eq!(out.len(), (h + 2 * pad) * wp * cp);
     for (yi, row) in x.chunks_exact(w * c).enumerate() {
         let at = ((yi + pad) * wp + pad) * cp;
         if c == cp {

@@ -299,3 +299,48 @@ fn max_pool_on_bytes_matches_the_float_pool() {
         }
     }
 }
+
+#[test]
+fn one_scratch_serves_convolutions_of_any_kind_in_turn() {
+    // the padded border is kept between images of one geometry: a lowered convolution
+    // (which uses the same memory for its rows) or another zero point must not see it
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut scratch = Int8Scratch::default();
+    let wide = Case {
+        f: 16,
+        c: 8,
+        fh: 3,
+        fw: 3,
+        stride: 1,
+        pad: 1,
+        h: 6,
+        w: 6,
+    };
+    let narrow = Case {
+        f: 16,
+        c: 1,
+        fh: 3,
+        fw: 3,
+        stride: 1,
+        pad: 1,
+        h: 6,
+        w: 6,
+    };
+    for kernel in Int8Kernel::supported_levels() {
+        for (k, zero) in [
+            (&wide, 3),
+            (&narrow, 3),
+            (&wide, 3),
+            (&wide, 9),
+            (&narrow, 200),
+            (&wide, 3),
+        ] {
+            let (conv, w, bias) = random_conv(&mut rng, k, zero);
+            let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
+            let want = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
+            let mut got = vec![0; want.len()];
+            conv.accumulate(&x, k.h, k.w, &mut got, &mut scratch, kernel).unwrap();
+            assert_eq!(got, want, "{kernel}, {} channels, zero point {zero}", k.c);
+        }
+    }
+}
