@@ -281,6 +281,99 @@ mod tests {
         .unwrap();
     }
 
+    /// `quantize` writes an int8 file about 4x smaller than the f32 one, calibrated on the
+    /// training images, refuses to replace it without --overwrite, and `eval` runs it
+    /// as the network it stands for; `eval --precision int8` quantizes on the fly.
+    #[test]
+    fn quantize_and_eval_in_int8() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("deep-int8.safetensors");
+        let out = out.to_str().unwrap();
+        let quantize = ["quantize", "--out", out, "--calibrate", "200"];
+        run_cli(&quantize).unwrap();
+        let full = std::fs::metadata(shipped_params()).unwrap().len() as f64;
+        let bytes = std::fs::read(out).unwrap();
+        let ratio = full / bytes.len() as f64;
+        assert!((3.8..4.0).contains(&ratio), "{ratio:.2}x smaller");
+        let q = dl_infer::QuantizedNetwork::from_bytes(&bytes).unwrap();
+        // the same images give the same file
+        let x = eval::calibration_images(200, None).unwrap();
+        let net = dl_models::load(shipped_params()).unwrap();
+        assert_eq!(
+            dl_infer::QuantizedNetwork::quantize(net.root(), &x).unwrap().to_bytes(),
+            bytes
+        );
+        assert_eq!(q.input_params().scale, 1.0 / 255.0);
+        let err = run_cli(&quantize).unwrap_err();
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        assert_eq!(std::fs::read(out).unwrap(), bytes, "left as it was");
+        run_cli(&["quantize", "--out", out, "--calibrate", "100", "--overwrite"]).unwrap();
+        assert_ne!(std::fs::read(out).unwrap(), bytes, "other calibration images");
+        run_cli(&["eval", "--params", out]).unwrap();
+        run_cli(&[
+            "eval",
+            "--precision",
+            "int8",
+            "--calibrate",
+            "50",
+            "--dataset",
+            "optdigits",
+        ])
+        .unwrap();
+        for bad in [
+            &["eval", "--precision", "int4"][..],
+            &["quantize", "--out", out, "--calibrate", "0"],
+        ] {
+            assert!(parse_from([&["xtask"][..], bad].concat()).is_err(), "{bad:?}");
+        }
+        // a file that is neither an int8 network nor parameters
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(run_cli(&["eval", "--params", junk.to_str().unwrap()]).is_err());
+        let p = eval::parse_eval_precision("int8").unwrap();
+        assert_eq!(p.name(), "int8");
+        assert_eq!(eval::parse_eval_precision("bf16").unwrap().name(), "bf16");
+        assert!(eval::parse_eval_precision("i8").unwrap_err().contains("int8"));
+    }
+
+    /// `bench --precision int8` measures the int8 network beside the training code's f32
+    /// forward and records the CPU and the kernel each ran at.
+    #[test]
+    fn bench_precision_int8_records_its_kernels() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("int8.json");
+        run_cli(&[
+            "bench",
+            "--precision",
+            "int8",
+            "--windows",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let kernel = dl_tensor::int8::Int8Kernel::active().name();
+        assert_eq!(r["int8_kernel"], kernel);
+        assert_eq!(r["conv_isa"], dl_tensor::Isa::active().name());
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0]["precision"].as_str(), rows[1]["precision"].as_str()),
+            (Some("network f32"), Some("int8"))
+        );
+        assert_eq!(rows[1]["kernel"], kernel);
+        assert_eq!(rows[0]["test_correct"], 9943);
+        assert!(rows[1]["test_correct"].as_u64().unwrap() >= 9938, "{}", rows[1]);
+        let f32_file = rows[0]["file_bytes"].as_f64().unwrap();
+        assert!(f32_file / rows[1]["file_bytes"].as_f64().unwrap() > 3.8);
+        assert!(rows[1]["images_per_sec"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_f64().unwrap() > 0.0));
+    }
+
     /// A SimpleConvNet small enough to train in a blink.
     pub const TINY_SIMPLE: &str = r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":1,"filter_size":5,"pad":0,"stride":1},"hidden_size":4,"output_size":10,"weight_init_std":null}"#;
 
