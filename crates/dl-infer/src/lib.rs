@@ -8,6 +8,11 @@
 //! `f32` itself is a [`Precision`] too, so the comparison the book makes (accuracy in
 //! 16 bits against 32) runs the same code at both.
 //!
+//! The book also notes that 8 bits are enough for inference (Google's TPU): the
+//! [`int8`] module quantizes a trained network after training ([`QuantizedNetwork`]:
+//! `i8` weights per output channel, `u8` activations calibrated on training images,
+//! `i32` sums) and runs it with `dl_tensor`'s integer kernels.
+//!
 //! An [`InferenceNetwork`] is built from a layer's evaluation-mode form
 //! ([`dl_layers::Layer::inference_op`]): batch norm folded into a scale and shift, the
 //! book's dropout into its evaluation multiplier, a convolution or affine layer and the

@@ -275,8 +275,9 @@ pub struct QConv {
     packed16: Vec<i16>,
 }
 
-/// The largest `C*FH*FW` whose `i32` sums cannot overflow: `255 * 127 * k < 2^31`.
-pub const MAX_DEPTH: usize = (i32::MAX as usize) / (255 * 127);
+/// The largest `C*FH*FW` whose `i32` sums cannot overflow, whatever the bytes:
+/// `255 * 128 * k <= 2^31 - 1` (an `i8` weight can be -128).
+pub const MAX_DEPTH: usize = (i32::MAX as usize) / (255 * 128);
 
 impl QConv {
     /// The convolution of `weights` `(F, C, FH, FW)` (`dims`) with `bias` (one per

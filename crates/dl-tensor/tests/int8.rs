@@ -344,3 +344,35 @@ fn one_scratch_serves_convolutions_of_any_kind_in_turn() {
         }
     }
 }
+
+#[test]
+fn kernels_are_there_exactly_when_the_cpu_has_their_instructions() {
+    let flags = dl_tensor::cpu_simd_flags();
+    let has = |f: &str| flags.contains(&f);
+    assert_eq!(
+        Int8Kernel::Avx512Vnni.supported(),
+        has("avx512f") && has("avx512bw") && has("avx512vnni")
+    );
+    assert_eq!(Int8Kernel::Avx2.supported(), has("avx2") && has("fma"));
+    assert!(Int8Kernel::Scalar.supported());
+}
+
+#[test]
+fn the_depth_bound_is_where_i32_sums_stop_being_safe() {
+    // 255 x -128, the largest product, at every tap
+    let worst = |k: usize| -255 * 128 * k as i64;
+    assert_eq!(MAX_DEPTH, 65_793);
+    assert!(-worst(MAX_DEPTH) <= i64::from(i32::MAX));
+    assert!(-worst(MAX_DEPTH + 1) > i64::from(i32::MAX));
+}
+
+#[test]
+fn a_convolution_keeps_what_it_was_built_from() {
+    let w: Vec<i8> = (0..2 * 3 * 2 * 2).map(|i| i as i8 - 12).collect();
+    let conv = QConv::new(w.clone(), [2, 3, 2, 2], 2, 1, vec![5, 6], 7).unwrap();
+    assert_eq!(conv.weights(), &w[..]);
+    assert_eq!((conv.stride(), conv.pad(), conv.input_zero()), (2, 1, 7));
+    assert_eq!(conv.dims(), [2, 3, 2, 2]);
+    let g = conv.geometry(5, 4).unwrap();
+    assert_eq!((g.out_h, g.out_w), (3, 3));
+}
