@@ -317,3 +317,34 @@ fn the_shipped_network_keeps_its_answers_in_int8() {
     let differ = full.iter().zip(&int8).filter(|(a, b)| a != b).count();
     assert!(differ <= 4, "{differ} of 2000 classes differ");
 }
+
+#[test]
+fn a_flat_input_runs_through_affine_layers() {
+    // the book's two-layer net on (N, 784) rows, with a signed input range (zero
+    // point above 0)
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let ops = Op::Sequential(vec![
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![784, 50], |_| rng.gen_range(-0.1..0.1)),
+            b: Tensor::from_shape_fn(vec![50], |_| rng.gen_range(-0.1..0.1)),
+        },
+        Op::Relu,
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![50, 10], |_| rng.gen_range(-0.3..0.3)),
+            b: Tensor::zeros(vec![10]),
+        },
+    ]);
+    let x = Tensor::from_shape_fn(vec![40, 784], |_| rng.gen_range(-1.0..1.0));
+    let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
+    assert!(q.input_params().zero_point > 100 && q.input_params().zero_point < 155);
+    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
+        .unwrap()
+        .predict(&x)
+        .unwrap();
+    let got = q.predict(&x).unwrap();
+    assert_eq!(got.shape(), [40, 10]);
+    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    let back = QuantizedNetwork::from_bytes(&q.to_bytes()).unwrap();
+    assert_eq!(back.predict(&x).unwrap(), got);
+}
