@@ -293,11 +293,12 @@ impl QConv {
     ) -> Result<QConv, Int8Error> {
         use Int8Error::Invalid;
         let [f, c, fh, fw] = dims;
-        let depth = c * fh * fw;
         if dims.contains(&0) || stride == 0 {
             return Err(Invalid(format!("filters {dims:?} with stride {stride}")));
         }
-        if weights.len() != f * depth || bias.len() != f {
+        // (checked: the dimensions may come from a file)
+        let depth = c.checked_mul(fh).and_then(|v| v.checked_mul(fw)).unwrap_or(usize::MAX);
+        if Some(weights.len()) != f.checked_mul(depth) || bias.len() != f {
             return Err(Invalid(format!(
                 "{} weights and {} biases for filters {dims:?}",
                 weights.len(),

@@ -224,6 +224,9 @@ fn bad_filters_are_typed_errors() {
     assert!(e(QConv::new(vec![0; 9], [1, 1, 3, 3], 0, 0, vec![0], 0)).contains("stride 0"));
     assert!(e(QConv::new(vec![0; 8], [1, 1, 3, 3], 1, 0, vec![0], 0)).contains("8 weights"));
     assert!(e(QConv::new(vec![0; 9], [1, 1, 3, 3], 1, 0, vec![0, 0], 0)).contains("2 biases"));
+    let huge = usize::MAX / 2;
+    assert!(e(QConv::new(vec![0; 4], [2, huge, huge, 1], 1, 0, vec![0; 2], 0)).contains("4 weights"));
+    assert!(e(QConv::new(vec![0; 4], [huge, 2, 2, 1], 1, 0, vec![0; 2], 0)).contains("4 weights"));
     let deep = MAX_DEPTH + 1;
     assert!(e(QConv::new(vec![0; deep], [1, deep, 1, 1], 1, 0, vec![0], 0)).contains("overflow"));
     assert!(QConv::new(vec![0; MAX_DEPTH], [1, MAX_DEPTH, 1, 1], 1, 0, vec![0], 0).is_ok());
