@@ -372,9 +372,9 @@ fn the_depth_bound_is_where_i32_sums_stop_being_safe() {
 #[test]
 fn a_convolution_keeps_what_it_was_built_from() {
     let w: Vec<i8> = (0..2 * 3 * 2 * 2).map(|i| i as i8 - 12).collect();
-    let conv = QConv::new(w.clone(), [2, 3, 2, 2], 2, 1, vec![5, 6], 7).unwrap();
+    let conv = QConv::new(w.clone(), [2, 3, 2, 2], 3, 2, vec![5, 6], 7).unwrap();
     assert_eq!(conv.weights(), &w[..]);
-    assert_eq!((conv.stride(), conv.pad(), conv.input_zero()), (2, 1, 7));
+    assert_eq!((conv.stride(), conv.pad(), conv.input_zero()), (3, 2, 7));
     assert_eq!(conv.dims(), [2, 3, 2, 2]);
     let g = conv.geometry(5, 4).unwrap();
     assert_eq!((g.out_h, g.out_w), (3, 3));
