@@ -348,3 +348,126 @@ fn a_flat_input_runs_through_affine_layers() {
     let back = QuantizedNetwork::from_bytes(&q.to_bytes()).unwrap();
     assert_eq!(back.predict(&x).unwrap(), got);
 }
+
+#[test]
+fn ops_whose_parts_do_not_fit_are_refused() {
+    let x = images(2, 14);
+    let refuse = |op: Op, want: &str| {
+        let err = QuantizedNetwork::quantize_op(&Op::Sequential(vec![op]), &x).unwrap_err();
+        assert!(matches!(err, InferError::Invalid { op: "int8", .. }), "{err}");
+        assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+    };
+    let conv = |shape: Vec<usize>, b: Option<Tensor>, stride: usize| Op::Convolution {
+        w: Tensor::from_elem(shape, 0.1),
+        b,
+        stride,
+        pad: 1,
+    };
+    refuse(conv(vec![2, 1, 3], None, 1), "filters of shape [2, 1, 3]");
+    refuse(conv(vec![2, 0, 3, 3], None, 1), "filters of shape [2, 0, 3, 3]");
+    refuse(conv(vec![2, 1, 3, 3], None, 0), "stride 0");
+    refuse(
+        conv(vec![2, 1, 3, 3], Some(Tensor::zeros(vec![3])), 1),
+        "bias of shape [3] for 2 filters",
+    );
+    let affine = |w: Vec<usize>, b: usize| Op::Affine {
+        w: Tensor::from_elem(w, 0.1),
+        b: Tensor::zeros(vec![b]),
+    };
+    refuse(affine(vec![784, 10], 9), "affine weights [784, 10] and bias [9]");
+    refuse(affine(vec![784, 0], 0), "affine weights [784, 0]");
+    refuse(affine(vec![784, 10, 1], 10), "affine weights [784, 10, 1]");
+    for k in [0.0, -2.0, f32::NAN, f32::INFINITY] {
+        let err = QuantizedNetwork::quantize_op(
+            &Op::Sequential(vec![conv(vec![2, 1, 3, 3], None, 1), Op::Multiply(k)]),
+            &x,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("multiplier"), "{k}: {err}");
+    }
+    for (ph, stride, pad) in [(2, 2, 2), (2, 0, 0)] {
+        let pool = Op::Pooling {
+            kind: PoolKind::Max,
+            ph,
+            pw: 2,
+            stride,
+            pad,
+        };
+        let err = QuantizedNetwork::quantize_op(&Op::Sequential(vec![conv(vec![2, 1, 3, 3], None, 1), pool]), &x)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pooling {ph}x2 stride {stride} pad {pad}")),
+            "{err}"
+        );
+    }
+    // dropout then ReLU then pooling all fold into the layer before them
+    let ok = QuantizedNetwork::quantize_op(
+        &Op::Sequential(vec![
+            conv(vec![2, 1, 3, 3], Some(Tensor::zeros(vec![2])), 1),
+            Op::Multiply(0.5),
+            Op::Relu,
+            Op::Relu,
+        ]),
+        &x,
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
+fn files_whose_parts_do_not_fit_are_refused() {
+    let net = deep_convnet(false);
+    let bytes = QuantizedNetwork::quantize(net.root(), &images(4, 15))
+        .unwrap()
+        .to_bytes();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let json = meta.metadata().as_ref().unwrap()["dlfs-int8"].clone();
+    // the tensors of `bytes` with `name` replaced by (dtype, shape, data)
+    let with = |name: &str, dtype: safetensors::Dtype, shape: Vec<usize>, data: Vec<u8>, json: &str| {
+        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            st.tensors().into_iter().filter(|(n, _)| n != name).collect();
+        views.push((
+            name.to_string(),
+            safetensors::tensor::TensorView::new(dtype, shape, &data).unwrap(),
+        ));
+        let meta = std::collections::HashMap::from([("dlfs-int8".to_string(), json.to_string())]);
+        let out = safetensors::serialize(views, &Some(meta)).unwrap();
+        match QuantizedNetwork::from_bytes(&out) {
+            Err(InferError::Format(m)) => m,
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    };
+    use safetensors::Dtype::{F32, I32, I8};
+    let m = with("0.weight", F32, vec![16, 1, 3, 3], vec![0; 16 * 9 * 4], &json);
+    assert!(m.contains("`0.weight` is F32, expected I8"), "{m}");
+    let m = with("0.weight", I8, vec![16, 9], vec![0; 16 * 9], &json);
+    assert!(m.contains("step 0: weight of shape [16, 9]"), "{m}");
+    let m = with("0.weight_scale", F32, vec![15], vec![0; 15 * 4], &json);
+    assert!(m.contains("scales [15] and bias [16] for 16 outputs"), "{m}");
+    let m = with("0.bias", I32, vec![17], vec![0; 17 * 4], &json);
+    assert!(m.contains("scales [16] and bias [17]"), "{m}");
+    let m = with("0.weight_scale", F32, vec![16], vec![0; 16 * 4], &json);
+    assert!(m.contains("weight scales"), "{m}");
+    let bad_pool = json.replacen("\"size\":[2,2]", "\"size\":[2,0]", 1);
+    let m = with("0.bias", I32, vec![16], vec![0; 16 * 4], &bad_pool);
+    assert!(m.contains("pooling [2, 0]"), "{m}");
+    // the affine layers' weights are (out, in)
+    let last = json.matches("\"op\"").count() - 1;
+    let m = with(&format!("{last}.weight"), I8, vec![10, 50, 1, 1], vec![0; 500], &json);
+    assert!(m.contains("weight of shape [10, 50, 1, 1]"), "{m}");
+    // a file that ends with a pooling step
+    let pooled_end = json.replacen(
+        "]}",
+        ",{\"op\":\"max_pooling\",\"size\":[2,2],\"stride\":2,\"pad\":0}]}",
+        1,
+    );
+    let m = with(
+        "0.bias",
+        I32,
+        vec![16],
+        vec![0; 16 * 4],
+        &pooled_end.replace("\"output\":null", "\"output\":{\"scale\":1.0,\"zero_point\":0}"),
+    );
+    assert!(m.contains("must end with"), "{m}");
+}
