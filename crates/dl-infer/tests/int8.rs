@@ -385,11 +385,11 @@ fn ops_whose_parts_do_not_fit_are_refused() {
         .unwrap_err();
         assert!(err.to_string().contains("multiplier"), "{k}: {err}");
     }
-    for (ph, stride, pad) in [(2, 2, 2), (2, 0, 0)] {
+    for (ph, pw, stride, pad) in [(2, 4, 2, 2), (4, 2, 2, 2), (2, 2, 0, 0)] {
         let pool = Op::Pooling {
             kind: PoolKind::Max,
             ph,
-            pw: 2,
+            pw,
             stride,
             pad,
         };
@@ -397,7 +397,7 @@ fn ops_whose_parts_do_not_fit_are_refused() {
             .unwrap_err();
         assert!(
             err.to_string()
-                .contains(&format!("pooling {ph}x2 stride {stride} pad {pad}")),
+                .contains(&format!("pooling {ph}x{pw} stride {stride} pad {pad}")),
             "{err}"
         );
     }
@@ -452,6 +452,12 @@ fn files_whose_parts_do_not_fit_are_refused() {
     let bad_pool = json.replacen("\"size\":[2,2]", "\"size\":[2,0]", 1);
     let m = with("0.bias", I32, vec![16], vec![0; 16 * 4], &bad_pool);
     assert!(m.contains("pooling [2, 0]"), "{m}");
+    let bad_pool = json.replacen("\"size\":[2,2]", "\"size\":[0,2]", 1);
+    let m = with("0.bias", I32, vec![16], vec![0; 16 * 4], &bad_pool);
+    assert!(m.contains("pooling [0, 2]"), "{m}");
+    let bad_pool = json.replacen("\"stride\":2,\"pad\":0", "\"stride\":0,\"pad\":0", 1);
+    let m = with("0.bias", I32, vec![16], vec![0; 16 * 4], &bad_pool);
+    assert!(m.contains("stride 0"), "{m}");
     // the affine layers' weights are (out, in)
     let last = json.matches("\"op\"").count() - 1;
     let m = with(&format!("{last}.weight"), I8, vec![10, 50, 1, 1], vec![0; 500], &json);
