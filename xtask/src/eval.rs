@@ -424,12 +424,7 @@ pub struct QuantizeArgs {
 /// `cargo xtask quantize`: post-training int8 quantization of a parameter file.
 pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     let params = a.params.unwrap_or_else(crate::shipped_params);
-    if a.out.exists() && !a.overwrite {
-        return Err(CliError::Other(format!(
-            "{} exists: pass --overwrite to replace it",
-            a.out.display()
-        )));
-    }
+    crate::refuse_to_replace(&a.out, a.overwrite)?;
     let net = dl_models::load(&params)?;
     let x = calibration_images(a.calibrate as usize, a.data.as_deref())?;
     let q = QuantizedNetwork::quantize(net.root(), &x).map_err(infer_error)?;
@@ -554,12 +549,7 @@ pub struct ConvertParamsArgs {
 /// `cargo xtask convert-params`: a parameter file stored at another precision.
 pub fn convert_params(a: ConvertParamsArgs) -> Result<(), CliError> {
     let params = a.params.unwrap_or_else(crate::shipped_params);
-    if a.out.exists() && !a.overwrite {
-        return Err(CliError::Other(format!(
-            "{} exists: pass --overwrite to replace it",
-            a.out.display()
-        )));
-    }
+    crate::refuse_to_replace(&a.out, a.overwrite)?;
     let net = dl_models::load(&params)?;
     net.save_params_as(&a.out, a.precision)?;
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

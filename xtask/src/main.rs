@@ -181,6 +181,18 @@ where
     Ok(cli)
 }
 
+/// An error unless `path` is absent or `overwrite` was passed: no command replaces a
+/// user's file without being asked to.
+pub fn refuse_to_replace(path: &Path, overwrite: bool) -> Result<(), CliError> {
+    if path.exists() && !overwrite {
+        return Err(CliError::Other(format!(
+            "{} exists: pass --overwrite to replace it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = dl_tensor::Isa::from_env() {

@@ -41,13 +41,8 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
     ];
     let targets: Vec<PathBuf> = files.iter().map(|(name, _)| a.out.join(format!("{name}.gz"))).collect();
     let manifest = a.out.join(dl_data::MANIFEST);
-    if !a.overwrite {
-        if let Some(old) = targets.iter().chain([&manifest]).find(|p| p.exists()) {
-            return Err(CliError::Other(format!(
-                "{} exists: pass --overwrite to replace it",
-                old.display()
-            )));
-        }
+    for path in targets.iter().chain([&manifest]) {
+        crate::refuse_to_replace(path, a.overwrite)?;
     }
     std::fs::create_dir_all(&a.out).map_err(|e| io_error(&a.out, e))?;
     let mut sums = String::new();

@@ -17,6 +17,16 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("conv6 dcol WT·dout", 576, 64, 64),
 ];
 
+/// `(name, C, H, FN, pad)`: DeepConvNet's 3x3 stride-1 convolutions.
+const LAYERS: [(&str, usize, usize, usize, usize); 6] = [
+    ("conv1", 1, 28, 16, 1),
+    ("conv2", 16, 28, 16, 1),
+    ("conv3", 16, 14, 32, 1),
+    ("conv4", 32, 14, 32, 2),
+    ("conv5", 32, 8, 64, 1),
+    ("conv6", 64, 8, 64, 1),
+];
+
 fn gemm_backends(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
     for &(name, m, k, n) in SHAPES {
@@ -61,20 +71,14 @@ fn lowering(c: &mut Criterion) {
 /// (`FN` channels in, `C` out).
 fn convolution(c: &mut Criterion) {
     let mut group = c.benchmark_group("convolution");
-    // (name, C, H, FN, pad)
-    let layers = [
-        ("conv1", 1usize, 28usize, 16usize, 1usize),
-        ("conv2", 16, 28, 16, 1),
-        ("conv3", 16, 14, 32, 1),
-        ("conv4", 32, 14, 32, 2),
-        ("conv5", 32, 8, 64, 1),
-        ("conv6", 64, 8, 64, 1),
+    // the input gradients' convolutions (flipped filters, channels swapped)
+    let dx = [
         ("dx2", 16, 28, 16, 1),
         ("dx3", 32, 14, 16, 1),
         ("dx4", 32, 16, 32, 0),
         ("dx5", 64, 8, 32, 1),
     ];
-    for &(name, ch, hw, f, pad) in &layers {
+    for &(name, ch, hw, f, pad) in LAYERS.iter().chain(&dx) {
         let g = ConvGeometry::new(ch, hw, hw, 3, 3, 1, pad).unwrap();
         let x: Vec<f32> = (0..ch * hw * hw).map(|i| (i % 17) as f32 * 0.1).collect();
         let w = Array2::from_shape_fn((f, g.col_rows()), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.1);
@@ -157,15 +161,7 @@ fn convolution(c: &mut Criterion) {
 fn int8_convolution(c: &mut Criterion) {
     use dl_tensor::int8::{Int8Kernel, Int8Scratch, QConv, Requantize};
     let mut group = c.benchmark_group("int8-convolution");
-    let layers = [
-        ("conv1", 1usize, 28usize, 16usize, 1usize),
-        ("conv2", 16, 28, 16, 1),
-        ("conv3", 16, 14, 32, 1),
-        ("conv4", 32, 14, 32, 2),
-        ("conv5", 32, 8, 64, 1),
-        ("conv6", 64, 8, 64, 1),
-    ];
-    for &(name, ch, hw, f, pad) in &layers {
+    for &(name, ch, hw, f, pad) in &LAYERS {
         let g = ConvGeometry::new(ch, hw, hw, 3, 3, 1, pad).unwrap();
         let w: Vec<i8> = (0..f * ch * 9).map(|i| ((i * 7) % 255) as u8 as i8).collect();
         let conv = QConv::new(w, [f, ch, 3, 3], 1, pad, vec![100; f], 0).unwrap();
