@@ -6,8 +6,8 @@ use clap::{Args, ValueEnum};
 use dl_data::{ImageSet, Mnist};
 use dl_models::Network;
 use dl_train::{
-    checkpoint, evaluate, train_ensemble, CheckpointPolicy, EpochRecord, Evaluation, History, IterationInfo, Observer,
-    ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, Unit, Vote,
+    checkpoint, evaluate, train_ensemble, CheckpointPolicy, Communicator, Distributed, EpochRecord, Evaluation,
+    History, IterationInfo, Observer, ReduceOnPlateau, Schedule, TrainError, Trainer, TrainerConfig, Unit, Vote,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -248,6 +248,45 @@ pub struct TrainArgs {
     ])]
     #[serde(skip)]
     resume: Option<PathBuf>,
+    /// Compute each mini-batch's gradient in N consecutive slices and add them up
+    /// (gradient accumulation). One process with N gives, bit for bit, the parameters
+    /// N ranks of --distributed give.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[serde(default = "one")]
+    micro_batches: usize,
+    /// Train as one rank of an MPI job, every rank a slice of each mini-batch (start it
+    /// with `mpirun -np N target/release/xtask train --distributed ...`; needs a build
+    /// with `--features mpi`). Rank 0 alone evaluates, prints and writes files.
+    #[arg(long, conflicts_with_all = ["resume", "ensemble", "time_to"])]
+    #[serde(skip)]
+    pub distributed: bool,
+    /// How the ranks add their gradients: ordered (in rank order: the same bits on any
+    /// MPI, as one process with --micro-batches N) or native (MPI_Allreduce).
+    #[arg(long, value_enum, default_value = "ordered", requires = "distributed")]
+    #[serde(skip, default = "ordered")]
+    pub reduction: ReductionArg,
+}
+
+/// `--reduction`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionArg {
+    /// Gather, then add in rank order.
+    Ordered,
+    /// MPI_Allreduce.
+    Native,
+}
+
+fn ordered() -> ReductionArg {
+    ReductionArg::Ordered
+}
+
+impl From<ReductionArg> for dl_mpi::Reduction {
+    fn from(r: ReductionArg) -> Self {
+        match r {
+            ReductionArg::Ordered => dl_mpi::Reduction::Ordered,
+            ReductionArg::Native => dl_mpi::Reduction::Native,
+        }
+    }
 }
 
 fn one() -> usize {
@@ -706,6 +745,7 @@ fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
         early_stop_patience: a.early_stop,
         augment: a.augment.then(|| dl_data::Pipeline::mnist(false, a.seed)),
         lr_groups,
+        micro_batches: a.micro_batches,
     })
 }
 
@@ -778,6 +818,9 @@ pub fn run(a: TrainArgs) -> Result<(), CliError> {
 
 /// [`run`], returning the final test figure of a single run.
 pub fn run_scored(a: TrainArgs) -> Result<Option<Evaluation>, CliError> {
+    if a.distributed {
+        return run_distributed(a);
+    }
     match a.resume.clone() {
         Some(dir) => resume(&dir),
         None => {
@@ -787,7 +830,53 @@ pub fn run_scored(a: TrainArgs) -> Result<Option<Evaluation>, CliError> {
                 "runs/train"
             };
             let out = new_run_folder(a.out.as_deref(), a.overwrite, Path::new(base))?;
-            start(a, out, None)
+            start(a, out, None, None)
+        }
+    }
+}
+
+/// `train --distributed`: one rank of an MPI job. Rank 0 picks the run's folder, prints
+/// and writes; the other ranks print nothing. A rank that fails ends the whole job
+/// (`MPI_Abort`) with its message, so that no rank waits for it for ever.
+fn run_distributed(a: TrainArgs) -> Result<Option<Evaluation>, CliError> {
+    let mpi = dl_mpi::Mpi::init()
+        .map_err(|e| CliError::Other(format!("--distributed: {e}")))?
+        .with_reduction(a.reduction.into());
+    let (rank, size) = (Communicator::rank(&mpi), Communicator::size(&mpi));
+    if rank != 0 {
+        silence_stdout();
+    }
+    let result = (|| {
+        let out = if rank == 0 {
+            let base = if a.from.is_some() {
+                "runs/finetune"
+            } else {
+                "runs/train"
+            };
+            new_run_folder(a.out.as_deref(), a.overwrite, Path::new(base))?
+        } else {
+            PathBuf::new()
+        };
+        start(a, out, None, Some(&mpi))
+    })();
+    match result {
+        Err(e) if size > 1 => {
+            eprintln!("rank {rank} of {size}: error: {e}");
+            mpi.abort(1)
+        }
+        r => r,
+    }
+}
+
+/// Sends this process's stdout to /dev/null (the ranks other than 0).
+fn silence_stdout() {
+    #[cfg(feature = "mpi")]
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 replaces stdout with /dev/null; both descriptors are
+        // open, and Rust's stdout writes to fd 1 whatever file it names.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
         }
     }
 }
@@ -854,7 +943,7 @@ fn resume(dir: &Path) -> Result<Option<Evaluation>, CliError> {
         ckpt.trainer.epoch,
         ckpt.trainer.config.epochs
     );
-    start(a, dir.to_path_buf(), Some(ckpt))
+    start(a, dir.to_path_buf(), Some(ckpt), None)
 }
 
 /// Trains as `a` says into `out`; the final test figure of a single run (`None` for an
@@ -863,7 +952,9 @@ fn start(
     mut a: TrainArgs,
     out: PathBuf,
     resume_from: Option<dl_train::Checkpoint>,
+    dist: Option<&dyn Communicator>,
 ) -> Result<Option<Evaluation>, CliError> {
+    let root = dist.is_none_or(|c| c.rank() == 0);
     a.out = Some(out.clone());
     if a.checkpoint_every == 0 {
         return Err(CliError::Other("--checkpoint-every must be at least 1".into()));
@@ -873,6 +964,9 @@ fn start(
     }
     if a.parallel == 0 {
         return Err(CliError::Other("--parallel must be at least 1".into()));
+    }
+    if a.micro_batches == 0 {
+        return Err(CliError::Other("--micro-batches must be at least 1".into()));
     }
     if a.ensemble.is_none() && a.parallel > 1 {
         return Err(CliError::Other("--parallel applies to --ensemble runs only".into()));
@@ -959,8 +1053,12 @@ fn start(
         )));
     }
     let threads = rayon::current_num_threads();
+    let ranks = match dist {
+        Some(c) => format!("{} ranks x ", c.size()),
+        None => String::new(),
+    };
     println!(
-        "{} ({} parameters), {} epoch{}, batch {}, {} lr {}{}, seed {}, {} {}",
+        "{} ({} parameters), {} epoch{}, batch {}, {} lr {}{}, seed {}, {ranks}{} {}",
         probe.kind(),
         probe.param_count(),
         config.epochs,
@@ -977,8 +1075,10 @@ fn start(
         threads,
         threads_word(threads)
     );
-    std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
-    if resume_from.is_none() {
+    if root {
+        std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    }
+    if resume_from.is_none() && root {
         // a run that replaces another (--overwrite) starts without the old checkpoints
         let old = out.join(CHECKPOINT_DIR);
         if old.exists() {
@@ -987,7 +1087,7 @@ fn start(
         write_json(&out.join(RUN_FILE), &a)?;
     }
     match a.ensemble {
-        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from).map(Some),
+        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from, dist).map(Some),
         Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config).map(Some),
     }
 }
@@ -1000,7 +1100,9 @@ fn train_one(
     validation: Option<&ImageSet>,
     config: TrainerConfig,
     resume_from: Option<dl_train::Checkpoint>,
+    dist: Option<&dyn Communicator>,
 ) -> Result<Evaluation, CliError> {
+    let root = dist.is_none_or(|c| c.rank() == 0);
     let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
     let eval_set = validation.unwrap_or(&mnist.test);
     let dir = out.join(CHECKPOINT_DIR);
@@ -1022,6 +1124,9 @@ fn train_one(
         keep_best: true,
     };
     let mut trainer = Trainer::new(&mut net, &mnist.train, eval_set, config)?.with_checkpoints(policy)?;
+    if let Some(comm) = dist {
+        trainer = trainer.distributed(Distributed::new(comm));
+    }
     if !a.time_to.is_empty() {
         let iter_per_epoch = dl_data::BatchOrder::new(mnist.train.len(), a.batch_size, a.seed).batches_per_epoch();
         progress.watch = Some(TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?);
@@ -1042,6 +1147,17 @@ fn train_one(
     })?;
     let mut history = history;
     history.evaluated_on = Some(evaluated_on(validation).into());
+    if !root {
+        return Ok(history.test_evaluation);
+    }
+    if let Some(c) = dist {
+        println!(
+            "{} ranks: {:.1} s of {:.1} s training in the gradients' all-reduce on rank 0",
+            c.size(),
+            history.communication_seconds,
+            history.epochs.iter().map(|e| e.train_seconds).sum::<f64>()
+        );
+    }
     let params = out.join("params.safetensors");
     net.save_params(&params)?;
     let hist = out.join("history.json");

@@ -257,9 +257,17 @@ impl Pipeline {
     /// [`Pipeline::apply_batch`] for images of `c` channels `(B, C, H, W)`: every channel
     /// of an image gets the same transformation (the same random draws).
     pub fn apply_batch_chw(&self, x: &mut [f32], c: usize, h: usize, w: usize, batch: u64) {
+        self.apply_slice_chw(x, c, h, w, batch, 0);
+    }
+
+    /// [`Pipeline::apply_batch_chw`] for a slice of a batch whose first image is image
+    /// `first` of the whole batch: every image gets the draws it gets in the whole batch
+    /// (the draws of image `i` depend only on the seed, `batch` and `i`), so that
+    /// data-parallel ranks, each with its slice, transform the batch as one process does.
+    pub fn apply_slice_chw(&self, x: &mut [f32], c: usize, h: usize, w: usize, batch: u64, first: u64) {
         x.par_chunks_mut(c * h * w).enumerate().for_each(|(i, img)| {
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            rng.set_stream(i as u64);
+            rng.set_stream(first + i as u64);
             for plane in img.chunks_exact_mut(h * w) {
                 let mut r = rng.clone();
                 let mut cur = plane.to_vec();
@@ -370,6 +378,25 @@ mod tests {
         p.apply_batch(&mut single, 7, 7, 2);
         close(&x[..49], &single[..49], 1e-6);
         close(&x[3 * 49..4 * 49], &single[49..], 1e-6);
+    }
+
+    #[test]
+    fn a_slice_of_a_batch_gets_the_draws_its_images_get_in_the_whole_batch() {
+        let p = Pipeline::mnist(true, 5);
+        let batch: Vec<f32> = (0..5)
+            .flat_map(|k| digit().into_iter().map(move |v| v + k as f32))
+            .collect();
+        let mut whole = batch.clone();
+        p.apply_batch(&mut whole, 7, 7, 3);
+        for (first, last) in [(0, 2), (2, 5), (4, 5)] {
+            let mut part = batch[first * 49..last * 49].to_vec();
+            p.apply_slice_chw(&mut part, 1, 7, 7, 3, first as u64);
+            assert_eq!(part, whole[first * 49..last * 49], "images {first}..{last}");
+        }
+        // the draws follow the image's place, not its content
+        let mut moved = batch[2 * 49..3 * 49].to_vec();
+        p.apply_slice_chw(&mut moved, 1, 7, 7, 3, 3);
+        assert_ne!(moved, whole[2 * 49..3 * 49]);
     }
 
     #[test]

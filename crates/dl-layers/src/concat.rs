@@ -152,6 +152,10 @@ impl Layer for Concat {
         self.branches.iter_mut().for_each(|b| b.set_iteration(iteration));
     }
 
+    fn set_batch_offset(&mut self, first: u64) {
+        self.branches.iter_mut().for_each(|b| b.set_batch_offset(first));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let shapes = self
             .branches

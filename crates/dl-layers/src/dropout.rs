@@ -15,13 +15,18 @@ use crate::{check_dout, Layer, LayerError, Op, Tensor};
 /// reproducible from its seed. [`Layer::set_iteration`] restarts the generator on the
 /// stream of that iteration (ChaCha's 64-bit stream number), so the masks of an
 /// iteration depend only on `(seed, iteration)`; without it the generator runs on from
-/// call to call.
+/// call to call. Sample `i` of an iteration's mini-batch takes the draws `i * len ..
+/// (i + 1) * len` of that stream (`len` values per sample), so a data-parallel rank
+/// given [`Layer::set_batch_offset`] draws for its slice what one process draws for the
+/// same samples of the whole mini-batch.
 #[derive(Debug, Clone)]
 pub struct Dropout {
     ratio: f32,
     inverted: bool,
     seed: u64,
     rng: ChaCha8Rng,
+    /// The first sample of the next training forward within its mini-batch.
+    batch_offset: u64,
     mask: Vec<bool>,
     shape: Vec<usize>,
 }
@@ -38,6 +43,7 @@ impl Dropout {
             inverted: false,
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            batch_offset: 0,
             mask: Vec::new(),
             shape: Vec::new(),
         }
@@ -79,10 +85,17 @@ impl Layer for Dropout {
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         let mut x = crate::into_standard(x);
+        let samples = x.shape().first().copied().unwrap_or(1).max(1);
         let xs = x.as_slice_mut().expect("standard layout");
         if train {
             let ratio = self.ratio;
             self.mask.clear();
+            let first = std::mem::take(&mut self.batch_offset);
+            if first > 0 {
+                let per_sample = xs.len() / samples;
+                let at = self.rng.get_word_pos() + u128::from(first) * per_sample as u128;
+                self.rng.set_word_pos(at);
+            }
             let rng = &mut self.rng;
             self.mask.extend((0..xs.len()).map(|_| rng.gen::<f32>() > ratio));
             let scale = self.keep_scale();
@@ -110,6 +123,11 @@ impl Layer for Dropout {
     fn set_iteration(&mut self, iteration: u64) {
         self.rng = ChaCha8Rng::seed_from_u64(self.seed);
         self.rng.set_stream(iteration);
+        self.batch_offset = 0;
+    }
+
+    fn set_batch_offset(&mut self, first: u64) {
+        self.batch_offset = first;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

@@ -218,6 +218,13 @@ pub trait Layer: Send + Sync {
     /// it to their children.
     fn set_iteration(&mut self, _iteration: u64) {}
 
+    /// Tells the layer that the next training forward's first sample is sample `first`
+    /// of the iteration's global mini-batch, as when a data-parallel rank computes one
+    /// slice of it: dropout then draws, for every sample, exactly what one process
+    /// computing the whole mini-batch draws for it. It lasts for one forward (the next
+    /// [`Layer::set_iteration`] resets it to 0). Containers pass it to their children.
+    fn set_batch_offset(&mut self, _first: u64) {}
+
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;

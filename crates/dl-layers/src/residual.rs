@@ -205,6 +205,13 @@ impl Layer for Residual {
         }
     }
 
+    fn set_batch_offset(&mut self, first: u64) {
+        self.body.set_batch_offset(first);
+        if let Some(s) = &mut self.shortcut {
+            s.set_batch_offset(first);
+        }
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let y = self.body.output_shape(input)?;
         let s = match &self.shortcut {

@@ -204,6 +204,10 @@ impl Layer for Sequential {
         self.layers.iter_mut().for_each(|l| l.set_iteration(iteration));
     }
 
+    fn set_batch_offset(&mut self, first: u64) {
+        self.layers.iter_mut().for_each(|l| l.set_batch_offset(first));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }

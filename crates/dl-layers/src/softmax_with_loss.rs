@@ -90,10 +90,20 @@ impl SoftmaxWithLoss {
     /// # Panics
     /// If called before `forward`.
     pub fn backward(&mut self) -> Tensor {
+        let n = self.y.as_ref().map_or(1, |y| y.nrows());
+        self.backward_over(n)
+    }
+
+    /// `(y - t) / total`: the gradient of the mean loss over a mini-batch of `total`
+    /// samples of which the last forward saw a slice, as a data-parallel rank computes
+    /// it. The ranks' results then add up to the whole mini-batch's gradient.
+    ///
+    /// # Panics
+    /// If called before `forward`.
+    pub fn backward_over(&mut self, total: usize) -> Tensor {
         let y = self.y.as_ref().expect("SoftmaxWithLoss::backward before forward");
         let t = self.t.as_ref().expect("labels");
-        let n = y.nrows().max(1) as f32;
-        ((y - t) / n).into_dyn()
+        ((y - t) / total.max(1) as f32).into_dyn()
     }
 
     /// The softmax probabilities of the last forward `(N, K)`.

@@ -239,6 +239,57 @@ fn dropout_masks_of_an_iteration_depend_on_the_seed_and_the_iteration_only() {
 }
 
 #[test]
+fn a_slice_of_a_batch_draws_the_masks_its_samples_get_in_the_whole_batch() {
+    let x = Tensor::from_shape_fn(vec![7, 3, 2, 2], |i| 1.0 + i[0] as f32);
+    let mut whole = Dropout::new(0.5, 3);
+    whole.set_iteration(4);
+    let want = whole.forward(x.clone(), true).unwrap();
+    for (first, last) in [(0, 3), (3, 7), (6, 7)] {
+        let part = x.slice(ndarray::s![first..last, .., .., ..]).to_owned().into_dyn();
+        let mut d = Dropout::new(0.5, 3);
+        d.set_iteration(4);
+        // through a container too
+        let mut seq = Sequential::new().with(d);
+        seq.set_iteration(4);
+        seq.set_batch_offset(first as u64);
+        let got = seq.forward(part, true).unwrap();
+        assert_eq!(
+            got,
+            want.slice(ndarray::s![first..last, .., .., ..]).to_owned().into_dyn(),
+            "{first}..{last}"
+        );
+    }
+    // the offset lasts one forward, and a new iteration clears it
+    let mut d = Dropout::new(0.5, 3);
+    d.set_iteration(4);
+    d.set_batch_offset(3);
+    let a = d.forward(x.clone(), true).unwrap();
+    d.set_iteration(4);
+    d.set_batch_offset(3);
+    d.set_iteration(4);
+    assert_eq!(d.forward(x.clone(), true).unwrap(), want);
+    assert_ne!(a, want);
+    // a block passes it on: to a residual's body and shortcut, to a concatenation's branches
+    let part = x.slice(ndarray::s![3..7, .., .., ..]).to_owned().into_dyn();
+    let mut res = Residual::new(
+        Sequential::new().with(Dropout::new(0.5, 3)),
+        Some(Sequential::new().with(Dropout::new(0.5, 3))),
+    );
+    res.set_iteration(4);
+    res.set_batch_offset(3);
+    let slice = want.slice(ndarray::s![3..7, .., .., ..]).to_owned().into_dyn();
+    assert_eq!(res.forward(part.clone(), true).unwrap(), &slice + &slice);
+    let mut cat = Concat::new()
+        .with_branch("a", Sequential::new().with(Dropout::new(0.5, 3)))
+        .with_branch("b", Sequential::new().with(Dropout::new(0.5, 3)));
+    cat.set_iteration(4);
+    cat.set_batch_offset(3);
+    let y = cat.forward(part, true).unwrap();
+    let want_cat = ndarray::concatenate(ndarray::Axis(1), &[slice.view(), slice.view()]).unwrap();
+    assert_eq!(y, want_cat);
+}
+
+#[test]
 fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
     let mut bn = BatchNormalization::new(4, BatchNormMode::PerActivation);
     let x = random_input(&[50, 4], 0.0, 3) * 3.0 + 2.0;

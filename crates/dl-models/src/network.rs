@@ -244,6 +244,40 @@ impl Network {
         Ok(loss)
     }
 
+    /// [`Network::gradient`] for a slice of a mini-batch of `total` samples, as a
+    /// data-parallel rank computes it: the gradients are those of the whole mini-batch's
+    /// mean loss restricted to this slice (divided by `total`, not by the slice's
+    /// length), so the ranks' gradients add up to the whole mini-batch's. Returns the
+    /// slice's own mean loss.
+    pub fn gradient_of_slice(&mut self, x: Tensor, t: Labels<'_>, total: usize) -> Result<f32, ModelError> {
+        let loss = self.loss(x, t)?;
+        let dout = self.last_layer.backward_over(total);
+        self.root.backward(dout);
+        Ok(loss)
+    }
+
+    /// Tells every layer where the next training forward's samples sit in the global
+    /// mini-batch ([`Layer::set_batch_offset`]); call it after
+    /// [`Network::set_iteration`].
+    pub fn set_batch_offset(&mut self, first: u64) {
+        self.root.set_batch_offset(first);
+    }
+
+    /// The gradients of the parameters [`Network::params_and_grads`] gives, in its
+    /// order, to be changed in place (summed across data-parallel ranks, say).
+    pub fn trainable_grads_mut(&mut self) -> Vec<&mut Tensor> {
+        let params = self.root.trainable_params_mut().into_iter();
+        params.map(|(_, p)| &mut p.grad).collect()
+    }
+
+    /// Calls `f` on every parameter and buffer (what [`Network::save_params`] saves),
+    /// parameters first, in layer order, to change them in place: to copy them from one
+    /// data-parallel rank to the others, say.
+    pub fn visit_state_mut(&mut self, mut f: impl FnMut(&mut Tensor)) {
+        self.root.params_mut().into_iter().for_each(|(_, p)| f(&mut p.value));
+        self.root.buffers_mut().into_iter().for_each(|(_, b)| f(b));
+    }
+
     /// Class predictions (argmax of the scores) for `x`, in evaluation mode, `batch_size`
     /// images at a time.
     pub fn classify(&mut self, x: &Tensor, batch_size: usize) -> Result<Vec<usize>, ModelError> {

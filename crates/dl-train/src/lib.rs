@@ -12,7 +12,10 @@
 //! on: a [`Trainer`] with a [`CheckpointPolicy`] writes one atomically at the end of
 //! every N epochs (network, optimizer state and [`TrainerState`] in one safetensors
 //! file), and [`Trainer::resume`] continues from one to the same parameters, bit for
-//! bit, as a run that never stopped.
+//! bit, as a run that never stopped. [`distributed`] trains one network on many ranks
+//! at once (synchronous data parallelism: each rank a slice of every mini-batch, the
+//! gradients summed), over threads ([`ThreadGroup`]) or, with the `dl-mpi` crate, over
+//! MPI processes and machines.
 //!
 //! ```no_run
 //! use dl_data::Mnist;
@@ -27,12 +30,14 @@
 //! ```
 
 pub mod checkpoint;
+pub mod distributed;
 pub mod ensemble;
 mod evaluate;
 pub mod schedule;
 mod trainer;
 
 pub use checkpoint::{Checkpoint, TrainerState};
+pub use distributed::{Communicator, Distributed, ThreadGroup};
 pub use ensemble::{train_ensemble, Ensemble, EnsembleError, EnsembleEvaluation, EnsembleRun, Manifest, Vote};
 pub use evaluate::{evaluate, Evaluation};
 pub use schedule::{ReduceOnPlateau, Schedule, Unit};

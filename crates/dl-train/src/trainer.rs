@@ -9,6 +9,7 @@ use dl_optim::{LrGroups, OptimError, Optimizer};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
+use crate::distributed::{self, Distributed};
 use crate::{evaluate, Evaluation, ReduceOnPlateau, Schedule, Unit};
 
 /// What can stop training.
@@ -47,6 +48,15 @@ pub enum TrainError {
         loss: f32,
         /// 1-based iteration.
         iteration: usize,
+    },
+    /// Data-parallel ranks whose parameters no longer agree (a rank computed something
+    /// the others did not).
+    #[error("the ranks' parameters differ after iteration {iteration} (checksums {checksums:x?})")]
+    ReplicasDiverged {
+        /// 1-based iteration.
+        iteration: usize,
+        /// Every rank's checksum, in rank order.
+        checksums: Vec<u64>,
     },
 }
 
@@ -91,6 +101,14 @@ pub struct TrainerConfig {
     /// pretrained backbone at a fraction of the new head's rate).
     #[serde(default)]
     pub lr_groups: LrGroups,
+    /// Computes each mini-batch's gradient in this many consecutive slices, one after
+    /// the other, and adds them up (gradient accumulation: the memory of a smaller
+    /// batch). On `R` data-parallel ranks the mini-batch is cut into `R x micro_batches`
+    /// slices, each rank taking `micro_batches` consecutive ones; the sum runs in slice
+    /// order, so a run on `R` ranks with 1 and one process with `R` gives the same
+    /// parameters, bit for bit.
+    #[serde(default = "one")]
+    pub micro_batches: usize,
 }
 
 fn default_unit() -> Unit {
@@ -116,6 +134,7 @@ impl Default for TrainerConfig {
             early_stop_patience: None,
             augment: None,
             lr_groups: LrGroups::new(),
+            micro_batches: 1,
         }
     }
 }
@@ -161,6 +180,16 @@ pub struct History {
     /// set"; `cargo xtask train` fills it in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluated_on: Option<String>,
+    /// Data-parallel ranks that shared the run (1: one process).
+    #[serde(default = "one")]
+    pub ranks: usize,
+    /// Seconds this rank spent in the gradients' all-reduce (0 in one process).
+    #[serde(default)]
+    pub communication_seconds: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Progress of one iteration, for an [`Observer`].
@@ -237,6 +266,7 @@ pub struct Trainer<'a> {
     optimizer: Box<dyn Optimizer>,
     checkpoints: Option<CheckpointPolicy>,
     resumed: Option<TrainerState>,
+    dist: Option<Distributed<'a>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -249,6 +279,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self, TrainError> {
         if config.mini_batch_size == 0 {
             return Err(TrainError::Config("mini-batch size must be at least 1".into()));
+        }
+        if config.micro_batches == 0 {
+            return Err(TrainError::Config("micro-batches must be at least 1".into()));
         }
         if config.early_stop_patience == Some(0) {
             return Err(TrainError::Config(
@@ -268,6 +301,7 @@ impl<'a> Trainer<'a> {
             optimizer,
             checkpoints: None,
             resumed: None,
+            dist: None,
         })
     }
 
@@ -322,6 +356,15 @@ impl<'a> Trainer<'a> {
         Ok(self)
     }
 
+    /// Trains as one rank of a data-parallel group ([`crate::distributed`]): every
+    /// rank calls it with the same network, data and settings, and each computes its
+    /// slice of every mini-batch. Rank 0 alone evaluates, prints and writes checkpoints;
+    /// the others get its figures. [`Observer::evaluate_now`] is not asked.
+    pub fn distributed(mut self, dist: Distributed<'a>) -> Self {
+        self.dist = Some(dist);
+        self
+    }
+
     /// Replaces the optimizer built from the configuration (for settings beyond the
     /// learning rate).
     pub fn with_optimizer(mut self, optimizer: Box<dyn Optimizer>) -> Self {
@@ -342,6 +385,14 @@ impl<'a> Trainer<'a> {
         dl_tensor::flush_denormals_to_zero();
 
         let cfg = self.config.clone();
+        let dist = self.dist;
+        let (rank, ranks) = dist.map_or((0, 1), |d| (d.comm.rank(), d.comm.size()));
+        let root = rank == 0;
+        if let Some(d) = dist {
+            distributed::broadcast_network(d.comm, self.network);
+        }
+        let mut communication_seconds = 0.0f64;
+        let mut flat: Vec<f32> = Vec::new();
         let order = BatchOrder::new(self.train.len(), cfg.mini_batch_size, cfg.seed);
         let iter_per_epoch = order.batches_per_epoch();
         let max_iter = iter_per_epoch * cfg.epochs;
@@ -380,19 +431,82 @@ impl<'a> Trainer<'a> {
                 self.optimizer.set_learning_rate(lr);
                 state.iteration += 1;
                 let iteration = state.iteration;
-                self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
-                if let Some(p) = &cfg.augment {
-                    let t = &self.train;
-                    p.apply_batch_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64);
-                }
-                let x = Tensor::from_shape_vec(self.train.batch_shape(idx.len()), std::mem::take(&mut xbuf))
-                    .expect("batch shape");
-                self.network.set_iteration(iteration as u64);
-                let loss = self.network.gradient(x, Labels::Indices(&tbuf))?;
+                let loss = if dist.is_none() && cfg.micro_batches == 1 {
+                    self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
+                    if let Some(p) = &cfg.augment {
+                        let t = &self.train;
+                        p.apply_batch_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64);
+                    }
+                    let x = Tensor::from_shape_vec(self.train.batch_shape(idx.len()), std::mem::take(&mut xbuf))
+                        .expect("batch shape");
+                    self.network.set_iteration(iteration as u64);
+                    self.network.gradient(x, Labels::Indices(&tbuf))?
+                } else {
+                    // this rank's slices, their gradients added up in slice order, the
+                    // summed loss riding along at the end of the buffer
+                    let micro = cfg.micro_batches;
+                    let mut loss_sum = 0.0f32;
+                    for m in 0..micro {
+                        let slice = distributed::share(idx.len(), rank * micro + m, ranks * micro);
+                        let mine = &idx[slice.clone()];
+                        let local = if mine.is_empty() {
+                            self.network.trainable_grads_mut().into_iter().for_each(|g| g.fill(0.0));
+                            0.0
+                        } else {
+                            self.train.fill_batch(mine, &mut xbuf, &mut tbuf);
+                            let first = slice.start as u64;
+                            if let Some(p) = &cfg.augment {
+                                let t = &self.train;
+                                p.apply_slice_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64, first);
+                            }
+                            let shape = self.train.batch_shape(mine.len());
+                            let x = Tensor::from_shape_vec(shape, std::mem::take(&mut xbuf)).expect("batch shape");
+                            self.network.set_iteration(iteration as u64);
+                            self.network.set_batch_offset(first);
+                            self.network.gradient_of_slice(x, Labels::Indices(&tbuf), idx.len())?
+                        };
+                        loss_sum += local * mine.len() as f32;
+                        if m == 0 {
+                            flat.clear();
+                            self.network
+                                .trainable_grads_mut()
+                                .into_iter()
+                                .for_each(|g| flat.extend(g.iter()));
+                        } else {
+                            let mut at = 0;
+                            for g in self.network.trainable_grads_mut() {
+                                flat[at..at + g.len()]
+                                    .iter_mut()
+                                    .zip(g.iter())
+                                    .for_each(|(a, g)| *a += g);
+                                at += g.len();
+                            }
+                        }
+                    }
+                    flat.push(loss_sum);
+                    if let Some(d) = dist {
+                        let t0 = Instant::now();
+                        d.comm.all_reduce_sum(&mut flat);
+                        communication_seconds += t0.elapsed().as_secs_f64();
+                    }
+                    let mut at = 0;
+                    for g in self.network.trainable_grads_mut() {
+                        let n = g.len();
+                        g.iter_mut().zip(&flat[at..at + n]).for_each(|(g, v)| *g = *v);
+                        at += n;
+                    }
+                    flat[at] / idx.len() as f32
+                };
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged { loss, iteration });
                 }
                 self.optimizer.update(&mut self.network.params_and_grads());
+                if let Some(d) = dist.filter(|d| d.check_every > 0 && iteration.is_multiple_of(d.check_every)) {
+                    let checksums = d.comm.all_gather_u64(distributed::checksum(self.network));
+                    if checksums.iter().any(|&c| c != checksums[0]) {
+                        return Err(TrainError::ReplicasDiverged { iteration, checksums });
+                    }
+                }
                 state.train_loss_list.push(loss);
                 loss_sum += f64::from(loss);
                 batches += 1;
@@ -408,7 +522,7 @@ impl<'a> Trainer<'a> {
                     train_seconds,
                 };
                 observer.on_iteration(&info);
-                if observer.evaluate_now(&info) {
+                if dist.is_none() && observer.evaluate_now(&info) {
                     let eval_start = Instant::now();
                     let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
                     let seconds = eval_start.elapsed().as_secs_f64();
@@ -418,8 +532,15 @@ impl<'a> Trainer<'a> {
                 }
             }
             let n = cfg.evaluate_sample_num_per_epoch;
-            let train_acc = evaluate(self.network, self.train, n, cfg.mini_batch_size)?.accuracy();
-            let test_acc = evaluate(self.network, self.test, n, cfg.mini_batch_size)?.accuracy();
+            let mut accs = [0.0f64; 2];
+            if root {
+                accs[0] = evaluate(self.network, self.train, n, cfg.mini_batch_size)?.accuracy();
+                accs[1] = evaluate(self.network, self.test, n, cfg.mini_batch_size)?.accuracy();
+            }
+            if let Some(d) = dist {
+                d.comm.broadcast_f64(&mut accs, 0);
+            }
+            let [train_acc, test_acc] = accs;
             let record = EpochRecord {
                 epoch,
                 train_loss: (loss_sum / batches.max(1) as f64) as f32,
@@ -437,7 +558,7 @@ impl<'a> Trainer<'a> {
             if improved {
                 state.best = Some((test_acc, epoch));
             }
-            if cfg.verbose {
+            if cfg.verbose && root {
                 println!("=== epoch:{epoch}, train acc:{train_acc:.4}, test acc:{test_acc:.4} ===");
             }
             observer.on_epoch(&record);
@@ -447,7 +568,7 @@ impl<'a> Trainer<'a> {
             let stop = cfg
                 .early_stop_patience
                 .is_some_and(|p| state.best.is_some_and(|(_, at)| epoch - at >= p));
-            if let Some(policy) = &self.checkpoints {
+            if let Some(policy) = self.checkpoints.as_ref().filter(|_| root) {
                 if improved && policy.keep_best {
                     let best = policy.dir.join(BEST_FILE);
                     std::fs::create_dir_all(&policy.dir).map_err(|source| TrainError::Io {
@@ -473,11 +594,24 @@ impl<'a> Trainer<'a> {
             total_seconds: 0.0,
             threads: rayon::current_num_threads(),
             evaluated_on: None,
+            ranks,
+            communication_seconds,
         };
         observer.on_final_evaluation(None);
-        let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
+        let mut counts = [0.0f64; 2];
+        if root {
+            let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
+            counts = [eval.correct as f64, eval.total as f64];
+        }
+        if let Some(d) = dist {
+            d.comm.broadcast_f64(&mut counts, 0);
+        }
+        let eval = Evaluation {
+            correct: counts[0] as usize,
+            total: counts[1] as usize,
+        };
         observer.on_final_evaluation(Some(&eval));
-        if cfg.verbose {
+        if cfg.verbose && root {
             println!("=============== Final Test Accuracy ===============");
             println!("test acc:{:.4}", eval.accuracy());
         }
