@@ -88,6 +88,27 @@ pub struct BenchArgs {
     /// With --time-to-accuracy: test-set checks per epoch.
     #[arg(long, default_value_t = 2, requires = "time_to_accuracy")]
     checks_per_epoch: usize,
+    /// Measure data-parallel training over MPI instead (a build with `--features mpi`):
+    /// one process with --threads threads against --ranks processes sharing them, the
+    /// same global batch, alternating in fresh processes: images per second, the
+    /// all-reduce time per step and its share of the step.
+    #[arg(long, conflicts_with_all = ["serve", "time_to_accuracy", "precision"])]
+    distributed: bool,
+    /// With --distributed: the numbers of ranks to measure beside one process.
+    #[arg(long, value_delimiter = ',', default_values_t = [2], requires = "distributed")]
+    ranks: Vec<usize>,
+    /// With --distributed: the threads in all (default: the machine's logical CPUs).
+    #[arg(long, requires = "distributed")]
+    threads: Option<usize>,
+    /// With --distributed: the global mini-batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// With --distributed: how the ranks add their gradients.
+    #[arg(long, value_enum, default_value = "ordered")]
+    reduction: crate::train::ReductionArg,
+    /// One measurement of --distributed (what the parent runs).
+    #[arg(long, hide = true)]
+    distributed_child: bool,
 }
 
 /// What `bench --time-to-accuracy` measured.
@@ -286,6 +307,26 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     if a.time_to_accuracy {
         return run_time_to(&a);
+    }
+    if a.distributed_child || a.distributed {
+        let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+        if a.distributed_child {
+            return crate::bench_distributed::child(&data, a.batch, a.warmup, a.iters, a.reduction.into());
+        }
+        let threads = a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        return crate::bench_distributed::run(&crate::bench_distributed::Plan {
+            ranks: &a.ranks,
+            threads,
+            batch: a.batch,
+            warmup: a.warmup,
+            steps: a.iters,
+            windows: a.windows,
+            reduction: a.reduction,
+            data,
+            json: a.json.as_deref(),
+        });
     }
     if !a.precision.is_empty() {
         let params = a.params.clone().unwrap_or_else(crate::shipped_params);

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the command line of dlfs. `cargo xtask --help` lists the commands.
 
 mod bench;
+mod bench_distributed;
 mod bench_precision;
 mod download;
 mod ensemble;

@@ -1087,7 +1087,16 @@ fn start(
         write_json(&out.join(RUN_FILE), &a)?;
     }
     match a.ensemble {
-        None => train_one(&a, &out, probe, &mnist, validation.as_ref(), config, resume_from, dist).map(Some),
+        None => train_one(
+            &a,
+            &out,
+            probe,
+            &mnist,
+            validation.as_ref(),
+            config,
+            (resume_from, dist),
+        )
+        .map(Some),
         Some(k) => train_many(&a, &out, k, &mnist, validation.as_ref(), config).map(Some),
     }
 }
@@ -1099,8 +1108,7 @@ fn train_one(
     mnist: &Mnist,
     validation: Option<&ImageSet>,
     config: TrainerConfig,
-    resume_from: Option<dl_train::Checkpoint>,
-    dist: Option<&dyn Communicator>,
+    (resume_from, dist): (Option<dl_train::Checkpoint>, Option<&dyn Communicator>),
 ) -> Result<Evaluation, CliError> {
     let root = dist.is_none_or(|c| c.rank() == 0);
     let mut progress = Progress::new(String::new(), false, if validation.is_some() { "val" } else { "test" });
