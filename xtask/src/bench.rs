@@ -89,7 +89,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2, requires = "time_to_accuracy")]
     checks_per_epoch: usize,
     /// Measure data-parallel training over MPI instead (a build with `--features mpi`):
-    /// one process with --threads threads against --ranks processes sharing them, the
+    /// one process with all the threads (--threads) against --ranks processes sharing
+    /// them, the
     /// same global batch, alternating in fresh processes: images per second, the
     /// all-reduce time per step and its share of the step.
     #[arg(long, conflicts_with_all = ["serve", "time_to_accuracy", "precision"])]
@@ -97,9 +98,6 @@ pub struct BenchArgs {
     /// With --distributed: the numbers of ranks to measure beside one process.
     #[arg(long, value_delimiter = ',', default_values_t = [2], requires = "distributed")]
     ranks: Vec<usize>,
-    /// With --distributed: the threads in all (default: the machine's logical CPUs).
-    #[arg(long, requires = "distributed")]
-    threads: Option<usize>,
     /// With --distributed: the global mini-batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -313,9 +311,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         if a.distributed_child {
             return crate::bench_distributed::child(&data, a.batch, a.warmup, a.iters, a.reduction.into());
         }
-        let threads = a
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // the threads in all: --threads, else RAYON_NUM_THREADS, else every core
+        let threads = rayon::current_num_threads();
         return crate::bench_distributed::run(&crate::bench_distributed::Plan {
             ranks: &a.ranks,
             threads,
