@@ -3,7 +3,7 @@
 //! gives.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn data() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +51,7 @@ fn a_build_without_mpi_says_how_to_get_it() {
 }
 
 #[cfg(feature = "mpi")]
-fn mpirun(np: usize, args: &[&str], out: &Path) -> Output {
+fn mpirun(np: usize, args: &[&str], out: &Path) -> std::process::Output {
     Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string()])
         .args(["-x", "RAYON_NUM_THREADS=1"])
