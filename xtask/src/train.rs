@@ -244,7 +244,7 @@ pub struct TrainArgs {
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
-        "overwrite", "checkpoint_every", "keep_checkpoints",
+        "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision",
     ])]
     #[serde(skip)]
     resume: Option<PathBuf>,
@@ -265,6 +265,22 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "ordered", requires = "distributed")]
     #[serde(skip, default = "ordered")]
     pub reduction: ReductionArg,
+    /// The products of convolutions and affine layers: f32, or bf16 (operands rounded to
+    /// bfloat16, products summed in f32, master weights, gradients and optimizer in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    #[serde(default)]
+    precision: TrainPrecision,
+}
+
+/// `train --precision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// 32-bit floats throughout.
+    #[default]
+    F32,
+    /// bfloat16 products, f32 master weights.
+    Bf16,
 }
 
 /// `--reduction`.
@@ -380,6 +396,7 @@ impl TrainArgs {
             net.set_trainable(path, false)
                 .map_err(|e| CliError::Other(format!("--freeze {path}: {e}")))?;
         }
+        net.set_bf16_products(self.precision == TrainPrecision::Bf16);
         Ok((net, report))
     }
 
@@ -407,6 +424,7 @@ impl TrainArgs {
         );
         diff("lr-decay", value_name(self.lr_decay), value_name(base.lr_decay));
         diff("seed", self.seed.to_string(), base.seed.to_string());
+        diff("precision", value_name(self.precision), value_name(base.precision));
         if self.augment {
             out.push("--augment".into());
         }
@@ -1075,6 +1093,9 @@ fn start(
         threads,
         threads_word(threads)
     );
+    if a.precision == TrainPrecision::Bf16 {
+        println!("products in bf16: operands rounded to bfloat16, summed in f32; master weights in f32");
+    }
     if root {
         std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
     }

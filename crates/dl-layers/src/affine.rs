@@ -1,3 +1,4 @@
+use dl_tensor::lowp::round_bf16_slice;
 use dl_tensor::{gemm, Tensor};
 use ndarray::{Array2, Axis, Ix2};
 
@@ -20,6 +21,10 @@ pub struct Affine {
     input_gradient: bool,
     /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
     trainable: bool,
+    /// Products of bf16-rounded operands ([`Layer::set_bf16_products`]).
+    bf16: bool,
+    /// The weights rounded to bf16 by the last training forward, for `backward`.
+    w_bf16: Option<Array2<f32>>,
 }
 
 impl Affine {
@@ -50,6 +55,8 @@ impl Affine {
             original_shape: Vec::new(),
             input_gradient: true,
             trainable: true,
+            bf16: false,
+            w_bf16: None,
         }
     }
 
@@ -68,11 +75,18 @@ impl Layer for Affine {
         let (d, m) = self.dims();
         let n = out_shape[0];
         let shape = x.shape().to_vec();
-        let x2 = x
+        let mut x2 = x
             .into_shape_with_order((n, d))
             .map_err(|_| LayerError::shape("Affine", format!("(N, {d})"), &shape))?
             .into_owned();
         let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
+        let rounded = self.bf16.then(|| {
+            x2.iter_mut().for_each(|v| *v = dl_tensor::lowp::round_bf16(*v));
+            let mut w = w.as_standard_layout().into_owned();
+            round_bf16_slice(w.as_slice_mut().expect("standard layout"));
+            w
+        });
+        let w = rounded.as_ref().map_or(w, |r| r.view());
         let mut out = Array2::<f32>::zeros((n, m));
         out += &self
             .b
@@ -84,6 +98,7 @@ impl Layer for Affine {
         if train {
             self.x = Some(x2);
             self.original_shape = shape;
+            self.w_bf16 = rounded;
         }
         Ok(out.into_dyn())
     }
@@ -92,8 +107,12 @@ impl Layer for Affine {
         let x = self.x.as_ref().expect("Affine::backward before a training forward");
         let (d, m) = self.dims();
         check_dout("Affine", &dout, &[x.nrows(), m]);
-        let dout = dout.into_dimensionality::<Ix2>().expect("2-D dout");
+        let mut dout = dout.into_dimensionality::<Ix2>().expect("2-D dout");
+        if self.w_bf16.is_some() {
+            dout.iter_mut().for_each(|v| *v = dl_tensor::lowp::round_bf16(*v));
+        }
         let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
+        let w = self.w_bf16.as_ref().map_or(w, |r| r.view());
         let mut dx = Array2::<f32>::zeros((x.nrows(), d));
         if self.input_gradient {
             gemm(1.0, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
@@ -126,6 +145,10 @@ impl Layer for Affine {
 
     fn is_trainable(&self) -> bool {
         self.trainable
+    }
+
+    fn set_bf16_products(&mut self, on: bool) {
+        self.bf16 = on;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

@@ -156,6 +156,10 @@ impl Layer for Concat {
         self.branches.iter_mut().for_each(|b| b.set_batch_offset(first));
     }
 
+    fn set_bf16_products(&mut self, on: bool) {
+        self.branches.iter_mut().for_each(|b| b.set_bf16_products(on));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let shapes = self
             .branches

@@ -1,3 +1,4 @@
+use dl_tensor::lowp::round_bf16_slice;
 use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, Tensor};
 
 use crate::{check_dout, Init, Layer, LayerError, Op, Param};
@@ -28,6 +29,10 @@ pub struct Convolution {
     input_gradient: bool,
     /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
     trainable: bool,
+    /// Products of bf16-rounded operands ([`Layer::set_bf16_products`]).
+    bf16: bool,
+    /// The filters rounded to bf16 by the last training forward, for `backward`.
+    w_bf16: Option<Vec<f32>>,
 }
 
 impl Convolution {
@@ -75,6 +80,8 @@ impl Convolution {
             cache: None,
             input_gradient: true,
             trainable: true,
+            bf16: false,
+            w_bf16: None,
         }
     }
 
@@ -131,13 +138,21 @@ impl Layer for Convolution {
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         let plan = self.plan(x.shape())?;
         let n = x.shape()[0];
-        let x = crate::into_standard(x);
+        let mut x = crate::into_standard(x);
         let w = self.w.value.as_slice().expect("contiguous W");
+        let rounded = self.bf16.then(|| {
+            round_bf16_slice(x.as_slice_mut().expect("standard layout"));
+            let mut w = w.to_vec();
+            round_bf16_slice(&mut w);
+            w
+        });
+        let w = rounded.as_deref().unwrap_or(w);
         let b = self.b.as_ref().map(|b| b.value.as_slice().expect("contiguous b"));
         let (out, saved) = plan.forward(w, b, x.as_slice().expect("standard layout"));
         if train {
             self.x = Some(x);
             self.cache = Some((plan, saved));
+            self.w_bf16 = rounded;
         }
         let g = &plan.g;
         Ok(Tensor::from_shape_vec(vec![n, plan.filters, g.out_h, g.out_w], out).expect("output shape"))
@@ -152,9 +167,13 @@ impl Layer for Convolution {
         let g = &plan.g;
         let n = x.shape()[0];
         check_dout("Convolution", &dout, &[n, plan.filters, g.out_h, g.out_w]);
-        let dout = dout.as_standard_layout();
+        let mut dout = crate::into_standard(dout);
+        if self.w_bf16.is_some() {
+            round_bf16_slice(dout.as_slice_mut().expect("standard layout"));
+        }
+        let w = self.w.value.as_slice().expect("contiguous W");
         let dx = plan.backward(
-            self.w.value.as_slice().expect("contiguous W"),
+            self.w_bf16.as_deref().unwrap_or(w),
             saved,
             x.as_slice().expect("standard layout"),
             dout.as_slice().expect("standard layout"),
@@ -192,6 +211,10 @@ impl Layer for Convolution {
 
     fn set_conv_algo(&mut self, algo: ConvAlgo) {
         self.algo = algo;
+    }
+
+    fn set_bf16_products(&mut self, on: bool) {
+        self.bf16 = on;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

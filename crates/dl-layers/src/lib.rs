@@ -225,6 +225,16 @@ pub trait Layer: Send + Sync {
     /// [`Layer::set_iteration`] resets it to 0). Containers pass it to their children.
     fn set_batch_offset(&mut self, _first: u64) {}
 
+    /// Computes the layer's products from operands rounded to bfloat16 (`true`) or in
+    /// `f32` (`false`, the default): the weights, the input and, in `backward`, the
+    /// upstream gradient are rounded to bf16 ([`dl_tensor::lowp::round_bf16`]) before
+    /// they are multiplied, and the products are summed in `f32`. This is bf16 training
+    /// with `f32` master weights: the parameters, their gradients and the optimizer stay
+    /// in `f32`, and `backward` is the gradient of the rounded computation (rounding
+    /// passed straight through). Layers without products (activations, pooling, batch
+    /// norm) ignore it; containers pass it to their children.
+    fn set_bf16_products(&mut self, _on: bool) {}
+
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError>;

@@ -212,6 +212,13 @@ impl Layer for Residual {
         }
     }
 
+    fn set_bf16_products(&mut self, on: bool) {
+        self.body.set_bf16_products(on);
+        if let Some(s) = &mut self.shortcut {
+            s.set_bf16_products(on);
+        }
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let y = self.body.output_shape(input)?;
         let s = match &self.shortcut {

@@ -208,6 +208,10 @@ impl Layer for Sequential {
         self.layers.iter_mut().for_each(|l| l.set_batch_offset(first));
     }
 
+    fn set_bf16_products(&mut self, on: bool) {
+        self.layers.iter_mut().for_each(|l| l.set_bf16_products(on));
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }

@@ -256,6 +256,13 @@ impl Network {
         Ok(loss)
     }
 
+    /// Computes every product of the network (convolutions, affine layers) from operands
+    /// rounded to bfloat16, summed in `f32` (`true`), or in `f32` (`false`, the default):
+    /// bf16 training with `f32` master weights ([`Layer::set_bf16_products`]).
+    pub fn set_bf16_products(&mut self, on: bool) {
+        self.root.set_bf16_products(on);
+    }
+
     /// Tells every layer where the next training forward's samples sit in the global
     /// mini-batch ([`Layer::set_batch_offset`]); call it after
     /// [`Network::set_iteration`].

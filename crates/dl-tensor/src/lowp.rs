@@ -106,6 +106,27 @@ impl Storage for bf16 {
     }
 }
 
+/// `v` rounded to the nearest bfloat16 (ties to even; beyond the range, infinity; a NaN
+/// stays a NaN), kept as an `f32`: the value `bf16::from_f32(v).to_f32()`, computed on
+/// the bits. The product of two such values is exact in `f32` (8 significant bits
+/// each), so a sum of products of rounded operands is what a bf16 dot product with an
+/// `f32` accumulator computes (`vdpbf16ps`, up to the order of the additions).
+pub fn round_bf16(v: f32) -> f32 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        return f32::from_bits((b | 0x0040_0000) & 0xFFFF_0000);
+    }
+    f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
+}
+
+/// [`round_bf16`] on every value of `xs`, in place (in parallel on large slices).
+pub fn round_bf16_slice(xs: &mut [f32]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    xs.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = round_bf16(*v)));
+}
+
 /// The number format weights and activations are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -422,6 +443,59 @@ mod tests {
                 assert_eq!(b.to_bits(), h.to_bits(), "{h:?}");
             }
         }
+    }
+
+    /// `round_bf16` is `half`'s rounding to bfloat16 and back, on the edges (ties both
+    /// ways, the largest finite values, infinities, NaNs, subnormals, signed zeros) and
+    /// on a million random bit patterns; the slice version agrees with it.
+    #[test]
+    fn round_bf16_is_halfs_rounding_on_every_kind_of_value() {
+        use rand::{Rng, SeedableRng};
+        let want = |v: f32| bf16::from_f32(v).to_f32();
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1.0 + f32::powi(2.0, -8),                       // tie, to the even 1
+            1.0 + f32::powi(2.0, -7) + f32::powi(2.0, -8),  // tie, to the even 1 + 2^-6
+            1.0 + f32::powi(2.0, -8) + f32::powi(2.0, -20), // just above a tie
+            f32::MAX,
+            -f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x007F_FFFF),
+            f32::from_bits(0x7F7F_7FFF), // the largest value below bf16's halfway to infinity
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        values.extend(
+            (0..1_000_000)
+                .map(|_| f32::from_bits(rng.gen()))
+                .filter(|v| !v.is_nan()),
+        );
+        for &v in &values {
+            assert_eq!(
+                round_bf16(v).to_bits(),
+                want(v).to_bits(),
+                "{v:e} ({:#010x})",
+                v.to_bits()
+            );
+        }
+        assert_eq!(round_bf16(1.0 + f32::powi(2.0, -8)), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 * f32::powi(2.0, -8)), 1.0 + f32::powi(2.0, -6));
+        for nan in [f32::NAN, f32::from_bits(0x7F80_0001), f32::from_bits(0xFF81_2345)] {
+            let r = round_bf16(nan);
+            assert!(r.is_nan() && r.to_bits() & 0xFFFF == 0, "{:#010x}", r.to_bits());
+            assert_eq!(r.is_sign_negative(), nan.is_sign_negative());
+        }
+        let mut slice = values.clone();
+        slice.truncate(200_000);
+        round_bf16_slice(&mut slice);
+        assert!(slice
+            .iter()
+            .zip(&values)
+            .all(|(r, v)| r.to_bits() == round_bf16(*v).to_bits()));
     }
 
     /// Rounding to 16 bits is to nearest, ties to even, and overflows to infinity; the

@@ -162,8 +162,9 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
 }
 
 /// Against one process computing each mini-batch at once, only the rounding of the
-/// sums differs: after 4 steps the parameters agree to 1e-7 (later, max-pool routing
-/// flips make the runs drift apart: docs/PERFORMANCE.md).
+/// sums differs: after 4 steps the parameters agree to 1e-7 (later the runs drift
+/// apart, as inputs near a ReLU's or a max-pool's kink go the other way:
+/// docs/ARCHITECTURE.md).
 #[test]
 fn ranks_and_one_process_computing_whole_batches_differ_only_by_rounding() {
     let (train, test) = sets(200);
