@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Skip the windows that measure the cost of data augmentation.
     #[arg(long)]
     skip_augment: bool,
+    /// Skip the windows that measure training with bf16 products (`train --precision
+    /// bf16`) against f32.
+    #[arg(long)]
+    skip_bf16: bool,
     /// Python interpreter with torch and numpy, for --vs-torch.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -401,6 +405,24 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         extra.insert("train_images_per_sec_plain_paired".into(), p);
         extra.insert("train_images_per_sec_augmented".into(), q);
         extra.insert("augment_epoch_time_increase_pct".into(), (p / q - 1.0) * 100.0);
+    }
+    // Training with bf16 products (operands rounded to bfloat16, summed in f32) against
+    // f32, windows in alternation.
+    if !a.skip_bf16 {
+        let (mut f32s, mut bf16s) = (Vec::new(), Vec::new());
+        for _ in 0..a.windows {
+            f32s.push(window(&mut net, &mut opt, false)?);
+            net.set_bf16_products(true);
+            bf16s.push(window(&mut net, &mut opt, false)?);
+            net.set_bf16_products(false);
+        }
+        let (p, q) = (median(&f32s), median(&bf16s));
+        eprintln!(
+            "train  batch {batch} with bf16 products: {q:.0} img/s vs {p:.0} in f32: {:.2}x (operands rounded, no bf16 kernel)",
+            q / p
+        );
+        extra.insert("train_images_per_sec_f32_paired".into(), p);
+        extra.insert("train_images_per_sec_bf16_paired".into(), q);
     }
 
     // The kernels without lowering (Winograd and the direct kernel) against im2col +

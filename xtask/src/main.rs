@@ -349,6 +349,40 @@ mod tests {
         assert!(eval::parse_eval_precision("i8").unwrap_err().contains("int8"));
     }
 
+    /// The training bench measures bf16 products against f32 in windows of its own and
+    /// writes both rates with the rest of its figures.
+    #[test]
+    fn bench_measures_bf16_training_beside_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("bench.json");
+        let j = json.to_str().unwrap();
+        run_cli(&[
+            "bench",
+            "--windows",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--skip-augment",
+            "--json",
+            j,
+        ])
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        for key in ["train_images_per_sec_f32_paired", "train_images_per_sec_bf16_paired"] {
+            assert!(
+                r["extra"][key].as_f64().is_some_and(|v| v > 0.0),
+                "{key}: {}",
+                r["extra"]
+            );
+        }
+        assert!(
+            r["extra"].get("train_images_per_sec_augmented").is_none(),
+            "--skip-augment"
+        );
+    }
+
     /// `bench --precision int8` measures the int8 network beside the training code's f32
     /// forward and records the CPU and the kernel each ran at.
     #[test]

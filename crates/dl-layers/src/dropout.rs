@@ -90,12 +90,11 @@ impl Layer for Dropout {
         if train {
             let ratio = self.ratio;
             self.mask.clear();
+            // sample `first` of the mini-batch starts `first` samples' draws in
             let first = std::mem::take(&mut self.batch_offset);
-            if first > 0 {
-                let per_sample = xs.len() / samples;
-                let at = self.rng.get_word_pos() + u128::from(first) * per_sample as u128;
-                self.rng.set_word_pos(at);
-            }
+            let per_sample = xs.len() / samples;
+            let at = self.rng.get_word_pos() + u128::from(first) * per_sample as u128;
+            self.rng.set_word_pos(at);
             let rng = &mut self.rng;
             self.mask.extend((0..xs.len()).map(|_| rng.gen::<f32>() > ratio));
             let scale = self.keep_scale();
