@@ -425,5 +425,15 @@ mod tests {
             .unwrap()
             .install(|| run(0));
         assert_eq!(one_thread, x);
+        // the seed and the batch number both count, in every combination: seeds 0 and 1
+        // (which `0 | K == 1 | K` would merge) at batches 0 and 1
+        let with_seed = |seed: u64, b: u64| {
+            let mut x = batch.clone();
+            Pipeline::new(p.steps.clone(), seed).apply_batch(&mut x, 7, 7, b);
+            x
+        };
+        for b in [0, 1] {
+            assert_ne!(with_seed(0, b), with_seed(1, b), "batch {b}");
+        }
     }
 }

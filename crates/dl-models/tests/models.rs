@@ -384,6 +384,91 @@ fn set_iteration_fixes_the_dropout_masks_of_a_training_forward() {
     assert_ne!(ya, b.predict(x, true).unwrap());
 }
 
+/// The book's network (dropout on two layers), a batch of 6 cut into slices of 2 and
+/// 4: each slice told where it starts, the slices' gradients add up to the whole
+/// batch's and their losses to its loss; a slice not told draws other masks.
+#[test]
+fn the_gradients_of_a_batchs_slices_add_up_to_the_whole_batchs() {
+    let x = random_input(&[6, 1, 28, 28], 0.0, 4).mapv(f32::abs);
+    let t = [3, 1, 4, 1, 5, 9];
+    let mut whole = deep(2);
+    whole.set_iteration(5);
+    let loss = whole.gradient(x.clone(), Labels::Indices(&t)).unwrap();
+    let slice_of = |a: usize, b: usize, told: bool| {
+        let mut part = deep(2);
+        part.set_iteration(5);
+        if told {
+            part.set_batch_offset(a as u64);
+        }
+        let xs = x.slice(ndarray::s![a..b, .., .., ..]).to_owned().into_dyn();
+        let l = part.gradient_of_slice(xs, Labels::Indices(&t[a..b]), 6).unwrap();
+        let grads: Vec<Tensor> = part.grads().into_iter().map(|(_, g)| g.clone()).collect();
+        (l, grads)
+    };
+    let sum_of = |told: bool| {
+        let ((la, ga), (lb, gb)) = (slice_of(0, 2, told), slice_of(2, 6, told));
+        let grads: Vec<Tensor> = ga.iter().zip(&gb).map(|(a, b)| a + b).collect();
+        ((la * 2.0 + lb * 4.0) / 6.0, grads)
+    };
+    let (sliced_loss, sliced) = sum_of(true);
+    assert!((sliced_loss - loss).abs() < 1e-5 * loss, "{sliced_loss} vs {loss}");
+    let mut worst = 0.0f32;
+    for ((name, g), s) in whole.grads().iter().zip(&sliced) {
+        let scale = g.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let d = g.iter().zip(s).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(d < 1e-4, "{name}: {d}");
+        worst = worst.max(d);
+    }
+    assert!(worst > 0.0, "summed in slices, the rounding differs somewhere");
+    // without the offset the second slice draws the first samples' dropout masks
+    let (_, untold) = sum_of(false);
+    let off = whole.grads().iter().zip(&untold).any(|((_, g), s)| {
+        let scale = g.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        g.iter().zip(s).any(|(a, b)| (a - b).abs() > 1e-2 * scale)
+    });
+    assert!(off, "set_batch_offset must matter");
+}
+
+/// `trainable_grads_mut` reaches the gradients `params_and_grads` hands an optimizer, in
+/// its order; `visit_state_mut` every parameter, then every buffer, as the file keeps
+/// them.
+#[test]
+fn the_mutable_views_reach_every_gradient_and_every_saved_tensor_in_order() {
+    let cfg = DeepConvNetConfig {
+        use_batchnorm: true,
+        ..DeepConvNetConfig::default()
+    };
+    let mut net = DeepConvNet::new(cfg, 0).into_network();
+    net.set_trainable("0", false).unwrap();
+    let trainable: Vec<String> = net.params_and_grads().into_iter().map(|p| p.name).collect();
+    let grads = net.trainable_grads_mut();
+    assert_eq!(grads.len(), trainable.len());
+    for (i, g) in grads.into_iter().enumerate() {
+        g.fill(i as f32 + 1.0);
+    }
+    let by_name: std::collections::HashMap<String, Tensor> =
+        net.grads().into_iter().map(|(n, g)| (n, g.clone())).collect();
+    for (i, name) in trainable.iter().enumerate() {
+        assert!(by_name[name].iter().all(|&v| v == i as f32 + 1.0), "{name}");
+    }
+    let frozen: Vec<&String> = by_name.keys().filter(|n| !trainable.contains(n)).collect();
+    assert!(!frozen.is_empty());
+    for name in frozen {
+        assert!(by_name[name].iter().all(|&v| v == 0.0), "{name} is frozen: untouched");
+    }
+    let mut i = 0.0f32;
+    net.visit_state_mut(|t| {
+        t.fill(i);
+        i += 1.0;
+    });
+    let (params, buffers) = (net.params(), net.buffers());
+    assert!(!buffers.is_empty());
+    assert_eq!(i as usize, params.len() + buffers.len());
+    for (k, (name, t)) in params.iter().chain(&buffers).enumerate() {
+        assert!(t.iter().all(|&v| v == k as f32), "{name}");
+    }
+}
+
 #[test]
 fn a_safetensors_file_whose_header_length_starts_like_a_pickle_loads() {
     // a header of 0x..80 bytes makes the file's first byte the pickle protocol byte
