@@ -22,7 +22,7 @@
 //! `dl-mpi` crate gives one over MPI, for many processes and machines.
 
 use std::ops::Range;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use dl_models::Network;
 
@@ -115,22 +115,73 @@ pub struct ThreadGroup {
 
 struct Shared {
     size: usize,
-    barrier: Barrier,
+    barrier: Gate,
     f32s: Mutex<Vec<Vec<f32>>>,
     f64s: Mutex<Vec<Vec<f64>>>,
     u64s: Mutex<Vec<u64>>,
 }
 
+/// A barrier that a dying rank breaks: the ranks waiting at it, and those that come
+/// later, panic instead of waiting for ever.
+struct Gate {
+    size: usize,
+    /// (ranks waiting, generation, broken)
+    state: Mutex<(usize, u64, bool)>,
+    turned: Condvar,
+    /// The rank that broke it first.
+    first: Mutex<Option<usize>>,
+}
+
+impl Gate {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            state: Mutex::new((0, 0, false)),
+            turned: Condvar::new(),
+            first: Mutex::new(None),
+        }
+    }
+
+    fn wait(&self) {
+        let broken = || panic!("another rank of the ThreadGroup panicked");
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.2 {
+            broken();
+        }
+        st.0 += 1;
+        if st.0 == self.size {
+            st.0 = 0;
+            st.1 += 1;
+            self.turned.notify_all();
+            return;
+        }
+        let generation = st.1;
+        while st.1 == generation && !st.2 {
+            st = self.turned.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.1 == generation {
+            drop(st);
+            broken();
+        }
+    }
+
+    fn breaks(&self, rank: usize) {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(rank);
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).2 = true;
+        self.turned.notify_all();
+    }
+}
+
 impl ThreadGroup {
     /// Runs `f` on `size` ranks, each on its own thread with its own
     /// [`ThreadGroup`], and returns their results in rank order. A rank that panics
-    /// makes `run` panic (after the others finish or also panic: a rank left waiting in
-    /// a collective for a dead one waits for ever, so `f` should not panic).
+    /// ends the others at their next collective (they panic too, rather than wait for
+    /// it for ever), and `run` panics with the first rank's panic.
     pub fn run<R: Send>(size: usize, f: impl Fn(&ThreadGroup) -> R + Sync) -> Vec<R> {
         let size = size.max(1);
         let shared = Arc::new(Shared {
             size,
-            barrier: Barrier::new(size),
+            barrier: Gate::new(size),
             f32s: Mutex::new(vec![Vec::new(); size]),
             f64s: Mutex::new(vec![Vec::new(); size]),
             u64s: Mutex::new(vec![0; size]),
@@ -143,13 +194,30 @@ impl ThreadGroup {
                         shared: Arc::clone(&shared),
                     };
                     let f = &f;
-                    s.spawn(move || f(&group))
+                    s.spawn(move || {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&group)));
+                        if r.is_err() {
+                            group.shared.barrier.breaks(rank);
+                        }
+                        r
+                    })
                 })
                 .collect();
-            handles
+            let results: Vec<_> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+                .collect();
+            // the rank that panicked first (the others panicked because it did)
+            let first = *shared.barrier.first.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = Vec::with_capacity(size);
+            for (rank, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(v) => out.push(v),
+                    Err(e) if Some(rank) == first => std::panic::resume_unwind(e),
+                    Err(_) => {}
+                }
+            }
+            out
         })
     }
 }

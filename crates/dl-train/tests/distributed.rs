@@ -100,6 +100,29 @@ fn the_thread_collectives_broadcast_sum_in_rank_order_and_gather() {
 }
 
 #[test]
+fn a_rank_that_panics_ends_the_others_and_run_gives_its_panic() {
+    for dying in [0, 2] {
+        let caught = std::panic::catch_unwind(|| {
+            ThreadGroup::run(3, |c| {
+                let mut b = vec![1.0f32; 8];
+                c.all_reduce_sum(&mut b);
+                if c.rank() == dying {
+                    panic!("rank {dying} fails");
+                }
+                // the others wait here for a rank that will never come
+                c.all_reduce_sum(&mut b);
+                c.all_gather_u64(0)
+            })
+        });
+        let payload = caught.expect_err("run must panic");
+        let message = payload.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        assert_eq!(message, format!("rank {dying} fails"));
+    }
+    // a group whose ranks all return is unaffected, and results come in rank order
+    assert_eq!(ThreadGroup::run(3, |c| c.rank() * 10), [0, 10, 20]);
+}
+
+#[test]
 fn the_network_broadcast_copies_rank_0s_parameters_and_the_checksum_sees_one_bit() {
     let sums = ThreadGroup::run(2, |c| {
         let mut n = net(c.rank() as u64 + 1);
