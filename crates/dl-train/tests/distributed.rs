@@ -123,6 +123,12 @@ fn a_rank_that_panics_ends_the_others_and_run_gives_its_panic() {
 }
 
 #[test]
+fn the_settings_show_the_rank_the_size_and_the_check_interval() {
+    let shown = ThreadGroup::run(2, |c| format!("{:?}", Distributed::new(c)));
+    assert_eq!(shown[1], "Distributed { rank: 1, size: 2, check_every: 100 }");
+}
+
+#[test]
 fn the_network_broadcast_copies_rank_0s_parameters_and_the_checksum_sees_one_bit() {
     let sums = ThreadGroup::run(2, |c| {
         let mut n = net(c.rank() as u64 + 1);
