@@ -222,6 +222,20 @@ impl ThreadGroup {
     }
 }
 
+impl ThreadGroup {
+    /// `root` leaves its `buf` in its slot of `slots`; the others copy it.
+    fn broadcast_through<T: Copy>(&self, slots: &Mutex<Vec<Vec<T>>>, buf: &mut [T], root: usize) {
+        if self.rank == root {
+            slots.lock().expect("rank panicked")[root] = buf.to_vec();
+        }
+        self.shared.barrier.wait();
+        if self.rank != root {
+            buf.copy_from_slice(&slots.lock().expect("rank panicked")[root]);
+        }
+        self.shared.barrier.wait();
+    }
+}
+
 impl Communicator for ThreadGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -232,27 +246,11 @@ impl Communicator for ThreadGroup {
     }
 
     fn broadcast(&self, buf: &mut [f32], root: usize) {
-        let sh = &self.shared;
-        if self.rank == root {
-            sh.f32s.lock().expect("rank panicked")[root] = buf.to_vec();
-        }
-        sh.barrier.wait();
-        if self.rank != root {
-            buf.copy_from_slice(&sh.f32s.lock().expect("rank panicked")[root]);
-        }
-        sh.barrier.wait();
+        self.broadcast_through(&self.shared.f32s, buf, root);
     }
 
     fn broadcast_f64(&self, buf: &mut [f64], root: usize) {
-        let sh = &self.shared;
-        if self.rank == root {
-            sh.f64s.lock().expect("rank panicked")[root] = buf.to_vec();
-        }
-        sh.barrier.wait();
-        if self.rank != root {
-            buf.copy_from_slice(&sh.f64s.lock().expect("rank panicked")[root]);
-        }
-        sh.barrier.wait();
+        self.broadcast_through(&self.shared.f64s, buf, root);
     }
 
     /// Sums in rank order: `((r0 + r1) + r2) + ...`, the same bits on every rank.
