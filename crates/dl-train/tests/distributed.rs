@@ -7,7 +7,7 @@ use std::path::Path;
 use dl_data::{ImageSet, Mnist, Pipeline};
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network};
 use dl_train::distributed::{self, share, Communicator, Distributed, ThreadGroup};
-use dl_train::{History, TrainError, Trainer, TrainerConfig};
+use dl_train::{Evaluation, History, TrainError, Trainer, TrainerConfig};
 
 fn sets(train: usize) -> (ImageSet, ImageSet) {
     let mnist = Mnist::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist")).unwrap();
@@ -262,4 +262,35 @@ fn ranks_that_take_different_steps_are_caught_at_the_next_check() {
             other => panic!("{other}"),
         }
     }
+}
+
+#[test]
+fn settings_and_histories_written_before_data_parallelism_read_as_one_process() {
+    let mut v = serde_json::to_value(TrainerConfig::default()).unwrap();
+    assert_eq!(v["micro_batches"], 1);
+    v.as_object_mut().unwrap().remove("micro_batches");
+    let cfg: TrainerConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(cfg.micro_batches, 1);
+    let h = History {
+        config: cfg,
+        train_loss_list: vec![0.5],
+        epochs: Vec::new(),
+        test_accuracy: 0.5,
+        test_evaluation: Evaluation { correct: 1, total: 2 },
+        total_seconds: 1.0,
+        threads: 2,
+        evaluated_on: None,
+        ranks: 3,
+        communication_seconds: 0.25,
+    };
+    let mut v = serde_json::to_value(&h).unwrap();
+    assert_eq!(
+        (v["ranks"].clone(), v["communication_seconds"].clone()),
+        (3.into(), 0.25.into())
+    );
+    let o = v.as_object_mut().unwrap();
+    o.remove("ranks");
+    o.remove("communication_seconds");
+    let old: History = serde_json::from_value(v).unwrap();
+    assert_eq!((old.ranks, old.communication_seconds), (1, 0.0));
 }
