@@ -104,9 +104,9 @@ pub struct TrainerConfig {
     /// Computes each mini-batch's gradient in this many consecutive slices, one after
     /// the other, and adds them up (gradient accumulation: the memory of a smaller
     /// batch). On `R` data-parallel ranks the mini-batch is cut into `R x micro_batches`
-    /// slices, each rank taking `micro_batches` consecutive ones; the sum runs in slice
-    /// order, so a run on `R` ranks with 1 and one process with `R` gives the same
-    /// parameters, bit for bit.
+    /// slices, each rank taking `micro_batches` consecutive ones and adding them up in
+    /// order, then the ranks' sums are added in rank order: so `R` ranks with 1 and one
+    /// process with `R` give the same parameters, bit for bit.
     #[serde(default = "one")]
     pub micro_batches: usize,
 }

@@ -168,6 +168,7 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
         let single = Trainer::new(&mut one, &train, &test, cfg).unwrap().train().unwrap();
         let one = flat(&mut one);
         assert_eq!(single.ranks, 1);
+        assert_eq!(single.test_evaluation.total, 100, "the whole test set, evaluated");
         let runs = train_on(ranks, &train, &test, &config(2));
         for (r, (p, h)) in runs.iter().enumerate() {
             assert!(
@@ -188,6 +189,23 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
             assert_eq!(h.epochs[1].test_acc, single.epochs[1].test_acc);
         }
     }
+}
+
+/// Ranks that each sum slices of their own: 2 ranks of 2 micro-batches compute the
+/// slices one process of 4 computes (the sums associate differently:
+/// `(g0 + g1) + (g2 + g3)` against `((g0 + g1) + g2) + g3`, so to rounding).
+#[test]
+fn ranks_of_several_micro_batches_are_one_process_of_all_their_slices() {
+    let (train, test) = sets(201);
+    let with = |micro| TrainerConfig {
+        micro_batches: micro,
+        ..config(1)
+    };
+    let mut one = net(0);
+    Trainer::new(&mut one, &train, &test, with(4)).unwrap().train().unwrap();
+    let runs = train_on(2, &train, &test, &with(2));
+    let rel = relative(&flat(&mut one), &runs[0].0);
+    assert!(rel < 1e-6, "{rel:e}");
 }
 
 /// Against one process computing each mini-batch at once, only the rounding of the
