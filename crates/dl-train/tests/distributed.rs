@@ -7,7 +7,7 @@ use std::path::Path;
 use dl_data::{ImageSet, Mnist, Pipeline};
 use dl_models::{DeepConvNet, DeepConvNetConfig, Network};
 use dl_train::distributed::{self, share, Communicator, Distributed, ThreadGroup};
-use dl_train::{Evaluation, History, TrainError, Trainer, TrainerConfig};
+use dl_train::{Evaluation, History, IterationInfo, Observer, TrainError, Trainer, TrainerConfig};
 
 fn sets(train: usize) -> (ImageSet, ImageSet) {
     let mnist = Mnist::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist")).unwrap();
@@ -49,9 +49,11 @@ fn relative(a: &[f32], b: &[f32]) -> f64 {
 fn train_on(ranks: usize, train: &ImageSet, test: &ImageSet, cfg: &TrainerConfig) -> Vec<(Vec<f32>, History)> {
     ThreadGroup::run(ranks, |comm| {
         let mut n = net(0);
+        // the replicas compared after every step
+        let dist = Distributed { comm, check_every: 1 };
         let h = Trainer::new(&mut n, train, test, cfg.clone())
             .unwrap()
-            .distributed(Distributed::new(comm))
+            .distributed(dist)
             .train()
             .unwrap();
         (flat(&mut n), h)
@@ -311,4 +313,41 @@ fn settings_and_histories_written_before_data_parallelism_read_as_one_process() 
     o.remove("communication_seconds");
     let old: History = serde_json::from_value(v).unwrap();
     assert_eq!((old.ranks, old.communication_seconds), (1, 0.0));
+}
+
+/// Asks for an evaluation after every step, and stops the run at the first.
+struct Impatient {
+    asked: usize,
+}
+
+impl Observer for Impatient {
+    fn evaluate_now(&mut self, _info: &IterationInfo) -> bool {
+        self.asked += 1;
+        true
+    }
+    fn on_evaluation(&mut self, _: &IterationInfo, _: &Evaluation, _: f64) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Break(())
+    }
+}
+
+#[test]
+fn a_distributed_run_does_not_ask_for_evaluations_between_steps() {
+    let (train, test) = sets(100);
+    // one process: asked after the first step, which ends the run
+    let mut n = net(0);
+    let mut alone = Impatient { asked: 0 };
+    let h = Trainer::new(&mut n, &train, &test, config(1))
+        .unwrap()
+        .train_with(&mut alone)
+        .unwrap();
+    assert_eq!((alone.asked, h.train_loss_list.len()), (1, 1));
+    // ranks: never asked (a rank that stopped alone would leave the others waiting)
+    let asked = ThreadGroup::run(2, |comm| {
+        let mut n = net(0);
+        let mut o = Impatient { asked: 0 };
+        let t = Trainer::new(&mut n, &train, &test, config(1)).unwrap();
+        let h = t.distributed(Distributed::new(comm)).train_with(&mut o).unwrap();
+        (o.asked, h.train_loss_list.len())
+    });
+    assert_eq!(asked, [(0, 2), (0, 2)]);
 }
