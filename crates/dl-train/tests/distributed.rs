@@ -171,6 +171,7 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
         let one = flat(&mut one);
         assert_eq!(single.ranks, 1);
         assert_eq!(single.test_evaluation.total, 100, "the whole test set, evaluated");
+        assert_eq!(single.communication_seconds, 0.0);
         let runs = train_on(ranks, &train, &test, &config(2));
         for (r, (p, h)) in runs.iter().enumerate() {
             assert!(
@@ -179,6 +180,7 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
                 relative(&one, p)
             );
             assert_eq!(h.ranks, ranks);
+            assert!(h.communication_seconds > 0.0, "the all-reduce's time, counted");
             assert_eq!(
                 h.train_loss_list, single.train_loss_list,
                 "the summed loss, bit for bit"
