@@ -389,6 +389,15 @@ impl<'a> Trainer<'a> {
         let (rank, ranks) = dist.map_or((0, 1), |d| (d.comm.rank(), d.comm.size()));
         let root = rank == 0;
         if let Some(d) = dist {
+            // the same network on every rank, or a clear error on every rank
+            let mut size = 0u64;
+            self.network.visit_state_mut(|t| size += t.len() as u64);
+            let sizes = d.comm.all_gather_u64(size);
+            if sizes.iter().any(|&s| s != size) {
+                return Err(TrainError::Config(format!(
+                    "the ranks hold different networks: {sizes:?} values (parameters and buffers) by rank"
+                )));
+            }
             distributed::broadcast_network(d.comm, self.network);
         }
         let mut communication_seconds = 0.0f64;

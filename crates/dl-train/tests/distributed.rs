@@ -353,3 +353,20 @@ fn a_distributed_run_does_not_ask_for_evaluations_between_steps() {
     });
     assert_eq!(asked, [(0, 2), (0, 2)]);
 }
+
+#[test]
+fn ranks_with_different_networks_are_refused_on_every_rank() {
+    let (train, test) = sets(100);
+    let errors = ThreadGroup::run(2, |comm| {
+        let cfg = DeepConvNetConfig {
+            hidden_size: 50 + comm.rank(),
+            ..DeepConvNetConfig::default()
+        };
+        let mut n = DeepConvNet::new(cfg, 0).into_network();
+        let t = Trainer::new(&mut n, &train, &test, config(1)).unwrap();
+        t.distributed(Distributed::new(comm)).train().unwrap_err().to_string()
+    });
+    for e in errors {
+        assert!(e.contains("the ranks hold different networks"), "{e}");
+    }
+}
