@@ -279,3 +279,29 @@ mod imp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_parse_by_name_and_others_are_refused() {
+        assert_eq!("ordered".parse::<Reduction>(), Ok(Reduction::Ordered));
+        assert_eq!("native".parse::<Reduction>(), Ok(Reduction::Native));
+        let err = "ring".parse::<Reduction>().unwrap_err();
+        assert!(err.contains("\"ring\"") && err.contains("ordered, native"), "{err}");
+        assert_eq!(Reduction::default(), Reduction::Ordered);
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn without_the_feature_init_says_how_to_build_with_mpi() {
+        let err = Mpi::init().unwrap_err();
+        assert!(matches!(err, MpiError::NotBuilt));
+        let text = err.to_string();
+        assert!(
+            text.contains("libopenmpi-dev") && text.contains("--features mpi"),
+            "{text}"
+        );
+    }
+}
