@@ -56,6 +56,8 @@ fn broadcast_sum_and_gather_on_2_and_3_processes() {
                     last = np - 1
                 );
                 assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
+                let shown = format!("Mpi {{ rank: {r}, size: {np}, reduction: {red} }}");
+                assert!(stdout.contains(&shown), "missing {shown:?} in\n{stdout}");
             }
         }
     }

@@ -74,7 +74,9 @@ fn main() {
                 // 1e8 + 1 - 1e8 + 2: the order of the additions shows
                 let mut s = vec![[1e8f32, 1.0, -1e8, 2.0][rank % 4], rank as f32];
                 mpi.all_reduce_sum(&mut s);
-                println!("rank {rank} {reduction:?} b={b:?} d={d:?} g={g:?} s={s:?}");
+                // what the Mpi value says it sums with, and how it shows itself
+                println!("rank {rank} {:?} b={b:?} d={d:?} g={g:?} s={s:?}", mpi.reduction());
+                println!("{mpi:?}");
             }
         }
         Some("train") => {
