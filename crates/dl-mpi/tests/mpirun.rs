@@ -46,6 +46,12 @@ fn broadcast_sum_and_gather_on_2_and_3_processes() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         let gathered: Vec<String> = (0..np).map(|r| (100 + r).to_string()).collect();
+        // every rank runs on this machine: MPI's processor name is its host name
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        for r in 0..np {
+            let want = format!("rank {r} host {}", host.trim());
+            assert!(stdout.contains(&want), "missing {want:?} in\n{stdout}");
+        }
         // ranks 0..np hold 1e8, 1, -1e8: in rank order (1e8 + 1) - 1e8 = 0 in f32
         let sum = if np == 2 { "[100000000.0, 1.0]" } else { "[0.0, 3.0]" };
         for r in 0..np {

@@ -63,6 +63,7 @@ fn main() {
     let (rank, size) = (mpi.rank(), mpi.size());
     match args.first().map(String::as_str) {
         Some("collectives") => {
+            println!("rank {rank} host {}", mpi.processor_name());
             let mut mpi = mpi;
             for reduction in [Reduction::Ordered, Reduction::Native] {
                 mpi.set_reduction(reduction);
