@@ -213,6 +213,7 @@ mod imp {
     pub(crate) struct Inner {
         // dropped last: MPI_Finalize
         world: SimpleCommunicator,
+        /// The gathered buffers (ordered) or the copy sent (native), kept between steps.
         gathered: RefCell<Vec<f32>>,
         _universe: Universe,
     }
@@ -254,7 +255,10 @@ mod imp {
         pub(crate) fn all_reduce_sum(&self, buf: &mut [f32], reduction: Reduction) {
             match reduction {
                 Reduction::Native => {
-                    let send = buf.to_vec();
+                    // MPI reads and writes separate buffers: a copy of `buf` to send
+                    let mut send = self.gathered.borrow_mut();
+                    send.clear();
+                    send.extend_from_slice(buf);
                     self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
                 }
                 Reduction::Ordered => {
