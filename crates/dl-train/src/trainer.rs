@@ -253,6 +253,31 @@ pub struct CheckpointPolicy {
 /// The file [`CheckpointPolicy::keep_best`] writes.
 pub const BEST_FILE: &str = "best.safetensors";
 
+/// The gradient of the mean loss over `total` samples restricted to the samples `idx`,
+/// which sit from `first` on in the iteration's mini-batch (the whole batch: `first` 0,
+/// `total` its length): the batch assembled in `bufs`, augmented with the draws of its
+/// place, dropout told the iteration and the offset. Returns the slice's mean loss.
+#[allow(clippy::too_many_arguments)]
+fn slice_gradient(
+    network: &mut Network,
+    train: &ImageSet,
+    augment: Option<&Pipeline>,
+    idx: &[usize],
+    first: usize,
+    total: usize,
+    iteration: u64,
+    (xbuf, tbuf): &mut (Vec<f32>, Vec<usize>),
+) -> Result<f32, TrainError> {
+    train.fill_batch(idx, xbuf, tbuf);
+    if let Some(p) = augment {
+        p.apply_slice_chw(xbuf, train.channels, train.height, train.width, iteration, first as u64);
+    }
+    let x = Tensor::from_shape_vec(train.batch_shape(idx.len()), std::mem::take(xbuf)).expect("batch shape");
+    network.set_iteration(iteration);
+    network.set_batch_offset(first as u64);
+    Ok(network.gradient_of_slice(x, Labels::Indices(tbuf), total)?)
+}
+
 /// The book's `Trainer`: mini-batch training of a network with an optimizer.
 ///
 /// The per-epoch evaluation set (`test` here, as the book names it) steers
@@ -419,7 +444,7 @@ impl<'a> Trainer<'a> {
         });
         let elapsed_before = state.elapsed_seconds;
         let mut train_seconds: f64 = state.epochs.iter().map(|r| r.train_seconds).sum();
-        let (mut xbuf, mut tbuf) = (Vec::new(), Vec::new());
+        let mut bufs = (Vec::new(), Vec::new());
         let mut plateau: Option<ReduceOnPlateau> = cfg.reduce_on_plateau.clone().map(|mut p| {
             if let Some((best, bad)) = state.plateau {
                 p.set_progress(best, bad);
@@ -440,16 +465,11 @@ impl<'a> Trainer<'a> {
                 self.optimizer.set_learning_rate(lr);
                 state.iteration += 1;
                 let iteration = state.iteration;
+                let it = iteration as u64;
+                let aug = cfg.augment.as_ref();
                 let loss = if dist.is_none() && cfg.micro_batches == 1 {
-                    self.train.fill_batch(&idx, &mut xbuf, &mut tbuf);
-                    if let Some(p) = &cfg.augment {
-                        let t = &self.train;
-                        p.apply_batch_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64);
-                    }
-                    let x = Tensor::from_shape_vec(self.train.batch_shape(idx.len()), std::mem::take(&mut xbuf))
-                        .expect("batch shape");
-                    self.network.set_iteration(iteration as u64);
-                    self.network.gradient(x, Labels::Indices(&tbuf))?
+                    // the whole batch: its own slice, gradients in place
+                    slice_gradient(self.network, self.train, aug, &idx, 0, idx.len(), it, &mut bufs)?
                 } else {
                     // this rank's slices, their gradients added up in slice order, the
                     // summed loss riding along at the end of the buffer
@@ -462,17 +482,8 @@ impl<'a> Trainer<'a> {
                             self.network.trainable_grads_mut().into_iter().for_each(|g| g.fill(0.0));
                             0.0
                         } else {
-                            self.train.fill_batch(mine, &mut xbuf, &mut tbuf);
-                            let first = slice.start as u64;
-                            if let Some(p) = &cfg.augment {
-                                let t = &self.train;
-                                p.apply_slice_chw(&mut xbuf, t.channels, t.height, t.width, iteration as u64, first);
-                            }
-                            let shape = self.train.batch_shape(mine.len());
-                            let x = Tensor::from_shape_vec(shape, std::mem::take(&mut xbuf)).expect("batch shape");
-                            self.network.set_iteration(iteration as u64);
-                            self.network.set_batch_offset(first);
-                            self.network.gradient_of_slice(x, Labels::Indices(&tbuf), idx.len())?
+                            let (net, train) = (&mut *self.network, self.train);
+                            slice_gradient(net, train, aug, mine, slice.start, idx.len(), it, &mut bufs)?
                         };
                         loss_sum += local * mine.len() as f32;
                         if m == 0 {
