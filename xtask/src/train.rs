@@ -25,6 +25,8 @@ pub enum ModelName {
     Resnet,
     /// A small GoogLeNet (inception modules).
     Googlenet,
+    /// A binarized network: weights and activations +1 or -1 (BNN).
+    Binary,
 }
 
 impl ModelName {
@@ -36,6 +38,7 @@ impl ModelName {
             ModelName::Vgg => "Vgg",
             ModelName::Resnet => "ResNet",
             ModelName::Googlenet => "GoogLeNet",
+            ModelName::Binary => "BinaryConvNet",
         }
     }
 

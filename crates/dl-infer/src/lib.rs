@@ -45,7 +45,9 @@ use rayon::prelude::*;
 
 pub use dl_tensor::lowp::{bf16, f16, Precision, UnknownPrecision};
 
+pub mod binary;
 pub mod int8;
+pub use binary::BinaryNetwork;
 pub use int8::QuantizedNetwork;
 
 /// Why a network cannot be built for inference or refused its input.
@@ -100,6 +102,7 @@ enum Node<E> {
     },
     Relu,
     Sigmoid,
+    Sign,
     Pool {
         kind: PoolKind,
         ph: usize,
@@ -172,6 +175,11 @@ fn invalid(op: &'static str, message: String) -> InferError {
     InferError::Invalid { op, message }
 }
 
+/// The node of one op.
+fn single<E: Storage>(op: Op) -> Result<Node<E>, InferError> {
+    Ok(compile(std::slice::from_ref(&op))?.remove(0))
+}
+
 fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
     let mut nodes = Vec::with_capacity(ops.len());
     let mut i = 0;
@@ -222,6 +230,19 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
                     relu: fuse,
                 }
             }
+            // a binarized layer is a plain one whose weights are all +1 or -1 (exact at
+            // every precision); dl_infer::binary runs it packed
+            Op::BinaryConvolution { w, stride, pad } => single(Op::Convolution {
+                w: w.clone(),
+                b: None,
+                stride: *stride,
+                pad: *pad,
+            })?,
+            Op::BinaryAffine { w } => single(Op::Affine {
+                w: w.clone(),
+                b: Tensor::zeros(vec![w.shape().get(1).copied().unwrap_or(0)]),
+            })?,
+            Op::Sign => Node::Sign,
             Op::Relu => Node::Relu,
             Op::Sigmoid => Node::Sigmoid,
             &Op::Pooling {
@@ -381,6 +402,7 @@ impl<E: Storage> Node<E> {
             }
             Node::Relu => Ok(map(x, |v| v.max(0.0))),
             Node::Sigmoid => Ok(map(x, |v| 1.0 / (1.0 + (-v).exp()))),
+            Node::Sign => Ok(map(x, dl_layers::sign)),
             &Node::Pool {
                 kind,
                 ph,
@@ -513,7 +535,12 @@ impl<E: Storage> Node<E> {
             Node::Sequential(nodes) => all(nodes),
             Node::Residual { body, shortcut } => all(body) + shortcut.as_deref().map_or(0, all),
             Node::Concat(branches) => branches.iter().map(|b| all(b)).sum(),
-            Node::Relu | Node::Sigmoid | Node::Pool { .. } | Node::GlobalAveragePooling | Node::Multiply(_) => 0,
+            Node::Relu
+            | Node::Sigmoid
+            | Node::Sign
+            | Node::Pool { .. }
+            | Node::GlobalAveragePooling
+            | Node::Multiply(_) => 0,
         }
     }
 }

@@ -160,6 +160,10 @@ impl Layer for Concat {
         self.branches.iter_mut().for_each(|b| b.set_bf16_products(on));
     }
 
+    fn clip_params(&mut self) {
+        self.branches.iter_mut().for_each(|b| b.clip_params());
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let shapes = self
             .branches

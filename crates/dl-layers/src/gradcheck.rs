@@ -31,6 +31,17 @@ fn loss<L: Layer + Clone>(layer: &L, x: &Tensor, r: &Tensor) -> f64 {
 /// Compares the analytic input and parameter gradients of `layer` at `x` with central
 /// differences of step `eps`. The layer itself is not changed.
 pub fn check_layer<L: Layer + Clone>(layer: &L, x: &Tensor, eps: f32, seed: u64) -> GradCheck {
+    check(layer, x, eps, seed, true)
+}
+
+/// [`check_layer`] for the input gradient alone: for layers whose parameter gradient is
+/// not the derivative of their output, as a binarized layer's straight-through
+/// estimate is not (its output is flat in its latent weights).
+pub fn check_input<L: Layer + Clone>(layer: &L, x: &Tensor, eps: f32, seed: u64) -> GradCheck {
+    check(layer, x, eps, seed, false)
+}
+
+fn check<L: Layer + Clone>(layer: &L, x: &Tensor, eps: f32, seed: u64, params: bool) -> GradCheck {
     let out = layer.clone().forward(x.clone(), true).expect("forward in gradcheck");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let r = Tensor::from_shape_simple_fn(out.raw_dim(), || rng.gen_range(-1.0f32..1.0));
@@ -64,7 +75,11 @@ pub fn check_layer<L: Layer + Clone>(layer: &L, x: &Tensor, eps: f32, seed: u64)
         record(dx.as_slice().expect("standard layout")[i], num, format!("x[{i}]"));
     }
 
-    let names: Vec<String> = layer.params().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = if params {
+        layer.params().into_iter().map(|(n, _)| n).collect()
+    } else {
+        Vec::new()
+    };
     for (k, name) in names.iter().enumerate() {
         let grad = analytic.params()[k].1.grad.clone();
         for i in 0..grad.len() {

@@ -28,6 +28,24 @@ pub enum Op {
         /// Bias `(M,)`.
         b: Tensor,
     },
+    /// A binarized convolution: filters `w` `(FN, C, FH, FW)` of `+1` and `-1` only, no
+    /// bias; its input is a [`Op::Sign`]'s output, so every sum is an exact integer.
+    BinaryConvolution {
+        /// Filters `(FN, C, FH, FW)`, each `+1` or `-1`.
+        w: Tensor,
+        /// Stride (both directions).
+        stride: usize,
+        /// Zero padding (all four sides).
+        pad: usize,
+    },
+    /// A binarized affine layer: the input flattened to `(N, D)` times `w` `(D, M)` of
+    /// `+1` and `-1` only, no bias.
+    BinaryAffine {
+        /// Weights `(D, M)`, each `+1` or `-1`.
+        w: Tensor,
+    },
+    /// `+1` for `x >= 0`, else `-1` ([`sign`](crate::sign)).
+    Sign,
     /// `max(0, x)`.
     Relu,
     /// `1 / (1 + exp(-x))`.

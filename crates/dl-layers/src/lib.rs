@@ -6,7 +6,9 @@
 //! [`BatchNormalization`], [`Convolution`], [`Pooling`]; [`GlobalAveragePooling`]; and
 //! the blocks, themselves layers, that deeper networks are made of: [`Sequential`]
 //! (layers in a row, VGG), [`Residual`] (a body plus a shortcut, ResNet) and [`Concat`]
-//! (branches side by side joined on channels, GoogLeNet's inception module).
+//! (branches side by side joined on channels, GoogLeNet's inception module); and the
+//! binarized network's layers (Courbariaux et al., 2016): [`Sign`], [`BinaryConvolution`]
+//! and [`BinaryAffine`].
 //!
 //! Every layer implements [`Layer`]: `forward` takes its input by value (so `Relu` works
 //! in place and `Convolution` keeps what it needs without a copy) and returns a typed
@@ -37,6 +39,8 @@
 
 mod affine;
 mod batch_norm;
+mod binary_affine;
+mod binary_convolution;
 mod concat;
 mod convolution;
 mod dropout;
@@ -49,10 +53,13 @@ mod relu;
 mod residual;
 mod sequential;
 mod sigmoid;
+mod sign;
 mod softmax_with_loss;
 
 pub use affine::Affine;
 pub use batch_norm::{BatchNormMode, BatchNormalization};
+pub use binary_affine::BinaryAffine;
+pub use binary_convolution::BinaryConvolution;
 pub use concat::Concat;
 pub use convolution::Convolution;
 pub use dl_tensor::{ConvAlgo, Tensor};
@@ -65,6 +72,7 @@ pub use relu::Relu;
 pub use residual::Residual;
 pub use sequential::Sequential;
 pub use sigmoid::Sigmoid;
+pub use sign::{sign, Sign};
 pub use softmax_with_loss::{Labels, SoftmaxWithLoss};
 
 /// A trainable parameter: its value and the gradient from the last backward pass (same
@@ -234,6 +242,13 @@ pub trait Layer: Send + Sync {
     /// passed straight through). Layers without products (activations, pooling, batch
     /// norm) ignore it; containers pass it to their children.
     fn set_bf16_products(&mut self, _on: bool) {}
+
+    /// Puts the parameters back in the set they must stay in, after an optimizer step
+    /// has moved them: a binarized layer ([`BinaryConvolution`], [`BinaryAffine`]) clips
+    /// its latent weights to `[-1, 1]`, as the BNN recipe does after every update. The
+    /// Trainer calls it after every step; containers pass it to their children; other
+    /// layers have no constraint and ignore it.
+    fn clip_params(&mut self) {}
 
     /// The output shape for a given input shape (batch dimension included), or the
     /// error `forward` would give.

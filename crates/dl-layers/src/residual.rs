@@ -219,6 +219,13 @@ impl Layer for Residual {
         }
     }
 
+    fn clip_params(&mut self) {
+        self.body.clip_params();
+        if let Some(s) = &mut self.shortcut {
+            s.clip_params();
+        }
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         let y = self.body.output_shape(input)?;
         let s = match &self.shortcut {

@@ -212,6 +212,10 @@ impl Layer for Sequential {
         self.layers.iter_mut().for_each(|l| l.set_bf16_products(on));
     }
 
+    fn clip_params(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.clip_params());
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }

@@ -12,6 +12,8 @@
 //!   10).
 //! * [`Vgg`], [`ResNet`] (ResNet-20 by default), [`GoogLeNet`]: chapter 8.2's deeper
 //!   networks, for 28x28 digits by default, each with a config struct.
+//! * [`BinaryConvNet`]: chapter 8's 1-bit network (Courbariaux et al., 2016), weights
+//!   and activations `+1` or `-1`.
 //!
 //! Parameters are saved in the safetensors format: no code runs on load (unlike the
 //! book's pickle), and PyTorch, candle and numpy read the files. The book's networks use
@@ -40,6 +42,7 @@
 //! assert_eq!(build("GoogLeNet", None, 0).unwrap().kind(), "GoogLeNet");
 //! ```
 
+mod binary_convnet;
 mod blocks;
 pub mod book;
 mod deep_convnet;
@@ -51,6 +54,7 @@ mod resnet;
 mod simple_convnet;
 mod vgg;
 
+pub use binary_convnet::{BinaryConvNet, BinaryConvNetConfig};
 pub use blocks::MAX_PARAMS;
 pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
 pub use error::ModelError;

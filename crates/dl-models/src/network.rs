@@ -263,6 +263,13 @@ impl Network {
         self.root.set_bf16_products(on);
     }
 
+    /// Puts every parameter back in its allowed set after an optimizer step
+    /// ([`Layer::clip_params`]: a binarized layer's latent weights to `[-1, 1]`). The
+    /// Trainer calls it after every update; a loop of one's own should too.
+    pub fn clip_params(&mut self) {
+        self.root.clip_params();
+    }
+
     /// Tells every layer where the next training forward's samples sit in the global
     /// mini-batch ([`Layer::set_batch_offset`]); call it after
     /// [`Network::set_iteration`].

@@ -11,12 +11,19 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DeepConvNet, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelError, Network, ResNet, ResNetConfig,
-    SimpleConvNet, SimpleConvNetConfig, Vgg, VggConfig,
+    BinaryConvNet, BinaryConvNetConfig, DeepConvNet, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelError,
+    Network, ResNet, ResNetConfig, SimpleConvNet, SimpleConvNetConfig, Vgg, VggConfig,
 };
 
 /// The model kinds [`ModelConfig`] builds, as saved files name them.
-pub const MODEL_KINDS: [&str; 5] = ["DeepConvNet", "SimpleConvNet", "Vgg", "ResNet", "GoogLeNet"];
+pub const MODEL_KINDS: [&str; 6] = [
+    "DeepConvNet",
+    "SimpleConvNet",
+    "Vgg",
+    "ResNet",
+    "GoogLeNet",
+    "BinaryConvNet",
+];
 
 /// A model's kind with its configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +38,8 @@ pub enum ModelConfig {
     ResNet(ResNetConfig),
     /// A small GoogLeNet.
     GoogLeNet(GoogLeNetConfig),
+    /// A binarized network.
+    BinaryConvNet(BinaryConvNetConfig),
 }
 
 fn unknown(kind: &str) -> ModelError {
@@ -49,6 +58,7 @@ impl ModelConfig {
             "Vgg" => Self::Vgg(Default::default()),
             "ResNet" => Self::ResNet(Default::default()),
             "GoogLeNet" => Self::GoogLeNet(Default::default()),
+            "BinaryConvNet" => Self::BinaryConvNet(Default::default()),
             _ => return Err(unknown(kind)),
         })
     }
@@ -67,6 +77,7 @@ impl ModelConfig {
             "Vgg" => Self::Vgg(parse(kind, json)?),
             "ResNet" => Self::ResNet(parse(kind, json)?),
             "GoogLeNet" => Self::GoogLeNet(parse(kind, json)?),
+            "BinaryConvNet" => Self::BinaryConvNet(parse(kind, json)?),
             _ => return Err(unknown(kind)),
         })
     }
@@ -79,6 +90,7 @@ impl ModelConfig {
             Self::Vgg(_) => "Vgg",
             Self::ResNet(_) => "ResNet",
             Self::GoogLeNet(_) => "GoogLeNet",
+            Self::BinaryConvNet(_) => "BinaryConvNet",
         }
     }
 
@@ -90,6 +102,7 @@ impl ModelConfig {
             Self::Vgg(c) => serde_json::to_string(c),
             Self::ResNet(c) => serde_json::to_string(c),
             Self::GoogLeNet(c) => serde_json::to_string(c),
+            Self::BinaryConvNet(c) => serde_json::to_string(c),
         }
         .expect("serialisable config")
     }
@@ -155,6 +168,7 @@ impl ModelConfig {
             Self::Vgg(c) => c.param_count(),
             Self::ResNet(c) => c.param_count(),
             Self::GoogLeNet(c) => c.param_count(),
+            Self::BinaryConvNet(c) => c.param_count(),
         }
     }
 
@@ -166,6 +180,7 @@ impl ModelConfig {
             Self::Vgg(c) => Vgg::try_new(c, seed)?.into_network(),
             Self::ResNet(c) => ResNet::try_new(c, seed)?.into_network(),
             Self::GoogLeNet(c) => GoogLeNet::try_new(c, seed)?.into_network(),
+            Self::BinaryConvNet(c) => BinaryConvNet::try_new(c, seed)?.into_network(),
         })
     }
 }

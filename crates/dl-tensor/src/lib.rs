@@ -41,6 +41,7 @@
 //! assert_eq!((g.out_h, g.out_w), (3, 3));
 //! ```
 
+pub mod binary;
 mod conv;
 mod denormal;
 mod direct;

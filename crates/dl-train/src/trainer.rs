@@ -521,6 +521,7 @@ impl<'a> Trainer<'a> {
                     return Err(TrainError::Diverged { loss, iteration });
                 }
                 self.optimizer.update(&mut self.network.params_and_grads());
+                self.network.clip_params();
                 if let Some(d) = dist.filter(|d| iteration.is_multiple_of(d.check_every)) {
                     let checksums = d.comm.all_gather_u64(distributed::checksum(self.network));
                     if checksums.iter().any(|&c| c != checksums[0]) {

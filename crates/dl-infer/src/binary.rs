@@ -1,0 +1,542 @@
+//! Packed 1-bit inference of a binarized network (`dl_models::BinaryConvNet`, the BNN
+//! recipe): the signs between binarized layers are packed 64 to a word and every
+//! binarized convolution or affine layer is an XNOR-and-popcount dot product
+//! ([`dl_tensor::binary`]).
+//!
+//! The result is the float network's, bit for bit. A binarized layer's sums of `±1`
+//! products are integers, exact in `f32` as in `i32`; the pooling, the batch norm
+//! (`x * scale + shift`, the float layer's own arithmetic), the sign and the layers
+//! kept in `f32` (the first convolution, the classifier) run the float network's own
+//! code on the same values. So [`BinaryNetwork::predict`] returns the scores
+//! `Network::predict` does, to the last bit, and the tests check it image by image.
+//!
+//! The ops it runs: `Convolution` on real input (the first layer), `BinaryConvolution`
+//! and `BinaryAffine` on signs, max pooling, batch norm (`Scale`), `Sign`, and `Affine`
+//! on real values or signs (the classifier). Others are refused with
+//! [`InferError::Invalid`].
+//!
+//! ```
+//! use dl_infer::binary::BinaryNetwork;
+//! use dl_layers::{BatchNormalization, BinaryConvolution, Convolution, Affine, Init, Layer, Pooling, Sequential, Sign};
+//! use ndarray::ArrayD;
+//!
+//! let mut root = Sequential::new()
+//!     .with(Convolution::new(1, 8, 3, 3, 1, 1, Init::He, 1).without_bias())
+//!     .with(BatchNormalization::torchvision(8))
+//!     .with(Sign::new())
+//!     .with(BinaryConvolution::new(8, 16, 3, 3, 1, 1, Init::Xavier, 2))
+//!     .with(Pooling::max(2, 2, 2, 0))
+//!     .with(BatchNormalization::torchvision(16))
+//!     .with(Sign::new())
+//!     .with(Affine::new(16 * 4 * 4, 10, Init::He, 3));
+//! let packed = BinaryNetwork::new(&root, (1, 8, 8)).unwrap();
+//! let x = ArrayD::<f32>::from_shape_fn(vec![2, 1, 8, 8], |i| (i[2] as f32 - i[3] as f32) / 8.0);
+//! assert_eq!(packed.predict(&x).unwrap(), root.forward(x, false).unwrap());
+//! ```
+
+use dl_layers::{Layer, Op, PoolKind, Tensor};
+use dl_tensor::binary::{BinaryConv, BitGrid, IntGrid, PopcountKernel};
+use dl_tensor::{gemm, ConvAlgo, ConvGeometry, ConvPlan};
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::{invalid, InferError};
+
+/// One step, ready to run.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A convolution in `f32` (real input, real output, `(N, C, H, W)`).
+    Conv {
+        w: Vec<f32>,
+        b: Option<Vec<f32>>,
+        filters: usize,
+        g: ConvGeometry,
+    },
+    /// A binarized convolution or affine layer: signs in, integers out.
+    Binary(BinaryConv),
+    /// Max pooling (integers or reals).
+    MaxPool {
+        ph: usize,
+        pw: usize,
+        stride: usize,
+        pad: usize,
+    },
+    /// Batch norm: `x * scale + shift` per feature.
+    Scale {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        per_channel: bool,
+    },
+    /// The sign, packed.
+    Sign,
+    /// An affine layer in `f32`: `b + x W`.
+    Affine { w: Array2<f32>, b: Vec<f32> },
+}
+
+/// A value between steps.
+enum Value {
+    /// Reals in the float network's layout: `(N, C, H, W)` or `(N, D)`.
+    Real(Tensor),
+    /// Integer sums, channels last.
+    Ints(IntGrid),
+    /// Signs, packed.
+    Bits(BitGrid),
+}
+
+/// `ops` with every `Op::Sequential` opened.
+fn flatten(ops: &[Op], out: &mut Vec<Op>) {
+    for op in ops {
+        match op {
+            Op::Sequential(inner) => flatten(inner, out),
+            other => out.push(other.clone()),
+        }
+    }
+}
+
+/// The shape of one image after a step: `(C, H, W)`, or `(D, 1, 1)` for a vector.
+type Shape = (usize, usize, usize);
+
+fn shape_error(op: &'static str, expected: String, (c, h, w): Shape) -> InferError {
+    InferError::Shape {
+        op,
+        expected,
+        given: vec![c, h, w],
+    }
+}
+
+fn geometry(
+    op: &'static str,
+    dims: [usize; 4],
+    stride: usize,
+    pad: usize,
+    (c, h, w): Shape,
+) -> Result<ConvGeometry, InferError> {
+    if dims[1] != c {
+        return Err(shape_error(op, format!("({}, H, W)", dims[1]), (c, h, w)));
+    }
+    ConvGeometry::new(c, h, w, dims[2], dims[3], stride, pad).map_err(|e| invalid(op, e.to_string()))
+}
+
+fn dims4(op: &'static str, t: &Tensor) -> Result<[usize; 4], InferError> {
+    match *t.shape() {
+        [f, c, fh, fw] if f * c * fh * fw > 0 => Ok([f, c, fh, fw]),
+        ref s => Err(invalid(op, format!("filters of shape {s:?}"))),
+    }
+}
+
+fn compile(ops: &[Op], mut shape: Shape) -> Result<Vec<Step>, InferError> {
+    let mut steps = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (step, next) = match op {
+            Op::Convolution { w, b, stride, pad } => {
+                let dims = dims4("Convolution", w)?;
+                let g = geometry("Convolution", dims, *stride, *pad, shape)?;
+                if b.as_ref().is_some_and(|b| b.len() != dims[0]) {
+                    return Err(invalid("Convolution", "a bias of the wrong length".into()));
+                }
+                let step = Step::Conv {
+                    w: w.iter().copied().collect(),
+                    b: b.as_ref().map(|b| b.iter().copied().collect()),
+                    filters: dims[0],
+                    g,
+                };
+                (step, (dims[0], g.out_h, g.out_w))
+            }
+            Op::BinaryConvolution { w, stride, pad } => {
+                let dims = dims4("BinaryConvolution", w)?;
+                let g = geometry("BinaryConvolution", dims, *stride, *pad, shape)?;
+                let data: Vec<f32> = w.iter().copied().collect();
+                let conv = BinaryConv::new(&data, dims, *stride, *pad)
+                    .map_err(|e| invalid("BinaryConvolution", e.to_string()))?;
+                (Step::Binary(conv), (dims[0], g.out_h, g.out_w))
+            }
+            Op::BinaryAffine { w } => {
+                let (c, h, wd) = shape;
+                let (d, m) = match *w.shape() {
+                    [d, m] => (d, m),
+                    ref s => return Err(invalid("BinaryAffine", format!("weights of shape {s:?}"))),
+                };
+                if d != c * h * wd {
+                    return Err(shape_error("BinaryAffine", format!("{d} values per image"), shape));
+                }
+                let data: Vec<f32> = w.iter().copied().collect();
+                let dense = BinaryConv::affine(&data, m, shape).map_err(|e| invalid("BinaryAffine", e.to_string()))?;
+                (Step::Binary(dense), (m, 1, 1))
+            }
+            &Op::Pooling {
+                kind: PoolKind::Max,
+                ph,
+                pw,
+                stride,
+                pad,
+            } => {
+                let (c, h, w) = shape;
+                let g =
+                    ConvGeometry::new(c, h, w, ph, pw, stride, pad).map_err(|e| invalid("Pooling", e.to_string()))?;
+                if pad >= ph || pad >= pw {
+                    return Err(invalid(
+                        "Pooling",
+                        format!("padding {pad} must be smaller than the window"),
+                    ));
+                }
+                (Step::MaxPool { ph, pw, stride, pad }, (c, g.out_h, g.out_w))
+            }
+            Op::Scale {
+                scale,
+                shift,
+                per_channel,
+            } => {
+                let (c, h, w) = shape;
+                let features = if *per_channel { c } else { c * h * w };
+                if scale.len() != features || shift.len() != features {
+                    return Err(invalid(
+                        "BatchNormalization",
+                        format!(
+                            "{} scales and {} shifts for {features} features",
+                            scale.len(),
+                            shift.len()
+                        ),
+                    ));
+                }
+                let step = Step::Scale {
+                    scale: scale.clone(),
+                    shift: shift.clone(),
+                    per_channel: *per_channel,
+                };
+                (step, shape)
+            }
+            Op::Sign => (Step::Sign, shape),
+            Op::Affine { w, b } => {
+                let (c, h, wd) = shape;
+                let w2 = w
+                    .clone()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|_| invalid("Affine", format!("weights of shape {:?}", w.shape())))?;
+                let (d, m) = w2.dim();
+                if d != c * h * wd || b.len() != m {
+                    return Err(shape_error("Affine", format!("{d} values per image"), shape));
+                }
+                let step = Step::Affine {
+                    w: w2,
+                    b: b.iter().copied().collect(),
+                };
+                (step, (m, 1, 1))
+            }
+            other => {
+                return Err(invalid(
+                    "BinaryNetwork",
+                    format!("{} has no 1-bit form", op_name(other)),
+                ))
+            }
+        };
+        steps.push(step);
+        shape = next;
+    }
+    Ok(steps)
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Pooling { .. } => "average pooling",
+        Op::Relu => "a ReLU",
+        Op::Sigmoid => "a sigmoid",
+        Op::GlobalAveragePooling => "global average pooling",
+        Op::Multiply(_) => "dropout",
+        Op::Residual { .. } => "a residual block",
+        Op::Concat(_) => "an inception block",
+        _ => "this op",
+    }
+}
+
+/// A binarized network ready for packed 1-bit inference. Read-only: share it between
+/// threads.
+#[derive(Debug, Clone)]
+pub struct BinaryNetwork {
+    steps: Vec<Step>,
+    input: Shape,
+    kernel: Option<PopcountKernel>,
+}
+
+impl BinaryNetwork {
+    /// The packed form of `layer` (a binarized network's root) for images of `input`
+    /// `(C, H, W)`.
+    pub fn new(layer: &dyn Layer, input: (usize, usize, usize)) -> Result<Self, InferError> {
+        Self::from_op(&layer.inference_op()?, input)
+    }
+
+    /// The packed form of one [`Op`] (a [`Op::Sequential`] for a whole network).
+    pub fn from_op(op: &Op, input: (usize, usize, usize)) -> Result<Self, InferError> {
+        let mut ops = Vec::new();
+        flatten(std::slice::from_ref(op), &mut ops);
+        Ok(Self {
+            steps: compile(&ops, input)?,
+            input,
+            kernel: None,
+        })
+    }
+
+    /// Runs the binarized layers with `kernel` (the scalar one where the CPU lacks it)
+    /// instead of [`PopcountKernel::active`].
+    pub fn with_kernel(mut self, kernel: PopcountKernel) -> Self {
+        self.kernel = Some(kernel);
+        self
+    }
+
+    /// The kernel the binarized layers run.
+    pub fn kernel(&self) -> PopcountKernel {
+        self.kernel.unwrap_or_else(PopcountKernel::active)
+    }
+
+    /// Bytes of the weights as stored: one bit per binarized weight (the filters padded
+    /// to a multiple of 8 and each pixel's channels to whole words), `f32` for the rest.
+    pub fn weight_bytes(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Conv { w, b, .. } => 4 * (w.len() + b.as_ref().map_or(0, Vec::len)),
+                Step::Binary(conv) => conv.weight_bytes(),
+                Step::Scale { scale, shift, .. } => 4 * (scale.len() + shift.len()),
+                Step::Affine { w, b } => 4 * (w.len() + b.len()),
+                Step::MaxPool { .. } | Step::Sign => 0,
+            })
+            .sum()
+    }
+
+    /// The scores of a batch `x` `(N, C, H, W)`: those of the float network, bit for bit.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor, InferError> {
+        let (c, h, w) = self.input;
+        if x.ndim() != 4 || x.shape()[1..] != [c, h, w] {
+            return Err(InferError::Shape {
+                op: "BinaryNetwork",
+                expected: format!("(N, {c}, {h}, {w})"),
+                given: x.shape().to_vec(),
+            });
+        }
+        let kernel = self.kernel();
+        let mut value = Value::Real(x.as_standard_layout().into_owned());
+        for step in &self.steps {
+            value = run(step, value, kernel)?;
+        }
+        Ok(match value {
+            Value::Real(t) => t,
+            Value::Ints(g) => ints_tensor(&g),
+            Value::Bits(g) => grid_tensor(g.to_nchw(), g.n, g.c, g.h, g.w),
+        })
+    }
+
+    /// The predicted class of each image of `x`, `batch_size` images at a time.
+    pub fn classify(&self, x: &Tensor, batch_size: usize) -> Result<Vec<usize>, InferError> {
+        crate::classify_with(x, batch_size, |b| self.predict(b))
+    }
+
+    /// The fraction of the images of `x` whose class is `t`.
+    pub fn accuracy(&self, x: &Tensor, t: &[usize], batch_size: usize) -> Result<f32, InferError> {
+        crate::accuracy_of(self.classify(x, batch_size)?, t)
+    }
+}
+
+/// `(n, c, h, w)` values as a tensor, `(n, c)` when the image is one pixel (a vector).
+fn grid_tensor(data: Vec<f32>, n: usize, c: usize, h: usize, w: usize) -> Tensor {
+    let shape = if h == 1 && w == 1 { vec![n, c] } else { vec![n, c, h, w] };
+    Tensor::from_shape_vec(shape, data).expect("the grid's size")
+}
+
+fn ints_tensor(g: &IntGrid) -> Tensor {
+    grid_tensor(g.to_nchw(), g.n, g.c, g.h, g.w)
+}
+
+/// `(N, C, H, W)` (or `(N, D)`, as `(N, D, 1, 1)`) of a real tensor.
+fn nchw(t: &Tensor) -> (usize, usize, usize, usize) {
+    match *t.shape() {
+        [n, c, h, w] => (n, c, h, w),
+        [n, d] => (n, d, 1, 1),
+        _ => unreachable!("compile checked every step's input"),
+    }
+}
+
+fn run(step: &Step, value: Value, kernel: PopcountKernel) -> Result<Value, InferError> {
+    Ok(match (step, value) {
+        (Step::Conv { w, b, filters, g }, Value::Real(x)) => {
+            let n = x.shape()[0];
+            let plan = ConvPlan::new(*g, *filters, ConvAlgo::Auto);
+            let (out, _) = plan.forward(w, b.as_deref(), x.as_slice().expect("standard layout"));
+            Value::Real(Tensor::from_shape_vec(vec![n, *filters, g.out_h, g.out_w], out).expect("output shape"))
+        }
+        (Step::Binary(conv), Value::Bits(x)) => Value::Ints(
+            conv.forward(&x, kernel)
+                .map_err(|e| invalid("BinaryConvolution", e.to_string()))?,
+        ),
+        (&Step::MaxPool { ph, pw, stride, pad }, Value::Ints(x)) => Value::Ints(max_pool(&x, ph, pw, stride, pad)),
+        (&Step::MaxPool { ph, pw, stride, pad }, Value::Real(x)) => {
+            let (n, c, h, w) = nchw(&x);
+            let pooled = max_pool_real(
+                x.as_slice().expect("standard layout"),
+                (n, c, h, w),
+                ph,
+                pw,
+                stride,
+                pad,
+            );
+            Value::Real(pooled)
+        }
+        (
+            Step::Scale {
+                scale,
+                shift,
+                per_channel,
+            },
+            Value::Ints(x),
+        ) => Value::Real(scaled_ints(&x, scale, shift, *per_channel)),
+        (
+            Step::Scale {
+                scale,
+                shift,
+                per_channel,
+            },
+            Value::Real(mut x),
+        ) => {
+            let (_, c, h, w) = nchw(&x);
+            let plane = if *per_channel { h * w } else { 1 };
+            let per_image = c * h * w;
+            x.as_slice_mut()
+                .expect("standard layout")
+                .par_chunks_mut(per_image.max(1))
+                .for_each(|img| {
+                    for (i, v) in img.iter_mut().enumerate() {
+                        let f = i / plane;
+                        *v = *v * scale[f] + shift[f];
+                    }
+                });
+            Value::Real(x)
+        }
+        (Step::Sign, Value::Real(x)) => {
+            let (n, c, h, w) = nchw(&x);
+            Value::Bits(BitGrid::from_nchw(x.as_slice().expect("standard layout"), n, c, h, w))
+        }
+        (Step::Sign, Value::Ints(x)) => {
+            let data: Vec<f32> = x.data.iter().map(|&v| v as f32).collect();
+            Value::Bits(BitGrid::from_nhwc(&data, x.n, x.h, x.w, x.c))
+        }
+        (Step::Affine { w, b }, value) => {
+            let x = match value {
+                Value::Real(x) => x,
+                Value::Bits(g) => grid_tensor(g.to_nchw(), g.n, g.c, g.h, g.w),
+                Value::Ints(g) => ints_tensor(&g),
+            };
+            let n = x.shape()[0];
+            let x2 = x
+                .into_shape_with_order((n, w.nrows()))
+                .expect("compile checked the size")
+                .into_owned();
+            // the Affine layer's arithmetic: the bias first, then the product added
+            let mut out = Array2::<f32>::zeros((n, w.ncols()));
+            out += &ndarray::ArrayView1::from(b.as_slice());
+            gemm(1.0, &x2.view(), &w.view(), 1.0, &mut out.view_mut());
+            Value::Real(out.into_dyn())
+        }
+        (Step::Binary(_), Value::Real(_) | Value::Ints(_)) => {
+            return Err(invalid(
+                "BinaryNetwork",
+                "a binarized layer's input must be a Sign's output".into(),
+            ))
+        }
+        (_, Value::Bits(_)) => {
+            return Err(invalid(
+                "BinaryNetwork",
+                "signs can only feed a binarized or affine layer".into(),
+            ))
+        }
+        (Step::Conv { .. }, Value::Ints(_)) => {
+            return Err(invalid(
+                "BinaryNetwork",
+                "a convolution in f32 after a binarized layer".into(),
+            ))
+        }
+    })
+}
+
+/// Max pooling of integer sums, channels last (padding never wins).
+fn max_pool(x: &IntGrid, ph: usize, pw: usize, stride: usize, pad: usize) -> IntGrid {
+    let oh = (x.h + 2 * pad - ph) / stride + 1;
+    let ow = (x.w + 2 * pad - pw) / stride + 1;
+    let c = x.c;
+    let mut data = vec![i32::MIN; x.n * oh * ow * c];
+    data.par_chunks_mut((oh * ow * c).max(1))
+        .zip(x.data.par_chunks((x.h * x.w * c).max(1)))
+        .for_each(|(out, img)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = &mut out[(oy * ow + ox) * c..][..c];
+                    for ky in 0..ph {
+                        let Some(y) = (oy * stride + ky).checked_sub(pad).filter(|&y| y < x.h) else {
+                            continue;
+                        };
+                        for kx in 0..pw {
+                            let Some(xx) = (ox * stride + kx).checked_sub(pad).filter(|&v| v < x.w) else {
+                                continue;
+                            };
+                            for (o, &v) in o.iter_mut().zip(&img[(y * x.w + xx) * c..][..c]) {
+                                *o = (*o).max(v);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    IntGrid {
+        n: x.n,
+        h: oh,
+        w: ow,
+        c,
+        data,
+    }
+}
+
+/// Max pooling of reals `(N, C, H, W)` (padding never wins).
+fn max_pool_real(
+    x: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    ph: usize,
+    pw: usize,
+    stride: usize,
+    pad: usize,
+) -> Tensor {
+    let oh = (h + 2 * pad - ph) / stride + 1;
+    let ow = (w + 2 * pad - pw) / stride + 1;
+    let mut out = vec![f32::NEG_INFINITY; n * c * oh * ow];
+    for (plane, o) in x.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..ph {
+                    for kx in 0..pw {
+                        let (y, xx) = ((oy * stride + ky).checked_sub(pad), (ox * stride + kx).checked_sub(pad));
+                        if let (Some(y), Some(xx)) = (y, xx) {
+                            if y < h && xx < w {
+                                o[oy * ow + ox] = o[oy * ow + ox].max(plane[y * w + xx]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_shape_vec(vec![n, c, oh, ow], out).expect("output shape")
+}
+
+/// `v * scale + shift` of integer sums, as the float batch norm computes it on the same
+/// (exact) values, laid out as the float network's.
+fn scaled_ints(x: &IntGrid, scale: &[f32], shift: &[f32], per_channel: bool) -> Tensor {
+    let mut t = ints_tensor(x);
+    let plane = if per_channel { x.h * x.w } else { 1 };
+    let per_image = x.c * x.h * x.w;
+    t.as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(per_image.max(1))
+        .for_each(|img| {
+            for (i, v) in img.iter_mut().enumerate() {
+                let f = i / plane;
+                *v = *v * scale[f] + shift[f];
+            }
+        });
+    t
+}
