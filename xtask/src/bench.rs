@@ -86,7 +86,8 @@ pub struct BenchArgs {
     /// shipped weights; int8 is calibrated on the first 1000 training images).
     #[arg(long, value_delimiter = ',', value_parser = crate::eval::parse_eval_precision, conflicts_with_all = ["serve", "time_to_accuracy"])]
     precision: Vec<crate::eval::EvalPrecision>,
-    /// With --precision: the parameter file (default: the shipped DeepConvNet).
+    /// With --precision: the parameter file (default: the shipped DeepConvNet); with
+    /// --model binary, a binarized network's (default: the shipped one).
     #[arg(long)]
     params: Option<PathBuf>,
     /// With --time-to-accuracy: test-set checks per epoch.
@@ -328,6 +329,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             data,
             json: a.json.as_deref(),
         });
+    }
+    if matches!(a.model, ModelName::Binary) {
+        let params = a.params.clone().unwrap_or_else(crate::shipped_binary_params);
+        let data = a.data.clone().unwrap_or_else(crate::default_data_dir);
+        return crate::bench_binary::run(&params, a.windows, &data, a.json.as_deref());
     }
     if !a.precision.is_empty() {
         let params = a.params.clone().unwrap_or_else(crate::shipped_params);

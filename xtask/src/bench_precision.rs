@@ -123,8 +123,9 @@ pub fn run(
         let engine = Engine::new(&net, p, calibration.as_ref())?;
         let (file_bytes, kernel) = match (&engine, p) {
             (Engine::Int8(q), _) => (q.to_bytes().len(), q.kernel().name()),
+            (Engine::Binary(b), _) => (b.to_bytes().len(), b.kernel().name()),
             (_, EvalPrecision::Float(f)) => (net.params_to_bytes_as(f).len(), conv_isa.name()),
-            (_, EvalPrecision::Int8) => unreachable!("int8 gives an int8 engine"),
+            (_, EvalPrecision::Int8 | EvalPrecision::Binary) => unreachable!("an int8 or binary engine"),
         };
         runners.push((
             p.name().to_string(),

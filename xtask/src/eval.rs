@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::Args;
-use dl_infer::{Inference, Precision, QuantizedNetwork};
+use dl_infer::{BinaryNetwork, Inference, Precision, QuantizedNetwork};
 use dl_train::{evaluate, Ensemble, Evaluation, Vote};
 
 use crate::train::{ModelName, VoteArg};
@@ -54,6 +55,8 @@ pub enum EvalPrecision {
     Float(Precision),
     /// Post-training int8 quantization.
     Int8,
+    /// A binarized network (`--model binary`) with its signs packed 64 to a word.
+    Binary,
 }
 
 impl EvalPrecision {
@@ -61,17 +64,18 @@ impl EvalPrecision {
         match self {
             EvalPrecision::Float(p) => p.name(),
             EvalPrecision::Int8 => "int8",
+            EvalPrecision::Binary => "binary",
         }
     }
 }
 
 pub fn parse_eval_precision(s: &str) -> Result<EvalPrecision, String> {
-    if s == "int8" {
-        Ok(EvalPrecision::Int8)
-    } else {
-        parse_precision(s)
+    match s {
+        "int8" => Ok(EvalPrecision::Int8),
+        "binary" => Ok(EvalPrecision::Binary),
+        _ => parse_precision(s)
             .map(EvalPrecision::Float)
-            .map_err(|e| format!("{e} (or int8)"))
+            .map_err(|e| format!("{e} (or int8, binary)")),
     }
 }
 
@@ -87,6 +91,15 @@ pub fn calibration_images(n: usize, data: Option<&std::path::Path>) -> Result<dl
 pub enum Engine {
     Float(Inference),
     Int8(QuantizedNetwork),
+    Binary(BinaryNetwork),
+}
+
+/// `(C, H, W)` of the images `net` takes, from its configuration.
+fn input_dim(net: &dl_models::Network) -> Result<(usize, usize, usize), CliError> {
+    let config = net.metadata().get("config").map(String::as_str).unwrap_or("{}");
+    let value: serde_json::Value = serde_json::from_str(config).map_err(|e| CliError::Other(e.to_string()))?;
+    serde_json::from_value(value["input_dim"].clone())
+        .map_err(|_| CliError::Other(format!("{}: no input_dim in its configuration", net.kind())))
 }
 
 impl Engine {
@@ -102,6 +115,9 @@ impl Engine {
                 let x = calibration.ok_or_else(|| CliError::Other("int8 needs calibration images".into()))?;
                 Engine::Int8(QuantizedNetwork::quantize(net.root(), x).map_err(infer_error)?)
             }
+            EvalPrecision::Binary => {
+                Engine::Binary(BinaryNetwork::new(net.root(), input_dim(net)?).map_err(infer_error)?)
+            }
         })
     }
 
@@ -109,6 +125,7 @@ impl Engine {
         match self {
             Engine::Float(e) => e.predict(x),
             Engine::Int8(q) => q.predict(x),
+            Engine::Binary(b) => b.predict(x),
         }
         .map_err(infer_error)
     }
@@ -117,6 +134,7 @@ impl Engine {
         match self {
             Engine::Float(e) => e.weight_bytes(),
             Engine::Int8(q) => q.weight_bytes(),
+            Engine::Binary(b) => b.weight_bytes(),
         }
     }
 }
@@ -276,7 +294,7 @@ fn run_precisions(
             println!("int8 calibrated on the first {} training images", x.shape()[0]);
             Some(x)
         }
-        EvalPrecision::Float(_) => None,
+        EvalPrecision::Float(_) | EvalPrecision::Binary => None,
     };
     let runs = precision_runs(members, precision, set, batch, vote, calibration.as_ref())?;
     for line in precision_lines(&runs) {
@@ -338,8 +356,8 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
         return run_ensemble(dir, a.vote, &test, a.batch_size);
     }
     let params = a.params.unwrap_or_else(crate::shipped_params);
-    if let Some(q) = read_quantized(&params)? {
-        return run_quantized(&params, &q, &test, a.batch_size);
+    if let Some(engine) = read_packed(&params)? {
+        return run_packed(&params, engine, &test, a.batch_size);
     }
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
@@ -367,32 +385,34 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The network of `path` if it is a quantized file (`cargo xtask quantize`'s).
-fn read_quantized(path: &std::path::Path) -> Result<Option<QuantizedNetwork>, CliError> {
+/// The network of `path` if it is a quantized or a packed binarized file (`cargo xtask
+/// quantize`'s).
+fn read_packed(path: &std::path::Path) -> Result<Option<Engine>, CliError> {
     let bytes = std::fs::read(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
-    if !QuantizedNetwork::is_quantized_file(&bytes) {
-        return Ok(None);
-    }
-    let q = QuantizedNetwork::from_bytes(&bytes).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
-    Ok(Some(q))
+    let named = |e: dl_infer::InferError| CliError::Other(format!("{}: {e}", path.display()));
+    Ok(if QuantizedNetwork::is_quantized_file(&bytes) {
+        Some(Engine::Int8(QuantizedNetwork::from_bytes(&bytes).map_err(named)?))
+    } else if BinaryNetwork::is_binary_file(&bytes) {
+        Some(Engine::Binary(BinaryNetwork::from_bytes(&bytes).map_err(named)?))
+    } else {
+        None
+    })
 }
 
-/// `eval --params` of a quantized file: its accuracy, by the int8 kernels.
-fn run_quantized(
-    path: &std::path::Path,
-    q: &QuantizedNetwork,
-    test: &dl_data::ImageSet,
-    batch: usize,
-) -> Result<(), CliError> {
-    let engines = [Engine::Int8(q.clone())];
+/// `eval --params` of a quantized or packed file: its accuracy, by its own kernels.
+fn run_packed(path: &std::path::Path, engine: Engine, test: &dl_data::ImageSet, batch: usize) -> Result<(), CliError> {
+    let what = match &engine {
+        Engine::Int8(q) => format!("int8 network ({} kernel)", q.kernel()),
+        Engine::Binary(b) => format!("binarized network ({} kernel)", b.kernel()),
+        Engine::Float(_) => unreachable!("read_packed gives no float engine"),
+    };
+    let weight_bytes = engine.weight_bytes();
     let start = std::time::Instant::now();
-    let (_, classes) = classify_set(&engines, test, batch, Vote::Mean)?;
+    let (_, classes) = classify_set(&[engine], test, batch, Vote::Mean)?;
     let e = evaluation(&classes, test);
     println!(
-        "{}: int8 network ({} kernel), weights {} bytes, on {} test images in {:.2} s",
+        "{}: {what}, weights {weight_bytes} bytes, on {} test images in {:.2} s",
         path.display(),
-        q.kernel(),
-        q.weight_bytes(),
         e.total,
         start.elapsed().as_secs_f64()
     );
@@ -419,13 +439,34 @@ pub struct QuantizeArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Bits per weight: 8 (int8, any model) or 1 (a binarized network, `train --model
+    /// binary`: its signs packed 8 to a byte; no calibration).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::PossibleValuesParser::new(["8", "1"]).map(|s| s.parse::<u8>().expect("8 or 1")))]
+    bits: u8,
 }
 
-/// `cargo xtask quantize`: post-training int8 quantization of a parameter file.
+/// `cargo xtask quantize`: post-training int8 quantization of a parameter file, or the
+/// packed 1-bit file of a binarized network.
 pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     let params = a.params.unwrap_or_else(crate::shipped_params);
     crate::refuse_to_replace(&a.out, a.overwrite)?;
     let net = dl_models::load(&params)?;
+    if a.bits == 1 {
+        let packed = BinaryNetwork::new(net.root(), input_dim(&net)?).map_err(infer_error)?;
+        let bytes = packed.to_bytes();
+        dl_tensor::fs::atomic_write(&a.out, &bytes)
+            .map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+        let f32_bytes = net.params_to_bytes().len();
+        println!(
+            "wrote {} (1-bit {}: {} bytes, {:.1}x smaller than f32's {} bytes)",
+            a.out.display(),
+            net.kind(),
+            bytes.len(),
+            f32_bytes as f64 / bytes.len() as f64,
+            f32_bytes
+        );
+        return Ok(());
+    }
     let x = calibration_images(a.calibrate as usize, a.data.as_deref())?;
     let q = QuantizedNetwork::quantize(net.root(), &x).map_err(infer_error)?;
     let bytes = q.to_bytes();

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the command line of dlfs. `cargo xtask --help` lists the commands.
 
 mod bench;
+mod bench_binary;
 mod bench_distributed;
 mod bench_precision;
 mod download;
@@ -83,6 +84,11 @@ impl Dataset {
 /// The trained DeepConvNet weights shipped in the repository.
 pub fn shipped_params() -> PathBuf {
     root().join("crates/dl-models/weights/deep_convnet.safetensors")
+}
+
+/// The shipped binarized network (`train --model binary`), in f32.
+pub fn shipped_binary_params() -> PathBuf {
+    root().join("crates/dl-models/weights/binary_convnet.safetensors")
 }
 
 /// This invocation as `cargo xtask <sub> <its arguments>`, for a manifest's description

@@ -96,3 +96,64 @@ fn ops_without_a_one_bit_form_and_wrong_inputs_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("Sign"), "{err}");
 }
+
+#[test]
+fn the_packed_file_is_32x_smaller_and_gives_the_same_scores() {
+    let net = network(BinaryConvNetConfig::default());
+    let packed = BinaryNetwork::new(net.root(), (1, 28, 28)).unwrap();
+    let bytes = packed.to_bytes();
+    assert!(BinaryNetwork::is_binary_file(&bytes));
+    assert!(!BinaryNetwork::is_binary_file(&net.params_to_bytes()));
+    let float_file = net.params_to_bytes().len();
+    // the binarized weights at one bit (1,675,200 / 8 bytes), the rest at 32
+    assert!(bytes.len() * 28 < float_file, "{} vs {float_file}", bytes.len());
+    let signs = (32 * 32 * 9 + 64 * 32 * 9 + 64 * 64 * 9 + 3136 * 512) / 8;
+    let floats = 4 * (32 * 9 + 2 * (32 + 32 + 64 + 64 + 512) + 512 * 10 + 10);
+    assert!(
+        bytes.len() >= signs + floats && bytes.len() < signs + floats + 4096,
+        "{}",
+        bytes.len()
+    );
+    let back = BinaryNetwork::from_bytes(&bytes).unwrap();
+    let x = images(10, 5);
+    assert_eq!(back.predict(&x).unwrap(), packed.predict(&x).unwrap());
+    assert_eq!(back.to_bytes(), bytes, "the same bytes again");
+}
+
+#[test]
+fn broken_packed_files_are_format_errors() {
+    let net = network(BinaryConvNetConfig {
+        blocks: vec![(1, 8), (1, 8)],
+        hidden_size: 16,
+        ..Default::default()
+    });
+    let bytes = BinaryNetwork::new(net.root(), (1, 28, 28)).unwrap().to_bytes();
+    for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
+        let err = BinaryNetwork::from_bytes(&bytes[..cut]).unwrap_err();
+        assert!(matches!(err, InferError::Format(_)), "cut at {cut}: {err}");
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let edit = |from: &str, to: &str| {
+        let header = &text[8..8 + header_len];
+        assert!(header.contains(from), "{from} in {header}");
+        let new_header = header.replacen(from, to, 1);
+        let mut out = (new_header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(new_header.as_bytes());
+        out.extend_from_slice(&bytes[8 + header_len..]);
+        out
+    };
+    for (from, to) in [
+        (r#"\"version\":1"#, r#"\"version\":2"#),
+        (r#"\"dims\":[8,8,3,3]"#, r#"\"dims\":[8,9,3,3]"#),
+        (
+            r#"\"dims\":[8,8,3,3]"#,
+            r#"\"dims\":[4000000000,4000000000,4000000000,3]"#,
+        ),
+        (r#"\"op\":\"sign\""#, r#"\"op\":\"relu\""#),
+        (r#"\"pad\":1"#, r#"\"pad\":100000"#),
+    ] {
+        let err = BinaryNetwork::from_bytes(&edit(from, to)).unwrap_err();
+        assert!(matches!(err, InferError::Format(_)), "{to}: {err}");
+    }
+}

@@ -396,45 +396,47 @@ impl BinaryConv {
         }
     }
 
-    /// The taps of output pixel `(oy, ox)` inside the image: `(tap index, pixel index)`.
+    /// The filter rows and columns of output pixel `(oy, ox)` that fall inside the image
+    /// (a rectangle): `(ky0..ky1, kx0..kx1)`.
     #[inline(always)]
-    fn taps(&self, g: &ConvGeometry, oy: usize, ox: usize, taps: &mut Vec<(usize, usize)>) {
-        taps.clear();
+    fn window(&self, g: &ConvGeometry, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let [_, _, fh, fw] = self.dims;
-        for ky in 0..fh {
-            let Some(y) = (oy * g.stride + ky).checked_sub(g.pad).filter(|&y| y < g.h) else {
-                continue;
-            };
-            for kx in 0..fw {
-                if let Some(x) = (ox * g.stride + kx).checked_sub(g.pad).filter(|&x| x < g.w) {
-                    taps.push((ky * fw + kx, y * g.w + x));
-                }
-            }
-        }
+        // filter row ky reads image row oy * stride + ky - pad, inside when in 0..h
+        let inside = |o: usize, k: usize, side: usize| {
+            let first = o * g.stride;
+            let lo = g.pad.saturating_sub(first);
+            let hi = (side + g.pad).saturating_sub(first).min(k);
+            lo..hi.max(lo)
+        };
+        (inside(oy, fh, g.h), inside(ox, fw, g.w))
     }
 
     /// The loop of the scalar kernels: per output pixel and filter, the counts over the
     /// taps inside the image.
     #[inline(always)]
     fn image_loop(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
-        let [f, c, _, _] = self.dims;
+        let [f, c, _, fw] = self.dims;
         let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
-        let mut taps = Vec::new();
         let mut counts = vec![0u32; f];
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
-                self.taps(g, oy, ox, &mut taps);
+                let (rows, cols) = self.window(g, oy, ox);
                 counts.iter_mut().for_each(|v| *v = 0);
-                for &(t, p) in &taps {
-                    for k in 0..wpp {
-                        let a = img[p * wpp + k];
-                        let row = &self.packed[(t * wpp + k) * fp..][..f];
-                        for (n, &w) in counts.iter_mut().zip(row) {
-                            *n += (a ^ w).count_ones();
+                for ky in rows.clone() {
+                    let y = oy * g.stride + ky - g.pad;
+                    for kx in cols.clone() {
+                        let p = y * g.w + ox * g.stride + kx - g.pad;
+                        let t = ky * fw + kx;
+                        for k in 0..wpp {
+                            let a = img[p * wpp + k];
+                            let row = &self.packed[(t * wpp + k) * fp..][..f];
+                            for (n, &w) in counts.iter_mut().zip(row) {
+                                *n += (a ^ w).count_ones();
+                            }
                         }
                     }
                 }
-                let full = (taps.len() * c) as i32;
+                let full = (rows.len() * cols.len() * c) as i32;
                 let o = &mut out[(oy * g.out_w + ox) * f..][..f];
                 for (o, &n) in o.iter_mut().zip(&counts) {
                     *o = full - 2 * n as i32;
@@ -454,41 +456,72 @@ impl BinaryConv {
     }
 
     /// The AVX-512 kernel: per output pixel, up to 64 filters' counts in eight
-    /// registers; each input word broadcast, XORed with eight filters' words, counted.
+    /// registers; each input word broadcast, XORed with eight filters' words, counted;
+    /// the outputs `full - 2 * count` computed and narrowed to `i32` in registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
     unsafe fn image_avx512(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
+        let f = self.dims[0];
+        let fp = f.next_multiple_of(LANES);
+        for first in (0..fp).step_by(LANES * BLOCKS) {
+            // the number of registers of counts is a constant in each instance, so that
+            // they stay in registers
+            // SAFETY (each): the CPU has the instructions (the caller's contract).
+            match ((fp - first) / LANES).min(BLOCKS) {
+                1 => unsafe { self.blocks_avx512::<1>(img, g, out, first) },
+                2 => unsafe { self.blocks_avx512::<2>(img, g, out, first) },
+                3 => unsafe { self.blocks_avx512::<3>(img, g, out, first) },
+                4 => unsafe { self.blocks_avx512::<4>(img, g, out, first) },
+                5 => unsafe { self.blocks_avx512::<5>(img, g, out, first) },
+                6 => unsafe { self.blocks_avx512::<6>(img, g, out, first) },
+                7 => unsafe { self.blocks_avx512::<7>(img, g, out, first) },
+                _ => unsafe { self.blocks_avx512::<8>(img, g, out, first) },
+            }
+        }
+    }
+
+    /// [`BinaryConv::image_avx512`] for the `B` blocks of eight filters from `first`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    unsafe fn blocks_avx512<const B: usize>(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32], first: usize) {
         use std::arch::x86_64::*;
-        let [f, c, _, _] = self.dims;
+        let [f, c, _, fw] = self.dims;
         let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
-        let mut taps = Vec::new();
-        let mut counts = [0u64; LANES * BLOCKS];
+        let mut tail = [0i32; LANES];
+        let packed = self.packed.as_ptr();
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
-                self.taps(g, oy, ox, &mut taps);
-                let full = (taps.len() * c) as i32;
-                for first in (0..fp).step_by(LANES * BLOCKS) {
-                    let blocks = ((fp - first) / LANES).min(BLOCKS);
-                    let mut acc = [_mm512_setzero_si512(); BLOCKS];
-                    for &(t, p) in &taps {
+                let (rows, cols) = self.window(g, oy, ox);
+                let full = _mm512_set1_epi64((rows.len() * cols.len() * c) as i64);
+                let mut acc = [_mm512_setzero_si512(); B];
+                for ky in rows.clone() {
+                    let y = oy * g.stride + ky - g.pad;
+                    let pixels = &img[(y * g.w + ox * g.stride + cols.start - g.pad) * wpp..][..cols.len() * wpp];
+                    for (j, kx) in cols.clone().enumerate() {
+                        let t = ky * fw + kx;
                         for k in 0..wpp {
-                            let a = _mm512_set1_epi64(img[p * wpp + k] as i64);
-                            let row = &self.packed[(t * wpp + k) * fp + first..][..blocks * LANES];
-                            for (b, acc) in acc.iter_mut().enumerate().take(blocks) {
-                                // SAFETY: `row` holds `blocks` groups of 8 words.
-                                let w = unsafe { _mm512_loadu_si512(row.as_ptr().add(b * LANES).cast()) };
+                            let a = _mm512_set1_epi64(pixels[j * wpp + k] as i64);
+                            // SAFETY: the packed filters hold `fp` words per (tap, word),
+                            // and `first + B * 8 <= fp`.
+                            let row = unsafe { packed.add((t * wpp + k) * fp + first) };
+                            for (b, acc) in acc.iter_mut().enumerate() {
+                                let w = unsafe { _mm512_loadu_si512(row.add(b * LANES).cast()) };
                                 *acc = _mm512_add_epi64(*acc, _mm512_popcnt_epi64(_mm512_xor_si512(a, w)));
                             }
                         }
                     }
-                    for (b, acc) in acc.iter().enumerate().take(blocks) {
-                        // SAFETY: `counts` holds `BLOCKS` groups of 8 words.
-                        unsafe { _mm512_storeu_si512(counts.as_mut_ptr().add(b * LANES).cast(), *acc) };
-                    }
-                    let filters = (f - first).min(LANES * BLOCKS);
-                    let o = &mut out[(oy * g.out_w + ox) * f + first..][..filters];
-                    for (o, &n) in o.iter_mut().zip(&counts) {
-                        *o = full - 2 * n as i32;
+                }
+                let o = &mut out[(oy * g.out_w + ox) * f..][..f];
+                for (b, acc) in acc.iter().enumerate() {
+                    let v = _mm512_cvtepi64_epi32(_mm512_sub_epi64(full, _mm512_slli_epi64::<1>(*acc)));
+                    let at = first + b * LANES;
+                    if at + LANES <= f {
+                        // SAFETY: `o` has room for 8 `i32` at `at`.
+                        unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(at).cast(), v) };
+                    } else {
+                        // SAFETY: `tail` is 8 `i32`.
+                        unsafe { _mm256_storeu_si256(tail.as_mut_ptr().cast(), v) };
+                        o[at..].copy_from_slice(&tail[..f - at]);
                     }
                 }
             }
