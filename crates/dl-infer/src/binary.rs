@@ -69,6 +69,12 @@ enum Step {
     },
     /// The sign, packed.
     Sign,
+    /// Batch norm then the sign, in one pass (the bits straight from the sums).
+    ScaleSign {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        per_channel: bool,
+    },
     /// An affine layer in `f32`: `b + x W`.
     Affine { w: Array2<f32>, b: Vec<f32> },
 }
@@ -245,7 +251,33 @@ fn compile(ops: &[Op], mut shape: Shape) -> Result<Vec<Step>, InferError> {
         steps.push(step);
         shape = next;
     }
-    Ok(steps)
+    Ok(fuse(steps))
+}
+
+/// Every batch norm followed by a sign made one step.
+fn fuse(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        match (out.last_mut(), step) {
+            (Some(last @ Step::Scale { .. }), Step::Sign) => {
+                let Step::Scale {
+                    scale,
+                    shift,
+                    per_channel,
+                } = std::mem::replace(last, Step::Sign)
+                else {
+                    unreachable!("matched a Scale")
+                };
+                *last = Step::ScaleSign {
+                    scale,
+                    shift,
+                    per_channel,
+                };
+            }
+            (_, step) => out.push(step),
+        }
+    }
+    out
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -311,7 +343,9 @@ impl BinaryNetwork {
             .map(|s| match s {
                 Step::Conv { w, b, .. } => 4 * (w.len() + b.as_ref().map_or(0, Vec::len)),
                 Step::Binary(conv) => conv.weight_bytes(),
-                Step::Scale { scale, shift, .. } => 4 * (scale.len() + shift.len()),
+                Step::Scale { scale, shift, .. } | Step::ScaleSign { scale, shift, .. } => {
+                    4 * (scale.len() + shift.len())
+                }
                 Step::Affine { w, b } => 4 * (w.len() + b.len()),
                 Step::MaxPool { .. } | Step::Sign => 0,
             })
@@ -688,6 +722,22 @@ fn run(step: &Step, value: Value, kernel: PopcountKernel) -> Result<Value, Infer
                 });
             Value::Real(x)
         }
+        (
+            Step::ScaleSign {
+                scale,
+                shift,
+                per_channel,
+            },
+            Value::Ints(x),
+        ) => Value::Bits(scale_sign_ints(&x, scale, shift, *per_channel)),
+        (
+            Step::ScaleSign {
+                scale,
+                shift,
+                per_channel,
+            },
+            Value::Real(x),
+        ) => Value::Bits(scale_sign_real(&x, scale, shift, *per_channel)),
         (Step::Sign, Value::Real(x)) => {
             let (n, c, h, w) = nchw(&x);
             Value::Bits(BitGrid::from_nchw(x.as_slice().expect("standard layout"), n, c, h, w))
@@ -800,6 +850,53 @@ fn max_pool_real(
         }
     }
     Tensor::from_shape_vec(vec![n, c, oh, ow], out).expect("output shape")
+}
+
+/// The signs of `v * scale + shift` of integer sums (channels last), packed: the float
+/// batch norm's arithmetic on the same (exact) values, then [`dl_layers::sign`]'s test.
+fn scale_sign_ints(x: &IntGrid, scale: &[f32], shift: &[f32], per_channel: bool) -> BitGrid {
+    let (plane, c) = (x.h * x.w, x.c);
+    let wpp = dl_tensor::binary::words(c);
+    let mut data = vec![0u64; x.n * plane * wpp];
+    data.par_chunks_mut((plane * wpp).max(1))
+        .zip(x.data.par_chunks((plane * c).max(1)))
+        .for_each(|(out, img)| {
+            for p in 0..plane {
+                let sums = &img[p * c..][..c];
+                let words = &mut out[p * wpp..][..wpp];
+                for (ch, &v) in sums.iter().enumerate() {
+                    let f = if per_channel { ch } else { ch * plane + p };
+                    words[ch / 64] |= u64::from(v as f32 * scale[f] + shift[f] >= 0.0) << (ch % 64);
+                }
+            }
+        });
+    BitGrid {
+        n: x.n,
+        h: x.h,
+        w: x.w,
+        c,
+        data,
+    }
+}
+
+/// The signs of `v * scale + shift` of reals in the float network's layout, packed.
+fn scale_sign_real(x: &Tensor, scale: &[f32], shift: &[f32], per_channel: bool) -> BitGrid {
+    let (n, c, h, w) = nchw(x);
+    let plane = h * w;
+    let wpp = dl_tensor::binary::words(c);
+    let mut data = vec![0u64; n * plane * wpp];
+    data.par_chunks_mut((plane * wpp).max(1))
+        .zip(x.as_slice().expect("standard layout").par_chunks((c * plane).max(1)))
+        .for_each(|(out, img)| {
+            for ch in 0..c {
+                let (word, bit) = (ch / 64, ch % 64);
+                for (p, &v) in img[ch * plane..][..plane].iter().enumerate() {
+                    let f = if per_channel { ch } else { ch * plane + p };
+                    out[p * wpp + word] |= u64::from(v * scale[f] + shift[f] >= 0.0) << bit;
+                }
+            }
+        });
+    BitGrid { n, h, w, c, data }
 }
 
 /// `v * scale + shift` of integer sums, as the float batch norm computes it on the same

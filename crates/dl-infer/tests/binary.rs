@@ -157,3 +157,28 @@ fn broken_packed_files_are_format_errors() {
         assert!(matches!(err, InferError::Format(_)), "{to}: {err}");
     }
 }
+
+#[test]
+fn signs_without_a_batch_norm_and_a_batch_norm_without_a_sign_run_as_in_f32() {
+    use dl_layers::{Affine, BatchNormalization, BinaryConvolution, Convolution, Init, Pooling, Sequential, Sign};
+    // a sign straight after a binarized convolution (of its sums), a batch norm whose
+    // output is not binarized (the classifier reads its reals), a pool of reals
+    let mut root = Sequential::new()
+        .with(Convolution::new(1, 6, 3, 3, 1, 1, Init::He, 1))
+        .with(Pooling::max(2, 2, 2, 0))
+        .with(Sign::new())
+        .with(BinaryConvolution::new(6, 70, 3, 3, 1, 1, Init::Xavier, 2))
+        .with(Sign::new())
+        .with(BinaryConvolution::new(70, 9, 3, 3, 2, 0, Init::Xavier, 3))
+        .with(BatchNormalization::torchvision(9))
+        .with(Affine::new(9 * 6 * 6, 4, Init::He, 4));
+    for seed in 0..2 {
+        root.forward(images(8, 50 + seed), true).unwrap();
+    }
+    let x = images(5, 9);
+    let expected = root.forward(x.clone(), false).unwrap();
+    for kernel in PopcountKernel::supported_levels() {
+        let packed = BinaryNetwork::new(&root, (1, 28, 28)).unwrap().with_kernel(kernel);
+        assert_eq!(packed.predict(&x).unwrap(), expected, "{kernel}");
+    }
+}
