@@ -484,6 +484,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Test images the shipped binarized network classifies correctly (docs/RESULTS.md §8).
+#[cfg(test)]
+const SHIPPED_BINARY_CORRECT: usize = 9906;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +504,33 @@ mod tests {
         for (got, entry) in ev.members.iter().zip(&manifest.members) {
             assert_eq!(Some(*got), entry.test_evaluation);
         }
+    }
+
+    /// The shipped binarized network run packed gives its float scores bit for bit on
+    /// every test image, at the accuracy docs/RESULTS.md states.
+    #[test]
+    fn the_shipped_binary_network_packed_gives_its_float_scores_on_every_test_image() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let mut net = dl_models::load(crate::shipped_binary_params()).unwrap();
+        assert_eq!(net.kind(), "BinaryConvNet");
+        let packed = BinaryNetwork::new(net.root(), input_dim(&net).unwrap()).unwrap();
+        let mut correct = 0;
+        for start in (0..mnist.test.len()).step_by(500) {
+            let idx: Vec<usize> = (start..start + 500).collect();
+            let (x, t) = mnist.test.batch(&idx);
+            let float = net.predict(x.clone(), false).unwrap();
+            let bits = packed.predict(&x).unwrap();
+            let differ = float
+                .iter()
+                .zip(&bits)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "images {start}..{}", start + 500);
+            let scores = bits.into_dimensionality::<ndarray::Ix2>().unwrap();
+            let classes = dl_tensor::argmax_rows(&scores.view());
+            correct += classes.iter().zip(&t).filter(|(p, t)| p == t).count();
+        }
+        assert_eq!(correct, SHIPPED_BINARY_CORRECT);
     }
 
     /// Two members of the shipped ensemble on 300 test images: at f32 the engine gives

@@ -300,6 +300,36 @@ mod tests {
         .unwrap();
     }
 
+    /// `quantize --bits 1` writes the binarized network's packed file, about 28x smaller
+    /// than its f32 one (the binarized weights 32x), `eval` runs it, `eval --precision
+    /// binary` packs on the fly, and a network that is not binarized is refused.
+    #[test]
+    fn quantize_and_eval_in_one_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("binary.safetensors");
+        let out = out.to_str().unwrap();
+        let binary = shipped_binary_params();
+        let binary = binary.to_str().unwrap();
+        run_cli(&["quantize", "--bits", "1", "--params", binary, "--out", out]).unwrap();
+        let full = std::fs::metadata(binary).unwrap().len() as f64;
+        let bytes = std::fs::read(out).unwrap();
+        let ratio = full / bytes.len() as f64;
+        assert!((27.0..32.0).contains(&ratio), "{ratio:.2}x smaller");
+        let net = dl_models::load(binary).unwrap();
+        let packed = dl_infer::BinaryNetwork::new(net.root(), (1, 28, 28)).unwrap();
+        assert_eq!(packed.to_bytes(), bytes);
+        run_cli(&["eval", "--params", out, "--dataset", "optdigits"]).unwrap();
+        let on_the_fly = ["eval", "--params", binary, "--precision", "binary"];
+        run_cli(&[&on_the_fly[..], &["--dataset", "optdigits"]].concat()).unwrap();
+        let err = run_cli(&["quantize", "--bits", "1", "--out", out, "--overwrite"]).unwrap_err();
+        assert!(err.to_string().contains("ReLU"), "the shipped DeepConvNet: {err}");
+        assert_eq!(std::fs::read(out).unwrap(), bytes, "left as it was");
+        assert!(parse_from(["xtask", "quantize", "--bits", "4", "--out", out]).is_err());
+        let deep = shipped_params();
+        let err = run_cli(&["bench", "--model", "binary", "--params", deep.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("not a binarized network"), "{err}");
+    }
+
     /// `quantize` writes an int8 file about 4x smaller than the f32 one, calibrated on the
     /// training images, refuses to replace it without --overwrite, and `eval` runs it
     /// as the network it stands for; `eval --precision int8` quantizes on the fly.

@@ -379,7 +379,7 @@ impl BinaryNetwork {
     /// float weights' order), every other tensor in `F32`, and the ops in the
     /// `dlfs-binary` metadata entry. About 32x smaller than the float file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut raw: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut raw: Vec<crate::RawTensor> = Vec::new();
         let mut described = Vec::with_capacity(self.ops.len());
         let f32s = |t: &[f32]| -> Vec<u8> { t.iter().flat_map(|v| v.to_le_bytes()).collect() };
         for (i, op) in self.ops.iter().enumerate() {
@@ -465,27 +465,13 @@ impl BinaryNetwork {
             input: self.input,
             steps: described,
         };
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("consistent view");
-                (name.clone(), view)
-            })
-            .collect();
-        let meta = std::collections::HashMap::from([(
-            METADATA_KEY.to_string(),
-            serde_json::to_string(&description).expect("plain data"),
-        )]);
-        safetensors::serialize(views, &Some(meta)).expect("serialising in-memory tensors")
+        crate::write_described(&raw, METADATA_KEY, &description)
     }
 
     /// Whether `bytes` are a safetensors file with a packed binarized network's metadata
     /// (without checking the rest).
     pub fn is_binary_file(bytes: &[u8]) -> bool {
-        safetensors::SafeTensors::read_metadata(bytes)
-            .ok()
-            .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.contains_key(METADATA_KEY)))
-            .unwrap_or(false)
+        crate::has_metadata(bytes, METADATA_KEY)
     }
 
     /// A network from [`BinaryNetwork::to_bytes`]'s bytes. Every part is checked, and a

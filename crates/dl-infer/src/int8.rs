@@ -23,8 +23,6 @@
 //! kinds, strides, activation scales and zero points as JSON in the metadata entry
 //! `dlfs-int8`.
 
-use std::collections::HashMap;
-
 use dl_layers::{Layer, Op, PoolKind, Tensor};
 use dl_tensor::int8::{max_pool_nhwc, quantize_weights, Int8Kernel, Int8Scratch, QConv, QuantParams, Requantize};
 use dl_tensor::{ConvGeometry, Isa};
@@ -564,7 +562,7 @@ impl QuantizedNetwork {
 
     /// The network as safetensors bytes (see the module's documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut raw: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut raw: Vec<crate::RawTensor> = Vec::new();
         let mut described = Vec::new();
         for (i, step) in self.steps.iter().enumerate() {
             match step {
@@ -605,27 +603,13 @@ impl QuantizedNetwork {
             input: self.input,
             steps: described,
         };
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("consistent view");
-                (name.clone(), view)
-            })
-            .collect();
-        let meta = HashMap::from([(
-            METADATA_KEY.to_string(),
-            serde_json::to_string(&description).expect("plain data"),
-        )]);
-        safetensors::serialize(views, &Some(meta)).expect("serialising in-memory tensors")
+        crate::write_described(&raw, METADATA_KEY, &description)
     }
 
     /// Whether `bytes` are a safetensors file with a quantized network's metadata
     /// (without checking the rest).
     pub fn is_quantized_file(bytes: &[u8]) -> bool {
-        safetensors::SafeTensors::read_metadata(bytes)
-            .ok()
-            .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.contains_key(METADATA_KEY)))
-            .unwrap_or(false)
+        crate::has_metadata(bytes, METADATA_KEY)
     }
 
     /// A network from [`QuantizedNetwork::to_bytes`]'s bytes; every part is checked,

@@ -95,7 +95,7 @@ enum Node<E> {
     },
     Affine {
         w: Vec<E>,
-        b: Vec<E>,
+        b: Option<Vec<E>>,
         d: usize,
         m: usize,
         relu: bool,
@@ -171,6 +171,33 @@ fn widened<E: Storage>(v: &[E]) -> Vec<f32> {
     out
 }
 
+/// A tensor as a file stores it: name, type, shape and little-endian bytes.
+pub(crate) type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Safetensors bytes of `raw` with `description` as JSON under the metadata entry `key`
+/// (the file formats of [`int8`] and [`binary`]).
+pub(crate) fn write_described(raw: &[RawTensor], key: &str, description: &impl serde::Serialize) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("consistent view");
+            (name.clone(), view)
+        })
+        .collect();
+    let meta =
+        std::collections::HashMap::from([(key.to_string(), serde_json::to_string(description).expect("plain data"))]);
+    safetensors::serialize(views, &Some(meta)).expect("serialising in-memory tensors")
+}
+
+/// Whether `bytes` are a safetensors file with the metadata entry `key` (without
+/// checking the rest).
+pub(crate) fn has_metadata(bytes: &[u8], key: &str) -> bool {
+    safetensors::SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().as_ref().map(|m| m.contains_key(key)))
+        .unwrap_or(false)
+}
+
 fn invalid(op: &'static str, message: String) -> InferError {
     InferError::Invalid { op, message }
 }
@@ -224,7 +251,7 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
                 }
                 Node::Affine {
                     w: stored(w),
-                    b: stored(b),
+                    b: Some(stored(b)),
                     d: s[0],
                     m: s[1],
                     relu: fuse,
@@ -238,10 +265,13 @@ fn compile<E: Storage>(ops: &[Op]) -> Result<Vec<Node<E>>, InferError> {
                 stride: *stride,
                 pad: *pad,
             })?,
-            Op::BinaryAffine { w } => single(Op::Affine {
+            Op::BinaryAffine { w } => match single(Op::Affine {
                 w: w.clone(),
                 b: Tensor::zeros(vec![w.shape().get(1).copied().unwrap_or(0)]),
-            })?,
+            })? {
+                Node::Affine { w, d, m, relu, .. } => Node::Affine { w, b: None, d, m, relu },
+                _ => unreachable!("an affine op compiles to an affine node"),
+            },
             Op::Sign => Node::Sign,
             Op::Relu => Node::Relu,
             Op::Sigmoid => Node::Sigmoid,
@@ -382,10 +412,10 @@ impl<E: Storage> Node<E> {
                         given: x.shape.clone(),
                     });
                 }
-                let (w32, b32) = (widened(w), widened(b));
+                let (w32, b32) = (widened(w), b.as_deref().map(widened));
                 let wv = ndarray::ArrayView2::from_shape((d, m), &w32[..]).expect("checked at compile");
                 let epilogue = Epilogue {
-                    bias: Some(&b32),
+                    bias: b32.as_deref(),
                     relu: *relu,
                 };
                 let mut out = vec![E::default(); n * m];
@@ -530,7 +560,7 @@ impl<E: Storage> Node<E> {
         let all = |nodes: &[Node<E>]| nodes.iter().map(Node::stored_values).sum::<usize>();
         match self {
             Node::Conv { w, b, .. } => w.len() + b.as_ref().map_or(0, Vec::len),
-            Node::Affine { w, b, .. } => w.len() + b.len(),
+            Node::Affine { w, b, .. } => w.len() + b.as_ref().map_or(0, Vec::len),
             Node::Scale { scale, shift, .. } => scale.len() + shift.len(),
             Node::Sequential(nodes) => all(nodes),
             Node::Residual { body, shortcut } => all(body) + shortcut.as_deref().map_or(0, all),

@@ -51,7 +51,10 @@ fn f32_inference_is_the_networks_evaluation_forward() {
 /// network's depth, and the scores rank the classes as f32 does on nearly every image.
 #[test]
 fn sixteen_bit_inference_stays_close_to_f32() {
-    for kind in MODEL_KINDS {
+    // not a binarized network: a value rounded to 16 bits just above or below zero flips
+    // a sign, and a flipped sign moves every sum it feeds by 2; its 16-bit form is no
+    // approximation of its f32 one (dl_infer::binary runs it exactly instead)
+    for kind in MODEL_KINDS.into_iter().filter(|&k| k != "BinaryConvNet") {
         let net = model(kind);
         let x = images(32, 2);
         let full = Inference::new(net.root(), Precision::F32).unwrap();

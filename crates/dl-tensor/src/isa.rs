@@ -221,6 +221,8 @@ pub fn cpu_simd_flags() -> Vec<&'static str> {
             "avx512vl",
             "avx512vnni",
             "avx512bf16",
+            "avx512vpopcntdq",
+            "popcnt",
             "avxvnni"
         );
     }

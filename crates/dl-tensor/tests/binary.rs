@@ -133,4 +133,40 @@ fn the_kernel_follows_the_instruction_set_level() {
         PopcountKernel::ALL.map(|k| k.name()),
         ["scalar", "popcnt", "avx512-vpopcntdq"]
     );
+    assert_eq!(PopcountKernel::Avx512Vpopcntdq.to_string(), "avx512-vpopcntdq");
+    let levels = PopcountKernel::supported_levels();
+    assert_eq!(levels[0], PopcountKernel::Scalar);
+    assert!(levels.contains(&PopcountKernel::active()));
+    assert_eq!(
+        levels,
+        PopcountKernel::ALL
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// What the kernels say the CPU has against what Linux says (`/proc/cpuinfo`).
+#[test]
+fn the_kernels_a_cpu_supports_are_those_its_flags_name() {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return; // not Linux: nothing independent to compare with
+    };
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map_or(Vec::new(), |l| l.split_whitespace().collect());
+    if flags.is_empty() {
+        return; // not x86 (aarch64 names its "Features")
+    }
+    use dl_tensor::Isa;
+    assert_eq!(
+        PopcountKernel::Popcnt.supported(),
+        Isa::Avx2.supported() && flags.contains(&"popcnt")
+    );
+    assert_eq!(
+        PopcountKernel::Avx512Vpopcntdq.supported(),
+        Isa::Avx512.supported() && flags.contains(&"avx512_vpopcntdq")
+    );
+    assert!(PopcountKernel::Scalar.supported());
 }
