@@ -467,26 +467,34 @@ impl BinaryConv {
             // the number of registers of counts is a constant in each instance, so that
             // they stay in registers
             // SAFETY (each): the CPU has the instructions (the caller's contract).
-            match ((fp - first) / LANES).min(BLOCKS) {
-                1 => unsafe { self.blocks_avx512::<1>(img, g, out, first) },
-                2 => unsafe { self.blocks_avx512::<2>(img, g, out, first) },
-                3 => unsafe { self.blocks_avx512::<3>(img, g, out, first) },
-                4 => unsafe { self.blocks_avx512::<4>(img, g, out, first) },
-                5 => unsafe { self.blocks_avx512::<5>(img, g, out, first) },
-                6 => unsafe { self.blocks_avx512::<6>(img, g, out, first) },
-                7 => unsafe { self.blocks_avx512::<7>(img, g, out, first) },
-                _ => unsafe { self.blocks_avx512::<8>(img, g, out, first) },
+            let blocks = ((fp - first) / LANES).min(BLOCKS);
+            macro_rules! run {
+                ($($b:literal)*) => {
+                    match (blocks, words(self.dims[1]) == 1) {
+                        $(($b, true) => unsafe { self.blocks_avx512::<$b, true>(img, g, out, first) },
+                          ($b, false) => unsafe { self.blocks_avx512::<$b, false>(img, g, out, first) },)*
+                        _ => unreachable!("1 to 8 blocks"),
+                    }
+                };
             }
+            run!(1 2 3 4 5 6 7 8);
         }
     }
 
-    /// [`BinaryConv::image_avx512`] for the `B` blocks of eight filters from `first`.
+    /// [`BinaryConv::image_avx512`] for the `B` blocks of eight filters from `first`;
+    /// `ONE`: each pixel's channels fit one word (`C <= 64`).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    unsafe fn blocks_avx512<const B: usize>(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32], first: usize) {
+    unsafe fn blocks_avx512<const B: usize, const ONE: bool>(
+        &self,
+        img: &[u64],
+        g: &ConvGeometry,
+        out: &mut [i32],
+        first: usize,
+    ) {
         use std::arch::x86_64::*;
         let [f, c, _, fw] = self.dims;
-        let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
+        let (wpp, fp) = (if ONE { 1 } else { words(c) }, f.next_multiple_of(LANES));
         let mut tail = [0i32; LANES];
         let packed = self.packed.as_ptr();
         for oy in 0..g.out_h {
