@@ -692,22 +692,8 @@ fn run(step: &Step, value: Value, kernel: PopcountKernel) -> Result<Value, Infer
                 shift,
                 per_channel,
             },
-            Value::Real(mut x),
-        ) => {
-            let (_, c, h, w) = nchw(&x);
-            let plane = if *per_channel { h * w } else { 1 };
-            let per_image = c * h * w;
-            x.as_slice_mut()
-                .expect("standard layout")
-                .par_chunks_mut(per_image.max(1))
-                .for_each(|img| {
-                    for (i, v) in img.iter_mut().enumerate() {
-                        let f = i / plane;
-                        *v = *v * scale[f] + shift[f];
-                    }
-                });
-            Value::Real(x)
-        }
+            Value::Real(x),
+        ) => Value::Real(scaled(x, scale, shift, *per_channel)),
         (
             Step::ScaleSign {
                 scale,
@@ -888,12 +874,16 @@ fn scale_sign_real(x: &Tensor, scale: &[f32], shift: &[f32], per_channel: bool) 
 /// `v * scale + shift` of integer sums, as the float batch norm computes it on the same
 /// (exact) values, laid out as the float network's.
 fn scaled_ints(x: &IntGrid, scale: &[f32], shift: &[f32], per_channel: bool) -> Tensor {
-    let mut t = ints_tensor(x);
-    let plane = if per_channel { x.h * x.w } else { 1 };
-    let per_image = x.c * x.h * x.w;
+    scaled(ints_tensor(x), scale, shift, per_channel)
+}
+
+/// `v * scale + shift` per feature of reals in the float network's layout.
+fn scaled(mut t: Tensor, scale: &[f32], shift: &[f32], per_channel: bool) -> Tensor {
+    let (_, c, h, w) = nchw(&t);
+    let plane = if per_channel { h * w } else { 1 };
     t.as_slice_mut()
         .expect("standard layout")
-        .par_chunks_mut(per_image.max(1))
+        .par_chunks_mut((c * h * w).max(1))
         .for_each(|img| {
             for (i, v) in img.iter_mut().enumerate() {
                 let f = i / plane;

@@ -1,6 +1,7 @@
 use dl_tensor::Tensor;
 
 use crate::binary_convolution::{renamed, signs};
+use crate::sign;
 use crate::{Affine, Init, Layer, LayerError, Op, Param};
 
 /// A binarized affine layer (Courbariaux et al., 2016): real-valued latent weights `W`
@@ -47,7 +48,7 @@ impl Layer for BinaryAffine {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        self.affine.w.value = signs(&self.w.value);
+        self.affine.w.value.zip_mut_with(&self.w.value, |s, &w| *s = sign(w));
         self.affine.forward(x, train).map_err(|e| renamed(e, self.name()))
     }
 

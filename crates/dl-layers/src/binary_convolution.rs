@@ -101,7 +101,7 @@ impl Layer for BinaryConvolution {
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         // the latent weights may have changed (an optimizer step, a load) since the last
         // forward
-        self.conv.w.value = signs(&self.w.value);
+        self.conv.w.value.zip_mut_with(&self.w.value, |s, &w| *s = sign(w));
         self.conv.forward(x, train).map_err(|e| renamed(e, self.name()))
     }
 
