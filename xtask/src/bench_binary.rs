@@ -1,15 +1,15 @@
 //! `cargo xtask bench --model binary`: the binarized network's packed 1-bit kernels
 //! against `f32`. Per binarized layer of the network, at batch 100, the packed
-//! convolution (every popcount kernel this CPU has) against the fastest `f32`
-//! convolution of the same shape on the same `±1` values, in alternating windows
-//! (medians); then the whole network: test accuracy, file and weight bytes, images per
+//! convolution (every popcount kernel this CPU has; its sums out, and with a batch norm
+//! and sign fused in, its signs out) against the fastest `f32` convolution of the same
+//! shape on the same `±1` values, in alternating windows (medians); then the whole network: test accuracy, file and weight bytes, images per
 //! second at batch 1, 100 and 1000, in `f32` and packed (`bench --precision`'s table).
 
 use std::path::Path;
 use std::time::Instant;
 
 use dl_layers::{Layer, Op};
-use dl_tensor::binary::{BinaryConv, BitGrid, PopcountKernel};
+use dl_tensor::binary::{BinaryConv, BitGrid, PopcountKernel, Thresholds};
 use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan};
 use serde::Serialize;
 
@@ -29,16 +29,28 @@ pub struct LayerRow {
     pub f32_kernel: String,
     /// Milliseconds per batch of 100, f32 (median).
     pub f32_ms: f64,
-    /// Per popcount kernel: its name and milliseconds per batch (median).
+    /// Per popcount kernel: its name and milliseconds per batch (median), the sums out.
     pub packed_ms: Vec<(String, f64)>,
+    /// The same with a batch norm and sign fused in (the signs out, as the packed
+    /// network runs the layer).
+    pub fused_ms: Vec<(String, f64)>,
 }
 
 impl LayerRow {
     /// f32's time over the fastest packed kernel's.
     pub fn speedup(&self) -> f64 {
-        let best = self.packed_ms.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        self.f32_ms / best
+        self.f32_ms / fastest(&self.packed_ms)
     }
+
+    /// f32's time over the fastest fused kernel's.
+    pub fn fused_speedup(&self) -> f64 {
+        self.f32_ms / fastest(&self.fused_ms)
+    }
+}
+
+/// The least of the times.
+fn fastest(times: &[(String, f64)]) -> f64 {
+    times.iter().map(|p| p.1).fold(f64::INFINITY, f64::min)
 }
 
 #[derive(Serialize)]
@@ -139,9 +151,12 @@ fn time_layer(op: &Op, (c, h, w): (usize, usize, usize), windows: usize) -> Resu
         }
         _ => unreachable!("binarized_layers gives binarized layers"),
     };
+    // the cost does not depend on where the thresholds lie
+    let t = Thresholds::from_fn(conv.dims()[0], conv.bound(), |_, v| v >= 0).map_err(other)?;
     let kernels = PopcountKernel::supported_levels();
     let mut f32_times = Vec::new();
     let mut packed_times = vec![Vec::new(); kernels.len()];
+    let mut fused_times = vec![Vec::new(); kernels.len()];
     let reps = 5;
     f32_run();
     for _ in 0..windows.max(1) {
@@ -150,23 +165,32 @@ fn time_layer(op: &Op, (c, h, w): (usize, usize, usize), windows: usize) -> Resu
             f32_run();
         }
         f32_times.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
-        for (k, times) in kernels.iter().zip(&mut packed_times) {
+        for ((k, times), fused) in kernels.iter().zip(&mut packed_times).zip(&mut fused_times) {
             let start = Instant::now();
             for _ in 0..reps {
                 std::hint::black_box(conv.forward(&grid, *k).map_err(other)?);
             }
             times.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+            let start = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(conv.forward_signs(&grid, &t, *k).map_err(other)?);
+            }
+            fused.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
         }
     }
+    let medians = |times: &[Vec<f64>]| {
+        kernels
+            .iter()
+            .zip(times)
+            .map(|(k, t)| (k.name().to_string(), median(t)))
+            .collect()
+    };
     Ok(LayerRow {
         layer: name,
         f32_kernel: format!("{f32_kernel} ({})", dl_tensor::Isa::active()),
         f32_ms: median(&f32_times),
-        packed_ms: kernels
-            .iter()
-            .zip(&packed_times)
-            .map(|(k, t)| (k.name().to_string(), median(t)))
-            .collect(),
+        packed_ms: medians(&packed_times),
+        fused_ms: medians(&fused_times),
     })
 }
 
@@ -181,15 +205,19 @@ pub fn layer_table(rows: &[LayerRow]) -> Vec<String> {
         head += &format!(" {k} ms |");
         rule += " --- |";
     }
-    head += " f32 / fastest packed |";
-    rule += " --- |";
+    for k in &kernels {
+        head += &format!(" {k} + sign ms |");
+        rule += " --- |";
+    }
+    head += " f32 / fastest packed | f32 / fastest packed + sign |";
+    rule += " --- | --- |";
     let mut out = vec![head, rule];
     for r in rows {
         let mut line = format!("| {} | {} | {:.2} |", r.layer, r.f32_kernel, r.f32_ms);
-        for (_, ms) in &r.packed_ms {
+        for (_, ms) in r.packed_ms.iter().chain(&r.fused_ms) {
             line += &format!(" {ms:.3} |");
         }
-        line += &format!(" {:.1}x |", r.speedup());
+        line += &format!(" {:.1}x | {:.1}x |", r.speedup(), r.fused_speedup());
         out.push(line);
     }
     out
@@ -270,16 +298,19 @@ mod tests {
             f32_kernel: "direct (avx512)".into(),
             f32_ms: 10.0,
             packed_ms: vec![("scalar".into(), 5.0), ("popcnt".into(), 2.0)],
+            fused_ms: vec![("scalar".into(), 1.25), ("popcnt".into(), 4.0)],
         };
         assert_eq!(row.speedup(), 5.0);
+        assert_eq!(row.fused_speedup(), 8.0);
         let t = layer_table(&[row]);
         assert_eq!(
             t[0],
-            "| layer (batch 100) | f32 kernel | f32 ms | scalar ms | popcnt ms | f32 / fastest packed |"
+            "| layer (batch 100) | f32 kernel | f32 ms | scalar ms | popcnt ms | scalar + sign ms | popcnt + sign ms \
+             | f32 / fastest packed | f32 / fastest packed + sign |"
         );
         assert_eq!(
             t[2],
-            "| conv 32->64 3x3 on 14x14 | direct (avx512) | 10.00 | 5.000 | 2.000 | 5.0x |"
+            "| conv 32->64 3x3 on 14x14 | direct (avx512) | 10.00 | 5.000 | 2.000 | 1.250 | 4.000 | 5.0x | 8.0x |"
         );
     }
 }

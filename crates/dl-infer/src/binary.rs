@@ -35,7 +35,7 @@
 //! ```
 
 use dl_layers::{Layer, Op, PoolKind, Tensor};
-use dl_tensor::binary::{BinaryConv, BitGrid, IntGrid, PopcountKernel};
+use dl_tensor::binary::{BinaryConv, BitGrid, IntGrid, PopcountKernel, Thresholds};
 use dl_tensor::{gemm, ConvAlgo, ConvGeometry, ConvPlan};
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -77,6 +77,18 @@ enum Step {
     },
     /// An affine layer in `f32`: `b + x W`.
     Affine { w: Array2<f32>, b: Vec<f32> },
+    /// A binarized layer, the batch norm and the sign after it in one pass: signs in,
+    /// signs out, the sums compared with the batch norm's thresholds in registers.
+    BinarySign { conv: BinaryConv, t: Thresholds },
+    /// Max pooling of sums whose batch norm and sign follow, on the signs (the
+    /// thresholds say, per channel, whether a window's sign is the OR or the AND).
+    SignPool {
+        t: Thresholds,
+        ph: usize,
+        pw: usize,
+        stride: usize,
+        pad: usize,
+    },
 }
 
 /// A value between steps.
@@ -254,8 +266,59 @@ fn compile(ops: &[Op], mut shape: Shape) -> Result<Vec<Step>, InferError> {
     Ok(fuse(steps))
 }
 
-/// Every batch norm followed by a sign made one step.
+/// Every batch norm followed by a sign made one step; then each binarized layer whose
+/// batch norm and sign follow it (a max pooling between them) made a step that writes
+/// signs.
 fn fuse(steps: Vec<Step>) -> Vec<Step> {
+    let mut steps = fuse_scale_sign(steps).into_iter().peekable();
+    let mut out = Vec::new();
+    while let Some(step) = steps.next() {
+        let Step::Binary(conv) = step else {
+            out.push(step);
+            continue;
+        };
+        let pool = match steps.peek() {
+            Some(&Step::MaxPool { ph, pw, stride, pad }) => {
+                steps.next();
+                Some((ph, pw, stride, pad))
+            }
+            _ => None,
+        };
+        let t = match steps.peek() {
+            Some(Step::ScaleSign { scale, shift, .. }) if scale.len() == conv.dims()[0] => {
+                thresholds(&conv, scale, shift).filter(|t| pool.is_none() || t.poolable())
+            }
+            _ => None,
+        };
+        match (t, pool) {
+            (Some(t), pool) => {
+                steps.next();
+                out.push(Step::BinarySign { conv, t: t.clone() });
+                if let Some((ph, pw, stride, pad)) = pool {
+                    out.push(Step::SignPool { t, ph, pw, stride, pad });
+                }
+            }
+            (None, pool) => {
+                out.push(Step::Binary(conv));
+                out.extend(pool.map(|(ph, pw, stride, pad)| Step::MaxPool { ph, pw, stride, pad }));
+            }
+        }
+    }
+    out
+}
+
+/// The thresholds of the batch norm `scale`, `shift` (one per filter) after `conv`:
+/// [`scale_sign_ints`]'s arithmetic on every sum `conv` can give. `None` where there are
+/// too many sums to try.
+fn thresholds(conv: &BinaryConv, scale: &[f32], shift: &[f32]) -> Option<Thresholds> {
+    Thresholds::from_fn(conv.dims()[0], conv.bound(), |ch, v| {
+        v as f32 * scale[ch] + shift[ch] >= 0.0
+    })
+    .ok()
+}
+
+/// Every batch norm followed by a sign made one step.
+fn fuse_scale_sign(steps: Vec<Step>) -> Vec<Step> {
     let mut out: Vec<Step> = Vec::with_capacity(steps.len());
     for step in steps {
         match (out.last_mut(), step) {
@@ -335,6 +398,26 @@ impl BinaryNetwork {
         self.kernel.unwrap_or_else(PopcountKernel::active)
     }
 
+    /// The steps the engine runs, by name, in order: the ops after fusion. A binarized
+    /// layer followed by its batch norm and sign (a max pooling between them or not)
+    /// runs as `"binary+sign"` (and `"sign-pool"`), its sums never leaving the registers.
+    pub fn steps(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Conv { .. } => "conv",
+                Step::Binary(_) => "binary",
+                Step::MaxPool { .. } => "max-pool",
+                Step::Scale { .. } => "batch-norm",
+                Step::Sign => "sign",
+                Step::ScaleSign { .. } => "batch-norm+sign",
+                Step::Affine { .. } => "affine",
+                Step::BinarySign { .. } => "binary+sign",
+                Step::SignPool { .. } => "sign-pool",
+            })
+            .collect()
+    }
+
     /// Bytes of the weights as stored: one bit per binarized weight (the filters padded
     /// to a multiple of 8 and each pixel's channels to whole words), `f32` for the rest.
     pub fn weight_bytes(&self) -> usize {
@@ -347,7 +430,9 @@ impl BinaryNetwork {
                     4 * (scale.len() + shift.len())
                 }
                 Step::Affine { w, b } => 4 * (w.len() + b.len()),
-                Step::MaxPool { .. } | Step::Sign => 0,
+                // the two bounds of each channel's range, as `i32`
+                Step::BinarySign { conv, t } => conv.weight_bytes() + 8 * t.channels(),
+                Step::MaxPool { .. } | Step::Sign | Step::SignPool { .. } => 0,
             })
             .sum()
     }
@@ -665,6 +750,23 @@ fn run(step: &Step, value: Value, kernel: PopcountKernel) -> Result<Value, Infer
             conv.forward(&x, kernel)
                 .map_err(|e| invalid("BinaryConvolution", e.to_string()))?,
         ),
+        (Step::BinarySign { conv, t }, Value::Bits(x)) => Value::Bits(
+            conv.forward_signs(&x, t, kernel)
+                .map_err(|e| invalid("BinaryConvolution", e.to_string()))?,
+        ),
+        (
+            &Step::SignPool {
+                ref t,
+                ph,
+                pw,
+                stride,
+                pad,
+            },
+            Value::Bits(x),
+        ) => Value::Bits(
+            t.max_pool(&x, ph, pw, stride, pad)
+                .map_err(|e| invalid("Pooling", e.to_string()))?,
+        ),
         (&Step::MaxPool { ph, pw, stride, pad }, Value::Ints(x)) => Value::Ints(max_pool(&x, ph, pw, stride, pad)),
         (&Step::MaxPool { ph, pw, stride, pad }, Value::Real(x)) => {
             let (n, c, h, w) = nchw(&x);
@@ -735,7 +837,7 @@ fn run(step: &Step, value: Value, kernel: PopcountKernel) -> Result<Value, Infer
             gemm(1.0, &x2.view(), &w.view(), 1.0, &mut out.view_mut());
             Value::Real(out.into_dyn())
         }
-        (Step::Binary(_), Value::Real(_) | Value::Ints(_)) => {
+        (Step::Binary(_) | Step::BinarySign { .. } | Step::SignPool { .. }, Value::Real(_) | Value::Ints(_)) => {
             return Err(invalid(
                 "BinaryNetwork",
                 "a binarized layer's input must be a Sign's output".into(),

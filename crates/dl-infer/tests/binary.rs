@@ -20,6 +20,13 @@ fn network(config: BinaryConvNetConfig) -> Network {
     for seed in 0..3 {
         net.predict(images(16, 100 + seed), true).unwrap();
     }
+    // batch norms that turn some channels' signs around (a max pooling's sign is then
+    // the AND of the signs, not the OR)
+    for p in net.params_and_grads() {
+        if p.name.ends_with("gamma") {
+            p.value.iter_mut().step_by(3).for_each(|g| *g = -*g);
+        }
+    }
     net
 }
 
@@ -49,6 +56,28 @@ fn packed_scores_are_the_float_scores_bit_for_bit() {
             assert_eq!(differ, 0, "{kernel} on {config:?}: {differ} scores differ");
         }
     }
+}
+
+#[test]
+fn each_binarized_layer_writes_signs_with_its_batch_norm_fused_in() {
+    let net = network(BinaryConvNetConfig::default());
+    let packed = BinaryNetwork::new(net.root(), (1, 28, 28)).unwrap();
+    // conv, bn, sign | bconv, pool, bn, sign | bconv, bn, sign | bconv, pool, bn, sign |
+    // baffine, bn, sign | affine
+    assert_eq!(
+        packed.steps(),
+        [
+            "conv",
+            "batch-norm+sign",
+            "binary+sign",
+            "sign-pool",
+            "binary+sign",
+            "binary+sign",
+            "sign-pool",
+            "binary+sign",
+            "affine"
+        ]
+    );
 }
 
 #[test]

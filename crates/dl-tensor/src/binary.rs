@@ -354,25 +354,15 @@ impl BinaryConv {
     /// The sums of `x` with the filters, `(n, out_h, out_w, F)`, by `kernel` (the scalar
     /// kernel where the CPU lacks it).
     pub fn forward(&self, x: &BitGrid, kernel: PopcountKernel) -> Result<IntGrid, BinaryError> {
-        let [f, c, _, _] = self.dims;
-        if x.c != c || x.data.len() != x.n * x.h * x.w * words(c) {
-            return Err(BinaryError::Invalid(format!(
-                "input of {} channels ({} words for {}x{}x{}) for filters of {c}",
-                x.c,
-                x.data.len(),
-                x.n,
-                x.h,
-                x.w
-            )));
-        }
-        let g = self.geometry(x.h, x.w)?;
+        let g = self.check_input(x)?;
+        let f = self.dims[0];
         let kernel = kernel.usable();
-        let (per_in, per_out) = (x.h * x.w * words(c), g.out_h * g.out_w * f);
+        let (per_in, per_out) = (x.h * x.w * words(x.c), g.out_h * g.out_w * f);
         let mut data = vec![0i32; x.n * per_out];
         if per_out > 0 {
             data.par_chunks_mut(per_out)
                 .zip(x.data.par_chunks(per_in.max(1)))
-                .for_each(|(out, img)| self.image(img, &g, out, kernel));
+                .for_each(|(out, img)| self.image(img, &g, Sink::Ints(out), kernel));
         }
         Ok(IntGrid {
             n: x.n,
@@ -383,16 +373,67 @@ impl BinaryConv {
         })
     }
 
-    /// One image's sums.
-    fn image(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32], kernel: PopcountKernel) {
+    /// The signs the thresholds `t` give the sums of `x` with the filters, packed
+    /// (`(n, out_h, out_w)` pixels of `F` channels): [`BinaryConv::forward`] followed by
+    /// [`Thresholds::signs`], without the sums leaving the registers.
+    pub fn forward_signs(&self, x: &BitGrid, t: &Thresholds, kernel: PopcountKernel) -> Result<BitGrid, BinaryError> {
+        let g = self.check_input(x)?;
+        let f = self.dims[0];
+        if t.channels != f {
+            return Err(BinaryError::Invalid(format!(
+                "thresholds of {} channels for {f} filters",
+                t.channels
+            )));
+        }
+        let kernel = kernel.usable();
+        let (per_in, per_out) = (x.h * x.w * words(x.c), g.out_h * g.out_w * words(f));
+        let mut data = vec![0u64; x.n * per_out];
+        if per_out > 0 {
+            data.par_chunks_mut(per_out)
+                .zip(x.data.par_chunks(per_in.max(1)))
+                .for_each(|(out, img)| self.image(img, &g, Sink::Bits(out, t), kernel));
+        }
+        Ok(BitGrid {
+            n: x.n,
+            h: g.out_h,
+            w: g.out_w,
+            c: f,
+            data,
+        })
+    }
+
+    /// The geometry of `x` after checking that it fits the filters.
+    fn check_input(&self, x: &BitGrid) -> Result<ConvGeometry, BinaryError> {
+        let c = self.dims[1];
+        if x.c != c || x.data.len() != x.n * x.h * x.w * words(c) {
+            return Err(BinaryError::Invalid(format!(
+                "input of {} channels ({} words for {}x{}x{}) for filters of {c}",
+                x.c,
+                x.data.len(),
+                x.n,
+                x.h,
+                x.w
+            )));
+        }
+        Ok(self.geometry(x.h, x.w)?)
+    }
+
+    /// The largest sum in absolute value: every tap and channel agreeing.
+    pub fn bound(&self) -> usize {
+        let [_, c, fh, fw] = self.dims;
+        fh * fw * c
+    }
+
+    /// One image's outputs.
+    fn image(&self, img: &[u64], g: &ConvGeometry, sink: Sink<'_>, kernel: PopcountKernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `usable` checked the CPU has the instructions.
-            PopcountKernel::Avx512Vpopcntdq => unsafe { self.image_avx512(img, g, out) },
+            PopcountKernel::Avx512Vpopcntdq => unsafe { self.image_avx512(img, g, sink) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            PopcountKernel::Popcnt => unsafe { self.image_popcnt(img, g, out) },
-            _ => self.image_scalar(img, g, out),
+            PopcountKernel::Popcnt => unsafe { self.image_popcnt(img, g, sink) },
+            _ => self.image_scalar(img, g, sink),
         }
     }
 
@@ -414,7 +455,7 @@ impl BinaryConv {
     /// The loop of the scalar kernels: per output pixel and filter, the counts over the
     /// taps inside the image.
     #[inline(always)]
-    fn image_loop(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
+    fn image_loop(&self, img: &[u64], g: &ConvGeometry, mut sink: Sink<'_>) {
         let [f, c, _, fw] = self.dims;
         let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
         let mut counts = vec![0u32; f];
@@ -437,30 +478,41 @@ impl BinaryConv {
                     }
                 }
                 let full = (rows.len() * cols.len() * c) as i32;
-                let o = &mut out[(oy * g.out_w + ox) * f..][..f];
-                for (o, &n) in o.iter_mut().zip(&counts) {
-                    *o = full - 2 * n as i32;
+                let p = oy * g.out_w + ox;
+                match &mut sink {
+                    Sink::Ints(out) => {
+                        for (o, &n) in out[p * f..][..f].iter_mut().zip(&counts) {
+                            *o = full - 2 * n as i32;
+                        }
+                    }
+                    Sink::Bits(out, t) => {
+                        let o = &mut out[p * words(f)..][..words(f)];
+                        for (j, &n) in counts.iter().enumerate() {
+                            o[j / 64] |= u64::from(t.contains(j, full - 2 * n as i32)) << (j % 64);
+                        }
+                    }
                 }
             }
         }
     }
 
-    fn image_scalar(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
-        self.image_loop(img, g, out);
+    fn image_scalar(&self, img: &[u64], g: &ConvGeometry, sink: Sink<'_>) {
+        self.image_loop(img, g, sink);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
-    unsafe fn image_popcnt(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
-        self.image_loop(img, g, out);
+    unsafe fn image_popcnt(&self, img: &[u64], g: &ConvGeometry, sink: Sink<'_>) {
+        self.image_loop(img, g, sink);
     }
 
     /// The AVX-512 kernel: per output pixel, up to 64 filters' counts in eight
     /// registers; each input word broadcast, XORed with eight filters' words, counted;
-    /// the outputs `full - 2 * count` computed and narrowed to `i32` in registers.
+    /// the outputs `full - 2 * count` computed and narrowed to `i32` (or compared with
+    /// the thresholds and gathered into one word of signs) in registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    unsafe fn image_avx512(&self, img: &[u64], g: &ConvGeometry, out: &mut [i32]) {
+    unsafe fn image_avx512(&self, img: &[u64], g: &ConvGeometry, mut sink: Sink<'_>) {
         let f = self.dims[0];
         let fp = f.next_multiple_of(LANES);
         for first in (0..fp).step_by(LANES * BLOCKS) {
@@ -470,9 +522,11 @@ impl BinaryConv {
             let blocks = ((fp - first) / LANES).min(BLOCKS);
             macro_rules! run {
                 ($($b:literal)*) => {
-                    match (blocks, words(self.dims[1]) == 1) {
-                        $(($b, true) => unsafe { self.blocks_avx512::<$b, true>(img, g, out, first) },
-                          ($b, false) => unsafe { self.blocks_avx512::<$b, false>(img, g, out, first) },)*
+                    match (blocks, words(self.dims[1]) == 1, &mut sink) {
+                        $(($b, true, Sink::Ints(out)) => unsafe { self.blocks_avx512::<$b, true, false>(img, g, out, &mut [], None, first) },
+                          ($b, false, Sink::Ints(out)) => unsafe { self.blocks_avx512::<$b, false, false>(img, g, out, &mut [], None, first) },
+                          ($b, true, Sink::Bits(out, t)) => unsafe { self.blocks_avx512::<$b, true, true>(img, g, &mut [], out, Some(t), first) },
+                          ($b, false, Sink::Bits(out, t)) => unsafe { self.blocks_avx512::<$b, false, true>(img, g, &mut [], out, Some(t), first) },)*
                         _ => unreachable!("1 to 8 blocks"),
                     }
                 };
@@ -482,14 +536,18 @@ impl BinaryConv {
     }
 
     /// [`BinaryConv::image_avx512`] for the `B` blocks of eight filters from `first`;
-    /// `ONE`: each pixel's channels fit one word (`C <= 64`).
+    /// `ONE`: each pixel's channels fit one word (`C <= 64`); `BITS`: the signs by the
+    /// thresholds `t` written to `bits` (the word `first / 64` of each pixel), else the
+    /// sums to `ints`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    unsafe fn blocks_avx512<const B: usize, const ONE: bool>(
+    unsafe fn blocks_avx512<const B: usize, const ONE: bool, const BITS: bool>(
         &self,
         img: &[u64],
         g: &ConvGeometry,
-        out: &mut [i32],
+        ints: &mut [i32],
+        bits: &mut [u64],
+        t: Option<&Thresholds>,
         first: usize,
     ) {
         use std::arch::x86_64::*;
@@ -497,6 +555,18 @@ impl BinaryConv {
         let (wpp, fp) = (if ONE { 1 } else { words(c) }, f.next_multiple_of(LANES));
         let mut tail = [0i32; LANES];
         let packed = self.packed.as_ptr();
+        let mut bounds = [(_mm512_setzero_si512(), _mm512_setzero_si512()); B];
+        if let (true, Some(t)) = (BITS, t) {
+            for (b, bound) in bounds.iter_mut().enumerate() {
+                // SAFETY: the thresholds hold `fp` of each bound (`channels == f`).
+                *bound = unsafe {
+                    (
+                        _mm512_loadu_si512(t.lo.as_ptr().add(first + b * LANES).cast()),
+                        _mm512_loadu_si512(t.hi.as_ptr().add(first + b * LANES).cast()),
+                    )
+                };
+            }
+        }
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
                 let (rows, cols) = self.window(g, oy, ox);
@@ -519,7 +589,18 @@ impl BinaryConv {
                         }
                     }
                 }
-                let o = &mut out[(oy * g.out_w + ox) * f..][..f];
+                let p = oy * g.out_w + ox;
+                if BITS {
+                    let mut word = 0u64;
+                    for (b, (acc, (lo, hi))) in acc.iter().zip(&bounds).enumerate() {
+                        let v = _mm512_sub_epi64(full, _mm512_slli_epi64::<1>(*acc));
+                        let m = _mm512_mask_cmple_epi64_mask(_mm512_cmpge_epi64_mask(v, *lo), v, *hi);
+                        word |= u64::from(m) << (b * LANES);
+                    }
+                    bits[p * words(f) + first / 64] = word;
+                    continue;
+                }
+                let o = &mut ints[p * f..][..f];
                 for (b, acc) in acc.iter().enumerate() {
                     let v = _mm512_cvtepi64_epi32(_mm512_sub_epi64(full, _mm512_slli_epi64::<1>(*acc)));
                     let at = first + b * LANES;
@@ -534,6 +615,224 @@ impl BinaryConv {
                 }
             }
         }
+    }
+}
+
+/// Where a kernel writes one image's outputs.
+enum Sink<'a> {
+    /// The sums, `(out_h, out_w, F)`.
+    Ints(&'a mut [i32]),
+    /// The signs of the thresholded sums, `(out_h, out_w, words(F))`, zeroed.
+    Bits(&'a mut [u64], &'a Thresholds),
+}
+
+/// Most sums (channels times the range of sums) [`Thresholds::from_fn`] evaluates.
+pub const MAX_THRESHOLD_EVALUATIONS: usize = 1 << 26;
+
+/// The batch norm and sign that follow a binarized layer, folded into integer bounds
+/// (FINN's thresholds): per channel, the range `lo..=hi` of the sums whose sign is `+1`.
+///
+/// Built from the float arithmetic itself ([`Thresholds::from_fn`] evaluates it on every
+/// sum the layer can give), so that the signs are those of the float layers exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thresholds {
+    channels: usize,
+    bound: i32,
+    /// Per channel (padded to a multiple of 8 with empty ranges), the least sum with
+    /// sign `+1`.
+    lo: Vec<i64>,
+    /// The greatest.
+    hi: Vec<i64>,
+}
+
+impl Thresholds {
+    /// The thresholds of `plus(channel, sum)` (whether the sign of `sum` in `channel` is
+    /// `+1`) for sums in `-bound..=bound`. An error if, in some channel, the sums with
+    /// sign `+1` are not one range (a batch norm's are: its arithmetic is monotone in
+    /// the sum), or if `channels * (2 * bound + 1)` exceeds
+    /// [`MAX_THRESHOLD_EVALUATIONS`].
+    pub fn from_fn(
+        channels: usize,
+        bound: usize,
+        plus: impl Fn(usize, i32) -> bool,
+    ) -> Result<Thresholds, BinaryError> {
+        let span = bound.checked_mul(2).and_then(|v| v.checked_add(1)).filter(|&span| {
+            channels
+                .checked_mul(span)
+                .is_some_and(|n| n <= MAX_THRESHOLD_EVALUATIONS)
+        });
+        let Some(span) = span else {
+            return Err(BinaryError::Invalid(format!(
+                "thresholds of {channels} channels over sums up to {bound}: too many to evaluate"
+            )));
+        };
+        let bound = bound as i32;
+        let padded = channels.next_multiple_of(LANES);
+        let (mut lo, mut hi) = (vec![1i64; padded], vec![0i64; padded]);
+        for ch in 0..channels {
+            let mut range: Option<(i32, i32)> = None;
+            let mut ended = false;
+            for s in (0..span).map(|i| i as i32 - bound) {
+                match (plus(ch, s), &mut range) {
+                    (true, Some(_)) if ended => {
+                        return Err(BinaryError::Invalid(format!(
+                            "channel {ch}: the sums with sign +1 are not one range"
+                        )))
+                    }
+                    (true, Some((_, last))) => *last = s,
+                    (true, None) => range = Some((s, s)),
+                    (false, Some(_)) => ended = true,
+                    (false, None) => {}
+                }
+            }
+            if let Some((a, b)) = range {
+                (lo[ch], hi[ch]) = (a.into(), b.into());
+            }
+        }
+        Ok(Thresholds {
+            channels,
+            bound,
+            lo,
+            hi,
+        })
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Whether `sum` in channel `ch` has sign `+1`.
+    pub fn contains(&self, ch: usize, sum: i32) -> bool {
+        (self.lo[ch]..=self.hi[ch]).contains(&i64::from(sum))
+    }
+
+    /// The signs of the sums `x` (channels last), packed.
+    pub fn signs(&self, x: &IntGrid) -> Result<BitGrid, BinaryError> {
+        if x.c != self.channels || x.data.len() != x.n * x.h * x.w * x.c {
+            return Err(BinaryError::Invalid(format!(
+                "sums of {} channels ({} values for {}x{}x{}) for thresholds of {}",
+                x.c,
+                x.data.len(),
+                x.n,
+                x.h,
+                x.w,
+                self.channels
+            )));
+        }
+        let wpp = words(x.c);
+        let mut data = vec![0u64; x.n * x.h * x.w * wpp];
+        data.par_chunks_mut(wpp.max(1))
+            .zip(x.data.par_chunks(x.c.max(1)))
+            .for_each(|(out, sums)| {
+                for (ch, &v) in sums.iter().enumerate() {
+                    out[ch / 64] |= u64::from(self.contains(ch, v)) << (ch % 64);
+                }
+            });
+        Ok(BitGrid {
+            n: x.n,
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            data,
+        })
+    }
+
+    /// Per word of a pixel's channels, the channels whose range reaches up to the bound
+    /// (a bit set: the sign of a maximum is the OR of the signs) rather than down to
+    /// it (clear: the AND); `None` if some channel's range reaches neither, so that
+    /// the sign of a maximum does not follow from the signs. An empty or full range is
+    /// both.
+    fn pool_masks(&self) -> Option<Vec<u64>> {
+        let mut masks = vec![0u64; words(self.channels)];
+        for ch in 0..self.channels {
+            let (lo, hi) = (self.lo[ch], self.hi[ch]);
+            if lo > hi || hi >= i64::from(self.bound) {
+                masks[ch / 64] |= 1 << (ch % 64);
+            } else if lo > -i64::from(self.bound) {
+                return None;
+            }
+        }
+        Some(masks)
+    }
+
+    /// Whether [`Thresholds::max_pool`] can pool these channels' signs: whether every
+    /// range reaches up or down to the bound.
+    pub fn poolable(&self) -> bool {
+        self.pool_masks().is_some()
+    }
+
+    /// The signs of the max-pooled sums (`ph x pw` windows, `stride`, `pad`; padding
+    /// never wins) from the signs of the sums: per channel the OR of a window's signs
+    /// where the range of `+1` reaches up to the bound, the AND where it reaches down.
+    /// An error if the thresholds are not [`Thresholds::poolable`] or the window does
+    /// not fit.
+    pub fn max_pool(
+        &self,
+        x: &BitGrid,
+        ph: usize,
+        pw: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<BitGrid, BinaryError> {
+        let masks = self.pool_masks().ok_or_else(|| {
+            BinaryError::Invalid("a channel whose range of +1 reaches neither end cannot be pooled on signs".into())
+        })?;
+        let wpp = words(x.c);
+        if x.c != self.channels || x.data.len() != x.n * x.h * x.w * wpp {
+            return Err(BinaryError::Invalid(format!(
+                "signs of {} channels for thresholds of {}",
+                x.c, self.channels
+            )));
+        }
+        let g = ConvGeometry::new(x.c, x.h, x.w, ph, pw, stride, pad)?;
+        if pad >= ph || pad >= pw {
+            return Err(BinaryError::Invalid(format!(
+                "padding {pad} must be smaller than the window"
+            )));
+        }
+        let (oh, ow) = (g.out_h, g.out_w);
+        let mut data = vec![0u64; x.n * oh * ow * wpp];
+        if !data.is_empty() {
+            data.par_chunks_mut(oh * ow * wpp)
+                .zip(x.data.par_chunks((x.h * x.w * wpp).max(1)))
+                .for_each(|(out, img)| {
+                    let (mut any, mut all) = (vec![0u64; wpp], vec![0u64; wpp]);
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            any.fill(0);
+                            all.fill(u64::MAX);
+                            let inside = |o: usize, k: usize, side: usize| {
+                                (o * stride + k).checked_sub(pad).filter(|&v| v < side)
+                            };
+                            for y in (0..ph).filter_map(|ky| inside(oy, ky, x.h)) {
+                                for xx in (0..pw).filter_map(|kx| inside(ox, kx, x.w)) {
+                                    for (k, &v) in img[(y * x.w + xx) * wpp..][..wpp].iter().enumerate() {
+                                        any[k] |= v;
+                                        all[k] &= v;
+                                    }
+                                }
+                            }
+                            let o = &mut out[(oy * ow + ox) * wpp..][..wpp];
+                            for (k, o) in o.iter_mut().enumerate() {
+                                let used = if (k + 1) * 64 <= x.c {
+                                    u64::MAX
+                                } else {
+                                    (1u64 << (x.c % 64)) - 1
+                                };
+                                *o = ((any[k] & masks[k]) | (all[k] & !masks[k])) & used;
+                            }
+                        }
+                    }
+                });
+        }
+        Ok(BitGrid {
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: x.c,
+            data,
+        })
     }
 }
 

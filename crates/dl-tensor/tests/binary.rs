@@ -1,7 +1,9 @@
 //! The 1-bit kernels against the float convolution of the signs, at every kernel this
 //! CPU has.
 
-use dl_tensor::binary::{reference_conv, BinaryConv, BinaryError, BitGrid, PopcountKernel};
+use dl_tensor::binary::{
+    reference_conv, BinaryConv, BinaryError, BitGrid, IntGrid, PopcountKernel, Thresholds, MAX_THRESHOLD_EVALUATIONS,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -169,4 +171,189 @@ fn the_kernels_a_cpu_supports_are_those_its_flags_name() {
         Isa::Avx512.supported() && flags.contains(&"avx512_vpopcntdq")
     );
     assert!(PopcountKernel::Scalar.supported());
+}
+
+/// A batch norm's sign on a sum: `v * scale + shift >= 0` in `f32`.
+fn batch_norm_sign<'a>(scale: &'a [f32], shift: &'a [f32]) -> impl Fn(usize, i32) -> bool + 'a {
+    move |ch, v| v as f32 * scale[ch] + shift[ch] >= 0.0
+}
+
+/// Per channel a scale and a shift of every kind: positive, negative, zero, a shift
+/// beyond every sum, and ranges that are empty, full, or end inside.
+fn batch_norms(channels: usize, bound: f32, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>) {
+    (0..channels)
+        .map(|ch| match ch % 6 {
+            0 => (rng.gen_range(0.1..2.0), rng.gen_range(-bound..bound)),
+            1 => (-rng.gen_range(0.1..2.0), rng.gen_range(-bound..bound)),
+            2 => (0.0, if ch % 12 == 2 { 0.5 } else { -0.5 }),
+            3 => (1.0, 3.0 * bound),
+            4 => (-1.0, -3.0 * bound),
+            _ => (0.37, -0.37 * rng.gen_range(-3..4) as f32 - 0.1),
+        })
+        .unzip()
+}
+
+#[test]
+fn thresholds_hold_the_sums_a_batch_norm_makes_positive() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (channels, bound) = (24, 40);
+    let (scale, shift) = batch_norms(channels, bound as f32, &mut rng);
+    let plus = batch_norm_sign(&scale, &shift);
+    let t = Thresholds::from_fn(channels, bound, &plus).unwrap();
+    assert_eq!(t.channels(), channels);
+    for ch in 0..channels {
+        for v in -(bound as i32)..=bound as i32 {
+            assert_eq!(t.contains(ch, v), plus(ch, v), "channel {ch} sum {v}");
+        }
+    }
+    // every channel of a batch norm reaches one end of the sums
+    assert!(t.poolable());
+    // the range as bounds: exactly the sums from 3 to 7
+    let t = Thresholds::from_fn(1, 10, |_, v| (3..=7).contains(&v)).unwrap();
+    assert!((3..=7).all(|v| t.contains(0, v)));
+    assert!(!t.contains(0, 2) && !t.contains(0, 8));
+    assert!(!t.poolable());
+    // the ends: up to the bound, down to it, none, all
+    assert!(Thresholds::from_fn(1, 10, |_, v| v >= 3).unwrap().poolable());
+    assert!(Thresholds::from_fn(1, 10, |_, v| v <= -3).unwrap().poolable());
+    let none = Thresholds::from_fn(2, 10, |_, _| false).unwrap();
+    assert!(none.poolable() && !(-10..=10).any(|v| none.contains(0, v) || none.contains(1, v)));
+    let all = Thresholds::from_fn(1, 10, |_, _| true).unwrap();
+    assert!(all.poolable() && (-10..=10).all(|v| all.contains(0, v)));
+}
+
+#[test]
+fn thresholds_refuse_what_is_not_one_range_or_too_much_to_evaluate() {
+    // +1 in two separate ranges
+    assert!(matches!(
+        Thresholds::from_fn(3, 10, |ch, v| ch != 1 || !(-2..=2).contains(&v)),
+        Err(BinaryError::Invalid(_))
+    ));
+    // at the limit, and one past it
+    let span = MAX_THRESHOLD_EVALUATIONS / 8;
+    assert!(Thresholds::from_fn(8, (span - 1) / 2, |_, v| v >= 0).is_ok());
+    assert!(matches!(
+        Thresholds::from_fn(8, (span + 1) / 2, |_, v| v >= 0),
+        Err(BinaryError::Invalid(_))
+    ));
+    assert!(Thresholds::from_fn(1, usize::MAX / 2, |_, _| true).is_err());
+    assert!(Thresholds::from_fn(usize::MAX, 1, |_, _| true).is_err());
+}
+
+#[test]
+fn the_fused_kernel_gives_the_signs_of_the_sums() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // filters below, at and above a register and a word; channels across words
+    let cases = [
+        (2, 3, 5, 6, 5, 3, 1, 1),
+        (2, 64, 6, 5, 64, 3, 1, 1),
+        (1, 70, 5, 5, 70, 3, 2, 1),
+        (2, 32, 4, 4, 130, 3, 1, 0),
+        (3, 130, 3, 3, 9, 3, 1, 1),
+    ];
+    for (n, c, h, w, f, k, stride, pad) in cases {
+        let x = signs(n * c * h * w, &mut rng);
+        let wt = signs(f * c * k * k, &mut rng);
+        let conv = BinaryConv::new(&wt, [f, c, k, k], stride, pad).unwrap();
+        assert_eq!(conv.bound(), c * k * k);
+        let (scale, shift) = batch_norms(f, (c * k) as f32, &mut rng);
+        let t = Thresholds::from_fn(f, conv.bound(), batch_norm_sign(&scale, &shift)).unwrap();
+        let grid = BitGrid::from_nchw(&x, n, c, h, w);
+        let sums = conv.forward(&grid, PopcountKernel::Scalar).unwrap();
+        let expected = t.signs(&sums).unwrap();
+        // the signs are those of the batch norm on every sum, unused bits zero
+        let wpp = f.div_ceil(64);
+        for (p, pixel) in sums.data.chunks(f).enumerate() {
+            for (ch, &v) in pixel.iter().enumerate() {
+                let bit = expected.data[p * wpp + ch / 64] >> (ch % 64) & 1 == 1;
+                assert_eq!(bit, v as f32 * scale[ch] + shift[ch] >= 0.0);
+            }
+            if f % 64 != 0 {
+                assert_eq!(expected.data[p * wpp + wpp - 1] >> (f % 64), 0);
+            }
+        }
+        for kernel in PopcountKernel::supported_levels() {
+            let out = conv.forward_signs(&grid, &t, kernel).unwrap();
+            assert_eq!(out, expected, "{kernel} on {:?}", (n, c, h, w, f, k, stride, pad));
+        }
+        let other = Thresholds::from_fn(f + 1, conv.bound(), |_, v| v >= 0).unwrap();
+        assert!(matches!(
+            conv.forward_signs(&grid, &other, PopcountKernel::Scalar),
+            Err(BinaryError::Invalid(_))
+        ));
+        assert!(t
+            .signs(&IntGrid {
+                c: f + 1,
+                ..sums.clone()
+            })
+            .is_err());
+    }
+}
+
+/// Max pooling of sums, channels last, from the definition (padding never wins).
+fn max_pool_sums(x: &IntGrid, k: usize, stride: usize, pad: usize) -> IntGrid {
+    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
+    let mut data = Vec::new();
+    for i in 0..x.n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..x.c {
+                    let mut best = i32::MIN;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (y, xx) = (
+                                (oy * stride + ky) as isize - pad as isize,
+                                (ox * stride + kx) as isize - pad as isize,
+                            );
+                            if y >= 0 && xx >= 0 && (y as usize) < x.h && (xx as usize) < x.w {
+                                best = best.max(x.data[((i * x.h + y as usize) * x.w + xx as usize) * x.c + ch]);
+                            }
+                        }
+                    }
+                    data.push(best);
+                }
+            }
+        }
+    }
+    IntGrid {
+        n: x.n,
+        h: oh,
+        w: ow,
+        c: x.c,
+        data,
+    }
+}
+
+#[test]
+fn pooling_the_signs_gives_the_signs_of_the_pooled_sums() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for (n, c, h, w, f, k, stride, pad) in [
+        (2, 8, 6, 6, 70, 2, 2, 0),
+        (1, 64, 7, 5, 64, 3, 2, 1),
+        (2, 5, 5, 5, 12, 2, 1, 1),
+    ] {
+        let x = signs(n * c * h * w, &mut rng);
+        let wt = signs(f * c * 9, &mut rng);
+        let conv = BinaryConv::new(&wt, [f, c, 3, 3], 1, 1).unwrap();
+        let (scale, shift) = batch_norms(f, (c * 3) as f32, &mut rng);
+        let t = Thresholds::from_fn(f, conv.bound(), batch_norm_sign(&scale, &shift)).unwrap();
+        let sums = conv
+            .forward(&BitGrid::from_nchw(&x, n, c, h, w), PopcountKernel::Scalar)
+            .unwrap();
+        let expected = t.signs(&max_pool_sums(&sums, k, stride, pad)).unwrap();
+        let pooled = t.max_pool(&t.signs(&sums).unwrap(), k, k, stride, pad).unwrap();
+        assert_eq!(pooled, expected, "{:?}", (n, c, h, w, f, k, stride, pad));
+        // a window that does not fit, padding as wide as the window
+        assert!(t.max_pool(&t.signs(&sums).unwrap(), h + 3, k, 1, 0).is_err());
+        assert!(t.max_pool(&t.signs(&sums).unwrap(), k, k, 1, k).is_err());
+    }
+    // a range inside the sums: the sign of the maximum does not follow from the signs
+    let t = Thresholds::from_fn(3, 9, |ch, v| ch != 2 || (-1..=1).contains(&v)).unwrap();
+    let grid = BitGrid::from_nchw(&[1.0; 3 * 4], 1, 3, 2, 2);
+    assert!(matches!(t.max_pool(&grid, 2, 2, 2, 0), Err(BinaryError::Invalid(_))));
+    let wrong = BitGrid::from_nchw(&[1.0; 4 * 4], 1, 4, 2, 2);
+    assert!(Thresholds::from_fn(3, 9, |_, v| v > 0)
+        .unwrap()
+        .max_pool(&wrong, 2, 2, 2, 0)
+        .is_err());
 }
