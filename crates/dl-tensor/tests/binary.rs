@@ -233,7 +233,7 @@ fn thresholds_refuse_what_is_not_one_range_or_too_much_to_evaluate() {
     let span = MAX_THRESHOLD_EVALUATIONS / 8;
     assert!(Thresholds::from_fn(8, (span - 1) / 2, |_, v| v >= 0).is_ok());
     assert!(matches!(
-        Thresholds::from_fn(8, (span + 1) / 2, |_, v| v >= 0),
+        Thresholds::from_fn(8, span / 2, |_, v| v >= 0),
         Err(BinaryError::Invalid(_))
     ));
     assert!(Thresholds::from_fn(1, usize::MAX / 2, |_, _| true).is_err());
