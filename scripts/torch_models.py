@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dlfs's models in PyTorch: the same networks, named and shaped as dlfs names them.
 
-Builds DeepConvNet, Vgg, ResNet and GoogLeNet exactly as dlfs's `dl-models` does (the
+Builds DeepConvNet, Vgg, ResNet, GoogLeNet and BinaryConvNet exactly as dlfs's `dl-models` does (the
 structure comes from the model's configuration, the same JSON dlfs writes into a
 parameter file's metadata), moves weights between the two, and serves three purposes:
 
@@ -197,7 +197,118 @@ class GoogLeNet(nn.Module):
         return self.fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
-BUILDERS = {"DeepConvNet": deep_convnet, "Vgg": Vgg, "ResNet": ResNet, "GoogLeNet": GoogLeNet}
+class SignSte(torch.autograd.Function):
+    """The BNN sign: +1 for x >= 0, else -1; backward, the straight-through estimator
+    with hard-tanh clipping (the gradient passes where |x| <= 1)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x.abs() <= 1).to(g.dtype)
+
+
+class WeightSign(torch.autograd.Function):
+    """The sign of a latent weight; backward, the gradient of the sign unchanged."""
+
+    @staticmethod
+    def forward(ctx, w):
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Sign(nn.Module):
+    def forward(self, x):
+        return SignSte.apply(x)
+
+
+class BinaryConv2d(nn.Conv2d):
+    def forward(self, x):
+        return F.conv2d(x, WeightSign.apply(self.weight), None, self.stride, self.padding)
+
+
+class BinaryLinear(nn.Linear):
+    def forward(self, x):
+        return F.linear(x, WeightSign.apply(self.weight))
+
+
+class BookBatchNorm1d(nn.Module):
+    """The book's batch norm over activations: eps 1e-6, running = 0.9 * running + 0.1 *
+    batch, with the biased batch variance."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.zeros(n))
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.mul_(0.9).add_(0.1 * mean)
+                self.running_var.mul_(0.9).add_(0.1 * var)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) / torch.sqrt(var + 1e-6) * self.weight + self.bias
+
+
+class BinaryConvNet(nn.Module):
+    """dl-models' BinaryConvNet: blocks of 3x3 convolutions (the first in float, without
+    a bias; the others binarized), each followed by (the block's max pool, then) a batch
+    norm and the sign; a binarized affine layer, a batch norm, the sign, the classifier."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, h, w = cfg["input_dim"]
+        feats, first = [], True
+        for n, ch in cfg["blocks"]:
+            for i in range(n):
+                conv = nn.Conv2d if first else BinaryConv2d
+                feats.append(conv(c, ch, 3, 1, 1, bias=False))
+                first = False
+                if i + 1 == n:
+                    feats.append(nn.MaxPool2d(2, 2))
+                feats += [nn.BatchNorm2d(ch), Sign()]
+                c = ch
+            h, w = h // 2, w // 2
+        self.features = nn.Sequential(*feats)
+        hidden = cfg["hidden_size"]
+        self.classifier = nn.Sequential(BinaryLinear(c * h * w, hidden, bias=False), BookBatchNorm1d(hidden),
+                                        Sign(), nn.Linear(hidden, cfg["output_size"]))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def sign_margin(model, x):
+    """The least distance of a Sign's input to 0 or to +-1 (where the sign or its
+    gradient jumps) in a training and an evaluation forward of `x`: below float32's
+    error there, the two implementations could differ by a whole sign."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+             for m in model.modules() if isinstance(m, Sign)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for train in (False, True):
+            model.train(train)
+            model(x)
+    model.load_state_dict(state)
+    for h in hooks:
+        h.remove()
+    return min(min(v.abs().min().item(), (v.abs() - 1).abs().min().item()) for v in seen)
+
+
+BUILDERS = {"DeepConvNet": deep_convnet, "Vgg": Vgg, "ResNet": ResNet, "GoogLeNet": GoogLeNet,
+            "BinaryConvNet": BinaryConvNet}
 
 # ----------------------------------------------------------------------------
 # Names between dlfs and torch
@@ -226,7 +337,7 @@ def dlfs_names(model, kind):
             continue
         prefix, leaf = key.rsplit(".", 1)
         m = mods[prefix]
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, BookBatchNorm1d)):
             leaf = {"weight": "gamma", "bias": "beta"}.get(leaf, leaf)
         else:
             leaf = {"weight": "W", "bias": "b"}[leaf]
@@ -311,12 +422,19 @@ GOLDEN = {
          {"ch1x1": 8, "ch3x3red": 4, "ch3x3": 8, "ch5x5red": 2, "ch5x5": 4, "pool_proj": 4}],
         [{"ch1x1": 8, "ch3x3red": 6, "ch3x3": 12, "ch5x5red": 2, "ch5x5": 4, "pool_proj": 8}]],
         "dropout_ratio": 0.0, "output_size": 10},
+    "BinaryConvNet": {"input_dim": [1, 28, 28], "blocks": [[2, 8], [2, 16]], "hidden_size": 32, "output_size": 10},
 }
+
+# A binarized network's input is drawn again until no sign's input lies within this of
+# a jump (0, or +-1 for the gradient): float32's error there is below 1e-6.
+SIGN_MARGIN = 1e-5
 
 
 def golden(args):
     os.makedirs(args.dir, exist_ok=True)
     for i, (kind, cfg) in enumerate(GOLDEN.items()):
+        if args.only and kind not in args.only:
+            continue
         torch.manual_seed(100 + i)
         model = BUILDERS[kind](cfg).double()
         g = np.random.default_rng(200 + i)
@@ -335,9 +453,17 @@ def golden(args):
         # the float32 values dlfs will hold, so both sides start from the same numbers
         params = {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
         from_dlfs(model, kind, params)
-        x, t = fixed_input(cfg, args.n, 300 + i)
+        seed = 300 + i
+        x, t = fixed_input(cfg, args.n, seed)
         x = x.astype(np.float32).astype(np.float64)
         xt = torch.from_numpy(x)
+        while kind == "BinaryConvNet" and sign_margin(model, xt) < SIGN_MARGIN:
+            if seed > 300 + i + 1000 * 100:
+                sys.exit(f"{kind}: no input among 100 draws keeps every sign {SIGN_MARGIN} from a jump")
+            seed += 1000
+            x, t = fixed_input(cfg, args.n, seed)
+            x = x.astype(np.float32).astype(np.float64)
+            xt = torch.from_numpy(x)
         model.eval()
         with torch.no_grad():
             y_eval = model(xt).numpy()
@@ -460,6 +586,7 @@ def main():
     q = sub.add_parser("golden")
     q.add_argument("dir", nargs="?", default=os.path.join(here, "..", "crates", "dl-models", "tests", "golden"))
     q.add_argument("--n", type=int, default=4)
+    q.add_argument("--only", nargs="*", default=None, help="these kinds only (default: every one)")
     q = sub.add_parser("bench")
     q.add_argument("--model", default="deep", choices=["deep", "vgg", "resnet", "googlenet"])
     q.add_argument("--config", default=None, help="the model's configuration as dlfs's JSON")

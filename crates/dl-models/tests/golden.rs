@@ -134,3 +134,10 @@ fn resnet_matches_pytorch() {
 fn googlenet_matches_pytorch() {
     check("GoogLeNet");
 }
+
+#[test]
+fn binary_convnet_matches_pytorch() {
+    // the script drew the input so that no sign's input lies within 1e-5 of a jump of
+    // the sign (0) or of its gradient (+-1): float32's error cannot flip one
+    check("BinaryConvNet");
+}
