@@ -211,3 +211,27 @@ fn signs_without_a_batch_norm_and_a_batch_norm_without_a_sign_run_as_in_f32() {
         assert_eq!(packed.predict(&x).unwrap(), expected, "{kernel}");
     }
 }
+
+#[test]
+fn a_batch_norm_per_activation_after_a_convolution_keeps_its_sums() {
+    use dl_layers::{
+        Affine, BatchNormMode, BatchNormalization, BinaryConvolution, Convolution, Init, Sequential, Sign,
+    };
+    // a scale and shift per pixel and channel: not thresholds per channel, so the engine
+    // keeps the sums and applies the batch norm to them
+    let mut root = Sequential::new()
+        .with(Convolution::new(1, 4, 3, 3, 2, 1, Init::He, 1))
+        .with(Sign::new())
+        .with(BinaryConvolution::new(4, 5, 3, 3, 2, 1, Init::Xavier, 2))
+        .with(BatchNormalization::new(5 * 7 * 7, BatchNormMode::PerActivation))
+        .with(Sign::new())
+        .with(Affine::new(5 * 7 * 7, 3, Init::He, 3));
+    for seed in 0..2 {
+        root.forward(images(8, 70 + seed), true).unwrap();
+    }
+    let x = images(6, 11);
+    let expected = root.forward(x.clone(), false).unwrap();
+    let packed = BinaryNetwork::new(&root, (1, 28, 28)).unwrap();
+    assert_eq!(packed.steps(), ["conv", "sign", "binary", "batch-norm+sign", "affine"]);
+    assert_eq!(packed.predict(&x).unwrap(), expected);
+}
