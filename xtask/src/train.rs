@@ -47,10 +47,15 @@ impl ModelName {
         dl_models::build(self.kind(), None, seed).expect("the default configurations build")
     }
 
-    /// The model with `config` (JSON, as a saved file's metadata holds it), or its
-    /// default configuration.
-    pub fn build_with(self, config: Option<&str>, seed: u64) -> Result<Network, CliError> {
-        dl_models::build(self.kind(), config, seed).map_err(|e| CliError::Other(format!("--model-config: {e}")))
+    /// The model with its default configuration, the fields of `overrides` (JSON, named
+    /// as a saved file's metadata names them) replaced.
+    pub fn build_with(self, overrides: Option<&str>, seed: u64) -> Result<Network, CliError> {
+        let error = |e: dl_models::ModelError| CliError::Other(format!("--model-config: {e}"));
+        let mut config = dl_models::registry::ModelConfig::default_for(self.kind()).map_err(error)?;
+        if let Some(json) = overrides {
+            config = config.with_overrides(json).map_err(error)?;
+        }
+        config.build(seed).map_err(error)
     }
 }
 
@@ -91,9 +96,10 @@ pub struct TrainArgs {
     /// Network to train.
     #[arg(long, value_enum, default_value = "deep")]
     model: ModelName,
-    /// The model's configuration as JSON, with the fields its saved files' metadata
-    /// holds (default: the model's default configuration). With --from, the fields given
-    /// replace the file's (`{"dropout_ratio": 0.0}` fine-tunes without dropout).
+    /// Fields of the model's configuration as JSON, named as its saved files' metadata
+    /// names them: each replaces the default configuration's (`{"hidden_size": 1024}`)
+    /// or, with --from, the file's (`{"dropout_ratio": 0.0}` fine-tunes without
+    /// dropout).
     #[arg(long, value_name = "JSON")]
     #[serde(default)]
     model_config: Option<String>,
@@ -1383,6 +1389,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--model-config") && err.contains("hiden_size"), "{err}");
+    }
+
+    #[test]
+    fn model_config_replaces_the_default_configurations_fields() {
+        let train = |extra: &[&str]| {
+            let mut v = vec!["xtask", "train", "--model", "binary"];
+            v.extend_from_slice(extra);
+            let crate::Command::Train(a) = crate::parse_from(v).unwrap().command else {
+                unreachable!()
+            };
+            a.build_model()
+        };
+        let net = train(&["--model-config", r#"{"hidden_size": 24}"#]).unwrap();
+        let shapes: Vec<(String, Vec<usize>)> =
+            net.params().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+        // the hidden layer as asked, the blocks of the default (64 channels last: 7x7x64)
+        assert!(
+            shapes.contains(&("classifier.0.W".into(), vec![7 * 7 * 64, 24])),
+            "{shapes:?}"
+        );
+        assert_eq!(
+            net.param_count(),
+            train(&[]).unwrap().param_count() - (7 * 7 * 64 + 2 + 10) * (512 - 24)
+        );
+        let err = train(&["--model-config", r#"{"hiden_size": 7}"#])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--model-config") && err.contains("hiden_size"), "{err}");
+        assert!(train(&["--model-config", "[1]"]).is_err());
     }
 
     #[test]
