@@ -287,6 +287,12 @@ pub struct BinaryConv {
     pad: usize,
     /// `[FH * FW][words(C)][F rounded up to LANES]`.
     packed: Vec<u64>,
+    /// Where a pixel's channels leave most of its word empty (`C < 64`, and the window
+    /// packed densely takes fewer words than a word per tap): the window's taps and
+    /// channels packed densely, tap `t` channel `ch` at bit `t * C + ch`, as
+    /// `[words(FH * FW * C)][F rounded up to LANES]`, for the pixels whose window lies
+    /// inside the image. Empty elsewhere.
+    dense: Vec<u64>,
 }
 
 impl BinaryConv {
@@ -302,11 +308,21 @@ impl BinaryConv {
         }
         let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
         let mut packed = vec![0u64; fh * fw * wpp * fp];
+        let dense_words = words(fh * fw * c);
+        let mut dense = if c < 64 && dense_words < fh * fw {
+            vec![0u64; dense_words * fp]
+        } else {
+            Vec::new()
+        };
         for fi in 0..f {
             for ch in 0..c {
                 for t in 0..fh * fw {
                     if w[(fi * c + ch) * fh * fw + t] >= 0.0 {
                         packed[(t * wpp + ch / 64) * fp + fi] |= 1 << (ch % 64);
+                        if !dense.is_empty() {
+                            let bit = t * c + ch;
+                            dense[bit / 64 * fp + fi] |= 1 << (bit % 64);
+                        }
                     }
                 }
             }
@@ -316,6 +332,7 @@ impl BinaryConv {
             stride,
             pad,
             packed,
+            dense,
         })
     }
 
@@ -452,18 +469,53 @@ impl BinaryConv {
         (inside(oy, fh, g.h), inside(ox, fw, g.w))
     }
 
+    /// Whether the pixel with window `(rows, cols)` runs on the densely packed window.
+    #[inline(always)]
+    fn runs_dense(&self, rows: &std::ops::Range<usize>, cols: &std::ops::Range<usize>) -> bool {
+        !self.dense.is_empty() && rows.len() == self.dims[2] && cols.len() == self.dims[3]
+    }
+
+    /// The window of output pixel `(oy, ox)` (inside the image; one word per pixel)
+    /// packed densely into `buf` (`words(FH * FW * C)` words), as the filters in
+    /// `dense`.
+    #[inline(always)]
+    fn gather(&self, img: &[u64], g: &ConvGeometry, oy: usize, ox: usize, buf: &mut [u64]) {
+        let [_, c, fh, fw] = self.dims;
+        buf.fill(0);
+        for ky in 0..fh {
+            let row = &img[(oy * g.stride + ky - g.pad) * g.w + ox * g.stride - g.pad..][..fw];
+            for (kx, &v) in row.iter().enumerate() {
+                let bit = (ky * fw + kx) * c;
+                buf[bit / 64] |= v << (bit % 64);
+                if bit % 64 + c > 64 {
+                    buf[bit / 64 + 1] |= v >> (64 - bit % 64);
+                }
+            }
+        }
+    }
+
     /// The loop of the scalar kernels: per output pixel and filter, the counts over the
-    /// taps inside the image.
+    /// taps inside the image (over the densely packed window where there is one).
     #[inline(always)]
     fn image_loop(&self, img: &[u64], g: &ConvGeometry, mut sink: Sink<'_>) {
-        let [f, c, _, fw] = self.dims;
+        let [f, c, fh, fw] = self.dims;
         let (wpp, fp) = (words(c), f.next_multiple_of(LANES));
         let mut counts = vec![0u32; f];
+        let mut window = vec![0u64; words(fh * fw * c)];
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
                 let (rows, cols) = self.window(g, oy, ox);
                 counts.iter_mut().for_each(|v| *v = 0);
-                for ky in rows.clone() {
+                let runs_dense = self.runs_dense(&rows, &cols);
+                if runs_dense {
+                    self.gather(img, g, oy, ox, &mut window);
+                    for (k, &a) in window.iter().enumerate() {
+                        for (n, &w) in counts.iter_mut().zip(&self.dense[k * fp..][..f]) {
+                            *n += (a ^ w).count_ones();
+                        }
+                    }
+                }
+                for ky in rows.clone().filter(|_| !runs_dense) {
                     let y = oy * g.stride + ky - g.pad;
                     for kx in cols.clone() {
                         let p = y * g.w + ox * g.stride + kx - g.pad;
@@ -555,6 +607,8 @@ impl BinaryConv {
         let (wpp, fp) = (if ONE { 1 } else { words(c) }, f.next_multiple_of(LANES));
         let mut tail = [0i32; LANES];
         let packed = self.packed.as_ptr();
+        let dense = self.dense.as_ptr();
+        let mut window = vec![0u64; words(self.dims[2] * fw * c)];
         let mut bounds = [(_mm512_setzero_si512(), _mm512_setzero_si512()); B];
         if let (true, Some(t)) = (BITS, t) {
             for (b, bound) in bounds.iter_mut().enumerate() {
@@ -572,7 +626,21 @@ impl BinaryConv {
                 let (rows, cols) = self.window(g, oy, ox);
                 let full = _mm512_set1_epi64((rows.len() * cols.len() * c) as i64);
                 let mut acc = [_mm512_setzero_si512(); B];
-                for ky in rows.clone() {
+                let runs_dense = self.runs_dense(&rows, &cols);
+                if runs_dense {
+                    self.gather(img, g, oy, ox, &mut window);
+                    for (k, &word) in window.iter().enumerate() {
+                        let a = _mm512_set1_epi64(word as i64);
+                        // SAFETY: the dense filters hold `fp` words per word of the
+                        // window, and `first + B * 8 <= fp`.
+                        let row = unsafe { dense.add(k * fp + first) };
+                        for (b, acc) in acc.iter_mut().enumerate() {
+                            let w = unsafe { _mm512_loadu_si512(row.add(b * LANES).cast()) };
+                            *acc = _mm512_add_epi64(*acc, _mm512_popcnt_epi64(_mm512_xor_si512(a, w)));
+                        }
+                    }
+                }
+                for ky in rows.clone().filter(|_| !runs_dense) {
                     let y = oy * g.stride + ky - g.pad;
                     let pixels = &img[(y * g.w + ox * g.stride + cols.start - g.pad) * wpp..][..cols.len() * wpp];
                     for (j, kx) in cols.clone().enumerate() {

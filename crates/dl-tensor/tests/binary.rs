@@ -27,6 +27,10 @@ fn every_kernel_gives_the_float_convolution_of_the_signs() {
         (3, 130, 4, 4, 70, 3, 1, 2),
         (2, 32, 9, 8, 64, 2, 2, 0),
         (1, 5, 3, 3, 130, 1, 1, 0),
+        // windows packed densely whose taps straddle words (24 and 40 channels)
+        (2, 24, 6, 7, 9, 3, 1, 1),
+        (1, 40, 5, 5, 12, 3, 1, 1),
+        (1, 63, 4, 4, 8, 2, 1, 0),
     ];
     for (n, c, h, w, f, k, stride, pad) in cases {
         let x = signs(n * c * h * w, &mut rng);
@@ -250,6 +254,7 @@ fn the_fused_kernel_gives_the_signs_of_the_sums() {
         (1, 70, 5, 5, 70, 3, 2, 1),
         (2, 32, 4, 4, 130, 3, 1, 0),
         (3, 130, 3, 3, 9, 3, 1, 1),
+        (2, 24, 6, 6, 16, 3, 1, 1),
     ];
     for (n, c, h, w, f, k, stride, pad) in cases {
         let x = signs(n * c * h * w, &mut rng);
