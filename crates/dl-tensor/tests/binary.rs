@@ -292,6 +292,11 @@ fn the_fused_kernel_gives_the_signs_of_the_sums() {
                 ..sums.clone()
             })
             .is_err());
+        let short = IntGrid {
+            data: sums.data[1..].to_vec(),
+            ..sums.clone()
+        };
+        assert!(matches!(t.signs(&short), Err(BinaryError::Invalid(_))));
     }
 }
 
