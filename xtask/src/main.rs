@@ -655,7 +655,7 @@ mod tests {
             (&["--time-to", "5", "--ensemble", "2"][..], "--time-to"),
             (&["--time-to", "101"][..], "percentage"),
             (&["--time-to", "5", "--checks-per-epoch", "4"][..], "--checks-per-epoch"),
-            (&["--model-config", "{}"][..], "--model-config"),
+            (&["--model-config", r#"{"no_such_field": 1}"#][..], "no_such_field"),
         ] {
             let err = run_cli(&[&short[..], extra, &["--out", &p("c")]].concat()).unwrap_err();
             assert!(err.to_string().contains(says), "{extra:?}: {err}");
