@@ -1525,7 +1525,7 @@ mod tests {
         assert_eq!((tune.epochs, tune.lr), (3, 0.1));
         // a bad configuration is an error, not a panic
         let mut bad = fast.clone();
-        bad.model_config = Some("{\"hidden_size\": 3}".into());
+        bad.model_config = Some("{\"hidden_size\": \"three\"}".into());
         assert!(bad.build_model().unwrap_err().to_string().contains("--model-config"));
     }
 
