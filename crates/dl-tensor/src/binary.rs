@@ -291,7 +291,9 @@ pub struct BinaryConv {
     /// packed densely takes fewer words than a word per tap): the window's taps and
     /// channels packed densely, tap `t` channel `ch` at bit `t * C + ch`, as
     /// `[words(FH * FW * C)][F rounded up to LANES]`, for the pixels whose window lies
-    /// inside the image. Empty elsewhere.
+    /// inside the image, in the scalar and `popcnt` kernels. (The AVX-512 kernel counts
+    /// tap by tap: with the dense window it measured slower, 4.5 ms against 2.6 on a
+    /// 32 -> 32 layer at batch 100.) Empty elsewhere.
     dense: Vec<u64>,
 }
 
@@ -481,16 +483,21 @@ impl BinaryConv {
     #[inline(always)]
     fn gather(&self, img: &[u64], g: &ConvGeometry, oy: usize, ox: usize, buf: &mut [u64]) {
         let [_, c, fh, fw] = self.dims;
-        buf.fill(0);
+        // the bits not yet written, in a register: `pending` low bits of `acc`
+        let (mut acc, mut pending, mut k) = (0u128, 0, 0);
         for ky in 0..fh {
             let row = &img[(oy * g.stride + ky - g.pad) * g.w + ox * g.stride - g.pad..][..fw];
-            for (kx, &v) in row.iter().enumerate() {
-                let bit = (ky * fw + kx) * c;
-                buf[bit / 64] |= v << (bit % 64);
-                if bit % 64 + c > 64 {
-                    buf[bit / 64 + 1] |= v >> (64 - bit % 64);
+            for &v in row {
+                acc |= u128::from(v) << pending;
+                pending += c;
+                if pending >= 64 {
+                    buf[k] = acc as u64;
+                    (acc, pending, k) = (acc >> 64, pending - 64, k + 1);
                 }
             }
+        }
+        if pending > 0 {
+            buf[k] = acc as u64;
         }
     }
 
@@ -607,8 +614,6 @@ impl BinaryConv {
         let (wpp, fp) = (if ONE { 1 } else { words(c) }, f.next_multiple_of(LANES));
         let mut tail = [0i32; LANES];
         let packed = self.packed.as_ptr();
-        let dense = self.dense.as_ptr();
-        let mut window = vec![0u64; words(self.dims[2] * fw * c)];
         let mut bounds = [(_mm512_setzero_si512(), _mm512_setzero_si512()); B];
         if let (true, Some(t)) = (BITS, t) {
             for (b, bound) in bounds.iter_mut().enumerate() {
@@ -626,21 +631,7 @@ impl BinaryConv {
                 let (rows, cols) = self.window(g, oy, ox);
                 let full = _mm512_set1_epi64((rows.len() * cols.len() * c) as i64);
                 let mut acc = [_mm512_setzero_si512(); B];
-                let runs_dense = self.runs_dense(&rows, &cols);
-                if runs_dense {
-                    self.gather(img, g, oy, ox, &mut window);
-                    for (k, &word) in window.iter().enumerate() {
-                        let a = _mm512_set1_epi64(word as i64);
-                        // SAFETY: the dense filters hold `fp` words per word of the
-                        // window, and `first + B * 8 <= fp`.
-                        let row = unsafe { dense.add(k * fp + first) };
-                        for (b, acc) in acc.iter_mut().enumerate() {
-                            let w = unsafe { _mm512_loadu_si512(row.add(b * LANES).cast()) };
-                            *acc = _mm512_add_epi64(*acc, _mm512_popcnt_epi64(_mm512_xor_si512(a, w)));
-                        }
-                    }
-                }
-                for ky in rows.clone().filter(|_| !runs_dense) {
+                for ky in rows.clone() {
                     let y = oy * g.stride + ky - g.pad;
                     let pixels = &img[(y * g.w + ox * g.stride + cols.start - g.pad) * wpp..][..cols.len() * wpp];
                     for (j, kx) in cols.clone().enumerate() {
