@@ -292,8 +292,8 @@ pub struct BinaryConv {
     /// channels packed densely, tap `t` channel `ch` at bit `t * C + ch`, as
     /// `[words(FH * FW * C)][F rounded up to LANES]`, for the pixels whose window lies
     /// inside the image, in the scalar and `popcnt` kernels. (The AVX-512 kernel counts
-    /// tap by tap: with the dense window it measured slower, 4.5 ms against 2.6 on a
-    /// 32 -> 32 layer at batch 100.) Empty elsewhere.
+    /// tap by tap, which measures faster there: docs/RESULTS.md, "1 bit".) Empty
+    /// elsewhere.
     dense: Vec<u64>,
 }
 
