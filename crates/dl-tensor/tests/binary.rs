@@ -217,6 +217,10 @@ fn thresholds_hold_the_sums_a_batch_norm_makes_positive() {
     assert!((3..=7).all(|v| t.contains(0, v)));
     assert!(!t.contains(0, 2) && !t.contains(0, 8));
     assert!(!t.poolable());
+    // one sum alone, inside the range of sums
+    let one = Thresholds::from_fn(1, 10, |_, v| v == 4).unwrap();
+    assert!(one.contains(0, 4) && !one.contains(0, 3) && !one.contains(0, 5));
+    assert!(!one.poolable());
     // the ends: up to the bound, down to it, none, all
     assert!(Thresholds::from_fn(1, 10, |_, v| v >= 3).unwrap().poolable());
     assert!(Thresholds::from_fn(1, 10, |_, v| v <= -3).unwrap().poolable());
