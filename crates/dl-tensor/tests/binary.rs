@@ -360,6 +360,9 @@ fn pooling_the_signs_gives_the_signs_of_the_pooled_sums() {
         // a window that does not fit, padding as wide as the window
         assert!(t.max_pool(&t.signs(&sums).unwrap(), h + 3, k, 1, 0).is_err());
         assert!(t.max_pool(&t.signs(&sums).unwrap(), k, k, 1, k).is_err());
+        // as wide as one side of the window only
+        assert!(t.max_pool(&t.signs(&sums).unwrap(), 3, 2, 1, 2).is_err());
+        assert!(t.max_pool(&t.signs(&sums).unwrap(), 2, 3, 1, 2).is_err());
     }
     // a range inside the sums: the sign of the maximum does not follow from the signs
     let t = Thresholds::from_fn(3, 9, |ch, v| ch != 2 || (-1..=1).contains(&v)).unwrap();
