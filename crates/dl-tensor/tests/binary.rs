@@ -360,6 +360,18 @@ fn pooling_the_signs_gives_the_signs_of_the_pooled_sums() {
         // a window that does not fit, padding as wide as the window
         assert!(t.max_pool(&t.signs(&sums).unwrap(), h + 3, k, 1, 0).is_err());
         assert!(t.max_pool(&t.signs(&sums).unwrap(), k, k, 1, k).is_err());
+        // bits beyond the channels set in the input (its fields are public) are not
+        // carried into the output
+        let mut junk = t.signs(&sums).unwrap();
+        if f % 64 != 0 {
+            junk.data
+                .iter_mut()
+                .skip(f / 64)
+                .step_by(f.div_ceil(64))
+                .for_each(|w| *w |= u64::MAX << (f % 64));
+            let pooled = t.max_pool(&junk, k, k, stride, pad).unwrap();
+            assert_eq!(pooled, expected, "junk bits dropped");
+        }
         // as wide as one side of the window only
         assert!(t.max_pool(&t.signs(&sums).unwrap(), 3, 2, 1, 2).is_err());
         assert!(t.max_pool(&t.signs(&sums).unwrap(), 2, 3, 1, 2).is_err());
