@@ -1,4 +1,4 @@
-use rayon::prelude::*;
+use dl_tensor::{norm, Isa};
 
 use crate::{check_dout, Layer, LayerError, Op, Param, Tensor};
 
@@ -140,62 +140,6 @@ impl BatchNormalization {
     }
 }
 
-/// For each feature of `a` (and `b`, same layout) `(N, F, S)`: `(Σ a, Σ a·b)`, in parallel
-/// over the features, in a fixed order: each row of `S` values in `f32` over 8 lanes,
-/// the rows in `f64`.
-fn feature_sums(a: &[f32], b: &[f32], (n, f, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
-    (0..f)
-        .into_par_iter()
-        .map(|fi| {
-            let (mut sa, mut sab) = (0.0f64, 0.0f64);
-            for ni in 0..n {
-                let at = (ni * f + fi) * s;
-                let (ra, rab) = row_sums(&a[at..at + s], &b[at..at + s]);
-                sa += ra;
-                sab += rab;
-            }
-            (sa, sab)
-        })
-        .collect()
-}
-
-/// `(Σ a, Σ a·b)` of two rows of equal length.
-fn row_sums(a: &[f32], b: &[f32]) -> (f64, f64) {
-    let (mut sa, mut sab) = ([0.0f32; 8], [0.0f32; 8]);
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            sa[l] += x[l];
-            sab[l] += x[l] * y[l];
-        }
-    }
-    let mut ta: f64 = sa.iter().map(|&v| f64::from(v)).sum();
-    let mut tab: f64 = sab.iter().map(|&v| f64::from(v)).sum();
-    for (&x, &y) in ar.iter().zip(br) {
-        ta += f64::from(x);
-        tab += f64::from(x) * f64::from(y);
-    }
-    (ta, tab)
-}
-
-/// Calls `op(feature, row of a, row of b)` for every `(sample, feature)` row of `S`
-/// values of `a` and `b` `(N, F, S)`, in parallel over the samples.
-fn rows<B: Send>(
-    a: &mut [f32],
-    b: &mut [B],
-    (_, f, s): (usize, usize, usize),
-    op: impl Fn(usize, &mut [f32], &mut [B]) + Sync,
-) {
-    a.par_chunks_mut(f * s)
-        .zip(b.par_chunks_mut(f * s))
-        .for_each(|(sa, sb)| {
-            for (fi, (ra, rb)) in sa.chunks_exact_mut(s).zip(sb.chunks_exact_mut(s)).enumerate() {
-                op(fi, ra, rb);
-            }
-        });
-}
-
 fn vector(t: &Tensor) -> &[f32] {
     t.as_slice().expect("contiguous 1-D")
 }
@@ -212,9 +156,10 @@ impl Layer for BatchNormalization {
         let shape = x.shape().to_vec();
         let xs = x.as_slice_mut().expect("standard layout");
         let batch_stats = train && !self.frozen;
+        let isa = Isa::active();
         let (mean, var): (Vec<f32>, Vec<f32>) = if batch_stats {
             let m = (n * s).max(1) as f64;
-            let sums = feature_sums(xs, xs, dims);
+            let sums = norm::channel_sums(isa, xs, xs, dims);
             let (mean, var): (Vec<f64>, Vec<f64>) = sums
                 .iter()
                 .map(|&(sx, sxx)| {
@@ -245,14 +190,13 @@ impl Layer for BatchNormalization {
         let (gamma, beta) = (vector(&self.gamma.value), vector(&self.beta.value));
         if train {
             // xn = (x - mean) / std is kept for backward; out = gamma * xn + beta
-            let mut xn = vec![0.0f32; xs.len()];
-            rows(xs, &mut xn, dims, |fi, x, xn| {
-                let (m, inv, g, b) = (mean[fi], 1.0 / std[fi], gamma[fi], beta[fi]);
-                for (x, n) in x.iter_mut().zip(xn) {
-                    *n = (*x - m) * inv;
-                    *x = *n * g + b;
-                }
-            });
+            // the last step's buffer, when it fits: written in full below
+            let mut xn = match self.cache.take() {
+                Some(c) if c.xn.len() == xs.len() => c.xn,
+                _ => vec![0.0f32; xs.len()],
+            };
+            let inv_std: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+            norm::normalize(isa, xs, &mut xn, &mean, &inv_std, gamma, beta, dims);
             self.cache = Some(Cache {
                 shape,
                 dims,
@@ -264,28 +208,25 @@ impl Layer for BatchNormalization {
             // out = x * (gamma / std) + (beta - mean * gamma / std)
             let scale: Vec<f32> = gamma.iter().zip(&std).map(|(g, s)| g / s).collect();
             let shift: Vec<f32> = (0..f).map(|fi| beta[fi] - mean[fi] * scale[fi]).collect();
-            rows(xs, &mut vec![(); xs.len()], dims, |fi, x, _| {
-                let (a, c) = (scale[fi], shift[fi]);
-                x.iter_mut().for_each(|v| *v = *v * a + c);
-            });
+            norm::scale_shift(isa, xs, &scale, &shift, dims);
         }
         Ok(x)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
-        // taken for the mutable row views `rows` hands out, and put back below
-        let mut cache = self
+        let cache = self
             .cache
-            .take()
+            .as_ref()
             .expect("BatchNormalization::backward before a training forward");
         check_dout("BatchNormalization", &dout, &cache.shape);
         let (n, _, s) = cache.dims;
         let mut d = crate::into_standard(dout);
         let ds = d.as_slice_mut().expect("standard layout");
+        let isa = Isa::active();
         // the sums of dout and dout * xn: for gamma and beta's gradients, and for dx when
         // the statistics were the batch's; a frozen layer needs neither
         let sums = if self.trainable || cache.batch_stats {
-            feature_sums(ds, &cache.xn, cache.dims)
+            norm::channel_sums(isa, ds, &cache.xn, cache.dims)
         } else {
             Vec::new()
         };
@@ -296,18 +237,12 @@ impl Layer for BatchNormalization {
         if cache.batch_stats {
             // dx = gamma / std * (dout - mean(dout) - xn * mean(dout * xn))  (per feature)
             let m = (n * s) as f32;
-            rows(ds, &mut cache.xn, cache.dims, |fi, d, xn| {
-                let (k, mb, mg) = (scale[fi], dbeta[fi] / m, dgamma[fi] / m);
-                for (d, &x) in d.iter_mut().zip(xn.iter()) {
-                    *d = k * (*d - mb - x * mg);
-                }
-            });
+            let mean_d: Vec<f32> = dbeta.iter().map(|v| v / m).collect();
+            let mean_dxn: Vec<f32> = dgamma.iter().map(|v| v / m).collect();
+            norm::normalize_backward(isa, ds, &cache.xn, &scale, &mean_d, &mean_dxn, cache.dims);
         } else {
             // the statistics are constants: dx = gamma / std * dout
-            rows(ds, &mut vec![(); ds.len()], cache.dims, |fi, d, _| {
-                let k = scale[fi];
-                d.iter_mut().for_each(|v| *v *= k);
-            });
+            norm::scale_shift(isa, ds, &scale, &vec![0.0; scale.len()], cache.dims);
         }
         if self.trainable {
             self.beta
@@ -321,7 +256,6 @@ impl Layer for BatchNormalization {
                 .expect("contiguous")
                 .copy_from_slice(&dgamma);
         }
-        self.cache = Some(cache);
         d
     }
 

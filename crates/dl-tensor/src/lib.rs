@@ -51,6 +51,7 @@ pub mod int8;
 mod isa;
 mod kernel;
 pub mod lowp;
+pub mod norm;
 mod ops;
 pub mod reference;
 mod simd;
