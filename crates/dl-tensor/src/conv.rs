@@ -8,10 +8,11 @@
 //! in parallel over the batch: each image is lowered with [`im2col_chw`] to
 //! `(C*FH*FW, OH*OW)` and `W · col` lands straight in that image's `(FN, OH*OW)` slice
 //! of the output (a 1x1 stride-1 convolution without padding needs no lowering at all:
-//! the image is its own column matrix). Where the stride is 1 and the plan's instruction
-//! set ([`Isa`]) is a vector one, [`ConvAlgo::Auto`] skips even the lowering: 3x3 layers
-//! with at least 8 input channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others
-//! [`DirectConv`].
+//! the image is its own column matrix). Where the plan's instruction set ([`Isa`]) is a
+//! vector one, [`ConvAlgo::Auto`] skips even the lowering: 3x3 stride-1 layers with at
+//! least 8 input channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others
+//! [`DirectConv`] where it pays (every stride-1 layer, and strided ones whose filter
+//! covers the stride).
 //!
 //! Backward takes the images in fixed groups of [`GROUP`], each group summing its `dW`
 //! and `db` on its own, the groups' sums added in a fixed order: the result does not
@@ -33,14 +34,14 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgo {
     /// The fastest for the geometry at a vector instruction set: Winograd where it pays
-    /// ([`WinogradConv::pays`]), else the direct kernel (stride 1), else the lowered
-    /// path; always the lowered path at [`Isa::Scalar`], where the GEMM's own vector
-    /// code beats plain loops.
+    /// ([`WinogradConv::pays`]), else the direct kernel where it pays
+    /// ([`DirectConv::pays`]), else the lowered path; always the lowered path at
+    /// [`Isa::Scalar`], where the GEMM's own vector code beats plain loops.
     #[default]
     Auto,
     /// Always `im2col` + GEMM, the book's formulation (per image).
     Lowered,
-    /// The direct kernel wherever it applies (stride 1), else lowered.
+    /// The direct kernel wherever it pays ([`DirectConv::pays`]), else lowered.
     Direct,
     /// Winograd wherever it applies (3x3, stride 1), else as [`ConvAlgo::Direct`].
     Winograd,
@@ -67,6 +68,9 @@ impl ConvAlgo {
             if let Some(k) = WinogradConv::with_isa(w, filters, g, isa) {
                 return Some(Box::new(k));
             }
+        }
+        if !DirectConv::pays(g) {
+            return None;
         }
         DirectConv::with_isa(w, filters, g, isa).map(|k| Box::new(k) as Box<dyn ConvKernel>)
     }
@@ -639,6 +643,7 @@ mod tests {
         let g3 = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
         let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
         let g2 = ConvGeometry::new(16, 8, 8, 3, 3, 2, 1).unwrap();
+        let p2 = ConvGeometry::new(16, 8, 8, 1, 1, 2, 0).unwrap();
         let w16 = vec![0.5f32; 4 * 16 * 9];
         let w1 = vec![0.5f32; 4 * 9];
         for isa in Isa::ALL {
@@ -649,7 +654,10 @@ mod tests {
                 })
             };
             assert_eq!(kernel(ConvAlgo::Lowered, &w16, &g3), None);
-            assert_eq!(kernel(ConvAlgo::Auto, &w16, &g2), None, "stride 2 is lowered");
+            assert_eq!(kernel(ConvAlgo::Lowered, &w16, &g2), None);
+            for algo in [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                assert_eq!(kernel(algo, &w16[..4 * 16], &p2), None, "1x1 stride 2 is lowered");
+            }
             if !isa.runs_here() {
                 for algo in [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd] {
                     assert_eq!(kernel(algo, &w16, &g3), None, "{isa} does not run here");
@@ -667,7 +675,11 @@ mod tests {
                 );
             }
             assert_eq!(kernel(ConvAlgo::Winograd, &w1, &g1), Some("winograd"));
-            assert_eq!(kernel(ConvAlgo::Winograd, &w16, &g2), None, "stride 2 is lowered");
+            for algo in [ConvAlgo::Direct, ConvAlgo::Winograd] {
+                assert_eq!(kernel(algo, &w16, &g2), Some("direct"), "3x3 stride 2: {algo:?}");
+            }
+            let auto = (isa != Isa::Scalar).then_some("direct");
+            assert_eq!(kernel(ConvAlgo::Auto, &w16, &g2), auto, "3x3 stride 2");
             assert_eq!(kernel(ConvAlgo::Direct, &w16, &g3), Some("direct"));
             let plan = ConvPlan::new(g3, 4, ConvAlgo::Direct).with_isa(isa);
             let (_, saved) = plan.forward(&w16, None, &vec![0.0; 16 * 64]);
@@ -680,7 +692,7 @@ mod tests {
             Some(("direct", Isa::active())),
             "kernel() is kernel_at(Isa::active())"
         );
-        let (_, saved) = ConvPlan::new(g2, 4, ConvAlgo::Auto).forward(&w16, None, &vec![0.0; 16 * 64]);
+        let (_, saved) = ConvPlan::new(p2, 4, ConvAlgo::Auto).forward(&w16[..4 * 16], None, &vec![0.0; 16 * 64]);
         assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("lowered", None));
     }
 }

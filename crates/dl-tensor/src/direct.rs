@@ -1,4 +1,4 @@
-//! Direct stride-1 convolution without a lowered matrix (an "implicit GEMM").
+//! Direct convolution without a lowered matrix (an "implicit GEMM").
 //!
 //! For a stride-1 convolution, row `(c, ky, kx)` of the per-image column matrix that
 //! [`im2col_chw`](crate::im2col_chw) builds is the zero-padded channel `c` read from
@@ -10,6 +10,14 @@
 //! 48 columns in 24 registers on AVX-512, 4 x 24 in 12 on AVX2, 4 x 16 on NEON), at
 //! the instruction set [`Isa`] chosen at run time; the tests compare every level with the
 //! reference convolution.
+//!
+//! A stride-`s` convolution is brought to the same form by splitting each padded plane
+//! into its `s x s` phases (the values at rows `Y ≡ py` and columns `X ≡ px` modulo
+//! `s`, each phase a plane of `ceil(Hp/s) x ceil(Wp/s)`): the input of output `(oy, ox)`
+//! under tap `(ky, kx)` is value `(oy + ky / s, ox + kx / s)` of phase
+//! `(ky % s, kx % s)`, so every tap is again one offset into the phase planes, and the
+//! output is computed `ceil(Wp/s)` columns wide. The same kernels then run strided
+//! layers without lowering, with no zero taps.
 
 use std::mem::MaybeUninit;
 
@@ -21,7 +29,7 @@ use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 /// Output columns per full register tile (three 16-lane vectors).
 const NR: usize = 48;
 
-/// A stride-1 convolution's filters packed for the direct kernel, with the geometry they
+/// A convolution's filters packed for the direct kernel, with the geometry they
 /// apply to. Build it once per weight update (packing is `FN*C*FH*FW` copies) and call
 /// [`DirectConv::forward_image`] for every image, from as many threads as wanted.
 #[derive(Debug, Clone)]
@@ -31,11 +39,13 @@ pub struct DirectConv {
     filters: usize,
     /// `W` in blocks of [`MR`] filters, `[block][k][MR]`, zero rows past `filters`.
     packed: Vec<f32>,
-    /// Offset in the padded image of the virtual column-matrix row `k = (c, ky, kx)`.
+    /// Offset in the padded phase planes of the virtual column-matrix row
+    /// `k = (c, ky, kx)`.
     offsets: Vec<usize>,
-    /// Padded width `W + 2*pad`.
+    /// Width of a phase plane, `ceil((W + 2*pad) / stride)` (the padded width at stride
+    /// 1): the row length of the computed output.
     wp: usize,
-    /// Computed output columns, `OH * Wp`, rounded up to a multiple of 16.
+    /// Computed output columns, `OH * wp`, rounded up to a multiple of 16.
     cols: usize,
     /// Length of the padded image with the slack the last tile reads.
     padded_len: usize,
@@ -43,8 +53,7 @@ pub struct DirectConv {
 
 impl DirectConv {
     /// Packs `w` `(filters, C, FH, FW)` (row-major, `filters*C*FH*FW` values) for the
-    /// geometry `g`, at the instruction set [`Isa::active`]. `None` when the geometry is
-    /// not stride 1.
+    /// geometry `g`, at the instruction set [`Isa::active`]. `None` without filters.
     ///
     /// # Panics
     /// If `w` does not hold `filters * g.col_rows()` values.
@@ -65,10 +74,11 @@ impl DirectConv {
             "DirectConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if g.stride != 1 || filters == 0 || !isa.runs_here() {
+        if filters == 0 || !isa.runs_here() {
             return None;
         }
-        let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
+        let st = g.stride;
+        let (wp, hp) = ((g.w + 2 * g.pad).div_ceil(st), (g.h + 2 * g.pad).div_ceil(st));
         let blocks = filters.div_ceil(MR);
         let mut packed = vec![0.0f32; blocks * k * MR];
         for (f, row) in w.chunks_exact(k).enumerate() {
@@ -81,13 +91,14 @@ impl DirectConv {
         for c in 0..g.c {
             for ky in 0..g.fh {
                 for kx in 0..g.fw {
-                    offsets.push(c * hp * wp + ky * wp + kx);
+                    let phase = (c * st + ky % st) * st + kx % st;
+                    offsets.push(phase * hp * wp + ky / st * wp + kx / st);
                 }
             }
         }
         let cols = (g.out_h * wp).div_ceil(16) * 16;
         // The last tile reads up to column `cols - 1` at the largest offset.
-        let padded_len = (g.c * hp * wp).max(cols + offsets.last().copied().unwrap_or(0));
+        let padded_len = (g.c * st * st * hp * wp).max(cols + offsets.iter().max().copied().unwrap_or(0));
         Some(Self {
             g: *g,
             isa,
@@ -100,9 +111,22 @@ impl DirectConv {
         })
     }
 
-    /// Copies `x` into the zero-padded planes and clears the slack after them.
+    /// Whether the direct kernel beats lowering on this geometry: at stride 1, and at a
+    /// larger stride when the filter is at least as large as the stride (every phase
+    /// holds taps). A 1x1 stride-2 convolution would copy four phases to read one; the
+    /// lowered path reads only that one (`ConvPlan` timings in docs/PERFORMANCE.md).
+    pub fn pays(g: &ConvGeometry) -> bool {
+        g.stride == 1 || (g.fh >= g.stride && g.fw >= g.stride)
+    }
+
+    /// Copies `x` into the zero-padded planes (their phases at a stride above 1) and
+    /// clears the slack after them.
     fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
         let g = &self.g;
+        if g.stride > 1 {
+            self.pad_phases(x, padded);
+            return;
+        }
         let (p, wp, hp) = (g.pad, self.wp, g.h + 2 * g.pad);
         let planes = g.c * hp * wp;
         padded[planes..].fill(0.0);
@@ -120,6 +144,30 @@ impl DirectConv {
                 dst[at + g.w..end].fill(0.0);
             }
             dst[(g.h + p) * wp..].fill(0.0);
+        }
+    }
+
+    /// [`DirectConv::pad_image`] at a stride `s` above 1: value `(c, y, x)` goes to row
+    /// `Y / s`, column `X / s` of phase `(Y % s, X % s)` of channel `c`, where
+    /// `(Y, X) = (y + pad, x + pad)`; everything else is zero.
+    fn pad_phases(&self, x: &[f32], padded: &mut [f32]) {
+        let g = &self.g;
+        let (st, p, wp) = (g.stride, g.pad, self.wp);
+        let plane = (g.h + 2 * p).div_ceil(st) * wp;
+        padded.fill(0.0);
+        for (c, src) in x.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let yy = y + p;
+                let base = (c * st + yy % st) * st * plane + yy / st * wp;
+                // the values of phase column px: input columns x with (x + p) % s == px
+                for px in 0..st {
+                    let first = (px + st - p % st) % st;
+                    let dst = &mut padded[base + px * plane + (first + p) / st..];
+                    for (d, &v) in dst.iter_mut().zip(row.iter().skip(first).step_by(st)) {
+                        *d = v;
+                    }
+                }
+            }
         }
     }
 
@@ -319,7 +367,10 @@ impl ConvKernel for DirectConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
+    use crate::testing::{
+        assert_forward_matches_reference, assert_forward_matches_reference_at,
+        assert_weight_gradient_matches_reference, assert_weight_gradient_matches_reference_at,
+    };
 
     #[test]
     fn matches_the_reference_convolution() {
@@ -358,10 +409,36 @@ mod tests {
         assert_weight_gradient_matches_reference(&cases, DirectConv::with_isa);
     }
 
+    /// (C, H, W, FN, FH, FW, pad) at strides 2 and 3: ResNet's stride-2 layers (3x3
+    /// and the 1x1 projection), odd sizes whose last phase rows and columns are short,
+    /// filters wider than the stride and narrower, no padding and more than the stride.
+    const STRIDED: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
+        (16, 28, 28, 32, 3, 3, 1),
+        (32, 14, 14, 64, 3, 3, 1),
+        (16, 28, 28, 32, 1, 1, 0),
+        (3, 9, 11, 5, 3, 3, 0),
+        (2, 7, 6, 13, 5, 5, 2),
+        (4, 5, 7, 3, 2, 3, 1),
+        (3, 8, 8, 70, 3, 3, 3),
+        (1, 3, 3, 1, 3, 3, 0),
+    ];
+
     #[test]
-    fn declines_strided_geometries() {
-        let g = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
-        assert!(DirectConv::new(&[0.0; 9], 1, &g).is_none());
+    fn strided_geometries_match_the_reference_convolution() {
+        for stride in [2, 3] {
+            assert_forward_matches_reference_at(&STRIDED, stride, DirectConv::with_isa);
+        }
+    }
+
+    #[test]
+    fn strided_weight_gradients_match_dout_times_lowered_input() {
+        for stride in [2, 3] {
+            assert_weight_gradient_matches_reference_at(&STRIDED, stride, DirectConv::with_isa);
+        }
+    }
+
+    #[test]
+    fn declines_a_convolution_without_filters() {
         let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
         for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
             assert!(DirectConv::with_isa(&[], 0, &g1, isa).is_none(), "no filters at {isa}");

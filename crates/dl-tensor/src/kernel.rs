@@ -13,7 +13,7 @@ pub(crate) const MR: usize = 8;
 /// vectors)` = 24 x 1, 12 x 2, 8 x 3 or 6 x 4.
 pub(crate) const GRADIENT_TILE: usize = 24;
 
-/// A stride-1 convolution computed without a lowered matrix, for one set of filters
+/// A convolution computed without a lowered matrix, for one set of filters
 /// and one geometry: [`DirectConv`](crate::DirectConv) or [`WinogradConv`](crate::WinogradConv). Build one
 /// per weight update; every method takes one image and may be called from many threads
 /// at once, each with its own scratch space (which needs no clearing).

@@ -11,8 +11,8 @@
 //! * [`gemm()`]: `C = alpha · A · B + beta · C` on strided views, backed by
 //!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
 //!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
-//! * [`DirectConv`]: stride-1 convolution straight from the zero-padded image, with no
-//!   lowered matrix.
+//! * [`DirectConv`]: convolution straight from the zero-padded image (split into its
+//!   phases at a stride above 1), with no lowered matrix.
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
 //!   per 2x2 output tile instead of 36. Both implement [`ConvKernel`] (forward pass and
 //!   filter gradient of one image), at every instruction set of [`Isa`]: AVX-512,

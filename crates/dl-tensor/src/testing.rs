@@ -26,7 +26,7 @@ pub(crate) fn levels<K>(build: Build<K>, w: &[f32], f: usize, g: &ConvGeometry) 
     here
 }
 
-/// A test geometry: `(C, H, W, FN, FH, FW, pad)`, stride 1.
+/// A test geometry: `(C, H, W, FN, FH, FW, pad)` (the stride is given apart).
 pub(crate) type Case = (usize, usize, usize, usize, usize, usize, usize);
 
 /// Builds a kernel from `W` `(FN, C*FH*FW)`, `FN`, the geometry and the level
@@ -38,12 +38,17 @@ pub(crate) type Build<K> = fn(&[f32], usize, &ConvGeometry, Isa) -> Option<K>;
 /// scratch and output full of NaN (the kernel must neither depend on the scratch's
 /// content nor leave an output unwritten).
 pub(crate) fn assert_forward_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
+    assert_forward_matches_reference_at(cases, 1, build);
+}
+
+/// [`assert_forward_matches_reference`] at the stride `stride`.
+pub(crate) fn assert_forward_matches_reference_at<K: ConvKernel>(cases: &[Case], stride: usize, build: Build<K>) {
     for (i, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
         let x = random4((2, c, h, w), i as u64);
         let wt = random4((f, c, fh, fw), 100 + i as u64);
         let b = Array1::from_shape_fn(f, |j| j as f32 * 0.25 - 1.0);
-        let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), 1, pad);
-        let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+        let want = conv2d_reference(&x.view(), &wt.view(), &b.view(), stride, pad);
+        let g = ConvGeometry::new(c, h, w, fh, fw, stride, pad).unwrap();
         for isa in levels(build, wt.as_slice().unwrap(), f, &g) {
             let d = build(wt.as_slice().unwrap(), f, &g, isa).expect("a geometry the kernel computes");
             assert_eq!(d.isa(), isa);
@@ -74,8 +79,17 @@ pub(crate) fn assert_forward_matches_reference<K: ConvKernel>(cases: &[Case], bu
 /// `db[f] = f`: the sums must be added, not stored), against `dout · col^T` with the
 /// plain im2col, in f64. Scratch full of NaN.
 pub(crate) fn assert_weight_gradient_matches_reference<K: ConvKernel>(cases: &[Case], build: Build<K>) {
+    assert_weight_gradient_matches_reference_at(cases, 1, build);
+}
+
+/// [`assert_weight_gradient_matches_reference`] at the stride `stride`.
+pub(crate) fn assert_weight_gradient_matches_reference_at<K: ConvKernel>(
+    cases: &[Case],
+    stride: usize,
+    build: Build<K>,
+) {
     for (case, &(c, h, w, f, fh, fw, pad)) in cases.iter().enumerate() {
-        let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+        let g = ConvGeometry::new(c, h, w, fh, fw, stride, pad).unwrap();
         let k = g.col_rows();
         let positions = g.out_h * g.out_w;
         let x = random4((1, c, h, w), 200 + case as u64);
@@ -90,7 +104,7 @@ pub(crate) fn assert_weight_gradient_matches_reference<K: ConvKernel>(cases: &[C
                 d.weight_gradient_image(x.as_slice().unwrap(), dout.as_slice().unwrap(), &mut acc, &mut scratch);
             }
             d.add_gradient(&acc, &mut dw, &mut db);
-            let col = crate::reference::im2col_reference(&x.view(), fh, fw, 1, pad); // (OH*OW, K)
+            let col = crate::reference::im2col_reference(&x.view(), fh, fw, stride, pad); // (OH*OW, K)
             let dm = dout.view().into_shape_with_order((f, positions)).unwrap();
             for fi in 0..f {
                 let want_b = fi as f64 + 2.0 * dm.row(fi).iter().map(|&v| f64::from(v)).sum::<f64>();
