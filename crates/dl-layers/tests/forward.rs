@@ -99,12 +99,12 @@ fn every_convolution_algorithm_agrees_with_the_lowered_path() {
 
 #[test]
 fn the_algorithm_picks_the_kernel_the_cpu_has() {
-    // 3x3 stride 1 with 16 channels: Winograd under Auto, the direct kernel under
+    // 3x3 stride 1, 16 channels to 32 filters: Winograd under Auto, the direct kernel under
     // Direct, at any vector instruction set; the direct kernel on the phases for 3x3
     // stride 2; the lowered path at the scalar level (DLFS_SIMD=scalar).
     let x = random_input(&[2, 16, 8, 8], 0.0, 1);
     let run = |algo: ConvAlgo, stride: usize| {
-        let mut conv = Convolution::new(16, 8, 3, 3, stride, 1, Init::He, 2);
+        let mut conv = Convolution::new(16, 32, 3, 3, stride, 1, Init::He, 2);
         conv.set_algo(algo);
         conv.forward(x.clone(), true).unwrap();
         conv.last_kernel().unwrap()

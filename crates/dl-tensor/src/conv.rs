@@ -9,10 +9,11 @@
 //! `(C*FH*FW, OH*OW)` and `W · col` lands straight in that image's `(FN, OH*OW)` slice
 //! of the output (a 1x1 stride-1 convolution without padding needs no lowering at all:
 //! the image is its own column matrix). Where the plan's instruction set ([`Isa`]) is a
-//! vector one, [`ConvAlgo::Auto`] skips even the lowering: 3x3 stride-1 layers with at
-//! least 8 input channels run Winograd F(2x2, 3x3) ([`WinogradConv`]), the others
-//! [`DirectConv`] where it pays (every stride-1 layer, and strided ones whose filter
-//! covers the stride).
+//! vector one, [`ConvAlgo::Auto`] skips even the lowering: 3x3 stride-1 layers run
+//! Winograd F(2x2, 3x3) ([`WinogradConv`]) where it pays ([`WinogradConv::pays`]), the
+//! others [`DirectConv`] where it pays (every stride-1 layer, and strided ones whose
+//! filter covers the stride); the filter gradient takes Winograd or the direct kernel by
+//! its own rule ([`WinogradConv::gradient_pays_on`]).
 //!
 //! Backward takes the images in fixed groups of [`GROUP`], each group summing its `dW`
 //! and `db` on its own, the groups' sums added in a fixed order: the result does not
@@ -34,7 +35,8 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgo {
     /// The fastest for the geometry at a vector instruction set: Winograd where it pays
-    /// ([`WinogradConv::pays`]), else the direct kernel where it pays
+    /// ([`WinogradConv::pays`]; for the filter gradient
+    /// [`WinogradConv::gradient_pays_on`]), else the direct kernel where it pays
     /// ([`DirectConv::pays`]), else the lowered path; always the lowered path at
     /// [`Isa::Scalar`], where the GEMM's own vector code beats plain loops.
     #[default]
@@ -60,7 +62,7 @@ impl ConvAlgo {
         let winograd = match self {
             ConvAlgo::Lowered => return None,
             ConvAlgo::Auto if isa == Isa::Scalar => return None,
-            ConvAlgo::Auto => WinogradConv::pays(g),
+            ConvAlgo::Auto => WinogradConv::pays(g, filters),
             ConvAlgo::Winograd => true,
             ConvAlgo::Direct => false,
         };
@@ -217,7 +219,10 @@ impl ConvPlan {
             None
         };
         // dW without lowering where it applies and pays (`ConvKernel::gradient_pays`).
-        let fast_dw = saved.kernel.clone().filter(|k| want_dw && k.gradient_pays());
+        let fast_dw = match &saved.kernel {
+            Some(k) if want_dw => Some(self.gradient_kernel(w, k)).filter(|k| k.gradient_pays()),
+            _ => None,
+        };
         let col_len = match &fast_dw {
             _ if !want_dw => 0,
             Some(k) => k.gradient_scratch_len(),
@@ -304,6 +309,24 @@ impl ConvPlan {
             db.copy_from_slice(&gb);
         }
         dx
+    }
+
+    /// The kernel for the filter gradient after a forward pass that ran `forward`: under
+    /// [`ConvAlgo::Auto`], Winograd where its gradient pays
+    /// ([`WinogradConv::gradient_pays_on`]) and the direct kernel elsewhere, whichever
+    /// kernel the forward pass ran; under the other algorithms, the forward's.
+    fn gradient_kernel(&self, w: &[f32], forward: &Arc<dyn ConvKernel>) -> Arc<dyn ConvKernel> {
+        if self.algo != ConvAlgo::Auto {
+            return forward.clone();
+        }
+        let (g, isa) = (&self.g, forward.isa());
+        let winograd = WinogradConv::gradient_pays_on(g);
+        let other: Option<Arc<dyn ConvKernel>> = match (winograd, forward.name()) {
+            (true, "winograd") | (false, "direct") => None,
+            (true, _) => WinogradConv::with_isa(w, self.filters, g, isa).map(|k| Arc::new(k) as _),
+            (false, _) => DirectConv::with_isa(w, self.filters, g, isa).map(|k| Arc::new(k) as _),
+        };
+        other.unwrap_or_else(|| forward.clone())
     }
 
     /// `dx_i` of one image (every value written).
@@ -536,6 +559,10 @@ mod tests {
             (2, 2, 4, 4, 3, 1, 1, 1, 1),
             (2, 3, 6, 7, 4, 1, 3, 1, 0),
             (2, 3, 6, 7, 4, 3, 1, 1, 0),
+            // under Auto: the direct kernel forward and Winograd's filter gradient (8
+            // channels, 6 filters, 9x9), and the other way round (16 to 32, 7x7)
+            (3, 8, 9, 9, 6, 3, 3, 1, 1),
+            (2, 16, 7, 7, 32, 3, 3, 1, 1),
         ];
         for (i, &(n, c, h, w, f, fh, fw, stride, pad)) in cases.iter().enumerate() {
             let g = ConvGeometry::new(c, h, w, fh, fw, stride, pad).unwrap();
@@ -644,11 +671,11 @@ mod tests {
         let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
         let g2 = ConvGeometry::new(16, 8, 8, 3, 3, 2, 1).unwrap();
         let p2 = ConvGeometry::new(16, 8, 8, 1, 1, 2, 0).unwrap();
-        let w16 = vec![0.5f32; 4 * 16 * 9];
+        let w16 = vec![0.5f32; 32 * 16 * 9];
         let w1 = vec![0.5f32; 4 * 9];
         for isa in Isa::ALL {
             let kernel = |algo: ConvAlgo, w: &[f32], g: &ConvGeometry| {
-                algo.kernel_at(isa, w, 4, g).map(|k| {
+                algo.kernel_at(isa, w, w.len() / g.col_rows(), g).map(|k| {
                     assert_eq!(k.isa(), isa);
                     k.name()
                 })
@@ -669,6 +696,11 @@ mod tests {
             } else {
                 assert_eq!(kernel(ConvAlgo::Auto, &w16, &g3), Some("winograd"));
                 assert_eq!(
+                    kernel(ConvAlgo::Auto, &w16[..16 * 16 * 9], &g3),
+                    Some("direct"),
+                    "16 x 16: Winograd does not pay"
+                );
+                assert_eq!(
                     kernel(ConvAlgo::Auto, &w1, &g1),
                     Some("direct"),
                     "one channel: Winograd does not pay"
@@ -681,12 +713,12 @@ mod tests {
             let auto = (isa != Isa::Scalar).then_some("direct");
             assert_eq!(kernel(ConvAlgo::Auto, &w16, &g2), auto, "3x3 stride 2");
             assert_eq!(kernel(ConvAlgo::Direct, &w16, &g3), Some("direct"));
-            let plan = ConvPlan::new(g3, 4, ConvAlgo::Direct).with_isa(isa);
+            let plan = ConvPlan::new(g3, 32, ConvAlgo::Direct).with_isa(isa);
             let (_, saved) = plan.forward(&w16, None, &vec![0.0; 16 * 64]);
             assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("direct", Some(isa)));
         }
-        assert_eq!(ConvPlan::new(g3, 4, ConvAlgo::Auto).isa, Isa::active());
-        let direct = ConvAlgo::Direct.kernel(&w16, 4, &g3).map(|k| (k.name(), k.isa()));
+        assert_eq!(ConvPlan::new(g3, 32, ConvAlgo::Auto).isa, Isa::active());
+        let direct = ConvAlgo::Direct.kernel(&w16, 32, &g3).map(|k| (k.name(), k.isa()));
         assert_eq!(
             direct,
             Some(("direct", Isa::active())),
@@ -694,5 +726,37 @@ mod tests {
         );
         let (_, saved) = ConvPlan::new(p2, 4, ConvAlgo::Auto).forward(&w16[..4 * 16], None, &vec![0.0; 16 * 64]);
         assert_eq!((saved.kernel_name(), saved.kernel_isa()), ("lowered", None));
+    }
+
+    #[test]
+    fn the_filter_gradient_takes_its_own_kernel_under_auto() {
+        // 16 to 16 on 8x8: the direct kernel forward, Winograd's gradient; 64 to 64 on
+        // 7x7: the other way round; forced algorithms keep the forward's kernel
+        let g8 = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
+        let g7 = ConvGeometry::new(64, 7, 7, 3, 3, 1, 1).unwrap();
+        let (w8, w7) = (vec![0.25f32; 16 * 16 * 9], vec![0.25f32; 64 * 64 * 9]);
+        for isa in Isa::supported_levels().into_iter().filter(|&i| i != Isa::Scalar) {
+            let names = |g: ConvGeometry, f: usize, w: &[f32], algo: ConvAlgo| {
+                let plan = ConvPlan::new(g, f, algo).with_isa(isa);
+                let forward = algo.kernel_at(isa, w, f, &g).map(Arc::from).expect("a kernel");
+                let gradient = plan.gradient_kernel(w, &forward);
+                assert_eq!(gradient.isa(), isa);
+                (forward.name(), gradient.name())
+            };
+            assert_eq!(names(g8, 16, &w8, ConvAlgo::Auto), ("direct", "winograd"), "{isa}");
+            assert_eq!(names(g7, 64, &w7, ConvAlgo::Auto), ("winograd", "direct"), "{isa}");
+            assert_eq!(names(g8, 16, &w8, ConvAlgo::Direct), ("direct", "direct"), "{isa}");
+            assert_eq!(
+                names(g7, 64, &w7, ConvAlgo::Winograd),
+                ("winograd", "winograd"),
+                "{isa}"
+            );
+            let g32 = ConvGeometry::new(32, 14, 14, 3, 3, 1, 1).unwrap();
+            let w32 = vec![0.25f32; 32 * 32 * 9];
+            assert_eq!(names(g32, 32, &w32, ConvAlgo::Auto), ("winograd", "winograd"), "{isa}");
+            let w1 = vec![0.25f32; 4 * 9];
+            let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
+            assert_eq!(names(g1, 4, &w1, ConvAlgo::Auto), ("direct", "direct"), "{isa}");
+        }
     }
 }

@@ -68,12 +68,22 @@ impl WinogradConv {
         g.fh == 3 && g.fw == 3 && g.stride == 1
     }
 
-    /// Whether Winograd beats the direct kernel on this geometry: with at least 8 input
-    /// channels. With fewer, the products' inner dimension is too short for the
-    /// transforms to pay (`cargo bench -p dl-tensor --bench kernels -- convolution`, see
-    /// docs/PERFORMANCE.md).
-    pub fn pays(g: &ConvGeometry) -> bool {
-        Self::applies(g) && g.c >= 8
+    /// Whether Winograd's forward pass beats the direct kernel's for `filters` filters on
+    /// this geometry: with at least 8 input channels and `C * FN >= 512`. The transforms
+    /// cost per channel, the products per channel and filter: with one input channel, or
+    /// 16 in and 16 out (ResNet's first stage: 9.4-10.6 ms against 6.2 on a batch of
+    /// 100), the transforms cost more than the multiplies they save (`ConvPlan` timings
+    /// per layer shape in docs/PERFORMANCE.md).
+    pub fn pays(g: &ConvGeometry, filters: usize) -> bool {
+        Self::applies(g) && g.c >= 8 && g.c * filters >= 512
+    }
+
+    /// Whether Winograd's filter gradient beats the direct kernel's on this geometry:
+    /// with at least 8 input channels and an output of at least 8 x 8 (16 tiles). On a
+    /// 7 x 7 output the tiles, the gradient's inner dimension, are too few: 64 to 128
+    /// channels took 1.05-1.66x the direct kernel's time (docs/PERFORMANCE.md).
+    pub fn gradient_pays_on(g: &ConvGeometry) -> bool {
+        Self::applies(g) && g.c >= 8 && g.out_h >= 8 && g.out_w >= 8
     }
 
     /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g`, at the
@@ -679,7 +689,23 @@ mod tests {
         }
         let five = ConvGeometry::new(1, 8, 8, 5, 5, 1, 1).unwrap();
         assert!(WinogradConv::new(&[0.0; 25], 1, &five).is_none());
-        assert!(!WinogradConv::pays(&ConvGeometry::new(1, 28, 28, 3, 3, 1, 1).unwrap()));
-        assert!(WinogradConv::pays(&ConvGeometry::new(16, 28, 28, 3, 3, 1, 1).unwrap()));
+        let g = |c, hw| ConvGeometry::new(c, hw, hw, 3, 3, 1, 1).unwrap();
+        assert!(!WinogradConv::pays(&g(1, 28), 64), "one channel");
+        assert!(!WinogradConv::pays(&g(16, 28), 16), "16 x 16");
+        assert!(!WinogradConv::pays(&g(4, 28), 128), "4 channels");
+        assert!(WinogradConv::pays(&g(16, 28), 32));
+        assert!(WinogradConv::pays(&g(8, 28), 64));
+        assert!(!WinogradConv::pays(&strided, 64), "stride 2");
+        assert!(WinogradConv::gradient_pays_on(&g(16, 28)));
+        assert!(WinogradConv::gradient_pays_on(&g(8, 8)));
+        assert!(!WinogradConv::gradient_pays_on(&g(64, 7)), "7 x 7");
+        assert!(!WinogradConv::gradient_pays_on(&g(4, 28)), "4 channels");
+        assert!(!WinogradConv::gradient_pays_on(
+            &ConvGeometry::new(16, 28, 28, 3, 3, 2, 1).unwrap()
+        ));
+        assert!(
+            !WinogradConv::gradient_pays_on(&ConvGeometry::new(16, 8, 7, 3, 3, 1, 1).unwrap()),
+            "7 wide"
+        );
     }
 }
