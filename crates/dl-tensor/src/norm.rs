@@ -211,9 +211,9 @@ fn check(what: &str, len: usize, per_feature: &[usize], (n, f, s): Dims) {
 }
 
 /// For each feature of `a` and `b` `(N, F, S)`: `(Σ a, Σ a·b)` over its `N*S` values, in
-/// parallel over the features, in a fixed order (each row of `S` values as
-/// [`sums_row`] does, the rows added in `f64` in sample order): the same bits whatever
-/// the thread count and the level.
+/// parallel over the features, in a fixed order (each row of `S` values in 32 `f32`
+/// lanes, lane `l` adding values `l, l + 32, ...`, then the lanes and the rows in `f64`
+/// in order): the same bits whatever the thread count and the level.
 ///
 /// # Panics
 /// If a length does not fit `dims`.
