@@ -438,6 +438,19 @@ mod tests {
     }
 
     #[test]
+    fn pays_where_every_phase_holds_taps() {
+        let g = |fh, fw, stride| ConvGeometry::new(4, 9, 9, fh, fw, stride, 0).unwrap();
+        assert!(DirectConv::pays(&g(1, 1, 1)), "stride 1, any filter");
+        assert!(DirectConv::pays(&g(3, 3, 2)));
+        assert!(DirectConv::pays(&g(2, 2, 2)));
+        assert!(DirectConv::pays(&g(3, 3, 3)));
+        assert!(!DirectConv::pays(&g(1, 1, 2)), "1x1 stride 2");
+        assert!(!DirectConv::pays(&g(3, 1, 2)), "too narrow for the stride");
+        assert!(!DirectConv::pays(&g(1, 3, 2)), "too short for the stride");
+        assert!(!DirectConv::pays(&g(2, 2, 3)));
+    }
+
+    #[test]
     fn declines_a_convolution_without_filters() {
         let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
         for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
