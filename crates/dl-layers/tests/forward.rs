@@ -324,6 +324,41 @@ fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
 }
 
 #[test]
+fn batch_normalization_in_eval_is_its_formula_per_feature() {
+    let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
+    let vec3 = |v: [f32; 3]| Tensor::from_shape_vec(vec![3], v.to_vec()).unwrap();
+    let (gamma, beta) = ([1.5, -0.5, 2.0], [0.25, 1.0, -3.0]);
+    let (mean, var) = ([2.0, -1.0, 0.5], [4.0, 0.25, 9.0]);
+    bn.gamma.value = vec3(gamma);
+    bn.beta.value = vec3(beta);
+    bn.running_mean = vec3(mean);
+    bn.running_var = vec3(var);
+    let x = random_input(&[2, 3, 4, 4], 0.0, 8) * 3.0;
+    let y = bn.forward(x.clone(), false).unwrap();
+    for ((idx, &v), &got) in x.indexed_iter().zip(y.iter()) {
+        let c = idx[1];
+        let want = gamma[c] * (v - mean[c]) / (var[c] + 1e-6f32).sqrt() + beta[c];
+        assert!(
+            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{idx:?}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn batch_normalization_trains_on_batches_of_changing_size() {
+    // the kept normalised input is reused only when it fits
+    let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
+    let mut fresh = bn.clone();
+    bn.forward(random_input(&[4, 3, 5, 5], 0.0, 9), true).unwrap();
+    bn.backward(random_input(&[4, 3, 5, 5], 0.0, 10));
+    let x = random_input(&[2, 3, 5, 5], 0.0, 11);
+    let dout = random_input(&[2, 3, 5, 5], 0.0, 12);
+    assert_eq!(bn.forward(x.clone(), true).unwrap(), fresh.forward(x, true).unwrap());
+    assert_eq!(bn.backward(dout.clone()), fresh.backward(dout));
+}
+
+#[test]
 fn wrong_input_shapes_are_errors_that_name_layer_and_shapes() {
     let mut conv = Convolution::new(1, 16, 3, 3, 1, 1, Init::He, 0);
     let e = conv.forward(Tensor::zeros(vec![2, 3, 28, 28]), true).unwrap_err();
