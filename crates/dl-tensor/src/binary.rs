@@ -12,7 +12,8 @@
 //! ([`PopcountKernel`]), chosen at run time, which give the same sums bit for bit:
 //!
 //! * `avx512-vpopcntdq`: eight filters' words XORed with the broadcast input word and
-//!   counted in one `vpopcntq`;
+//!   counted in one `vpopcntq`; where a pixel's channels fit half a word (`C <= 32`),
+//!   sixteen filters' halves in one `vpopcntd`;
 //! * `popcnt`: the scalar loop compiled with the `popcnt` instruction (every AVX2 CPU
 //!   has it);
 //! * `scalar`: the same loop for the baseline target (`count_ones` as bit arithmetic
@@ -49,6 +50,14 @@ const LANES: usize = 8;
 
 /// Blocks of filters one pass of the AVX-512 kernel keeps in registers.
 const BLOCKS: usize = 8;
+
+/// Filters per block of the narrow AVX-512 kernel (channels in half a word): one
+/// 512-bit register of `u32` counts.
+const NARROW_LANES: usize = 16;
+
+/// Blocks of filters one pass of the narrow AVX-512 kernel keeps in registers: 64
+/// filters, one word of signs.
+const NARROW_BLOCKS: usize = 4;
 
 /// Words that hold `bits` bits.
 pub fn words(bits: usize) -> usize {
@@ -295,6 +304,11 @@ pub struct BinaryConv {
     /// tap by tap, which measures faster there: docs/RESULTS.md, "1 bit".) Empty
     /// elsewhere.
     dense: Vec<u64>,
+    /// Where a pixel's channels fit half a word (`C <= 32`): the filters' low halves,
+    /// `[FH * FW][F rounded up to NARROW_LANES]`, which the AVX-512 kernel counts sixteen
+    /// to a register (the full words would leave half of every register empty). Empty
+    /// elsewhere.
+    narrow: Vec<u32>,
 }
 
 impl BinaryConv {
@@ -316,11 +330,16 @@ impl BinaryConv {
         } else {
             Vec::new()
         };
+        let fn_ = f.next_multiple_of(NARROW_LANES);
+        let mut narrow = if c <= 32 { vec![0u32; fh * fw * fn_] } else { Vec::new() };
         for fi in 0..f {
             for ch in 0..c {
                 for t in 0..fh * fw {
                     if w[(fi * c + ch) * fh * fw + t] >= 0.0 {
                         packed[(t * wpp + ch / 64) * fp + fi] |= 1 << (ch % 64);
+                        if !narrow.is_empty() {
+                            narrow[t * fn_ + fi] |= 1 << ch;
+                        }
                         if !dense.is_empty() {
                             let bit = t * c + ch;
                             dense[bit / 64 * fp + fi] |= 1 << (bit % 64);
@@ -335,6 +354,7 @@ impl BinaryConv {
             pad,
             packed,
             dense,
+            narrow,
         })
     }
 
@@ -357,6 +377,17 @@ impl BinaryConv {
     /// `(F, C, FH, FW)`.
     pub fn dims(&self) -> [usize; 4] {
         self.dims
+    }
+
+    /// Filters whose counts one instruction of `kernel` (the scalar kernel where the CPU
+    /// lacks it) computes on this layer: 16 for the AVX-512 kernel where a pixel's
+    /// channels fit half a word (`C <= 32`), 8 for it elsewhere, 1 for the others.
+    pub fn lanes(&self, kernel: PopcountKernel) -> usize {
+        match kernel.usable() {
+            PopcountKernel::Avx512Vpopcntdq if !self.narrow.is_empty() => NARROW_LANES,
+            PopcountKernel::Avx512Vpopcntdq => LANES,
+            PopcountKernel::Scalar | PopcountKernel::Popcnt => 1,
+        }
     }
 
     /// The bytes of the packed filters.
@@ -448,6 +479,11 @@ impl BinaryConv {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `usable` checked the CPU has the instructions.
+            PopcountKernel::Avx512Vpopcntdq if self.lanes(kernel) == NARROW_LANES => unsafe {
+                self.image_avx512_narrow(img, g, sink)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             PopcountKernel::Avx512Vpopcntdq => unsafe { self.image_avx512(img, g, sink) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -669,6 +705,144 @@ impl BinaryConv {
                     } else {
                         // SAFETY: `tail` is 8 `i32`.
                         unsafe { _mm256_storeu_si256(tail.as_mut_ptr().cast(), v) };
+                        o[at..].copy_from_slice(&tail[..f - at]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel where a pixel's channels fit half a word (`C <= 32`): per
+    /// output pixel, up to 64 filters' counts in four registers of sixteen `u32`; each
+    /// input pixel's low half broadcast, XORed with sixteen filters' halves, counted in
+    /// one `vpopcntd`; the outputs `full - 2 * count` (or their signs by the thresholds)
+    /// computed in registers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    unsafe fn image_avx512_narrow(&self, img: &[u64], g: &ConvGeometry, mut sink: Sink<'_>) {
+        let fp = self.dims[0].next_multiple_of(NARROW_LANES);
+        for first in (0..fp).step_by(NARROW_LANES * NARROW_BLOCKS) {
+            let blocks = ((fp - first) / NARROW_LANES).min(NARROW_BLOCKS);
+            macro_rules! run {
+                ($($b:literal)*) => {
+                    match (blocks, &mut sink) {
+                        // SAFETY (each): the CPU has the instructions (the caller's contract).
+                        $(($b, Sink::Ints(out)) => unsafe { self.narrow_avx512::<$b, false>(img, g, out, &mut [], None, first) },
+                          ($b, Sink::Bits(out, t)) => unsafe { self.narrow_avx512::<$b, true>(img, g, &mut [], out, Some(t), first) },)*
+                        _ => unreachable!("1 to 4 blocks"),
+                    }
+                };
+            }
+            run!(1 2 3 4);
+        }
+    }
+
+    /// [`BinaryConv::image_avx512_narrow`] for the `B` blocks of sixteen filters from
+    /// `first`; `BITS`: the signs by the thresholds `t` written to `bits` (the word
+    /// `first / 64` of each pixel), else the sums to `ints`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    unsafe fn narrow_avx512<const B: usize, const BITS: bool>(
+        &self,
+        img: &[u64],
+        g: &ConvGeometry,
+        ints: &mut [i32],
+        bits: &mut [u64],
+        t: Option<&Thresholds>,
+        first: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let [f, c, _, fw] = self.dims;
+        let fp = f.next_multiple_of(NARROW_LANES);
+        let mut tail = [0i32; NARROW_LANES];
+        let narrow = self.narrow.as_ptr();
+        let mut bounds = [(_mm512_setzero_si512(), _mm512_setzero_si512()); B];
+        if let (true, Some(t)) = (BITS, t) {
+            for (b, bound) in bounds.iter_mut().enumerate() {
+                // sixteen filters' bounds as `i32` (they lie within the sums' range),
+                // an empty range past the thresholds' padding
+                let lanes = |v: &[i64], empty: i64| -> [i32; NARROW_LANES] {
+                    std::array::from_fn(|j| v.get(first + b * NARROW_LANES + j).map_or(empty, |&v| v) as i32)
+                };
+                let (lo, hi) = (lanes(&t.lo, 1), lanes(&t.hi, 0));
+                // SAFETY: each is sixteen `i32`.
+                *bound = unsafe {
+                    (
+                        _mm512_loadu_si512(lo.as_ptr().cast()),
+                        _mm512_loadu_si512(hi.as_ptr().cast()),
+                    )
+                };
+            }
+        }
+        // 3x3 filters: every tap's registers of filters, loaded once
+        let taps3 = (self.dims[2] == 3 && fw == 3).then(|| {
+            std::array::from_fn::<_, 3, _>(|ky| {
+                std::array::from_fn::<_, 3, _>(|kx| {
+                    std::array::from_fn::<_, B, _>(|b| {
+                        // SAFETY: the narrow filters hold `fp` halves per tap, and
+                        // `first + B * 16 <= fp`.
+                        unsafe { _mm512_loadu_si512(narrow.add((ky * 3 + kx) * fp + first + b * NARROW_LANES).cast()) }
+                    })
+                })
+            })
+        });
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let (rows, cols) = self.window(g, oy, ox);
+                let full = _mm512_set1_epi32((rows.len() * cols.len() * c) as i32);
+                let mut acc = [_mm512_setzero_si512(); B];
+                match taps3.as_ref().filter(|_| rows.len() == 3 && cols.len() == 3) {
+                    Some(taps) => {
+                        // a 3x3 window inside the image: nine taps unrolled on the
+                        // filters loaded before the loop
+                        let at = (oy * g.stride - g.pad) * g.w + ox * g.stride - g.pad;
+                        for (ky, taps) in taps.iter().enumerate() {
+                            for (&pixel, taps) in img[at + ky * g.w..][..3].iter().zip(taps) {
+                                let a = _mm512_set1_epi32(pixel as u32 as i32);
+                                for (acc, &w) in acc.iter_mut().zip(taps) {
+                                    *acc = _mm512_add_epi32(*acc, _mm512_popcnt_epi32(_mm512_xor_si512(a, w)));
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        for ky in rows.clone() {
+                            let y = oy * g.stride + ky - g.pad;
+                            let pixels = &img[y * g.w + ox * g.stride + cols.start - g.pad..][..cols.len()];
+                            for (&pixel, kx) in pixels.iter().zip(cols.clone()) {
+                                let a = _mm512_set1_epi32(pixel as u32 as i32);
+                                // SAFETY: the narrow filters hold `fp` halves per tap, and
+                                // `first + B * 16 <= fp`.
+                                let row = unsafe { narrow.add((ky * fw + kx) * fp + first) };
+                                for (b, acc) in acc.iter_mut().enumerate() {
+                                    let w = unsafe { _mm512_loadu_si512(row.add(b * NARROW_LANES).cast()) };
+                                    *acc = _mm512_add_epi32(*acc, _mm512_popcnt_epi32(_mm512_xor_si512(a, w)));
+                                }
+                            }
+                        }
+                    }
+                }
+                let p = oy * g.out_w + ox;
+                if BITS {
+                    let mut word = 0u64;
+                    for (b, (acc, (lo, hi))) in acc.iter().zip(&bounds).enumerate() {
+                        let v = _mm512_sub_epi32(full, _mm512_slli_epi32::<1>(*acc));
+                        let m = _mm512_mask_cmple_epi32_mask(_mm512_cmpge_epi32_mask(v, *lo), v, *hi);
+                        word |= u64::from(m) << (b * NARROW_LANES);
+                    }
+                    bits[p * words(f) + first / 64] = word;
+                    continue;
+                }
+                let o = &mut ints[p * f..][..f];
+                for (b, acc) in acc.iter().enumerate() {
+                    let v = _mm512_sub_epi32(full, _mm512_slli_epi32::<1>(*acc));
+                    let at = first + b * NARROW_LANES;
+                    if at + NARROW_LANES <= f {
+                        // SAFETY: `o` has room for 16 `i32` at `at`.
+                        unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(at).cast(), v) };
+                    } else {
+                        // SAFETY: `tail` is 16 `i32`.
+                        unsafe { _mm512_storeu_si512(tail.as_mut_ptr().cast(), v) };
                         o[at..].copy_from_slice(&tail[..f - at]);
                     }
                 }

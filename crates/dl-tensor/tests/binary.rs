@@ -31,6 +31,10 @@ fn every_kernel_gives_the_float_convolution_of_the_signs() {
         (2, 24, 6, 7, 9, 3, 1, 1),
         (1, 40, 5, 5, 12, 3, 1, 1),
         (1, 63, 4, 4, 8, 2, 1, 0),
+        // channels in half a word: strided 3x3 windows, 5x5 ones, filters that end
+        // inside a register and a second pass
+        (2, 20, 9, 9, 40, 3, 2, 1),
+        (1, 32, 8, 8, 100, 5, 1, 2),
     ];
     for (n, c, h, w, f, k, stride, pad) in cases {
         let x = signs(n * c * h * w, &mut rng);
@@ -49,6 +53,19 @@ fn every_kernel_gives_the_float_convolution_of_the_signs() {
                 (n, c, h, w, f, k, stride, pad)
             );
         }
+    }
+}
+
+#[test]
+fn channels_in_half_a_word_count_sixteen_filters_per_instruction() {
+    let conv = |c: usize| BinaryConv::new(&vec![1.0; 20 * c * 9], [20, c, 3, 3], 1, 1).unwrap();
+    for kernel in PopcountKernel::ALL {
+        let wide = match kernel {
+            PopcountKernel::Avx512Vpopcntdq if kernel.supported() => (16, 8),
+            _ => (1, 1),
+        };
+        assert_eq!((conv(32).lanes(kernel), conv(33).lanes(kernel)), wide, "{kernel}");
+        assert_eq!(conv(1).lanes(kernel), wide.0, "{kernel}");
     }
 }
 
@@ -259,6 +276,8 @@ fn the_fused_kernel_gives_the_signs_of_the_sums() {
         (2, 32, 4, 4, 130, 3, 1, 0),
         (3, 130, 3, 3, 9, 3, 1, 1),
         (2, 24, 6, 6, 16, 3, 1, 1),
+        (1, 17, 9, 9, 40, 3, 2, 1),
+        (1, 32, 7, 7, 100, 5, 1, 2),
     ];
     for (n, c, h, w, f, k, stride, pad) in cases {
         let x = signs(n * c * h * w, &mut rng);
