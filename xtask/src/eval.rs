@@ -488,6 +488,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
 #[cfg(test)]
 const SHIPPED_BINARY_CORRECT: usize = 9916;
 
+/// Test images the shipped VGG classifies correctly (docs/RESULTS.md §5).
+#[cfg(test)]
+const SHIPPED_VGG_CORRECT: usize = 9974;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,6 +508,17 @@ mod tests {
         for (got, entry) in ev.members.iter().zip(&manifest.members) {
             assert_eq!(Some(*got), entry.test_evaluation);
         }
+    }
+
+    /// The shipped VGG, the best single model (docs/RESULTS.md §5), loads through the
+    /// registry alone and reaches its documented accuracy on the full test set.
+    #[test]
+    fn the_shipped_vgg_reaches_the_documented_accuracy() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let mut net = dl_models::load(crate::root().join("crates/dl-models/weights/vgg.safetensors")).unwrap();
+        assert_eq!(net.kind(), "Vgg");
+        let ev = evaluate(&mut net, &mnist.test, None, 500).unwrap();
+        assert_eq!((ev.correct, ev.total), (SHIPPED_VGG_CORRECT, 10_000));
     }
 
     /// The shipped binarized network run packed gives its float scores bit for bit on
