@@ -492,6 +492,11 @@ const SHIPPED_BINARY_CORRECT: usize = 9916;
 #[cfg(test)]
 const SHIPPED_VGG_CORRECT: usize = 9974;
 
+/// Test images the shipped mixed ensemble classifies correctly by the mean of its
+/// members' outputs (docs/RESULTS.md §5).
+#[cfg(test)]
+const SHIPPED_MIXED_CORRECT: usize = 9975;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +510,23 @@ mod tests {
         let ev = e.evaluate(&mnist.test, None, 500).unwrap();
         assert_eq!(Some(ev.by(manifest.vote)), manifest.test_evaluation);
         assert!(ev.mean.accuracy() >= 0.997, "shipped ensemble: {}", ev.mean);
+        for (got, entry) in ev.members.iter().zip(&manifest.members) {
+            assert_eq!(Some(*got), entry.test_evaluation);
+        }
+    }
+
+    /// The shipped mixed ensemble (`cargo xtask eval --ensemble
+    /// crates/dl-models/weights/mixed`, docs/RESULTS.md §5): one or more members of every
+    /// kind, each member and the whole at the manifest's figures.
+    #[test]
+    fn the_shipped_mixed_ensemble_reaches_the_documented_accuracy() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let (mut e, manifest) = Ensemble::load(crate::root().join("crates/dl-models/weights/mixed")).unwrap();
+        let kinds: std::collections::BTreeSet<&str> = e.members().iter().map(|m| m.kind()).collect();
+        assert_eq!(Vec::from_iter(kinds), ["DeepConvNet", "GoogLeNet", "ResNet", "Vgg"]);
+        let ev = e.evaluate(&mnist.test, None, 500).unwrap();
+        assert_eq!(Some(ev.by(manifest.vote)), manifest.test_evaluation);
+        assert_eq!((ev.mean.correct, ev.mean.total), (SHIPPED_MIXED_CORRECT, 10_000));
         for (got, entry) in ev.members.iter().zip(&manifest.members) {
             assert_eq!(Some(*got), entry.test_evaluation);
         }
