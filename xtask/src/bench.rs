@@ -412,23 +412,45 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         extra.insert("train_images_per_sec_augmented".into(), q);
         extra.insert("augment_epoch_time_increase_pct".into(), (p / q - 1.0) * 100.0);
     }
-    // Training with bf16 products (operands rounded to bfloat16, summed in f32) against
-    // f32, windows in alternation.
+    // Training with bf16 products against f32, windows in alternation: each bf16 kernel
+    // this CPU runs but the plain-Rust one (operands rounded for the f32 kernels, and
+    // `vdpbf16ps`, which runs every convolution lowered, so f32 lowered is measured
+    // beside it).
     if !a.skip_bf16 {
-        let (mut f32s, mut bf16s) = (Vec::new(), Vec::new());
+        use dl_layers::Bf16Kernel;
+        let gemm_kernel = Bf16Kernel::Avx512.supported().then_some(Bf16Kernel::Avx512);
+        let (mut f32s, mut rounded, mut dot, mut lowered) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.windows {
             f32s.push(window(&mut net, &mut opt, false)?);
-            net.set_bf16_products(true);
-            bf16s.push(window(&mut net, &mut opt, false)?);
-            net.set_bf16_products(false);
+            net.set_bf16_products(Some(Bf16Kernel::Rounded));
+            rounded.push(window(&mut net, &mut opt, false)?);
+            if let Some(k) = gemm_kernel {
+                net.set_bf16_products(Some(k));
+                dot.push(window(&mut net, &mut opt, false)?);
+                net.set_bf16_products(None);
+                net.set_conv_algo(ConvAlgo::Lowered);
+                lowered.push(window(&mut net, &mut opt, false)?);
+                net.set_conv_algo(ConvAlgo::Auto);
+            }
+            net.set_bf16_products(None);
         }
-        let (p, q) = (median(&f32s), median(&bf16s));
+        let (p, q) = (median(&f32s), median(&rounded));
         eprintln!(
-            "train  batch {batch} with bf16 products: {q:.0} img/s vs {p:.0} in f32: {:.2}x (operands rounded, no bf16 kernel)",
+            "train  batch {batch} with bf16 products, operands rounded: {q:.0} img/s vs {p:.0} in f32: {:.2}x",
             q / p
         );
         extra.insert("train_images_per_sec_f32_paired".into(), p);
         extra.insert("train_images_per_sec_bf16_paired".into(), q);
+        if let Some(k) = gemm_kernel {
+            let (d, l) = (median(&dot), median(&lowered));
+            eprintln!(
+                "train  batch {batch} with bf16 products by {k}: {d:.0} img/s: {:.2}x f32, {:.2}x f32 lowered ({l:.0})",
+                d / p,
+                d / l
+            );
+            extra.insert("train_images_per_sec_bf16_dpbf16_paired".into(), d);
+            extra.insert("train_images_per_sec_f32_lowered_paired".into(), l);
+        }
     }
 
     // The kernels without lowering (Winograd and the direct kernel) against im2col +

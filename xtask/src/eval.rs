@@ -12,8 +12,10 @@ use crate::CliError;
 pub struct EvalArgs {
     /// A safetensors file with the network's parameters (default: the shipped weights),
     /// or the book's own pickle (`deep_convnet_params.pkl`, read without running it).
-    #[arg(long)]
-    params: Option<PathBuf>,
+    /// Given more than once (or with several files), the networks are scored as an
+    /// ensemble, each member and the whole (by --vote, mean by default).
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append)]
+    params: Vec<PathBuf>,
     /// The data set whose test images are scored: mnist (or any set in its format, with
     /// --data), or optdigits (all 1,797 of UCI's optical digits: how well a network
     /// trained on MNIST carries over, before any fine-tuning).
@@ -29,9 +31,17 @@ pub struct EvalArgs {
     /// ensemble.
     #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with_all = ["params"])]
     ensemble: Option<Option<PathBuf>>,
-    /// For an ensemble: combine by this rule instead of the manifest's.
-    #[arg(long, value_enum, requires = "ensemble")]
+    /// For an ensemble: combine by this rule instead of the manifest's (or the mean).
+    #[arg(long, value_enum)]
     vote: Option<VoteArg>,
+    /// Score the N MNIST training images `train --validation N` held out (drawn by
+    /// --validation-seed, as there) instead of the test set: the set on which to choose
+    /// among trained networks and ensembles, leaving the test set for the end.
+    #[arg(long, value_name = "N")]
+    validation: Option<usize>,
+    /// The seed of the --validation split (train's default: 0).
+    #[arg(long, default_value_t = 0, requires = "validation")]
+    validation_seed: u64,
     /// Also run the network (or the ensemble's members) with weights and activations
     /// stored in this precision (f16, bf16: products summed in f32; int8: quantized
     /// after training, products summed in i32), and print its accuracy under f32's,
@@ -283,7 +293,7 @@ fn precision_lines(runs: &[PrecisionRun]) -> Vec<String> {
 fn run_precisions(
     members: &[&dl_models::Network],
     precision: EvalPrecision,
-    set: &dl_data::ImageSet,
+    scored: &Scored,
     batch: usize,
     vote: Vote,
     calibrate: usize,
@@ -296,92 +306,169 @@ fn run_precisions(
         }
         EvalPrecision::Float(_) | EvalPrecision::Binary => None,
     };
-    let runs = precision_runs(members, precision, set, batch, vote, calibration.as_ref())?;
+    let runs = precision_runs(members, precision, &scored.set, batch, vote, calibration.as_ref())?;
     for line in precision_lines(&runs) {
         println!("{line}");
     }
     if let Some(last) = runs.last() {
-        println!("test accuracy: {}", last.combined);
+        println!("{} accuracy: {}", scored.name, last.combined);
     }
     Ok(())
 }
 
-/// The images `eval` scores: the test set, or all of a set that has none.
-fn eval_set(dataset: crate::Dataset, data: Option<&std::path::Path>) -> Result<dl_data::ImageSet, CliError> {
-    let set = dataset.load(data)?;
-    Ok(match dataset {
-        crate::Dataset::Mnist => set.test,
-        crate::Dataset::Optdigits => set.train,
+/// The images `eval` scores and their name in its lines: the test set, the validation
+/// split of the training images, or all of a set that has no test set.
+struct Scored {
+    set: dl_data::ImageSet,
+    name: &'static str,
+}
+
+fn eval_set(a: &EvalArgs) -> Result<Scored, CliError> {
+    let set = a.dataset.load(a.data.as_deref())?;
+    Ok(match (a.dataset, a.validation) {
+        (crate::Dataset::Mnist, None) => Scored {
+            set: set.test,
+            name: "test",
+        },
+        (crate::Dataset::Mnist, Some(n)) => {
+            if n == 0 || n >= set.train.len() {
+                return Err(CliError::Other(format!(
+                    "--validation {n}: must be between 1 and {}",
+                    set.train.len() - 1
+                )));
+            }
+            Scored {
+                set: set.train.split(n, a.validation_seed).1,
+                name: "validation",
+            }
+        }
+        (crate::Dataset::Optdigits, None) => Scored {
+            set: set.train,
+            name: "test",
+        },
+        (crate::Dataset::Optdigits, Some(_)) => {
+            return Err(CliError::Other("--validation: MNIST's split only".into()));
+        }
     })
 }
 
-fn run_ensemble(dir: PathBuf, vote: Option<VoteArg>, test: &dl_data::ImageSet, batch: usize) -> Result<(), CliError> {
-    let (mut ensemble, manifest) = Ensemble::load(&dir)?;
+fn run_ensemble(dir: PathBuf, vote: Option<VoteArg>, scored: &Scored, batch: usize) -> Result<(), CliError> {
+    let (ensemble, manifest) = Ensemble::load(&dir)?;
     let vote = vote.map_or(manifest.vote, Vote::from);
+    let names = manifest
+        .members
+        .iter()
+        .map(|entry| {
+            let seed = entry.seed.map_or(String::new(), |s| format!(", seed {s}"));
+            format!("{}{seed}", entry.model)
+        })
+        .collect();
+    score_ensemble(ensemble, names, &dir.display().to_string(), vote, scored, batch)
+}
+
+/// Prints each member's accuracy on `scored`, the mean's and the majority's, and the
+/// last line by `vote`.
+fn score_ensemble(
+    mut ensemble: Ensemble,
+    names: Vec<String>,
+    what: &str,
+    vote: Vote,
+    scored: &Scored,
+    batch: usize,
+) -> Result<(), CliError> {
     let start = std::time::Instant::now();
-    let ev = ensemble.evaluate(test, None, batch)?;
-    for (i, (e, entry)) in ev.members.iter().zip(&manifest.members).enumerate() {
-        let seed = entry.seed.map_or(String::new(), |s| format!(", seed {s}"));
-        println!("member {i} ({}{seed}): {e}", entry.model);
+    let ev = ensemble.evaluate(&scored.set, None, batch)?;
+    for (i, (e, name)) in ev.members.iter().zip(&names).enumerate() {
+        println!("member {i} ({name}): {e}");
     }
     println!("mean of softmax: {}", ev.mean);
     println!("majority vote:   {}", ev.majority);
     println!(
-        "{}: {} members on {} test images in {:.2} s",
-        dir.display(),
+        "{what}: {} members on {} {} images in {:.2} s",
         ensemble.len(),
         ev.mean.total,
+        scored.name,
         start.elapsed().as_secs_f64()
     );
-    println!("test accuracy: {}", ev.by(vote));
+    println!("{} accuracy: {}", scored.name, ev.by(vote));
     Ok(())
 }
 
 pub fn run(a: EvalArgs) -> Result<(), CliError> {
-    let test = eval_set(a.dataset, a.data.as_deref())?;
+    let scored = eval_set(&a)?;
+    let test = &scored.set;
+    if a.vote.is_some() && a.ensemble.is_none() && a.params.len() < 2 {
+        return Err(CliError::Other(
+            "--vote: for an ensemble (--ensemble, or --params given more than once)".into(),
+        ));
+    }
     if let Some(dir) = a.ensemble {
         let dir = dir.unwrap_or_else(crate::shipped_ensemble);
         if let Some(precision) = a.precision {
             let (ensemble, manifest) = Ensemble::load(&dir)?;
             let vote = a.vote.map_or(manifest.vote, Vote::from);
             println!(
-                "{}: {} members on {} test images, combined by {vote:?}",
+                "{}: {} members on {} {} images, combined by {vote:?}",
                 dir.display(),
                 ensemble.len(),
-                test.len()
+                test.len(),
+                scored.name
             );
             let members: Vec<&dl_models::Network> = ensemble.members().iter().collect();
-            return run_precisions(&members, precision, &test, a.batch_size, vote, a.calibrate as usize);
+            return run_precisions(&members, precision, &scored, a.batch_size, vote, a.calibrate as usize);
         }
-        return run_ensemble(dir, a.vote, &test, a.batch_size);
+        return run_ensemble(dir, a.vote, &scored, a.batch_size);
     }
-    let params = a.params.unwrap_or_else(crate::shipped_params);
+    if a.params.len() > 1 {
+        if a.precision.is_some() {
+            return Err(CliError::Other(
+                "--precision with several --params: make them an ensemble folder (cargo xtask ensemble)".into(),
+            ));
+        }
+        let members = a.params.iter().map(dl_models::load).collect::<Result<Vec<_>, _>>()?;
+        let names = members
+            .iter()
+            .zip(&a.params)
+            .map(|(m, p)| format!("{}, {}", m.kind(), p.display()))
+            .collect();
+        let ensemble = Ensemble::new(members)?;
+        let vote = a.vote.map_or(Vote::Mean, Vote::from);
+        return score_ensemble(ensemble, names, "--params", vote, &scored, a.batch_size);
+    }
+    let params = a.params.into_iter().next().unwrap_or_else(crate::shipped_params);
     if let Some(engine) = read_packed(&params)? {
-        return run_packed(&params, engine, &test, a.batch_size);
+        return run_packed(&params, engine, &scored, a.batch_size);
     }
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
     if let Some(precision) = a.precision {
-        println!("{}: {} on {} test images", params.display(), net.kind(), test.len());
+        println!(
+            "{}: {} on {} {} images",
+            params.display(),
+            net.kind(),
+            test.len(),
+            scored.name
+        );
         return run_precisions(
             &[&net],
             precision,
-            &test,
+            &scored,
             a.batch_size,
             Vote::Mean,
             a.calibrate as usize,
         );
     }
     let start = std::time::Instant::now();
-    let e = evaluate(&mut net, &test, None, a.batch_size)?;
+    let e = evaluate(&mut net, test, None, a.batch_size)?;
     println!(
-        "{}: {} on {} test images in {:.2} s",
+        "{}: {} on {} {} images in {:.2} s",
         params.display(),
         net.kind(),
         e.total,
+        scored.name,
         start.elapsed().as_secs_f64()
     );
-    println!("test accuracy: {e}");
+    println!("{} accuracy: {e}", scored.name);
     Ok(())
 }
 
@@ -400,7 +487,8 @@ fn read_packed(path: &std::path::Path) -> Result<Option<Engine>, CliError> {
 }
 
 /// `eval --params` of a quantized or packed file: its accuracy, by its own kernels.
-fn run_packed(path: &std::path::Path, engine: Engine, test: &dl_data::ImageSet, batch: usize) -> Result<(), CliError> {
+fn run_packed(path: &std::path::Path, engine: Engine, scored: &Scored, batch: usize) -> Result<(), CliError> {
+    let test = &scored.set;
     let what = match &engine {
         Engine::Int8(q) => format!("int8 network ({} kernel)", q.kernel()),
         Engine::Binary(b) => format!("binarized network ({} kernel)", b.kernel()),
@@ -411,12 +499,13 @@ fn run_packed(path: &std::path::Path, engine: Engine, test: &dl_data::ImageSet, 
     let (_, classes) = classify_set(&[engine], test, batch, Vote::Mean)?;
     let e = evaluation(&classes, test);
     println!(
-        "{}: {what}, weights {weight_bytes} bytes, on {} test images in {:.2} s",
+        "{}: {what}, weights {weight_bytes} bytes, on {} {} images in {:.2} s",
         path.display(),
         e.total,
+        scored.name,
         start.elapsed().as_secs_f64()
     );
-    println!("test accuracy: {e}");
+    println!("{} accuracy: {e}", scored.name);
     Ok(())
 }
 
@@ -501,6 +590,69 @@ const SHIPPED_MIXED_CORRECT: usize = 9975;
 mod tests {
     use super::*;
     use dl_data::Mnist;
+
+    fn eval_args(args: &[&str]) -> EvalArgs {
+        match crate::parse_from([&["xtask", "eval"][..], args].concat())
+            .unwrap()
+            .command
+        {
+            crate::Command::Eval(a) => a,
+            _ => unreachable!("an eval command"),
+        }
+    }
+
+    /// `eval --validation N --validation-seed S` scores the images `train --validation N
+    /// --validation-seed S` held out, and refuses what has no such split.
+    #[test]
+    fn validation_scores_the_split_train_holds_out() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let held = mnist.train.split(300, 4).1;
+        let scored = eval_set(&eval_args(&["--validation", "300", "--validation-seed", "4"])).unwrap();
+        assert_eq!(scored.name, "validation");
+        assert_eq!(scored.set.labels, held.labels);
+        assert_eq!(scored.set.images, held.images);
+        let other = eval_set(&eval_args(&["--validation", "300"])).unwrap();
+        assert_ne!(other.set.labels, held.labels, "the seed draws the split");
+        let test = eval_set(&eval_args(&[])).unwrap();
+        assert_eq!((test.name, test.set.len()), ("test", 10_000));
+        for (args, says) in [
+            (&["--validation", "0"][..], "between 1 and 59999"),
+            (&["--validation", "60000"][..], "between 1 and 59999"),
+            (&["--validation", "5", "--dataset", "optdigits"][..], "MNIST"),
+        ] {
+            let err = eval_set(&eval_args(args)).err().expect("refused");
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
+    }
+
+    /// Several --params are scored as an ensemble (members and whole); --vote and
+    /// --precision ask for what a single file or an ad hoc ensemble cannot give.
+    #[test]
+    fn several_params_are_an_ensemble() {
+        let shipped = crate::shipped_params();
+        let p = shipped.to_str().unwrap();
+        run(eval_args(&[
+            "--validation",
+            "200",
+            "--params",
+            p,
+            "--params",
+            p,
+            "--vote",
+            "majority",
+        ]))
+        .unwrap();
+        for (args, says) in [
+            (&["--validation", "200", "--params", p, "--vote", "mean"][..], "--vote"),
+            (
+                &["--validation", "200", "--params", p, p, "--precision", "f16"][..],
+                "--precision",
+            ),
+        ] {
+            let err = run(eval_args(args)).unwrap_err();
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
+    }
 
     #[test]
     fn the_shipped_ensemble_reaches_the_documented_accuracy() {

@@ -406,7 +406,14 @@ mod tests {
         ])
         .unwrap();
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        for key in ["train_images_per_sec_f32_paired", "train_images_per_sec_bf16_paired"] {
+        let mut keys = vec!["train_images_per_sec_f32_paired", "train_images_per_sec_bf16_paired"];
+        if dl_layers::Bf16Kernel::Avx512.supported() {
+            keys.extend([
+                "train_images_per_sec_bf16_dpbf16_paired",
+                "train_images_per_sec_f32_lowered_paired",
+            ]);
+        }
+        for key in keys {
             assert!(
                 r["extra"][key].as_f64().is_some_and(|v| v > 0.0),
                 "{key}: {}",
@@ -616,6 +623,51 @@ mod tests {
         }
     }
 
+    /// `train --precision bf16 --bf16-kernel K`: the kernel is recorded with the run,
+    /// `vdpbf16ps` (where the CPU has it) trains to the same bits as its plain-Rust
+    /// twin, and the rounded operands' kernels to other bits.
+    #[test]
+    fn bf16_training_runs_on_the_kernel_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let mut kernels = vec!["rounded", "scalar"];
+        if dl_layers::Bf16Kernel::Avx512.supported() {
+            kernels.push("avx512-bf16");
+        }
+        let mut params = Vec::new();
+        for k in &kernels {
+            run_cli(&[
+                "train",
+                "--precision",
+                "bf16",
+                "--bf16-kernel",
+                k,
+                "--model",
+                "simple",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "100",
+                "--eval-samples",
+                "50",
+                "--out",
+                &p(k),
+            ])
+            .unwrap();
+            let run: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p(&format!("{k}/run.json"))).unwrap()).unwrap();
+            assert_eq!(run["bf16_kernel"], *k, "{run}");
+            params.push(std::fs::read(p(&format!("{k}/params.safetensors"))).unwrap());
+        }
+        assert_ne!(
+            params[0], params[1],
+            "rounded operands and the GEMM sum in other orders"
+        );
+        if let Some(vector) = params.get(2) {
+            assert_eq!(vector, &params[1], "vdpbf16ps trains as its plain-Rust twin");
+        }
+    }
+
     #[test]
     fn a_recipe_is_applied_under_the_flags_and_time_to_stops_at_its_target() {
         let dir = tempfile::tempdir().unwrap();
@@ -717,6 +769,7 @@ mod tests {
             (&["train", "--classes", "0-10"][..], "not below"),
             (&["train", "--freeze", "zz"][..], "--freeze zz"),
             (&["train", "--labels-per-class", "0"][..], "--labels-per-class"),
+            (&["train", "--bf16-kernel", "scalar"][..], "needs --precision bf16"),
             (
                 &[
                     "finetune",

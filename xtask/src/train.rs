@@ -253,7 +253,7 @@ pub struct TrainArgs {
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
         "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
         "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
-        "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision",
+        "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision", "bf16_kernel",
     ])]
     #[serde(skip)]
     resume: Option<PathBuf>,
@@ -279,6 +279,38 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "f32")]
     #[serde(default)]
     precision: TrainPrecision,
+    /// With --precision bf16, how the bf16 products are formed: rounded (the operands
+    /// rounded, then the f32 kernels: the fastest on every CPU measured), avx512-bf16
+    /// (`vdpbf16ps`, on CPUs with AVX-512 BF16; every convolution lowered to a GEMM) or
+    /// scalar (`vdpbf16ps`'s sums in plain Rust, on any CPU).
+    #[arg(long, value_enum, default_value = "rounded")]
+    #[serde(default)]
+    bf16_kernel: Bf16KernelArg,
+}
+
+/// `train --bf16-kernel`: a [`dl_layers::Bf16Kernel`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bf16KernelArg {
+    /// Operands rounded to bf16, then the f32 kernels.
+    #[default]
+    Rounded,
+    /// `vdpbf16ps`'s sums in plain Rust.
+    Scalar,
+    /// AVX-512 BF16's `vdpbf16ps`.
+    #[value(name = "avx512-bf16")]
+    #[serde(rename = "avx512-bf16")]
+    Avx512Bf16,
+}
+
+impl From<Bf16KernelArg> for dl_layers::Bf16Kernel {
+    fn from(k: Bf16KernelArg) -> Self {
+        match k {
+            Bf16KernelArg::Rounded => dl_layers::Bf16Kernel::Rounded,
+            Bf16KernelArg::Scalar => dl_layers::Bf16Kernel::Scalar,
+            Bf16KernelArg::Avx512Bf16 => dl_layers::Bf16Kernel::Avx512,
+        }
+    }
 }
 
 /// `train --precision`.
@@ -405,7 +437,16 @@ impl TrainArgs {
             net.set_trainable(path, false)
                 .map_err(|e| CliError::Other(format!("--freeze {path}: {e}")))?;
         }
-        net.set_bf16_products(self.precision == TrainPrecision::Bf16);
+        let kernel = dl_layers::Bf16Kernel::from(self.bf16_kernel);
+        if self.precision != TrainPrecision::Bf16 && self.bf16_kernel != Bf16KernelArg::default() {
+            return Err(CliError::Other("--bf16-kernel needs --precision bf16".into()));
+        }
+        if !kernel.supported() {
+            return Err(CliError::Other(format!(
+                "--bf16-kernel {kernel}: this CPU lacks AVX-512 BF16 (rounded and scalar run anywhere)"
+            )));
+        }
+        net.set_bf16_products((self.precision == TrainPrecision::Bf16).then_some(kernel));
         Ok((net, report))
     }
 
@@ -434,6 +475,11 @@ impl TrainArgs {
         diff("lr-decay", value_name(self.lr_decay), value_name(base.lr_decay));
         diff("seed", self.seed.to_string(), base.seed.to_string());
         diff("precision", value_name(self.precision), value_name(base.precision));
+        diff(
+            "bf16-kernel",
+            value_name(self.bf16_kernel),
+            value_name(base.bf16_kernel),
+        );
         if self.augment {
             out.push("--augment".into());
         }
@@ -1103,7 +1149,10 @@ fn start(
         threads_word(threads)
     );
     if a.precision == TrainPrecision::Bf16 {
-        println!("products in bf16: operands rounded to bfloat16, summed in f32; master weights in f32");
+        println!(
+            "products in bf16 ({} kernel): operands rounded to bfloat16, summed in f32; master weights in f32",
+            dl_layers::Bf16Kernel::from(a.bf16_kernel)
+        );
     }
     if root {
         std::fs::create_dir_all(&out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;

@@ -1,8 +1,9 @@
+use dl_tensor::dpbf16::gemm_products;
 use dl_tensor::lowp::round_bf16_slice;
-use dl_tensor::{gemm, Tensor};
+use dl_tensor::Tensor;
 use ndarray::{Array2, Axis, Ix2};
 
-use crate::{check_dout, Init, Layer, LayerError, Op, Param};
+use crate::{check_dout, Bf16Kernel, Init, Layer, LayerError, Op, Param};
 
 /// The book's `Affine`: `out = x · W + b` with `W` `(D, M)` and `b` `(M,)`.
 ///
@@ -21,9 +22,12 @@ pub struct Affine {
     input_gradient: bool,
     /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
     trainable: bool,
-    /// Products of bf16-rounded operands ([`Layer::set_bf16_products`]).
-    bf16: bool,
-    /// The weights rounded to bf16 by the last training forward, for `backward`.
+    /// bf16 products, and by which kernel ([`Layer::set_bf16_products`]).
+    bf16: Option<Bf16Kernel>,
+    /// The kernel of the last training forward's products, for `backward`.
+    products: Option<Bf16Kernel>,
+    /// The weights rounded to bf16 by the last training forward under
+    /// [`Bf16Kernel::Rounded`], for `backward`.
     w_bf16: Option<Array2<f32>>,
 }
 
@@ -55,7 +59,8 @@ impl Affine {
             original_shape: Vec::new(),
             input_gradient: true,
             trainable: true,
-            bf16: false,
+            bf16: None,
+            products: None,
             w_bf16: None,
         }
     }
@@ -80,7 +85,7 @@ impl Layer for Affine {
             .map_err(|_| LayerError::shape("Affine", format!("(N, {d})"), &shape))?
             .into_owned();
         let w = self.w.value.view().into_dimensionality::<Ix2>().expect("2-D W");
-        let rounded = self.bf16.then(|| {
+        let rounded = (self.bf16 == Some(Bf16Kernel::Rounded)).then(|| {
             x2.iter_mut().for_each(|v| *v = dl_tensor::lowp::round_bf16(*v));
             let mut w = w.as_standard_layout().into_owned();
             round_bf16_slice(w.as_slice_mut().expect("standard layout"));
@@ -94,11 +99,12 @@ impl Layer for Affine {
             .view()
             .into_dimensionality::<ndarray::Ix1>()
             .expect("1-D b");
-        gemm(1.0, &x2.view(), &w, 1.0, &mut out.view_mut());
+        gemm_products(self.bf16, &x2.view(), &w, 1.0, &mut out.view_mut());
         if train {
             self.x = Some(x2);
             self.original_shape = shape;
             self.w_bf16 = rounded;
+            self.products = self.bf16;
         }
         Ok(out.into_dyn())
     }
@@ -115,11 +121,11 @@ impl Layer for Affine {
         let w = self.w_bf16.as_ref().map_or(w, |r| r.view());
         let mut dx = Array2::<f32>::zeros((x.nrows(), d));
         if self.input_gradient {
-            gemm(1.0, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
+            gemm_products(self.products, &dout.view(), &w.t(), 0.0, &mut dx.view_mut());
         }
         if self.trainable {
             let mut dw = self.w.grad.view_mut().into_dimensionality::<Ix2>().expect("2-D dW");
-            gemm(1.0, &x.t(), &dout.view(), 0.0, &mut dw);
+            gemm_products(self.products, &x.t(), &dout.view(), 0.0, &mut dw);
             self.b.grad.assign(&dout.sum_axis(Axis(0)));
         }
         dx.into_dyn()
@@ -147,8 +153,11 @@ impl Layer for Affine {
         self.trainable
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.bf16 = on;
+    fn set_bf16_products(&mut self, kernel: Option<Bf16Kernel>) {
+        if let Some(k) = kernel {
+            assert!(k.supported(), "Affine: the bf16 kernel {k} cannot run here");
+        }
+        self.bf16 = kernel;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

@@ -84,8 +84,8 @@ impl Layer for BinaryAffine {
         self.affine.is_trainable()
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.affine.set_bf16_products(on);
+    fn set_bf16_products(&mut self, kernel: Option<crate::Bf16Kernel>) {
+        self.affine.set_bf16_products(kernel);
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

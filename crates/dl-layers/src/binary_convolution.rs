@@ -143,8 +143,8 @@ impl Layer for BinaryConvolution {
         self.conv.set_algo(exact(algo));
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.conv.set_bf16_products(on);
+    fn set_bf16_products(&mut self, kernel: Option<crate::Bf16Kernel>) {
+        self.conv.set_bf16_products(kernel);
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

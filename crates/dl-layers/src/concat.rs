@@ -156,8 +156,8 @@ impl Layer for Concat {
         self.branches.iter_mut().for_each(|b| b.set_batch_offset(first));
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.branches.iter_mut().for_each(|b| b.set_bf16_products(on));
+    fn set_bf16_products(&mut self, kernel: Option<crate::Bf16Kernel>) {
+        self.branches.iter_mut().for_each(|b| b.set_bf16_products(kernel));
     }
 
     fn clip_params(&mut self) {

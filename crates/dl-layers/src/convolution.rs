@@ -1,7 +1,7 @@
 use dl_tensor::lowp::round_bf16_slice;
 use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, Tensor};
 
-use crate::{check_dout, Init, Layer, LayerError, Op, Param};
+use crate::{check_dout, Bf16Kernel, Init, Layer, LayerError, Op, Param};
 
 /// The book's `Convolution`: filters `W` `(FN, C, FH, FW)`, bias `b` `(FN,)` (or none, as
 /// torchvision's convolutions before a batch norm), stride and zero padding. Input
@@ -29,9 +29,10 @@ pub struct Convolution {
     input_gradient: bool,
     /// Whether `backward` computes `dL/dW` and `dL/db` (not for a frozen layer).
     trainable: bool,
-    /// Products of bf16-rounded operands ([`Layer::set_bf16_products`]).
-    bf16: bool,
-    /// The filters rounded to bf16 by the last training forward, for `backward`.
+    /// bf16 products, and by which kernel ([`Layer::set_bf16_products`]).
+    bf16: Option<Bf16Kernel>,
+    /// The filters rounded to bf16 by the last training forward under
+    /// [`Bf16Kernel::Rounded`], for `backward`.
     w_bf16: Option<Vec<f32>>,
 }
 
@@ -80,7 +81,7 @@ impl Convolution {
             cache: None,
             input_gradient: true,
             trainable: true,
-            bf16: false,
+            bf16: None,
             w_bf16: None,
         }
     }
@@ -136,11 +137,14 @@ impl Layer for Convolution {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        let plan = self.plan(x.shape())?;
+        let mut plan = self.plan(x.shape())?;
+        if let Some(kernel) = self.bf16 {
+            plan = plan.with_bf16(kernel);
+        }
         let n = x.shape()[0];
         let mut x = crate::into_standard(x);
         let w = self.w.value.as_slice().expect("contiguous W");
-        let rounded = self.bf16.then(|| {
+        let rounded = (self.bf16 == Some(Bf16Kernel::Rounded)).then(|| {
             round_bf16_slice(x.as_slice_mut().expect("standard layout"));
             let mut w = w.to_vec();
             round_bf16_slice(&mut w);
@@ -213,8 +217,11 @@ impl Layer for Convolution {
         self.algo = algo;
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.bf16 = on;
+    fn set_bf16_products(&mut self, kernel: Option<Bf16Kernel>) {
+        if let Some(k) = kernel {
+            assert!(k.supported(), "Convolution: the bf16 kernel {k} cannot run here");
+        }
+        self.bf16 = kernel;
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {

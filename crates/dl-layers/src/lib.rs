@@ -62,6 +62,7 @@ pub use binary_affine::BinaryAffine;
 pub use binary_convolution::BinaryConvolution;
 pub use concat::Concat;
 pub use convolution::Convolution;
+pub use dl_tensor::dpbf16::Bf16Kernel;
 pub use dl_tensor::{ConvAlgo, Tensor};
 pub use dropout::Dropout;
 pub use global_average_pooling::GlobalAveragePooling;
@@ -233,15 +234,22 @@ pub trait Layer: Send + Sync {
     /// [`Layer::set_iteration`] resets it to 0). Containers pass it to their children.
     fn set_batch_offset(&mut self, _first: u64) {}
 
-    /// Computes the layer's products from operands rounded to bfloat16 (`true`) or in
-    /// `f32` (`false`, the default): the weights, the input and, in `backward`, the
-    /// upstream gradient are rounded to bf16 ([`dl_tensor::lowp::round_bf16`]) before
-    /// they are multiplied, and the products are summed in `f32`. This is bf16 training
-    /// with `f32` master weights: the parameters, their gradients and the optimizer stay
-    /// in `f32`, and `backward` is the gradient of the rounded computation (rounding
-    /// passed straight through). Layers without products (activations, pooling, batch
-    /// norm) ignore it; containers pass it to their children.
-    fn set_bf16_products(&mut self, _on: bool) {}
+    /// Computes the layer's products in bfloat16 by `kernel` (`Some`), or in `f32`
+    /// (`None`, the default): the weights, the input and, in `backward`, the upstream
+    /// gradient are rounded to bf16 before they are multiplied, and the products are
+    /// summed in `f32`, by the layer's own `f32` kernels on rounded operands
+    /// ([`Bf16Kernel::Rounded`]) or by the bf16 GEMM ([`dl_tensor::dpbf16`]:
+    /// `vdpbf16ps` as [`Bf16Kernel::Avx512`], its exact sums in plain Rust as
+    /// [`Bf16Kernel::Scalar`]; [`Bf16Kernel::Rounded`] is the fastest on every CPU
+    /// measured). This is bf16 training with `f32` master weights: the parameters, their
+    /// gradients and the optimizer stay in `f32`, and `backward` is the gradient of the
+    /// rounded computation (rounding passed straight through). Layers without products
+    /// (activations, pooling, batch norm) ignore it; containers pass it to their
+    /// children.
+    ///
+    /// # Panics
+    /// If `kernel` cannot run on this CPU ([`Bf16Kernel::supported`]).
+    fn set_bf16_products(&mut self, _kernel: Option<Bf16Kernel>) {}
 
     /// Puts the parameters back in the set they must stay in, after an optimizer step
     /// has moved them: a binarized layer ([`BinaryConvolution`], [`BinaryAffine`]) clips

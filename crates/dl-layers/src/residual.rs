@@ -212,10 +212,10 @@ impl Layer for Residual {
         }
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.body.set_bf16_products(on);
+    fn set_bf16_products(&mut self, kernel: Option<crate::Bf16Kernel>) {
+        self.body.set_bf16_products(kernel);
         if let Some(s) = &mut self.shortcut {
-            s.set_bf16_products(on);
+            s.set_bf16_products(kernel);
         }
     }
 

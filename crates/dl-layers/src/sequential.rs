@@ -208,8 +208,8 @@ impl Layer for Sequential {
         self.layers.iter_mut().for_each(|l| l.set_batch_offset(first));
     }
 
-    fn set_bf16_products(&mut self, on: bool) {
-        self.layers.iter_mut().for_each(|l| l.set_bf16_products(on));
+    fn set_bf16_products(&mut self, kernel: Option<crate::Bf16Kernel>) {
+        self.layers.iter_mut().for_each(|l| l.set_bf16_products(kernel));
     }
 
     fn clip_params(&mut self) {

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use dl_layers::{ConvAlgo, Labels, Layer, Sequential, SoftmaxWithLoss, Tensor};
+use dl_layers::{Bf16Kernel, ConvAlgo, Labels, Layer, Sequential, SoftmaxWithLoss, Tensor};
 use dl_tensor::lowp::Precision;
 use dl_tensor::{argmax_rows, ParamMut};
 use ndarray::{Axis, Ix2};
@@ -256,11 +256,15 @@ impl Network {
         Ok(loss)
     }
 
-    /// Computes every product of the network (convolutions, affine layers) from operands
-    /// rounded to bfloat16, summed in `f32` (`true`), or in `f32` (`false`, the default):
-    /// bf16 training with `f32` master weights ([`Layer::set_bf16_products`]).
-    pub fn set_bf16_products(&mut self, on: bool) {
-        self.root.set_bf16_products(on);
+    /// Computes every product of the network (convolutions, affine layers) in bfloat16
+    /// by `kernel`, summed in `f32` (`Some`; [`Bf16Kernel::Rounded`] is the fastest),
+    /// or in `f32` (`None`, the default): bf16 training with `f32` master weights
+    /// ([`Layer::set_bf16_products`]).
+    ///
+    /// # Panics
+    /// If `kernel` cannot run on this CPU ([`Bf16Kernel::supported`]).
+    pub fn set_bf16_products(&mut self, kernel: Option<Bf16Kernel>) {
+        self.root.set_bf16_products(kernel);
     }
 
     /// Puts every parameter back in its allowed set after an optimizer step

@@ -25,9 +25,8 @@ use std::sync::Arc;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use crate::{
-    col2im_chw, gemm, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Isa, WinogradConv,
-};
+use crate::dpbf16::{gemm_products, Bf16Kernel};
+use crate::{col2im_chw, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Isa, WinogradConv};
 
 /// Which algorithm a convolution runs. Every choice computes the same numbers up to
 /// rounding (the tests compare them); they differ in speed.
@@ -115,6 +114,9 @@ pub struct ConvPlan {
     pub algo: ConvAlgo,
     /// The instruction set of the kernels without lowering.
     pub isa: Isa,
+    /// Products in bf16 by this GEMM kernel ([`crate::dpbf16`]): the lowered path on
+    /// every pass, its products by [`gemm_bf16`]. `None`: `f32` products.
+    pub bf16: Option<Bf16Kernel>,
 }
 
 impl ConvPlan {
@@ -125,7 +127,36 @@ impl ConvPlan {
             filters,
             algo,
             isa: Isa::active(),
+            bf16: None,
         }
+    }
+
+    /// This plan with bf16 products by `kernel` where it is a GEMM kernel
+    /// ([`Bf16Kernel::is_gemm`]); with [`Bf16Kernel::Rounded`] (the layer rounds the
+    /// operands itself) the plan is unchanged.
+    ///
+    /// # Panics
+    /// If `kernel` cannot run on this CPU.
+    pub fn with_bf16(self, kernel: Bf16Kernel) -> Self {
+        assert!(kernel.supported(), "ConvPlan: the bf16 kernel {kernel} cannot run here");
+        Self {
+            bf16: kernel.is_gemm().then_some(kernel),
+            ..self
+        }
+    }
+
+    /// The kernel without lowering for `w` on `g`, or `None` for the lowered path (always
+    /// with bf16 products).
+    fn fast_kernel(&self, w: &[f32], filters: usize, g: &ConvGeometry) -> Option<Box<dyn ConvKernel>> {
+        if self.bf16.is_some() {
+            return None;
+        }
+        self.algo.kernel_at(self.isa, w, filters, g)
+    }
+
+    /// `c = a · b + beta · c` with this plan's products.
+    fn product(&self, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+        gemm_products(self.bf16, a, b, beta, c);
     }
 
     /// This plan at the instruction set `isa` (which falls back to the lowered path where
@@ -151,7 +182,7 @@ impl ConvPlan {
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
-        let kernel: Option<Arc<dyn ConvKernel>> = self.algo.kernel_at(self.isa, w, self.filters, g).map(Arc::from);
+        let kernel: Option<Arc<dyn ConvKernel>> = self.fast_kernel(w, self.filters, g).map(Arc::from);
         let out = match &kernel {
             // straight from the padded image, no lowering, into memory not cleared first
             // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
@@ -173,7 +204,7 @@ impl ConvPlan {
                     .for_each(|(o, xi)| {
                         with_scratch(lowered_len(g), 0, |c, _| {
                             let col = lowered(xi, g, c);
-                            forward_image(&wm, bias, col, g, o);
+                            self.forward_image(&wm, bias, col, o);
                         })
                     });
                 out
@@ -229,7 +260,7 @@ impl ConvPlan {
             None => lowered_len(g),
         };
         let fast_dx = match &transposed {
-            Some((gt, wt)) => self.algo.kernel_at(self.isa, wt, g.c, gt),
+            Some((gt, wt)) => self.fast_kernel(wt, g.c, gt),
             _ => None,
         };
         let dcol_len = match (&fast_dx, &transposed) {
@@ -268,7 +299,7 @@ impl ConvPlan {
                                         .expect("col block");
                                     let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
                                     let mut gwv = ArrayViewMut2::from_shape((f, ckk), &mut gw[..]).expect("dW");
-                                    gemm(1.0, &d, &colv.t(), 1.0, &mut gwv);
+                                    self.product(&d, &colv.t(), 1.0, &mut gwv);
                                     for (acc, row) in gb.iter_mut().zip(d.axis_iter(Axis(0))) {
                                         *acc += row.sum();
                                     }
@@ -329,6 +360,23 @@ impl ConvPlan {
         other.unwrap_or_else(|| forward.clone())
     }
 
+    /// One image: `out (FN, OH*OW) = W · col + b`.
+    fn forward_image(&self, w: &ArrayView2<f32>, bias: Option<&[f32]>, col: &[f32], out: &mut [f32]) {
+        let g = &self.g;
+        let col = ArrayView2::from_shape((g.col_rows(), g.col_cols()), col).expect("col block");
+        let mut out = ArrayViewMut2::from_shape((w.nrows(), g.col_cols()), out).expect("out block");
+        let beta = match bias {
+            Some(bias) => {
+                for (mut row, &b) in out.axis_iter_mut(Axis(0)).zip(bias) {
+                    row.fill(b);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        self.product(w, &col, beta, &mut out);
+    }
+
     /// `dx_i` of one image (every value written).
     #[allow(clippy::too_many_arguments)]
     fn input_gradient_image(
@@ -357,14 +405,14 @@ impl ConvPlan {
                 let dc = ArrayView2::from_shape((gt.col_rows(), gt.col_cols()), lowered(di, gt, dcol)).expect("dcol");
                 let wt = ArrayView2::from_shape((g.c, gt.col_rows()), &wt[..]).expect("W'");
                 let mut dxv = ArrayViewMut2::from_shape((g.c, g.h * g.w), dxi).expect("dx block");
-                gemm(1.0, &wt, &dc, 0.0, &mut dxv);
+                self.product(&wt, &dc, 0.0, &mut dxv);
             }
             // dcol = W^T · dout_i, then col2im into dx_i
             None => {
                 let ckk = g.col_rows();
                 let mut dc = ArrayViewMut2::from_shape((ckk, g.col_cols()), &mut dcol[..]).expect("dcol");
                 let d = ArrayView2::from_shape((self.filters, g.col_cols()), di).expect("dout block");
-                gemm(1.0, &w.t(), &d, 0.0, &mut dc);
+                self.product(&w.t(), &d, 0.0, &mut dc);
                 col2im_chw(dcol, g, dxi);
             }
         }
@@ -480,22 +528,6 @@ fn merge_tree(parts: &mut [GradientAccumulator]) {
     let (left, right) = parts.split_at_mut(parts.len() / 2);
     rayon::join(|| merge_tree(left), || merge_tree(right));
     left[0].merge(&right[0]);
-}
-
-/// One image: `out (FN, OH*OW) = W · col + b`.
-fn forward_image(w: &ArrayView2<f32>, bias: Option<&[f32]>, col: &[f32], g: &ConvGeometry, out: &mut [f32]) {
-    let col = ArrayView2::from_shape((g.col_rows(), g.col_cols()), col).expect("col block");
-    let mut out = ArrayViewMut2::from_shape((w.nrows(), g.col_cols()), out).expect("out block");
-    let beta = match bias {
-        Some(bias) => {
-            for (mut row, &b) in out.axis_iter_mut(Axis(0)).zip(bias) {
-                row.fill(b);
-            }
-            1.0
-        }
-        None => 0.0,
-    };
-    gemm(1.0, w, &col, beta, &mut out);
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub mod binary;
 mod conv;
 mod denormal;
 mod direct;
+pub mod dpbf16;
 mod gemm;
 mod im2col;
 pub mod int8;
