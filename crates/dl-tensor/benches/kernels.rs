@@ -1,7 +1,10 @@
-//! Kernel benchmarks: the GEMM backends on this network's per-image shapes, im2col and
-//! col2im. Run with `cargo bench -p dl-tensor`.
+//! Kernel benchmarks: the GEMM backends on this network's per-image shapes (and the bf16
+//! GEMM of `dl_tensor::dpbf16`), im2col and col2im, the convolution kernels, and the
+//! raw rates of the multiply-add instructions they rest on. Run with `cargo bench -p
+//! dl-tensor`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dl_tensor::dpbf16::{gemm_bf16, Bf16Kernel};
 use dl_tensor::{
     col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, Isa, WinogradConv,
 };
@@ -40,9 +43,94 @@ fn gemm_backends(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("matrixmultiply", name), &(), |bch, _| {
             bch.iter(|| gemm_matrixmultiply(1.0, &a.view(), &b.view(), 0.0, &mut out.view_mut()))
         });
+        for kernel in [Bf16Kernel::Avx512].into_iter().filter(|k| k.supported()) {
+            group.bench_with_input(BenchmarkId::new(format!("bf16-{kernel}"), name), &(), |bch, _| {
+                bch.iter(|| gemm_bf16(kernel, &a.view(), &b.view(), 0.0, &mut out.view_mut()))
+            });
+        }
     }
     group.finish();
 }
+
+/// Multiply-adds per second of the bare instructions: 12 independent accumulators in
+/// registers (more than latency times issue width), so the rate is the CPU's issue
+/// rate. `vfmadd231ps` does 16 products per instruction, `vdpbf16ps` 32 (the
+/// throughput counts instructions).
+#[cfg(target_arch = "x86_64")]
+fn instruction_rates(c: &mut Criterion) {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 10_000;
+    const ACCUMULATORS: usize = 12;
+    macro_rules! rate_loop {
+        ($x:expr, $y:expr, $op:ident) => {{
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
+            let (mut a4, mut a5, mut a6, mut a7) = (a0, a1, a2, a3);
+            let (mut a8, mut a9, mut a10, mut a11) = (a0, a1, a2, a3);
+            for _ in 0..ITERS {
+                a0 = $op(a0, $x, $y);
+                a1 = $op(a1, $x, $y);
+                a2 = $op(a2, $x, $y);
+                a3 = $op(a3, $x, $y);
+                a4 = $op(a4, $x, $y);
+                a5 = $op(a5, $x, $y);
+                a6 = $op(a6, $x, $y);
+                a7 = $op(a7, $x, $y);
+                a8 = $op(a8, $x, $y);
+                a9 = $op(a9, $x, $y);
+                a10 = $op(a10, $x, $y);
+                a11 = $op(a11, $x, $y);
+            }
+            [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
+                .iter()
+                .map(|&r| _mm512_reduce_add_ps(r))
+                .sum::<f32>()
+        }};
+    }
+    #[target_feature(enable = "avx512f")]
+    fn fma_acc(acc: __m512, x: __m512, y: __m512) -> __m512 {
+        _mm512_fmadd_ps(x, y, acc)
+    }
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma(a: f32) -> f32 {
+        let (x, y) = (_mm512_set1_ps(a), _mm512_set1_ps(0.999));
+        rate_loop!(x, y, fma_acc)
+    }
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16(a: f32) -> f32 {
+        // SAFETY: a vector of floats reinterpreted as 32 bf16 values (any bits are)
+        let (x, y): (__m512bh, __m512bh) = unsafe {
+            (
+                std::mem::transmute(_mm512_set1_ps(a)),
+                std::mem::transmute(_mm512_set1_ps(0.999)),
+            )
+        };
+        rate_loop!(x, y, _mm512_dpbf16_ps)
+    }
+    if !Isa::Avx512.supported() {
+        return;
+    }
+    let mut group = c.benchmark_group("instruction-rate");
+    group.throughput(Throughput::Elements((ACCUMULATORS * ITERS) as u64));
+    // SAFETY: AVX-512F checked above; the bf16 one only where the CPU has AVX-512 BF16.
+    group.bench_function("vfmadd231ps-zmm", |b| {
+        b.iter(|| unsafe { fma(std::hint::black_box(1.0)) })
+    });
+    if Bf16Kernel::Avx512.supported() {
+        // SAFETY: as above.
+        group.bench_function("vdpbf16ps-zmm", |b| {
+            b.iter(|| unsafe { dpbf16(std::hint::black_box(1.0)) })
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn instruction_rates(_: &mut Criterion) {}
 
 fn lowering(c: &mut Criterion) {
     let mut group = c.benchmark_group("lowering");
@@ -196,6 +284,6 @@ fn vector_levels() -> Vec<Isa> {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering, convolution, int8_convolution
+    targets = gemm_backends, lowering, convolution, int8_convolution, instruction_rates
 }
 criterion_main!(benches);

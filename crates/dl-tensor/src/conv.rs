@@ -115,7 +115,7 @@ pub struct ConvPlan {
     /// The instruction set of the kernels without lowering.
     pub isa: Isa,
     /// Products in bf16 by this GEMM kernel ([`crate::dpbf16`]): the lowered path on
-    /// every pass, its products by [`gemm_bf16`]. `None`: `f32` products.
+    /// every pass, its products by [`crate::dpbf16::gemm_bf16`]. `None`: `f32` products.
     pub bf16: Option<Bf16Kernel>,
 }
 

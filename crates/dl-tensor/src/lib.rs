@@ -22,7 +22,8 @@
 //!   `dx`), with the algorithm chosen by [`ConvAlgo`] (`Auto`, `Lowered`, `Direct`,
 //!   `Winograd`): what a convolution layer calls.
 //! * [`lowp`]: 16-bit storage (`f16`, `bf16`) and the inference kernels that read it;
-//!   [`int8`]: the 8-bit integer convolution (`u8 x i8 -> i32`, scalar, AVX2 and
+//!   [`dpbf16`]: the GEMM of training with bf16 products (AVX-512 BF16's `vdpbf16ps`,
+//!   and its exact sums in plain Rust); [`int8`]: the 8-bit integer convolution (`u8 x i8 -> i32`, scalar, AVX2 and
 //!   AVX-512 VNNI kernels) of post-training quantization.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
