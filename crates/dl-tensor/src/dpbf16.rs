@@ -580,6 +580,10 @@ mod tests {
             Bf16Kernel::ALL.map(Bf16Kernel::name),
             ["rounded", "scalar", "avx512-bf16"]
         );
+        assert_eq!(
+            Bf16Kernel::ALL.map(|k| k.to_string()),
+            ["rounded", "scalar", "avx512-bf16"]
+        );
         assert!(!Bf16Kernel::Rounded.is_gemm() && Bf16Kernel::Scalar.is_gemm() && Bf16Kernel::Avx512.is_gemm());
         assert!(Bf16Kernel::Rounded.supported() && Bf16Kernel::Scalar.supported());
         #[cfg(target_arch = "x86_64")]
