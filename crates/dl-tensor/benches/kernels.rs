@@ -105,8 +105,8 @@ fn instruction_rates(c: &mut Criterion) {
         // SAFETY: a vector of floats reinterpreted as 32 bf16 values (any bits are)
         let (x, y): (__m512bh, __m512bh) = unsafe {
             (
-                std::mem::transmute(_mm512_set1_ps(a)),
-                std::mem::transmute(_mm512_set1_ps(0.999)),
+                std::mem::transmute::<__m512, __m512bh>(_mm512_set1_ps(a)),
+                std::mem::transmute::<__m512, __m512bh>(_mm512_set1_ps(0.999)),
             )
         };
         rate_loop!(x, y, _mm512_dpbf16_ps)
