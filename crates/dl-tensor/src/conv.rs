@@ -572,6 +572,63 @@ mod tests {
         );
     }
 
+    /// A plan with bf16 products by a GEMM kernel runs every pass lowered, with products
+    /// of rounded operands (the f32 lowered plan on rounded operands, up to the order of
+    /// the additions; `vdpbf16ps` bit for bit as its plain-Rust twin); `Rounded` leaves
+    /// the plan as it was.
+    #[test]
+    fn a_plan_with_bf16_products_multiplies_rounded_operands_on_the_lowered_path() {
+        let round = |v: &[f32]| v.iter().map(|&x| crate::lowp::round_bf16(x)).collect::<Vec<f32>>();
+        // padded 3x3 (the transposed-convolution dx), stride 2 (col2im), with and without bias
+        for (c, f, h, stride, pad) in [(3, 5, 7, 1, 1), (4, 3, 9, 2, 1)] {
+            let g = ConvGeometry::new(c, h, h, 3, 3, stride, pad).unwrap();
+            let n = 5;
+            let w = random4((f, c, 3, 3), 1).into_raw_vec_and_offset().0;
+            let x = random4((n, c, h, h), 2).into_raw_vec_and_offset().0;
+            let bias: Vec<f32> = (0..f).map(|i| 0.1 * i as f32 - 0.2).collect();
+            let dout = random4((n, f, g.out_h, g.out_w), 3).into_raw_vec_and_offset().0;
+            let plan = ConvPlan::new(g, f, ConvAlgo::Auto);
+            assert_eq!(plan.with_bf16(Bf16Kernel::Rounded), plan);
+            let run = |p: ConvPlan, w: &[f32], x: &[f32], dout: &[f32], b: Option<&[f32]>| {
+                let (y, saved) = p.forward(w, b, x);
+                let (mut dw, mut db) = (vec![f32::NAN; w.len()], vec![f32::NAN; f]);
+                let dx = p.backward(w, &saved, x, dout, true, Some(&mut dw), Some(&mut db));
+                (y, dx, dw, db, saved.kernel_name())
+            };
+            for b in [Some(&bias[..]), None] {
+                let want = run(
+                    ConvPlan::new(g, f, ConvAlgo::Lowered),
+                    &round(&w),
+                    &round(&x),
+                    &round(&dout),
+                    b,
+                );
+                let scalar = run(plan.with_bf16(Bf16Kernel::Scalar), &w, &x, &dout, b);
+                assert_eq!(scalar.4, "lowered");
+                let close = |a: &[f32], b: &[f32], what: &str| {
+                    for (p, q) in a.iter().zip(b) {
+                        assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{what}: {p} vs {q}");
+                    }
+                };
+                close(&scalar.0, &want.0, "forward");
+                close(&scalar.1, &want.1, "dx");
+                close(&scalar.2, &want.2, "dW");
+                // the bias gradient has no products: the sum of the upstream gradient
+                let plain = run(ConvPlan::new(g, f, ConvAlgo::Lowered), &w, &x, &dout, b);
+                close(&scalar.3, &plain.3, "db");
+                if Bf16Kernel::Avx512.supported() {
+                    let vector = run(plan.with_bf16(Bf16Kernel::Avx512), &w, &x, &dout, b);
+                    for (v, s) in [(&vector.0, &scalar.0), (&vector.1, &scalar.1), (&vector.2, &scalar.2)] {
+                        assert_eq!(
+                            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            s.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_algorithm_computes_the_reference_forward_and_gradients() {
         // (N, C, H, W, FN, FH, FW, stride, pad): batches that split into groups of 4 and
