@@ -586,6 +586,12 @@ const SHIPPED_VGG_CORRECT: usize = 9974;
 #[cfg(test)]
 const SHIPPED_MIXED_CORRECT: usize = 9975;
 
+/// Test images the shipped validated ensemble (four VGGs, ResNet-20, GoogLeNet, every
+/// one trained with the validation split held out) classifies correctly by the mean of
+/// its members' outputs (docs/RESULTS.md §5).
+#[cfg(test)]
+const SHIPPED_VALIDATED_CORRECT: usize = 9976;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +676,20 @@ mod tests {
     /// The shipped mixed ensemble (`cargo xtask eval --ensemble
     /// crates/dl-models/weights/mixed`, docs/RESULTS.md §5): one or more members of every
     /// kind, each member and the whole at the manifest's figures.
+    #[test]
+    fn the_shipped_validated_ensemble_reaches_the_documented_accuracy() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let (mut e, manifest) = Ensemble::load(crate::root().join("crates/dl-models/weights/validated")).unwrap();
+        let kinds: Vec<&str> = e.members().iter().map(|m| m.kind()).collect();
+        assert_eq!(kinds, ["Vgg", "Vgg", "Vgg", "Vgg", "ResNet", "GoogLeNet"]);
+        let ev = e.evaluate(&mnist.test, None, 500).unwrap();
+        assert_eq!(Some(ev.by(manifest.vote)), manifest.test_evaluation);
+        assert_eq!((ev.mean.correct, ev.mean.total), (SHIPPED_VALIDATED_CORRECT, 10_000));
+        for (got, entry) in ev.members.iter().zip(&manifest.members) {
+            assert_eq!(Some(*got), entry.test_evaluation);
+        }
+    }
+
     #[test]
     fn the_shipped_mixed_ensemble_reaches_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
