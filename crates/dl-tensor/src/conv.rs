@@ -611,6 +611,17 @@ mod tests {
                     }
                 };
                 close(&scalar.0, &want.0, "forward");
+                // and against the seven-loop definition, which shares no code with the plan
+                let (xr, wr) = (round(&x), round(&w));
+                let zeros = vec![0.0f32; f];
+                let reference = conv2d_reference(
+                    &ndarray::ArrayView4::from_shape((n, c, h, h), &xr).unwrap(),
+                    &ndarray::ArrayView4::from_shape((f, c, 3, 3), &wr).unwrap(),
+                    &ndarray::ArrayView1::from(b.unwrap_or(&zeros)),
+                    stride,
+                    pad,
+                );
+                close(&scalar.0, reference.as_slice().unwrap(), "forward by definition");
                 close(&scalar.1, &want.1, "dx");
                 close(&scalar.2, &want.2, "dW");
                 // the bias gradient has no products: the sum of the upstream gradient
