@@ -606,6 +606,7 @@ mod tests {
                 let scalar = run(plan.with_bf16(Bf16Kernel::Scalar), &w, &x, &dout, b);
                 assert_eq!(scalar.4, "lowered");
                 let close = |a: &[f32], b: &[f32], what: &str| {
+                    assert_eq!(a.len(), b.len(), "{what}: length");
                     for (p, q) in a.iter().zip(b) {
                         assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{what}: {p} vs {q}");
                     }
