@@ -140,15 +140,7 @@ fn flushed(x: f32) -> f32 {
 /// If the shapes do not agree, or `kernel` is `Rounded` or not supported here (a
 /// programmer error).
 pub fn gemm_bf16(kernel: Bf16Kernel, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
-    let (m, k) = a.dim();
-    let (k2, n) = b.dim();
-    assert!(
-        k == k2 && c.dim() == (m, n),
-        "gemm_bf16: shapes do not agree: a {:?} · b {:?} -> c {:?}",
-        a.dim(),
-        b.dim(),
-        c.dim()
-    );
+    let (m, k, n) = crate::gemm::check("gemm_bf16", a, b, c);
     assert!(
         kernel.is_gemm() && kernel.supported(),
         "gemm_bf16: kernel {kernel} cannot run here"

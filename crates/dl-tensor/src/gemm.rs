@@ -2,7 +2,12 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 /// Checks the shapes of `c = a · b`, naming all three otherwise.
-fn check(what: &str, a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &ArrayViewMut2<f32>) -> (usize, usize, usize) {
+pub(crate) fn check(
+    what: &str,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    c: &ArrayViewMut2<f32>,
+) -> (usize, usize, usize) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert!(
