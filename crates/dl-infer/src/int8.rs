@@ -508,46 +508,212 @@ impl QuantizedNetwork {
 
     /// The scores of a batch `x` `(N, C, H, W)` (or `(N, D)` for a network that starts
     /// with an affine layer): quantized to bytes on the way in, `f32` on the way out.
+    ///
+    /// The batch is cut into chunks of a few images, and each chunk runs through every
+    /// layer on one thread, in buffers that thread reuses: the activations of a chunk
+    /// stay in its caches from one layer to the next.
     pub fn predict(&self, x: &Tensor) -> Result<Tensor, InferError> {
         let shape = x.shape().to_vec();
-        let n = shape.first().copied().unwrap_or(0);
-        // NHWC bytes: (n, h, w, c), or (n, 1, 1, d) for a flat input
-        let (h, w, c, data) = if shape.len() == 4 {
-            let (c, h, w) = (shape[1], shape[2], shape[3]);
-            let xs = x.as_standard_layout();
-            let src = xs.as_slice().expect("standard layout");
-            let mut data = vec![0u8; src.len()];
-            data.par_chunks_mut((h * w * c).max(1))
-                .zip(src.par_chunks((h * w * c).max(1)))
-                .for_each(|(o, i)| {
-                    for ci in 0..c {
-                        for p in 0..h * w {
-                            o[p * c + ci] = self.input.quantize(i[ci * h * w + p]);
+        let (n, nchw, input) = match shape.len() {
+            4 => (shape[0], true, (shape[2], shape[3], shape[1])),
+            l if l >= 2 => (shape[0], false, (1, 1, shape[1..].iter().product())),
+            _ => {
+                return Err(InferError::Shape {
+                    op: "int8",
+                    expected: "(N, C, H, W) or (N, D)".into(),
+                    given: shape,
+                })
+            }
+        };
+        let out_dims = self.output_dims(input, &shape)?;
+        let out_per: usize = out_dims.iter().product();
+        let in_per = input.0 * input.1 * input.2;
+        let xs = x.as_standard_layout();
+        let src = xs.as_slice().expect("standard layout");
+        let mut data = vec![0f32; n * out_per];
+        let chunk = per_task(n);
+        data.par_chunks_mut((out_per * chunk).max(1))
+            .zip(src.par_chunks((in_per * chunk).max(1)))
+            .try_for_each(|(o, x)| {
+                with_work(self.steps.len(), |work| {
+                    self.run_chunk(x, x.len() / in_per.max(1), input, nchw, work, o)
+                })
+            })?;
+        let mut full = vec![n];
+        full.extend(out_dims);
+        Ok(Tensor::from_shape_vec(full, data).expect("shape fits"))
+    }
+
+    /// The shape of one image's scores for an input image `(h, w, c)` (NHWC), or the
+    /// error the first step that does not fit it gives. `given` is the batch's shape,
+    /// for the message.
+    fn output_dims(
+        &self,
+        (mut h, mut w, mut c): (usize, usize, usize),
+        given: &[usize],
+    ) -> Result<Vec<usize>, InferError> {
+        let shape_error = |op: &'static str, expected: String, (h, w, c): (usize, usize, usize)| {
+            let n = given.first().copied().unwrap_or(0);
+            InferError::Shape {
+                op,
+                expected,
+                given: vec![n, c, h, w],
+            }
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            let last = i + 1 == self.steps.len();
+            match step {
+                Step::MaxPool(p) => {
+                    let g =
+                        ConvGeometry::new(c, h, w, p.ph, p.pw, p.stride, p.pad).map_err(|e| invalid(e.to_string()))?;
+                    (h, w) = (g.out_h, g.out_w);
+                }
+                Step::Linear(l) => {
+                    let [f, d, _, _] = l.conv.dims();
+                    match l.kind {
+                        LinearKind::Convolution => {
+                            if c != d {
+                                return Err(shape_error("Convolution", format!("(N, {d}, H, W)"), (h, w, c)));
+                            }
+                            let g = l.conv.geometry(h, w).map_err(|e| invalid(e.to_string()))?;
+                            if last {
+                                return Ok(vec![f, g.out_h, g.out_w]);
+                            }
+                            (h, w, c) = (g.out_h, g.out_w, f);
+                        }
+                        LinearKind::Affine => {
+                            if h * w * c != d {
+                                let expected = format!("(N, ...) with {d} values per image");
+                                return Err(shape_error("Affine", expected, (h, w, c)));
+                            }
+                            if last {
+                                return Ok(vec![f]);
+                            }
+                            (h, w, c) = (1, 1, f);
                         }
                     }
-                });
-            (h, w, c, data)
-        } else if shape.len() >= 2 {
-            let d: usize = shape[1..].iter().product();
-            (1, 1, d, x.iter().map(|&v| self.input.quantize(v)).collect())
-        } else {
-            return Err(InferError::Shape {
-                op: "int8",
-                expected: "(N, C, H, W) or (N, D)".into(),
-                given: shape,
-            });
-        };
-        let mut act = Bytes { n, h, w, c, data };
-        for step in &self.steps[..self.steps.len() - 1] {
-            act = match step {
-                Step::MaxPool(p) => act.max_pool(p)?,
-                Step::Linear(l) => act.linear(l, self.kernel)?,
-            };
+                }
+            }
         }
-        let Some(Step::Linear(last)) = self.steps.last() else {
+        unreachable!("a quantized network ends with a linear step")
+    }
+
+    /// `m` images `x` (NCHW when `nchw`, else rows) of shape `(h, w, c)`, checked by
+    /// [`Self::output_dims`], through every step into their scores `out`.
+    fn run_chunk(
+        &self,
+        x: &[f32],
+        m: usize,
+        (mut h, mut w, mut c): (usize, usize, usize),
+        nchw: bool,
+        work: &mut Work,
+        out: &mut [f32],
+    ) -> Result<(), InferError> {
+        let Work {
+            cur,
+            next,
+            nhwc,
+            scratch,
+        } = work;
+        // NHWC bytes
+        let kernel = self.kernel;
+        if nchw && c > 1 {
+            let hw = h * w;
+            let chw = room(next, x.len());
+            self.input.quantize_into(x, chw, kernel);
+            let q = room(cur, x.len());
+            for (o, i) in q.chunks_exact_mut(hw * c).zip(next[..x.len()].chunks_exact(hw * c)) {
+                for ci in 0..c {
+                    for p in 0..hw {
+                        o[p * c + ci] = i[ci * hw + p];
+                    }
+                }
+            }
+        } else {
+            self.input.quantize_into(x, room(cur, x.len()), kernel);
+        }
+        let conv_error = |e: dl_tensor::int8::Int8Error| invalid(e.to_string());
+        let (last, inner) = self.steps.split_last().expect("a quantized network has steps");
+        for (step, scratch) in inner.iter().zip(scratch.iter_mut()) {
+            let image = h * w * c;
+            let input = &cur[..m * image];
+            match step {
+                Step::MaxPool(p) => {
+                    let g =
+                        ConvGeometry::new(c, h, w, p.ph, p.pw, p.stride, p.pad).map_err(|e| invalid(e.to_string()))?;
+                    let per = g.out_h * g.out_w * c;
+                    let o = room(next, m * per);
+                    for (oi, xi) in o.chunks_exact_mut(per).zip(input.chunks_exact(image)) {
+                        max_pool_nhwc(xi, &g, oi);
+                    }
+                    (h, w) = (g.out_h, g.out_w);
+                }
+                Step::Linear(l) => {
+                    let out = l.output.expect("inner layers have an output quantization");
+                    let requantize = Requantize {
+                        multiplier: &l.multiplier,
+                        zero_point: out.zero_point,
+                        relu: l.relu,
+                    };
+                    let f = l.conv.dims()[0];
+                    match l.kind {
+                        LinearKind::Convolution => {
+                            let g = l.conv.geometry(h, w).map_err(conv_error)?;
+                            let per = g.out_h * g.out_w * f;
+                            let o = room(next, m * per);
+                            for (oi, xi) in o.chunks_exact_mut(per).zip(input.chunks_exact(image)) {
+                                l.conv
+                                    .forward_u8(xi, h, w, requantize, oi, scratch, kernel)
+                                    .map_err(conv_error)?;
+                            }
+                            (h, w, c) = (g.out_h, g.out_w, f);
+                        }
+                        LinearKind::Affine => {
+                            // the rows in `next` (flattened in the book's order), the
+                            // outputs in `cur`
+                            flatten(input, h * w, c, room(next, m * image));
+                            let o = room(cur, m * f);
+                            l.conv
+                                .forward_u8(&next[..m * image], 1, m, requantize, o, scratch, kernel)
+                                .map_err(conv_error)?;
+                            std::mem::swap(cur, next);
+                            (h, w, c) = (1, 1, f);
+                        }
+                    }
+                }
+            }
+            std::mem::swap(cur, next);
+        }
+        let Step::Linear(l) = last else {
             unreachable!("a quantized network ends with a linear step")
         };
-        act.last_linear(last, self.kernel)
+        let scratch = scratch.last_mut().expect("one scratch per step");
+        let image = h * w * c;
+        let f = l.conv.dims()[0];
+        match l.kind {
+            LinearKind::Convolution => {
+                let g = l.conv.geometry(h, w).map_err(conv_error)?;
+                let (hw, per) = (g.out_h * g.out_w, g.out_h * g.out_w * f);
+                let y = room(nhwc, per);
+                for (o, xi) in out.chunks_exact_mut(per).zip(cur[..m * image].chunks_exact(image)) {
+                    l.conv
+                        .forward_f32(xi, h, w, &l.multiplier, l.relu, y, scratch, kernel)
+                        .map_err(conv_error)?;
+                    for p in 0..hw {
+                        for fi in 0..f {
+                            o[fi * hw + p] = y[p * f + fi];
+                        }
+                    }
+                }
+            }
+            LinearKind::Affine => {
+                flatten(&cur[..m * image], h * w, c, room(next, m * image));
+                l.conv
+                    .forward_f32(&next[..m * image], 1, m, &l.multiplier, l.relu, out, scratch, kernel)
+                    .map_err(conv_error)?;
+            }
+        }
+        Ok(())
     }
 
     /// The predicted class of each image of `x`, `batch_size` at a time.
@@ -715,180 +881,76 @@ impl QuantizedNetwork {
     }
 }
 
-/// A batch of NHWC bytes `(n, h, w, c)`.
-struct Bytes {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    data: Vec<u8>,
+/// One thread's buffers: the activations in and out of a step, the last
+/// convolution's `f32` outputs, and each step's scratch.
+struct Work {
+    cur: Vec<u8>,
+    next: Vec<u8>,
+    nhwc: Vec<f32>,
+    scratch: Vec<Int8Scratch>,
 }
 
-/// Images per parallel task of a convolution.
+impl Work {
+    fn bytes(&self) -> usize {
+        self.cur.capacity()
+            + self.next.capacity()
+            + 4 * self.nhwc.capacity()
+            + self.scratch.iter().map(Int8Scratch::bytes).sum::<usize>()
+    }
+}
+
+/// The most a thread keeps of its [`Work`] between batches.
+const KEEP_WORK_BYTES: usize = 8 << 20;
+
+std::thread_local! {
+    /// This thread's buffers from its last chunk, of whichever network (a scratch
+    /// checks that what it holds fits the convolution it serves).
+    static WORK: std::cell::RefCell<Option<Work>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `f` run on this thread's [`Work`] with at least `steps` scratches, which is kept for
+/// the next chunk if it holds at most [`KEEP_WORK_BYTES`].
+fn with_work<R>(steps: usize, f: impl FnOnce(&mut Work) -> R) -> R {
+    let mut work = WORK.with(|w| w.borrow_mut().take()).unwrap_or_else(|| Work {
+        cur: Vec::new(),
+        next: Vec::new(),
+        nhwc: Vec::new(),
+        scratch: Vec::new(),
+    });
+    if work.scratch.len() < steps {
+        work.scratch.resize_with(steps, Int8Scratch::default);
+    }
+    let r = f(&mut work);
+    if work.bytes() <= KEEP_WORK_BYTES {
+        WORK.with(|w| *w.borrow_mut() = Some(work));
+    }
+    r
+}
+
+/// The first `len` elements of `v`, grown if needed (what they hold is overwritten).
+fn room<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
+
+/// Images per chunk of a batch: about four chunks per thread, at most 16 images.
 fn per_task(n: usize) -> usize {
-    n.div_ceil(4 * rayon::current_num_threads()).max(1)
+    n.div_ceil(4 * rayon::current_num_threads()).clamp(1, 16)
 }
 
-impl Bytes {
-    fn image(&self) -> usize {
-        self.h * self.w * self.c
+/// NHWC images `x` of `hw` pixels and `c` channels, each flattened in the book's
+/// (C, H, W) order into `out`, as the rows of an affine layer.
+fn flatten(x: &[u8], hw: usize, c: usize, out: &mut [u8]) {
+    if hw == 1 || c == 1 {
+        out.copy_from_slice(x);
+        return;
     }
-
-    fn max_pool(self, p: &Pool) -> Result<Bytes, InferError> {
-        let g = ConvGeometry::new(self.c, self.h, self.w, p.ph, p.pw, p.stride, p.pad)
-            .map_err(|e| invalid(e.to_string()))?;
-        let per = g.out_h * g.out_w * self.c;
-        let mut data = vec![0u8; self.n * per];
-        data.par_chunks_mut(per.max(1))
-            .zip(self.data.par_chunks(self.image().max(1)))
-            .for_each(|(o, x)| max_pool_nhwc(x, &g, o));
-        Ok(Bytes {
-            n: self.n,
-            h: g.out_h,
-            w: g.out_w,
-            c: self.c,
-            data,
-        })
-    }
-
-    /// The input of an affine layer: each image flattened in the book's (C, H, W)
-    /// order, as one row of `n` pixels of `C*H*W` channels.
-    fn flattened(self, d: usize) -> Result<Bytes, InferError> {
-        if self.image() != d {
-            return Err(InferError::Shape {
-                op: "Affine",
-                expected: format!("(N, ...) with {d} values per image"),
-                given: vec![self.n, self.c, self.h, self.w],
-            });
-        }
-        let (hw, c) = (self.h * self.w, self.c);
-        let mut data = self.data;
-        if hw > 1 && c > 1 {
-            let mut chw = vec![0u8; data.len()];
-            chw.par_chunks_mut(d).zip(data.par_chunks(d)).for_each(|(o, x)| {
-                for p in 0..hw {
-                    for ci in 0..c {
-                        o[ci * hw + p] = x[p * c + ci];
-                    }
-                }
-            });
-            data = chw;
-        }
-        Ok(Bytes {
-            n: self.n,
-            h: 1,
-            w: 1,
-            c: d,
-            data,
-        })
-    }
-
-    fn check_conv(&self, l: &Linear) -> Result<ConvGeometry, InferError> {
-        let [_, c, _, _] = l.conv.dims();
-        if self.c != c {
-            return Err(InferError::Shape {
-                op: "Convolution",
-                expected: format!("(N, {c}, H, W)"),
-                given: vec![self.n, self.c, self.h, self.w],
-            });
-        }
-        l.conv.geometry(self.h, self.w).map_err(|e| invalid(e.to_string()))
-    }
-
-    fn linear(self, l: &Linear, kernel: Int8Kernel) -> Result<Bytes, InferError> {
-        let out = l.output.expect("inner layers have an output quantization");
-        let requantize = Requantize {
-            multiplier: &l.multiplier,
-            zero_point: out.zero_point,
-            relu: l.relu,
-        };
-        let f = l.conv.dims()[0];
-        match l.kind {
-            LinearKind::Convolution => {
-                let g = self.check_conv(l)?;
-                let per = g.out_h * g.out_w * f;
-                let mut data = vec![0u8; self.n * per];
-                let (image, chunk) = (self.image(), per_task(self.n));
-                data.par_chunks_mut(per * chunk)
-                    .zip(self.data.par_chunks(image * chunk))
-                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
-                        for (oi, xi) in o.chunks_exact_mut(per).zip(xs.chunks_exact(image)) {
-                            l.conv.forward_u8(xi, self.h, self.w, requantize, oi, scratch, kernel)?;
-                        }
-                        Ok::<(), dl_tensor::int8::Int8Error>(())
-                    })
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(Bytes {
-                    n: self.n,
-                    h: g.out_h,
-                    w: g.out_w,
-                    c: f,
-                    data,
-                })
-            }
-            LinearKind::Affine => {
-                let x = self.flattened(l.conv.dims()[1])?;
-                let (n, d) = (x.n, x.c);
-                let mut data = vec![0u8; n * f];
-                let chunk = per_task(n);
-                data.par_chunks_mut(f * chunk)
-                    .zip(x.data.par_chunks(d * chunk))
-                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
-                        l.conv.forward_u8(xs, 1, xs.len() / d, requantize, o, scratch, kernel)
-                    })
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(Bytes {
-                    n,
-                    h: 1,
-                    w: 1,
-                    c: f,
-                    data,
-                })
-            }
-        }
-    }
-
-    /// The last layer, in `f32`: `(N, F, OH, OW)` for a convolution, `(N, M)` for an
-    /// affine layer.
-    fn last_linear(self, l: &Linear, kernel: Int8Kernel) -> Result<Tensor, InferError> {
-        let f = l.conv.dims()[0];
-        match l.kind {
-            LinearKind::Convolution => {
-                let g = self.check_conv(l)?;
-                let (hw, per) = (g.out_h * g.out_w, g.out_h * g.out_w * f);
-                let mut data = vec![0f32; self.n * per];
-                let image = self.image();
-                data.par_chunks_mut(per)
-                    .zip(self.data.par_chunks(image))
-                    .try_for_each_init(
-                        || (Int8Scratch::default(), vec![0f32; per]),
-                        |(scratch, nhwc), (o, xi)| {
-                            l.conv
-                                .forward_f32(xi, self.h, self.w, &l.multiplier, l.relu, nhwc, scratch, kernel)?;
-                            for p in 0..hw {
-                                for fi in 0..f {
-                                    o[fi * hw + p] = nhwc[p * f + fi];
-                                }
-                            }
-                            Ok::<(), dl_tensor::int8::Int8Error>(())
-                        },
-                    )
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(Tensor::from_shape_vec(vec![self.n, f, g.out_h, g.out_w], data).expect("shape fits"))
-            }
-            LinearKind::Affine => {
-                let x = self.flattened(l.conv.dims()[1])?;
-                let (n, d) = (x.n, x.c);
-                let mut data = vec![0f32; n * f];
-                let chunk = per_task(n);
-                data.par_chunks_mut(f * chunk)
-                    .zip(x.data.par_chunks(d * chunk))
-                    .try_for_each_init(Int8Scratch::default, |scratch, (o, xs)| {
-                        l.conv
-                            .forward_f32(xs, 1, xs.len() / d, &l.multiplier, l.relu, o, scratch, kernel)
-                    })
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(Tensor::from_shape_vec(vec![n, f], data).expect("shape fits"))
+    for (o, x) in out.chunks_exact_mut(hw * c).zip(x.chunks_exact(hw * c)) {
+        for p in 0..hw {
+            for ci in 0..c {
+                o[ci * hw + p] = x[p * c + ci];
             }
         }
     }

@@ -319,6 +319,74 @@ fn the_shipped_network_keeps_its_answers_in_int8() {
 }
 
 #[test]
+fn a_batch_gives_each_image_the_scores_it_gets_alone() {
+    // the batch is cut into chunks of a few images that run on their own threads and
+    // buffers: any cut gives the same bytes
+    let net = deep_convnet(true);
+    let q = QuantizedNetwork::quantize(net.root(), &images(16, 30)).unwrap();
+    let x = images(37, 31);
+    let whole = q.predict(&x).unwrap();
+    assert_eq!(whole.shape(), [37, 10]);
+    for i in [0, 1, 17, 36] {
+        let one = q
+            .predict(&x.slice_axis(ndarray::Axis(0), (i..i + 1).into()).to_owned())
+            .unwrap();
+        assert_eq!(
+            one.index_axis(ndarray::Axis(0), 0),
+            whole.index_axis(ndarray::Axis(0), i),
+            "image {i}"
+        );
+    }
+    let two = (0..37)
+        .step_by(5)
+        .flat_map(|s| {
+            let part = x.slice_axis(ndarray::Axis(0), (s..(s + 5).min(37)).into()).to_owned();
+            q.predict(&part).unwrap().into_iter()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(two, whole.iter().copied().collect::<Vec<_>>());
+}
+
+#[test]
+fn a_multi_channel_input_is_read_in_its_channel_order() {
+    // three input channels, each with its own filters, then a second network of
+    // another shape in turn on the same threads (whose buffers serve both)
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
+    let ops = Op::Sequential(vec![
+        Op::Convolution {
+            w: Tensor::from_shape_fn(vec![8, 3, 3, 3], |_| rng.gen_range(-0.5..0.5)),
+            b: Some(Tensor::from_shape_fn(vec![8], |_| rng.gen_range(-0.1..0.1))),
+            stride: 1,
+            pad: 1,
+        },
+        Op::Relu,
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![8 * 6 * 5, 4], |_| rng.gen_range(-0.1..0.1)),
+            b: Tensor::zeros(vec![4]),
+        },
+    ]);
+    // each channel on its own scale, so that reading them in another order would show
+    let x = Tensor::from_shape_fn(vec![9, 3, 6, 5], |i| (i[1] as f32 + 1.0) * rng.gen_range(0.0..1.0));
+    let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
+    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
+        .unwrap()
+        .predict(&x)
+        .unwrap();
+    let got = q.predict(&x).unwrap();
+    assert_eq!(got.shape(), [9, 4]);
+    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    let deep = deep_convnet(false);
+    let qd = QuantizedNetwork::quantize(deep.root(), &images(8, 33)).unwrap();
+    let d = images(20, 34);
+    let want_deep = qd.predict(&d).unwrap();
+    for _ in 0..3 {
+        assert_eq!(q.predict(&x).unwrap(), got);
+        assert_eq!(qd.predict(&d).unwrap(), want_deep);
+    }
+}
+
+#[test]
 fn a_flat_input_runs_through_affine_layers() {
     // the book's two-layer net on (N, 784) rows, with a signed input range (zero
     // point above 0)

@@ -131,7 +131,9 @@ impl std::fmt::Display for Int8Kernel {
 fn vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw")
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -176,14 +178,52 @@ impl QuantParams {
     }
 
     /// `x` as the nearest integer (ties to even), clamped to `0..=255` (NaN to 0).
+    #[inline]
     pub fn quantize(self, x: f32) -> u8 {
-        ((x / self.scale).round_ties_even() + f32::from(self.zero_point)).clamp(0.0, 255.0) as u8
+        let v = (x / self.scale).round_ties_even() + f32::from(self.zero_point);
+        // an integer, or infinite, or NaN (which fails the test and becomes 0)
+        round_to_byte(if v > 0.0 { v.min(255.0) } else { 0.0 })
+    }
+
+    /// [`QuantParams::quantize`] of every value of `x` into `out`, by the plain loop
+    /// compiled for `kernel`'s instruction set (the same bytes at every level).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn quantize_into(self, x: &[f32], out: &mut [u8], kernel: Int8Kernel) {
+        assert_eq!(x.len(), out.len(), "quantize_into: lengths");
+        match kernel.usable() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `usable()` checked the CPU has AVX-512 F.
+            Int8Kernel::Avx512Vnni => unsafe { quantize_avx512(self, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2.
+            Int8Kernel::Avx2 => unsafe { quantize_avx2(self, x, out) },
+            _ => quantize_plain(self, x, out),
+        }
     }
 
     /// The real value `q` stands for.
     pub fn dequantize(self, q: u8) -> f32 {
         self.scale * (f32::from(q) - f32::from(self.zero_point))
     }
+}
+
+#[inline(always)]
+fn quantize_plain(q: QuantParams, x: &[f32], out: &mut [u8]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.quantize(v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(q: QuantParams, x: &[f32], out: &mut [u8]) {
+    quantize_plain(q, x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_avx512(q: QuantParams, x: &[f32], out: &mut [u8]) {
+    quantize_plain(q, x, out)
 }
 
 /// Symmetric per-output-channel quantization of `filters` rows of weights: each row's
@@ -249,6 +289,13 @@ pub struct Int8Scratch {
     padded_for: Option<(usize, usize, usize, usize, usize, u8)>,
     image: Vec<u8>,
     wide: Vec<u16>,
+}
+
+impl Int8Scratch {
+    /// The bytes it holds (its buffers' capacities).
+    pub fn bytes(&self) -> usize {
+        self.padded.capacity() + self.image.capacity() + 2 * self.wide.capacity()
+    }
 }
 
 /// A convolution in integers: `i8` filters `(F, C, FH, FW)`, an `i32` bias, and the
@@ -405,7 +452,7 @@ impl QConv {
         kernel: Int8Kernel,
     ) -> Result<(), Int8Error> {
         let f = self.dims[0];
-        self.run(x, h, w, out.len(), scratch, kernel, |p0, rows, f0, acc| {
+        self.run(x, h, w, out.len(), scratch, kernel, None, |p0, rows, f0, acc| {
             let n = BLOCK.min(f - f0);
             for (r, a) in acc.iter().take(rows).enumerate() {
                 let at = (p0 + r) * f + f0;
@@ -437,8 +484,23 @@ impl QConv {
         let lo = if requantize.relu { 0.0 } else { -f32::from(z) };
         let hi = 255.0 - f32::from(z);
         let m = blocks_of(requantize.multiplier);
+        if kernel == Int8Kernel::Avx512Vnni {
+            // the kernel requantizes its sums in registers and stores the bytes
+            let out_len = out.len();
+            let mut direct = DirectBytes {
+                out,
+                f,
+                m: &m,
+                lo,
+                hi,
+                z,
+            };
+            return self.run(x, h, w, out_len, scratch, kernel, Some(&mut direct), |_, _, _, _| {
+                unreachable!("the VNNI kernels store their bytes themselves")
+            });
+        }
         let mut bytes = [[0u8; BLOCK]; TILE];
-        self.run(x, h, w, out.len(), scratch, kernel, |p0, rows, f0, acc| {
+        self.run(x, h, w, out.len(), scratch, kernel, None, |p0, rows, f0, acc| {
             let m = &m[f0 / BLOCK];
             match kernel {
                 #[cfg(target_arch = "x86_64")]
@@ -483,7 +545,7 @@ impl QConv {
     ) -> Result<(), Int8Error> {
         let f = self.dims[0];
         assert_eq!(multiplier.len(), f, "QConv: one multiplier per filter");
-        self.run(x, h, w, out.len(), scratch, kernel, |p0, rows, f0, acc| {
+        self.run(x, h, w, out.len(), scratch, kernel, None, |p0, rows, f0, acc| {
             let n = BLOCK.min(f - f0);
             for (r, a) in acc.iter().take(rows).enumerate() {
                 let at = (p0 + r) * f + f0;
@@ -497,7 +559,8 @@ impl QConv {
 
     /// Pads `x`, runs `kernel` over every tile of output pixels and filter block, and
     /// hands each tile's sums (bias included) to `sink(first pixel, pixels, first
-    /// filter, sums)`.
+    /// filter, sums)`, or, with `direct` and the VNNI kernel, has the kernel store
+    /// them as bytes.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -507,6 +570,7 @@ impl QConv {
         out_len: usize,
         scratch: &mut Int8Scratch,
         kernel: Int8Kernel,
+        mut direct: Option<&mut DirectBytes<'_>>,
         mut sink: impl FnMut(usize, usize, usize, &[[i32; BLOCK]; TILE]),
     ) -> Result<(), Int8Error> {
         let [f, c, fh, fw] = self.dims;
@@ -516,7 +580,17 @@ impl QConv {
         let (cp, s, pad) = (self.cp, self.stride, self.pad);
         let pixels = g.out_h * g.out_w;
         let wp = w + 2 * pad;
-        let (taps, offset): (Vec<usize>, Box<dyn Fn(usize) -> usize>) = if self.lowered {
+        let out_w = g.out_w;
+        let lowered = self.lowered;
+        // where output pixel `p`'s window starts in the padded image (or its lowered row)
+        let offset = move |p: usize| {
+            if lowered {
+                p * cp
+            } else {
+                ((p / out_w) * s * wp + (p % out_w) * s) * cp
+            }
+        };
+        let taps: Vec<usize> = if self.lowered {
             // one row of `FH*FW*C` values per output pixel, gathered tap by tap from
             // the padded image (`C` values per pixel there)
             let image = &mut scratch.image;
@@ -528,10 +602,11 @@ impl QConv {
             // the next filter row (or pixel) overwrites, or that land beyond `C*FH*FW`
             // where the packed weights are zero
             image.resize(image.len() + 8, 0);
-            let col = &mut scratch.padded;
+            // (not cleared: every byte a nonzero weight meets is written below)
+            scratch.padded.resize(pixels * cp + 8, 0);
             scratch.padded_for = None;
-            col.clear();
-            col.resize(pixels * cp + 8, 0);
+            // slices, so that the loop does not reload the vectors' pointers
+            let (image, col): (&[u8], &mut [u8]) = (image, &mut scratch.padded);
             let run = fw * c;
             let mut p = 0;
             for oy in 0..g.out_h {
@@ -549,7 +624,7 @@ impl QConv {
                     p += 1;
                 }
             }
-            (vec![0], Box::new(move |p| p * cp))
+            vec![0]
         } else {
             let key = Some((h, w, c, pad, cp, self.input_zero));
             if scratch.padded_for != key {
@@ -558,9 +633,7 @@ impl QConv {
                 scratch.padded_for = key;
             }
             pad_inside(x, h, w, c, pad, cp, &mut scratch.padded);
-            let taps = (0..fh).flat_map(|i| (0..fw).map(move |j| (i * wp + j) * cp)).collect();
-            let out_w = g.out_w;
-            (taps, Box::new(move |p| ((p / out_w) * s * wp + (p % out_w) * s) * cp))
+            (0..fh).flat_map(|i| (0..fw).map(move |j| (i * wp + j) * cp)).collect()
         };
         let padded = &scratch.padded;
         // the AVX2 kernel reads the input widened, two channels as one 32-bit word
@@ -596,9 +669,13 @@ impl QConv {
                     // SAFETY: `supported()` checked the CPU has AVX-512F and VNNI; `Tile`
                     // reads only inside the padded image (see `Tile`).
                     Int8Kernel::Avx512Vnni if b + 1 < blocks => {
-                        unsafe { tile.vnni2([w(b), w(b + 1)], [bias, &self.bias[b + 1]], &mut acc, &mut acc2) };
-                        sink(p0, rows, b * BLOCK, &acc);
-                        sink(p0, rows, (b + 1) * BLOCK, &acc2);
+                        let store = direct.as_deref_mut().map(|d| (d, p0, rows, b * BLOCK));
+                        let stored = store.is_some();
+                        unsafe { tile.vnni2([w(b), w(b + 1)], [bias, &self.bias[b + 1]], &mut acc, &mut acc2, store) };
+                        if !stored {
+                            sink(p0, rows, b * BLOCK, &acc);
+                            sink(p0, rows, (b + 1) * BLOCK, &acc2);
+                        }
                         b += 2;
                         continue;
                     }
@@ -610,7 +687,15 @@ impl QConv {
                     },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above, AVX-512F and VNNI.
-                    Int8Kernel::Avx512Vnni => unsafe { tile.vnni(w(b), bias, &mut acc) },
+                    Int8Kernel::Avx512Vnni => {
+                        let store = direct.as_deref_mut().map(|d| (d, p0, rows, b * BLOCK));
+                        if store.is_some() {
+                            unsafe { tile.vnni(w(b), bias, &mut acc, store) };
+                            b += 1;
+                            continue;
+                        }
+                        unsafe { tile.vnni(w(b), bias, &mut acc, None) }
+                    }
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => tile.scalar(w(b), bias, &mut acc),
                 }
@@ -702,6 +787,56 @@ unsafe fn requantize_tile_avx512(
     requantize_tile(acc, m, lo, hi, z, out)
 }
 
+/// Where the VNNI kernels store requantized bytes themselves: [`requantize_tile`]'s
+/// arithmetic on the sums in registers, the bytes of output pixel `p`, filter `f0 + i`
+/// at `out[p * f + f0 + i]`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct DirectBytes<'a> {
+    out: &'a mut [u8],
+    /// Filters per output pixel.
+    f: usize,
+    /// The multipliers in blocks of 16.
+    m: &'a [[f32; BLOCK]],
+    lo: f32,
+    hi: f32,
+    z: u8,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl DirectBytes<'_> {
+    /// The first `rows` sums of `sums` (pixels `p0..`, filters `f0..f0 + 16`, those
+    /// beyond `f` left out) as bytes: `z + round(sum * m)` clamped to `lo..=hi` first,
+    /// exactly as [`requantize_tile`] computes them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store(&mut self, sums: [std::arch::x86_64::__m512i; TILE], p0: usize, rows: usize, f0: usize) {
+        use std::arch::x86_64::*;
+        const MAGIC: f32 = 12_582_912.0;
+        let n = BLOCK.min(self.f - f0);
+        assert!(
+            rows <= TILE && (p0 + rows) * self.f <= self.out.len(),
+            "DirectBytes: tile outside the output"
+        );
+        let mask: __mmask16 = ((1u32 << n) - 1) as u16;
+        // SAFETY: 16 multipliers per block.
+        let m = unsafe { _mm512_loadu_ps(self.m[f0 / BLOCK].as_ptr()) };
+        let (lo, hi, magic) = (_mm512_set1_ps(self.lo), _mm512_set1_ps(self.hi), _mm512_set1_ps(MAGIC));
+        let z = _mm_set1_epi8(self.z as i8);
+        let out = self.out.as_mut_ptr();
+        for (r, sum) in sums.into_iter().take(rows).enumerate() {
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), m);
+            // `max(v, lo)` is `v > lo ? v : lo`, `min(v, hi)` is `v < hi ? v : hi`
+            let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            let b = _mm_add_epi8(_mm512_cvtepi32_epi8(_mm512_castps_si512(_mm512_add_ps(v, magic))), z);
+            // SAFETY: the `n` bytes at `(p0 + r) * f + f0` are inside `out` (asserted
+            // above: `f0 + n <= f`); the mask keeps the store to them.
+            unsafe { _mm_mask_storeu_epi8(out.add((p0 + r) * self.f + f0).cast(), mask, b) };
+        }
+    }
+}
+
 /// Output pixels per tile: each is one accumulator register per filter block.
 const TILE: usize = 12;
 
@@ -786,8 +921,14 @@ impl Tile<'_> {
     /// The AVX-512 VNNI kernel: `w` `[taps][CP/4][16][4]`; four input bytes broadcast,
     /// `vpdpbusd` against the 16 filters' quadruples in one register.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn vnni(&self, w: &[i8], bias: &[i32; BLOCK], acc: &mut [[i32; BLOCK]; TILE]) {
+    #[target_feature(enable = "avx512f,avx512vnni,avx512bw,avx512vl")]
+    unsafe fn vnni(
+        &self,
+        w: &[i8],
+        bias: &[i32; BLOCK],
+        acc: &mut [[i32; BLOCK]; TILE],
+        store: Option<(&mut DirectBytes<'_>, usize, usize, usize)>,
+    ) {
         use std::arch::x86_64::*;
         let x = self.x.as_ptr();
         // SAFETY: `bias` is 16 `i32`.
@@ -805,6 +946,11 @@ impl Tile<'_> {
                 }
             }
         }
+        if let Some((d, p0, rows, f0)) = store {
+            // SAFETY: the CPU has AVX-512 BW and VL (`vnni()`).
+            unsafe { d.store(sums, p0, rows, f0) };
+            return;
+        }
         for (a, s) in acc.iter_mut().zip(sums) {
             // SAFETY: `a` is 16 `i32`.
             unsafe { _mm512_storeu_si512(a.as_mut_ptr().cast(), s) };
@@ -816,13 +962,14 @@ impl Tile<'_> {
     /// [`Tile::vnni`] for two blocks of filters at once: each broadcast input word
     /// feeds both, halving the loads per product.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512vnni,avx512bw,avx512vl")]
     unsafe fn vnni2(
         &self,
         w: [&[i8]; 2],
         bias: [&[i32; BLOCK]; 2],
         acc: &mut [[i32; BLOCK]; TILE],
         acc2: &mut [[i32; BLOCK]; TILE],
+        store: Option<(&mut DirectBytes<'_>, usize, usize, usize)>,
     ) {
         use std::arch::x86_64::*;
         let x = self.x.as_ptr();
@@ -843,6 +990,14 @@ impl Tile<'_> {
                     *b = _mm512_dpbusd_epi32(*b, q, v1);
                 }
             }
+        }
+        if let Some((d, p0, rows, f0)) = store {
+            // SAFETY: the CPU has AVX-512 BW and VL (`vnni()`).
+            unsafe {
+                d.store(s0, p0, rows, f0);
+                d.store(s1, p0, rows, f0 + BLOCK);
+            }
+            return;
         }
         for ((a, b), (s, t)) in acc.iter_mut().zip(acc2.iter_mut()).zip(s0.into_iter().zip(s1)) {
             // SAFETY: each row is 16 `i32`.
@@ -915,6 +1070,23 @@ pub fn max_pool_nhwc(x: &[u8], g: &ConvGeometry, out: &mut [u8]) {
     let c = g.c;
     assert_eq!(x.len(), g.h * g.w * c, "max_pool_nhwc: input length");
     assert_eq!(out.len(), g.out_h * g.out_w * c, "max_pool_nhwc: output length");
+    if (g.fh, g.fw, g.stride, g.pad) == (2, 2, 2, 0) {
+        // every window inside the image: the four pixels' channels in one pass
+        for oy in 0..g.out_h {
+            let (top, bottom) = (2 * oy * g.w * c, (2 * oy + 1) * g.w * c);
+            for ox in 0..g.out_w {
+                let o = &mut out[(oy * g.out_w + ox) * c..][..c];
+                let at = 2 * ox * c;
+                let (a, b) = (&x[top + at..][..2 * c], &x[bottom + at..][..2 * c]);
+                let (a0, a1) = a.split_at(c);
+                let (b0, b1) = b.split_at(c);
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = a0[k].max(a1[k]).max(b0[k].max(b1[k]));
+                }
+            }
+        }
+        return;
+    }
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
             let o = &mut out[(oy * g.out_w + ox) * c..][..c];

@@ -280,9 +280,56 @@ fn kernels_are_chosen_by_level() {
 }
 
 #[test]
+fn quantizing_a_slice_is_quantize_at_every_kernel() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut x: Vec<f32> = (0..1000).map(|_| rng.gen_range(-3.0..5.0)).collect();
+    // specials, ties and values past both ends, at odd positions of the vectors
+    x.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        1e30,
+        -1e30,
+        f32::MIN_POSITIVE,
+        0.5 / 255.0 * 4.0,
+        1.5 / 255.0 * 4.0,
+        2.5 / 255.0 * 4.0,
+    ]);
+    for q in [QuantParams::from_range(-1.0, 3.0), QuantParams::from_range(0.0, 1.0)] {
+        let want: Vec<u8> = x.iter().map(|&v| q.quantize(v)).collect();
+        for kernel in Int8Kernel::supported_levels() {
+            for start in [0, 3] {
+                let mut got = vec![7u8; x.len() - start];
+                q.quantize_into(&x[start..], &mut got, kernel);
+                assert_eq!(got, want[start..], "{kernel}");
+            }
+        }
+    }
+    // the hand-worked ends of `quantize` itself
+    let q = QuantParams::from_range(-1.0, 3.0);
+    assert_eq!(q.quantize(f32::INFINITY), 255);
+    assert_eq!(q.quantize(f32::NEG_INFINITY), 0);
+    assert_eq!(q.quantize(-0.0), 64);
+    // 0.5 and 1.5 steps above zero: ties to even
+    assert_eq!(q.quantize(0.5 * q.scale), 64);
+    assert_eq!(q.quantize(1.5 * q.scale), 66);
+}
+
+#[test]
 fn max_pool_on_bytes_matches_the_float_pool() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for &(c, h, w, p, s, pad) in &[(3, 6, 6, 2, 2, 0), (16, 7, 5, 3, 2, 1), (1, 4, 4, 2, 1, 1)] {
+    // 2x2 windows at stride 2 without padding take the one-pass path, on odd and even
+    // sizes (the last row and column of an odd size belong to no window)
+    for &(c, h, w, p, s, pad) in &[
+        (3, 6, 6, 2, 2, 0),
+        (16, 7, 5, 3, 2, 1),
+        (1, 4, 4, 2, 1, 1),
+        (16, 7, 7, 2, 2, 0),
+        (32, 8, 6, 2, 2, 0),
+        (5, 4, 6, 2, 2, 1),
+    ] {
         let g = ConvGeometry::new(c, h, w, p, p, s, pad).unwrap();
         let x: Vec<u8> = (0..h * w * c).map(|_| rng.gen()).collect();
         let mut got = vec![0u8; g.out_h * g.out_w * c];
