@@ -295,6 +295,10 @@ struct Linear {
     relu: bool,
     /// Input scale times weight scale, over the output scale when there is one.
     multiplier: Vec<f32>,
+    /// For an affine layer whose input comes from a convolution of `c` channels:
+    /// `(c, the same layer with its inputs in NHWC order)`, which reads the activations
+    /// as they are instead of reordering them into the book's (C, H, W) order.
+    nhwc: Option<(usize, QConv)>,
 }
 
 impl Linear {
@@ -337,7 +341,48 @@ impl Linear {
             output,
             relu,
             multiplier,
+            nhwc: None,
         })
+    }
+
+    /// The convolution that reads `c`-channel NHWC input as it is: the NHWC form for
+    /// an affine layer after a convolution, else `None` (the input is flattened first).
+    fn reading_nhwc(&self, c: usize) -> Option<&QConv> {
+        match &self.nhwc {
+            Some((channels, conv)) if *channels == c => Some(conv),
+            _ => None,
+        }
+    }
+}
+
+/// Gives each affine layer whose input comes from a convolution (through max pools)
+/// its NHWC form ([`Linear::nhwc`]).
+fn read_nhwc(steps: &mut [Step]) {
+    let mut channels = None;
+    for step in steps {
+        let Step::Linear(l) = step else { continue };
+        let [f, d, _, _] = l.conv.dims();
+        if l.kind == LinearKind::Convolution {
+            channels = Some(f);
+            continue;
+        }
+        if let Some(c) = channels.filter(|&c| c > 1 && d > c && d % c == 0) {
+            let hw = d / c;
+            let mut w = vec![0i8; l.conv.weights().len()];
+            for (to, from) in w.chunks_exact_mut(d).zip(l.conv.weights().chunks_exact(d)) {
+                for ci in 0..c {
+                    for p in 0..hw {
+                        to[p * c + ci] = from[ci * hw + p];
+                    }
+                }
+            }
+            let input_zero = l.conv.input_zero();
+            l.nhwc = QConv::new(w, l.conv.dims(), 1, 0, l.bias.clone(), input_zero)
+                .ok()
+                .map(|conv| (c, conv));
+        }
+        // an affine layer's output is one pixel of `f` channels
+        channels = None;
     }
 }
 
@@ -467,6 +512,7 @@ impl QuantizedNetwork {
                 }
             }
         }
+        read_nhwc(&mut out);
         Ok(QuantizedNetwork {
             input,
             steps: out,
@@ -669,14 +715,20 @@ impl QuantizedNetwork {
                             (h, w, c) = (g.out_h, g.out_w, f);
                         }
                         LinearKind::Affine => {
-                            // the rows in `next` (flattened in the book's order), the
-                            // outputs in `cur`
-                            flatten(input, h * w, c, room(next, m * image));
-                            let o = room(cur, m * f);
-                            l.conv
-                                .forward_u8(&next[..m * image], 1, m, requantize, o, scratch, kernel)
-                                .map_err(conv_error)?;
-                            std::mem::swap(cur, next);
+                            if let Some(conv) = l.reading_nhwc(c) {
+                                let o = room(next, m * f);
+                                conv.forward_u8(input, 1, m, requantize, o, scratch, kernel)
+                                    .map_err(conv_error)?;
+                            } else {
+                                // the rows in `next` (flattened in the book's order), the
+                                // outputs in `cur`
+                                flatten(input, h * w, c, room(next, m * image));
+                                let o = room(cur, m * f);
+                                l.conv
+                                    .forward_u8(&next[..m * image], 1, m, requantize, o, scratch, kernel)
+                                    .map_err(conv_error)?;
+                                std::mem::swap(cur, next);
+                            }
                             (h, w, c) = (1, 1, f);
                         }
                     }
@@ -707,9 +759,14 @@ impl QuantizedNetwork {
                 }
             }
             LinearKind::Affine => {
-                flatten(&cur[..m * image], h * w, c, room(next, m * image));
-                l.conv
-                    .forward_f32(&next[..m * image], 1, m, &l.multiplier, l.relu, out, scratch, kernel)
+                let (conv, rows) = match l.reading_nhwc(c) {
+                    Some(conv) => (conv, &cur[..m * image]),
+                    None => {
+                        flatten(&cur[..m * image], h * w, c, room(next, m * image));
+                        (&l.conv, &next[..m * image])
+                    }
+                };
+                conv.forward_f32(rows, 1, m, &l.multiplier, l.relu, out, scratch, kernel)
                     .map_err(conv_error)?;
             }
         }
@@ -873,6 +930,7 @@ impl QuantizedNetwork {
         if !matches!(steps.last(), Some(Step::Linear(_))) {
             return Err(format_error("the network must end with a convolution or affine layer"));
         }
+        read_nhwc(&mut steps);
         Ok(QuantizedNetwork {
             input: description.input,
             steps,

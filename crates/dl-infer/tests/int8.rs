@@ -376,6 +376,24 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
     assert_eq!(got.shape(), [9, 4]);
     let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
     assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    // the same images straight into an affine layer, which reads them in (C, H, W)
+    // order
+    let affine = Op::Sequential(vec![Op::Affine {
+        w: Tensor::from_shape_fn(vec![3 * 6 * 5, 4], |_| rng.gen_range(-0.3..0.3)),
+        b: Tensor::zeros(vec![4]),
+    }]);
+    let qa = QuantizedNetwork::quantize_op(&affine, &x).unwrap();
+    let want = dl_infer::InferenceNetwork::<f32>::from_op(&affine)
+        .unwrap()
+        .predict(&x)
+        .unwrap();
+    let err = qa
+        .predict(&x)
+        .unwrap()
+        .iter()
+        .zip(&want)
+        .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
     let deep = deep_convnet(false);
     let qd = QuantizedNetwork::quantize(deep.root(), &images(8, 33)).unwrap();
     let d = images(20, 34);

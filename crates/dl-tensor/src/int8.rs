@@ -608,20 +608,39 @@ impl QConv {
             // slices, so that the loop does not reload the vectors' pointers
             let (image, col): (&[u8], &mut [u8]) = (image, &mut scratch.padded);
             let run = fw * c;
-            let mut p = 0;
-            for oy in 0..g.out_h {
-                for ox in 0..g.out_w {
-                    for i in 0..fh {
-                        let from = ((oy * s + i) * wp + ox * s) * c;
-                        let to = p * cp + i * run;
-                        if run <= 8 {
-                            let word: [u8; 8] = image[from..from + 8].try_into().expect("8 bytes");
-                            col[to..to + 8].copy_from_slice(&word);
-                        } else {
+            if run <= 8 {
+                // the last word read starts at the last window's last filter row, which
+                // ends `run` bytes into the image's last row, and the last word written
+                // at the last pixel's last row: both inside the 8 bytes of slack
+                let last_from = (((g.out_h - 1) * s + fh - 1) * wp + (g.out_w - 1) * s) * c;
+                let last_to = (pixels - 1) * cp + (fh - 1) * run;
+                assert!(last_from + 8 <= image.len() && last_to + 8 <= col.len());
+                let (src, dst) = (image.as_ptr(), col.as_mut_ptr());
+                let mut p = 0;
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let from = (oy * s * wp + ox * s) * c;
+                        for i in 0..fh {
+                            // SAFETY: at most `last_from` and `last_to` (asserted above);
+                            // the two buffers are distinct.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(src.add(from + i * wp * c), dst.add(p * cp + i * run), 8)
+                            };
+                        }
+                        p += 1;
+                    }
+                }
+            } else {
+                let mut p = 0;
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        for i in 0..fh {
+                            let from = ((oy * s + i) * wp + ox * s) * c;
+                            let to = p * cp + i * run;
                             col[to..to + run].copy_from_slice(&image[from..from + run]);
                         }
+                        p += 1;
                     }
-                    p += 1;
                 }
             }
             vec![0]
@@ -809,8 +828,10 @@ impl DirectBytes<'_> {
     /// exactly as [`requantize_tile`] computes them.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and VL.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    /// The CPU must have AVX-512 F, BW and VL. (Inlined into the kernels, which are
+    /// compiled for them, rather than compiled for them itself: a call would pass the
+    /// sums through memory.)
+    #[inline(always)]
     unsafe fn store(&mut self, sums: [std::arch::x86_64::__m512i; TILE], p0: usize, rows: usize, f0: usize) {
         use std::arch::x86_64::*;
         const MAGIC: f32 = 12_582_912.0;
@@ -1059,6 +1080,26 @@ pub fn reference_accumulate(
     out
 }
 
+/// `o[k]` = the largest of `x[0][k]`, ..., `x[3][k]`: sixteen bytes at a time (one
+/// vector maximum each), then one by one.
+#[inline(always)]
+fn max4(o: &mut [u8], x: [&[u8]; 4]) {
+    const V: usize = 16;
+    let whole = o.len() / V * V;
+    let (head, tail) = o.split_at_mut(whole);
+    for (k, o) in head.chunks_exact_mut(V).enumerate() {
+        let at = k * V;
+        let [a, b, c, d] = x.map(|x| -> &[u8; V] { x[at..at + V].try_into().expect("16 bytes") });
+        for j in 0..V {
+            o[j] = a[j].max(b[j]).max(c[j].max(d[j]));
+        }
+    }
+    for (j, o) in tail.iter_mut().enumerate() {
+        let k = whole + j;
+        *o = x[0][k].max(x[1][k]).max(x[2][k].max(x[3][k]));
+    }
+}
+
 /// Max pooling of one NHWC image `(h, w, C)` of bytes into `(OH, OW, C)` with `g`'s
 /// window, stride and padding (padding never wins: it cannot, as every window holds an
 /// input value and 0 is the smallest byte). The scale is unchanged: the maximum of the
@@ -1080,9 +1121,7 @@ pub fn max_pool_nhwc(x: &[u8], g: &ConvGeometry, out: &mut [u8]) {
                 let (a, b) = (&x[top + at..][..2 * c], &x[bottom + at..][..2 * c]);
                 let (a0, a1) = a.split_at(c);
                 let (b0, b1) = b.split_at(c);
-                for (k, o) in o.iter_mut().enumerate() {
-                    *o = a0[k].max(a1[k]).max(b0[k].max(b1[k]));
-                }
+                max4(o, [a0, a1, b0, b1]);
             }
         }
         return;
