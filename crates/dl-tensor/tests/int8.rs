@@ -396,12 +396,51 @@ fn one_scratch_serves_convolutions_of_any_kind_in_turn() {
 }
 
 #[test]
+fn a_scratch_counts_the_bytes_it_holds() {
+    let mut scratch = Int8Scratch::default();
+    assert_eq!(scratch.bytes(), 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let k = Case {
+        f: 16,
+        c: 8,
+        fh: 3,
+        fw: 3,
+        stride: 1,
+        pad: 1,
+        h: 6,
+        w: 6,
+    };
+    let (conv, _, _) = random_conv(&mut rng, &k, 5);
+    let x: Vec<u8> = (0..6 * 6 * 8).map(|_| rng.gen()).collect();
+    let mut out = vec![0; 6 * 6 * 16];
+    // the padded image: 8 x 8 pixels of 8 channels
+    conv.accumulate(&x, 6, 6, &mut out, &mut scratch, Int8Kernel::Scalar)
+        .unwrap();
+    let padded = scratch.bytes();
+    assert!((8 * 8 * 8..2 * 8 * 8 * 8).contains(&padded), "{padded}");
+    if Int8Kernel::Avx2.supported() {
+        // and the same widened to 16 bits
+        conv.accumulate(&x, 6, 6, &mut out, &mut scratch, Int8Kernel::Avx2)
+            .unwrap();
+        assert!(scratch.bytes() >= padded + 2 * 8 * 8 * 8, "{}", scratch.bytes());
+        assert!(scratch.bytes() < 2 * padded + 4 * 8 * 8 * 8, "{}", scratch.bytes());
+    }
+    // a lowered convolution's image and rows come on top
+    let narrow = Case { c: 1, ..k };
+    let (conv, _, _) = random_conv(&mut rng, &narrow, 5);
+    let before = scratch.bytes();
+    conv.accumulate(&x[..36], 6, 6, &mut out, &mut scratch, Int8Kernel::Scalar)
+        .unwrap();
+    assert!(scratch.bytes() >= before + 8 * 8, "{} after {before}", scratch.bytes());
+}
+
+#[test]
 fn kernels_are_there_exactly_when_the_cpu_has_their_instructions() {
     let flags = dl_tensor::cpu_simd_flags();
     let has = |f: &str| flags.contains(&f);
     assert_eq!(
         Int8Kernel::Avx512Vnni.supported(),
-        has("avx512f") && has("avx512bw") && has("avx512vnni")
+        has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512vnni")
     );
     assert_eq!(Int8Kernel::Avx2.supported(), has("avx2") && has("fma"));
     assert!(Int8Kernel::Scalar.supported());
