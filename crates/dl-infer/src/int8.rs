@@ -1013,3 +1013,76 @@ fn flatten(x: &[u8], hw: usize, c: usize, out: &mut [u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A convolution of 3 filters, a 2x2 max pool, then two affine layers.
+    fn network() -> QuantizedNetwork {
+        let f = |n: usize, k: usize| Tensor::from_shape_fn(vec![n], |i| ((i[0] * 7 + k) % 11) as f32 / 11.0 - 0.4);
+        let ops = Op::Sequential(vec![
+            Op::Convolution {
+                w: f(3 * 2 * 3 * 3, 1).into_shape_with_order(vec![3, 2, 3, 3]).unwrap(),
+                b: Some(f(3, 2)),
+                stride: 1,
+                pad: 1,
+            },
+            Op::Relu,
+            Op::Pooling {
+                kind: PoolKind::Max,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 0,
+            },
+            Op::Affine {
+                w: f(3 * 2 * 2 * 4, 3).into_shape_with_order(vec![12, 4]).unwrap(),
+                b: f(4, 4),
+            },
+            Op::Relu,
+            Op::Affine {
+                w: f(4 * 5, 5).into_shape_with_order(vec![4, 5]).unwrap(),
+                b: f(5, 6),
+            },
+        ]);
+        let x = Tensor::from_shape_fn(vec![4, 2, 4, 4], |i| {
+            ((i[0] + 3 * i[1] + 5 * i[2] + 7 * i[3]) % 13) as f32 / 13.0
+        });
+        QuantizedNetwork::quantize_op(&ops, &x).unwrap()
+    }
+
+    #[test]
+    fn an_affine_layer_after_a_convolution_gets_its_weights_in_nhwc_order() {
+        let q = network();
+        let linears: Vec<&Linear> = q.linears().collect();
+        assert_eq!(linears.len(), 3);
+        assert!(linears[0].nhwc.is_none(), "a convolution reads NHWC already");
+        assert!(linears[2].nhwc.is_none(), "after an affine layer there is one pixel");
+        let (c, conv) = linears[1]
+            .nhwc
+            .as_ref()
+            .expect("the first affine layer has its NHWC form");
+        assert_eq!(*c, 3);
+        assert_eq!(conv.dims(), linears[1].conv.dims());
+        // input (channel ci, pixel p) of output j: at ci * 4 + p in the book's order,
+        // at p * 3 + ci in NHWC
+        let (book, nhwc) = (linears[1].conv.weights(), conv.weights());
+        for j in 0..4 {
+            for ci in 0..3 {
+                for p in 0..4 {
+                    assert_eq!(nhwc[j * 12 + p * 3 + ci], book[j * 12 + ci * 4 + p]);
+                }
+            }
+        }
+        assert!(linears[1].reading_nhwc(3).is_some());
+        assert!(
+            linears[1].reading_nhwc(2).is_none(),
+            "only for the channels it was built for"
+        );
+        assert!(linears[2].reading_nhwc(4).is_none());
+        // and a network read from its file has it too
+        let back = QuantizedNetwork::from_bytes(&q.to_bytes()).unwrap();
+        assert!(back.linears().nth(1).unwrap().nhwc.is_some());
+    }
+}
