@@ -32,6 +32,13 @@ fn max_abs(a: &Tensor) -> f32 {
     a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
+/// `got` differs from `want` by at most 3% of `want`'s largest magnitude, score by score.
+fn assert_close(got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape());
+    let err = got.iter().zip(want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err <= 0.03 * max_abs(want), "{err} against {}", max_abs(want));
+}
+
 #[test]
 fn int8_scores_stay_close_to_f32() {
     for batchnorm in [false, true] {
@@ -272,8 +279,7 @@ fn folded_layers_compute_what_the_float_network_does() {
         .predict(&x)
         .unwrap();
     let got = q.predict(&x).unwrap();
-    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    assert_close(&got, &want);
 }
 
 #[test]
@@ -374,8 +380,7 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
         .unwrap();
     let got = q.predict(&x).unwrap();
     assert_eq!(got.shape(), [9, 4]);
-    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    assert_close(&got, &want);
     // the same images straight into an affine layer, which reads them in (C, H, W)
     // order
     let affine = Op::Sequential(vec![Op::Affine {
@@ -387,13 +392,7 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
         .unwrap()
         .predict(&x)
         .unwrap();
-    let err = qa
-        .predict(&x)
-        .unwrap()
-        .iter()
-        .zip(&want)
-        .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    assert_close(&qa.predict(&x).unwrap(), &want);
     let deep = deep_convnet(false);
     let qd = QuantizedNetwork::quantize(deep.root(), &images(8, 33)).unwrap();
     let d = images(20, 34);
@@ -429,8 +428,7 @@ fn a_flat_input_runs_through_affine_layers() {
         .unwrap();
     let got = q.predict(&x).unwrap();
     assert_eq!(got.shape(), [40, 10]);
-    let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(err <= 0.03 * max_abs(&want), "{err} against {}", max_abs(&want));
+    assert_close(&got, &want);
     let back = QuantizedNetwork::from_bytes(&q.to_bytes()).unwrap();
     assert_eq!(back.predict(&x).unwrap(), got);
 }
