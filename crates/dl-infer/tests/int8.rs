@@ -32,6 +32,14 @@ fn max_abs(a: &Tensor) -> f32 {
     a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
+/// The f32 engine's scores of `ops` on `x`.
+fn float_scores(ops: &Op, x: &Tensor) -> Tensor {
+    dl_infer::InferenceNetwork::<f32>::from_op(ops)
+        .unwrap()
+        .predict(x)
+        .unwrap()
+}
+
 /// `got` differs from `want` by at most 3% of `want`'s largest magnitude, score by score.
 fn assert_close(got: &Tensor, want: &Tensor) {
     assert_eq!(got.shape(), want.shape());
@@ -274,10 +282,7 @@ fn folded_layers_compute_what_the_float_network_does() {
     ]);
     let x = images(20, 10);
     let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
-    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
-        .unwrap()
-        .predict(&x)
-        .unwrap();
+    let want = float_scores(&ops, &x);
     let got = q.predict(&x).unwrap();
     assert_close(&got, &want);
 }
@@ -374,10 +379,7 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
     // each channel on its own scale, so that reading them in another order would show
     let x = Tensor::from_shape_fn(vec![9, 3, 6, 5], |i| (i[1] as f32 + 1.0) * rng.gen_range(0.0..1.0));
     let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
-    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
-        .unwrap()
-        .predict(&x)
-        .unwrap();
+    let want = float_scores(&ops, &x);
     let got = q.predict(&x).unwrap();
     assert_eq!(got.shape(), [9, 4]);
     assert_close(&got, &want);
@@ -388,10 +390,7 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
         b: Tensor::zeros(vec![4]),
     }]);
     let qa = QuantizedNetwork::quantize_op(&affine, &x).unwrap();
-    let want = dl_infer::InferenceNetwork::<f32>::from_op(&affine)
-        .unwrap()
-        .predict(&x)
-        .unwrap();
+    let want = float_scores(&affine, &x);
     assert_close(&qa.predict(&x).unwrap(), &want);
     let deep = deep_convnet(false);
     let qd = QuantizedNetwork::quantize(deep.root(), &images(8, 33)).unwrap();
@@ -422,10 +421,7 @@ fn a_flat_input_runs_through_affine_layers() {
     let x = Tensor::from_shape_fn(vec![40, 784], |_| rng.gen_range(-1.0..1.0));
     let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
     assert!(q.input_params().zero_point > 100 && q.input_params().zero_point < 155);
-    let want = dl_infer::InferenceNetwork::<f32>::from_op(&ops)
-        .unwrap()
-        .predict(&x)
-        .unwrap();
+    let want = float_scores(&ops, &x);
     let got = q.predict(&x).unwrap();
     assert_eq!(got.shape(), [40, 10]);
     assert_close(&got, &want);

@@ -20,6 +20,18 @@ struct Case {
     w: usize,
 }
 
+/// 16 filters of 3x3 over 8 channels, on a 6x6 image padded by 1.
+const SIXTEEN_BY_EIGHT: Case = Case {
+    f: 16,
+    c: 8,
+    fh: 3,
+    fw: 3,
+    stride: 1,
+    pad: 1,
+    h: 6,
+    w: 6,
+};
+
 fn cases() -> Vec<Case> {
     let mut out = Vec::new();
     for &(f, c) in &[
@@ -356,16 +368,7 @@ fn one_scratch_serves_convolutions_of_any_kind_in_turn() {
     // (which uses the same memory for its rows) or another zero point must not see it
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut scratch = Int8Scratch::default();
-    let wide = Case {
-        f: 16,
-        c: 8,
-        fh: 3,
-        fw: 3,
-        stride: 1,
-        pad: 1,
-        h: 6,
-        w: 6,
-    };
+    let wide = SIXTEEN_BY_EIGHT;
     let narrow = Case {
         f: 16,
         c: 1,
@@ -400,16 +403,7 @@ fn a_scratch_counts_the_bytes_it_holds() {
     let mut scratch = Int8Scratch::default();
     assert_eq!(scratch.bytes(), 0);
     let mut rng = ChaCha8Rng::seed_from_u64(14);
-    let k = Case {
-        f: 16,
-        c: 8,
-        fh: 3,
-        fw: 3,
-        stride: 1,
-        pad: 1,
-        h: 6,
-        w: 6,
-    };
+    let k = SIXTEEN_BY_EIGHT;
     let (conv, _, _) = random_conv(&mut rng, &k, 5);
     let x: Vec<u8> = (0..6 * 6 * 8).map(|_| rng.gen()).collect();
     let mut out = vec![0; 6 * 6 * 16];
