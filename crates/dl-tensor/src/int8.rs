@@ -17,9 +17,13 @@
 //!
 //! * `avx512-vnni`: `vpdpbusd`, sixteen output channels of four `u8 x i8` products per
 //!   instruction;
-//! * `avx2`: the `u8` and `i8` values widened to `i16` and summed in pairs by
-//!   `vpmaddwd`. (`vpmaddubsw` would take the bytes directly, but it saturates its `i16`
-//!   pair sums: `2 * 255 * 127` does not fit, so it would change results.)
+//! * `avx2`: `vpmaddubsw` multiplies the bytes and sums them in pairs into `i16`, and
+//!   `vpmaddwd` by ones sums those pairs into `i32`, four products per lane as VNNI's.
+//!   The pair sums saturate unless every weight is in `-64..=64` (`2 * 255 * 64 <=
+//!   32767`), which [`quantize_weights`] keeps them in (as oneDNN does on CPUs without
+//!   VNNI); a convolution with a weight outside it widens the `u8` and `i8` values to
+//!   `i16` and sums them in pairs by `vpmaddwd` alone, half as many products per
+//!   instruction.
 //! * `scalar`: plain loops, the reference; and [`reference_accumulate`], written from
 //!   the definition without packing or padding, which all three are tested against.
 //!
@@ -57,7 +61,8 @@ const BLOCK: usize = 16;
 pub enum Int8Kernel {
     /// Plain loops: any CPU, and the reference of the other two.
     Scalar,
-    /// AVX2: `i16` products summed in pairs (`vpmaddwd`).
+    /// AVX2: byte products summed in pairs (`vpmaddubsw`), or, for weights beyond
+    /// `-64..=64`, `i16` products summed in pairs (`vpmaddwd`).
     Avx2,
     /// AVX-512 VNNI: four `u8 x i8` products summed per lane (`vpdpbusd`).
     Avx512Vnni,
@@ -226,20 +231,23 @@ unsafe fn quantize_avx512(q: QuantParams, x: &[f32], out: &mut [u8]) {
     quantize_plain(q, x, out)
 }
 
+/// The largest magnitude [`quantize_weights`] gives a weight: 129 levels, so that AVX2's
+/// `vpmaddubsw` sums two products of a byte and a weight without saturating.
+pub const WEIGHT_MAX: i8 = 64;
+
 /// Symmetric per-output-channel quantization of `filters` rows of weights: each row's
-/// scale is its largest magnitude over 127 (1 for a row of zeros), and each weight the
-/// nearest integer in `-127..=127` (ties to even). Returns the integers and the scales.
+/// scale is its largest magnitude over [`WEIGHT_MAX`] (1 for a row of zeros), and each
+/// weight the nearest integer in `-64..=64` (ties to even). Returns the integers and the
+/// scales.
 pub fn quantize_weights(w: &[f32], filters: usize) -> (Vec<i8>, Vec<f32>) {
+    let top = f32::from(WEIGHT_MAX);
     let per = w.len().checked_div(filters).unwrap_or(0);
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(filters);
     for row in w.chunks(per.max(1)).take(filters) {
         let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = if max.is_finite() && max > 0.0 { max / 127.0 } else { 1.0 };
-        q.extend(
-            row.iter()
-                .map(|v| (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8),
-        );
+        let scale = if max.is_finite() && max > 0.0 { max / top } else { 1.0 };
+        q.extend(row.iter().map(|v| (v / scale).round_ties_even().clamp(-top, top) as i8));
         scales.push(scale);
     }
     (q, scales)
@@ -318,7 +326,11 @@ pub struct QConv {
     /// `[F/16][FH][FW][CP/4][16][4]` (`[F/16][CP/4][16][4]` when `lowered`), zeros
     /// beyond the filters and channels.
     packed: Vec<i8>,
-    /// `[F/16][FH][FW][CP/2][16][2]`, the same widened, for `vpmaddwd`.
+    /// Whether every weight is in `-64..=64`, where the AVX2 kernel's `vpmaddubsw`
+    /// cannot saturate.
+    narrow: bool,
+    /// `[F/16][FH][FW][CP/2][16][2]`, the same widened, for `vpmaddwd` (empty when
+    /// `narrow`).
     packed16: Vec<i16>,
 }
 
@@ -368,7 +380,8 @@ impl QConv {
         };
         let blocks = f.div_ceil(BLOCK);
         let mut packed = vec![0i8; blocks * taps * cp * BLOCK];
-        let mut packed16 = vec![0i16; packed.len()];
+        let narrow = weights.iter().all(|v| (-WEIGHT_MAX..=WEIGHT_MAX).contains(v));
+        let mut packed16 = vec![0i16; if narrow { 0 } else { packed.len() }];
         for fi in 0..f {
             let (b, lane) = (fi / BLOCK, fi % BLOCK);
             for ci in 0..c {
@@ -381,7 +394,9 @@ impl QConv {
                             ((b * fh + i) * fw + j, ci)
                         };
                         packed[((tap * cp + ch - ch % 4) * BLOCK + lane * 4) + ch % 4] = v;
-                        packed16[((tap * cp + ch - ch % 2) * BLOCK + lane * 2) + ch % 2] = i16::from(v);
+                        if !narrow {
+                            packed16[((tap * cp + ch - ch % 2) * BLOCK + lane * 2) + ch % 2] = i16::from(v);
+                        }
                     }
                 }
             }
@@ -402,6 +417,7 @@ impl QConv {
             weights,
             bias,
             packed,
+            narrow,
             packed16,
         })
     }
@@ -655,8 +671,10 @@ impl QConv {
             (0..fh).flat_map(|i| (0..fw).map(move |j| (i * wp + j) * cp)).collect()
         };
         let padded = &scratch.padded;
-        // the AVX2 kernel reads the input widened, two channels as one 32-bit word
-        if kernel == Int8Kernel::Avx2 {
+        // the AVX2 kernel for weights beyond -64..=64 reads the input widened, two
+        // channels as one 32-bit word
+        let wide_avx2 = kernel == Int8Kernel::Avx2 && !self.narrow;
+        if wide_avx2 {
             scratch.wide.clear();
             scratch.wide.extend(padded.iter().map(|&v| u16::from(v)));
         }
@@ -676,7 +694,7 @@ impl QConv {
             while b < blocks {
                 let tile = Tile {
                     x: padded,
-                    x16: if kernel == Int8Kernel::Avx2 { wide } else { &[] },
+                    x16: if wide_avx2 { wide } else { &[] },
                     offs: &offs,
                     taps: &taps,
                     cp,
@@ -701,6 +719,9 @@ impl QConv {
                     Int8Kernel::Scalar => tile.scalar(w(b), bias, &mut acc),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `supported()` checked the CPU has AVX2.
+                    Int8Kernel::Avx2 if self.narrow => unsafe { tile.avx2_bytes(w(b), bias, &mut acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
                     Int8Kernel::Avx2 => unsafe {
                         tile.avx2(&self.packed16[b * block_len..][..block_len], bias, &mut acc)
                     },
@@ -925,6 +946,57 @@ impl Tile<'_> {
                         let b = _mm256_set1_epi32(pair);
                         lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(b, w0));
                         hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(b, w1));
+                    }
+                }
+            }
+            for r in 0..R {
+                let a = &mut acc[half * R + r];
+                // SAFETY: each half of `a` is 8 `i32`.
+                unsafe {
+                    _mm256_storeu_si256(a.as_mut_ptr().cast(), lo[r]);
+                    _mm256_storeu_si256(a.as_mut_ptr().add(8).cast(), hi[r]);
+                }
+            }
+        }
+    }
+
+    /// The AVX2 kernel for weights in `-64..=64`: `w` `[taps][CP/4][16][4]` as VNNI's;
+    /// four input bytes broadcast, `vpmaddubsw` against the 16 filters' quadruples in
+    /// two registers (pair sums of at most `2 * 255 * 64`, no saturation), then
+    /// `vpmaddwd` by ones to sum the pairs into `i32`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_bytes(&self, w: &[i8], bias: &[i32; BLOCK], acc: &mut [[i32; BLOCK]; TILE]) {
+        use std::arch::x86_64::*;
+        const R: usize = 6;
+        let x = self.x.as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        // SAFETY: `bias` is 16 `i32`.
+        let (b0, b1) = unsafe {
+            (
+                _mm256_loadu_si256(bias.as_ptr().cast()),
+                _mm256_loadu_si256(bias.as_ptr().add(8).cast()),
+            )
+        };
+        for half in 0..TILE / R {
+            let offs = &self.offs[half * R..half * R + R];
+            let mut lo = [b0; R];
+            let mut hi = [b1; R];
+            let mut wp = w.as_ptr();
+            for &t in self.taps {
+                for c4 in (0..self.cp).step_by(4) {
+                    // SAFETY: `w` holds `taps * CP/4` groups of 64 bytes, read in order.
+                    let w0 = unsafe { _mm256_loadu_si256(wp.cast()) };
+                    let w1 = unsafe { _mm256_loadu_si256(wp.add(32).cast()) };
+                    wp = unsafe { wp.add(64) };
+                    for r in 0..R {
+                        // SAFETY: inside the padded image (see `Tile`).
+                        let quad = unsafe { (x.add(offs[r] + t + c4) as *const i32).read_unaligned() };
+                        let q = _mm256_set1_epi32(quad);
+                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, w0), ones);
+                        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, w1), ones);
+                        lo[r] = _mm256_add_epi32(lo[r], p0);
+                        hi[r] = _mm256_add_epi32(hi[r], p1);
                     }
                 }
             }

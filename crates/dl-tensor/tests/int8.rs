@@ -3,7 +3,7 @@
 
 use dl_tensor::int8::{
     max_pool_nhwc, quantize_weights, reference_accumulate, Int8Error, Int8Kernel, Int8Scratch, QConv, QuantParams,
-    Requantize, MAX_DEPTH,
+    Requantize, MAX_DEPTH, WEIGHT_MAX,
 };
 use dl_tensor::{ConvGeometry, Isa};
 use rand::{Rng, SeedableRng};
@@ -65,12 +65,24 @@ fn cases() -> Vec<Case> {
     out
 }
 
-fn random_conv(rng: &mut ChaCha8Rng, k: &Case, zero: u8) -> (QConv, Vec<i8>, Vec<i32>) {
+/// A convolution of random weights: any `i8`, one of them -128 (the AVX2 kernel widens
+/// them to `i16`), or with `narrow`, `-64..=64` as `quantize_weights` gives them (the
+/// AVX2 kernel multiplies the bytes).
+fn random_conv_of(rng: &mut ChaCha8Rng, k: &Case, zero: u8, narrow: bool) -> (QConv, Vec<i8>, Vec<i32>) {
     let n = k.f * k.c * k.fh * k.fw;
-    let w: Vec<i8> = (0..n).map(|_| rng.gen::<i8>()).collect();
+    let mut w: Vec<i8> = (0..n)
+        .map(|_| if narrow { rng.gen_range(-64..=64) } else { rng.gen() })
+        .collect();
+    if !narrow {
+        w[n / 2] = -128;
+    }
     let bias: Vec<i32> = (0..k.f).map(|_| rng.gen_range(-5000..5000)).collect();
     let conv = QConv::new(w.clone(), [k.f, k.c, k.fh, k.fw], k.stride, k.pad, bias.clone(), zero).unwrap();
     (conv, w, bias)
+}
+
+fn random_conv(rng: &mut ChaCha8Rng, k: &Case, zero: u8) -> (QConv, Vec<i8>, Vec<i32>) {
+    random_conv_of(rng, k, zero, false)
 }
 
 #[test]
@@ -79,9 +91,9 @@ fn every_kernel_gives_the_definitions_sums() {
     let levels = Int8Kernel::supported_levels();
     assert!(levels.contains(&Int8Kernel::Scalar));
     let mut scratch = Int8Scratch::default();
-    for k in cases() {
+    for (k, narrow) in cases().iter().flat_map(|k| [(k, true), (k, false)]) {
         let zero = rng.gen::<u8>();
-        let (conv, w, bias) = random_conv(&mut rng, &k, zero);
+        let (conv, w, bias) = random_conv_of(&mut rng, k, zero, narrow);
         let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
         let want = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
         for &kernel in &levels {
@@ -89,7 +101,7 @@ fn every_kernel_gives_the_definitions_sums() {
             conv.accumulate(&x, k.h, k.w, &mut got, &mut scratch, kernel).unwrap();
             assert_eq!(
                 got, want,
-                "{kernel}: f {} c {} filter {}x{} stride {} pad {} image {}x{}",
+                "{kernel}: f {} c {} filter {}x{} stride {} pad {} image {}x{}, narrow {narrow}",
                 k.f, k.c, k.fh, k.fw, k.stride, k.pad, k.h, k.w
             );
         }
@@ -98,7 +110,8 @@ fn every_kernel_gives_the_definitions_sums() {
 
 #[test]
 fn extreme_values_do_not_saturate() {
-    // 255 x -128 and 255 x 127 at full depth: the pair sums vpmaddubsw would saturate
+    // 255 x -128 and 255 x 127 at full depth: the pair sums vpmaddubsw would saturate;
+    // 255 x -64 and 255 x 64, the largest pair sums it takes
     let k = Case {
         f: 16,
         c: 64,
@@ -110,7 +123,7 @@ fn extreme_values_do_not_saturate() {
         w: 4,
     };
     let mut scratch = Int8Scratch::default();
-    for fill in [-128i8, 127] {
+    for fill in [-128i8, 127, -64, 64, -65, 65] {
         let w = vec![fill; 16 * 64 * 9];
         let conv = QConv::new(w.clone(), [16, 64, 3, 3], 1, 1, vec![0; 16], 0).unwrap();
         let x = vec![255u8; 4 * 4 * 64];
@@ -129,9 +142,10 @@ fn extreme_values_do_not_saturate() {
 fn requantized_outputs_match_the_sums_on_every_kernel() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let mut scratch = Int8Scratch::default();
-    for k in cases().iter().step_by(3) {
+    let mut negative = 0;
+    for (i, k) in cases().iter().step_by(3).enumerate() {
         let zero = rng.gen_range(0..20);
-        let (conv, w, bias) = random_conv(&mut rng, k, zero);
+        let (conv, w, bias) = random_conv_of(&mut rng, k, zero, i % 2 == 0);
         let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
         let sums = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
         let multiplier: Vec<f32> = (0..k.f).map(|_| rng.gen_range(1e-5..1e-3)).collect();
@@ -167,10 +181,11 @@ fn requantized_outputs_match_the_sums_on_every_kernel() {
             if relu {
                 assert!(want_u8.iter().all(|&q| q >= 40));
             } else {
-                assert!(want_u8.iter().any(|&q| q < 40), "some outputs are negative");
+                negative += want_u8.iter().filter(|&&q| q < 40).count();
             }
         }
     }
+    assert!(negative > 100, "some outputs are negative: {negative}");
 }
 
 #[test]
@@ -223,10 +238,14 @@ fn quantization_parameters() {
 fn weights_are_quantized_per_filter() {
     let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 2.0, 1.0, -0.01];
     let (q, s) = quantize_weights(&w, 3);
-    assert_eq!(s, vec![1.0 / 127.0, 1.0, 2.0 / 127.0]);
-    assert_eq!(q, vec![64, -127, 32, 0, 0, 0, 127, 64, -1]); // 63.5 -> 64, 31.75 -> 32
-    let (q, _) = quantize_weights(&[1.0, -1.0, 0.3], 1);
-    assert!(q.iter().all(|&v| v >= -127));
+    assert_eq!(WEIGHT_MAX, 64);
+    assert_eq!(s, vec![1.0 / 64.0, 1.0, 2.0 / 64.0]);
+    // 0.25 * 64 = 16; -0.01 / (2 / 64) = -0.32 -> 0; 0.5 * 64 = 32
+    assert_eq!(q, vec![32, -64, 16, 0, 0, 0, 64, 32, 0]);
+    let (q, s) = quantize_weights(&[0.9, -1.0, 0.3, 1.0 / 128.0, 3.0 / 128.0], 1);
+    // 0.9 * 64 = 57.6 -> 58, 0.3 * 64 = 19.2 -> 19, ties 0.5 -> 0 and 1.5 -> 2
+    assert_eq!(s, vec![1.0 / 64.0]);
+    assert_eq!(q, vec![58, -64, 19, 0, 2]);
 }
 
 #[test]
@@ -380,15 +399,20 @@ fn one_scratch_serves_convolutions_of_any_kind_in_turn() {
         w: 6,
     };
     for kernel in Int8Kernel::supported_levels() {
-        for (k, zero) in [
+        for (i, (k, zero)) in [
             (&wide, 3),
             (&narrow, 3),
             (&wide, 3),
             (&wide, 9),
             (&narrow, 200),
             (&wide, 3),
-        ] {
-            let (conv, w, bias) = random_conv(&mut rng, k, zero);
+            (&wide, 3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // weights in -64..=64 and beyond, in turn
+            let (conv, w, bias) = random_conv_of(&mut rng, k, zero, i % 2 == 1);
             let x: Vec<u8> = (0..k.h * k.w * k.c).map(|_| rng.gen()).collect();
             let want = reference_accumulate(&x, k.h, k.w, zero, &w, conv.dims(), k.stride, k.pad, &bias);
             let mut got = vec![0; want.len()];
@@ -413,7 +437,13 @@ fn a_scratch_counts_the_bytes_it_holds() {
     let padded = scratch.bytes();
     assert!((8 * 8 * 8..2 * 8 * 8 * 8).contains(&padded), "{padded}");
     if Int8Kernel::Avx2.supported() {
-        // and the same widened to 16 bits
+        // weights in -64..=64: the AVX2 kernel reads the bytes as they are
+        let (small, _, _) = random_conv_of(&mut rng, &k, 5, true);
+        small
+            .accumulate(&x, 6, 6, &mut out, &mut scratch, Int8Kernel::Avx2)
+            .unwrap();
+        assert_eq!(scratch.bytes(), padded);
+        // beyond it, it reads them widened to 16 bits
         conv.accumulate(&x, 6, 6, &mut out, &mut scratch, Int8Kernel::Avx2)
             .unwrap();
         assert!(scratch.bytes() >= padded + 2 * 8 * 8 * 8, "{}", scratch.bytes());
