@@ -180,6 +180,11 @@ pub struct TrainArgs {
     /// zoom 0.9-1.1, shift up to 2 pixels (no flips: a mirrored digit is another glyph).
     #[arg(long)]
     augment: bool,
+    /// With --augment, Simard's elastic distortion too (random displacements smoothed by
+    /// a Gaussian of 3 pixels, scaled by 8), after the shift.
+    #[arg(long, requires = "augment")]
+    #[serde(default)]
+    elastic: bool,
     /// Halve the rate when the per-epoch accuracy (validation, or test without
     /// --validation) has not improved for N epochs.
     #[arg(long)]
@@ -251,7 +256,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "classes", "labels_per_class",
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
-        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "plateau_patience",
+        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "elastic", "plateau_patience",
         "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision", "bf16_kernel",
     ])]
@@ -482,6 +487,9 @@ impl TrainArgs {
         );
         if self.augment {
             out.push("--augment".into());
+        }
+        if self.elastic {
+            out.push("--elastic".into());
         }
         out.join(" ")
     }
@@ -816,7 +824,7 @@ fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
         early_stop_patience: a.early_stop,
-        augment: a.augment.then(|| dl_data::Pipeline::mnist(false, a.seed)),
+        augment: a.augment.then(|| dl_data::Pipeline::mnist(a.elastic, a.seed)),
         lr_groups,
         micro_batches: a.micro_batches,
     })
@@ -1524,6 +1532,32 @@ mod tests {
         // a run.json edited by hand is checked too
         a.lr_factor = vec![("fc".into(), -1.0)];
         assert!(trainer_config(&a).unwrap_err().to_string().contains("--lr-factor"));
+    }
+
+    #[test]
+    fn elastic_adds_the_distortion_to_the_augmentation() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["xtask", "train", "--seed", "4"];
+            v.extend_from_slice(extra);
+            crate::parse_from(v).map(|c| match c.command {
+                crate::Command::Train(a) => a,
+                _ => unreachable!(),
+            })
+        };
+        let plain = parse(&["--augment"]).unwrap();
+        let steps = |a: &TrainArgs| trainer_config(a).unwrap().augment.map(|p| (p.steps, p.seed));
+        assert_eq!(steps(&plain), Some((dl_data::Pipeline::mnist(false, 4).steps, 4)));
+        let elastic = parse(&["--augment", "--elastic"]).unwrap();
+        assert_eq!(steps(&elastic), Some((dl_data::Pipeline::mnist(true, 4).steps, 4)));
+        assert!(elastic.flags().ends_with("--augment --elastic"), "{}", elastic.flags());
+        assert!(!plain.flags().contains("--elastic"));
+        // it is part of the augmentation, and of the settings a resumed run keeps
+        assert!(parse(&["--elastic"]).is_err());
+        let json = serde_json::to_string(&elastic).unwrap();
+        assert!(serde_json::from_str::<TrainArgs>(&json).unwrap().elastic);
+        let mut older: serde_json::Value = serde_json::to_value(&plain).unwrap();
+        older.as_object_mut().unwrap().remove("elastic");
+        assert!(!serde_json::from_value::<TrainArgs>(older).unwrap().elastic);
     }
 
     #[test]
