@@ -92,25 +92,51 @@ builds! {
 const LANES: usize = 32;
 
 /// `(Σ a, Σ a·b)` of one row: in `f32` over [`LANES`] lanes (lane `l` adds the values
-/// `l, l + LANES, ...`), the lanes and the tail then added in `f64`, in order.
+/// `l, l + LANES, ...`, the row padded with zeros to a whole number of lanes), then the
+/// lanes in `f64`, pairwise ([`add_lanes`]).
 #[inline(always)]
 fn sums_row(a: &[f32], b: &[f32]) -> (f64, f64) {
     let (mut sa, mut sab) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
+    let add = |sa: &mut [f32; LANES], sab: &mut [f32; LANES], x: &[f32], y: &[f32]| {
         for l in 0..LANES {
             sa[l] += x[l];
             sab[l] += x[l] * y[l];
         }
+    };
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        add(&mut sa, &mut sab, x, y);
     }
-    let mut ta: f64 = sa.iter().map(|&v| f64::from(v)).sum();
-    let mut tab: f64 = sab.iter().map(|&v| f64::from(v)).sum();
-    for (&x, &y) in ar.iter().zip(br) {
-        ta += f64::from(x);
-        tab += f64::from(x) * f64::from(y);
+    if !ar.is_empty() {
+        let (x, y) = (padded(ar), padded(br));
+        add(&mut sa, &mut sab, &x, &y);
     }
-    (ta, tab)
+    (add_lanes(&sa), add_lanes(&sab))
+}
+
+/// The last values of a row, then zeros up to [`LANES`].
+#[inline(always)]
+fn padded(tail: &[f32]) -> [f32; LANES] {
+    let mut p = [0.0f32; LANES];
+    p[..tail.len()].copy_from_slice(tail);
+    p
+}
+
+/// The lanes' sum in `f64`, by halves: lane `l` adds lane `l + h` for `h = 16, 8, 4, 2,
+/// 1`, and lane 0 holds the sum (short chains of additions that vectorize, in an order
+/// that is the same at every level).
+#[inline(always)]
+fn add_lanes(v: &[f32; LANES]) -> f64 {
+    let mut w = v.map(f64::from);
+    let mut h = LANES / 2;
+    while h > 0 {
+        for l in 0..h {
+            w[l] += w[l + h];
+        }
+        h /= 2;
+    }
+    w[0]
 }
 
 /// [`sums_row`] at the level [`level`] gives for `isa`: 8-lane vectors from AVX2 up (the
@@ -134,40 +160,55 @@ fn sums_at(isa: Isa, a: &[f32], b: &[f32]) -> (f64, f64) {
 #[target_feature(enable = "avx2")]
 unsafe fn sums_row_avx2(a: &[f32], b: &[f32]) -> (f64, f64) {
     use std::arch::x86_64::*;
+    const R: usize = LANES / 8;
     let len = a.len().min(b.len());
     let full = len / LANES * LANES;
-    const R: usize = LANES / 8;
     let (mut sa, mut sab) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-    let mut i = 0;
-    while i < full {
+    // SAFETY (of both closures' loads): called with `LANES` values at `x` and `y`.
+    let add = |sa: &mut [__m256; R], sab: &mut [__m256; R], x: *const f32, y: *const f32| {
         for r in 0..R {
-            // SAFETY: `i + LANES <= full <= len` values are in both slices.
-            let (x, y) = unsafe {
-                (
-                    _mm256_loadu_ps(a.as_ptr().add(i + 8 * r)),
-                    _mm256_loadu_ps(b.as_ptr().add(i + 8 * r)),
-                )
-            };
+            let (x, y) = unsafe { (_mm256_loadu_ps(x.add(8 * r)), _mm256_loadu_ps(y.add(8 * r))) };
             sa[r] = _mm256_add_ps(sa[r], x);
             sab[r] = _mm256_add_ps(sab[r], _mm256_mul_ps(x, y));
         }
+    };
+    let mut i = 0;
+    while i < full {
+        // `i + LANES <= full <= len` values are in both slices.
+        add(
+            &mut sa,
+            &mut sab,
+            a.as_ptr().wrapping_add(i),
+            b.as_ptr().wrapping_add(i),
+        );
         i += LANES;
     }
-    let (mut la, mut lab) = ([0.0f32; LANES], [0.0f32; LANES]);
-    for r in 0..R {
-        // SAFETY: each array holds `LANES = 8 R` values.
-        unsafe {
-            _mm256_storeu_ps(la.as_mut_ptr().add(8 * r), sa[r]);
-            _mm256_storeu_ps(lab.as_mut_ptr().add(8 * r), sab[r]);
+    if full < len {
+        let (x, y) = (padded(&a[full..len]), padded(&b[full..len]));
+        add(&mut sa, &mut sab, x.as_ptr(), y.as_ptr());
+    }
+    // the halving of `add_lanes` in registers: 32 lanes are 8 registers of four `f64`
+    let reduce = |v: [__m256; R]| {
+        let mut w = [_mm256_setzero_pd(); 2 * R];
+        for r in 0..R {
+            w[2 * r] = _mm256_cvtps_pd(_mm256_castps256_ps128(v[r]));
+            w[2 * r + 1] = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v[r]));
         }
-    }
-    let mut ta: f64 = la.iter().map(|&v| f64::from(v)).sum();
-    let mut tab: f64 = lab.iter().map(|&v| f64::from(v)).sum();
-    for (&x, &y) in a[full..len].iter().zip(&b[full..len]) {
-        ta += f64::from(x);
-        tab += f64::from(x) * f64::from(y);
-    }
-    (ta, tab)
+        // h = 16, 8, 4: whole registers
+        let mut regs = 2 * R;
+        while regs > 1 {
+            regs /= 2;
+            for k in 0..regs {
+                w[k] = _mm256_add_pd(w[k], w[k + regs]);
+            }
+        }
+        // h = 2, then 1: within the register
+        let lo = _mm256_castpd256_pd128(w[0]);
+        let hi = _mm256_extractf128_pd::<1>(w[0]);
+        let two = _mm_add_pd(lo, hi);
+        _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)))
+    };
+    (reduce(sa), reduce(sab))
 }
 
 /// `xn = (x - mean) * inv_std`, then `x = xn * gamma + beta`.
@@ -211,29 +252,37 @@ fn check(what: &str, len: usize, per_feature: &[usize], (n, f, s): Dims) {
 }
 
 /// For each feature of `a` and `b` `(N, F, S)`: `(Σ a, Σ a·b)` over its `N*S` values, in
-/// parallel over the features, in a fixed order (each row of `S` values in 32 `f32`
-/// lanes, lane `l` adding values `l, l + 32, ...`, then the lanes and the rows in `f64`
-/// in order): the same bits whatever the thread count and the level.
+/// parallel over the samples, in a fixed order (each row of `S` values in 32 `f32`
+/// lanes, lane `l` adding values `l, l + 32, ...`, then the lanes in `f64` by halves,
+/// then the rows in `f64` in sample order): the same bits whatever the thread count and
+/// the level.
 ///
 /// # Panics
 /// If a length does not fit `dims`.
 pub fn channel_sums(isa: Isa, a: &[f32], b: &[f32], dims: Dims) -> Vec<(f64, f64)> {
     check("channel_sums", a.len(), &[], dims);
     check("channel_sums", b.len(), &[], dims);
-    let (n, f, s) = dims;
-    (0..f)
-        .into_par_iter()
-        .map(|fi| {
-            let (mut sa, mut sab) = (0.0f64, 0.0f64);
-            for ni in 0..n {
-                let at = (ni * f + fi) * s;
-                let (ra, rab) = sums_at(isa, &a[at..at + s], &b[at..at + s]);
-                sa += ra;
-                sab += rab;
-            }
-            (sa, sab)
+    let (_, f, s) = dims;
+    // each row's sums, in parallel over the samples (whose rows are contiguous), then
+    // each feature's rows added in sample order
+    let len = (f * s).max(1);
+    let rows: Vec<Vec<(f64, f64)>> = a
+        .par_chunks(len)
+        .zip(b.par_chunks(len))
+        .map(|(sa, sb)| {
+            (0..f)
+                .map(|fi| sums_at(isa, &sa[fi * s..fi * s + s], &sb[fi * s..fi * s + s]))
+                .collect()
         })
-        .collect()
+        .collect();
+    let mut sums = vec![(0.0f64, 0.0f64); f];
+    for sample in &rows {
+        for (t, r) in sums.iter_mut().zip(sample) {
+            t.0 += r.0;
+            t.1 += r.1;
+        }
+    }
+    sums
 }
 
 /// The training forward: `xn = (x - mean) / std` (kept for the backward pass) and

@@ -86,6 +86,42 @@ fn the_sums_are_the_sums_of_each_feature() {
     }
 }
 
+/// The order of the additions, where it shows: 2^60 + 1 is 2^60 in `f64`.
+#[test]
+fn the_lanes_are_added_by_halves_and_the_rows_in_sample_order() {
+    let big = 2f32.powi(60);
+    for isa in Isa::supported_levels() {
+        // one row of 32: lane 0 meets lane 16 first, so the 1 of lane 1 survives
+        // (lane by lane in order it would be lost: (2^60 + 1) - 2^60 = 0)
+        let mut a = vec![0.0f32; 32];
+        (a[0], a[1], a[16]) = (big, 1.0, -big);
+        assert_eq!(
+            norm::channel_sums(isa, &a, &[1.0; 32], (1, 1, 32)),
+            vec![(1.0, 1.0)],
+            "{isa}"
+        );
+        // a row of 40: the 8 after the first 32 go to lanes 0-7 (value 33 to lane 1);
+        // lane 0 (2^60) absorbs lane 16's 1, then lane 1 (-2^60) cancels it
+        let mut a = vec![0.0f32; 40];
+        (a[0], a[16], a[33]) = (big, 1.0, -big);
+        assert_eq!(norm::channel_sums(isa, &a, &[1.0; 40], (1, 1, 40))[0].0, 0.0, "{isa}");
+        // three samples of one value each, added in sample order: (2^60 + 1) - 2^60
+        let a = [big, 1.0, -big];
+        assert_eq!(
+            norm::channel_sums(isa, &a, &[1.0; 3], (3, 1, 1)),
+            vec![(0.0, 0.0)],
+            "{isa}"
+        );
+        // and per feature: two features, two samples
+        let a = [big, 1.0, -big, 2.0];
+        assert_eq!(
+            norm::channel_sums(isa, &a, &[1.0; 4], (2, 2, 1)),
+            vec![(0.0, 0.0), (3.0, 3.0)],
+            "{isa}"
+        );
+    }
+}
+
 #[test]
 fn the_elementwise_loops_compute_their_formulas() {
     for c in cases() {
