@@ -164,28 +164,26 @@ unsafe fn sums_row_avx2(a: &[f32], b: &[f32]) -> (f64, f64) {
     let len = a.len().min(b.len());
     let full = len / LANES * LANES;
     let (mut sa, mut sab) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-    // SAFETY (of both closures' loads): called with `LANES` values at `x` and `y`.
-    let add = |sa: &mut [__m256; R], sab: &mut [__m256; R], x: *const f32, y: *const f32| {
+    let add = |sa: &mut [__m256; R], sab: &mut [__m256; R], x: &[f32; LANES], y: &[f32; LANES]| {
         for r in 0..R {
-            let (x, y) = unsafe { (_mm256_loadu_ps(x.add(8 * r)), _mm256_loadu_ps(y.add(8 * r))) };
+            // SAFETY: `8 r + 8 <= LANES` values in each array.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(8 * r)),
+                    _mm256_loadu_ps(y.as_ptr().add(8 * r)),
+                )
+            };
             sa[r] = _mm256_add_ps(sa[r], x);
             sab[r] = _mm256_add_ps(sab[r], _mm256_mul_ps(x, y));
         }
     };
-    let mut i = 0;
-    while i < full {
-        // `i + LANES <= full <= len` values are in both slices.
-        add(
-            &mut sa,
-            &mut sab,
-            a.as_ptr().wrapping_add(i),
-            b.as_ptr().wrapping_add(i),
-        );
-        i += LANES;
+    for (x, y) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        let (x, y) = (x.try_into().expect("LANES values"), y.try_into().expect("LANES values"));
+        add(&mut sa, &mut sab, x, y);
     }
     if full < len {
         let (x, y) = (padded(&a[full..len]), padded(&b[full..len]));
-        add(&mut sa, &mut sab, x.as_ptr(), y.as_ptr());
+        add(&mut sa, &mut sab, &x, &y);
     }
     // the halving of `add_lanes` in registers: 32 lanes are 8 registers of four `f64`
     let reduce = |v: [__m256; R]| {
