@@ -288,6 +288,41 @@ fn folded_layers_compute_what_the_float_network_does() {
 }
 
 #[test]
+fn a_network_that_ends_in_a_convolution_scores_every_image() {
+    // the last layer a convolution: its f32 maps, in NCHW order, for every image of
+    // every chunk
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(41);
+    let ops = Op::Sequential(vec![
+        Op::Convolution {
+            w: Tensor::from_shape_fn(vec![4, 1, 3, 3], |_| rng.gen_range(-0.5..0.5)),
+            b: Some(Tensor::from_shape_fn(vec![4], |_| rng.gen_range(-0.1..0.1))),
+            stride: 1,
+            pad: 1,
+        },
+        Op::Relu,
+        Op::Convolution {
+            w: Tensor::from_shape_fn(vec![3, 4, 3, 3], |_| rng.gen_range(-0.5..0.5)),
+            b: None,
+            stride: 2,
+            pad: 0,
+        },
+    ]);
+    let x = images(13, 42);
+    let q = QuantizedNetwork::quantize_op(&ops, &x).unwrap();
+    let got = q.predict(&x).unwrap();
+    assert_eq!(got.shape(), [13, 3, 13, 13]);
+    assert_close(&got, &float_scores(&ops, &x));
+    for i in [0, 1, 7, 12] {
+        let one = x.slice_axis(ndarray::Axis(0), (i..i + 1).into()).to_owned();
+        let alone = q.predict(&one).unwrap();
+        assert_eq!(
+            alone.as_slice().unwrap(),
+            got.slice_axis(ndarray::Axis(0), (i..i + 1).into()).as_slice().unwrap()
+        );
+    }
+}
+
+#[test]
 fn wrong_inputs_are_shape_errors() {
     let net = deep_convnet(false);
     let q = QuantizedNetwork::quantize(net.root(), &images(4, 11)).unwrap();
@@ -392,6 +427,20 @@ fn a_multi_channel_input_is_read_in_its_channel_order() {
     let qa = QuantizedNetwork::quantize_op(&affine, &x).unwrap();
     let want = float_scores(&affine, &x);
     assert_close(&qa.predict(&x).unwrap(), &want);
+    // and into an affine layer that is not the last
+    let two = Op::Sequential(vec![
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![3 * 6 * 5, 6], |_| rng.gen_range(-0.3..0.3)),
+            b: Tensor::zeros(vec![6]),
+        },
+        Op::Relu,
+        Op::Affine {
+            w: Tensor::from_shape_fn(vec![6, 4], |_| rng.gen_range(-0.5..0.5)),
+            b: Tensor::zeros(vec![4]),
+        },
+    ]);
+    let q2 = QuantizedNetwork::quantize_op(&two, &x).unwrap();
+    assert_close(&q2.predict(&x).unwrap(), &float_scores(&two, &x));
     let deep = deep_convnet(false);
     let qd = QuantizedNetwork::quantize(deep.root(), &images(8, 33)).unwrap();
     let d = images(20, 34);
