@@ -879,6 +879,44 @@ impl DirectBytes<'_> {
     }
 }
 
+/// A block's 16 `i32` as two AVX2 registers: filters 0-7 and 8-15.
+///
+/// # Safety
+/// The CPU must have AVX2. (Inlined into the AVX2 kernels, which are compiled for it.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_halves(v: &[i32; BLOCK]) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 `i32`, read as two runs of 8; AVX2 by the contract.
+    unsafe {
+        (
+            _mm256_loadu_si256(v.as_ptr().cast()),
+            _mm256_loadu_si256(v.as_ptr().add(8).cast()),
+        )
+    }
+}
+
+/// Each row's sums, filters 0-7 from `lo` and 8-15 from `hi`, into `acc`.
+///
+/// # Safety
+/// As [`avx2_halves`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_avx2_halves(
+    acc: &mut [[i32; BLOCK]],
+    lo: &[std::arch::x86_64::__m256i],
+    hi: &[std::arch::x86_64::__m256i],
+) {
+    use std::arch::x86_64::*;
+    for ((a, l), h) in acc.iter_mut().zip(lo).zip(hi) {
+        // SAFETY: each half of `a` is 8 `i32`; AVX2 by the contract.
+        unsafe {
+            _mm256_storeu_si256(a.as_mut_ptr().cast(), *l);
+            _mm256_storeu_si256(a.as_mut_ptr().add(8).cast(), *h);
+        }
+    }
+}
+
 /// Output pixels per tile: each is one accumulator register per filter block.
 const TILE: usize = 12;
 
@@ -922,13 +960,8 @@ impl Tile<'_> {
         use std::arch::x86_64::*;
         const R: usize = 6;
         let x = self.x16.as_ptr();
-        // SAFETY: `bias` is 16 `i32`.
-        let (b0, b1) = unsafe {
-            (
-                _mm256_loadu_si256(bias.as_ptr().cast()),
-                _mm256_loadu_si256(bias.as_ptr().add(8).cast()),
-            )
-        };
+        // SAFETY: the CPU has AVX2 (this function's contract).
+        let (b0, b1) = unsafe { avx2_halves(bias) };
         for half in 0..TILE / R {
             let offs = &self.offs[half * R..half * R + R];
             let mut lo = [b0; R];
@@ -949,14 +982,8 @@ impl Tile<'_> {
                     }
                 }
             }
-            for r in 0..R {
-                let a = &mut acc[half * R + r];
-                // SAFETY: each half of `a` is 8 `i32`.
-                unsafe {
-                    _mm256_storeu_si256(a.as_mut_ptr().cast(), lo[r]);
-                    _mm256_storeu_si256(a.as_mut_ptr().add(8).cast(), hi[r]);
-                }
-            }
+            // SAFETY: as above.
+            unsafe { store_avx2_halves(&mut acc[half * R..half * R + R], &lo, &hi) };
         }
     }
 
@@ -971,13 +998,8 @@ impl Tile<'_> {
         const R: usize = 6;
         let x = self.x.as_ptr();
         let ones = _mm256_set1_epi16(1);
-        // SAFETY: `bias` is 16 `i32`.
-        let (b0, b1) = unsafe {
-            (
-                _mm256_loadu_si256(bias.as_ptr().cast()),
-                _mm256_loadu_si256(bias.as_ptr().add(8).cast()),
-            )
-        };
+        // SAFETY: the CPU has AVX2 (this function's contract).
+        let (b0, b1) = unsafe { avx2_halves(bias) };
         for half in 0..TILE / R {
             let offs = &self.offs[half * R..half * R + R];
             let mut lo = [b0; R];
@@ -1000,14 +1022,8 @@ impl Tile<'_> {
                     }
                 }
             }
-            for r in 0..R {
-                let a = &mut acc[half * R + r];
-                // SAFETY: each half of `a` is 8 `i32`.
-                unsafe {
-                    _mm256_storeu_si256(a.as_mut_ptr().cast(), lo[r]);
-                    _mm256_storeu_si256(a.as_mut_ptr().add(8).cast(), hi[r]);
-                }
-            }
+            // SAFETY: as above.
+            unsafe { store_avx2_halves(&mut acc[half * R..half * R + R], &lo, &hi) };
         }
     }
 
