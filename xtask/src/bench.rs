@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// With --time-to-accuracy: the seed of the run.
     #[arg(long, default_value_t = 0, requires = "time_to_accuracy")]
     seed: u64,
+    /// With --time-to-accuracy: the run's epochs (default: the recipe's), as
+    /// `cargo xtask train --recipe R --epochs N`.
+    #[arg(long, requires = "time_to_accuracy")]
+    epochs: Option<usize>,
     /// With --time-to-accuracy: the accuracies, percent.
     #[arg(long, value_delimiter = ',', default_values_t = [99.0, 99.4], requires = "time_to_accuracy")]
     targets: Vec<f64>,
@@ -144,6 +148,7 @@ fn run_time_to(a: &BenchArgs) -> Result<(), CliError> {
         a.targets.clone(),
         a.checks_per_epoch,
         a.data.clone(),
+        a.epochs,
     );
     let conv_isa = dl_tensor::Isa::active();
     let threads = rayon::current_num_threads();

@@ -798,12 +798,19 @@ mod tests {
             "30",
             "--checks-per-epoch",
             "40",
+            "--epochs",
+            "2",
             "--json",
             json.to_str().unwrap(),
         ])
         .unwrap();
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(r["recipe"], "fast");
+        let flags = r["train_flags"].as_str().unwrap();
+        assert!(
+            flags.contains("--epochs 2 ") && flags.contains("--lr-decay one-cycle"),
+            "{flags}"
+        );
         assert!(r["cpu"].is_string() && r["conv_isa"].is_string());
         let checks = r["checks"].as_array().unwrap();
         let reached = &r["reached"][0];
