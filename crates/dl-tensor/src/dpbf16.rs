@@ -145,6 +145,11 @@ pub fn gemm_bf16(kernel: Bf16Kernel, a: &ArrayView2<f32>, b: &ArrayView2<f32>, b
         kernel.is_gemm() && kernel.supported(),
         "gemm_bf16: kernel {kernel} cannot run here"
     );
+    if k == 0 {
+        // no products: each sum is its start, `beta · c` (0 when `beta == 0`, even over NaN)
+        c.mapv_inplace(|v| if beta == 0.0 { 0.0 } else { beta * v });
+        return;
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -420,6 +425,20 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_leaves_beta_times_c() {
+        let c0 = Array2::from_shape_vec((2, 3), vec![1.0, -2.0, f32::NAN, 4.0, 0.5, 3.0]).unwrap();
+        let (a, b) = (Array2::<f32>::zeros((2, 0)), Array2::<f32>::zeros((0, 3)));
+        for kernel in kernels() {
+            for beta in [0.0f32, 1.0, 0.5] {
+                let mut c = c0.clone();
+                gemm_bf16(kernel, &a.view(), &b.view(), beta, &mut c.view_mut());
+                let want = c0.mapv(|v| if beta == 0.0 { 0.0 } else { beta * v });
+                assert_eq!(bits(&c), bits(&want), "{kernel} beta {beta}");
             }
         }
     }
