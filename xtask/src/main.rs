@@ -206,6 +206,9 @@ fn main() -> ExitCode {
         eprintln!("error: {}: {e}", dl_tensor::SIMD_ENV);
         return ExitCode::from(2);
     }
+    // Training and serving free and allocate megabyte blocks every step: keep them in
+    // the process rather than faulting fresh pages in each time (docs/PERFORMANCE.md).
+    dl_tensor::retain_freed_memory();
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1");

@@ -25,6 +25,9 @@
 //!   [`dpbf16`]: the GEMM of training with bf16 products (AVX-512 BF16's `vdpbf16ps`,
 //!   and its exact sums in plain Rust); [`int8`]: the 8-bit integer convolution (`u8 x i8 -> i32`, scalar, AVX2 and
 //!   AVX-512 VNNI kernels) of post-training quantization.
+//! * [`retain_freed_memory`]: glibc's allocator set to keep the blocks a training step
+//!   frees for the next one, instead of returning them to the kernel and faulting them
+//!   back in.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -53,6 +56,7 @@ pub mod int8;
 mod isa;
 mod kernel;
 pub mod lowp;
+mod memory;
 pub mod norm;
 mod ops;
 pub mod reference;
@@ -68,6 +72,7 @@ pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
 pub use im2col::{col2im, col2im_chw, im2col, im2col_chw, ConvGeometry, GeometryError};
 pub use isa::{cpu_simd_flags, Isa, IsaError, SIMD_ENV};
 pub use kernel::{ConvKernel, GradientAccumulator};
+pub use memory::retain_freed_memory;
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
 pub use winograd::WinogradConv;
 
