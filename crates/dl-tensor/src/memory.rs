@@ -6,9 +6,10 @@
 /// (a batch of 100 through a 16-channel 28x28 convolution is 5 MB), and frees them by
 /// the next step. glibc serves such blocks with `mmap` and unmaps them on free, or trims
 /// the heap's top once the free space there passes a threshold, so the next step touches
-/// new pages: a page fault and a zeroed page for every 4 KiB written. In a DeepConvNet
-/// training run that is about 10% of the CPU time, spent in the kernel. This sets the
-/// three thresholds to values a training process wants:
+/// new pages: a page fault and a zeroed page for every 4 KiB written. In `cargo xtask
+/// bench` on DeepConvNet that was about a tenth of the CPU time, spent in the kernel,
+/// most of it in the batch-1000 inference passes (a training run faults less: 3% of its
+/// CPU time). This sets the three thresholds to values such a process wants:
 ///
 /// * `M_MMAP_THRESHOLD` 32 MiB (glibc's ceiling), and fixed: blocks below it come from
 ///   the heap, which is reused;
@@ -16,7 +17,7 @@
 /// * `M_TOP_PAD` 64 MiB: the heap grows in large steps.
 ///
 /// The resident memory then stays at its peak instead of rising and falling with every
-/// step; the peak itself is unchanged. The settings are process-wide, so the library
+/// step; the peak is not raised. The settings are process-wide, so the library
 /// never changes them itself: call this once at the start of a program that trains or
 /// serves (`cargo xtask` does; docs/PERFORMANCE.md has the measurement).
 pub fn retain_freed_memory() -> bool {

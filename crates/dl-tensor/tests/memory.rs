@@ -13,9 +13,9 @@ fn minor_faults() -> i64 {
 }
 
 /// Allocates 16 MiB, writes one byte per page, frees it; returns the page faults that
-/// took. 16 MiB is what a training step allocates per layer at batch 100 (a 16-channel
-/// 28x28 output is 5 MB; its gradients and the lowered matrices more), and above glibc's
-/// default threshold for serving a block by `mmap`.
+/// took. 16 MiB is a layer's output at a batch of a few hundred (a 16-channel 28x28
+/// output is 5 MB at batch 100), and above glibc's default threshold for serving a block
+/// by `mmap`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn faults_of_a_16_mib_block() -> i64 {
     let before = minor_faults();
