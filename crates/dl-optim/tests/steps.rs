@@ -146,8 +146,20 @@ fn by_name_rejects_unknown_names_and_bad_rates() {
     assert_eq!(by_name("ADAM", 0.001).unwrap().name(), "Adam");
     let e = by_name("adamw", 0.001).err().unwrap().to_string();
     assert!(e.contains("unknown optimizer \"adamw\""), "{e}");
-    assert!(by_name("sgd", -1.0).is_err());
-    assert!(by_name("sgd", f32::NAN).is_err());
+    for bad in [-1.0, 0.0, f32::NAN, f32::INFINITY] {
+        assert!(by_name("sgd", bad).is_err(), "rate {bad}");
+    }
+    // each optimizer answers to its book name, which its saved state carries
+    for (name, book) in [
+        ("sgd", "SGD"),
+        ("momentum", "Momentum"),
+        ("nesterov", "Nesterov"),
+        ("adagrad", "AdaGrad"),
+        ("rmsprop", "RMSprop"),
+        ("adam", "Adam"),
+    ] {
+        assert_eq!(by_name(name, 0.01).unwrap().name(), book);
+    }
 }
 
 #[test]
@@ -191,6 +203,110 @@ fn by_name_with_decay_sets_the_decay_of_every_optimizer() {
     for bad in [-0.1, f32::NAN, f32::INFINITY] {
         assert!(by_name_with_decay("sgd", 0.1, bad).is_err(), "decay {bad}");
     }
+}
+
+/// The book's update rules in f64 on one scalar weight `w` with L2 decay `wd`: the
+/// weight after each step of the constant gradient `g`.
+fn book_steps(name: &str, lr: f64, wd: f64, mut w: f64, g: f64, steps: usize) -> Vec<f64> {
+    const EPS: f64 = 1e-7;
+    let (mut v, mut h, mut m) = (0.0, 0.0, 0.0);
+    (1..=steps)
+        .map(|t| {
+            let g = g + wd * w;
+            match name {
+                "sgd" => w -= lr * g,
+                "momentum" => {
+                    v = 0.9 * v - lr * g;
+                    w += v;
+                }
+                "nesterov" => {
+                    v = 0.9 * v - lr * g;
+                    w += 0.81 * v - 1.9 * lr * g;
+                }
+                "adagrad" => {
+                    h += g * g;
+                    w -= lr * g / (h.sqrt() + EPS);
+                }
+                "rmsprop" => {
+                    h = 0.99 * h + 0.01 * g * g;
+                    w -= lr * g / (h.sqrt() + EPS);
+                }
+                "adam" => {
+                    let lr_t = lr * (1.0 - 0.999f64.powi(t as i32)).sqrt() / (1.0 - 0.9f64.powi(t as i32));
+                    m += 0.1 * (g - m);
+                    h += 0.001 * (g * g - h);
+                    w -= lr_t * m / (h.sqrt() + EPS);
+                }
+                _ => unreachable!(),
+            }
+            w
+        })
+        .collect()
+}
+
+const NAMES: [&str; 6] = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"];
+
+/// `steps` updates of the optimizer `name` on a weight matrix of one value `w` with the
+/// constant gradient `g`: the value after each.
+fn run_steps(name: &str, lr: f32, wd: f32, w: f32, g: f32, steps: usize) -> Vec<f32> {
+    let mut o = by_name_with_decay(name, lr, wd).unwrap();
+    let mut w = Tensor::from_elem(vec![1, 1], w);
+    let g = Tensor::from_elem(vec![1, 1], g);
+    (0..steps)
+        .map(|_| {
+            o.update(&mut [ParamMut {
+                name: "W".into(),
+                value: &mut w,
+                grad: &g,
+            }]);
+            w[[0, 0]]
+        })
+        .collect()
+}
+
+#[test]
+fn the_decay_adds_lambda_times_the_weight_to_every_optimizers_gradient() {
+    // w = 2, not 1, so that `wd * w` differs from `wd / w` and from `wd`; three steps,
+    // so the adaptive optimizers' accumulated squares include the decay's term
+    for name in NAMES {
+        let got = run_steps(name, 0.1, 0.1, 2.0, 0.5, 3);
+        let want = book_steps(name, 0.1, 0.1, 2.0, 0.5, 3);
+        for (t, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(a) - b).abs() < 1e-5 * b.abs().max(1.0),
+                "{name} step {t}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn epsilon_is_added_to_the_root_of_a_tiny_accumulated_square() {
+    // a gradient of 1e-7 has a root of its squares near EPS = 1e-7, so the step
+    // depends on EPS being added: AdaGrad's first step is lr * g / (g + EPS) = lr / 2
+    for name in ["adagrad", "rmsprop", "adam"] {
+        let got = run_steps(name, 0.1, 0.0, 1.0, 1e-7, 2);
+        let want = book_steps(name, 0.1, 0.0, 1.0, 1e-7, 2);
+        for (t, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert!((1.0 - f64::from(a)) > 0.0, "{name} step {t}: the weight went up to {a}");
+            let (da, db) = (1.0 - f64::from(a), 1.0 - b);
+            assert!(
+                (da - db).abs() < 1e-3 * db,
+                "{name} step {t}: moved {da}, the book {db}"
+            );
+        }
+    }
+    assert!((1.0 - run_steps("adagrad", 0.1, 0.0, 1.0, 1e-7, 1)[0] - 0.05).abs() < 1e-6);
+}
+
+#[test]
+fn adam_counts_its_steps() {
+    let mut adam = Adam::new(0.1);
+    assert_eq!(adam.iterations(), 0);
+    two_steps(&mut adam);
+    assert_eq!(adam.iterations(), 2);
+    two_steps(&mut adam);
+    assert_eq!(adam.iterations(), 4);
 }
 
 /// Two steps of `opt` on two parameters, `backbone.W` and `head.W`, each starting at 1.0
