@@ -476,3 +476,37 @@ fn a_sequential_names_its_layers_by_position_or_by_name() {
         assert!(r.is_err(), "{bad:?} is refused");
     }
 }
+
+#[test]
+fn layers_without_parameters_or_buffers_report_none() {
+    use dl_layers::{BinaryAffine, BinaryConvolution, GlobalAveragePooling, PoolKind, Sigmoid, Sign};
+    let mut without_params: Vec<Box<dyn Layer>> = vec![
+        Box::new(Relu::new()),
+        Box::new(Sigmoid::new()),
+        Box::new(Sign::new()),
+        Box::new(Dropout::new(0.5, 1)),
+        Box::new(Pooling::new(PoolKind::Max, 2, 2, 2, 0)),
+        Box::new(GlobalAveragePooling::new()),
+    ];
+    for layer in &mut without_params {
+        let name = layer.name().to_string();
+        assert!(layer.params().is_empty(), "{name}");
+        assert!(layer.params_mut().is_empty(), "{name}");
+        assert!(!layer.is_trainable(), "{name}");
+    }
+    // the parameterised layers without running statistics save no buffers
+    let mut without_buffers: Vec<Box<dyn Layer>> = vec![
+        Box::new(Affine::new(3, 2, Init::He, 1)),
+        Box::new(Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 2)),
+        Box::new(BinaryAffine::new(3, 2, Init::Xavier, 3)),
+        Box::new(BinaryConvolution::new(1, 2, 3, 3, 1, 1, Init::Xavier, 4)),
+    ];
+    for layer in without_params.iter_mut().chain(&mut without_buffers) {
+        let name = layer.name().to_string();
+        assert!(layer.buffers().is_empty(), "{name}");
+        assert!(layer.buffers_mut().is_empty(), "{name}");
+    }
+    for layer in &without_buffers {
+        assert!(!layer.params().is_empty(), "{}", layer.name());
+    }
+}
