@@ -510,3 +510,33 @@ fn layers_without_parameters_or_buffers_report_none() {
         assert!(!layer.params().is_empty(), "{}", layer.name());
     }
 }
+
+#[test]
+fn every_layer_answers_to_the_books_name() {
+    use dl_layers::{BinaryAffine, BinaryConvolution, GlobalAveragePooling, PoolKind, Sigmoid, Sign};
+    let layers: Vec<(Box<dyn Layer>, &str)> = vec![
+        (Box::new(Affine::new(3, 2, Init::He, 1)), "Affine"),
+        (Box::new(Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 2)), "Convolution"),
+        (
+            Box::new(BatchNormalization::new(2, BatchNormMode::PerChannel)),
+            "BatchNormalization",
+        ),
+        (Box::new(Relu::new()), "Relu"),
+        (Box::new(Sigmoid::new()), "Sigmoid"),
+        (Box::new(Pooling::new(PoolKind::Max, 2, 2, 2, 0)), "Pooling"),
+        (Box::new(Dropout::new(0.5, 1)), "Dropout"),
+        (Box::new(GlobalAveragePooling::new()), "GlobalAveragePooling"),
+        (Box::new(Sequential::new()), "Sequential"),
+        (Box::new(Concat::new()), "Concat"),
+        (Box::new(Residual::new(Sequential::new(), None)), "Residual"),
+        (Box::new(Sign::new()), "Sign"),
+        (Box::new(BinaryAffine::new(3, 2, Init::Xavier, 3)), "BinaryAffine"),
+        (
+            Box::new(BinaryConvolution::new(1, 2, 3, 3, 1, 1, Init::Xavier, 4)),
+            "BinaryConvolution",
+        ),
+    ];
+    for (layer, name) in &layers {
+        assert_eq!(layer.name(), *name);
+    }
+}
