@@ -540,3 +540,43 @@ fn every_layer_answers_to_the_books_name() {
         assert_eq!(layer.name(), *name);
     }
 }
+
+#[test]
+fn a_residual_block_names_its_body_and_shortcut_state_by_path() {
+    let bn = || BatchNormalization::new(2, BatchNormMode::PerChannel);
+    let mut res = Residual::new(
+        Sequential::new()
+            .with_named("conv1", Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 1))
+            .with_named("bn1", bn()),
+        Some(
+            Sequential::new()
+                .with_named("0", Convolution::new(1, 2, 1, 1, 1, 0, Init::He, 2))
+                .with_named("1", bn()),
+        ),
+    );
+    let names = |v: Vec<String>| v.join(" ");
+    let params =
+        "conv1.W conv1.b bn1.gamma bn1.beta downsample.0.W downsample.0.b downsample.1.gamma downsample.1.beta";
+    let buffers = "bn1.running_mean bn1.running_var downsample.1.running_mean downsample.1.running_var";
+    assert_eq!(names(res.params().into_iter().map(|(n, _)| n).collect()), params);
+    assert_eq!(names(res.params_mut().into_iter().map(|(n, _)| n).collect()), params);
+    assert_eq!(names(res.buffers().into_iter().map(|(n, _)| n).collect()), buffers);
+    assert_eq!(names(res.buffers_mut().into_iter().map(|(n, _)| n).collect()), buffers);
+}
+
+#[test]
+fn batch_norm_refuses_inputs_of_the_wrong_size() {
+    let x = |shape: &[usize]| Tensor::zeros(shape.to_vec());
+    let mut per_activation = BatchNormalization::new(4, BatchNormMode::PerActivation);
+    for shape in [&[2, 3][..], &[2, 5], &[2, 2, 3], &[4]] {
+        let e = per_activation.forward(x(shape), true).err();
+        assert!(matches!(e, Some(LayerError::Shape { .. })), "{shape:?}: {e:?}");
+    }
+    assert!(per_activation.forward(x(&[3, 2, 2]), true).is_ok());
+    let mut per_channel = BatchNormalization::new(2, BatchNormMode::PerChannel);
+    for shape in [&[2, 3, 4, 4][..], &[2, 2, 4], &[2, 8]] {
+        let e = per_channel.forward(x(shape), true).err();
+        assert!(matches!(e, Some(LayerError::Shape { .. })), "{shape:?}: {e:?}");
+    }
+    assert!(per_channel.forward(x(&[3, 2, 4, 4]), false).is_ok());
+}
