@@ -166,17 +166,7 @@ fn by_name_rejects_unknown_names_and_bad_rates() {
 fn by_name_with_decay_sets_the_decay_of_every_optimizer() {
     // one step on a weight matrix w = 1 with gradient 0.5 and decay 0.1: the gradient
     // used is 0.6, and each optimizer's first step with it is computed by hand
-    let step = |name: &str, wd: f32| {
-        let mut o = by_name_with_decay(name, 0.1, wd).unwrap();
-        let mut w = Tensor::from_elem(vec![1, 1], 1.0);
-        let g = Tensor::from_elem(vec![1, 1], 0.5);
-        o.update(&mut [ParamMut {
-            name: "W".into(),
-            value: &mut w,
-            grad: &g,
-        }]);
-        w[[0, 0]]
-    };
+    let step = |name: &str, wd: f32| run_steps(name, 0.1, wd, 1.0, 0.5, 1)[0];
     let near = |a: f32, b: f32, what: &str| assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
     near(step("sgd", 0.1), 1.0 - 0.06, "SGD");
     near(step("momentum", 0.1), 1.0 - 0.06, "Momentum");
@@ -184,19 +174,7 @@ fn by_name_with_decay_sets_the_decay_of_every_optimizer() {
     // the adaptive ones normalise the gradient: a first step of lr whatever its size,
     // so the decay shows in the second step only; compare with and without it
     for name in ["adagrad", "rmsprop", "adam"] {
-        let two = |wd: f32| {
-            let mut o = by_name_with_decay(name, 0.1, wd).unwrap();
-            let mut w = Tensor::from_elem(vec![1, 1], 1.0);
-            let g = Tensor::from_elem(vec![1, 1], 0.5);
-            for _ in 0..2 {
-                o.update(&mut [ParamMut {
-                    name: "W".into(),
-                    value: &mut w,
-                    grad: &g,
-                }]);
-            }
-            w[[0, 0]]
-        };
+        let two = |wd: f32| run_steps(name, 0.1, wd, 1.0, 0.5, 2)[1];
         assert_ne!(two(0.1), two(0.0), "{name} applies the decay");
     }
     near(step("adam", 0.0), 0.9, "no decay");
