@@ -565,6 +565,64 @@ fn a_residual_block_names_its_body_and_shortcut_state_by_path() {
 }
 
 #[test]
+fn an_inception_module_names_its_branches_state_by_path() {
+    let branch = |c_out: usize, seed: u64| {
+        Sequential::new()
+            .with_named("0", Convolution::new(1, c_out, 1, 1, 1, 0, Init::He, seed))
+            .with_named("1", BatchNormalization::new(c_out, BatchNormMode::PerChannel))
+    };
+    let mut module = Concat::new()
+        .with_branch("branch1", branch(2, 1))
+        .with_branch("branch2", branch(3, 2));
+    let names = |v: Vec<String>| v.join(" ");
+    let params = "branch1.0.W branch1.0.b branch1.1.gamma branch1.1.beta \
+                  branch2.0.W branch2.0.b branch2.1.gamma branch2.1.beta";
+    let buffers = "branch1.1.running_mean branch1.1.running_var branch2.1.running_mean branch2.1.running_var";
+    let params = params.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(names(module.params().into_iter().map(|(n, _)| n).collect()), params);
+    assert_eq!(names(module.params_mut().into_iter().map(|(n, _)| n).collect()), params);
+    assert_eq!(names(module.buffers().into_iter().map(|(n, _)| n).collect()), buffers);
+    assert_eq!(
+        names(module.buffers_mut().into_iter().map(|(n, _)| n).collect()),
+        buffers
+    );
+    // the buffers handed out are the branches' own: a write shows in the next read
+    for (_, t) in module.buffers_mut() {
+        t.fill(0.5);
+    }
+    assert!(module.buffers().iter().all(|(_, t)| t.iter().all(|&v| v == 0.5)));
+}
+
+#[test]
+fn an_inception_module_passes_on_whether_its_input_gradient_is_read() {
+    let x = random_input(&[2, 1, 4, 4], 0.0, 3);
+    let dout = random_input(&[2, 5, 4, 4], 0.0, 4);
+    let module = Concat::new()
+        .with_branch(
+            "a",
+            Sequential::new().with(Convolution::new(1, 2, 3, 3, 1, 1, Init::He, 5)),
+        )
+        .with_branch(
+            "b",
+            Sequential::new().with(Convolution::new(1, 3, 1, 1, 1, 0, Init::He, 6)),
+        );
+    let dx = |needed: bool| {
+        let mut m = module.clone();
+        m.set_input_gradient_needed(needed);
+        m.forward(x.clone(), true).unwrap();
+        m.backward(dout.clone())
+    };
+    let (read, unread) = (dx(true), dx(false));
+    assert_eq!(read.shape(), x.shape());
+    assert_eq!(unread.shape(), x.shape());
+    assert!(read.iter().any(|&v| v != 0.0));
+    assert!(
+        unread.iter().all(|&v| v == 0.0),
+        "no branch computes an unread gradient"
+    );
+}
+
+#[test]
 fn batch_norm_refuses_inputs_of_the_wrong_size() {
     let x = |shape: &[usize]| Tensor::zeros(shape.to_vec());
     let mut per_activation = BatchNormalization::new(4, BatchNormMode::PerActivation);
