@@ -323,6 +323,75 @@ fn batch_normalization_normalises_in_train_and_uses_running_stats_in_eval() {
     assert!((ch0.iter().sum::<f32>() / ch0.len() as f32).abs() < 1e-5);
 }
 
+/// One training step's running statistics, by the book's rule (biased variance, the
+/// running variance from 0) and torchvision's (unbiased variance `m / (m - 1)` times the
+/// biased one, from 1), against the formulas in f64.
+#[test]
+fn batch_normalization_running_statistics_follow_each_convention() {
+    // per channel: channel c of (2, 2, 1, 2) holds 4 values, so m = 4
+    let x = Tensor::from_shape_vec(vec![2, 2, 1, 2], vec![1.0, 2.0, -3.0, 0.5, 4.0, 7.0, 1.5, -2.0]).unwrap();
+    let channel = |c: usize| -> Vec<f64> {
+        let v = x.slice(ndarray::s![.., c, .., ..]);
+        v.iter().map(|&a| f64::from(a)).collect()
+    };
+    let stats = |c: usize| {
+        let v = channel(c);
+        let m = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / m;
+        (mean, v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / m, m)
+    };
+    let close = |got: f32, want: f64| (f64::from(got) - want).abs() <= 1e-6 * (1.0 + want.abs());
+    let mut book = BatchNormalization::new(2, BatchNormMode::PerChannel);
+    let mut torch = BatchNormalization::torchvision(2).with_momentum(0.75);
+    book.forward(x.clone(), true).unwrap();
+    torch.forward(x.clone(), true).unwrap();
+    for c in 0..2 {
+        let (mean, var, m) = stats(c);
+        assert!(close(book.running_mean[c], 0.1 * mean), "{c}: {}", book.running_mean[c]);
+        assert!(close(book.running_var[c], 0.1 * var), "{c}: {}", book.running_var[c]);
+        assert!(
+            close(torch.running_mean[c], 0.25 * mean),
+            "{c}: {}",
+            torch.running_mean[c]
+        );
+        let unbiased = var * m / (m - 1.0);
+        assert!(
+            close(torch.running_var[c], 0.75 + 0.25 * unbiased),
+            "{c}: {}",
+            torch.running_var[c]
+        );
+    }
+    // one value per channel (m = 1): no unbiased variance exists; the batch's (0) is used
+    let mut single = BatchNormalization::torchvision(2);
+    single
+        .forward(x.slice(ndarray::s![..1, .., .., ..1]).to_owned().into_dyn(), true)
+        .unwrap();
+    for c in 0..2 {
+        assert!(close(single.running_var[c], 0.9), "{c}: {}", single.running_var[c]);
+    }
+}
+
+/// Epsilon is added to the variance: a feature of variance 0 is divided by `sqrt(eps)`
+/// in evaluation, and gives `beta` in training.
+#[test]
+fn batch_normalization_adds_epsilon_to_the_variance() {
+    let mut bn = BatchNormalization::new(2, BatchNormMode::PerChannel).with_eps(0.01);
+    bn.running_mean = Tensor::from_shape_vec(vec![2], vec![1.0, 0.0]).unwrap();
+    bn.running_var = Tensor::from_shape_vec(vec![2], vec![0.0, 0.03]).unwrap();
+    let x = Tensor::from_shape_vec(vec![1, 2, 1, 2], vec![1.1, 0.9, 0.2, -0.4]).unwrap();
+    let y = bn.forward(x, false).unwrap();
+    let want = [1.0, -1.0, 1.0, -2.0]; // (x - mean) / sqrt(var + 0.01)
+    for (got, want) in y.iter().zip(want) {
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+    bn.beta.value = Tensor::from_shape_vec(vec![2], vec![0.5, -0.25]).unwrap();
+    let y = bn.forward(Tensor::from_elem(vec![3, 2, 1, 2], 7.0), true).unwrap();
+    for (idx, &v) in y.indexed_iter() {
+        let want = [0.5, -0.25][idx[1]];
+        assert!((v - want).abs() < 1e-6, "{idx:?}: {v}");
+    }
+}
+
 #[test]
 fn batch_normalization_in_eval_is_its_formula_per_feature() {
     let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
