@@ -392,6 +392,40 @@ fn batch_normalization_adds_epsilon_to_the_variance() {
     }
 }
 
+/// The inference engine's form of batch norm, `x * scale + shift` per feature, is the
+/// evaluation forward, per channel and per activation.
+#[test]
+fn batch_normalizations_inference_op_is_its_evaluation_forward() {
+    for (mode, x) in [
+        (BatchNormMode::PerChannel, random_input(&[2, 3, 2, 2], 0.0, 70) * 3.0),
+        (BatchNormMode::PerActivation, random_input(&[4, 3], 0.0, 71) * 3.0),
+    ] {
+        let mut bn = BatchNormalization::new(3, mode).with_eps(0.05);
+        bn.gamma.value = random_input(&[3], 0.2, 72) * 2.0;
+        bn.beta.value = random_input(&[3], 0.0, 73);
+        bn.running_mean = random_input(&[3], 0.0, 74);
+        bn.running_var = random_input(&[3], 0.0, 75).mapv(|v| v * v);
+        let Ok(dl_layers::Op::Scale {
+            scale,
+            shift,
+            per_channel,
+        }) = bn.inference_op()
+        else {
+            panic!("{mode:?}: not a Scale");
+        };
+        assert_eq!(per_channel, mode == BatchNormMode::PerChannel);
+        let y = bn.forward(x.clone(), false).unwrap();
+        for ((idx, &v), &want) in x.indexed_iter().zip(y.iter()) {
+            let f = idx[1];
+            let got = v * scale[f] + shift[f];
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{mode:?} {idx:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn batch_normalization_in_eval_is_its_formula_per_feature() {
     let mut bn = BatchNormalization::new(3, BatchNormMode::PerChannel);
@@ -607,6 +641,61 @@ fn every_layer_answers_to_the_books_name() {
     ];
     for (layer, name) in &layers {
         assert_eq!(layer.name(), *name);
+    }
+}
+
+/// Every layer's `output_shape` is the shape its forward gives, in training and in
+/// evaluation.
+#[test]
+fn every_layers_output_shape_is_the_shape_of_its_output() {
+    use dl_layers::{BinaryAffine, BinaryConvolution, GlobalAveragePooling, PoolKind, Sigmoid, Sign};
+    let image = [3, 2, 6, 5];
+    let layers: Vec<(Box<dyn Layer>, &[usize])> = vec![
+        (Box::new(Affine::new(60, 4, Init::He, 1)), &image),
+        (Box::new(Convolution::new(2, 3, 3, 3, 2, 1, Init::He, 2)), &image),
+        (Box::new(BatchNormalization::new(2, BatchNormMode::PerChannel)), &image),
+        (
+            Box::new(BatchNormalization::new(60, BatchNormMode::PerActivation)),
+            &image,
+        ),
+        (Box::new(Relu::new()), &image),
+        (Box::new(Sigmoid::new()), &image),
+        (Box::new(Pooling::new(PoolKind::Max, 2, 2, 2, 0)), &image),
+        (Box::new(Pooling::new(PoolKind::Average, 3, 2, 1, 1)), &image),
+        (Box::new(Dropout::new(0.5, 1)), &image),
+        (Box::new(GlobalAveragePooling::new()), &image),
+        (
+            Box::new(
+                Concat::new()
+                    .with_branch(
+                        "a",
+                        Sequential::new().with(Convolution::new(2, 1, 1, 1, 1, 0, Init::He, 3)),
+                    )
+                    .with_branch(
+                        "b",
+                        Sequential::new().with(Convolution::new(2, 4, 3, 3, 1, 1, Init::He, 4)),
+                    ),
+            ),
+            &image,
+        ),
+        (
+            Box::new(Residual::new(Sequential::new().with(Relu::new()), None)),
+            &image,
+        ),
+        (Box::new(Sign::new()), &image),
+        (Box::new(BinaryAffine::new(60, 4, Init::Xavier, 5)), &image),
+        (
+            Box::new(BinaryConvolution::new(2, 3, 3, 3, 1, 1, Init::Xavier, 6)),
+            &image,
+        ),
+    ];
+    for (mut layer, input) in layers {
+        let x = random_input(input, 0.0, 7);
+        let want = layer.output_shape(input).unwrap();
+        for train in [true, false] {
+            let y = layer.forward(x.clone(), train).unwrap();
+            assert_eq!(y.shape(), want.as_slice(), "{} (train {train})", layer.name());
+        }
     }
 }
 
