@@ -92,6 +92,21 @@ fn an_affine_layer_with_bf16_products_is_the_f32_layer_of_rounded_operands() {
     check(Box::new(affine), &[5, 10, 2, 2], "affine on (N, C, H, W)");
 }
 
+#[test]
+fn binary_layers_with_bf16_products_are_the_f32_layers_of_rounded_operands() {
+    use dl_layers::{BinaryAffine, BinaryConvolution};
+    check(
+        Box::new(BinaryAffine::new(40, 12, Init::Xavier, 9)),
+        &[5, 40],
+        "binary affine",
+    );
+    check(
+        Box::new(BinaryConvolution::new(8, 16, 3, 3, 1, 1, Init::Xavier, 10)),
+        &[2, 8, 6, 6],
+        "binary convolution",
+    );
+}
+
 /// A container told to use bf16 products by `kernel` computes what the same container
 /// of layers each told so computes, and not what the f32 container computes.
 fn check_container(

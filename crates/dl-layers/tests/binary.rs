@@ -149,3 +149,27 @@ fn binary_layers_never_run_winograd_and_name_themselves_in_errors() {
     let err = affine.forward(Tensor::zeros(vec![1, 6]), false).unwrap_err();
     assert!(err.to_string().starts_with("BinaryAffine"), "{err}");
 }
+
+/// Told any algorithm, a binary convolution runs an exact one: on a geometry where
+/// `Auto` picks Winograd, its forward is the direct kernel's, bit for bit; and it
+/// passes on whether its input gradient is read, whether it trains and bf16 products.
+#[test]
+fn a_binary_convolution_runs_the_direct_kernel_where_auto_would_pick_winograd() {
+    let w = latent(&[32, 16, 3, 3], 4);
+    let x = random_input(&[1, 16, 8, 8], 0.0, 5);
+    let mut auto = Convolution::from_params(w.mapv(sign), Tensor::zeros(vec![32]), 1, 1).without_bias();
+    let mut direct = auto.clone();
+    direct.set_algo(ConvAlgo::Direct);
+    let y_auto = auto.forward(x.clone(), false).unwrap();
+    let y_direct = direct.forward(x.clone(), false).unwrap();
+    if auto.last_kernel() != Some("winograd") {
+        eprintln!("skipped: Auto runs {:?} here, not Winograd", auto.last_kernel());
+        return;
+    }
+    assert_ne!(y_auto, y_direct, "Winograd rounds otherwise than the direct kernel");
+    for algo in [ConvAlgo::Auto, ConvAlgo::Winograd, ConvAlgo::Direct] {
+        let mut binary = BinaryConvolution::from_params(w.clone(), 1, 1);
+        binary.set_conv_algo(algo);
+        assert_eq!(binary.forward(x.clone(), false).unwrap(), y_direct, "{algo:?}");
+    }
+}

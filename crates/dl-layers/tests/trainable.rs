@@ -327,3 +327,52 @@ fn a_concat_freezes_its_branches_by_name() {
     assert_eq!(trainable_names(&mut module), ["a.0.W", "a.0.b"]);
     assert!(module.child_mut("c").is_none());
 }
+
+/// Every layer with parameters answers `is_trainable` as told, and with its input
+/// gradient unread returns zeros of the input's shape where it would return a gradient.
+#[test]
+fn every_layer_with_parameters_is_frozen_and_spared_its_input_gradient_as_told() {
+    use dl_layers::{BinaryAffine, BinaryConvolution};
+    let conv = || Convolution::new(2, 3, 3, 3, 1, 1, Init::He, 1);
+    let layers: Vec<(Box<dyn Layer>, bool)> = vec![
+        (Box::new(Affine::new(32, 4, Init::He, 2)), true),
+        (Box::new(conv()), true),
+        (Box::new(BinaryAffine::new(32, 4, Init::Xavier, 3)), true),
+        (
+            Box::new(BinaryConvolution::new(2, 3, 3, 3, 1, 1, Init::Xavier, 4)),
+            true,
+        ),
+        (Box::new(BatchNormalization::new(2, BatchNormMode::PerChannel)), false),
+        (Box::new(Sequential::new().with(conv())), true),
+        (
+            Box::new(Concat::new().with_branch("a", Sequential::new().with(conv()))),
+            true,
+        ),
+    ];
+    let x = random_input(&[2, 2, 4, 4], 0.0, 5);
+    for (layer, spares) in layers {
+        let name = layer.name().to_string();
+        let mut frozen = layer.clone_box();
+        assert!(frozen.is_trainable(), "{name}");
+        frozen.set_trainable(false);
+        assert!(!frozen.is_trainable(), "{name}");
+        frozen.set_trainable(true);
+        assert!(frozen.is_trainable(), "{name}");
+        let dx = |needed: bool| {
+            let mut l = layer.clone_box();
+            l.set_input_gradient_needed(needed);
+            let y = l.forward(x.clone(), true).unwrap();
+            l.backward(random_input(y.shape(), 0.0, 6))
+        };
+        let (read, unread) = (dx(true), dx(false));
+        assert_eq!(unread.shape(), x.shape(), "{name}");
+        assert!(read.iter().any(|&v| v != 0.0), "{name}");
+        assert_eq!(unread.iter().all(|&v| v == 0.0), spares, "{name}");
+    }
+    let mut block = Residual::new(
+        Sequential::new().with(Convolution::new(2, 2, 3, 3, 1, 1, Init::He, 7)),
+        None,
+    );
+    block.set_trainable(false);
+    assert!(!block.is_trainable());
+}
