@@ -160,8 +160,8 @@ fn a_binary_convolution_runs_the_direct_kernel_where_auto_would_pick_winograd() 
     let mut auto = Convolution::from_params(w.mapv(sign), Tensor::zeros(vec![32]), 1, 1).without_bias();
     let mut direct = auto.clone();
     direct.set_algo(ConvAlgo::Direct);
-    let y_auto = auto.forward(x.clone(), false).unwrap();
-    let y_direct = direct.forward(x.clone(), false).unwrap();
+    let y_auto = auto.forward(x.clone(), true).unwrap();
+    let y_direct = direct.forward(x.clone(), true).unwrap();
     if auto.last_kernel() != Some("winograd") {
         eprintln!("skipped: Auto runs {:?} here, not Winograd", auto.last_kernel());
         return;
@@ -170,6 +170,6 @@ fn a_binary_convolution_runs_the_direct_kernel_where_auto_would_pick_winograd() 
     for algo in [ConvAlgo::Auto, ConvAlgo::Winograd, ConvAlgo::Direct] {
         let mut binary = BinaryConvolution::from_params(w.clone(), 1, 1);
         binary.set_conv_algo(algo);
-        assert_eq!(binary.forward(x.clone(), false).unwrap(), y_direct, "{algo:?}");
+        assert_eq!(binary.forward(x.clone(), true).unwrap(), y_direct, "{algo:?}");
     }
 }
