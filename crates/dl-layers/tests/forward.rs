@@ -699,6 +699,39 @@ fn every_layers_output_shape_is_the_shape_of_its_output() {
     }
 }
 
+/// A container told an algorithm tells every convolution in it: its forward is, bit
+/// for bit, that of the same container built from convolutions set to that algorithm.
+#[test]
+fn containers_pass_the_convolution_algorithm_to_every_convolution() {
+    let conv = |algo: Option<ConvAlgo>| {
+        let mut c = Convolution::new(16, 16, 3, 3, 1, 1, Init::He, 11);
+        if let Some(a) = algo {
+            c.set_algo(a);
+        }
+        c
+    };
+    type Build = fn(Convolution) -> Box<dyn Layer>;
+    let containers: [(&str, Build); 3] = [
+        ("Sequential", |c| Box::new(Sequential::new().with(c))),
+        ("Concat", |c| {
+            Box::new(Concat::new().with_branch("a", Sequential::new().with(c)))
+        }),
+        ("Residual", |c| Box::new(Residual::new(Sequential::new().with(c), None))),
+    ];
+    let x = random_input(&[1, 16, 8, 8], 0.0, 12);
+    for (name, build) in containers {
+        let mut outputs = Vec::new();
+        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd] {
+            let want = build(conv(Some(algo))).forward(x.clone(), true).unwrap();
+            let mut told = build(conv(None));
+            told.set_conv_algo(algo);
+            assert_eq!(told.forward(x.clone(), true).unwrap(), want, "{name} {algo:?}");
+            outputs.push(want);
+        }
+        assert_ne!(outputs[0], outputs[1], "{name}: the two algorithms round differently");
+    }
+}
+
 #[test]
 fn a_residual_block_names_its_body_and_shortcut_state_by_path() {
     let bn = || BatchNormalization::new(2, BatchNormMode::PerChannel);

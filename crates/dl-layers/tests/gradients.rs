@@ -373,6 +373,33 @@ fn concat_backpropagates_through_every_branch() {
     assert!(ranks.output_shape(x.shape()).is_err());
     let mut flat = Concat::new().with_branch("a", Sequential::new().with(GlobalAveragePooling::new()));
     assert!(flat.forward(x.clone(), false).is_ok(), "(N, C) outputs join on C");
+    assert_eq!(flat.output_shape(x.shape()).unwrap(), [x.shape()[0], x.shape()[1]]);
+    // a branch that keeps every size but the batch's (a layer of the user's) does not join
+    #[derive(Clone)]
+    struct FirstImage;
+    impl Layer for FirstImage {
+        fn name(&self) -> &str {
+            "FirstImage"
+        }
+        fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, dl_layers::LayerError> {
+            Ok(x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(..1)).to_owned())
+        }
+        fn backward(&mut self, dout: Tensor) -> Tensor {
+            dout
+        }
+        fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, dl_layers::LayerError> {
+            Ok([&[1], &input[1..]].concat())
+        }
+        fn clone_box(&self) -> Box<dyn Layer> {
+            Box::new(self.clone())
+        }
+    }
+    let mut batches = Concat::new()
+        .with_branch("a", Sequential::new().with(FirstImage))
+        .with_branch("b", Sequential::new().with(Relu::new()));
+    assert!(x.shape()[0] > 1);
+    assert!(batches.forward(x.clone(), false).is_err());
+    assert!(batches.output_shape(x.shape()).is_err());
     assert!(Concat::new().forward(x.clone(), false).is_err());
     assert!(Concat::new().output_shape(x.shape()).is_err());
 }
