@@ -186,11 +186,16 @@ fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     // same seed, same mask; next call, a new mask
     assert_eq!(Dropout::new(0.5, 1).forward(x.clone(), true).unwrap(), y);
     assert_ne!(d.forward(x.clone(), true).unwrap(), y);
-    // inverted: eval is the identity and the expected train output is the input
-    let mut inv = Dropout::inverted(0.5, 1);
+    // inverted: eval is the identity, training keeps 3/4 of the units scaled by 4/3, so
+    // the expected train output is the input; backward scales the same units alike
+    let mut inv = Dropout::inverted(0.25, 1);
+    assert_eq!((d.ratio(), inv.ratio()), (0.5, 0.25));
     assert_eq!(inv.forward(x.clone(), false).unwrap(), x);
     let y = inv.forward(x.clone(), true).unwrap();
-    assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+    let kept = y.iter().filter(|&&v| v == 1.0 / 0.75).count();
+    assert_eq!(kept + y.iter().filter(|&&v| v == 0.0).count(), 10_000);
+    assert!((7_200..7_800).contains(&kept), "{kept}");
+    assert_eq!(inv.backward(x.clone()), y);
 }
 
 #[test]
@@ -707,6 +712,7 @@ fn containers_pass_the_convolution_algorithm_to_every_convolution() {
         let mut c = Convolution::new(16, 16, 3, 3, 1, 1, Init::He, 11);
         if let Some(a) = algo {
             c.set_algo(a);
+            assert_eq!(c.algo(), a);
         }
         c
     };
