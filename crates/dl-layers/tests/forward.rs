@@ -196,6 +196,12 @@ fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     assert_eq!(kept + y.iter().filter(|&&v| v == 0.0).count(), 10_000);
     assert!((7_200..7_800).contains(&kept), "{kept}");
     assert_eq!(inv.backward(x.clone()), y);
+    // the inference engine's forms: the book's scaling, and nothing for the inverted one
+    assert_eq!(
+        Dropout::new(0.25, 1).inference_op().unwrap(),
+        dl_layers::Op::Multiply(0.75)
+    );
+    assert_eq!(inv.inference_op().unwrap(), dl_layers::Op::Sequential(Vec::new()));
 }
 
 #[test]
