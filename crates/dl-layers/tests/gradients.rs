@@ -468,3 +468,44 @@ fn gradcheck_detects_a_wrong_backward() {
     let r = check_layer(&Wrong(Relu::new()), &random_input(&[2, 3], 0.1, 1), 1e-2, 7);
     assert!(r.max_error > 0.05, "{r:?}");
 }
+
+/// The check reports the error relative to the larger magnitude, and the first place
+/// where it is largest.
+#[test]
+fn gradcheck_reports_the_relative_error_and_where_it_is_worst() {
+    // y = 100 x, whose backward is 110 dout at element `wrong_at`
+    #[derive(Clone)]
+    struct Scaled(Option<usize>);
+    impl Layer for Scaled {
+        fn name(&self) -> &str {
+            "Scaled"
+        }
+        fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, dl_layers::LayerError> {
+            Ok(x * 100.0)
+        }
+        fn backward(&mut self, dout: Tensor) -> Tensor {
+            let mut dx = dout * 100.0;
+            if let Some(i) = self.0 {
+                dx.as_slice_mut().unwrap()[i] *= 1.1;
+            }
+            dx
+        }
+        fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, dl_layers::LayerError> {
+            Ok(input.to_vec())
+        }
+        fn clone_box(&self) -> Box<dyn Layer> {
+            Box::new(self.clone())
+        }
+    }
+    let x = random_input(&[2, 3], 0.1, 1);
+    let right = check_layer(&Scaled(None), &x, 1e-2, 7);
+    assert_eq!(right.checked, 6);
+    assert!(right.max_error < 1e-4, "{right:?}");
+    let wrong = check_layer(&Scaled(Some(3)), &x, 1e-2, 7);
+    assert_eq!(wrong.worst, "x[3]");
+    // |110 g - 100 g| / |110 g|, the gradient g being above 1/110 here
+    assert!((wrong.max_error - 1.0 / 11.0).abs() < 1e-4, "{wrong:?}");
+    // a layer with no gradient at all: every error is 0, the first place is reported
+    let zero = check_layer(&(Relu::new()), &(x.mapv(|v| -v.abs())), 1e-2, 7);
+    assert_eq!((zero.max_error, zero.worst.as_str()), (0.0, "x[0]"));
+}
