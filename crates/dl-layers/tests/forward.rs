@@ -171,6 +171,37 @@ fn pooling_forward_matches_reference() {
     }
 }
 
+/// Padding must be smaller than the window in each direction: a padded row or column
+/// of windows would hold nothing else.
+#[test]
+fn pooling_refuses_padding_as_wide_as_its_window() {
+    let x = Tensor::zeros(vec![1, 1, 6, 6]);
+    for (ph, pw) in [(3, 1), (1, 3), (1, 1)] {
+        let e = Pooling::max(ph, pw, 1, 1).forward(x.clone(), false).err();
+        assert!(matches!(e, Some(LayerError::Invalid { .. })), "{ph}x{pw}: {e:?}");
+        assert!(Pooling::max(ph, pw, 1, 1).output_shape(x.shape()).is_err());
+    }
+    assert!(Pooling::max(2, 2, 1, 1).forward(x, false).is_ok());
+}
+
+/// A 2x2 window whose values are all -inf (or NaN) has no strictly larger value than
+/// the start of the scan: its first element is the winner, and gets the gradient.
+#[test]
+fn max_pooling_sends_a_window_without_a_largest_value_to_its_first_element() {
+    for fill in [f32::NEG_INFINITY, f32::NAN] {
+        let mut x = random_input(&[1, 1, 4, 6], 0.0, 3);
+        // the window of output (1, 2): rows 2-3, columns 4-5
+        for (y, c) in [(2, 4), (2, 5), (3, 4), (3, 5)] {
+            x[[0, 0, y, c]] = fill;
+        }
+        let mut pool = Pooling::max(2, 2, 2, 0);
+        pool.forward(x, true).unwrap();
+        let dx = pool.backward(Tensor::ones(vec![1, 1, 2, 3]));
+        assert_eq!(dx[[0, 0, 2, 4]], 1.0, "{fill}");
+        assert_eq!(dx.iter().sum::<f32>(), 6.0, "{fill}");
+    }
+}
+
 #[test]
 fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     let x = Tensor::ones(vec![100, 100]);

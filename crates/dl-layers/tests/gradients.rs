@@ -498,6 +498,10 @@ fn gradcheck_reports_the_relative_error_and_where_it_is_worst() {
         }
     }
     let x = random_input(&[2, 3], 0.1, 1);
+    // the test inputs keep `margin` away from 0, on both sides
+    let many = random_input(&[1000], 0.25, 2);
+    assert!(many.iter().all(|v| (0.25..1.0).contains(&v.abs())));
+    assert!(many.iter().any(|&v| v < 0.0) && many.iter().any(|&v| v > 0.0));
     let right = check_layer(&Scaled(None), &x, 1e-2, 7);
     assert_eq!(right.checked, 6);
     assert!(right.max_error < 1e-4, "{right:?}");
