@@ -157,16 +157,27 @@ fn max_pooling_2x2_fast_path_routes_ties_like_the_general_path() {
 
 #[test]
 fn pooling_forward_matches_reference() {
-    for (i, &(k, s, p, h, w)) in [(2, 2, 0, 8, 8), (3, 2, 0, 7, 6), (3, 2, 1, 5, 6), (2, 1, 0, 4, 5)]
-        .iter()
-        .enumerate()
-    {
+    // square windows, then the geometries next to the 2x2 stride-2 fast path's: one
+    // side of 1 or 3, padding, odd sizes
+    let cases = [
+        (2, 2, 2, 0, 8, 8),
+        (3, 3, 2, 0, 7, 6),
+        (3, 3, 2, 1, 5, 6),
+        (2, 2, 1, 0, 4, 5),
+        (3, 2, 2, 0, 6, 6),
+        (2, 3, 2, 0, 6, 6),
+        (1, 2, 2, 0, 6, 6),
+        (2, 1, 2, 0, 6, 6),
+        (2, 2, 2, 1, 6, 6),
+        (2, 2, 2, 0, 5, 7),
+    ];
+    for (i, &(ph, pw, s, p, h, w)) in cases.iter().enumerate() {
         let x = random_input(&[2, 3, h, w], 0.0, i as u64);
         let v = x.view().into_dimensionality::<Ix4>().unwrap();
-        let got = Pooling::max(k, k, s, p).forward(x.clone(), false).unwrap();
-        assert_eq!(got, pool_reference(&v, k, k, s, p, false).into_dyn(), "max case {i}");
-        let got = Pooling::average(k, k, s, p).forward(x.clone(), false).unwrap();
-        let want = pool_reference(&v, k, k, s, p, true).into_dyn();
+        let got = Pooling::max(ph, pw, s, p).forward(x.clone(), false).unwrap();
+        assert_eq!(got, pool_reference(&v, ph, pw, s, p, false).into_dyn(), "max case {i}");
+        let got = Pooling::average(ph, pw, s, p).forward(x.clone(), false).unwrap();
+        let want = pool_reference(&v, ph, pw, s, p, true).into_dyn();
         assert!(max_abs_diff(&got, &want) < 1e-6, "avg case {i}");
     }
 }
@@ -199,6 +210,19 @@ fn max_pooling_sends_a_window_without_a_largest_value_to_its_first_element() {
         let dx = pool.backward(Tensor::ones(vec![1, 1, 2, 3]));
         assert_eq!(dx[[0, 0, 2, 4]], 1.0, "{fill}");
         assert_eq!(dx.iter().sum::<f32>(), 6.0, "{fill}");
+        // the general path: 3x3 windows, stride 2, padding 1; the window of output
+        // (1, 1) covers rows 1-3 and columns 1-3
+        let mut x = random_input(&[1, 1, 5, 6], 0.0, 4);
+        for y in 1..4 {
+            for c in 1..4 {
+                x[[0, 0, y, c]] = fill;
+            }
+        }
+        let mut pool = Pooling::max(3, 3, 2, 1);
+        let y = pool.forward(x, true).unwrap();
+        let dx = pool.backward(Tensor::ones(y.raw_dim()));
+        assert_eq!(dx[[0, 0, 1, 1]], 1.0, "{fill}");
+        assert_eq!(dx.iter().sum::<f32>(), y.len() as f32, "{fill}");
     }
 }
 
