@@ -4,8 +4,8 @@
 
 use dl_layers::gradcheck::{check_input, random_input};
 use dl_layers::{
-    sign, Affine, BinaryAffine, BinaryConvolution, Concat, ConvAlgo, Convolution, Init, Layer, Op, Sequential, Sign,
-    Tensor,
+    sign, Affine, BinaryAffine, BinaryConvolution, Concat, ConvAlgo, Convolution, Init, Layer, Op, Residual,
+    Sequential, Sign, Tensor,
 };
 
 #[test]
@@ -119,7 +119,11 @@ fn clip_params_keeps_latent_weights_in_plus_minus_one_through_containers() {
         .with(Sign::new())
         .with(BinaryAffine::new(2 * 4 * 4, 3, Init::Xavier, 2))
         .with(Affine::new(3, 2, Init::He, 3))
-        .with(Concat::new().with_branch("a", Sequential::new().with(BinaryAffine::new(2, 2, Init::Xavier, 4))));
+        .with(Concat::new().with_branch("a", Sequential::new().with(BinaryAffine::new(2, 2, Init::Xavier, 4))))
+        .with(Residual::new(
+            Sequential::new().with(BinaryAffine::new(2, 2, Init::Xavier, 5)),
+            None,
+        ));
     let before: Vec<Tensor> = net.params().iter().map(|(_, p)| p.value.clone()).collect();
     for (_, p) in net.params_mut() {
         p.value.mapv_inplace(|v| v * 100.0);
@@ -135,12 +139,14 @@ fn clip_params_keeps_latent_weights_in_plus_minus_one_through_containers() {
             .all(|(a, b)| *a == (b * 100.0).clamp(-1.0, 1.0)));
     }
     assert!(after[2].iter().zip(&before[2]).all(|(a, b)| *a == b * 100.0));
-    // and inside an inception module
-    assert!(after[4].iter().all(|v| v.abs() <= 1.0));
-    assert!(after[4]
-        .iter()
-        .zip(&before[4])
-        .all(|(a, b)| *a == (b * 100.0).clamp(-1.0, 1.0)));
+    // and inside an inception module and a residual block
+    for k in [4, 5] {
+        assert!(after[k].iter().all(|v| v.abs() <= 1.0));
+        assert!(after[k]
+            .iter()
+            .zip(&before[k])
+            .all(|(a, b)| *a == (b * 100.0).clamp(-1.0, 1.0)));
+    }
 }
 
 #[test]

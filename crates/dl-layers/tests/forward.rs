@@ -799,6 +799,31 @@ fn containers_pass_the_convolution_algorithm_to_every_convolution() {
     }
 }
 
+/// The containers' inference forms hold their layers' forms, in order.
+#[test]
+fn containers_give_their_layers_inference_ops_in_order() {
+    use dl_layers::Op;
+    let body = || Sequential::new().with(Relu::new()).with(Dropout::new(0.25, 1));
+    let seq = body();
+    assert_eq!(seq.layers().len(), 2);
+    assert_eq!(seq.layers()[1].name(), "Dropout");
+    let ops = vec![Op::Relu, Op::Multiply(0.75)];
+    assert_eq!(seq.inference_ops().unwrap(), ops);
+    assert_eq!(seq.inference_op().unwrap(), Op::Sequential(ops.clone()));
+    let block = Residual::new(body(), Some(Sequential::new().with(Relu::new())));
+    assert_eq!(
+        block.inference_op().unwrap(),
+        Op::Residual {
+            body: ops.clone(),
+            shortcut: Some(vec![Op::Relu]),
+        }
+    );
+    let module = Concat::new()
+        .with_branch("a", body())
+        .with_branch("b", Sequential::new());
+    assert_eq!(module.inference_op().unwrap(), Op::Concat(vec![ops, vec![]]));
+}
+
 #[test]
 fn a_residual_block_names_its_body_and_shortcut_state_by_path() {
     let bn = || BatchNormalization::new(2, BatchNormMode::PerChannel);
