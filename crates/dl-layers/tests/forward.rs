@@ -227,6 +227,42 @@ fn max_pooling_sends_a_window_without_a_largest_value_to_its_first_element() {
 }
 
 #[test]
+fn sigmoid_is_the_logistic_function() {
+    let x = Tensor::from_shape_vec(vec![1, 5], vec![-2.0, -0.5, 0.0, 1.0, 3.0]).unwrap();
+    let y = dl_layers::Sigmoid::new().forward(x.clone(), false).unwrap();
+    for (&v, &got) in x.iter().zip(y.iter()) {
+        let want = 1.0 / (1.0 + (-f64::from(v)).exp());
+        assert!(
+            (f64::from(got) - want).abs() < 1e-6,
+            "sigmoid({v}) = {got}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn labels_count_their_samples_in_either_form() {
+    let one_hot = ndarray::Array2::<f32>::eye(3);
+    let cases = [
+        (Labels::Indices(&[]), 0),
+        (Labels::Indices(&[2, 0]), 2),
+        (Labels::OneHot(one_hot.view()), 3),
+        (Labels::OneHot(one_hot.slice(ndarray::s![..0, ..])), 0),
+    ];
+    for (labels, n) in cases {
+        assert_eq!((labels.len(), labels.is_empty()), (n, n == 0), "{labels:?}");
+    }
+    // the loss keeps the last forward's softmax
+    let mut loss = SoftmaxWithLoss::new();
+    assert!(loss.probabilities().is_none());
+    let x = Tensor::from_shape_vec(vec![1, 3], vec![0.0, 1.0f32.ln(), 2.0f32.ln()]).unwrap();
+    loss.forward(&x, Labels::Indices(&[2])).unwrap();
+    let p = loss.probabilities().unwrap();
+    for (got, want) in p.iter().zip([0.25, 0.25, 0.5]) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+}
+
+#[test]
 fn book_dropout_scales_by_keep_ratio_in_eval_and_masks_in_train() {
     let x = Tensor::ones(vec![100, 100]);
     let mut d = Dropout::new(0.5, 1);
