@@ -572,6 +572,55 @@ mod tests {
     }
 
     #[test]
+    fn memo_tuple_and_dict_instructions_do_what_the_protocol_says() {
+        // BINPUT / BINGET (one-byte index), LONG_BINPUT / LONG_BINGET (four bytes) and
+        // MEMOIZE (the next index) store the top value and push it back: an empty dict
+        let memo_programs: [&[u8]; 3] = [
+            b"\x80\x02}q\x00h\x00.",
+            b"\x80\x02}r\x01\x00\x00\x00j\x01\x00\x00\x00.",
+            b"\x80\x04}\x94h\x00.",
+        ];
+        for program in memo_programs {
+            assert_eq!(parse(program).unwrap(), vec![], "{program:?}");
+        }
+        // each refusal, with the offset it names
+        let cases: [(&[u8], &str); 11] = [
+            (b"\x80\x04(\x94.", "at byte 4: nothing to memoize"),
+            (b"\x80\x04(q\x00.", "at byte 5: nothing to memoize"),
+            (b"\x80\x04(r\x00\x00\x00\x00.", "at byte 8: nothing to memoize"),
+            (b"\x80\x02}h\x07.", "at byte 5: memo entry 7 is not set"),
+            // TUPLE1 of the one value on the stack is a tuple, not a dict
+            (b"\x80\x02K\x01\x85.", "at byte 6: the pickle does not hold a dict"),
+            (b"\x80\x02K\x01\x86.", "at byte 5: the stack is empty"),
+            (b"\x80\x02(\x85.", "at byte 4: a mark inside a tuple"),
+            // SETITEM into a dict, which then maps a name to an integer
+            (
+                b"\x80\x02}\x8c\x01aK\x01s.",
+                "the dict maps something other than names to arrays",
+            ),
+            (b"\x80\x02)\x8c\x01aK\x01s.", "at byte 9: SETITEM without a dict"),
+            (
+                b"\x80\x02}(\x8c\x01au.",
+                "at byte 8: SETITEMS with an odd number of values",
+            ),
+            // an unknown instruction is reported where it starts
+            (b"\x80\x02}G", "at byte 3: pickle instruction 0x47 is not accepted"),
+        ];
+        for (program, want) in cases {
+            let e = parse(program).unwrap_err().to_string();
+            assert!(e.contains(want), "{program:?}: {e}, want {want:?}");
+        }
+        // an array of shape (-1,): the dimension 3 (`M 3 0`) written as `J -1`
+        let good = pickle_of(&[("W1", &[3], &[1.0, 2.0, 3.0])], "f8");
+        let at = good.windows(4).position(|w| w == [b'M', 3, 0, b't']).unwrap();
+        let mut negative = good[..at].to_vec();
+        negative.extend_from_slice(&[b'J', 0xff, 0xff, 0xff, 0xff]);
+        negative.extend_from_slice(&good[at + 3..]);
+        let e = parse(&negative).unwrap_err().to_string();
+        assert!(e.contains("an array dimension is not a non-negative integer"), "{e}");
+    }
+
+    #[test]
     fn refuses_code_execution_and_broken_files_without_panicking() {
         // the classic: GLOBAL os.system, then REDUCE
         let evil = b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03.";

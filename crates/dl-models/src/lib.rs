@@ -75,7 +75,7 @@ pub(crate) fn book_names(root: &dl_layers::Sequential) -> Vec<(String, String)> 
     let mut out = Vec::new();
     for (name, layer) in root.names().iter().zip(root.layers()) {
         let params = layer.params();
-        if params.iter().any(|(n, _)| n == "W") || (k == 0 && !params.is_empty()) {
+        if params.iter().any(|(n, _)| n == "W") {
             k += 1;
         }
         let local = params

@@ -38,6 +38,43 @@ fn deep_convnet_has_the_books_layers_names_and_shapes() {
 }
 
 #[test]
+fn a_deep_convnet_with_batch_norm_numbers_each_norm_after_its_layer() {
+    let config = DeepConvNetConfig {
+        use_batchnorm: true,
+        ..DeepConvNetConfig::default()
+    };
+    let net = DeepConvNet::new(config, 0).into_network();
+    let names: Vec<String> = net.params().into_iter().chain(net.buffers()).map(|(n, _)| n).collect();
+    let mut want = Vec::new();
+    for k in 1..=7 {
+        for n in ["W", "b", "gamma", "beta", "running_mean", "running_var"] {
+            want.push(format!("{n}{k}"));
+        }
+    }
+    want.extend(["W8".into(), "b8".into()]);
+    let mut sorted = names.clone();
+    sorted.sort();
+    want.sort();
+    assert_eq!(sorted, want, "{names:?}");
+}
+
+#[test]
+fn derive_seed_is_splitmix64_of_seed_and_index() {
+    // values from an independent implementation (Python integers modulo 2^64) of
+    // z = seed ^ (k * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019), then SplitMix64's mix;
+    // saved seeds rebuild the same networks only while these stay fixed
+    let cases = [
+        (0, 0, 0x6db6_ca64_564d_aeaa),
+        (42, 7, 0x2448_0789_cc68_6d62),
+        (u64::MAX, 3, 0x9207_3baf_5d33_6b35),
+        (1, 101, 0x85c6_ed6a_b25a_62fb),
+    ];
+    for (seed, k, want) in cases {
+        assert_eq!(dl_models::derive_seed(seed, k), want, "derive_seed({seed}, {k})");
+    }
+}
+
+#[test]
 fn he_initialisation_and_seeding() {
     let net = deep(3);
     for (name, t) in net.params() {
@@ -471,25 +508,36 @@ fn the_mutable_views_reach_every_gradient_and_every_saved_tensor_in_order() {
 
 #[test]
 fn a_safetensors_file_whose_header_length_starts_like_a_pickle_loads() {
-    // a header of 0x..80 bytes makes the file's first byte the pickle protocol byte
-    let net = deep(3);
+    // a header of 0x..80 bytes makes the file's first byte the pickle protocol byte;
+    // the tiny network's file is mostly header
+    let tiny = r#"{"input_dim":[1,4,4],"conv_param":{"filter_num":2,"filter_size":1,"pad":0,"stride":1},"hidden_size":3,"output_size":2,"weight_init_std":null}"#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.safetensors");
-    let bytes = (0..300)
-        .map(|k| {
-            let meta = std::collections::BTreeMap::from([("pad".to_string(), "x".repeat(k))]);
-            net.params_to_bytes_with(&[], &meta)
-        })
-        .find(|b| b[0] == 0x80)
-        .expect("some padding gives a header length of 0x..80");
-    std::fs::write(&path, &bytes).unwrap();
-    let loaded = dl_models::load(&path).unwrap();
-    assert!(loaded.params_to_bytes() == net.params_to_bytes());
+    for net in [deep(3), dl_models::build("SimpleConvNet", Some(tiny), 3).unwrap()] {
+        let bytes = (0..300)
+            .map(|k| {
+                let meta = std::collections::BTreeMap::from([("pad".to_string(), "x".repeat(k))]);
+                net.params_to_bytes_with(&[], &meta)
+            })
+            .find(|b| b[0] == 0x80)
+            .expect("some padding gives a header length of 0x..80");
+        std::fs::write(&path, &bytes).unwrap();
+        let loaded = dl_models::load(&path).unwrap();
+        assert!(loaded.params_to_bytes() == net.params_to_bytes());
+    }
     // a real pickle still goes to the pickle reader: its error says so
     let pkl = dir.path().join("empty.pkl");
     std::fs::write(&pkl, [0x80, 0x02, b'}', b'.']).unwrap();
     let e = dl_models::load(&pkl).unwrap_err().to_string();
     assert!(e.contains("has no tensor \"W1\""), "{e}");
+    // a pickle whose first 8 bytes, read as a header length, claim a few bytes more
+    // than the file has, and whose ninth byte is '{': still a pickle
+    let mut odd = 128u64.to_le_bytes().to_vec();
+    odd.push(b'{');
+    odd.resize(130, b' ');
+    std::fs::write(&pkl, &odd).unwrap();
+    let e = dl_models::load(&pkl).unwrap_err();
+    assert!(matches!(e, ModelError::Pickle(_)), "{e}");
 }
 
 /// A file saved at 16 bits holds every tensor as F16 or BF16 (half the bytes), and

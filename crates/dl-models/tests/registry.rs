@@ -33,6 +33,34 @@ fn every_model_builds_with_unique_names_and_classifies_a_batch() {
 }
 
 #[test]
+fn every_model_draws_each_weight_from_its_own_seed() {
+    for kind in MODEL_KINDS {
+        let net = build(kind, None, 1).unwrap();
+        let weights: Vec<(String, &Tensor)> = net.params().into_iter().filter(|(_, t)| t.ndim() > 1).collect();
+        assert!(weights.len() >= 2, "{kind}");
+        // no two weights of one shape start alike: each layer has a seed of its own
+        for (i, (a, ta)) in weights.iter().enumerate() {
+            for (b, tb) in &weights[i + 1..] {
+                assert!(ta.shape() != tb.shape() || ta != tb, "{kind}: {a} and {b} start alike");
+            }
+        }
+        // the same seed rebuilds the same weights; another seed changes every one
+        let same = build(kind, None, 1).unwrap();
+        let other = build(kind, None, 2).unwrap();
+        for ((name, t), ((_, s), (_, o))) in net
+            .params()
+            .into_iter()
+            .zip(same.params().into_iter().zip(other.params()))
+        {
+            assert_eq!(t, s, "{kind} {name}");
+            if t.ndim() > 1 {
+                assert_ne!(t, o, "{kind} {name}");
+            }
+        }
+    }
+}
+
+#[test]
 fn the_deeper_models_name_their_parameters_as_torchvision_does() {
     let net = ResNet::new(ResNetConfig::default(), 0);
     let n = names(&net);
@@ -169,6 +197,42 @@ fn bad_kinds_configurations_and_files_are_typed_errors() {
 }
 
 #[test]
+fn each_configuration_guard_says_what_is_wrong() {
+    let binary =
+        |dim: &str, blocks: &str| format!(r#"{{"input_dim":{dim},"blocks":{blocks},"hidden_size":6,"output_size":3}}"#);
+    let simple = |pad: usize| {
+        format!(
+            r#"{{"input_dim":[1,4,4],"conv_param":{{"filter_num":2,"filter_size":1,"pad":{pad},"stride":64}},"hidden_size":3,"output_size":2,"weight_init_std":null}}"#
+        )
+    };
+    let cases = [
+        // an image too small to halve once per block, in either direction
+        (
+            "BinaryConvNet",
+            binary("[1,3,12]", "[[1,3],[1,3]]"),
+            "a 3x12 image cannot be halved 2 times",
+        ),
+        (
+            "BinaryConvNet",
+            binary("[1,12,3]", "[[1,3],[1,3]]"),
+            "a 12x3 image cannot be halved 2 times",
+        ),
+        ("SimpleConvNet", simple(64), "pad is 64, must be at most 63"),
+    ];
+    for (kind, json, want) in cases {
+        let err = build(kind, Some(&json), 0).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Config { .. }) && err.to_string().contains(want),
+            "{kind} {json}: {err}, want {want:?}"
+        );
+    }
+    // the smallest image that two halvings leave at least one pixel wide builds
+    build("BinaryConvNet", Some(&binary("[1,4,4]", "[[1,3],[1,3]]")), 0).unwrap();
+    // the widest padding allowed
+    build("SimpleConvNet", Some(&simple(63)), 0).unwrap();
+}
+
+#[test]
 fn a_frozen_backbone_changes_nothing_while_its_head_learns() {
     // ResNet with batch norm everywhere: everything frozen but the classifier
     let mut net = ResNet::new(ResNetConfig::default(), 0).into_network();
@@ -272,6 +336,11 @@ fn a_configuration_counts_its_parameters_before_anything_is_built() {
             Some(r#"{"input_dim":[1,12,12],"blocks_per_stage":2,"widths":[4,4,6],"output_size":3}"#),
         ),
         ("GoogLeNet", None),
+        ("BinaryConvNet", None),
+        (
+            "BinaryConvNet",
+            Some(r#"{"input_dim":[2,16,12],"blocks":[[1,3],[2,5]],"hidden_size":6,"output_size":3}"#),
+        ),
     ];
     for (kind, json) in configs {
         let config = match json {
