@@ -75,6 +75,13 @@ fn derive_seed_is_splitmix64_of_seed_and_index() {
 }
 
 #[test]
+fn a_network_debug_prints_its_kind_and_layers() {
+    let text = format!("{:?}", deep(0));
+    assert!(text.starts_with("Network { kind: \"DeepConvNet\""), "{text}");
+    assert!(text.contains("Convolution") && text.contains("Affine"), "{text}");
+}
+
+#[test]
 fn he_initialisation_and_seeding() {
     let net = deep(3);
     for (name, t) in net.params() {
@@ -589,4 +596,76 @@ fn parameters_save_and_load_at_sixteen_bits() {
     assert!(net
         .save_params_as("/nonexistent/dir/x.safetensors", Precision::F16)
         .is_err());
+}
+
+/// What `Network` hands to its root layer (the convolution algorithm, bf16 products,
+/// clipping) reaches the layers exactly as setting the root directly does.
+#[test]
+fn a_network_passes_its_settings_to_every_layer() {
+    use dl_layers::{Bf16Kernel, ConvAlgo, Layer};
+    let x = random_input(&[3, 1, 28, 28], 0.5, 9);
+    let run = |net: &mut Network| net.predict(x.clone(), false).unwrap();
+    let mut outputs = Vec::new();
+    for algo in [ConvAlgo::Lowered, ConvAlgo::Winograd] {
+        let (mut by_network, mut by_root) = (deep(0), deep(0));
+        by_network.set_conv_algo(algo);
+        by_root.root_mut().set_conv_algo(algo);
+        let y = run(&mut by_network);
+        assert!(y == run(&mut by_root), "{algo:?}");
+        outputs.push(y);
+    }
+    assert!(outputs[0] != outputs[1], "the algorithms round differently");
+    let (mut by_network, mut by_root, mut plain) = (deep(0), deep(0), deep(0));
+    by_network.set_bf16_products(Some(Bf16Kernel::Rounded));
+    by_root.root_mut().set_bf16_products(Some(Bf16Kernel::Rounded));
+    let y = run(&mut by_network);
+    assert!(y == run(&mut by_root));
+    assert!(y != run(&mut plain), "bf16 products round");
+    // clipping: a binarized layer's latent weights go back to [-1, 1], the others stay
+    let mut net = dl_models::build("BinaryConvNet", None, 0).unwrap();
+    net.visit_state_mut(|t| t.fill(5.0));
+    net.clip_params();
+    let params = net.params();
+    let clipped = params.iter().filter(|(_, t)| t.iter().all(|&v| v == 1.0)).count();
+    let kept = params.iter().filter(|(_, t)| t.iter().all(|&v| v == 5.0)).count();
+    assert!(
+        clipped >= 3 && kept >= 3 && clipped + kept == params.len(),
+        "{clipped} {kept}"
+    );
+    // the root and its layers, read and written through the network
+    let mut net = deep(0);
+    assert_eq!(net.root().layers().len(), 20);
+    assert_eq!(net.layers_mut().len(), 20);
+    net.layers_mut()[0].set_trainable(false);
+    assert!(!net.params_and_grads().iter().any(|p| p.name == "W1"));
+}
+
+#[test]
+fn classify_and_accuracy_take_the_argmax_in_chunks() {
+    let mut net = deep(2);
+    let x = random_input(&[7, 1, 28, 28], 0.5, 3);
+    let scores = net.predict(x.clone(), false).unwrap();
+    let want: Vec<usize> = scores
+        .outer_iter()
+        .map(|row| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }))
+        .collect();
+    for batch in [1, 3, 7, 100] {
+        assert_eq!(net.classify(&x, batch).unwrap(), want, "batch {batch}");
+    }
+    assert_eq!(net.accuracy(&x, &want, 3).unwrap(), 1.0);
+    let mut half: Vec<usize> = want.clone();
+    for t in half.iter_mut().take(4).skip(1) {
+        *t = (*t + 1) % 10;
+    }
+    assert_eq!(net.accuracy(&x, &half, 3).unwrap(), 4.0 / 7.0);
+}
+
+#[test]
+fn a_network_keeps_its_configuration_in_its_metadata() {
+    let mut net = deep(0);
+    let config: DeepConvNetConfig = serde_json::from_str(&net.metadata()["config"]).unwrap();
+    assert_eq!(config, DeepConvNetConfig::default());
+    assert_eq!(net.metadata().len(), 1);
+    net.set_metadata("note", "hello".into());
+    assert_eq!(net.metadata().get("note").map(String::as_str), Some("hello"));
 }

@@ -230,6 +230,42 @@ fn each_configuration_guard_says_what_is_wrong() {
     build("BinaryConvNet", Some(&binary("[1,4,4]", "[[1,3],[1,3]]")), 0).unwrap();
     // the widest padding allowed
     build("SimpleConvNet", Some(&simple(63)), 0).unwrap();
+    // Vgg and GoogLeNet halve the image once per block or stage too
+    let vgg = |input_dim| {
+        Vgg::try_new(
+            VggConfig {
+                input_dim,
+                ..VggConfig::default()
+            },
+            0,
+        )
+        .map(|_| ())
+    };
+    let googlenet = |input_dim| {
+        GoogLeNet::try_new(
+            GoogLeNetConfig {
+                input_dim,
+                ..GoogLeNetConfig::default()
+            },
+            0,
+        )
+        .map(|_| ())
+    };
+    let halvings = [
+        (
+            VggConfig::default().blocks.len(),
+            &vgg as &dyn Fn((usize, usize, usize)) -> Result<(), ModelError>,
+        ),
+        (GoogLeNetConfig::default().stages.len(), &googlenet),
+    ];
+    for (n, try_build) in halvings {
+        let side = (1 << n) - 1;
+        for (h, w) in [(side, 28), (28, side)] {
+            let err = try_build((1, h, w)).unwrap_err();
+            let want = format!("a {h}x{w} image cannot be halved {n} times");
+            assert!(err.to_string().contains(&want), "{err}, want {want:?}");
+        }
+    }
 }
 
 #[test]
