@@ -201,7 +201,17 @@ fn images_of_several_channels_batch_as_nchw() {
     assert_eq!(t, vec![7]);
     assert!((x[[0, 2, 0, 1]] - 220.0 / 255.0).abs() < 1e-6);
     assert_eq!(set.to_f32(false, true).shape(), &[2, 6]);
-    assert!(ImageSet::with_channels(vec![0; 11], vec![4, 7], (3, 1, 2), 10).is_err());
+    // 15 bytes hold two whole 1x2x3 images and half a third: counted as 2
+    match ImageSet::with_channels(vec![0; 15], vec![4, 7, 1], (1, 2, 3), 10) {
+        Err(DataError::CountMismatch { n_images, n_labels, .. }) => assert_eq!((n_images, n_labels), (2, 3)),
+        other => panic!("{other:?}"),
+    }
+    // the first n images, with their pixels
+    let first = set.take(1);
+    assert_eq!((first.len(), first.is_empty()), (1, false));
+    assert_eq!(first.images, (0..6).map(|v| v * 20).collect::<Vec<u8>>());
+    assert!(set.take(0).is_empty());
+    assert_eq!(set.take(5), set);
 }
 
 #[test]
@@ -264,4 +274,32 @@ fn a_validation_split_keeps_the_class_proportions() {
     let set = ImageSet::new(vec![0; 4], vec![0, 0, 2, 2], 1, 1, 3).unwrap();
     let (_, held) = set.split(2, 1);
     assert_eq!(held.labels, [0, 2]);
+}
+
+#[test]
+fn each_bad_idx_header_is_refused_with_its_reason() {
+    let cases: [(&[u8], &str); 6] = [
+        (&[0, 0, 8], "only 3 bytes, a header needs at least 4"),
+        // four bytes are a whole first part of a header
+        (
+            &[0, 0, 8, 1],
+            "the header of 1 dimensions needs 8 bytes, the file has 4",
+        ),
+        (&[1, 0, 8, 1, 0, 0, 0, 0], "magic number starts 01 00"),
+        (&[0, 1, 8, 1, 0, 0, 0, 0], "magic number starts 00 01"),
+        (&[0, 0, 7, 1, 0, 0, 0, 0], "unknown element type 0x07"),
+        (&[0, 0, 8, 5, 0, 0, 0, 0], "5 dimensions; expected 1 to 4"),
+    ];
+    for (bytes, want) in cases {
+        let err = dl_data::parse_idx(bytes, "x.idx").unwrap_err();
+        assert!(
+            matches!(err, DataError::NotIdx { .. }) && err.to_string().contains(want),
+            "{bytes:?}: {err}, want {want:?}"
+        );
+    }
+    // an empty array of one dimension is a whole file
+    assert_eq!(
+        dl_data::parse_idx(&[0, 0, 8, 1, 0, 0, 0, 0], "x.idx").unwrap().dims,
+        vec![0]
+    );
 }
