@@ -89,6 +89,18 @@ fn a_file_that_does_not_match_the_manifest_is_refused() {
             format!("{}  {f}\n", dl_data::sha256_hex(&bytes))
         })
         .collect();
+    // comments and blank lines are skipped
+    let commented = format!("# SHA-256 of the uncompressed files\n\n{manifest}");
+    std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), commented).unwrap();
+    Mnist::load(dir.path()).unwrap();
+    // a hash one digit short, or of 64 characters not all hex, is a malformed line
+    let first = manifest.lines().next().unwrap();
+    for bad in [&first[1..], &format!("g{}", &first[1..])] {
+        let text = format!("# checksums\n{bad}\n");
+        std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), text).unwrap();
+        let e = Mnist::load(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::Manifest { line: 2, .. }), "{bad}: {e}");
+    }
     std::fs::write(dir.path().join("SHA256SUMS.uncompressed"), manifest).unwrap();
     Mnist::load(dir.path()).unwrap();
     // flip one pixel: still valid IDX, but not the file the manifest describes
