@@ -238,38 +238,33 @@ fn each_configuration_guard_says_what_is_wrong() {
     // the widest padding allowed
     build("SimpleConvNet", Some(&simple(63)), 0).unwrap();
     // Vgg and GoogLeNet halve the image once per block or stage too
-    let vgg = |input_dim| {
-        Vgg::try_new(
+    let (blocks, stages) = (
+        VggConfig::default().blocks.len(),
+        GoogLeNetConfig::default().stages.len(),
+    );
+    for (short_h, short_w) in [(true, false), (false, true)] {
+        let dim = |n: usize| {
+            let side = |short| if short { (1 << n) - 1 } else { 28 };
+            (1, side(short_h), side(short_w))
+        };
+        let vgg = Vgg::try_new(
             VggConfig {
-                input_dim,
+                input_dim: dim(blocks),
                 ..VggConfig::default()
             },
             0,
-        )
-        .map(|_| ())
-    };
-    let googlenet = |input_dim| {
-        GoogLeNet::try_new(
+        );
+        let googlenet = GoogLeNet::try_new(
             GoogLeNetConfig {
-                input_dim,
+                input_dim: dim(stages),
                 ..GoogLeNetConfig::default()
             },
             0,
-        )
-        .map(|_| ())
-    };
-    let halvings = [
-        (
-            VggConfig::default().blocks.len(),
-            &vgg as &dyn Fn((usize, usize, usize)) -> Result<(), ModelError>,
-        ),
-        (GoogLeNetConfig::default().stages.len(), &googlenet),
-    ];
-    for (n, try_build) in halvings {
-        let side = (1 << n) - 1;
-        for (h, w) in [(side, 28), (28, side)] {
-            let err = try_build((1, h, w)).unwrap_err();
+        );
+        for (err, n) in [(vgg.map(|_| ()), blocks), (googlenet.map(|_| ()), stages)] {
+            let (_, h, w) = dim(n);
             let want = format!("a {h}x{w} image cannot be halved {n} times");
+            let err = err.unwrap_err();
             assert!(err.to_string().contains(&want), "{err}, want {want:?}");
         }
     }
