@@ -353,6 +353,209 @@ mod tests {
     }
 
     #[test]
+    fn both_flips_move_every_pixel_to_its_mirror_place() {
+        let img = digit();
+        let (h, v) = (flip_horizontal(&img, 7, 7), flip_vertical(&img, 7, 7));
+        for y in 0..7 {
+            for x in 0..7 {
+                assert_eq!(h[y * 7 + x], img[y * 7 + 6 - x], "horizontal ({y}, {x})");
+                assert_eq!(v[y * 7 + x], img[(6 - y) * 7 + x], "vertical ({y}, {x})");
+            }
+        }
+        // a non-square image: the row length is w, the row count h
+        let wide: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(flip_horizontal(&wide, 3, 4)[..4], [3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(flip_vertical(&wide, 3, 4)[..4], [8.0, 9.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn a_crop_must_fit_in_the_padded_image_in_both_directions() {
+        let img = digit();
+        // the largest windows that fit: the padded image itself, and its last row or column
+        assert_eq!(crop(&img, 7, 7, 1, 0, 0, 9, 9).len(), 81);
+        assert_eq!(crop(&img, 7, 7, 1, 8, 0, 1, 9), vec![0.0; 9]);
+        assert_eq!(crop(&img, 7, 7, 1, 0, 8, 9, 1), vec![0.0; 9]);
+        // the bottom-right corner of the image, at the padded window's last place
+        assert_eq!(crop(&img, 7, 7, 1, 7, 7, 1, 1), vec![img[48]]);
+        for (top, left, ch, cw) in [(1, 0, 9, 9), (0, 1, 9, 9), (9, 0, 1, 1), (0, 9, 1, 1)] {
+            let outside = std::panic::catch_unwind(|| crop(&img, 7, 7, 1, top, left, ch, cw));
+            assert!(outside.is_err(), "({top}, {left}) {ch}x{cw} is outside");
+        }
+    }
+
+    #[test]
+    fn scale_two_enlarges_about_the_centre() {
+        // one lit pixel one row below and one column right of the centre (3, 3)
+        let mut img = vec![0.0; 49];
+        img[4 * 7 + 4] = 1.0;
+        let s = scale(&img, 7, 7, 2.0);
+        // output (y, x) samples (3 + (y - 3) / 2, 3 + (x - 3) / 2): (5, 5) lands on it
+        // exactly, (4, 4) a quarter of the way in each direction, (5, 4) half way in one
+        assert!((s[5 * 7 + 5] - 1.0).abs() < 1e-6, "{s:?}");
+        assert!((s[4 * 7 + 4] - 0.25).abs() < 1e-6, "{s:?}");
+        assert!((s[5 * 7 + 4] - 0.5).abs() < 1e-6, "{s:?}");
+        assert!((s[4 * 7 + 5] - 0.5).abs() < 1e-6, "{s:?}");
+        assert!(
+            (s.iter().sum::<f32>() - 4.0).abs() < 1e-5,
+            "the pixel covers four: {s:?}"
+        );
+        // and one half shrinks: the pixel two away from the centre moves one in
+        let mut far = vec![0.0; 49];
+        far[3 * 7 + 5] = 1.0;
+        let s = scale(&far, 7, 7, 0.5);
+        assert!((s[3 * 7 + 4] - 1.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn samples_outside_the_image_are_background_on_every_side() {
+        let ones = vec![1.0; 12];
+        // inside, next to each border, a sample is the pixel itself
+        for (y, x) in [(0.0, 0.0), (2.0, 3.0), (0.0, 3.0), (2.0, 0.0)] {
+            assert_eq!(sample(&ones, 3, 4, y, x), 1.0, "({y}, {x})");
+        }
+        // half a pixel beyond each border, half the value
+        for (y, x) in [(-0.5, 1.0), (2.5, 1.0), (1.0, -0.5), (1.0, 3.5)] {
+            assert!((sample(&ones, 3, 4, y, x) - 0.5).abs() < 1e-6, "({y}, {x})");
+        }
+        // a whole pixel beyond: nothing
+        for (y, x) in [(-1.0, 1.0), (3.0, 1.0), (1.0, -1.0), (1.0, 4.0)] {
+            assert_eq!(sample(&ones, 3, 4, y, x), 0.0, "({y}, {x})");
+        }
+    }
+
+    #[test]
+    fn a_blurred_point_is_the_normalised_gaussian_and_the_border_is_zero() {
+        let (h, w, sigma) = (11, 13, 1.0f32);
+        let mut point = vec![0.0; h * w];
+        point[5 * w + 6] = 1.0;
+        let b = blur(&point, h, w, sigma);
+        // the kernel reaches 3 sigma: exp(-i^2 / 2) for i in -3..=3, summing to 1
+        let g: Vec<f32> = (-3..=3i32).map(|i| (-(i * i) as f32 / 2.0).exp()).collect();
+        let norm: f32 = g.iter().sum();
+        for y in 0..h {
+            for x in 0..w {
+                let (dy, dx) = (y as i32 - 5, x as i32 - 6);
+                let want = if dy.abs() <= 3 && dx.abs() <= 3 {
+                    g[(dy + 3) as usize] * g[(dx + 3) as usize] / (norm * norm)
+                } else {
+                    0.0
+                };
+                assert!(
+                    (b[y * w + x] - want).abs() < 1e-7,
+                    "({y}, {x}): {} vs {want}",
+                    b[y * w + x]
+                );
+            }
+        }
+        // a constant field keeps its value where the kernel fits, and loses some at the
+        // border, where outside counts as zero
+        let b = blur(&vec![2.0; h * w], h, w, sigma);
+        assert!((b[5 * w + 6] - 2.0).abs() < 1e-5);
+        let corner = 2.0 * (g[3..].iter().sum::<f32>() / norm).powi(2);
+        assert!((b[0] - corner).abs() < 1e-5, "{} vs {corner}", b[0]);
+    }
+
+    #[test]
+    fn an_elastic_distortion_with_a_constant_field_is_a_shift() {
+        use rand::rngs::mock::StepRng;
+        // a generator whose every draw is the same: both displacement fields are that
+        // value everywhere, and the blur keeps it away from the border
+        let word = 0xC000_0000_C000_0000;
+        let v: f32 = StepRng::new(word, 0).gen_range(-1.0f32..1.0);
+        assert!(v.abs() > 0.1, "{v}");
+        let (h, w) = (9, 10);
+        let img: Vec<f32> = (0..h * w).map(|i| ((i * 37) % 11) as f32).collect();
+        let e = elastic(&img, h, w, 1.0 / v, 0.3, &mut StepRng::new(word, 0));
+        // displacement alpha * v = 1 row and 1 column: out(y, x) = img(y + 1, x + 1)
+        for y in 1..h - 2 {
+            for x in 1..w - 2 {
+                let want = img[(y + 1) * w + x + 1];
+                assert!(
+                    (e[y * w + x] - want).abs() < 1e-4,
+                    "({y}, {x}): {} vs {want}",
+                    e[y * w + x]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_augment_draws_its_parameters_from_its_range() {
+        let img = digit();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut twin = rng.clone();
+        // the draws in order: a shift draws dy then dx, uniform in [-max, max]
+        let out = Augment::Shift { max: 1.5 }.apply(&img, 7, 7, &mut rng);
+        let (dy, dx) = (twin.gen_range(-1.5f32..=1.5), twin.gen_range(-1.5f32..=1.5));
+        assert_eq!(out, shift(&img, 7, 7, dy, dx));
+        let out = Augment::Rotate { max_degrees: 20.0 }.apply(&img, 7, 7, &mut rng);
+        assert_eq!(out, rotate(&img, 7, 7, twin.gen_range(-20.0f32..=20.0)));
+        let out = Augment::Scale { min: 0.8, max: 1.2 }.apply(&img, 7, 7, &mut rng);
+        assert_eq!(out, scale(&img, 7, 7, twin.gen_range(0.8f32..=1.2)));
+        let out = Augment::Crop { pad: 2 }.apply(&img, 7, 7, &mut rng);
+        let (top, left) = (twin.gen_range(0..=4), twin.gen_range(0..=4));
+        assert_eq!(out, crop(&img, 7, 7, 2, top, left, 7, 7));
+        let out = Augment::Elastic { alpha: 2.0, sigma: 1.0 }.apply(&img, 7, 7, &mut rng);
+        assert_eq!(out, elastic(&img, 7, 7, 2.0, 1.0, &mut twin));
+        assert_eq!(rng, twin, "the same number of draws");
+        // empty ranges draw nothing and change nothing
+        for a in [
+            Augment::Shift { max: 0.0 },
+            Augment::Rotate { max_degrees: 0.0 },
+            Augment::Scale { min: 1.0, max: 1.0 },
+            Augment::Crop { pad: 0 },
+        ] {
+            let before = rng.clone();
+            close(&a.apply(&img, 7, 7, &mut rng), &img, 1e-6);
+            if a != (Augment::Crop { pad: 0 }) {
+                assert_eq!(rng, before, "{a:?} drew");
+            }
+        }
+        // a fixed factor is used as is
+        let out = Augment::Scale { min: 2.0, max: 2.0 }.apply(&img, 7, 7, &mut rng);
+        assert_eq!(out, scale(&img, 7, 7, 2.0));
+        // flips: p = 1 always, p = 0 never, p = 0.5 on the draw below one half
+        for _ in 0..8 {
+            assert_eq!(
+                Augment::FlipHorizontal { p: 1.0 }.apply(&img, 7, 7, &mut rng),
+                flip_horizontal(&img, 7, 7)
+            );
+            assert_eq!(
+                Augment::FlipVertical { p: 1.0 }.apply(&img, 7, 7, &mut rng),
+                flip_vertical(&img, 7, 7)
+            );
+            assert_eq!(Augment::FlipHorizontal { p: 0.0 }.apply(&img, 7, 7, &mut rng), img);
+            assert_eq!(Augment::FlipVertical { p: 0.0 }.apply(&img, 7, 7, &mut rng), img);
+        }
+        let mut twin = rng.clone();
+        for _ in 0..16 {
+            let flip = twin.gen::<f32>() < 0.5;
+            let out = Augment::FlipVertical { p: 0.5 }.apply(&img, 7, 7, &mut rng);
+            assert_eq!(out, if flip { flip_vertical(&img, 7, 7) } else { img.clone() });
+            let flip = twin.gen::<f32>() < 0.5;
+            let out = Augment::FlipHorizontal { p: 0.5 }.apply(&img, 7, 7, &mut rng);
+            assert_eq!(out, if flip { flip_horizontal(&img, 7, 7) } else { img.clone() });
+        }
+    }
+
+    #[test]
+    fn the_mnist_recipe_is_rotation_zoom_and_shift_then_elastic() {
+        let plain = Pipeline::mnist(false, 7);
+        assert_eq!(
+            plain.steps,
+            [
+                Augment::Rotate { max_degrees: 10.0 },
+                Augment::Scale { min: 0.9, max: 1.1 },
+                Augment::Shift { max: 2.0 },
+            ]
+        );
+        assert_eq!(plain.seed, 7);
+        let full = Pipeline::mnist(true, 7);
+        assert_eq!(full.steps[..3], plain.steps[..]);
+        assert_eq!(full.steps[3..], [Augment::Elastic { alpha: 8.0, sigma: 3.0 }]);
+    }
+
+    #[test]
     fn every_channel_of_an_image_gets_the_same_transformation() {
         let p = Pipeline::mnist(true, 4);
         let img = digit();
