@@ -52,3 +52,23 @@ pub fn evaluate(
     }
     Ok(Evaluation { correct, total })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_is_the_fraction_correct_and_prints_as_scripts_read_it() {
+        let e = Evaluation {
+            correct: 9938,
+            total: 10000,
+        };
+        assert_eq!(e.accuracy(), 0.9938);
+        assert_eq!(e.to_string(), "0.9938 (9938/10000)");
+        let third = Evaluation { correct: 1, total: 3 };
+        assert_eq!(third.to_string(), "0.3333 (1/3)");
+        let none = Evaluation { correct: 0, total: 0 };
+        assert_eq!(none.accuracy(), 0.0);
+        assert_eq!(none.to_string(), "0.0000 (0/0)");
+    }
+}

@@ -215,6 +215,64 @@ mod tests {
     }
 
     #[test]
+    fn degenerate_schedules_stay_finite() {
+        // a step size of 0 drops every step, as 1 does
+        let step = Schedule::Step {
+            step_size: 0,
+            gamma: 0.5,
+        };
+        close(step.lr_at(1.0, 3, 10), 0.125);
+        // a warm-up as long as the run: the last step reaches the base rate
+        let warm = Schedule::Cosine {
+            warmup: 10,
+            min_lr: 0.0,
+        };
+        close(warm.lr_at(1.0, 9, 10), 1.0);
+        // two steps after it: the fall spans them, halved at the second
+        close(warm.lr_at(1.0, 11, 12), 0.5);
+        // a one-cycle rise rounds to whole steps: 0.25 of 10 is 2.5, rounded to 3
+        let one = Schedule::OneCycle {
+            pct_start: 0.25,
+            div_factor: 10.0,
+            final_div_factor: 100.0,
+        };
+        close(one.lr_at(1.0, 2, 10), 0.1 + 0.9 * 2.0 / 3.0);
+        close(one.lr_at(1.0, 3, 10), 1.0);
+        // half way down the cosine from 1 to 0.01
+        close(
+            one.lr_at(1.0, 3 + 7 / 2, 10),
+            0.01 + 0.99 * 0.5 * (1.0 + (std::f32::consts::PI * 3.0 / 7.0).cos()),
+        );
+        // a run too short for a rise: one step of it, then the fall over the rest
+        let short = Schedule::OneCycle {
+            pct_start: 0.1,
+            div_factor: 4.0,
+            final_div_factor: 8.0,
+        };
+        close(short.lr_at(1.0, 0, 2), 0.25);
+        close(short.lr_at(1.0, 1, 2), 1.0);
+        close(short.lr_at(1.0, 2, 2), 0.125);
+    }
+
+    #[test]
+    fn plateau_counts_an_improvement_only_beyond_the_threshold_and_stops_at_the_floor() {
+        let mut p = ReduceOnPlateau::new(0.1, 0);
+        p.min_lr = 0.002;
+        assert_eq!(p.step(0.5, 1.0), 1.0);
+        // exactly the threshold above the best is no improvement: the rate drops
+        let just = 0.5 + p.threshold;
+        close(p.step(just, 1.0), 0.1);
+        assert_eq!(p.progress(), (Some(0.5), 0));
+        // beyond it is one, and becomes the best
+        assert_eq!(p.step(0.6, 0.1), 0.1);
+        assert_eq!(p.progress(), (Some(0.6), 0));
+        // the drops stop at the floor
+        close(p.step(0.6, 0.1), 0.01);
+        close(p.step(0.6, 0.01), 0.002);
+        close(p.step(0.6, 0.002), 0.002);
+    }
+
+    #[test]
     fn plateau_progress_round_trips() {
         let mut p = ReduceOnPlateau::new(0.5, 2);
         let mut lr = 0.1;
