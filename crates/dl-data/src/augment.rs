@@ -425,18 +425,18 @@ mod tests {
 
     #[test]
     fn a_blurred_point_is_the_normalised_gaussian_and_the_border_is_zero() {
-        let (h, w, sigma) = (11, 13, 1.0f32);
+        let (h, w, sigma) = (11, 13, 1.5f32);
         let mut point = vec![0.0; h * w];
         point[5 * w + 6] = 1.0;
         let b = blur(&point, h, w, sigma);
-        // the kernel reaches 3 sigma: exp(-i^2 / 2) for i in -3..=3, summing to 1
-        let g: Vec<f32> = (-3..=3i32).map(|i| (-(i * i) as f32 / 2.0).exp()).collect();
+        // the kernel reaches 3 sigma, rounded up: exp(-i^2 / (2 sigma^2)) for i in -5..=5
+        let g: Vec<f32> = (-5..=5i32).map(|i| (-(i * i) as f32 / 4.5).exp()).collect();
         let norm: f32 = g.iter().sum();
         for y in 0..h {
             for x in 0..w {
                 let (dy, dx) = (y as i32 - 5, x as i32 - 6);
-                let want = if dy.abs() <= 3 && dx.abs() <= 3 {
-                    g[(dy + 3) as usize] * g[(dx + 3) as usize] / (norm * norm)
+                let want = if dy.abs() <= 5 && dx.abs() <= 5 {
+                    g[(dy + 5) as usize] * g[(dx + 5) as usize] / (norm * norm)
                 } else {
                     0.0
                 };
@@ -451,7 +451,7 @@ mod tests {
         // border, where outside counts as zero
         let b = blur(&vec![2.0; h * w], h, w, sigma);
         assert!((b[5 * w + 6] - 2.0).abs() < 1e-5);
-        let corner = 2.0 * (g[3..].iter().sum::<f32>() / norm).powi(2);
+        let corner = 2.0 * (g[5..].iter().sum::<f32>() / norm).powi(2);
         assert!((b[0] - corner).abs() < 1e-5, "{} vs {corner}", b[0]);
     }
 
