@@ -527,6 +527,14 @@ mod tests {
             assert_eq!(Augment::FlipHorizontal { p: 0.0 }.apply(&img, 7, 7, &mut rng), img);
             assert_eq!(Augment::FlipVertical { p: 0.0 }.apply(&img, 7, 7, &mut rng), img);
         }
+        // a flip happens with probability p: on a draw in [0, 1) below p, so not on a
+        // draw equal to p
+        for _ in 0..4 {
+            let p = rng.clone().gen::<f32>();
+            assert_eq!(Augment::FlipHorizontal { p }.apply(&img, 7, 7, &mut rng), img);
+            let p = rng.clone().gen::<f32>();
+            assert_eq!(Augment::FlipVertical { p }.apply(&img, 7, 7, &mut rng), img);
+        }
         let mut twin = rng.clone();
         for _ in 0..16 {
             let flip = twin.gen::<f32>() < 0.5;
