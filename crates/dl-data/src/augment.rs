@@ -425,18 +425,20 @@ mod tests {
 
     #[test]
     fn a_blurred_point_is_the_normalised_gaussian_and_the_border_is_zero() {
-        let (h, w, sigma) = (11, 13, 1.5f32);
+        let (h, w, sigma) = (11, 13, 1.25f32);
         let mut point = vec![0.0; h * w];
         point[5 * w + 6] = 1.0;
         let b = blur(&point, h, w, sigma);
-        // the kernel reaches 3 sigma, rounded up: exp(-i^2 / (2 sigma^2)) for i in -5..=5
-        let g: Vec<f32> = (-5..=5i32).map(|i| (-(i * i) as f32 / 4.5).exp()).collect();
+        // the kernel reaches 3 sigma, rounded up: exp(-i^2 / (2 sigma^2)) for i in -4..=4
+        // (a sigma at which 3 sigma, 3 + sigma and 3 / sigma round up apart, and 2 sigma^2
+        // differs from 2 sigma + sigma)
+        let g: Vec<f32> = (-4..=4i32).map(|i| (-(i * i) as f32 / 3.125).exp()).collect();
         let norm: f32 = g.iter().sum();
         for y in 0..h {
             for x in 0..w {
                 let (dy, dx) = (y as i32 - 5, x as i32 - 6);
-                let want = if dy.abs() <= 5 && dx.abs() <= 5 {
-                    g[(dy + 5) as usize] * g[(dx + 5) as usize] / (norm * norm)
+                let want = if dy.abs() <= 4 && dx.abs() <= 4 {
+                    g[(dy + 4) as usize] * g[(dx + 4) as usize] / (norm * norm)
                 } else {
                     0.0
                 };
@@ -451,7 +453,7 @@ mod tests {
         // border, where outside counts as zero
         let b = blur(&vec![2.0; h * w], h, w, sigma);
         assert!((b[5 * w + 6] - 2.0).abs() < 1e-5);
-        let corner = 2.0 * (g[5..].iter().sum::<f32>() / norm).powi(2);
+        let corner = 2.0 * (g[4..].iter().sum::<f32>() / norm).powi(2);
         assert!((b[0] - corner).abs() < 1e-5, "{} vs {corner}", b[0]);
     }
 

@@ -213,10 +213,14 @@ fn images_of_several_channels_batch_as_nchw() {
     assert_eq!(t, vec![7]);
     assert!((x[[0, 2, 0, 1]] - 220.0 / 255.0).abs() < 1e-6);
     assert_eq!(set.to_f32(false, true).shape(), &[2, 6]);
-    // 15 bytes hold two whole 1x2x3 images and half a third: counted as 2
-    match ImageSet::with_channels(vec![0; 15], vec![4, 7, 1], (1, 2, 3), 10) {
-        Err(DataError::CountMismatch { n_images, n_labels, .. }) => assert_eq!((n_images, n_labels), (2, 3)),
-        other => panic!("{other:?}"),
+    // 15 bytes hold two whole 1x2x3 images and half a third: counted as 2; and 29 bytes
+    // two whole 2x3x2 images (a shape where C + H * W, C * H + W, C / H * W and
+    // C * H / W are all other image sizes)
+    for (bytes, shape) in [(15, (1, 2, 3)), (29, (2, 3, 2))] {
+        match ImageSet::with_channels(vec![0; bytes], vec![4, 7, 1], shape, 10) {
+            Err(DataError::CountMismatch { n_images, n_labels, .. }) => assert_eq!((n_images, n_labels), (2, 3)),
+            other => panic!("{other:?}"),
+        }
     }
     // the first n images, with their pixels
     let first = set.take(1);
