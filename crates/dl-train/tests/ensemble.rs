@@ -62,6 +62,33 @@ fn mean_vote_averages_the_members_softmax_outputs() {
 }
 
 #[test]
+fn an_ensemble_gives_its_members_by_reference_mutably_and_by_value() {
+    let x = input(3, 9);
+    let (mut a, mut b) = (small(11), small(12));
+    let (pa, pb) = (softmax_of(&mut a, &x), softmax_of(&mut b, &x));
+    let mut e = Ensemble::new(vec![a, b]).unwrap();
+    assert_eq!((e.len(), e.is_empty()), (2, false));
+    assert_eq!(e.members().len(), 2);
+    assert_eq!(softmax_of(&mut e.members().to_vec()[1], &x), pb);
+    // a change made through members_mut is the ensemble's: member 1 becomes member 0
+    let weights = e.members()[0].params_to_bytes();
+    let members = e.members_mut();
+    assert_eq!(members.len(), 2);
+    members[1]
+        .load_params_from_bytes(&weights, Path::new("member 0"))
+        .unwrap();
+    let p = e.predict_proba(&x, 3).unwrap();
+    for (got, want) in p.iter().zip(pa.iter()) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    // by value: the two members, in order
+    let mut nets = e.into_members();
+    assert_eq!(nets.len(), 2);
+    assert_eq!(softmax_of(&mut nets[0], &x), pa);
+    assert_eq!(nets[1].params_to_bytes(), weights);
+}
+
+#[test]
 fn an_ensemble_of_one_is_that_network() {
     let x = input(5, 2);
     let mut net = small(4);
