@@ -19,14 +19,29 @@ pub fn flush_denormals_to_zero() {
 
 #[cfg(test)]
 mod tests {
+    use std::hint::black_box;
+
+    /// `MIN_POSITIVE / 4`: normal inputs, a denormal result (flush-to-zero makes it 0),
+    /// and `2^-149 * 2^30`: a denormal input, a normal result (denormals-are-zero makes it
+    /// 0). Compared by their bits: with denormals-are-zero a comparison would read a
+    /// denormal as 0 too.
+    fn results() -> (u32, u32) {
+        let quarter = black_box(f32::MIN_POSITIVE) / black_box(4.0f32);
+        let scaled = black_box(f32::from_bits(1)) * black_box(2.0f32.powi(30));
+        (black_box(quarter).to_bits(), black_box(scaled).to_bits())
+    }
+
     #[test]
     fn denormals_flush_to_zero_after_call() {
         std::thread::spawn(|| {
+            let before = results();
             super::flush_denormals_to_zero();
-            let tiny = std::hint::black_box(f32::MIN_POSITIVE);
-            let d = std::hint::black_box(tiny) / std::hint::black_box(4.0f32);
+            let after = results();
+            assert_eq!(before, ((f32::MIN_POSITIVE / 4.0).to_bits(), 2.0f32.powi(-119).to_bits()));
             if cfg!(target_arch = "x86_64") {
-                assert_eq!(d, 0.0);
+                assert_eq!(after, (0, 0), "flush-to-zero, then denormals-are-zero");
+            } else {
+                assert_eq!(after, before);
             }
         })
         .join()
