@@ -37,7 +37,10 @@ mod tests {
             let before = results();
             super::flush_denormals_to_zero();
             let after = results();
-            assert_eq!(before, ((f32::MIN_POSITIVE / 4.0).to_bits(), 2.0f32.powi(-119).to_bits()));
+            assert_eq!(
+                before,
+                ((f32::MIN_POSITIVE / 4.0).to_bits(), 2.0f32.powi(-119).to_bits())
+            );
             if cfg!(target_arch = "x86_64") {
                 assert_eq!(after, (0, 0), "flush-to-zero, then denormals-are-zero");
             } else {

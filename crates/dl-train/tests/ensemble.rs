@@ -239,10 +239,16 @@ fn members_are_the_same_trained_in_turn_in_parallel_or_alone() {
         ..TrainerConfig::default()
     };
     let build = |_: usize, seed: u64| small(seed);
-    let run = |parallel| train_ensemble(build, &train, &test, &config, 3, parallel, |_| Count(0)).unwrap();
+    // in a pool of 4 threads: in turn, each member has the 4; two at once, 2 each
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let run =
+        |parallel| pool.install(|| train_ensemble(build, &train, &test, &config, 3, parallel, |_| Count(0)).unwrap());
     let in_turn = run(1);
     let parallel = run(2);
     assert_eq!(in_turn.seeds, vec![20, 21, 22]);
+    let threads = |r: &dl_train::ensemble::EnsembleRun| r.histories.iter().map(|h| h.threads).collect::<Vec<_>>();
+    assert_eq!(threads(&in_turn), [4, 4, 4]);
+    assert_eq!(threads(&parallel), [2, 2, 2]);
     for (a, b) in in_turn.ensemble.members().iter().zip(parallel.ensemble.members()) {
         assert_eq!(a.params_to_bytes(), b.params_to_bytes());
     }
