@@ -222,6 +222,17 @@ mod tests {
     }
 
     #[test]
+    fn gemm_with_an_empty_output_does_nothing() {
+        for (m, k, n) in [(0, 3, 2), (3, 4, 0), (0, 0, 0), (0, 2, 0)] {
+            let (a, b) = (random(m, k, 1), random(k, n, 2));
+            let mut c = Array2::<f32>::zeros((m, n));
+            gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
+            par_gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
+            assert_eq!(c.dim(), (m, n));
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "gemm: shapes do not agree")]
     fn gemm_names_the_shapes_on_mismatch() {
         let a = Array2::<f32>::zeros((2, 3));
