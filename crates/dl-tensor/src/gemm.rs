@@ -228,6 +228,7 @@ mod tests {
             let mut c = Array2::<f32>::zeros((m, n));
             gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
             par_gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
+            gemm_matrixmultiply(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
             assert_eq!(c.dim(), (m, n));
         }
     }
