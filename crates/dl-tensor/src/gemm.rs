@@ -223,13 +223,13 @@ mod tests {
 
     #[test]
     fn gemm_with_an_empty_output_does_nothing() {
+        // none of the three products fails on an output with no elements
         for (m, k, n) in [(0, 3, 2), (3, 4, 0), (0, 0, 0), (0, 2, 0)] {
             let (a, b) = (random(m, k, 1), random(k, n, 2));
             let mut c = Array2::<f32>::zeros((m, n));
             gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
             par_gemm(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
             gemm_matrixmultiply(1.0, &a.view(), &b.view(), 0.5, &mut c.view_mut());
-            assert_eq!(c.dim(), (m, n));
         }
     }
 

@@ -228,7 +228,8 @@ mod tests {
             min_lr: 0.0,
         };
         close(warm.lr_at(1.0, 9, 10), 1.0);
-        // two steps after it: the fall spans them, halved at the second
+        // a run two steps longer than its warm-up: the fall spans those two, half done
+        // at the second
         close(warm.lr_at(1.0, 11, 12), 0.5);
         // a one-cycle rise rounds to whole steps: 0.25 of 10 is 2.5, rounded to 3
         let one = Schedule::OneCycle {
@@ -238,7 +239,7 @@ mod tests {
         };
         close(one.lr_at(1.0, 2, 10), 0.1 + 0.9 * 2.0 / 3.0);
         close(one.lr_at(1.0, 3, 10), 1.0);
-        // half way down the cosine from 1 to 0.01
+        // three sevenths of the way down the cosine from 1 to 0.01 (the fall spans 7 steps)
         close(
             one.lr_at(1.0, 3 + 7 / 2, 10),
             0.01 + 0.99 * 0.5 * (1.0 + (std::f32::consts::PI * 3.0 / 7.0).cos()),
