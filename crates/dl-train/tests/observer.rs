@@ -135,3 +135,43 @@ fn an_observer_can_end_the_run_in_the_middle_of_an_epoch() {
         "the final evaluation is of the stopped network"
     );
 }
+
+/// Records what every iteration tells it, and counts evaluations it never asked for.
+#[derive(Default)]
+struct Recorder {
+    infos: Vec<IterationInfo>,
+    evaluations: usize,
+}
+
+impl Observer for Recorder {
+    fn on_iteration(&mut self, info: &IterationInfo) {
+        self.infos.push(*info);
+    }
+    // `evaluate_now` left at its default
+    fn on_evaluation(&mut self, _info: &IterationInfo, _evaluation: &Evaluation, _seconds: f64) -> ControlFlow<()> {
+        self.evaluations += 1;
+        ControlFlow::Continue(())
+    }
+}
+
+#[test]
+fn an_observer_is_told_where_the_run_is_and_is_not_evaluated_unasked() {
+    let (train, test) = sets();
+    let mut n = net();
+    let mut obs = Recorder::default();
+    let config = TrainerConfig { epochs: 3, ..config() };
+    let h = Trainer::new(&mut n, &train, &test, config)
+        .unwrap()
+        .train_with(&mut obs)
+        .unwrap();
+    assert_eq!(obs.evaluations, 0, "the default observer asks for no evaluation");
+    // 240 images in batches of 40: 6 iterations per epoch, 3 epochs
+    assert_eq!(obs.infos.len(), 18);
+    for (i, info) in obs.infos.iter().enumerate() {
+        assert_eq!(info.iteration, i + 1);
+        assert_eq!(info.max_iter, 18);
+        assert_eq!(info.epoch, i / 6 + 1);
+        assert_eq!(info.batch, 40);
+        assert_eq!(info.loss, h.train_loss_list[i]);
+    }
+}
