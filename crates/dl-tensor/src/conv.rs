@@ -842,6 +842,10 @@ mod tests {
                 let forward = algo.kernel_at(isa, w, f, &g).map(Arc::from).expect("a kernel");
                 let gradient = plan.gradient_kernel(w, &forward);
                 assert_eq!(gradient.isa(), isa);
+                // the kernel's own filter gradient is taken where it pays: everywhere for
+                // Winograd, from 24 rows of dW^T on for the direct kernel
+                let pays = gradient.name() == "winograd" || g.col_rows() >= 24;
+                assert_eq!(gradient.gradient_pays(), pays, "{} {g:?}", gradient.name());
                 (forward.name(), gradient.name())
             };
             assert_eq!(names(g8, 16, &w8, ConvAlgo::Auto), ("direct", "winograd"), "{isa}");

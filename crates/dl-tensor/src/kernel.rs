@@ -142,3 +142,71 @@ impl GradientAccumulator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DirectConv, WinogradConv};
+
+    /// The panic message of `f`, which must panic.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("a panic");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_kernel_names_the_slice_whose_length_is_wrong() {
+        // 8 to 8 channels on 8x8, 3x3, pad 1: 512 input and 512 output values
+        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
+        let w = vec![0.5f32; 8 * 8 * 9];
+        let kernels: Vec<Box<dyn ConvKernel>> = Isa::supported_levels()
+            .into_iter()
+            .flat_map(|isa| {
+                [
+                    DirectConv::with_isa(&w, 8, &g, isa).map(|k| Box::new(k) as Box<dyn ConvKernel>),
+                    WinogradConv::with_isa(&w, 8, &g, isa).map(|k| Box::new(k) as Box<dyn ConvKernel>),
+                ]
+            })
+            .flatten()
+            .collect();
+        assert!(kernels.iter().any(|k| k.name() == "direct"));
+        assert!(kernels.iter().any(|k| k.name() == "winograd"));
+        for k in &kernels {
+            let name = match k.name() {
+                "direct" => "DirectConv",
+                _ => "WinogradConv",
+            };
+            let (x, b, mut out, mut scratch) = (
+                vec![1.0f32; 512],
+                vec![0.0f32; 8],
+                vec![0.0f32; 512],
+                vec![0.0f32; k.scratch_len()],
+            );
+            k.forward_image(&x, Some(&b), &mut out, &mut scratch);
+            for (what, x, b, out, scratch) in [
+                ("input length", 511, 8, 512, k.scratch_len()),
+                ("output length", 512, 8, 520, k.scratch_len()),
+                ("bias length", 512, 7, 512, k.scratch_len()),
+                ("scratch too short", 512, 8, 512, k.scratch_len() - 1),
+            ] {
+                let (x, b, mut out, mut scratch) = (
+                    vec![1.0f32; x],
+                    vec![0.0f32; b],
+                    vec![0.0f32; out],
+                    vec![0.0f32; scratch],
+                );
+                let message = panic_message(|| k.forward_image(&x, Some(&b), &mut out, &mut scratch));
+                assert!(
+                    message.contains(&format!("{name}: {what}")),
+                    "{} at {}: {message}",
+                    k.name(),
+                    k.isa()
+                );
+            }
+        }
+    }
+}
