@@ -101,6 +101,14 @@ mod tests {
         assert!((cross_entropy_error_onehot(&y.view(), &t.view()) - e).abs() < 1e-6);
         let e7 = cross_entropy_error(&y.view(), &[7]);
         assert!((e7 - 2.302_584_1).abs() < 1e-5, "{e7}");
+        // the mean over rows, and a label of probability 0 costing -ln(1e-7), not NaN:
+        // (-ln(0.6 + 1e-7) - ln(1e-7)) / 2 = 8.314460554 (Python's math.log, f64)
+        let y2 = array![[0.6f32, 0.4], [0.0, 1.0]];
+        let e2 = cross_entropy_error(&y2.view(), &[0, 0]);
+        assert!((e2 - 8.314_460_6).abs() < 1e-5, "{e2}");
+        let t2 = array![[1.0f32, 0.0], [1.0, 0.0]];
+        let e2h = cross_entropy_error_onehot(&y2.view(), &t2.view());
+        assert!((e2h - 8.314_460_6).abs() < 1e-5, "{e2h}");
     }
 
     #[test]
