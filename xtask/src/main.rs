@@ -94,7 +94,12 @@ pub fn shipped_binary_params() -> PathBuf {
 /// This invocation as `cargo xtask <sub> <its arguments>`, for a manifest's description
 /// (global flags before the subcommand are left out).
 pub fn command_line(sub: &str) -> String {
-    let rest: Vec<String> = std::env::args().skip_while(|s| s != sub).skip(1).collect();
+    command_line_of(sub, std::env::args())
+}
+
+/// [`command_line`] for the arguments `args` (the program's name first).
+fn command_line_of(sub: &str, args: impl IntoIterator<Item = String>) -> String {
+    let rest: Vec<String> = args.into_iter().skip_while(|s| s != sub).skip(1).collect();
     format!("cargo xtask {sub} {}", rest.join(" ")).trim_end().to_string()
 }
 
@@ -249,6 +254,25 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_line_is_told_from_its_subcommand_on() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            command_line_of("train", args("target/xtask --threads 2 train --epochs 3 --out a")),
+            "cargo xtask train --epochs 3 --out a"
+        );
+        assert_eq!(
+            command_line_of("ensemble", args("xtask ensemble")),
+            "cargo xtask ensemble"
+        );
+        // the subcommand's name given again as a value is kept
+        assert_eq!(
+            command_line_of("train", args("xtask train --out train")),
+            "cargo xtask train --out train"
+        );
+        assert!(command_line("ensemble").starts_with("cargo xtask ensemble"));
+    }
 
     fn run_cli(args: &[&str]) -> Result<(), CliError> {
         let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");

@@ -18,7 +18,10 @@ fn a_thread_count_of_zero_is_refused_and_others_are_taken() {
         // the command then fails for its own reason (no such file)
         let (code, err) = xtask(&[&["--threads", n][..], &plot].concat());
         assert_eq!(code, Some(1), "{n}: {err}");
-        assert!(err.contains("no-such-history.json") && !err.contains("--threads"), "{n}: {err}");
+        assert!(
+            err.contains("no-such-history.json") && !err.contains("--threads"),
+            "{n}: {err}"
+        );
     }
     assert!(!std::path::Path::new("never.png").exists());
 }
