@@ -52,4 +52,30 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The temporary file is made beside the target, not in the working folder: a rename
+    /// cannot cross file systems, so a write to another one than the working folder's
+    /// (`/dev/shm`, a tmpfs on Linux) would fail.
+    #[cfg(unix)]
+    #[test]
+    fn the_temporary_file_is_made_beside_the_target() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let (Ok(there), Ok(here)) = (std::fs::metadata(shm), std::fs::metadata(".")) else {
+            eprintln!("no /dev/shm: nothing to check");
+            return;
+        };
+        if there.dev() == here.dev() {
+            eprintln!("/dev/shm is on the working folder's file system: nothing to check");
+            return;
+        }
+        let dir = shm.join(format!("dlfs-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.bin");
+        let written = atomic_write(&p, b"one");
+        let read = std::fs::read(&p);
+        std::fs::remove_dir_all(&dir).unwrap();
+        written.unwrap();
+        assert_eq!(read.unwrap(), b"one");
+    }
 }
