@@ -421,6 +421,38 @@ mod tests {
         );
     }
 
+    /// `cargo xtask download --mirror URL` as a person runs it: a base URL without its
+    /// last slash, the built-in checksums, the files where `--dir` says.
+    #[test]
+    fn the_command_fetches_mnist_from_the_mirror_it_is_given() {
+        let shipped = crate::default_data_dir();
+        let served = dl_data::MNIST_FILES
+            .iter()
+            .map(|n| {
+                (
+                    format!("{n}.gz"),
+                    std::fs::read(shipped.join(format!("{n}.gz"))).unwrap(),
+                )
+            })
+            .collect();
+        let (base, hits) = serve(served, vec![]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("mnist");
+        run(DownloadArgs {
+            dataset: DatasetName::Mnist,
+            dir: Some(out.clone()),
+            mirror: Some(base.trim_end_matches('/').to_string()),
+        })
+        .unwrap();
+        let mut asked = hits.lock().unwrap().clone();
+        asked.sort();
+        let mut want: Vec<String> = dl_data::MNIST_FILES.iter().map(|n| format!("{n}.gz")).collect();
+        want.sort();
+        assert_eq!(asked, want);
+        let m = dl_data::Mnist::load(&out).unwrap();
+        assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
+    }
+
     #[test]
     fn the_shipped_mnist_verifies_against_the_built_in_hashes() {
         let dir = crate::default_data_dir();
