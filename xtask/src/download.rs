@@ -421,6 +421,40 @@ mod tests {
         );
     }
 
+    /// The Fashion-MNIST and KMNIST files are checked by the MD5 of their `.gz`.
+    #[test]
+    fn a_gz_is_checked_against_its_md5() {
+        let files = tiny_files();
+        let served: HashMap<String, Vec<u8>> = files.iter().map(|(n, raw)| (format!("{n}.gz"), gz(raw))).collect();
+        let (base, _) = serve(served.clone(), vec![]);
+        let md5 = |bytes: &[u8]| -> &'static str {
+            Box::leak(
+                Md5::digest(bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into_boxed_str(),
+            )
+        };
+        let spec = |wrong: bool| Spec {
+            name: "tiny",
+            mirrors: vec![base.clone()],
+            files: files
+                .iter()
+                .map(|(n, _)| {
+                    let sum = md5(&served[&format!("{n}.gz")]);
+                    (*n, Check::Md5Gz(if wrong { md5(b"other") } else { sum }))
+                })
+                .collect(),
+        };
+        let bad = tempfile::tempdir().unwrap();
+        let e = download(&spec(true), bad.path()).unwrap_err().to_string();
+        assert!(e.contains("MD5") && e.contains("nothing was written"), "{e}");
+        let good = tempfile::tempdir().unwrap();
+        download(&spec(false), good.path()).unwrap();
+        assert_eq!(dl_data::Mnist::load(good.path()).unwrap().train.len(), 3);
+    }
+
     /// `cargo xtask download --mirror URL` as a person runs it: a base URL without its
     /// last slash, the built-in checksums, the files where `--dir` says.
     #[test]
