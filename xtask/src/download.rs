@@ -124,9 +124,14 @@ enum Fetch {
     Bad(String),
 }
 
+/// The MD5 of `bytes` in lowercase hex.
+fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn verify(bytes: &[u8], check: Check, name: &str) -> Result<Vec<u8>, String> {
     if let Check::Md5Gz(want) = check {
-        let got: String = Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let got = md5_hex(bytes);
         if got != want {
             return Err(format!("{name}: MD5 {got}, expected {want}"));
         }
@@ -427,15 +432,10 @@ mod tests {
         let files = tiny_files();
         let served: HashMap<String, Vec<u8>> = files.iter().map(|(n, raw)| (format!("{n}.gz"), gz(raw))).collect();
         let (base, _) = serve(served.clone(), vec![]);
-        let md5 = |bytes: &[u8]| -> &'static str {
-            Box::leak(
-                Md5::digest(bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-                    .into_boxed_str(),
-            )
-        };
+        // RFC 1321's test suite
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+        let md5 = |bytes: &[u8]| -> &'static str { Box::leak(md5_hex(bytes).into_boxed_str()) };
         let spec = |wrong: bool| Spec {
             name: "tiny",
             mirrors: vec![base.clone()],
