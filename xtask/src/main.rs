@@ -312,7 +312,17 @@ mod tests {
         assert!(err.to_string().contains("--overwrite"), "{err}");
         assert_eq!(std::fs::read(out).unwrap(), st_bytes, "left as it was");
         run_cli(&[&convert[..], &["--overwrite"]].concat()).unwrap();
-        run_cli(&["eval", "--params", out, "--precision", "bf16"]).unwrap();
+        let data = small_mnist(dir.path(), 0, 100);
+        run_cli(&[
+            "eval",
+            "--params",
+            out,
+            "--precision",
+            "bf16",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .unwrap();
         assert!(parse_from(["xtask", "eval", "--precision", "f8"]).is_err());
         run_cli(&[
             "eval",
@@ -491,6 +501,44 @@ mod tests {
             .all(|v| v.as_f64().unwrap() > 0.0));
     }
 
+    /// The first `train` training and `test` test images of the shipped MNIST, as its
+    /// four raw IDX files in `dir`, for runs that end on the test set in a blink.
+    pub fn small_mnist(dir: &Path, train: u32, test: u32) -> PathBuf {
+        use std::io::Read;
+        let out = dir.join("small-mnist");
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, n) in [
+            ("train-images-idx3-ubyte", train),
+            ("train-labels-idx1-ubyte", train),
+            ("t10k-images-idx3-ubyte", test),
+            ("t10k-labels-idx1-ubyte", test),
+        ] {
+            let gz = std::fs::File::open(default_data_dir().join(format!("{name}.gz"))).unwrap();
+            let mut bytes = Vec::new();
+            flate2::read::GzDecoder::new(gz).read_to_end(&mut bytes).unwrap();
+            // magic (2 zero bytes, the type, the rank), then each dimension in 4 bytes
+            let header = 4 + 4 * usize::from(bytes[3]);
+            let item: usize = bytes[8..header]
+                .chunks(4)
+                .map(|d| u32::from_be_bytes(d.try_into().unwrap()) as usize)
+                .product();
+            bytes[4..8].copy_from_slice(&n.to_be_bytes());
+            bytes.truncate(header + n as usize * item);
+            std::fs::write(out.join(name), bytes).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn small_mnist_holds_the_first_images_of_each_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dl_data::Mnist::load(small_mnist(dir.path(), 7, 3)).unwrap();
+        let full = Dataset::Mnist.load(None).unwrap();
+        assert_eq!((small.train.len(), small.test.len()), (7, 3));
+        assert_eq!(small.train, full.train.take(7));
+        assert_eq!(small.test, full.test.take(3));
+    }
+
     /// A SimpleConvNet small enough to train in a blink.
     pub const TINY_SIMPLE: &str = r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":1,"filter_size":5,"pad":0,"stride":1},"hidden_size":4,"output_size":10,"weight_init_std":null}"#;
 
@@ -614,14 +662,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("resnet");
         let out_s = out.to_str().unwrap();
+        let data = small_mnist(dir.path(), 300, 100);
+        let data = data.to_str().unwrap();
         let short = [
             "train",
             "--model",
             "resnet",
             "--epochs",
             "1",
-            "--train-limit",
-            "300",
+            "--data",
+            data,
             "--eval-samples",
             "50",
             "--augment",
@@ -641,7 +691,7 @@ mod tests {
             .unwrap();
         assert_eq!((curves.info().width, curves.info().height), plot::CHART_SIZE);
         assert_eq!(dl_models::load(&params).unwrap().kind(), "ResNet");
-        run_cli(&["eval", "--params", params.to_str().unwrap()]).unwrap();
+        run_cli(&["eval", "--params", params.to_str().unwrap(), "--data", data]).unwrap();
         let other = dir.path().join("other");
         for bad in ["0", "300", "1000"] {
             let err =
@@ -661,6 +711,7 @@ mod tests {
         if dl_layers::Bf16Kernel::Avx512.supported() {
             kernels.push("avx512-bf16");
         }
+        let data = small_mnist(dir.path(), 100, 100);
         let mut params = Vec::new();
         for k in &kernels {
             run_cli(&[
@@ -673,8 +724,8 @@ mod tests {
                 "simple",
                 "--epochs",
                 "1",
-                "--train-limit",
-                "100",
+                "--data",
+                data.to_str().unwrap(),
                 "--eval-samples",
                 "50",
                 "--out",
