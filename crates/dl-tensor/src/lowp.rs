@@ -711,6 +711,23 @@ mod tests {
         }
     }
 
+    /// Of equal maxima the first wins, as in the f32 `Pooling` layer: a window of -0
+    /// then +0 gives -0.
+    fn first_maximum_case<E: Storage>() {
+        let x: Vec<E> = stored(&[-0.0, 0.0, -1.0, -1.0]);
+        let g = ConvGeometry::new(1, 2, 2, 2, 2, 2, 0).unwrap();
+        let mut out = vec![E::from_f32(f32::NAN)];
+        max_pool_image(&x, &g, &mut out);
+        assert_eq!(out[0].to_f32().to_bits(), (-0.0f32).to_bits());
+    }
+
+    #[test]
+    fn max_pooling_keeps_the_first_of_equal_maxima() {
+        first_maximum_case::<f32>();
+        first_maximum_case::<f16>();
+        first_maximum_case::<bf16>();
+    }
+
     #[test]
     fn pooling_matches_the_reference() {
         for (k, stride, pad) in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)] {
