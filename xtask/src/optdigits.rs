@@ -59,11 +59,29 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
         sums.push_str(&format!("{}  {name}\n", dl_data::sha256_hex(idx)));
     }
     dl_tensor::fs::atomic_write(&manifest, sums.as_bytes()).map_err(|e| io_error(&manifest, e))?;
-    let per_class: Vec<usize> = (0..10u8).map(|c| labels.iter().filter(|&&l| l == c).count()).collect();
+    let per_class = class_counts(&labels);
     println!(
         "{n} digits (per class {per_class:?}) from {} to {}",
         a.csv.display(),
         a.out.display()
     );
     Ok(())
+}
+
+/// How many of `labels` are each digit.
+fn class_counts(labels: &[u8]) -> [usize; 10] {
+    let mut counts = [0; 10];
+    for c in 0..10u8 {
+        counts[usize::from(c)] = labels.iter().filter(|&&l| l == c).count();
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_counts_count_each_digit() {
+        assert_eq!(super::class_counts(&[3, 0, 3, 9, 3]), [1, 0, 0, 3, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(super::class_counts(&[]), [0; 10]);
+    }
 }

@@ -176,22 +176,51 @@ fn last_epoch(curves: &[Curve]) -> f64 {
         .fold(1.0, f64::max)
 }
 
+/// The loss axis (log scale): from the smallest positive finite loss over 1.5 to the
+/// largest times 1.5, or 0.001 to 1 when there is none.
+fn loss_range(curves: &[Curve]) -> (f64, f64) {
+    let losses = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .filter(|l| l.is_finite() && *l > 0.0);
+    let (lo, hi) = losses.fold((f64::INFINITY, 0.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
+    if lo.is_finite() {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (1e-3, 1.0)
+    }
+}
+
+/// A loss axis label: two significant digits, no trailing zeros (a log scale's ticks,
+/// such as 0.7000000001, print as 0.7).
+fn loss_label(v: f64) -> String {
+    let decimals = (1.0 - v.log10().floor()).clamp(0.0, 12.0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// The accuracy axis' bottom, in percent: the whole percent at least half a point under
+/// the lowest finite accuracy (train or evaluation), within 0 to 99.
+fn accuracy_bottom(curves: &[Curve]) -> f64 {
+    let lowest = curves
+        .iter()
+        .flat_map(|c| c.points.iter().flat_map(|p| [p.2, p.3]))
+        .filter(|a| a.is_finite())
+        .fold(1.0f64, f64::min);
+    ((lowest * 100.0) - 0.5).floor().clamp(0.0, 99.0)
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 fn draw_loss<'a>(
     area: &Area<'a>,
     curves: &[Curve],
 ) -> Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>> {
-    let losses = curves
-        .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
-        .filter(|l| l.is_finite() && *l > 0.0);
-    let (lo, hi) = losses.fold((f64::INFINITY, 0.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
-    let (lo, hi) = if lo.is_finite() {
-        (lo / 1.5, hi * 1.5)
-    } else {
-        (1e-3, 1.0)
-    };
+    let (lo, hi) = loss_range(curves);
     let mut chart = ChartBuilder::on(area)
         .caption("training loss (mean per epoch)", ("sans-serif", 22))
         .margin(12)
@@ -202,6 +231,7 @@ fn draw_loss<'a>(
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("loss")
+        .y_label_formatter(&|v| loss_label(*v))
         .label_style(("sans-serif", 14))
         .draw()?;
     for (i, c) in curves.iter().enumerate() {
@@ -225,12 +255,7 @@ fn draw_accuracy<'a>(
     area: &Area<'a>,
     curves: &[Curve],
 ) -> Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>> {
-    let lowest = curves
-        .iter()
-        .flat_map(|c| c.points.iter().flat_map(|p| [p.2, p.3]))
-        .filter(|a| a.is_finite())
-        .fold(1.0f64, f64::min);
-    let bottom = ((lowest * 100.0) - 0.5).floor().clamp(0.0, 99.0);
+    let bottom = accuracy_bottom(curves);
     let mut chart = ChartBuilder::on(area)
         .caption("accuracy per epoch (%)", ("sans-serif", 22))
         .margin(12)
@@ -292,6 +317,89 @@ mod tests {
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
         (info.width, info.height, buf)
+    }
+
+    fn runs_curve(label: &str, on: &str, points: &[(f64, f64, f64, f64)]) -> Curve {
+        Curve {
+            label: label.into(),
+            evaluated_on: on.into(),
+            points: points.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_axes_span_the_figures() {
+        let a = runs_curve("a", "test", &[(1.0, 0.75, 0.934, 0.95), (2.0, 0.0, 0.97, 0.96)]);
+        let b = runs_curve(
+            "b",
+            "test",
+            &[
+                (1.0, f64::NAN, 0.99, 0.99),
+                (2.0, f64::INFINITY, 0.99, 0.99),
+                (3.0, 2.0, 0.99, f64::NAN),
+            ],
+        );
+        // losses that a log scale cannot hold (0, NaN, infinity) are left out
+        assert_eq!(loss_range(&[a.clone(), b.clone()]), (0.5, 3.0));
+        assert_eq!(
+            loss_range(&[runs_curve("c", "test", &[(1.0, -1.0, 0.5, 0.5), (2.0, 0.0, 0.5, 0.5)])]),
+            (1e-3, 1.0)
+        );
+        // 93.4% lowest: 92.9 floored
+        assert_eq!(accuracy_bottom(&[a.clone(), b.clone()]), 92.0);
+        assert_eq!(accuracy_bottom(&[b.clone()]), 98.0);
+        assert_eq!(
+            accuracy_bottom(&[runs_curve("d", "test", &[(1.0, 1.0, 1.0, 1.0)])]),
+            99.0
+        );
+        assert_eq!(
+            accuracy_bottom(&[runs_curve("e", "test", &[(1.0, 1.0, 0.001, 0.2)])]),
+            0.0
+        );
+        assert_eq!(last_epoch(&[a, b]), 3.0);
+        let labels: Vec<String> = [0.7000000001, 0.0123, 1.5, 1.0, 20.0, 0.001, 0.30000000000000004]
+            .map(loss_label)
+            .into();
+        assert_eq!(labels, ["0.7", "0.012", "1.5", "1", "20", "0.001", "0.3"]);
+        assert_eq!(last_epoch(&[runs_curve("f", "test", &[])]), 1.0);
+    }
+
+    /// The chart of two fixed runs, pixel for pixel as committed (drawn with the shipped
+    /// font, and looked at): the axes, lines, dashes and legends. When plotters changes
+    /// its drawing, look at the new image the failure names and commit it.
+    #[test]
+    fn a_chart_is_drawn_as_its_golden_image() {
+        let a = runs_curve(
+            "a",
+            "validation",
+            &[
+                (1.0, 0.9, 0.93, 0.95),
+                (2.0, 0.3, 0.97, 0.975),
+                (3.0, 0.0, 0.985, 0.982),
+                (4.0, 0.12, 0.99, 0.987),
+            ],
+        );
+        let b = runs_curve(
+            "b",
+            "test",
+            &[(1.0, 1.2, 0.91, 0.94), (2.0, 0.5, 0.96, 0.97), (3.0, 0.2, 0.98, 0.981)],
+        );
+        let got = curves_png(&[a, b]).unwrap();
+        let golden = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/curves.png")).unwrap();
+        let (got_rgb, want_rgb) = (decode(&got).2, decode(&golden).2);
+        if got_rgb != want_rgb {
+            let path = std::env::temp_dir().join("dlfs-curves-actual.png");
+            std::fs::write(&path, &got).unwrap();
+            let differ = got_rgb
+                .chunks(3)
+                .zip(want_rgb.chunks(3))
+                .filter(|(g, w)| g != w)
+                .count();
+            panic!(
+                "{differ} pixels differ from the golden chart; this one is {}",
+                path.display()
+            );
+        }
     }
 
     #[test]
