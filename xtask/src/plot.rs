@@ -347,7 +347,7 @@ mod tests {
         );
         // 93.4% lowest: 92.9 floored
         assert_eq!(accuracy_bottom(&[a.clone(), b.clone()]), 92.0);
-        assert_eq!(accuracy_bottom(&[b.clone()]), 98.0);
+        assert_eq!(accuracy_bottom(std::slice::from_ref(&b)), 98.0);
         assert_eq!(
             accuracy_bottom(&[runs_curve("d", "test", &[(1.0, 1.0, 1.0, 1.0)])]),
             99.0
