@@ -33,30 +33,19 @@ pub struct PreviewArgs {
 pub fn run(a: PreviewArgs) -> Result<(), CliError> {
     let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
     let (h, w) = (mnist.train.height, mnist.train.width);
-    let (rows, cols, zoom, gap) = (a.rows.max(1), a.copies + 1, 3usize, 2usize);
+    let (rows, zoom, gap) = (a.rows.max(1), 3usize, 2usize);
     let pipeline = Pipeline::mnist(a.elastic, a.seed);
-    let (width, height) = (cols * (w * zoom + gap) + gap, rows * (h * zoom + gap) + gap);
-    let mut pixels = vec![64u8; width * height];
+    let mut cells: Vec<Vec<Vec<f32>>> = Vec::with_capacity(rows);
     for r in 0..rows {
         let (orig, _) = mnist.train.batch(&[r]);
         let orig = orig.into_raw_vec_and_offset().0;
         let mut copies: Vec<f32> = orig.iter().copied().cycle().take(orig.len() * a.copies).collect();
         pipeline.apply_batch(&mut copies, h, w, r as u64);
-        for c in 0..cols {
-            let img = if c == 0 {
-                &orig[..]
-            } else {
-                &copies[(c - 1) * h * w..c * h * w]
-            };
-            for y in 0..h * zoom {
-                for x in 0..w * zoom {
-                    let v = img[(y / zoom) * w + x / zoom].clamp(0.0, 1.0);
-                    let (py, px) = (gap + r * (h * zoom + gap) + y, gap + c * (w * zoom + gap) + x);
-                    pixels[py * width + px] = (v * 255.0).round() as u8;
-                }
-            }
-        }
+        let mut row = vec![orig];
+        row.extend(copies.chunks_exact(h * w).map(<[f32]>::to_vec));
+        cells.push(row);
     }
+    let (width, height, pixels) = grid(&cells, h, w, zoom, gap);
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
@@ -79,9 +68,53 @@ pub fn run(a: PreviewArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Grey pixels (0 to 255) of a grid of `h x w` images of values in 0 to 1 (clamped),
+/// `cells[row][column]`, each drawn `zoom` times larger, `gap` pixels of dark grey (64)
+/// around and between them: the grid's width, height and its pixels, row after row.
+fn grid(cells: &[Vec<Vec<f32>>], h: usize, w: usize, zoom: usize, gap: usize) -> (usize, usize, Vec<u8>) {
+    let cols = cells.iter().map(Vec::len).max().unwrap_or(0);
+    let (width, height) = (cols * (w * zoom + gap) + gap, cells.len() * (h * zoom + gap) + gap);
+    let mut pixels = vec![64u8; width * height];
+    for (r, row) in cells.iter().enumerate() {
+        for (c, img) in row.iter().enumerate() {
+            for y in 0..h * zoom {
+                for x in 0..w * zoom {
+                    let v = img[(y / zoom) * w + x / zoom].clamp(0.0, 1.0);
+                    let (py, px) = (gap + r * (h * zoom + gap) + y, gap + c * (w * zoom + gap) + x);
+                    pixels[py * width + px] = (v * 255.0).round() as u8;
+                }
+            }
+        }
+    }
+    (width, height, pixels)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grid_places_each_image_zoomed_between_gaps() {
+        // two rows of two 1x2 images, twice as large, 1-pixel gaps
+        let cells = vec![
+            vec![vec![0.0, 1.0], vec![0.2, 2.0]],
+            vec![vec![-1.0, 0.6], vec![0.4, 0.8]],
+        ];
+        let (width, height, pixels) = grid(&cells, 1, 2, 2, 1);
+        assert_eq!((width, height), (11, 7));
+        let g = 64;
+        #[rustfmt::skip]
+        let want = [
+            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
+            g, 0,   0,   255, 255, g, 51, 51, 255, 255, g,
+            g, 0,   0,   255, 255, g, 51, 51, 255, 255, g,
+            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
+            g, 0,   0,   153, 153, g, 102, 102, 204, 204, g,
+            g, 0,   0,   153, 153, g, 102, 102, 204, 204, g,
+            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
+        ];
+        assert_eq!(pixels, want);
+    }
 
     #[test]
     fn writes_a_png_grid_of_the_asked_size() {
