@@ -260,6 +260,16 @@ struct Report {
     torch: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+/// `count` items done in `elapsed`, per second.
+pub fn per_second(count: usize, elapsed: std::time::Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Milliseconds each of `reps` repetitions took, when all took `elapsed`.
+pub fn millis_each(elapsed: std::time::Duration, reps: usize) -> f64 {
+    elapsed.as_secs_f64() * 1e3 / reps as f64
+}
+
 pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -380,7 +390,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         for _ in 0..a.iters {
             step(net, opt, augment)?;
         }
-        Ok((a.iters * batch) as f64 / t.elapsed().as_secs_f64())
+        Ok(per_second(a.iters * batch, t.elapsed()))
     };
     let mut train_rates = Vec::new();
     let first_half = a.windows.div_ceil(2);
@@ -510,7 +520,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             for c in &chunks {
                 net.predict(c.clone(), false)?;
             }
-            Ok(n as f64 / t.elapsed().as_secs_f64())
+            Ok(per_second(n, t.elapsed()))
         };
         let (mut rates, mut lowered, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.windows.min(5) {
@@ -553,7 +563,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         for (i, l) in net.layers_mut().iter_mut().enumerate() {
             let s = Instant::now();
             h = l.forward(h, true)?;
-            fwd[i].push(s.elapsed().as_secs_f64() * 1e3);
+            fwd[i].push(millis_each(s.elapsed(), 1));
         }
         let mut last = SoftmaxWithLoss::new();
         last.forward(&h, Labels::Indices(&t))?;
@@ -561,7 +571,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         for (i, l) in net.layers_mut().iter_mut().enumerate().rev() {
             let s = Instant::now();
             d = l.backward(d);
-            bwd[i].push(s.elapsed().as_secs_f64() * 1e3);
+            bwd[i].push(millis_each(s.elapsed(), 1));
         }
     }
     let names = net.root().names().to_vec();
@@ -720,6 +730,14 @@ fn run_torch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_and_times_per_repetition() {
+        use std::time::Duration;
+        assert_eq!(per_second(1000, Duration::from_millis(250)), 4000.0);
+        assert_eq!(millis_each(Duration::from_millis(1500), 3), 500.0);
+        assert_eq!(millis_each(Duration::from_micros(2500), 1), 2.5);
+    }
 
     #[test]
     fn the_pace_of_the_clients_is_said_in_words() {

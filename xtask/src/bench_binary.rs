@@ -164,18 +164,18 @@ fn time_layer(op: &Op, (c, h, w): (usize, usize, usize), windows: usize) -> Resu
         for _ in 0..reps {
             f32_run();
         }
-        f32_times.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        f32_times.push(crate::bench::millis_each(start.elapsed(), reps));
         for ((k, times), fused) in kernels.iter().zip(&mut packed_times).zip(&mut fused_times) {
             let start = Instant::now();
             for _ in 0..reps {
                 std::hint::black_box(conv.forward(&grid, *k).map_err(other)?);
             }
-            times.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+            times.push(crate::bench::millis_each(start.elapsed(), reps));
             let start = Instant::now();
             for _ in 0..reps {
                 std::hint::black_box(conv.forward_signs(&grid, &t, *k).map_err(other)?);
             }
-            fused.push(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
+            fused.push(crate::bench::millis_each(start.elapsed(), reps));
         }
     }
     let medians = |times: &[Vec<f64>]| {

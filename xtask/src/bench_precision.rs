@@ -163,7 +163,7 @@ pub fn run(
                 for c in &chunks {
                     runner.predict(c)?;
                 }
-                rates[r][b].push(images as f64 / start.elapsed().as_secs_f64());
+                rates[r][b].push(crate::bench::per_second(images, start.elapsed()));
             }
         }
     }

@@ -215,7 +215,7 @@ pub fn bench(
                         .map_err(|e| e.to_string())?
                         .into_string()
                         .map_err(|e| e.to_string())?;
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                    times.push(crate::bench::millis_each(t.elapsed(), 1));
                     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                     if v["digit"].as_u64() != Some(*expected as u64) {
                         return Err(format!("wrong answer: {text}"));
