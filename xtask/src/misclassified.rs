@@ -199,7 +199,8 @@ mod tests {
             assert!(m.confidence > 0.1 && m.confidence <= 1.0, "{m:?}");
         }
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("m.png");
+        // into a folder not made yet
+        let out = dir.path().join("sub/m.png");
         run(MisclassifiedArgs {
             params: None,
             ensemble: None,
