@@ -539,6 +539,34 @@ mod tests {
         assert_eq!(small.test, full.test.take(3));
     }
 
+    /// Asserts that the PNG `png_bytes` has the pixels of `tests/golden/NAME` (committed
+    /// after being looked at). On a difference it writes the new image to the temporary
+    /// folder and names it, to be looked at and committed when the change is meant.
+    pub fn assert_golden_png(png_bytes: &[u8], name: &str) {
+        let pixels = |bytes: &[u8]| {
+            let mut reader = png::Decoder::new(bytes).read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size()];
+            let info = reader.next_frame(&mut buf).unwrap();
+            buf.truncate(info.buffer_size());
+            (info.width, info.height, buf)
+        };
+        let golden = std::fs::read(root().join("xtask/tests/golden").join(name)).unwrap();
+        let (got, want) = (pixels(png_bytes), pixels(&golden));
+        if got != want {
+            let path = std::env::temp_dir().join(format!("dlfs-actual-{name}"));
+            std::fs::write(&path, png_bytes).unwrap();
+            let differ = got.2.chunks(3).zip(want.2.chunks(3)).filter(|(g, w)| g != w).count();
+            panic!(
+                "{}x{} against the golden {}x{}, {differ} pixels differ: the image drawn is {}",
+                got.0,
+                got.1,
+                want.0,
+                want.1,
+                path.display()
+            );
+        }
+    }
+
     /// A SimpleConvNet small enough to train in a blink.
     pub const TINY_SIMPLE: &str = r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":1,"filter_size":5,"pad":0,"stride":1},"hidden_size":4,"output_size":10,"weight_init_std":null}"#;
 

@@ -177,6 +177,22 @@ pub fn grid_png(mnist: &Mnist, shown: &[Miss], columns: usize, title: &str) -> R
 mod tests {
     use super::*;
 
+    /// Three misses in rows of two, drawn pixel for pixel as committed (looked at): the
+    /// title, each digit where its cell is, and its caption.
+    #[test]
+    fn a_grid_is_drawn_as_its_golden_image() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let miss = |index, label, guess, confidence| Miss {
+            index,
+            label,
+            guess,
+            confidence,
+        };
+        let shown = [miss(0, 7, 1, 0.5), miss(1, 2, 3, 0.75), miss(2, 1, 7, 0.995)];
+        let png = grid_png(&mnist, &shown, 2, "a title").unwrap();
+        crate::tests::assert_golden_png(&png, "misclassified.png");
+    }
+
     #[test]
     fn the_top_class_is_the_first_of_equal_probabilities() {
         assert_eq!(top(&[0.1, 0.6, 0.3]), (1, 0.6));

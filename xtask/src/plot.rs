@@ -384,22 +384,7 @@ mod tests {
             "test",
             &[(1.0, 1.2, 0.91, 0.94), (2.0, 0.5, 0.96, 0.97), (3.0, 0.2, 0.98, 0.981)],
         );
-        let got = curves_png(&[a, b]).unwrap();
-        let golden = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/curves.png")).unwrap();
-        let (got_rgb, want_rgb) = (decode(&got).2, decode(&golden).2);
-        if got_rgb != want_rgb {
-            let path = std::env::temp_dir().join("dlfs-curves-actual.png");
-            std::fs::write(&path, &got).unwrap();
-            let differ = got_rgb
-                .chunks(3)
-                .zip(want_rgb.chunks(3))
-                .filter(|(g, w)| g != w)
-                .count();
-            panic!(
-                "{differ} pixels differ from the golden chart; this one is {}",
-                path.display()
-            );
-        }
+        crate::tests::assert_golden_png(&curves_png(&[a, b]).unwrap(), "curves.png");
     }
 
     #[test]
