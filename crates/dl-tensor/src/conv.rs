@@ -766,6 +766,66 @@ mod tests {
         }
     }
 
+    /// Where the filter gradient's kernel pays, a plan's dW is that kernel's, bit for bit
+    /// (one image: one group, nothing to merge), not the lowered product's.
+    #[test]
+    fn the_filter_gradient_is_the_fast_kernels_where_it_pays() {
+        let g = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
+        let f = 16;
+        let x = random4((1, 16, 8, 8), 41);
+        let wt = random4((f, 16, 3, 3), 42);
+        let dout = random4((1, f, 8, 8), 43);
+        let (xs, ws, ds) = (x.as_slice().unwrap(), wt.as_slice().unwrap(), dout.as_slice().unwrap());
+        for isa in Isa::supported_levels() {
+            for algo in [ConvAlgo::Direct, ConvAlgo::Winograd] {
+                let plan = ConvPlan::new(g, f, algo).with_isa(isa);
+                let (_, saved) = plan.forward(ws, None, xs);
+                let Some(forward) = &saved.kernel else { continue };
+                let k = plan.gradient_kernel(ws, forward);
+                if !k.gradient_pays() {
+                    continue;
+                }
+                let mut acc = k.gradient_accumulator();
+                let mut scratch = vec![0.0f32; k.gradient_scratch_len()];
+                k.weight_gradient_image(xs, ds, &mut acc, &mut scratch);
+                let (mut want_dw, mut want_db) = (vec![0.0f32; f * g.col_rows()], vec![0.0f32; f]);
+                k.add_gradient(&acc, &mut want_dw, &mut want_db);
+                let (mut dw, mut db) = (vec![0.0f32; f * g.col_rows()], vec![0.0f32; f]);
+                plan.backward(ws, &saved, xs, ds, false, Some(&mut dw), Some(&mut db));
+                assert_eq!((dw, db), (want_dw, want_db), "{algo:?} at {isa}");
+            }
+        }
+    }
+
+    /// A backward takes scratch only for the gradients asked for: none to lower its input
+    /// without dW (a frozen layer), none for the input gradient without dx (a first
+    /// layer). Each backward runs alone on a new one-thread pool, whose buffers it finds
+    /// empty.
+    #[test]
+    fn a_backward_takes_scratch_only_for_the_gradients_asked() {
+        // stride 2: every pass lowered
+        let g = ConvGeometry::new(3, 6, 6, 3, 3, 2, 1).unwrap();
+        let f = 4;
+        let x = random4((2, 3, 6, 6), 51);
+        let wt = random4((f, 3, 3, 3), 52);
+        let dout = random4((2, f, g.out_h, g.out_w), 53);
+        let (xs, ws, ds) = (x.as_slice().unwrap(), wt.as_slice().unwrap(), dout.as_slice().unwrap());
+        let plan = ConvPlan::new(g, f, ConvAlgo::Lowered);
+        let (_, saved) = plan.forward(ws, None, xs);
+        let scratch_after = |input_gradient: bool, want_dw: bool| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let mut dw = vec![0.0f32; f * g.col_rows()];
+            pool.install(|| {
+                plan.backward(ws, &saved, xs, ds, input_gradient, want_dw.then_some(&mut dw[..]), None);
+            });
+            pool.install(|| SCRATCH.with(|c| (c.borrow().0.len(), c.borrow().1.len())))
+        };
+        let lowered = g.col_rows() * g.col_cols();
+        assert_eq!(scratch_after(true, true), (lowered, lowered));
+        assert_eq!(scratch_after(true, false), (0, lowered), "no dW");
+        assert_eq!(scratch_after(false, true), (lowered, 0), "no dx");
+    }
+
     #[test]
     fn the_algorithm_decides_the_kernel() {
         let g3 = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
