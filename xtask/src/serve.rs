@@ -148,6 +148,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// A 28x28 digit as the page sends it: 280x280, each pixel a 10x10 square.
+fn page_drawing(digit: &[u8]) -> image::GrayImage {
+    image::GrayImage::from_fn(280, 280, |x, y| image::Luma([digit[(y / 10 * 28 + x / 10) as usize]]))
+}
+
 /// Starts the server in this process on a free loopback port, then `clients` threads
 /// each send `per_client` predictions (a 280x280 PNG drawing, as the page sends) over
 /// one kept-alive connection, one every `interval_ms` at most (the page's pace is 100:
@@ -162,10 +167,13 @@ pub fn bench(
         Arc::new(Classifier::from_params(crate::shipped_params()).map_err(|e| CliError::Other(e.to_string()))?);
     let mnist = dl_data::Mnist::load(data.unwrap_or_else(crate::default_data_dir))?;
     // 50 test digits drawn as the page draws them: light on black, 280x280
-    let bodies: Vec<(Vec<u8>, usize)> = (0..50)
-        .map(|i| {
-            let img = &mnist.test.images[i * 784..(i + 1) * 784];
-            let big = image::GrayImage::from_fn(280, 280, |x, y| image::Luma([img[(y / 10 * 28 + x / 10) as usize]]));
+    let bodies: Vec<(Vec<u8>, usize)> = mnist
+        .test
+        .images
+        .chunks_exact(784)
+        .take(50)
+        .map(|img| {
+            let big = page_drawing(img);
             let mut png = std::io::Cursor::new(Vec::new());
             big.write_to(&mut png, image::ImageFormat::Png).expect("PNG in memory");
             let expected = classifier.classify_image(png.get_ref()).expect("a test digit").digit;
@@ -234,7 +242,7 @@ pub fn bench(
                 .map_err(CliError::Other)?,
         );
     }
-    let wall = start.elapsed().as_secs_f64();
+    let wall = start.elapsed();
     stop_tx.send(()).ok();
     server
         .join()
@@ -252,13 +260,28 @@ pub fn bench(
         p90_ms: percentile(&times, 0.9),
         p99_ms: percentile(&times, 0.99),
         max_ms: times.last().copied().unwrap_or(f64::NAN),
-        requests_per_sec: times.len() as f64 / wall,
+        requests_per_sec: crate::bench::per_second(times.len(), wall),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digit_is_drawn_ten_times_larger() {
+        let digit: Vec<u8> = (0..784).map(|i| (i % 251) as u8).collect();
+        let big = page_drawing(&digit);
+        assert_eq!(big.dimensions(), (280, 280));
+        for (x, y) in [(0, 0), (279, 0), (0, 279), (279, 279), (15, 25), (139, 140)] {
+            assert_eq!(
+                big.get_pixel(x, y).0[0],
+                digit[(y / 10 * 28 + x / 10) as usize],
+                "({x}, {y})"
+            );
+        }
+        assert_eq!(big.get_pixel(15, 25).0[0], digit[2 * 28 + 1]);
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {
