@@ -273,14 +273,19 @@ mod tests {
         let digit: Vec<u8> = (0..784).map(|i| (i % 251) as u8).collect();
         let big = page_drawing(&digit);
         assert_eq!(big.dimensions(), (280, 280));
-        for (x, y) in [(0, 0), (279, 0), (0, 279), (279, 279), (15, 25), (139, 140)] {
-            assert_eq!(
-                big.get_pixel(x, y).0[0],
-                digit[(y / 10 * 28 + x / 10) as usize],
-                "({x}, {y})"
-            );
+        // (x, y) and the digit's pixel, row-major
+        for ((x, y), i) in [
+            ((0, 0), 0),
+            ((9, 9), 0),
+            ((10, 0), 1),
+            ((279, 0), 27),
+            ((0, 279), 756),
+            ((279, 279), 783),
+            ((15, 25), 57),
+            ((139, 140), 405),
+        ] {
+            assert_eq!(big.get_pixel(x, y).0[0], digit[i], "({x}, {y})");
         }
-        assert_eq!(big.get_pixel(15, 25).0[0], digit[2 * 28 + 1]);
     }
 
     #[test]
