@@ -824,6 +824,59 @@ mod tests {
         assert_eq!(scratch_after(true, true), (lowered, lowered));
         assert_eq!(scratch_after(true, false), (0, lowered), "no dW");
         assert_eq!(scratch_after(false, true), (lowered, 0), "no dx");
+        // a 1x1 stride-1 convolution's lowered image is the image itself: no scratch to
+        // lower it, forward or backward
+        let g1 = ConvGeometry::new(3, 6, 6, 1, 1, 1, 0).unwrap();
+        let w1 = random4((f, 3, 1, 1), 54);
+        let d1 = random4((2, f, 6, 6), 55);
+        let plan1 = ConvPlan::new(g1, f, ConvAlgo::Lowered);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let mut dw = vec![0.0f32; f * 3];
+        pool.install(|| {
+            let (_, saved) = plan1.forward(w1.as_slice().unwrap(), None, xs);
+            plan1.backward(
+                w1.as_slice().unwrap(),
+                &saved,
+                xs,
+                d1.as_slice().unwrap(),
+                false,
+                Some(&mut dw),
+                None,
+            );
+        });
+        assert_eq!(pool.install(|| SCRATCH.with(|c| c.borrow().0.len())), 0, "1x1");
+    }
+
+    /// A stride-1 convolution's input gradient is the convolution of `dout`, padded by
+    /// `FH - 1 - pad`, with the filters turned by 180 degrees and their channel axes
+    /// swapped: on the lowered path, bit for bit the forward pass of that convolution.
+    #[test]
+    fn a_stride_one_input_gradient_is_the_turned_filters_convolution() {
+        for (c, h, w, f, k, pad) in [(3, 7, 6, 5, 3, 1), (2, 6, 6, 4, 3, 0), (4, 8, 8, 3, 5, 2)] {
+            let g = ConvGeometry::new(c, h, w, k, k, 1, pad).unwrap();
+            let x = random4((2, c, h, w), 61);
+            let wt = random4((f, c, k, k), 62);
+            let dout = random4((2, f, g.out_h, g.out_w), 63);
+            let plan = ConvPlan::new(g, f, ConvAlgo::Lowered);
+            let (_, saved) = plan.forward(wt.as_slice().unwrap(), None, x.as_slice().unwrap());
+            let dx = plan.backward(
+                wt.as_slice().unwrap(),
+                &saved,
+                x.as_slice().unwrap(),
+                dout.as_slice().unwrap(),
+                true,
+                None,
+                None,
+            );
+            let turned = Array4::from_shape_fn((c, f, k, k), |(ci, fi, ky, kx)| wt[[fi, ci, k - 1 - ky, k - 1 - kx]]);
+            let gt = ConvGeometry::new(f, g.out_h, g.out_w, k, k, 1, k - 1 - pad).unwrap();
+            let (want, _) = ConvPlan::new(gt, c, ConvAlgo::Lowered).forward(
+                turned.as_slice().unwrap(),
+                None,
+                dout.as_slice().unwrap(),
+            );
+            assert_eq!(dx, want, "{c}x{h}x{w}, {f} filters {k}x{k}, pad {pad}");
+        }
     }
 
     #[test]
