@@ -95,24 +95,18 @@ mod tests {
 
     #[test]
     fn a_grid_places_each_image_zoomed_between_gaps() {
-        // two rows of two 1x2 images, twice as large, 1-pixel gaps
+        // two rows of two 1x2 images, three times as large, 1-pixel gaps
         let cells = vec![
             vec![vec![0.0, 1.0], vec![0.2, 2.0]],
             vec![vec![-1.0, 0.6], vec![0.4, 0.8]],
         ];
-        let (width, height, pixels) = grid(&cells, 1, 2, 2, 1);
-        assert_eq!((width, height), (11, 7));
+        let (width, height, pixels) = grid(&cells, 1, 2, 3, 1);
+        assert_eq!((width, height), (15, 9));
         let g = 64;
-        #[rustfmt::skip]
-        let want = [
-            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
-            g, 0,   0,   255, 255, g, 51, 51, 255, 255, g,
-            g, 0,   0,   255, 255, g, 51, 51, 255, 255, g,
-            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
-            g, 0,   0,   153, 153, g, 102, 102, 204, 204, g,
-            g, 0,   0,   153, 153, g, 102, 102, 204, 204, g,
-            g, g,   g,   g,   g,   g, g,  g,  g,   g,   g,
-        ];
+        let gaps = [g; 15];
+        let row0 = [g, 0, 0, 0, 255, 255, 255, g, 51, 51, 51, 255, 255, 255, g];
+        let row1 = [g, 0, 0, 0, 153, 153, 153, g, 102, 102, 102, 204, 204, 204, g];
+        let want = [gaps, row0, row0, row0, gaps, row1, row1, row1, gaps].concat();
         assert_eq!(pixels, want);
     }
 
