@@ -443,6 +443,26 @@ mod tests {
         }
     }
 
+    /// `gemm_products` runs the bf16 GEMM kernels, and the f32 GEMM without a kernel or
+    /// with `Rounded` (whose operands the caller rounds): those bit for bit as `gemm`.
+    #[test]
+    fn gemm_products_takes_the_kernel_only_for_the_gemm_ones() {
+        let (a, b) = (random(5, 7, 71), random(7, 3, 72));
+        let run = |kernel: Option<Bf16Kernel>| {
+            let mut c = Array2::from_elem((5, 3), 0.5f32);
+            gemm_products(kernel, &a.view(), &b.view(), 1.0, &mut c.view_mut());
+            c
+        };
+        let mut want = Array2::from_elem((5, 3), 0.5f32);
+        crate::gemm(1.0, &a.view(), &b.view(), 1.0, &mut want.view_mut());
+        assert_eq!(run(None), want);
+        assert_eq!(run(Some(Bf16Kernel::Rounded)), want);
+        let mut bf16 = Array2::from_elem((5, 3), 0.5f32);
+        gemm_bf16(Bf16Kernel::Scalar, &a.view(), &b.view(), 1.0, &mut bf16.view_mut());
+        assert_eq!(run(Some(Bf16Kernel::Scalar)), bf16);
+        assert_ne!(bf16, want, "the bf16 products are not the f32 ones");
+    }
+
     #[test]
     fn the_rounding_is_that_of_the_half_crate_on_every_kind_of_value() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
