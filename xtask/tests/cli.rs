@@ -1,5 +1,6 @@
-//! The global flags as a person types them: `--threads 0` stops `cargo xtask` at once
-//! with exit code 2 and says why; a valid count goes on to the command.
+//! The command line as a person types it: `--threads 0` stops `cargo xtask` at once
+//! with exit code 2 and says why; a valid count goes on to the command; and what
+//! commands print.
 
 use std::process::Command;
 
@@ -24,4 +25,34 @@ fn a_thread_count_of_zero_is_refused_and_others_are_taken() {
         );
     }
     assert!(!std::path::Path::new("never.png").exists());
+}
+
+/// `eval` of a network at a precision, and of the shipped ensemble, prints the accuracy
+/// on the images it scored (here 200 held out of the training images).
+#[test]
+fn eval_prints_its_accuracy() {
+    for args in [
+        &["--precision", "f16"][..],
+        &["--ensemble"],
+        &["--ensemble", "--precision", "bf16"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([&["eval", "--validation", "200"][..], args].concat())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let accuracy: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("validation accuracy: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{args:?}: no accuracy line: {text}"))
+            .parse()
+            .unwrap();
+        assert!(accuracy > 0.95 && accuracy <= 1.0, "{args:?}: {accuracy}");
+    }
 }
