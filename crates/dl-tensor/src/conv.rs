@@ -776,6 +776,7 @@ mod tests {
         let wt = random4((f, 16, 3, 3), 42);
         let dout = random4((1, f, 8, 8), 43);
         let (xs, ws, ds) = (x.as_slice().unwrap(), wt.as_slice().unwrap(), dout.as_slice().unwrap());
+        let mut compared = 0;
         for isa in Isa::supported_levels() {
             for algo in [ConvAlgo::Direct, ConvAlgo::Winograd] {
                 let plan = ConvPlan::new(g, f, algo).with_isa(isa);
@@ -793,8 +794,12 @@ mod tests {
                 let (mut dw, mut db) = (vec![0.0f32; f * g.col_rows()], vec![0.0f32; f]);
                 plan.backward(ws, &saved, xs, ds, false, Some(&mut dw), Some(&mut db));
                 assert_eq!((dw, db), (want_dw, want_db), "{algo:?} at {isa}");
+                compared += 1;
             }
         }
+        // the direct kernel's gradient pays from 24 rows of dW^T on (here 144), at every
+        // level
+        assert!(compared >= Isa::supported_levels().len(), "{compared} kernels compared");
     }
 
     /// A backward takes scratch only for the gradients asked for: none to lower its input
