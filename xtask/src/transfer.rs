@@ -754,7 +754,11 @@ mod tests {
         std::fs::write(p("t/results.json"), &before).unwrap();
         // results of another starting point are not mixed in
         let err = cli(&["--out", &p("t")]).unwrap_err();
-        assert!(err.to_string().contains("another --out"), "{err}");
+        assert!(err.to_string().contains("holds the results of Optdigits from"), "{err}");
+        // a results file that cannot be read is named, not taken for none
+        std::fs::create_dir_all(p("d/results.json")).unwrap();
+        let err = cli(&["--from", &p("tiny.safetensors"), "--out", &p("d")]).unwrap_err();
+        assert!(err.to_string().contains("results.json"), "{err}");
         let Command::Transfer(a) =
             crate::parse_from(["xtask", "transfer", "--experiment", "optdigits", "--seeds", "0"])
                 .unwrap()
