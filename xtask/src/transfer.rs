@@ -759,6 +759,7 @@ mod tests {
         std::fs::create_dir_all(p("d/results.json")).unwrap();
         let err = cli(&["--from", &p("tiny.safetensors"), "--out", &p("d")]).unwrap_err();
         assert!(err.to_string().contains("results.json"), "{err}");
+        assert_eq!(std::fs::read_dir(p("d")).unwrap().count(), 1, "refused before any run");
         let Command::Transfer(a) =
             crate::parse_from(["xtask", "transfer", "--experiment", "optdigits", "--seeds", "0"])
                 .unwrap()
