@@ -71,8 +71,10 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
 /// How many of `labels` are each digit.
 fn class_counts(labels: &[u8]) -> [usize; 10] {
     let mut counts = [0; 10];
-    for c in 0..10u8 {
-        counts[usize::from(c)] = labels.iter().filter(|&&l| l == c).count();
+    for &l in labels {
+        if let Some(n) = counts.get_mut(usize::from(l)) {
+            *n += 1;
+        }
     }
     counts
 }
