@@ -678,6 +678,10 @@ mod tests {
                 row(Some(1), Mode::Scratch, 2, 140),
                 row(Some(1), Mode::FinetuneNewHead, 0, 190),
                 row(None, Mode::Scratch, 0, 198),
+                Row {
+                    total: 0,
+                    ..row(None, Mode::Scratch, 1, 0)
+                },
             ],
         };
         let modes = [Mode::FinetuneNewHead, Mode::Scratch];
@@ -687,6 +691,11 @@ mod tests {
         assert_eq!((s.labels, s.mode, s.n), (Labels(Some(1)), Mode::Scratch, 3));
         assert!((s.mean - 60.0).abs() < 1e-9 && (s.std - 10.0).abs() < 1e-9, "{s:?}");
         assert_eq!((stats[0].mean, stats[0].std), (95.0, 0.0));
+        assert_eq!(
+            (stats[2].mean, stats[2].n),
+            (99.0, 1),
+            "a run that tested nothing is left out"
+        );
         let table = markdown(&stats, &modes);
         assert_eq!(
             table,
@@ -696,6 +705,66 @@ mod tests {
         let png = chart("t", &stats, &modes).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         assert!(chart("t", &[], &modes).is_err());
+    }
+
+    #[test]
+    fn all_the_labels_sit_one_decade_past_the_largest_k() {
+        assert_eq!(x_of(Labels(Some(7)), 100), 7.0);
+        assert_eq!(x_of(Labels(None), 100), 1000.0);
+        assert_eq!(x_of(Labels(None), 3), 30.0);
+    }
+
+    #[test]
+    fn split_mnist_starts_from_the_network_pretrained_in_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t");
+        let pretrained = out.join("pretrain/params.safetensors");
+        std::fs::create_dir_all(pretrained.parent().unwrap()).unwrap();
+        let net = dl_models::build("SimpleConvNet", Some(crate::tests::TINY_SIMPLE), 0).unwrap();
+        net.save_params(&pretrained).unwrap();
+        // every cell already run from that network: nothing trains, the summary is written
+        let p = plan(Experiment::SplitMnist);
+        let rows = p
+            .modes
+            .iter()
+            .map(|&mode| {
+                let run_dir = out.join(format!("{}-1-seed0", mode.slug()));
+                let args = run_args(&p, &pretrained, mode, Labels(Some(1)), 0, &run_dir).unwrap();
+                Row {
+                    command: shell_line(&args),
+                    ..row(Some(1), mode, 0, 150)
+                }
+            })
+            .collect();
+        let results = Results {
+            experiment: Experiment::SplitMnist,
+            from: pretrained.clone(),
+            rows,
+        };
+        std::fs::write(out.join("results.json"), serde_json::to_vec(&results).unwrap()).unwrap();
+        let Command::Transfer(a) = crate::parse_from([
+            "xtask",
+            "transfer",
+            "--experiment",
+            "split-mnist",
+            "--seeds",
+            "1",
+            "--labels",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap()
+        .command
+        else {
+            unreachable!()
+        };
+        run(a).unwrap();
+        let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+        assert!(
+            summary.contains("| 1 | 75.00 ± 0.00 (1 seeds) | 75.00 ± 0.00 (1 seeds) |"),
+            "{summary}"
+        );
     }
 
     #[test]
