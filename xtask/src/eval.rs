@@ -607,6 +607,30 @@ mod tests {
         }
     }
 
+    /// `convert-book` of a file that is not the book's pickle says so and writes nothing.
+    #[test]
+    fn converting_what_is_not_a_pickle_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkl = dir.path().join("params.pkl");
+        std::fs::write(&pkl, b"not a pickle").unwrap();
+        let out = dir.path().join("out.safetensors");
+        let crate::Command::ConvertBook(a) = crate::parse_from([
+            "xtask",
+            "convert-book",
+            pkl.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap()
+        .command
+        else {
+            unreachable!("a convert-book command")
+        };
+        let err = convert(a).unwrap_err();
+        assert!(err.to_string().contains("params.pkl"), "{err}");
+        assert!(!out.exists());
+    }
+
     /// `eval --validation N --validation-seed S` scores the images `train --validation N
     /// --validation-seed S` held out, and refuses what has no such split.
     #[test]

@@ -27,6 +27,17 @@ fn a_thread_count_of_zero_is_refused_and_others_are_taken() {
     assert!(!std::path::Path::new("never.png").exists());
 }
 
+/// The figure of `eval`'s last line, `validation accuracy: 0.9950 (...)`.
+fn validation_accuracy(stdout: &str) -> f64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("validation accuracy: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no accuracy line: {stdout}"))
+        .parse()
+        .unwrap()
+}
+
 /// `eval` of a network at a precision, and of the shipped ensemble, prints the accuracy
 /// on the images it scored (here 200 held out of the training images).
 #[test]
@@ -46,13 +57,29 @@ fn eval_prints_its_accuracy() {
             "{args:?}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let accuracy: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("validation accuracy: "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{args:?}: no accuracy line: {text}"))
-            .parse()
-            .unwrap();
+        let accuracy = validation_accuracy(&text);
         assert!(accuracy > 0.95 && accuracy <= 1.0, "{args:?}: {accuracy}");
     }
+}
+
+/// `eval` of an int8 file scores it by its own kernels and prints the accuracy.
+#[test]
+fn eval_of_a_quantized_file_prints_its_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("int8.safetensors");
+    let q = q.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["quantize", "--calibrate", "100", "--out", q])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["eval", "--validation", "200", "--params", q])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("int8 network"), "{text}");
+    let accuracy = validation_accuracy(&text);
+    assert!(accuracy > 0.95 && accuracy <= 1.0, "{accuracy}");
 }
