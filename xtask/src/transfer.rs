@@ -577,6 +577,7 @@ mod tests {
         assert_eq!(tick_label(1000.0, 50, None), "");
         assert_eq!(tick_label(1.0, 50, None), "1");
         assert_eq!(tick_label(2.0, 1, Some(10.0)), "", "past the largest k, before all");
+        assert_eq!(tick_label(100.0 * 1.000001, 100, None), "100", "within a millionth of k");
     }
 
     fn row(labels: Option<usize>, mode: Mode, seed: u64, correct: usize) -> Row {
@@ -703,7 +704,7 @@ mod tests {
              | 1 | 95.00 ± 0.00 (1 seeds) | 60.00 ± 10.00 (3 seeds) |\n| all | | 99.00 ± 0.00 (1 seeds) |\n"
         );
         let png = chart("t", &stats, &modes).unwrap();
-        assert_eq!(&png[1..4], b"PNG");
+        crate::tests::assert_golden_png(&png, "transfer.png");
         assert!(chart("t", &[], &modes).is_err());
     }
 
