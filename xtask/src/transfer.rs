@@ -577,7 +577,11 @@ mod tests {
         assert_eq!(tick_label(1000.0, 50, None), "");
         assert_eq!(tick_label(1.0, 50, None), "1");
         assert_eq!(tick_label(2.0, 1, Some(10.0)), "", "past the largest k, before all");
-        assert_eq!(tick_label(100.0 * 1.000001, 100, None), "100", "within a millionth of k");
+        assert_eq!(
+            tick_label(100.0 * 1.000001, 100, None),
+            "100",
+            "within a millionth of k"
+        );
     }
 
     fn row(labels: Option<usize>, mode: Mode, seed: u64, correct: usize) -> Row {

@@ -29,6 +29,10 @@ const CASES: &[Case] = &[
     // images smaller than the filter's reach: rows of a filter offset wholly in the
     // padding
     (2, 2, 1, 1, 3, 3, 1, 1),
+    // strided, with two or more whole output rows in the top padding, and a one-column
+    // output with a padded bottom row
+    (2, 1, 5, 5, 3, 3, 2, 3),
+    (2, 2, 5, 1, 3, 3, 2, 1),
     (1, 3, 2, 2, 5, 5, 1, 2),
     (1, 1, 1, 3, 3, 3, 1, 1),
 ];
@@ -76,9 +80,10 @@ fn chw_layout_is_the_transpose_of_the_books_block() {
         let g = ConvGeometry::new(c, h, w, fh, fw, s, p).unwrap();
         let book = im2col(&x.view(), fh, fw, s, p);
         let rows = g.col_cols();
-        // fill with garbage first: im2col_chw must write every element
-        let mut chw = vec![f32::NAN; g.col_rows() * g.col_cols()];
+        let mut chw = vec![0.0; g.col_rows() * g.col_cols()];
         for b in 0..n {
+            // fill with garbage first: im2col_chw must write every element
+            chw.fill(f32::NAN);
             im2col_chw(x.slice(ndarray::s![b, .., .., ..]).as_slice().unwrap(), &g, &mut chw);
             let chw_view = ArrayView2::from_shape((g.col_rows(), g.col_cols()), &chw).unwrap();
             let block = book.slice(ndarray::s![b * rows..(b + 1) * rows, ..]);
