@@ -1539,6 +1539,49 @@ mod tests {
         assert!(trainer_config(&a).unwrap_err().to_string().contains("--lr-factor"));
     }
 
+    /// A run.json written before a flag existed resumes with that flag's default.
+    #[test]
+    fn a_run_json_without_the_newer_flags_takes_their_defaults() {
+        let crate::Command::Train(flags) = crate::parse_from(["xtask", "train"]).unwrap().command else {
+            unreachable!()
+        };
+        let mut json = serde_json::to_value(TrainArgs::for_recipe(Recipe::Book, 0)).unwrap();
+        let newer = [
+            "checkpoint_every",
+            "keep_checkpoints",
+            "time_to",
+            "checks_per_epoch",
+            "micro_batches",
+        ];
+        for key in newer {
+            assert!(json.as_object_mut().unwrap().remove(key).is_some(), "{key}");
+        }
+        let old: TrainArgs = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            (
+                old.checkpoint_every,
+                old.keep_checkpoints,
+                old.time_to.len(),
+                old.checks_per_epoch,
+                old.micro_batches
+            ),
+            (
+                flags.checkpoint_every,
+                flags.keep_checkpoints,
+                flags.time_to.len(),
+                flags.checks_per_epoch,
+                flags.micro_batches
+            )
+        );
+        assert_eq!((flags.checkpoint_every, flags.micro_batches), (1, 1));
+        assert_eq!(old.reduction, ReductionArg::Ordered);
+        assert_eq!(
+            dl_mpi::Reduction::from(ReductionArg::Ordered),
+            dl_mpi::Reduction::Ordered
+        );
+        assert_eq!(dl_mpi::Reduction::from(ReductionArg::Native), dl_mpi::Reduction::Native);
+    }
+
     #[test]
     fn elastic_adds_the_distortion_to_the_augmentation() {
         let parse = |extra: &[&str]| {
