@@ -500,7 +500,6 @@ impl TrainArgs {
     }
 }
 
-/// A value's name on the command line (`one-cycle`).
 /// The `--model` value of a saved model's kind.
 pub fn model_value_name(config: &dl_models::registry::ModelConfig) -> Result<String, CliError> {
     ModelName::value_variants()
@@ -510,6 +509,7 @@ pub fn model_value_name(config: &dl_models::registry::ModelConfig) -> Result<Str
         .ok_or_else(|| CliError::Other(format!("no --model trains a {}", config.kind())))
 }
 
+/// A value's name on the command line (`one-cycle`).
 fn value_name(v: impl ValueEnum) -> String {
     v.to_possible_value()
         .map_or_else(String::new, |p| p.get_name().to_string())
@@ -1580,6 +1580,25 @@ mod tests {
             dl_mpi::Reduction::Ordered
         );
         assert_eq!(dl_mpi::Reduction::from(ReductionArg::Native), dl_mpi::Reduction::Native);
+        assert_eq!(Vote::from(VoteArg::Mean), Vote::Mean);
+        assert_eq!(Vote::from(VoteArg::Majority), Vote::Majority);
+    }
+
+    /// Each model kind a file names is trained by one `--model` value, which builds it.
+    #[test]
+    fn every_model_kind_has_its_model_value() {
+        for &m in ModelName::value_variants() {
+            let config = dl_models::registry::ModelConfig::default_for(m.kind()).unwrap();
+            let name = model_value_name(&config).unwrap();
+            assert_eq!(name, value_name(m));
+            let Ok(crate::Command::Train(a)) =
+                crate::parse_from(["xtask", "train", "--model", &name]).map(|c| c.command)
+            else {
+                unreachable!("{name}")
+            };
+            assert_eq!(a.build_model().unwrap().kind(), m.kind(), "{name}");
+        }
+        assert_eq!(value_name(ModelName::Resnet), "resnet");
     }
 
     #[test]
@@ -1643,6 +1662,9 @@ mod tests {
                  --lr 0.2 --weight-decay 0.0005 --lr-decay one-cycle"
             )
         );
+        // --epochs given to the bench's recipe wins, and the recipe sets the rest
+        let five = TrainArgs::for_recipe_watching(Recipe::Fast, 0, Vec::new(), 2, None, Some(5));
+        assert_eq!((five.epochs, five.batch_size, five.lr), (5, 128, 0.2));
         // a flag given beside the recipe wins
         let mut mine = fast.clone();
         mine.epochs = 5;
