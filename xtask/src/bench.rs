@@ -359,6 +359,14 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     dl_tensor::flush_denormals_to_zero();
     let data_dir = a.data.clone().unwrap_or_else(crate::default_data_dir);
     let mnist = Mnist::load(&data_dir)?;
+    if mnist.test.len() < 1000 || mnist.train.len() < 100 {
+        return Err(CliError::Other(format!(
+            "{}: the bench takes batches of 100 training images and of up to 1,000 test images, and this set has {} and {}",
+            data_dir.display(),
+            mnist.train.len(),
+            mnist.test.len()
+        )));
+    }
     let mut net = a.model.build(0);
     let mut opt = dl_optim::by_name("adam", 0.001).map_err(|e| CliError::Other(e.to_string()))?;
     let batch = 100;
@@ -511,7 +519,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
 
     let mut infer = BTreeMap::new();
     for bs in [100usize, 1000] {
-        let n = 10_000 - 10_000 % bs;
+        // every whole batch of the test set
+        let n = mnist.test.len() - mnist.test.len() % bs;
         let (x, _) = mnist.test.batch(&(0..n).collect::<Vec<_>>());
         let chunks: Vec<Tensor> = x.axis_chunks_iter(ndarray::Axis(0), bs).map(|c| c.to_owned()).collect();
         net.predict(chunks[0].clone(), false)?;

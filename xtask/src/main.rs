@@ -429,8 +429,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("bench.json");
         let j = json.to_str().unwrap();
+        // too few images for a batch of 100 to train on, or of 1,000 to infer
+        for (train, test) in [(99, 1000), (100, 999)] {
+            let data = small_mnist(&dir.path().join(format!("{train}-{test}")), train, test);
+            let err = run_cli(&["bench", "--data", data.to_str().unwrap(), "--json", j]).unwrap_err();
+            assert!(err.to_string().contains(&format!("has {train} and {test}")), "{err}");
+        }
+        assert!(!json.exists());
+        let data = small_mnist(dir.path(), 100, 1000);
         run_cli(&[
             "bench",
+            "--data",
+            data.to_str().unwrap(),
             "--windows",
             "1",
             "--iters",
