@@ -664,6 +664,8 @@ struct Progress {
     bar: ProgressBar,
     started: Instant,
     images: usize,
+    /// Images of the epoch under way.
+    epoch_images: usize,
     /// Put before each epoch line ("member 2  "), empty for a single run.
     prefix: String,
     /// What the per-epoch evaluation set is called: "test" or "val".
@@ -689,16 +691,35 @@ impl Progress {
             bar,
             started: Instant::now(),
             images: 0,
+            epoch_images: 0,
             prefix,
             eval_name,
             watch: None,
         }
+    }
+
+    /// The line printed after each epoch.
+    fn epoch_line(&self, r: &EpochRecord) -> String {
+        format!(
+            "{}epoch {:>3}  loss {:.4}  train acc {:.4}  {} acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
+            self.prefix,
+            r.epoch,
+            r.train_loss,
+            r.train_acc,
+            self.eval_name,
+            r.test_acc,
+            r.lr,
+            r.train_seconds,
+            self.epoch_images as f64 / r.train_seconds,
+            r.elapsed_seconds
+        )
     }
 }
 
 impl Observer for Progress {
     fn on_iteration(&mut self, info: &IterationInfo) {
         self.images += info.batch;
+        self.epoch_images += info.batch;
         if info.iteration == 1 {
             self.bar.set_length(info.max_iter as u64);
         }
@@ -711,19 +732,8 @@ impl Observer for Progress {
     }
 
     fn on_epoch(&mut self, r: &EpochRecord) {
-        let line = format!(
-            "{}epoch {:>3}  loss {:.4}  train acc {:.4}  {} acc {:.4}  lr {}  {:.1} s train ({:.0} img/s)  {:.1} s total",
-            self.prefix,
-            r.epoch,
-            r.train_loss,
-            r.train_acc,
-            self.eval_name,
-            r.test_acc,
-            r.lr,
-            r.train_seconds,
-            self.images as f64 / r.epoch as f64 / r.train_seconds,
-            r.elapsed_seconds
-        );
+        let line = self.epoch_line(r);
+        self.epoch_images = 0;
         self.bar.suspend(|| println!("{line}"));
     }
 
@@ -1391,6 +1401,56 @@ mod tests {
             batch: 1,
             train_seconds: iteration as f64 * 0.5,
         }
+    }
+
+    /// The bar follows the iterations; the epoch line gives that epoch's rate (a resumed
+    /// run's too); the bar goes when the run ends.
+    #[test]
+    fn progress_shows_the_iterations_and_each_epochs_rate() {
+        let started = Instant::now();
+        let mut p = Progress::new("member 1  ".into(), true, "val");
+        let record = |epoch| EpochRecord {
+            epoch,
+            train_loss: 0.25,
+            train_acc: 0.5,
+            test_acc: 0.75,
+            lr: 0.01,
+            train_seconds: 2.0,
+            elapsed_seconds: 9.0,
+        };
+        let step = |p: &mut Progress, iteration| {
+            p.on_iteration(&IterationInfo {
+                batch: 100,
+                epoch: 1,
+                loss: 0.125,
+                ..info(iteration, 50)
+            })
+        };
+        step(&mut p, 1);
+        assert_eq!((p.bar.length(), p.bar.position()), (Some(50), 1));
+        for i in 2..=10 {
+            step(&mut p, i);
+        }
+        assert_eq!(p.bar.position(), 10);
+        let message = p.bar.message();
+        let rate: f64 = message
+            .strip_prefix("epoch 1 loss 0.1250 ")
+            .and_then(|m| m.strip_suffix(" img/s"))
+            .unwrap_or_else(|| panic!("{message}"))
+            .parse()
+            .unwrap();
+        assert!(rate >= 1000.0 / started.elapsed().as_secs_f64() - 0.5, "{rate}");
+        p.on_epoch(&record(3));
+        step(&mut p, 11);
+        assert_eq!(
+            p.epoch_line(&record(4)),
+            "member 1  epoch   4  loss 0.2500  train acc 0.5000  val acc 0.7500  lr 0.01  2.0 s train (50 img/s)  9.0 s total"
+        );
+        assert!(!p.bar.is_finished());
+        p.on_final_evaluation(Some(&Evaluation { correct: 1, total: 2 }));
+        assert!(!p.bar.is_finished(), "only a run that ends without one");
+        p.on_final_evaluation(None);
+        assert!(p.bar.is_finished());
     }
 
     /// `cargo xtask finetune --from FILE EXTRA...`, parsed.

@@ -83,3 +83,35 @@ fn eval_of_a_quantized_file_prints_its_accuracy() {
     let accuracy = validation_accuracy(&text);
     assert!(accuracy > 0.95 && accuracy <= 1.0, "{accuracy}");
 }
+
+/// `train` prints a line for each epoch and where it wrote the run.
+#[test]
+fn train_prints_a_line_per_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "train",
+            "--model",
+            "simple",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "200",
+            "--eval-samples",
+            "50",
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let epochs: Vec<&str> = text.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "{text}");
+    for (i, line) in epochs.iter().enumerate() {
+        assert!(line.starts_with(&format!("epoch {:>3}  loss ", i + 1)), "{line}");
+        assert!(line.contains("test acc") && line.contains("img/s)"), "{line}");
+    }
+    assert!(run.join("params.safetensors").is_file());
+}
