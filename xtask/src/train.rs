@@ -616,6 +616,29 @@ impl TimeTo {
     fn pending(&self) -> usize {
         self.reached.iter().filter(|r| r.is_none()).count()
     }
+
+    /// The line printed after a check: the accuracy, and the targets it reached first.
+    fn last_check_line(&self, prefix: &str, eval_name: &str) -> String {
+        let Some(c) = self.checks.last() else {
+            return format!("{prefix}no check yet");
+        };
+        let mut line = format!(
+            "{prefix}check at {:.2} epochs  {eval_name} acc {:.4}  {:.1} s train",
+            c.epochs, c.accuracy, c.train_seconds
+        );
+        let now: Vec<String> = self
+            .reached
+            .iter()
+            .flatten()
+            .filter(|r| r.iteration == c.iteration)
+            .map(|r| format!("{}%", r.target_percent))
+            .collect();
+        if !now.is_empty() {
+            line.push_str("  <- reached ");
+            line.push_str(&now.join(", "));
+        }
+        line
+    }
 }
 
 impl Observer for TimeTo {
@@ -751,24 +774,8 @@ impl Observer for Progress {
         let Some(w) = self.watch.as_mut() else {
             return ControlFlow::Continue(());
         };
-        let before = w.pending();
         let flow = w.on_evaluation(info, evaluation, seconds);
-        let c = w.checks.last().copied().expect("just pushed");
-        let mut line = format!(
-            "{}check at {:.2} epochs  {} acc {:.4}  {:.1} s train",
-            self.prefix, c.epochs, self.eval_name, c.accuracy, c.train_seconds
-        );
-        if w.pending() < before {
-            line.push_str("  <- reached ");
-            let now: Vec<String> = w
-                .reached
-                .iter()
-                .flatten()
-                .filter(|r| r.iteration == c.iteration)
-                .map(|r| format!("{}%", r.target_percent))
-                .collect();
-            line.push_str(&now.join(", "));
-        }
+        let line = w.last_check_line(&self.prefix, self.eval_name);
         self.bar.suspend(|| println!("{line}"));
         flow
     }
@@ -1560,7 +1567,15 @@ mod tests {
         let ev = |correct| Evaluation { correct, total: 10_000 };
         assert!(w.on_evaluation(&info(4, 21), &ev(9_899), 0.25).is_continue());
         assert_eq!(w.reached, [None, None]);
+        assert_eq!(
+            w.last_check_line("", "val"),
+            "check at 0.57 epochs  val acc 0.9899  2.0 s train"
+        );
         assert!(w.on_evaluation(&info(7, 21), &ev(9_900), 0.25).is_continue());
+        assert_eq!(
+            w.last_check_line("m0  ", "test"),
+            "m0  check at 1.00 epochs  test acc 0.9900  3.5 s train  <- reached 99%"
+        );
         let r = w.reached[1].expect("99.0% is 9,900 of 10,000");
         assert_eq!((r.iteration, r.target_percent), (7, 99.0));
         assert_eq!((r.epochs, r.train_seconds, r.check_seconds), (1.0, 3.5, 0.5));
@@ -1568,6 +1583,9 @@ mod tests {
         assert!(w.reached[0].is_none());
         // a later, lower check moves nothing; 9,940 reaches 99.4% and ends the run
         assert!(w.on_evaluation(&info(14, 21), &ev(9_940), 0.25).is_break());
+        assert!(w
+            .last_check_line("", "val")
+            .ends_with("acc 0.9940  7.0 s train  <- reached 99.4%"));
         assert_eq!(w.reached[0].unwrap().iteration, 14);
         assert_eq!(w.reached[1].unwrap().iteration, 7);
         assert_eq!(w.checks.len(), 4);
@@ -1577,6 +1595,10 @@ mod tests {
             lines[0].starts_with("99.4% on test: 7.0 s of training (2.00 epochs, 14 iterations"),
             "{lines:?}"
         );
+        let mut both = TimeTo::new(&[50.0, 60.0], 2, 7).unwrap();
+        assert_eq!(both.last_check_line("", "val"), "no check yet");
+        assert!(both.on_evaluation(&info(4, 21), &ev(9_000), 0.25).is_break());
+        assert!(both.last_check_line("", "val").ends_with("<- reached 50%, 60%"));
         let fresh = TimeTo::new(&[98.0], 2, 7).unwrap();
         assert_eq!(time_to_lines(&fresh, "validation"), ["98% on validation: not reached"]);
     }
@@ -1591,6 +1613,11 @@ mod tests {
         }
         let mut a = TrainArgs::for_recipe(Recipe::Book, 0);
         assert!(trainer_config(&a).unwrap().lr_groups.pairs().is_empty());
+        // --eval-samples 0 scores the whole set each epoch
+        assert_eq!(trainer_config(&a).unwrap().evaluate_sample_num_per_epoch, Some(1000));
+        a.eval_samples = 0;
+        assert_eq!(trainer_config(&a).unwrap().evaluate_sample_num_per_epoch, None);
+        assert_eq!((threads_word(1), threads_word(2)), ("thread", "threads"));
         a.lr_factor = vec![("".into(), 0.1), ("fc".into(), 1.0)];
         let g = trainer_config(&a).unwrap().lr_groups;
         assert_eq!((g.factor("layer1.0.conv1.W"), g.factor("fc.W")), (0.1, 1.0));
