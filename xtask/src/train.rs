@@ -1618,6 +1618,8 @@ mod tests {
         a.eval_samples = 0;
         assert_eq!(trainer_config(&a).unwrap().evaluate_sample_num_per_epoch, None);
         assert_eq!((threads_word(1), threads_word(2)), ("thread", "threads"));
+        assert_eq!(run_label(Path::new("runs/train-3")), "train-3", "the chart's legend");
+        assert_eq!(run_label(Path::new("/")), "/");
         a.lr_factor = vec![("".into(), 0.1), ("fc".into(), 1.0)];
         let g = trainer_config(&a).unwrap().lr_groups;
         assert_eq!((g.factor("layer1.0.conv1.W"), g.factor("fc.W")), (0.1, 1.0));
