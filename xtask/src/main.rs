@@ -473,6 +473,67 @@ mod tests {
         );
     }
 
+    /// `bench --vs-torch` runs the script with the bench's model, threads, windows and
+    /// data, and keeps what it reports; a Python without torch is said and passed over.
+    #[cfg(unix)]
+    #[test]
+    fn bench_vs_torch_runs_the_script_with_the_same_settings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = small_mnist(dir.path(), 100, 1000);
+        let script = dir.path().join("torch_models.py");
+        std::fs::write(&script, "# stands in for scripts/torch_models.py").unwrap();
+        // a "Python" that imports anything and, for the script, writes its arguments
+        // (double quotes made single) and a rate where --json says
+        let python = dir.path().join("python");
+        std::fs::write(
+            &python,
+            "#!/bin/sh\n[ \"$1\" = -c ] && exit 0\nall=$(printf '%s' \"$*\" | tr '\"' \"'\")\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --json ] && out=\"$2\"; shift; done\n\
+             printf '{\"torch\": \"fake\", \"train_images_per_sec\": 50.0, \"args\": \"%s\"}' \"$all\" > \"$out\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let json = dir.path().join("bench.json");
+        let bench = |python: &str| {
+            run_cli(&[
+                "bench",
+                "--data",
+                data.to_str().unwrap(),
+                "--windows",
+                "1",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--skip-augment",
+                "--skip-bf16",
+                "--vs-torch",
+                script.to_str().unwrap(),
+                "--python",
+                python,
+                "--json",
+                json.to_str().unwrap(),
+            ])
+            .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+        };
+        let r = bench(python.to_str().unwrap());
+        assert_eq!(r["torch"]["torch"], "fake", "{}", r["torch"]);
+        assert_eq!(r["torch"]["train_images_per_sec"], 50.0);
+        let args = r["torch"]["args"].as_str().unwrap();
+        let threads = rayon::current_num_threads();
+        for want in [
+            format!("{} bench --model deep --config {{", script.display()),
+            format!("--threads {threads} --windows 1 --json "),
+            format!("--mnist {}", data.display()),
+        ] {
+            assert!(args.contains(&want), "{want}: {args}");
+        }
+        let r = bench("/bin/false");
+        assert!(r["torch"].is_null(), "{}", r["torch"]);
+    }
+
     /// `bench --precision int8` measures the int8 network beside the training code's f32
     /// forward and records the CPU and the kernel each ran at.
     #[test]
