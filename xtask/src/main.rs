@@ -984,13 +984,16 @@ mod tests {
     fn bench_time_to_accuracy_reports_the_first_check_at_the_target() {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("tta.json");
+        let data = small_mnist(dir.path(), 2560, 200);
         run_cli(&[
             "bench",
             "--time-to-accuracy",
+            "--data",
+            data.to_str().unwrap(),
             "--targets",
             "30",
             "--checks-per-epoch",
-            "40",
+            "7",
             "--epochs",
             "2",
             "--json",
@@ -1007,14 +1010,13 @@ mod tests {
         assert!(r["cpu"].is_string() && r["conv_isa"].is_string());
         let checks = r["checks"].as_array().unwrap();
         let reached = &r["reached"][0];
-        // 60,000 images in batches of 128: 469 iterations an epoch, the k-th check after
-        // iteration ceil(469 k / 40)
+        // 2,560 images in batches of 128: 20 iterations an epoch, the k-th check after
+        // iteration ceil(20 k / 7)
         let at: Vec<u64> = checks.iter().map(|c| c["iteration"].as_u64().unwrap()).collect();
+        assert!(at.len() > 1, "{at:?}");
         assert_eq!(
             at,
-            (1..=at.len() as u64)
-                .map(|k| (469 * k).div_ceil(40))
-                .collect::<Vec<_>>()
+            (1..=at.len() as u64).map(|k| (20 * k).div_ceil(7)).collect::<Vec<_>>()
         );
         let last = checks.last().unwrap();
         assert!(last["accuracy"].as_f64().unwrap() >= 0.3);
