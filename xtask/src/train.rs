@@ -1620,6 +1620,9 @@ mod tests {
         assert_eq!((threads_word(1), threads_word(2)), ("thread", "threads"));
         assert_eq!(run_label(Path::new("runs/train-3")), "train-3", "the chart's legend");
         assert_eq!(run_label(Path::new("/")), "/");
+        assert_eq!(parse_classes("0-4").unwrap(), [0, 1, 2, 3, 4]);
+        assert_eq!(parse_classes("5-5, 7").unwrap(), [5, 7], "a range of one digit");
+        assert!(parse_classes("6-5").is_err());
         a.lr_factor = vec![("".into(), 0.1), ("fc".into(), 1.0)];
         let g = trainer_config(&a).unwrap().lr_groups;
         assert_eq!((g.factor("layer1.0.conv1.W"), g.factor("fc.W")), (0.1, 1.0));
