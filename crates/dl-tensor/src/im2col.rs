@@ -209,12 +209,8 @@ pub fn im2col_chw(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
                     dst[ox_hi..].fill(0.0);
                     if ox_hi > ox_lo {
                         let ix0 = ox_lo * s + kx - g.pad;
-                        if s == 1 {
-                            dst[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
-                        } else {
-                            for (d, v) in dst[ox_lo..ox_hi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
-                                *d = *v;
-                            }
+                        for (d, v) in dst[ox_lo..ox_hi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
+                            *d = *v;
                         }
                     }
                 }

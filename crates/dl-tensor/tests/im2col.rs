@@ -33,6 +33,8 @@ const CASES: &[Case] = &[
     // output with a padded bottom row
     (2, 1, 5, 5, 3, 3, 2, 3),
     (2, 2, 5, 1, 3, 3, 2, 1),
+    // a stride and padding past the image: filter offsets with no valid column
+    (1, 1, 5, 1, 1, 1, 3, 4),
     (1, 3, 2, 2, 5, 5, 1, 2),
     (1, 1, 1, 3, 3, 3, 1, 1),
 ];
