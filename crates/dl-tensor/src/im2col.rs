@@ -241,9 +241,9 @@ pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
 fn im2col_chw_stride1(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
     let (h, w, oh, ow, p) = (g.h, g.w, g.out_h, g.out_w, g.pad);
     let wp = w + 2 * p;
-    // (oy + ky) <= oh - 1 + fh - 1 = h + 2p - 1 and likewise for columns: every read is
-    // inside the padded plane.
-    let hp = (oh + g.fh - 1).max(h + 2 * p);
+    // At stride 1, oh = h + 2p - fh + 1, so (oy + ky) <= oh - 1 + fh - 1 = h + 2p - 1,
+    // and likewise for columns: every read is inside the padded plane.
+    let hp = h + 2 * p;
     PADDED.with(|cell| {
         let mut padded = cell.borrow_mut();
         padded.clear();

@@ -35,6 +35,8 @@ const CASES: &[Case] = &[
     (2, 2, 5, 1, 3, 3, 2, 1),
     // a stride and padding past the image: filter offsets with no valid column
     (1, 1, 5, 1, 1, 1, 3, 4),
+    // stride 1 with a padding of 3: the padded plane's rows are w + 6 long
+    (1, 2, 4, 5, 3, 3, 1, 3),
     (1, 3, 2, 2, 5, 5, 1, 2),
     (1, 1, 1, 3, 3, 3, 1, 1),
 ];
