@@ -1028,6 +1028,50 @@ mod tests {
         assert_eq!(r["final_test_accuracy"], last["accuracy"]);
     }
 
+    /// A run whose loss diverges names its last checkpoint, or says there is none.
+    #[test]
+    fn a_diverged_run_names_its_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let data = small_mnist(dir.path(), 200, 50);
+        // the rate multiplied by 1e30 after each epoch: the second diverges
+        let args = [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "simple",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.01",
+            "--lr-decay",
+            "step",
+            "--step-size",
+            "1",
+            "--gamma",
+            "1e30",
+            "--decay-per-epoch",
+        ];
+        let err = run_cli(&[&args[..], &["--out", &p("late")]].concat())
+            .unwrap_err()
+            .to_string();
+        let first = dir.path().join("late/checkpoints/checkpoint-0001.safetensors");
+        assert!(
+            err.contains("diverged") && err.contains(&format!("the last good checkpoint is {}", first.display())),
+            "{err}"
+        );
+        let mut at_once = args.to_vec();
+        assert_eq!(at_once[9], "--lr");
+        at_once[10] = "1e30";
+        let err = run_cli(&[&at_once[..], &["--out", &p("early")]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("diverged") && err.contains("no checkpoint"), "{err}");
+    }
+
     #[test]
     fn a_stopped_run_resumes_to_the_same_parameters_and_no_run_is_overwritten() {
         let dir = tempfile::tempdir().unwrap();
