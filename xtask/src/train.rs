@@ -1336,7 +1336,7 @@ fn train_many(
     config: TrainerConfig,
 ) -> Result<Evaluation, CliError> {
     let parallel = a.parallel.min(k);
-    let per_member = (rayon::current_num_threads() / parallel).max(1);
+    let per_member = dl_train::ensemble::threads_per_member(parallel);
     println!(
         "ensemble of {k}: seeds {}..={}, {parallel} at a time on {per_member} {} each",
         config.seed,

@@ -470,6 +470,12 @@ pub fn member_config(config: &TrainerConfig, i: usize) -> TrainerConfig {
     c
 }
 
+/// The threads each of `parallel` members training at once gets: an equal share of the
+/// current rayon pool's threads, at least one.
+pub fn threads_per_member(parallel: usize) -> usize {
+    (rayon::current_num_threads() / parallel.max(1)).max(1)
+}
+
 /// An ensemble fresh from [`train_ensemble`].
 #[derive(Debug)]
 pub struct EnsembleRun {
@@ -514,7 +520,7 @@ pub fn train_ensemble<O: Observer + Send>(
             *slot = Some(one(i)?);
         }
     } else {
-        let threads = (rayon::current_num_threads() / parallel).max(1);
+        let threads = threads_per_member(parallel);
         let next = AtomicUsize::new(0);
         let done = Mutex::new(&mut results);
         let first_error: Mutex<Option<EnsembleError>> = Mutex::new(None);

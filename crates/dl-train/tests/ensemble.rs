@@ -343,3 +343,16 @@ fn combine_needs_a_member() {
 fn combine_needs_outputs_of_one_shape() {
     dl_train::ensemble::combine(&[Array2::zeros((2, 3)), Array2::zeros((2, 4))], Vote::Mean);
 }
+
+/// Members training at once share the pool's threads equally, each at least one.
+#[test]
+fn members_at_once_share_the_pools_threads() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let shares: Vec<usize> = pool.install(|| {
+        [0, 1, 2, 3, 4, 8]
+            .iter()
+            .map(|&p| dl_train::ensemble::threads_per_member(p))
+            .collect()
+    });
+    assert_eq!(shares, [4, 4, 2, 1, 1, 1]);
+}
