@@ -590,7 +590,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         .enumerate()
         .map(|(i, l)| LayerTime {
             index: i,
-            layer: format!("{} {}", names[i], l.name()),
+            layer: layer_label(&names[i], i, l.name()),
             forward_ms: median(&fwd[i]),
             backward_ms: median(&bwd[i]),
         })
@@ -612,7 +612,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         extra,
         torch,
     };
-    print_table(&report);
+    print!("{}", table(&report));
     if let Some(path) = a.json {
         let bytes = serde_json::to_vec_pretty(&report).map_err(|e| CliError::Other(e.to_string()))?;
         dl_tensor::fs::atomic_write(&path, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
@@ -621,40 +621,63 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_table(r: &Report) {
-    println!("{} on {} threads, batch {}", r.model, r.threads, r.batch);
-    println!(
+/// A layer's name in the bench's table: its kind, after its path in the network
+/// unless that is only its position.
+fn layer_label(path: &str, index: usize, kind: &str) -> String {
+    if path == index.to_string() {
+        kind.to_string()
+    } else {
+        format!("{path} {kind}")
+    }
+}
+
+/// The bench's summary: the machine, the rates, the layers' times and, with
+/// `--vs-torch`, the ratios to PyTorch's.
+fn table(r: &Report) -> String {
+    let mut s = String::new();
+    macro_rules! out {
+        ($($arg:tt)*) => {{
+            s.push_str(&format!($($arg)*));
+            s.push('\n');
+        }};
+    }
+    out!("{} on {} threads, batch {}", r.model, r.threads, r.batch);
+    out!(
         "  CPU {} ({}), direct and Winograd kernels at {}, GEMM at {}",
         r.cpu,
         r.simd_flags.join(" "),
         r.conv_isa,
         r.gemm_isa
     );
-    println!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
-    println!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
-    println!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);
+    out!("  train (fwd+bwd+Adam)   {:>8.0} img/s", r.train_images_per_sec);
+    out!("  inference batch 100    {:>8.0} img/s", r.infer_images_per_sec_b100);
+    out!("  inference batch 1000   {:>8.0} img/s", r.infer_images_per_sec_b1000);
     if let (Some(q), Some(pct)) = (
         r.extra.get("train_images_per_sec_augmented"),
         r.extra.get("augment_epoch_time_increase_pct"),
     ) {
-        println!("  train with augmentation{q:>8.0} img/s (epoch time +{pct:.1}%)");
+        out!("  train with augmentation{q:>8.0} img/s (epoch time +{pct:.1}%)");
     }
-    println!("  peak RSS               {:>8.1} MiB", r.peak_rss_mib);
-    println!("  {:>3} {:<28} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
+    out!("  peak RSS               {:>8.1} MiB", r.peak_rss_mib);
+    out!("  {:>3} {:<28} {:>10} {:>10}", "#", "layer", "fwd ms", "bwd ms");
     let (mut tf, mut tb) = (0.0, 0.0);
     for l in &r.layers {
-        println!(
+        out!(
             "  {:>3} {:<28} {:>10.3} {:>10.3}",
-            l.index, l.layer, l.forward_ms, l.backward_ms
+            l.index,
+            l.layer,
+            l.forward_ms,
+            l.backward_ms
         );
         tf += l.forward_ms;
         tb += l.backward_ms;
     }
-    println!("  {:>3} {:<28} {:>10.3} {:>10.3}", "", "total", tf, tb);
+    out!("  {:>3} {:<28} {:>10.3} {:>10.3}", "", "total", tf, tb);
     if let Some(t) = &r.torch {
-        println!(
+        out!(
             "  versus PyTorch {} in the same run (dlfs / PyTorch):",
-            t.get("torch").map_or("?".into(), |v| v.to_string())
+            t.get("torch")
+                .map_or("?".into(), |v| v.as_str().map_or_else(|| v.to_string(), String::from))
         );
         for (key, ours) in [
             ("train_images_per_sec", r.train_images_per_sec),
@@ -662,10 +685,11 @@ fn print_table(r: &Report) {
             ("infer_images_per_sec_b1000", r.infer_images_per_sec_b1000),
         ] {
             if let Some(theirs) = t.get(key).and_then(|v| v.as_f64()) {
-                println!("    {key:<28} {ours:>8.0} / {theirs:>8.0} = {:.2}x", ours / theirs);
+                out!("    {key:<28} {ours:>8.0} / {theirs:>8.0} = {:.2}x", ours / theirs);
             }
         }
     }
+    s
 }
 
 /// Runs the PyTorch anchor's `bench` mode with the same thread count and returns its
@@ -746,6 +770,62 @@ mod tests {
         assert_eq!(per_second(1000, Duration::from_millis(250)), 4000.0);
         assert_eq!(millis_each(Duration::from_millis(1500), 3), 500.0);
         assert_eq!(millis_each(Duration::from_micros(2500), 1), 2.5);
+    }
+
+    #[test]
+    fn the_table_gives_the_rates_the_layers_with_their_total_and_the_ratios_to_pytorch() {
+        let layer = |index, layer: &str, forward_ms, backward_ms| LayerTime {
+            index,
+            layer: layer.into(),
+            forward_ms,
+            backward_ms,
+        };
+        let mut r = Report {
+            model: "DeepConvNet".into(),
+            cpu: "a CPU".into(),
+            simd_flags: vec!["avx2".into(), "fma".into()],
+            conv_isa: "avx2".into(),
+            gemm_isa: "avx2".into(),
+            threads: 2,
+            batch: 100,
+            train_images_per_sec: 1000.0,
+            train_images_per_sec_windows: vec![1000.0],
+            infer_images_per_sec_b100: 3000.0,
+            infer_images_per_sec_b1000: 2500.0,
+            peak_rss_mib: 300.25,
+            layers: vec![layer(0, "Convolution", 1.5, 2.25), layer(1, "stem.1 Relu", 0.5, 0.125)],
+            extra: BTreeMap::from([
+                ("train_images_per_sec_augmented".to_string(), 900.0),
+                ("augment_epoch_time_increase_pct".to_string(), 11.1),
+            ]),
+            torch: Some(BTreeMap::from([
+                ("torch".to_string(), serde_json::json!("2.5.1")),
+                ("train_images_per_sec".to_string(), serde_json::json!(800.0)),
+                ("infer_images_per_sec_b100".to_string(), serde_json::json!(2000.0)),
+            ])),
+        };
+        let want = "DeepConvNet on 2 threads, batch 100
+  CPU a CPU (avx2 fma), direct and Winograd kernels at avx2, GEMM at avx2
+  train (fwd+bwd+Adam)       1000 img/s
+  inference batch 100        3000 img/s
+  inference batch 1000       2500 img/s
+  train with augmentation     900 img/s (epoch time +11.1%)
+  peak RSS                  300.2 MiB
+    # layer                            fwd ms     bwd ms
+    0 Convolution                       1.500      2.250
+    1 stem.1 Relu                       0.500      0.125
+      total                             2.000      2.375
+  versus PyTorch 2.5.1 in the same run (dlfs / PyTorch):
+    train_images_per_sec             1000 /      800 = 1.25x
+    infer_images_per_sec_b100        3000 /     2000 = 1.50x
+";
+        assert_eq!(table(&r), want);
+        r.torch = None;
+        r.extra.clear();
+        let short = table(&r);
+        assert!(!short.contains("PyTorch") && !short.contains("augmentation"), "{short}");
+        assert_eq!(layer_label("3", 3, "Relu"), "Relu");
+        assert_eq!(layer_label("features.3", 3, "Relu"), "features.3 Relu");
     }
 
     #[test]
