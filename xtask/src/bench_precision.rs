@@ -30,7 +30,7 @@ pub struct PrecisionRow {
     /// The instruction set its kernels ran at: the convolution's level for the float
     /// precisions, the int8 kernel for int8.
     pub kernel: String,
-    /// Correct of the 10,000 test images.
+    /// Correct of the test images (MNIST's 10,000).
     pub test_correct: usize,
     /// Bytes of the parameter file stored at this precision.
     pub file_bytes: usize,
@@ -98,6 +98,14 @@ pub fn run(
     json: Option<&Path>,
 ) -> Result<(), CliError> {
     let mnist = Mnist::load(data)?;
+    let largest = BATCHES.iter().map(|b| b.1).max().unwrap_or(0);
+    if mnist.test.len() < largest {
+        return Err(CliError::Other(format!(
+            "{}: the bench times passes over the first {largest} test images, and this set has {}",
+            data.display(),
+            mnist.test.len()
+        )));
+    }
     let net = dl_models::load(params)?;
     let threads = rayon::current_num_threads();
     println!("cpu: {}", cpu_model());

@@ -367,6 +367,68 @@ mod tests {
         assert!(err.to_string().contains("not a binarized network"), "{err}");
     }
 
+    /// `bench --model binary` times every binarized layer at f32 and at each popcount
+    /// kernel the CPU has, then the whole network packed beside its f32 forward.
+    #[test]
+    fn bench_binary_times_each_layer_at_every_popcount_kernel() {
+        use dl_tensor::binary::PopcountKernel;
+        let dir = tempfile::tempdir().unwrap();
+        let data = small_mnist(dir.path(), 0, 4000);
+        let json = dir.path().join("binary.json");
+        // the whole network's passes take 4,000 test images
+        let few = small_mnist(&dir.path().join("few"), 0, 3999);
+        let err = run_cli(&["bench", "--model", "binary", "--data", few.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("first 4000 test images, and this set has 3999"),
+            "{err}"
+        );
+        run_cli(&[
+            "bench",
+            "--model",
+            "binary",
+            "--windows",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .unwrap();
+        let read = |p: &Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap();
+        let r = read(&json);
+        assert_eq!(r["popcount_kernel"], PopcountKernel::active().name());
+        let kernels: Vec<&str> = PopcountKernel::supported_levels().iter().map(|k| k.name()).collect();
+        let layers = r["layers"].as_array().unwrap();
+        let names: Vec<&str> = layers.iter().map(|l| l["layer"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv 32->32 3x3 on 28x28",
+                "conv 32->64 3x3 on 14x14",
+                "conv 64->64 3x3 on 14x14",
+                "affine 3136->1024"
+            ]
+        );
+        for l in layers {
+            assert!(l["f32_ms"].as_f64().unwrap() > 0.0, "{l}");
+            for key in ["packed_ms", "fused_ms"] {
+                let times = l[key].as_array().unwrap();
+                let named: Vec<&str> = times.iter().map(|t| t[0].as_str().unwrap()).collect();
+                assert_eq!(named, kernels, "{key}");
+                assert!(times.iter().all(|t| t[1].as_f64().unwrap() > 0.0), "{l}");
+            }
+        }
+        let whole = read(&json.with_extension("network.json"));
+        let rows = whole["rows"].as_array().unwrap();
+        let precisions: Vec<&str> = rows.iter().map(|r| r["precision"].as_str().unwrap()).collect();
+        assert_eq!(precisions, ["network f32", "f32", "binary"]);
+        for row in rows {
+            let correct = row["test_correct"].as_u64().unwrap();
+            assert!(correct > 3900 && correct <= 4000, "{row}");
+        }
+    }
+
     /// `quantize` writes an int8 file about 4x smaller than the f32 one, calibrated on the
     /// training images, refuses to replace it without --overwrite, and `eval` runs it
     /// as the network it stands for; `eval --precision int8` quantizes on the fly.
