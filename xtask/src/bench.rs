@@ -770,6 +770,10 @@ mod tests {
         assert_eq!(per_second(1000, Duration::from_millis(250)), 4000.0);
         assert_eq!(millis_each(Duration::from_millis(1500), 3), 500.0);
         assert_eq!(millis_each(Duration::from_micros(2500), 1), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[3.0]), 3.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5, "the mean of the middle two");
     }
 
     #[test]
