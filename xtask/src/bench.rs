@@ -284,24 +284,33 @@ pub fn median(xs: &[f64]) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .and_then(|s| vm_hwm_mib(&s))
+        .unwrap_or(f64::NAN)
+}
+
+/// The `VmHWM` of a `/proc/PID/status` text, MiB.
+fn vm_hwm_mib(status: &str) -> Option<f64> {
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
 }
 
 /// The CPU's model name (Linux), or `unknown`.
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
-        })
+        .and_then(|s| model_name(&s))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text.
+fn model_name(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
 }
 
 /// The level the `gemm` crate (built with its `x86-v4` feature) runs at on this CPU:
@@ -774,6 +783,34 @@ mod tests {
         assert_eq!(median(&[3.0]), 3.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5, "the mean of the middle two");
+    }
+
+    #[test]
+    fn the_machine_is_read_from_proc() {
+        let status = "Name:\txtask\nVmPeak:\t 999999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(vm_hwm_mib(status), Some(200.0));
+        assert_eq!(vm_hwm_mib("VmHWM:\n"), None);
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14  \nflags\t\t: fpu\nmodel name\t: other\n";
+        assert_eq!(model_name(cpuinfo).as_deref(), Some("AMD EPYC 9R14"));
+        assert_eq!(model_name("processor\t: 0\n"), None);
+        if cfg!(target_os = "linux") {
+            // this process holds its own code and heap: more than a MiB, less than all memory
+            let peak = peak_rss_mib();
+            assert!(peak > 1.0 && peak < 1024.0 * 1024.0, "{peak}");
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+            assert_eq!(Some(cpu_model()), model_name(&cpuinfo).or(Some("unknown".into())));
+        }
+        use dl_tensor::Isa;
+        let widest = if Isa::Avx512.supported() {
+            "avx512"
+        } else if Isa::Avx2.supported() {
+            "avx2"
+        } else if Isa::Neon.supported() {
+            "neon"
+        } else {
+            "scalar"
+        };
+        assert_eq!(gemm_isa(), widest);
     }
 
     #[test]
