@@ -70,15 +70,18 @@ fn mpirun(np: usize, args: &[&str], out: &Path) -> std::process::Output {
 fn two_ranks_train_what_one_process_with_two_micro_batches_trains() {
     let dir = tempfile::tempdir().unwrap();
     let (dist, single) = (dir.path().join("dist"), dir.path().join("single"));
+    // --overwrite: the checkpoints of the run it replaces go, removed by rank 0
+    let stale = dist.join("checkpoints/checkpoint-0009.safetensors");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"an older run's").unwrap();
     let out = mpirun(2, &[&RUN[..], &["--distributed"]].concat(), &dist);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stale.exists());
     let stdout = text(&out.stdout);
     assert!(stdout.contains("2 ranks x 1 thread"), "{stdout}");
-    assert_eq!(
-        stdout.matches("test accuracy:").count(),
-        1,
-        "rank 0 alone prints: {stdout}"
-    );
+    for line in ["test accuracy:", "epoch   1 ", "checkpoints in "] {
+        assert_eq!(stdout.matches(line).count(), 1, "rank 0 alone prints: {stdout}");
+    }
     assert!(stdout.contains("in the gradients' all-reduce on rank 0"), "{stdout}");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--threads", "1"])
@@ -120,6 +123,14 @@ fn a_rank_that_fails_ends_the_job_with_its_message() {
         "{err}"
     );
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    // a job of one rank returns its error as a plain run does, without MPI_Abort
+    let out = mpirun(1, &args, &dir.path().join("one"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/params.safetensors") && !err.contains("rank 0 of 1"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "mpi")]
