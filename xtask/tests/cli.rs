@@ -113,5 +113,6 @@ fn train_prints_a_line_per_epoch() {
         assert!(line.starts_with(&format!("epoch {:>3}  loss ", i + 1)), "{line}");
         assert!(line.contains("test acc") && line.contains("img/s)"), "{line}");
     }
+    assert!(!text.contains("products in bf16"), "an f32 run: {text}");
     assert!(run.join("params.safetensors").is_file());
 }
