@@ -316,16 +316,7 @@ fn model_name(cpuinfo: &str) -> Option<String> {
 /// The level the `gemm` crate (built with its `x86-v4` feature) runs at on this CPU:
 /// AVX-512 where the CPU has it, else AVX2 + FMA, else its scalar code.
 pub fn gemm_isa() -> &'static str {
-    use dl_tensor::Isa;
-    if cfg!(target_arch = "x86_64") && Isa::Avx512.supported() {
-        "avx512"
-    } else if Isa::Avx2.supported() {
-        "avx2"
-    } else if Isa::Neon.supported() {
-        "neon"
-    } else {
-        "scalar"
-    }
+    dl_tensor::Isa::best().name()
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
@@ -800,17 +791,8 @@ mod tests {
             let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
             assert_eq!(Some(cpu_model()), model_name(&cpuinfo).or(Some("unknown".into())));
         }
-        use dl_tensor::Isa;
-        let widest = if Isa::Avx512.supported() {
-            "avx512"
-        } else if Isa::Avx2.supported() {
-            "avx2"
-        } else if Isa::Neon.supported() {
-            "neon"
-        } else {
-            "scalar"
-        };
-        assert_eq!(gemm_isa(), widest);
+        // whatever DLFS_SIMD says, the widest level the CPU has
+        assert_eq!(gemm_isa(), dl_tensor::Isa::best().name());
     }
 
     #[test]

@@ -484,6 +484,18 @@ mod tests {
         assert!(eval::parse_eval_precision("i8").unwrap_err().contains("int8"));
     }
 
+    /// A bench of one window of one iteration, without the augmentation's windows.
+    const QUICK_BENCH: [&str; 8] = [
+        "bench",
+        "--windows",
+        "1",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--skip-augment",
+    ];
+
     /// The training bench measures bf16 products against f32 in windows of its own and
     /// writes both rates with the rest of its figures.
     #[test]
@@ -499,21 +511,7 @@ mod tests {
         }
         assert!(!json.exists());
         let data = small_mnist(dir.path(), 100, 1000);
-        run_cli(&[
-            "bench",
-            "--data",
-            data.to_str().unwrap(),
-            "--windows",
-            "1",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--skip-augment",
-            "--json",
-            j,
-        ])
-        .unwrap();
+        run_cli(&[&QUICK_BENCH[..], &["--data", data.to_str().unwrap(), "--json", j]].concat()).unwrap();
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         let mut keys = vec!["train_images_per_sec_f32_paired", "train_images_per_sec_bf16_paired"];
         if dl_layers::Bf16Kernel::Avx512.supported() {
@@ -558,25 +556,23 @@ mod tests {
         std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
         let json = dir.path().join("bench.json");
         let bench = |python: &str| {
-            run_cli(&[
-                "bench",
-                "--data",
-                data.to_str().unwrap(),
-                "--windows",
-                "1",
-                "--iters",
-                "1",
-                "--warmup",
-                "0",
-                "--skip-augment",
-                "--skip-bf16",
-                "--vs-torch",
-                script.to_str().unwrap(),
-                "--python",
-                python,
-                "--json",
-                json.to_str().unwrap(),
-            ])
+            run_cli(
+                &[
+                    &QUICK_BENCH[..],
+                    &[
+                        "--data",
+                        data.to_str().unwrap(),
+                        "--skip-bf16",
+                        "--vs-torch",
+                        script.to_str().unwrap(),
+                        "--python",
+                        python,
+                        "--json",
+                        json.to_str().unwrap(),
+                    ][..],
+                ]
+                .concat(),
+            )
             .unwrap();
             serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
         };
