@@ -9,6 +9,18 @@ fn xtask(args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The stdout of `cargo xtask ARGS`, which must succeed.
+fn stdout_of(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn a_thread_count_of_zero_is_refused_and_others_are_taken() {
     let plot = ["plot", "no-such-history.json", "--out", "never.png"];
@@ -47,16 +59,7 @@ fn eval_prints_its_accuracy() {
         &["--ensemble"],
         &["--ensemble", "--precision", "bf16"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args([&["eval", "--validation", "200"][..], args].concat())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = stdout_of(&[&["eval", "--validation", "200"][..], args].concat());
         let accuracy = validation_accuracy(&text);
         assert!(accuracy > 0.95 && accuracy <= 1.0, "{args:?}: {accuracy}");
     }
@@ -68,17 +71,8 @@ fn eval_of_a_quantized_file_prints_its_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("int8.safetensors");
     let q = q.to_str().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["quantize", "--calibrate", "100", "--out", q])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["eval", "--validation", "200", "--params", q])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    stdout_of(&["quantize", "--calibrate", "100", "--out", q]);
+    let text = stdout_of(&["eval", "--validation", "200", "--params", q]);
     assert!(text.contains("int8 network"), "{text}");
     let accuracy = validation_accuracy(&text);
     assert!(accuracy > 0.95 && accuracy <= 1.0, "{accuracy}");
@@ -89,24 +83,19 @@ fn eval_of_a_quantized_file_prints_its_accuracy() {
 fn train_prints_a_line_per_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "train",
-            "--model",
-            "simple",
-            "--epochs",
-            "2",
-            "--train-limit",
-            "200",
-            "--eval-samples",
-            "50",
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout_of(&[
+        "train",
+        "--model",
+        "simple",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "200",
+        "--eval-samples",
+        "50",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     let epochs: Vec<&str> = text.lines().filter(|l| l.starts_with("epoch ")).collect();
     assert_eq!(epochs.len(), 2, "{text}");
     for (i, line) in epochs.iter().enumerate() {
