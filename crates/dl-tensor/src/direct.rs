@@ -175,8 +175,11 @@ impl DirectConv {
     fn multiply(&self, padded: &[f32], wide: &mut [f32]) {
         let k = self.offsets.len();
         debug_assert!(padded.len() >= self.cols + self.offsets[k - 1]);
-        for (b, rows) in wide.chunks_exact_mut(MR * self.cols).enumerate() {
-            let w = &self.packed[b * k * MR..(b + 1) * k * MR];
+        for (w, rows) in self
+            .packed
+            .chunks_exact(k * MR)
+            .zip(wide.chunks_exact_mut(MR * self.cols))
+        {
             let mut j = 0;
             while j < self.cols {
                 let width = (self.cols - j).min(NR);
@@ -387,6 +390,13 @@ mod tests {
             (2, 6, 5, 13, 5, 5, 2),
             (4, 5, 7, 3, 2, 3, 1),
             (1, 3, 3, 1, 3, 3, 0),
+            // one input column and a pad of 3: the zeroing between two padded rows
+            // reaches exactly the next row's first value
+            (2, 4, 1, 3, 3, 3, 1),
+            (2, 5, 4, 3, 3, 3, 3),
+            // a 1x1 filter on one channel: every offset is 0, yet the last tile reads
+            // past the padded plane
+            (1, 3, 3, 2, 1, 1, 0),
         ];
         assert_forward_matches_reference(&cases, DirectConv::with_isa);
     }
