@@ -402,6 +402,32 @@ mod tests {
     }
 
     #[test]
+    fn scratch_holds_the_padded_image_and_the_wide_output_and_little_more() {
+        // (C, H, W, FN, FH, FW, pad) at stride 1
+        for (c, h, w, f, fh, fw, pad) in [
+            (16, 28, 28, 16, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (2, 6, 5, 13, 5, 5, 2),
+        ] {
+            let g = ConvGeometry::new(c, h, w, fh, fw, 1, pad).unwrap();
+            let d = DirectConv::with_isa(&vec![0.5; f * c * fh * fw], f, &g, Isa::Scalar).unwrap();
+            let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+            // the padded planes, then each filter's output rows at the padded width
+            // (FW - 1 extra columns a row); the last tile may read up to FW + 15 values
+            // past the planes and round the columns up to a whole tile of 16
+            let planes = c * hp * wp;
+            let cols = g.out_h * wp;
+            for (got, rows) in [
+                (d.scratch_len(), f.div_ceil(MR) * MR),
+                (d.gradient_scratch_len(), f.div_ceil(16) * 16),
+            ] {
+                let (least, most) = (planes + rows * cols, planes + fw + 16 + rows * (cols + 15));
+                assert!((least..=most).contains(&got), "{got} not in {least}..={most}");
+            }
+        }
+    }
+
+    #[test]
     fn weight_gradient_matches_dout_times_lowered_input() {
         // (C, H, W, FN, FH, FW, pad): filter counts not a multiple of 16 (padded lanes)
         // and above 64 (two filter blocks), C*FH*FW not a multiple of the 24-row tile,
