@@ -248,6 +248,8 @@ struct Report {
     gemm_isa: String,
     threads: usize,
     batch: usize,
+    /// Training images each timed window takes (`--iters` batches).
+    images_per_window: usize,
     train_images_per_sec: f64,
     train_images_per_sec_windows: Vec<f64>,
     infer_images_per_sec_b100: f64,
@@ -370,6 +372,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let mut net = a.model.build(0);
     let mut opt = dl_optim::by_name("adam", 0.001).map_err(|e| CliError::Other(e.to_string()))?;
     let batch = 100;
+    let images_per_window = a.iters * batch;
     let order = BatchOrder::new(mnist.train.len(), batch, 0);
     let mut batches = std::iter::repeat_with(|| order.epoch(0)).flatten();
     // One training step as the Trainer takes it: bytes to f32, augmentation when asked,
@@ -398,7 +401,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         for _ in 0..a.iters {
             step(net, opt, augment)?;
         }
-        Ok(per_second(a.iters * batch, t.elapsed()))
+        Ok(per_second(images_per_window, t.elapsed()))
     };
     let mut train_rates = Vec::new();
     let first_half = a.windows.div_ceil(2);
@@ -603,6 +606,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         gemm_isa: gemm_isa().into(),
         threads: rayon::current_num_threads(),
         batch,
+        images_per_window,
         train_images_per_sec: train,
         train_images_per_sec_windows: train_rates,
         infer_images_per_sec_b100: infer[&100],
@@ -811,6 +815,7 @@ mod tests {
             gemm_isa: "avx2".into(),
             threads: 2,
             batch: 100,
+            images_per_window: 2000,
             train_images_per_sec: 1000.0,
             train_images_per_sec_windows: vec![1000.0],
             infer_images_per_sec_b100: 3000.0,

@@ -533,6 +533,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn bench_times_augmentation_and_sets_the_vector_kernels_beside_lowering() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = small_mnist(dir.path(), 200, 1000);
+        let json = dir.path().join("bench.json");
+        let args = [
+            "bench",
+            "--windows",
+            "1",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--skip-bf16",
+            "--data",
+        ];
+        run_cli(&[&args[..], &[data.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat()).unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(r["images_per_window"], 200, "2 batches of 100");
+        let extra = &r["extra"];
+        let (plain, augmented) = (
+            extra["train_images_per_sec_plain_paired"].as_f64().unwrap(),
+            extra["train_images_per_sec_augmented"].as_f64().unwrap(),
+        );
+        // the epoch takes plain / augmented times as long with augmentation
+        let pct = extra["augment_epoch_time_increase_pct"].as_f64().unwrap();
+        assert!((pct - (plain / augmented - 1.0) * 100.0).abs() < 1e-9, "{pct}");
+        // the vector kernels run beside lowering, and the direct kernel beside Winograd,
+        // wherever the convolutions have a vector level (they have none at scalar)
+        let vector = dl_tensor::Isa::active() != dl_tensor::Isa::Scalar;
+        for key in [
+            "train_images_per_sec_im2col_paired",
+            "train_images_per_sec_direct_paired",
+            "train_images_per_sec_direct_only_paired",
+            "train_images_per_sec_winograd_paired",
+            "infer_images_per_sec_b100_im2col_paired",
+            "infer_images_per_sec_b1000_direct_only_paired",
+        ] {
+            assert_eq!(extra[key].as_f64().is_some_and(|v| v > 0.0), vector, "{key}: {extra}");
+        }
+    }
+
     /// `bench --vs-torch` runs the script with the bench's model, threads, windows and
     /// data, and keeps what it reports; a Python without torch is said and passed over.
     #[cfg(unix)]
