@@ -248,8 +248,10 @@ impl WinogradConv {
                 // plane's end, which `padded_len`'s slack covers. It writes
                 // `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`) in row `ci`
                 // of each of the 16 positions of `v` (`v_stride` apart).
+                let first = ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0;
+                debug_assert!(first + (2 * (16 / self.l) + 1) * self.ws + 34 <= padded.len());
                 unsafe {
-                    let src = padded.as_ptr().add(ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0);
+                    let src = padded.as_ptr().add(first);
                     let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
                     transform::input_tiles(self.isa, src, self.ws, self.l, dst, self.v_stride(), mask);
                 }
@@ -630,8 +632,37 @@ mod tests {
             (8, 5, 35, 9, 3, 3, 2),
             // 6x6 output: tile rows of 3 in 4-lane groups, three to a register (gaps)
             (4, 6, 6, 5, 3, 3, 1),
+            // 1x8 output: one row of 4 tiles in a 4-lane group, which reads 5 rows and
+            // 34 values past the padded image (the most any geometry reads past it)
+            (1, 3, 10, 2, 3, 3, 0),
         ];
         assert_forward_matches_reference(&cases, WinogradConv::with_isa);
+    }
+
+    #[test]
+    fn scratch_holds_the_tiles_and_their_transforms_and_little_more() {
+        // (C, H, W, FN) with pad 1: the network's layers, odd sizes, few filters
+        for (c, h, w, f) in [(16, 28, 28, 16), (32, 14, 14, 64), (3, 9, 11, 5), (20, 5, 6, 48)] {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, 1).unwrap();
+            let d = WinogradConv::with_isa(&vec![0.5; f * c * 9], f, &g, Isa::Scalar).unwrap();
+            // 2x2 output tiles, each reading a 4x4 patch: a padded image of
+            // (2 th + 2) x (2 tw + 2); the 16 transformed positions of every channel's
+            // tiles (rounded up to 16) and of every filter's (filters rounded up to 8),
+            // or, for the filter gradient, `dout` on the tiles' grid and its transform
+            // with the filters rounded up to 16
+            let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+            let tp = (th * tw).div_ceil(16) * 16;
+            let (ws, image) = (2 * tw + 2, c * (2 * th + 2) * (2 * tw + 2));
+            let fp = f.div_ceil(16) * 16;
+            let forward = image + 16 * c * tp + 16 * f.div_ceil(8) * 8 * tp;
+            let gradient = image + 16 * c * tp + 4 * th * tw * fp + 16 * tp * fp;
+            for (got, least) in [(d.scratch_len(), forward), (d.gradient_scratch_len(), gradient)] {
+                // slack: a register group reads up to 9 rows past its first tile row, and
+                // each of the 16 positions is padded by a cache line
+                let most = least + 10 * ws + 1000;
+                assert!((least..=most).contains(&got), "{got} not in {least}..={most}");
+            }
+        }
     }
 
     #[test]
