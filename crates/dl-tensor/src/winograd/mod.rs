@@ -666,6 +666,25 @@ mod tests {
     }
 
     #[test]
+    fn the_register_groups_select_every_tile_once_in_order() {
+        // output sizes: 4, 8 and 16 tiles to a register row, rows that fill a register
+        // and rows that do not, a last column chunk of 4 tiles (40 wide) and of 1
+        for (oh, ow) in [(1, 1), (6, 6), (9, 8), (16, 16), (28, 28), (7, 7), (13, 40), (5, 34)] {
+            let g = ConvGeometry::new(2, oh, ow, 3, 3, 1, 1).unwrap();
+            let d = WinogradConv::with_isa(&[0.5; 2 * 2 * 9], 2, &g, Isa::Scalar).unwrap();
+            let mut tiles = Vec::new();
+            for (i0, j0, mask) in d.groups() {
+                for lane in (0..16).filter(|b| mask >> b & 1 == 1) {
+                    let (ii, j) = (lane / d.l, lane % d.l);
+                    tiles.push((i0 + ii) * d.tw + j0 + j);
+                }
+            }
+            let all: Vec<usize> = (0..d.th * d.tw).collect();
+            assert_eq!(tiles, all, "{oh}x{ow}: {} lanes to a row", d.l);
+        }
+    }
+
+    #[test]
     fn filter_gradient_transform_is_gt_times_du_times_g() {
         let gm = [[1.0f32, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
         let du: [f32; 16] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
