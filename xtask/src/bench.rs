@@ -254,6 +254,8 @@ struct Report {
     train_images_per_sec_windows: Vec<f64>,
     infer_images_per_sec_b100: f64,
     infer_images_per_sec_b1000: f64,
+    /// Test images each timed inference pass takes, by batch size: every whole batch.
+    infer_images_per_pass: BTreeMap<usize, usize>,
     peak_rss_mib: f64,
     layers: Vec<LayerTime>,
     extra: BTreeMap<String, f64>,
@@ -520,7 +522,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         }
     }
 
-    let mut infer = BTreeMap::new();
+    let (mut infer, mut infer_images_per_pass) = (BTreeMap::new(), BTreeMap::new());
     for bs in [100usize, 1000] {
         // every whole batch of the test set
         let n = mnist.test.len() - mnist.test.len() % bs;
@@ -548,6 +550,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let r = median(&rates);
         eprintln!("infer  batch {bs}: {r:.0} img/s");
         infer.insert(bs, r);
+        infer_images_per_pass.insert(bs, n);
         if !lowered.is_empty() {
             let l = median(&lowered);
             eprintln!(
@@ -611,6 +614,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         train_images_per_sec_windows: train_rates,
         infer_images_per_sec_b100: infer[&100],
         infer_images_per_sec_b1000: infer[&1000],
+        infer_images_per_pass,
         peak_rss_mib: peak_rss_mib(),
         layers,
         extra,
@@ -820,6 +824,7 @@ mod tests {
             train_images_per_sec_windows: vec![1000.0],
             infer_images_per_sec_b100: 3000.0,
             infer_images_per_sec_b1000: 2500.0,
+            infer_images_per_pass: BTreeMap::from([(100, 10_000), (1000, 10_000)]),
             peak_rss_mib: 300.25,
             layers: vec![layer(0, "Convolution", 1.5, 2.25), layer(1, "stem.1 Relu", 0.5, 0.125)],
             extra: BTreeMap::from([

@@ -536,7 +536,7 @@ mod tests {
     #[test]
     fn bench_times_augmentation_and_sets_the_vector_kernels_beside_lowering() {
         let dir = tempfile::tempdir().unwrap();
-        let data = small_mnist(dir.path(), 200, 1000);
+        let data = small_mnist(dir.path(), 200, 1100);
         let json = dir.path().join("bench.json");
         let args = [
             "bench",
@@ -552,6 +552,11 @@ mod tests {
         run_cli(&[&args[..], &[data.to_str().unwrap(), "--json", json.to_str().unwrap()]].concat()).unwrap();
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(r["images_per_window"], 200, "2 batches of 100");
+        // every whole batch of the 1,100 test images
+        assert_eq!(
+            r["infer_images_per_pass"],
+            serde_json::json!({"100": 1100, "1000": 1000})
+        );
         let extra = &r["extra"];
         let (plain, augmented) = (
             extra["train_images_per_sec_plain_paired"].as_f64().unwrap(),
