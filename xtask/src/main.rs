@@ -581,7 +581,8 @@ mod tests {
     }
 
     /// `bench --vs-torch` runs the script with the bench's model, threads, windows and
-    /// data, and keeps what it reports; a Python without torch is said and passed over.
+    /// data, and keeps what it reports; a Python without torch, or a run that fails, is
+    /// said and passed over.
     #[cfg(unix)]
     #[test]
     fn bench_vs_torch_runs_the_script_with_the_same_settings() {
@@ -636,6 +637,13 @@ mod tests {
             assert!(args.contains(&want), "{want}: {args}");
         }
         let r = bench("/bin/false");
+        assert!(r["torch"].is_null(), "{}", r["torch"]);
+        // a script that writes its figures and then fails: they are not kept
+        let failing = dir.path().join("failing-python");
+        let text = std::fs::read_to_string(&python).unwrap() + "exit 1\n";
+        std::fs::write(&failing, text).unwrap();
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = bench(failing.to_str().unwrap());
         assert!(r["torch"].is_null(), "{}", r["torch"]);
     }
 
