@@ -207,11 +207,12 @@ impl WinogradConv {
         16 * self.z_stride()
     }
 
-    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`.
+    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`. The slack
+    /// after the planes keeps what it held: the input transform reads it only into
+    /// lanes its masks drop.
     fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
         let g = &self.g;
         let plane = self.hs * self.ws;
-        padded[g.c * plane..].fill(0.0);
         for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
             // SAFETY: `self.isa` runs here, as in `transform_input`; `src` holds the `H x W` plane
             // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
@@ -230,16 +231,12 @@ impl WinogradConv {
         }
     }
 
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, zeros in the padding
-    /// lanes `t >= tiles`.
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile. The padding lanes
+    /// `t >= tiles` keep what they held: `M`'s columns there are never read, and the
+    /// filter gradient sums over the tiles only.
     fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
-        let (c, tiles) = (self.g.c, self.th * self.tw);
+        let c = self.g.c;
         assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for xi in 0..16 {
-            for row in v[xi * self.v_stride()..][..c * self.tp].chunks_exact_mut(self.tp) {
-                row[tiles..].fill(0.0);
-            }
-        }
         for ci in 0..c {
             for (i0, j0, mask) in self.groups() {
                 // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The group
@@ -298,8 +295,10 @@ impl WinogradConv {
                 // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
                 // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
                 // output rows `2 i0 + k < OH` of plane `f`.
+                let first = f * self.tp + i0 * self.tw + j0;
+                debug_assert!(first + 15 * stride + 16 <= m.len());
                 unsafe {
-                    let src = m.as_ptr().add(f * self.tp + i0 * self.tw + j0);
+                    let src = m.as_ptr().add(first);
                     let dst = out.as_mut_ptr().cast::<f32>().add(f * oh * ow + 2 * i0 * ow + 2 * j0);
                     transform::output_tiles(self.isa, src, stride, self.l, mask, b, dst, ow, rows, cols);
                 }
@@ -635,6 +634,10 @@ mod tests {
             // 1x8 output: one row of 4 tiles in a 4-lane group, which reads 5 rows and
             // 34 values past the padded image (the most any geometry reads past it)
             (1, 3, 10, 2, 3, 3, 0),
+            // 10x10 output, 8 filters: the last group starts at tile 20 of 32, so the
+            // output transform's 16-value loads of the last filter run past `M`'s last
+            // row into `m_len`'s slack
+            (4, 10, 10, 8, 3, 3, 1),
         ];
         assert_forward_matches_reference(&cases, WinogradConv::with_isa);
     }
