@@ -259,19 +259,22 @@ impl WinogradConv {
     /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)` for each of the 16 positions.
     fn multiply(&self, v: &[f32], m: &mut [f32]) {
         let (c, tp) = (self.g.c, self.tp);
-        let blocks = self.filters.div_ceil(MR);
-        for xi in 0..16 {
-            let vx = &v[xi * self.v_stride()..][..c * tp];
-            for b in 0..blocks {
-                let w = &self.packed[(xi * blocks + b) * c * MR..(xi * blocks + b + 1) * c * MR];
-                let rows = &mut m[xi * self.m_stride() + b * MR * tp..][..MR * tp];
+        // per position ξ: U[ξ] (blocks of MR filters), V[ξ] and M[ξ]
+        let positions = self
+            .packed
+            .chunks_exact(self.filters.div_ceil(MR) * c * MR)
+            .zip(v.chunks_exact(self.v_stride()))
+            .zip(m.chunks_exact_mut(self.m_stride()));
+        for ((u, vx), mx) in positions {
+            for (w, rows) in u.chunks_exact(c * MR).zip(mx.chunks_exact_mut(MR * tp)) {
                 let mut j = 0;
                 while j < tp {
                     let width = (tp - j).min(NR);
                     // SAFETY: `self.isa` runs here, as above. The kernel reads `width` values at
                     // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
-                    // within `vx`'s `c tp`), `c MR` values of `w`, and writes `MR` rows
-                    // of `width` values `tp` apart from column `j` of `rows` (`MR tp`).
+                    // within `vx`'s `C tp` and more), the `C MR` values of `w`, and writes
+                    // `MR` rows of `width` values `tp` apart from column `j` of `rows`
+                    // (`MR tp`).
                     unsafe {
                         let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
                         products(self.isa, &self.offsets, w.as_ptr(), x, out, tp, width);
