@@ -383,6 +383,13 @@ mod tests {
                 .contains("first 4000 test images, and this set has 3999"),
             "{err}"
         );
+        // a network that is not binarized, by name
+        let deep = shipped_params();
+        let err = run_cli(&["bench", "--model", "binary", "--params", deep.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().contains("a DeepConvNet, not a binarized network"),
+            "{err}"
+        );
         run_cli(&[
             "bench",
             "--model",
