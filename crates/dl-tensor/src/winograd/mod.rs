@@ -410,12 +410,15 @@ impl ConvKernel for WinogradConv {
         // 16 x 16 blocks transposed in registers; db
         let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
         for f0 in (0..fp).step_by(16) {
-            let rows = (self.filters - f0.min(self.filters)).min(16);
+            // f0 < FN: the filters rounded up to 16 end less than 16 past FN
+            let rows = (self.filters - f0).min(16);
             let mut sums = [0.0f32; 16];
             for oy in 0..2 * self.th {
                 for ox0 in (0..gw).step_by(16) {
                     let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
                     let stores = (gw - ox0).min(16);
+                    debug_assert!(lanes == 0 || (f0 + rows - 1) * oh * ow + oy * ow + ox0 + lanes <= dout.len());
+                    debug_assert!((oy * gw + ox0 + stores) * fp <= dt.len());
                     // SAFETY: `self.isa` runs here, as above. Reads `lanes` values (none when 0) at
                     // `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with `f0 + rows <= FN`,
                     // `oy < OH` and `ox0 + lanes <= OW`; writes 16 values at each of the
@@ -428,7 +431,7 @@ impl ConvKernel for WinogradConv {
                     }
                 }
             }
-            for (b, s) in acc.db[f0.min(self.filters)..].iter_mut().zip(&sums[..rows]) {
+            for (b, s) in acc.db[f0..].iter_mut().zip(&sums[..rows]) {
                 *b += s;
             }
         }
