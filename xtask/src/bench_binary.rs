@@ -292,6 +292,29 @@ mod tests {
     }
 
     #[test]
+    fn a_binarized_layer_after_an_affine_one_sees_its_outputs() {
+        let zeros = |shape: &[usize]| dl_tensor::Tensor::zeros(ndarray::IxDyn(shape));
+        let ops = [
+            Op::Affine {
+                w: zeros(&[12, 20]),
+                b: zeros(&[20]),
+            },
+            Op::BinaryAffine { w: zeros(&[20, 5]) },
+        ];
+        let layers = binarized_layers(&ops, (3, 2, 2));
+        let shapes: Vec<(usize, usize, usize)> = layers.iter().map(|l| l.1).collect();
+        assert_eq!(shapes, [(20, 1, 1)]);
+    }
+
+    #[test]
+    fn the_timed_inputs_are_signs_about_half_each() {
+        let x = signs(1100);
+        assert!(x.iter().all(|&v| v == 1.0 || v == -1.0));
+        let plus = x.iter().filter(|&&v| v == 1.0).count();
+        assert!((440..=660).contains(&plus), "{plus} of 1100 are +1");
+    }
+
+    #[test]
     fn the_layer_table_gives_the_speedup_over_the_fastest_packed_kernel() {
         let row = LayerRow {
             layer: "conv 32->64 3x3 on 14x14".into(),
