@@ -453,11 +453,9 @@ impl ConvKernel for WinogradConv {
         // dU[ξ] (C, FN) += V[ξ] (C, tiles) · Z[ξ] (tiles, FN): rows of channels, lanes
         // of filters (16, 32, 48 or 64 at a time)
         let tiles = self.th * self.tw;
-        for xi in 0..16 {
-            let (vx, zx) = (
-                &v[xi * self.v_stride()..][..c * tp],
-                &z[xi * self.z_stride()..][..tp * fp],
-            );
+        let positions = v.chunks_exact(self.v_stride()).zip(z.chunks_exact(self.z_stride()));
+        for (xi, (vx, zx)) in positions.enumerate() {
+            let (vx, zx) = (&vx[..c * tp], &zx[..tp * fp]);
             for f0 in (0..fp).step_by(64) {
                 let nv = ((fp - f0) / 16).min(4);
                 let mr = match nv {
@@ -472,6 +470,8 @@ impl ConvKernel for WinogradConv {
                     for (m, o) in offs.iter_mut().enumerate().take(mr) {
                         *o = (c0 + m).min(c - 1) * tp;
                     }
+                    debug_assert!(offs[..mr].iter().all(|&o| o + tiles <= vx.len()));
+                    debug_assert!((tiles - 1) * fp + f0 + 16 * nv <= zx.len());
                     // SAFETY: `self.isa` runs here, as above. The kernel reads `tiles` values at each
                     // offset `c' tp`, `c' < C`, of `vx` (`C tp` values); `16 nv` values
                     // from lane `f0` (`f0 + 16 nv <= fp`) at each of `tiles <= tp` rows of
