@@ -23,8 +23,18 @@ use crate::CliError;
 pub struct ChildFigures {
     /// Processes (1: the plain trainer, no MPI).
     pub ranks: usize,
+    /// The rank that reports: 0.
+    pub rank: usize,
     /// Threads per process.
     pub threads: usize,
+    /// Training steps timed, counted as they ran (warm-up excluded).
+    pub steps: usize,
+    /// Seconds of training in the epoch: the warm-up and the timed steps.
+    pub train_seconds: f64,
+    /// Seconds of the warm-up steps.
+    pub warmup_seconds: f64,
+    /// Seconds rank 0 spent in the gradients' all-reduce over the epoch.
+    pub communication_seconds: f64,
     /// Global images per second over the timed steps (warm-up excluded).
     pub images_per_sec: f64,
     /// Milliseconds per training step.
@@ -55,14 +65,16 @@ struct Report {
     medians: Vec<(String, f64, f64)>,
 }
 
-/// Records the seconds of training at the end of the warm-up.
+/// Counts the steps and records the seconds of training at the end of the warm-up.
 struct Clock {
     warmup: usize,
     at_warmup: f64,
+    steps: usize,
 }
 
 impl Observer for Clock {
     fn on_iteration(&mut self, info: &IterationInfo) {
+        self.steps += 1;
         if info.iteration == self.warmup {
             self.at_warmup = info.train_seconds;
         }
@@ -96,17 +108,21 @@ pub fn child(
     let config = TrainerConfig {
         epochs: 1,
         mini_batch_size: batch,
-        evaluate_sample_num_per_epoch: Some(100),
         ..TrainerConfig::default()
     };
     let mut trainer = Trainer::new(&mut net, &train, &test, config)?;
     if let Some(m) = &mpi {
         trainer = trainer.distributed(Distributed::new(m));
     }
-    let mut clock = Clock { warmup, at_warmup: 0.0 };
+    let mut clock = Clock {
+        warmup,
+        at_warmup: 0.0,
+        steps: 0,
+    };
     let history = trainer.train_with(&mut clock)?;
-    let timed = history.epochs[0].train_seconds - clock.at_warmup;
-    let total_steps = (warmup + steps) as f64;
+    let train_seconds = history.epochs[0].train_seconds;
+    let timed = train_seconds - clock.at_warmup;
+    let timed_steps = clock.steps.saturating_sub(warmup);
     let buffer_floats = net.param_count() + 1;
     let mut alone = Vec::new();
     if let Some(m) = &mpi {
@@ -120,10 +136,15 @@ pub fn child(
     }
     let figures = ChildFigures {
         ranks: mpi.as_ref().map_or(1, |m| m.size()),
+        rank: mpi.as_ref().map_or(0, |m| m.rank()),
         threads: rayon::current_num_threads(),
-        images_per_sec: (steps * batch) as f64 / timed,
-        step_ms: timed / steps as f64 * 1e3,
-        allreduce_ms: history.communication_seconds / total_steps * 1e3,
+        steps: timed_steps,
+        train_seconds,
+        warmup_seconds: clock.at_warmup,
+        communication_seconds: history.communication_seconds,
+        images_per_sec: (timed_steps * batch) as f64 / timed,
+        step_ms: timed / timed_steps as f64 * 1e3,
+        allreduce_ms: history.communication_seconds / clock.steps as f64 * 1e3,
         allreduce_alone_ms: if alone.is_empty() { 0.0 } else { median(&alone) },
         buffer_floats,
     };

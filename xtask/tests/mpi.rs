@@ -161,10 +161,45 @@ fn bench_distributed_measures_one_process_and_two_ranks() {
     assert_eq!(medians[1][0], "2x1");
     assert_eq!(medians[0][2], 1.0);
     assert!(medians[1][1].as_f64().unwrap() > 0.0);
-    let two = &r["runs"][1][1][0];
-    assert_eq!(two["ranks"], 2);
-    assert_eq!(two["threads"], 1);
+    let (one, two) = (&r["runs"][0][1][0], &r["runs"][1][1][0]);
+    assert_eq!((one["ranks"].as_u64(), one["threads"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((two["ranks"].as_u64(), two["threads"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(two["rank"], 0, "rank 0 reports");
     assert_eq!(two["buffer_floats"], 123_553);
     assert!(two["allreduce_alone_ms"].as_f64().unwrap() > 0.0);
-    assert_eq!(r["runs"][0][1][0]["allreduce_ms"], 0.0);
+    assert_eq!(one["allreduce_ms"], 0.0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+    for f in [one, two] {
+        let get = |k: &str| f[k].as_f64().unwrap();
+        // 3 steps timed after 1 of warm-up, each of 20 images
+        assert_eq!(f["steps"], 3, "{f}");
+        let (train, warmup) = (get("train_seconds"), get("warmup_seconds"));
+        assert!(warmup > 0.0 && warmup < train, "{f}");
+        let timed = train - warmup;
+        assert!(close(get("images_per_sec"), 3.0 * 20.0 / timed), "{f}");
+        assert!(close(get("step_ms"), timed / 3.0 * 1e3), "{f}");
+        // the all-reduce over every step of the epoch, the warm-up's included
+        assert!(
+            close(get("allreduce_ms"), get("communication_seconds") / 4.0 * 1e3),
+            "{f}"
+        );
+    }
+    assert!(two["communication_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn bench_distributed_refuses_zero_windows_steps_or_batch() {
+    for flag in ["--windows", "--iters", "--batch"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["bench", "--distributed", flag, "0", "--data", &data()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} 0");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--windows, --iters and --batch must be at least 1"),
+            "{flag}: {err}"
+        );
+    }
 }
