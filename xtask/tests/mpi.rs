@@ -151,6 +151,8 @@ fn bench_distributed_measures_one_process_and_two_ranks() {
         ])
         .args(["--warmup", "1", "--batch", "20", "--data", &data(), "--json"])
         .arg(&json)
+        // one rank is the one-process run, measured once
+        .args(["--ranks", "1,2"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
