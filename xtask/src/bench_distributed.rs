@@ -102,7 +102,15 @@ pub fn child(
         None
     };
     let mnist = Mnist::load(data)?;
-    let train = mnist.train.take((warmup + steps) * batch);
+    let need = (warmup + steps) * batch;
+    if mnist.train.len() < need {
+        return Err(CliError::Other(format!(
+            "{}: the bench trains on {need} images ({warmup} + {steps} steps of {batch}), and this set has {}",
+            data.display(),
+            mnist.train.len()
+        )));
+    }
+    let train = mnist.train.take(need);
     let test = mnist.test.take(100);
     let mut net = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
     let config = TrainerConfig {

@@ -540,6 +540,33 @@ mod tests {
         );
     }
 
+    /// The child of `bench --distributed`, run alone, trains on exactly the images its
+    /// steps take, and refuses a set one image short.
+    #[test]
+    fn bench_distributed_child_takes_exactly_its_steps_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = |train: u32| {
+            let data = small_mnist(&dir.path().join(train.to_string()), train, 100);
+            let args = [
+                "bench",
+                "--distributed-child",
+                "--warmup",
+                "1",
+                "--iters",
+                "2",
+                "--batch",
+                "20",
+            ];
+            run_cli(&[&args[..], &["--data", data.to_str().unwrap()]].concat())
+        };
+        child(60).unwrap();
+        let err = child(59).unwrap_err().to_string();
+        assert!(
+            err.contains("the bench trains on 60 images (1 + 2 steps of 20), and this set has 59"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bench_times_augmentation_and_sets_the_vector_kernels_beside_lowering() {
         let dir = tempfile::tempdir().unwrap();

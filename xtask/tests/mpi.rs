@@ -191,7 +191,7 @@ fn bench_distributed_measures_one_process_and_two_ranks() {
 
 #[cfg(feature = "mpi")]
 #[test]
-fn bench_distributed_refuses_zero_windows_steps_or_batch() {
+fn bench_distributed_refuses_zero_windows_steps_or_batch_and_too_few_images() {
     for flag in ["--windows", "--iters", "--batch"] {
         let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["bench", "--distributed", flag, "0", "--data", &data()])
@@ -204,4 +204,24 @@ fn bench_distributed_refuses_zero_windows_steps_or_batch() {
             "{flag}: {err}"
         );
     }
+    // more steps than the training set holds batches
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "bench",
+            "--distributed",
+            "--warmup",
+            "5",
+            "--iters",
+            "1000",
+            "--data",
+            &data(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the bench trains on 100500 images (5 + 1000 steps of 100), and this set has 60000"),
+        "{err}"
+    );
 }
