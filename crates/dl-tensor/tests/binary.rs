@@ -93,6 +93,14 @@ fn the_affine_form_is_the_product_of_the_flattened_signs() {
 }
 
 #[test]
+fn the_packed_filters_take_a_word_per_64_channels_per_tap_for_8_filters_at_a_time() {
+    let conv = BinaryConv::new(&vec![1.0; 5 * 70 * 3 * 3], [5, 70, 3, 3], 1, 1).unwrap();
+    assert_eq!(conv.dims(), [5, 70, 3, 3]);
+    // 9 taps, 2 words of channels each, 5 filters rounded up to 8, 8 bytes a word
+    assert_eq!(conv.weight_bytes(), 9 * 2 * 8 * 8);
+}
+
+#[test]
 fn bit_grids_hold_the_signs_in_either_layout() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (n, c, h, w) = (2, 67, 3, 4);
