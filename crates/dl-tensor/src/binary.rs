@@ -409,11 +409,10 @@ impl BinaryConv {
         let kernel = kernel.usable();
         let (per_in, per_out) = (x.h * x.w * words(x.c), g.out_h * g.out_w * f);
         let mut data = vec![0i32; x.n * per_out];
-        if per_out > 0 {
-            data.par_chunks_mut(per_out)
-                .zip(x.data.par_chunks(per_in.max(1)))
-                .for_each(|(out, img)| self.image(img, &g, Sink::Ints(out), kernel));
-        }
+        // a valid geometry's output is never empty: per_out >= 1
+        data.par_chunks_mut(per_out)
+            .zip(x.data.par_chunks(per_in.max(1)))
+            .for_each(|(out, img)| self.image(img, &g, Sink::Ints(out), kernel));
         Ok(IntGrid {
             n: x.n,
             h: g.out_h,
@@ -438,11 +437,10 @@ impl BinaryConv {
         let kernel = kernel.usable();
         let (per_in, per_out) = (x.h * x.w * words(x.c), g.out_h * g.out_w * words(f));
         let mut data = vec![0u64; x.n * per_out];
-        if per_out > 0 {
-            data.par_chunks_mut(per_out)
-                .zip(x.data.par_chunks(per_in.max(1)))
-                .for_each(|(out, img)| self.image(img, &g, Sink::Bits(out, t), kernel));
-        }
+        // a valid geometry's output is never empty: per_out >= 1
+        data.par_chunks_mut(per_out)
+            .zip(x.data.par_chunks(per_in.max(1)))
+            .for_each(|(out, img)| self.image(img, &g, Sink::Bits(out, t), kernel));
         Ok(BitGrid {
             n: x.n,
             h: g.out_h,
