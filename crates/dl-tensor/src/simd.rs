@@ -455,8 +455,10 @@ mod x86 {
         unsafe { products_by::<Avx512, 8, 3>(offsets, w, x, out, ld, width) }
     }
 
-    /// Tiles of 4 rows by one 16-lane block (two registers): 8 accumulators, and per
-    /// step 2 loads and 4 broadcasts for 8 multiply-adds.
+    /// Tiles of 6 rows by one 16-lane block (two registers) where the rows come in
+    /// sixes (24, 12, 6): 12 accumulators, the two loaded vectors and one broadcast
+    /// (15 registers), and per step 2 loads and 6 broadcasts for 12 multiply-adds.
+    /// Other row counts go by 4 x 2 tiles (8 accumulators).
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; as [`super::gradient`] otherwise.
@@ -473,7 +475,13 @@ mod x86 {
         nv: usize,
     ) {
         // SAFETY: within the contract.
-        unsafe { gradient_by::<Avx2, 4, 2>(x, offs, rows, d, ld, cols, out, nv) }
+        unsafe {
+            if rows.is_multiple_of(6) {
+                gradient_by::<Avx2, 6, 2>(x, offs, rows, d, ld, cols, out, nv)
+            } else {
+                gradient_by::<Avx2, 4, 2>(x, offs, rows, d, ld, cols, out, nv)
+            }
+        }
     }
 
     /// The shapes the kernels ask for fill 24 accumulators (24 x 1, 12 x 2, 8 x 3, 6 x 4
