@@ -3,10 +3,18 @@
 //!
 //! In so short a run the book's dropout (on the hidden layer and on the scores) slows
 //! learning a great deal: PyTorch, running the same DeepConvNet with the book's dropout
-//! at batch 20 (`shared/anchors`), reaches 87.3% here. So the 95% check trains the
+//! at batch 20 (`shared/anchors`), reaches 87.3% here. So the first check trains the
 //! book's architecture with batch normalisation and without dropout, with Adam and a
-//! cosine learning-rate decay (97.4% with seed 0), and a second check holds the
-//! exact book network to the figure PyTorch reaches.
+//! cosine learning-rate decay, and a second check holds the exact book network to the
+//! figure PyTorch reaches.
+//!
+//! A seeded run gives the same figure every time on one CPU; on another the kernels
+//! round differently (another algorithm, another GEMM), and one epoch's trajectory
+//! drifts. Measured on an AMD EPYC (Zen 4) at each kernel level (`DLFS_SIMD=avx512`,
+//! `avx2`, `scalar`): with batch norm 97.0% at all three; the book network 88.9%,
+//! 88.9% and 90.4%. So each bound sits under the lowest figure by a margin larger than
+//! the spread seen: 96% for the first (1.0 point, 10 of the 1,000 images), 87% for the
+//! second (1.9 points under 88.9%; the spread across levels was 1.5).
 
 use std::path::Path;
 
@@ -29,7 +37,7 @@ fn one_short_epoch(net_config: DeepConvNetConfig, trainer: TrainerConfig) -> (f6
 }
 
 #[test]
-fn deep_convnet_with_batch_norm_reaches_95_percent_in_one_epoch_on_6000_images() {
+fn deep_convnet_with_batch_norm_reaches_96_percent_in_one_epoch_on_6000_images() {
     let net = DeepConvNetConfig {
         dropout_ratio: 0.0,
         use_batchnorm: true,
@@ -50,7 +58,7 @@ fn deep_convnet_with_batch_norm_reaches_95_percent_in_one_epoch_on_6000_images()
     );
     assert!(before < 0.3, "untrained accuracy {before}");
     assert!(
-        history.test_accuracy >= 0.95,
+        history.test_accuracy >= 0.96,
         "test accuracy: {}",
         history.test_evaluation
     );
