@@ -1,6 +1,9 @@
 //! Every layer's backward against the numerical gradient: input gradient and every
 //! parameter gradient, on small odd shapes, batch > 1, stride 2, pad 2.
 
+mod common;
+
+use common::CONV_CASES;
 use dl_layers::gradcheck::{check_layer, random_input};
 use dl_layers::{
     Affine, BatchNormMode, BatchNormalization, Concat, Convolution, Dropout, GlobalAveragePooling, Init, Labels, Layer,
@@ -50,26 +53,7 @@ fn affine_restores_the_input_shape_on_backward() {
 
 #[test]
 fn convolution_backward_matches_numerical_gradient() {
-    // (in, filters, fh, fw, stride, pad, input shape)
-    type Case = (usize, usize, usize, usize, usize, usize, [usize; 4]);
-    let cases: &[Case] = &[
-        (1, 2, 3, 3, 1, 1, [2, 1, 5, 5]),
-        (2, 3, 3, 3, 2, 2, [2, 2, 7, 6]),
-        (3, 2, 2, 3, 1, 0, [3, 3, 5, 4]),
-        (2, 2, 3, 3, 3, 1, [1, 2, 8, 7]),
-        // stride 1, square filters: dx through the transposed convolution
-        (2, 3, 3, 3, 1, 2, [2, 2, 6, 5]),
-        (2, 2, 3, 3, 1, 0, [5, 2, 6, 6]),
-        (1, 2, 5, 5, 1, 2, [1, 1, 7, 7]),
-        (2, 2, 5, 5, 1, 4, [2, 2, 3, 4]),
-        // C*FH*FW >= 24: dW through the direct kernel where the CPU has AVX-512, with 17
-        // filters (two lane blocks, the second mostly padding); dx (17 channels in)
-        // through Winograd F(2x2, 3x3)
-        (3, 17, 3, 3, 1, 1, [2, 3, 5, 4]),
-        // 8 input channels: the forward pass through Winograd, odd output sizes
-        (8, 3, 3, 3, 1, 1, [2, 8, 5, 7]),
-    ];
-    for (i, &(c, f, fh, fw, s, p, shape)) in cases.iter().enumerate() {
+    for (i, &(c, f, fh, fw, s, p, shape)) in CONV_CASES.iter().enumerate() {
         let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 10 + i as u64);
         layer.b.as_mut().unwrap().value = random_input(&[f], 0.0, 20 + i as u64);
         let x = random_input(&shape, 0.0, 30 + i as u64);

@@ -6,6 +6,9 @@
 //! runs backward twice on one input, with different `dout`: the gradients must be the
 //! second call's alone.
 
+mod common;
+
+use common::{ConvCase, CONV_CASES};
 use dl_layers::gradcheck::random_input;
 use dl_layers::{Affine, Convolution, Init, Layer, Tensor};
 
@@ -68,22 +71,10 @@ fn affine_is_its_formula_in_f64() {
 
 #[test]
 fn convolution_is_its_formula_in_f64() {
-    // (in, filters, fh, fw, stride, pad, input shape): the gradient check's cases, which
-    // reach every algorithm (lowered, direct, Winograd) and both dx paths
-    type Case = (usize, usize, usize, usize, usize, usize, [usize; 4]);
-    let cases: &[Case] = &[
-        (1, 2, 3, 3, 1, 1, [2, 1, 5, 5]),
-        (2, 3, 3, 3, 2, 2, [2, 2, 7, 6]),
-        (3, 2, 2, 3, 1, 0, [3, 3, 5, 4]),
-        (2, 2, 3, 3, 3, 1, [1, 2, 8, 7]),
-        (2, 3, 3, 3, 1, 2, [2, 2, 6, 5]),
-        (1, 2, 5, 5, 1, 2, [1, 1, 7, 7]),
-        (3, 17, 3, 3, 1, 1, [2, 3, 5, 4]),
-        (8, 3, 3, 3, 1, 1, [2, 8, 5, 7]),
-        (16, 16, 3, 3, 1, 1, [2, 16, 8, 8]),
-        (4, 6, 1, 1, 2, 0, [2, 4, 7, 7]),
-    ];
-    for (i, &(c, f, fh, fw, s, p, [n, _, h, w])) in cases.iter().enumerate() {
+    // the gradient check's cases, and two more: 16 channels on 8x8 (Winograd both ways)
+    // and a 1x1 stride-2 convolution
+    let more: &[ConvCase] = &[(16, 16, 3, 3, 1, 1, [2, 16, 8, 8]), (4, 6, 1, 1, 2, 0, [2, 4, 7, 7])];
+    for (i, &(c, f, fh, fw, s, p, [n, _, h, w])) in CONV_CASES.iter().chain(more).enumerate() {
         let mut layer = Convolution::new(c, f, fh, fw, s, p, Init::He, 200 + i as u64);
         layer.b.as_mut().unwrap().value = random_input(&[f], 0.0, 210 + i as u64);
         let x = random_input(&[n, c, h, w], 0.0, 220 + i as u64);
