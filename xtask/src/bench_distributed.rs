@@ -102,7 +102,7 @@ pub fn child(
         None
     };
     let mnist = Mnist::load(data)?;
-    let need = (warmup + steps) * batch;
+    let need = warmup.saturating_add(steps).saturating_mul(batch);
     if mnist.train.len() < need {
         return Err(CliError::Other(format!(
             "{}: the bench trains on {need} images ({warmup} + {steps} steps of {batch}), and this set has {}",

@@ -565,6 +565,14 @@ mod tests {
             err.contains("the bench trains on 60 images (1 + 2 steps of 20), and this set has 59"),
             "{err}"
         );
+        // steps whose images overflow a usize: refused the same way, not a panic
+        let data = small_mnist(&dir.path().join("huge"), 60, 100);
+        let huge = usize::MAX.to_string();
+        let args = ["bench", "--distributed-child", "--iters", &huge, "--batch", "20"];
+        let err = run_cli(&[&args[..], &["--data", data.to_str().unwrap()]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("and this set has 60"), "{err}");
     }
 
     #[test]
