@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use dl_data::Mnist;
+use dl_data::{Mnist, View};
 use dl_train::Ensemble;
 
 use crate::train::VoteArg;
@@ -29,6 +29,38 @@ pub struct EnsembleArgs {
     /// How the members were made, for the manifest (default: this command line).
     #[arg(long)]
     description: Option<String>,
+    /// Test-time augmentation, recorded in the manifest: each member also scores these
+    /// views of every image (comma-separated `shift:DY:DX`, `rotate:DEGREES`,
+    /// `scale:FACTOR`, or `shifts`: the four one-pixel shifts) and averages.
+    #[arg(long, value_name = "VIEWS", value_parser = parse_views)]
+    tta: Option<Views>,
+}
+
+/// The views of `--tta`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Views(pub Vec<View>);
+
+/// `--tta`'s value: `none`, `shifts` (one pixel up, down, left and right), or a
+/// comma-separated list of views.
+pub fn parse_views(s: &str) -> Result<Views, String> {
+    match s.trim() {
+        "none" => Ok(Views(Vec::new())),
+        "shifts" => Ok(Views(
+            [(-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)]
+                .map(|(dy, dx)| View::Shift { dy, dx })
+                .to_vec(),
+        )),
+        list => {
+            let mut views = Vec::new();
+            for item in list.split(',') {
+                match item.trim() {
+                    "shifts" => views.extend(parse_views("shifts")?.0),
+                    one => views.push(one.parse()?),
+                }
+            }
+            Ok(Views(views))
+        }
+    }
 }
 
 /// The seed in the `history.json` beside `params`, if there is one.
@@ -48,7 +80,8 @@ pub fn run(a: EnsembleArgs) -> Result<(), CliError> {
         seeds.push(seed_beside(p));
     }
     let seeds: Option<Vec<u64>> = seeds.into_iter().collect();
-    let mut ensemble = Ensemble::new(members)?;
+    let views = a.tta.map(|v| v.0).unwrap_or_default();
+    let mut ensemble = Ensemble::new(members)?.with_views(views);
     let ev = ensemble.evaluate(&mnist.test, None, 100)?;
     let description = a.description.unwrap_or_else(|| crate::command_line("ensemble"));
     let vote = a.vote.into();
@@ -61,4 +94,32 @@ pub fn run(a: EnsembleArgs) -> Result<(), CliError> {
     println!("wrote {}", a.out.join(dl_train::ensemble::MANIFEST_FILE).display());
     println!("test accuracy: {}", ev.by(vote));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tta_names_views_presets_and_none() {
+        let shifts = parse_views("shifts").unwrap().0;
+        assert_eq!(
+            shifts,
+            [(-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)].map(|(dy, dx)| View::Shift { dy, dx })
+        );
+        assert_eq!(parse_views("none").unwrap().0, []);
+        assert_eq!(parse_views(" none ").unwrap().0, []);
+        let mixed = parse_views("rotate:6, shifts,scale:1.1").unwrap().0;
+        assert_eq!(mixed.len(), 6);
+        assert_eq!(mixed[0], View::Rotate { degrees: 6.0 });
+        assert_eq!(&mixed[1..5], &shifts[..]);
+        assert_eq!(mixed[5], View::Scale { factor: 1.1 });
+        assert_eq!(
+            parse_views("shift:2:-1").unwrap().0,
+            [View::Shift { dy: 2.0, dx: -1.0 }]
+        );
+        for bad in ["", "shifts,", "rotate", "none,shifts", "scale:0"] {
+            assert!(parse_views(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser as _;
 use clap::Args;
+use dl_data::View;
 use dl_infer::{BinaryNetwork, Inference, Precision, QuantizedNetwork};
 use dl_train::{evaluate, Ensemble, Evaluation, Vote};
 
@@ -52,6 +53,12 @@ pub struct EvalArgs {
     /// quantization ranges.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     calibrate: u64,
+    /// Test-time augmentation: each network also scores these views of every image and
+    /// averages (comma-separated `shift:DY:DX`, `rotate:DEGREES`, `scale:FACTOR`;
+    /// `shifts`: the four one-pixel shifts; `none`). For an ensemble folder it replaces
+    /// the views its manifest records.
+    #[arg(long, value_name = "VIEWS", value_parser = crate::ensemble::parse_views, conflicts_with = "precision")]
+    tta: Option<crate::ensemble::Views>,
 }
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -352,8 +359,17 @@ fn eval_set(a: &EvalArgs) -> Result<Scored, CliError> {
     })
 }
 
-fn run_ensemble(dir: PathBuf, vote: Option<VoteArg>, scored: &Scored, batch: usize) -> Result<(), CliError> {
-    let (ensemble, manifest) = Ensemble::load(&dir)?;
+fn run_ensemble(
+    dir: PathBuf,
+    vote: Option<VoteArg>,
+    tta: Option<crate::ensemble::Views>,
+    scored: &Scored,
+    batch: usize,
+) -> Result<(), CliError> {
+    let (mut ensemble, manifest) = Ensemble::load(&dir)?;
+    if let Some(views) = tta {
+        ensemble = ensemble.with_views(views.0);
+    }
     let vote = vote.map_or(manifest.vote, Vote::from);
     let names = manifest
         .members
@@ -378,6 +394,10 @@ fn score_ensemble(
 ) -> Result<(), CliError> {
     let start = std::time::Instant::now();
     let ev = ensemble.evaluate(&scored.set, None, batch)?;
+    if !ensemble.views().is_empty() {
+        let views: Vec<String> = ensemble.views().iter().map(View::to_string).collect();
+        println!("test-time views: {}", views.join(", "));
+    }
     for (i, (e, name)) in ev.members.iter().zip(&names).enumerate() {
         println!("member {i} ({name}): {e}");
     }
@@ -417,7 +437,7 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
             let members: Vec<&dl_models::Network> = ensemble.members().iter().collect();
             return run_precisions(&members, precision, &scored, a.batch_size, vote, a.calibrate as usize);
         }
-        return run_ensemble(dir, a.vote, &scored, a.batch_size);
+        return run_ensemble(dir, a.vote, a.tta, &scored, a.batch_size);
     }
     if a.params.len() > 1 {
         if a.precision.is_some() {
@@ -431,7 +451,8 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
             .zip(&a.params)
             .map(|(m, p)| format!("{}, {}", m.kind(), p.display()))
             .collect();
-        let ensemble = Ensemble::new(members)?;
+        let views = a.tta.map(|v| v.0).unwrap_or_default();
+        let ensemble = Ensemble::new(members)?.with_views(views);
         let vote = a.vote.map_or(Vote::Mean, Vote::from);
         return score_ensemble(ensemble, names, "--params", vote, &scored, a.batch_size);
     }
@@ -441,6 +462,11 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
     }
     // the model is rebuilt from the file's metadata (the book's pickle: DeepConvNet)
     let mut net = dl_models::load(&params)?;
+    if let Some(views) = a.tta {
+        let name = vec![format!("{}, {}", net.kind(), params.display())];
+        let one = Ensemble::new(vec![net])?.with_views(views.0);
+        return score_ensemble(one, name, "--params", Vote::Mean, &scored, a.batch_size);
+    }
     if let Some(precision) = a.precision {
         println!(
             "{}: {} on {} {} images",

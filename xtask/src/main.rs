@@ -1284,6 +1284,59 @@ mod tests {
         assert!(err.to_string().contains("--checkpoint-every"), "{err}");
     }
 
+    /// `ensemble --tta` records its views in the manifest and scores with them as the
+    /// library does; `eval --tta none` turns them off and a bad view is refused.
+    #[test]
+    fn an_ensemble_folder_records_its_test_time_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+        let data = small_mnist(dir.path(), 300, 100);
+        let d = data.to_str().unwrap();
+        let short = [
+            "--data",
+            d,
+            "--model",
+            "simple",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "300",
+        ];
+        run_cli(&[&["train"][..], &short, &["--eval-samples", "100", "--out", &p("one")]].concat()).unwrap();
+        let member = p("one/params.safetensors");
+        let out = p("tta");
+        run_cli(&[
+            "ensemble",
+            "--data",
+            d,
+            "--out",
+            &out,
+            "--tta",
+            "shifts,rotate:5",
+            &member,
+            &member,
+        ])
+        .unwrap();
+        let manifest = dl_train::Ensemble::read_manifest(p("tta")).unwrap();
+        let mut views = ensemble::parse_views("shifts").unwrap().0;
+        views.push(dl_data::View::Rotate { degrees: 5.0 });
+        assert_eq!((manifest.version, &manifest.views), (2, &views));
+        let nets = vec![dl_models::load(&member).unwrap(), dl_models::load(&member).unwrap()];
+        let test = dl_data::Mnist::load(&data).unwrap().test;
+        let mut with = dl_train::Ensemble::new(nets).unwrap().with_views(views);
+        let want = with.evaluate(&test, None, 100).unwrap();
+        assert_eq!(manifest.test_evaluation, Some(want.mean));
+        assert_eq!(manifest.members[0].test_evaluation, Some(want.members[0]));
+        for extra in [&[][..], &["--tta", "none"][..], &["--tta", "rotate:-5"][..]] {
+            run_cli(&[&["eval", "--data", d, "--ensemble", &p("tta")][..], extra].concat()).unwrap();
+        }
+        run_cli(&["eval", "--data", d, "--params", &member, "--tta", "shifts"]).unwrap();
+        let bad = parse_from(["xtask", "eval", "--tta", "flip"]).err().expect("refused");
+        assert!(bad.to_string().contains("a view is"), "{bad}");
+        let both = parse_from(["xtask", "eval", "--tta", "shifts", "--precision", "f16"]).err();
+        assert!(both.is_some(), "--tta with --precision is refused");
+    }
+
     #[test]
     fn an_ensemble_trained_at_once_equals_its_members_trained_alone_and_assembled() {
         let dir = tempfile::tempdir().unwrap();

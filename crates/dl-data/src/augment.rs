@@ -280,6 +280,90 @@ impl Pipeline {
     }
 }
 
+/// One fixed transformation of an image, for test-time augmentation: a classifier that
+/// scores each image as it is and as a few views of it, and averages the scores, errs
+/// less on digits drawn off-centre or aslant (`dl_train::Ensemble::with_views`).
+///
+/// Written and parsed as `shift:DY:DX` (rows down, columns right), `rotate:DEGREES`
+/// (counter-clockwise) or `scale:FACTOR`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum View {
+    /// Translate by `dy` rows down and `dx` columns right ([`shift`]).
+    Shift {
+        /// Rows down.
+        dy: f32,
+        /// Columns right.
+        dx: f32,
+    },
+    /// Rotate counter-clockwise about the centre ([`rotate`]).
+    Rotate {
+        /// The angle.
+        degrees: f32,
+    },
+    /// Zoom about the centre ([`scale`]); > 1 enlarges.
+    Scale {
+        /// The factor, > 0.
+        factor: f32,
+    },
+}
+
+impl View {
+    /// The view of the `(H, W)` image `img`.
+    pub fn apply(&self, img: &[f32], h: usize, w: usize) -> Vec<f32> {
+        match *self {
+            View::Shift { dy, dx } => shift(img, h, w, dy, dx),
+            View::Rotate { degrees } => rotate(img, h, w, degrees),
+            View::Scale { factor } => scale(img, h, w, factor),
+        }
+    }
+
+    /// Replaces every `(H, W)` plane of `x` (a batch of `(C, H, W)` images, or any run of
+    /// planes) by its view, in parallel.
+    pub fn apply_planes(&self, x: &mut [f32], h: usize, w: usize) {
+        x.par_chunks_mut((h * w).max(1)).for_each(|plane| {
+            let out = self.apply(plane, h, w);
+            plane.copy_from_slice(&out);
+        });
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            View::Shift { dy, dx } => write!(f, "shift:{dy}:{dx}"),
+            View::Rotate { degrees } => write!(f, "rotate:{degrees}"),
+            View::Scale { factor } => write!(f, "scale:{factor}"),
+        }
+    }
+}
+
+impl std::str::FromStr for View {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let number = |t: &str| -> Result<f32, String> {
+            match t.trim().parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(format!("{s:?}: {t:?} is not a finite number")),
+            }
+        };
+        match parts.as_slice() {
+            ["shift", dy, dx] => Ok(View::Shift {
+                dy: number(dy)?,
+                dx: number(dx)?,
+            }),
+            ["rotate", d] => Ok(View::Rotate { degrees: number(d)? }),
+            ["scale", f] => match number(f)? {
+                factor if factor > 0.0 => Ok(View::Scale { factor }),
+                _ => Err(format!("{s:?}: the factor must be above 0")),
+            },
+            _ => Err(format!("{s:?}: a view is shift:DY:DX, rotate:DEGREES or scale:FACTOR")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +389,49 @@ mod tests {
         // a half-pixel shift splits it between two neighbours
         let s = shift(&img, 7, 7, 0.0, 0.5);
         assert!((s[2 * 7 + 3] - 0.5).abs() < 1e-6 && (s[2 * 7 + 4] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_view_is_its_transform_on_every_plane_and_reads_back_as_written() {
+        let img = digit();
+        let views = [
+            View::Shift { dy: 1.0, dx: -2.0 },
+            View::Rotate { degrees: 7.5 },
+            View::Scale { factor: 1.25 },
+        ];
+        let wants = [
+            shift(&img, 7, 7, 1.0, -2.0),
+            rotate(&img, 7, 7, 7.5),
+            scale(&img, 7, 7, 1.25),
+        ];
+        for (v, want) in views.iter().zip(&wants) {
+            assert_eq!(&v.apply(&img, 7, 7), want, "{v}");
+            // two images of two channels: every plane gets the same view
+            let other: Vec<f32> = img.iter().map(|p| 1.0 - p).collect();
+            let mut batch = [img.clone(), other.clone(), other.clone(), img.clone()].concat();
+            v.apply_planes(&mut batch, 7, 7);
+            let want_other = v.apply(&other, 7, 7);
+            assert_eq!(&batch[..49], &want[..], "{v}");
+            assert_eq!(&batch[49..98], &want_other[..], "{v}");
+            assert_eq!(&batch[98..147], &want_other[..], "{v}");
+            assert_eq!(&batch[147..], &want[..], "{v}");
+            assert_eq!(v.to_string().parse::<View>(), Ok(*v));
+        }
+        assert_eq!("shift:0:1".parse::<View>(), Ok(View::Shift { dy: 0.0, dx: 1.0 }));
+        assert_eq!("rotate:-6".parse::<View>(), Ok(View::Rotate { degrees: -6.0 }));
+        assert_eq!("scale:0.9".parse::<View>(), Ok(View::Scale { factor: 0.9 }));
+        for (bad, says) in [
+            ("shift:1", "a view is"),
+            ("flip", "a view is"),
+            ("rotate:x", "not a finite number"),
+            ("rotate:inf", "not a finite number"),
+            ("shift:NaN:0", "not a finite number"),
+            ("scale:0", "above 0"),
+            ("scale:-1", "above 0"),
+        ] {
+            let e = bad.parse::<View>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

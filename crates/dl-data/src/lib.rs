@@ -45,7 +45,7 @@ mod mnist;
 pub mod optdigits;
 pub mod preprocess;
 
-pub use augment::{Augment, Pipeline};
+pub use augment::{Augment, Pipeline, View};
 pub use batch::{BatchOrder, ImageSet};
 pub use error::DataError;
 pub use idx::{

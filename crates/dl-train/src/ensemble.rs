@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use dl_data::ImageSet;
+use dl_data::{ImageSet, View};
 use dl_layers::Tensor;
 use dl_models::{ModelError, Network};
 use ndarray::{Array2, Ix2};
@@ -25,8 +25,10 @@ use crate::{Evaluation, History, Observer, TrainError, Trainer, TrainerConfig};
 pub const MANIFEST_FILE: &str = "ensemble.json";
 /// The manifest's `format` field.
 pub const MANIFEST_FORMAT: &str = "dlfs-ensemble";
-/// The manifest version this code writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The newest manifest version this code writes and reads: 2 records test-time views,
+/// which a version-1 reader would drop unseen, so a manifest without views is still
+/// written as version 1.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// How the members' outputs become one prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -120,15 +122,19 @@ pub struct MemberEntry {
 pub struct Manifest {
     /// Always [`MANIFEST_FORMAT`].
     pub format: String,
-    /// [`MANIFEST_VERSION`].
+    /// 1, or 2 ([`MANIFEST_VERSION`]) when it records `views`.
     pub version: u32,
     /// The combination rule the figures below were measured with.
     pub vote: Vote,
     /// The members, in order.
     pub members: Vec<MemberEntry>,
-    /// The ensemble's test accuracy with `vote`, when measured.
+    /// The ensemble's test accuracy with `vote` (and `views`), when measured.
     #[serde(default)]
     pub test_evaluation: Option<Evaluation>,
+    /// Test-time augmentation: the views of each image scored beside the image itself
+    /// ([`Ensemble::with_views`]); none when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<View>,
     /// Free text: how the ensemble was made (a command line, a note).
     #[serde(default)]
     pub description: String,
@@ -159,6 +165,8 @@ impl EnsembleEvaluation {
 #[derive(Debug, Clone)]
 pub struct Ensemble {
     members: Vec<Network>,
+    /// Test-time augmentation: each member scores the image and these views of it.
+    views: Vec<View>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -172,15 +180,42 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnsembleError + '_ {
     }
 }
 
-/// Every member's scores for one batch, as `(N, classes)` softmax outputs.
-fn member_probabilities(members: &mut [Network], x: &Tensor) -> Result<Vec<Array2<f32>>, EnsembleError> {
+/// `x` and each of `views` of it: the batches every member scores.
+fn viewed_batches(x: &Tensor, views: &[View]) -> Result<Vec<Tensor>, EnsembleError> {
+    let mut batches = vec![x.clone()];
+    if views.is_empty() {
+        return Ok(batches);
+    }
+    let &[_, _, h, w] = x.shape() else {
+        return Err(ModelError::Input(format!("test-time views need (N, C, H, W) images, got {:?}", x.shape())).into());
+    };
+    for v in views {
+        let mut b = x.as_standard_layout().into_owned();
+        v.apply_planes(b.as_slice_mut().expect("standard layout"), h, w);
+        batches.push(b);
+    }
+    Ok(batches)
+}
+
+/// Every member's scores for one batch, as `(N, classes)` softmax outputs: with
+/// `views`, the mean of its softmax outputs on the image and on each view.
+fn member_probabilities(
+    members: &mut [Network],
+    views: &[View],
+    x: &Tensor,
+) -> Result<Vec<Array2<f32>>, EnsembleError> {
+    let batches = viewed_batches(x, views)?;
     let mut out: Vec<Array2<f32>> = Vec::with_capacity(members.len());
     for (m, net) in members.iter_mut().enumerate() {
-        let y = net
-            .predict(x.clone(), false)?
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| ModelError::Input("the network's output is not (N, classes)".into()))?;
-        let p = dl_tensor::softmax(&y.view());
+        let mut scored = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let y = net
+                .predict(b.clone(), false)?
+                .into_dimensionality::<Ix2>()
+                .map_err(|_| ModelError::Input("the network's output is not (N, classes)".into()))?;
+            scored.push(dl_tensor::softmax(&y.view()));
+        }
+        let p = mean_of(&scored);
         if let Some(first) = out.first() {
             if first.ncols() != p.ncols() {
                 return Err(EnsembleError::Classes {
@@ -256,7 +291,24 @@ impl Ensemble {
         if members.is_empty() {
             return Err(EnsembleError::Empty);
         }
-        Ok(Self { members })
+        Ok(Self {
+            members,
+            views: Vec::new(),
+        })
+    }
+
+    /// The ensemble with test-time augmentation: every member scores each image and
+    /// each of `views` of it (which need `(N, C, H, W)` images), and its softmax outputs
+    /// are averaged over them before the members are combined. An empty list turns it
+    /// off. [`Ensemble::save`] records the views and [`Ensemble::load`] restores them.
+    pub fn with_views(mut self, views: Vec<View>) -> Self {
+        self.views = views;
+        self
+    }
+
+    /// The test-time views (empty: none).
+    pub fn views(&self) -> &[View] {
+        &self.views
     }
 
     /// Number of members.
@@ -289,7 +341,7 @@ impl Ensemble {
     pub fn predict_proba(&mut self, x: &Tensor, batch_size: usize) -> Result<Array2<f32>, EnsembleError> {
         let mut rows: Vec<Array2<f32>> = Vec::new();
         for chunk in x.axis_chunks_iter(ndarray::Axis(0), batch_size.max(1)) {
-            let probs = member_probabilities(&mut self.members, &chunk.to_owned())?;
+            let probs = member_probabilities(&mut self.members, &self.views, &chunk.to_owned())?;
             rows.push(mean_of(&probs));
         }
         let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
@@ -303,7 +355,7 @@ impl Ensemble {
     pub fn classify(&mut self, x: &Tensor, batch_size: usize, vote: Vote) -> Result<Vec<usize>, EnsembleError> {
         let mut out = Vec::new();
         for chunk in x.axis_chunks_iter(ndarray::Axis(0), batch_size.max(1)) {
-            let probs = member_probabilities(&mut self.members, &chunk.to_owned())?;
+            let probs = member_probabilities(&mut self.members, &self.views, &chunk.to_owned())?;
             out.extend(combine(&probs, vote));
         }
         Ok(out)
@@ -326,7 +378,7 @@ impl Ensemble {
             let idx: Vec<usize> = (start..(start + bs).min(total)).collect();
             set.fill_batch(&idx, &mut x, &mut t);
             let xb = Tensor::from_shape_vec(set.batch_shape(idx.len()), std::mem::take(&mut x)).expect("batch shape");
-            let probs = member_probabilities(&mut self.members, &xb)?;
+            let probs = member_probabilities(&mut self.members, &self.views, &xb)?;
             let right = |pred: &[usize]| pred.iter().zip(&t).filter(|(p, t)| p == t).count();
             for (c, p) in member_correct.iter_mut().zip(&probs) {
                 *c += right(&argmax(p));
@@ -374,10 +426,11 @@ impl Ensemble {
         }
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
-            version: MANIFEST_VERSION,
+            version: if self.views.is_empty() { 1 } else { MANIFEST_VERSION },
             vote,
             members,
             test_evaluation: evaluation.map(|e| e.by(vote)),
+            views: self.views.clone(),
             description: description.into(),
         };
         let path = dir.join(MANIFEST_FILE);
@@ -405,11 +458,14 @@ impl Ensemble {
         if m.format != MANIFEST_FORMAT {
             return Err(bad(format!("format is {:?}, expected {MANIFEST_FORMAT:?}", m.format)));
         }
-        if m.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&m.version) {
             return Err(bad(format!(
-                "version {} is not supported (this build reads {MANIFEST_VERSION})",
+                "version {} is not supported (this build reads 1 to {MANIFEST_VERSION})",
                 m.version
             )));
+        }
+        if m.version < 2 && !m.views.is_empty() {
+            return Err(bad("test-time views need version 2".into()));
         }
         if m.members.is_empty() {
             return Err(bad("lists no members".into()));
@@ -454,7 +510,8 @@ impl Ensemble {
             }
             members.push(net);
         }
-        Ok((Self::new(members)?, manifest))
+        let ensemble = Self::new(members)?.with_views(manifest.views.clone());
+        Ok((ensemble, manifest))
     }
 }
 

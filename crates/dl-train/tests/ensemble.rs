@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use dl_data::{ImageSet, Mnist, Pipeline};
+use dl_data::{ImageSet, Mnist, Pipeline, View};
 use dl_layers::Tensor;
 use dl_models::{Network, SimpleConvNet, SimpleConvNetConfig};
 use dl_train::ensemble::{member_config, MANIFEST_FILE};
@@ -216,6 +216,81 @@ fn save_and_load_give_the_same_predictions_and_check_every_file() {
     }
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(Ensemble::load(dir.path()), Err(EnsembleError::Io { .. })));
+}
+
+#[test]
+fn views_average_each_member_over_the_image_and_its_views() {
+    let x = input(5, 21);
+    let views = vec![View::Shift { dy: 1.0, dx: 0.0 }, View::Rotate { degrees: -8.0 }];
+    let viewed = |v: &View| {
+        let mut b = x.clone();
+        v.apply_planes(b.as_slice_mut().unwrap(), 28, 28);
+        b
+    };
+    let (mut a, mut b) = (small(31), small(32));
+    let mut per_member = Vec::new();
+    for net in [&mut a, &mut b] {
+        let p = softmax_of(net, &x) + softmax_of(net, &viewed(&views[0])) + softmax_of(net, &viewed(&views[1]));
+        per_member.push(p / 3.0);
+    }
+    let plain = (softmax_of(&mut a, &x) + softmax_of(&mut b, &x)) / 2.0;
+    let want = (&per_member[0] + &per_member[1]) / 2.0;
+    let mut e = Ensemble::new(vec![a, b]).unwrap().with_views(views.clone());
+    assert_eq!(e.views(), &views[..]);
+    // batch 2 does not divide 5: each chunk gets its own views
+    let p = e.predict_proba(&x, 2).unwrap();
+    for (got, want) in p.iter().zip(want.iter()) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    let moved = p
+        .iter()
+        .zip(plain.iter())
+        .map(|(g, q)| (g - q).abs())
+        .fold(0.0, f32::max);
+    assert!(moved > 1e-5, "the views changed the outputs by {moved} only");
+    // the majority counts each member's view-averaged vote
+    let majority = e.classify(&x, 2, Vote::Majority).unwrap();
+    assert_eq!(majority, dl_train::ensemble::combine(&per_member, Vote::Majority));
+    // views of images that are not (N, C, H, W) are refused
+    let flat = Tensor::zeros(ndarray::IxDyn(&[2, 784]));
+    let err = e.predict_proba(&flat, 2).unwrap_err();
+    assert!(err.to_string().contains("(N, C, H, W)"), "{err}");
+    // no views: the plain ensemble again
+    let mut off = e.with_views(Vec::new());
+    assert_eq!(off.predict_proba(&x, 2).unwrap(), {
+        let mut again = Ensemble::new(off.members().to_vec()).unwrap();
+        again.predict_proba(&x, 2).unwrap()
+    });
+}
+
+#[test]
+fn views_are_saved_in_a_version_2_manifest_and_loaded_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = input(4, 5);
+    let views = vec![View::Shift { dy: 0.0, dx: -1.0 }, View::Scale { factor: 1.1 }];
+    let mut e = Ensemble::new(vec![small(41), small(42)])
+        .unwrap()
+        .with_views(views.clone());
+    let before = e.predict_proba(&x, 4).unwrap();
+    let manifest = e.save(dir.path(), Vote::Mean, None, None, "views").unwrap();
+    assert_eq!((manifest.version, &manifest.views), (2, &views));
+    let (mut loaded, m) = Ensemble::load(dir.path()).unwrap();
+    assert_eq!(m, manifest);
+    assert_eq!(loaded.views(), &views[..]);
+    assert_eq!(loaded.predict_proba(&x, 4).unwrap(), before);
+    // a version-1 manifest cannot carry views: an older reader would drop them unseen
+    let path = dir.path().join(MANIFEST_FILE);
+    let good = std::fs::read_to_string(&path).unwrap();
+    assert!(good.contains("\"version\": 2"), "{good}");
+    std::fs::write(&path, good.replace("\"version\": 2", "\"version\": 1")).unwrap();
+    let err = Ensemble::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("need version 2"), "{err}");
+    // without views the manifest stays version 1 and records none
+    let plain = Ensemble::new(vec![small(41)]).unwrap();
+    let m = plain.save(dir.path(), Vote::Mean, None, None, "plain").unwrap();
+    assert_eq!((m.version, m.views.len()), (1, 0));
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("views"));
+    assert!(Ensemble::load(dir.path()).unwrap().0.views().is_empty());
 }
 
 struct Count(usize);
