@@ -65,6 +65,18 @@ fn eval_prints_its_accuracy() {
     }
 }
 
+/// `eval --tta` names the views it scored with; without it, no views are named.
+#[test]
+fn eval_names_its_test_time_views() {
+    let plain = stdout_of(&["eval", "--validation", "100", "--ensemble"]);
+    assert!(!plain.contains("test-time views"), "{plain}");
+    let viewed = stdout_of(&["eval", "--validation", "100", "--ensemble", "--tta", "shifts,rotate:5"]);
+    let line = "test-time views: shift:-1:0, shift:1:0, shift:0:-1, shift:0:1, rotate:5";
+    assert!(viewed.lines().any(|l| l == line), "{viewed}");
+    let accuracy = validation_accuracy(&viewed);
+    assert!(accuracy > 0.95 && accuracy <= 1.0, "{accuracy}");
+}
+
 /// `eval` of an int8 file scores it by its own kernels and prints the accuracy.
 #[test]
 fn eval_of_a_quantized_file_prints_its_accuracy() {
