@@ -74,29 +74,31 @@ fn runs(mask: u16, l: usize) -> (usize, usize) {
 }
 
 /// The lanes of `v` that `mask` selects (`popcount(mask)` of them, in lane order) to
-/// `dst`, for a mask of [`runs`] shape.
+/// `dst`, for a mask of [`runs`] shape, by whole-register stores in increasing address
+/// order: each run is followed by up to `l - n` values of the register's other lanes,
+/// which the next run (or the next group's tiles) overwrites. `vmaskmovps` stores, which
+/// would keep those values, cost more than the transform itself on AMD's Zen 4.
 ///
 /// # Safety
-/// The CPU has AVX2; `dst` is valid for `popcount(mask)` writes.
+/// The CPU has AVX2; `dst` is valid for writes of 16 values, and the values past the
+/// first `popcount(mask)` may be overwritten.
 #[inline(always)]
 unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, l: usize) {
     let count = mask.count_ones() as usize;
-    // SAFETY (all): `count` values from `dst`, within the contract.
+    // SAFETY (all): each store ends within the 16 values from `dst`: a run of `n` tiles
+    // starts at `k n` and its register ends at `k n + 16 / rows`, at most 16.
     unsafe {
-        if count == 16 {
+        if count == 16 || mask == (1u16 << count) - 1 {
             _mm256_storeu_ps(dst, v.0);
-            _mm256_storeu_ps(dst.add(8), v.1);
-        } else if mask == (1u16 << count) - 1 {
-            _mm256_maskstore_ps(dst, prefix8(count), v.0);
             if count > 8 {
-                _mm256_maskstore_ps(dst.add(8), prefix8(count - 8), v.1);
+                _mm256_storeu_ps(dst.add(8), v.1);
             }
         } else {
             let (n, rows) = runs(mask, l);
             if l == 8 {
-                _mm256_maskstore_ps(dst, prefix8(n), v.0);
+                _mm256_storeu_ps(dst, v.0);
                 if rows > 1 {
-                    _mm256_maskstore_ps(dst.add(n), prefix8(n), v.1);
+                    _mm256_storeu_ps(dst.add(n), v.1);
                 }
             } else {
                 let quarters = [
@@ -106,7 +108,7 @@ unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, l: usize) {
                     _mm256_extractf128_ps::<1>(v.1),
                 ];
                 for (k, q) in quarters.into_iter().enumerate().take(rows) {
-                    _mm_maskstore_ps(dst.add(k * n), prefix4(n), q);
+                    _mm_storeu_ps(dst.add(k * n), q);
                 }
             }
         }
@@ -151,8 +153,9 @@ unsafe fn load_packed(src: *const f32, mask: u16, l: usize) -> V16 {
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `l` is 16, 8 or 4; `src` is valid for reads of 34 values
-/// from each of the rows `k ws`, `k < 2 (16 / l) + 2`; `dst` for writes of
-/// `popcount(mask)` values at each of 16 rows `pos` apart.
+/// from each of the rows `k ws`, `k < 2 (16 / l) + 2`; `dst` for writes of 16 values at
+/// each of 16 rows `pos` apart, of which the first `popcount(mask)` are the tiles and
+/// the rest may be overwritten ([`store_packed`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
     let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());

@@ -168,7 +168,8 @@ impl WinogradConv {
 
     /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
     /// the transforms' 16 loads or stores, one per position, do not all fall in the same
-    /// cache set when `C tp` is a multiple of 4 KiB.
+    /// cache set when `C tp` is a multiple of 4 KiB; the AVX2 input transform's whole
+    /// register stores also run into those 16 values past the last channel's row.
     fn v_stride(&self) -> usize {
         self.g.c * self.tp + 16
     }
@@ -244,7 +245,11 @@ impl WinogradConv {
                 // `2 j0`, 34 values each: at most `2 (16 / l) - 1` rows past the last
                 // plane's end, which `padded_len`'s slack covers. It writes
                 // `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`) in row `ci`
-                // of each of the 16 positions of `v` (`v_stride` apart).
+                // of each of the 16 positions of `v` (`v_stride` apart), and the AVX2
+                // level up to 16 values from `t`: the values past the group's tiles are
+                // the next groups' tiles and the next channel's row, written after it in
+                // this loop's order, or past the last channel, the 16 values of slack
+                // `v_stride` leaves.
                 let first = ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0;
                 debug_assert!(first + (2 * (16 / self.l) + 1) * self.ws + 34 <= padded.len());
                 unsafe {
@@ -644,6 +649,12 @@ mod tests {
             // output transform's 16-value loads of the last filter run past `M`'s last
             // row into `m_len`'s slack
             (4, 10, 10, 8, 3, 3, 1),
+            // 8x24 and 16x12 outputs: 48 tiles, a multiple of 16, in groups that do not
+            // fill a register (one row of 12 tiles; two rows of 6), so the AVX2 input
+            // transform's whole-register stores of each channel's last group run into
+            // the next channel's row and, for the last channel, into `v_stride`'s slack
+            (3, 8, 24, 5, 3, 3, 1),
+            (2, 16, 12, 4, 3, 3, 1),
         ];
         assert_forward_matches_reference(&cases, WinogradConv::with_isa);
     }
