@@ -180,9 +180,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnsembleError + '_ {
     }
 }
 
-/// `x` and each of `views` of it: the batches every member scores.
+/// Each of `views` of the batch `x`: what every member scores beside `x` itself.
 fn viewed_batches(x: &Tensor, views: &[View]) -> Result<Vec<Tensor>, EnsembleError> {
-    let mut batches = vec![x.clone()];
+    let mut batches = Vec::with_capacity(views.len());
     if views.is_empty() {
         return Ok(batches);
     }
@@ -204,11 +204,11 @@ fn member_probabilities(
     views: &[View],
     x: &Tensor,
 ) -> Result<Vec<Array2<f32>>, EnsembleError> {
-    let batches = viewed_batches(x, views)?;
+    let viewed = viewed_batches(x, views)?;
     let mut out: Vec<Array2<f32>> = Vec::with_capacity(members.len());
     for (m, net) in members.iter_mut().enumerate() {
-        let mut scored = Vec::with_capacity(batches.len());
-        for b in &batches {
+        let mut scored = Vec::with_capacity(1 + viewed.len());
+        for b in std::iter::once(x).chain(&viewed) {
             let y = net
                 .predict(b.clone(), false)?
                 .into_dimensionality::<Ix2>()
