@@ -85,8 +85,9 @@ fn runs(mask: u16, l: usize) -> (usize, usize) {
 #[inline(always)]
 unsafe fn store_packed(dst: *mut f32, v: V16, mask: u16, l: usize) {
     let count = mask.count_ones() as usize;
-    // SAFETY (all): each store ends within the 16 values from `dst`: a run of `n` tiles
-    // starts at `k n` and its register ends at `k n + 16 / rows`, at most 16.
+    // SAFETY (all): each store ends within the 16 values from `dst`: with `l = 16` the
+    // two halves at 0 and 8; otherwise run `k < 16 / l` of `n <= l` tiles at `k n`, its
+    // `min(l, 8)` lanes ending by `(16 / l - 1) l + min(l, 8) <= 16`.
     unsafe {
         if count == 16 || mask == (1u16 << count) - 1 {
             _mm256_storeu_ps(dst, v.0);
