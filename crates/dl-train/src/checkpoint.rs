@@ -147,7 +147,9 @@ pub fn write(
 }
 
 /// Removes the temporary files of checkpoint writes that a killed process left
-/// (`.checkpoint-EEEE.safetensors.tmp-PID`): never read, they would only fill the disk.
+/// (`.checkpoint-EEEE.safetensors.tmp-PID`, and `.best.safetensors.tmp-PID` of the
+/// best weights, which the same process writes before its checkpoint): never read, they
+/// would only fill the disk.
 fn remove_stale_temporaries(dir: &Path) -> Result<(), TrainError> {
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
@@ -156,7 +158,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), TrainError> {
             .to_str()
             .and_then(|n| n.strip_prefix('.'))
             .and_then(|n| n.split_once(".tmp-"))
-            .is_some_and(|(target, _)| epoch_of(target).is_some());
+            .is_some_and(|(target, _)| epoch_of(target).is_some() || target == crate::BEST_FILE);
         if stale {
             std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
         }

@@ -142,15 +142,17 @@ fn old_checkpoints_are_pruned_and_the_best_epoch_is_kept() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     // what a killed writer leaves is cleared by the next write; other files stay
     let stale = dir.path().join(".checkpoint-0004.safetensors.tmp-12345");
+    let stale_best = dir.path().join(format!(".{BEST_FILE}.tmp-23456"));
     let other = dir.path().join(".notes.tmp-1");
     std::fs::write(&stale, b"half").unwrap();
+    std::fs::write(&stale_best, b"half").unwrap();
     std::fs::write(&other, b"mine").unwrap();
     let ckpt = checkpoint::read(&checkpoint::latest(dir.path()).unwrap().unwrap()).unwrap();
     let mut state = ckpt.trainer.clone();
     state.epoch = 4;
     let opt = dl_optim::by_name("adam", 0.001).unwrap();
     checkpoint::write(dir.path(), &n, opt.as_ref(), &state, 2).unwrap();
-    assert!(!stale.exists() && other.exists());
+    assert!(!stale.exists() && !stale_best.exists() && other.exists());
     let epochs: Vec<usize> = checkpoint::list(dir.path())
         .unwrap()
         .into_iter()
