@@ -1,12 +1,9 @@
 //! The forward transforms of [`WinogradConv`](super::WinogradConv) with AVX2 intrinsics:
 //! the sixteen lanes of an AVX-512 register are two 8-lane registers here (`lo`: lanes
 //! 0-7, `hi`: 8-15), on the same layouts and with the same contracts as the AVX-512
-//! functions. Copying an image into its padded planes is the portable code compiled for
-//! AVX2.
+//! functions.
 
 use std::arch::x86_64::*;
-
-pub use super::portable::avx2::pad_plane;
 
 /// Sixteen lanes as two AVX registers.
 type V16 = (__m256, __m256);
@@ -54,6 +51,44 @@ fn prefix8(n: usize) -> __m256i {
             _mm256_set1_epi32(n.min(8) as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         )
+    }
+}
+
+/// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
+/// zeros around it, by whole-register loads and stores: each row of the image is 8 zeros
+/// at the row's start and 8 at its end, then the image's values over them, 8 at a time
+/// (the last 8 ending at the image row's end, rewriting values the one before wrote).
+/// Images narrower than 8, or padded by more than 8 on a side, take the portable loop.
+///
+/// # Safety
+/// The CPU has AVX2; `x` is valid for reads of `h w` values, `dst` for writes of
+/// `hs ws`; `p + h <= hs`, `p + w <= ws`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
+    if w < 8 || p > 8 || ws - p - w > 8 {
+        // SAFETY: the contract, passed on.
+        return unsafe { super::portable::pad_plane(x, h, w, p, dst, hs, ws) };
+    }
+    let zero = _mm256_setzero_ps();
+    let starts = |n: usize| (0..n - 8).step_by(8).chain(std::iter::once(n - 8));
+    // SAFETY (all): stores of 8 values from column `k <= ws - 8` of a row `y < hs`;
+    // loads of 8 values from column `k <= w - 8` of row `y - p < h` of `x`.
+    unsafe {
+        for y in 0..hs {
+            let row = dst.add(y * ws);
+            if y < p || y >= p + h {
+                for k in starts(ws) {
+                    _mm256_storeu_ps(row.add(k), zero);
+                }
+                continue;
+            }
+            _mm256_storeu_ps(row, zero);
+            _mm256_storeu_ps(row.add(ws - 8), zero);
+            let src = x.add((y - p) * w);
+            for k in starts(w) {
+                _mm256_storeu_ps(row.add(p + k), _mm256_loadu_ps(src.add(k)));
+            }
+        }
     }
 }
 
@@ -235,31 +270,49 @@ pub unsafe fn output_tiles(
         // (s A) + b: y0 = s0 + s1 + s2, y1 = s1 - s2 - s3, interleaved
         let y0 = add(add(add(s[0], s[1]), s[2]), bias);
         let y1 = add(sub(sub(s[1], s[2]), s[3]), bias);
-        let mut out = [0.0f32; 32];
+        // output rows `2 ii + a < rows`: `ceil((rows - a) / 2)` of them
+        let (d, n) = (dst.wrapping_add(a * ow), rows.saturating_sub(a).div_ceil(2));
+        // SAFETY: the rows and columns of the contract.
+        unsafe {
+            match l {
+                16 => store_rows::<4>(y0, y1, d, 2 * ow, n, cols),
+                8 => store_rows::<2>(y0, y1, d, 2 * ow, n, cols),
+                _ => store_rows::<1>(y0, y1, d, 2 * ow, n, cols),
+            }
+        }
+    }
+}
+
+/// Interleaves the 16 outputs `y0`, `y1` of a row of each tile (`[y0_0 y1_0 y0_1 y1_1 ...]`,
+/// 32 values, as four registers) and stores them as rows of `8 PER` values, `ld` apart:
+/// the first `cols <= 8 PER` values of each of the first `rows.min(4 / PER)` rows.
+/// Whole-register stores where 8 values fit (a loop of them through memory would be
+/// a `memcpy` call per row).
+///
+/// # Safety
+/// The CPU has AVX2; `dst + r ld` is valid for writes of `cols` values for each row
+/// `r < rows.min(4 / PER)`.
+#[inline(always)]
+unsafe fn store_rows<const PER: usize>(y0: V16, y1: V16, dst: *mut f32, ld: usize, rows: usize, cols: usize) {
+    // SAFETY: register shuffles, and stores within the contract.
+    unsafe {
+        let mut regs = [_mm256_setzero_ps(); 4];
         for (h, (u, v)) in [(y0.0, y1.0), (y0.1, y1.1)].into_iter().enumerate() {
             // [u0 v0 u1 v1 | u4 v4 u5 v5] and [u2 v2 u3 v3 | u6 v6 u7 v7]
             let (lo, hi) = (_mm256_unpacklo_ps(u, v), _mm256_unpackhi_ps(u, v));
-            // SAFETY: 16 values of the local `out`.
-            unsafe {
-                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h), _mm256_permute2f128_ps::<0x20>(lo, hi));
-                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8), _mm256_permute2f128_ps::<0x31>(lo, hi));
-            }
+            regs[2 * h] = _mm256_permute2f128_ps::<0x20>(lo, hi);
+            regs[2 * h + 1] = _mm256_permute2f128_ps::<0x31>(lo, hi);
         }
-        for (ii, part) in out.chunks_exact(2 * l).enumerate() {
-            if 2 * ii + a >= rows {
-                break;
-            }
-            // SAFETY: `cols <= 2 l` values of output row `2 ii + a < rows`.
-            unsafe {
-                let d = dst.add((2 * ii + a) * ow);
-                if cols == 2 * l {
-                    for k in (0..cols).step_by(8) {
-                        _mm256_storeu_ps(d.add(k), _mm256_loadu_ps(part.as_ptr().add(k)));
-                    }
-                } else {
-                    for (k, v) in part.iter().enumerate().take(cols) {
-                        *d.add(k) = *v;
-                    }
+        for (r, row) in regs.chunks_exact(PER).enumerate().take(rows) {
+            let d = dst.add(r * ld);
+            for (q, &v) in row.iter().enumerate() {
+                let n = cols.saturating_sub(8 * q);
+                if n >= 8 {
+                    _mm256_storeu_ps(d.add(8 * q), v);
+                } else if n > 0 {
+                    let mut part = [0.0f32; 8];
+                    _mm256_storeu_ps(part.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(part.as_ptr(), d.add(8 * q), n);
                 }
             }
         }

@@ -600,6 +600,45 @@ mod tests {
     use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
 
     #[test]
+    fn pad_plane_copies_the_image_into_zeros_at_every_level() {
+        // (h, w, p, hs, ws): images of 8 and wider (the AVX2 level's register path, its
+        // last 8 overlapping the ones before when w is not a multiple of 8), padded by
+        // 0, 1, 2 and 7, narrower images and planes, and sides past 8 (portable loops)
+        let cases = [
+            (28, 28, 1, 30, 30),
+            (14, 14, 2, 18, 18),
+            (8, 8, 1, 10, 10),
+            (16, 16, 0, 16, 16),
+            (13, 40, 1, 16, 42),
+            (9, 11, 0, 10, 12),
+            (5, 35, 2, 10, 40),
+            (8, 9, 7, 22, 24),
+            (7, 7, 1, 10, 10),
+            (3, 3, 0, 4, 4),
+            (4, 10, 9, 22, 28),
+            (6, 12, 1, 8, 22),
+        ];
+        for (h, w, p, hs, ws) in cases {
+            let x: Vec<f32> = (0..h * w).map(|i| i as f32 + 1.0).collect();
+            for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                // NaN in the plane (every value must be written), and a guard of 16 past it
+                let mut dst = vec![f32::NAN; hs * ws + 16];
+                dst[hs * ws..].fill(-7.0);
+                // SAFETY: `isa` runs here; `x` holds `h w` values and `dst` `hs ws` and more.
+                unsafe { transform::pad_plane(isa, x.as_ptr(), h, w, p, dst.as_mut_ptr(), hs, ws) };
+                for y in 0..hs {
+                    for c in 0..ws {
+                        let inside = (p..p + h).contains(&y) && (p..p + w).contains(&c);
+                        let want = if inside { x[(y - p) * w + c - p] } else { 0.0 };
+                        assert_eq!(dst[y * ws + c], want, "{isa}, {h}x{w} pad {p} in {hs}x{ws}: ({y}, {c})");
+                    }
+                }
+                assert!(dst[hs * ws..].iter().all(|&v| v == -7.0), "{isa}: wrote past the plane");
+            }
+        }
+    }
+
+    #[test]
     fn filter_transform_matches_g_times_g_times_gt() {
         let g = [[1.0f32, 0.5, 0.25], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
         let f: [f32; 9] = std::array::from_fn(|i| i as f32 - 3.5);

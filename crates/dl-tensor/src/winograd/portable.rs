@@ -1,7 +1,7 @@
 //! The transforms of [`WinogradConv`](super::WinogradConv) in portable Rust, on the same
 //! layouts and with the same contracts as the AVX-512 ones (minus the instruction set):
 //! the `Scalar` and `Neon` levels run them as they are; the `Avx2` level has its own
-//! but for [`pad_plane`], which it runs compiled for AVX2 ([`avx2`]).
+//! (and takes [`pad_plane`] for planes narrower than 8).
 //!
 //! A "register" of the AVX-512 functions is here an array of 16 lanes: lane `ii l + j` is
 //! tile `j` of tile row `ii` (`l` = 16, 8 or 4 tiles per row).
@@ -260,28 +260,5 @@ pub unsafe fn output_tiles(
                 }
             }
         }
-    }
-}
-
-/// The transforms compiled for AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-pub mod avx2 {
-    macro_rules! for_avx2 {
-        ($(fn $name:ident($($arg:ident: $ty:ty),*);)*) => {$(
-            /// The portable function of the same name, compiled for AVX2.
-            ///
-            /// # Safety
-            /// The CPU has AVX2 and FMA; the portable function's contract.
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            pub unsafe fn $name($($arg: $ty),*) {
-                // SAFETY: the portable function's contract, passed on.
-                unsafe { super::$name($($arg),*) }
-            }
-        )*};
-    }
-
-    for_avx2! {
-        fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize);
     }
 }
