@@ -113,6 +113,38 @@ impl Convolution {
         Ok(ConvPlan::new(g, f, self.algo))
     }
 
+    /// The forward pass, with the ReLU after it fused when `relu` (evaluation only).
+    fn forward_then(&mut self, x: Tensor, train: bool, relu: bool) -> Result<Tensor, LayerError> {
+        let mut plan = self.plan(x.shape())?;
+        if let Some(kernel) = self.bf16 {
+            plan = plan.with_bf16(kernel);
+        }
+        let n = x.shape()[0];
+        let mut x = crate::into_standard(x);
+        let w = self.w.value.as_slice().expect("contiguous W");
+        let rounded = (self.bf16 == Some(Bf16Kernel::Rounded)).then(|| {
+            round_bf16_slice(x.as_slice_mut().expect("standard layout"));
+            let mut w = w.to_vec();
+            round_bf16_slice(&mut w);
+            w
+        });
+        let w = rounded.as_deref().unwrap_or(w);
+        let b = self.b.as_ref().map(|b| b.value.as_slice().expect("contiguous b"));
+        let x_values = x.as_slice().expect("standard layout");
+        let (out, saved) = if relu {
+            plan.forward_relu(w, b, x_values)
+        } else {
+            plan.forward(w, b, x_values)
+        };
+        if train {
+            self.x = Some(x);
+            self.cache = Some((plan, saved));
+            self.w_bf16 = rounded;
+        }
+        let g = &plan.g;
+        Ok(Tensor::from_shape_vec(vec![n, plan.filters, g.out_h, g.out_w], out).expect("output shape"))
+    }
+
     /// Which algorithm computes the convolution ([`ConvAlgo::Auto`] by default: the
     /// fastest this CPU has). [`ConvAlgo::Lowered`] is the book's `im2col` + GEMM.
     pub fn set_algo(&mut self, algo: ConvAlgo) {
@@ -137,29 +169,13 @@ impl Layer for Convolution {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        let mut plan = self.plan(x.shape())?;
-        if let Some(kernel) = self.bf16 {
-            plan = plan.with_bf16(kernel);
-        }
-        let n = x.shape()[0];
-        let mut x = crate::into_standard(x);
-        let w = self.w.value.as_slice().expect("contiguous W");
-        let rounded = (self.bf16 == Some(Bf16Kernel::Rounded)).then(|| {
-            round_bf16_slice(x.as_slice_mut().expect("standard layout"));
-            let mut w = w.to_vec();
-            round_bf16_slice(&mut w);
-            w
-        });
-        let w = rounded.as_deref().unwrap_or(w);
-        let b = self.b.as_ref().map(|b| b.value.as_slice().expect("contiguous b"));
-        let (out, saved) = plan.forward(w, b, x.as_slice().expect("standard layout"));
-        if train {
-            self.x = Some(x);
-            self.cache = Some((plan, saved));
-            self.w_bf16 = rounded;
-        }
-        let g = &plan.g;
-        Ok(Tensor::from_shape_vec(vec![n, plan.filters, g.out_h, g.out_w], out).expect("output shape"))
+        self.forward_then(x, train, false)
+    }
+
+    /// The ReLU applied to each image's output as the plan writes it
+    /// ([`ConvPlan::forward_relu`]).
+    fn forward_relu(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        self.forward_then(x, false, true)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {

@@ -148,6 +148,16 @@ pub trait Layer: Send + Sync {
     /// batch statistics) and makes the layer keep what `backward` needs.
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError>;
 
+    /// The evaluation forward (`forward(x, false)`) followed by a ReLU, `max(0, y)`:
+    /// what a [`Sequential`] runs for this layer and the [`Relu`] after it, in
+    /// evaluation. A layer that can apply the ReLU as it writes its output (a
+    /// [`Convolution`]) saves the ReLU's own pass over memory; the default runs the two
+    /// one after the other.
+    fn forward_relu(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        let y = self.forward(x, false)?;
+        Relu::new().forward(y, false)
+    }
+
     /// Given `dL/dout`, stores the parameter gradients and returns `dL/dx`.
     ///
     /// # Panics

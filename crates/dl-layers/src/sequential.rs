@@ -132,8 +132,23 @@ impl Layer for Sequential {
         if train {
             self.input_shape = x.shape().to_vec();
         }
-        for layer in &mut self.layers {
-            x = layer.forward(x, train)?;
+        if train {
+            for layer in &mut self.layers {
+                x = layer.forward(x, true)?;
+            }
+            return Ok(x);
+        }
+        // in evaluation, a layer followed by a ReLU runs the two as one
+        let mut i = 0;
+        while i < self.layers.len() {
+            let fuse = self.layers.get(i + 1).is_some_and(|next| is_relu(next.as_ref()));
+            let layer = &mut self.layers[i];
+            x = if fuse {
+                layer.forward_relu(x)?
+            } else {
+                layer.forward(x, false)?
+            };
+            i += 1 + usize::from(fuse);
         }
         Ok(x)
     }
@@ -227,4 +242,10 @@ impl Layer for Sequential {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+}
+
+/// Whether `layer` is a ReLU: named `Relu`, with [`Op::Relu`] as its evaluation form
+/// (asked only of layers of that name: a convolution's form copies its weights).
+fn is_relu(layer: &dyn Layer) -> bool {
+    layer.name() == "Relu" && matches!(layer.inference_op(), Ok(Op::Relu))
 }

@@ -959,3 +959,103 @@ fn batch_norm_refuses_inputs_of_the_wrong_size() {
     }
     assert!(per_channel.forward(x(&[3, 2, 4, 4]), false).is_ok());
 }
+
+/// A layer that passes its input through, and marks a fused ReLU by giving -42
+/// everywhere (which a ReLU run after it would turn to 0).
+#[derive(Clone)]
+struct FusionProbe;
+
+impl Layer for FusionProbe {
+    fn name(&self) -> &str {
+        "FusionProbe"
+    }
+    fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Ok(x)
+    }
+    fn forward_relu(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        Ok(x.mapv(|_| -42.0))
+    }
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        dout
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        Ok(input.to_vec())
+    }
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}
+
+/// Named `Relu` but computing something else: not fused.
+#[derive(Clone)]
+struct NotARelu;
+
+impl Layer for NotARelu {
+    fn name(&self) -> &str {
+        "Relu"
+    }
+    fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Ok(x)
+    }
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        dout
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        Ok(input.to_vec())
+    }
+    fn inference_op(&self) -> Result<dl_layers::Op, LayerError> {
+        Ok(dl_layers::Op::Sigmoid)
+    }
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn in_evaluation_a_layer_and_the_relu_after_it_run_as_one() {
+    let x = random_input(&[2, 3, 4, 4], 0.0, 7);
+    let relu = x.mapv(|v| v.max(0.0));
+    let run = |seq: Sequential, train: bool| {
+        let mut seq = seq;
+        seq.forward(x.clone(), train).unwrap()
+    };
+    let fused = x.mapv(|_| -42.0);
+    // followed by a ReLU in evaluation: fused, and the ReLU not run again
+    assert_eq!(run(Sequential::new().with(FusionProbe).with(Relu::new()), false), fused);
+    assert_eq!(
+        run(
+            Sequential::new()
+                .with(FusionProbe)
+                .with(Relu::new())
+                .with(FusionProbe)
+                .with(Relu::new()),
+            false
+        ),
+        fused
+    );
+    // in training, each layer on its own
+    assert_eq!(run(Sequential::new().with(FusionProbe).with(Relu::new()), true), relu);
+    // no ReLU after it, or one only in name, or the ReLU first
+    assert_eq!(run(Sequential::new().with(FusionProbe), false), x);
+    assert_eq!(run(Sequential::new().with(FusionProbe).with(NotARelu), false), x);
+    assert_eq!(run(Sequential::new().with(Relu::new()).with(FusionProbe), false), relu);
+}
+
+#[test]
+fn forward_relu_is_the_evaluation_forward_then_the_relu() {
+    // a convolution on each algorithm (its own fused pass), and an affine layer (the
+    // trait's default: the two one after the other)
+    let x = random_input(&[3, 16, 7, 7], 0.0, 11);
+    for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+        let mut conv = Convolution::new(16, 32, 3, 3, 1, 1, Init::He, 12);
+        conv.b.as_mut().unwrap().value = random_input(&[32], 0.0, 13);
+        conv.set_algo(algo);
+        let want = conv.forward(x.clone(), false).unwrap().mapv(|v| v.max(0.0));
+        assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
+        assert_eq!(conv.forward_relu(x.clone()).unwrap(), want, "{algo:?}");
+    }
+    let mut affine = Affine::new(16 * 7 * 7, 10, Init::He, 14);
+    let want = affine.forward(x.clone(), false).unwrap().mapv(|v| v.max(0.0));
+    assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
+    assert_eq!(affine.forward_relu(x).unwrap(), want);
+}

@@ -177,6 +177,20 @@ impl ConvPlan {
     /// # Panics
     /// If a length does not fit the plan (a programmer error: the layer checks shapes).
     pub fn forward(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
+        self.forward_then(w, bias, x, false)
+    }
+
+    /// [`ConvPlan::forward`] followed by a ReLU, `max(0, y)`, applied to each image's
+    /// output as soon as it is written (while it is still in cache), instead of in a pass
+    /// of its own: a convolution and the ReLU after it, in evaluation.
+    ///
+    /// # Panics
+    /// As [`ConvPlan::forward`].
+    pub fn forward_relu(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
+        self.forward_then(w, bias, x, true)
+    }
+
+    fn forward_then(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32], relu: bool) -> (Vec<f32>, ConvSaved) {
         let g = &self.g;
         let (in_len, out_len) = self.lens();
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
@@ -192,7 +206,13 @@ impl ConvPlan {
                     out.par_chunks_mut(out_len)
                         .zip(x.par_chunks(in_len))
                         .for_each(|(o, xi)| {
-                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, bias, o, s))
+                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, bias, o, s));
+                            if relu {
+                                // SAFETY: `forward_image_uninit` wrote every element of
+                                // `o`, and `[MaybeUninit<f32>]` and `[f32]` have the same
+                                // layout.
+                                relu_in_place(&mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]));
+                            }
                         });
                 })
             },
@@ -205,7 +225,10 @@ impl ConvPlan {
                         with_scratch(lowered_len(g), 0, |c, _| {
                             let col = lowered(xi, g, c);
                             self.forward_image(&wm, bias, col, o);
-                        })
+                        });
+                        if relu {
+                            relu_in_place(o);
+                        }
                     });
                 out
             }
@@ -510,6 +533,11 @@ unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -
     buf
 }
 
+/// `v = max(0, v)` for every value (a NaN becomes 0, as `dl-layers`' `Relu` makes it).
+fn relu_in_place(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
 /// Clears `buf` and returns it as initialised values.
 fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     buf.fill(MaybeUninit::new(0.0));
@@ -638,6 +666,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `forward_relu` is `forward` then `max(0, y)`, bit for bit, on every path: the
+    /// lowered one (stride 2, and `Lowered`), the direct kernel and Winograd, at every
+    /// level this CPU runs; a NaN output becomes 0 as the ReLU layer makes it.
+    #[test]
+    fn forward_relu_is_the_forward_then_the_relu_on_every_path() {
+        // (C, H, FN, stride): Winograd under Auto (16 x 32 channels), the direct kernel
+        // (1 channel), stride 2 (lowered)
+        for (c, h, f, stride) in [(16, 7, 32, 1), (1, 9, 5, 1), (3, 9, 4, 2)] {
+            let g = ConvGeometry::new(c, h, h, 3, 3, stride, 1).unwrap();
+            let n = 3;
+            let w = random4((f, c, 3, 3), 4).into_raw_vec_and_offset().0;
+            let mut x = random4((n, c, h, h), 5).into_raw_vec_and_offset().0;
+            let bias: Vec<f32> = (0..f).map(|i| 0.2 * i as f32 - 0.3).collect();
+            for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                    let plan = ConvPlan {
+                        isa,
+                        ..ConvPlan::new(g, f, algo)
+                    };
+                    for b in [Some(&bias[..]), None] {
+                        let (y, _) = plan.forward(&w, b, &x);
+                        let (fused, saved) = plan.forward_relu(&w, b, &x);
+                        assert!(y.iter().any(|v| *v < 0.0) && y.iter().any(|v| *v > 0.0));
+                        let want: Vec<u32> = y.iter().map(|v| v.max(0.0).to_bits()).collect();
+                        let got: Vec<u32> = fused.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(got, want, "{algo:?} at {isa} ({})", saved.kernel_name());
+                    }
+                }
+            }
+            // a NaN in the input makes NaN outputs, which the ReLU turns to 0
+            x[0] = f32::NAN;
+            let (fused, _) = ConvPlan::new(g, f, ConvAlgo::Auto).forward_relu(&w, None, &x);
+            assert!(fused.iter().all(|v| *v >= 0.0), "a NaN passed the ReLU");
         }
     }
 
