@@ -131,8 +131,6 @@ impl Layer for Sequential {
     fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         if train {
             self.input_shape = x.shape().to_vec();
-        }
-        if train {
             for layer in &mut self.layers {
                 x = layer.forward(x, true)?;
             }
