@@ -1,10 +1,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use dl_layers::{Bf16Kernel, ConvAlgo, Labels, Layer, Sequential, SoftmaxWithLoss, Tensor};
+use dl_layers::{Bf16Kernel, ConvAlgo, Labels, Layer, LayerError, Sequential, SoftmaxWithLoss, Tensor};
 use dl_tensor::lowp::Precision;
 use dl_tensor::{argmax_rows, ParamMut};
 use ndarray::{Axis, Ix2};
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::ModelError;
@@ -25,6 +26,21 @@ pub struct Network {
     /// Path in the root -> public name, for the parameters and buffers a model renames.
     renames: HashMap<String, String>,
     metadata: BTreeMap<String, String>,
+    /// Copies of `root` that evaluate a batch's other shares in parallel
+    /// ([`Network::predict`]), made when first needed. Every `&mut self` method that
+    /// could change a parameter, a buffer or a layer's setting drops them.
+    replicas: Replicas,
+}
+
+/// The evaluation replicas of a network's root: not copied with the network (a copy
+/// makes its own when it needs them).
+#[derive(Default)]
+struct Replicas(Vec<Sequential>);
+
+impl Clone for Replicas {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl std::fmt::Debug for Network {
@@ -119,6 +135,7 @@ impl Network {
             last_layer: SoftmaxWithLoss::new(),
             renames: HashMap::new(),
             metadata: BTreeMap::new(),
+            replicas: Replicas::default(),
         }
     }
 
@@ -174,6 +191,7 @@ impl Network {
 
     /// Mutable access to the root layer.
     pub fn root_mut(&mut self) -> &mut Sequential {
+        self.replicas.0.clear();
         &mut self.root
     }
 
@@ -184,12 +202,14 @@ impl Network {
 
     /// Mutable access to the root's layers.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer>] {
+        self.replicas.0.clear();
         self.root.layers_mut()
     }
 
     /// Sets the algorithm of every convolution ([`ConvAlgo::Auto`] by default: the
     /// fastest this CPU has; [`ConvAlgo::Lowered`] is the book's `im2col` + GEMM).
     pub fn set_conv_algo(&mut self, algo: ConvAlgo) {
+        self.replicas.0.clear();
         self.root.set_conv_algo(algo);
     }
 
@@ -199,6 +219,7 @@ impl Network {
     ///
     /// [`Trainer`]: https://docs.rs/dl-train
     pub fn set_iteration(&mut self, iteration: u64) {
+        self.replicas.0.clear();
         self.root.set_iteration(iteration);
     }
 
@@ -211,6 +232,7 @@ impl Network {
     /// norm uses and keeps its running statistics, and no input gradient is computed
     /// below the lowest trainable layer ([`Layer::set_trainable`]).
     pub fn set_trainable(&mut self, path: &str, trainable: bool) -> Result<(), ModelError> {
+        self.replicas.0.clear();
         let mut at: &mut dyn Layer = &mut self.root;
         for part in path.split('.').filter(|_| !path.is_empty()) {
             at = at
@@ -224,13 +246,53 @@ impl Network {
     }
 
     /// The book's `predict(x, train_flg)`: scores `(N, classes)` for input `x`.
+    ///
+    /// In evaluation, a batch of at least two images per thread is split into one share
+    /// per thread, and each share runs through every layer on a copy of the root of its
+    /// own, in parallel: each core keeps its own images' activations in its cache, and
+    /// no layer waits for the other threads between layers. Each image's scores are
+    /// computed as they are for the whole batch, so the result does not depend on the
+    /// thread count.
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
-        Ok(self.root.forward(x, train)?)
+        let n = x.shape().first().copied().unwrap_or(0);
+        let shares = rayon::current_num_threads().min(n / 2);
+        if train {
+            self.replicas.0.clear();
+        }
+        if train || shares < 2 {
+            return Ok(self.root.forward(x, train)?);
+        }
+        while self.replicas.0.len() < shares - 1 {
+            self.replicas.0.push(self.root.clone());
+        }
+        // shares of n / shares images, the first n % shares of them one more: every
+        // share at least two (a one-row product may take another summation order)
+        let parts: Vec<Tensor> = (0..shares)
+            .scan(0, |start, k| {
+                let len = n / shares + usize::from(k < n % shares);
+                *start += len;
+                Some(
+                    x.slice_axis(Axis(0), ndarray::Slice::from(*start - len..*start))
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let roots = std::iter::once(&mut self.root).chain(self.replicas.0.iter_mut());
+        let outs: Vec<Result<Tensor, LayerError>> = roots
+            .zip(parts)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(root, part)| root.forward(part, false))
+            .collect();
+        let outs = outs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
+        ndarray::concatenate(Axis(0), &views).map_err(|e| ModelError::Input(format!("the shares' scores: {e}")))
     }
 
     /// The book's `loss(x, t)`: the forward pass in training mode, then the mean
     /// cross-entropy.
     pub fn loss(&mut self, x: Tensor, t: Labels<'_>) -> Result<f32, ModelError> {
+        self.replicas.0.clear();
         let y = self.predict(x, true)?;
         Ok(self.last_layer.forward(&y, t)?)
     }
@@ -238,6 +300,7 @@ impl Network {
     /// The book's `gradient(x, t)`: loss, then backpropagation through every layer. The
     /// gradients are stored on the parameters ([`Network::grads`]); returns the loss.
     pub fn gradient(&mut self, x: Tensor, t: Labels<'_>) -> Result<f32, ModelError> {
+        self.replicas.0.clear();
         let loss = self.loss(x, t)?;
         let dout = self.last_layer.backward();
         self.root.backward(dout);
@@ -250,6 +313,7 @@ impl Network {
     /// length), so the ranks' gradients add up to the whole mini-batch's. Returns the
     /// slice's own mean loss.
     pub fn gradient_of_slice(&mut self, x: Tensor, t: Labels<'_>, total: usize) -> Result<f32, ModelError> {
+        self.replicas.0.clear();
         let loss = self.loss(x, t)?;
         let dout = self.last_layer.backward_over(total);
         self.root.backward(dout);
@@ -264,6 +328,7 @@ impl Network {
     /// # Panics
     /// If `kernel` cannot run on this CPU ([`Bf16Kernel::supported`]).
     pub fn set_bf16_products(&mut self, kernel: Option<Bf16Kernel>) {
+        self.replicas.0.clear();
         self.root.set_bf16_products(kernel);
     }
 
@@ -271,6 +336,7 @@ impl Network {
     /// ([`Layer::clip_params`]: a binarized layer's latent weights to `[-1, 1]`). The
     /// Trainer calls it after every update; a loop of one's own should too.
     pub fn clip_params(&mut self) {
+        self.replicas.0.clear();
         self.root.clip_params();
     }
 
@@ -278,12 +344,14 @@ impl Network {
     /// mini-batch ([`Layer::set_batch_offset`]); call it after
     /// [`Network::set_iteration`].
     pub fn set_batch_offset(&mut self, first: u64) {
+        self.replicas.0.clear();
         self.root.set_batch_offset(first);
     }
 
     /// The gradients of the parameters [`Network::params_and_grads`] gives, in its
     /// order, to be changed in place (summed across data-parallel ranks, say).
     pub fn trainable_grads_mut(&mut self) -> Vec<&mut Tensor> {
+        self.replicas.0.clear();
         let params = self.root.trainable_params_mut().into_iter();
         params.map(|(_, p)| &mut p.grad).collect()
     }
@@ -292,6 +360,7 @@ impl Network {
     /// parameters first, in layer order, to change them in place: to copy them from one
     /// data-parallel rank to the others, say.
     pub fn visit_state_mut(&mut self, mut f: impl FnMut(&mut Tensor)) {
+        self.replicas.0.clear();
         self.root.params_mut().into_iter().for_each(|(_, p)| f(&mut p.value));
         self.root.buffers_mut().into_iter().for_each(|(_, b)| f(b));
     }
@@ -336,6 +405,7 @@ impl Network {
 
     /// Parameters with their gradients, for an optimizer; frozen ones are left out.
     pub fn params_and_grads(&mut self) -> Vec<ParamMut<'_>> {
+        self.replicas.0.clear();
         let renames = &self.renames;
         self.root
             .trainable_params_mut()
@@ -446,6 +516,7 @@ impl Network {
     /// this network exactly (tensors under [`TRAINING_PREFIX`], a checkpoint's optimizer
     /// state, are skipped). On any error the network is unchanged.
     pub fn load_params(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        self.replicas.0.clear();
         let path = path.as_ref();
         let bytes = read_file(path)?;
         self.load_params_from_bytes(&bytes, path)
@@ -457,6 +528,7 @@ impl Network {
     /// from the file, and loads it with the same checks as [`Network::load_params`].
     /// float64 values become float32. On any error the network is unchanged.
     pub fn load_book_params(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        self.replicas.0.clear();
         let path = path.as_ref();
         let arrays = crate::book::read_pickled_arrays(path)?;
         let raw: Vec<(String, Vec<usize>, Vec<u8>)> = arrays
@@ -483,6 +555,7 @@ impl Network {
 
     /// Replaces each parameter and buffer named (by public name) in `values`.
     fn set_tensors(&mut self, mut values: HashMap<String, Tensor>) {
+        self.replicas.0.clear();
         let renames = &self.renames;
         let public = |n: String| renames.get(&n).cloned().unwrap_or(n);
         for (name, p) in self.root.params_mut() {
@@ -504,6 +577,7 @@ impl Network {
     /// it held that did not fit. A checkpoint's training state is ignored. On an error
     /// (not a safetensors file, a tensor not float32) the network is unchanged.
     pub fn load_matching(&mut self, path: impl AsRef<Path>) -> Result<TransferReport, ModelError> {
+        self.replicas.0.clear();
         self.load_matching_except(path, &[])
     }
 
@@ -523,6 +597,7 @@ impl Network {
     /// [`Network::load_matching`] from bytes in memory; `path` only names the source in
     /// errors.
     pub fn load_matching_from_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<TransferReport, ModelError> {
+        self.replicas.0.clear();
         self.load_matching_from_bytes_except(bytes, path, &[])
     }
 
@@ -588,6 +663,7 @@ impl Network {
     /// [`Network::load_params`] from bytes in memory; `path` only names the source in
     /// errors.
     pub fn load_params_from_bytes(&mut self, bytes: &[u8], path: &Path) -> Result<(), ModelError> {
+        self.replicas.0.clear();
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format {
             path: path.to_path_buf(),
             message: e.to_string(),

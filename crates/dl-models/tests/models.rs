@@ -1,5 +1,5 @@
 use dl_layers::gradcheck::random_input;
-use dl_layers::{Labels, Tensor};
+use dl_layers::{Labels, Layer, Tensor};
 use dl_models::{DeepConvNet, DeepConvNetConfig, ModelError, Network, SimpleConvNet, SimpleConvNetConfig};
 
 fn deep(seed: u64) -> Network {
@@ -668,4 +668,125 @@ fn a_network_keeps_its_configuration_in_its_metadata() {
     assert_eq!(net.metadata().len(), 1);
     net.set_metadata("note", "hello".into());
     assert_eq!(net.metadata().get("note").map(String::as_str), Some("hello"));
+}
+
+/// `predict` in evaluation on a pool of `threads` threads.
+fn predict_on(net: &mut Network, x: &Tensor, threads: usize) -> Tensor {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| net.predict(x.clone(), false)).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn evaluation_scores_do_not_depend_on_the_thread_count() {
+    // the book's network and ResNet-20 (batch norm, residual blocks), batches that split
+    // evenly, unevenly and not at all (fewer than two images per thread)
+    let config = dl_models::ResNetConfig {
+        blocks_per_stage: 1,
+        ..dl_models::ResNetConfig::default()
+    };
+    for mut net in [deep(3), dl_models::ResNet::new(config, 4).into_network()] {
+        for n in [1usize, 3, 4, 5, 7, 20, 33] {
+            let x = random_input(&[n, 1, 28, 28], 0.0, 5 + n as u64);
+            let one = predict_on(&mut net, &x, 1);
+            assert_eq!(one.shape(), &[n, 10]);
+            for threads in [2, 3, 4] {
+                let many = predict_on(&mut net, &x, threads);
+                assert_eq!(
+                    bits(&many),
+                    bits(&one),
+                    "{} on {n} images, {threads} threads",
+                    net.kind()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn evaluation_on_several_threads_sees_every_change_to_the_network() {
+    let x = random_input(&[8, 1, 28, 28], 0.0, 9);
+    let mut net = deep(0);
+    // the replicas made here must not outlive what changes below
+    let before = predict_on(&mut net, &x, 2);
+    let fresh = |net: &Network| predict_on(&mut net.clone(), &x, 1);
+    let check = |net: &mut Network, what: &str| {
+        let want = fresh(net);
+        assert_ne!(bits(&want), bits(&before), "{what} changed nothing");
+        assert_eq!(bits(&predict_on(net, &x, 2)), bits(&want), "{what}");
+    };
+    // an optimizer step, through params_and_grads
+    for p in net.params_and_grads() {
+        p.value.mapv_inplace(|v| v * 1.5);
+    }
+    check(&mut net, "params_and_grads");
+    let before = predict_on(&mut net, &x, 2);
+    net.visit_state_mut(|t| t.mapv_inplace(|v| v * 0.5));
+    assert_ne!(bits(&predict_on(&mut net, &x, 2)), bits(&before), "visit_state_mut");
+    assert_eq!(
+        bits(&predict_on(&mut net, &x, 2)),
+        bits(&fresh(&net)),
+        "visit_state_mut"
+    );
+    for (what, change) in [
+        (
+            "root_mut",
+            (|n: &mut Network| n.root_mut().params_mut()[0].1.value.fill(0.25)) as fn(&mut Network),
+        ),
+        ("layers_mut", |n| n.layers_mut()[0].params_mut()[1].1.value.fill(-0.5)),
+        ("set_conv_algo", |n| n.set_conv_algo(dl_layers::ConvAlgo::Lowered)),
+    ] {
+        let before = predict_on(&mut net, &x, 2);
+        change(&mut net);
+        let after = predict_on(&mut net, &x, 2);
+        assert_ne!(bits(&after), bits(&before), "{what}");
+        assert_eq!(bits(&after), bits(&fresh(&net)), "{what}");
+    }
+    // a file loaded over the network
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.safetensors");
+    deep(7).save_params(&path).unwrap();
+    let before = predict_on(&mut net, &x, 2);
+    net.load_params(&path).unwrap();
+    let after = predict_on(&mut net, &x, 2);
+    assert_ne!(bits(&after), bits(&before), "load_params");
+    assert_eq!(bits(&after), bits(&fresh(&net)), "load_params");
+    // the file's parameters, whatever the algorithm set before
+    net.set_conv_algo(dl_layers::ConvAlgo::Auto);
+    let mut other = deep(7);
+    assert_eq!(bits(&predict_on(&mut net, &x, 2)), bits(&predict_on(&mut other, &x, 1)));
+}
+
+#[test]
+fn a_training_forward_updates_what_evaluation_on_several_threads_uses() {
+    // batch norm's running statistics move in a training forward
+    let config = DeepConvNetConfig {
+        use_batchnorm: true,
+        ..DeepConvNetConfig::default()
+    };
+    let mut net = DeepConvNet::new(config, 0).into_network();
+    let x = random_input(&[8, 1, 28, 28], 0.0, 10);
+    let before = predict_on(&mut net, &x, 2);
+    for train in [
+        (|n: &mut Network, x: &Tensor| drop(n.predict(x.clone(), true).unwrap())) as fn(&mut Network, &Tensor),
+        |n, x| {
+            n.loss(x.clone(), Labels::Indices(&[1; 8])).unwrap();
+        },
+        |n, x| {
+            n.gradient(x.clone(), Labels::Indices(&[2; 8])).unwrap();
+        },
+        |n, x| {
+            n.gradient_of_slice(x.clone(), Labels::Indices(&[3; 8]), 16).unwrap();
+        },
+    ] {
+        let before_step = predict_on(&mut net, &x, 2);
+        train(&mut net, &(x.clone() * 3.0 + 1.0));
+        let after = predict_on(&mut net, &x, 2);
+        assert_ne!(bits(&after), bits(&before_step));
+        assert_eq!(bits(&after), bits(&predict_on(&mut net.clone(), &x, 1)));
+    }
+    assert_ne!(bits(&predict_on(&mut net, &x, 2)), bits(&before));
 }
