@@ -790,3 +790,64 @@ fn a_training_forward_updates_what_evaluation_on_several_threads_uses() {
     }
     assert_ne!(bits(&predict_on(&mut net, &x, 2)), bits(&before));
 }
+
+/// Records the batch size of every forward and counts its copies.
+#[derive(Clone)]
+struct ShareProbe {
+    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    copies: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Layer for ShareProbe {
+    fn name(&self) -> &str {
+        "ShareProbe"
+    }
+    fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, dl_layers::LayerError> {
+        self.sizes.lock().unwrap().push(x.shape()[0]);
+        Ok(x)
+    }
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        dout
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, dl_layers::LayerError> {
+        Ok(input.to_vec())
+    }
+    fn clone_box(&self) -> Box<dyn Layer> {
+        self.copies.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn evaluation_gives_each_thread_a_share_of_two_images_or_more_on_one_copy_each() {
+    let probe = ShareProbe {
+        sizes: Default::default(),
+        copies: Default::default(),
+    };
+    let mut net = Network::new("probe", dl_layers::Sequential::new().with(probe.clone()));
+    // (images, threads, training): the shares each forward saw, and the copies made by
+    // this call (a training forward drops the copies: the next evaluation makes new ones)
+    let cases: [(usize, usize, bool, &[usize], usize); 8] = [
+        (8, 2, false, &[4, 4], 1),
+        (8, 2, false, &[4, 4], 0),
+        (7, 3, false, &[2, 2, 3], 1),
+        (9, 4, false, &[2, 2, 2, 3], 1),
+        (3, 2, false, &[3], 0),
+        (5, 1, false, &[5], 0),
+        (8, 2, true, &[8], 0),
+        (8, 2, false, &[4, 4], 1),
+    ];
+    for (i, &(n, threads, train, shares, copies)) in cases.iter().enumerate() {
+        probe.sizes.lock().unwrap().clear();
+        let before = probe.copies.load(std::sync::atomic::Ordering::SeqCst);
+        let x = random_input(&[n, 1, 2, 2], 0.0, i as u64);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let y = pool.install(|| net.predict(x.clone(), train)).unwrap();
+        assert_eq!(y, x, "case {i}: the shares' outputs in order");
+        let mut seen = probe.sizes.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, shares, "case {i}");
+        let made = probe.copies.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(made, copies, "case {i}: copies made");
+    }
+}
