@@ -247,9 +247,10 @@ impl Network {
 
     /// The book's `predict(x, train_flg)`: scores `(N, classes)` for input `x`.
     ///
-    /// In evaluation, a batch of at least two images per thread is split into one share
-    /// per thread, and each share runs through every layer on a copy of the root of its
-    /// own, in parallel: each core keeps its own images' activations in its cache, and
+    /// In evaluation, on more than one thread, a batch of four images or more is split
+    /// into one share per thread (fewer when the batch has under two images per thread:
+    /// every share has at least two), and each share runs through every layer on a copy
+    /// of the root of its own, in parallel: each core keeps its own images' activations in its cache, and
     /// no layer waits for the other threads between layers. Each image's scores are
     /// computed as they are for the whole batch, so the result does not depend on the
     /// thread count.
