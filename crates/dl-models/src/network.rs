@@ -250,10 +250,10 @@ impl Network {
     /// In evaluation, on more than one thread, a batch of four images or more is split
     /// into one share per thread (fewer when the batch has under two images per thread:
     /// every share has at least two), and each share runs through every layer on a copy
-    /// of the root of its own, in parallel: each core keeps its own images' activations in its cache, and
-    /// no layer waits for the other threads between layers. Each image's scores are
-    /// computed as they are for the whole batch, so the result does not depend on the
-    /// thread count.
+    /// of the root of its own, in parallel: each core keeps its own images' activations
+    /// in its cache, and no layer waits for the other threads between layers. Each
+    /// image's scores are computed as they are for the whole batch, so the result does
+    /// not depend on the thread count.
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let n = x.shape().first().copied().unwrap_or(0);
         let shares = rayon::current_num_threads().min(n / 2);
