@@ -77,6 +77,11 @@ impl Pooling {
         Ok(g)
     }
 
+    /// The book's 2x2 pooling with stride 2 over even sizes: every window is whole.
+    fn full_2x2(&self, g: &ConvGeometry) -> bool {
+        g.fh == 2 && g.fw == 2 && self.stride == 2 && self.pad == 0 && g.h == 2 * g.out_h && g.w == 2 * g.out_w
+    }
+
     /// The input range `[lo, hi)` covered by output `o` along an axis of length `len`.
     #[inline]
     fn window(&self, o: usize, k: usize, len: usize) -> (usize, usize) {
@@ -113,6 +118,22 @@ fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mu
     }
 }
 
+/// [`max_pool_2x2`]'s maxima without their positions (evaluation): the same selects,
+/// value for value, which the compiler turns into vector compares and blends.
+fn max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+    for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
+        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+        for (ov, (t, b)) in orow.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
+            let mut best = f32::NEG_INFINITY;
+            for v in [t[0], t[1], b[0], b[1]] {
+                best = if v > best { v } else { best };
+            }
+            *ov = best;
+        }
+    }
+}
+
 impl Layer for Pooling {
     fn name(&self) -> &str {
         "Pooling"
@@ -125,18 +146,24 @@ impl Layer for Pooling {
         let xs = x.as_slice().expect("standard layout");
         let (plane, oplane) = (g.h * g.w, g.out_h * g.out_w);
         let mut out = vec![0.0f32; n * g.c * oplane];
-        let mut arg = std::mem::take(&mut self.arg_max);
+        // the positions of the last training forward stay for its backward
+        let mut arg = if train {
+            std::mem::take(&mut self.arg_max)
+        } else {
+            Vec::new()
+        };
         match self.kind {
             PoolKind::Max => {
-                arg.resize(n * g.c * oplane, 0);
                 // The book's 2x2 pooling with stride 2 over even sizes: every window is
-                // whole, so a plain unrolled loop does.
-                let full_2x2 = g.fh == 2
-                    && g.fw == 2
-                    && self.stride == 2
-                    && self.pad == 0
-                    && g.h == 2 * g.out_h
-                    && g.w == 2 * g.out_w;
+                // whole, so a plain unrolled loop does; evaluation needs no positions.
+                let full_2x2 = self.full_2x2(&g);
+                if full_2x2 && !train {
+                    out.par_chunks_mut(oplane).zip(xs.par_chunks(plane)).for_each(|(o, p)| {
+                        max_pool_2x2_values(p, g.w, g.out_h, g.out_w, o);
+                    });
+                    return Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"));
+                }
+                arg.resize(n * g.c * oplane, 0);
                 out.par_chunks_mut(oplane)
                     .zip(arg.par_chunks_mut(oplane))
                     .zip(xs.par_chunks(plane))
@@ -181,8 +208,8 @@ impl Layer for Pooling {
                 });
             }
         }
-        self.arg_max = arg;
         if train {
+            self.arg_max = arg;
             self.cache = Some((g, n));
         }
         Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"))

@@ -153,6 +153,28 @@ fn max_pooling_2x2_fast_path_routes_ties_like_the_general_path() {
     assert!(dxf.iter().any(|v| *v != 0.0));
     let v = even.view().into_dimensionality::<Ix4>().unwrap();
     assert_eq!(yf, pool_reference(&v, 2, 2, 2, 0, false).into_dyn());
+    // evaluation's maxima without positions: the same values
+    assert_eq!(Pooling::max(2, 2, 2, 0).forward(even, false).unwrap(), yf);
+}
+
+/// An evaluation forward between a training forward and its backward (a validation
+/// pass, say, of another batch size and shape) leaves the backward as it was.
+#[test]
+fn pooling_evaluation_between_a_training_forward_and_its_backward_changes_nothing() {
+    for (h, w) in [(6, 6), (7, 5)] {
+        let x = random_input(&[2, 3, h, w], 0.0, 11);
+        let mut alone = Pooling::max(2, 2, 2, 0);
+        let y = alone.forward(x.clone(), true).unwrap();
+        let dout = random_input(y.shape(), 0.0, 12);
+        let want = alone.backward(dout.clone());
+        let mut pool = Pooling::max(2, 2, 2, 0);
+        pool.forward(x, true).unwrap();
+        // 2x2 windows over an even and an odd size: the fast and the general path
+        for other in [[5, 3, 8, 8], [1, 3, 9, 7]] {
+            pool.forward(random_input(&other, 0.0, 13), false).unwrap();
+        }
+        assert_eq!(pool.backward(dout), want, "{h} x {w}");
+    }
 }
 
 #[test]
@@ -207,7 +229,9 @@ fn max_pooling_sends_a_window_without_a_largest_value_to_its_first_element() {
                 x[[0, 0, y, c]] = fill;
             }
             let mut pool = Pooling::max(2, 2, 2, 0);
-            pool.forward(x, true).unwrap();
+            let y = pool.forward(x.clone(), true).unwrap();
+            assert_eq!(y[[0, 0, 1, ox]], f32::NEG_INFINITY, "{fill} at {ox}");
+            assert_eq!(Pooling::max(2, 2, 2, 0).forward(x, false).unwrap(), y, "{fill} at {ox}");
             let dx = pool.backward(Tensor::ones(vec![1, 1, 2, 3]));
             assert_eq!(dx[[0, 0, 2, 2 * ox]], 1.0, "{fill} at {ox}");
             assert_eq!(dx.iter().sum::<f32>(), 6.0, "{fill} at {ox}");

@@ -61,7 +61,7 @@ impl ConvAlgo {
         let winograd = match self {
             ConvAlgo::Lowered => return None,
             ConvAlgo::Auto if isa == Isa::Scalar => return None,
-            ConvAlgo::Auto => WinogradConv::pays(g, filters),
+            ConvAlgo::Auto => WinogradConv::pays(g, filters, isa),
             ConvAlgo::Winograd => true,
             ConvAlgo::Direct => false,
         };
@@ -978,10 +978,16 @@ mod tests {
                 assert_eq!(kernel(ConvAlgo::Auto, &w16, &g3), None, "plain loops lose to the GEMM");
             } else {
                 assert_eq!(kernel(ConvAlgo::Auto, &w16, &g3), Some("winograd"));
+                let sixteen = if isa == Isa::Avx512 { "winograd" } else { "direct" };
                 assert_eq!(
                     kernel(ConvAlgo::Auto, &w16[..16 * 16 * 9], &g3),
+                    Some(sixteen),
+                    "16 x 16: Winograd pays at AVX-512 only"
+                );
+                assert_eq!(
+                    kernel(ConvAlgo::Auto, &w16[..8 * 16 * 9], &g3),
                     Some("direct"),
-                    "16 x 16: Winograd does not pay"
+                    "16 x 8: Winograd does not pay"
                 );
                 assert_eq!(
                     kernel(ConvAlgo::Auto, &w1, &g1),
@@ -1013,11 +1019,11 @@ mod tests {
 
     #[test]
     fn the_filter_gradient_takes_its_own_kernel_under_auto() {
-        // 16 to 16 on 8x8: the direct kernel forward, Winograd's gradient; 64 to 64 on
+        // 16 to 8 on 8x8: the direct kernel forward, Winograd's gradient; 64 to 64 on
         // 7x7: the other way round; forced algorithms keep the forward's kernel
         let g8 = ConvGeometry::new(16, 8, 8, 3, 3, 1, 1).unwrap();
         let g7 = ConvGeometry::new(64, 7, 7, 3, 3, 1, 1).unwrap();
-        let (w8, w7) = (vec![0.25f32; 16 * 16 * 9], vec![0.25f32; 64 * 64 * 9]);
+        let (w8, w7) = (vec![0.25f32; 8 * 16 * 9], vec![0.25f32; 64 * 64 * 9]);
         for isa in Isa::supported_levels().into_iter().filter(|&i| i != Isa::Scalar) {
             let names = |g: ConvGeometry, f: usize, w: &[f32], algo: ConvAlgo| {
                 let plan = ConvPlan::new(g, f, algo).with_isa(isa);
@@ -1030,9 +1036,9 @@ mod tests {
                 assert_eq!(gradient.gradient_pays(), pays, "{} {g:?}", gradient.name());
                 (forward.name(), gradient.name())
             };
-            assert_eq!(names(g8, 16, &w8, ConvAlgo::Auto), ("direct", "winograd"), "{isa}");
+            assert_eq!(names(g8, 8, &w8, ConvAlgo::Auto), ("direct", "winograd"), "{isa}");
             assert_eq!(names(g7, 64, &w7, ConvAlgo::Auto), ("winograd", "direct"), "{isa}");
-            assert_eq!(names(g8, 16, &w8, ConvAlgo::Direct), ("direct", "direct"), "{isa}");
+            assert_eq!(names(g8, 8, &w8, ConvAlgo::Direct), ("direct", "direct"), "{isa}");
             assert_eq!(
                 names(g7, 64, &w7, ConvAlgo::Winograd),
                 ("winograd", "winograd"),

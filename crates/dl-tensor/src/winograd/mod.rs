@@ -69,13 +69,16 @@ impl WinogradConv {
     }
 
     /// Whether Winograd's forward pass beats the direct kernel's for `filters` filters on
-    /// this geometry: with at least 8 input channels and `C * FN >= 512`. The transforms
-    /// cost per channel, the products per channel and filter: with one input channel, or
-    /// 16 in and 16 out (ResNet's first stage: 9.4-10.6 ms against 6.2 on a batch of
-    /// 100), the transforms cost more than the multiplies they save (`ConvPlan` timings
-    /// per layer shape in docs/PERFORMANCE.md).
-    pub fn pays(g: &ConvGeometry, filters: usize) -> bool {
-        Self::applies(g) && g.c >= 8 && g.c * filters >= 512
+    /// this geometry at the instruction set `isa`: with at least 8 input channels and
+    /// `C * FN >= 512`, or at AVX-512 `C * FN >= 256`. The transforms cost per channel,
+    /// the products per channel and filter: with one input channel the transforms cost
+    /// more than the multiplies they save; with 16 in and 16 out (DeepConvNet's conv2
+    /// and its input gradient, 28 x 28) Winograd takes 0.75x the direct kernel's time
+    /// per image at AVX-512 and 1.2x at AVX2 (the `convolution` group of the kernels'
+    /// benchmark, docs/PERFORMANCE.md).
+    pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
+        let least = if isa == Isa::Avx512 { 256 } else { 512 };
+        Self::applies(g) && g.c >= 8 && g.c * filters >= least
     }
 
     /// Whether Winograd's filter gradient beats the direct kernel's on this geometry:
@@ -799,12 +802,25 @@ mod tests {
         let five = ConvGeometry::new(1, 8, 8, 5, 5, 1, 1).unwrap();
         assert!(WinogradConv::new(&[0.0; 25], 1, &five).is_none());
         let g = |c, hw| ConvGeometry::new(c, hw, hw, 3, 3, 1, 1).unwrap();
-        assert!(!WinogradConv::pays(&g(1, 28), 64), "one channel");
-        assert!(!WinogradConv::pays(&g(16, 28), 16), "16 x 16");
-        assert!(!WinogradConv::pays(&g(4, 28), 128), "4 channels");
-        assert!(WinogradConv::pays(&g(16, 28), 32));
-        assert!(WinogradConv::pays(&g(8, 28), 64));
-        assert!(!WinogradConv::pays(&strided, 64), "stride 2");
+        for isa in Isa::ALL {
+            assert!(!WinogradConv::pays(&g(1, 28), 64, isa), "one channel at {isa}");
+            assert!(!WinogradConv::pays(&g(4, 28), 128, isa), "4 channels at {isa}");
+            assert!(!WinogradConv::pays(&g(8, 28), 16, isa), "8 x 16 at {isa}");
+            assert!(WinogradConv::pays(&g(16, 28), 32, isa));
+            assert!(WinogradConv::pays(&g(8, 28), 64, isa));
+            assert!(!WinogradConv::pays(&strided, 64, isa), "stride 2 at {isa}");
+            // 16 x 16 only at AVX-512
+            assert_eq!(
+                WinogradConv::pays(&g(16, 28), 16, isa),
+                isa == Isa::Avx512,
+                "16 x 16 at {isa}"
+            );
+            assert_eq!(
+                WinogradConv::pays(&g(8, 28), 32, isa),
+                isa == Isa::Avx512,
+                "8 x 32 at {isa}"
+            );
+        }
         assert!(WinogradConv::gradient_pays_on(&g(16, 28)));
         assert!(WinogradConv::gradient_pays_on(&g(8, 8)));
         assert!(!WinogradConv::gradient_pays_on(&g(64, 7)), "7 x 7");
