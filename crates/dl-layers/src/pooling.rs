@@ -273,3 +273,45 @@ impl Layer for Pooling {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path computes what the general one does (the tests in
+    /// `tests/forward.rs` compare them), so only its choice is tested here: whole 2x2
+    /// windows with stride 2 and no padding, and nothing next to them.
+    #[test]
+    fn the_fast_path_takes_whole_2x2_windows_with_stride_2_only() {
+        let fast = |pool: Pooling, h: usize, w: usize| pool.full_2x2(&pool.geometry(&[1, 3, h, w]).unwrap());
+        for (h, w) in [(28, 28), (6, 4), (2, 8)] {
+            assert!(fast(Pooling::max(2, 2, 2, 0), h, w), "{h} x {w}");
+        }
+        assert!(!fast(Pooling::max(2, 2, 2, 0), 5, 6), "odd height");
+        assert!(!fast(Pooling::max(2, 2, 2, 0), 6, 5), "odd width");
+        // the other conditions hold for these: 1 x 2 and 2 x 1 windows with stride 2 over
+        // even sizes, and a 2 x 2 window with stride 1 over 2 x 2 (one window)
+        assert!(!fast(Pooling::max(1, 2, 2, 0), 6, 6), "1 high");
+        assert!(!fast(Pooling::max(2, 1, 2, 0), 6, 6), "1 wide");
+        assert!(!fast(Pooling::max(2, 2, 1, 0), 2, 2), "stride 1");
+        assert!(!fast(Pooling::max(2, 2, 2, 1), 6, 6), "padded");
+    }
+
+    /// Evaluation's maxima are the training path's bit for bit, ties of `-0` and `+0`
+    /// (equal, of different signs: the first wins) and NaN (never the largest) included.
+    #[test]
+    fn the_maxima_alone_are_those_of_the_path_with_positions() {
+        let (z, n, nan) = (0.0f32, -0.0f32, f32::NAN);
+        // two rows of 8: four windows
+        #[rustfmt::skip]
+        let p = [
+            n, z, nan, 1.0, z, n, nan, nan,
+            z, z, 2.0, nan, n, z, nan, -3.0,
+        ];
+        let (mut with, mut alone, mut at) = ([9.0f32; 4], [9.0f32; 4], [0u32; 4]);
+        max_pool_2x2(&p, 8, 1, 4, &mut with, &mut at);
+        max_pool_2x2_values(&p, 8, 1, 4, &mut alone);
+        assert_eq!(with.map(f32::to_bits), alone.map(f32::to_bits));
+        assert_eq!(alone.map(f32::to_bits), [n, 2.0, z, -3.0].map(f32::to_bits));
+    }
+}
