@@ -163,34 +163,45 @@ impl Layer for Pooling {
                     });
                     return Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"));
                 }
-                arg.resize(n * g.c * oplane, 0);
-                out.par_chunks_mut(oplane)
-                    .zip(arg.par_chunks_mut(oplane))
-                    .zip(xs.par_chunks(plane))
-                    .for_each(|((o, a), p)| {
-                        if full_2x2 {
-                            max_pool_2x2(p, g.w, g.out_h, g.out_w, o, a);
-                            return;
-                        }
-                        for oy in 0..g.out_h {
-                            let (y0, y1) = self.window(oy, g.fh, g.h);
-                            for ox in 0..g.out_w {
-                                let (x0, x1) = self.window(ox, g.fw, g.w);
-                                let mut best = f32::NEG_INFINITY;
-                                let mut best_i = y0 * g.w + x0;
-                                for yy in y0..y1 {
-                                    for (xx, &v) in p[yy * g.w + x0..yy * g.w + x1].iter().enumerate() {
-                                        if v > best {
-                                            best = v;
-                                            best_i = yy * g.w + x0 + xx;
-                                        }
+                // the general path: any window, stride and padding
+                let general = |o: &mut [f32], a: &mut [u32], p: &[f32]| {
+                    for oy in 0..g.out_h {
+                        let (y0, y1) = self.window(oy, g.fh, g.h);
+                        for ox in 0..g.out_w {
+                            let (x0, x1) = self.window(ox, g.fw, g.w);
+                            let mut best = f32::NEG_INFINITY;
+                            let mut best_i = y0 * g.w + x0;
+                            for yy in y0..y1 {
+                                for (xx, &v) in p[yy * g.w + x0..yy * g.w + x1].iter().enumerate() {
+                                    if v > best {
+                                        best = v;
+                                        best_i = yy * g.w + x0 + xx;
                                     }
                                 }
-                                o[oy * g.out_w + ox] = best;
-                                a[oy * g.out_w + ox] = best_i as u32;
                             }
+                            o[oy * g.out_w + ox] = best;
+                            a[oy * g.out_w + ox] = best_i as u32;
                         }
-                    });
+                    }
+                };
+                if train {
+                    arg.resize(n * g.c * oplane, 0);
+                    out.par_chunks_mut(oplane)
+                        .zip(arg.par_chunks_mut(oplane))
+                        .zip(xs.par_chunks(plane))
+                        .for_each(|((o, a), p)| {
+                            if full_2x2 {
+                                max_pool_2x2(p, g.w, g.out_h, g.out_w, o, a);
+                            } else {
+                                general(o, a, p);
+                            }
+                        });
+                } else {
+                    // evaluation keeps no positions: one plane's worth per task
+                    out.par_chunks_mut(oplane)
+                        .zip(xs.par_chunks(plane))
+                        .for_each_init(|| vec![0u32; oplane], |a, (o, p)| general(o, a, p));
+                }
             }
             PoolKind::Average => {
                 let area = (g.fh * g.fw) as f32;
