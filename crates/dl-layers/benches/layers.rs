@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dl_layers::gradcheck::random_input;
-use dl_layers::{Layer, Pooling, Relu};
+use dl_layers::{Convolution, Init, Layer, Pooling, Relu, Sequential};
 
 fn pooling(c: &mut Criterion) {
     let mut group = c.benchmark_group("pooling");
@@ -36,9 +36,35 @@ fn relu(c: &mut Criterion) {
     group.finish();
 }
 
+/// A training step (forward and backward) of DeepConvNet's second convolution (16 to 16
+/// channels, 28x28) and the ReLU after it: run as one by a `Sequential`
+/// (`Layer::forward_relu_train`), and as the two layers one after the other.
+fn convolution_relu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("convolution+relu train");
+    let x = random_input(&[100, 16, 28, 28], 0.0, 4);
+    let dout = random_input(&[100, 16, 28, 28], 0.0, 5);
+    let conv = Convolution::new(16, 16, 3, 3, 1, 1, Init::He, 6);
+    let mut fused = Sequential::new().with(conv.clone()).with(Relu::new());
+    group.bench_function("as one", |b| {
+        b.iter(|| {
+            fused.forward(x.clone(), true).unwrap();
+            fused.backward(dout.clone())
+        })
+    });
+    let (mut conv, mut relu) = (conv, Relu::new());
+    group.bench_function("one by one", |b| {
+        b.iter(|| {
+            let y = conv.forward(x.clone(), true).unwrap();
+            relu.forward(y, true).unwrap();
+            conv.backward(relu.backward(dout.clone()))
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = pooling, relu
+    targets = pooling, relu, convolution_relu
 }
 criterion_main!(benches);

@@ -113,7 +113,8 @@ impl Convolution {
         Ok(ConvPlan::new(g, f, self.algo))
     }
 
-    /// The forward pass, with the ReLU after it fused when `relu` (evaluation only).
+    /// The forward pass, with the ReLU after it fused when `relu` (its mask kept for
+    /// `backward` in training).
     fn forward_then(&mut self, x: Tensor, train: bool, relu: bool) -> Result<Tensor, LayerError> {
         let mut plan = self.plan(x.shape())?;
         if let Some(kernel) = self.bf16 {
@@ -131,10 +132,14 @@ impl Convolution {
         let w = rounded.as_deref().unwrap_or(w);
         let b = self.b.as_ref().map(|b| b.value.as_slice().expect("contiguous b"));
         let x_values = x.as_slice().expect("standard layout");
-        let (out, saved) = if relu {
-            plan.forward_relu(w, b, x_values)
-        } else {
-            plan.forward(w, b, x_values)
+        let (out, saved) = match (relu, train) {
+            (true, true) => {
+                // the last step's mask's memory
+                let mask = self.cache.take().and_then(|(_, saved)| saved.into_relu_mask());
+                plan.forward_relu_masked(w, b, x_values, mask.unwrap_or_default())
+            }
+            (true, false) => plan.forward_relu(w, b, x_values),
+            (false, _) => plan.forward(w, b, x_values),
         };
         if train {
             self.x = Some(x);
@@ -176,6 +181,17 @@ impl Layer for Convolution {
     /// ([`ConvPlan::forward_relu`]).
     fn forward_relu(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
         self.forward_then(x, false, true)
+    }
+
+    fn fuses_relu_in_training(&self) -> bool {
+        true
+    }
+
+    /// The training forward with the ReLU's mask taken from each image's output as it is
+    /// written, and applied in `backward` to each image's gradient as it is read
+    /// ([`ConvPlan::forward_relu_masked`]).
+    fn forward_relu_train(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        self.forward_then(x, true, true)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {

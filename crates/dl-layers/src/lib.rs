@@ -158,6 +158,25 @@ pub trait Layer: Send + Sync {
         Relu::new().forward(y, false)
     }
 
+    /// Whether the layer runs the [`Relu`] after it in training as well
+    /// ([`Layer::forward_relu_train`]); a [`Sequential`] then skips that ReLU both ways.
+    /// A [`Convolution`] does; the default is `false`.
+    fn fuses_relu_in_training(&self) -> bool {
+        false
+    }
+
+    /// The training forward (`forward(x, true)`) followed by a ReLU, for a layer whose
+    /// [`Layer::fuses_relu_in_training`] is `true`: returns `max(0, y)` and keeps the
+    /// ReLU's mask, and the next `backward` takes the gradient with respect to the ReLU's
+    /// output (the ReLU's backward runs inside it). The default, for a layer that cannot,
+    /// is an error.
+    fn forward_relu_train(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        Err(LayerError::Invalid {
+            layer: self.name().to_string(),
+            message: format!("cannot run the ReLU after it in training (input {:?})", x.shape()),
+        })
+    }
+
     /// Given `dL/dout`, stores the parameter gradients and returns `dL/dx`.
     ///
     /// # Panics

@@ -11,6 +11,9 @@ pub struct Sequential {
     input_gradient_unread: bool,
     /// The input shape of the last training forward.
     input_shape: Vec<usize>,
+    /// Per layer, whether the last training forward ran it inside the layer before it
+    /// (a ReLU after a [`Layer::fuses_relu_in_training`] layer): `backward` skips it.
+    fused: Vec<bool>,
 }
 
 impl std::fmt::Debug for Sequential {
@@ -131,21 +134,24 @@ impl Layer for Sequential {
     fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         if train {
             self.input_shape = x.shape().to_vec();
-            for layer in &mut self.layers {
-                x = layer.forward(x, true)?;
-            }
-            return Ok(x);
+            self.fused = vec![false; self.layers.len()];
         }
-        // in evaluation, a layer followed by a ReLU runs the two as one
+        // a layer followed by a ReLU runs the two as one: in evaluation any layer, in
+        // training one that keeps the ReLU's mask itself
         let mut i = 0;
         while i < self.layers.len() {
-            let fuse = self.layers.get(i + 1).is_some_and(|next| is_relu(next.as_ref()));
+            let layer = &self.layers[i];
+            let fuse = (!train || layer.fuses_relu_in_training())
+                && self.layers.get(i + 1).is_some_and(|next| is_relu(next.as_ref()));
             let layer = &mut self.layers[i];
-            x = if fuse {
-                layer.forward_relu(x)?
-            } else {
-                layer.forward(x, false)?
+            x = match (fuse, train) {
+                (true, true) => layer.forward_relu_train(x)?,
+                (true, false) => layer.forward_relu(x)?,
+                (false, _) => layer.forward(x, train)?,
             };
+            if fuse && train {
+                self.fused[i + 1] = true;
+            }
             i += 1 + usize::from(fuse);
         }
         Ok(x)
@@ -153,12 +159,15 @@ impl Layer for Sequential {
 
     fn backward(&mut self, mut dout: Tensor) -> Tensor {
         let read = self.input_gradients_read();
-        for (layer, read) in self.layers.iter_mut().zip(read).rev() {
+        for (i, (layer, read)) in self.layers.iter_mut().zip(read).enumerate().rev() {
             if !read && !layer.is_trainable() {
                 // nothing from here down learns and nobody reads dx: stop
                 return Tensor::zeros(self.input_shape.clone());
             }
-            dout = layer.backward(dout);
+            if !self.fused.get(i).copied().unwrap_or(false) {
+                // (a fused ReLU's backward runs in the layer before it)
+                dout = layer.backward(dout);
+            }
         }
         dout
     }

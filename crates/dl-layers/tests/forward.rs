@@ -1083,3 +1083,96 @@ fn forward_relu_is_the_evaluation_forward_then_the_relu() {
     assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
     assert_eq!(affine.forward_relu(x).unwrap(), want);
 }
+
+/// A layer that passes its input through and runs the ReLU after it in training too,
+/// marking that by giving -42 everywhere forward and twice the gradient backward.
+#[derive(Clone)]
+struct TrainingFusionProbe;
+
+impl Layer for TrainingFusionProbe {
+    fn name(&self) -> &str {
+        "TrainingFusionProbe"
+    }
+    fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Ok(x)
+    }
+    fn fuses_relu_in_training(&self) -> bool {
+        true
+    }
+    fn forward_relu_train(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
+        Ok(x.mapv(|_| -42.0))
+    }
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        dout * 2.0
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        Ok(input.to_vec())
+    }
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn in_training_a_layer_that_fuses_the_relu_runs_it_and_the_relu_is_skipped_both_ways() {
+    let x = random_input(&[2, 3, 4, 4], 0.0, 17);
+    let dout = random_input(&[2, 3, 4, 4], 0.0, 18);
+    let mut seq = Sequential::new().with(TrainingFusionProbe).with(Relu::new());
+    assert_eq!(seq.forward(x.clone(), true).unwrap(), x.mapv(|_| -42.0));
+    // the ReLU, never run forward, is not run backward (its backward would panic)
+    assert_eq!(seq.backward(dout.clone()), &dout * 2.0);
+    // a fusing layer with no ReLU after it runs its own two passes
+    let mut seq = Sequential::new()
+        .with(TrainingFusionProbe)
+        .with(Relu::new())
+        .with(TrainingFusionProbe);
+    assert_eq!(seq.forward(x.clone(), true).unwrap(), x.mapv(|_| -42.0));
+    assert_eq!(seq.backward(dout.clone()), &dout * 4.0);
+    // a layer that does not fuse in training says so, and runs beside its ReLU
+    let mut affine = Affine::new(3 * 4 * 4, 5, Init::He, 19);
+    assert!(!affine.fuses_relu_in_training());
+    assert!(matches!(
+        affine.forward_relu_train(x.clone()),
+        Err(LayerError::Invalid { .. })
+    ));
+    let mut seq = Sequential::new().with(FusionProbe).with(Relu::new());
+    assert_eq!(seq.forward(x.clone(), true).unwrap(), x.mapv(|v| v.max(0.0)));
+    let mask = x.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
+    assert_eq!(seq.backward(dout.clone()), &dout * &mask);
+}
+
+#[test]
+fn in_training_convolutions_and_their_relus_as_one_give_the_layers_one_by_one_bit_for_bit() {
+    let x = random_input(&[5, 3, 9, 9], 0.0, 21);
+    let dout = random_input(&[5, 16, 9, 9], 0.0, 22);
+    for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+        let conv = |c, f, seed| {
+            let mut conv = Convolution::new(c, f, 3, 3, 1, 1, Init::He, seed);
+            conv.b.as_mut().unwrap().value = random_input(&[f], 0.0, seed + 1);
+            conv.set_algo(algo);
+            conv
+        };
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(conv(3, 16, 23)),
+            Box::new(Relu::new()),
+            Box::new(conv(16, 16, 25)),
+            Box::new(Relu::new()),
+        ];
+        let mut seq: Sequential = layers.iter().map(|l| l.clone_box()).collect();
+        let mut one_by_one = layers;
+        let y = seq.forward(x.clone(), true).unwrap();
+        let want = one_by_one
+            .iter_mut()
+            .try_fold(x.clone(), |x, l| l.forward(x, true))
+            .unwrap();
+        assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
+        assert_eq!(y, want, "{algo:?}");
+        let dx = seq.backward(dout.clone());
+        let want_dx = one_by_one.iter_mut().rev().fold(dout.clone(), |d, l| l.backward(d));
+        assert_eq!(dx, want_dx, "{algo:?}");
+        let grads =
+            |p: Vec<(String, &dl_layers::Param)>| p.into_iter().map(|(_, p)| p.grad.clone()).collect::<Vec<_>>();
+        let want_grads: Vec<Tensor> = one_by_one.iter().flat_map(|l| grads(l.params())).collect();
+        assert_eq!(grads(seq.params()), want_grads, "{algo:?}");
+    }
+}

@@ -23,6 +23,7 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use rayon::iter::Either;
 use rayon::prelude::*;
 
 use crate::dpbf16::{gemm_products, Bf16Kernel};
@@ -82,10 +83,13 @@ impl ConvAlgo {
 pub const GROUP: usize = 4;
 
 /// What a training forward keeps for the backward pass: the kernel it ran (the filter
-/// gradient depends on the geometry only, so it is built once per step).
+/// gradient depends on the geometry only, so it is built once per step) and, after
+/// [`ConvPlan::forward_relu_masked`], the ReLU's mask.
 #[derive(Debug, Clone, Default)]
 pub struct ConvSaved {
     kernel: Option<Arc<dyn ConvKernel>>,
+    /// `true` where the output was `<= 0` before the ReLU (the book's `Relu.mask`).
+    relu_mask: Option<Vec<bool>>,
 }
 
 impl ConvSaved {
@@ -98,6 +102,12 @@ impl ConvSaved {
     /// whose GEMM chooses its own).
     pub fn kernel_isa(&self) -> Option<Isa> {
         self.kernel.as_ref().map(|k| k.isa())
+    }
+
+    /// The ReLU's mask, after [`ConvPlan::forward_relu_masked`]: memory for the next
+    /// step's.
+    pub fn into_relu_mask(self) -> Option<Vec<bool>> {
+        self.relu_mask
     }
 }
 
@@ -177,7 +187,7 @@ impl ConvPlan {
     /// # Panics
     /// If a length does not fit the plan (a programmer error: the layer checks shapes).
     pub fn forward(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, false)
+        self.forward_then(w, bias, x, Relu::None, Vec::new())
     }
 
     /// [`ConvPlan::forward`] followed by a ReLU, `max(0, y)`, applied to each image's
@@ -187,16 +197,52 @@ impl ConvPlan {
     /// # Panics
     /// As [`ConvPlan::forward`].
     pub fn forward_relu(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, true)
+        self.forward_then(w, bias, x, Relu::Plain, Vec::new())
     }
 
-    fn forward_then(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32], relu: bool) -> (Vec<f32>, ConvSaved) {
+    /// [`ConvPlan::forward_relu`] in training: it also keeps the ReLU's mask (where the
+    /// output was `<= 0`), taken from each image's output as it is written, and
+    /// [`ConvPlan::backward`] then takes the gradient with respect to the ReLU's output
+    /// and applies the mask to each image's gradient as it reads it: a convolution and
+    /// the ReLU after it, in one pass each way.
+    ///
+    /// # Panics
+    /// As [`ConvPlan::forward`].
+    ///
+    /// `mask` is memory for the mask, of any length and contents: the last step's
+    /// ([`ConvSaved::into_relu_mask`]), so that it is not allocated and cleared anew
+    /// every step.
+    pub fn forward_relu_masked(
+        &self,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        mask: Vec<bool>,
+    ) -> (Vec<f32>, ConvSaved) {
+        self.forward_then(w, bias, x, Relu::Masked, mask)
+    }
+
+    fn forward_then(
+        &self,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        relu: Relu,
+        mut mask: Vec<bool>,
+    ) -> (Vec<f32>, ConvSaved) {
         let g = &self.g;
         let (in_len, out_len) = self.lens();
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
         let kernel: Option<Arc<dyn ConvKernel>> = self.fast_kernel(w, self.filters, g).map(Arc::from);
+        // every value of the mask is written below
+        mask.resize(if relu == Relu::Masked { n * out_len } else { 0 }, false);
+        // the mask's chunk of each image (none without a mask)
+        let masks = match relu {
+            Relu::Masked => Either::Left(mask.par_chunks_mut(out_len.max(1)).map(Some)),
+            _ => Either::Right((0..n).into_par_iter().map(|_| None)),
+        };
         let out = match &kernel {
             // straight from the padded image, no lowering, into memory not cleared first
             // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
@@ -205,14 +251,12 @@ impl ConvPlan {
                 batch_uninit(n * out_len, |out| {
                     out.par_chunks_mut(out_len)
                         .zip(x.par_chunks(in_len))
-                        .for_each(|(o, xi)| {
+                        .zip(masks)
+                        .for_each(|((o, xi), m)| {
                             with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, bias, o, s));
-                            if relu {
-                                // SAFETY: `forward_image_uninit` wrote every element of
-                                // `o`, and `[MaybeUninit<f32>]` and `[f32]` have the same
-                                // layout.
-                                relu_in_place(&mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]));
-                            }
+                            // SAFETY: `forward_image_uninit` wrote every element of `o`,
+                            // and `[MaybeUninit<f32>]` and `[f32]` have the same layout.
+                            relu.apply(&mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]), m);
                         });
                 })
             },
@@ -221,19 +265,19 @@ impl ConvPlan {
                 let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
                 out.par_chunks_mut(out_len)
                     .zip(x.par_chunks(in_len))
-                    .for_each(|(o, xi)| {
+                    .zip(masks)
+                    .for_each(|((o, xi), m)| {
                         with_scratch(lowered_len(g), 0, |c, _| {
                             let col = lowered(xi, g, c);
                             self.forward_image(&wm, bias, col, o);
                         });
-                        if relu {
-                            relu_in_place(o);
-                        }
+                        relu.apply(o, m);
                     });
                 out
             }
         };
-        (out, ConvSaved { kernel })
+        let relu_mask = (relu == Relu::Masked).then_some(mask);
+        (out, ConvSaved { kernel, relu_mask })
     }
 
     /// The gradients of a batch: given `x` and `dout` `(N, FN, OH, OW)` of the forward
@@ -293,6 +337,16 @@ impl ConvPlan {
             (None, None) => g.col_rows() * g.col_cols(),
         };
         let wm = ArrayView2::from_shape((f, ckk), w).expect("W matrix");
+        let mask = saved.relu_mask.as_deref();
+        if let Some(mask) = mask {
+            assert_eq!(mask.len(), dout.len(), "ConvPlan: the ReLU's mask is not that of dout");
+        }
+        // each group's mask (none without a ReLU), and room for one image's masked dout
+        let masks = match mask {
+            Some(m) => Either::Left(m.par_chunks(out_len * GROUP).map(Some)),
+            None => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| None)),
+        };
+        let masked_len = if mask.is_some() { out_len } else { 0 };
         let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
         // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
@@ -303,16 +357,30 @@ impl ConvPlan {
                     .par_chunks_mut(in_len * GROUP)
                     .zip(dout.par_chunks(out_len * GROUP))
                     .zip(x.par_chunks(in_len * GROUP))
-                    .map(|((dxg, dg), xg)| {
+                    .zip(masks)
+                    .map(|(((dxg, dg), xg), mg)| {
                         let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
                         // the lowered path's sums (the fast path keeps its own in `sums`)
                         let (mut gw, mut gb) = match sums {
                             None if want_dw => (vec![0.0f32; f * ckk], vec![0.0f32; f]),
                             _ => (Vec::new(), Vec::new()),
                         };
-                        with_scratch(col_len, dcol_len, |col, dcol| {
-                            for ((dxi, di), xi) in dxg.chunks_mut(in_len).zip(dg.chunks(out_len)).zip(xg.chunks(in_len))
+                        with_scratch(col_len + masked_len, dcol_len, |col, dcol| {
+                            let (col, masked) = col.split_at_mut(col_len);
+                            for (i, ((dxi, di), xi)) in dxg
+                                .chunks_mut(in_len)
+                                .zip(dg.chunks(out_len))
+                                .zip(xg.chunks(in_len))
+                                .enumerate()
                             {
+                                // the ReLU's backward, on the image's gradient as it is read
+                                let di = match mg {
+                                    Some(m) => {
+                                        relu_backward(di, &m[i * out_len..(i + 1) * out_len], masked);
+                                        &*masked
+                                    }
+                                    None => di,
+                                };
                                 // dW += dout_i · col_i^T ; db += row sums of dout_i
                                 if !want_dw {
                                 } else if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
@@ -533,9 +601,49 @@ unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -
     buf
 }
 
+/// The ReLU a forward pass applies to each image's output as it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relu {
+    /// None.
+    None,
+    /// `max(0, y)`.
+    Plain,
+    /// `max(0, y)`, keeping where `y <= 0`.
+    Masked,
+}
+
+impl Relu {
+    /// Applies this ReLU to one image's output, writing its mask into `mask` when masked.
+    fn apply(self, values: &mut [f32], mask: Option<&mut [bool]>) {
+        match (self, mask) {
+            (Relu::None, _) => {}
+            (Relu::Masked, Some(mask)) => relu_masked(values, mask),
+            _ => relu_in_place(values),
+        }
+    }
+}
+
 /// `v = max(0, v)` for every value (a NaN becomes 0, as `dl-layers`' `Relu` makes it).
 fn relu_in_place(values: &mut [f32]) {
     values.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// [`relu_in_place`], and `mask = v <= 0` beside it, as `dl-layers`' `Relu` computes
+/// them in training (a NaN becomes 0 with its mask `false`).
+fn relu_masked(values: &mut [f32], mask: &mut [bool]) {
+    for (v, m) in values.iter_mut().zip(mask) {
+        *m = *v <= 0.0;
+        *v = v.max(0.0);
+    }
+}
+
+/// `dout` where the ReLU's mask is `false`, zero where it is `true` (the book's
+/// `Relu.backward`), into `out`.
+fn relu_backward(dout: &[f32], mask: &[bool], out: &mut [f32]) {
+    for ((o, &d), &m) in out.iter_mut().zip(dout).zip(mask) {
+        // a select, not a branch: vectorises
+        *o = if m { 0.0 } else { d };
+    }
 }
 
 /// Clears `buf` and returns it as initialised values.
@@ -702,6 +810,51 @@ mod tests {
             x[0] = f32::NAN;
             let (fused, _) = ConvPlan::new(g, f, ConvAlgo::Auto).forward_relu(&w, None, &x);
             assert!(fused.iter().all(|v| *v >= 0.0), "a NaN passed the ReLU");
+        }
+    }
+
+    /// `forward_relu_masked` is `forward` then the book's `Relu` in training (`max(0, y)`,
+    /// mask `y <= 0`), and the backward of what it saved is the plain backward of the
+    /// masked gradient, bit for bit, on every path, over more than one group of images.
+    #[test]
+    fn the_masked_relu_is_the_relu_around_the_plain_pass_both_ways_on_every_path() {
+        for (c, h, f, stride) in [(16, 7, 32, 1), (1, 9, 5, 1), (3, 9, 4, 2)] {
+            let g = ConvGeometry::new(c, h, h, 3, 3, stride, 1).unwrap();
+            let n = GROUP + 2;
+            let w = random4((f, c, 3, 3), 4).into_raw_vec_and_offset().0;
+            let mut x = random4((n, c, h, h), 5).into_raw_vec_and_offset().0;
+            x[1] = f32::NAN; // NaN outputs: 0 forward, the gradient passes (mask false)
+            let bias: Vec<f32> = (0..f).map(|i| 0.2 * i as f32 - 0.3).collect();
+            let out_len = f * g.out_h * g.out_w;
+            let dout = random4((n, f, g.out_h, g.out_w), 6).into_raw_vec_and_offset().0;
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                    let plan = ConvPlan {
+                        isa,
+                        ..ConvPlan::new(g, f, algo)
+                    };
+                    let (y, plain) = plan.forward(&w, Some(&bias), &x);
+                    let (fused, saved) = plan.forward_relu_masked(&w, Some(&bias), &x, vec![true; 7]);
+                    let at = format!("{algo:?} at {isa} ({})", saved.kernel_name());
+                    assert!(y.iter().any(|v| *v < 0.0) && y.iter().any(|v| *v > 0.0) && y.iter().any(|v| v.is_nan()));
+                    let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+                    assert_eq!(bits(&fused), bits(&want), "{at}");
+                    let mask: Vec<bool> = y.iter().map(|v| *v <= 0.0).collect();
+                    assert_eq!(saved.relu_mask.as_deref(), Some(&mask[..]), "{at}");
+                    assert_eq!(plain.relu_mask, None);
+                    let masked: Vec<f32> = dout.iter().zip(&mask).map(|(d, m)| if *m { 0.0 } else { *d }).collect();
+                    let (mut dw0, mut db0) = (vec![0.0; w.len()], vec![0.0; f]);
+                    let (mut dw1, mut db1) = (vec![0.0; w.len()], vec![0.0; f]);
+                    let dx0 = plan.backward(&w, &plain, &x, &masked, true, Some(&mut dw0), Some(&mut db0));
+                    let dx1 = plan.backward(&w, &saved, &x, &dout, true, Some(&mut dw1), Some(&mut db1));
+                    assert_eq!(bits(&dx1), bits(&dx0), "dx, {at}");
+                    assert_eq!(bits(&dw1), bits(&dw0), "dW, {at}");
+                    assert_eq!(bits(&db1), bits(&db0), "db, {at}");
+                    // the last group's images are masked by their own part of the mask
+                    assert!(mask[(GROUP + 1) * out_len..].iter().any(|m| *m));
+                }
+            }
         }
     }
 
