@@ -59,7 +59,7 @@ pub use blocks::MAX_PARAMS;
 pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
 pub use error::ModelError;
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, InceptionParam};
-pub use network::{Network, TransferReport, TRAINING_PREFIX};
+pub use network::{Network, TransferReport, EVAL_CHUNK, TRAINING_PREFIX};
 pub use registry::{build, load, ModelConfig, MODEL_KINDS};
 pub use resnet::{ResNet, ResNetConfig};
 pub use simple_convnet::{SimpleConvNet, SimpleConvNetConfig};

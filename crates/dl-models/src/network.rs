@@ -250,18 +250,21 @@ impl Network {
     /// In evaluation, on more than one thread, a batch of four images or more is split
     /// into one share per thread (fewer when the batch has under two images per thread:
     /// every share has at least two), and each share runs through every layer on a copy
-    /// of the root of its own, in parallel: each core keeps its own images' activations
-    /// in its cache, and no layer waits for the other threads between layers. Each
-    /// image's scores are computed as they are for the whole batch, so the result does
-    /// not depend on the thread count.
+    /// of the root of its own, in parallel, [`EVAL_CHUNK`] images at a time: each core
+    /// keeps its own images' activations in its cache, and no layer waits for the other
+    /// threads between layers. Each image's scores are computed as they are for the
+    /// whole batch, so the result does not depend on the thread count.
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let n = x.shape().first().copied().unwrap_or(0);
         let shares = rayon::current_num_threads().min(n / 2);
         if train {
             self.replicas.0.clear();
         }
-        if train || shares < 2 {
-            return Ok(self.root.forward(x, train)?);
+        if train {
+            return Ok(self.root.forward(x, true)?);
+        }
+        if shares < 2 {
+            return Ok(forward_in_chunks(&mut self.root, x)?);
         }
         while self.replicas.0.len() < shares - 1 {
             self.replicas.0.push(self.root.clone());
@@ -283,7 +286,7 @@ impl Network {
             .zip(parts)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|(root, part)| root.forward(part, false))
+            .map(|(root, part)| forward_in_chunks(root, part))
             .collect();
         let outs = outs.into_iter().collect::<Result<Vec<_>, _>>()?;
         let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
@@ -706,4 +709,35 @@ impl Network {
         self.set_tensors(values);
         Ok(())
     }
+}
+
+/// Images per pass in evaluation: [`Network::predict`] runs a share of more than twice
+/// this many images through the layers this many at a time, so that each layer's input
+/// and output stay in the core's cache.
+pub const EVAL_CHUNK: usize = 16;
+
+/// `root.forward(x, false)`, [`EVAL_CHUNK`] images at a time when `x` has more than
+/// twice as many (the last pass takes the rest: at least `EVAL_CHUNK` images).
+fn forward_in_chunks(root: &mut Sequential, x: Tensor) -> Result<Tensor, LayerError> {
+    let n = x.shape().first().copied().unwrap_or(0);
+    if n < 2 * EVAL_CHUNK {
+        return root.forward(x, false);
+    }
+    let mut outs = Vec::with_capacity(n / EVAL_CHUNK);
+    let mut start = 0;
+    while start < n {
+        let end = if n - start < 2 * EVAL_CHUNK {
+            n
+        } else {
+            start + EVAL_CHUNK
+        };
+        let chunk = x.slice_axis(Axis(0), ndarray::Slice::from(start..end)).to_owned();
+        outs.push(root.forward(chunk, false)?);
+        start = end;
+    }
+    let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| LayerError::Invalid {
+        layer: "Network".into(),
+        message: format!("the passes' outputs do not join: {e}"),
+    })
 }

@@ -689,10 +689,16 @@ fn evaluation_scores_do_not_depend_on_the_thread_count() {
         ..dl_models::ResNetConfig::default()
     };
     for mut net in [deep(3), dl_models::ResNet::new(config, 4).into_network()] {
-        for n in [1usize, 3, 4, 5, 7, 20, 33] {
+        // 70: passes of EVAL_CHUNK images on one thread (16, 16, 16, 22) and on two
+        // (16 and 19 a share)
+        assert_eq!(dl_models::EVAL_CHUNK, 16);
+        for n in [1usize, 3, 4, 5, 7, 20, 33, 70] {
             let x = random_input(&[n, 1, 28, 28], 0.0, 5 + n as u64);
             let one = predict_on(&mut net, &x, 1);
             assert_eq!(one.shape(), &[n, 10]);
+            // the root's own forward on the whole batch at once
+            let whole = net.root_mut().forward(x.clone(), false).unwrap();
+            assert_eq!(bits(&one), bits(&whole), "{} on {n} images", net.kind());
             for threads in [2, 3, 4] {
                 let many = predict_on(&mut net, &x, threads);
                 assert_eq!(
