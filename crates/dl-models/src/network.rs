@@ -714,7 +714,7 @@ impl Network {
 /// Images per pass in evaluation: [`Network::predict`] runs a share of more than twice
 /// this many images through the layers this many at a time, so that each layer's input
 /// and output stay in the core's cache.
-pub const EVAL_CHUNK: usize = 16;
+pub const EVAL_CHUNK: usize = 32;
 
 /// `root.forward(x, false)`, [`EVAL_CHUNK`] images at a time when `x` has more than
 /// twice as many (the last pass takes the rest: at least `EVAL_CHUNK` images).
