@@ -250,9 +250,9 @@ impl Network {
     /// In evaluation, on more than one thread, a batch of four images or more is split
     /// into one share per thread (fewer when the batch has under two images per thread:
     /// every share has at least two), and each share runs through every layer on a copy
-    /// of the root of its own, in parallel, [`EVAL_CHUNK`] images at a time: each core
-    /// keeps its own images' activations in its cache, and no layer waits for the other
-    /// threads between layers. Each image's scores are computed as they are for the
+    /// of the root of its own, in parallel (a share of twice [`EVAL_CHUNK`] images or
+    /// more, `EVAL_CHUNK` at a time): each core keeps its own images' activations in its
+    /// cache, and no layer waits for the other threads between layers. Each image's scores are computed as they are for the
     /// whole batch, so the result does not depend on the thread count.
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let n = x.shape().first().copied().unwrap_or(0);
@@ -711,13 +711,14 @@ impl Network {
     }
 }
 
-/// Images per pass in evaluation: [`Network::predict`] runs a share of more than twice
-/// this many images through the layers this many at a time, so that each layer's input
-/// and output stay in the core's cache.
+/// Images per pass in evaluation: [`Network::predict`] runs a share of twice this many
+/// images or more through the layers this many at a time, so that each layer's input and
+/// output stay in the core's cache.
 pub const EVAL_CHUNK: usize = 32;
 
-/// `root.forward(x, false)`, [`EVAL_CHUNK`] images at a time when `x` has more than
-/// twice as many (the last pass takes the rest: at least `EVAL_CHUNK` images).
+/// `root.forward(x, false)`, [`EVAL_CHUNK`] images at a time when `x` has twice as many
+/// or more (the last pass takes the rest: `EVAL_CHUNK` images or more, under twice as
+/// many).
 fn forward_in_chunks(root: &mut Sequential, x: Tensor) -> Result<Tensor, LayerError> {
     let n = x.shape().first().copied().unwrap_or(0);
     if n < 2 * EVAL_CHUNK {
