@@ -1174,5 +1174,16 @@ fn in_training_convolutions_and_their_relus_as_one_give_the_layers_one_by_one_bi
             |p: Vec<(String, &dl_layers::Param)>| p.into_iter().map(|(_, p)| p.grad.clone()).collect::<Vec<_>>();
         let want_grads: Vec<Tensor> = one_by_one.iter().flat_map(|l| grads(l.params())).collect();
         assert_eq!(grads(seq.params()), want_grads, "{algo:?}");
+        // the convolution's own contract: the ReLU's output forward, and backward the
+        // gradient with respect to it, masked inside
+        let (mut fused, mut plain) = (conv(3, 16, 27), conv(3, 16, 27));
+        assert!(fused.fuses_relu_in_training());
+        let y = plain.forward(x.clone(), true).unwrap();
+        assert_eq!(fused.forward_relu_train(x.clone()).unwrap(), y.mapv(|v| v.max(0.0)));
+        let masked = ndarray::Zip::from(&dout)
+            .and(&y)
+            .map_collect(|d, y| if *y > 0.0 { *d } else { 0.0 });
+        assert_eq!(fused.backward(dout.clone()), plain.backward(masked), "{algo:?}");
+        assert_eq!(fused.w.grad, plain.w.grad, "{algo:?}");
     }
 }

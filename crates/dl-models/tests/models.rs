@@ -832,8 +832,10 @@ fn evaluation_gives_each_thread_a_share_of_two_images_or_more_on_one_copy_each()
     };
     let mut net = Network::new("probe", dl_layers::Sequential::new().with(probe.clone()));
     // (images, threads, training): the shares each forward saw, and the copies made by
-    // this call (a training forward drops the copies: the next evaluation makes new ones)
-    let cases: [(usize, usize, bool, &[usize], usize); 8] = [
+    // this call (a training forward drops the copies: the next evaluation makes new ones);
+    // a share of 2 EVAL_CHUNK (64) images or more in passes of EVAL_CHUNK, the last with
+    // the rest
+    let cases: [(usize, usize, bool, &[usize], usize); 14] = [
         (8, 2, false, &[4, 4], 1),
         (8, 2, false, &[4, 4], 0),
         (7, 3, false, &[2, 2, 3], 1),
@@ -842,7 +844,14 @@ fn evaluation_gives_each_thread_a_share_of_two_images_or_more_on_one_copy_each()
         (5, 1, false, &[5], 0),
         (8, 2, true, &[8], 0),
         (8, 2, false, &[4, 4], 1),
+        (63, 1, false, &[63], 0),
+        (64, 1, false, &[32, 32], 0),
+        (95, 1, false, &[32, 63], 0),
+        (96, 1, false, &[32, 32, 32], 0),
+        (127, 2, false, &[32, 32, 63], 0),
+        (200, 2, false, &[32, 32, 32, 32, 36, 36], 0),
     ];
+    assert_eq!(dl_models::EVAL_CHUNK, 32);
     for (i, &(n, threads, train, shares, copies)) in cases.iter().enumerate() {
         probe.sizes.lock().unwrap().clear();
         let before = probe.copies.load(std::sync::atomic::Ordering::SeqCst);

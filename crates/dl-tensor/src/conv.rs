@@ -206,12 +206,12 @@ impl ConvPlan {
     /// and applies the mask to each image's gradient as it reads it: a convolution and
     /// the ReLU after it, in one pass each way.
     ///
-    /// # Panics
-    /// As [`ConvPlan::forward`].
-    ///
     /// `mask` is memory for the mask, of any length and contents: the last step's
     /// ([`ConvSaved::into_relu_mask`]), so that it is not allocated and cleared anew
     /// every step.
+    ///
+    /// # Panics
+    /// As [`ConvPlan::forward`].
     pub fn forward_relu_masked(
         &self,
         w: &[f32],
@@ -842,6 +842,7 @@ mod tests {
                     assert_eq!(bits(&fused), bits(&want), "{at}");
                     let mask: Vec<bool> = y.iter().map(|v| *v <= 0.0).collect();
                     assert_eq!(saved.relu_mask.as_deref(), Some(&mask[..]), "{at}");
+                    assert_eq!(saved.clone().into_relu_mask().as_deref(), Some(&mask[..]), "{at}");
                     assert_eq!(plain.relu_mask, None);
                     let masked: Vec<f32> = dout.iter().zip(&mask).map(|(d, m)| if *m { 0.0 } else { *d }).collect();
                     let (mut dw0, mut db0) = (vec![0.0; w.len()], vec![0.0; f]);
