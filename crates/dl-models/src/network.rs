@@ -721,21 +721,17 @@ pub const EVAL_CHUNK: usize = 32;
 /// many).
 fn forward_in_chunks(root: &mut Sequential, x: Tensor) -> Result<Tensor, LayerError> {
     let n = x.shape().first().copied().unwrap_or(0);
-    if n < 2 * EVAL_CHUNK {
+    let passes = n / EVAL_CHUNK;
+    if passes < 2 {
         return root.forward(x, false);
     }
-    let mut outs = Vec::with_capacity(n / EVAL_CHUNK);
-    let mut start = 0;
-    while start < n {
-        let end = if n - start < 2 * EVAL_CHUNK {
-            n
-        } else {
-            start + EVAL_CHUNK
-        };
-        let chunk = x.slice_axis(Axis(0), ndarray::Slice::from(start..end)).to_owned();
-        outs.push(root.forward(chunk, false)?);
-        start = end;
-    }
+    let outs = (0..passes)
+        .map(|i| {
+            let end = if i + 1 == passes { n } else { (i + 1) * EVAL_CHUNK };
+            let chunk = x.slice_axis(Axis(0), ndarray::Slice::from(i * EVAL_CHUNK..end));
+            root.forward(chunk.to_owned(), false)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| LayerError::Invalid {
         layer: "Network".into(),
