@@ -1,6 +1,7 @@
-//! Benchmarks of the element-wise and pooling layers at DeepConvNet's batch shapes
-//! (batch 100), forward and backward, on the rayon pool (all cores unless
-//! RAYON_NUM_THREADS says otherwise). Run with `cargo bench -p dl-layers`.
+//! Benchmarks of the element-wise and pooling layers, and of a convolution with the ReLU
+//! after it, at DeepConvNet's batch shapes (batch 100), forward and backward, on the
+//! rayon pool (all cores unless RAYON_NUM_THREADS says otherwise). Run with
+//! `cargo bench -p dl-layers`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dl_layers::gradcheck::random_input;
