@@ -134,7 +134,8 @@ impl Layer for Sequential {
     fn forward(&mut self, mut x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         if train {
             self.input_shape = x.shape().to_vec();
-            self.fused = vec![false; self.layers.len()];
+            self.fused.clear();
+            self.fused.resize(self.layers.len(), false);
         }
         // a layer followed by a ReLU runs the two as one: in evaluation any layer, in
         // training one that keeps the ReLU's mask itself

@@ -252,15 +252,14 @@ impl Network {
     /// every share has at least two), and each share runs through every layer on a copy
     /// of the root of its own, in parallel (a share of twice [`EVAL_CHUNK`] images or
     /// more, `EVAL_CHUNK` at a time): each core keeps its own images' activations in its
-    /// cache, and no layer waits for the other threads between layers. Each image's scores are computed as they are for the
-    /// whole batch, so the result does not depend on the thread count.
+    /// cache, and no layer waits for the other threads between layers. Each image's
+    /// scores are computed as they are for the whole batch, so the result does not
+    /// depend on the thread count.
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let n = x.shape().first().copied().unwrap_or(0);
         let shares = rayon::current_num_threads().min(n / 2);
         if train {
             self.replicas.0.clear();
-        }
-        if train {
             return Ok(self.root.forward(x, true)?);
         }
         if shares < 2 {
