@@ -48,7 +48,8 @@ fn f32_inference_is_the_networks_evaluation_forward() {
 
 /// At 16 bits every score is the f32 one within what the stored precision allows: the
 /// relative error of one rounding (2^-11 for f16, 2^-8 for bf16) grown over the
-/// network's depth, and the scores rank the classes as f32 does on nearly every image.
+/// network's depth, and every image whose two best f32 scores lie further apart than
+/// that error gets f32's class.
 #[test]
 fn sixteen_bit_inference_stays_close_to_f32() {
     // not a binarized network: a value rounded to 16 bits just above or below zero flips
@@ -67,14 +68,22 @@ fn sixteen_bit_inference_stays_close_to_f32() {
             let err = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs())) / scale;
             assert!(err < bound, "{kind} {precision}: relative error {err}");
             assert!(err > 0.0, "{kind} {precision}: 16 bits must round somewhere");
-            let same = full
-                .classify(&x, 8)
-                .unwrap()
-                .iter()
-                .zip(half.classify(&x, 8).unwrap())
-                .filter(|(a, b)| **a == *b)
-                .count();
-            assert!(same >= 30, "{kind} {precision}: {same} of 32 classes agree");
+            // wherever f32's two best scores are further apart than twice the largest
+            // error, 16 bits pick the same class
+            let (classes, half_classes) = (full.classify(&x, 8).unwrap(), half.classify(&x, 8).unwrap());
+            let mut clear = 0;
+            for (i, row) in want.outer_iter().enumerate() {
+                let mut scores: Vec<f32> = row.iter().copied().collect();
+                scores.sort_by(|a, b| b.total_cmp(a));
+                if scores[0] - scores[1] > 2.0 * err * scale {
+                    clear += 1;
+                    assert_eq!(classes[i], half_classes[i], "{kind} {precision}: image {i}");
+                }
+            }
+            assert!(
+                clear >= 16,
+                "{kind} {precision}: {clear} of 32 images are clear of the error"
+            );
             assert_eq!(2 * half.weight_bytes(), full.weight_bytes(), "{kind}");
         }
     }

@@ -6,7 +6,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dl_tensor::dpbf16::{gemm_bf16, Bf16Kernel};
 use dl_tensor::{
-    col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, Isa, WinogradConv,
+    col2im_chw, gemm, gemm_matrixmultiply, im2col_chw, ConvGeometry, ConvKernel, DirectConv, Isa, Winograd4Conv,
+    WinogradConv,
 };
 use ndarray::Array2;
 
@@ -195,6 +196,15 @@ fn convolution(c: &mut Criterion) {
             if let Some(d) = WinogradConv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
                 let mut scratch = vec![0.0f32; d.scratch_len()];
                 group.bench_function(BenchmarkId::new(format!("winograd-{isa}"), name), |b| {
+                    b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
+                });
+            }
+            if !Winograd4Conv::pays(&g, f, isa) {
+                continue;
+            }
+            if let Some(d) = Winograd4Conv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.scratch_len()];
+                group.bench_function(BenchmarkId::new(format!("winograd4-{isa}"), name), |b| {
                     b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
                 });
             }

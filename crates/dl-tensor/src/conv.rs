@@ -27,7 +27,9 @@ use rayon::iter::Either;
 use rayon::prelude::*;
 
 use crate::dpbf16::{gemm_products, Bf16Kernel};
-use crate::{col2im_chw, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Isa, WinogradConv};
+use crate::{
+    col2im_chw, im2col_chw, ConvGeometry, ConvKernel, DirectConv, GradientAccumulator, Isa, Winograd4Conv, WinogradConv,
+};
 
 /// Which algorithm a convolution runs. Every choice computes the same numbers up to
 /// rounding (the tests compare them); they differ in speed.
@@ -66,6 +68,11 @@ impl ConvAlgo {
             ConvAlgo::Winograd => true,
             ConvAlgo::Direct => false,
         };
+        if self == ConvAlgo::Auto && Winograd4Conv::pays(g, filters, isa) {
+            if let Some(k) = Winograd4Conv::with_isa(w, filters, g, isa) {
+                return Some(Box::new(k));
+            }
+        }
         if winograd {
             if let Some(k) = WinogradConv::with_isa(w, filters, g, isa) {
                 return Some(Box::new(k));
@@ -444,7 +451,7 @@ impl ConvPlan {
         let (g, isa) = (&self.g, forward.isa());
         let winograd = WinogradConv::gradient_pays_on(g);
         let other: Option<Arc<dyn ConvKernel>> = match (winograd, forward.name()) {
-            (true, "winograd") | (false, "direct") => None,
+            (true, "winograd" | "winograd-f4") | (false, "direct") => None,
             (true, _) => WinogradConv::with_isa(w, self.filters, g, isa).map(|k| Arc::new(k) as _),
             (false, _) => DirectConv::with_isa(w, self.filters, g, isa).map(|k| Arc::new(k) as _),
         };
@@ -1186,7 +1193,7 @@ mod tests {
                 assert_eq!(gradient.isa(), isa);
                 // the kernel's own filter gradient is taken where it pays: everywhere for
                 // Winograd, from 24 rows of dW^T on for the direct kernel
-                let pays = gradient.name() == "winograd" || g.col_rows() >= 24;
+                let pays = gradient.name().starts_with("winograd") || g.col_rows() >= 24;
                 assert_eq!(gradient.gradient_pays(), pays, "{} {g:?}", gradient.name());
                 (forward.name(), gradient.name())
             };
@@ -1200,7 +1207,14 @@ mod tests {
             );
             let g32 = ConvGeometry::new(32, 14, 14, 3, 3, 1, 1).unwrap();
             let w32 = vec![0.25f32; 32 * 32 * 9];
-            assert_eq!(names(g32, 32, &w32, ConvAlgo::Auto), ("winograd", "winograd"), "{isa}");
+            // at AVX-512, F(4x4, 3x3) forward, its filter gradient F(2x2, 3x3)'s
+            let f4 = if isa == Isa::Avx512 { "winograd-f4" } else { "winograd" };
+            assert_eq!(names(g32, 32, &w32, ConvAlgo::Auto), (f4, f4), "{isa}");
+            assert_eq!(
+                names(g32, 32, &w32, ConvAlgo::Winograd),
+                ("winograd", "winograd"),
+                "{isa}"
+            );
             let w1 = vec![0.25f32; 4 * 9];
             let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
             assert_eq!(names(g1, 4, &w1, ConvAlgo::Auto), ("direct", "direct"), "{isa}");

@@ -74,7 +74,7 @@ pub use isa::{cpu_simd_flags, Isa, IsaError, SIMD_ENV};
 pub use kernel::{ConvKernel, GradientAccumulator};
 pub use memory::retain_freed_memory;
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
-pub use winograd::WinogradConv;
+pub use winograd::{Winograd4Conv, WinogradConv};
 
 /// The tensor type used across dlfs: a dynamically shaped `f32` array (NCHW for images).
 pub type Tensor = ndarray::ArrayD<f32>;

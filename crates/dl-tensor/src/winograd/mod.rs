@@ -32,7 +32,10 @@ use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod f4;
 mod portable;
+
+pub use f4::Winograd4Conv;
 
 /// Tile columns of the widest register tile of the products (three 16-lane vectors).
 const NR: usize = 48;
@@ -112,21 +115,31 @@ impl WinogradConv {
             "WinogradConv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        if !Self::applies(g) || filters == 0 || !isa.runs_here() {
-            return None;
-        }
+        let mut k = Self::for_gradient(filters, g, isa)?;
         let c = g.c;
         let blocks = filters.div_ceil(MR);
-        let mut packed = vec![0.0f32; 16 * blocks * c * MR];
+        k.packed = vec![0.0f32; 16 * blocks * c * MR];
         for (f, filter) in w.chunks_exact(c * 9).enumerate() {
             let (b, r) = (f / MR, f % MR);
-            for (ci, k) in filter.chunks_exact(9).enumerate() {
-                let u = transform_filter(k.try_into().expect("3x3"));
+            for (ci, k3) in filter.chunks_exact(9).enumerate() {
+                let u = transform_filter(k3.try_into().expect("3x3"));
                 for (xi, &v) in u.iter().enumerate() {
-                    packed[((xi * blocks + b) * c + ci) * MR + r] = v;
+                    k.packed[((xi * blocks + b) * c + ci) * MR + r] = v;
                 }
             }
         }
+        Some(k)
+    }
+
+    /// The kernel of `filters` filters on `g` at `isa` without its filters: for the
+    /// filter gradient only (`weight_gradient_image`, `add_gradient`, which depend on the
+    /// geometry alone); its forward pass must not run. `None` as for
+    /// [`WinogradConv::with_isa`].
+    pub(crate) fn for_gradient(filters: usize, g: &ConvGeometry, isa: Isa) -> Option<Self> {
+        if !Self::applies(g) || filters == 0 || !isa.runs_here() {
+            return None;
+        }
+        let (c, packed) = (g.c, Vec::new());
         let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
         let tp = (th * tw).div_ceil(16) * 16;
         Some(Self {
@@ -264,35 +277,6 @@ impl WinogradConv {
         }
     }
 
-    /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)` for each of the 16 positions.
-    fn multiply(&self, v: &[f32], m: &mut [f32]) {
-        let (c, tp) = (self.g.c, self.tp);
-        // per position ξ: U[ξ] (blocks of MR filters), V[ξ] and M[ξ]
-        let positions = self
-            .packed
-            .chunks_exact(self.filters.div_ceil(MR) * c * MR)
-            .zip(v.chunks_exact(self.v_stride()))
-            .zip(m.chunks_exact_mut(self.m_stride()));
-        for ((u, vx), mx) in positions {
-            for (w, rows) in u.chunks_exact(c * MR).zip(mx.chunks_exact_mut(MR * tp)) {
-                let mut j = 0;
-                while j < tp {
-                    let width = (tp - j).min(NR);
-                    // SAFETY: `self.isa` runs here, as above. The kernel reads `width` values at
-                    // `j + c' tp` of `vx` for each channel `c'` (`j + width <= tp`, so
-                    // within `vx`'s `C tp` and more), the `C MR` values of `w`, and writes
-                    // `MR` rows of `width` values `tp` apart from column `j` of `rows`
-                    // (`MR tp`).
-                    unsafe {
-                        let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
-                        products(self.isa, &self.offsets, w.as_ptr(), x, out, tp, width);
-                    }
-                    j += width;
-                }
-            }
-        }
-    }
-
     /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
     fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
         let (oh, ow) = (self.g.out_h, self.g.out_w);
@@ -353,9 +337,19 @@ impl ConvKernel for WinogradConv {
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
         let (v, rest) = rest.split_at_mut(self.v_len());
         let m = &mut rest[..self.m_len()];
+        debug_assert!(
+            !self.packed.is_empty(),
+            "WinogradConv: a forward pass of a gradient-only kernel"
+        );
         self.pad_image(x, padded);
         self.transform_input(padded, v);
-        self.multiply(v, m);
+        multiply(
+            self.isa,
+            &self.packed,
+            (&self.offsets, self.filters, self.tp),
+            (v, self.v_stride()),
+            (m, self.m_stride()),
+        );
         self.transform_output(m, bias, out);
     }
 
@@ -512,6 +506,51 @@ impl ConvKernel for WinogradConv {
         }
         for (a, b) in db.iter_mut().zip(&acc.db) {
             *a += b;
+        }
+    }
+}
+
+/// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)`, for each position `ξ` of `packed`: `U` as
+/// `[ξ][block][c][MR]` (`blocks = ceil(filters / MR)`), `V` as `[ξ][c][tp]` (channel
+/// `c`'s row at `offsets[c]`, positions `v_stride` apart), `M` as `[ξ][block*MR][tp]`
+/// (positions `m_stride` apart). F(2x2, 3x3) and F(4x4, 3x3) share it.
+///
+/// # Panics
+/// If `isa` cannot run here, `tp` is not a multiple of 16, or `v` or `m` is too short
+/// for the positions of `packed`.
+fn multiply(
+    isa: Isa,
+    packed: &[f32],
+    (offsets, filters, tp): (&[usize], usize, usize),
+    (v, v_stride): (&[f32], usize),
+    (m, m_stride): (&mut [f32], usize),
+) {
+    let (c, blocks) = (offsets.len(), filters.div_ceil(MR));
+    assert!(isa.runs_here() && tp.is_multiple_of(16) && c > 0);
+    assert!(offsets.iter().all(|&o| o + tp <= v_stride) && m_stride >= blocks * MR * tp);
+    let positions = packed.len() / (blocks * c * MR);
+    assert!(v.len() >= positions * v_stride && m.len() >= positions * m_stride);
+    // per position ξ: U[ξ] (blocks of MR filters), V[ξ] and M[ξ]
+    let positions = packed
+        .chunks_exact(blocks * c * MR)
+        .zip(v.chunks(v_stride))
+        .zip(m.chunks_mut(m_stride));
+    for ((u, vx), mx) in positions {
+        for (w, rows) in u.chunks_exact(c * MR).zip(mx.chunks_exact_mut(MR * tp)) {
+            let mut j = 0;
+            while j < tp {
+                let width = (tp - j).min(NR);
+                // SAFETY: `isa` runs here (checked above). The kernel reads `width` values
+                // at `j + offsets[c']` of `vx` for each channel `c'` (`j + width <= tp`,
+                // and `offsets[c'] + tp <= v_stride`, all within `vx`), the `C MR` values
+                // of `w`, and writes `MR` rows of `width` values `tp` apart from column
+                // `j` of `rows` (`MR tp`).
+                unsafe {
+                    let (x, out) = (vx.as_ptr().add(j), rows.as_mut_ptr().add(j));
+                    products(isa, offsets, w.as_ptr(), x, out, tp, width);
+                }
+                j += width;
+            }
         }
     }
 }

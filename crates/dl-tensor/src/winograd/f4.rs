@@ -1,0 +1,718 @@
+//! Winograd F(4x4, 3x3): 36 multiplies per 4x4 output tile, against F(2x2, 3x3)'s 64
+//! for the same 16 outputs.
+//!
+//! For a 6x6 input tile `d` and a 3x3 filter `g`, the 4x4 output tile is
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` with the interpolation points 0, ±1, ±2 (Lavin and
+//! Gray, 2015):
+//!
+//! ```text
+//!      | 4  0 -5  0  1  0 |        |  1/4    0     0   |
+//!      | 0 -4 -4  1  1  0 |        | -1/6  -1/6  -1/6  |        | 1  1  1  1  1  0 |
+//! Bᵀ = | 0  4 -4 -1  1  0 |    G = | -1/6   1/6  -1/6  |   Aᵀ = | 0  1 -1  2 -2  0 |
+//!      | 0 -2 -1  2  1  0 |        |  1/24  1/12  1/6  |        | 0  1  1  4  4  0 |
+//!      | 0  2 -1 -2  1  0 |        |  1/24 -1/12  1/6  |        | 0  1 -1  8 -8  1 |
+//!      | 0  4  0 -5  0  1 |        |  0     0     1    |
+//! ```
+//!
+//! As in F(2x2, 3x3) ([`WinogradConv`]), each of the 36 positions `ξ` of the transformed
+//! tiles is a matrix product over the channels, `M[ξ] (FN, tiles) = U[ξ] (FN, C) · V[ξ]
+//! (C, tiles)`, run by the same register kernel. The multiplies per output fall from 4
+//! to 2.25; the price is a larger transform per tile and larger rounding errors (the
+//! transforms multiply by up to 8 and divide by 24), still within the kernels' test
+//! tolerance.
+//!
+//! At AVX-512 an output at most 16 wide (4 tiles a row) runs through transforms written
+//! for it: a register holds 4 tile rows of 4 tiles, its 36 input values per tile taken
+//! from whole-row loads by two permutes and two 128-bit shuffles per pair of registers,
+//! and each output row leaves as one store after a transpose in registers. Elsewhere
+//! (wider outputs, the other levels) the transforms run tile by tile in plain Rust.
+//! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3);
+//! the filter gradient is F(2x2, 3x3)'s.
+
+use std::mem::MaybeUninit;
+
+use super::{multiply, transform, WinogradConv};
+use crate::kernel::{check_forward_args, MR};
+use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
+
+/// A stride-1 3x3 convolution's filters transformed for Winograd F(4x4, 3x3), with the
+/// geometry they apply to. Build it once per weight update and call
+/// [`ConvKernel::forward_image`] for every image, from as many threads as wanted.
+#[derive(Debug, Clone)]
+pub struct Winograd4Conv {
+    g: ConvGeometry,
+    isa: Isa,
+    filters: usize,
+    /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
+    packed: Vec<f32>,
+    /// Offset of channel `c`'s row in one position of `V`: `c * tp`.
+    offsets: Vec<usize>,
+    /// Tile rows and columns: `ceil(OH/4)`, `ceil(OW/4)`.
+    th: usize,
+    tw: usize,
+    /// Tiles per image rounded up to 16 (the row length of `V` and `M`).
+    tp: usize,
+    /// Rows and row length of a padded input plane: `4 th + 2`, `4 tw + 2`.
+    hs: usize,
+    ws: usize,
+    /// The filter gradient's kernel (F(2x2, 3x3)'s, whose sums over the tiles are more
+    /// accurate).
+    gradient: WinogradConv,
+}
+
+impl Winograd4Conv {
+    /// Whether the convolution plan runs this forward pass instead of F(2x2, 3x3)'s for
+    /// `filters` filters on `g` at `isa`: at AVX-512, where F(2x2, 3x3) pays
+    /// ([`WinogradConv::pays`]), on outputs 9 to 16 wide and at least 9 high (3 or 4
+    /// tiles a row, the transforms written for them). There, with 4 x 4 tiles and none
+    /// of F(2x2, 3x3)'s lanes of padding (a 7 x 7 grid of its tiles fills 49 of 64), it
+    /// runs half the products.
+    pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
+        isa == Isa::Avx512 && WinogradConv::pays(g, filters, isa) && (9..=16).contains(&g.out_w) && g.out_h >= 9
+    }
+
+    /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g` at the
+    /// instruction set `isa`. `None` when the geometry is not a 3x3 stride-1 convolution
+    /// ([`WinogradConv::applies`]), without filters, or when `isa` cannot run here.
+    ///
+    /// # Panics
+    /// If `w` does not hold `filters * g.col_rows()` values.
+    pub fn with_isa(w: &[f32], filters: usize, g: &ConvGeometry, isa: Isa) -> Option<Self> {
+        let k = g.col_rows();
+        assert_eq!(
+            w.len(),
+            filters * k,
+            "Winograd4Conv: W has {} values, want {filters} x {k}",
+            w.len()
+        );
+        let gradient = WinogradConv::for_gradient(filters, g, isa)?;
+        let c = g.c;
+        let blocks = filters.div_ceil(MR);
+        let mut packed = vec![0.0f32; 36 * blocks * c * MR];
+        for (f, filter) in w.chunks_exact(c * 9).enumerate() {
+            let (b, r) = (f / MR, f % MR);
+            for (ci, k) in filter.chunks_exact(9).enumerate() {
+                let u = transform_filter(k.try_into().expect("3x3"));
+                for (xi, &v) in u.iter().enumerate() {
+                    packed[((xi * blocks + b) * c + ci) * MR + r] = v;
+                }
+            }
+        }
+        let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
+        let tp = (th * tw).div_ceil(16) * 16;
+        Some(Self {
+            g: *g,
+            isa,
+            filters,
+            packed,
+            offsets: (0..c).map(|ci| ci * tp).collect(),
+            th,
+            tw,
+            tp,
+            hs: 4 * th + 2,
+            ws: 4 * tw + 2,
+            gradient,
+        })
+    }
+
+    /// Whether the transforms written for AVX-512 and 4 tiles a row run.
+    fn grouped(&self) -> bool {
+        self.isa == Isa::Avx512 && self.tw <= 4
+    }
+
+    fn padded_len(&self) -> usize {
+        // slack: a group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the last
+        // plane when only one of its tile rows is there), 18 values from each
+        self.g.c * self.hs * self.ws + 16 * self.ws + 32
+    }
+
+    /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
+    /// the 36 stores of a group do not all fall in the same cache set.
+    fn v_stride(&self) -> usize {
+        self.g.c * self.tp + 16
+    }
+
+    fn v_len(&self) -> usize {
+        36 * self.v_stride()
+    }
+
+    /// Distance between two positions of `M` (rows `blocks*MR` of `tp`), padded as `V`'s.
+    fn m_stride(&self) -> usize {
+        self.filters.div_ceil(MR) * MR * self.tp + 16
+    }
+
+    fn m_len(&self) -> usize {
+        // the grouped output transform loads 16 values from a group's first tile
+        36 * self.m_stride() + 16
+    }
+
+    /// The groups of the grouped transforms: `(i0, mask)`, the first tile row and the
+    /// lanes that hold tiles (lane `4 ii + j` is tile `(i0 + ii, j)`; the selected tiles
+    /// are `i0 tw` onwards, in order).
+    fn groups(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
+        let row: u16 = (1u16 << self.tw) - 1;
+        (0..self.th).step_by(4).map(move |i0| {
+            let mask = (0..(self.th - i0).min(4)).fold(0u16, |m, ii| m | (row << (4 * ii)));
+            (i0, mask)
+        })
+    }
+
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, from the padded planes.
+    /// The padding lanes `t >= tiles` keep what they held: `M`'s columns there are never
+    /// read.
+    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
+        let (plane, pos) = (self.hs * self.ws, self.v_stride());
+        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
+        for ci in 0..self.g.c {
+            if self.grouped() {
+                for (i0, mask) in self.groups() {
+                    let first = ci * plane + 4 * i0 * self.ws;
+                    debug_assert!(first + 17 * self.ws + 18 <= padded.len());
+                    // SAFETY: `grouped` means the CPU has AVX-512 (`with_isa` checked
+                    // `isa`) and `tw <= 4`. The group reads rows `4 ii + r` (`ii < 4`,
+                    // `r < 6`) of 18 values from `first`, within `padded_len`'s slack; it
+                    // writes `popcount(mask)` values from tile `i0 tw` (all tiles `<
+                    // tiles <= tp`) of row `ci` of each of the 36 positions (`pos` apart).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let src = padded.as_ptr().add(first);
+                        let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
+                        avx512::input_group(src, self.ws, dst, pos, mask);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX-512 outside x86-64: {i0} {mask}");
+                }
+            } else {
+                let p = &padded[ci * plane..(ci + 1) * plane];
+                for i in 0..self.th {
+                    for j in 0..self.tw {
+                        let d: [[f32; 6]; 6] =
+                            std::array::from_fn(|r| std::array::from_fn(|k| p[(4 * i + r) * self.ws + 4 * j + k]));
+                        let t = ci * self.tp + i * self.tw + j;
+                        for (xi, val) in input_tile(&d).into_iter().enumerate() {
+                            v[xi * pos + t] = val;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
+    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+        let (oh, ow, pos) = (self.g.out_h, self.g.out_w, self.m_stride());
+        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
+        for f in 0..self.filters {
+            let b = bias.map_or(0.0, |b| b[f]);
+            let of = &mut out[f * oh * ow..(f + 1) * oh * ow];
+            if self.grouped() {
+                for (i0, mask) in self.groups() {
+                    let first = f * self.tp + i0 * self.tw;
+                    debug_assert!(first + 35 * pos + 16 <= m.len());
+                    // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 4`. Reads 16
+                    // values from `first` at each of the 36 positions: at most 15 past
+                    // the last tile of the last filter's row, which `m_len`'s slack
+                    // covers. Writes `OW` values of the output rows `4 i0 + k < OH` of
+                    // plane `f` (`OW <= 4 tw`, the lanes of a row's tiles).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let dst = of.as_mut_ptr().cast::<f32>().add(4 * i0 * ow);
+                        avx512::output_group(m.as_ptr().add(first), pos, mask, b, dst, ow, oh - 4 * i0);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX-512 outside x86-64: {i0} {mask} {b}");
+                }
+            } else {
+                for i in 0..self.th {
+                    for j in 0..self.tw {
+                        let t = f * self.tp + i * self.tw + j;
+                        let y = output_tile(&std::array::from_fn(|xi| m[xi * pos + t]));
+                        for (a, ya) in y.iter().enumerate().take(oh - 4 * i) {
+                            let row = &mut of[(4 * i + a) * ow + 4 * j..];
+                            for (o, &val) in row.iter_mut().zip(ya).take(ow - 4 * j) {
+                                o.write(val + b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ConvKernel for Winograd4Conv {
+    fn geometry(&self) -> &ConvGeometry {
+        &self.g
+    }
+
+    fn name(&self) -> &'static str {
+        "winograd-f4"
+    }
+
+    fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.padded_len() + self.v_len() + self.m_len()
+    }
+
+    fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+        check_forward_args(
+            "Winograd4Conv",
+            &self.g,
+            self.filters,
+            (x, bias, out.len()),
+            scratch.len() >= self.scratch_len(),
+        );
+        let (padded, rest) = scratch.split_at_mut(self.padded_len());
+        let (v, rest) = rest.split_at_mut(self.v_len());
+        let m = &mut rest[..self.m_len()];
+        let g = &self.g;
+        let plane = self.hs * self.ws;
+        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
+            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
+            // `H x W` plane and `dst` the `hs x ws` one, with `pad + H <= hs` and
+            // `pad + W <= ws` (`4 th >= OH = H + 2 pad - 2`, and the same for the width).
+            unsafe {
+                transform::pad_plane(
+                    self.isa,
+                    src.as_ptr(),
+                    g.h,
+                    g.w,
+                    g.pad,
+                    dst.as_mut_ptr(),
+                    self.hs,
+                    self.ws,
+                )
+            };
+        }
+        self.transform_input(padded, v);
+        multiply(
+            self.isa,
+            &self.packed,
+            (&self.offsets, self.filters, self.tp),
+            (v, self.v_stride()),
+            (m, self.m_stride()),
+        );
+        self.transform_output(m, bias, out);
+    }
+
+    fn gradient_pays(&self) -> bool {
+        self.gradient.gradient_pays()
+    }
+
+    fn gradient_scratch_len(&self) -> usize {
+        self.gradient.gradient_scratch_len()
+    }
+
+    fn gradient_accumulator(&self) -> GradientAccumulator {
+        self.gradient.gradient_accumulator()
+    }
+
+    /// F(2x2, 3x3)'s filter gradient ([`WinogradConv`]'s `weight_gradient_image`).
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        self.gradient.weight_gradient_image(x, dout, acc, scratch);
+    }
+
+    fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
+        self.gradient.add_gradient(acc, dw, db);
+    }
+}
+
+/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`,
+/// computed in `f64`.
+fn transform_filter(g: &[f32; 9]) -> [f32; 36] {
+    const G: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    std::array::from_fn(|xi| {
+        let (r, c) = (xi / 6, xi % 6);
+        let mut sum = 0.0f64;
+        for a in 0..3 {
+            for b in 0..3 {
+                sum += G[r][a] * f64::from(g[3 * a + b]) * G[c][b];
+            }
+        }
+        sum as f32
+    })
+}
+
+/// `Bᵀ d` for the six values of a tile column (or `d B` for a row).
+fn bt(d: [f32; 6]) -> [f32; 6] {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        (d3 + d4) - 4.0 * (d1 + d2),
+        4.0 * (d1 - d2) + (d4 - d3),
+        2.0 * (d3 - d1) + (d4 - d2),
+        2.0 * (d1 - d3) + (d4 - d2),
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// `Aᵀ m` for the six values of a transformed tile column (or `m A` for a row).
+fn at(m: [f32; 6]) -> [f32; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [m0 + s12 + s34, d12 + 2.0 * d34, s12 + 4.0 * s34, d12 + 8.0 * d34 + m5]
+}
+
+/// `Bᵀ d B` of one 6x6 tile `d[row][col]`, as 36 values `ξ = 6 row + col`.
+fn input_tile(d: &[[f32; 6]; 6]) -> [f32; 36] {
+    // d B, row by row; then Bᵀ, column by column
+    let rows = d.map(bt);
+    let mut v = [0.0f32; 36];
+    for col in 0..6 {
+        for (row, val) in bt(rows.map(|r| r[col])).into_iter().enumerate() {
+            v[6 * row + col] = val;
+        }
+    }
+    v
+}
+
+/// `Aᵀ m A` of one transformed tile (`ξ = 6 row + col`): the 4x4 output tile.
+fn output_tile(m: &[f32; 36]) -> [[f32; 4]; 4] {
+    // Aᵀ m, column by column; then A, row by row
+    let cols: [[f32; 4]; 6] = std::array::from_fn(|col| at(std::array::from_fn(|row| m[6 * row + col])));
+    std::array::from_fn(|a| at(cols.map(|c| c[a])))
+}
+
+/// The transforms of 4 tile rows of up to 4 tiles at a time, one register per value of
+/// a tile: lane `4 ii + j` is tile `j` of tile row `ii`.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Vector [`super::bt`].
+    #[inline(always)]
+    fn bt(d: [__m512; 6]) -> [__m512; 6] {
+        // SAFETY: register arithmetic; only reached from the AVX-512F functions below.
+        unsafe {
+            let [d0, d1, d2, d3, d4, d5] = d;
+            let (four, five, two) = (_mm512_set1_ps(4.0), _mm512_set1_ps(5.0), _mm512_set1_ps(2.0));
+            let (s12, s34, d12, d43) = (
+                _mm512_add_ps(d1, d2),
+                _mm512_add_ps(d3, d4),
+                _mm512_sub_ps(d1, d2),
+                _mm512_sub_ps(d4, d3),
+            );
+            let (d31, d42) = (_mm512_sub_ps(d3, d1), _mm512_sub_ps(d4, d2));
+            [
+                _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)),
+                _mm512_fnmadd_ps(four, s12, s34),
+                _mm512_fmadd_ps(four, d12, d43),
+                _mm512_fmadd_ps(two, d31, d42),
+                _mm512_fnmadd_ps(two, d31, d42),
+                _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)),
+            ]
+        }
+    }
+
+    /// Vector [`super::at`].
+    #[inline(always)]
+    fn at(m: [__m512; 6]) -> [__m512; 4] {
+        // SAFETY: register arithmetic; only reached from the AVX-512F functions below.
+        unsafe {
+            let [m0, m1, m2, m3, m4, m5] = m;
+            let (s12, d12, s34, d34) = (
+                _mm512_add_ps(m1, m2),
+                _mm512_sub_ps(m1, m2),
+                _mm512_add_ps(m3, m4),
+                _mm512_sub_ps(m3, m4),
+            );
+            [
+                _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
+                _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
+                _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
+                _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, d12), m5),
+            ]
+        }
+    }
+
+    /// Two values of every tile from the registers `s[ii]` (row `ii` of each tile row's
+    /// 16 values): lane `4 ii + j` of the first is `s[ii][4 j + k]`, of the second
+    /// `s[ii][4 j + k + 1]`, for the `k` that `idx` selects (`IDX01` or `IDX23`).
+    #[inline(always)]
+    fn pair(s: &[__m512; 4], idx: __m512i) -> (__m512, __m512) {
+        // SAFETY: register shuffles; only reached from the AVX-512F functions below.
+        unsafe {
+            // lanes 0-3 and 8-11 from s[0] (or s[2]), 4-7 and 12-15 from s[1] (or s[3])
+            let lo = _mm512_permutex2var_ps(s[0], idx, s[1]);
+            let hi = _mm512_permutex2var_ps(s[2], idx, s[3]);
+            // 128-bit lanes 0, 1 of each, then 2, 3 of each
+            (
+                _mm512_shuffle_f32x4::<0x44>(lo, hi),
+                _mm512_shuffle_f32x4::<0xee>(lo, hi),
+            )
+        }
+    }
+
+    /// The permutes of [`pair`] for `k = 0` and for `k = 2`.
+    const IDX01: [i32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29];
+    const IDX23: [i32; 16] = [2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31];
+
+    /// The first `n <= 16` lanes.
+    #[inline(always)]
+    fn prefix(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// The input transform of up to 16 tiles: 4 tile rows of 4 tiles from `src` (the
+    /// top-left value of the first tile; image rows `ws` apart, tile rows `4 ws`). `Bᵀ d
+    /// B` position `ξ` of the tiles selected by `mask` (lane `4 ii + j`) is stored,
+    /// packed in lane order, as `popcount(mask)` values at `dst + ξ pos`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` is valid for reads of 18 values from each of the rows
+    /// `k ws`, `k < 18`; `dst` for writes of `popcount(mask)` values at each of 36 rows
+    /// `pos` apart.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn input_group(src: *const f32, ws: usize, dst: *mut f32, pos: usize, mask: u16) {
+        // SAFETY (both): reads of two constant arrays of 16 values.
+        let idx01 = unsafe { _mm512_loadu_si512(IDX01.as_ptr().cast()) };
+        let idx23 = unsafe { _mm512_loadu_si512(IDX23.as_ptr().cast()) };
+        // (d B)[r][c] of every tile, row by row
+        let mut t = [[_mm512_setzero_ps(); 6]; 6];
+        for (r, tr) in t.iter_mut().enumerate() {
+            // SAFETY: row `4 ii + r < 18`, columns 0-15 and 2-17, within the contract.
+            let (a, b) = unsafe {
+                let row = |ii: usize| src.add((4 * ii + r) * ws);
+                (
+                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii))),
+                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii).add(2))),
+                )
+            };
+            // columns 4j + k: k = 0, 1 and 2, 3 from the first loads, 4, 5 (2, 3 of the
+            // loads from column 2) from the second
+            let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx23));
+            *tr = bt([d0, d1, d2, d3, d4, d5]);
+        }
+        let count = mask.count_ones() as usize;
+        let gaps = prefix(count) != mask;
+        for col in 0..6 {
+            for (row, v) in bt(t.map(|r| r[col])).into_iter().enumerate() {
+                let v = if gaps { _mm512_maskz_compress_ps(mask, v) } else { v };
+                // SAFETY: position `6 row + col < 36`, `count` values, within the contract.
+                unsafe { _mm512_mask_storeu_ps(dst.add((6 * row + col) * pos), prefix(count), v) };
+            }
+        }
+    }
+
+    /// The output transform of up to 16 tiles laid out as in [`input_group`]: `Aᵀ m A +
+    /// b`, with `m[ξ]` of the tiles selected by `mask` packed at `src + ξ pos`. Writes,
+    /// for tile row `ii` and output row `a < 4` with `4 ii + a < rows`, the first `ow`
+    /// values of output row `4 ii + a` to `dst + (4 ii + a) ow`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `ow <= 16`; `src` is valid for reads of 16 values at each
+    /// of 36 rows `pos` apart; `dst + (4 ii + a) ow` for writes of `ow` values for each
+    /// written row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn output_group(src: *const f32, pos: usize, mask: u16, b: f32, dst: *mut f32, ow: usize, rows: usize) {
+        let gaps = prefix(mask.count_ones() as usize) != mask;
+        let load = |xi: usize| {
+            // SAFETY: position `xi < 36`, within the contract.
+            let v = unsafe { _mm512_loadu_ps(src.add(xi * pos)) };
+            if gaps {
+                _mm512_maskz_expand_ps(mask, v)
+            } else {
+                v
+            }
+        };
+        // (Aᵀ m)[a][c], column by column
+        let cols: [[__m512; 4]; 6] = std::array::from_fn(|c| at(std::array::from_fn(|row| load(6 * row + c))));
+        let s: [[__m512; 6]; 4] = std::array::from_fn(|a| cols.map(|col| col[a]));
+        let bias = _mm512_set1_ps(b);
+        for (a, sa) in s.into_iter().enumerate() {
+            let [y0, y1, y2, y3] = at(sa).map(|y| _mm512_add_ps(y, bias));
+            // y_b lane 4 ii + j is output (4 ii + a, 4 j + b): transpose each 128-bit
+            // lane's 4 x 4 (u_j: lane ii holds tile (ii, j)'s 4 values), then the 4 x 4
+            // of 128-bit lanes (row ii: u_0..u_3's lanes ii)
+            let (t0, t1) = (_mm512_unpacklo_ps(y0, y1), _mm512_unpackhi_ps(y0, y1));
+            let (t2, t3) = (_mm512_unpacklo_ps(y2, y3), _mm512_unpackhi_ps(y2, y3));
+            let pd = _mm512_castps_pd;
+            let ps = _mm512_castpd_ps;
+            let u0 = ps(_mm512_unpacklo_pd(pd(t0), pd(t2)));
+            let u1 = ps(_mm512_unpackhi_pd(pd(t0), pd(t2)));
+            let u2 = ps(_mm512_unpacklo_pd(pd(t1), pd(t3)));
+            let u3 = ps(_mm512_unpackhi_pd(pd(t1), pd(t3)));
+            let (v0, v1) = (
+                _mm512_shuffle_f32x4::<0x44>(u0, u1),
+                _mm512_shuffle_f32x4::<0xee>(u0, u1),
+            );
+            let (v2, v3) = (
+                _mm512_shuffle_f32x4::<0x44>(u2, u3),
+                _mm512_shuffle_f32x4::<0xee>(u2, u3),
+            );
+            let out = [
+                _mm512_shuffle_f32x4::<0x88>(v0, v2),
+                _mm512_shuffle_f32x4::<0xdd>(v0, v2),
+                _mm512_shuffle_f32x4::<0x88>(v1, v3),
+                _mm512_shuffle_f32x4::<0xdd>(v1, v3),
+            ];
+            for (ii, v) in out.into_iter().enumerate() {
+                let row = 4 * ii + a;
+                if row < rows {
+                    // SAFETY: `ow` values of a row `< rows`, within the contract.
+                    unsafe { _mm512_mask_storeu_ps(dst.add(row * ow), prefix(ow), v) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
+
+    #[test]
+    fn filter_transform_is_g_g_gt() {
+        let gm = [
+            [0.25f64, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let f: [f32; 9] = std::array::from_fn(|i| i as f32 - 3.5);
+        let u = transform_filter(&f);
+        for r in 0..6 {
+            for c in 0..6 {
+                let mut want = 0.0f64;
+                for a in 0..3 {
+                    for b in 0..3 {
+                        want += gm[r][a] * f64::from(f[3 * a + b]) * gm[c][b];
+                    }
+                }
+                assert!((f64::from(u[6 * r + c]) - want).abs() < 1e-6, "U[{r}][{c}]");
+            }
+        }
+    }
+
+    #[test]
+    fn one_tile_is_the_convolution_of_its_six_by_six_patch() {
+        // the three transforms and the products of one tile against the definition,
+        // with small integers: every output of the 4x4 tile
+        let d: [[f32; 6]; 6] = std::array::from_fn(|r| std::array::from_fn(|c| ((r * 6 + c) % 7) as f32 - 3.0));
+        let g: [f32; 9] = std::array::from_fn(|i| (i % 4) as f32 - 1.5);
+        let (u, v) = (transform_filter(&g), input_tile(&d));
+        let y = output_tile(&std::array::from_fn(|xi| u[xi] * v[xi]));
+        for a in 0..4 {
+            for b in 0..4 {
+                let mut want = 0.0f32;
+                for p in 0..3 {
+                    for q in 0..3 {
+                        want += d[a + p][b + q] * g[3 * p + q];
+                    }
+                }
+                assert!((y[a][b] - want).abs() < 1e-4, "Y[{a}][{b}] {} vs {want}", y[a][b]);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_convolution() {
+        // (C, H, W, FN, FH, FW, pad): the network's layers it runs (14 x 14 out of 14 x
+        // 14, 16 x 16 out of 14 x 14 padded by 2, 14 x 14 out of 16 x 16 unpadded), and
+        // the input gradients'; outputs that are not a multiple of 4 (the last tile row
+        // and column partly outside), 1 to 4 tiles a row, 1 to 9 tile rows (groups of 4
+        // with 1, 2 and 3 rows left over), filters not a multiple of 8, wider outputs
+        // (the tile-by-tile transforms), one tile, and outputs narrower than a tile
+        let cases = [
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (32, 16, 16, 16, 3, 3, 0),
+            (32, 14, 14, 16, 3, 3, 1),
+            (3, 9, 11, 5, 3, 3, 0),
+            (5, 13, 10, 13, 3, 3, 1),
+            (4, 34, 16, 9, 3, 3, 1),
+            (2, 21, 7, 3, 3, 3, 2),
+            (2, 3, 3, 3, 3, 3, 0),
+            (1, 4, 3, 2, 3, 3, 0),
+            (6, 40, 6, 8, 3, 3, 1),
+            (16, 28, 28, 16, 3, 3, 1),
+            (3, 33, 33, 8, 3, 3, 1),
+        ];
+        assert_forward_matches_reference(&cases, Winograd4Conv::with_isa);
+    }
+
+    #[test]
+    fn an_image_gives_the_same_bits_whatever_the_scratch_held() {
+        // outputs of 14 x 14 (3 full groups' lanes short of 16 tiles) and 9 x 13, at
+        // every level: after another image, after zeros and after large values
+        for (c, h, w, f, pad) in [(16, 14, 14, 16, 1), (8, 9, 13, 8, 1), (32, 16, 16, 32, 0)] {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let x: Vec<f32> = (0..c * h * w).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+            let other: Vec<f32> = x.iter().map(|v| 1e6 * v).collect();
+            let wt: Vec<f32> = (0..f * c * 9).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+            for isa in Isa::supported_levels() {
+                let k = Winograd4Conv::with_isa(&wt, f, &g, isa).unwrap();
+                let run = |scratch: &mut Vec<f32>| {
+                    let mut out = vec![0.0f32; f * g.out_h * g.out_w];
+                    k.forward_image(&x, None, &mut out, scratch);
+                    out
+                };
+                let want = run(&mut vec![0.0; k.scratch_len()]);
+                let mut used = vec![1e30f32; k.scratch_len()];
+                assert_eq!(run(&mut used), want, "{isa} {g:?}: after large values");
+                let mut out = vec![0.0f32; f * g.out_h * g.out_w];
+                k.forward_image(&other, None, &mut out, &mut used);
+                assert_eq!(run(&mut used), want, "{isa} {g:?}: after another image");
+            }
+        }
+    }
+
+    #[test]
+    fn its_filter_gradient_is_f2s() {
+        let cases = [(16, 14, 14, 32, 3, 3, 1), (3, 9, 11, 5, 3, 3, 0), (4, 6, 6, 5, 3, 3, 2)];
+        assert_weight_gradient_matches_reference(&cases, Winograd4Conv::with_isa);
+    }
+
+    #[test]
+    fn pays_on_outputs_of_three_or_four_tiles_a_row_at_avx512() {
+        let g = |hw, pad| ConvGeometry::new(32, hw, hw, 3, 3, 1, pad).unwrap();
+        for (hw, pad) in [(14, 1), (14, 2), (16, 0), (11, 1)] {
+            assert!(Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx512), "{hw} pad {pad}");
+            assert!(
+                !Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx2),
+                "{hw} pad {pad} at AVX2"
+            );
+            assert!(
+                !Winograd4Conv::pays(&g(hw, pad), 32, Isa::Scalar),
+                "{hw} pad {pad} scalar"
+            );
+        }
+        // 8 and 17 wide, against 9 and 16; 16 wide but 8 high; F(2x2, 3x3) would not pay
+        assert!(!Winograd4Conv::pays(&g(10, 0), 32, Isa::Avx512));
+        assert!(Winograd4Conv::pays(&g(9, 1), 32, Isa::Avx512));
+        assert!(!Winograd4Conv::pays(&g(17, 1), 32, Isa::Avx512));
+        assert!(Winograd4Conv::pays(&g(16, 1), 32, Isa::Avx512));
+        let flat = ConvGeometry::new(32, 8, 16, 3, 3, 1, 1).unwrap();
+        assert!(!Winograd4Conv::pays(&flat, 32, Isa::Avx512));
+        let tall = ConvGeometry::new(32, 9, 16, 3, 3, 1, 1).unwrap();
+        assert!(Winograd4Conv::pays(&tall, 32, Isa::Avx512));
+        assert!(!Winograd4Conv::pays(&g(14, 1), 4, Isa::Avx512));
+    }
+
+    #[test]
+    fn declines_what_it_does_not_compute() {
+        let strided = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
+        assert!(Winograd4Conv::with_isa(&[0.0; 9], 1, &strided, Isa::Scalar).is_none());
+        let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
+        assert!(Winograd4Conv::with_isa(&[], 0, &g1, Isa::Scalar).is_none());
+        let k = Winograd4Conv::with_isa(&[0.0; 9], 1, &g1, Isa::Scalar).unwrap();
+        assert_eq!((k.name(), k.isa()), ("winograd-f4", Isa::Scalar));
+    }
+}
