@@ -21,11 +21,12 @@
 //! transforms multiply by up to 8 and divide by 24), still within the kernels' test
 //! tolerance.
 //!
-//! At AVX-512 an output at most 16 wide (4 tiles a row) runs through transforms written
-//! for it: a register holds 4 tile rows of 4 tiles, its 36 input values per tile taken
-//! from whole-row loads by two permutes and two 128-bit shuffles per pair of registers,
-//! and each output row leaves as one store after a transpose in registers. Elsewhere
-//! (wider outputs, the other levels) the transforms run tile by tile in plain Rust.
+//! At AVX-512 an output at most 32 wide (up to 8 tiles a row) runs through transforms
+//! written for it: a register holds 4 tile rows of 4 tiles, or 2 of 8, its 36 input
+//! values per tile taken from whole-row loads by two permutes and two 128-bit shuffles
+//! per pair of registers, and each output row leaves in one or two stores after a
+//! transpose in registers. Elsewhere (wider outputs, the other levels) the transforms
+//! run tile by tile in plain Rust.
 //! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3);
 //! the filter gradient is F(2x2, 3x3)'s.
 
@@ -64,9 +65,11 @@ impl Winograd4Conv {
     /// Whether the convolution plan runs this forward pass instead of F(2x2, 3x3)'s for
     /// `filters` filters on `g` at `isa`: at AVX-512, where F(2x2, 3x3) pays
     /// ([`WinogradConv::pays`]), on outputs 9 to 16 wide and at least 9 high (3 or 4
-    /// tiles a row, the transforms written for them). There, with 4 x 4 tiles and none
-    /// of F(2x2, 3x3)'s lanes of padding (a 7 x 7 grid of its tiles fills 49 of 64), it
-    /// runs half the products.
+    /// tiles a row). There, with 4 x 4 tiles and none of F(2x2, 3x3)'s lanes of padding
+    /// (a 7 x 7 grid of its tiles fills 49 of 64), it runs half the products, and took
+    /// 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x 16 layers; on
+    /// its 28 x 28 layer (16 channels in and out, 49 tiles in 64 lanes) 1.02x
+    /// (docs/PERFORMANCE.md).
     pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
         isa == Isa::Avx512 && WinogradConv::pays(g, filters, isa) && (9..=16).contains(&g.out_w) && g.out_h >= 9
     }
@@ -115,15 +118,26 @@ impl Winograd4Conv {
         })
     }
 
-    /// Whether the transforms written for AVX-512 and 4 tiles a row run.
+    /// Whether the transforms written for AVX-512 and up to 8 tiles a row run.
     fn grouped(&self) -> bool {
-        self.isa == Isa::Avx512 && self.tw <= 4
+        self.isa == Isa::Avx512 && self.tw <= 8
+    }
+
+    /// Lanes per tile row in the grouped transforms' registers: 4 (4 tile rows a
+    /// register) or 8 (2 tile rows).
+    fn lanes(&self) -> usize {
+        if self.tw <= 4 {
+            4
+        } else {
+            8
+        }
     }
 
     fn padded_len(&self) -> usize {
         // slack: a group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the last
-        // plane when only one of its tile rows is there), 18 values from each
-        self.g.c * self.hs * self.ws + 16 * self.ws + 32
+        // plane when only one of its tile rows is there), 18 values from each; one of 2
+        // tile rows up to 4 i0 + 9, 36 values from each
+        self.g.c * self.hs * self.ws + 16 * self.ws + 36
     }
 
     /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
@@ -147,12 +161,12 @@ impl Winograd4Conv {
     }
 
     /// The groups of the grouped transforms: `(i0, mask)`, the first tile row and the
-    /// lanes that hold tiles (lane `4 ii + j` is tile `(i0 + ii, j)`; the selected tiles
-    /// are `i0 tw` onwards, in order).
+    /// lanes that hold tiles (lane `l ii + j` is tile `(i0 + ii, j)`, `l` =
+    /// [`Winograd4Conv::lanes`]; the selected tiles are `i0 tw` onwards, in order).
     fn groups(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
-        let row: u16 = (1u16 << self.tw) - 1;
-        (0..self.th).step_by(4).map(move |i0| {
-            let mask = (0..(self.th - i0).min(4)).fold(0u16, |m, ii| m | (row << (4 * ii)));
+        let (l, row) = (self.lanes(), (1u16 << self.tw) - 1);
+        (0..self.th).step_by(16 / l).map(move |i0| {
+            let mask = (0..(self.th - i0).min(16 / l)).fold(0u16, |m, ii| m | (row << (l * ii)));
             (i0, mask)
         })
     }
@@ -168,16 +182,18 @@ impl Winograd4Conv {
                 for (i0, mask) in self.groups() {
                     let first = ci * plane + 4 * i0 * self.ws;
                     debug_assert!(first + 17 * self.ws + 18 <= padded.len());
+                    debug_assert!(first + 9 * self.ws + 36 <= padded.len());
                     // SAFETY: `grouped` means the CPU has AVX-512 (`with_isa` checked
-                    // `isa`) and `tw <= 4`. The group reads rows `4 ii + r` (`ii < 4`,
-                    // `r < 6`) of 18 values from `first`, within `padded_len`'s slack; it
-                    // writes `popcount(mask)` values from tile `i0 tw` (all tiles `<
-                    // tiles <= tp`) of row `ci` of each of the 36 positions (`pos` apart).
+                    // `isa`) and `tw <= 8`, `lanes` 4 or 8 by `tw`. The group reads rows
+                    // `4 ii + r` (`ii < 16 / l`, `r < 6`) of 18 values (36 for `l = 8`)
+                    // from `first`, within `padded_len`'s slack; it writes
+                    // `popcount(mask)` values from tile `i0 tw` (all tiles `< tiles <=
+                    // tp`) of row `ci` of each of the 36 positions (`pos` apart).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let src = padded.as_ptr().add(first);
                         let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
-                        avx512::input_group(src, self.ws, dst, pos, mask);
+                        avx512::input_group(src, self.ws, self.lanes(), dst, pos, mask);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask}");
@@ -209,15 +225,15 @@ impl Winograd4Conv {
                 for (i0, mask) in self.groups() {
                     let first = f * self.tp + i0 * self.tw;
                     debug_assert!(first + 35 * pos + 16 <= m.len());
-                    // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 4`. Reads 16
+                    // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 8`. Reads 16
                     // values from `first` at each of the 36 positions: at most 15 past
                     // the last tile of the last filter's row, which `m_len`'s slack
                     // covers. Writes `OW` values of the output rows `4 i0 + k < OH` of
-                    // plane `f` (`OW <= 4 tw`, the lanes of a row's tiles).
+                    // plane `f` (`OW <= 4 tw <= 4 l`, the lanes of a row's tiles).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        let dst = of.as_mut_ptr().cast::<f32>().add(4 * i0 * ow);
-                        avx512::output_group(m.as_ptr().add(first), pos, mask, b, dst, ow, oh - 4 * i0);
+                        let (src, dst) = (m.as_ptr().add(first), of.as_mut_ptr().cast::<f32>().add(4 * i0 * ow));
+                        avx512::output_group(src, pos, self.lanes(), mask, b, dst, ow, oh - 4 * i0);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask} {b}");
@@ -320,27 +336,21 @@ impl ConvKernel for Winograd4Conv {
     }
 }
 
-/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`,
-/// computed in `f64`.
+/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`.
 fn transform_filter(g: &[f32; 9]) -> [f32; 36] {
-    const G: [[f64; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
-    std::array::from_fn(|xi| {
-        let (r, c) = (xi / 6, xi % 6);
-        let mut sum = 0.0f64;
-        for a in 0..3 {
-            for b in 0..3 {
-                sum += G[r][a] * f64::from(g[3 * a + b]) * G[c][b];
-            }
-        }
-        sum as f32
-    })
+    // G applied to the three values of a column (or Gᵀ's to a row)
+    let gv = |a: f32, b: f32, c: f32| {
+        let (ac, b6) = ((a + c) / 6.0, b / 6.0);
+        let (q, h) = (a / 24.0 + c / 6.0, b / 12.0);
+        [a / 4.0, -(ac + b6), b6 - ac, q + h, q - h, c]
+    };
+    // G g: 6 x 3, column by column; then each of its rows times Gᵀ
+    let cols: [[f32; 6]; 3] = std::array::from_fn(|c| gv(g[c], g[3 + c], g[6 + c]));
+    let mut u = [0.0f32; 36];
+    for (row, out) in u.chunks_exact_mut(6).enumerate() {
+        out.copy_from_slice(&gv(cols[0][row], cols[1][row], cols[2][row]));
+    }
+    u
 }
 
 /// `Bᵀ d` for the six values of a tile column (or `d B` for a row).
@@ -435,14 +445,17 @@ mod avx512 {
         }
     }
 
-    /// Two values of every tile from the registers `s[ii]` (row `ii` of each tile row's
-    /// 16 values): lane `4 ii + j` of the first is `s[ii][4 j + k]`, of the second
-    /// `s[ii][4 j + k + 1]`, for the `k` that `idx` selects (`IDX01` or `IDX23`).
+    /// Two values of every tile from four registers of tile rows' values: lane
+    /// `l ii + j` of the first is value `4 j + k` of tile row `ii`, of the second value
+    /// `4 j + k + 1`, for the `k` that `idx` selects (`IDX01` or `IDX23`). For `l = 4`,
+    /// `s[ii]` holds 16 values of tile row `ii`; for `l = 8`, `s[2 ii]` and
+    /// `s[2 ii + 1]` hold 32 values of tile row `ii`.
     #[inline(always)]
     fn pair(s: &[__m512; 4], idx: __m512i) -> (__m512, __m512) {
         // SAFETY: register shuffles; only reached from the AVX-512F functions below.
         unsafe {
-            // lanes 0-3 and 8-11 from s[0] (or s[2]), 4-7 and 12-15 from s[1] (or s[3])
+            // lanes 0-7 from s[0] and s[1] (value k of 4 + 4 tiles, or of 8), lanes 8-15
+            // value k + 1; the same from s[2] and s[3]
             let lo = _mm512_permutex2var_ps(s[0], idx, s[1]);
             let hi = _mm512_permutex2var_ps(s[2], idx, s[3]);
             // 128-bit lanes 0, 1 of each, then 2, 3 of each
@@ -453,7 +466,8 @@ mod avx512 {
         }
     }
 
-    /// The permutes of [`pair`] for `k = 0` and for `k = 2`.
+    /// The permutes of [`pair`] for `k = 0` and for `k = 2`: value `4 j + k` of 8 tiles
+    /// in two registers (lanes 0-7), then `4 j + k + 1` (lanes 8-15).
     const IDX01: [i32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29];
     const IDX23: [i32; 16] = [2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31];
 
@@ -467,34 +481,48 @@ mod avx512 {
         }
     }
 
-    /// The input transform of up to 16 tiles: 4 tile rows of 4 tiles from `src` (the
-    /// top-left value of the first tile; image rows `ws` apart, tile rows `4 ws`). `Bᵀ d
-    /// B` position `ξ` of the tiles selected by `mask` (lane `4 ii + j`) is stored,
-    /// packed in lane order, as `popcount(mask)` values at `dst + ξ pos`.
+    /// The input transform of up to 16 tiles: `16 / l` tile rows of `l` tiles (`l` = 4
+    /// or 8) from `src` (the top-left value of the first tile; image rows `ws` apart,
+    /// tile rows `4 ws`). `Bᵀ d B` position `ξ` of the tiles selected by `mask` (lane
+    /// `l ii + j`) is stored, packed in lane order, as `popcount(mask)` values at
+    /// `dst + ξ pos`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `src` is valid for reads of 18 values from each of the rows
-    /// `k ws`, `k < 18`; `dst` for writes of `popcount(mask)` values at each of 36 rows
-    /// `pos` apart.
+    /// The CPU has AVX-512F; `src` is valid for reads of 18 values (36 for `l = 8`) from
+    /// each of the rows `k ws`, `k < 4 (16 / l) + 2`; `dst` for writes of
+    /// `popcount(mask)` values at each of 36 rows `pos` apart.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn input_group(src: *const f32, ws: usize, dst: *mut f32, pos: usize, mask: u16) {
+    pub unsafe fn input_group(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
         // SAFETY (both): reads of two constant arrays of 16 values.
         let idx01 = unsafe { _mm512_loadu_si512(IDX01.as_ptr().cast()) };
         let idx23 = unsafe { _mm512_loadu_si512(IDX23.as_ptr().cast()) };
         // (d B)[r][c] of every tile, row by row
         let mut t = [[_mm512_setzero_ps(); 6]; 6];
         for (r, tr) in t.iter_mut().enumerate() {
-            // SAFETY: row `4 ii + r < 18`, columns 0-15 and 2-17, within the contract.
+            // SAFETY: for `l = 4`, row `4 ii + r < 18`, columns 0-15 and 2-17; for
+            // `l = 8`, row `4 ii + r < 10`, columns 0-31 and 4-35: within the contract.
             let (a, b) = unsafe {
                 let row = |ii: usize| src.add((4 * ii + r) * ws);
-                (
-                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii))),
-                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii).add(2))),
-                )
+                if l == 4 {
+                    (
+                        [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii))),
+                        [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii).add(2))),
+                    )
+                } else {
+                    // (tile row, first column): the values from column 0, then from 4
+                    let at = |(ii, c): (usize, usize)| _mm512_loadu_ps(row(ii).add(c));
+                    (
+                        [(0, 0), (0, 16), (1, 0), (1, 16)].map(at),
+                        [(0, 4), (0, 20), (1, 4), (1, 20)].map(at),
+                    )
+                }
             };
+            // the second loads start 2 (l = 4) or 4 (l = 8) columns on: their values
+            // 4 j + 2, 4 j + 3 (or 4 j, 4 j + 1) are the tiles' columns 4 and 5
+            let idx45 = if l == 4 { idx23 } else { idx01 };
             // columns 4j + k: k = 0, 1 and 2, 3 from the first loads, 4, 5 (2, 3 of the
             // loads from column 2) from the second
-            let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx23));
+            let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx45));
             *tr = bt([d0, d1, d2, d3, d4, d5]);
         }
         let count = mask.count_ones() as usize;
@@ -514,11 +542,21 @@ mod avx512 {
     /// values of output row `4 ii + a` to `dst + (4 ii + a) ow`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `ow <= 16`; `src` is valid for reads of 16 values at each
+    /// The CPU has AVX-512F; `ow <= 4 l`; `src` is valid for reads of 16 values at each
     /// of 36 rows `pos` apart; `dst + (4 ii + a) ow` for writes of `ow` values for each
     /// written row.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_group(src: *const f32, pos: usize, mask: u16, b: f32, dst: *mut f32, ow: usize, rows: usize) {
+    pub unsafe fn output_group(
+        src: *const f32,
+        pos: usize,
+        l: usize,
+        mask: u16,
+        b: f32,
+        dst: *mut f32,
+        ow: usize,
+        rows: usize,
+    ) {
         let gaps = prefix(mask.count_ones() as usize) != mask;
         let load = |xi: usize| {
             // SAFETY: position `xi < 36`, within the contract.
@@ -535,9 +573,10 @@ mod avx512 {
         let bias = _mm512_set1_ps(b);
         for (a, sa) in s.into_iter().enumerate() {
             let [y0, y1, y2, y3] = at(sa).map(|y| _mm512_add_ps(y, bias));
-            // y_b lane 4 ii + j is output (4 ii + a, 4 j + b): transpose each 128-bit
-            // lane's 4 x 4 (u_j: lane ii holds tile (ii, j)'s 4 values), then the 4 x 4
-            // of 128-bit lanes (row ii: u_0..u_3's lanes ii)
+            // y_b lane l ii + j is output (4 ii + a, 4 j + b): transpose each 128-bit
+            // lane's 4 x 4 (u_q: 128-bit lane p holds the 4 values of the register's
+            // tile 4 p + q), then the 4 x 4 of 128-bit lanes (out[p]: the 16 values of
+            // tiles 4 p to 4 p + 3, lanes p of u_0..u_3)
             let (t0, t1) = (_mm512_unpacklo_ps(y0, y1), _mm512_unpackhi_ps(y0, y1));
             let (t2, t3) = (_mm512_unpacklo_ps(y2, y3), _mm512_unpackhi_ps(y2, y3));
             let pd = _mm512_castps_pd;
@@ -560,11 +599,12 @@ mod avx512 {
                 _mm512_shuffle_f32x4::<0x88>(v1, v3),
                 _mm512_shuffle_f32x4::<0xdd>(v1, v3),
             ];
-            for (ii, v) in out.into_iter().enumerate() {
-                let row = 4 * ii + a;
-                if row < rows {
-                    // SAFETY: `ow` values of a row `< rows`, within the contract.
-                    unsafe { _mm512_mask_storeu_ps(dst.add(row * ow), prefix(ow), v) };
+            // out[p]: columns from 16 (p mod (l / 4)) of tile row p / (l / 4)
+            for (p, v) in out.into_iter().enumerate() {
+                let (row, col) = (4 * (4 * p / l) + a, 16 * (p % (l / 4)));
+                if row < rows && col < ow {
+                    // SAFETY: values `col..ow` of a row `< rows`, within the contract.
+                    unsafe { _mm512_mask_storeu_ps(dst.add(row * ow + col), prefix(ow - col), v) };
                 }
             }
         }
@@ -643,6 +683,9 @@ mod tests {
             (1, 4, 3, 2, 3, 3, 0),
             (6, 40, 6, 8, 3, 3, 1),
             (16, 28, 28, 16, 3, 3, 1),
+            (3, 18, 20, 5, 3, 3, 0),
+            (2, 21, 24, 3, 3, 3, 1),
+            (4, 30, 30, 9, 3, 3, 2),
             (3, 33, 33, 8, 3, 3, 1),
         ];
         assert_forward_matches_reference(&cases, Winograd4Conv::with_isa);
@@ -652,7 +695,12 @@ mod tests {
     fn an_image_gives_the_same_bits_whatever_the_scratch_held() {
         // outputs of 14 x 14 (3 full groups' lanes short of 16 tiles) and 9 x 13, at
         // every level: after another image, after zeros and after large values
-        for (c, h, w, f, pad) in [(16, 14, 14, 16, 1), (8, 9, 13, 8, 1), (32, 16, 16, 32, 0)] {
+        for (c, h, w, f, pad) in [
+            (16, 14, 14, 16, 1),
+            (8, 9, 13, 8, 1),
+            (32, 16, 16, 32, 0),
+            (16, 28, 28, 16, 1),
+        ] {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
             let x: Vec<f32> = (0..c * h * w).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
             let other: Vec<f32> = x.iter().map(|v| 1e6 * v).collect();
