@@ -1,5 +1,5 @@
 use dl_tensor::lowp::round_bf16_slice;
-use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, Tensor};
+use dl_tensor::{ConvAlgo, ConvGeometry, ConvPlan, ConvSaved, KernelCache, Tensor};
 
 use crate::{check_dout, Bf16Kernel, Init, Layer, LayerError, Op, Param};
 
@@ -34,6 +34,9 @@ pub struct Convolution {
     /// The filters rounded to bf16 by the last training forward under
     /// [`Bf16Kernel::Rounded`], for `backward`.
     w_bf16: Option<Vec<f32>>,
+    /// The kernel the last forward pass built, for the next one with the same weights
+    /// (shared by clones: the copies `Network::predict` runs on its threads).
+    kernels: KernelCache,
 }
 
 impl Convolution {
@@ -83,6 +86,7 @@ impl Convolution {
             trainable: true,
             bf16: None,
             w_bf16: None,
+            kernels: KernelCache::default(),
         }
     }
 
@@ -110,7 +114,7 @@ impl Convolution {
                 source,
             }
         })?;
-        Ok(ConvPlan::new(g, f, self.algo))
+        Ok(ConvPlan::new(g, f, self.algo).with_kernel_cache(&self.kernels))
     }
 
     /// The forward pass, with the ReLU after it fused when `relu` (its mask kept for
@@ -141,13 +145,13 @@ impl Convolution {
             (true, false) => plan.forward_relu(w, b, x_values),
             (false, _) => plan.forward(w, b, x_values),
         };
+        let (g, filters) = (plan.g, plan.filters);
         if train {
             self.x = Some(x);
             self.cache = Some((plan, saved));
             self.w_bf16 = rounded;
         }
-        let g = &plan.g;
-        Ok(Tensor::from_shape_vec(vec![n, plan.filters, g.out_h, g.out_w], out).expect("output shape"))
+        Ok(Tensor::from_shape_vec(vec![n, filters, g.out_h, g.out_w], out).expect("output shape"))
     }
 
     /// Which algorithm computes the convolution ([`ConvAlgo::Auto`] by default: the

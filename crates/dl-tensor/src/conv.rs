@@ -20,7 +20,7 @@
 //! depend on the thread count.
 
 use std::mem::MaybeUninit;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::iter::Either;
@@ -121,7 +121,7 @@ impl ConvSaved {
 /// One convolution's schedule: its geometry, filter count, algorithm and instruction
 /// set. Cheap to build (a few integers); the filters are packed per call, since they
 /// change every step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ConvPlan {
     /// Input, filter and output sizes.
     pub g: ConvGeometry,
@@ -134,6 +134,55 @@ pub struct ConvPlan {
     /// Products in bf16 by this GEMM kernel ([`crate::dpbf16`]): the lowered path on
     /// every pass, its products by [`crate::dpbf16::gemm_bf16`]. `None`: `f32` products.
     pub bf16: Option<Bf16Kernel>,
+    /// Where the forward pass finds the kernel it built last, for the same weights
+    /// ([`ConvPlan::with_kernel_cache`]).
+    kernels: Option<KernelCache>,
+}
+
+/// The kernel a convolution's forward pass built last (its filters transformed or
+/// packed), kept for the next pass with the same weights, geometry, algorithm and
+/// instruction set: evaluation calls, and the copies of a network that
+/// `Network::predict` runs on its threads (a clone shares the cache), skip rebuilding
+/// it. The weights are compared bit for bit with the cached copy, so a changed weight
+/// always rebuilds; in training, where every step changes them, the comparison stops
+/// at the first value that differs.
+#[derive(Debug, Clone, Default)]
+pub struct KernelCache(Arc<Mutex<Option<CachedKernel>>>);
+
+#[derive(Debug)]
+struct CachedKernel {
+    key: (ConvGeometry, usize, ConvAlgo, Isa),
+    w: Vec<u32>,
+    kernel: Arc<dyn ConvKernel>,
+}
+
+impl KernelCache {
+    /// The cached kernel when `w` and `key` are those it was built for, else `build()`'s
+    /// (then cached).
+    fn get_or_build(
+        &self,
+        w: &[f32],
+        key: (ConvGeometry, usize, ConvAlgo, Isa),
+        build: impl FnOnce() -> Option<Arc<dyn ConvKernel>>,
+    ) -> Option<Arc<dyn ConvKernel>> {
+        let same = |c: &CachedKernel| {
+            c.key == key && c.w.len() == w.len() && c.w.iter().zip(w).all(|(a, b)| *a == b.to_bits())
+        };
+        {
+            let cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cached.as_ref().filter(|c| same(c)) {
+                return Some(c.kernel.clone());
+            }
+        }
+        let kernel = build()?;
+        let w = w.iter().map(|v| v.to_bits()).collect();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedKernel {
+            key,
+            w,
+            kernel: kernel.clone(),
+        });
+        Some(kernel)
+    }
 }
 
 impl ConvPlan {
@@ -145,6 +194,17 @@ impl ConvPlan {
             algo,
             isa: Isa::active(),
             bf16: None,
+            kernels: None,
+        }
+    }
+
+    /// This plan, its forward pass taking the kernel from `cache` when the weights are
+    /// those it was built for, and leaving the one it builds there
+    /// ([`KernelCache`]).
+    pub fn with_kernel_cache(self, cache: &KernelCache) -> Self {
+        Self {
+            kernels: Some(cache.clone()),
+            ..self
         }
     }
 
@@ -242,7 +302,11 @@ impl ConvPlan {
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
-        let kernel: Option<Arc<dyn ConvKernel>> = self.fast_kernel(w, self.filters, g).map(Arc::from);
+        let build = || self.fast_kernel(w, self.filters, g).map(Arc::from);
+        let kernel: Option<Arc<dyn ConvKernel>> = match &self.kernels {
+            Some(cache) if self.bf16.is_none() => cache.get_or_build(w, (*g, self.filters, self.algo, self.isa), build),
+            _ => build(),
+        };
         // every value of the mask is written below
         mask.resize(if relu == Relu::Masked { n * out_len } else { 0 }, false);
         // the mask's chunk of each image (none without a mask)
@@ -731,7 +795,9 @@ mod tests {
             let bias: Vec<f32> = (0..f).map(|i| 0.1 * i as f32 - 0.2).collect();
             let dout = random4((n, f, g.out_h, g.out_w), 3).into_raw_vec_and_offset().0;
             let plan = ConvPlan::new(g, f, ConvAlgo::Auto);
-            assert_eq!(plan.with_bf16(Bf16Kernel::Rounded), plan);
+            let rounded = plan.clone().with_bf16(Bf16Kernel::Rounded);
+            let fields = |p: &ConvPlan| (p.g, p.filters, p.algo, p.isa, p.bf16);
+            assert_eq!(fields(&rounded), fields(&plan));
             let run = |p: ConvPlan, w: &[f32], x: &[f32], dout: &[f32], b: Option<&[f32]>| {
                 let (y, saved) = p.forward(w, b, x);
                 let (mut dw, mut db) = (vec![f32::NAN; w.len()], vec![f32::NAN; f]);
@@ -746,7 +812,7 @@ mod tests {
                     &round(&dout),
                     b,
                 );
-                let scalar = run(plan.with_bf16(Bf16Kernel::Scalar), &w, &x, &dout, b);
+                let scalar = run(plan.clone().with_bf16(Bf16Kernel::Scalar), &w, &x, &dout, b);
                 assert_eq!(scalar.4, "lowered");
                 let close = |a: &[f32], b: &[f32], what: &str| {
                     assert_eq!(a.len(), b.len(), "{what}: length");
@@ -772,7 +838,7 @@ mod tests {
                 let plain = run(ConvPlan::new(g, f, ConvAlgo::Lowered), &w, &x, &dout, b);
                 close(&scalar.3, &plain.3, "db");
                 if Bf16Kernel::Avx512.supported() {
-                    let vector = run(plan.with_bf16(Bf16Kernel::Avx512), &w, &x, &dout, b);
+                    let vector = run(plan.clone().with_bf16(Bf16Kernel::Avx512), &w, &x, &dout, b);
                     for (v, s) in [(&vector.0, &scalar.0), (&vector.1, &scalar.1), (&vector.2, &scalar.2)] {
                         assert_eq!(
                             v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -1218,6 +1284,55 @@ mod tests {
             let w1 = vec![0.25f32; 4 * 9];
             let g1 = ConvGeometry::new(1, 8, 8, 3, 3, 1, 1).unwrap();
             assert_eq!(names(g1, 4, &w1, ConvAlgo::Auto), ("direct", "direct"), "{isa}");
+        }
+    }
+
+    #[test]
+    fn a_kernel_cache_serves_the_same_weights_and_rebuilds_for_any_change() {
+        let g = ConvGeometry::new(16, 14, 14, 3, 3, 1, 1).unwrap();
+        let g2 = ConvGeometry::new(16, 12, 12, 3, 3, 1, 1).unwrap();
+        let mut w = random4((32, 16, 3, 3), 1).into_raw_vec_and_offset().0;
+        let x = random4((2, 16, 14, 14), 2).into_raw_vec_and_offset().0;
+        let x2 = random4((2, 16, 12, 12), 3).into_raw_vec_and_offset().0;
+        for isa in Isa::supported_levels().into_iter().filter(|&i| i != Isa::Scalar) {
+            let cache = KernelCache::default();
+            let plan =
+                |g: ConvGeometry, algo: ConvAlgo| ConvPlan::new(g, 32, algo).with_isa(isa).with_kernel_cache(&cache);
+            let kernel = |s: &ConvSaved| s.kernel.clone().expect("a kernel");
+            let (y1, s1) = plan(g, ConvAlgo::Auto).forward(&w, None, &x);
+            let (y2, s2) = plan(g, ConvAlgo::Auto).forward_relu(&w, None, &x);
+            assert!(Arc::ptr_eq(&kernel(&s1), &kernel(&s2)), "{isa}: the same weights");
+            let relu: Vec<f32> = y1.iter().map(|v| v.max(0.0)).collect();
+            assert_eq!(y2, relu, "{isa}");
+            // the last weight changed, in its last bit: a new kernel, the new weights' output
+            let last = w.len() - 1;
+            w[last] = f32::from_bits(w[last].to_bits() ^ 1);
+            let (y3, s3) = plan(g, ConvAlgo::Auto).forward(&w, None, &x);
+            assert!(!Arc::ptr_eq(&kernel(&s1), &kernel(&s3)), "{isa}: a changed weight");
+            let (want, _) = ConvPlan::new(g, 32, ConvAlgo::Auto).with_isa(isa).forward(&w, None, &x);
+            assert_eq!(y3, want, "{isa}");
+            // another geometry, then another algorithm: new kernels each
+            let (_, s4) = plan(g2, ConvAlgo::Auto).forward(&w, None, &x2);
+            assert_eq!(s4.kernel.as_ref().unwrap().geometry(), &g2);
+            let (_, s5) = plan(g2, ConvAlgo::Direct).forward(&w, None, &x2);
+            assert_eq!((s5.kernel_name(), s5.kernel_isa()), ("direct", Some(isa)));
+            // the cache at another level builds that level's kernel
+            let other = if isa == Isa::Avx2 { Isa::Scalar } else { Isa::Avx2 };
+            let (_, s6) = ConvPlan::new(g2, 32, ConvAlgo::Direct)
+                .with_isa(other)
+                .with_kernel_cache(&cache)
+                .forward(&w, None, &x2);
+            assert_eq!(s6.kernel_isa(), Some(other), "{isa} then {other}");
+            // a clone of the cache is the same cache
+            let (_, s7) = ConvPlan::new(g2, 32, ConvAlgo::Direct)
+                .with_isa(isa)
+                .with_kernel_cache(&cache.clone())
+                .forward(&w, None, &x2);
+            let (_, s8) = plan(g2, ConvAlgo::Direct).forward(&w, None, &x2);
+            assert!(
+                Arc::ptr_eq(&kernel(&s7), &kernel(&s8)),
+                "{isa}: a clone shares the cache"
+            );
         }
     }
 }

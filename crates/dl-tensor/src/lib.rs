@@ -65,7 +65,7 @@ mod simd;
 mod testing;
 mod winograd;
 
-pub use conv::{ConvAlgo, ConvPlan, ConvSaved, GROUP};
+pub use conv::{ConvAlgo, ConvPlan, ConvSaved, KernelCache, GROUP};
 pub use denormal::flush_denormals_to_zero;
 pub use direct::DirectConv;
 pub use gemm::{gemm, gemm_matrixmultiply, par_gemm};
