@@ -197,10 +197,11 @@ fn r_ranks_train_bit_for_bit_the_model_of_one_process_summing_r_slices() {
 
 /// Ranks that each sum slices of their own: 2 ranks of 2 micro-batches compute the
 /// slices one process of 4 computes (the sums associate differently:
-/// `(g0 + g1) + (g2 + g3)` against `((g0 + g1) + g2) + g3`, so to rounding).
+/// `(g0 + g1) + (g2 + g3)` against `((g0 + g1) + g2) + g3`, so to rounding, over one
+/// step: later steps drift apart, as in the test below).
 #[test]
 fn ranks_of_several_micro_batches_are_one_process_of_all_their_slices() {
-    let (train, test) = sets(201);
+    let (train, test) = sets(50);
     let with = |micro| TrainerConfig {
         micro_batches: micro,
         ..config(1)
