@@ -1273,8 +1273,8 @@ mod tests {
             );
             let g32 = ConvGeometry::new(32, 14, 14, 3, 3, 1, 1).unwrap();
             let w32 = vec![0.25f32; 32 * 32 * 9];
-            // at AVX-512, F(4x4, 3x3) forward, its filter gradient F(2x2, 3x3)'s
-            let f4 = if isa == Isa::Avx512 { "winograd-f4" } else { "winograd" };
+            // F(4x4, 3x3) forward, its filter gradient F(2x2, 3x3)'s
+            let f4 = "winograd-f4";
             assert_eq!(names(g32, 32, &w32, ConvAlgo::Auto), (f4, f4), "{isa}");
             assert_eq!(
                 names(g32, 32, &w32, ConvAlgo::Winograd),

@@ -63,15 +63,21 @@ pub struct Winograd4Conv {
 
 impl Winograd4Conv {
     /// Whether the convolution plan runs this forward pass instead of F(2x2, 3x3)'s for
-    /// `filters` filters on `g` at `isa`: at AVX-512, where F(2x2, 3x3) pays
-    /// ([`WinogradConv::pays`]), on outputs 9 to 16 wide and at least 9 high (3 or 4
-    /// tiles a row). There, with 4 x 4 tiles and none of F(2x2, 3x3)'s lanes of padding
-    /// (a 7 x 7 grid of its tiles fills 49 of 64), it runs half the products, and took
-    /// 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x 16 layers; on
-    /// its 28 x 28 layer (16 channels in and out, 49 tiles in 64 lanes) 1.02x
-    /// (docs/PERFORMANCE.md).
+    /// `filters` filters on `g` at `isa`: where F(2x2, 3x3) pays
+    /// ([`WinogradConv::pays`]) on outputs at least 9 high and, at AVX-512, 9 to 16 wide
+    /// (3 or 4 tiles a row), at AVX2 13 to 16 wide (4 tiles a row: its transforms are
+    /// written for those). There, with 4 x 4 tiles and none of F(2x2, 3x3)'s lanes of
+    /// padding (a 7 x 7 grid of its tiles fills 49 of 64), it runs half the products, and
+    /// took 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x 16 layers at
+    /// AVX-512, 0.66-0.71x at AVX2; on its 28 x 28 layer (16 channels in and out, 49
+    /// tiles in 64 lanes) 1.02x at AVX-512 (docs/PERFORMANCE.md).
     pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
-        isa == Isa::Avx512 && WinogradConv::pays(g, filters, isa) && (9..=16).contains(&g.out_w) && g.out_h >= 9
+        let widths = match isa {
+            Isa::Avx512 => 9..=16,
+            Isa::Avx2 => 13..=16,
+            _ => return false,
+        };
+        WinogradConv::pays(g, filters, isa) && widths.contains(&g.out_w) && g.out_h >= 9
     }
 
     /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g` at the
@@ -121,6 +127,12 @@ impl Winograd4Conv {
     /// Whether the transforms written for AVX-512 and up to 8 tiles a row run.
     fn grouped(&self) -> bool {
         self.isa == Isa::Avx512 && self.tw <= 8
+    }
+
+    /// Whether the transforms written for AVX2 run: 4 tiles a row (outputs 13 to 16
+    /// wide), 2 tile rows a register.
+    fn grouped_avx2(&self) -> bool {
+        self.isa == Isa::Avx2 && self.tw == 4
     }
 
     /// Lanes per tile row in the grouped transforms' registers: 4 (4 tile rows a
@@ -198,6 +210,24 @@ impl Winograd4Conv {
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask}");
                 }
+            } else if self.grouped_avx2() {
+                for i0 in (0..self.th).step_by(2) {
+                    let first = ci * plane + 4 * i0 * self.ws;
+                    debug_assert!(first + 9 * self.ws + 18 <= padded.len());
+                    // SAFETY: `grouped_avx2` means the CPU has AVX2 and FMA and `tw = 4`
+                    // (`ws = 18`). The group reads rows `4 ii + r` (`ii < 2`, `r < 6`) of
+                    // 18 values from `first`, within `padded_len`'s slack; it writes the
+                    // tiles of `min(2, th - i0)` tile rows, 4 each from tile `4 i0`, of
+                    // row `ci` of each of the 36 positions.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let src = padded.as_ptr().add(first);
+                        let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
+                        avx2::input_group(src, self.ws, dst, pos, (self.th - i0).min(2));
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX2 outside x86-64: {i0}");
+                }
             } else {
                 let p = &padded[ci * plane..(ci + 1) * plane];
                 for i in 0..self.th {
@@ -237,6 +267,22 @@ impl Winograd4Conv {
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask} {b}");
+                }
+            } else if self.grouped_avx2() {
+                for i0 in (0..self.th).step_by(2) {
+                    let first = f * self.tp + i0 * self.tw;
+                    debug_assert!(first + 35 * pos + 8 <= m.len());
+                    // SAFETY: `grouped_avx2` means the CPU has AVX2 and FMA and `tw = 4`.
+                    // Reads 8 values from `first` at each of the 36 positions (past the
+                    // last tile only into `m_len`'s slack); writes `OW <= 16` values of
+                    // the output rows `4 i0 + k < OH` of plane `f`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let (src, dst) = (m.as_ptr().add(first), of.as_mut_ptr().cast::<f32>().add(4 * i0 * ow));
+                        avx2::output_group(src, pos, b, dst, ow, oh - 4 * i0);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX2 outside x86-64: {i0} {b}");
                 }
             } else {
                 for i in 0..self.th {
@@ -611,6 +657,183 @@ mod avx512 {
     }
 }
 
+/// The transforms of 2 tile rows of 4 tiles at a time, one AVX2 register per value of a
+/// tile: lane `4 ii + j` is tile `j` of tile row `ii`.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Vector [`super::bt`].
+    #[inline(always)]
+    fn bt(d: [__m256; 6]) -> [__m256; 6] {
+        // SAFETY: register arithmetic; only reached from the AVX2 + FMA functions below.
+        unsafe {
+            let [d0, d1, d2, d3, d4, d5] = d;
+            let (four, five, two) = (_mm256_set1_ps(4.0), _mm256_set1_ps(5.0), _mm256_set1_ps(2.0));
+            let (s12, s34, d12, d43) = (
+                _mm256_add_ps(d1, d2),
+                _mm256_add_ps(d3, d4),
+                _mm256_sub_ps(d1, d2),
+                _mm256_sub_ps(d4, d3),
+            );
+            let (d31, d42) = (_mm256_sub_ps(d3, d1), _mm256_sub_ps(d4, d2));
+            [
+                _mm256_fmadd_ps(four, d0, _mm256_fnmadd_ps(five, d2, d4)),
+                _mm256_fnmadd_ps(four, s12, s34),
+                _mm256_fmadd_ps(four, d12, d43),
+                _mm256_fmadd_ps(two, d31, d42),
+                _mm256_fnmadd_ps(two, d31, d42),
+                _mm256_fmadd_ps(four, d1, _mm256_fnmadd_ps(five, d3, d5)),
+            ]
+        }
+    }
+
+    /// Vector [`super::at`].
+    #[inline(always)]
+    fn at(m: [__m256; 6]) -> [__m256; 4] {
+        // SAFETY: register arithmetic; only reached from the AVX2 + FMA functions below.
+        unsafe {
+            let [m0, m1, m2, m3, m4, m5] = m;
+            let (s12, d12, s34, d34) = (
+                _mm256_add_ps(m1, m2),
+                _mm256_sub_ps(m1, m2),
+                _mm256_add_ps(m3, m4),
+                _mm256_sub_ps(m3, m4),
+            );
+            [
+                _mm256_add_ps(_mm256_add_ps(m0, s12), s34),
+                _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
+                _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
+                _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), m5),
+            ]
+        }
+    }
+
+    /// The 4 x 4 transpose within each 128-bit lane: value `k` of lane `p` of the result
+    /// `q` is value `q` of lane `p` of `x[k]`.
+    #[inline(always)]
+    fn transpose4(x: [__m256; 4]) -> [__m256; 4] {
+        // SAFETY: register shuffles; only reached from the AVX2 + FMA functions below.
+        unsafe {
+            let (t0, t1) = (_mm256_unpacklo_ps(x[0], x[1]), _mm256_unpackhi_ps(x[0], x[1]));
+            let (t2, t3) = (_mm256_unpacklo_ps(x[2], x[3]), _mm256_unpackhi_ps(x[2], x[3]));
+            let (pd, ps) = (_mm256_castps_pd, _mm256_castpd_ps);
+            [
+                ps(_mm256_unpacklo_pd(pd(t0), pd(t2))),
+                ps(_mm256_unpackhi_pd(pd(t0), pd(t2))),
+                ps(_mm256_unpacklo_pd(pd(t1), pd(t3))),
+                ps(_mm256_unpackhi_pd(pd(t1), pd(t3))),
+            ]
+        }
+    }
+
+    /// The first `n` values of `v` to `dst` (all 8 for `n >= 8`, none for `n == 0`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `dst` is valid for writes of `min(n, 8)` values.
+    #[inline(always)]
+    unsafe fn store_first(dst: *mut f32, n: usize, v: __m256) {
+        // SAFETY: within the contract; the masked store writes the lanes below `n` only.
+        unsafe {
+            if n >= 8 {
+                _mm256_storeu_ps(dst, v);
+            } else {
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                _mm256_maskstore_ps(dst, mask, v);
+            }
+        }
+    }
+
+    /// The input transform of 2 tile rows of 4 tiles from `src` (the top-left value of
+    /// the first tile; image rows `ws` apart, tile rows `4 ws`): `Bᵀ d B` position `ξ` of
+    /// the tiles of the first `rows` tile rows (1 or 2) is stored as `4 rows` values at
+    /// `dst + ξ pos`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `src` is valid for reads of 18 values from each of the
+    /// rows `k ws`, `k < 10`; `dst` for writes of `4 rows` values at each of 36 rows
+    /// `pos` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn input_group(src: *const f32, ws: usize, dst: *mut f32, pos: usize, rows: usize) {
+        let mut t = [[_mm256_setzero_ps(); 6]; 6];
+        for (r, tr) in t.iter_mut().enumerate() {
+            // values c0 + 4 j + k, k < 4, of the two tile rows: tile j's four values of
+            // each tile row in one 128-bit lane (`x[j]`), transposed
+            let quad = |c0: usize| {
+                // SAFETY: rows `4 ii + r < 10`, columns `c0` to `c0 + 15 <= 17`, within
+                // the contract.
+                let x = unsafe {
+                    let row = |ii: usize| src.add((4 * ii + r) * ws + c0);
+                    let (a0, a1) = (_mm256_loadu_ps(row(0)), _mm256_loadu_ps(row(0).add(8)));
+                    let (b0, b1) = (_mm256_loadu_ps(row(1)), _mm256_loadu_ps(row(1).add(8)));
+                    [
+                        _mm256_permute2f128_ps::<0x20>(a0, b0),
+                        _mm256_permute2f128_ps::<0x31>(a0, b0),
+                        _mm256_permute2f128_ps::<0x20>(a1, b1),
+                        _mm256_permute2f128_ps::<0x31>(a1, b1),
+                    ]
+                };
+                transpose4(x)
+            };
+            let [d0, d1, d2, d3] = quad(0);
+            let [_, _, d4, d5] = quad(2);
+            *tr = bt([d0, d1, d2, d3, d4, d5]);
+        }
+        for col in 0..6 {
+            for (row, v) in bt(t.map(|tr| tr[col])).into_iter().enumerate() {
+                // SAFETY: position `6 row + col < 36`, `4 rows` values, within the contract.
+                unsafe { store_first(dst.add((6 * row + col) * pos), 4 * rows, v) };
+            }
+        }
+    }
+
+    /// The output transform of 2 tile rows of 4 tiles laid out as in [`input_group`]:
+    /// `Aᵀ m A + b`, with `m[ξ]` of the tiles at `src + ξ pos`. Writes, for tile row
+    /// `ii < 2` and output row `a < 4` with `4 ii + a < rows`, the first `ow` values of
+    /// output row `4 ii + a` to `dst + (4 ii + a) ow`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `ow <= 16`; `src` is valid for reads of 8 values at each
+    /// of 36 rows `pos` apart; `dst + (4 ii + a) ow` for writes of `ow` values for each
+    /// written row.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn output_group(src: *const f32, pos: usize, b: f32, dst: *mut f32, ow: usize, rows: usize) {
+        // SAFETY: position `xi < 36`, within the contract.
+        let load = |xi: usize| unsafe { _mm256_loadu_ps(src.add(xi * pos)) };
+        // (Aᵀ m)[a][c], column by column
+        let cols: [[__m256; 4]; 6] = std::array::from_fn(|c| at(std::array::from_fn(|row| load(6 * row + c))));
+        let s: [[__m256; 6]; 4] = std::array::from_fn(|a| cols.map(|col| col[a]));
+        let bias = _mm256_set1_ps(b);
+        for (a, sa) in s.into_iter().enumerate() {
+            // u[j]: lane ii holds tile (ii, j)'s 4 values of output row 4 ii + a
+            let u = transpose4(at(sa).map(|y| _mm256_add_ps(y, bias)));
+            let halves = [
+                (
+                    _mm256_permute2f128_ps::<0x20>(u[0], u[1]),
+                    _mm256_permute2f128_ps::<0x20>(u[2], u[3]),
+                ),
+                (
+                    _mm256_permute2f128_ps::<0x31>(u[0], u[1]),
+                    _mm256_permute2f128_ps::<0x31>(u[2], u[3]),
+                ),
+            ];
+            for (ii, (lo, hi)) in halves.into_iter().enumerate() {
+                let row = 4 * ii + a;
+                if row < rows {
+                    // SAFETY: `ow` values of a row `< rows`, within the contract.
+                    unsafe {
+                        store_first(dst.add(row * ow), ow, lo);
+                        if ow > 8 {
+                            store_first(dst.add(row * ow + 8), ow - 8, hi);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,19 +952,26 @@ mod tests {
     }
 
     #[test]
-    fn pays_on_outputs_of_three_or_four_tiles_a_row_at_avx512() {
+    fn pays_on_outputs_of_three_or_four_tiles_a_row() {
         let g = |hw, pad| ConvGeometry::new(32, hw, hw, 3, 3, 1, pad).unwrap();
         for (hw, pad) in [(14, 1), (14, 2), (16, 0), (11, 1)] {
             assert!(Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx512), "{hw} pad {pad}");
-            assert!(
-                !Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx2),
+            // at AVX2, 4 tiles a row only
+            let avx2 = hw + 2 * pad - 2 >= 13;
+            assert_eq!(
+                Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx2),
+                avx2,
                 "{hw} pad {pad} at AVX2"
             );
             assert!(
                 !Winograd4Conv::pays(&g(hw, pad), 32, Isa::Scalar),
                 "{hw} pad {pad} scalar"
             );
+            assert!(!Winograd4Conv::pays(&g(hw, pad), 32, Isa::Neon), "{hw} pad {pad} NEON");
         }
+        // at AVX2, F(2x2, 3x3) pays from C * FN = 512 on
+        assert!(!Winograd4Conv::pays(&g(14, 1), 8, Isa::Avx2));
+        assert!(Winograd4Conv::pays(&g(14, 1), 16, Isa::Avx2));
         // 8 and 17 wide, against 9 and 16; 16 wide but 8 high; F(2x2, 3x3) would not pay
         assert!(!Winograd4Conv::pays(&g(10, 0), 32, Isa::Avx512));
         assert!(Winograd4Conv::pays(&g(9, 1), 32, Isa::Avx512));
