@@ -1323,6 +1323,13 @@ mod tests {
                 .with_kernel_cache(&cache)
                 .forward(&w, None, &x2);
             assert_eq!(s6.kernel_isa(), Some(other), "{isa} then {other}");
+            // bf16 products with the weights of a cached kernel: the lowered path, no
+            // kernel from the cache
+            let (_, cached) = plan(g2, ConvAlgo::Auto).forward(&w, None, &x2);
+            assert!(cached.kernel.is_some(), "{isa}");
+            let bf16 = plan(g2, ConvAlgo::Auto).with_bf16(Bf16Kernel::Scalar);
+            let (_, s9) = bf16.forward(&w, None, &x2);
+            assert_eq!(s9.kernel_name(), "lowered", "{isa}: bf16 products");
             // a clone of the cache is the same cache
             let (_, s7) = ConvPlan::new(g2, 32, ConvAlgo::Direct)
                 .with_isa(isa)

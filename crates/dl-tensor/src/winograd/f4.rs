@@ -25,8 +25,10 @@
 //! written for it: a register holds 4 tile rows of 4 tiles, or 2 of 8, its 36 input
 //! values per tile taken from whole-row loads by two permutes and two 128-bit shuffles
 //! per pair of registers, and each output row leaves in one or two stores after a
-//! transpose in registers. Elsewhere (wider outputs, the other levels) the transforms
-//! run tile by tile in plain Rust.
+//! transpose in registers. At AVX2 an output of 4 tiles a row (13 to 16 wide) does the
+//! same with 2 tile rows of 4 tiles a register (128-bit lane swaps and in-lane 4 x 4
+//! transposes). Elsewhere (other widths, the other levels) the transforms run tile by
+//! tile in plain Rust.
 //! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3);
 //! the filter gradient is F(2x2, 3x3)'s.
 

@@ -529,7 +529,10 @@ fn multiply(
     assert!(isa.runs_here() && tp.is_multiple_of(16) && c > 0);
     assert!(offsets.iter().all(|&o| o + tp <= v_stride) && m_stride >= blocks * MR * tp);
     let positions = packed.len() / (blocks * c * MR);
-    assert!(v.len() >= positions * v_stride && m.len() >= positions * m_stride);
+    assert!(
+        v.len() >= positions * v_stride && m.len() >= positions * m_stride,
+        "multiply: V or M shorter than the {positions} positions of U"
+    );
     // per position ξ: U[ξ] (blocks of MR filters), V[ξ] and M[ξ]
     let positions = packed
         .chunks_exact(blocks * c * MR)
@@ -640,6 +643,28 @@ mod transform {
 mod tests {
     use super::*;
     use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
+
+    #[test]
+    fn multiply_refuses_buffers_shorter_than_the_positions_of_u() {
+        // 2 channels, 8 filters, 16 tiles: U of 16 positions, V and M one value short
+        let (c, tp) = (2, 16);
+        let packed = vec![0.5f32; 16 * c * MR];
+        let offsets = [0, tp];
+        let (vs, ms) = (c * tp, MR * tp);
+        for (v_len, m_len) in [(16 * vs - 1, 16 * ms), (16 * vs, 16 * ms - 1)] {
+            let (v, mut m) = (vec![1.0f32; v_len], vec![0.0f32; m_len]);
+            let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                multiply(Isa::Scalar, &packed, (&offsets, MR, tp), (&v, vs), (&mut m, ms))
+            }))
+            .expect_err("a panic");
+            let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.contains("shorter than the 16 positions"), "{message}");
+        }
+        // long enough: every product is the sum over 2 channels of 0.5 x 1
+        let (v, mut m) = (vec![1.0f32; 16 * vs], vec![0.0f32; 16 * ms]);
+        multiply(Isa::Scalar, &packed, (&offsets, MR, tp), (&v, vs), (&mut m, ms));
+        assert!(m.iter().all(|&x| x == 1.0));
+    }
 
     #[test]
     fn pad_plane_copies_the_image_into_zeros_at_every_level() {
