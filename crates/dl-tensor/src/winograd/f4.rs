@@ -987,6 +987,41 @@ mod tests {
     }
 
     #[test]
+    fn the_written_transforms_run_on_the_widths_they_were_written_for() {
+        let w = vec![0.25f32; 8 * 8 * 9];
+        let kernel = |out_w: usize, isa: Isa| {
+            let g = ConvGeometry::new(8, 12, out_w + 2, 3, 3, 1, 0).unwrap();
+            Winograd4Conv::with_isa(&w, 8, &g, isa).unwrap()
+        };
+        for isa in Isa::supported_levels() {
+            for out_w in [4, 9, 13, 16, 17, 29, 32, 33] {
+                let k = kernel(out_w, isa);
+                let tw = out_w.div_ceil(4);
+                assert_eq!(k.grouped(), isa == Isa::Avx512 && tw <= 8, "{isa} {out_w}");
+                assert_eq!(k.grouped_avx2(), isa == Isa::Avx2 && tw == 4, "{isa} {out_w}");
+                assert_eq!(k.lanes(), if tw <= 4 { 4 } else { 8 }, "{out_w}");
+            }
+        }
+    }
+
+    #[test]
+    fn its_scratch_is_the_padded_planes_v_and_m_and_a_little_slack() {
+        // (C, H, W, FN, pad): planes of 18 x 18, 16 tiles (conv4), 49 tiles in 64, 9 filters
+        for (c, h, w, f, pad) in [(32, 14, 14, 32, 2), (16, 28, 28, 16, 1), (3, 9, 11, 9, 0)] {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let k = Winograd4Conv::with_isa(&vec![0.0; f * c * 9], f, &g, Isa::Scalar).unwrap();
+            let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
+            let (hs, ws, tp) = (4 * th + 2, 4 * tw + 2, (th * tw).div_ceil(16) * 16);
+            let parts = c * hs * ws + 36 * c * tp + 36 * f.div_ceil(MR) * MR * tp;
+            let slack = k.scratch_len() - parts;
+            assert!(
+                slack <= 16 * ws + 36 + 2 * 36 * 16 + 16,
+                "{g:?}: {slack} values of slack"
+            );
+        }
+    }
+
+    #[test]
     fn declines_what_it_does_not_compute() {
         let strided = ConvGeometry::new(1, 8, 8, 3, 3, 2, 1).unwrap();
         assert!(Winograd4Conv::with_isa(&[0.0; 9], 1, &strided, Isa::Scalar).is_none());
