@@ -362,10 +362,6 @@ impl ConvKernel for Winograd4Conv {
         self.transform_output(m, bias, out);
     }
 
-    fn gradient_pays(&self) -> bool {
-        self.gradient.gradient_pays()
-    }
-
     fn gradient_scratch_len(&self) -> usize {
         self.gradient.gradient_scratch_len()
     }
