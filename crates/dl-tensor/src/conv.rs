@@ -175,10 +175,14 @@ impl KernelCache {
             }
         }
         let kernel = build()?;
-        let w = w.iter().map(|v| v.to_bits()).collect();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedKernel {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // the last entry's copy of the weights is overwritten, not allocated again
+        let mut bits = cached.take().map(|c| c.w).unwrap_or_default();
+        bits.clear();
+        bits.extend(w.iter().map(|v| v.to_bits()));
+        *cached = Some(CachedKernel {
             key,
-            w,
+            w: bits,
             kernel: kernel.clone(),
         });
         Some(kernel)

@@ -122,7 +122,7 @@ pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: 
 
 /// The first `n` lanes set (all for `n >= 16`).
 #[inline(always)]
-fn prefix(n: usize) -> __mmask16 {
+pub(super) fn prefix(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
     } else {

@@ -443,6 +443,8 @@ fn output_tile(m: &[f32; 36]) -> [[f32; 4]; 4] {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::avx512::prefix;
+
     /// Vector [`super::bt`].
     #[inline(always)]
     fn bt(d: [__m512; 6]) -> [__m512; 6] {
@@ -514,16 +516,6 @@ mod avx512 {
     /// in two registers (lanes 0-7), then `4 j + k + 1` (lanes 8-15).
     const IDX01: [i32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29];
     const IDX23: [i32; 16] = [2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31];
-
-    /// The first `n <= 16` lanes.
-    #[inline(always)]
-    fn prefix(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
 
     /// The input transform of up to 16 tiles: `16 / l` tile rows of `l` tiles (`l` = 4
     /// or 8) from `src` (the top-left value of the first tile; image rows `ws` apart,
