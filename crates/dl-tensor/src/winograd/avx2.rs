@@ -286,8 +286,8 @@ pub unsafe fn output_tiles(
 /// Interleaves the 16 outputs `y0`, `y1` of a row of each tile (`[y0_0 y1_0 y0_1 y1_1 ...]`,
 /// 32 values, as four registers) and stores them as rows of `8 PER` values, `ld` apart:
 /// the first `cols <= 8 PER` values of each of the first `rows.min(4 / PER)` rows.
-/// Whole-register stores where 8 values fit (a loop of them through memory would be
-/// a `memcpy` call per row).
+/// Whole-register stores where 8 values fit, masked stores of the rest (a copy through
+/// memory would be a `memcpy` call per row).
 ///
 /// # Safety
 /// The CPU has AVX2; `dst + r ld` is valid for writes of `cols` values for each row
@@ -310,9 +310,7 @@ unsafe fn store_rows<const PER: usize>(y0: V16, y1: V16, dst: *mut f32, ld: usiz
                 if n >= 8 {
                     _mm256_storeu_ps(d.add(8 * q), v);
                 } else if n > 0 {
-                    let mut part = [0.0f32; 8];
-                    _mm256_storeu_ps(part.as_mut_ptr(), v);
-                    std::ptr::copy_nonoverlapping(part.as_ptr(), d.add(8 * q), n);
+                    _mm256_maskstore_ps(d.add(8 * q), prefix8(n), v);
                 }
             }
         }

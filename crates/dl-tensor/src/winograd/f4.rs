@@ -746,8 +746,8 @@ mod avx2 {
     /// `pos` apart.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn input_group(src: *const f32, ws: usize, dst: *mut f32, pos: usize, rows: usize) {
-        let mut t = [[_mm256_setzero_ps(); 6]; 6];
-        for (r, tr) in t.iter_mut().enumerate() {
+        // built in place, not zeroed and then overwritten (a `memset` of 36 registers)
+        let t: [[__m256; 6]; 6] = std::array::from_fn(|r| {
             // values c0 + 4 j + k, k < 4, of the two tile rows: tile j's four values of
             // each tile row in one 128-bit lane (`x[j]`), transposed
             let quad = |c0: usize| {
@@ -768,10 +768,11 @@ mod avx2 {
             };
             let [d0, d1, d2, d3] = quad(0);
             let [_, _, d4, d5] = quad(2);
-            *tr = bt([d0, d1, d2, d3, d4, d5]);
-        }
+            bt([d0, d1, d2, d3, d4, d5])
+        });
         for col in 0..6 {
-            for (row, v) in bt(t.map(|tr| tr[col])).into_iter().enumerate() {
+            // indexed, not `t.map(..)`: that copies all 36 registers through memory
+            for (row, v) in bt(std::array::from_fn(|r| t[r][col])).into_iter().enumerate() {
                 // SAFETY: position `6 row + col < 36`, `4 rows` values, within the contract.
                 unsafe { store_first(dst.add((6 * row + col) * pos), 4 * rows, v) };
             }
