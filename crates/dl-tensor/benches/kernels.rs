@@ -199,8 +199,9 @@ fn convolution(c: &mut Criterion) {
                     b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
                 });
             }
-            // F(4x4, 3x3) on the shapes where it pays at AVX-512, at every level
-            if !Winograd4Conv::pays(&g, f, Isa::Avx512) {
+            // F(4x4, 3x3) on the layers of 9 x 9 outputs or more with 8 channels or more,
+            // at every level
+            if g.c < 8 || g.out_w < 9 {
                 continue;
             }
             if let Some(d) = Winograd4Conv::with_isa(w.as_slice().unwrap(), f, &g, isa) {

@@ -21,14 +21,21 @@
 //! transforms multiply by up to 8 and divide by 24), still within the kernels' test
 //! tolerance.
 //!
-//! At AVX-512 an output at most 32 wide (up to 8 tiles a row) runs through transforms
-//! written for it: a register holds 4 tile rows of 4 tiles, or 2 of 8, its 36 input
-//! values per tile taken from whole-row loads by two permutes and two 128-bit shuffles
-//! per pair of registers, and each output row leaves in one or two stores after a
-//! transpose in registers. At AVX2 an output of 4 tiles a row (13 to 16 wide) does the
-//! same with 2 tile rows of 4 tiles a register (128-bit lane swaps and in-lane 4 x 4
-//! transposes). Elsewhere (other widths, the other levels) the transforms run tile by
-//! tile in plain Rust.
+//! Outputs up to 32 wide run through transforms written for them, whose registers hold
+//! one value of many tiles; each output row leaves in whole-register stores after a
+//! transpose in registers:
+//! * up to 4 tiles a row (16 wide), AVX-512: 4 tile rows of 4 tiles a register, the 36
+//!   input values per tile taken from whole-row loads by two permutes and two 128-bit
+//!   shuffles per pair of registers;
+//! * 4 tiles a row, AVX2: 2 tile rows of 4 tiles a register (128-bit lane swaps and
+//!   in-lane 4 x 4 transposes);
+//! * 5 to 8 tiles a row (17 to 32 wide), AVX2 and AVX-512: one tile row of 8 tiles an
+//!   AVX2 register, from in-lane 4 x 4 transposes of whole-row loads, tiles 0, 2, 4, 6
+//!   in the low 128 bits and 1, 3, 5, 7 in the high (the columns of `V` and `M` follow
+//!   that order). These beat AVX-512 registers of 2 tile rows of 8.
+//!
+//! Elsewhere (other widths, the other levels) the transforms run tile by tile in plain
+//! Rust.
 //! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3);
 //! the filter gradient is F(2x2, 3x3)'s.
 
@@ -64,22 +71,22 @@ pub struct Winograd4Conv {
 }
 
 impl Winograd4Conv {
-    /// Whether the convolution plan runs this forward pass instead of F(2x2, 3x3)'s for
-    /// `filters` filters on `g` at `isa`: where F(2x2, 3x3) pays
-    /// ([`WinogradConv::pays`]) on outputs at least 9 high and, at AVX-512, 9 to 16 wide
-    /// (3 or 4 tiles a row), at AVX2 13 to 16 wide (4 tiles a row: its transforms are
-    /// written for those). There, with 4 x 4 tiles and none of F(2x2, 3x3)'s lanes of
-    /// padding (a 7 x 7 grid of its tiles fills 49 of 64), it runs half the products, and
-    /// took 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x 16 layers at
-    /// AVX-512, 0.66-0.71x at AVX2; on its 28 x 28 layer (16 channels in and out, 49
-    /// tiles in 64 lanes) 1.02x at AVX-512 (docs/PERFORMANCE.md).
+    /// Whether the convolution plan runs this forward pass instead of F(2x2, 3x3)'s or the
+    /// direct kernel's for `filters` filters on `g` at `isa`: 3x3 stride 1, at least 8
+    /// input channels and `C * FN >= 256`, on outputs at least 9 high and, at AVX-512, 9
+    /// to 32 wide (3 to 8 tiles a row), at AVX2 13 to 32 wide (4 to 8 tiles a row: its
+    /// transforms are written for those). There it runs about half F(2x2, 3x3)'s
+    /// products, and took 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x
+    /// 16 layers at AVX-512, 0.49-0.59x at AVX2; on its 28 x 28 layer (16 channels in
+    /// and out, where at AVX2 the direct kernel ran) 0.74x F(2x2, 3x3)'s at AVX-512 and
+    /// 0.57x the direct kernel's at AVX2 (docs/PERFORMANCE.md).
     pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
         let widths = match isa {
-            Isa::Avx512 => 9..=16,
-            Isa::Avx2 => 13..=16,
+            Isa::Avx512 => 9..=32,
+            Isa::Avx2 => 13..=32,
             _ => return false,
         };
-        WinogradConv::pays(g, filters, isa) && widths.contains(&g.out_w) && g.out_h >= 9
+        WinogradConv::applies(g) && g.c >= 8 && g.c * filters >= 256 && widths.contains(&g.out_w) && g.out_h >= 9
     }
 
     /// Transforms `w` `(filters, C, 3, 3)` (row-major) for the geometry `g` at the
@@ -110,7 +117,7 @@ impl Winograd4Conv {
             }
         }
         let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
-        let tp = (th * tw).div_ceil(16) * 16;
+        let tp = (th * Self::row_slots(isa, tw)).div_ceil(16) * 16;
         Some(Self {
             g: *g,
             isa,
@@ -126,9 +133,10 @@ impl Winograd4Conv {
         })
     }
 
-    /// Whether the transforms written for AVX-512 and up to 8 tiles a row run.
+    /// Whether the transforms written for AVX-512 and up to 4 tiles a row run (4 tile
+    /// rows a register).
     fn grouped(&self) -> bool {
-        self.isa == Isa::Avx512 && self.tw <= 8
+        self.isa == Isa::Avx512 && self.tw <= 4
     }
 
     /// Whether the transforms written for AVX2 run: 4 tiles a row (outputs 13 to 16
@@ -137,20 +145,33 @@ impl Winograd4Conv {
         self.isa == Isa::Avx2 && self.tw == 4
     }
 
-    /// Lanes per tile row in the grouped transforms' registers: 4 (4 tile rows a
-    /// register) or 8 (2 tile rows).
-    fn lanes(&self) -> usize {
-        if self.tw <= 4 {
-            4
-        } else {
+    /// Whether the transforms of one tile row of up to 8 tiles an AVX2 register run: 5 to
+    /// 8 tiles a row (outputs 17 to 32 wide), at AVX2 and at AVX-512 (where they beat
+    /// AVX-512 registers of 2 tile rows: 20.7 against 29.3 µs on DeepConvNet's 28 x 28
+    /// layer, docs/PERFORMANCE.md).
+    fn by_rows(&self) -> bool {
+        Self::by_rows_at(self.isa, self.tw)
+    }
+
+    fn by_rows_at(isa: Isa, tw: usize) -> bool {
+        matches!(isa, Isa::Avx2 | Isa::Avx512) && (5..=8).contains(&tw)
+    }
+
+    /// The columns of `V` and `M` a tile row takes: `tw`, or 8 where the transforms of a
+    /// tile row a register run (tile `(i, j)` in column `8 i + j / 2 + 4 (j % 2)`).
+    fn row_slots(isa: Isa, tw: usize) -> usize {
+        if Self::by_rows_at(isa, tw) {
             8
+        } else {
+            tw
         }
     }
 
     fn padded_len(&self) -> usize {
-        // slack: a group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the last
-        // plane when only one of its tile rows is there), 18 values from each; one of 2
-        // tile rows up to 4 i0 + 9, 36 values from each
+        // slack: an AVX-512 group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the
+        // last plane when only one of its tile rows is there), 18 values from each; an
+        // AVX2 group of 2 tile rows up to 4 i0 + 9, 18 values from each; a tile row
+        // (`by_rows`) 36 values from each of its 6 rows
         self.g.c * self.hs * self.ws + 16 * self.ws + 36
     }
 
@@ -174,13 +195,13 @@ impl Winograd4Conv {
         36 * self.m_stride() + 16
     }
 
-    /// The groups of the grouped transforms: `(i0, mask)`, the first tile row and the
-    /// lanes that hold tiles (lane `l ii + j` is tile `(i0 + ii, j)`, `l` =
-    /// [`Winograd4Conv::lanes`]; the selected tiles are `i0 tw` onwards, in order).
+    /// The groups of the AVX-512 transforms: `(i0, mask)`, the first tile row and the
+    /// lanes that hold tiles (lane `4 ii + j` is tile `(i0 + ii, j)`; the selected tiles
+    /// are `i0 tw` onwards, in order).
     fn groups(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
-        let (l, row) = (self.lanes(), (1u16 << self.tw) - 1);
-        (0..self.th).step_by(16 / l).map(move |i0| {
-            let mask = (0..(self.th - i0).min(16 / l)).fold(0u16, |m, ii| m | (row << (l * ii)));
+        let row = (1u16 << self.tw) - 1;
+        (0..self.th).step_by(4).map(move |i0| {
+            let mask = (0..(self.th - i0).min(4)).fold(0u16, |m, ii| m | (row << (4 * ii)));
             (i0, mask)
         })
     }
@@ -196,18 +217,17 @@ impl Winograd4Conv {
                 for (i0, mask) in self.groups() {
                     let first = ci * plane + 4 * i0 * self.ws;
                     debug_assert!(first + 17 * self.ws + 18 <= padded.len());
-                    debug_assert!(first + 9 * self.ws + 36 <= padded.len());
                     // SAFETY: `grouped` means the CPU has AVX-512 (`with_isa` checked
-                    // `isa`) and `tw <= 8`, `lanes` 4 or 8 by `tw`. The group reads rows
-                    // `4 ii + r` (`ii < 16 / l`, `r < 6`) of 18 values (36 for `l = 8`)
-                    // from `first`, within `padded_len`'s slack; it writes
+                    // `isa`) and `tw <= 4`. The group reads rows `4 ii + r` (`ii < 4`,
+                    // `r < 6`) of 18 values from `first`, within `padded_len`'s slack; it
+                    // writes
                     // `popcount(mask)` values from tile `i0 tw` (all tiles `< tiles <=
                     // tp`) of row `ci` of each of the 36 positions (`pos` apart).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let src = padded.as_ptr().add(first);
                         let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
-                        avx512::input_group(src, self.ws, self.lanes(), dst, pos, mask);
+                        avx512::input_group(src, self.ws, dst, pos, mask);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask}");
@@ -229,6 +249,23 @@ impl Winograd4Conv {
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX2 outside x86-64: {i0}");
+                }
+            } else if self.by_rows() {
+                for i in 0..self.th {
+                    let first = ci * plane + 4 * i * self.ws;
+                    debug_assert!(first + 5 * self.ws + 36 <= padded.len());
+                    // SAFETY: `by_rows` means the CPU has AVX2 and FMA (AVX2 or AVX-512,
+                    // which `with_isa` checked) and `tw` is 5 to 8. The row reads rows `4 i + r` (`r < 6`) of 36 values from `first`,
+                    // within `padded_len`'s slack; it writes 8 values from column `8 i`
+                    // (`8 (i + 1) <= 8 th <= tp`) of row `ci` of each of the 36 positions.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let src = padded.as_ptr().add(first);
+                        let dst = v.as_mut_ptr().add(ci * self.tp + 8 * i);
+                        avx2::input_row8(src, self.ws, dst, pos);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX2 outside x86-64: {first}");
                 }
             } else {
                 let p = &padded[ci * plane..(ci + 1) * plane];
@@ -257,15 +294,15 @@ impl Winograd4Conv {
                 for (i0, mask) in self.groups() {
                     let first = f * self.tp + i0 * self.tw;
                     debug_assert!(first + 35 * pos + 16 <= m.len());
-                    // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 8`. Reads 16
+                    // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 4`. Reads 16
                     // values from `first` at each of the 36 positions: at most 15 past
                     // the last tile of the last filter's row, which `m_len`'s slack
                     // covers. Writes `OW` values of the output rows `4 i0 + k < OH` of
-                    // plane `f` (`OW <= 4 tw <= 4 l`, the lanes of a row's tiles).
+                    // plane `f` (`OW <= 4 tw <= 16`, the lanes of a row's tiles).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let (src, dst) = (m.as_ptr().add(first), of.as_mut_ptr().cast::<f32>().add(4 * i0 * ow));
-                        avx512::output_group(src, pos, self.lanes(), mask, b, dst, ow, oh - 4 * i0);
+                        avx512::output_group(src, pos, mask, b, dst, ow, oh - 4 * i0);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX-512 outside x86-64: {i0} {mask} {b}");
@@ -285,6 +322,22 @@ impl Winograd4Conv {
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("AVX2 outside x86-64: {i0} {b}");
+                }
+            } else if self.by_rows() {
+                for i in 0..self.th {
+                    let first = f * self.tp + 8 * i;
+                    debug_assert!(first + 35 * pos + 8 <= m.len());
+                    // SAFETY: `by_rows` means the CPU has AVX2 and FMA and `tw` is 5 to 8
+                    // (`OW <= 32`). Reads 8 values from `first` (within filter `f`'s
+                    // row: `8 (i + 1) <= tp`) at each of the 36 positions; writes `OW`
+                    // values of the output rows `4 i + a < OH` of plane `f`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let (src, dst) = (m.as_ptr().add(first), of.as_mut_ptr().cast::<f32>().add(4 * i * ow));
+                        avx2::output_row8(src, pos, b, dst, ow, oh - 4 * i);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX2 outside x86-64: {first} {b}");
                 }
             } else {
                 for i in 0..self.th {
@@ -492,15 +545,14 @@ mod avx512 {
     }
 
     /// Two values of every tile from four registers of tile rows' values: lane
-    /// `l ii + j` of the first is value `4 j + k` of tile row `ii`, of the second value
-    /// `4 j + k + 1`, for the `k` that `idx` selects (`IDX01` or `IDX23`). For `l = 4`,
-    /// `s[ii]` holds 16 values of tile row `ii`; for `l = 8`, `s[2 ii]` and
-    /// `s[2 ii + 1]` hold 32 values of tile row `ii`.
+    /// `4 ii + j` of the first is value `4 j + k` of tile row `ii`, of the second value
+    /// `4 j + k + 1`, for the `k` that `idx` selects (`IDX01` or `IDX23`); `s[ii]` holds
+    /// 16 values of tile row `ii`.
     #[inline(always)]
     fn pair(s: &[__m512; 4], idx: __m512i) -> (__m512, __m512) {
         // SAFETY: register shuffles; only reached from the AVX-512F functions below.
         unsafe {
-            // lanes 0-7 from s[0] and s[1] (value k of 4 + 4 tiles, or of 8), lanes 8-15
+            // lanes 0-7 from s[0] and s[1] (value k of 4 + 4 tiles), lanes 8-15
             // value k + 1; the same from s[2] and s[3]
             let lo = _mm512_permutex2var_ps(s[0], idx, s[1]);
             let hi = _mm512_permutex2var_ps(s[2], idx, s[3]);
@@ -517,48 +569,34 @@ mod avx512 {
     const IDX01: [i32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29];
     const IDX23: [i32; 16] = [2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31];
 
-    /// The input transform of up to 16 tiles: `16 / l` tile rows of `l` tiles (`l` = 4
-    /// or 8) from `src` (the top-left value of the first tile; image rows `ws` apart,
-    /// tile rows `4 ws`). `Bᵀ d B` position `ξ` of the tiles selected by `mask` (lane
-    /// `l ii + j`) is stored, packed in lane order, as `popcount(mask)` values at
-    /// `dst + ξ pos`.
+    /// The input transform of up to 16 tiles: 4 tile rows of 4 tiles from `src` (the
+    /// top-left value of the first tile; image rows `ws` apart, tile rows `4 ws`).
+    /// `Bᵀ d B` position `ξ` of the tiles selected by `mask` (lane `4 ii + j`) is stored,
+    /// packed in lane order, as `popcount(mask)` values at `dst + ξ pos`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `src` is valid for reads of 18 values (36 for `l = 8`) from
-    /// each of the rows `k ws`, `k < 4 (16 / l) + 2`; `dst` for writes of
-    /// `popcount(mask)` values at each of 36 rows `pos` apart.
+    /// The CPU has AVX-512F; `src` is valid for reads of 18 values from each of the rows
+    /// `k ws`, `k < 18`; `dst` for writes of `popcount(mask)` values at each of 36 rows
+    /// `pos` apart.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn input_group(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
+    pub unsafe fn input_group(src: *const f32, ws: usize, dst: *mut f32, pos: usize, mask: u16) {
         // SAFETY (both): reads of two constant arrays of 16 values.
         let idx01 = unsafe { _mm512_loadu_si512(IDX01.as_ptr().cast()) };
         let idx23 = unsafe { _mm512_loadu_si512(IDX23.as_ptr().cast()) };
         // (d B)[r][c] of every tile, row by row
         let mut t = [[_mm512_setzero_ps(); 6]; 6];
         for (r, tr) in t.iter_mut().enumerate() {
-            // SAFETY: for `l = 4`, row `4 ii + r < 18`, columns 0-15 and 2-17; for
-            // `l = 8`, row `4 ii + r < 10`, columns 0-31 and 4-35: within the contract.
+            // SAFETY: row `4 ii + r < 18`, columns 0-15 and 2-17: within the contract.
             let (a, b) = unsafe {
                 let row = |ii: usize| src.add((4 * ii + r) * ws);
-                if l == 4 {
-                    (
-                        [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii))),
-                        [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii).add(2))),
-                    )
-                } else {
-                    // (tile row, first column): the values from column 0, then from 4
-                    let at = |(ii, c): (usize, usize)| _mm512_loadu_ps(row(ii).add(c));
-                    (
-                        [(0, 0), (0, 16), (1, 0), (1, 16)].map(at),
-                        [(0, 4), (0, 20), (1, 4), (1, 20)].map(at),
-                    )
-                }
+                (
+                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii))),
+                    [0, 1, 2, 3].map(|ii| _mm512_loadu_ps(row(ii).add(2))),
+                )
             };
-            // the second loads start 2 (l = 4) or 4 (l = 8) columns on: their values
-            // 4 j + 2, 4 j + 3 (or 4 j, 4 j + 1) are the tiles' columns 4 and 5
-            let idx45 = if l == 4 { idx23 } else { idx01 };
             // columns 4j + k: k = 0, 1 and 2, 3 from the first loads, 4, 5 (2, 3 of the
             // loads from column 2) from the second
-            let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx45));
+            let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx23));
             *tr = bt([d0, d1, d2, d3, d4, d5]);
         }
         let count = mask.count_ones() as usize;
@@ -578,21 +616,11 @@ mod avx512 {
     /// values of output row `4 ii + a` to `dst + (4 ii + a) ow`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `ow <= 4 l`; `src` is valid for reads of 16 values at each
-    /// of 36 rows `pos` apart; `dst + (4 ii + a) ow` for writes of `ow` values for each
+    /// The CPU has AVX-512F; `ow <= 16`; `src` is valid for reads of 16 values at each of
+    /// 36 rows `pos` apart; `dst + (4 ii + a) ow` for writes of `ow` values for each
     /// written row.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_group(
-        src: *const f32,
-        pos: usize,
-        l: usize,
-        mask: u16,
-        b: f32,
-        dst: *mut f32,
-        ow: usize,
-        rows: usize,
-    ) {
+    pub unsafe fn output_group(src: *const f32, pos: usize, mask: u16, b: f32, dst: *mut f32, ow: usize, rows: usize) {
         let gaps = prefix(mask.count_ones() as usize) != mask;
         let load = |xi: usize| {
             // SAFETY: position `xi < 36`, within the contract.
@@ -635,12 +663,12 @@ mod avx512 {
                 _mm512_shuffle_f32x4::<0x88>(v1, v3),
                 _mm512_shuffle_f32x4::<0xdd>(v1, v3),
             ];
-            // out[p]: columns from 16 (p mod (l / 4)) of tile row p / (l / 4)
+            // out[p]: the 16 values of tile row p's output row a
             for (p, v) in out.into_iter().enumerate() {
-                let (row, col) = (4 * (4 * p / l) + a, 16 * (p % (l / 4)));
-                if row < rows && col < ow {
-                    // SAFETY: values `col..ow` of a row `< rows`, within the contract.
-                    unsafe { _mm512_mask_storeu_ps(dst.add(row * ow + col), prefix(ow - col), v) };
+                let row = 4 * p + a;
+                if row < rows {
+                    // SAFETY: `ow <= 16` values of a row `< rows`, within the contract.
+                    unsafe { _mm512_mask_storeu_ps(dst.add(row * ow), prefix(ow), v) };
                 }
             }
         }
@@ -770,8 +798,9 @@ mod avx2 {
             let [_, _, d4, d5] = quad(2);
             bt([d0, d1, d2, d3, d4, d5])
         });
+        // indexed by column, not `t.map(..)` or a transposed copy: those go through memory
+        #[allow(clippy::needless_range_loop)]
         for col in 0..6 {
-            // indexed, not `t.map(..)`: that copies all 36 registers through memory
             for (row, v) in bt(std::array::from_fn(|r| t[r][col])).into_iter().enumerate() {
                 // SAFETY: position `6 row + col < 36`, `4 rows` values, within the contract.
                 unsafe { store_first(dst.add((6 * row + col) * pos), 4 * rows, v) };
@@ -819,6 +848,78 @@ mod avx2 {
                             store_first(dst.add(row * ow + 8), ow - 8, hi);
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The input transform of one tile row of up to 8 tiles from `src` (the top-left
+    /// value of its first tile; image rows `ws` apart): `Bᵀ d B` position `ξ` of the
+    /// tiles is stored as 8 values at `dst + ξ pos`, tile `j` in lane `j / 2 + 4 (j % 2)`
+    /// (tiles 0, 2, 4, 6 in the low 128 bits, 1, 3, 5, 7 in the high: the order an
+    /// in-lane transpose of whole-row loads gives). Lanes of tiles past the row's last
+    /// hold what the values after it give.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `src` is valid for reads of 36 values from each of the
+    /// rows `k ws`, `k < 6`; `dst` for writes of 8 values at each of 36 rows `pos` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn input_row8(src: *const f32, ws: usize, dst: *mut f32, pos: usize) {
+        let (pd, ps) = (_mm256_castps_pd, _mm256_castpd_ps);
+        let t: [[__m256; 6]; 6] = std::array::from_fn(|r| {
+            // SAFETY: 8 values from columns `8 q` and `8 q + 4`, `q < 4`: columns up to
+            // 35 of row `r < 6`, within the contract.
+            let (a, b) = unsafe {
+                let p = src.add(r * ws);
+                let a: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(p.add(8 * q)));
+                let b: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(p.add(8 * q + 4)));
+                (a, b)
+            };
+            // values 0-3 of each tile, then 4 and 5 (values 0 and 1 of the loads 4 on)
+            let [d0, d1, d2, d3] = transpose4(a);
+            let (e0, e1) = (_mm256_unpacklo_ps(b[0], b[1]), _mm256_unpacklo_ps(b[2], b[3]));
+            let (d4, d5) = (
+                ps(_mm256_unpacklo_pd(pd(e0), pd(e1))),
+                ps(_mm256_unpackhi_pd(pd(e0), pd(e1))),
+            );
+            bt([d0, d1, d2, d3, d4, d5])
+        });
+        // indexed by column, as in `input_group`
+        #[allow(clippy::needless_range_loop)]
+        for col in 0..6 {
+            for (row, v) in bt(std::array::from_fn(|r| t[r][col])).into_iter().enumerate() {
+                // SAFETY: position `6 row + col < 36`, 8 values, within the contract.
+                unsafe { _mm256_storeu_ps(dst.add((6 * row + col) * pos), v) };
+            }
+        }
+    }
+
+    /// The output transform of one tile row of up to 8 tiles laid out as in
+    /// [`input_row8`]: `Aᵀ m A + b`, with `m[ξ]` of the tiles at `src + ξ pos`. Writes,
+    /// for the output rows `a < rows.min(4)`, the first `ow` values of output row `a` to
+    /// `dst + a ow`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `ow <= 32`; `src` is valid for reads of 8 values at each
+    /// of 36 rows `pos` apart; `dst + a ow` for writes of `ow` values for each written
+    /// row.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn output_row8(src: *const f32, pos: usize, b: f32, dst: *mut f32, ow: usize, rows: usize) {
+        // SAFETY: position `xi < 36`, within the contract.
+        let load = |xi: usize| unsafe { _mm256_loadu_ps(src.add(xi * pos)) };
+        // (Aᵀ m)[a][c], column by column
+        let cols: [[__m256; 4]; 6] = std::array::from_fn(|c| at(std::array::from_fn(|row| load(6 * row + c))));
+        let bias = _mm256_set1_ps(b);
+        // indexed by output row, as in `input_group`
+        #[allow(clippy::needless_range_loop)]
+        for a in 0..rows.min(4) {
+            // u[q]: tiles 2 q and 2 q + 1's 4 values of output row a: columns 8 q to 8 q + 7
+            let u = transpose4(at(std::array::from_fn(|c| cols[c][a])).map(|y| _mm256_add_ps(y, bias)));
+            for (q, v) in u.into_iter().enumerate() {
+                if 8 * q < ow {
+                    // SAFETY: values `8 q` to `min(8 q + 8, ow)` of row `a < rows`,
+                    // within the contract.
+                    unsafe { store_first(dst.add(a * ow + 8 * q), ow - 8 * q, v) };
                 }
             }
         }
@@ -943,15 +1044,15 @@ mod tests {
     }
 
     #[test]
-    fn pays_on_outputs_of_three_or_four_tiles_a_row() {
+    fn pays_on_outputs_of_three_to_eight_tiles_a_row() {
         let g = |hw, pad| ConvGeometry::new(32, hw, hw, 3, 3, 1, pad).unwrap();
-        for (hw, pad) in [(14, 1), (14, 2), (16, 0), (11, 1)] {
+        for (hw, pad) in [(14, 1), (14, 2), (16, 0), (11, 1), (28, 1), (32, 1), (17, 1)] {
+            let out = hw + 2 * pad - 2;
             assert!(Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx512), "{hw} pad {pad}");
-            // at AVX2, 4 tiles a row only
-            let avx2 = hw + 2 * pad - 2 >= 13;
+            // at AVX2, from 4 tiles a row on
             assert_eq!(
                 Winograd4Conv::pays(&g(hw, pad), 32, Isa::Avx2),
-                avx2,
+                out >= 13,
                 "{hw} pad {pad} at AVX2"
             );
             assert!(
@@ -960,19 +1061,27 @@ mod tests {
             );
             assert!(!Winograd4Conv::pays(&g(hw, pad), 32, Isa::Neon), "{hw} pad {pad} NEON");
         }
-        // at AVX2, F(2x2, 3x3) pays from C * FN = 512 on
-        assert!(!Winograd4Conv::pays(&g(14, 1), 8, Isa::Avx2));
-        assert!(Winograd4Conv::pays(&g(14, 1), 16, Isa::Avx2));
-        // 8 and 17 wide, against 9 and 16; 16 wide but 8 high; F(2x2, 3x3) would not pay
+        // from C * FN = 256 on, with 8 channels or more
+        let c8 = |f| ConvGeometry::new(8, 14, 14, 3, 3, 1, 1).map(|g| Winograd4Conv::pays(&g, f, Isa::Avx2));
+        assert_eq!((c8(31), c8(32)), (Ok(false), Ok(true)));
+        let c4 = ConvGeometry::new(4, 14, 14, 3, 3, 1, 1).unwrap();
+        assert!(!Winograd4Conv::pays(&c4, 64, Isa::Avx512));
+        assert!(!Winograd4Conv::pays(&g(14, 1), 7, Isa::Avx512));
+        assert!(Winograd4Conv::pays(&g(14, 1), 8, Isa::Avx512));
+        // 8 and 33 wide, against 9 and 32; 16 wide but 8 high; 5x5 filters; stride 2
         assert!(!Winograd4Conv::pays(&g(10, 0), 32, Isa::Avx512));
         assert!(Winograd4Conv::pays(&g(9, 1), 32, Isa::Avx512));
-        assert!(!Winograd4Conv::pays(&g(17, 1), 32, Isa::Avx512));
-        assert!(Winograd4Conv::pays(&g(16, 1), 32, Isa::Avx512));
+        assert!(!Winograd4Conv::pays(&g(33, 1), 32, Isa::Avx512));
+        assert!(!Winograd4Conv::pays(&g(33, 1), 32, Isa::Avx2));
+        assert!(Winograd4Conv::pays(&g(32, 1), 32, Isa::Avx2));
         let flat = ConvGeometry::new(32, 8, 16, 3, 3, 1, 1).unwrap();
         assert!(!Winograd4Conv::pays(&flat, 32, Isa::Avx512));
         let tall = ConvGeometry::new(32, 9, 16, 3, 3, 1, 1).unwrap();
         assert!(Winograd4Conv::pays(&tall, 32, Isa::Avx512));
-        assert!(!Winograd4Conv::pays(&g(14, 1), 4, Isa::Avx512));
+        let five = ConvGeometry::new(32, 16, 16, 5, 5, 1, 2).unwrap();
+        assert!(!Winograd4Conv::pays(&five, 32, Isa::Avx512));
+        let strided = ConvGeometry::new(32, 32, 32, 3, 3, 2, 1).unwrap();
+        assert!(!Winograd4Conv::pays(&strided, 32, Isa::Avx512));
     }
 
     #[test]
@@ -986,9 +1095,10 @@ mod tests {
             for out_w in [4, 9, 13, 16, 17, 29, 32, 33] {
                 let k = kernel(out_w, isa);
                 let tw = out_w.div_ceil(4);
-                assert_eq!(k.grouped(), isa == Isa::Avx512 && tw <= 8, "{isa} {out_w}");
+                assert_eq!(k.grouped(), isa == Isa::Avx512 && tw <= 4, "{isa} {out_w}");
                 assert_eq!(k.grouped_avx2(), isa == Isa::Avx2 && tw == 4, "{isa} {out_w}");
-                assert_eq!(k.lanes(), if tw <= 4 { 4 } else { 8 }, "{out_w}");
+                let by_rows = matches!(isa, Isa::Avx2 | Isa::Avx512) && (5..=8).contains(&tw);
+                assert_eq!(k.by_rows(), by_rows, "{isa} {out_w}");
             }
         }
     }
