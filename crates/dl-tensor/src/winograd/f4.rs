@@ -60,7 +60,8 @@ pub struct Winograd4Conv {
     /// Tile rows and columns: `ceil(OH/4)`, `ceil(OW/4)`.
     th: usize,
     tw: usize,
-    /// Tiles per image rounded up to 16 (the row length of `V` and `M`).
+    /// The columns of an image's tiles, `th` times `row_slots`, rounded
+    /// up to 16 (the row length of `V` and `M`).
     tp: usize,
     /// Rows and row length of a padded input plane: `4 th + 2`, `4 tw + 2`.
     hs: usize,
