@@ -194,9 +194,8 @@ unsafe fn load_packed(src: *const f32, mask: u16, l: usize) -> V16 {
 /// the rest may be overwritten ([`store_packed`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16) {
-    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut t = [[zero; 4]; 4];
-    for (r, tr) in t.iter_mut().enumerate() {
+    // built in place, not zeroed first
+    let t: [[V16; 4]; 4] = std::array::from_fn(|r| {
         let p = src.wrapping_add(r * ws);
         // where lanes 0-7 and 8-15 take their 16 values from, in two loads each
         let (lo_a, lo_b, hi_a, hi_b) = match l {
@@ -219,10 +218,12 @@ pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, p
             let ((lo2, lo3), (hi2, hi3)) = (half(lo_a, lo_b, 2), half(hi_a, hi_b, 2));
             ((lo0, hi0), (lo1, hi1), (lo2, hi2), (lo3, hi3))
         };
-        *tr = bt([d0, d1, d2, d3]);
-    }
+        bt([d0, d1, d2, d3])
+    });
+    // indexed by column, not `t.map(..)`: that copies all 32 registers through memory
+    #[allow(clippy::needless_range_loop)]
     for q in 0..4 {
-        let col = bt(t.map(|row| row[q]));
+        let col = bt(std::array::from_fn(|r| t[r][q]));
         for (r, v) in col.into_iter().enumerate() {
             // SAFETY: row `4 r + q < 16` of `dst`, `popcount(mask)` values, within the
             // contract.

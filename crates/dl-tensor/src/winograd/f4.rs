@@ -77,10 +77,10 @@ impl Winograd4Conv {
     /// input channels and `C * FN >= 256`, on outputs at least 9 high and, at AVX-512, 9
     /// to 32 wide (3 to 8 tiles a row), at AVX2 13 to 32 wide (4 to 8 tiles a row: its
     /// transforms are written for those). There it runs about half F(2x2, 3x3)'s
-    /// products, and took 0.56-0.66x F(2x2, 3x3)'s time on DeepConvNet's 14 x 14 and 16 x
-    /// 16 layers at AVX-512, 0.49-0.59x at AVX2; on its 28 x 28 layer (16 channels in
-    /// and out, where at AVX2 the direct kernel ran) 0.74x F(2x2, 3x3)'s at AVX-512 and
-    /// 0.57x the direct kernel's at AVX2 (docs/PERFORMANCE.md).
+    /// products; on DeepConvNet's 28 x 28, 14 x 14 and 16 x 16 layers it took 0.70-0.88x
+    /// F(2x2, 3x3)'s time at AVX-512, and at AVX2 0.46-0.53x F(2x2, 3x3)'s, 0.53-0.57x
+    /// the direct kernel's on the 28 x 28 layer (16 channels in and out), where
+    /// F(2x2, 3x3) does not pay (the kernels' F(4x4, 3x3) table, docs/PERFORMANCE.md).
     pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
         let widths = match isa {
             Isa::Avx512 => 9..=32,
@@ -584,9 +584,8 @@ mod avx512 {
         // SAFETY (both): reads of two constant arrays of 16 values.
         let idx01 = unsafe { _mm512_loadu_si512(IDX01.as_ptr().cast()) };
         let idx23 = unsafe { _mm512_loadu_si512(IDX23.as_ptr().cast()) };
-        // (d B)[r][c] of every tile, row by row
-        let mut t = [[_mm512_setzero_ps(); 6]; 6];
-        for (r, tr) in t.iter_mut().enumerate() {
+        // (d B)[r][c] of every tile, row by row, built in place
+        let t: [[__m512; 6]; 6] = std::array::from_fn(|r| {
             // SAFETY: row `4 ii + r < 18`, columns 0-15 and 2-17: within the contract.
             let (a, b) = unsafe {
                 let row = |ii: usize| src.add((4 * ii + r) * ws);
@@ -598,12 +597,14 @@ mod avx512 {
             // columns 4j + k: k = 0, 1 and 2, 3 from the first loads, 4, 5 (2, 3 of the
             // loads from column 2) from the second
             let ((d0, d1), (d2, d3), (d4, d5)) = (pair(&a, idx01), pair(&a, idx23), pair(&b, idx23));
-            *tr = bt([d0, d1, d2, d3, d4, d5]);
-        }
+            bt([d0, d1, d2, d3, d4, d5])
+        });
         let count = mask.count_ones() as usize;
         let gaps = prefix(count) != mask;
+        // indexed by column, not `t.map(..)`: that copies all 36 registers through memory
+        #[allow(clippy::needless_range_loop)]
         for col in 0..6 {
-            for (row, v) in bt(t.map(|r| r[col])).into_iter().enumerate() {
+            for (row, v) in bt(std::array::from_fn(|r| t[r][col])).into_iter().enumerate() {
                 let v = if gaps { _mm512_maskz_compress_ps(mask, v) } else { v };
                 // SAFETY: position `6 row + col < 36`, `count` values, within the contract.
                 unsafe { _mm512_mask_storeu_ps(dst.add((6 * row + col) * pos), prefix(count), v) };
