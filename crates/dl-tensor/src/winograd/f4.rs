@@ -77,10 +77,10 @@ impl Winograd4Conv {
     /// input channels and `C * FN >= 256`, on outputs at least 9 high and, at AVX-512, 9
     /// to 32 wide (3 to 8 tiles a row), at AVX2 13 to 32 wide (4 to 8 tiles a row: its
     /// transforms are written for those). There it runs about half F(2x2, 3x3)'s
-    /// products; on DeepConvNet's 28 x 28, 14 x 14 and 16 x 16 layers it took 0.70-0.88x
-    /// F(2x2, 3x3)'s time at AVX-512, and at AVX2 0.46-0.53x F(2x2, 3x3)'s, 0.53-0.57x
-    /// the direct kernel's on the 28 x 28 layer (16 channels in and out), where
-    /// F(2x2, 3x3) does not pay (the kernels' F(4x4, 3x3) table, docs/PERFORMANCE.md).
+    /// products, and on DeepConvNet's 28 x 28, 14 x 14 and 16 x 16 layers takes 0.5-0.8x
+    /// F(2x2, 3x3)'s time, and about half the direct kernel's at AVX2 on the 28 x 28 one
+    /// (16 channels in and out), where F(2x2, 3x3) does not pay (the kernels' F(4x4,
+    /// 3x3) table, docs/PERFORMANCE.md).
     pub fn pays(g: &ConvGeometry, filters: usize, isa: Isa) -> bool {
         let widths = match isa {
             Isa::Avx512 => 9..=32,
