@@ -36,7 +36,8 @@ pub enum Isa {
     Neon,
     /// 256-bit AVX2 with FMA: x86-64 since Intel Haswell (2013) and AMD Zen.
     Avx2,
-    /// 512-bit AVX-512F: Intel Xeon since Skylake-SP, Ice Lake, AMD Zen 4 and later.
+    /// 512-bit AVX-512F: Intel Xeon since Skylake-SP, Ice Lake, AMD Zen 4 and later
+    /// (with AVX2 and FMA, which every such CPU has and its kernels also use).
     Avx512,
 }
 
@@ -167,7 +168,7 @@ pub enum IsaError {
 fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx512f") && avx2()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
