@@ -1,3 +1,4 @@
+use dl_tensor::{relu, Isa};
 use rayon::prelude::*;
 
 use crate::{check_dout, Layer, LayerError, Op, Tensor};
@@ -28,21 +29,16 @@ impl Layer for Relu {
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
         let mut x = crate::into_standard(x);
         let xs = x.as_slice_mut().expect("standard layout");
+        let isa = Isa::active();
         if train {
             self.mask.resize(xs.len(), false);
             self.shape = x.shape().to_vec();
             let xs = x.as_slice_mut().expect("standard layout");
             xs.par_chunks_mut(CHUNK)
                 .zip(self.mask.par_chunks_mut(CHUNK))
-                .for_each(|(xc, mc)| {
-                    for (v, m) in xc.iter_mut().zip(mc) {
-                        *m = *v <= 0.0;
-                        *v = v.max(0.0);
-                    }
-                });
+                .for_each(|(xc, mc)| relu::forward_masked(isa, xc, mc));
         } else {
-            xs.par_chunks_mut(CHUNK)
-                .for_each(|xc| xc.iter_mut().for_each(|v| *v = v.max(0.0)));
+            xs.par_chunks_mut(CHUNK).for_each(|xc| relu::forward(isa, xc));
         }
         Ok(x)
     }
@@ -54,12 +50,7 @@ impl Layer for Relu {
             .expect("standard layout")
             .par_chunks_mut(CHUNK)
             .zip(self.mask.par_chunks(CHUNK))
-            .for_each(|(dc, mc)| {
-                // a select, not a branch: vectorises
-                for (d, &m) in dc.iter_mut().zip(mc) {
-                    *d = if m { 0.0 } else { *d };
-                }
-            });
+            .for_each(|(dc, mc)| relu::backward_in_place(Isa::active(), dc, mc));
         dout
     }
 

@@ -46,8 +46,8 @@ fn convolution_forward_matches_direct_convolution_in_train_and_eval() {
 
 #[test]
 fn every_convolution_algorithm_agrees_with_the_lowered_path() {
-    // (C, FN, FH, stride, pad, H): DeepConvNet's layers at batch 5 (so groups of 4 and
-    // 1; conv1 on the direct kernel, the others on Winograd in forward, dx and dW), 70
+    // (C, FN, FH, stride, pad, H): DeepConvNet's layers at a batch of GROUP + 2 (so two
+    // groups of images in backward, one short; conv1 on the direct kernel, the others on Winograd in forward, dx and dW), 70
     // filters (lane blocks of 64 and 16), an odd output size on Winograd (tiles half
     // outside), 1x1 convolutions (no lowering at all), a 3x3 stride-2 one (ResNet's
     // downsampling) and 5x5. Every algorithm falls back to the lowered path where its
@@ -71,7 +71,7 @@ fn every_convolution_algorithm_agrees_with_the_lowered_path() {
             fast.set_algo(algo);
             let mut lowered = fast.clone();
             lowered.set_algo(ConvAlgo::Lowered);
-            let x = random_input(&[5, c, h, h], 0.0, 90 + i as u64);
+            let x = random_input(&[dl_tensor::GROUP + 2, c, h, h], 0.0, 90 + i as u64);
             let yd = fast.forward(x.clone(), true).unwrap();
             let yl = lowered.forward(x, true).unwrap();
             assert_eq!(lowered.last_kernel(), Some("lowered"));

@@ -285,6 +285,33 @@ fn int8_convolution(c: &mut Criterion) {
 }
 
 /// The vector instruction sets this CPU has (`DLFS_SIMD` narrows them to one).
+/// The ReLU's passes (`dl_tensor::relu`) over one image of DeepConvNet's first layers
+/// (16 x 28 x 28 values), at every level the CPU has, scalar included.
+fn relu_passes(c: &mut Criterion) {
+    use dl_tensor::relu;
+    let mut group = c.benchmark_group("relu");
+    let n = 16 * 28 * 28;
+    group.throughput(Throughput::Elements(n as u64));
+    let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
+    let mut y = x.clone();
+    let mut mask = vec![false; n];
+    let mut out = vec![0.0f32; n];
+    let mut levels = vector_levels();
+    levels.insert(0, Isa::Scalar);
+    for isa in levels {
+        group.bench_function(BenchmarkId::new("forward_masked", isa), |b| {
+            b.iter(|| {
+                y.copy_from_slice(&x);
+                relu::forward_masked(isa, &mut y, &mut mask)
+            })
+        });
+        group.bench_function(BenchmarkId::new("backward", isa), |b| {
+            b.iter(|| relu::backward(isa, &x, &mask, &mut out))
+        });
+    }
+    group.finish();
+}
+
 fn vector_levels() -> Vec<Isa> {
     let forced = Isa::from_env().ok().flatten();
     Isa::supported_levels()
@@ -296,6 +323,6 @@ fn vector_levels() -> Vec<Isa> {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering, convolution, int8_convolution, instruction_rates
+    targets = gemm_backends, lowering, convolution, relu_passes, int8_convolution, instruction_rates
 }
 criterion_main!(benches);

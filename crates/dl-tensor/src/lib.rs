@@ -60,6 +60,7 @@ mod memory;
 pub mod norm;
 mod ops;
 pub mod reference;
+pub mod relu;
 mod simd;
 #[cfg(test)]
 mod testing;
