@@ -1,4 +1,4 @@
-use dl_tensor::{ConvGeometry, Tensor};
+use dl_tensor::{pool, ConvGeometry, Isa, Tensor};
 use rayon::prelude::*;
 
 use crate::{check_dout, Layer, LayerError, Op};
@@ -92,48 +92,6 @@ impl Pooling {
     }
 }
 
-/// Max over every whole 2x2 window with stride 2 of one plane of width `w`, with the
-/// general path's choice on ties (the first largest in row-major order wins).
-fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
-    for (oy, (orow, arow)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).take(oh).enumerate() {
-        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
-        let cells = orow.iter_mut().zip(arow.iter_mut());
-        for (ox, ((ov, av), (t, b))) in cells.zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))).enumerate() {
-            // The general path's scan (strictly greater replaces, from -inf), as selects.
-            let (mut best, mut at) = (f32::NEG_INFINITY, r0 + 2 * ox);
-            for (v, i) in [
-                (t[0], r0 + 2 * ox),
-                (t[1], r0 + 2 * ox + 1),
-                (b[0], r1 + 2 * ox),
-                (b[1], r1 + 2 * ox + 1),
-            ] {
-                let take = v > best;
-                best = if take { v } else { best };
-                at = if take { i } else { at };
-            }
-            *ov = best;
-            *av = at as u32;
-        }
-    }
-}
-
-/// [`max_pool_2x2`]'s maxima without their positions (evaluation): the same selects,
-/// value for value, which the compiler turns into vector compares and blends.
-fn max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
-    for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
-        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
-        for (ov, (t, b)) in orow.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
-            let mut best = f32::NEG_INFINITY;
-            for v in [t[0], t[1], b[0], b[1]] {
-                best = if v > best { v } else { best };
-            }
-            *ov = best;
-        }
-    }
-}
-
 impl Layer for Pooling {
     fn name(&self) -> &str {
         "Pooling"
@@ -156,10 +114,10 @@ impl Layer for Pooling {
             PoolKind::Max => {
                 // The book's 2x2 pooling with stride 2 over even sizes: every window is
                 // whole, so a plain unrolled loop does; evaluation needs no positions.
-                let full_2x2 = self.full_2x2(&g);
+                let (full_2x2, isa) = (self.full_2x2(&g), Isa::active());
                 if full_2x2 && !train {
                     out.par_chunks_mut(oplane).zip(xs.par_chunks(plane)).for_each(|(o, p)| {
-                        max_pool_2x2_values(p, g.w, g.out_h, g.out_w, o);
+                        pool::max_pool_2x2_values(isa, p, g.w, g.out_h, g.out_w, o);
                     });
                     return Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"));
                 }
@@ -191,7 +149,7 @@ impl Layer for Pooling {
                         .zip(xs.par_chunks(plane))
                         .for_each(|((o, a), p)| {
                             if full_2x2 {
-                                max_pool_2x2(p, g.w, g.out_h, g.out_w, o, a);
+                                pool::max_pool_2x2(isa, p, g.w, g.out_h, g.out_w, o, a);
                             } else {
                                 general(o, a, p);
                             }
@@ -232,6 +190,11 @@ impl Layer for Pooling {
         let dout = dout.as_standard_layout();
         let ds = dout.as_slice().expect("standard layout");
         let (plane, oplane) = (g.h * g.w, g.out_h * g.out_w);
+        if self.kind == PoolKind::Max && self.full_2x2(&g) {
+            // every value of dx written once, planes in parallel
+            let dx = pool::max_unpool_2x2(Isa::active(), n * g.c, g.w, g.out_h, g.out_w, ds, &self.arg_max);
+            return Tensor::from_shape_vec(vec![n, g.c, g.h, g.w], dx).expect("dx shape");
+        }
         let mut dx = vec![0.0f32; n * g.c * plane];
         match self.kind {
             PoolKind::Max => {
@@ -306,23 +269,5 @@ mod tests {
         assert!(!fast(Pooling::max(2, 1, 2, 0), 6, 6), "1 wide");
         assert!(!fast(Pooling::max(2, 2, 1, 0), 2, 2), "stride 1");
         assert!(!fast(Pooling::max(2, 2, 2, 1), 6, 6), "padded");
-    }
-
-    /// Evaluation's maxima are the training path's bit for bit, ties of `-0` and `+0`
-    /// (equal, of different signs: the first wins) and NaN (never the largest) included.
-    #[test]
-    fn the_maxima_alone_are_those_of_the_path_with_positions() {
-        let (z, n, nan) = (0.0f32, -0.0f32, f32::NAN);
-        // two rows of 8: four windows
-        #[rustfmt::skip]
-        let p = [
-            n, z, nan, 1.0, z, n, nan, nan,
-            z, z, 2.0, nan, n, z, nan, -3.0,
-        ];
-        let (mut with, mut alone, mut at) = ([9.0f32; 4], [9.0f32; 4], [0u32; 4]);
-        max_pool_2x2(&p, 8, 1, 4, &mut with, &mut at);
-        max_pool_2x2_values(&p, 8, 1, 4, &mut alone);
-        assert_eq!(with.map(f32::to_bits), alone.map(f32::to_bits));
-        assert_eq!(alone.map(f32::to_bits), [n, 2.0, z, -3.0].map(f32::to_bits));
     }
 }

@@ -312,6 +312,40 @@ fn relu_passes(c: &mut Criterion) {
     group.finish();
 }
 
+/// DeepConvNet's first max pooling (2x2, stride 2) over one image (16 planes of
+/// 28 x 28): forward with positions, forward without, and backward (`dl_tensor::pool`),
+/// at every level the CPU has, scalar included.
+fn pooling(c: &mut Criterion) {
+    use dl_tensor::pool;
+    let mut group = c.benchmark_group("pooling");
+    let (planes, w, oh, ow) = (16, 28, 14, 14);
+    group.throughput(Throughput::Elements((planes * w * w) as u64));
+    let x: Vec<f32> = (0..planes * w * w).map(|i| ((i * 7919) % 23) as f32 - 11.0).collect();
+    let (mut o, mut a) = (vec![0.0f32; planes * oh * ow], vec![0u32; planes * oh * ow]);
+    let mut levels = vector_levels();
+    levels.insert(0, Isa::Scalar);
+    for isa in levels {
+        group.bench_function(BenchmarkId::new("max_pool_2x2", isa), |b| {
+            b.iter(|| {
+                for ((p, o), a) in x.chunks(w * w).zip(o.chunks_mut(oh * ow)).zip(a.chunks_mut(oh * ow)) {
+                    pool::max_pool_2x2(isa, p, w, oh, ow, o, a);
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("max_pool_2x2_values", isa), |b| {
+            b.iter(|| {
+                for (p, o) in x.chunks(w * w).zip(o.chunks_mut(oh * ow)) {
+                    pool::max_pool_2x2_values(isa, p, w, oh, ow, o);
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("max_unpool_2x2", isa), |b| {
+            b.iter(|| pool::max_unpool_2x2(isa, planes, w, oh, ow, &o, &a))
+        });
+    }
+    group.finish();
+}
+
 fn vector_levels() -> Vec<Isa> {
     let forced = Isa::from_env().ok().flatten();
     Isa::supported_levels()
@@ -323,6 +357,6 @@ fn vector_levels() -> Vec<Isa> {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering, convolution, relu_passes, int8_convolution, instruction_rates
+    targets = gemm_backends, lowering, convolution, relu_passes, pooling, int8_convolution, instruction_rates
 }
 criterion_main!(benches);

@@ -59,6 +59,7 @@ pub mod lowp;
 mod memory;
 pub mod norm;
 mod ops;
+pub mod pool;
 pub mod reference;
 pub mod relu;
 mod simd;

@@ -1,0 +1,357 @@
+//! The book's max pooling on whole 2x2 windows with stride 2 (DeepConvNet's, VGG's),
+//! one plane at a time, at an instruction-set level: plain loops compiled once per
+//! level with that level's target features, as [`crate::relu`]'s are.
+//!
+//! The forward keeps, for each window, the position of its maximum in the plane (the
+//! book's `Pooling.arg_max`); the first largest in row-major order wins a tie, and a
+//! NaN is never chosen over a number, as in the general path of `dl-layers`' `Pooling`.
+//! The backward sends each output's gradient to that position and 0 everywhere else.
+//!
+//! ```
+//! use dl_tensor::{pool, Isa};
+//!
+//! // one 2 x 4 plane: two windows
+//! let p = [1.0f32, 5.0, 2.0, 2.0,
+//!          3.0, 4.0, 2.0, 0.0];
+//! let (mut o, mut a) = ([0.0f32; 2], [0u32; 2]);
+//! pool::max_pool_2x2(Isa::active(), &p, 4, 1, 2, &mut o, &mut a);
+//! assert_eq!((o, a), ([5.0, 2.0], [1, 2]));   // the tie: the first 2 wins
+//! let dx = pool::max_unpool_2x2(Isa::active(), 1, 4, 1, 2, &[10.0, 20.0], &a);
+//! assert_eq!(dx, [0.0, 10.0, 20.0, 0.0,
+//!                 0.0, 0.0, 0.0, 0.0]);
+//! ```
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use crate::Isa;
+
+/// The passes' plain loops, inlined into each level's copy.
+mod body {
+    use std::mem::MaybeUninit;
+
+    #[inline(always)]
+    pub fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
+        for (oy, (orow, arow)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).take(oh).enumerate() {
+            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+            let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+            let cells = orow.iter_mut().zip(arow.iter_mut());
+            for (ox, ((ov, av), (t, b))) in cells.zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))).enumerate() {
+                // the general path's scan (strictly greater replaces, from -inf), as selects
+                let (mut best, mut at) = (f32::NEG_INFINITY, r0 + 2 * ox);
+                for (v, i) in [
+                    (t[0], r0 + 2 * ox),
+                    (t[1], r0 + 2 * ox + 1),
+                    (b[0], r1 + 2 * ox),
+                    (b[1], r1 + 2 * ox + 1),
+                ] {
+                    let take = v > best;
+                    best = if take { v } else { best };
+                    at = if take { i } else { at };
+                }
+                *ov = best;
+                *av = at as u32;
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+        for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
+            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+            let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+            for (ov, (t, b)) in orow.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
+                let mut best = f32::NEG_INFINITY;
+                for v in [t[0], t[1], b[0], b[1]] {
+                    best = if v > best { v } else { best };
+                }
+                *ov = best;
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn max_unpool_2x2(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
+        for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
+            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+            let (top, bottom) = dx[r0..r1 + w].split_at_mut(w);
+            let cells = drow.iter().zip(arow);
+            for (ox, ((&v, &at), (t, b))) in cells
+                .zip(top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)))
+                .enumerate()
+            {
+                // `0 + v`, as the sum into a cleared plane gives (-0 becomes +0)
+                let (v, at) = (0.0 + v, at as usize);
+                let pick = |i: usize| MaybeUninit::new(if at == i { v } else { 0.0 });
+                t[0] = pick(r0 + 2 * ox);
+                t[1] = pick(r0 + 2 * ox + 1);
+                b[0] = pick(r1 + 2 * ox);
+                b[1] = pick(r1 + 2 * ox + 1);
+            }
+        }
+    }
+}
+
+/// Each pass compiled for AVX2 + FMA and for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::body;
+    use std::mem::MaybeUninit;
+
+    macro_rules! levels {
+        ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
+            pub mod avx2 {
+                use super::*;
+                $(
+                    /// # Safety
+                    /// The CPU has AVX2 and FMA.
+                    #[target_feature(enable = "avx2,fma")]
+                    pub unsafe fn $name($($arg: $ty),*) {
+                        body::$name($($arg),*)
+                    }
+                )*
+            }
+            pub mod avx512 {
+                use super::*;
+                $(
+                    /// # Safety
+                    /// The CPU has AVX-512F, AVX2 and FMA.
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    pub unsafe fn $name($($arg: $ty),*) {
+                        body::$name($($arg),*)
+                    }
+                )*
+            }
+        };
+    }
+
+    levels! {
+        max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]);
+        max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
+        max_unpool_2x2(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]);
+    }
+}
+
+/// Runs `$name` at `isa`'s copy when this CPU has it, else the scalar loop.
+macro_rules! dispatch {
+    ($isa:expr, $name:ident ( $($arg:expr),* )) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            match $isa {
+                // SAFETY: the CPU has the level's features (`supported`; the AVX-512
+                // level includes AVX2 and FMA).
+                Isa::Avx512 if Isa::Avx512.supported() => return unsafe { x86::avx512::$name($($arg),*) },
+                // SAFETY: as above.
+                Isa::Avx2 if Isa::Avx2.supported() => return unsafe { x86::avx2::$name($($arg),*) },
+                _ => {}
+            }
+        }
+        let _ = $isa;
+        body::$name($($arg),*)
+    }};
+}
+
+/// The maxima of the whole 2x2 windows (stride 2) of the plane `p` of width `w` into the
+/// `oh x ow` plane `o`, and each one's position in `p` into `a`. Rows of `o` and `a`
+/// past the shorter of the two, or past `oh`, are left alone.
+///
+/// # Panics
+/// If `p` has fewer than `2 oh` rows of `w >= 2 ow` values.
+pub fn max_pool_2x2(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
+    check_plane(p.len(), w, oh, ow);
+    dispatch!(isa, max_pool_2x2(p, w, oh, ow, o, a))
+}
+
+/// [`max_pool_2x2`]'s maxima without their positions (evaluation), value for value.
+///
+/// # Panics
+/// As [`max_pool_2x2`].
+pub fn max_pool_2x2_values(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+    check_plane(p.len(), w, oh, ow);
+    dispatch!(isa, max_pool_2x2_values(p, w, oh, ow, o))
+}
+
+/// The backward of [`max_pool_2x2`] over `planes` planes of `2 oh x w` values
+/// (`w == 2 ow`): each value of `dout` (`oh x ow` a plane) sent to the position `a`
+/// holds for it, every other value 0. Each value of the result is written once,
+/// planes in parallel: no clearing pass, no scattered sums. The same values as adding
+/// each output's gradient at its position into a cleared plane.
+///
+/// # Panics
+/// If `w != 2 ow`, or `dout` or `a` does not hold `planes` planes of `oh x ow` values.
+pub fn max_unpool_2x2(isa: Isa, planes: usize, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32]) -> Vec<f32> {
+    assert_eq!(w, 2 * ow, "max_unpool_2x2: planes {w} wide for {ow} windows a row");
+    let (plane, oplane) = (2 * oh * w, oh * ow);
+    assert!(
+        dout.len() == planes * oplane && a.len() == planes * oplane,
+        "max_unpool_2x2: {} gradients and {} positions for {planes} planes of {oh} x {ow}",
+        dout.len(),
+        a.len()
+    );
+    let mut dx = Vec::<f32>::with_capacity(planes * plane);
+    if plane > 0 {
+        dx.spare_capacity_mut()[..planes * plane]
+            .par_chunks_mut(plane)
+            .zip(dout.par_chunks(oplane.max(1)))
+            .zip(a.par_chunks(oplane.max(1)))
+            .for_each(|((d, o), a)| unpool_plane(isa, w, oh, ow, o, a, d));
+    }
+    // SAFETY: the capacity is `planes * plane`, and each plane's chunk was written in
+    // full: `w == 2 ow`, so the `oh` pairs of rows of `2 ow` values are the whole plane.
+    unsafe { dx.set_len(planes * plane) };
+    dx
+}
+
+/// One plane of [`max_unpool_2x2`].
+fn unpool_plane(isa: Isa, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
+    dispatch!(isa, max_unpool_2x2(w, oh, ow, dout, a, dx))
+}
+
+/// The windows' rows must lie inside the plane.
+fn check_plane(len: usize, w: usize, oh: usize, ow: usize) {
+    assert!(
+        2 * ow <= w && 2 * oh * w <= len,
+        "max_pool_2x2: a plane of {len} values {w} wide has no {oh} x {ow} windows of 2 x 2"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The levels to run: every one this CPU has, and NEON's (portable) everywhere.
+    fn levels() -> Vec<Isa> {
+        let mut l = Isa::supported_levels();
+        if !l.contains(&Isa::Neon) {
+            l.push(Isa::Neon);
+        }
+        l
+    }
+
+    /// A plane full of ties (few distinct values), with NaNs and infinities.
+    fn plane(n: usize, seed: usize) -> Vec<f32> {
+        let kinds = [1.0f32, 2.0, 2.0, -1.0, f32::NAN, 0.0, -0.0, f32::NEG_INFINITY, 3.0, 2.0];
+        (0..n).map(|i| kinds[(i * 7 + seed + i / 5) % kinds.len()]).collect()
+    }
+
+    /// The book's pooling, written out: the first largest of each window's four values
+    /// in row-major order (`>` from -inf: a NaN never wins; all NaN: the first).
+    fn reference(p: &[f32], w: usize, oh: usize, ow: usize) -> (Vec<f32>, Vec<u32>) {
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut best, mut at) = (f32::NEG_INFINITY, 2 * oy * w + 2 * ox);
+                for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let i = (2 * oy + dy) * w + 2 * ox + dx;
+                    if p[i] > best {
+                        (best, at) = (p[i], i);
+                    }
+                }
+                o.push(best);
+                a.push(at as u32);
+            }
+        }
+        (o, a)
+    }
+
+    #[test]
+    fn every_level_pools_as_the_book_on_planes_of_every_size() {
+        // widths past the vector lanes (1 to 20 windows a row); planes wider than their
+        // windows (an odd last column left out) and taller (an odd last row)
+        for (oh, ow, w, h) in [
+            (1, 1, 2, 2),
+            (3, 5, 10, 6),
+            (2, 8, 17, 5),
+            (14, 14, 28, 28),
+            (4, 20, 40, 9),
+            (7, 3, 6, 14),
+        ] {
+            let p = plane(w * h, oh + ow);
+            let (want, want_at) = reference(&p, w, oh, ow);
+            for isa in levels() {
+                let (mut o, mut a) = (vec![9.0f32; oh * ow], vec![u32::MAX; oh * ow]);
+                max_pool_2x2(isa, &p, w, oh, ow, &mut o, &mut a);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&o), bits(&want), "{isa} {oh}x{ow} in {h}x{w}");
+                assert_eq!(a, want_at, "{isa} {oh}x{ow}");
+                let mut alone = vec![9.0f32; oh * ow];
+                max_pool_2x2_values(isa, &p, w, oh, ow, &mut alone);
+                assert_eq!(bits(&alone), bits(&want), "{isa} values {oh}x{ow}");
+            }
+        }
+    }
+
+    /// Evaluation's maxima are the training path's bit for bit, ties of `-0` and `+0`
+    /// (equal, of different signs: the first wins) and NaN (never the largest) included.
+    #[test]
+    fn the_maxima_alone_are_those_of_the_pass_with_positions() {
+        let (z, n, nan) = (0.0f32, -0.0f32, f32::NAN);
+        // two rows of 8: four windows
+        #[rustfmt::skip]
+        let p = [
+            n, z, nan, 1.0, z, n, nan, nan,
+            z, z, 2.0, nan, n, z, nan, -3.0,
+        ];
+        for isa in levels() {
+            let (mut with, mut alone, mut at) = ([9.0f32; 4], [9.0f32; 4], [0u32; 4]);
+            max_pool_2x2(isa, &p, 8, 1, 4, &mut with, &mut at);
+            max_pool_2x2_values(isa, &p, 8, 1, 4, &mut alone);
+            assert_eq!(with.map(f32::to_bits), alone.map(f32::to_bits), "{isa}");
+            assert_eq!(alone.map(f32::to_bits), [n, 2.0, z, -3.0].map(f32::to_bits), "{isa}");
+            assert_eq!(at, [0, 10, 4, 15], "{isa}");
+        }
+    }
+
+    #[test]
+    fn every_level_unpools_as_the_sums_into_a_cleared_plane() {
+        for (planes, oh, ow) in [(1, 1, 1), (3, 14, 14), (2, 4, 9), (5, 7, 20)] {
+            let w = 2 * ow;
+            let p = plane(planes * 2 * oh * w, planes);
+            let (mut dout, mut a) = (Vec::new(), Vec::new());
+            for (k, pk) in p.chunks(2 * oh * w).enumerate() {
+                a.extend(reference(pk, w, oh, ow).1);
+                // -0 among the gradients: the sum into a cleared plane makes it +0
+                dout.extend((0..oh * ow).map(|i| if i % 5 == 0 { -0.0 } else { (i + k) as f32 - 7.5 }));
+            }
+            let mut want = vec![0.0f32; planes * 2 * oh * w];
+            for (k, (d, ak)) in dout.chunks(oh * ow).zip(a.chunks(oh * ow)).enumerate() {
+                for (&v, &i) in d.iter().zip(ak) {
+                    want[k * 2 * oh * w + i as usize] += v;
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for isa in levels() {
+                let got = max_unpool_2x2(isa, planes, w, oh, ow, &dout, &a);
+                assert_eq!(bits(&got), bits(&want), "{isa} {planes} x {oh}x{ow}");
+            }
+        }
+        assert_eq!(max_unpool_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[]), Vec::<f32>::new());
+    }
+
+    #[test]
+    #[should_panic(expected = "max_unpool_2x2: planes 5 wide for 2 windows a row")]
+    fn unpooling_wants_planes_of_whole_windows() {
+        max_unpool_2x2(Isa::Scalar, 1, 5, 1, 2, &[1.0, 2.0], &[0, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "3 gradients and 2 positions for 1 planes of 1 x 2")]
+    fn unpooling_wants_a_gradient_and_a_position_for_each_window() {
+        max_unpool_2x2(Isa::Scalar, 1, 4, 1, 2, &[1.0, 2.0, 3.0], &[0, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "a plane of 7 values 4 wide has no 1 x 2 windows")]
+    fn pooling_wants_the_windows_inside_the_plane() {
+        let (mut o, mut a) = ([0.0f32; 2], [0u32; 2]);
+        max_pool_2x2(Isa::Scalar, &[0.0; 7], 4, 1, 2, &mut o, &mut a);
+    }
+
+    #[test]
+    #[should_panic(expected = "a plane of 8 values 3 wide has no 1 x 2 windows")]
+    fn pooling_wants_the_windows_inside_a_row() {
+        let mut o = [0.0f32; 2];
+        max_pool_2x2_values(Isa::Scalar, &[0.0; 8], 3, 1, 2, &mut o);
+    }
+}
