@@ -114,6 +114,13 @@ fn pooling_backward_matches_numerical_gradient() {
         &grid(&[2, 2, 5, 5], 4),
         1e-2,
     );
+    // even sizes: whole 2x2 windows, which max pooling's backward takes on its own path
+    assert_grads(
+        "Pooling avg 2x2/2 even",
+        &Pooling::average(2, 2, 2, 0),
+        &grid(&[2, 2, 4, 6], 6),
+        1e-2,
+    );
     assert_grads(
         "Pooling avg 3x3/1 pad2",
         &Pooling::average(3, 3, 1, 2),
