@@ -45,6 +45,9 @@
 //! assert_eq!((g.out_h, g.out_w), (3, 3));
 //! ```
 
+#[macro_use]
+mod levels;
+
 pub mod binary;
 mod conv;
 mod denormal;

@@ -27,129 +27,73 @@ use rayon::prelude::*;
 
 use crate::Isa;
 
-/// The passes' plain loops, inlined into each level's copy.
-mod body {
-    use std::mem::MaybeUninit;
+// The passes' plain loops, inlined into each level's copy (`crate::levels`).
 
-    #[inline(always)]
-    pub fn max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
-        for (oy, (orow, arow)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).take(oh).enumerate() {
-            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-            let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
-            let cells = orow.iter_mut().zip(arow.iter_mut());
-            for (ox, ((ov, av), (t, b))) in cells.zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))).enumerate() {
-                // the general path's scan (strictly greater replaces, from -inf), as selects
-                let (mut best, mut at) = (f32::NEG_INFINITY, r0 + 2 * ox);
-                for (v, i) in [
-                    (t[0], r0 + 2 * ox),
-                    (t[1], r0 + 2 * ox + 1),
-                    (b[0], r1 + 2 * ox),
-                    (b[1], r1 + 2 * ox + 1),
-                ] {
-                    let take = v > best;
-                    best = if take { v } else { best };
-                    at = if take { i } else { at };
-                }
-                *ov = best;
-                *av = at as u32;
+#[inline(always)]
+fn max_pool_2x2_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
+    for (oy, (orow, arow)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).take(oh).enumerate() {
+        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+        let cells = orow.iter_mut().zip(arow.iter_mut());
+        for (ox, ((ov, av), (t, b))) in cells.zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))).enumerate() {
+            // the general path's scan (strictly greater replaces, from -inf), as selects
+            let (mut best, mut at) = (f32::NEG_INFINITY, r0 + 2 * ox);
+            for (v, i) in [
+                (t[0], r0 + 2 * ox),
+                (t[1], r0 + 2 * ox + 1),
+                (b[0], r1 + 2 * ox),
+                (b[1], r1 + 2 * ox + 1),
+            ] {
+                let take = v > best;
+                best = if take { v } else { best };
+                at = if take { i } else { at };
             }
-        }
-    }
-
-    #[inline(always)]
-    pub fn max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
-        for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
-            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-            let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
-            for (ov, (t, b)) in orow.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
-                let mut best = f32::NEG_INFINITY;
-                for v in [t[0], t[1], b[0], b[1]] {
-                    best = if v > best { v } else { best };
-                }
-                *ov = best;
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub fn max_unpool_2x2(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
-        for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
-            let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-            let (top, bottom) = dx[r0..r1 + w].split_at_mut(w);
-            let cells = drow.iter().zip(arow);
-            for (ox, ((&v, &at), (t, b))) in cells
-                .zip(top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)))
-                .enumerate()
-            {
-                // `0 + v`, as the sum into a cleared plane gives (-0 becomes +0)
-                let (v, at) = (0.0 + v, at as usize);
-                let pick = |i: usize| MaybeUninit::new(if at == i { v } else { 0.0 });
-                t[0] = pick(r0 + 2 * ox);
-                t[1] = pick(r0 + 2 * ox + 1);
-                b[0] = pick(r1 + 2 * ox);
-                b[1] = pick(r1 + 2 * ox + 1);
-            }
+            *ov = best;
+            *av = at as u32;
         }
     }
 }
 
-/// Each pass compiled for AVX2 + FMA and for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::body;
-    use std::mem::MaybeUninit;
-
-    macro_rules! levels {
-        ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
-            pub mod avx2 {
-                use super::*;
-                $(
-                    /// # Safety
-                    /// The CPU has AVX2 and FMA.
-                    #[target_feature(enable = "avx2,fma")]
-                    pub unsafe fn $name($($arg: $ty),*) {
-                        body::$name($($arg),*)
-                    }
-                )*
+#[inline(always)]
+fn max_pool_2x2_values_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+    for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
+        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+        let (top, bottom) = (&p[r0..r0 + 2 * ow], &p[r1..r1 + 2 * ow]);
+        for (ov, (t, b)) in orow.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
+            let mut best = f32::NEG_INFINITY;
+            for v in [t[0], t[1], b[0], b[1]] {
+                best = if v > best { v } else { best };
             }
-            pub mod avx512 {
-                use super::*;
-                $(
-                    /// # Safety
-                    /// The CPU has AVX-512F, AVX2 and FMA.
-                    #[target_feature(enable = "avx512f,avx2,fma")]
-                    pub unsafe fn $name($($arg: $ty),*) {
-                        body::$name($($arg),*)
-                    }
-                )*
-            }
-        };
-    }
-
-    levels! {
-        max_pool_2x2(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]);
-        max_pool_2x2_values(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
-        max_unpool_2x2(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]);
+            *ov = best;
+        }
     }
 }
 
-/// Runs `$name` at `isa`'s copy when this CPU has it, else the scalar loop.
-macro_rules! dispatch {
-    ($isa:expr, $name:ident ( $($arg:expr),* )) => {{
-        #[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
+    for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
+        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
+        let (top, bottom) = dx[r0..r1 + w].split_at_mut(w);
+        let cells = drow.iter().zip(arow);
+        for (ox, ((&v, &at), (t, b))) in cells
+            .zip(top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)))
+            .enumerate()
         {
-            match $isa {
-                // SAFETY: the CPU has the level's features (`supported`; the AVX-512
-                // level includes AVX2 and FMA).
-                Isa::Avx512 if Isa::Avx512.supported() => return unsafe { x86::avx512::$name($($arg),*) },
-                // SAFETY: as above.
-                Isa::Avx2 if Isa::Avx2.supported() => return unsafe { x86::avx2::$name($($arg),*) },
-                _ => {}
-            }
+            // `0 + v`, as the sum into a cleared plane gives (-0 becomes +0)
+            let (v, at) = (0.0 + v, at as usize);
+            let pick = |i: usize| MaybeUninit::new(if at == i { v } else { 0.0 });
+            t[0] = pick(r0 + 2 * ox);
+            t[1] = pick(r0 + 2 * ox + 1);
+            b[0] = pick(r1 + 2 * ox);
+            b[1] = pick(r1 + 2 * ox + 1);
         }
-        let _ = $isa;
-        body::$name($($arg),*)
-    }};
+    }
+}
+
+builds! {
+    max_pool_2x2_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]);
+    max_pool_2x2_values_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
+    max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [std::mem::MaybeUninit<f32>]);
 }
 
 /// The maxima of the whole 2x2 windows (stride 2) of the plane `p` of width `w` into the
@@ -160,7 +104,7 @@ macro_rules! dispatch {
 /// If `p` has fewer than `2 oh` rows of `w >= 2 ow` values.
 pub fn max_pool_2x2(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]) {
     check_plane(p.len(), w, oh, ow);
-    dispatch!(isa, max_pool_2x2(p, w, oh, ow, o, a))
+    at_level!(isa, max_pool_2x2_loop(p, w, oh, ow, o, a))
 }
 
 /// [`max_pool_2x2`]'s maxima without their positions (evaluation), value for value.
@@ -169,7 +113,7 @@ pub fn max_pool_2x2(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut
 /// As [`max_pool_2x2`].
 pub fn max_pool_2x2_values(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
     check_plane(p.len(), w, oh, ow);
-    dispatch!(isa, max_pool_2x2_values(p, w, oh, ow, o))
+    at_level!(isa, max_pool_2x2_values_loop(p, w, oh, ow, o))
 }
 
 /// The backward of [`max_pool_2x2`] over `planes` planes of `2 oh x w` values
@@ -205,7 +149,7 @@ pub fn max_unpool_2x2(isa: Isa, planes: usize, w: usize, oh: usize, ow: usize, d
 
 /// One plane of [`max_unpool_2x2`].
 fn unpool_plane(isa: Isa, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
-    dispatch!(isa, max_unpool_2x2(w, oh, ow, dout, a, dx))
+    at_level!(isa, max_unpool_2x2_loop(w, oh, ow, dout, a, dx))
 }
 
 /// The windows' rows must lie inside the plane.
@@ -219,15 +163,6 @@ fn check_plane(len: usize, w: usize, oh: usize, ow: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The levels to run: every one this CPU has, and NEON's (portable) everywhere.
-    fn levels() -> Vec<Isa> {
-        let mut l = Isa::supported_levels();
-        if !l.contains(&Isa::Neon) {
-            l.push(Isa::Neon);
-        }
-        l
-    }
 
     /// A plane full of ties (few distinct values), with NaNs and infinities.
     fn plane(n: usize, seed: usize) -> Vec<f32> {
@@ -269,7 +204,7 @@ mod tests {
         ] {
             let p = plane(w * h, oh + ow);
             let (want, want_at) = reference(&p, w, oh, ow);
-            for isa in levels() {
+            for isa in Isa::ALL {
                 let (mut o, mut a) = (vec![9.0f32; oh * ow], vec![u32::MAX; oh * ow]);
                 max_pool_2x2(isa, &p, w, oh, ow, &mut o, &mut a);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -293,7 +228,7 @@ mod tests {
             n, z, nan, 1.0, z, n, nan, nan,
             z, z, 2.0, nan, n, z, nan, -3.0,
         ];
-        for isa in levels() {
+        for isa in Isa::ALL {
             let (mut with, mut alone, mut at) = ([9.0f32; 4], [9.0f32; 4], [0u32; 4]);
             max_pool_2x2(isa, &p, 8, 1, 4, &mut with, &mut at);
             max_pool_2x2_values(isa, &p, 8, 1, 4, &mut alone);
@@ -321,7 +256,7 @@ mod tests {
                 }
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            for isa in levels() {
+            for isa in Isa::ALL {
                 let got = max_unpool_2x2(isa, planes, w, oh, ow, &dout, &a);
                 assert_eq!(bits(&got), bits(&want), "{isa} {planes} x {oh}x{ow}");
             }

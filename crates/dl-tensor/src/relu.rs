@@ -18,123 +18,70 @@
 //! ```
 //!
 //! Every level computes the same values bit for bit (the tests run each level the CPU
-//! has against [`Isa::Scalar`]). A level the CPU lacks, or [`Isa::Neon`] off aarch64,
-//! runs the scalar loop.
+//! has against the book's definition). A level the CPU lacks, or [`Isa::Neon`], runs
+//! the plain build ([`crate::norm::level`] says which level runs).
 
 use crate::Isa;
 
-/// The passes' plain loops, inlined into each level's copy.
-mod body {
-    #[inline(always)]
-    pub fn forward(values: &mut [f32]) {
-        values.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+// The passes' plain loops, inlined into each level's copy (`crate::levels`).
 
-    #[inline(always)]
-    pub fn forward_masked(values: &mut [f32], mask: &mut [bool]) {
-        for (v, m) in values.iter_mut().zip(mask) {
-            *m = *v <= 0.0;
-            *v = v.max(0.0);
-        }
-    }
+#[inline(always)]
+fn forward_loop(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = v.max(0.0));
+}
 
-    #[inline(always)]
-    pub fn backward(dout: &[f32], mask: &[bool], out: &mut [f32]) {
-        for ((o, &d), &m) in out.iter_mut().zip(dout).zip(mask) {
-            // a select, not a branch: vectorises
-            *o = if m { 0.0 } else { d };
-        }
-    }
-
-    #[inline(always)]
-    pub fn backward_in_place(dout: &mut [f32], mask: &[bool]) {
-        for (d, &m) in dout.iter_mut().zip(mask) {
-            *d = if m { 0.0 } else { *d };
-        }
+#[inline(always)]
+fn forward_masked_loop(values: &mut [f32], mask: &mut [bool]) {
+    for (v, m) in values.iter_mut().zip(mask) {
+        *m = *v <= 0.0;
+        *v = v.max(0.0);
     }
 }
 
-/// Each pass compiled for AVX2 + FMA and for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::body;
-
-    macro_rules! levels {
-        ($($name:ident ( $($arg:ident : $ty:ty),* );)*) => {
-            pub mod avx2 {
-                use super::body;
-                $(
-                    /// # Safety
-                    /// The CPU has AVX2 and FMA.
-                    #[target_feature(enable = "avx2,fma")]
-                    pub unsafe fn $name($($arg: $ty),*) {
-                        body::$name($($arg),*)
-                    }
-                )*
-            }
-            pub mod avx512 {
-                use super::body;
-                $(
-                    /// # Safety
-                    /// The CPU has AVX-512F, AVX2 and FMA.
-                    #[target_feature(enable = "avx512f,avx2,fma")]
-                    pub unsafe fn $name($($arg: $ty),*) {
-                        body::$name($($arg),*)
-                    }
-                )*
-            }
-        };
-    }
-
-    levels! {
-        forward(values: &mut [f32]);
-        forward_masked(values: &mut [f32], mask: &mut [bool]);
-        backward(dout: &[f32], mask: &[bool], out: &mut [f32]);
-        backward_in_place(dout: &mut [f32], mask: &[bool]);
+#[inline(always)]
+fn backward_loop(dout: &[f32], mask: &[bool], out: &mut [f32]) {
+    for ((o, &d), &m) in out.iter_mut().zip(dout).zip(mask) {
+        // a select, not a branch: vectorises
+        *o = if m { 0.0 } else { d };
     }
 }
 
-/// Runs `$name` at `isa`'s copy when this CPU has it, else the scalar loop.
-macro_rules! dispatch {
-    ($isa:expr, $name:ident ( $($arg:expr),* )) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            match $isa {
-                // SAFETY: the CPU has the level's features (`supported`; the AVX-512
-                // level includes AVX2 and FMA).
-                Isa::Avx512 if Isa::Avx512.supported() => return unsafe { x86::avx512::$name($($arg),*) },
-                // SAFETY: as above.
-                Isa::Avx2 if Isa::Avx2.supported() => return unsafe { x86::avx2::$name($($arg),*) },
-                _ => {}
-            }
-        }
-        let _ = $isa;
-        body::$name($($arg),*)
-    }};
+#[inline(always)]
+fn backward_in_place_loop(dout: &mut [f32], mask: &[bool]) {
+    for (d, &m) in dout.iter_mut().zip(mask) {
+        *d = if m { 0.0 } else { *d };
+    }
+}
+
+builds! {
+    forward_loop(values: &mut [f32]);
+    forward_masked_loop(values: &mut [f32], mask: &mut [bool]);
+    backward_loop(dout: &[f32], mask: &[bool], out: &mut [f32]);
+    backward_in_place_loop(dout: &mut [f32], mask: &[bool]);
 }
 
 /// `v = max(0, v)` for every value (a NaN becomes 0, as the book's `Relu` in this
 /// project makes it).
 pub fn forward(isa: Isa, values: &mut [f32]) {
-    dispatch!(isa, forward(values))
+    at_level!(isa, forward_loop(values))
 }
 
 /// [`forward`], and `mask = v <= 0` (before the ReLU) for every value, as the book's
 /// `Relu.forward` keeps it for the backward pass (a NaN: 0, mask `false`). Values past
 /// the shorter of the two slices are left alone.
 pub fn forward_masked(isa: Isa, values: &mut [f32], mask: &mut [bool]) {
-    dispatch!(isa, forward_masked(values, mask))
+    at_level!(isa, forward_masked_loop(values, mask))
 }
 
 /// The book's `Relu.backward` into `out`: `dout` where the mask is `false`, 0 where it
 /// is `true`, over the shortest of the three slices.
 pub fn backward(isa: Isa, dout: &[f32], mask: &[bool], out: &mut [f32]) {
-    dispatch!(isa, backward(dout, mask, out))
+    at_level!(isa, backward_loop(dout, mask, out))
 }
 
 /// [`backward`] in place: `dout` zeroed where the mask is `true`.
 pub fn backward_in_place(isa: Isa, dout: &mut [f32], mask: &[bool]) {
-    dispatch!(isa, backward_in_place(dout, mask))
+    at_level!(isa, backward_in_place_loop(dout, mask))
 }
 
 #[cfg(test)]
@@ -162,15 +109,6 @@ mod tests {
             .collect()
     }
 
-    /// The levels to run: every one this CPU has, and NEON's (portable) everywhere.
-    fn levels() -> Vec<Isa> {
-        let mut l = Isa::supported_levels();
-        if !l.contains(&Isa::Neon) {
-            l.push(Isa::Neon);
-        }
-        l
-    }
-
     #[test]
     fn every_level_is_the_book_relu_on_every_length_and_kind_of_value() {
         // lengths across the vector widths' tails (4, 8, 16 lanes; the loops unrolled)
@@ -185,7 +123,7 @@ mod tests {
                 .zip(&want_mask)
                 .map(|(&d, &m)| if m { 0.0 } else { d })
                 .collect();
-            for isa in levels() {
+            for isa in Isa::ALL {
                 let at = format!("{isa}, n = {n}");
                 let mut y = x.clone();
                 forward(isa, &mut y);
@@ -207,7 +145,7 @@ mod tests {
 
     #[test]
     fn the_passes_stop_at_the_shortest_slice() {
-        for isa in levels() {
+        for isa in Isa::ALL {
             let mut y = [-1.0f32, -2.0, -3.0];
             let mut mask = [false; 2];
             forward_masked(isa, &mut y, &mut mask);
