@@ -169,11 +169,12 @@ impl Winograd4Conv {
     }
 
     fn padded_len(&self) -> usize {
-        // slack: an AVX-512 group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the
-        // last plane when only one of its tile rows is there), 18 values from each; an
-        // AVX2 group of 2 tile rows up to 4 i0 + 9, 18 values from each; a tile row
-        // (`by_rows`) 36 values from each of its 6 rows
-        self.g.c * self.hs * self.ws + 16 * self.ws + 36
+        // one channel's plane (`transform_input` pads each into it in turn); slack: an
+        // AVX-512 group of 4 tile rows reads rows up to 4 i0 + 17 (12 past the plane
+        // when only one of its tile rows is there), 18 values from each; an AVX2 group
+        // of 2 tile rows up to 4 i0 + 9, 18 values from each; a tile row (`by_rows`)
+        // 36 values from each of its 6 rows
+        self.hs * self.ws + 16 * self.ws + 36
     }
 
     /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
@@ -207,16 +208,34 @@ impl Winograd4Conv {
         })
     }
 
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, from the padded planes.
-    /// The padding lanes `t >= tiles` keep what they held: `M`'s columns there are never
-    /// read.
-    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
-        let (plane, pos) = (self.hs * self.ws, self.v_stride());
-        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for ci in 0..self.g.c {
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, `d` the 6x6 patches of
+    /// `x` padded with zeros. Each channel's plane is first copied into `padded` (zeros
+    /// around it, at row and column `pad`); the slack after it keeps what it held: the
+    /// transforms read it only into lanes or tiles they drop. The padding lanes
+    /// `t >= tiles` of `V` keep what they held: `M`'s columns there are never read.
+    fn transform_input(&self, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
+        let (g, pos) = (&self.g, self.v_stride());
+        assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
+        for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
+            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
+            // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs` and
+            // `pad + W <= ws` (`4 th >= OH = H + 2 pad - 2`, and the same for the width).
+            unsafe {
+                transform::pad_plane(
+                    self.isa,
+                    src.as_ptr(),
+                    g.h,
+                    g.w,
+                    g.pad,
+                    padded.as_mut_ptr(),
+                    self.hs,
+                    self.ws,
+                )
+            };
+            let padded = &*padded;
             if self.grouped() {
                 for (i0, mask) in self.groups() {
-                    let first = ci * plane + 4 * i0 * self.ws;
+                    let first = 4 * i0 * self.ws;
                     debug_assert!(first + 17 * self.ws + 18 <= padded.len());
                     // SAFETY: `grouped` means the CPU has AVX-512 (`with_isa` checked
                     // `isa`) and `tw <= 4`. The group reads rows `4 ii + r` (`ii < 4`,
@@ -235,7 +254,7 @@ impl Winograd4Conv {
                 }
             } else if self.grouped_avx2() {
                 for i0 in (0..self.th).step_by(2) {
-                    let first = ci * plane + 4 * i0 * self.ws;
+                    let first = 4 * i0 * self.ws;
                     debug_assert!(first + 9 * self.ws + 18 <= padded.len());
                     // SAFETY: `grouped_avx2` means the CPU has AVX2 and FMA and `tw = 4`
                     // (`ws = 18`). The group reads rows `4 ii + r` (`ii < 2`, `r < 6`) of
@@ -253,7 +272,7 @@ impl Winograd4Conv {
                 }
             } else if self.by_rows() {
                 for i in 0..self.th {
-                    let first = ci * plane + 4 * i * self.ws;
+                    let first = 4 * i * self.ws;
                     debug_assert!(first + 5 * self.ws + 36 <= padded.len());
                     // SAFETY: `by_rows` means the CPU has AVX2 and FMA (AVX2 or AVX-512,
                     // which `with_isa` checked) and `tw` is 5 to 8. The row reads rows `4 i + r` (`r < 6`) of 36 values from `first`,
@@ -269,7 +288,7 @@ impl Winograd4Conv {
                     unreachable!("AVX2 outside x86-64: {first}");
                 }
             } else {
-                let p = &padded[ci * plane..(ci + 1) * plane];
+                let p = &padded[..self.hs * self.ws];
                 for i in 0..self.th {
                     for j in 0..self.tw {
                         let d: [[f32; 6]; 6] =
@@ -386,26 +405,7 @@ impl ConvKernel for Winograd4Conv {
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
         let (v, rest) = rest.split_at_mut(self.v_len());
         let m = &mut rest[..self.m_len()];
-        let g = &self.g;
-        let plane = self.hs * self.ws;
-        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
-            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
-            // `H x W` plane and `dst` the `hs x ws` one, with `pad + H <= hs` and
-            // `pad + W <= ws` (`4 th >= OH = H + 2 pad - 2`, and the same for the width).
-            unsafe {
-                transform::pad_plane(
-                    self.isa,
-                    src.as_ptr(),
-                    g.h,
-                    g.w,
-                    g.pad,
-                    dst.as_mut_ptr(),
-                    self.hs,
-                    self.ws,
-                )
-            };
-        }
-        self.transform_input(padded, v);
+        self.transform_input(x, padded, v);
         multiply(
             self.isa,
             &self.packed,
@@ -1106,14 +1106,14 @@ mod tests {
     }
 
     #[test]
-    fn its_scratch_is_the_padded_planes_v_and_m_and_a_little_slack() {
+    fn its_scratch_is_a_padded_plane_v_and_m_and_a_little_slack() {
         // (C, H, W, FN, pad): planes of 18 x 18, 16 tiles (conv4), 49 tiles in 64, 9 filters
         for (c, h, w, f, pad) in [(32, 14, 14, 32, 2), (16, 28, 28, 16, 1), (3, 9, 11, 9, 0)] {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
             let k = Winograd4Conv::with_isa(&vec![0.0; f * c * 9], f, &g, Isa::Scalar).unwrap();
             let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
             let (hs, ws, tp) = (4 * th + 2, 4 * tw + 2, (th * tw).div_ceil(16) * 16);
-            let parts = c * hs * ws + 36 * c * tp + 36 * f.div_ceil(MR) * MR * tp;
+            let parts = hs * ws + 36 * c * tp + 36 * f.div_ceil(MR) * MR * tp;
             let slack = k.scratch_len() - parts;
             assert!(
                 slack <= 16 * ws + 36 + 2 * 36 * 16 + 16,

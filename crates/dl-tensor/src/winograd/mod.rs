@@ -161,10 +161,13 @@ impl WinogradConv {
         })
     }
 
+    /// One channel's plane, padded (`hs x ws`): the input transform pads each channel
+    /// into it just before it reads it, so that the copy and its reads stay in the
+    /// first-level cache.
     fn padded_len(&self) -> usize {
         // slack: a register's tiles read up to `2 (16 / l) + 2` rows (past the last
         // tile row when it is not full) of up to 34 values
-        self.g.c * self.hs * self.ws + 8 * self.ws + 64
+        self.hs * self.ws + 8 * self.ws + 64
     }
 
     /// The register groups of tiles the transforms work on: `(i0, j0, mask)`, the first
@@ -224,15 +227,19 @@ impl WinogradConv {
         16 * self.z_stride()
     }
 
-    /// Copies `x` into zeroed planes of `hs x ws`, at row and column `pad`. The slack
-    /// after the planes keeps what it held: the input transform reads it only into
-    /// lanes its masks drop.
-    fn pad_image(&self, x: &[f32], padded: &mut [f32]) {
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, `d` the 4x4 patches of
+    /// `x` padded with zeros. Each channel's plane is first copied into `padded` (zeros
+    /// around it, at row and column `pad`); the slack after it keeps what it held: the
+    /// transform reads it only into lanes its masks drop. The padding lanes
+    /// `t >= tiles` of `V` keep what they held: `M`'s columns there are never read, and
+    /// the filter gradient sums over the tiles only.
+    fn transform_input(&self, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
         let g = &self.g;
-        let plane = self.hs * self.ws;
-        for (src, dst) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(plane)) {
-            // SAFETY: `self.isa` runs here, as in `transform_input`; `src` holds the `H x W` plane
-            // and `dst` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`.
+        assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
+        for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
+            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
+            // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs`,
+            // `pad + W <= ws`.
             unsafe {
                 transform::pad_plane(
                     self.isa,
@@ -240,33 +247,23 @@ impl WinogradConv {
                     g.h,
                     g.w,
                     g.pad,
-                    dst.as_mut_ptr(),
+                    padded.as_mut_ptr(),
                     self.hs,
                     self.ws,
                 )
             };
-        }
-    }
-
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile. The padding lanes
-    /// `t >= tiles` keep what they held: `M`'s columns there are never read, and the
-    /// filter gradient sums over the tiles only.
-    fn transform_input(&self, padded: &[f32], v: &mut [f32]) {
-        let c = self.g.c;
-        assert!(padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for ci in 0..c {
             for (i0, j0, mask) in self.groups() {
-                // SAFETY: `self.isa` runs on this CPU (`with_isa` checked it). The group
-                // reads rows `2 i0 + k`, `k < 2 (16 / l) + 2`, of plane `ci` from column
-                // `2 j0`, 34 values each: at most `2 (16 / l) - 1` rows past the last
-                // plane's end, which `padded_len`'s slack covers. It writes
-                // `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`) in row `ci`
-                // of each of the 16 positions of `v` (`v_stride` apart), and the AVX2
-                // level up to 16 values from `t`: the values past the group's tiles are
-                // the next groups' tiles and the next channel's row, written after it in
-                // this loop's order, or past the last channel, the 16 values of slack
+                // SAFETY: `self.isa` runs on this CPU, as above. The group reads rows
+                // `2 i0 + k`, `k < 2 (16 / l) + 2`, of the plane from column `2 j0`, 34
+                // values each: at most `2 (16 / l) - 1` rows past the plane's end, which
+                // `padded_len`'s slack covers. It writes `popcount(mask)` values from
+                // `t = i0 tw + j0` (all `< tiles`) in row `ci` of each of the 16
+                // positions of `v` (`v_stride` apart), and the AVX2 level up to 16
+                // values from `t`: the values past the group's tiles are the next
+                // groups' tiles and the next channel's row, written after it in this
+                // loop's order, or past the last channel, the 16 values of slack
                 // `v_stride` leaves.
-                let first = ci * self.hs * self.ws + 2 * i0 * self.ws + 2 * j0;
+                let first = 2 * i0 * self.ws + 2 * j0;
                 debug_assert!(first + (2 * (16 / self.l) + 1) * self.ws + 34 <= padded.len());
                 unsafe {
                     let src = padded.as_ptr().add(first);
@@ -341,8 +338,7 @@ impl ConvKernel for WinogradConv {
             !self.packed.is_empty(),
             "WinogradConv: a forward pass of a gradient-only kernel"
         );
-        self.pad_image(x, padded);
-        self.transform_input(padded, v);
+        self.transform_input(x, padded, v);
         multiply(
             self.isa,
             &self.packed,
@@ -406,8 +402,7 @@ impl ConvKernel for WinogradConv {
         let (v, rest) = rest.split_at_mut(self.v_len());
         let (dt, rest) = rest.split_at_mut(self.dt_len());
         let z = &mut rest[..self.z_len()];
-        self.pad_image(x, padded);
-        self.transform_input(padded, v);
+        self.transform_input(x, padded, v);
         // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN, in
         // 16 x 16 blocks transposed in registers; db
         let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
@@ -771,14 +766,14 @@ mod tests {
         for (c, h, w, f) in [(16, 28, 28, 16), (32, 14, 14, 64), (3, 9, 11, 5), (20, 5, 6, 48)] {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, 1).unwrap();
             let d = WinogradConv::with_isa(&vec![0.5; f * c * 9], f, &g, Isa::Scalar).unwrap();
-            // 2x2 output tiles, each reading a 4x4 patch: a padded image of
+            // 2x2 output tiles, each reading a 4x4 patch: one padded plane of
             // (2 th + 2) x (2 tw + 2); the 16 transformed positions of every channel's
             // tiles (rounded up to 16) and of every filter's (filters rounded up to 8),
             // or, for the filter gradient, `dout` on the tiles' grid and its transform
             // with the filters rounded up to 16
             let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
             let tp = (th * tw).div_ceil(16) * 16;
-            let (ws, image) = (2 * tw + 2, c * (2 * th + 2) * (2 * tw + 2));
+            let (ws, image) = (2 * tw + 2, (2 * th + 2) * (2 * tw + 2));
             let fp = f.div_ceil(16) * 16;
             let forward = image + 16 * c * tp + 16 * f.div_ceil(8) * 8 * tp;
             let gradient = image + 16 * c * tp + 4 * th * tw * fp + 16 * tp * fp;
