@@ -118,8 +118,8 @@ impl Convolution {
     }
 
     /// The forward pass, with the ReLU after it fused when `relu` (its mask kept for
-    /// `backward` in training).
-    fn forward_then(&mut self, x: Tensor, train: bool, relu: bool) -> Result<Tensor, LayerError> {
+    /// `backward` in training), and the 2x2 max pooling after that when `pool`.
+    fn forward_then(&mut self, x: Tensor, train: bool, relu: bool, pool: bool) -> Result<Tensor, LayerError> {
         let mut plan = self.plan(x.shape())?;
         if let Some(kernel) = self.bf16 {
             plan = plan.with_bf16(kernel);
@@ -136,22 +136,39 @@ impl Convolution {
         let w = rounded.as_deref().unwrap_or(w);
         let b = self.b.as_ref().map(|b| b.value.as_slice().expect("contiguous b"));
         let x_values = x.as_slice().expect("standard layout");
-        let (out, saved) = match (relu, train) {
-            (true, true) => {
-                // the last step's mask's memory
-                let mask = self.cache.take().and_then(|(_, saved)| saved.into_relu_mask());
-                plan.forward_relu_masked(w, b, x_values, mask.unwrap_or_default())
+        if pool && !plan.pools_2x2() {
+            return Err(LayerError::Invalid {
+                layer: "Convolution".into(),
+                message: format!("no 2x2 pooling of {} x {} outputs", plan.g.out_h, plan.g.out_w),
+            });
+        }
+        // the last step's mask's and positions' memory
+        let mut kept = || match self.cache.take() {
+            Some((_, saved)) => saved.into_relu_mask_and_positions(),
+            None => (None, None),
+        };
+        let (out, saved) = match (relu, pool, train) {
+            (true, true, true) => {
+                let (mask, positions) = kept();
+                plan.forward_relu_pool_masked(w, b, x_values, mask.unwrap_or_default(), positions.unwrap_or_default())
             }
-            (true, false) => plan.forward_relu(w, b, x_values),
-            (false, _) => plan.forward(w, b, x_values),
+            (true, true, false) => (plan.forward_relu_pool(w, b, x_values), ConvSaved::default()),
+            (true, false, true) => plan.forward_relu_masked(w, b, x_values, kept().0.unwrap_or_default()),
+            (true, false, false) => plan.forward_relu(w, b, x_values),
+            (false, _, _) => plan.forward(w, b, x_values),
         };
         let (g, filters) = (plan.g, plan.filters);
+        let (oh, ow) = if pool {
+            (g.out_h / 2, g.out_w / 2)
+        } else {
+            (g.out_h, g.out_w)
+        };
         if train {
             self.x = Some(x);
             self.cache = Some((plan, saved));
             self.w_bf16 = rounded;
         }
-        Ok(Tensor::from_shape_vec(vec![n, filters, g.out_h, g.out_w], out).expect("output shape"))
+        Ok(Tensor::from_shape_vec(vec![n, filters, oh, ow], out).expect("output shape"))
     }
 
     /// Which algorithm computes the convolution ([`ConvAlgo::Auto`] by default: the
@@ -178,13 +195,13 @@ impl Layer for Convolution {
     }
 
     fn forward(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
-        self.forward_then(x, train, false)
+        self.forward_then(x, train, false, false)
     }
 
     /// The ReLU applied to each image's output as the plan writes it
     /// ([`ConvPlan::forward_relu`]).
     fn forward_relu(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
-        self.forward_then(x, false, true)
+        self.forward_then(x, false, true, false)
     }
 
     fn fuses_relu_in_training(&self) -> bool {
@@ -195,7 +212,19 @@ impl Layer for Convolution {
     /// written, and applied in `backward` to each image's gradient as it is read
     /// ([`ConvPlan::forward_relu_masked`]).
     fn forward_relu_train(&mut self, x: Tensor) -> Result<Tensor, LayerError> {
-        self.forward_then(x, true, true)
+        self.forward_then(x, true, true, false)
+    }
+
+    /// On even output sides: the ReLU and the pooling applied to each image's output as
+    /// the plan writes it, their mask and positions kept in training and applied in
+    /// `backward` to each image's gradient as it is read
+    /// ([`ConvPlan::forward_relu_pool_masked`]).
+    fn fuses_relu_pool(&self, input: &[usize]) -> bool {
+        self.plan(input).is_ok_and(|p| p.pools_2x2())
+    }
+
+    fn forward_relu_pool(&mut self, x: Tensor, train: bool) -> Result<Tensor, LayerError> {
+        self.forward_then(x, train, true, true)
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
@@ -206,7 +235,13 @@ impl Layer for Convolution {
         let x = self.x.as_ref().expect("input kept by the training forward");
         let g = &plan.g;
         let n = x.shape()[0];
-        check_dout("Convolution", &dout, &[n, plan.filters, g.out_h, g.out_w]);
+        // after a pooled forward, the gradient of the pooled output
+        let (oh, ow) = if saved.pooled() {
+            (g.out_h / 2, g.out_w / 2)
+        } else {
+            (g.out_h, g.out_w)
+        };
+        check_dout("Convolution", &dout, &[n, plan.filters, oh, ow]);
         let mut dout = crate::into_standard(dout);
         if self.w_bf16.is_some() {
             round_bf16_slice(dout.as_slice_mut().expect("standard layout"));

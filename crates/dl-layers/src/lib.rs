@@ -177,6 +177,27 @@ pub trait Layer: Send + Sync {
         })
     }
 
+    /// Whether the layer can run, on an input of shape `input`, the [`Relu`] after it and
+    /// the book's 2x2 max pooling with stride 2 after that (`Pooling::max(2, 2, 2, 0)`)
+    /// in one pass ([`Layer::forward_relu_pool`]); a [`Sequential`] then skips the ReLU
+    /// and the pooling both ways. A [`Convolution`] whose output planes have even sides
+    /// does; the default is `false`.
+    fn fuses_relu_pool(&self, _input: &[usize]) -> bool {
+        false
+    }
+
+    /// The forward pass followed by a ReLU and a 2x2 max pooling with stride 2, for a
+    /// layer whose [`Layer::fuses_relu_pool`] is `true`: the same values as the three
+    /// layers one after another. In training the layer keeps the ReLU's mask and the
+    /// pooling's positions, and the next `backward` takes the gradient with respect to
+    /// the pooled output. The default, for a layer that cannot, is an error.
+    fn forward_relu_pool(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Err(LayerError::Invalid {
+            layer: self.name().to_string(),
+            message: format!("cannot run the ReLU and the pooling after it (input {:?})", x.shape()),
+        })
+    }
+
     /// Given `dL/dout`, stores the parameter gradients and returns `dL/dx`.
     ///
     /// # Panics

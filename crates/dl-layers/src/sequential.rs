@@ -11,8 +11,9 @@ pub struct Sequential {
     input_gradient_unread: bool,
     /// The input shape of the last training forward.
     input_shape: Vec<usize>,
-    /// Per layer, whether the last training forward ran it inside the layer before it
-    /// (a ReLU after a [`Layer::fuses_relu_in_training`] layer): `backward` skips it.
+    /// Per layer, whether the last training forward ran it inside a layer before it (a
+    /// ReLU after a [`Layer::fuses_relu_in_training`] layer, a ReLU and a pooling after
+    /// a [`Layer::fuses_relu_pool`] one): `backward` skips it.
     fused: Vec<bool>,
 }
 
@@ -137,23 +138,32 @@ impl Layer for Sequential {
             self.fused.clear();
             self.fused.resize(self.layers.len(), false);
         }
-        // a layer followed by a ReLU runs the two as one: in evaluation any layer, in
-        // training one that keeps the ReLU's mask itself
+        // a layer followed by a ReLU and a 2x2 max pooling runs the three as one where
+        // it can; else a layer followed by a ReLU runs the two as one: in evaluation any
+        // layer, in training one that keeps the ReLU's mask itself
         let mut i = 0;
         while i < self.layers.len() {
             let layer = &self.layers[i];
-            let fuse = (!train || layer.fuses_relu_in_training())
-                && self.layers.get(i + 1).is_some_and(|next| is_relu(next.as_ref()));
+            let relu_next = self.layers.get(i + 1).is_some_and(|next| is_relu(next.as_ref()));
+            let pool = relu_next
+                && self
+                    .layers
+                    .get(i + 2)
+                    .is_some_and(|next| is_max_pool_2x2(next.as_ref()))
+                && layer.fuses_relu_pool(x.shape());
+            let fuse = relu_next && (!train || layer.fuses_relu_in_training());
             let layer = &mut self.layers[i];
-            x = match (fuse, train) {
-                (true, true) => layer.forward_relu_train(x)?,
-                (true, false) => layer.forward_relu(x)?,
-                (false, _) => layer.forward(x, train)?,
+            x = match (pool, fuse, train) {
+                (true, _, _) => layer.forward_relu_pool(x, train)?,
+                (false, true, true) => layer.forward_relu_train(x)?,
+                (false, true, false) => layer.forward_relu(x)?,
+                (false, false, _) => layer.forward(x, train)?,
             };
-            if fuse && train {
-                self.fused[i + 1] = true;
+            let skipped = if pool { 2 } else { usize::from(fuse) };
+            if train {
+                self.fused[i + 1..i + 1 + skipped].fill(true);
             }
-            i += 1 + usize::from(fuse);
+            i += 1 + skipped;
         }
         Ok(x)
     }
@@ -250,6 +260,22 @@ impl Layer for Sequential {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+}
+
+/// Whether `layer` is the book's 2x2 max pooling with stride 2 and no padding: named
+/// `Pooling`, with that [`Op::Pooling`] as its evaluation form.
+fn is_max_pool_2x2(layer: &dyn Layer) -> bool {
+    layer.name() == "Pooling"
+        && matches!(
+            layer.inference_op(),
+            Ok(Op::Pooling {
+                kind: crate::PoolKind::Max,
+                ph: 2,
+                pw: 2,
+                stride: 2,
+                pad: 0,
+            })
+        )
 }
 
 /// Whether `layer` is a ReLU: named `Relu`, with [`Op::Relu`] as its evaluation form

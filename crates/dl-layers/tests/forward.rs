@@ -1187,3 +1187,71 @@ fn in_training_convolutions_and_their_relus_as_one_give_the_layers_one_by_one_bi
         assert_eq!(fused.w.grad, plain.w.grad, "{algo:?}");
     }
 }
+
+#[test]
+fn convolutions_their_relus_and_the_2x2_pooling_as_one_give_the_layers_one_by_one_bit_for_bit() {
+    // 10 x 10 outputs pool as one pass; 9 x 9 ones (an odd side) take the layers'
+    // own passes; a pooling of another window is never fused
+    for (side, pool) in [
+        (10, Pooling::max(2, 2, 2, 0)),
+        (9, Pooling::max(2, 2, 2, 0)),
+        (10, Pooling::max(3, 3, 2, 0)),
+    ] {
+        let x = random_input(&[7, 3, side, side], 0.0, 31);
+        for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+            let conv = |c, f, seed| {
+                let mut conv = Convolution::new(c, f, 3, 3, 1, 1, Init::He, seed);
+                conv.b.as_mut().unwrap().value = random_input(&[f], 0.0, seed + 1);
+                conv.set_algo(algo);
+                conv
+            };
+            let layers: Vec<Box<dyn Layer>> = vec![
+                Box::new(conv(3, 16, 33)),
+                Box::new(Relu::new()),
+                Box::new(conv(16, 16, 35)),
+                Box::new(Relu::new()),
+                Box::new(pool.clone()),
+            ];
+            let at = format!("{algo:?}, {side} x {side}, {:?}", pool.inference_op().unwrap());
+            assert_eq!(layers[2].fuses_relu_pool(&[7, 16, side, side]), side % 2 == 0, "{at}");
+            let mut seq: Sequential = layers.iter().map(|l| l.clone_box()).collect();
+            let mut one_by_one = layers;
+            // evaluation, then training
+            let want = one_by_one
+                .iter_mut()
+                .try_fold(x.clone(), |x, l| l.forward(x, false))
+                .unwrap();
+            assert_eq!(seq.forward(x.clone(), false).unwrap(), want, "{at}");
+            let y = seq.forward(x.clone(), true).unwrap();
+            let want = one_by_one
+                .iter_mut()
+                .try_fold(x.clone(), |x, l| l.forward(x, true))
+                .unwrap();
+            assert!(want.iter().any(|v| *v == 0.0) && want.iter().any(|v| *v > 0.0));
+            assert_eq!(y, want, "{at}");
+            let dout = random_input(y.shape(), 0.0, 37);
+            let dx = seq.backward(dout.clone());
+            let want_dx = one_by_one.iter_mut().rev().fold(dout.clone(), |d, l| l.backward(d));
+            assert_eq!(dx, want_dx, "{at}");
+            let grads =
+                |p: Vec<(String, &dl_layers::Param)>| p.into_iter().map(|(_, p)| p.grad.clone()).collect::<Vec<_>>();
+            let want_grads: Vec<Tensor> = one_by_one.iter().flat_map(|l| grads(l.params())).collect();
+            assert_eq!(grads(seq.params()), want_grads, "{at}");
+        }
+    }
+    // the convolution's own contract: an error where it cannot pool, and the default
+    // of a layer that cannot
+    let mut conv = Convolution::new(3, 4, 3, 3, 1, 1, Init::He, 39);
+    let odd = random_input(&[2, 3, 9, 9], 0.0, 40);
+    assert!(!conv.fuses_relu_pool(&[2, 3, 9, 9]) && !conv.fuses_relu_pool(&[2, 5, 10, 10]));
+    assert!(matches!(
+        conv.forward_relu_pool(odd.clone(), true),
+        Err(LayerError::Invalid { .. })
+    ));
+    let mut affine = Affine::new(3 * 9 * 9, 5, Init::He, 41);
+    assert!(!affine.fuses_relu_pool(&[2, 3, 9, 9]));
+    assert!(matches!(
+        affine.forward_relu_pool(odd, false),
+        Err(LayerError::Invalid { .. })
+    ));
+}

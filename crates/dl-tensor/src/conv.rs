@@ -91,13 +91,16 @@ impl ConvAlgo {
 pub const GROUP: usize = 5;
 
 /// What a training forward keeps for the backward pass: the kernel it ran (the filter
-/// gradient depends on the geometry only, so it is built once per step) and, after
-/// [`ConvPlan::forward_relu_masked`], the ReLU's mask.
+/// gradient depends on the geometry only, so it is built once per step), after
+/// [`ConvPlan::forward_relu_masked`] the ReLU's mask, and after
+/// [`ConvPlan::forward_relu_pool_masked`] the pooling's positions too.
 #[derive(Debug, Clone, Default)]
 pub struct ConvSaved {
     kernel: Option<Arc<dyn ConvKernel>>,
     /// `true` where the output was `<= 0` before the ReLU (the book's `Relu.mask`).
     relu_mask: Option<Vec<bool>>,
+    /// Where each 2x2 window's maximum was, in its plane (the book's `Pooling.arg_max`).
+    pool_positions: Option<Vec<u32>>,
 }
 
 impl ConvSaved {
@@ -116,6 +119,18 @@ impl ConvSaved {
     /// step's.
     pub fn into_relu_mask(self) -> Option<Vec<bool>> {
         self.relu_mask
+    }
+
+    /// The ReLU's mask and the pooling's positions, after
+    /// [`ConvPlan::forward_relu_pool_masked`]: memory for the next step's.
+    pub fn into_relu_mask_and_positions(self) -> (Option<Vec<bool>>, Option<Vec<u32>>) {
+        (self.relu_mask, self.pool_positions)
+    }
+
+    /// Whether the forward pooled its output ([`ConvPlan::forward_relu_pool_masked`]):
+    /// the backward then takes the gradient of the pooled output.
+    pub fn pooled(&self) -> bool {
+        self.pool_positions.is_some()
     }
 }
 
@@ -259,7 +274,7 @@ impl ConvPlan {
     /// # Panics
     /// If a length does not fit the plan (a programmer error: the layer checks shapes).
     pub fn forward(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::None, Vec::new())
+        self.forward_then(w, bias, x, Relu::None, Vec::new(), None)
     }
 
     /// [`ConvPlan::forward`] followed by a ReLU, `max(0, y)`, applied to each image's
@@ -269,7 +284,7 @@ impl ConvPlan {
     /// # Panics
     /// As [`ConvPlan::forward`].
     pub fn forward_relu(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::Plain, Vec::new())
+        self.forward_then(w, bias, x, Relu::Plain, Vec::new(), None)
     }
 
     /// [`ConvPlan::forward_relu`] in training: it also keeps the ReLU's mask (where the
@@ -291,7 +306,77 @@ impl ConvPlan {
         x: &[f32],
         mask: Vec<bool>,
     ) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::Masked, mask)
+        self.forward_then(w, bias, x, Relu::Masked, mask, None)
+    }
+
+    /// Whether the output planes can be pooled by whole 2x2 windows with stride 2
+    /// ([`ConvPlan::forward_relu_pool`]): `OH` and `OW` even.
+    pub fn pools_2x2(&self) -> bool {
+        self.g.out_h.is_multiple_of(2) && self.g.out_w.is_multiple_of(2)
+    }
+
+    /// [`ConvPlan::forward_relu`] followed by the book's max pooling on 2x2 windows with
+    /// stride 2 (`Pooling(2, 2, 2)`), each image's output pooled as soon as it is written
+    /// (while it is in cache): returns `(N, FN, OH/2, OW/2)`, the same values as the
+    /// three passes one after another ([`crate::pool::max_pool_2x2_values`]). A
+    /// convolution, its ReLU and the pooling after them, in evaluation.
+    ///
+    /// # Panics
+    /// As [`ConvPlan::forward`], and if `OH` or `OW` is odd ([`ConvPlan::pools_2x2`]).
+    pub fn forward_relu_pool(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> Vec<f32> {
+        self.forward_then(w, bias, x, Relu::Plain, Vec::new(), Some(Vec::new()))
+            .0
+    }
+
+    /// [`ConvPlan::forward_relu_pool`] in training: it also keeps the ReLU's mask and
+    /// each window's position of its maximum ([`crate::pool::max_pool_2x2`]), and
+    /// [`ConvPlan::backward`] then takes the gradient with respect to the pooled output,
+    /// sending each value to its position and through the ReLU's mask as it reads each
+    /// image ([`crate::pool::max_unpool_relu_2x2`]): the three layers in one pass each
+    /// way, the unpooled output and its gradient never stored for the batch.
+    ///
+    /// `mask` and `positions` are memory for the two, of any length and contents (the
+    /// last step's, [`ConvSaved::into_relu_mask_and_positions`]).
+    ///
+    /// # Panics
+    /// As [`ConvPlan::forward_relu_pool`].
+    pub fn forward_relu_pool_masked(
+        &self,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        mask: Vec<bool>,
+        positions: Vec<u32>,
+    ) -> (Vec<f32>, ConvSaved) {
+        self.forward_then(w, bias, x, Relu::Masked, mask, Some(positions))
+    }
+
+    /// Values of one image's pooled output.
+    fn pooled_len(&self) -> usize {
+        self.filters * (self.g.out_h / 2) * (self.g.out_w / 2)
+    }
+
+    /// `out` `(FN, OH, OW)` of one image, pooled into `o` `(FN, OH/2, OW/2)`, with the
+    /// positions into `a` when given.
+    fn pool_image(&self, out: &[f32], o: &mut [f32], a: Option<&mut [u32]>) {
+        let (ow, ph, pw) = (self.g.out_w, self.g.out_h / 2, self.g.out_w / 2);
+        let (plane, pplane) = (self.g.out_h * ow, ph * pw);
+        if pplane == 0 {
+            return;
+        }
+        let planes = out.chunks_exact(plane).zip(o.chunks_exact_mut(pplane));
+        match a {
+            Some(a) => {
+                for ((p, o), a) in planes.zip(a.chunks_exact_mut(pplane)) {
+                    crate::pool::max_pool_2x2(self.isa, p, ow, ph, pw, o, a);
+                }
+            }
+            None => {
+                for (p, o) in planes {
+                    crate::pool::max_pool_2x2_values(self.isa, p, ow, ph, pw, o);
+                }
+            }
+        }
     }
 
     fn forward_then(
@@ -301,17 +386,23 @@ impl ConvPlan {
         x: &[f32],
         relu: Relu,
         mut mask: Vec<bool>,
+        positions: Option<Vec<u32>>,
     ) -> (Vec<f32>, ConvSaved) {
+        if positions.is_some() {
+            assert!(
+                self.pools_2x2(),
+                "ConvPlan: no 2x2 pooling of {} x {} outputs",
+                self.g.out_h,
+                self.g.out_w
+            );
+            return self.forward_pooled(w, bias, x, relu, mask, positions.unwrap_or_default());
+        }
         let g = &self.g;
         let (in_len, out_len) = self.lens();
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
-        let build = || self.fast_kernel(w, self.filters, g).map(Arc::from);
-        let kernel: Option<Arc<dyn ConvKernel>> = match &self.kernels {
-            Some(cache) if self.bf16.is_none() => cache.get_or_build(w, (*g, self.filters, self.algo, self.isa), build),
-            _ => build(),
-        };
+        let kernel = self.forward_kernel(w);
         // every value of the mask is written below
         mask.resize(if relu == Relu::Masked { n * out_len } else { 0 }, false);
         // the mask's chunk of each image (none without a mask)
@@ -353,11 +444,87 @@ impl ConvPlan {
             }
         };
         let relu_mask = (relu == Relu::Masked).then_some(mask);
-        (out, ConvSaved { kernel, relu_mask })
+        let saved = ConvSaved {
+            kernel,
+            relu_mask,
+            pool_positions: None,
+        };
+        (out, saved)
+    }
+
+    /// The kernel of a forward pass: from the cache where the plan has one.
+    fn forward_kernel(&self, w: &[f32]) -> Option<Arc<dyn ConvKernel>> {
+        let g = &self.g;
+        let build = || self.fast_kernel(w, self.filters, g).map(Arc::from);
+        match &self.kernels {
+            Some(cache) if self.bf16.is_none() => cache.get_or_build(w, (*g, self.filters, self.algo, self.isa), build),
+            _ => build(),
+        }
+    }
+
+    /// [`ConvPlan::forward_relu_pool`] and [`ConvPlan::forward_relu_pool_masked`]: each
+    /// image's output into scratch, its ReLU, then its pooling into the batch's output
+    /// (the positions kept when the ReLU is masked).
+    fn forward_pooled(
+        &self,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        relu: Relu,
+        mut mask: Vec<bool>,
+        mut positions: Vec<u32>,
+    ) -> (Vec<f32>, ConvSaved) {
+        let g = &self.g;
+        let (in_len, out_len) = self.lens();
+        let pooled_len = self.pooled_len();
+        assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
+        assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
+        let n = x.len() / in_len.max(1);
+        let kernel = self.forward_kernel(w);
+        let masked = relu == Relu::Masked;
+        // every value of the mask and of the positions is written below
+        mask.resize(if masked { n * out_len } else { 0 }, false);
+        positions.resize(if masked { n * pooled_len } else { 0 }, 0);
+        let kept = match relu {
+            Relu::Masked => Either::Left(
+                mask.par_chunks_mut(out_len.max(1))
+                    .zip(positions.par_chunks_mut(pooled_len.max(1)))
+                    .map(|(m, a)| (Some(m), Some(a))),
+            ),
+            _ => Either::Right((0..n).into_par_iter().map(|_| (None, None))),
+        };
+        let mut out = vec![0.0f32; n * pooled_len];
+        let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
+        let scratch = kernel.as_ref().map_or(lowered_len(g), |d| d.scratch_len());
+        out.par_chunks_mut(pooled_len.max(1))
+            .zip(x.par_chunks(in_len.max(1)))
+            .zip(kept)
+            .for_each(|((o, xi), (m, a))| {
+                with_scratch(scratch, out_len, |s, y| {
+                    match &kernel {
+                        Some(d) => d.forward_image_uninit(xi, bias, crate::kernel::as_uninit(y), s),
+                        None => {
+                            // (as the batch's output is on the other path: cleared first)
+                            y.fill(0.0);
+                            self.forward_image(&wm, bias, lowered(xi, g, s), y);
+                        }
+                    }
+                    relu.apply(self.isa, y, m);
+                    self.pool_image(y, o, a);
+                });
+            });
+        let saved = ConvSaved {
+            kernel,
+            relu_mask: masked.then_some(mask),
+            pool_positions: masked.then_some(positions),
+        };
+        (out, saved)
     }
 
     /// The gradients of a batch: given `x` and `dout` `(N, FN, OH, OW)` of the forward
-    /// that produced `saved`, **stores** `dL/dW` in `dw` `(FN, C, FH, FW)` and `dL/db` in
+    /// that produced `saved` (after [`ConvPlan::forward_relu_masked`], the gradient of the
+    /// ReLU's output; after [`ConvPlan::forward_relu_pool_masked`], of the pooled output,
+    /// `(N, FN, OH/2, OW/2)`), **stores** `dL/dW` in `dw` `(FN, C, FH, FW)` and `dL/db` in
     /// `db` `(FN,)` (when given), and returns `dL/dx` `(N, C, H, W)`, or zeros when
     /// `input_gradient` is false (nobody reads it: a network's first layer). Without
     /// `dw` (a frozen layer) neither filter gradient is computed and `db` is left alone.
@@ -381,7 +548,14 @@ impl ConvPlan {
         let (in_len, out_len) = self.lens();
         let n = x.len() / in_len.max(1);
         assert_eq!(x.len(), n * in_len, "ConvPlan: input length");
-        assert_eq!(dout.len(), n * out_len, "ConvPlan: dout length");
+        // after a pooled forward, `dout` is the pooled output's gradient
+        let positions = saved.pool_positions.as_deref();
+        let dout_len = if positions.is_some() {
+            self.pooled_len()
+        } else {
+            out_len
+        };
+        assert_eq!(dout.len(), n * dout_len, "ConvPlan: dout length");
         if let Some(dw) = &dw {
             assert_eq!(dw.len(), f * ckk, "ConvPlan: dW length");
         }
@@ -415,13 +589,25 @@ impl ConvPlan {
         let wm = ArrayView2::from_shape((f, ckk), w).expect("W matrix");
         let mask = saved.relu_mask.as_deref();
         if let Some(mask) = mask {
-            assert_eq!(mask.len(), dout.len(), "ConvPlan: the ReLU's mask is not that of dout");
+            assert_eq!(mask.len(), n * out_len, "ConvPlan: the ReLU's mask is not that of dout");
         }
-        // each group's mask (none without a ReLU), and room for one image's masked dout
+        if let Some(a) = positions {
+            assert!(
+                mask.is_some() && a.len() == dout.len(),
+                "ConvPlan: the pooling's positions are not those of dout"
+            );
+        }
+        // each group's mask and positions (none without a ReLU or a pooling), and room
+        // for one image's masked dout
         let masks = match mask {
             Some(m) => Either::Left(m.par_chunks(out_len * GROUP).map(Some)),
             None => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| None)),
         };
+        let positions = match positions {
+            Some(a) => Either::Left(a.par_chunks(dout_len * GROUP).map(Some)),
+            None => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| None)),
+        };
+        let (ph, pw) = (g.out_h / 2, g.out_w / 2);
         let masked_len = if mask.is_some() { out_len } else { 0 };
         let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
@@ -431,10 +617,10 @@ impl ConvPlan {
             batch_uninit(n * in_len, |dx| {
                 partials = dx
                     .par_chunks_mut(in_len * GROUP)
-                    .zip(dout.par_chunks(out_len * GROUP))
+                    .zip(dout.par_chunks(dout_len * GROUP))
                     .zip(x.par_chunks(in_len * GROUP))
-                    .zip(masks)
-                    .map(|(((dxg, dg), xg), mg)| {
+                    .zip(masks.zip(positions))
+                    .map(|(((dxg, dg), xg), (mg, ag))| {
                         let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
                         // the lowered path's sums (the fast path keeps its own in `sums`)
                         let (mut gw, mut gb) = match sums {
@@ -445,17 +631,26 @@ impl ConvPlan {
                             let (col, masked) = col.split_at_mut(col_len);
                             for (i, ((dxi, di), xi)) in dxg
                                 .chunks_mut(in_len)
-                                .zip(dg.chunks(out_len))
+                                .zip(dg.chunks(dout_len))
                                 .zip(xg.chunks(in_len))
                                 .enumerate()
                             {
-                                // the ReLU's backward, on the image's gradient as it is read
-                                let di = match mg {
-                                    Some(m) => {
+                                // the pooling's and the ReLU's backward, on the image's
+                                // gradient as it is read
+                                let di = match (mg, ag) {
+                                    (Some(m), Some(a)) => {
+                                        let (m, a) =
+                                            (&m[i * out_len..(i + 1) * out_len], &a[i * dout_len..(i + 1) * dout_len]);
+                                        crate::pool::max_unpool_relu_2x2(
+                                            self.isa, f, g.out_w, ph, pw, di, a, m, masked,
+                                        );
+                                        &*masked
+                                    }
+                                    (Some(m), None) => {
                                         crate::relu::backward(self.isa, di, &m[i * out_len..(i + 1) * out_len], masked);
                                         &*masked
                                     }
-                                    None => di,
+                                    _ => di,
                                 };
                                 // dW += dout_i · col_i^T ; db += row sums of dout_i
                                 if !want_dw {
@@ -710,15 +905,67 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 /// Merges the groups' sums into `parts[0]` pairwise, in a tree whose shape depends only
-/// on the number of groups (so the result does not depend on the thread count), the two
-/// halves of each level in parallel.
+/// on the number of groups (so the result does not depend on the thread count): each
+/// sum is that of its two halves, the first `len / 2` groups and the rest. The tree is
+/// evaluated value by value, a chunk of values at a time, chunks in parallel: each
+/// group's sums are read once and the result written once (the pairwise merges of whole
+/// accumulators read and wrote every intermediate sum too).
 fn merge_tree(parts: &mut [GradientAccumulator]) {
-    if parts.len() < 2 {
+    let Some((first, rest)) = parts.split_first_mut() else {
+        return;
+    };
+    if rest.is_empty() {
         return;
     }
-    let (left, right) = parts.split_at_mut(parts.len() / 2);
-    rayon::join(|| merge_tree(left), || merge_tree(right));
-    left[0].merge(&right[0]);
+    for p in rest.iter() {
+        first.check_same_shape(p);
+    }
+    let chunks = |out: &mut [f32], c: usize, others: &[&[f32]]| {
+        let len = out.len();
+        let range = c * MERGE_CHUNK..c * MERGE_CHUNK + len;
+        let mut own = [0.0f32; MERGE_CHUNK];
+        own[..len].copy_from_slice(out);
+        let part = |i: usize| {
+            if i == 0 {
+                &own[..len]
+            } else {
+                &others[i - 1][range.clone()]
+            }
+        };
+        tree_sum(&part, 0..others.len() + 1, out);
+    };
+    let sums: Vec<&[f32]> = rest.iter().map(|p| &p.sums[..]).collect();
+    first
+        .sums
+        .par_chunks_mut(MERGE_CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| chunks(out, c, &sums));
+    let dbs: Vec<&[f32]> = rest.iter().map(|p| &p.db[..]).collect();
+    for (c, out) in first.db.chunks_mut(MERGE_CHUNK).enumerate() {
+        chunks(out, c, &dbs);
+    }
+}
+
+/// Values per chunk of [`merge_tree`]'s evaluation (each level of the tree keeps one on
+/// the stack).
+const MERGE_CHUNK: usize = 256;
+
+/// `out = ` the sum of the parts `part(i)`, `i` in `parts` (slices of `out`'s length, at
+/// most [`MERGE_CHUNK`]; `parts` not empty), as the sum of the first `len / 2` and the
+/// sum of the rest, recursively.
+fn tree_sum<'a>(part: &impl Fn(usize) -> &'a [f32], parts: std::ops::Range<usize>, out: &mut [f32]) {
+    if parts.len() == 1 {
+        out.copy_from_slice(part(parts.start));
+        return;
+    }
+    let mid = parts.start + parts.len() / 2;
+    tree_sum(part, parts.start..mid, out);
+    let mut other = [0.0f32; MERGE_CHUNK];
+    let other = &mut other[..out.len()];
+    tree_sum(part, mid..parts.end, other);
+    for (o, r) in out.iter_mut().zip(&*other) {
+        *o += r;
+    }
 }
 
 #[cfg(test)]
@@ -914,6 +1161,129 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The convolution with its ReLU and 2x2 pooling in one pass is the three passes one
+    /// after another, forward and backward, bit for bit, on every path, over more than
+    /// one group of images; ties in the windows (a constant channel) and NaN included.
+    #[test]
+    fn the_pooled_pass_is_the_relu_and_the_pooling_after_the_plain_pass_on_every_path() {
+        for (c, h, f, stride) in [(16, 8, 32, 1), (1, 10, 5, 1), (3, 7, 4, 2)] {
+            let g = ConvGeometry::new(c, h, h, 3, 3, stride, 1).unwrap();
+            let n = GROUP + 2;
+            let mut w = random4((f, c, 3, 3), 7).into_raw_vec_and_offset().0;
+            // the last filter sees nothing: its planes are its bias, all ties
+            w[(f - 1) * c * 9..].fill(0.0);
+            let mut x = random4((n, c, h, h), 8).into_raw_vec_and_offset().0;
+            x[1] = f32::NAN;
+            let bias: Vec<f32> = (0..f).map(|i| 0.2 * i as f32 - 0.3).collect();
+            let (ph, pw) = (g.out_h / 2, g.out_w / 2);
+            let dout = random4((n, f, ph, pw), 9).into_raw_vec_and_offset().0;
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for algo in [ConvAlgo::Auto, ConvAlgo::Lowered, ConvAlgo::Direct, ConvAlgo::Winograd] {
+                for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                    let plan = ConvPlan {
+                        isa,
+                        ..ConvPlan::new(g, f, algo)
+                    };
+                    assert!(plan.pools_2x2());
+                    let (y, relu) = plan.forward_relu_masked(&w, Some(&bias), &x, Vec::new());
+                    let (planes, plane) = (n * f, g.out_h * g.out_w);
+                    let (mut pooled, mut a) = (vec![0.0f32; planes * ph * pw], vec![0u32; planes * ph * pw]);
+                    for ((p, o), a) in y
+                        .chunks(plane)
+                        .zip(pooled.chunks_mut(ph * pw))
+                        .zip(a.chunks_mut(ph * pw))
+                    {
+                        crate::pool::max_pool_2x2(Isa::Scalar, p, g.out_w, ph, pw, o, a);
+                    }
+                    let fused = plan.forward_relu_pool(&w, Some(&bias), &x);
+                    let (fused_t, saved) =
+                        plan.forward_relu_pool_masked(&w, Some(&bias), &x, vec![true; 3], vec![7; 5]);
+                    let at = format!("{algo:?} at {isa} ({})", saved.kernel_name());
+                    assert_eq!(bits(&fused), bits(&pooled), "{at}");
+                    assert_eq!(bits(&fused_t), bits(&pooled), "{at}");
+                    assert!(saved.pooled() && !relu.pooled());
+                    let (mask, positions) = saved.clone().into_relu_mask_and_positions();
+                    assert_eq!(mask, relu.relu_mask, "{at}");
+                    assert_eq!(positions.as_deref(), Some(&a[..]), "{at}");
+                    let unpooled = crate::pool::max_unpool_2x2(Isa::Scalar, planes, g.out_w, ph, pw, &dout, &a);
+                    let (mut dw0, mut db0) = (vec![0.0; w.len()], vec![0.0; f]);
+                    let (mut dw1, mut db1) = (vec![0.0; w.len()], vec![0.0; f]);
+                    let dx0 = plan.backward(&w, &relu, &x, &unpooled, true, Some(&mut dw0), Some(&mut db0));
+                    let dx1 = plan.backward(&w, &saved, &x, &dout, true, Some(&mut dw1), Some(&mut db1));
+                    assert_eq!(bits(&dx1), bits(&dx0), "dx, {at}");
+                    assert_eq!(bits(&dw1), bits(&dw0), "dW, {at}");
+                    assert_eq!(bits(&db1), bits(&db0), "db, {at}");
+                    assert!(dx1.iter().any(|v| *v != 0.0) && dw1.iter().any(|v| *v != 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "ConvPlan: no 2x2 pooling of 7 x 7 outputs")]
+    fn the_pooled_pass_wants_even_outputs() {
+        let g = ConvGeometry::new(2, 7, 7, 3, 3, 1, 1).unwrap();
+        ConvPlan::new(g, 2, ConvAlgo::Auto).forward_relu_pool(&[0.5; 36], None, &[1.0; 98]);
+    }
+
+    #[test]
+    #[should_panic(expected = "ConvPlan: dout length")]
+    fn a_pooled_backward_wants_the_pooled_gradient() {
+        let g = ConvGeometry::new(2, 4, 4, 3, 3, 1, 1).unwrap();
+        let plan = ConvPlan::new(g, 2, ConvAlgo::Auto);
+        let (w, x) = ([0.5; 36], [1.0; 32]);
+        let (_, saved) = plan.forward_relu_pool_masked(&w, None, &x, Vec::new(), Vec::new());
+        plan.backward(&w, &saved, &x, &[1.0; 32], true, None, None);
+    }
+
+    /// The chunked merge is the pairwise merge of whole accumulators, bit for bit, for
+    /// any number of groups (values whose sums round differently in another order).
+    #[test]
+    fn the_merge_tree_sums_as_the_pairwise_merges() {
+        fn pairwise(parts: &mut [GradientAccumulator]) {
+            if parts.len() < 2 {
+                return;
+            }
+            let (left, right) = parts.split_at_mut(parts.len() / 2);
+            pairwise(left);
+            pairwise(right);
+            left[0].merge(&right[0]);
+        }
+        // 16 positions x 16 channels (9 rounded up) x 304 filters (300 rounded up): 304
+        // chunks; 300 biases: a chunk and part of one
+        let g = ConvGeometry::new(9, 6, 6, 3, 3, 1, 1).unwrap();
+        let k = crate::WinogradConv::with_isa(&vec![0.5; 300 * 81], 300, &g, Isa::Scalar).unwrap();
+        let acc = |seed: usize| {
+            let mut a = k.gradient_accumulator();
+            for (i, v) in a.sums.iter_mut().chain(a.db.iter_mut()).enumerate() {
+                let j = i * 31 + seed * 17;
+                // every fifth value: 1e8, -1e8 or 1 by the group, whose sums round
+                // differently by the order of the additions
+                let big = [1e8, -1e8, 1.0][seed % 3];
+                *v = if j.is_multiple_of(5) { big } else { (j % 97) as f32 * 1e-3 };
+            }
+            a
+        };
+        assert!(!k.gradient_accumulator().db.len().is_multiple_of(MERGE_CHUNK));
+        for groups in [1, 2, 3, 5, 8, 20, 21] {
+            let mut want: Vec<_> = (0..groups).map(acc).collect();
+            let mut got = want.clone();
+            pairwise(&mut want);
+            merge_tree(&mut got);
+            let bits = |a: &GradientAccumulator| a.sums.iter().chain(&a.db).map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got[0]), bits(&want[0]), "{groups} groups");
+        }
+        let mut left: Vec<_> = (0..3).map(acc).collect();
+        let mut right: Vec<_> = (0..3).map(acc).collect();
+        pairwise(&mut left);
+        merge_tree(&mut right);
+        // the sum in another order, (0 + 1) + 2 rather than 0 + (1 + 2), differs
+        let mut other = acc(0);
+        other.merge(&acc(1));
+        other.merge(&acc(2));
+        assert!(other.sums != left[0].sums && left[0].sums == right[0].sums);
     }
 
     #[test]

@@ -128,18 +128,26 @@ impl GradientAccumulator {
     /// # Panics
     /// If `other` belongs to a convolution of another shape or kernel.
     pub fn merge(&mut self, other: &GradientAccumulator) {
-        assert!(
-            self.sums.len() == other.sums.len()
-                && self.db.len() == other.db.len()
-                && (self.k, self.fp, self.winograd) == (other.k, other.fp, other.winograd),
-            "GradientAccumulator: merging sums of another shape"
-        );
+        self.check_same_shape(other);
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
             *a += b;
         }
         for (a, b) in self.db.iter_mut().zip(&other.db) {
             *a += b;
         }
+    }
+}
+
+impl GradientAccumulator {
+    /// # Panics
+    /// If `other` belongs to a convolution of another shape or kernel.
+    pub(crate) fn check_same_shape(&self, other: &GradientAccumulator) {
+        assert!(
+            self.sums.len() == other.sums.len()
+                && self.db.len() == other.db.len()
+                && (self.k, self.fp, self.winograd) == (other.k, other.fp, other.winograd),
+            "GradientAccumulator: merging sums of another shape"
+        );
     }
 }
 

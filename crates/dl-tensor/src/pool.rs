@@ -72,25 +72,52 @@ fn max_pool_2x2_values_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [
 #[inline(always)]
 fn max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
     for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
-        let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
-        let (top, bottom) = dx[r0..r1 + w].split_at_mut(w);
-        let cells = drow.iter().zip(arow);
-        for (ox, ((&v, &at), (t, b))) in cells
-            .zip(top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)))
-            .enumerate()
-        {
-            // `0 + v`, as the sum into a cleared plane gives (-0 becomes +0)
-            let (v, at) = (0.0 + v, at as usize);
-            let pick = |i: usize| MaybeUninit::new(if at == i { v } else { 0.0 });
-            t[0] = pick(r0 + 2 * ox);
-            t[1] = pick(r0 + 2 * ox + 1);
-            b[0] = pick(r1 + 2 * ox);
-            b[1] = pick(r1 + 2 * ox + 1);
+        let r0 = 2 * oy * w;
+        let (top, bottom) = dx[r0..r0 + 2 * w].split_at_mut(w);
+        let (top, bottom) = (&mut top[..2 * ow], &mut bottom[..2 * ow]);
+        for ox in 0..ow {
+            // `0 + v`, as the sum into a cleared plane gives (-0 becomes +0); `k` the
+            // winner's place in its window: 0, 1 (top row), w, w + 1 (bottom row)
+            let (v, k) = (0.0 + drow[ox], window_place(arow[ox], r0 + 2 * ox));
+            let pick = |i: u32| MaybeUninit::new(if k == i { v } else { 0.0 });
+            top[2 * ox] = pick(0);
+            top[2 * ox + 1] = pick(1);
+            bottom[2 * ox] = pick(w as u32);
+            bottom[2 * ox + 1] = pick(w as u32 + 1);
         }
     }
 }
 
+#[inline(always)]
+fn max_unpool_relu_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], mask: &[bool], dx: &mut [f32]) {
+    for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
+        let r0 = 2 * oy * w;
+        let (top, bottom) = dx[r0..r0 + 2 * w].split_at_mut(w);
+        let (top, bottom) = (&mut top[..2 * ow], &mut bottom[..2 * ow]);
+        let (mtop, mbottom) = mask[r0..r0 + 2 * w].split_at(w);
+        let (mtop, mbottom) = (&mtop[..2 * ow], &mbottom[..2 * ow]);
+        for ox in 0..ow {
+            // the unpool's `0 + v` at the winner's place, then the ReLU's select (bitwise
+            // `&`, no branch: the loop vectorizes)
+            let (v, k) = (0.0 + drow[ox], window_place(arow[ox], r0 + 2 * ox));
+            let pick = |i: u32, masked: bool| if (k == i) & !masked { v } else { 0.0 };
+            top[2 * ox] = pick(0, mtop[2 * ox]);
+            top[2 * ox + 1] = pick(1, mtop[2 * ox + 1]);
+            bottom[2 * ox] = pick(w as u32, mbottom[2 * ox]);
+            bottom[2 * ox + 1] = pick(w as u32 + 1, mbottom[2 * ox + 1]);
+        }
+    }
+}
+
+/// The position `at` relative to the window's first value `first`, in 32 bits (the
+/// loops vectorize in lanes of 32): 0, 1, `w` or `w + 1` for a position in the window.
+#[inline(always)]
+fn window_place(at: u32, first: usize) -> u32 {
+    at.wrapping_sub(first as u32)
+}
+
 builds! {
+    max_unpool_relu_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], mask: &[bool], dx: &mut [f32]);
     max_pool_2x2_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]);
     max_pool_2x2_values_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
     max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [std::mem::MaybeUninit<f32>]);
@@ -145,6 +172,48 @@ pub fn max_unpool_2x2(isa: Isa, planes: usize, w: usize, oh: usize, ow: usize, d
     // full: `w == 2 ow`, so the `oh` pairs of rows of `2 ow` values are the whole plane.
     unsafe { dx.set_len(planes * plane) };
     dx
+}
+
+/// The backward of a ReLU and then [`max_pool_2x2`] over `planes` planes of
+/// `2 oh x w` values (`w == 2 ow`), into `dx`: [`max_unpool_2x2`] followed by the ReLU's
+/// backward ([`crate::relu::backward`] with `mask`, where the ReLU's input was `<= 0`),
+/// value for value, in one pass over one image's planes (no threads, no allocation).
+///
+/// # Panics
+/// If `w != 2 ow`, if `dout` or `a` does not hold `planes` planes of `oh x ow` values or
+/// `mask` and `dx` `planes` planes of `2 oh x w`.
+#[allow(clippy::too_many_arguments)]
+pub fn max_unpool_relu_2x2(
+    isa: Isa,
+    planes: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    dout: &[f32],
+    a: &[u32],
+    mask: &[bool],
+    dx: &mut [f32],
+) {
+    assert_eq!(w, 2 * ow, "max_unpool_relu_2x2: planes {w} wide for {ow} windows a row");
+    let (plane, oplane) = (2 * oh * w, oh * ow);
+    assert!(
+        dout.len() == planes * oplane
+            && a.len() == planes * oplane
+            && mask.len() == planes * plane
+            && dx.len() == planes * plane,
+        "max_unpool_relu_2x2: {} gradients, {} positions, {} mask values and {} outputs for {planes} planes of {oh} x {ow}",
+        dout.len(),
+        a.len(),
+        mask.len(),
+        dx.len()
+    );
+    if oplane == 0 {
+        return;
+    }
+    let planes = dout.chunks_exact(oplane).zip(a.chunks_exact(oplane));
+    for ((d, a), (m, x)) in planes.zip(mask.chunks_exact(plane).zip(dx.chunks_exact_mut(plane))) {
+        at_level!(isa, max_unpool_relu_2x2_loop(w, oh, ow, d, a, m, x))
+    }
 }
 
 /// One plane of [`max_unpool_2x2`].
@@ -262,6 +331,70 @@ mod tests {
             }
         }
         assert_eq!(max_unpool_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[]), Vec::<f32>::new());
+    }
+
+    #[test]
+    fn every_level_unpools_through_the_relu_as_the_two_passes() {
+        let (mut passed, mut stopped) = (false, false);
+        for (planes, oh, ow) in [(1, 1, 1), (3, 14, 14), (2, 4, 9), (5, 7, 20)] {
+            let (w, plane_len) = (2 * ow, 4 * oh * ow);
+            let p = plane(planes * plane_len, planes + 3);
+            let mut a = Vec::new();
+            for pk in p.chunks(plane_len) {
+                a.extend(reference(pk, w, oh, ow).1);
+            }
+            // -0 among the gradients; the mask set at some winners and not at others
+            let dout: Vec<f32> = (0..planes * oh * ow)
+                .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 * 0.5 - 7.5 })
+                .collect();
+            let mask: Vec<bool> = (0..planes * plane_len).map(|i| (i * 7 + i / 3) % 3 == 0).collect();
+            let unpooled = max_unpool_2x2(Isa::Scalar, planes, w, oh, ow, &dout, &a);
+            let mut want = vec![f32::NAN; unpooled.len()];
+            crate::relu::backward(Isa::Scalar, &unpooled, &mask, &mut want);
+            // the cases see gradients that pass and gradients that the mask stops
+            passed |= want.iter().any(|v| *v != 0.0);
+            stopped |= mask.iter().zip(&unpooled).any(|(m, u)| *m && *u != 0.0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for isa in Isa::ALL {
+                let mut got = vec![f32::NAN; want.len()];
+                max_unpool_relu_2x2(isa, planes, w, oh, ow, &dout, &a, &mask, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{isa} {planes} x {oh}x{ow}");
+            }
+        }
+        assert!(passed && stopped);
+        max_unpool_relu_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[], &[], &mut []);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_unpool_relu_2x2: planes 5 wide for 2 windows a row")]
+    fn unpooling_through_the_relu_wants_planes_of_whole_windows() {
+        max_unpool_relu_2x2(
+            Isa::Scalar,
+            1,
+            5,
+            1,
+            2,
+            &[1.0, 2.0],
+            &[0, 2],
+            &[false; 10],
+            &mut [0.0; 10],
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "2 gradients, 2 positions, 8 mask values and 7 outputs for 1 planes of 1 x 2")]
+    fn unpooling_through_the_relu_wants_a_mask_and_an_output_for_each_value() {
+        max_unpool_relu_2x2(
+            Isa::Scalar,
+            1,
+            4,
+            1,
+            2,
+            &[1.0, 2.0],
+            &[0, 2],
+            &[false; 8],
+            &mut [0.0; 7],
+        );
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub(super) fn prefix(n: usize) -> __mmask16 {
 }
 
 /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
-/// zeros around it, a register per 16 values of a row (masked loads supply the zeros).
+/// zeros around it, a register per 16 values of a row (masked loads supply the zeros),
+/// row after row: `x` is read in order, as the hardware prefetchers expect.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `x` is valid for reads of `h w` values, `dst` for writes of
@@ -139,22 +140,21 @@ pub(super) fn prefix(n: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f")]
 pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
     let zero = _mm512_setzero_ps();
-    for k in (0..ws).step_by(16) {
-        // lanes i with p <= k + i < p + w hold x[y - p][k + i - p]
-        let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
-        let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
-        // SAFETY (all stores): `min(16, ws - k)` values of a row `y < hs`.
-        for y in 0..p {
-            unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
-        }
-        for y in p..p + h {
-            let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
-            // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
-            let v = unsafe { _mm512_maskz_loadu_ps(load, src) };
+    for y in 0..hs {
+        let inside = (p..p + h).contains(&y);
+        for k in (0..ws).step_by(16) {
+            // lanes i with p <= k + i < p + w hold x[y - p][k + i - p]
+            let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
+            let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
+            let v = if inside {
+                let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
+                // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
+                unsafe { _mm512_maskz_loadu_ps(load, src) }
+            } else {
+                zero
+            };
+            // SAFETY: `min(16, ws - k)` values of a row `y < hs`.
             unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, v) };
-        }
-        for y in p + h..hs {
-            unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, zero) };
         }
     }
 }
