@@ -142,18 +142,22 @@ impl Convolution {
                 message: format!("no 2x2 pooling of {} x {} outputs", plan.g.out_h, plan.g.out_w),
             });
         }
-        // the last step's mask's and positions' memory
-        let mut kept = || match self.cache.take() {
-            Some((_, saved)) => saved.into_relu_mask_and_positions(),
-            None => (None, None),
+        // the last step's mask's or codes' memory (a training forward replaces them)
+        let kept = if train {
+            self.cache.take().map(|(_, saved)| saved)
+        } else {
+            None
         };
         let (out, saved) = match (relu, pool, train) {
             (true, true, true) => {
-                let (mask, positions) = kept();
-                plan.forward_relu_pool_masked(w, b, x_values, mask.unwrap_or_default(), positions.unwrap_or_default())
+                let codes = kept.and_then(ConvSaved::into_pool_codes);
+                plan.forward_relu_pool_masked(w, b, x_values, codes.unwrap_or_default())
             }
             (true, true, false) => (plan.forward_relu_pool(w, b, x_values), ConvSaved::default()),
-            (true, false, true) => plan.forward_relu_masked(w, b, x_values, kept().0.unwrap_or_default()),
+            (true, false, true) => {
+                let mask = kept.and_then(ConvSaved::into_relu_mask);
+                plan.forward_relu_masked(w, b, x_values, mask.unwrap_or_default())
+            }
             (true, false, false) => plan.forward_relu(w, b, x_values),
             (false, _, _) => plan.forward(w, b, x_values),
         };
@@ -216,7 +220,7 @@ impl Layer for Convolution {
     }
 
     /// On even output sides: the ReLU and the pooling applied to each image's output as
-    /// the plan writes it, their mask and positions kept in training and applied in
+    /// the plan writes it, their codes kept in training and applied in
     /// `backward` to each image's gradient as it is read
     /// ([`ConvPlan::forward_relu_pool_masked`]).
     fn fuses_relu_pool(&self, input: &[usize]) -> bool {

@@ -93,14 +93,15 @@ pub const GROUP: usize = 5;
 /// What a training forward keeps for the backward pass: the kernel it ran (the filter
 /// gradient depends on the geometry only, so it is built once per step), after
 /// [`ConvPlan::forward_relu_masked`] the ReLU's mask, and after
-/// [`ConvPlan::forward_relu_pool_masked`] the pooling's positions too.
+/// [`ConvPlan::forward_relu_pool_masked`] the codes of its pooling instead.
 #[derive(Debug, Clone, Default)]
 pub struct ConvSaved {
     kernel: Option<Arc<dyn ConvKernel>>,
     /// `true` where the output was `<= 0` before the ReLU (the book's `Relu.mask`).
     relu_mask: Option<Vec<bool>>,
-    /// Where each 2x2 window's maximum was, in its plane (the book's `Pooling.arg_max`).
-    pool_positions: Option<Vec<u32>>,
+    /// Per 2x2 window, where its maximum was or that the ReLU stops its gradient
+    /// ([`crate::pool::max_pool_relu_2x2`]).
+    pool_codes: Option<Vec<u8>>,
 }
 
 impl ConvSaved {
@@ -121,16 +122,16 @@ impl ConvSaved {
         self.relu_mask
     }
 
-    /// The ReLU's mask and the pooling's positions, after
-    /// [`ConvPlan::forward_relu_pool_masked`]: memory for the next step's.
-    pub fn into_relu_mask_and_positions(self) -> (Option<Vec<bool>>, Option<Vec<u32>>) {
-        (self.relu_mask, self.pool_positions)
+    /// The pooling's codes, after [`ConvPlan::forward_relu_pool_masked`]: memory for the
+    /// next step's.
+    pub fn into_pool_codes(self) -> Option<Vec<u8>> {
+        self.pool_codes
     }
 
     /// Whether the forward pooled its output ([`ConvPlan::forward_relu_pool_masked`]):
     /// the backward then takes the gradient of the pooled output.
     pub fn pooled(&self) -> bool {
-        self.pool_positions.is_some()
+        self.pool_codes.is_some()
     }
 }
 
@@ -274,7 +275,7 @@ impl ConvPlan {
     /// # Panics
     /// If a length does not fit the plan (a programmer error: the layer checks shapes).
     pub fn forward(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::None, Vec::new(), None)
+        self.forward_then(w, bias, x, Relu::None, Vec::new())
     }
 
     /// [`ConvPlan::forward`] followed by a ReLU, `max(0, y)`, applied to each image's
@@ -284,7 +285,7 @@ impl ConvPlan {
     /// # Panics
     /// As [`ConvPlan::forward`].
     pub fn forward_relu(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::Plain, Vec::new(), None)
+        self.forward_then(w, bias, x, Relu::Plain, Vec::new())
     }
 
     /// [`ConvPlan::forward_relu`] in training: it also keeps the ReLU's mask (where the
@@ -306,7 +307,7 @@ impl ConvPlan {
         x: &[f32],
         mask: Vec<bool>,
     ) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::Masked, mask, None)
+        self.forward_then(w, bias, x, Relu::Masked, mask)
     }
 
     /// Whether the output planes can be pooled by whole 2x2 windows with stride 2
@@ -317,26 +318,27 @@ impl ConvPlan {
 
     /// [`ConvPlan::forward_relu`] followed by the book's max pooling on 2x2 windows with
     /// stride 2 (`Pooling(2, 2, 2)`), each image's output pooled as soon as it is written
-    /// (while it is in cache): returns `(N, FN, OH/2, OW/2)`, the same values as the
-    /// three passes one after another ([`crate::pool::max_pool_2x2_values`]). A
-    /// convolution, its ReLU and the pooling after them, in evaluation.
+    /// (while it is in cache, the ReLU and the pooling in one pass,
+    /// [`crate::pool::max_pool_relu_2x2_values`]): returns `(N, FN, OH/2, OW/2)`, the
+    /// same values as the three passes one after another. A convolution, its ReLU and
+    /// the pooling after them, in evaluation.
     ///
     /// # Panics
     /// As [`ConvPlan::forward`], and if `OH` or `OW` is odd ([`ConvPlan::pools_2x2`]).
     pub fn forward_relu_pool(&self, w: &[f32], bias: Option<&[f32]>, x: &[f32]) -> Vec<f32> {
-        self.forward_then(w, bias, x, Relu::Plain, Vec::new(), Some(Vec::new()))
-            .0
+        self.forward_pooled(w, bias, x, None).0
     }
 
-    /// [`ConvPlan::forward_relu_pool`] in training: it also keeps the ReLU's mask and
-    /// each window's position of its maximum ([`crate::pool::max_pool_2x2`]), and
-    /// [`ConvPlan::backward`] then takes the gradient with respect to the pooled output,
-    /// sending each value to its position and through the ReLU's mask as it reads each
-    /// image ([`crate::pool::max_unpool_relu_2x2`]): the three layers in one pass each
-    /// way, the unpooled output and its gradient never stored for the batch.
+    /// [`ConvPlan::forward_relu_pool`] in training: it also keeps, for each window, a
+    /// byte that says where its maximum was or that the ReLU stops its gradient
+    /// ([`crate::pool::max_pool_relu_2x2`]), and [`ConvPlan::backward`] then takes the
+    /// gradient with respect to the pooled output, sending each value to its place as
+    /// it reads each image ([`crate::pool::max_unpool_codes_2x2`]): the three layers in
+    /// one pass each way, the unpooled output, the ReLU's mask and the unpooled
+    /// gradient never stored for the batch.
     ///
-    /// `mask` and `positions` are memory for the two, of any length and contents (the
-    /// last step's, [`ConvSaved::into_relu_mask_and_positions`]).
+    /// `codes` is memory for the codes, of any length and contents (the last step's,
+    /// [`ConvSaved::into_pool_codes`]).
     ///
     /// # Panics
     /// As [`ConvPlan::forward_relu_pool`].
@@ -345,10 +347,9 @@ impl ConvPlan {
         w: &[f32],
         bias: Option<&[f32]>,
         x: &[f32],
-        mask: Vec<bool>,
-        positions: Vec<u32>,
+        codes: Vec<u8>,
     ) -> (Vec<f32>, ConvSaved) {
-        self.forward_then(w, bias, x, Relu::Masked, mask, Some(positions))
+        self.forward_pooled(w, bias, x, Some(codes))
     }
 
     /// Values of one image's pooled output.
@@ -356,24 +357,24 @@ impl ConvPlan {
         self.filters * (self.g.out_h / 2) * (self.g.out_w / 2)
     }
 
-    /// `out` `(FN, OH, OW)` of one image, pooled into `o` `(FN, OH/2, OW/2)`, with the
-    /// positions into `a` when given.
-    fn pool_image(&self, out: &[f32], o: &mut [f32], a: Option<&mut [u32]>) {
+    /// `out` `(FN, OH, OW)` of one image before the ReLU, through the ReLU and pooled
+    /// into `o` `(FN, OH/2, OW/2)`, with the codes into `codes` when given.
+    fn relu_pool_image(&self, out: &[f32], o: &mut [f32], codes: Option<&mut [u8]>) {
         let (ow, ph, pw) = (self.g.out_w, self.g.out_h / 2, self.g.out_w / 2);
         let (plane, pplane) = (self.g.out_h * ow, ph * pw);
         if pplane == 0 {
             return;
         }
         let planes = out.chunks_exact(plane).zip(o.chunks_exact_mut(pplane));
-        match a {
-            Some(a) => {
-                for ((p, o), a) in planes.zip(a.chunks_exact_mut(pplane)) {
-                    crate::pool::max_pool_2x2(self.isa, p, ow, ph, pw, o, a);
+        match codes {
+            Some(codes) => {
+                for ((p, o), c) in planes.zip(codes.chunks_exact_mut(pplane)) {
+                    crate::pool::max_pool_relu_2x2(self.isa, p, ow, ph, pw, o, c);
                 }
             }
             None => {
                 for (p, o) in planes {
-                    crate::pool::max_pool_2x2_values(self.isa, p, ow, ph, pw, o);
+                    crate::pool::max_pool_relu_2x2_values(self.isa, p, ow, ph, pw, o);
                 }
             }
         }
@@ -386,17 +387,7 @@ impl ConvPlan {
         x: &[f32],
         relu: Relu,
         mut mask: Vec<bool>,
-        positions: Option<Vec<u32>>,
     ) -> (Vec<f32>, ConvSaved) {
-        if positions.is_some() {
-            assert!(
-                self.pools_2x2(),
-                "ConvPlan: no 2x2 pooling of {} x {} outputs",
-                self.g.out_h,
-                self.g.out_w
-            );
-            return self.forward_pooled(w, bias, x, relu, mask, positions.unwrap_or_default());
-        }
         let g = &self.g;
         let (in_len, out_len) = self.lens();
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
@@ -447,7 +438,7 @@ impl ConvPlan {
         let saved = ConvSaved {
             kernel,
             relu_mask,
-            pool_positions: None,
+            pool_codes: None,
         };
         (out, saved)
     }
@@ -463,35 +454,36 @@ impl ConvPlan {
     }
 
     /// [`ConvPlan::forward_relu_pool`] and [`ConvPlan::forward_relu_pool_masked`]: each
-    /// image's output into scratch, its ReLU, then its pooling into the batch's output
-    /// (the positions kept when the ReLU is masked).
+    /// image's output into scratch, then through the ReLU and the pooling into the
+    /// batch's output (the codes kept in training, when `codes` is given).
     fn forward_pooled(
         &self,
         w: &[f32],
         bias: Option<&[f32]>,
         x: &[f32],
-        relu: Relu,
-        mut mask: Vec<bool>,
-        mut positions: Vec<u32>,
+        codes: Option<Vec<u8>>,
     ) -> (Vec<f32>, ConvSaved) {
         let g = &self.g;
+        assert!(
+            self.pools_2x2(),
+            "ConvPlan: no 2x2 pooling of {} x {} outputs",
+            g.out_h,
+            g.out_w
+        );
         let (in_len, out_len) = self.lens();
         let pooled_len = self.pooled_len();
         assert_eq!(w.len(), self.filters * g.col_rows(), "ConvPlan: W length");
         assert_eq!(x.len() % in_len.max(1), 0, "ConvPlan: input length");
         let n = x.len() / in_len.max(1);
         let kernel = self.forward_kernel(w);
-        let masked = relu == Relu::Masked;
-        // every value of the mask and of the positions is written below
-        mask.resize(if masked { n * out_len } else { 0 }, false);
-        positions.resize(if masked { n * pooled_len } else { 0 }, 0);
-        let kept = match relu {
-            Relu::Masked => Either::Left(
-                mask.par_chunks_mut(out_len.max(1))
-                    .zip(positions.par_chunks_mut(pooled_len.max(1)))
-                    .map(|(m, a)| (Some(m), Some(a))),
-            ),
-            _ => Either::Right((0..n).into_par_iter().map(|_| (None, None))),
+        let mut codes = codes.map(|mut c| {
+            // every code is written below
+            c.resize(n * pooled_len, 0);
+            c
+        });
+        let kept = match &mut codes {
+            Some(c) => Either::Left(c.par_chunks_mut(pooled_len.max(1)).map(Some)),
+            None => Either::Right((0..n).into_par_iter().map(|_| None)),
         };
         let mut out = vec![0.0f32; n * pooled_len];
         let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
@@ -499,7 +491,7 @@ impl ConvPlan {
         out.par_chunks_mut(pooled_len.max(1))
             .zip(x.par_chunks(in_len.max(1)))
             .zip(kept)
-            .for_each(|((o, xi), (m, a))| {
+            .for_each(|((o, xi), c)| {
                 with_scratch(scratch, out_len, |s, y| {
                     match &kernel {
                         Some(d) => d.forward_image_uninit(xi, bias, crate::kernel::as_uninit(y), s),
@@ -509,14 +501,13 @@ impl ConvPlan {
                             self.forward_image(&wm, bias, lowered(xi, g, s), y);
                         }
                     }
-                    relu.apply(self.isa, y, m);
-                    self.pool_image(y, o, a);
+                    self.relu_pool_image(y, o, c);
                 });
             });
         let saved = ConvSaved {
             kernel,
-            relu_mask: masked.then_some(mask),
-            pool_positions: masked.then_some(positions),
+            relu_mask: None,
+            pool_codes: codes,
         };
         (out, saved)
     }
@@ -549,12 +540,8 @@ impl ConvPlan {
         let n = x.len() / in_len.max(1);
         assert_eq!(x.len(), n * in_len, "ConvPlan: input length");
         // after a pooled forward, `dout` is the pooled output's gradient
-        let positions = saved.pool_positions.as_deref();
-        let dout_len = if positions.is_some() {
-            self.pooled_len()
-        } else {
-            out_len
-        };
+        let codes = saved.pool_codes.as_deref();
+        let dout_len = if codes.is_some() { self.pooled_len() } else { out_len };
         assert_eq!(dout.len(), n * dout_len, "ConvPlan: dout length");
         if let Some(dw) = &dw {
             assert_eq!(dw.len(), f * ckk, "ConvPlan: dW length");
@@ -591,24 +578,22 @@ impl ConvPlan {
         if let Some(mask) = mask {
             assert_eq!(mask.len(), n * out_len, "ConvPlan: the ReLU's mask is not that of dout");
         }
-        if let Some(a) = positions {
-            assert!(
-                mask.is_some() && a.len() == dout.len(),
-                "ConvPlan: the pooling's positions are not those of dout"
+        if let Some(c) = codes {
+            assert_eq!(
+                c.len(),
+                dout.len(),
+                "ConvPlan: the pooling's codes are not those of dout"
             );
         }
-        // each group's mask and positions (none without a ReLU or a pooling), and room
-        // for one image's masked dout
-        let masks = match mask {
-            Some(m) => Either::Left(m.par_chunks(out_len * GROUP).map(Some)),
-            None => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| None)),
-        };
-        let positions = match positions {
-            Some(a) => Either::Left(a.par_chunks(dout_len * GROUP).map(Some)),
-            None => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| None)),
+        // each group's mask or codes (none without a ReLU), and room for one image's
+        // masked dout
+        let masks = match (mask, codes) {
+            (Some(m), _) => Either::Left(Either::Left(m.par_chunks(out_len * GROUP).map(Backward::Relu))),
+            (None, Some(c)) => Either::Left(Either::Right(c.par_chunks(dout_len * GROUP).map(Backward::ReluPool))),
+            (None, None) => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| Backward::Plain)),
         };
         let (ph, pw) = (g.out_h / 2, g.out_w / 2);
-        let masked_len = if mask.is_some() { out_len } else { 0 };
+        let masked_len = if mask.is_some() || codes.is_some() { out_len } else { 0 };
         let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
         // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
@@ -619,8 +604,8 @@ impl ConvPlan {
                     .par_chunks_mut(in_len * GROUP)
                     .zip(dout.par_chunks(dout_len * GROUP))
                     .zip(x.par_chunks(in_len * GROUP))
-                    .zip(masks.zip(positions))
-                    .map(|(((dxg, dg), xg), (mg, ag))| {
+                    .zip(masks)
+                    .map(|(((dxg, dg), xg), then)| {
                         let mut sums = fast_dw.as_ref().map(|k| k.gradient_accumulator());
                         // the lowered path's sums (the fast path keeps its own in `sums`)
                         let (mut gw, mut gb) = match sums {
@@ -637,20 +622,17 @@ impl ConvPlan {
                             {
                                 // the pooling's and the ReLU's backward, on the image's
                                 // gradient as it is read
-                                let di = match (mg, ag) {
-                                    (Some(m), Some(a)) => {
-                                        let (m, a) =
-                                            (&m[i * out_len..(i + 1) * out_len], &a[i * dout_len..(i + 1) * dout_len]);
-                                        crate::pool::max_unpool_relu_2x2(
-                                            self.isa, f, g.out_w, ph, pw, di, a, m, masked,
-                                        );
+                                let di = match then {
+                                    Backward::ReluPool(c) => {
+                                        let c = &c[i * dout_len..(i + 1) * dout_len];
+                                        crate::pool::max_unpool_codes_2x2(self.isa, f, g.out_w, ph, pw, di, c, masked);
                                         &*masked
                                     }
-                                    (Some(m), None) => {
+                                    Backward::Relu(m) => {
                                         crate::relu::backward(self.isa, di, &m[i * out_len..(i + 1) * out_len], masked);
                                         &*masked
                                     }
-                                    _ => di,
+                                    Backward::Plain => di,
                                 };
                                 // dW += dout_i · col_i^T ; db += row sums of dout_i
                                 if !want_dw {
@@ -870,6 +852,16 @@ unsafe fn batch_uninit(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -
     // elements (the caller's promise).
     unsafe { buf.set_len(len) };
     buf
+}
+
+/// What a group of images' output gradients go through before the convolution's
+/// backward: nothing, the ReLU's backward (its mask for the group), or the pooling's and
+/// the ReLU's (the codes for the group).
+#[derive(Clone, Copy)]
+enum Backward<'a> {
+    Plain,
+    Relu(&'a [bool]),
+    ReluPool(&'a [u8]),
 }
 
 /// The ReLU a forward pass applies to each image's output as it is written.
@@ -1198,15 +1190,28 @@ mod tests {
                         crate::pool::max_pool_2x2(Isa::Scalar, p, g.out_w, ph, pw, o, a);
                     }
                     let fused = plan.forward_relu_pool(&w, Some(&bias), &x);
-                    let (fused_t, saved) =
-                        plan.forward_relu_pool_masked(&w, Some(&bias), &x, vec![true; 3], vec![7; 5]);
+                    let (fused_t, saved) = plan.forward_relu_pool_masked(&w, Some(&bias), &x, vec![7; 5]);
                     let at = format!("{algo:?} at {isa} ({})", saved.kernel_name());
                     assert_eq!(bits(&fused), bits(&pooled), "{at}");
                     assert_eq!(bits(&fused_t), bits(&pooled), "{at}");
                     assert!(saved.pooled() && !relu.pooled());
-                    let (mask, positions) = saved.clone().into_relu_mask_and_positions();
-                    assert_eq!(mask, relu.relu_mask, "{at}");
-                    assert_eq!(positions.as_deref(), Some(&a[..]), "{at}");
+                    // the codes: the place of each window's maximum, or none where the
+                    // ReLU's mask is set there
+                    let mask = relu.relu_mask.as_deref().unwrap();
+                    let want: Vec<u8> = a
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &a)| {
+                            let (row, col) = (a as usize / g.out_w, a as usize % g.out_w);
+                            let plane = k / (ph * pw);
+                            match mask[plane * g.out_h * g.out_w + a as usize] {
+                                true => crate::pool::NO_GRADIENT,
+                                false => (2 * (row % 2) + col % 2) as u8,
+                            }
+                        })
+                        .collect();
+                    assert!(want.contains(&crate::pool::NO_GRADIENT) && want.contains(&3));
+                    assert_eq!(saved.clone().into_pool_codes(), Some(want), "{at}");
                     let unpooled = crate::pool::max_unpool_2x2(Isa::Scalar, planes, g.out_w, ph, pw, &dout, &a);
                     let (mut dw0, mut db0) = (vec![0.0; w.len()], vec![0.0; f]);
                     let (mut dw1, mut db1) = (vec![0.0; w.len()], vec![0.0; f]);
@@ -1234,7 +1239,7 @@ mod tests {
         let g = ConvGeometry::new(2, 4, 4, 3, 3, 1, 1).unwrap();
         let plan = ConvPlan::new(g, 2, ConvAlgo::Auto);
         let (w, x) = ([0.5; 36], [1.0; 32]);
-        let (_, saved) = plan.forward_relu_pool_masked(&w, None, &x, Vec::new(), Vec::new());
+        let (_, saved) = plan.forward_relu_pool_masked(&w, None, &x, Vec::new());
         plan.backward(&w, &saved, &x, &[1.0; 32], true, None, None);
     }
 
@@ -1262,7 +1267,11 @@ mod tests {
                 // every fifth value: 1e8, -1e8 or 1 by the group, whose sums round
                 // differently by the order of the additions
                 let big = [1e8, -1e8, 1.0][seed % 3];
-                *v = if j.is_multiple_of(5) { big } else { (j % 97) as f32 * 1e-3 };
+                *v = if j.is_multiple_of(5) {
+                    big
+                } else {
+                    (j % 97) as f32 * 1e-3
+                };
             }
             a
         };

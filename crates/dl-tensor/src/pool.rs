@@ -89,22 +89,63 @@ fn max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], 
 }
 
 #[inline(always)]
-fn max_unpool_relu_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], mask: &[bool], dx: &mut [f32]) {
-    for (oy, (drow, arow)) in dout.chunks_exact(ow).zip(a.chunks_exact(ow)).take(oh).enumerate() {
+fn max_pool_relu_2x2_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], codes: &mut [u8]) {
+    for (oy, (orow, crow)) in o
+        .chunks_exact_mut(ow)
+        .zip(codes.chunks_exact_mut(ow))
+        .take(oh)
+        .enumerate()
+    {
+        let r0 = 2 * oy * w;
+        let (top, bottom) = (&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow]);
+        for ox in 0..ow {
+            // the ReLU of each value, then the pooling's scan over them (strictly greater
+            // replaces, from -inf), and whether the ReLU's mask is set at the winner
+            let (mut best, mut code, mut masked) = (f32::NEG_INFINITY, 0u8, false);
+            let window = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+            for (k, v) in window.into_iter().enumerate() {
+                let r = crate::relu::relu(v);
+                let take = r > best;
+                best = if take { r } else { best };
+                code = if take { k as u8 } else { code };
+                masked = if take { v <= 0.0 } else { masked };
+            }
+            orow[ox] = best;
+            crow[ox] = if masked { NO_GRADIENT } else { code };
+        }
+    }
+}
+
+#[inline(always)]
+fn max_pool_relu_2x2_values_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+    for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
+        let r0 = 2 * oy * w;
+        let (top, bottom) = (&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow]);
+        for (ox, ov) in orow.iter_mut().enumerate() {
+            let mut best = f32::NEG_INFINITY;
+            for v in [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]] {
+                let r = crate::relu::relu(v);
+                best = if r > best { r } else { best };
+            }
+            *ov = best;
+        }
+    }
+}
+
+#[inline(always)]
+fn max_unpool_codes_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], codes: &[u8], dx: &mut [f32]) {
+    for (oy, (drow, crow)) in dout.chunks_exact(ow).zip(codes.chunks_exact(ow)).take(oh).enumerate() {
         let r0 = 2 * oy * w;
         let (top, bottom) = dx[r0..r0 + 2 * w].split_at_mut(w);
         let (top, bottom) = (&mut top[..2 * ow], &mut bottom[..2 * ow]);
-        let (mtop, mbottom) = mask[r0..r0 + 2 * w].split_at(w);
-        let (mtop, mbottom) = (&mtop[..2 * ow], &mbottom[..2 * ow]);
         for ox in 0..ow {
-            // the unpool's `0 + v` at the winner's place, then the ReLU's select (bitwise
-            // `&`, no branch: the loop vectorizes)
-            let (v, k) = (0.0 + drow[ox], window_place(arow[ox], r0 + 2 * ox));
-            let pick = |i: u32, masked: bool| if (k == i) & !masked { v } else { 0.0 };
-            top[2 * ox] = pick(0, mtop[2 * ox]);
-            top[2 * ox + 1] = pick(1, mtop[2 * ox + 1]);
-            bottom[2 * ox] = pick(w as u32, mbottom[2 * ox]);
-            bottom[2 * ox + 1] = pick(w as u32 + 1, mbottom[2 * ox + 1]);
+            // the unpool's `0 + v` at the winner's place, nothing where the ReLU stops it
+            let (v, code) = (0.0 + drow[ox], crow[ox]);
+            let pick = |k: u8| if code == k { v } else { 0.0 };
+            top[2 * ox] = pick(0);
+            top[2 * ox + 1] = pick(1);
+            bottom[2 * ox] = pick(2);
+            bottom[2 * ox + 1] = pick(3);
         }
     }
 }
@@ -117,7 +158,9 @@ fn window_place(at: u32, first: usize) -> u32 {
 }
 
 builds! {
-    max_unpool_relu_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], mask: &[bool], dx: &mut [f32]);
+    max_pool_relu_2x2_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], codes: &mut [u8]);
+    max_pool_relu_2x2_values_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
+    max_unpool_codes_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], codes: &[u8], dx: &mut [f32]);
     max_pool_2x2_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], a: &mut [u32]);
     max_pool_2x2_values_loop(p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
     max_unpool_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [std::mem::MaybeUninit<f32>]);
@@ -174,45 +217,73 @@ pub fn max_unpool_2x2(isa: Isa, planes: usize, w: usize, oh: usize, ow: usize, d
     dx
 }
 
-/// The backward of a ReLU and then [`max_pool_2x2`] over `planes` planes of
-/// `2 oh x w` values (`w == 2 ow`), into `dx`: [`max_unpool_2x2`] followed by the ReLU's
-/// backward ([`crate::relu::backward`] with `mask`, where the ReLU's input was `<= 0`),
-/// value for value, in one pass over one image's planes (no threads, no allocation).
+/// The code of a window whose gradient the ReLU stops ([`max_pool_relu_2x2`]).
+pub const NO_GRADIENT: u8 = 4;
+
+/// The book's `Relu` and then [`max_pool_2x2`] in one pass over the plane `y` (the
+/// values before the ReLU), into `o` (the same values as the two passes) and, for each
+/// window, a code of one byte for the backward ([`max_unpool_codes_2x2`]): the place of
+/// the maximum in its window, 0 and 1 on the top row, 2 and 3 on the bottom row, or
+/// [`NO_GRADIENT`] where the ReLU's mask is set at it (its input was `<= 0`), so that
+/// no gradient flows back through the window. The book's two layers keep a mask of a
+/// byte a value and a position of four bytes a window; this keeps a byte a window.
+/// Rows of `o` and `codes` past the shorter of the two, or past `oh`, are left alone.
 ///
 /// # Panics
-/// If `w != 2 ow`, if `dout` or `a` does not hold `planes` planes of `oh x ow` values or
-/// `mask` and `dx` `planes` planes of `2 oh x w`.
+/// As [`max_pool_2x2`].
+pub fn max_pool_relu_2x2(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], codes: &mut [u8]) {
+    check_plane(y.len(), w, oh, ow);
+    at_level!(isa, max_pool_relu_2x2_loop(y, w, oh, ow, o, codes))
+}
+
+/// [`max_pool_relu_2x2`]'s values without the codes (evaluation).
+///
+/// # Panics
+/// As [`max_pool_2x2`].
+pub fn max_pool_relu_2x2_values(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
+    check_plane(y.len(), w, oh, ow);
+    at_level!(isa, max_pool_relu_2x2_values_loop(y, w, oh, ow, o))
+}
+
+/// The backward of [`max_pool_relu_2x2`] over `planes` planes of `2 oh x w` values
+/// (`w == 2 ow`), into `dx`: each value of `dout` sent to the place its code names,
+/// 0 everywhere else; the same values as [`max_unpool_2x2`] followed by the ReLU's
+/// backward ([`crate::relu::backward`]). One image's planes, in one pass (no threads,
+/// no allocation).
+///
+/// # Panics
+/// If `w != 2 ow`, if `dout` or `codes` does not hold `planes` planes of `oh x ow`
+/// values or `dx` `planes` planes of `2 oh x w`.
 #[allow(clippy::too_many_arguments)]
-pub fn max_unpool_relu_2x2(
+pub fn max_unpool_codes_2x2(
     isa: Isa,
     planes: usize,
     w: usize,
     oh: usize,
     ow: usize,
     dout: &[f32],
-    a: &[u32],
-    mask: &[bool],
+    codes: &[u8],
     dx: &mut [f32],
 ) {
-    assert_eq!(w, 2 * ow, "max_unpool_relu_2x2: planes {w} wide for {ow} windows a row");
+    assert_eq!(
+        w,
+        2 * ow,
+        "max_unpool_codes_2x2: planes {w} wide for {ow} windows a row"
+    );
     let (plane, oplane) = (2 * oh * w, oh * ow);
     assert!(
-        dout.len() == planes * oplane
-            && a.len() == planes * oplane
-            && mask.len() == planes * plane
-            && dx.len() == planes * plane,
-        "max_unpool_relu_2x2: {} gradients, {} positions, {} mask values and {} outputs for {planes} planes of {oh} x {ow}",
+        dout.len() == planes * oplane && codes.len() == planes * oplane && dx.len() == planes * plane,
+        "max_unpool_codes_2x2: {} gradients, {} codes and {} outputs for {planes} planes of {oh} x {ow}",
         dout.len(),
-        a.len(),
-        mask.len(),
+        codes.len(),
         dx.len()
     );
     if oplane == 0 {
         return;
     }
-    let planes = dout.chunks_exact(oplane).zip(a.chunks_exact(oplane));
-    for ((d, a), (m, x)) in planes.zip(mask.chunks_exact(plane).zip(dx.chunks_exact_mut(plane))) {
-        at_level!(isa, max_unpool_relu_2x2_loop(w, oh, ow, d, a, m, x))
+    let planes = dout.chunks_exact(oplane).zip(codes.chunks_exact(oplane));
+    for ((d, c), x) in planes.zip(dx.chunks_exact_mut(plane)) {
+        at_level!(isa, max_unpool_codes_2x2_loop(w, oh, ow, d, c, x))
     }
 }
 
@@ -333,68 +404,117 @@ mod tests {
         assert_eq!(max_unpool_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[]), Vec::<f32>::new());
     }
 
+    /// The ReLU and the pooling in one pass, forward and backward, at every level,
+    /// against the book's two layers one after the other (`relu::forward_masked`, the
+    /// written-out pooling, the unpool and `relu::backward`), bit for bit: planes of
+    /// ties, NaN, ±0, ±inf and negative values only (windows whose winner the mask
+    /// stops), and -0 among the gradients.
     #[test]
-    fn every_level_unpools_through_the_relu_as_the_two_passes() {
+    fn every_level_pools_and_unpools_through_the_relu_as_the_two_layers() {
         let (mut passed, mut stopped) = (false, false);
-        for (planes, oh, ow) in [(1, 1, 1), (3, 14, 14), (2, 4, 9), (5, 7, 20)] {
-            let (w, plane_len) = (2 * ow, 4 * oh * ow);
-            let p = plane(planes * plane_len, planes + 3);
-            let mut a = Vec::new();
-            for pk in p.chunks(plane_len) {
-                a.extend(reference(pk, w, oh, ow).1);
+        for (planes, oh, ow, w) in [(1, 1, 1, 2), (3, 14, 14, 28), (2, 4, 9, 19), (5, 7, 20, 40)] {
+            let plane_len = (2 * oh + 1) * w;
+            let mut y = plane(planes * plane_len, planes + 3);
+            // a plane of negative values only
+            y[..plane_len].iter_mut().for_each(|v| *v = -v.abs() - 1.0);
+            // the two layers one by one
+            let mut relu = y.clone();
+            let mut mask = vec![false; y.len()];
+            crate::relu::forward_masked(Isa::Scalar, &mut relu, &mut mask);
+            let (mut want, mut codes_want) = (Vec::new(), Vec::new());
+            for (k, pk) in relu.chunks(plane_len).enumerate() {
+                let (o, a) = reference(pk, w, oh, ow);
+                want.extend(o);
+                for a in a {
+                    let (row, col) = (a as usize / w, a as usize % w);
+                    let place = (2 * (row % 2) + col % 2) as u8;
+                    let code = if mask[k * plane_len + a as usize] {
+                        NO_GRADIENT
+                    } else {
+                        place
+                    };
+                    codes_want.push(code);
+                }
             }
-            // -0 among the gradients; the mask set at some winners and not at others
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for isa in Isa::ALL {
+                let (mut o, mut codes) = (vec![f32::NAN; want.len()], vec![9u8; want.len()]);
+                let (mut values, at) = (vec![f32::NAN; want.len()], format!("{isa} {planes} x {oh}x{ow}"));
+                let chunks = y
+                    .chunks(plane_len)
+                    .zip(o.chunks_mut(oh * ow).zip(codes.chunks_mut(oh * ow)));
+                for ((p, (o, c)), v) in chunks.zip(values.chunks_mut(oh * ow)) {
+                    max_pool_relu_2x2(isa, p, w, oh, ow, o, c);
+                    max_pool_relu_2x2_values(isa, p, w, oh, ow, v);
+                }
+                let diff = bits(&o).iter().zip(bits(&want)).position(|(a, b)| *a != b);
+                assert_eq!(diff, None, "{at}: {:?}", diff.map(|i| (o[i], want[i])));
+                assert_eq!(bits(&values), bits(&want), "{at}");
+                let diff = codes.iter().zip(&codes_want).position(|(a, b)| a != b);
+                assert_eq!(diff, None, "{at}: {:?}", diff.map(|i| (codes[i], codes_want[i])));
+            }
+            // backward, on planes of whole windows (the unpool's contract)
+            if w != 2 * ow {
+                continue;
+            }
             let dout: Vec<f32> = (0..planes * oh * ow)
                 .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 * 0.5 - 7.5 })
                 .collect();
-            let mask: Vec<bool> = (0..planes * plane_len).map(|i| (i * 7 + i / 3) % 3 == 0).collect();
+            let whole: Vec<f32> = y.chunks(plane_len).flat_map(|p| p[..2 * oh * w].to_vec()).collect();
+            let whole_mask: Vec<bool> = mask.chunks(plane_len).flat_map(|m| m[..2 * oh * w].to_vec()).collect();
+            let mut relu_whole = whole.clone();
+            crate::relu::forward(Isa::Scalar, &mut relu_whole);
+            let a: Vec<u32> = relu_whole
+                .chunks(2 * oh * w)
+                .flat_map(|p| reference(p, w, oh, ow).1)
+                .collect();
             let unpooled = max_unpool_2x2(Isa::Scalar, planes, w, oh, ow, &dout, &a);
             let mut want = vec![f32::NAN; unpooled.len()];
-            crate::relu::backward(Isa::Scalar, &unpooled, &mask, &mut want);
-            // the cases see gradients that pass and gradients that the mask stops
+            crate::relu::backward(Isa::Scalar, &unpooled, &whole_mask, &mut want);
             passed |= want.iter().any(|v| *v != 0.0);
-            stopped |= mask.iter().zip(&unpooled).any(|(m, u)| *m && *u != 0.0);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            stopped |= whole_mask.iter().zip(&unpooled).any(|(m, u)| *m && *u != 0.0);
             for isa in Isa::ALL {
+                let codes: Vec<u8> = codes_want.clone();
                 let mut got = vec![f32::NAN; want.len()];
-                max_unpool_relu_2x2(isa, planes, w, oh, ow, &dout, &a, &mask, &mut got);
+                max_unpool_codes_2x2(isa, planes, w, oh, ow, &dout, &codes, &mut got);
                 assert_eq!(bits(&got), bits(&want), "{isa} {planes} x {oh}x{ow}");
             }
         }
+        // the cases see gradients that pass and gradients that the mask stops
         assert!(passed && stopped);
-        max_unpool_relu_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[], &[], &mut []);
+        max_unpool_codes_2x2(Isa::Scalar, 3, 0, 0, 0, &[], &[], &mut []);
     }
 
     #[test]
-    #[should_panic(expected = "max_unpool_relu_2x2: planes 5 wide for 2 windows a row")]
-    fn unpooling_through_the_relu_wants_planes_of_whole_windows() {
-        max_unpool_relu_2x2(
-            Isa::Scalar,
-            1,
-            5,
-            1,
-            2,
-            &[1.0, 2.0],
-            &[0, 2],
-            &[false; 10],
-            &mut [0.0; 10],
-        );
+    #[should_panic(expected = "max_unpool_codes_2x2: planes 5 wide for 2 windows a row")]
+    fn unpooling_by_codes_wants_planes_of_whole_windows() {
+        max_unpool_codes_2x2(Isa::Scalar, 1, 5, 1, 2, &[1.0, 2.0], &[0, 2], &mut [0.0; 10]);
     }
 
     #[test]
-    #[should_panic(expected = "2 gradients, 2 positions, 8 mask values and 7 outputs for 1 planes of 1 x 2")]
-    fn unpooling_through_the_relu_wants_a_mask_and_an_output_for_each_value() {
-        max_unpool_relu_2x2(
-            Isa::Scalar,
-            1,
-            4,
-            1,
-            2,
-            &[1.0, 2.0],
-            &[0, 2],
-            &[false; 8],
-            &mut [0.0; 7],
-        );
+    #[should_panic(expected = "2 gradients, 3 codes and 8 outputs for 1 planes of 1 x 2")]
+    fn unpooling_by_codes_wants_a_code_for_each_gradient() {
+        max_unpool_codes_2x2(Isa::Scalar, 1, 4, 1, 2, &[1.0, 2.0], &[0, 2, 1], &mut [0.0; 8]);
+    }
+
+    #[test]
+    #[should_panic(expected = "2 gradients, 2 codes and 7 outputs for 1 planes of 1 x 2")]
+    fn unpooling_by_codes_wants_an_output_for_each_value() {
+        max_unpool_codes_2x2(Isa::Scalar, 1, 4, 1, 2, &[1.0, 2.0], &[0, 2], &mut [0.0; 7]);
+    }
+
+    #[test]
+    #[should_panic(expected = "a plane of 7 values 4 wide has no 1 x 2 windows")]
+    fn pooling_through_the_relu_wants_the_windows_inside_the_plane() {
+        let (mut o, mut c) = ([0.0f32; 2], [0u8; 2]);
+        max_pool_relu_2x2(Isa::Scalar, &[0.0; 7], 4, 1, 2, &mut o, &mut c);
+    }
+
+    #[test]
+    #[should_panic(expected = "a plane of 8 values 3 wide has no 1 x 2 windows")]
+    fn pooling_values_through_the_relu_wants_the_windows_inside_a_row() {
+        let mut o = [0.0f32; 2];
+        max_pool_relu_2x2_values(Isa::Scalar, &[0.0; 8], 3, 1, 2, &mut o);
     }
 
     #[test]
