@@ -233,6 +233,17 @@ pub const NO_GRADIENT: u8 = 4;
 /// As [`max_pool_2x2`].
 pub fn max_pool_relu_2x2(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], codes: &mut [u8]) {
     check_plane(y.len(), w, oh, ow);
+    #[cfg(target_arch = "x86_64")]
+    if crate::levels::level(isa) == Isa::Avx512 {
+        let rows = o.chunks_exact_mut(ow).zip(codes.chunks_exact_mut(ow)).take(oh);
+        for (oy, (orow, crow)) in rows.enumerate() {
+            let r0 = 2 * oy * w;
+            // SAFETY: the CPU has AVX-512F (`level`); the two rows hold `2 ow` values each
+            // (`check_plane`), and `orow`, `crow` `ow`.
+            unsafe { rows_avx512::pool_relu(&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow], orow, crow) };
+        }
+        return;
+    }
     at_level!(isa, max_pool_relu_2x2_loop(y, w, oh, ow, o, codes))
 }
 
@@ -283,6 +294,17 @@ pub fn max_unpool_codes_2x2(
     }
     let planes = dout.chunks_exact(oplane).zip(codes.chunks_exact(oplane));
     for ((d, c), x) in planes.zip(dx.chunks_exact_mut(plane)) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::levels::level(isa) == Isa::Avx512 {
+            let rows = d.chunks_exact(ow).zip(c.chunks_exact(ow)).zip(x.chunks_exact_mut(2 * w));
+            for ((drow, crow), pair) in rows {
+                let (top, bottom) = pair.split_at_mut(w);
+                // SAFETY: the CPU has AVX-512F (`level`); `drow` and `crow` hold `ow`
+                // values, `top` and `bottom` `w = 2 ow`.
+                unsafe { rows_avx512::unpool_codes(drow, crow, top, bottom) };
+            }
+            continue;
+        }
         at_level!(isa, max_unpool_codes_2x2_loop(w, oh, ow, d, c, x))
     }
 }
@@ -290,6 +312,123 @@ pub fn max_unpool_codes_2x2(
 /// One plane of [`max_unpool_2x2`].
 fn unpool_plane(isa: Isa, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32], dx: &mut [MaybeUninit<f32>]) {
     at_level!(isa, max_unpool_2x2_loop(w, oh, ow, dout, a, dx))
+}
+
+/// [`max_pool_relu_2x2`] and [`max_unpool_codes_2x2`] a pair of rows at a time, 16
+/// windows a register: the plain loops vectorize over a row's windows only, so rows of
+/// fewer than 16 windows (DeepConvNet's 14 and 7) ran one window at a time. Even and
+/// odd columns are parted and joined again by permutes.
+#[cfg(target_arch = "x86_64")]
+mod rows_avx512 {
+    use std::arch::x86_64::*;
+
+    use super::NO_GRADIENT;
+
+    /// The first `n` lanes (all for `n >= 16`).
+    fn prefix(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// Lanes `0, 2, ..., 30` and `1, 3, ..., 31` of two registers.
+    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+    /// Lanes `0, 16, 1, 17, ...`: the first half of the two registers interleaved, then
+    /// the second half.
+    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
+
+    /// The even and odd values of `2 n <= 32` values from `p` (zeros past them).
+    ///
+    /// # Safety
+    /// AVX-512F; `p` valid for `2 n` reads.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn parted(p: *const f32, n: usize) -> (__m512, __m512) {
+        // SAFETY: only the lanes of the masks are read, `2 n` values from `p`.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(prefix(2 * n), p),
+                _mm512_maskz_loadu_ps(prefix((2 * n).saturating_sub(16)), p.wrapping_add(16)),
+            )
+        };
+        // SAFETY: the index arrays hold 16 values.
+        let (even, odd) = unsafe { (_mm512_loadu_si512(EVEN.as_ptr().cast()), _mm512_loadu_si512(ODD.as_ptr().cast())) };
+        (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
+    }
+
+    /// `max_pool_relu_2x2_loop` on one pair of rows (`top`, `bottom`: `2 ow` values;
+    /// `o`, `codes`: `ow`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pool_relu(top: &[f32], bottom: &[f32], o: &mut [f32], codes: &mut [u8]) {
+        let ow = o.len();
+        assert!(top.len() >= 2 * ow && bottom.len() >= 2 * ow && codes.len() >= ow);
+        let zero = _mm512_setzero_ps();
+        for ox in (0..ow).step_by(16) {
+            let n = (ow - ox).min(16);
+            // SAFETY: `2 n` values of each row from column `2 ox` (`2 (ox + n) <= 2 ow`).
+            let (t0, t1) = unsafe { parted(top.as_ptr().add(2 * ox), n) };
+            let (b0, b1) = unsafe { parted(bottom.as_ptr().add(2 * ox), n) };
+            let (mut best, mut code, mut masked) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_setzero_si512(), 0u16);
+            for (k, v) in [t0, t1, b0, b1].into_iter().enumerate() {
+                // the ReLU (`v > 0 ? v : 0`: +0 for -0 and NaN), then the strict `>` scan
+                let r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, zero), v);
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(r, best);
+                best = _mm512_mask_mov_ps(best, take, r);
+                code = _mm512_mask_mov_epi32(code, take, _mm512_set1_epi32(k as i32));
+                let stops = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, zero);
+                masked = (masked & !take) | (stops & take);
+            }
+            code = _mm512_mask_mov_epi32(code, masked, _mm512_set1_epi32(i32::from(NO_GRADIENT)));
+            // SAFETY: `n` values of `o` and of `codes` from `ox` (`ox + n <= ow`).
+            unsafe {
+                _mm512_mask_storeu_ps(o.as_mut_ptr().add(ox), prefix(n), best);
+                _mm512_mask_cvtepi32_storeu_epi8(codes.as_mut_ptr().add(ox).cast(), prefix(n), code);
+            }
+        }
+    }
+
+    /// `max_unpool_codes_2x2_loop` on one pair of rows (`dout`, `codes`: `ow` values;
+    /// `top`, `bottom`: `2 ow`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn unpool_codes(dout: &[f32], codes: &[u8], top: &mut [f32], bottom: &mut [f32]) {
+        let ow = dout.len();
+        assert!(codes.len() >= ow && top.len() >= 2 * ow && bottom.len() >= 2 * ow);
+        let zero = _mm512_setzero_ps();
+        // SAFETY: the index arrays hold 16 values.
+        let (low, high) = unsafe { (_mm512_loadu_si512(LOW.as_ptr().cast()), _mm512_loadu_si512(HIGH.as_ptr().cast())) };
+        for ox in (0..ow).step_by(16) {
+            let n = (ow - ox).min(16);
+            // the codes widened lane by lane (a fixed count: no call to `memcpy`)
+            let lanes: [i32; 16] = std::array::from_fn(|i| if i < n { i32::from(codes[ox + i]) } else { 0 });
+            // SAFETY: `n` values of `dout` from `ox`; `lanes` holds 16.
+            let (v, c) = unsafe {
+                (
+                    _mm512_add_ps(zero, _mm512_maskz_loadu_ps(prefix(n), dout.as_ptr().add(ox))),
+                    _mm512_loadu_si512(lanes.as_ptr().cast()),
+                )
+            };
+            let pick = |k: i32| _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(c, _mm512_set1_epi32(k)), v);
+            for (row, (a, b)) in [(&mut *top, (pick(0), pick(1))), (&mut *bottom, (pick(2), pick(3)))] {
+                let (lo, hi) = (_mm512_permutex2var_ps(a, low, b), _mm512_permutex2var_ps(a, high, b));
+                // SAFETY: `2 n` values of the row from column `2 ox` (`2 (ox + n) <= 2 ow`).
+                unsafe {
+                    let p = row.as_mut_ptr().add(2 * ox);
+                    _mm512_mask_storeu_ps(p, prefix(2 * n), lo);
+                    _mm512_mask_storeu_ps(p.wrapping_add(16), prefix((2 * n).saturating_sub(16)), hi);
+                }
+            }
+        }
+    }
 }
 
 /// The windows' rows must lie inside the plane.
