@@ -296,7 +296,10 @@ pub fn max_unpool_codes_2x2(
     for ((d, c), x) in planes.zip(dx.chunks_exact_mut(plane)) {
         #[cfg(target_arch = "x86_64")]
         if crate::levels::level(isa) == Isa::Avx512 {
-            let rows = d.chunks_exact(ow).zip(c.chunks_exact(ow)).zip(x.chunks_exact_mut(2 * w));
+            let rows = d
+                .chunks_exact(ow)
+                .zip(c.chunks_exact(ow))
+                .zip(x.chunks_exact_mut(2 * w));
             for ((drow, crow), pair) in rows {
                 let (top, bottom) = pair.split_at_mut(w);
                 // SAFETY: the CPU has AVX-512F (`level`); `drow` and `crow` hold `ow`
@@ -356,8 +359,16 @@ mod rows_avx512 {
             )
         };
         // SAFETY: the index arrays hold 16 values.
-        let (even, odd) = unsafe { (_mm512_loadu_si512(EVEN.as_ptr().cast()), _mm512_loadu_si512(ODD.as_ptr().cast())) };
-        (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
+        let (even, odd) = unsafe {
+            (
+                _mm512_loadu_si512(EVEN.as_ptr().cast()),
+                _mm512_loadu_si512(ODD.as_ptr().cast()),
+            )
+        };
+        (
+            _mm512_permutex2var_ps(lo, even, hi),
+            _mm512_permutex2var_ps(lo, odd, hi),
+        )
     }
 
     /// `max_pool_relu_2x2_loop` on one pair of rows (`top`, `bottom`: `2 ow` values;
@@ -405,7 +416,12 @@ mod rows_avx512 {
         assert!(codes.len() >= ow && top.len() >= 2 * ow && bottom.len() >= 2 * ow);
         let zero = _mm512_setzero_ps();
         // SAFETY: the index arrays hold 16 values.
-        let (low, high) = unsafe { (_mm512_loadu_si512(LOW.as_ptr().cast()), _mm512_loadu_si512(HIGH.as_ptr().cast())) };
+        let (low, high) = unsafe {
+            (
+                _mm512_loadu_si512(LOW.as_ptr().cast()),
+                _mm512_loadu_si512(HIGH.as_ptr().cast()),
+            )
+        };
         for ox in (0..ow).step_by(16) {
             let n = (ow - ox).min(16);
             // the codes widened lane by lane (a fixed count: no call to `memcpy`)

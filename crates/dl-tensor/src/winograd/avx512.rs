@@ -148,6 +148,10 @@ pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f
             let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
             let v = if inside {
                 let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
+                // the same values of the next plane (the next channel's, or the next
+                // image's first), on their way from memory while this plane is used: a
+                // hint, which never faults
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(h * w).cast::<i8>());
                 // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
                 unsafe { _mm512_maskz_loadu_ps(load, src) }
             } else {
