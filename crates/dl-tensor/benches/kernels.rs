@@ -342,6 +342,24 @@ fn pooling(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("max_unpool_2x2", isa), |b| {
             b.iter(|| pool::max_unpool_2x2(isa, planes, w, oh, ow, &o, &a))
         });
+        // the ReLU and the pooling in one pass (a convolution's pooled training forward),
+        // and the backward by codes into one image's gradient
+        let mut codes = vec![0u8; planes * oh * ow];
+        group.bench_function(BenchmarkId::new("max_pool_relu_2x2", isa), |b| {
+            b.iter(|| {
+                for ((p, o), c) in x
+                    .chunks(w * w)
+                    .zip(o.chunks_mut(oh * ow))
+                    .zip(codes.chunks_mut(oh * ow))
+                {
+                    pool::max_pool_relu_2x2(isa, p, w, oh, ow, o, c);
+                }
+            })
+        });
+        let mut dx = vec![0.0f32; planes * w * w];
+        group.bench_function(BenchmarkId::new("max_unpool_codes_2x2", isa), |b| {
+            b.iter(|| pool::max_unpool_codes_2x2(isa, planes, w, oh, ow, &o, &codes, &mut dx))
+        });
     }
     group.finish();
 }

@@ -238,9 +238,10 @@ pub fn max_pool_relu_2x2(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o:
         let rows = o.chunks_exact_mut(ow).zip(codes.chunks_exact_mut(ow)).take(oh);
         for (oy, (orow, crow)) in rows.enumerate() {
             let r0 = 2 * oy * w;
-            // SAFETY: the CPU has AVX-512F (`level`); the two rows hold `2 ow` values each
-            // (`check_plane`), and `orow`, `crow` `ow`.
-            unsafe { rows_avx512::pool_relu(&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow], orow, crow) };
+            let (top, bottom) = (&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow]);
+            // SAFETY: the CPU has AVX-512F (`level`); the two rows hold `2 ow` values
+            // each (`check_plane`), and `orow`, `crow` `ow`.
+            unsafe { rows_avx512::pool_relu(top, bottom, orow, Some(crow)) };
         }
         return;
     }
@@ -253,6 +254,16 @@ pub fn max_pool_relu_2x2(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o:
 /// As [`max_pool_2x2`].
 pub fn max_pool_relu_2x2_values(isa: Isa, y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
     check_plane(y.len(), w, oh, ow);
+    #[cfg(target_arch = "x86_64")]
+    if crate::levels::level(isa) == Isa::Avx512 {
+        for (oy, orow) in o.chunks_exact_mut(ow).take(oh).enumerate() {
+            let r0 = 2 * oy * w;
+            let (top, bottom) = (&y[r0..r0 + 2 * ow], &y[r0 + w..r0 + w + 2 * ow]);
+            // SAFETY: as in `max_pool_relu_2x2`.
+            unsafe { rows_avx512::pool_relu(top, bottom, orow, None) };
+        }
+        return;
+    }
     at_level!(isa, max_pool_relu_2x2_values_loop(y, w, oh, ow, o))
 }
 
@@ -295,16 +306,21 @@ pub fn max_unpool_codes_2x2(
     let planes = dout.chunks_exact(oplane).zip(codes.chunks_exact(oplane));
     for ((d, c), x) in planes.zip(dx.chunks_exact_mut(plane)) {
         #[cfg(target_arch = "x86_64")]
-        if crate::levels::level(isa) == Isa::Avx512 {
+        if let level @ (Isa::Avx512 | Isa::Avx2) = crate::levels::level(isa) {
             let rows = d
                 .chunks_exact(ow)
                 .zip(c.chunks_exact(ow))
                 .zip(x.chunks_exact_mut(2 * w));
             for ((drow, crow), pair) in rows {
                 let (top, bottom) = pair.split_at_mut(w);
-                // SAFETY: the CPU has AVX-512F (`level`); `drow` and `crow` hold `ow`
+                // SAFETY: the CPU has the level (`level`); `drow` and `crow` hold `ow`
                 // values, `top` and `bottom` `w = 2 ow`.
-                unsafe { rows_avx512::unpool_codes(drow, crow, top, bottom) };
+                unsafe {
+                    match level {
+                        Isa::Avx512 => rows_avx512::unpool_codes(drow, crow, top, bottom),
+                        _ => rows_avx2::unpool_codes(drow, crow, top, bottom),
+                    }
+                }
             }
             continue;
         }
@@ -317,7 +333,8 @@ fn unpool_plane(isa: Isa, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32
     at_level!(isa, max_unpool_2x2_loop(w, oh, ow, dout, a, dx))
 }
 
-/// [`max_pool_relu_2x2`] and [`max_unpool_codes_2x2`] a pair of rows at a time, 16
+/// [`max_pool_relu_2x2`] (its values alone when no codes are asked for) and
+/// [`max_unpool_codes_2x2`] a pair of rows at a time, 16
 /// windows a register: the plain loops vectorize over a row's windows only, so rows of
 /// fewer than 16 windows (DeepConvNet's 14 and 7) ran one window at a time. Even and
 /// odd columns are parted and joined again by permutes.
@@ -377,9 +394,9 @@ mod rows_avx512 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pool_relu(top: &[f32], bottom: &[f32], o: &mut [f32], codes: &mut [u8]) {
+    pub(super) unsafe fn pool_relu(top: &[f32], bottom: &[f32], o: &mut [f32], mut codes: Option<&mut [u8]>) {
         let ow = o.len();
-        assert!(top.len() >= 2 * ow && bottom.len() >= 2 * ow && codes.len() >= ow);
+        assert!(top.len() >= 2 * ow && bottom.len() >= 2 * ow && codes.as_ref().is_none_or(|c| c.len() >= ow));
         let zero = _mm512_setzero_ps();
         for ox in (0..ow).step_by(16) {
             let n = (ow - ox).min(16);
@@ -400,7 +417,9 @@ mod rows_avx512 {
             // SAFETY: `n` values of `o` and of `codes` from `ox` (`ox + n <= ow`).
             unsafe {
                 _mm512_mask_storeu_ps(o.as_mut_ptr().add(ox), prefix(n), best);
-                _mm512_mask_cvtepi32_storeu_epi8(codes.as_mut_ptr().add(ox).cast(), prefix(n), code);
+                if let Some(codes) = codes.as_deref_mut() {
+                    _mm512_mask_cvtepi32_storeu_epi8(codes.as_mut_ptr().add(ox).cast(), prefix(n), code);
+                }
             }
         }
     }
@@ -441,6 +460,60 @@ mod rows_avx512 {
                     let p = row.as_mut_ptr().add(2 * ox);
                     _mm512_mask_storeu_ps(p, prefix(2 * n), lo);
                     _mm512_mask_storeu_ps(p.wrapping_add(16), prefix((2 * n).saturating_sub(16)), hi);
+                }
+            }
+        }
+    }
+}
+
+/// `rows_avx512::unpool_codes` at AVX2: 8 windows a register. (The forward's selects
+/// on 8 windows a register, after parting even and odd columns, ran no faster than the
+/// plain loop, one window at a time: 5.1 against 4.8 µs on an image of conv2's output,
+/// `cargo bench -p dl-tensor --bench kernels -- pooling/max_pool_relu`.)
+#[cfg(target_arch = "x86_64")]
+mod rows_avx2 {
+    use std::arch::x86_64::*;
+
+    /// The first `n` of 8 lanes set, as a mask for `vmaskmovps`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn prefix(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// As `rows_avx512::unpool_codes`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn unpool_codes(dout: &[f32], codes: &[u8], top: &mut [f32], bottom: &mut [f32]) {
+        let ow = dout.len();
+        assert!(codes.len() >= ow && top.len() >= 2 * ow && bottom.len() >= 2 * ow);
+        let zero = _mm256_setzero_ps();
+        for ox in (0..ow).step_by(8) {
+            let n = (ow - ox).min(8);
+            let lanes: [i32; 8] = std::array::from_fn(|i| if i < n { i32::from(codes[ox + i]) } else { 0 });
+            // SAFETY: `n` values of `dout` from `ox`; `lanes` holds 8.
+            let (v, c) = unsafe {
+                (
+                    _mm256_add_ps(zero, _mm256_maskload_ps(dout.as_ptr().add(ox), prefix(n))),
+                    _mm256_loadu_si256(lanes.as_ptr().cast()),
+                )
+            };
+            let pick = |k: i32| _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(c, _mm256_set1_epi32(k))));
+            for (row, (a, b)) in [(&mut *top, (pick(0), pick(1))), (&mut *bottom, (pick(2), pick(3)))] {
+                // (a0, b0, a1, b1 | a4, b4, a5, b5) and (a2, b2, a3, b3 | a6, b6, a7, b7)
+                let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
+                let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
+                // SAFETY: `2 n` values of the row from column `2 ox` (`2 (ox + n) <= 2 ow`).
+                unsafe {
+                    let p = row.as_mut_ptr().add(2 * ox);
+                    _mm256_maskstore_ps(p, prefix(2 * n), first);
+                    _mm256_maskstore_ps(p.wrapping_add(8), prefix((2 * n).saturating_sub(8)), second);
                 }
             }
         }
