@@ -306,21 +306,18 @@ pub fn max_unpool_codes_2x2(
     let planes = dout.chunks_exact(oplane).zip(codes.chunks_exact(oplane));
     for ((d, c), x) in planes.zip(dx.chunks_exact_mut(plane)) {
         #[cfg(target_arch = "x86_64")]
-        if let level @ (Isa::Avx512 | Isa::Avx2) = crate::levels::level(isa) {
+        if matches!(crate::levels::level(isa), Isa::Avx512 | Isa::Avx2) {
             let rows = d
                 .chunks_exact(ow)
                 .zip(c.chunks_exact(ow))
                 .zip(x.chunks_exact_mut(2 * w));
             for ((drow, crow), pair) in rows {
                 let (top, bottom) = pair.split_at_mut(w);
-                // SAFETY: the CPU has the level (`level`); `drow` and `crow` hold `ow`
-                // values, `top` and `bottom` `w = 2 ow`.
-                unsafe {
-                    match level {
-                        Isa::Avx512 => rows_avx512::unpool_codes(drow, crow, top, bottom),
-                        _ => rows_avx2::unpool_codes(drow, crow, top, bottom),
-                    }
-                }
+                // SAFETY: the CPU has AVX2 (`level`: AVX-512 CPUs have it too); `drow` and
+                // `crow` hold `ow` values, `top` and `bottom` `w = 2 ow`.
+                // (AVX-512 runs the AVX2 rows: 8 windows a register beat 16 there, 3.4
+                // against 4.4 µs on an image of conv2's output)
+                unsafe { rows_avx2::unpool_codes(drow, crow, top, bottom) };
             }
             continue;
         }
@@ -333,11 +330,10 @@ fn unpool_plane(isa: Isa, w: usize, oh: usize, ow: usize, dout: &[f32], a: &[u32
     at_level!(isa, max_unpool_2x2_loop(w, oh, ow, dout, a, dx))
 }
 
-/// [`max_pool_relu_2x2`] (its values alone when no codes are asked for) and
-/// [`max_unpool_codes_2x2`] a pair of rows at a time, 16
-/// windows a register: the plain loops vectorize over a row's windows only, so rows of
-/// fewer than 16 windows (DeepConvNet's 14 and 7) ran one window at a time. Even and
-/// odd columns are parted and joined again by permutes.
+/// [`max_pool_relu_2x2`] (its values alone when no codes are asked for) a pair of rows
+/// at a time, 16 windows a register: the plain loops vectorize over a row's windows
+/// only, so rows of fewer than 16 windows (DeepConvNet's 14 and 7) ran one window at a
+/// time. Even and odd columns are parted by permutes.
 #[cfg(target_arch = "x86_64")]
 mod rows_avx512 {
     use std::arch::x86_64::*;
@@ -356,10 +352,6 @@ mod rows_avx512 {
     /// Lanes `0, 2, ..., 30` and `1, 3, ..., 31` of two registers.
     const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
     const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
-    /// Lanes `0, 16, 1, 17, ...`: the first half of the two registers interleaved, then
-    /// the second half.
-    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
-    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
 
     /// The even and odd values of `2 n <= 32` values from `p` (zeros past them).
     ///
@@ -423,53 +415,13 @@ mod rows_avx512 {
             }
         }
     }
-
-    /// `max_unpool_codes_2x2_loop` on one pair of rows (`dout`, `codes`: `ow` values;
-    /// `top`, `bottom`: `2 ow`).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn unpool_codes(dout: &[f32], codes: &[u8], top: &mut [f32], bottom: &mut [f32]) {
-        let ow = dout.len();
-        assert!(codes.len() >= ow && top.len() >= 2 * ow && bottom.len() >= 2 * ow);
-        let zero = _mm512_setzero_ps();
-        // SAFETY: the index arrays hold 16 values.
-        let (low, high) = unsafe {
-            (
-                _mm512_loadu_si512(LOW.as_ptr().cast()),
-                _mm512_loadu_si512(HIGH.as_ptr().cast()),
-            )
-        };
-        for ox in (0..ow).step_by(16) {
-            let n = (ow - ox).min(16);
-            // the codes widened lane by lane (a fixed count: no call to `memcpy`)
-            let lanes: [i32; 16] = std::array::from_fn(|i| if i < n { i32::from(codes[ox + i]) } else { 0 });
-            // SAFETY: `n` values of `dout` from `ox`; `lanes` holds 16.
-            let (v, c) = unsafe {
-                (
-                    _mm512_add_ps(zero, _mm512_maskz_loadu_ps(prefix(n), dout.as_ptr().add(ox))),
-                    _mm512_loadu_si512(lanes.as_ptr().cast()),
-                )
-            };
-            let pick = |k: i32| _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(c, _mm512_set1_epi32(k)), v);
-            for (row, (a, b)) in [(&mut *top, (pick(0), pick(1))), (&mut *bottom, (pick(2), pick(3)))] {
-                let (lo, hi) = (_mm512_permutex2var_ps(a, low, b), _mm512_permutex2var_ps(a, high, b));
-                // SAFETY: `2 n` values of the row from column `2 ox` (`2 (ox + n) <= 2 ow`).
-                unsafe {
-                    let p = row.as_mut_ptr().add(2 * ox);
-                    _mm512_mask_storeu_ps(p, prefix(2 * n), lo);
-                    _mm512_mask_storeu_ps(p.wrapping_add(16), prefix((2 * n).saturating_sub(16)), hi);
-                }
-            }
-        }
-    }
 }
 
-/// `rows_avx512::unpool_codes` at AVX2: 8 windows a register. (The forward's selects
-/// on 8 windows a register, after parting even and odd columns, ran no faster than the
-/// plain loop, one window at a time: 5.1 against 4.8 µs on an image of conv2's output,
-/// `cargo bench -p dl-tensor --bench kernels -- pooling/max_pool_relu`.)
+/// [`max_unpool_codes_2x2`] a pair of rows at a time, 8 windows a register, at AVX2 and
+/// AVX-512 (16 windows a register ran slower: 4.4 against 3.4 µs on an image of conv2's
+/// output, `cargo bench -p dl-tensor --bench kernels -- pooling/max_unpool_codes`). The
+/// forward's selects on 8 windows a register, after parting even and odd columns, ran no
+/// faster than the plain loop at AVX2 (5.1 against 4.8 µs), which runs there.
 #[cfg(target_arch = "x86_64")]
 mod rows_avx2 {
     use std::arch::x86_64::*;
