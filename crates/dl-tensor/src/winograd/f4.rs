@@ -41,7 +41,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::{multiply, transform, WinogradConv};
+use super::{multiply, pad_channel, WinogradConv};
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 
@@ -217,21 +217,9 @@ impl Winograd4Conv {
         let (g, pos) = (&self.g, self.v_stride());
         assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
         for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
-            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
-            // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs` and
-            // `pad + W <= ws` (`4 th >= OH = H + 2 pad - 2`, and the same for the width).
-            unsafe {
-                transform::pad_plane(
-                    self.isa,
-                    src.as_ptr(),
-                    g.h,
-                    g.w,
-                    g.pad,
-                    padded.as_mut_ptr(),
-                    self.hs,
-                    self.ws,
-                )
-            };
+            // (`pad + H <= hs` and `pad + W <= ws`: `4 th >= OH = H + 2 pad - 2`, and the
+            // same for the width)
+            pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
             let padded = &*padded;
             if self.grouped() {
                 for (i0, mask) in self.groups() {

@@ -237,21 +237,7 @@ impl WinogradConv {
         let g = &self.g;
         assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
         for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
-            // SAFETY: `self.isa` runs here (`with_isa` checked it); `src` holds the
-            // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs`,
-            // `pad + W <= ws`.
-            unsafe {
-                transform::pad_plane(
-                    self.isa,
-                    src.as_ptr(),
-                    g.h,
-                    g.w,
-                    g.pad,
-                    padded.as_mut_ptr(),
-                    self.hs,
-                    self.ws,
-                )
-            };
+            pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
             for (i0, j0, mask) in self.groups() {
                 // SAFETY: `self.isa` runs on this CPU, as above. The group reads rows
                 // `2 i0 + k`, `k < 2 (16 / l) + 2`, of the plane from column `2 j0`, 34
@@ -503,6 +489,21 @@ impl ConvKernel for WinogradConv {
             *a += b;
         }
     }
+}
+
+/// Copies one channel's plane `src` (`H x W` of `g`) into the plane `padded` of
+/// `hs x ws`, at row and column `g.pad`, zeros around it: the first step of both
+/// Winograd kernels' input transforms, a channel at a time.
+///
+/// # Panics
+/// If `src` is not one plane, `padded` holds fewer than `hs ws` values, or the padded
+/// plane does not fit in `hs x ws`.
+pub(crate) fn pad_channel(isa: Isa, g: &ConvGeometry, src: &[f32], padded: &mut [f32], (hs, ws): (usize, usize)) {
+    assert!(src.len() == g.h * g.w && padded.len() >= hs * ws && g.pad + g.h <= hs && g.pad + g.w <= ws);
+    // SAFETY: `isa` runs here (the kernels' `with_isa` checked it); `src` holds the
+    // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`
+    // (asserted above).
+    unsafe { transform::pad_plane(isa, src.as_ptr(), g.h, g.w, g.pad, padded.as_mut_ptr(), hs, ws) };
 }
 
 /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)`, for each position `ξ` of `packed`: `U` as
