@@ -1255,3 +1255,66 @@ fn convolutions_their_relus_and_the_2x2_pooling_as_one_give_the_layers_one_by_on
         Err(LayerError::Invalid { .. })
     ));
 }
+
+/// A layer that passes its input through and runs the ReLU and the 2x2 pooling after it
+/// when asked, marking that by giving -42 everywhere (unpooled: the marker, not the
+/// values) and twice the gradient backward.
+#[derive(Clone)]
+struct PoolFusionProbe;
+
+impl Layer for PoolFusionProbe {
+    fn name(&self) -> &str {
+        "PoolFusionProbe"
+    }
+    fn forward(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Ok(x)
+    }
+    fn fuses_relu_pool(&self, _input: &[usize]) -> bool {
+        true
+    }
+    fn forward_relu_pool(&mut self, x: Tensor, _train: bool) -> Result<Tensor, LayerError> {
+        Ok(x.mapv(|_| -42.0))
+    }
+    fn backward(&mut self, dout: Tensor) -> Tensor {
+        dout * 2.0
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerError> {
+        Ok(input.to_vec())
+    }
+    fn clone_box(&self) -> Box<dyn Layer> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn a_layer_the_relu_and_the_2x2_pooling_run_as_one_wherever_they_stand_and_are_skipped_backward() {
+    let x = random_input(&[2, 3, 4, 4], 0.0, 51);
+    let marker = x.mapv(|_| -42.0);
+    let pool = || Pooling::max(2, 2, 2, 0);
+    for train in [false, true] {
+        // first in the chain, and after another layer
+        let mut first = Sequential::new().with(PoolFusionProbe).with(Relu::new()).with(pool());
+        assert_eq!(first.forward(x.clone(), train).unwrap(), marker, "train {train}");
+        let mut second = Sequential::new()
+            .with(FusionProbe)
+            .with(PoolFusionProbe)
+            .with(Relu::new())
+            .with(pool());
+        assert_eq!(second.forward(x.clone(), train).unwrap(), marker, "train {train}");
+        if train {
+            // the ReLU and the pooling, never run forward, are not run backward (their
+            // backward would panic)
+            let dout = random_input(&[2, 3, 4, 4], 0.0, 52);
+            assert_eq!(first.backward(dout.clone()), &dout * 2.0);
+            assert_eq!(second.backward(dout.clone()), &dout * 2.0);
+        }
+    }
+    // a pooling of another window, or no ReLU between: the layers one by one
+    let mut other = Sequential::new()
+        .with(PoolFusionProbe)
+        .with(Relu::new())
+        .with(Pooling::max(2, 2, 1, 0));
+    assert_eq!(other.forward(x.clone(), false).unwrap().shape(), &[2, 3, 3, 3]);
+    let mut no_relu = Sequential::new().with(PoolFusionProbe).with(pool());
+    assert_eq!(no_relu.forward(x.clone(), false).unwrap().shape(), &[2, 3, 2, 2]);
+}
