@@ -1229,6 +1229,11 @@ mod tests {
     #[test]
     #[should_panic(expected = "ConvPlan: no 2x2 pooling of 7 x 7 outputs")]
     fn the_pooled_pass_wants_even_outputs() {
+        // both sides even, not one
+        for (h, w, even) in [(4, 6, true), (4, 5, false), (5, 4, false)] {
+            let g = ConvGeometry::new(2, h, w, 3, 3, 1, 1).unwrap();
+            assert_eq!(ConvPlan::new(g, 2, ConvAlgo::Auto).pools_2x2(), even, "{h} x {w}");
+        }
         let g = ConvGeometry::new(2, 7, 7, 3, 3, 1, 1).unwrap();
         ConvPlan::new(g, 2, ConvAlgo::Auto).forward_relu_pool(&[0.5; 36], None, &[1.0; 98]);
     }
