@@ -198,6 +198,17 @@ fn convolution(c: &mut Criterion) {
                 group.bench_function(BenchmarkId::new(format!("winograd-{isa}"), name), |b| {
                     b.iter(|| d.forward_image(&x, Some(&bias), &mut out, &mut scratch))
                 });
+                // six images, as many at once as the kernel takes (3 on outputs of 8 x 8
+                // or less): the time of six, against six times the row above
+                let (x6, mut out6) = (x.repeat(6), out.repeat(6));
+                let step = d.images_per_forward();
+                group.bench_function(BenchmarkId::new(format!("winograd-{isa}-six"), name), |b| {
+                    b.iter(|| {
+                        for (xs, o) in x6.chunks(step * x.len()).zip(out6.chunks_mut(step * out.len())) {
+                            d.forward_images(xs, Some(&bias), o, &mut scratch);
+                        }
+                    })
+                });
             }
             // F(4x4, 3x3) on the layers of 9 x 9 outputs or more with 8 channels or more,
             // at every level
@@ -249,6 +260,18 @@ fn convolution(c: &mut Criterion) {
                 let mut acc = d.gradient_accumulator();
                 group.bench_function(BenchmarkId::new(format!("dW-winograd-{isa}"), name), |b| {
                     b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+                });
+                // a group of 5 images (`conv::GROUP`), as many at once as the kernel takes
+                // (5 on the 8 x 8 outputs): the time of five images, against five times
+                // the row above
+                let (x5, dout5) = (x.repeat(5), dout.repeat(5));
+                let step = d.images_per_gradient();
+                group.bench_function(BenchmarkId::new(format!("dW-winograd-{isa}-group"), name), |b| {
+                    b.iter(|| {
+                        for (xs, ds) in x5.chunks(step * x.len()).zip(dout5.chunks(step * dout.len())) {
+                            d.weight_gradient_images(xs, ds, &mut acc, &mut scratch);
+                        }
+                    })
                 });
             }
         }

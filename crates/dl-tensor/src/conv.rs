@@ -397,22 +397,24 @@ impl ConvPlan {
         // every value of the mask is written below
         mask.resize(if relu == Relu::Masked { n * out_len } else { 0 }, false);
         // the mask's chunk of each image (none without a mask)
+        // images a call of the kernel takes (Winograd's on small outputs: 3)
+        let k = kernel.as_ref().map_or(1, |d| d.images_per_forward());
         let masks = match relu {
-            Relu::Masked => Either::Left(mask.par_chunks_mut(out_len.max(1)).map(Some)),
-            _ => Either::Right((0..n).into_par_iter().map(|_| None)),
+            Relu::Masked => Either::Left(mask.par_chunks_mut((k * out_len).max(1)).map(Some)),
+            _ => Either::Right((0..n.div_ceil(k)).into_par_iter().map(|_| None)),
         };
         let out = match &kernel {
             // straight from the padded image, no lowering, into memory not cleared first
-            // SAFETY: the chunks of `out_len` cover the buffer (n images, n inputs), and
-            // `forward_image_uninit` writes every element of its chunk.
+            // SAFETY: the chunks of `k out_len` cover the buffer (n images, n inputs), and
+            // `forward_images_uninit` writes every element of its chunk.
             Some(d) => unsafe {
                 batch_uninit(n * out_len, |out| {
-                    out.par_chunks_mut(out_len)
-                        .zip(x.par_chunks(in_len))
+                    out.par_chunks_mut(k * out_len)
+                        .zip(x.par_chunks(k * in_len))
                         .zip(masks)
                         .for_each(|((o, xi), m)| {
-                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_image_uninit(xi, bias, o, s));
-                            // SAFETY: `forward_image_uninit` wrote every element of `o`,
+                            with_scratch(d.scratch_len(), 0, |s, _| d.forward_images_uninit(xi, bias, o, s));
+                            // SAFETY: `forward_images_uninit` wrote every element of `o`,
                             // and `[MaybeUninit<f32>]` and `[f32]` have the same layout.
                             relu.apply(self.isa, &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]), m);
                         });
@@ -481,27 +483,33 @@ impl ConvPlan {
             c.resize(n * pooled_len, 0);
             c
         });
+        // images a call of the kernel takes (Winograd's on small outputs: 3)
+        let k = kernel.as_ref().map_or(1, |d| d.images_per_forward());
         let kept = match &mut codes {
-            Some(c) => Either::Left(c.par_chunks_mut(pooled_len.max(1)).map(Some)),
-            None => Either::Right((0..n).into_par_iter().map(|_| None)),
+            Some(c) => Either::Left(c.par_chunks_mut((k * pooled_len).max(1)).map(Some)),
+            None => Either::Right((0..n.div_ceil(k)).into_par_iter().map(|_| None)),
         };
         let mut out = vec![0.0f32; n * pooled_len];
         let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
         let scratch = kernel.as_ref().map_or(lowered_len(g), |d| d.scratch_len());
-        out.par_chunks_mut(pooled_len.max(1))
-            .zip(x.par_chunks(in_len.max(1)))
+        out.par_chunks_mut((k * pooled_len).max(1))
+            .zip(x.par_chunks((k * in_len).max(1)))
             .zip(kept)
-            .for_each(|((o, xi), c)| {
-                with_scratch(scratch, out_len, |s, y| {
+            .for_each(|((o, xs), mut c)| {
+                let images = xs.len() / in_len.max(1);
+                with_scratch(scratch, images * out_len, |s, y| {
                     match &kernel {
-                        Some(d) => d.forward_image_uninit(xi, bias, crate::kernel::as_uninit(y), s),
+                        Some(d) => d.forward_images_uninit(xs, bias, crate::kernel::as_uninit(y), s),
                         None => {
                             // (as the batch's output is on the other path: cleared first)
                             y.fill(0.0);
-                            self.forward_image(&wm, bias, lowered(xi, g, s), y);
+                            self.forward_image(&wm, bias, lowered(xs, g, s), y);
                         }
                     }
-                    self.relu_pool_image(y, o, c);
+                    for (i, (y, o)) in y.chunks(out_len).zip(o.chunks_mut(pooled_len)).enumerate() {
+                        let c = c.as_deref_mut().map(|c| &mut c[i * pooled_len..(i + 1) * pooled_len]);
+                        self.relu_pool_image(y, o, c);
+                    }
                 });
             });
         let saved = ConvSaved {
@@ -593,7 +601,19 @@ impl ConvPlan {
             (None, None) => Either::Right((0..n.div_ceil(GROUP)).into_par_iter().map(|_| Backward::Plain)),
         };
         let (ph, pw) = (g.out_h / 2, g.out_w / 2);
-        let masked_len = if mask.is_some() || codes.is_some() { out_len } else { 0 };
+        // images whose filter gradient or input gradient a kernel takes at once
+        // (Winograd's on small outputs): their gradients are unmasked together
+        let gi = fast_dw.as_ref().map_or(1, |k| k.images_per_gradient()).max(1);
+        let fi = match (&fast_dx, input_gradient) {
+            (Some(d), true) => d.images_per_forward().max(1),
+            _ => 1,
+        };
+        let batch = gi.max(fi).min(GROUP);
+        let masked_len = if mask.is_some() || codes.is_some() {
+            out_len * batch
+        } else {
+            0
+        };
         let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
         // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
@@ -614,41 +634,70 @@ impl ConvPlan {
                         };
                         with_scratch(col_len + masked_len, dcol_len, |col, dcol| {
                             let (col, masked) = col.split_at_mut(col_len);
-                            for (i, ((dxi, di), xi)) in dxg
-                                .chunks_mut(in_len)
-                                .zip(dg.chunks(dout_len))
-                                .zip(xg.chunks(in_len))
-                                .enumerate()
-                            {
-                                // the pooling's and the ReLU's backward, on the image's
-                                // gradient as it is read
-                                let di = match then {
+                            let chunks = dxg
+                                .chunks_mut(in_len * batch)
+                                .zip(dg.chunks(dout_len * batch))
+                                .zip(xg.chunks(in_len * batch));
+                            for (first, ((dxc, dc), xc)) in (0..).step_by(batch).zip(chunks) {
+                                let k = xc.len() / in_len;
+                                // the pooling's and the ReLU's backward, on the images'
+                                // gradients as they are read (their planes one after
+                                // the other, as one image's of `k f` channels)
+                                let dc = match then {
                                     Backward::ReluPool(c) => {
-                                        let c = &c[i * dout_len..(i + 1) * dout_len];
-                                        crate::pool::max_unpool_codes_2x2(self.isa, f, g.out_w, ph, pw, di, c, masked);
+                                        let c = &c[first * dout_len..(first + k) * dout_len];
+                                        let masked = &mut masked[..k * out_len];
+                                        crate::pool::max_unpool_codes_2x2(
+                                            self.isa,
+                                            k * f,
+                                            g.out_w,
+                                            ph,
+                                            pw,
+                                            dc,
+                                            c,
+                                            masked,
+                                        );
                                         &*masked
                                     }
                                     Backward::Relu(m) => {
-                                        crate::relu::backward(self.isa, di, &m[i * out_len..(i + 1) * out_len], masked);
+                                        let m = &m[first * out_len..(first + k) * out_len];
+                                        let masked = &mut masked[..k * out_len];
+                                        crate::relu::backward(self.isa, dc, m, masked);
                                         &*masked
                                     }
-                                    Backward::Plain => di,
+                                    Backward::Plain => dc,
                                 };
                                 // dW += dout_i · col_i^T ; db += row sums of dout_i
                                 if !want_dw {
                                 } else if let (Some(dd), Some(acc)) = (&fast_dw, &mut sums) {
-                                    dd.weight_gradient_image(xi, di, acc, col);
+                                    for (xs, ds) in xc.chunks(gi * in_len).zip(dc.chunks(gi * out_len)) {
+                                        dd.weight_gradient_images(xs, ds, acc, col);
+                                    }
                                 } else {
-                                    let colv = ArrayView2::from_shape((ckk, g.col_cols()), lowered(xi, g, col))
-                                        .expect("col block");
-                                    let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
-                                    let mut gwv = ArrayViewMut2::from_shape((f, ckk), &mut gw[..]).expect("dW");
-                                    self.product(&d, &colv.t(), 1.0, &mut gwv);
-                                    for (acc, row) in gb.iter_mut().zip(d.axis_iter(Axis(0))) {
-                                        *acc += row.sum();
+                                    for (xi, di) in xc.chunks(in_len).zip(dc.chunks(out_len)) {
+                                        let colv = ArrayView2::from_shape((ckk, g.col_cols()), lowered(xi, g, col))
+                                            .expect("col block");
+                                        let d = ArrayView2::from_shape((f, g.col_cols()), di).expect("dout block");
+                                        let mut gwv = ArrayViewMut2::from_shape((f, ckk), &mut gw[..]).expect("dW");
+                                        self.product(&d, &colv.t(), 1.0, &mut gwv);
+                                        for (acc, row) in gb.iter_mut().zip(d.axis_iter(Axis(0))) {
+                                            *acc += row.sum();
+                                        }
                                     }
                                 }
-                                self.input_gradient_image(input_gradient, &wm, &transposed, &fast_dx, di, dxi, dcol);
+                                match (&fast_dx, input_gradient) {
+                                    // dx = W' * dout without lowering, every value written
+                                    (Some(d), true) => {
+                                        for (dxs, ds) in dxc.chunks_mut(fi * in_len).zip(dc.chunks(fi * out_len)) {
+                                            d.forward_images_uninit(ds, None, dxs, dcol);
+                                        }
+                                    }
+                                    _ => {
+                                        for (dxi, di) in dxc.chunks_mut(in_len).zip(dc.chunks(out_len)) {
+                                            self.input_gradient_image(input_gradient, &wm, &transposed, di, dxi, dcol);
+                                        }
+                                    }
+                                }
                             }
                         });
                         (sums, gw, gb)
@@ -721,24 +770,18 @@ impl ConvPlan {
         self.product(w, &col, beta, &mut out);
     }
 
-    /// `dx_i` of one image (every value written).
-    #[allow(clippy::too_many_arguments)]
+    /// `dx_i` of one image by lowering, or zeros when it is not `needed` (every value
+    /// written).
     fn input_gradient_image(
         &self,
         needed: bool,
         w: &ArrayView2<f32>,
         transposed: &Option<(ConvGeometry, Vec<f32>)>,
-        fast_dx: &Option<Box<dyn ConvKernel>>,
         di: &[f32],
         dxi: &mut [MaybeUninit<f32>],
         dcol: &mut [f32],
     ) {
         let g = &self.g;
-        if let (true, Some(d)) = (needed, fast_dx) {
-            // dx_i = W' * dout_i without lowering, every value written
-            d.forward_image_uninit(di, None, dxi, dcol);
-            return;
-        }
         let dxi = zeroed(dxi);
         if !needed {
             return;

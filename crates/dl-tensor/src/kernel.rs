@@ -39,12 +39,52 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// If a slice length does not match the geometry.
     fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]);
 
+    /// Images [`ConvKernel::forward_images_uninit`] takes in one call: 1, or more where
+    /// a kernel's products fill their register tiles only with several images' columns
+    /// (Winograd on outputs of 8 x 8 or less). [`ConvKernel::scratch_len`] covers that
+    /// many.
+    fn images_per_forward(&self) -> usize {
+        1
+    }
+
+    /// [`ConvKernel::forward_image_uninit`] of `n` images at once, `1 <= n <=`
+    /// [`ConvKernel::images_per_forward`]: `x` holds their inputs one after the other, `out`
+    /// their outputs. Each output is the one image by image gives, bit for bit.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or there are more images than
+    /// [`ConvKernel::images_per_forward`].
+    fn forward_images_uninit(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let g = self.geometry();
+        assert!(
+            x.len() == g.c * g.h * g.w,
+            "{}: one image at once, not {} values",
+            self.name(),
+            x.len()
+        );
+        self.forward_image_uninit(x, bias, out, scratch);
+    }
+
     /// [`ConvKernel::forward_image_uninit`] into initialised memory.
     ///
     /// # Panics
     /// If a slice length does not match the geometry.
     fn forward_image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
         self.forward_image_uninit(x, bias, as_uninit(out), scratch);
+    }
+
+    /// [`ConvKernel::forward_images_uninit`] into initialised memory.
+    ///
+    /// # Panics
+    /// As [`ConvKernel::forward_images_uninit`].
+    fn forward_images(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        self.forward_images_uninit(x, bias, as_uninit(out), scratch);
     }
 
     /// Whether [`ConvKernel::weight_gradient_image`] beats lowering the image and a GEMM
@@ -67,6 +107,32 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// # Panics
     /// If a slice length does not match the geometry or `acc` is another kernel's.
     fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]);
+
+    /// Images [`ConvKernel::weight_gradient_images`] takes in one call: 1, or more where
+    /// a kernel's products gain by a longer inner dimension (Winograd's on small
+    /// outputs). [`ConvKernel::gradient_scratch_len`] covers that many.
+    fn images_per_gradient(&self) -> usize {
+        1
+    }
+
+    /// The filter gradient of `n` images at once, `1 <= n <=`
+    /// [`ConvKernel::images_per_gradient`]: `x` holds their inputs one after the other,
+    /// `dout` their output gradients. The sums are those of
+    /// [`ConvKernel::weight_gradient_image`] on each image in turn, bit for bit.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry, there are more images than
+    /// [`ConvKernel::images_per_gradient`], or `acc` is another kernel's.
+    fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        let g = self.geometry();
+        assert!(
+            x.len() == g.c * g.h * g.w,
+            "{}: one image at once, not {} values",
+            self.name(),
+            x.len()
+        );
+        self.weight_gradient_image(x, dout, acc, scratch);
+    }
 
     /// Adds the sums in `acc` (this kernel's layout) to `dw` `(FN, C*FH*FW)` and `db`
     /// `(FN,)`.

@@ -50,8 +50,10 @@ pub struct WinogradConv {
     filters: usize,
     /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
     packed: Vec<f32>,
-    /// Offset of channel `c`'s row in one position of `V`: `c * tp`.
+    /// Offset of channel `c`'s row in one position of `V`: `c * tp`, and with the
+    /// [`ConvKernel::images_per_forward`] images of the forward pass `c * n tp`.
     offsets: Vec<usize>,
+    offsets_images: Vec<usize>,
     /// Tile rows and columns: `ceil(OH/2)`, `ceil(OW/2)`.
     th: usize,
     tw: usize,
@@ -63,6 +65,12 @@ pub struct WinogradConv {
     /// Lanes per tile row in the transforms' registers: 16, or 8 or 4 when the tile rows
     /// are that short (then a register holds 2 or 4 tile rows).
     l: usize,
+    /// Images whose filter gradient one call sums
+    /// ([`ConvKernel::weight_gradient_images`]).
+    gradient_images: usize,
+    /// Images one forward call transforms and multiplies at once
+    /// ([`ConvKernel::forward_images_uninit`]).
+    forward_images: usize,
 }
 
 impl WinogradConv {
@@ -142,12 +150,17 @@ impl WinogradConv {
         let (c, packed) = (g.c, Vec::new());
         let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
         let tp = (th * tw).div_ceil(16) * 16;
+        // the products' widest register tile is `NR` tiles: images of 16 tiles (outputs
+        // of 8 x 8 or less) fill it three at once
+        let forward_images = (NR / tp).max(1);
         Some(Self {
             g: *g,
             isa,
             filters,
             packed,
             offsets: (0..c).map(|ci| ci * tp).collect(),
+            offsets_images: (0..c).map(|ci| ci * forward_images * tp).collect(),
+            forward_images,
             th,
             tw,
             tp,
@@ -158,7 +171,22 @@ impl WinogradConv {
                 5..=8 => 8,
                 _ => 16,
             },
+            gradient_images: Self::gradient_images_for(th * tw),
         })
+    }
+
+    /// Images whose tiles the filter gradient's products take at once, for `tiles` tiles
+    /// an image: the products' inner dimension is the tiles, and each call reads and
+    /// writes the whole accumulator (16 C FN sums), so an image of 16 tiles (an 8 x 8
+    /// output) takes 5 (80 tiles), of 32 two. Only where the tiles fill their rows
+    /// (`tiles` a multiple of 16), so that the images' tiles follow one another without
+    /// a gap and the sums run in the order image by image would: the same bits.
+    fn gradient_images_for(tiles: usize) -> usize {
+        if tiles > 0 && tiles.is_multiple_of(16) {
+            (80 / tiles).max(1)
+        } else {
+            1
+        }
     }
 
     /// One channel's plane, padded (`hs x ws`): the input transform pads each channel
@@ -185,26 +213,20 @@ impl WinogradConv {
         })
     }
 
-    /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
-    /// the transforms' 16 loads or stores, one per position, do not all fall in the same
-    /// cache set when `C tp` is a multiple of 4 KiB; the AVX2 input transform's whole
-    /// register stores also run into those 16 values past the last channel's row.
-    fn v_stride(&self) -> usize {
-        self.g.c * self.tp + 16
+    /// Distance between two positions `ξ` of `V` of `n` images, whose channels' rows
+    /// hold the images' tiles one after the other (`n tp` values): `C n tp` plus one
+    /// cache line, so that the transforms' 16 loads or stores, one per position, do not
+    /// all fall in the same cache set when `C n tp` is a multiple of 4 KiB; the AVX2
+    /// input transform's whole register stores also run into those 16 values past the
+    /// last channel's row.
+    fn v_stride_of(&self, n: usize) -> usize {
+        self.g.c * n * self.tp + 16
     }
 
-    fn v_len(&self) -> usize {
-        16 * self.v_stride()
-    }
-
-    /// Distance between two positions of `M` (rows `blocks*MR` of `tp`), padded as `V`'s.
-    fn m_stride(&self) -> usize {
-        self.filters.div_ceil(MR) * MR * self.tp + 16
-    }
-
-    fn m_len(&self) -> usize {
-        // the output transform's loads read up to 15 values past a row's last tile
-        16 * self.m_stride() + 16
+    /// Distance between two positions of `M` of `n` images (rows `blocks*MR` of `n tp`),
+    /// padded as `V`'s.
+    fn m_stride_of(&self, n: usize) -> usize {
+        self.filters.div_ceil(MR) * MR * n * self.tp + 16
     }
 
     /// Filters rounded up to 16: the lanes of the filter gradient's rows.
@@ -217,14 +239,10 @@ impl WinogradConv {
         4 * self.th * self.tw * self.fp()
     }
 
-    /// Distance between two positions of `Z` (`tp` rows of `fp`), padded as `V`'s.
-    fn z_stride(&self) -> usize {
-        self.tp * self.fp() + 16
-    }
-
-    /// The transformed output gradient, `Z[ξ][t][fp]`.
-    fn z_len(&self) -> usize {
-        16 * self.z_stride()
+    /// Distance between two positions of `Z` of `n` images (`n tp` rows of `fp`), padded
+    /// as `V`'s.
+    fn z_stride_of(&self, n: usize) -> usize {
+        n * self.tp * self.fp() + 16
     }
 
     /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile, `d` the 4x4 patches of
@@ -233,47 +251,70 @@ impl WinogradConv {
     /// transform reads it only into lanes its masks drop. The padding lanes
     /// `t >= tiles` of `V` keep what they held: `M`'s columns there are never read, and
     /// the filter gradient sums over the tiles only.
+    ///
+    /// `x` holds `n` images one after the other; in `V` (`v_stride_of(n)` a position)
+    /// each channel's row holds their tiles in that order, image `i`'s from column
+    /// `i tp`. The channels go in the outer loop, the images in the inner, so that the
+    /// writes to each position go forward through it.
     fn transform_input(&self, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
         let g = &self.g;
-        assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
-            pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
-            for (i0, j0, mask) in self.groups() {
-                // SAFETY: `self.isa` runs on this CPU, as above. The group reads rows
-                // `2 i0 + k`, `k < 2 (16 / l) + 2`, of the plane from column `2 j0`, 34
-                // values each: at most `2 (16 / l) - 1` rows past the plane's end, which
-                // `padded_len`'s slack covers. It writes `popcount(mask)` values from
-                // `t = i0 tw + j0` (all `< tiles`) in row `ci` of each of the 16
-                // positions of `v` (`v_stride` apart), and the AVX2 level up to 16
-                // values from `t`: the values past the group's tiles are the next
-                // groups' tiles and the next channel's row, written after it in this
-                // loop's order, or past the last channel, the 16 values of slack
-                // `v_stride` leaves.
-                let first = 2 * i0 * self.ws + 2 * j0;
-                debug_assert!(first + (2 * (16 / self.l) + 1) * self.ws + 34 <= padded.len());
-                unsafe {
-                    let src = padded.as_ptr().add(first);
-                    let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw + j0);
-                    transform::input_tiles(self.isa, src, self.ws, self.l, dst, self.v_stride(), mask);
+        let plane = g.h * g.w;
+        let n = x.len() / (g.c * plane).max(1);
+        let (row, v_stride) = (n * self.tp, self.v_stride_of(n));
+        assert!(n > 0 && x.len() == n * g.c * plane && padded.len() >= self.padded_len());
+        assert!(v.len() >= 16 * v_stride);
+        for ci in 0..g.c {
+            for image in 0..n {
+                let src = &x[(image * g.c + ci) * plane..][..plane];
+                pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
+                for (i0, j0, mask) in self.groups() {
+                    // SAFETY: `self.isa` runs on this CPU, as above. The group reads rows
+                    // `2 i0 + k`, `k < 2 (16 / l) + 2`, of the plane from column `2 j0`,
+                    // 34 values each: at most `2 (16 / l) - 1` rows past the plane's
+                    // end, which `padded_len`'s slack covers. It writes
+                    // `popcount(mask)` values from `t = i0 tw + j0` (all `< tiles`) of
+                    // the image's part of row `ci` (`tp` values from `image tp`) of each
+                    // of the 16 positions of `v` (`v_stride` apart), and the AVX2 level
+                    // up to 16 values from `t`: the values past the group's tiles are
+                    // the next groups' tiles, the next image's part of the row or the
+                    // next channel's row, all written after it in this loop's order, or
+                    // past the last channel, the 16 values of slack `v_stride` leaves.
+                    let first = 2 * i0 * self.ws + 2 * j0;
+                    debug_assert!(first + (2 * (16 / self.l) + 1) * self.ws + 34 <= padded.len());
+                    unsafe {
+                        let src = padded.as_ptr().add(first);
+                        let dst = v.as_mut_ptr().add(ci * row + image * self.tp + i0 * self.tw + j0);
+                        transform::input_tiles(self.isa, src, self.ws, self.l, dst, v_stride, mask);
+                    }
                 }
             }
         }
     }
 
-    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
-    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`,
+    /// for the image `image` of the `n` whose tiles `M` holds (its tiles from column
+    /// `image tp` of each filter's row).
+    fn transform_output(
+        &self,
+        m: &[f32],
+        (n, image): (usize, usize),
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let (oh, ow) = (self.g.out_h, self.g.out_w);
-        let stride = self.m_stride();
-        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
+        let (stride, row) = (self.m_stride_of(n), n * self.tp);
+        // the loads read up to 15 values past a row's last tile
+        assert!(image < n && m.len() >= 16 * stride + 16 && out.len() >= self.filters * oh * ow);
         for f in 0..self.filters {
             let b = bias.map_or(0.0, |b| b[f]);
             for (i0, j0, mask) in self.groups() {
                 let (rows, cols) = (oh - 2 * i0, (ow - 2 * j0).min(2 * self.l));
-                // SAFETY: `self.isa` runs here, as above. Reads 16 values at `f tp + i0 tw + j0 +
-                // ξ stride`: at most 15 past the last tile `tiles - 1 < tp` of the last
-                // row, which `m_len`'s slack covers. Writes `cols <= OW - 2 j0` values of
-                // output rows `2 i0 + k < OH` of plane `f`.
-                let first = f * self.tp + i0 * self.tw + j0;
+                // SAFETY: `self.isa` runs here, as above. Reads 16 values at `f n tp + image tp
+                // + i0 tw + j0 + ξ stride`: at most 15 past the image's last tile
+                // `tiles - 1 < tp` of the last row, which the slack after `M` covers.
+                // Writes `cols <= OW - 2 j0` values of output rows `2 i0 + k < OH` of
+                // plane `f`.
+                let first = f * row + image * self.tp + i0 * self.tw + j0;
                 debug_assert!(first + 15 * stride + 16 <= m.len());
                 unsafe {
                     let src = m.as_ptr().add(first);
@@ -299,9 +340,11 @@ impl ConvKernel for WinogradConv {
         &self.g
     }
 
-    /// Values of scratch space [`WinogradConv::forward_image`] needs.
+    /// Values of scratch space [`WinogradConv::forward_image`] needs (for
+    /// [`ConvKernel::images_per_forward`] images).
     fn scratch_len(&self) -> usize {
-        self.padded_len() + self.v_len() + self.m_len()
+        let n = self.forward_images;
+        self.padded_len() + 16 * self.v_stride_of(n) + 16 * self.m_stride_of(n) + 16
     }
 
     /// [`WinogradConv::forward_image`] into memory that need not be initialised: every
@@ -317,27 +360,83 @@ impl ConvKernel for WinogradConv {
             (x, bias, out.len()),
             scratch.len() >= self.scratch_len(),
         );
+        self.forward_images_uninit(x, bias, out, scratch);
+    }
+
+    fn images_per_forward(&self) -> usize {
+        self.forward_images
+    }
+
+    /// The forward pass of `n` images at once (`x` their inputs one after the other,
+    /// `out` their outputs, `1 <= n <=` [`ConvKernel::images_per_forward`]): their tiles go
+    /// side by side through one product per position, so that on outputs of 8 x 8 or
+    /// less (16 tiles an image) the products' register tiles are full. Each output is
+    /// the one image by image gives, bit for bit.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or there are more images than
+    /// [`ConvKernel::images_per_forward`].
+    fn forward_images_uninit(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let g = &self.g;
+        let (in_len, out_len) = (g.c * g.h * g.w, self.filters * g.out_h * g.out_w);
+        let n = x.len() / in_len.max(1);
+        assert!(
+            (1..=self.forward_images).contains(&n),
+            "WinogradConv: {n} images at once, at most {}",
+            self.forward_images
+        );
+        check_forward_args(
+            "WinogradConv",
+            g,
+            self.filters,
+            (&x[..in_len], bias, out.len() / n),
+            scratch.len() >= self.scratch_len(),
+        );
+        assert!(
+            x.len() == n * in_len && out.len() == n * out_len,
+            "WinogradConv: {n} images' lengths"
+        );
+        let (v_stride, m_stride) = (self.v_stride_of(n), self.m_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
-        let (v, rest) = rest.split_at_mut(self.v_len());
-        let m = &mut rest[..self.m_len()];
+        let (v, rest) = rest.split_at_mut(16 * v_stride);
+        let m = &mut rest[..16 * m_stride + 16];
         debug_assert!(
             !self.packed.is_empty(),
             "WinogradConv: a forward pass of a gradient-only kernel"
         );
         self.transform_input(x, padded, v);
+        let fewer: Vec<usize>;
+        let offsets = match n {
+            1 => &self.offsets[..],
+            _ if n == self.forward_images => &self.offsets_images[..],
+            _ => {
+                fewer = (0..g.c).map(|ci| ci * n * self.tp).collect();
+                &fewer[..]
+            }
+        };
         multiply(
             self.isa,
             &self.packed,
-            (&self.offsets, self.filters, self.tp),
-            (v, self.v_stride()),
-            (m, self.m_stride()),
+            (offsets, self.filters, n * self.tp),
+            (v, v_stride),
+            (m, m_stride),
         );
-        self.transform_output(m, bias, out);
+        for (image, out) in out.chunks_exact_mut(out_len).enumerate() {
+            self.transform_output(m, (n, image), bias, out);
+        }
     }
 
-    /// Values of scratch space [`WinogradConv::weight_gradient_image`] needs.
+    /// Values of scratch space [`WinogradConv::weight_gradient_images`] needs (for
+    /// [`ConvKernel::images_per_gradient`] images).
     fn gradient_scratch_len(&self) -> usize {
-        self.padded_len() + self.v_len() + self.dt_len() + self.z_len()
+        let n = self.gradient_images;
+        self.padded_len() + 16 * self.v_stride_of(n) + self.dt_len() + 16 * self.z_stride_of(n)
     }
 
     /// A zeroed accumulator for [`WinogradConv::weight_gradient_image`].
@@ -354,28 +453,48 @@ impl ConvKernel for WinogradConv {
 
     /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
     /// `db += ` row sums of `dout`, for the input `x` `(C, H, W)` and the output gradient
-    /// `dout` `(FN, OH, OW)`.
+    /// `dout` `(FN, OH, OW)`: [`WinogradConv::weight_gradient_images`] of one image.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or `acc` is another layer's.
+    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        self.weight_gradient_images(x, dout, acc, scratch);
+    }
+
+    fn images_per_gradient(&self) -> usize {
+        self.gradient_images
+    }
+
+    /// The filter gradient of `n` images (`x` `n` inputs `(C, H, W)` one after the
+    /// other, `dout` their output gradients `(FN, OH, OW)`, `1 <= n <=`
+    /// [`ConvKernel::images_per_gradient`]), **added** to `acc`.
     ///
     /// The forward pass is `Y = Aᵀ (U ⊙ V) A` per tile, so the gradient of the
     /// transformed filters is `dU[ξ] = Σ_tiles Z[ξ] V[ξ]` with `Z = A dY Aᵀ` (the 2x2
     /// output-gradient tile `dY` taken back to 4x4), and `dW = Gᵀ dU G`, applied once in
     /// [`ConvKernel::add_gradient`]. The 16 products `(C, tiles) · (tiles, FN)` have
-    /// the tiles as inner dimension; the direct kernel's `dW` register tiles compute
+    /// the tiles as inner dimension, the `n` images' tiles one after the other (which
+    /// gives the sums image by image would, as the register kernel adds the tiles to
+    /// the accumulator's sums in order); the direct kernel's `dW` register tiles compute
     /// them, each value of `V` broadcast, `Z` stored filters-last. `scratch` (at least
     /// [`WinogradConv::gradient_scratch_len`] values) needs no clearing.
     ///
     /// # Panics
-    /// If a slice length does not match the geometry or `acc` is another layer's.
-    fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+    /// If a slice length does not match the geometry, there are more images than
+    /// [`ConvKernel::images_per_gradient`], or `acc` is another layer's.
+    fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
         let g = &self.g;
         let (c, fp, tp) = (g.c, self.fp(), self.tp);
         let cp = c.div_ceil(16) * 16;
-        assert_eq!(x.len(), c * g.h * g.w, "WinogradConv: input length");
-        assert_eq!(
-            dout.len(),
-            self.filters * g.out_h * g.out_w,
-            "WinogradConv: dout length"
+        let (in_len, out_len) = (c * g.h * g.w, self.filters * g.out_h * g.out_w);
+        let n = x.len() / in_len.max(1);
+        assert_eq!(x.len(), n * in_len, "WinogradConv: input length");
+        assert!(
+            (1..=self.gradient_images).contains(&n),
+            "WinogradConv: {n} images at once, at most {}",
+            self.gradient_images
         );
+        assert_eq!(dout.len(), n * out_len, "WinogradConv: dout length");
         assert!(
             acc.winograd == Some(cp) && acc.k == g.col_rows() && acc.fp == fp && acc.db.len() == self.filters,
             "WinogradConv: accumulator of another shape"
@@ -384,61 +503,70 @@ impl ConvKernel for WinogradConv {
             scratch.len() >= self.gradient_scratch_len(),
             "WinogradConv: scratch too short"
         );
+        let (v_stride, z_stride) = (self.v_stride_of(n), self.z_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
-        let (v, rest) = rest.split_at_mut(self.v_len());
+        let (v, rest) = rest.split_at_mut(16 * v_stride);
         let (dt, rest) = rest.split_at_mut(self.dt_len());
-        let z = &mut rest[..self.z_len()];
+        let z = &mut rest[..16 * z_stride];
         self.transform_input(x, padded, v);
-        // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN, in
-        // 16 x 16 blocks transposed in registers; db
         let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
-        for f0 in (0..fp).step_by(16) {
-            // f0 < FN: the filters rounded up to 16 end less than 16 past FN
-            let rows = (self.filters - f0).min(16);
-            let mut sums = [0.0f32; 16];
-            for oy in 0..2 * self.th {
-                for ox0 in (0..gw).step_by(16) {
-                    let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
-                    let stores = (gw - ox0).min(16);
-                    debug_assert!(lanes == 0 || (f0 + rows - 1) * oh * ow + oy * ow + ox0 + lanes <= dout.len());
-                    debug_assert!((oy * gw + ox0 + stores) * fp <= dt.len());
-                    // SAFETY: `self.isa` runs here, as above. Reads `lanes` values (none when 0) at
-                    // `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with `f0 + rows <= FN`,
-                    // `oy < OH` and `ox0 + lanes <= OW`; writes 16 values at each of the
-                    // `stores` grid positions `(oy, ox0 + q)`, `ox0 + stores <= 2 tw`,
-                    // `oy < 2 th`, from lane `f0 + 16 <= fp` of `dt`.
-                    unsafe {
-                        let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
-                        let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
-                        transform::transpose_block(self.isa, src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
+        for (image, dout) in dout.chunks_exact(out_len).enumerate() {
+            // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN, in
+            // 16 x 16 blocks transposed in registers; db
+            for f0 in (0..fp).step_by(16) {
+                // f0 < FN: the filters rounded up to 16 end less than 16 past FN
+                let rows = (self.filters - f0).min(16);
+                let mut sums = [0.0f32; 16];
+                for oy in 0..2 * self.th {
+                    for ox0 in (0..gw).step_by(16) {
+                        let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
+                        let stores = (gw - ox0).min(16);
+                        debug_assert!(lanes == 0 || (f0 + rows - 1) * oh * ow + oy * ow + ox0 + lanes <= dout.len());
+                        debug_assert!((oy * gw + ox0 + stores) * fp <= dt.len());
+                        // SAFETY: `self.isa` runs here, as above. Reads `lanes` values (none
+                        // when 0) at `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with
+                        // `f0 + rows <= FN`, `oy < OH` and `ox0 + lanes <= OW`; writes 16
+                        // values at each of the `stores` grid positions `(oy, ox0 + q)`,
+                        // `ox0 + stores <= 2 tw`, `oy < 2 th`, from lane `f0 + 16 <= fp`
+                        // of `dt`.
+                        unsafe {
+                            let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
+                            let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
+                            transform::transpose_block(self.isa, src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
+                        }
+                    }
+                }
+                for (b, s) in acc.db[f0..].iter_mut().zip(&sums[..rows]) {
+                    *b += s;
+                }
+            }
+            for i in 0..self.th {
+                for j in 0..self.tw {
+                    for f0 in (0..fp).step_by(16) {
+                        // SAFETY: `self.isa` runs here, as in `transform_input`. Reads 16
+                        // values at grid positions (2i + a, 2j + b), `a, b < 2`, inside
+                        // the `2 th x 2 tw` grid of `dt`, from lane `f0 + 16 <= fp`;
+                        // writes 16 values at row `image tp + i tw + j < n tp` of each of
+                        // the 16 positions of `z` (`z_stride` apart).
+                        unsafe {
+                            let src = dt.as_ptr().add((2 * i * gw + 2 * j) * fp + f0);
+                            let dst = z.as_mut_ptr().add((image * tp + i * self.tw + j) * fp + f0);
+                            transform::output_gradient_tile(self.isa, src, gw * fp, fp, dst, z_stride);
+                        }
                     }
                 }
             }
-            for (b, s) in acc.db[f0..].iter_mut().zip(&sums[..rows]) {
-                *b += s;
-            }
         }
-        for i in 0..self.th {
-            for j in 0..self.tw {
-                for f0 in (0..fp).step_by(16) {
-                    // SAFETY: `self.isa` runs here, as in `transform_input`. Reads 16 values at
-                    // grid positions (2i + a, 2j + b), `a, b < 2`, inside the `2 th x 2 tw`
-                    // grid of `dt`, from lane `f0 + 16 <= fp`; writes 16 values at tile
-                    // `i tw + j < tp` of each of the 16 positions of `z` (`z_stride` apart).
-                    unsafe {
-                        let src = dt.as_ptr().add((2 * i * gw + 2 * j) * fp + f0);
-                        let dst = z.as_mut_ptr().add((i * self.tw + j) * fp + f0);
-                        transform::output_gradient_tile(self.isa, src, gw * fp, fp, dst, self.z_stride());
-                    }
-                }
-            }
-        }
-        // dU[ξ] (C, FN) += V[ξ] (C, tiles) · Z[ξ] (tiles, FN): rows of channels, lanes
-        // of filters (16, 32, 48 or 64 at a time)
+        // dU[ξ] (C, FN) += V[ξ] (C, n tiles) · Z[ξ] (n tiles, FN): rows of channels,
+        // lanes of filters (16, 32, 48 or 64 at a time); with more than one image, the
+        // tiles fill their rows (`gradient_images_for`), so the images' tiles follow one
+        // another
         let tiles = self.th * self.tw;
-        let positions = v.chunks_exact(self.v_stride()).zip(z.chunks_exact(self.z_stride()));
+        debug_assert!(n == 1 || tiles == tp);
+        let (row, inner) = (n * tp, (n - 1) * tp + tiles);
+        let positions = v.chunks_exact(v_stride).zip(z.chunks_exact(z_stride));
         for (xi, (vx, zx)) in positions.enumerate() {
-            let (vx, zx) = (&vx[..c * tp], &zx[..tp * fp]);
+            let (vx, zx) = (&vx[..c * row], &zx[..row * fp]);
             for f0 in (0..fp).step_by(64) {
                 let nv = ((fp - f0) / 16).min(4);
                 let mr = match nv {
@@ -451,20 +579,20 @@ impl ConvKernel for WinogradConv {
                     // accumulator's padding rows
                     let mut offs = [0usize; GRADIENT_TILE];
                     for (m, o) in offs.iter_mut().enumerate().take(mr) {
-                        *o = (c0 + m).min(c - 1) * tp;
+                        *o = (c0 + m).min(c - 1) * row;
                     }
-                    debug_assert!(offs[..mr].iter().all(|&o| o + tiles <= vx.len()));
-                    debug_assert!((tiles - 1) * fp + f0 + 16 * nv <= zx.len());
-                    // SAFETY: `self.isa` runs here, as above. The kernel reads `tiles` values at each
-                    // offset `c' tp`, `c' < C`, of `vx` (`C tp` values); `16 nv` values
-                    // from lane `f0` (`f0 + 16 nv <= fp`) at each of `tiles <= tp` rows of
-                    // `zx` (`fp` apart); it adds to `mr` rows from `(ξ cp + c0)` of
-                    // `acc.sums` (`fp` apart, `c0 + mr <= cp` as `mr` divides 16),
-                    // `16 nv` lanes from `f0`.
+                    debug_assert!(offs[..mr].iter().all(|&o| o + inner <= vx.len()));
+                    debug_assert!((inner - 1) * fp + f0 + 16 * nv <= zx.len());
+                    // SAFETY: `self.isa` runs here, as above. The kernel reads `inner`
+                    // values at each offset `c' n tp`, `c' < C`, of `vx` (`C n tp`
+                    // values); `16 nv` values from lane `f0` (`f0 + 16 nv <= fp`) at each
+                    // of `inner <= n tp` rows of `zx` (`fp` apart); it adds to `mr` rows
+                    // from `(ξ cp + c0)` of `acc.sums` (`fp` apart, `c0 + mr <= cp` as
+                    // `mr` divides 16), `16 nv` lanes from `f0`.
                     unsafe {
                         let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
                         let out = acc.sums.as_mut_ptr().add((xi * cp + c0) * fp + f0);
-                        gradient(self.isa, xp, &offs, mr, d, fp, tiles, out, nv);
+                        gradient(self.isa, xp, &offs, mr, d, fp, inner, out, nv);
                     }
                 }
             }
@@ -638,7 +766,7 @@ mod transform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, random4};
 
     #[test]
     fn multiply_refuses_buffers_shorter_than_the_positions_of_u() {
@@ -763,8 +891,17 @@ mod tests {
 
     #[test]
     fn scratch_holds_the_tiles_and_their_transforms_and_little_more() {
-        // (C, H, W, FN) with pad 1: the network's layers, odd sizes, few filters
-        for (c, h, w, f) in [(16, 28, 28, 16), (32, 14, 14, 64), (3, 9, 11, 5), (20, 5, 6, 48)] {
+        // (C, H, W, FN, images of the forward, images of the gradient) with pad 1: the
+        // network's layers, odd sizes, few filters; 16 tiles an image, 3 images in the
+        // forward pass and, where they fill their row, 5 in the gradient
+        let cases = [
+            (16, 28, 28, 16, 1, 1),
+            (32, 14, 14, 64, 1, 1),
+            (64, 8, 8, 64, 3, 5),
+            (3, 9, 11, 5, 1, 1),
+            (20, 5, 6, 48, 3, 1),
+        ];
+        for (c, h, w, f, nf, ng) in cases {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, 1).unwrap();
             let d = WinogradConv::with_isa(&vec![0.5; f * c * 9], f, &g, Isa::Scalar).unwrap();
             // 2x2 output tiles, each reading a 4x4 patch: one padded plane of
@@ -776,8 +913,8 @@ mod tests {
             let tp = (th * tw).div_ceil(16) * 16;
             let (ws, image) = (2 * tw + 2, (2 * th + 2) * (2 * tw + 2));
             let fp = f.div_ceil(16) * 16;
-            let forward = image + 16 * c * tp + 16 * f.div_ceil(8) * 8 * tp;
-            let gradient = image + 16 * c * tp + 4 * th * tw * fp + 16 * tp * fp;
+            let forward = image + 16 * c * nf * tp + 16 * f.div_ceil(8) * 8 * nf * tp;
+            let gradient = image + 16 * c * ng * tp + 4 * th * tw * fp + 16 * ng * tp * fp;
             for (got, least) in [(d.scratch_len(), forward), (d.gradient_scratch_len(), gradient)] {
                 // slack: a register group reads up to 9 rows past its first tile row, and
                 // each of the 16 positions is padded by a cache line
@@ -846,6 +983,119 @@ mod tests {
             (4, 6, 6, 5, 3, 3, 1),
         ];
         assert_weight_gradient_matches_reference(&cases, WinogradConv::with_isa);
+    }
+
+    /// The filter gradient of several images at once gives the sums of the images one
+    /// by one, bit for bit, at every level, from an accumulator that already holds sums:
+    /// images of 16 tiles (5 at once; an 8 x 8 output, and a 7 x 7 one, whose tiles
+    /// reach past it), of 32 (2 at once), of 16 whose register groups do not fill (a
+    /// 16 x 4 output: 8 tiles a group, the AVX2 stores run 8 past each), fewer images
+    /// than the most, and where the tiles do not fill their rows, one at a time.
+    #[test]
+    fn the_gradient_of_images_at_once_is_that_of_each_in_turn() {
+        // (C, H, W, FN, pad, images at once)
+        let cases = [
+            (32, 8, 8, 64, 1, 5),
+            (17, 8, 8, 70, 1, 5),
+            (16, 7, 7, 16, 1, 5),
+            (9, 8, 16, 20, 1, 2),
+            (8, 16, 4, 16, 1, 5),
+            (16, 14, 14, 16, 2, 1),
+            (8, 10, 10, 16, 1, 1),
+        ];
+        for (case, &(c, h, w, f, pad, most)) in cases.iter().enumerate() {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let (in_len, out_len) = (c * h * w, f * g.out_h * g.out_w);
+            for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                let k = WinogradConv::for_gradient(f, &g, isa).unwrap();
+                assert_eq!(k.images_per_gradient(), most, "case {case} at {isa}");
+                for n in [most, most.div_ceil(2)] {
+                    let x = random4((n, c, h, w), 40 + case as u64);
+                    let dout = random4((n, f, g.out_h, g.out_w), 50 + case as u64);
+                    let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
+                    let mut scratch = vec![f32::NAN; k.gradient_scratch_len()];
+                    let mut want = k.gradient_accumulator();
+                    let mut got = k.gradient_accumulator();
+                    for a in [&mut want, &mut got] {
+                        let first = &x[..in_len];
+                        k.weight_gradient_image(first, &dout[..out_len], a, &mut scratch);
+                    }
+                    for (xi, di) in x.chunks(in_len).zip(dout.chunks(out_len)) {
+                        k.weight_gradient_image(xi, di, &mut want, &mut scratch);
+                    }
+                    scratch.fill(f32::NAN);
+                    k.weight_gradient_images(x, dout, &mut got, &mut scratch);
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got.sums), bits(&want.sums), "case {case}, {n} images at {isa}");
+                    assert_eq!(bits(&got.db), bits(&want.db), "case {case}, {n} images at {isa}");
+                }
+            }
+        }
+    }
+
+    /// The forward pass of several images at once gives each image's output as one at
+    /// a time does, bit for bit, at every level: outputs of 16 tiles or fewer (3 at
+    /// once: 8 x 8, 7 x 7, 4 x 4, 16 x 4), fewer images than the most, and where the
+    /// tiles take more than a third of the widest register tile, one at a time.
+    #[test]
+    fn the_forward_of_images_at_once_is_that_of_each_in_turn() {
+        // (C, H, W, FN, pad, images at once)
+        let cases = [
+            (64, 8, 8, 64, 1, 3),
+            (9, 7, 7, 20, 1, 3),
+            (8, 4, 4, 9, 1, 3),
+            (8, 16, 4, 16, 1, 3),
+            (8, 10, 10, 16, 1, 1),
+            (8, 8, 16, 8, 1, 1),
+        ];
+        for (case, &(c, h, w, f, pad, most)) in cases.iter().enumerate() {
+            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+            let out_len = f * g.out_h * g.out_w;
+            let filters = random4((f, c, 3, 3), 60 + case as u64);
+            let bias: Vec<f32> = (0..f).map(|i| 0.1 * i as f32 - 0.4).collect();
+            for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                let k = WinogradConv::with_isa(filters.as_slice().unwrap(), f, &g, isa).unwrap();
+                assert_eq!(k.images_per_forward(), most, "case {case} at {isa}");
+                for n in [most, most.div_ceil(2)] {
+                    let x = random4((n, c, h, w), 70 + case as u64);
+                    let x = x.as_slice().unwrap();
+                    let mut scratch = vec![f32::NAN; k.scratch_len()];
+                    for b in [Some(&bias[..]), None] {
+                        let mut want = vec![f32::NAN; n * out_len];
+                        for (xi, o) in x.chunks(c * h * w).zip(want.chunks_mut(out_len)) {
+                            k.forward_image(xi, b, o, &mut scratch);
+                        }
+                        let mut got = vec![f32::NAN; n * out_len];
+                        scratch.fill(f32::NAN);
+                        k.forward_images_uninit(x, b, crate::kernel::as_uninit(&mut got), &mut scratch);
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "case {case}, {n} images at {isa}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_more_images_at_once_than_it_takes() {
+        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
+        let k = WinogradConv::for_gradient(8, &g, Isa::Scalar).unwrap();
+        let mut acc = k.gradient_accumulator();
+        let mut scratch = vec![0.0; k.gradient_scratch_len()];
+        let (x, dout) = (vec![0.0; 6 * 8 * 64], vec![0.0; 6 * 8 * 64]);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            k.weight_gradient_images(&x, &dout, &mut acc, &mut scratch)
+        }));
+        let message = caught.expect_err("6 images").downcast::<String>().unwrap();
+        assert!(message.contains("6 images at once, at most 5"), "{message}");
+        let k = WinogradConv::with_isa(&[0.5; 8 * 72], 8, &g, Isa::Scalar).unwrap();
+        let mut out = vec![0.0; 4 * 8 * 64];
+        let mut scratch = vec![0.0; k.scratch_len()];
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            k.forward_images_uninit(&x[..4 * 8 * 64], None, crate::kernel::as_uninit(&mut out), &mut scratch)
+        }));
+        let message = caught.expect_err("4 images").downcast::<String>().unwrap();
+        assert!(message.contains("4 images at once, at most 3"), "{message}");
     }
 
     #[test]
