@@ -59,15 +59,17 @@ fn prefix8(n: usize) -> __m256i {
 /// at the row's start and 8 at its end, then the image's values over them, 8 at a time
 /// (the last 8 ending at the image row's end, rewriting values the one before wrote).
 /// Images narrower than 8, or padded by more than 8 on a side, take the portable loop.
+/// Each row of the plane `next` values on (the plane read next) is asked for as it goes.
 ///
 /// # Safety
 /// The CPU has AVX2; `x` is valid for reads of `h w` values, `dst` for writes of
 /// `hs ws`; `p + h <= hs`, `p + w <= ws`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize) {
     if w < 8 || p > 8 || ws - p - w > 8 {
         // SAFETY: the contract, passed on.
-        return unsafe { super::portable::pad_plane(x, h, w, p, dst, hs, ws) };
+        return unsafe { super::portable::pad_plane(x, h, w, p, next, dst, hs, ws) };
     }
     let zero = _mm256_setzero_ps();
     let starts = |n: usize| (0..n - 8).step_by(8).chain(std::iter::once(n - 8));
@@ -88,7 +90,7 @@ pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f
             // the same row of the next plane on its way from memory (a hint, which never
             // faults), as at AVX-512
             for k in (0..w).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(h * w + k).cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_offset(next).wrapping_add(k).cast::<i8>());
             }
             for k in starts(w) {
                 _mm256_storeu_ps(row.add(p + k), _mm256_loadu_ps(src.add(k)));

@@ -132,13 +132,35 @@ pub(super) fn prefix(n: usize) -> __mmask16 {
 
 /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
 /// zeros around it, a register per 16 values of a row (masked loads supply the zeros),
-/// row after row: `x` is read in order, as the hardware prefetchers expect.
+/// row after row: `x` is read in order, as the hardware prefetchers expect; each row
+/// of the plane `next` values on (the plane read next) is asked for as it goes. The
+/// masks of a row's registers are the same in every row: rows of up to 48 values
+/// (DeepConvNet's) compute them once a plane.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `x` is valid for reads of `h w` values, `dst` for writes of
 /// `hs ws`; `p + h <= hs`, `p + w <= ws`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize) {
+    // SAFETY (all): the contract, passed on.
+    unsafe {
+        match ws.div_ceil(16) {
+            1 => pad_rows::<1>(x, h, w, p, next, dst, hs, ws),
+            2 => pad_rows::<2>(x, h, w, p, next, dst, hs, ws),
+            3 => pad_rows::<3>(x, h, w, p, next, dst, hs, ws),
+            _ => pad_wide(x, h, w, p, next, dst, hs, ws),
+        }
+    }
+}
+
+/// [`pad_plane`] of rows of any length, the masks computed register by register.
+///
+/// # Safety
+/// As [`pad_plane`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pad_wide(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize) {
     let zero = _mm512_setzero_ps();
     for y in 0..hs {
         let inside = (p..p + h).contains(&y);
@@ -148,10 +170,8 @@ pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f
             let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
             let v = if inside {
                 let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
-                // the same values of the next plane (the next channel's, or the next
-                // image's first), on their way from memory while this plane is used: a
-                // hint, which never faults
-                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(h * w).cast::<i8>());
+                // as in `pad_rows`
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_offset(next).cast::<i8>());
                 // SAFETY: only the lanes in `load` are read, each inside row `y - p` of `x`.
                 unsafe { _mm512_maskz_loadu_ps(load, src) }
             } else {
@@ -159,6 +179,59 @@ pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f
             };
             // SAFETY: `min(16, ws - k)` values of a row `y < hs`.
             unsafe { _mm512_mask_storeu_ps(dst.add(y * ws + k), store, v) };
+        }
+    }
+}
+
+/// [`pad_plane`] of rows of at most `16 N` values, the masks of a row's registers
+/// computed once.
+///
+/// # Safety
+/// As [`pad_plane`], with `ws <= 16 N`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pad_rows<const N: usize>(
+    x: *const f32,
+    h: usize,
+    w: usize,
+    p: usize,
+    next: isize,
+    dst: *mut f32,
+    hs: usize,
+    ws: usize,
+) {
+    let zero = _mm512_setzero_ps();
+    // lanes i of register j with p <= 16 j + i < p + w hold x[y - p][16 j + i - p]
+    let mut load = [0 as __mmask16; N];
+    let mut store = [0 as __mmask16; N];
+    for (j, (l, s)) in load.iter_mut().zip(&mut store).enumerate() {
+        let k = 16 * j;
+        let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
+        (*l, *s) = (prefix(hi) & !prefix(lo), prefix(ws.saturating_sub(k)));
+    }
+    for y in 0..hs {
+        let row = dst.wrapping_add(y * ws);
+        if !(p..p + h).contains(&y) {
+            for (j, &s) in store.iter().enumerate() {
+                // SAFETY: the lanes in `s`, within the `ws` values of row `y < hs`.
+                unsafe { _mm512_mask_storeu_ps(row.add(16 * j), s, zero) };
+            }
+            continue;
+        }
+        let src = x.wrapping_add((y - p) * w).wrapping_sub(p);
+        for (j, (&l, &s)) in load.iter().zip(&store).enumerate() {
+            let src = src.wrapping_add(16 * j);
+            // the same values of the next plane, on their way from memory while this
+            // plane is used: a hint, which never faults
+            if l != 0 {
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_offset(next).cast::<i8>());
+            }
+            // SAFETY: only the lanes in `l` are read, each inside row `y - p` of `x`;
+            // the lanes in `s` are written, within row `y < hs`.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(l, src);
+                _mm512_mask_storeu_ps(row.add(16 * j), s, v);
+            }
         }
     }
 }

@@ -219,7 +219,7 @@ impl Winograd4Conv {
         for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
             // (`pad + H <= hs` and `pad + W <= ws`: `4 th >= OH = H + 2 pad - 2`, and the
             // same for the width)
-            pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
+            pad_channel(self.isa, g, (src, (g.h * g.w) as isize), padded, (self.hs, self.ws));
             let padded = &*padded;
             if self.grouped() {
                 for (i0, mask) in self.groups() {

@@ -263,10 +263,17 @@ impl WinogradConv {
         let (row, v_stride) = (n * self.tp, self.v_stride_of(n));
         assert!(n > 0 && x.len() == n * g.c * plane && padded.len() >= self.padded_len());
         assert!(v.len() >= 16 * v_stride);
+        let (image_len, plane_i) = (g.c * plane, plane as isize);
         for ci in 0..g.c {
             for image in 0..n {
-                let src = &x[(image * g.c + ci) * plane..][..plane];
-                pad_channel(self.isa, g, src, padded, (self.hs, self.ws));
+                let src = &x[image * image_len + ci * plane..][..plane];
+                // the next image's plane of this channel, or after the last image the
+                // first image's of the next channel
+                let next = match image + 1 < n {
+                    true => image_len as isize,
+                    false => plane_i - ((n - 1) * image_len) as isize,
+                };
+                pad_channel(self.isa, g, (src, next), padded, (self.hs, self.ws));
                 for (i0, j0, mask) in self.groups() {
                     // SAFETY: `self.isa` runs on this CPU, as above. The group reads rows
                     // `2 i0 + k`, `k < 2 (16 / l) + 2`, of the plane from column `2 j0`,
@@ -621,17 +628,25 @@ impl ConvKernel for WinogradConv {
 
 /// Copies one channel's plane `src` (`H x W` of `g`) into the plane `padded` of
 /// `hs x ws`, at row and column `g.pad`, zeros around it: the first step of both
-/// Winograd kernels' input transforms, a channel at a time.
+/// Winograd kernels' input transforms, a channel at a time. `next` is where the plane
+/// read after this one starts, in values from `src`'s start (the next channel's, `H W`,
+/// or another image's): its rows are asked for as this one's are copied.
 ///
 /// # Panics
 /// If `src` is not one plane, `padded` holds fewer than `hs ws` values, or the padded
 /// plane does not fit in `hs x ws`.
-pub(crate) fn pad_channel(isa: Isa, g: &ConvGeometry, src: &[f32], padded: &mut [f32], (hs, ws): (usize, usize)) {
+pub(crate) fn pad_channel(
+    isa: Isa,
+    g: &ConvGeometry,
+    (src, next): (&[f32], isize),
+    padded: &mut [f32],
+    (hs, ws): (usize, usize),
+) {
     assert!(src.len() == g.h * g.w && padded.len() >= hs * ws && g.pad + g.h <= hs && g.pad + g.w <= ws);
     // SAFETY: `isa` runs here (the kernels' `with_isa` checked it); `src` holds the
     // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`
-    // (asserted above).
-    unsafe { transform::pad_plane(isa, src.as_ptr(), g.h, g.w, g.pad, padded.as_mut_ptr(), hs, ws) };
+    // (asserted above); `next` is only a hint for the prefetches, which never fault.
+    unsafe { transform::pad_plane(isa, src.as_ptr(), g.h, g.w, g.pad, next, padded.as_mut_ptr(), hs, ws) };
 }
 
 /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)`, for each position `ξ` of `packed`: `U` as
@@ -751,7 +766,7 @@ mod transform {
     dispatch! {
         fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16);
         fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize);
-        fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize);
+        fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize);
         fn transpose_block(
             src: *const f32, plane: usize, rows: usize, lanes: usize, dst: *mut f32, fp: usize, stores: usize,
             sums: &mut [f32; 16]
@@ -808,6 +823,11 @@ mod tests {
             (3, 3, 0, 4, 4),
             (4, 10, 9, 22, 28),
             (6, 12, 1, 8, 22),
+            // rows past 48 values (the AVX-512 level's masks computed register by
+            // register): 49, 64 and 66
+            (3, 47, 1, 5, 49),
+            (5, 50, 3, 11, 64),
+            (4, 60, 2, 8, 66),
         ];
         for (h, w, p, hs, ws) in cases {
             let x: Vec<f32> = (0..h * w).map(|i| i as f32 + 1.0).collect();
@@ -816,7 +836,7 @@ mod tests {
                 let mut dst = vec![f32::NAN; hs * ws + 16];
                 dst[hs * ws..].fill(-7.0);
                 // SAFETY: `isa` runs here; `x` holds `h w` values and `dst` `hs ws` and more.
-                unsafe { transform::pad_plane(isa, x.as_ptr(), h, w, p, dst.as_mut_ptr(), hs, ws) };
+                unsafe { transform::pad_plane(isa, x.as_ptr(), h, w, p, (h * w) as isize, dst.as_mut_ptr(), hs, ws) };
                 for y in 0..hs {
                     for c in 0..ws {
                         let inside = (p..p + h).contains(&y) && (p..p + w).contains(&c);

@@ -133,13 +133,23 @@ pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: 
 }
 
 /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
-/// zeros around it.
+/// zeros around it (`next`, the other levels' prefetch distance, unused).
 ///
 /// # Safety
 /// `x` is valid for reads of `h w` values, `dst` for writes of `hs ws`; `p + h <= hs`,
 /// `p + w <= ws`.
 #[inline(always)]
-pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, dst: *mut f32, hs: usize, ws: usize) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pad_plane(
+    x: *const f32,
+    h: usize,
+    w: usize,
+    p: usize,
+    _next: isize,
+    dst: *mut f32,
+    hs: usize,
+    ws: usize,
+) {
     // SAFETY: within the contract.
     let (x, dst) = unsafe {
         (
