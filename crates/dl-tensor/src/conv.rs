@@ -955,6 +955,13 @@ fn merge_tree(parts: &mut [GradientAccumulator]) {
     for p in rest.iter() {
         first.check_same_shape(p);
     }
+    // (accumulators of no images: zeros)
+    for p in parts.iter_mut() {
+        p.written_sums();
+    }
+    let Some((first, rest)) = parts.split_first_mut() else {
+        return;
+    };
     let chunks = |out: &mut [f32], c: usize, others: &[&[f32]]| {
         let len = out.len();
         let range = c * MERGE_CHUNK..c * MERGE_CHUNK + len;
@@ -1310,6 +1317,7 @@ mod tests {
         let k = crate::WinogradConv::with_isa(&vec![0.5; 300 * 81], 300, &g, Isa::Scalar).unwrap();
         let acc = |seed: usize| {
             let mut a = k.gradient_accumulator();
+            a.written_sums();
             for (i, v) in a.sums.iter_mut().chain(a.db.iter_mut()).enumerate() {
                 let j = i * 31 + seed * 17;
                 // every fifth value: 1e8, -1e8 or 1 by the group, whose sums round
@@ -1341,6 +1349,16 @@ mod tests {
         other.merge(&acc(1));
         other.merge(&acc(2));
         assert!(other.sums != left[0].sums && left[0].sums == right[0].sums);
+        // a group of no images (empty sums) counts as zeros
+        let mut zeros = k.gradient_accumulator();
+        zeros.written_sums();
+        let mut want = vec![acc(0), zeros, acc(1)];
+        let mut got = vec![acc(0), k.gradient_accumulator(), acc(1)];
+        assert!(got[1].sums.is_empty() && !want[1].sums.is_empty());
+        pairwise(&mut want);
+        merge_tree(&mut got);
+        let bits = |a: &GradientAccumulator| a.sums.iter().chain(&a.db).map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got[0]), bits(&want[0]));
     }
 
     #[test]

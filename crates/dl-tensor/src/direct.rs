@@ -344,7 +344,7 @@ impl ConvKernel for DirectConv {
                 unsafe {
                     let (d, xp) = (dt.as_ptr().add(f0), padded.as_ptr());
                     let out = acc.sums.as_mut_ptr().add(k0 * fp + f0);
-                    gradient(self.isa, xp, &offs, mr, d, fp, self.cols, out, v);
+                    gradient(self.isa, xp, &offs, mr, d, fp, self.cols, out, v, false);
                 }
             }
         }

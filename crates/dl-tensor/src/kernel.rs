@@ -96,7 +96,8 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// Values of scratch space [`ConvKernel::weight_gradient_image`] needs.
     fn gradient_scratch_len(&self) -> usize;
 
-    /// A zeroed accumulator for [`ConvKernel::weight_gradient_image`].
+    /// An accumulator for [`ConvKernel::weight_gradient_image`] with no image in (its
+    /// sums zero).
     fn gradient_accumulator(&self) -> GradientAccumulator;
 
     /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
@@ -195,8 +196,10 @@ impl GradientAccumulator {
     /// If `other` belongs to a convolution of another shape or kernel.
     pub fn merge(&mut self, other: &GradientAccumulator) {
         self.check_same_shape(other);
-        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
-            *a += b;
+        if !other.sums.is_empty() {
+            for (a, b) in self.written_sums().iter_mut().zip(&other.sums) {
+                *a += b;
+            }
         }
         for (a, b) in self.db.iter_mut().zip(&other.db) {
             *a += b;
@@ -205,11 +208,28 @@ impl GradientAccumulator {
 }
 
 impl GradientAccumulator {
+    /// Values of `sums` once an image is in: `16 cp fp` for Winograd, `dW^T`'s rows
+    /// rounded up to the register tile times `fp` for the direct kernel.
+    pub(crate) fn sums_len(&self) -> usize {
+        match self.winograd {
+            Some(cp) => 16 * cp * self.fp,
+            None => self.k.div_ceil(GRADIENT_TILE) * GRADIENT_TILE * self.fp,
+        }
+    }
+
+    /// `sums`, as zeros if no image is in yet (Winograd's accumulators start empty: the
+    /// first image's products store their sums rather than add them to zeros).
+    pub(crate) fn written_sums(&mut self) -> &mut Vec<f32> {
+        if self.sums.is_empty() {
+            self.sums = vec![0.0; self.sums_len()];
+        }
+        &mut self.sums
+    }
     /// # Panics
     /// If `other` belongs to a convolution of another shape or kernel.
     pub(crate) fn check_same_shape(&self, other: &GradientAccumulator) {
         assert!(
-            self.sums.len() == other.sums.len()
+            self.sums_len() == other.sums_len()
                 && self.db.len() == other.db.len()
                 && (self.k, self.fp, self.winograd) == (other.k, other.fp, other.winograd),
             "GradientAccumulator: merging sums of another shape"

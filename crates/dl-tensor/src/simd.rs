@@ -67,12 +67,14 @@ unsafe fn products_tile<S: Simd, const R: usize, const V: usize>(
 }
 
 /// `out[m ld + l] += Σ_{p < cols} x[offs[m] + p] · d[p ld + l]` for `m < R`,
-/// `l < V LANES`.
+/// `l < V LANES`; when `fresh`, `out[m ld + l] = ` the sum (from +0, as if `out` held
+/// zeros: the same bits), `out` not read.
 ///
 /// # Safety
 /// `S`'s instruction set is present; `offs` has at least `R` values and `x + offs[m]` is
 /// valid for `cols` reads; `d` for `V LANES` reads at each of `cols` rows `ld` apart;
-/// `out` for reads and writes of `V LANES` values at each of `R` rows `ld` apart.
+/// `out` for writes (and reads, unless `fresh`) of `V LANES` values at each of `R` rows
+/// `ld` apart.
 #[inline(always)]
 unsafe fn gradient_tile<S: Simd, const R: usize, const V: usize>(
     x: *const f32,
@@ -81,11 +83,12 @@ unsafe fn gradient_tile<S: Simd, const R: usize, const V: usize>(
     ld: usize,
     cols: usize,
     out: *mut f32,
+    fresh: bool,
 ) {
     // SAFETY (whole body): within the contract.
     unsafe {
         let mut acc = [[S::zero(); V]; R];
-        for (m, row) in acc.iter_mut().enumerate() {
+        for (m, row) in acc.iter_mut().enumerate().filter(|_| !fresh) {
             for (v, val) in row.iter_mut().enumerate() {
                 *val = S::load(out.add(m * ld + v * S::LANES));
             }
@@ -161,6 +164,7 @@ unsafe fn gradient_by<S: Simd, const R: usize, const V: usize>(
     cols: usize,
     out: *mut f32,
     nv: usize,
+    fresh: bool,
 ) {
     debug_assert_eq!(V * S::LANES, 16);
     // SAFETY (whole body): every tile stays within rows `< rows` and lanes `< 16 nv`.
@@ -168,11 +172,11 @@ unsafe fn gradient_by<S: Simd, const R: usize, const V: usize>(
         for l0 in (0..16 * nv).step_by(16) {
             let mut m = 0;
             while m + R <= rows {
-                gradient_tile::<S, R, V>(x, &offs[m..], d.add(l0), ld, cols, out.add(m * ld + l0));
+                gradient_tile::<S, R, V>(x, &offs[m..], d.add(l0), ld, cols, out.add(m * ld + l0), fresh);
                 m += R;
             }
             while m < rows {
-                gradient_tile::<S, 1, V>(x, &offs[m..], d.add(l0), ld, cols, out.add(m * ld + l0));
+                gradient_tile::<S, 1, V>(x, &offs[m..], d.add(l0), ld, cols, out.add(m * ld + l0), fresh);
                 m += 1;
             }
         }
@@ -213,13 +217,14 @@ pub(crate) unsafe fn products(
 }
 
 /// `out[m ld + l] += Σ_{p < cols} x[offs[m] + p] · d[p ld + l]` for `m < rows`,
-/// `l < 16 nv`, at the level `isa`.
+/// `l < 16 nv`, at the level `isa`; when `fresh`, `out` is not read and receives the
+/// sums it would from zeros.
 ///
 /// # Safety
 /// `isa` runs on this CPU; `rows <= GRADIENT_TILE`, `1 <= nv <= 4`; `x + offs[m]` is
 /// valid for `cols` reads for `m < rows`; `d` for `16 nv` reads at each of `cols` rows
-/// `ld` apart; `out` for reads and writes of `16 nv` values at each of `rows` rows `ld`
-/// apart.
+/// `ld` apart; `out` for writes (and reads, unless `fresh`) of `16 nv` values at each of
+/// `rows` rows `ld` apart.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gradient(
     isa: Isa,
@@ -231,19 +236,20 @@ pub(crate) unsafe fn gradient(
     cols: usize,
     out: *mut f32,
     nv: usize,
+    fresh: bool,
 ) {
     debug_assert!(rows <= GRADIENT_TILE && (1..=4).contains(&nv));
     // SAFETY: as in `products`.
     unsafe {
         match isa {
-            Isa::Scalar => scalar::gradient(x, offs, rows, d, ld, cols, out, nv),
-            Isa::Neon => gradient_by::<lanes4::Lanes4, 4, 4>(x, offs, rows, d, ld, cols, out, nv),
+            Isa::Scalar => scalar::gradient(x, offs, rows, d, ld, cols, out, nv, fresh),
+            Isa::Neon => gradient_by::<lanes4::Lanes4, 4, 4>(x, offs, rows, d, ld, cols, out, nv, fresh),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::gradient_avx2(x, offs, rows, d, ld, cols, out, nv),
+            Isa::Avx2 => x86::gradient_avx2(x, offs, rows, d, ld, cols, out, nv, fresh),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::gradient_avx512(x, offs, rows, d, ld, cols, out, nv),
+            Isa::Avx512 => x86::gradient_avx512(x, offs, rows, d, ld, cols, out, nv, fresh),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => scalar::gradient(x, offs, rows, d, ld, cols, out, nv),
+            Isa::Avx2 | Isa::Avx512 => scalar::gradient(x, offs, rows, d, ld, cols, out, nv, fresh),
         }
     }
 }
@@ -280,12 +286,13 @@ mod scalar {
         cols: usize,
         out: *mut f32,
         nv: usize,
+        fresh: bool,
     ) {
         for (m, &off) in offs.iter().enumerate().take(rows) {
             for l in 0..16 * nv {
                 // SAFETY: within the contract.
                 unsafe {
-                    let mut sum = *out.add(m * ld + l);
+                    let mut sum = if fresh { 0.0 } else { *out.add(m * ld + l) };
                     for p in 0..cols {
                         sum += *x.add(off + p) * *d.add(p * ld + l);
                     }
@@ -473,13 +480,14 @@ mod x86 {
         cols: usize,
         out: *mut f32,
         nv: usize,
+        fresh: bool,
     ) {
         // SAFETY: within the contract.
         unsafe {
             if rows.is_multiple_of(6) {
-                gradient_by::<Avx2, 6, 2>(x, offs, rows, d, ld, cols, out, nv)
+                gradient_by::<Avx2, 6, 2>(x, offs, rows, d, ld, cols, out, nv, fresh)
             } else {
-                gradient_by::<Avx2, 4, 2>(x, offs, rows, d, ld, cols, out, nv)
+                gradient_by::<Avx2, 4, 2>(x, offs, rows, d, ld, cols, out, nv, fresh)
             }
         }
     }
@@ -501,18 +509,19 @@ mod x86 {
         cols: usize,
         out: *mut f32,
         nv: usize,
+        fresh: bool,
     ) {
         // SAFETY: within the contract.
         unsafe {
             match (rows, nv) {
-                (24, 1) => gradient_tile::<Avx512, 24, 1>(x, offs, d, ld, cols, out),
-                (16, 1) => gradient_tile::<Avx512, 16, 1>(x, offs, d, ld, cols, out),
-                (12, 2) => gradient_tile::<Avx512, 12, 2>(x, offs, d, ld, cols, out),
-                (8, 2) => gradient_tile::<Avx512, 8, 2>(x, offs, d, ld, cols, out),
-                (8, 3) => gradient_tile::<Avx512, 8, 3>(x, offs, d, ld, cols, out),
-                (6, 4) => gradient_tile::<Avx512, 6, 4>(x, offs, d, ld, cols, out),
-                (4, 4) => gradient_tile::<Avx512, 4, 4>(x, offs, d, ld, cols, out),
-                _ => gradient_by::<Avx512, 4, 1>(x, offs, rows, d, ld, cols, out, nv),
+                (24, 1) => gradient_tile::<Avx512, 24, 1>(x, offs, d, ld, cols, out, fresh),
+                (16, 1) => gradient_tile::<Avx512, 16, 1>(x, offs, d, ld, cols, out, fresh),
+                (12, 2) => gradient_tile::<Avx512, 12, 2>(x, offs, d, ld, cols, out, fresh),
+                (8, 2) => gradient_tile::<Avx512, 8, 2>(x, offs, d, ld, cols, out, fresh),
+                (8, 3) => gradient_tile::<Avx512, 8, 3>(x, offs, d, ld, cols, out, fresh),
+                (6, 4) => gradient_tile::<Avx512, 6, 4>(x, offs, d, ld, cols, out, fresh),
+                (4, 4) => gradient_tile::<Avx512, 4, 4>(x, offs, d, ld, cols, out, fresh),
+                _ => gradient_by::<Avx512, 4, 1>(x, offs, rows, d, ld, cols, out, nv, fresh),
             }
         }
     }
@@ -586,40 +595,55 @@ mod tests {
             (1, 1),
             (7, 4),
         ] {
-            let mut want = start.clone();
-            // SAFETY: `xg` covers every offset plus `cols`; `d` has `cols` rows of `ld`;
-            // `want` `GRADIENT_TILE` rows of `ld >= 64`.
-            unsafe {
-                gradient(
-                    Isa::Scalar,
-                    xg.as_ptr(),
-                    &offs,
-                    rows,
-                    d.as_ptr(),
-                    ld,
-                    cols,
-                    want.as_mut_ptr(),
-                    nv,
-                );
-            }
-            for m in 0..GRADIENT_TILE {
-                for l in 0..ld {
-                    let mut e = start[m * ld + l];
-                    if m < rows && l < 16 * nv {
-                        e += (0..cols).map(|p| xg[offs[m] + p] * d[p * ld + l]).sum::<f32>();
-                    }
-                    assert_eq!(want[m * ld + l], e, "scalar gradient ({rows}, {nv}) m {m} l {l}");
+            // `fresh`: the sums from zero, the values there not read (NaN)
+            for fresh in [false, true] {
+                let start: Vec<f32> = match fresh {
+                    false => start.clone(),
+                    true => (0..GRADIENT_TILE * ld)
+                        .map(|i| if i % ld < 16 * nv { f32::NAN } else { 2.0 })
+                        .collect(),
+                };
+                let mut want = start.clone();
+                // SAFETY: `xg` covers every offset plus `cols`; `d` has `cols` rows of
+                // `ld`; `want` `GRADIENT_TILE` rows of `ld >= 64`.
+                unsafe {
+                    let (x, o) = (xg.as_ptr(), want.as_mut_ptr());
+                    gradient(Isa::Scalar, x, &offs, rows, d.as_ptr(), ld, cols, o, nv, fresh);
                 }
-            }
-            for &isa in &levels {
-                let mut o = start.clone();
-                // SAFETY: as above.
-                unsafe { gradient(isa, xg.as_ptr(), &offs, rows, d.as_ptr(), ld, cols, o.as_mut_ptr(), nv) };
-                for (i, (a, b)) in o.iter().zip(&want).enumerate() {
-                    assert!(
-                        a.to_bits() == b.to_bits(),
-                        "{isa} gradient ({rows}, {nv}) at {i}: {a} vs {b}"
-                    );
+                for m in 0..GRADIENT_TILE {
+                    for l in 0..ld {
+                        let mut e = start[m * ld + l];
+                        if m < rows && l < 16 * nv {
+                            e = if fresh { 0.0 } else { e };
+                            e += (0..cols).map(|p| xg[offs[m] + p] * d[p * ld + l]).sum::<f32>();
+                        }
+                        let at = format!("scalar gradient ({rows}, {nv}), fresh {fresh}, m {m} l {l}");
+                        assert_eq!(want[m * ld + l].to_bits(), e.to_bits(), "{at}");
+                    }
+                }
+                for &isa in &levels {
+                    let mut o = start.clone();
+                    // SAFETY: as above.
+                    unsafe {
+                        gradient(
+                            isa,
+                            xg.as_ptr(),
+                            &offs,
+                            rows,
+                            d.as_ptr(),
+                            ld,
+                            cols,
+                            o.as_mut_ptr(),
+                            nv,
+                            fresh,
+                        )
+                    };
+                    for (i, (a, b)) in o.iter().zip(&want).enumerate() {
+                        assert!(
+                            a.to_bits() == b.to_bits(),
+                            "{isa} gradient ({rows}, {nv}), fresh {fresh}, at {i}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }

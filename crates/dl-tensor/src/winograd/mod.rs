@@ -446,11 +446,12 @@ impl ConvKernel for WinogradConv {
         self.padded_len() + 16 * self.v_stride_of(n) + self.dt_len() + 16 * self.z_stride_of(n)
     }
 
-    /// A zeroed accumulator for [`WinogradConv::weight_gradient_image`].
+    /// An accumulator for [`WinogradConv::weight_gradient_image`] with no image in: its
+    /// sums are allocated and stored by the first image's products (not cleared first).
     fn gradient_accumulator(&self) -> GradientAccumulator {
         let cp = self.g.c.div_ceil(16) * 16;
         GradientAccumulator {
-            sums: vec![0.0; 16 * cp * self.fp()],
+            sums: Vec::new(),
             db: vec![0.0; self.filters],
             k: self.g.col_rows(),
             fp: self.fp(),
@@ -570,6 +571,16 @@ impl ConvKernel for WinogradConv {
         // another
         let tiles = self.th * self.tw;
         debug_assert!(n == 1 || tiles == tp);
+        // the first images into an accumulator store their sums into its new buffer
+        let (fresh, len) = (acc.sums.is_empty(), acc.sums_len());
+        if fresh {
+            acc.sums.reserve_exact(len);
+        }
+        assert!(
+            fresh || acc.sums.len() == len,
+            "WinogradConv: accumulator of another shape"
+        );
+        let sums = acc.sums.as_mut_ptr();
         let (row, inner) = (n * tp, (n - 1) * tp + tiles);
         let positions = v.chunks_exact(v_stride).zip(z.chunks_exact(z_stride));
         for (xi, (vx, zx)) in positions.enumerate() {
@@ -595,14 +606,21 @@ impl ConvKernel for WinogradConv {
                     // values); `16 nv` values from lane `f0` (`f0 + 16 nv <= fp`) at each
                     // of `inner <= n tp` rows of `zx` (`fp` apart); it adds to `mr` rows
                     // from `(ξ cp + c0)` of `acc.sums` (`fp` apart, `c0 + mr <= cp` as
-                    // `mr` divides 16), `16 nv` lanes from `f0`.
+                    // `mr` divides 16), `16 nv` lanes from `f0` (of the buffer's
+                    // capacity, `16 cp fp` values, when `fresh`: then it only writes).
                     unsafe {
                         let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
-                        let out = acc.sums.as_mut_ptr().add((xi * cp + c0) * fp + f0);
-                        gradient(self.isa, xp, &offs, mr, d, fp, inner, out, nv);
+                        let out = sums.add((xi * cp + c0) * fp + f0);
+                        gradient(self.isa, xp, &offs, mr, d, fp, inner, out, nv, fresh);
                     }
                 }
             }
+        }
+        if fresh {
+            // SAFETY: the capacity is `len`, and the loops above wrote every value: the
+            // 16 positions, the rows `c0 + m < cp` (`mr` divides `cp`), and the lanes
+            // `f0 + l < fp` (`16 nv` from each multiple of 64, `fp` a multiple of 16).
+            unsafe { acc.sums.set_len(len) };
         }
     }
 
@@ -611,8 +629,9 @@ impl ConvKernel for WinogradConv {
         let cp = acc.winograd.expect("WinogradConv: accumulator of another kernel");
         assert_eq!(dw.len(), f * k, "WinogradConv: dW length");
         assert_eq!(db.len(), f, "WinogradConv: db length");
-        // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C)
-        for (fi, row) in dw.chunks_exact_mut(k).enumerate() {
+        // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C); no image in,
+        // no sums (zeros)
+        for (fi, row) in dw.chunks_exact_mut(k).enumerate().filter(|_| !acc.sums.is_empty()) {
             for (ci, g) in row.chunks_exact_mut(9).enumerate() {
                 let du: [f32; 16] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
                 for (v, d) in g.iter_mut().zip(transform_filter_gradient(&du)) {
@@ -1093,6 +1112,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// An accumulator with no image in (its sums not yet allocated) is zeros: its `dW`
+    /// and `db` add nothing, merging it changes nothing, merging into it gives the
+    /// other's sums, and the first image's products store what they would add to zeros.
+    #[test]
+    fn an_accumulator_of_no_images_is_zeros() {
+        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
+        for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+            let k = WinogradConv::for_gradient(16, &g, isa).unwrap();
+            let (x, dout) = (random4((1, 8, 8, 8), 1), random4((1, 16, 8, 8), 2));
+            let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
+            let mut scratch = vec![f32::NAN; k.gradient_scratch_len()];
+            let (mut one, mut cleared) = (k.gradient_accumulator(), k.gradient_accumulator());
+            assert!(one.sums.is_empty());
+            cleared.written_sums();
+            k.weight_gradient_image(x, dout, &mut one, &mut scratch);
+            k.weight_gradient_image(x, dout, &mut cleared, &mut scratch);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one.sums), bits(&cleared.sums), "{isa}");
+            let empty = k.gradient_accumulator();
+            let (mut dw, mut db) = (vec![1.5; 16 * 72], vec![-2.0; 16]);
+            k.add_gradient(&empty, &mut dw, &mut db);
+            assert!(dw.iter().all(|v| *v == 1.5) && db.iter().all(|v| *v == -2.0));
+            let mut a = one.clone();
+            a.merge(&empty);
+            assert_eq!((bits(&a.sums), bits(&a.db)), (bits(&one.sums), bits(&one.db)));
+            let mut b = k.gradient_accumulator();
+            b.merge(&one);
+            assert_eq!((&b.sums, &b.db), (&one.sums, &one.db));
         }
     }
 
