@@ -396,8 +396,8 @@ impl ConvPlan {
         let kernel = self.forward_kernel(w);
         // every value of the mask is written below
         mask.resize(if relu == Relu::Masked { n * out_len } else { 0 }, false);
-        // the mask's chunk of each image (none without a mask)
-        // images a call of the kernel takes (Winograd's on small outputs: 3)
+        // images a call of the kernel takes (Winograd's on small outputs: 3), and the
+        // mask's chunk of each call's images (none without a mask)
         let k = kernel.as_ref().map_or(1, |d| d.images_per_forward());
         let masks = match relu {
             Relu::Masked => Either::Left(mask.par_chunks_mut((k * out_len).max(1)).map(Some)),
@@ -616,7 +616,7 @@ impl ConvPlan {
         };
         let mut partials: Vec<(Option<GradientAccumulator>, Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: every image's chunk of `dx` is written in full: by the kernel without
-        // lowering (`forward_image_uninit`), or cleared first (`zeroed`) on the other
+        // lowering (`forward_images_uninit`), or cleared first (`zeroed`) on the other
         // paths and when no input gradient is asked for.
         let dx = unsafe {
             batch_uninit(n * in_len, |dx| {
@@ -946,13 +946,13 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 /// group's sums are read once and the result written once (the pairwise merges of whole
 /// accumulators read and wrote every intermediate sum too).
 fn merge_tree(parts: &mut [GradientAccumulator]) {
-    let Some((first, rest)) = parts.split_first_mut() else {
+    let Some((first, rest)) = parts.split_first() else {
         return;
     };
     if rest.is_empty() {
         return;
     }
-    for p in rest.iter() {
+    for p in rest {
         first.check_same_shape(p);
     }
     // (accumulators of no images: zeros)
