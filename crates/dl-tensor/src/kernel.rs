@@ -61,13 +61,7 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
-        let g = self.geometry();
-        assert!(
-            x.len() == g.c * g.h * g.w,
-            "{}: one image at once, not {} values",
-            self.name(),
-            x.len()
-        );
+        check_one_image(self.name(), self.geometry(), x);
         self.forward_image_uninit(x, bias, out, scratch);
     }
 
@@ -125,13 +119,7 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// If a slice length does not match the geometry, there are more images than
     /// [`ConvKernel::images_per_gradient`], or `acc` is another kernel's.
     fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
-        let g = self.geometry();
-        assert!(
-            x.len() == g.c * g.h * g.w,
-            "{}: one image at once, not {} values",
-            self.name(),
-            x.len()
-        );
+        check_one_image(self.name(), self.geometry(), x);
         self.weight_gradient_image(x, dout, acc, scratch);
     }
 
@@ -141,6 +129,19 @@ pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// # Panics
     /// If the lengths do not match the kernel's convolution.
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]);
+}
+
+/// The check of the one-image defaults of [`ConvKernel::forward_images_uninit`] and
+/// [`ConvKernel::weight_gradient_images`].
+///
+/// # Panics
+/// If `x` is not one input image of `g`.
+fn check_one_image(kernel: &str, g: &ConvGeometry, x: &[f32]) {
+    assert!(
+        x.len() == g.c * g.h * g.w,
+        "{kernel}: one image at once, not {} values",
+        x.len()
+    );
 }
 
 /// `out` seen as memory the `forward_image_uninit` kernels may write.
@@ -250,6 +251,39 @@ mod tests {
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default()
+    }
+
+    /// A kernel without a gain from several images (the direct one) takes one image a
+    /// call, as its one-image methods would, and refuses two.
+    #[test]
+    fn the_direct_kernel_takes_one_image_at_once() {
+        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
+        let w: Vec<f32> = (0..8 * 8 * 9).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let x: Vec<f32> = (0..2 * 512).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
+        for isa in Isa::supported_levels() {
+            let k = DirectConv::with_isa(&w, 8, &g, isa).unwrap();
+            assert_eq!((k.images_per_forward(), k.images_per_gradient()), (1, 1));
+            let mut scratch = vec![0.0; k.scratch_len().max(k.gradient_scratch_len())];
+            let (mut want, mut got) = (vec![0.0; 512], vec![f32::NAN; 512]);
+            k.forward_image(&x[..512], None, &mut want, &mut scratch);
+            k.forward_images(&x[..512], None, &mut got, &mut scratch);
+            assert_eq!(got, want, "{isa}");
+            let (mut a, mut b) = (k.gradient_accumulator(), k.gradient_accumulator());
+            k.weight_gradient_image(&x[..512], &x[512..], &mut a, &mut scratch);
+            k.weight_gradient_images(&x[..512], &x[512..], &mut b, &mut scratch);
+            assert_eq!((&a.sums, &a.db), (&b.sums, &b.db), "{isa}");
+            let mut out = vec![0.0; 1024];
+            let message = panic_message(|| k.forward_images(&x, None, &mut out, &mut scratch));
+            assert!(
+                message.contains("direct: one image at once, not 1024 values"),
+                "{message}"
+            );
+            let message = panic_message(|| k.weight_gradient_images(&x, &out, &mut a, &mut scratch));
+            assert!(
+                message.contains("direct: one image at once, not 1024 values"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
