@@ -417,6 +417,16 @@ impl ConvKernel for Winograd4Conv {
         self.gradient.weight_gradient_image(x, dout, acc, scratch);
     }
 
+    fn images_per_gradient(&self) -> usize {
+        self.gradient.images_per_gradient()
+    }
+
+    /// F(2x2, 3x3)'s, several images at once ([`WinogradConv`]'s
+    /// `weight_gradient_images`).
+    fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
+        self.gradient.weight_gradient_images(x, dout, acc, scratch);
+    }
+
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
         self.gradient.add_gradient(acc, dw, db);
     }
@@ -919,7 +929,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, random4};
 
     #[test]
     fn filter_transform_is_g_g_gt() {
@@ -1031,6 +1041,26 @@ mod tests {
     fn its_filter_gradient_is_f2s() {
         let cases = [(16, 14, 14, 32, 3, 3, 1), (3, 9, 11, 5, 3, 3, 0), (4, 6, 6, 5, 3, 3, 2)];
         assert_weight_gradient_matches_reference(&cases, Winograd4Conv::with_isa);
+    }
+
+    /// Its filter gradient takes as many images at once as F(2x2, 3x3)'s and gives
+    /// its sums, bit for bit (an 8 x 8 output: 5 images).
+    #[test]
+    fn its_filter_gradient_of_images_at_once_is_f2s() {
+        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
+        let (x, dout) = (random4((5, 8, 8, 8), 3), random4((5, 16, 8, 8), 4));
+        let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
+        for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+            let k4 = Winograd4Conv::with_isa(&[0.5; 16 * 72], 16, &g, isa).unwrap();
+            let k2 = WinogradConv::with_isa(&[0.5; 16 * 72], 16, &g, isa).unwrap();
+            assert_eq!((k4.images_per_gradient(), k2.images_per_gradient()), (5, 5), "{isa}");
+            let mut scratch = vec![f32::NAN; k4.gradient_scratch_len()];
+            let (mut a4, mut a2) = (k4.gradient_accumulator(), k2.gradient_accumulator());
+            k4.weight_gradient_images(x, dout, &mut a4, &mut scratch);
+            k2.weight_gradient_images(x, dout, &mut a2, &mut scratch);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&a4.sums), bits(&a4.db)), (bits(&a2.sums), bits(&a2.db)), "{isa}");
+        }
     }
 
     #[test]

@@ -50,10 +50,9 @@ pub struct WinogradConv {
     filters: usize,
     /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
     packed: Vec<f32>,
-    /// Offset of channel `c`'s row in one position of `V`: `c * tp`, and with the
-    /// [`ConvKernel::images_per_forward`] images of the forward pass `c * n tp`.
-    offsets: Vec<usize>,
-    offsets_images: Vec<usize>,
+    /// Offset of channel `c`'s row in one position of `V` of `n` images, for `n` from 1
+    /// to [`ConvKernel::images_per_forward`]: `offsets[n - 1][c] = c n tp`.
+    offsets: Vec<Vec<usize>>,
     /// Tile rows and columns: `ceil(OH/2)`, `ceil(OW/2)`.
     th: usize,
     tw: usize,
@@ -158,8 +157,9 @@ impl WinogradConv {
             isa,
             filters,
             packed,
-            offsets: (0..c).map(|ci| ci * tp).collect(),
-            offsets_images: (0..c).map(|ci| ci * forward_images * tp).collect(),
+            offsets: (1..=forward_images)
+                .map(|n| (0..c).map(|ci| ci * n * tp).collect())
+                .collect(),
             forward_images,
             th,
             tw,
@@ -418,19 +418,10 @@ impl ConvKernel for WinogradConv {
             "WinogradConv: a forward pass of a gradient-only kernel"
         );
         self.transform_input(x, padded, v);
-        let fewer: Vec<usize>;
-        let offsets = match n {
-            1 => &self.offsets[..],
-            _ if n == self.forward_images => &self.offsets_images[..],
-            _ => {
-                fewer = (0..g.c).map(|ci| ci * n * self.tp).collect();
-                &fewer[..]
-            }
-        };
         multiply(
             self.isa,
             &self.packed,
-            (offsets, self.filters, n * self.tp),
+            (&self.offsets[n - 1], self.filters, n * self.tp),
             (v, v_stride),
             (m, m_stride),
         );
