@@ -15,8 +15,9 @@ pub(crate) const GRADIENT_TILE: usize = 24;
 
 /// A convolution computed without a lowered matrix, for one set of filters
 /// and one geometry: [`DirectConv`](crate::DirectConv) or [`WinogradConv`](crate::WinogradConv). Build one
-/// per weight update; every method takes one image and may be called from many threads
-/// at once, each with its own scratch space (which needs no clearing).
+/// per weight update; every method takes one image (or, the `*_images` ones, several one
+/// after the other) and may be called from many threads at once, each with its own
+/// scratch space (which needs no clearing).
 pub trait ConvKernel: std::fmt::Debug + Send + Sync {
     /// The geometry the kernel was built for.
     fn geometry(&self) -> &ConvGeometry;
