@@ -210,12 +210,12 @@ impl GradientAccumulator {
 }
 
 impl GradientAccumulator {
-    /// Values of `sums` once an image is in: `16 cp fp` for Winograd, `dW^T`'s rows
-    /// rounded up to the register tile times `fp` for the direct kernel.
+    /// Values of `sums` once an image is in: `16 cp fp` for Winograd, whose sums start
+    /// empty; the direct kernel's are allocated, cleared, with the accumulator.
     pub(crate) fn sums_len(&self) -> usize {
         match self.winograd {
             Some(cp) => 16 * cp * self.fp,
-            None => self.k.div_ceil(GRADIENT_TILE) * GRADIENT_TILE * self.fp,
+            None => self.sums.len(),
         }
     }
 
