@@ -287,6 +287,39 @@ mod tests {
         }
     }
 
+    /// Sums of another convolution or kernel are refused, by `merge` as by the plan's
+    /// merge tree (`check_same_shape`): the direct kernel's into Winograd's, Winograd's
+    /// of another channel count or filter count, the direct kernel's of another filter
+    /// size; the same shape is taken.
+    #[test]
+    fn accumulators_of_another_shape_do_not_merge() {
+        let g = |c| ConvGeometry::new(c, 8, 8, 3, 3, 1, 1).unwrap();
+        let five = ConvGeometry::new(8, 8, 8, 5, 5, 1, 2).unwrap();
+        let winograd = |c, f| WinogradConv::with_isa(&vec![0.5; f * c * 9], f, &g(c), Isa::Scalar).unwrap();
+        let direct =
+            |g: &ConvGeometry| DirectConv::with_isa(&vec![0.5; 16 * g.col_rows()], 16, g, Isa::Scalar).unwrap();
+        let mut same = winograd(8, 16).gradient_accumulator();
+        same.merge(&winograd(8, 16).gradient_accumulator());
+        direct(&g(8))
+            .gradient_accumulator()
+            .merge(&direct(&g(8)).gradient_accumulator());
+        let others = [
+            direct(&g(8)).gradient_accumulator(),
+            winograd(17, 16).gradient_accumulator(),
+            winograd(8, 32).gradient_accumulator(),
+        ];
+        for other in &others {
+            let message = panic_message(|| winograd(8, 16).gradient_accumulator().merge(other));
+            assert!(message.contains("merging sums of another shape"), "{message}");
+        }
+        let message = panic_message(|| {
+            direct(&g(8))
+                .gradient_accumulator()
+                .merge(&direct(&five).gradient_accumulator())
+        });
+        assert!(message.contains("merging sums of another shape"), "{message}");
+    }
+
     #[test]
     fn a_kernel_names_the_slice_whose_length_is_wrong() {
         // 8 to 8 channels on 8x8, 3x3, pad 1: 512 input and 512 output values

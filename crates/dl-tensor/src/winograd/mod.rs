@@ -182,8 +182,8 @@ impl WinogradConv {
     /// (`tiles` a multiple of 16), so that the images' tiles follow one another without
     /// a gap and the sums run in the order image by image would: the same bits.
     fn gradient_images_for(tiles: usize) -> usize {
-        if tiles > 0 && tiles.is_multiple_of(16) {
-            (80 / tiles).max(1)
+        if tiles.is_multiple_of(16) {
+            (80 / tiles.max(16)).max(1)
         } else {
             1
         }
