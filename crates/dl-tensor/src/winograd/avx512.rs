@@ -154,6 +154,15 @@ pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize
     }
 }
 
+/// The masks of the register from column `k` of a padded row `ws` long (the plane's
+/// `w` values at column `p`): the lanes `i` with `p <= k + i < p + w` load
+/// `x[y - p][k + i - p]`, and the lanes `k + i < ws` are stored.
+#[inline(always)]
+fn row_masks(k: usize, p: usize, w: usize, ws: usize) -> (__mmask16, __mmask16) {
+    let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
+    (prefix(hi) & !prefix(lo), prefix(ws.saturating_sub(k)))
+}
+
 /// [`pad_plane`] of rows of any length, the masks computed register by register.
 ///
 /// # Safety
@@ -165,9 +174,7 @@ unsafe fn pad_wide(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst
     for y in 0..hs {
         let inside = (p..p + h).contains(&y);
         for k in (0..ws).step_by(16) {
-            // lanes i with p <= k + i < p + w hold x[y - p][k + i - p]
-            let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
-            let (load, store) = (prefix(hi) & !prefix(lo), prefix(ws - k));
+            let (load, store) = row_masks(k, p, w, ws);
             let v = if inside {
                 let src = x.wrapping_add((y - p) * w + k).wrapping_sub(p);
                 // as in `pad_rows`
@@ -201,13 +208,10 @@ unsafe fn pad_rows<const N: usize>(
     ws: usize,
 ) {
     let zero = _mm512_setzero_ps();
-    // lanes i of register j with p <= 16 j + i < p + w hold x[y - p][16 j + i - p]
     let mut load = [0 as __mmask16; N];
     let mut store = [0 as __mmask16; N];
     for (j, (l, s)) in load.iter_mut().zip(&mut store).enumerate() {
-        let k = 16 * j;
-        let (lo, hi) = (p.saturating_sub(k).min(16), (p + w).saturating_sub(k).min(16));
-        (*l, *s) = (prefix(hi) & !prefix(lo), prefix(ws.saturating_sub(k)));
+        (*l, *s) = row_masks(16 * j, p, w, ws);
     }
     for y in 0..hs {
         let row = dst.wrapping_add(y * ws);
