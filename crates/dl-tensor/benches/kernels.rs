@@ -274,6 +274,26 @@ fn convolution(c: &mut Criterion) {
                     })
                 });
             }
+            // F(4x4, 3x3)'s filter gradient where its forward runs, one image and a group
+            if g.c < 8 || g.out_w < 9 {
+                continue;
+            }
+            if let Some(d) = Winograd4Conv::with_isa(w.as_slice().unwrap(), f, &g, isa) {
+                let mut scratch = vec![0.0f32; d.gradient_scratch_len()];
+                let mut acc = d.gradient_accumulator();
+                group.bench_function(BenchmarkId::new(format!("dW-winograd4-{isa}"), name), |b| {
+                    b.iter(|| d.weight_gradient_image(&x, &dout, &mut acc, &mut scratch))
+                });
+                let (x5, dout5) = (x.repeat(5), dout.repeat(5));
+                let step = d.images_per_gradient();
+                group.bench_function(BenchmarkId::new(format!("dW-winograd4-{isa}-group"), name), |b| {
+                    b.iter(|| {
+                        for (xs, ds) in x5.chunks(step * x.len()).zip(dout5.chunks(step * dout.len())) {
+                            d.weight_gradient_images(xs, ds, &mut acc, &mut scratch);
+                        }
+                    })
+                });
+            }
         }
     }
     group.finish();

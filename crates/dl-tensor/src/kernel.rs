@@ -176,8 +176,9 @@ pub(crate) fn check_forward_args(
 
 /// Sums of the filter gradients of several images ([`ConvKernel::weight_gradient_image`]),
 /// kept in the kernel's own layout until [`ConvKernel::add_gradient`]: `dW^T`
-/// `(C*FH*FW, FN)` for the direct kernel, `dU` `(16, C, FN)` (the gradient of the
-/// transformed filters) for Winograd; rows and lanes padded.
+/// `(C*FH*FW, FN)` for the direct kernel, `dU` `(16, C, FN)` or `(36, C, FN)` (the
+/// gradient of the transformed filters) for Winograd F(2x2, 3x3) or F(4x4, 3x3); rows
+/// and lanes padded.
 #[derive(Debug, Clone)]
 pub struct GradientAccumulator {
     pub(crate) sums: Vec<f32>,
@@ -186,8 +187,9 @@ pub struct GradientAccumulator {
     pub(crate) k: usize,
     /// Filters rounded up to 16 (the lanes of a row of `sums`).
     pub(crate) fp: usize,
-    /// For Winograd: channels rounded up (the rows of one position of `sums`).
-    pub(crate) winograd: Option<usize>,
+    /// For Winograd: the positions of a transformed tile (16 or 36) and the channels
+    /// rounded up to 16 (the rows of one position of `sums`).
+    pub(crate) winograd: Option<(usize, usize)>,
 }
 
 impl GradientAccumulator {
@@ -210,11 +212,11 @@ impl GradientAccumulator {
 }
 
 impl GradientAccumulator {
-    /// Values of `sums` once an image is in: `16 cp fp` for Winograd, whose sums start
-    /// empty; the direct kernel's are allocated, cleared, with the accumulator.
+    /// Values of `sums` once an image is in: `positions cp fp` for Winograd, whose sums
+    /// start empty; the direct kernel's are allocated, cleared, with the accumulator.
     pub(crate) fn sums_len(&self) -> usize {
         match self.winograd {
-            Some(cp) => 16 * cp * self.fp,
+            Some((positions, cp)) => positions * cp * self.fp,
             None => self.sums.len(),
         }
     }

@@ -325,6 +325,18 @@ unsafe fn store_rows<const PER: usize>(y0: V16, y1: V16, dst: *mut f32, ld: usiz
     }
 }
 
+/// F(4x4, 3x3)'s `Z = A dY Aᵀ` for one tile and 16 filters: the portable
+/// `output_gradient_tile4` compiled for this level (its lane-by-lane loops become
+/// whole-register operations).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the portable function's contract.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn output_gradient_tile4(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
+    // SAFETY: the contract, passed on.
+    unsafe { super::portable::output_gradient_tile4(src, row, fp, dst, pos) }
+}
+
 /// `Z = A dY Aᵀ` for one tile and 16 filters, as the AVX-512 `output_gradient_tile`.
 ///
 /// # Safety

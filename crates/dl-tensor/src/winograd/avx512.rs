@@ -86,6 +86,18 @@ pub unsafe fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, p
     }
 }
 
+/// F(4x4, 3x3)'s `Z = A dY Aᵀ` for one tile and 16 filters: the portable
+/// `output_gradient_tile4` compiled for this level (its lane-by-lane loops become
+/// whole-register operations).
+///
+/// # Safety
+/// The CPU has AVX-512F; the portable function's contract.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn output_gradient_tile4(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
+    // SAFETY: the contract, passed on.
+    unsafe { super::portable::output_gradient_tile4(src, row, fp, dst, pos) }
+}
+
 /// `Z = A dY Aᵀ` for one tile and 16 filters: `dY[a][b]` at `src + a row + b fp`, the
 /// 16 values `Z[ξ]` to `dst + ξ pos`. `A dY` has rows `dY0`, `dY0 + dY1`, `dY0 - dY1`,
 /// `-dY1`; a row `(u, v)` times `Aᵀ` is `(u, u + v, u - v, -v)`.
@@ -191,7 +203,12 @@ unsafe fn pad_wide(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst
 }
 
 /// [`pad_plane`] of rows of at most `16 N` values, the masks of a row's registers
-/// computed once.
+/// computed once. Rows of 16 values or more go in whole-register stores, the last one
+/// ending at the row's end (over values the one before wrote, with the same values):
+/// masked stores cost far more when the transforms read their values back at once
+/// (the loads wait until the stores reach the cache instead of taking their values from
+/// the store buffer), 18-value rows (`pad_plane` 68% of F(4x4, 3x3)'s filter gradient
+/// on a 14 x 14 layer with masked stores).
 ///
 /// # Safety
 /// As [`pad_plane`], with `ws <= 16 N`.
@@ -208,33 +225,40 @@ unsafe fn pad_rows<const N: usize>(
     ws: usize,
 ) {
     let zero = _mm512_setzero_ps();
-    let mut load = [0 as __mmask16; N];
-    let mut store = [0 as __mmask16; N];
-    for (j, (l, s)) in load.iter_mut().zip(&mut store).enumerate() {
-        (*l, *s) = row_masks(16 * j, p, w, ws);
+    let whole = ws >= 16;
+    // register `j` from column `start[j]`: `16 j`, the last `ws - 16` (rows of 16 or
+    // more), or 0 with the row's lanes masked (shorter rows)
+    let start: [usize; N] = std::array::from_fn(|j| if whole { (16 * j).min(ws - 16) } else { 0 });
+    let (mut load, mut store) = ([0 as __mmask16; N], [0 as __mmask16; N]);
+    for j in 0..N {
+        (load[j], store[j]) = row_masks(start[j], p, w, ws);
     }
     for y in 0..hs {
         let row = dst.wrapping_add(y * ws);
-        if !(p..p + h).contains(&y) {
-            for (j, &s) in store.iter().enumerate() {
-                // SAFETY: the lanes in `s`, within the `ws` values of row `y < hs`.
-                unsafe { _mm512_mask_storeu_ps(row.add(16 * j), s, zero) };
-            }
-            continue;
-        }
-        let src = x.wrapping_add((y - p) * w).wrapping_sub(p);
-        for (j, (&l, &s)) in load.iter().zip(&store).enumerate() {
-            let src = src.wrapping_add(16 * j);
-            // the same values of the next plane, on their way from memory while this
-            // plane is used: a hint, which never faults
-            if l != 0 {
-                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_offset(next).cast::<i8>());
-            }
-            // SAFETY: only the lanes in `l` are read, each inside row `y - p` of `x`;
-            // the lanes in `s` are written, within row `y < hs`.
+        let inside = (p..p + h).contains(&y);
+        let src = x.wrapping_add(y.wrapping_sub(p).wrapping_mul(w)).wrapping_sub(p);
+        for j in 0..N {
+            let (k, l) = (start[j], load[j]);
+            let v = if inside {
+                let src = src.wrapping_add(k);
+                // the same values of the next plane, on their way from memory while this
+                // plane is used: a hint, which never faults
+                if l != 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_offset(next).cast::<i8>());
+                }
+                // SAFETY: only the lanes in `l` are read, each inside row `y - p` of `x`.
+                unsafe { _mm512_maskz_loadu_ps(l, src) }
+            } else {
+                zero
+            };
+            // SAFETY: 16 values from column `k <= ws - 16` of row `y < hs` (`whole`), or
+            // the lanes in `store[j]`, within the row.
             unsafe {
-                let v = _mm512_maskz_loadu_ps(l, src);
-                _mm512_mask_storeu_ps(row.add(16 * j), s, v);
+                if whole {
+                    _mm512_storeu_ps(row.add(k), v);
+                } else {
+                    _mm512_mask_storeu_ps(row.add(k), store[j], v);
+                }
             }
         }
     }

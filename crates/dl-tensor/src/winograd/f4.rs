@@ -36,12 +36,15 @@
 //!
 //! Elsewhere (other widths, the other levels) the transforms run tile by tile in plain
 //! Rust.
-//! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3);
-//! the filter gradient is F(2x2, 3x3)'s.
+//! [`Winograd4Conv::pays`] says where the convolution plan picks it over F(2x2, 3x3).
+//!
+//! Its filter gradient runs F(4x4, 3x3) too: `dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] V[ξ]` over
+//! the same input tiles `V` and the same register kernel as F(2x2, 3x3)'s, then
+//! `dW = Gᵀ dU G` once a step (in `f64`).
 
 use std::mem::MaybeUninit;
 
-use super::{multiply, pad_channel, WinogradConv};
+use super::{gradient_products, grid_filters_last, multiply, pad_channel, transform, WinogradConv};
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 
@@ -66,9 +69,9 @@ pub struct Winograd4Conv {
     /// Rows and row length of a padded input plane: `4 th + 2`, `4 tw + 2`.
     hs: usize,
     ws: usize,
-    /// The filter gradient's kernel (F(2x2, 3x3)'s, whose sums over the tiles are more
-    /// accurate).
-    gradient: WinogradConv,
+    /// Images the filter gradient takes at once (`WinogradConv::gradient_images_for`
+    /// the columns of an image's tiles).
+    gradient_images: usize,
 }
 
 impl Winograd4Conv {
@@ -104,7 +107,9 @@ impl Winograd4Conv {
             "Winograd4Conv: W has {} values, want {filters} x {k}",
             w.len()
         );
-        let gradient = WinogradConv::for_gradient(filters, g, isa)?;
+        if !WinogradConv::applies(g) || filters == 0 || !isa.runs_here() {
+            return None;
+        }
         let c = g.c;
         let blocks = filters.div_ceil(MR);
         let mut packed = vec![0.0f32; 36 * blocks * c * MR];
@@ -130,7 +135,7 @@ impl Winograd4Conv {
             tp,
             hs: 4 * th + 2,
             ws: 4 * tw + 2,
-            gradient,
+            gradient_images: WinogradConv::gradient_images_for(th * Self::row_slots(isa, tw)),
         })
     }
 
@@ -177,14 +182,16 @@ impl Winograd4Conv {
         self.hs * self.ws + 16 * self.ws + 36
     }
 
-    /// Distance between two positions `ξ` of `V`: `C tp` plus one cache line, so that
-    /// the 36 stores of a group do not all fall in the same cache set.
-    fn v_stride(&self) -> usize {
-        self.g.c * self.tp + 16
+    /// Distance between two positions `ξ` of `V` of `n` images, whose channels' rows
+    /// hold the images' tiles one after the other (`n tp` values): `C n tp` plus one
+    /// cache line, so that the 36 stores of a group do not all fall in the same cache
+    /// set.
+    fn v_stride_of(&self, n: usize) -> usize {
+        self.g.c * n * self.tp + 16
     }
 
     fn v_len(&self) -> usize {
-        36 * self.v_stride()
+        36 * self.v_stride_of(1)
     }
 
     /// Distance between two positions of `M` (rows `blocks*MR` of `tp`), padded as `V`'s.
@@ -195,6 +202,34 @@ impl Winograd4Conv {
     fn m_len(&self) -> usize {
         // the grouped output transform loads 16 values from a group's first tile
         36 * self.m_stride() + 16
+    }
+
+    /// Filters rounded up to 16: the lanes of the filter gradient's rows.
+    fn fp(&self) -> usize {
+        self.filters.div_ceil(16) * 16
+    }
+
+    /// The column of an image's part of `V`'s (and `M`'s, `Z`'s) rows that holds tile
+    /// `(i, j)`: `i tw + j`, or where the transforms of a tile row a register run,
+    /// `8 i + j / 2 + 4 (j % 2)` (`j < 8`: the columns of a row of fewer than 8 tiles
+    /// that hold none too).
+    fn column(&self, i: usize, j: usize) -> usize {
+        if self.by_rows() {
+            8 * i + j / 2 + 4 * (j % 2)
+        } else {
+            i * self.tw + j
+        }
+    }
+
+    /// `dout` on the tiles' grid `(4 th, 4 tw)`, filters last: `dt[y][x][fp]`.
+    fn dt_len(&self) -> usize {
+        16 * self.th * self.tw * self.fp()
+    }
+
+    /// Distance between two positions of `Z` of `n` images (`n tp` rows of `fp`), padded
+    /// as `V`'s.
+    fn z_stride_of(&self, n: usize) -> usize {
+        n * self.tp * self.fp() + 16
     }
 
     /// The groups of the AVX-512 transforms: `(i0, mask)`, the first tile row and the
@@ -212,15 +247,33 @@ impl Winograd4Conv {
     /// `x` padded with zeros. Each channel's plane is first copied into `padded` (zeros
     /// around it, at row and column `pad`); the slack after it keeps what it held: the
     /// transforms read it only into lanes or tiles they drop. The padding lanes
-    /// `t >= tiles` of `V` keep what they held: `M`'s columns there are never read.
+    /// `t >= tiles` of `V` keep what they held: `M`'s columns there are never read, and
+    /// the filter gradient's `Z` has zeros in those it reads.
+    ///
+    /// `x` holds `n` images one after the other; in `V` (`v_stride_of(n)` a position)
+    /// each channel's row holds their tiles in that order, image `i`'s from column
+    /// `i tp`, channels in the outer loop and images in the inner.
     fn transform_input(&self, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
-        let (g, pos) = (&self.g, self.v_stride());
-        assert!(x.len() == g.c * g.h * g.w && padded.len() >= self.padded_len() && v.len() >= self.v_len());
-        for (ci, src) in x.chunks_exact(g.h * g.w).enumerate() {
+        let g = &self.g;
+        let plane = g.h * g.w;
+        let n = x.len() / (g.c * plane).max(1);
+        let (row, pos) = (n * self.tp, self.v_stride_of(n));
+        assert!(n > 0 && x.len() == n * g.c * plane && padded.len() >= self.padded_len() && v.len() >= 36 * pos);
+        let (image_len, plane_i) = (g.c * plane, plane as isize);
+        for (ci, image) in (0..g.c).flat_map(|ci| (0..n).map(move |image| (ci, image))) {
+            let src = &x[image * image_len + ci * plane..][..plane];
+            // the next image's plane of this channel, or after the last image the first
+            // image's of the next channel
+            let next = match image + 1 < n {
+                true => image_len as isize,
+                false => plane_i - ((n - 1) * image_len) as isize,
+            };
             // (`pad + H <= hs` and `pad + W <= ws`: `4 th >= OH = H + 2 pad - 2`, and the
             // same for the width)
-            pad_channel(self.isa, g, (src, (g.h * g.w) as isize), padded, (self.hs, self.ws));
+            pad_channel(self.isa, g, (src, next), padded, (self.hs, self.ws));
             let padded = &*padded;
+            // the image's part of channel `ci`'s row: `tp` columns from `col`
+            let col = ci * row + image * self.tp;
             if self.grouped() {
                 for (i0, mask) in self.groups() {
                     let first = 4 * i0 * self.ws;
@@ -228,13 +281,13 @@ impl Winograd4Conv {
                     // SAFETY: `grouped` means the CPU has AVX-512 (`with_isa` checked
                     // `isa`) and `tw <= 4`. The group reads rows `4 ii + r` (`ii < 4`,
                     // `r < 6`) of 18 values from `first`, within `padded_len`'s slack; it
-                    // writes
-                    // `popcount(mask)` values from tile `i0 tw` (all tiles `< tiles <=
-                    // tp`) of row `ci` of each of the 36 positions (`pos` apart).
+                    // writes `popcount(mask)` values from tile `i0 tw` (all tiles
+                    // `< tiles <= tp`) of channel `ci`'s row for the image (`tp` values
+                    // from `col`) of each of the 36 positions (`pos` apart).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let src = padded.as_ptr().add(first);
-                        let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
+                        let dst = v.as_mut_ptr().add(col + i0 * self.tw);
                         avx512::input_group(src, self.ws, dst, pos, mask);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
@@ -248,11 +301,11 @@ impl Winograd4Conv {
                     // (`ws = 18`). The group reads rows `4 ii + r` (`ii < 2`, `r < 6`) of
                     // 18 values from `first`, within `padded_len`'s slack; it writes the
                     // tiles of `min(2, th - i0)` tile rows, 4 each from tile `4 i0`, of
-                    // row `ci` of each of the 36 positions.
+                    // channel `ci`'s row for the image of each of the 36 positions.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let src = padded.as_ptr().add(first);
-                        let dst = v.as_mut_ptr().add(ci * self.tp + i0 * self.tw);
+                        let dst = v.as_mut_ptr().add(col + i0 * self.tw);
                         avx2::input_group(src, self.ws, dst, pos, (self.th - i0).min(2));
                     }
                     #[cfg(not(target_arch = "x86_64"))]
@@ -263,13 +316,15 @@ impl Winograd4Conv {
                     let first = 4 * i * self.ws;
                     debug_assert!(first + 5 * self.ws + 36 <= padded.len());
                     // SAFETY: `by_rows` means the CPU has AVX2 and FMA (AVX2 or AVX-512,
-                    // which `with_isa` checked) and `tw` is 5 to 8. The row reads rows `4 i + r` (`r < 6`) of 36 values from `first`,
-                    // within `padded_len`'s slack; it writes 8 values from column `8 i`
-                    // (`8 (i + 1) <= 8 th <= tp`) of row `ci` of each of the 36 positions.
+                    // which `with_isa` checked) and `tw` is 5 to 8. The row reads rows
+                    // `4 i + r` (`r < 6`) of 36 values from `first`, within
+                    // `padded_len`'s slack; it writes 8 values from column `8 i`
+                    // (`8 (i + 1) <= 8 th <= tp`) of channel `ci`'s row for the image
+                    // (`tp` values from `col`) of each of the 36 positions.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let src = padded.as_ptr().add(first);
-                        let dst = v.as_mut_ptr().add(ci * self.tp + 8 * i);
+                        let dst = v.as_mut_ptr().add(col + 8 * i);
                         avx2::input_row8(src, self.ws, dst, pos);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
@@ -281,7 +336,7 @@ impl Winograd4Conv {
                     for j in 0..self.tw {
                         let d: [[f32; 6]; 6] =
                             std::array::from_fn(|r| std::array::from_fn(|k| p[(4 * i + r) * self.ws + 4 * j + k]));
-                        let t = ci * self.tp + i * self.tw + j;
+                        let t = col + i * self.tw + j;
                         for (xi, val) in input_tile(&d).into_iter().enumerate() {
                             v[xi * pos + t] = val;
                         }
@@ -398,38 +453,178 @@ impl ConvKernel for Winograd4Conv {
             self.isa,
             &self.packed,
             (&self.offsets, self.filters, self.tp),
-            (v, self.v_stride()),
+            (v, self.v_stride_of(1)),
             (m, self.m_stride()),
         );
         self.transform_output(m, bias, out);
     }
 
+    /// Values of scratch space [`Winograd4Conv::weight_gradient_images`] needs (for
+    /// [`ConvKernel::images_per_gradient`] images).
     fn gradient_scratch_len(&self) -> usize {
-        self.gradient.gradient_scratch_len()
+        let n = self.gradient_images;
+        self.padded_len() + 36 * self.v_stride_of(n) + self.dt_len() + 36 * self.z_stride_of(n)
     }
 
+    /// An accumulator for [`Winograd4Conv::weight_gradient_image`] with no image in: its
+    /// 36 positions' sums are allocated and stored by the first image's products.
     fn gradient_accumulator(&self) -> GradientAccumulator {
-        self.gradient.gradient_accumulator()
+        GradientAccumulator {
+            sums: Vec::new(),
+            db: vec![0.0; self.filters],
+            k: self.g.col_rows(),
+            fp: self.fp(),
+            winograd: Some((36, self.g.c.div_ceil(16) * 16)),
+        }
     }
 
-    /// F(2x2, 3x3)'s filter gradient ([`WinogradConv`]'s `weight_gradient_image`).
+    /// The filter gradient of one image, **added** to `acc`:
+    /// [`Winograd4Conv::weight_gradient_images`] of one image.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or `acc` is another layer's.
     fn weight_gradient_image(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
-        self.gradient.weight_gradient_image(x, dout, acc, scratch);
+        self.weight_gradient_images(x, dout, acc, scratch);
     }
 
     fn images_per_gradient(&self) -> usize {
-        self.gradient.images_per_gradient()
+        self.gradient_images
     }
 
-    /// F(2x2, 3x3)'s, several images at once ([`WinogradConv`]'s
-    /// `weight_gradient_images`).
+    /// The filter gradient of `n` images (`x` `n` inputs `(C, H, W)` one after the
+    /// other, `dout` their output gradients `(FN, OH, OW)`, `1 <= n <=`
+    /// [`ConvKernel::images_per_gradient`]), **added** to `acc`: `dW += dout · col(x)^T`,
+    /// `db += ` row sums of `dout`.
+    ///
+    /// As F(2x2, 3x3)'s ([`WinogradConv`]), by F(4x4, 3x3): the gradient of the
+    /// transformed filters is `dU[ξ] = Σ_tiles Z[ξ] V[ξ]` over the 36 positions, with
+    /// `Z = A dY Aᵀ` (the 4x4 output-gradient tile `dY` taken back to 6x6) and `V` the
+    /// forward pass's input tiles; `dW = Gᵀ dU G` once in [`ConvKernel::add_gradient`].
+    /// 2.25 multiply-adds a filter tap per output instead of 4. The columns of rows of
+    /// fewer than 8 tiles that the tile-row transforms leave empty get zeros in `Z`.
+    /// `scratch` (at least [`Winograd4Conv::gradient_scratch_len`] values) needs no
+    /// clearing.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry, there are more images than
+    /// [`ConvKernel::images_per_gradient`], or `acc` is another layer's.
     fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
-        self.gradient.weight_gradient_images(x, dout, acc, scratch);
+        let g = &self.g;
+        let (c, fp, tp) = (g.c, self.fp(), self.tp);
+        let (in_len, out_len) = (c * g.h * g.w, self.filters * g.out_h * g.out_w);
+        let n = x.len() / in_len.max(1);
+        assert_eq!(x.len(), n * in_len, "Winograd4Conv: input length");
+        assert!(
+            (1..=self.gradient_images).contains(&n),
+            "Winograd4Conv: {n} images at once, at most {}",
+            self.gradient_images
+        );
+        assert_eq!(dout.len(), n * out_len, "Winograd4Conv: dout length");
+        assert!(
+            acc.winograd == Some((36, c.div_ceil(16) * 16))
+                && acc.k == g.col_rows()
+                && acc.fp == fp
+                && acc.db.len() == self.filters,
+            "Winograd4Conv: accumulator of another shape"
+        );
+        assert!(
+            scratch.len() >= self.gradient_scratch_len(),
+            "Winograd4Conv: scratch too short"
+        );
+        let (v_stride, z_stride) = (self.v_stride_of(n), self.z_stride_of(n));
+        let (padded, rest) = scratch.split_at_mut(self.padded_len());
+        // the tile-row transforms read the slack after the plane into the columns of a
+        // row of fewer than 8 tiles that hold no tile, whose `Z` rows are zeros: zeros
+        // there keep those products zeros, whatever the scratch held
+        padded[self.hs * self.ws..].fill(0.0);
+        let (v, rest) = rest.split_at_mut(36 * v_stride);
+        let (dt, rest) = rest.split_at_mut(self.dt_len());
+        let z = &mut rest[..36 * z_stride];
+        self.transform_input(x, padded, v);
+        let (gw, slots) = (4 * self.tw, Self::row_slots(self.isa, self.tw));
+        for (image, dout) in dout.chunks_exact(out_len).enumerate() {
+            grid_filters_last(self.isa, dout, (g.out_h, g.out_w), (4 * self.th, gw), dt, &mut acc.db);
+            for i in 0..self.th {
+                for j in self.tw..slots {
+                    let row = (image * tp + self.column(i, j)) * fp;
+                    for zx in z.chunks_mut(z_stride) {
+                        zx[row..row + fp].fill(0.0);
+                    }
+                }
+                for j in 0..self.tw {
+                    for f0 in (0..fp).step_by(16) {
+                        // SAFETY: `self.isa` runs here, as in `transform_input`. Reads 16
+                        // values at grid positions (4i + a, 4j + b), `a, b < 4`, inside
+                        // the `4 th x 4 tw` grid of `dt`, from lane `f0 + 16 <= fp`;
+                        // writes 16 values at row `image tp + column(i, j) < n tp` of
+                        // each of the 36 positions of `z` (`z_stride` apart).
+                        unsafe {
+                            let src = dt.as_ptr().add((4 * i * gw + 4 * j) * fp + f0);
+                            let dst = z.as_mut_ptr().add((image * tp + self.column(i, j)) * fp + f0);
+                            transform::output_gradient_tile4(self.isa, src, gw * fp, fp, dst, z_stride);
+                        }
+                    }
+                }
+            }
+        }
+        // with more than one image, the columns fill their rows (`gradient_images_for`),
+        // so the images' tiles follow one another
+        let columns = self.th * slots;
+        debug_assert!(n == 1 || columns == tp);
+        gradient_products(
+            self.isa,
+            (v, v_stride),
+            (z, z_stride),
+            (c, n * tp),
+            (n - 1) * tp + columns,
+            acc,
+        );
     }
 
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
-        self.gradient.add_gradient(acc, dw, db);
+        let (f, k) = (self.filters, acc.k);
+        let Some((36, cp)) = acc.winograd else {
+            panic!("Winograd4Conv: accumulator of another kernel")
+        };
+        assert_eq!(dw.len(), f * k, "Winograd4Conv: dW length");
+        assert_eq!(db.len(), f, "Winograd4Conv: db length");
+        // dW = Gᵀ dU G for every filter and channel; no image in, no sums (zeros)
+        for (fi, row) in dw.chunks_exact_mut(k).enumerate().filter(|_| !acc.sums.is_empty()) {
+            for (ci, g) in row.chunks_exact_mut(9).enumerate() {
+                let du: [f32; 36] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
+                for (v, d) in g.iter_mut().zip(transform_filter_gradient(&du)) {
+                    *v += d;
+                }
+            }
+        }
+        for (a, b) in db.iter_mut().zip(&acc.db) {
+            *a += b;
+        }
     }
+}
+
+/// `Gᵀ dU G` for one filter's 36 transformed-gradient values (`ξ = 6 row + col`): the
+/// gradient of the 3x3 filter, row-major. In `f64` (it runs once a step, and `G`'s
+/// sixths and twenty-fourths weigh sums that largely cancel).
+fn transform_filter_gradient(du: &[f32; 36]) -> [f32; 9] {
+    // Gᵀ applied to the six values of a column (or G to a row)
+    let gt = |u: [f64; 6]| {
+        let (s12, d21, s34, d34) = (u[1] + u[2], u[2] - u[1], u[3] + u[4], u[3] - u[4]);
+        [
+            u[0] / 4.0 - s12 / 6.0 + s34 / 24.0,
+            d21 / 6.0 + d34 / 12.0,
+            (s34 - s12) / 6.0 + u[5],
+        ]
+    };
+    // Gᵀ dU: 3 x 6, column by column; then each of its rows times G
+    let cols: [[f64; 3]; 6] = std::array::from_fn(|col| gt(std::array::from_fn(|row| f64::from(du[6 * row + col]))));
+    let mut g = [0.0f32; 9];
+    for (p, out) in g.chunks_exact_mut(3).enumerate() {
+        for (o, v) in out.iter_mut().zip(gt(std::array::from_fn(|col| cols[col][p]))) {
+            *o = v as f32;
+        }
+    }
+    g
 }
 
 /// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`.
@@ -928,8 +1123,9 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_empty_accumulators_are_zeros, assert_images_at_once_are_each_in_turn};
     use super::*;
-    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference, random4};
+    use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
 
     #[test]
     fn filter_transform_is_g_g_gt() {
@@ -1038,28 +1234,160 @@ mod tests {
     }
 
     #[test]
-    fn its_filter_gradient_is_f2s() {
-        let cases = [(16, 14, 14, 32, 3, 3, 1), (3, 9, 11, 5, 3, 3, 0), (4, 6, 6, 5, 3, 3, 2)];
+    fn its_filter_gradient_matches_the_reference() {
+        // the forward's cases: the network's layers (16 -> 16 on 28 x 28: rows of 7
+        // tiles in 8 columns), ragged tiles, filters not a multiple of 16, 1 to 9 tiles
+        // a row (rows of 5, 6 and 7 tiles with empty columns, 8, and the tile-by-tile
+        // transforms past 8); 80 filters (register tiles of 64 and 16 lanes); the
+        // scratch starts as NaN
+        let cases = [
+            (16, 14, 14, 32, 3, 3, 1),
+            (32, 14, 14, 32, 3, 3, 2),
+            (32, 16, 16, 16, 3, 3, 0),
+            (3, 9, 11, 5, 3, 3, 0),
+            (5, 13, 10, 13, 3, 3, 1),
+            (4, 34, 16, 9, 3, 3, 1),
+            (2, 21, 7, 3, 3, 3, 2),
+            (2, 3, 3, 3, 3, 3, 0),
+            (1, 4, 3, 2, 3, 3, 0),
+            (6, 40, 6, 8, 3, 3, 1),
+            (16, 28, 28, 16, 3, 3, 1),
+            (3, 18, 20, 5, 3, 3, 0),
+            (2, 21, 24, 3, 3, 3, 1),
+            (4, 30, 30, 9, 3, 3, 2),
+            (3, 33, 33, 8, 3, 3, 1),
+            (17, 12, 12, 80, 3, 3, 1),
+        ];
         assert_weight_gradient_matches_reference(&cases, Winograd4Conv::with_isa);
     }
 
-    /// Its filter gradient takes as many images at once as F(2x2, 3x3)'s and gives
-    /// its sums, bit for bit (an 8 x 8 output: 5 images).
+    /// Several images at once give each in turn's bits: outputs of 14 x 14 and 16 x 16
+    /// (16 tiles: 5 images), 16 x 32 (32 columns: 2), and those that take one (28 x 28:
+    /// 56 columns in 64; 10 x 10: 9 tiles).
     #[test]
-    fn its_filter_gradient_of_images_at_once_is_f2s() {
-        let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
-        let (x, dout) = (random4((5, 8, 8, 8), 3), random4((5, 16, 8, 8), 4));
-        let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
-        for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
-            let k4 = Winograd4Conv::with_isa(&[0.5; 16 * 72], 16, &g, isa).unwrap();
-            let k2 = WinogradConv::with_isa(&[0.5; 16 * 72], 16, &g, isa).unwrap();
-            assert_eq!((k4.images_per_gradient(), k2.images_per_gradient()), (5, 5), "{isa}");
-            let mut scratch = vec![f32::NAN; k4.gradient_scratch_len()];
-            let (mut a4, mut a2) = (k4.gradient_accumulator(), k2.gradient_accumulator());
-            k4.weight_gradient_images(x, dout, &mut a4, &mut scratch);
-            k2.weight_gradient_images(x, dout, &mut a2, &mut scratch);
-            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!((bits(&a4.sums), bits(&a4.db)), (bits(&a2.sums), bits(&a2.db)), "{isa}");
+    fn its_filter_gradient_of_images_at_once_is_that_of_each_in_turn() {
+        let cases = [
+            (32, 16, 16, 64, 0, 5),
+            (17, 14, 14, 70, 1, 5),
+            (16, 14, 14, 16, 2, 5),
+            (9, 16, 32, 20, 1, 2),
+            (8, 28, 28, 16, 1, 1),
+            (8, 10, 10, 16, 1, 1),
+        ];
+        assert_images_at_once_are_each_in_turn(&cases, |f, g, isa| {
+            Box::new(Winograd4Conv::with_isa(&vec![0.5; f * g.col_rows()], f, g, isa).unwrap())
+        });
+    }
+
+    #[test]
+    fn an_accumulator_of_no_images_is_zeros() {
+        assert_empty_accumulators_are_zeros(|f, g, isa| {
+            Box::new(Winograd4Conv::with_isa(&vec![0.5; f * g.col_rows()], f, g, isa).unwrap())
+        });
+    }
+
+    /// F(2x2, 3x3)'s accumulators (16 positions) are not F(4x4, 3x3)'s (36): they do
+    /// not merge, and neither kernel takes the other's.
+    #[test]
+    fn takes_no_accumulator_of_f2() {
+        let g = ConvGeometry::new(16, 14, 14, 3, 3, 1, 1).unwrap();
+        let w = vec![0.5; 16 * 16 * 9];
+        let (k4, k2) = (
+            Winograd4Conv::with_isa(&w, 16, &g, Isa::Scalar).unwrap(),
+            WinogradConv::with_isa(&w, 16, &g, Isa::Scalar).unwrap(),
+        );
+        let (a4, a2) = (k4.gradient_accumulator(), k2.gradient_accumulator());
+        let fails = |f: &mut dyn FnMut()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(fails(&mut || a4.clone().merge(&a2)));
+        assert!(fails(&mut || a2.clone().merge(&a4)));
+        let (mut dw, mut db) = (vec![0.0; 16 * 144], vec![0.0; 16]);
+        assert!(fails(&mut || k4.add_gradient(&a2, &mut dw, &mut db)));
+        assert!(fails(&mut || k2.add_gradient(&a4, &mut dw, &mut db)));
+        let (x, dout) = (vec![0.0; 16 * 196], vec![0.0; 16 * 196]);
+        let mut scratch = vec![0.0; k4.gradient_scratch_len().max(k2.gradient_scratch_len())];
+        assert!(fails(&mut || k4.weight_gradient_image(
+            &x,
+            &dout,
+            &mut a2.clone(),
+            &mut scratch
+        )));
+        assert!(fails(&mut || k2.weight_gradient_image(
+            &x,
+            &dout,
+            &mut a4.clone(),
+            &mut scratch
+        )));
+    }
+
+    /// `Aᵀ` of F(4x4, 3x3), row-major (4 x 6).
+    const AT: [[f64; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+
+    /// The output-gradient transform of one tile and 16 filters at every level: `A dY
+    /// Aᵀ` by the matrices, and the same bits at each level; it reads `dY` from a grid
+    /// (rows `row` apart, positions `fp`) and writes positions `pos` apart.
+    #[test]
+    fn output_gradient_tile_is_a_dy_at() {
+        let (fp, row, pos) = (32, 32 * 9, 16 * 3 + 5);
+        let grid: Vec<f32> = (0..4 * row).map(|i| ((i * 7919) % 211) as f32 / 16.0 - 6.5).collect();
+        let mut first: Option<Vec<f32>> = None;
+        for isa in Isa::supported_levels() {
+            let mut z = vec![f32::NAN; 36 * pos];
+            // SAFETY: `isa` runs here; reads 16 values at `a row + b fp` (`a, b < 4`) of
+            // the grid, writes 16 at each of 36 rows `pos` apart.
+            unsafe { transform::output_gradient_tile4(isa, grid.as_ptr(), row, fp, z.as_mut_ptr(), pos) };
+            for l in 0..16 {
+                let dy = |a: usize, b: usize| f64::from(grid[a * row + b * fp + l]);
+                for k in 0..6 {
+                    for q in 0..6 {
+                        let mut want = 0.0;
+                        for (a, ra) in AT.iter().enumerate() {
+                            for (b, rb) in AT.iter().enumerate() {
+                                want += ra[k] * dy(a, b) * rb[q];
+                            }
+                        }
+                        let got = f64::from(z[(6 * k + q) * pos + l]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{isa}: Z[{k}][{q}] lane {l}"
+                        );
+                    }
+                }
+            }
+            let written: Vec<f32> = z.chunks(pos).flat_map(|r| r[..16].to_vec()).collect();
+            match &first {
+                None => first = Some(written),
+                Some(f) => assert!(f.iter().zip(&written).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}"),
+            }
+        }
+    }
+
+    #[test]
+    fn filter_gradient_transform_is_gt_du_g() {
+        let gm = [
+            [0.25f64, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let du: [f32; 36] = std::array::from_fn(|i| ((i * 17) % 13) as f32 - 6.0);
+        let dw = transform_filter_gradient(&du);
+        for p in 0..3 {
+            for q in 0..3 {
+                let mut want = 0.0f64;
+                for k in 0..6 {
+                    for l in 0..6 {
+                        want += gm[k][p] * f64::from(du[6 * k + l]) * gm[l][q];
+                    }
+                }
+                assert!((f64::from(dw[3 * p + q]) - want).abs() < 1e-6, "dW[{p}][{q}]");
+            }
         }
     }
 

@@ -446,7 +446,7 @@ impl ConvKernel for WinogradConv {
             db: vec![0.0; self.filters],
             k: self.g.col_rows(),
             fp: self.fp(),
-            winograd: Some(cp),
+            winograd: Some((16, cp)),
         }
     }
 
@@ -495,7 +495,7 @@ impl ConvKernel for WinogradConv {
         );
         assert_eq!(dout.len(), n * out_len, "WinogradConv: dout length");
         assert!(
-            acc.winograd == Some(cp) && acc.k == g.col_rows() && acc.fp == fp && acc.db.len() == self.filters,
+            acc.winograd == Some((16, cp)) && acc.k == g.col_rows() && acc.fp == fp && acc.db.len() == self.filters,
             "WinogradConv: accumulator of another shape"
         );
         assert!(
@@ -508,37 +508,9 @@ impl ConvKernel for WinogradConv {
         let (dt, rest) = rest.split_at_mut(self.dt_len());
         let z = &mut rest[..16 * z_stride];
         self.transform_input(x, padded, v);
-        let (oh, ow, gw) = (g.out_h, g.out_w, 2 * self.tw);
+        let gw = 2 * self.tw;
         for (image, dout) in dout.chunks_exact(out_len).enumerate() {
-            // dout filters-last on the tiles' grid, zeros outside OH x OW and past FN, in
-            // 16 x 16 blocks transposed in registers; db
-            for f0 in (0..fp).step_by(16) {
-                // f0 < FN: the filters rounded up to 16 end less than 16 past FN
-                let rows = (self.filters - f0).min(16);
-                let mut sums = [0.0f32; 16];
-                for oy in 0..2 * self.th {
-                    for ox0 in (0..gw).step_by(16) {
-                        let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
-                        let stores = (gw - ox0).min(16);
-                        debug_assert!(lanes == 0 || (f0 + rows - 1) * oh * ow + oy * ow + ox0 + lanes <= dout.len());
-                        debug_assert!((oy * gw + ox0 + stores) * fp <= dt.len());
-                        // SAFETY: `self.isa` runs here, as above. Reads `lanes` values (none
-                        // when 0) at `(f0 + r, oy, ox0)` of `dout` for `r < rows`, with
-                        // `f0 + rows <= FN`, `oy < OH` and `ox0 + lanes <= OW`; writes 16
-                        // values at each of the `stores` grid positions `(oy, ox0 + q)`,
-                        // `ox0 + stores <= 2 tw`, `oy < 2 th`, from lane `f0 + 16 <= fp`
-                        // of `dt`.
-                        unsafe {
-                            let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
-                            let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
-                            transform::transpose_block(self.isa, src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
-                        }
-                    }
-                }
-                for (b, s) in acc.db[f0..].iter_mut().zip(&sums[..rows]) {
-                    *b += s;
-                }
-            }
+            grid_filters_last(self.isa, dout, (g.out_h, g.out_w), (2 * self.th, gw), dt, &mut acc.db);
             for i in 0..self.th {
                 for j in 0..self.tw {
                     for f0 in (0..fp).step_by(16) {
@@ -556,68 +528,25 @@ impl ConvKernel for WinogradConv {
                 }
             }
         }
-        // dU[ξ] (C, FN) += V[ξ] (C, n tiles) · Z[ξ] (n tiles, FN): rows of channels,
-        // lanes of filters (16, 32, 48 or 64 at a time); with more than one image, the
-        // tiles fill their rows (`gradient_images_for`), so the images' tiles follow one
-        // another
+        // with more than one image, the tiles fill their rows (`gradient_images_for`), so
+        // the images' tiles follow one another
         let tiles = self.th * self.tw;
         debug_assert!(n == 1 || tiles == tp);
-        // the first images into an accumulator store their sums into its new buffer
-        let (fresh, len) = (acc.sums.is_empty(), acc.sums_len());
-        if fresh {
-            acc.sums.reserve_exact(len);
-        }
-        assert!(
-            fresh || acc.sums.len() == len,
-            "WinogradConv: accumulator of another shape"
+        gradient_products(
+            self.isa,
+            (v, v_stride),
+            (z, z_stride),
+            (c, n * tp),
+            (n - 1) * tp + tiles,
+            acc,
         );
-        let sums = acc.sums.as_mut_ptr();
-        let (row, inner) = (n * tp, (n - 1) * tp + tiles);
-        let positions = v.chunks_exact(v_stride).zip(z.chunks_exact(z_stride));
-        for (xi, (vx, zx)) in positions.enumerate() {
-            let (vx, zx) = (&vx[..c * row], &zx[..row * fp]);
-            for f0 in (0..fp).step_by(64) {
-                let nv = ((fp - f0) / 16).min(4);
-                let mr = match nv {
-                    1 => 16,
-                    2 | 3 => 8,
-                    _ => 4,
-                };
-                for c0 in (0..cp).step_by(mr) {
-                    // rows past C read channel C - 1 again; their sums land in the
-                    // accumulator's padding rows
-                    let mut offs = [0usize; GRADIENT_TILE];
-                    for (m, o) in offs.iter_mut().enumerate().take(mr) {
-                        *o = (c0 + m).min(c - 1) * row;
-                    }
-                    debug_assert!(offs[..mr].iter().all(|&o| o + inner <= vx.len()));
-                    debug_assert!((inner - 1) * fp + f0 + 16 * nv <= zx.len());
-                    // SAFETY: `self.isa` runs here, as above. The kernel reads `inner`
-                    // values at each offset `c' n tp`, `c' < C`, of `vx` (`C n tp`
-                    // values); `16 nv` values from lane `f0` (`f0 + 16 nv <= fp`) at each
-                    // of `inner <= n tp` rows of `zx` (`fp` apart); it adds to `mr` rows
-                    // from `(ξ cp + c0)` of `acc.sums` (`fp` apart, `c0 + mr <= cp` as
-                    // `mr` divides 16), `16 nv` lanes from `f0` (of the buffer's
-                    // capacity, `16 cp fp` values, when `fresh`: then it only writes).
-                    unsafe {
-                        let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
-                        let out = sums.add((xi * cp + c0) * fp + f0);
-                        gradient(self.isa, xp, &offs, mr, d, fp, inner, out, nv, fresh);
-                    }
-                }
-            }
-        }
-        if fresh {
-            // SAFETY: the capacity is `len`, and the loops above wrote every value: the
-            // 16 positions, the rows `c0 + m < cp` (`mr` divides `cp`), and the lanes
-            // `f0 + l < fp` (`16 nv` from each multiple of 64, `fp` a multiple of 16).
-            unsafe { acc.sums.set_len(len) };
-        }
     }
 
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
         let (f, k) = (self.filters, acc.k);
-        let cp = acc.winograd.expect("WinogradConv: accumulator of another kernel");
+        let Some((16, cp)) = acc.winograd else {
+            panic!("WinogradConv: accumulator of another kernel")
+        };
         assert_eq!(dw.len(), f * k, "WinogradConv: dW length");
         assert_eq!(db.len(), f, "WinogradConv: db length");
         // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C); no image in,
@@ -657,6 +586,124 @@ pub(crate) fn pad_channel(
     // `H x W` plane and `padded` the `hs x ws` one, with `pad + H <= hs`, `pad + W <= ws`
     // (asserted above); `next` is only a hint for the prefetches, which never fault.
     unsafe { transform::pad_plane(isa, src.as_ptr(), g.h, g.w, g.pad, next, padded.as_mut_ptr(), hs, ws) };
+}
+
+/// One image's output gradient `dout` `(FN, OH, OW)` on the tiles' grid of `gh x gw`
+/// positions, filters last: `dt[y][x][f]`, `fp` lanes a position (`FN = db.len()`
+/// rounded up to 16), zeros outside `OH x OW` and past `FN`, in 16 x 16 blocks
+/// transposed in registers; the row sums of `dout` are added to `db`. Both Winograd
+/// kernels' filter gradients start from it.
+///
+/// # Panics
+/// If `dout` is not `FN OH OW` values, the grid is smaller than the output or `dt`
+/// holds fewer than `gh gw fp` values.
+fn grid_filters_last(
+    isa: Isa,
+    dout: &[f32],
+    (oh, ow): (usize, usize),
+    (gh, gw): (usize, usize),
+    dt: &mut [f32],
+    db: &mut [f32],
+) {
+    let filters = db.len();
+    let fp = filters.div_ceil(16) * 16;
+    assert!(dout.len() == filters * oh * ow && gh >= oh && gw >= ow && dt.len() >= gh * gw * fp);
+    for f0 in (0..fp).step_by(16) {
+        // f0 < FN: the filters rounded up to 16 end less than 16 past FN
+        let rows = (filters - f0).min(16);
+        let mut sums = [0.0f32; 16];
+        for oy in 0..gh {
+            for ox0 in (0..gw).step_by(16) {
+                let lanes = if oy < oh { ow.saturating_sub(ox0).min(16) } else { 0 };
+                let stores = (gw - ox0).min(16);
+                debug_assert!(lanes == 0 || (f0 + rows - 1) * oh * ow + oy * ow + ox0 + lanes <= dout.len());
+                debug_assert!((oy * gw + ox0 + stores) * fp <= dt.len());
+                // SAFETY: `isa` runs here (the kernels' `with_isa` checked it). Reads
+                // `lanes` values (none when 0) at `(f0 + r, oy, ox0)` of `dout` for
+                // `r < rows`, with `f0 + rows <= FN`, `oy < OH` and `ox0 + lanes <= OW`;
+                // writes 16 values at each of the `stores` grid positions `(oy, ox0 + q)`,
+                // `ox0 + stores <= gw`, `oy < gh`, from lane `f0 + 16 <= fp` of `dt`.
+                unsafe {
+                    let src = dout.as_ptr().wrapping_add(f0 * oh * ow + oy * ow + ox0);
+                    let dst = dt.as_mut_ptr().add((oy * gw + ox0) * fp + f0);
+                    transform::transpose_block(isa, src, oh * ow, rows, lanes, dst, fp, stores, &mut sums);
+                }
+            }
+        }
+        for (b, s) in db[f0..].iter_mut().zip(&sums[..rows]) {
+            *b += s;
+        }
+    }
+}
+
+/// The Winograd filter gradient's products, added to `acc` (or stored, into its new
+/// buffer, by the first images into it): `dU[ξ] (C, FN) += V[ξ] (C, inner) · Z[ξ]
+/// (inner, FN)` for each of the accumulator's positions `ξ`, `V`'s channel rows `row`
+/// values apart (positions `v_stride` apart), `Z`'s rows `fp` lanes (positions
+/// `z_stride` apart); the inner dimension is the tiles, in order. The register tiles are
+/// rows of channels by lanes of filters (16, 32, 48 or 64 at a time); rows past `C`
+/// read channel `C - 1` again and land in the accumulator's padding rows.
+///
+/// # Panics
+/// If `acc` is not a Winograd accumulator, `V` or `Z` is too short for its positions,
+/// or `inner > row`.
+fn gradient_products(
+    isa: Isa,
+    (v, v_stride): (&[f32], usize),
+    (z, z_stride): (&[f32], usize),
+    (c, row): (usize, usize),
+    inner: usize,
+    acc: &mut GradientAccumulator,
+) {
+    let (positions, cp) = acc.winograd.expect("Winograd: accumulator of another kernel");
+    let fp = acc.fp;
+    assert!(isa.runs_here() && c > 0 && c <= cp && cp.is_multiple_of(16) && (1..=row).contains(&inner));
+    assert!(v_stride >= c * row && z_stride >= row * fp);
+    assert!(v.len() >= (positions - 1) * v_stride + c * row && z.len() >= (positions - 1) * z_stride + row * fp);
+    let (fresh, len) = (acc.sums.is_empty(), acc.sums_len());
+    if fresh {
+        acc.sums.reserve_exact(len);
+    }
+    assert!(fresh || acc.sums.len() == len, "Winograd: accumulator of another shape");
+    let sums = acc.sums.as_mut_ptr();
+    let positions = v.chunks(v_stride).zip(z.chunks(z_stride)).take(positions);
+    for (xi, (vx, zx)) in positions.enumerate() {
+        let (vx, zx) = (&vx[..c * row], &zx[..row * fp]);
+        for f0 in (0..fp).step_by(64) {
+            let nv = ((fp - f0) / 16).min(4);
+            let mr = match nv {
+                1 => 16,
+                2 | 3 => 8,
+                _ => 4,
+            };
+            for c0 in (0..cp).step_by(mr) {
+                let mut offs = [0usize; GRADIENT_TILE];
+                for (m, o) in offs.iter_mut().enumerate().take(mr) {
+                    *o = (c0 + m).min(c - 1) * row;
+                }
+                debug_assert!(offs[..mr].iter().all(|&o| o + inner <= vx.len()));
+                debug_assert!((inner - 1) * fp + f0 + 16 * nv <= zx.len());
+                // SAFETY: `isa` runs here (asserted). The kernel reads `inner <= row`
+                // values at each offset `c' row`, `c' < C`, of `vx` (`C row` values);
+                // `16 nv` values from lane `f0` (`f0 + 16 nv <= fp`) at each of `inner`
+                // rows of `zx` (`fp` apart); it adds to `mr` rows from `(ξ cp + c0)` of
+                // `acc.sums` (`fp` apart, `c0 + mr <= cp` as `mr` divides 16), `16 nv`
+                // lanes from `f0` (of the buffer's capacity, `positions cp fp` values,
+                // when `fresh`: then it only writes).
+                unsafe {
+                    let (xp, d) = (vx.as_ptr(), zx.as_ptr().add(f0));
+                    let out = sums.add((xi * cp + c0) * fp + f0);
+                    gradient(isa, xp, &offs, mr, d, fp, inner, out, nv, fresh);
+                }
+            }
+        }
+    }
+    if fresh {
+        // SAFETY: the capacity is `len`, and the loops above wrote every value: the
+        // positions, the rows `c0 + m < cp` (`mr` divides `cp`), and the lanes
+        // `f0 + l < fp` (`16 nv` from each multiple of 64, `fp` a multiple of 16).
+        unsafe { acc.sums.set_len(len) };
+    }
 }
 
 /// `M[ξ] = U[ξ] · V[ξ]`, `(blocks*MR, tp)`, for each position `ξ` of `packed`: `U` as
@@ -776,6 +823,7 @@ mod transform {
     dispatch! {
         fn input_tiles(src: *const f32, ws: usize, l: usize, dst: *mut f32, pos: usize, mask: u16);
         fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize);
+        fn output_gradient_tile4(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize);
         fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize);
         fn transpose_block(
             src: *const f32, plane: usize, rows: usize, lanes: usize, dst: *mut f32, fp: usize, stores: usize,
@@ -833,6 +881,10 @@ mod tests {
             (3, 3, 0, 4, 4),
             (4, 10, 9, 22, 28),
             (6, 12, 1, 8, 22),
+            // rows of 16 values or more at AVX-512: whole registers, the last ending at
+            // the row's end (18, 30, 42 above), or not overlapping (32, 48)
+            (20, 30, 1, 22, 32),
+            (6, 44, 2, 10, 48),
             // rows past 48 values (the AVX-512 level's masks computed register by
             // register): 49, 64 and 66
             (3, 47, 1, 5, 49),
@@ -1033,11 +1085,27 @@ mod tests {
             (16, 14, 14, 16, 2, 1),
             (8, 10, 10, 16, 1, 1),
         ];
+        assert_images_at_once_are_each_in_turn(&cases, |f, g, isa| {
+            Box::new(WinogradConv::for_gradient(f, g, isa).unwrap())
+        });
+    }
+
+    /// A kernel for the filter gradient of `FN` filters on a geometry at a level.
+    pub(super) type GradientKernel = fn(usize, &ConvGeometry, Isa) -> Box<dyn ConvKernel>;
+
+    /// For each case `(C, H, W, FN, pad, images at once)` at every level: the kernel
+    /// `build` gives takes that many images at once, and the filter gradient of all of
+    /// them (and of half as many), after one image in the accumulator, gives the bits of
+    /// each in turn; the scratch starts as NaN.
+    pub(super) fn assert_images_at_once_are_each_in_turn(
+        cases: &[(usize, usize, usize, usize, usize, usize)],
+        build: GradientKernel,
+    ) {
         for (case, &(c, h, w, f, pad, most)) in cases.iter().enumerate() {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
             let (in_len, out_len) = (c * h * w, f * g.out_h * g.out_w);
             for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
-                let k = WinogradConv::for_gradient(f, &g, isa).unwrap();
+                let k = build(f, &g, isa);
                 assert_eq!(k.images_per_gradient(), most, "case {case} at {isa}");
                 for n in [most, most.div_ceil(2)] {
                     let x = random4((n, c, h, w), 40 + case as u64);
@@ -1111,9 +1179,16 @@ mod tests {
     /// other's sums, and the first image's products store what they would add to zeros.
     #[test]
     fn an_accumulator_of_no_images_is_zeros() {
+        assert_empty_accumulators_are_zeros(|f, g, isa| Box::new(WinogradConv::for_gradient(f, g, isa).unwrap()));
+    }
+
+    /// An accumulator of no images (the kernel `build` gives, 16 filters on an 8 x 8
+    /// input of 8 channels): the first image's sums are those added to zeros; it adds
+    /// nothing to `dW` and `db`, and merges as zeros both ways.
+    pub(super) fn assert_empty_accumulators_are_zeros(build: GradientKernel) {
         let g = ConvGeometry::new(8, 8, 8, 3, 3, 1, 1).unwrap();
         for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
-            let k = WinogradConv::for_gradient(16, &g, isa).unwrap();
+            let k = build(16, &g, isa);
             let (x, dout) = (random4((1, 8, 8, 8), 1), random4((1, 16, 8, 8), 2));
             let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
             let mut scratch = vec![f32::NAN; k.gradient_scratch_len()];

@@ -132,6 +132,52 @@ pub unsafe fn output_gradient_tile(src: *const f32, row: usize, fp: usize, dst: 
     }
 }
 
+/// `A d` for four 16-lane values of an output-gradient tile column (or `d Aᵀ` for a row)
+/// of Winograd F(4x4, 3x3): its six transformed values, `Aᵀ`'s columns (the
+/// interpolation points 0, 1, -1, 2, -2 and the point at infinity) applied lane by lane.
+#[inline(always)]
+fn a6(d: &[[f32; 16]; 4]) -> [[f32; 16]; 6] {
+    let mut z = [[0.0f32; 16]; 6];
+    for l in 0..16 {
+        let [d0, d1, d2, d3] = [d[0][l], d[1][l], d[2][l], d[3][l]];
+        let (s02, s13) = (d0 + d2, d1 + d3);
+        let (q02, q13) = (d0 + 4.0 * d2, 2.0 * d1 + 8.0 * d3);
+        z[0][l] = d0;
+        z[1][l] = s02 + s13;
+        z[2][l] = s02 - s13;
+        z[3][l] = q02 + q13;
+        z[4][l] = q02 - q13;
+        z[5][l] = d3;
+    }
+    z
+}
+
+/// `Z = A dY Aᵀ` for one F(4x4, 3x3) tile and 16 filters: `dY[a][b]` (`a, b < 4`) is 16
+/// values at `src + a row + b fp`; `Z[ξ]`, `ξ = 6 k + l`, is stored as 16 values at
+/// `dst + ξ pos`. Plain `f32` additions and multiplies by 2, 4 and 8 (exact), no fused
+/// multiply-add: every instruction set's build gives the same bits.
+///
+/// # Safety
+/// `src` is valid for reads of 16 values at `a row + b fp`, `a, b < 4`; `dst` for writes
+/// of 16 values at each of 36 rows `pos` apart.
+#[inline(always)]
+pub unsafe fn output_gradient_tile4(src: *const f32, row: usize, fp: usize, dst: *mut f32, pos: usize) {
+    // SAFETY: within the contract.
+    let load =
+        |a: usize, b: usize| -> [f32; 16] { unsafe { src.add(a * row + b * fp).cast::<[f32; 16]>().read_unaligned() } };
+    // A dY, column by column: t[b][k] is row k, column b
+    let t: [[[f32; 16]; 6]; 4] = std::array::from_fn(|b| a6(&std::array::from_fn(|a| load(a, b))));
+    let rows: [[[f32; 16]; 4]; 6] = std::array::from_fn(|k| t.map(|col| col[k]));
+    for (k, row) in rows.iter().enumerate() {
+        // row k of A dY, then Aᵀ along it
+        let z = a6(row);
+        for (q, val) in z.iter().enumerate() {
+            // SAFETY: row `6 k + q < 36`, within the contract.
+            unsafe { dst.add((6 * k + q) * pos).cast::<[f32; 16]>().write_unaligned(*val) };
+        }
+    }
+}
+
 /// Copies an `h x w` plane `x` into the `hs x ws` plane `dst` at row and column `p`,
 /// zeros around it (`next`, the other levels' prefetch distance, unused).
 ///
