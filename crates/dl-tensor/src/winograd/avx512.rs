@@ -149,9 +149,11 @@ pub(super) fn prefix(n: usize) -> __mmask16 {
 /// masks of a row's registers are the same in every row: rows of up to 48 values
 /// (DeepConvNet's) compute them once a plane.
 ///
+/// Rows shorter than 16 values write zeros to the `16 - ws` values past the plane.
+///
 /// # Safety
 /// The CPU has AVX-512F; `x` is valid for reads of `h w` values, `dst` for writes of
-/// `hs ws`; `p + h <= hs`, `p + w <= ws`.
+/// `hs ws + 16` values; `p + h <= hs`, `p + w <= ws`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn pad_plane(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst: *mut f32, hs: usize, ws: usize) {
@@ -203,12 +205,14 @@ unsafe fn pad_wide(x: *const f32, h: usize, w: usize, p: usize, next: isize, dst
 }
 
 /// [`pad_plane`] of rows of at most `16 N` values, the masks of a row's registers
-/// computed once. Rows of 16 values or more go in whole-register stores, the last one
-/// ending at the row's end (over values the one before wrote, with the same values):
-/// masked stores cost far more when the transforms read their values back at once
-/// (the loads wait until the stores reach the cache instead of taking their values from
-/// the store buffer), 18-value rows (`pad_plane` 68% of F(4x4, 3x3)'s filter gradient
-/// on a 14 x 14 layer with masked stores).
+/// computed once, in whole-register stores: on rows of 16 values or more the last
+/// register ends at the row's end (over values the one before wrote, with the same
+/// values); a shorter row's register runs into the next row, which is written after it
+/// (and the last row's `16 - ws` values past the plane, zeros). Masked stores cost far
+/// more when the transforms read their values back at once (the loads wait until the
+/// stores reach the cache instead of taking their values from the store buffer): on
+/// 18-value rows `pad_plane` took 68% of F(4x4, 3x3)'s filter gradient of a 14 x 14
+/// layer with them.
 ///
 /// # Safety
 /// As [`pad_plane`], with `ws <= 16 N`.
@@ -225,14 +229,10 @@ unsafe fn pad_rows<const N: usize>(
     ws: usize,
 ) {
     let zero = _mm512_setzero_ps();
-    let whole = ws >= 16;
     // register `j` from column `start[j]`: `16 j`, the last `ws - 16` (rows of 16 or
-    // more), or 0 with the row's lanes masked (shorter rows)
-    let start: [usize; N] = std::array::from_fn(|j| if whole { (16 * j).min(ws - 16) } else { 0 });
-    let (mut load, mut store) = ([0 as __mmask16; N], [0 as __mmask16; N]);
-    for j in 0..N {
-        (load[j], store[j]) = row_masks(start[j], p, w, ws);
-    }
+    // more), or 0 (shorter rows, `N = 1`); its lanes past `p + w` load zeros
+    let start: [usize; N] = std::array::from_fn(|j| (16 * j).min(ws.saturating_sub(16)));
+    let load: [__mmask16; N] = std::array::from_fn(|j| row_masks(start[j], p, w, ws).0);
     for y in 0..hs {
         let row = dst.wrapping_add(y * ws);
         let inside = (p..p + h).contains(&y);
@@ -251,15 +251,9 @@ unsafe fn pad_rows<const N: usize>(
             } else {
                 zero
             };
-            // SAFETY: 16 values from column `k <= ws - 16` of row `y < hs` (`whole`), or
-            // the lanes in `store[j]`, within the row.
-            unsafe {
-                if whole {
-                    _mm512_storeu_ps(row.add(k), v);
-                } else {
-                    _mm512_mask_storeu_ps(row.add(k), store[j], v);
-                }
-            }
+            // SAFETY: 16 values from column `k <= ws - 16` of row `y < hs`, or from
+            // column 0 of a row shorter than 16: at most `16 - ws` past the plane.
+            unsafe { _mm512_storeu_ps(row.add(k), v) };
         }
     }
 }
