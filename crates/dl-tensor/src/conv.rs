@@ -489,29 +489,36 @@ impl ConvPlan {
             Some(c) => Either::Left(c.par_chunks_mut((k * pooled_len).max(1)).map(Some)),
             None => Either::Right((0..n.div_ceil(k)).into_par_iter().map(|_| None)),
         };
-        let mut out = vec![0.0f32; n * pooled_len];
         let wm = ArrayView2::from_shape((self.filters, g.col_rows()), w).expect("W matrix");
         let scratch = kernel.as_ref().map_or(lowered_len(g), |d| d.scratch_len());
-        out.par_chunks_mut((k * pooled_len).max(1))
-            .zip(x.par_chunks((k * in_len).max(1)))
-            .zip(kept)
-            .for_each(|((o, xs), mut c)| {
-                let images = xs.len() / in_len.max(1);
-                with_scratch(scratch, images * out_len, |s, y| {
-                    match &kernel {
-                        Some(d) => d.forward_images_uninit(xs, bias, crate::kernel::as_uninit(y), s),
-                        None => {
-                            // (as the batch's output is on the other path: cleared first)
-                            y.fill(0.0);
-                            self.forward_image(&wm, bias, lowered(xs, g, s), y);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut((k * pooled_len).max(1))
+                .zip(x.par_chunks((k * in_len).max(1)))
+                .zip(kept)
+                .for_each(|((o, xs), mut c)| {
+                    // cleared by the thread that writes it, just before (the pooling
+                    // writes every value: the clearing keeps this safe code)
+                    let o = zeroed(o);
+                    let images = xs.len() / in_len.max(1);
+                    with_scratch(scratch, images * out_len, |s, y| {
+                        match &kernel {
+                            Some(d) => d.forward_images_uninit(xs, bias, crate::kernel::as_uninit(y), s),
+                            None => {
+                                // (as the batch's output is on the other path: cleared first)
+                                y.fill(0.0);
+                                self.forward_image(&wm, bias, lowered(xs, g, s), y);
+                            }
                         }
-                    }
-                    for (i, (y, o)) in y.chunks(out_len).zip(o.chunks_mut(pooled_len)).enumerate() {
-                        let c = c.as_deref_mut().map(|c| &mut c[i * pooled_len..(i + 1) * pooled_len]);
-                        self.relu_pool_image(y, o, c);
-                    }
-                });
-            });
+                        for (i, (y, o)) in y.chunks(out_len).zip(o.chunks_mut(pooled_len)).enumerate() {
+                            let c = c.as_deref_mut().map(|c| &mut c[i * pooled_len..(i + 1) * pooled_len]);
+                            self.relu_pool_image(y, o, c);
+                        }
+                    });
+                })
+        };
+        // SAFETY: the chunks of `k` images' outputs cover the `n pooled_len` values, and
+        // each is cleared (`zeroed`) before anything else.
+        let out = unsafe { batch_uninit(n * pooled_len, fill) };
         let saved = ConvSaved {
             kernel,
             relu_mask: None,

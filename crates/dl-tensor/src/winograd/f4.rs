@@ -44,7 +44,9 @@
 
 use std::mem::MaybeUninit;
 
-use super::{gradient_products, grid_filters_last, multiply, pad_channel, transform, WinogradConv};
+use super::{
+    by_lanes, gradient_products, grid_filters_last, multiply, pack_filters, pad_channel, transform, WinogradConv,
+};
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
 
@@ -110,18 +112,7 @@ impl Winograd4Conv {
         if !WinogradConv::applies(g) || filters == 0 || !isa.runs_here() {
             return None;
         }
-        let c = g.c;
-        let blocks = filters.div_ceil(MR);
-        let mut packed = vec![0.0f32; 36 * blocks * c * MR];
-        for (f, filter) in w.chunks_exact(c * 9).enumerate() {
-            let (b, r) = (f / MR, f % MR);
-            for (ci, k) in filter.chunks_exact(9).enumerate() {
-                let u = transform_filter(k.try_into().expect("3x3"));
-                for (xi, &v) in u.iter().enumerate() {
-                    packed[((xi * blocks + b) * c + ci) * MR + r] = v;
-                }
-            }
-        }
+        let (c, packed) = (g.c, pack_filters(w, filters, g.c, transform_filters::<MR>));
         let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
         let tp = (th * Self::row_slots(isa, tw)).div_ceil(16) * 16;
         Some(Self {
@@ -627,8 +618,9 @@ fn transform_filter_gradient(du: &[f32; 36]) -> [f32; 9] {
     g
 }
 
-/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`.
-fn transform_filter(g: &[f32; 9]) -> [f32; 36] {
+/// `U = G g Gᵀ` for `L` 3x3 filters side by side (`g[tap][lane]`, taps row-major), as
+/// 36 positions `ξ = 6 row + col` of `L` lanes.
+fn transform_filters<const L: usize>(g: &[[f32; L]; 9]) -> [[f32; L]; 36] {
     // G applied to the three values of a column (or Gᵀ's to a row)
     let gv = |a: f32, b: f32, c: f32| {
         let (ac, b6) = ((a + c) / 6.0, b / 6.0);
@@ -636,12 +628,18 @@ fn transform_filter(g: &[f32; 9]) -> [f32; 36] {
         [a / 4.0, -(ac + b6), b6 - ac, q + h, q - h, c]
     };
     // G g: 6 x 3, column by column; then each of its rows times Gᵀ
-    let cols: [[f32; 6]; 3] = std::array::from_fn(|c| gv(g[c], g[3 + c], g[6 + c]));
-    let mut u = [0.0f32; 36];
+    let cols: [[[f32; L]; 6]; 3] = std::array::from_fn(|c| by_lanes((&g[c], &g[3 + c], &g[6 + c]), gv));
+    let mut u = [[0.0f32; L]; 36];
     for (row, out) in u.chunks_exact_mut(6).enumerate() {
-        out.copy_from_slice(&gv(cols[0][row], cols[1][row], cols[2][row]));
+        out.copy_from_slice(&by_lanes((&cols[0][row], &cols[1][row], &cols[2][row]), gv));
     }
     u
+}
+
+/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 36 values `ξ = 6 row + col`.
+#[cfg(test)]
+fn transform_filter(g: &[f32; 9]) -> [f32; 36] {
+    transform_filters::<1>(&g.map(|v| [v])).map(|[v]| v)
 }
 
 /// `Bᵀ d` for the six values of a tile column (or `d B` for a row).

@@ -123,18 +123,7 @@ impl WinogradConv {
             w.len()
         );
         let mut k = Self::for_gradient(filters, g, isa)?;
-        let c = g.c;
-        let blocks = filters.div_ceil(MR);
-        k.packed = vec![0.0f32; 16 * blocks * c * MR];
-        for (f, filter) in w.chunks_exact(c * 9).enumerate() {
-            let (b, r) = (f / MR, f % MR);
-            for (ci, k3) in filter.chunks_exact(9).enumerate() {
-                let u = transform_filter(k3.try_into().expect("3x3"));
-                for (xi, &v) in u.iter().enumerate() {
-                    k.packed[((xi * blocks + b) * c + ci) * MR + r] = v;
-                }
-            }
-        }
+        k.packed = pack_filters(w, filters, g.c, transform_filters::<MR>);
         Some(k)
     }
 
@@ -757,22 +746,74 @@ fn multiply(
     }
 }
 
-/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 16 values `ξ = 4 row + col`.
-fn transform_filter(g: &[f32; 9]) -> [f32; 16] {
-    // G applied to the three values of a row or column
-    let gv = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    let mut t = [[0.0f32; 3]; 4]; // G g: 4 x 3
-    for col in 0..3 {
-        let r = gv(g[col], g[3 + col], g[6 + col]);
-        for (row, v) in r.iter().enumerate() {
-            t[row][col] = *v;
+/// `U = G g Gᵀ` of every filter and channel of `w` `(filters, C, 3, 3)` (row-major),
+/// packed as `[ξ][block][c][MR]` for the `P` positions `ξ` of a transformed tile
+/// (zeros past `filters`): `transform` takes the 9 taps of the `MR` filters of a block
+/// side by side (lane `r` is filter `block MR + r`), so that its arithmetic runs on
+/// whole registers, and each position's `MR` values are stored together. Both Winograd
+/// kernels build their filters with it once a weight update.
+fn pack_filters<const P: usize>(
+    w: &[f32],
+    filters: usize,
+    c: usize,
+    transform: impl Fn(&[[f32; MR]; 9]) -> [[f32; MR]; P],
+) -> Vec<f32> {
+    assert_eq!(w.len(), filters * c * 9, "pack_filters: W length");
+    let blocks = filters.div_ceil(MR);
+    let mut packed = vec![0.0f32; P * blocks * c * MR];
+    for (b, ci) in (0..blocks).flat_map(|b| (0..c).map(move |ci| (b, ci))) {
+        let taps: [[f32; MR]; 9] = std::array::from_fn(|t| {
+            std::array::from_fn(|r| {
+                let f = b * MR + r;
+                if f < filters {
+                    w[(f * c + ci) * 9 + t]
+                } else {
+                    0.0
+                }
+            })
+        });
+        for (xi, lanes) in transform(&taps).iter().enumerate() {
+            packed[((xi * blocks + b) * c + ci) * MR..][..MR].copy_from_slice(lanes);
         }
     }
-    let mut u = [0.0f32; 16];
-    for (row, tr) in t.iter().enumerate() {
-        u[4 * row..4 * row + 4].copy_from_slice(&gv(tr[0], tr[1], tr[2]));
+    packed
+}
+
+/// `f` applied lane by lane to three arrays of `L` lanes: `out[p][l] = f(a[l], b[l],
+/// c[l])[p]`.
+#[inline(always)]
+fn by_lanes<const L: usize, const P: usize>(
+    (a, b, c): (&[f32; L], &[f32; L], &[f32; L]),
+    f: impl Fn(f32, f32, f32) -> [f32; P],
+) -> [[f32; L]; P] {
+    let mut out = [[0.0f32; L]; P];
+    for l in 0..L {
+        for (o, v) in out.iter_mut().zip(f(a[l], b[l], c[l])) {
+            o[l] = v;
+        }
+    }
+    out
+}
+
+/// `U = G g Gᵀ` for `L` 3x3 filters side by side (`g[tap][lane]`, taps row-major), as
+/// 16 positions `ξ = 4 row + col` of `L` lanes.
+fn transform_filters<const L: usize>(g: &[[f32; L]; 9]) -> [[f32; L]; 16] {
+    // G applied to the three values of a row or column
+    let gv = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // G g: 4 x 3, column by column; then each of its rows times Gᵀ
+    let cols: [[[f32; L]; 4]; 3] = std::array::from_fn(|col| by_lanes((&g[col], &g[3 + col], &g[6 + col]), gv));
+    let mut u = [[0.0f32; L]; 16];
+    for row in 0..4 {
+        let r = by_lanes((&cols[0][row], &cols[1][row], &cols[2][row]), gv);
+        u[4 * row..4 * row + 4].copy_from_slice(&r);
     }
     u
+}
+
+/// `U = G g Gᵀ` for one 3x3 filter `g` (row-major), as 16 values `ξ = 4 row + col`.
+#[cfg(test)]
+fn transform_filter(g: &[f32; 9]) -> [f32; 16] {
+    transform_filters::<1>(&g.map(|v| [v])).map(|[v]| v)
 }
 
 /// `Gᵀ dU G` for one filter's 16 transformed-gradient values (`ξ = 4 row + col`): the
