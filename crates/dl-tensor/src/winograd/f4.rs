@@ -45,7 +45,7 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    by_lanes, gradient_products, grid_filters_last, multiply, pack_filters, pad_channel, transform, WinogradConv,
+    by_lanes, gradient_products, grid_filters_last, multiply, pack_filters, pad_channel, transform, WinogradConv, NR,
 };
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
@@ -60,8 +60,13 @@ pub struct Winograd4Conv {
     filters: usize,
     /// `U = G g Gᵀ` as `[ξ][block][c][MR]`, zeros past `filters`.
     packed: Vec<f32>,
-    /// Offset of channel `c`'s row in one position of `V`: `c * tp`.
-    offsets: Vec<usize>,
+    /// Offsets of the channels' rows in one position of `V` of `n` images (index
+    /// `n - 1`): `c n tp`.
+    offsets: Vec<Vec<usize>>,
+    /// Images the forward pass takes at once: 3 where an image's tiles take 16 columns
+    /// (outputs of 13 to 16 on a side: the products' register tiles 48 columns wide),
+    /// else 1.
+    forward_images: usize,
     /// Tile rows and columns: `ceil(OH/4)`, `ceil(OW/4)`.
     th: usize,
     tw: usize,
@@ -115,12 +120,16 @@ impl Winograd4Conv {
         let (c, packed) = (g.c, pack_filters(w, filters, g.c, transform_filters::<MR>));
         let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
         let tp = (th * Self::row_slots(isa, tw)).div_ceil(16) * 16;
+        let forward_images = (NR / tp).max(1);
         Some(Self {
             g: *g,
             isa,
             filters,
             packed,
-            offsets: (0..c).map(|ci| ci * tp).collect(),
+            offsets: (1..=forward_images)
+                .map(|n| (0..c).map(|ci| ci * n * tp).collect())
+                .collect(),
+            forward_images,
             th,
             tw,
             tp,
@@ -181,18 +190,15 @@ impl Winograd4Conv {
         self.g.c * n * self.tp + 16
     }
 
-    fn v_len(&self) -> usize {
-        36 * self.v_stride_of(1)
+    /// Distance between two positions of `M` of `n` images (rows `blocks*MR` of `n tp`),
+    /// padded as `V`'s.
+    fn m_stride_of(&self, n: usize) -> usize {
+        self.filters.div_ceil(MR) * MR * n * self.tp + 16
     }
 
-    /// Distance between two positions of `M` (rows `blocks*MR` of `tp`), padded as `V`'s.
-    fn m_stride(&self) -> usize {
-        self.filters.div_ceil(MR) * MR * self.tp + 16
-    }
-
-    fn m_len(&self) -> usize {
+    fn m_len_of(&self, n: usize) -> usize {
         // the grouped output transform loads 16 values from a group's first tile
-        36 * self.m_stride() + 16
+        36 * self.m_stride_of(n) + 16
     }
 
     /// Filters rounded up to 16: the lanes of the filter gradient's rows.
@@ -337,16 +343,26 @@ impl Winograd4Conv {
         }
     }
 
-    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`.
-    fn transform_output(&self, m: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-        let (oh, ow, pos) = (self.g.out_h, self.g.out_w, self.m_stride());
-        assert!(m.len() >= self.m_len() && out.len() >= self.filters * oh * ow);
+    /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`,
+    /// for the image `image` of the `n` whose tiles `M` holds (its tiles from column
+    /// `image tp` of each filter's row).
+    fn transform_output(
+        &self,
+        m: &[f32],
+        (n, image): (usize, usize),
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let (oh, ow, pos) = (self.g.out_h, self.g.out_w, self.m_stride_of(n));
+        assert!(image < n && m.len() >= self.m_len_of(n) && out.len() >= self.filters * oh * ow);
         for f in 0..self.filters {
             let b = bias.map_or(0.0, |b| b[f]);
             let of = &mut out[f * oh * ow..(f + 1) * oh * ow];
+            // filter `f`'s columns of the image
+            let fc = f * n * self.tp + image * self.tp;
             if self.grouped() {
                 for (i0, mask) in self.groups() {
-                    let first = f * self.tp + i0 * self.tw;
+                    let first = fc + i0 * self.tw;
                     debug_assert!(first + 35 * pos + 16 <= m.len());
                     // SAFETY: `grouped` means the CPU has AVX-512 and `tw <= 4`. Reads 16
                     // values from `first` at each of the 36 positions: at most 15 past
@@ -363,7 +379,7 @@ impl Winograd4Conv {
                 }
             } else if self.grouped_avx2() {
                 for i0 in (0..self.th).step_by(2) {
-                    let first = f * self.tp + i0 * self.tw;
+                    let first = fc + i0 * self.tw;
                     debug_assert!(first + 35 * pos + 8 <= m.len());
                     // SAFETY: `grouped_avx2` means the CPU has AVX2 and FMA and `tw = 4`.
                     // Reads 8 values from `first` at each of the 36 positions (past the
@@ -379,7 +395,7 @@ impl Winograd4Conv {
                 }
             } else if self.by_rows() {
                 for i in 0..self.th {
-                    let first = f * self.tp + 8 * i;
+                    let first = fc + 8 * i;
                     debug_assert!(first + 35 * pos + 8 <= m.len());
                     // SAFETY: `by_rows` means the CPU has AVX2 and FMA and `tw` is 5 to 8
                     // (`OW <= 32`). Reads 8 values from `first` (within filter `f`'s
@@ -396,7 +412,7 @@ impl Winograd4Conv {
             } else {
                 for i in 0..self.th {
                     for j in 0..self.tw {
-                        let t = f * self.tp + i * self.tw + j;
+                        let t = fc + i * self.tw + j;
                         let y = output_tile(&std::array::from_fn(|xi| m[xi * pos + t]));
                         for (a, ya) in y.iter().enumerate().take(oh - 4 * i) {
                             let row = &mut of[(4 * i + a) * ow + 4 * j..];
@@ -425,7 +441,8 @@ impl ConvKernel for Winograd4Conv {
     }
 
     fn scratch_len(&self) -> usize {
-        self.padded_len() + self.v_len() + self.m_len()
+        let n = self.forward_images;
+        self.padded_len() + 36 * self.v_stride_of(n) + self.m_len_of(n)
     }
 
     fn forward_image_uninit(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
@@ -436,18 +453,63 @@ impl ConvKernel for Winograd4Conv {
             (x, bias, out.len()),
             scratch.len() >= self.scratch_len(),
         );
+        self.forward_images_uninit(x, bias, out, scratch);
+    }
+
+    fn images_per_forward(&self) -> usize {
+        self.forward_images
+    }
+
+    /// The forward pass of `n` images at once (`x` their inputs one after the other,
+    /// `out` their outputs, `1 <= n <=` [`ConvKernel::images_per_forward`]): their tiles
+    /// go side by side through one product per position (on outputs of 13 to 16 on a
+    /// side, 16 columns an image, three images fill the products' register tiles). Each
+    /// output is the one image by image gives, bit for bit.
+    ///
+    /// # Panics
+    /// If a slice length does not match the geometry or there are more images than
+    /// [`ConvKernel::images_per_forward`].
+    fn forward_images_uninit(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let g = &self.g;
+        let (in_len, out_len) = (g.c * g.h * g.w, self.filters * g.out_h * g.out_w);
+        let n = x.len() / in_len.max(1);
+        assert!(
+            (1..=self.forward_images).contains(&n),
+            "Winograd4Conv: {n} images at once, at most {}",
+            self.forward_images
+        );
+        check_forward_args(
+            "Winograd4Conv",
+            g,
+            self.filters,
+            (&x[..in_len], bias, out.len() / n),
+            scratch.len() >= self.scratch_len(),
+        );
+        assert!(
+            x.len() == n * in_len && out.len() == n * out_len,
+            "Winograd4Conv: {n} images' lengths"
+        );
+        let (v_stride, m_stride) = (self.v_stride_of(n), self.m_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
-        let (v, rest) = rest.split_at_mut(self.v_len());
-        let m = &mut rest[..self.m_len()];
+        let (v, rest) = rest.split_at_mut(36 * v_stride);
+        let m = &mut rest[..self.m_len_of(n)];
         self.transform_input(x, padded, v);
         multiply(
             self.isa,
             &self.packed,
-            (&self.offsets, self.filters, self.tp),
-            (v, self.v_stride_of(1)),
-            (m, self.m_stride()),
+            (&self.offsets[n - 1], self.filters, n * self.tp),
+            (v, v_stride),
+            (m, m_stride),
         );
-        self.transform_output(m, bias, out);
+        for (image, out) in out.chunks_exact_mut(out_len).enumerate() {
+            self.transform_output(m, (n, image), bias, out);
+        }
     }
 
     /// Values of scratch space [`Winograd4Conv::weight_gradient_images`] needs (for
@@ -1121,7 +1183,10 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_empty_accumulators_are_zeros, assert_images_at_once_are_each_in_turn};
+    use super::super::tests::{
+        assert_empty_accumulators_are_zeros, assert_forward_images_at_once_are_each_in_turn,
+        assert_images_at_once_are_each_in_turn,
+    };
     use super::*;
     use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
 
@@ -1274,6 +1339,24 @@ mod tests {
         ];
         assert_images_at_once_are_each_in_turn(&cases, |f, g, isa| {
             Box::new(Winograd4Conv::with_isa(&vec![0.5; f * g.col_rows()], f, g, isa).unwrap())
+        });
+    }
+
+    /// Several images' forward at once gives each in turn's bits: 14 x 14 and 16 x 16
+    /// outputs (16 columns an image: 3 at once, at every level), and those that take one
+    /// (28 x 28; 9 x 9: 9 tiles in 16 columns).
+    #[test]
+    fn its_forward_of_images_at_once_is_that_of_each_in_turn() {
+        let cases = [
+            (32, 16, 16, 32, 0, 3),
+            (16, 14, 14, 20, 1, 3),
+            (9, 14, 14, 8, 2, 3),
+            (8, 28, 28, 16, 1, 1),
+            (8, 9, 9, 16, 1, 3),
+            (8, 20, 20, 8, 1, 1),
+        ];
+        assert_forward_images_at_once_are_each_in_turn(&cases, |w, f, g, isa| {
+            Box::new(Winograd4Conv::with_isa(w, f, g, isa).unwrap())
         });
     }
 
@@ -1451,18 +1534,28 @@ mod tests {
 
     #[test]
     fn its_scratch_is_a_padded_plane_v_and_m_and_a_little_slack() {
-        // (C, H, W, FN, pad): planes of 18 x 18, 16 tiles (conv4), 49 tiles in 64, 9 filters
-        for (c, h, w, f, pad) in [(32, 14, 14, 32, 2), (16, 28, 28, 16, 1), (3, 9, 11, 9, 0)] {
+        // (C, H, W, FN, pad, images of the forward, images of the gradient): planes of
+        // 18 x 18, 16 tiles (conv4: 3 images at once forward, 5 in the gradient), 49
+        // tiles in 64, 6 tiles in 16 with 9 filters
+        let cases = [
+            (32, 14, 14, 32, 2, 3, 5),
+            (16, 28, 28, 16, 1, 1, 1),
+            (3, 9, 11, 9, 0, 3, 1),
+        ];
+        for (c, h, w, f, pad, nf, ng) in cases {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
             let k = Winograd4Conv::with_isa(&vec![0.0; f * c * 9], f, &g, Isa::Scalar).unwrap();
+            assert_eq!((k.images_per_forward(), k.images_per_gradient()), (nf, ng), "{g:?}");
             let (th, tw) = (g.out_h.div_ceil(4), g.out_w.div_ceil(4));
             let (hs, ws, tp) = (4 * th + 2, 4 * tw + 2, (th * tw).div_ceil(16) * 16);
-            let parts = hs * ws + 36 * c * tp + 36 * f.div_ceil(MR) * MR * tp;
-            let slack = k.scratch_len() - parts;
-            assert!(
-                slack <= 16 * ws + 36 + 2 * 36 * 16 + 16,
-                "{g:?}: {slack} values of slack"
-            );
+            let fp = f.div_ceil(16) * 16;
+            let forward = hs * ws + 36 * c * nf * tp + 36 * f.div_ceil(MR) * MR * nf * tp;
+            let gradient = hs * ws + 36 * c * ng * tp + 16 * th * tw * fp + 36 * ng * tp * fp;
+            for (got, least) in [(k.scratch_len(), forward), (k.gradient_scratch_len(), gradient)] {
+                // slack: the padded plane's, and a cache line a position
+                let most = least + 16 * ws + 36 + 2 * 36 * 16 + 16;
+                assert!((least..=most).contains(&got), "{g:?}: {got} not in {least}..={most}");
+            }
         }
     }
 

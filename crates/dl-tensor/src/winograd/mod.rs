@@ -1197,13 +1197,29 @@ mod tests {
             (8, 10, 10, 16, 1, 1),
             (8, 8, 16, 8, 1, 1),
         ];
+        assert_forward_images_at_once_are_each_in_turn(&cases, |w, f, g, isa| {
+            Box::new(WinogradConv::with_isa(w, f, g, isa).unwrap())
+        });
+    }
+
+    /// A kernel of the filters `w` (`FN` of them) on a geometry at a level.
+    pub(super) type ForwardKernel = fn(&[f32], usize, &ConvGeometry, Isa) -> Box<dyn ConvKernel>;
+
+    /// For each case `(C, H, W, FN, pad, images at once)` at every level: the kernel
+    /// `build` gives takes that many images at once, and the forward pass of all of them
+    /// (and of half as many), with a bias and without, gives the bits of each in turn;
+    /// the scratch starts as NaN.
+    pub(super) fn assert_forward_images_at_once_are_each_in_turn(
+        cases: &[(usize, usize, usize, usize, usize, usize)],
+        build: ForwardKernel,
+    ) {
         for (case, &(c, h, w, f, pad, most)) in cases.iter().enumerate() {
             let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
             let out_len = f * g.out_h * g.out_w;
             let filters = random4((f, c, 3, 3), 60 + case as u64);
             let bias: Vec<f32> = (0..f).map(|i| 0.1 * i as f32 - 0.4).collect();
             for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
-                let k = WinogradConv::with_isa(filters.as_slice().unwrap(), f, &g, isa).unwrap();
+                let k = build(filters.as_slice().unwrap(), f, &g, isa);
                 assert_eq!(k.images_per_forward(), most, "case {case} at {isa}");
                 for n in [most, most.div_ceil(2)] {
                     let x = random4((n, c, h, w), 70 + case as u64);
