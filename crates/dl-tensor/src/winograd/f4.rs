@@ -45,7 +45,8 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    by_lanes, gradient_products, grid_filters_last, multiply, pack_filters, pad_channel, transform, WinogradConv, NR,
+    by_lanes, gradient_products, grid_filters_last, images_of_forward, images_of_gradient, multiply, pack_filters,
+    pad_channel, transform, WinogradConv, NR,
 };
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
@@ -476,24 +477,11 @@ impl ConvKernel for Winograd4Conv {
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
-        let g = &self.g;
-        let (in_len, out_len) = (g.c * g.h * g.w, self.filters * g.out_h * g.out_w);
-        let n = x.len() / in_len.max(1);
-        assert!(
-            (1..=self.forward_images).contains(&n),
-            "Winograd4Conv: {n} images at once, at most {}",
-            self.forward_images
-        );
-        check_forward_args(
-            "Winograd4Conv",
-            g,
-            self.filters,
-            (&x[..in_len], bias, out.len() / n),
-            scratch.len() >= self.scratch_len(),
-        );
-        assert!(
-            x.len() == n * in_len && out.len() == n * out_len,
-            "Winograd4Conv: {n} images' lengths"
+        let scratch_ok = scratch.len() >= self.scratch_len();
+        let (n, out_len) = images_of_forward(
+            ("Winograd4Conv", &self.g, self.filters, self.forward_images),
+            (x, bias, out.len()),
+            scratch_ok,
         );
         let (v_stride, m_stride) = (self.v_stride_of(n), self.m_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
@@ -564,25 +552,11 @@ impl ConvKernel for Winograd4Conv {
     fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
         let g = &self.g;
         let (c, fp, tp) = (g.c, self.fp(), self.tp);
-        let (in_len, out_len) = (c * g.h * g.w, self.filters * g.out_h * g.out_w);
-        let n = x.len() / in_len.max(1);
-        assert_eq!(x.len(), n * in_len, "Winograd4Conv: input length");
-        assert!(
-            (1..=self.gradient_images).contains(&n),
-            "Winograd4Conv: {n} images at once, at most {}",
-            self.gradient_images
-        );
-        assert_eq!(dout.len(), n * out_len, "Winograd4Conv: dout length");
-        assert!(
-            acc.winograd == Some((36, c.div_ceil(16) * 16))
-                && acc.k == g.col_rows()
-                && acc.fp == fp
-                && acc.db.len() == self.filters,
-            "Winograd4Conv: accumulator of another shape"
-        );
-        assert!(
-            scratch.len() >= self.gradient_scratch_len(),
-            "Winograd4Conv: scratch too short"
+        let scratch_ok = scratch.len() >= self.gradient_scratch_len();
+        let (n, out_len) = images_of_gradient(
+            ("Winograd4Conv", g, self.filters, self.gradient_images),
+            (x, dout, acc, 36),
+            scratch_ok,
         );
         let (v_stride, z_stride) = (self.v_stride_of(n), self.z_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());

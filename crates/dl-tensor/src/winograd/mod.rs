@@ -379,24 +379,11 @@ impl ConvKernel for WinogradConv {
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
-        let g = &self.g;
-        let (in_len, out_len) = (g.c * g.h * g.w, self.filters * g.out_h * g.out_w);
-        let n = x.len() / in_len.max(1);
-        assert!(
-            (1..=self.forward_images).contains(&n),
-            "WinogradConv: {n} images at once, at most {}",
-            self.forward_images
-        );
-        check_forward_args(
-            "WinogradConv",
-            g,
-            self.filters,
-            (&x[..in_len], bias, out.len() / n),
-            scratch.len() >= self.scratch_len(),
-        );
-        assert!(
-            x.len() == n * in_len && out.len() == n * out_len,
-            "WinogradConv: {n} images' lengths"
+        let scratch_ok = scratch.len() >= self.scratch_len();
+        let (n, out_len) = images_of_forward(
+            ("WinogradConv", &self.g, self.filters, self.forward_images),
+            (x, bias, out.len()),
+            scratch_ok,
         );
         let (v_stride, m_stride) = (self.v_stride_of(n), self.m_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
@@ -473,23 +460,11 @@ impl ConvKernel for WinogradConv {
     fn weight_gradient_images(&self, x: &[f32], dout: &[f32], acc: &mut GradientAccumulator, scratch: &mut [f32]) {
         let g = &self.g;
         let (c, fp, tp) = (g.c, self.fp(), self.tp);
-        let cp = c.div_ceil(16) * 16;
-        let (in_len, out_len) = (c * g.h * g.w, self.filters * g.out_h * g.out_w);
-        let n = x.len() / in_len.max(1);
-        assert_eq!(x.len(), n * in_len, "WinogradConv: input length");
-        assert!(
-            (1..=self.gradient_images).contains(&n),
-            "WinogradConv: {n} images at once, at most {}",
-            self.gradient_images
-        );
-        assert_eq!(dout.len(), n * out_len, "WinogradConv: dout length");
-        assert!(
-            acc.winograd == Some((16, cp)) && acc.k == g.col_rows() && acc.fp == fp && acc.db.len() == self.filters,
-            "WinogradConv: accumulator of another shape"
-        );
-        assert!(
-            scratch.len() >= self.gradient_scratch_len(),
-            "WinogradConv: scratch too short"
+        let scratch_ok = scratch.len() >= self.gradient_scratch_len();
+        let (n, out_len) = images_of_gradient(
+            ("WinogradConv", g, self.filters, self.gradient_images),
+            (x, dout, acc, 16),
+            scratch_ok,
         );
         let (v_stride, z_stride) = (self.v_stride_of(n), self.z_stride_of(n));
         let (padded, rest) = scratch.split_at_mut(self.padded_len());
@@ -578,6 +553,56 @@ pub(crate) fn pad_channel(
     // `pad + H <= hs`, `pad + W <= ws` (asserted above); `next` is only a hint for the
     // prefetches, which never fault.
     unsafe { transform::pad_plane(isa, src.as_ptr(), g.h, g.w, g.pad, next, padded.as_mut_ptr(), hs, ws) };
+}
+
+/// The number of images `x` holds, for a Winograd kernel's forward pass of at most
+/// `most` images at once, and an image's output length, after checking `x`, `bias` and
+/// the output's length `out_len` against the geometry (and the scratch, `scratch_ok`).
+///
+/// # Panics
+/// As [`check_forward_args`], or if there are no images or more than `most`.
+fn images_of_forward(
+    (name, g, filters, most): (&str, &ConvGeometry, usize, usize),
+    (x, bias, out_len): (&[f32], Option<&[f32]>, usize),
+    scratch_ok: bool,
+) -> (usize, usize) {
+    let (in_len, image_out) = (g.c * g.h * g.w, filters * g.out_h * g.out_w);
+    let n = x.len() / in_len.max(1);
+    assert!((1..=most).contains(&n), "{name}: {n} images at once, at most {most}");
+    check_forward_args(name, g, filters, (&x[..in_len], bias, out_len / n), scratch_ok);
+    assert!(
+        x.len() == n * in_len && out_len == n * image_out,
+        "{name}: {n} images' lengths"
+    );
+    (n, image_out)
+}
+
+/// The number of images `x` holds, for a Winograd kernel's filter gradient of at most
+/// `most` images at once, and an image's output length, after checking `x`, `dout`,
+/// the accumulator (of `positions` positions a tile) and the scratch (`scratch_ok`).
+///
+/// # Panics
+/// If a length does not match the geometry, there are no images or more than `most`,
+/// `acc` is another layer's or the scratch is too short.
+fn images_of_gradient(
+    (name, g, filters, most): (&str, &ConvGeometry, usize, usize),
+    (x, dout, acc, positions): (&[f32], &[f32], &GradientAccumulator, usize),
+    scratch_ok: bool,
+) -> (usize, usize) {
+    let (in_len, out_len) = (g.c * g.h * g.w, filters * g.out_h * g.out_w);
+    let n = x.len() / in_len.max(1);
+    assert_eq!(x.len(), n * in_len, "{name}: input length");
+    assert!((1..=most).contains(&n), "{name}: {n} images at once, at most {most}");
+    assert_eq!(dout.len(), n * out_len, "{name}: dout length");
+    assert!(
+        acc.winograd == Some((positions, g.c.div_ceil(16) * 16))
+            && acc.k == g.col_rows()
+            && acc.fp == filters.div_ceil(16) * 16
+            && acc.db.len() == filters,
+        "{name}: accumulator of another shape"
+    );
+    assert!(scratch_ok, "{name}: scratch too short");
+    (n, out_len)
 }
 
 /// One image's output gradient `dout` `(FN, OH, OW)` on the tiles' grid of `gh x gw`
