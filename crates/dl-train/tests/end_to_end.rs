@@ -71,24 +71,33 @@ fn deep_convnet_with_batch_norm_reaches_96_percent_in_one_epoch_on_6000_images()
     assert!(history.epochs[0].lr < 1e-4, "final rate {}", history.epochs[0].lr);
 }
 
+/// One short epoch's accuracy moves by several points from seed to seed (0.85-0.93 over
+/// seeds 0-4), and with any change of the kernels' rounding: the mean of three seeds is
+/// held to the bar, each seed to a floor.
 #[test]
 fn the_books_deep_convnet_learns_as_fast_as_pytorch_in_one_short_epoch() {
-    let trainer = TrainerConfig {
-        epochs: 1,
-        mini_batch_size: 20,
-        evaluate_sample_num_per_epoch: Some(200),
-        ..TrainerConfig::default()
-    };
-    let (_, history) = one_short_epoch(DeepConvNetConfig::default(), trainer);
-    eprintln!(
-        "book DeepConvNet, one epoch on 6,000 images: {}",
-        history.test_evaluation
-    );
-    assert!(
-        history.test_accuracy >= 0.87,
-        "test accuracy: {}",
-        history.test_evaluation
-    );
+    let mut sum = 0.0;
+    for seed in 0..3 {
+        let trainer = TrainerConfig {
+            epochs: 1,
+            mini_batch_size: 20,
+            evaluate_sample_num_per_epoch: Some(200),
+            seed,
+            ..TrainerConfig::default()
+        };
+        let (_, history) = one_short_epoch(DeepConvNetConfig::default(), trainer);
+        eprintln!(
+            "book DeepConvNet, one epoch on 6,000 images, seed {seed}: {}",
+            history.test_evaluation
+        );
+        assert!(
+            history.test_accuracy >= 0.8,
+            "seed {seed}: test accuracy {}",
+            history.test_evaluation
+        );
+        sum += history.test_accuracy;
+    }
+    assert!(sum / 3.0 >= 0.87, "mean test accuracy of three seeds: {}", sum / 3.0);
 }
 
 #[test]
