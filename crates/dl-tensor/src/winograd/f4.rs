@@ -574,8 +574,12 @@ impl ConvKernel for Winograd4Conv {
             for i in 0..self.th {
                 for j in self.tw..slots {
                     let row = (image * tp + self.column(i, j)) * fp;
+                    // 16 lanes at a time (`fp` is a multiple of 16): whole-register
+                    // stores, not a `memset` call per row
                     for zx in z.chunks_mut(z_stride) {
-                        zx[row..row + fp].fill(0.0);
+                        for lanes in zx[row..row + fp].chunks_exact_mut(16) {
+                            lanes.copy_from_slice(&[0.0; 16]);
+                        }
                     }
                 }
                 for j in 0..self.tw {
