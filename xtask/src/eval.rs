@@ -337,18 +337,10 @@ fn eval_set(a: &EvalArgs) -> Result<Scored, CliError> {
             set: set.test,
             name: "test",
         },
-        (crate::Dataset::Mnist, Some(n)) => {
-            if n == 0 || n >= set.train.len() {
-                return Err(CliError::Other(format!(
-                    "--validation {n}: must be between 1 and {}",
-                    set.train.len() - 1
-                )));
-            }
-            Scored {
-                set: set.train.split(n, a.validation_seed).1,
-                name: "validation",
-            }
-        }
+        (crate::Dataset::Mnist, Some(n)) => Scored {
+            set: validation_split(&set.train, n, a.validation_seed)?,
+            name: "validation",
+        },
         (crate::Dataset::Optdigits, None) => Scored {
             set: set.train,
             name: "test",
@@ -357,6 +349,17 @@ fn eval_set(a: &EvalArgs) -> Result<Scored, CliError> {
             return Err(CliError::Other("--validation: MNIST's split only".into()));
         }
     })
+}
+
+/// The `n` training images `train --validation n --validation-seed seed` holds out.
+pub fn validation_split(train: &dl_data::ImageSet, n: usize, seed: u64) -> Result<dl_data::ImageSet, CliError> {
+    if n == 0 || n >= train.len() {
+        return Err(CliError::Other(format!(
+            "--validation {n}: must be between 1 and {}",
+            train.len().saturating_sub(1)
+        )));
+    }
+    Ok(train.split(n, seed).1)
 }
 
 fn run_ensemble(

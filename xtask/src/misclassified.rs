@@ -1,11 +1,12 @@
 //! `cargo xtask misclassified`: the test digits a model gets wrong, as a PNG grid, each
 //! with its label, the model's guess and its confidence (the book's ch08
-//! `misclassified_mnist.py`).
+//! `misclassified_mnist.py`); with `--validation N`, the digits of the validation split
+//! instead, so that a model's errors can be studied without looking at the test set.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use dl_data::Mnist;
+use dl_data::{ImageSet, Mnist};
 use dl_train::Ensemble;
 use plotters::prelude::*;
 
@@ -14,15 +15,23 @@ use crate::CliError;
 
 #[derive(Args)]
 pub struct MisclassifiedArgs {
-    /// Weights file (default: the shipped DeepConvNet).
-    #[arg(long)]
-    params: Option<PathBuf>,
+    /// Weights file (default: the shipped DeepConvNet); several files are scored as one
+    /// ensemble (the mean of their probabilities).
+    #[arg(long, num_args = 1..)]
+    params: Vec<PathBuf>,
     /// An ensemble folder instead (its mean probabilities).
     #[arg(long, conflicts_with = "params")]
     ensemble: Option<PathBuf>,
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Look at the N training images `train --validation N` held out (drawn by
+    /// --validation-seed, as there) instead of the test set.
+    #[arg(long, value_name = "N")]
+    validation: Option<usize>,
+    /// The seed of the --validation split (train's default: 0).
+    #[arg(long, default_value_t = 0, requires = "validation")]
+    validation_seed: u64,
     /// Output PNG file.
     #[arg(long, default_value = "runs/misclassified.png")]
     out: PathBuf,
@@ -34,10 +43,10 @@ pub struct MisclassifiedArgs {
     columns: usize,
 }
 
-/// One test digit the model got wrong.
+/// One digit the model got wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Miss {
-    /// Its index in the test set.
+    /// Its index in the scored set (the test set, or the validation split).
     pub index: usize,
     /// The true digit.
     pub label: usize,
@@ -47,13 +56,12 @@ pub struct Miss {
     pub confidence: f32,
 }
 
-/// The test digits `model` gets wrong, in test-set order.
-pub fn misses(model: &mut Ensemble, mnist: &Mnist) -> Result<Vec<Miss>, CliError> {
-    let test = &mnist.test;
+/// The digits of `set` that `model` gets wrong, in the set's order.
+pub fn misses(model: &mut Ensemble, set: &ImageSet) -> Result<Vec<Miss>, CliError> {
     let mut out = Vec::new();
-    let all: Vec<usize> = (0..test.len()).collect();
+    let all: Vec<usize> = (0..set.len()).collect();
     for chunk in all.chunks(500) {
-        let (x, labels) = test.batch(chunk);
+        let (x, labels) = set.batch(chunk);
         let probs = model.predict_proba(&x, 100)?;
         for (row, (&index, &label)) in probs.rows().into_iter().zip(chunk.iter().zip(&labels)) {
             let (guess, confidence) = top(row.as_slice().expect("rows of a standard-layout array"));
@@ -88,33 +96,31 @@ pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
     if a.columns == 0 {
         return Err(CliError::Other("--columns must be at least 1".into()));
     }
-    let (mut model, name) = match &a.ensemble {
-        Some(dir) => {
-            let (e, _) = Ensemble::load(dir)?;
-            let name = format!("an ensemble of {}", e.len());
-            (e, name)
-        }
-        None => {
-            let path = a.params.clone().unwrap_or_else(crate::shipped_params);
-            let net = dl_models::registry::load(&path)?;
-            let name = net.kind().to_string();
-            (Ensemble::new(vec![net])?, name)
-        }
-    };
     let mnist = Mnist::load(a.data.clone().unwrap_or_else(crate::default_data_dir))?;
-    let wrong = misses(&mut model, &mnist)?;
+    let (set, set_name) = scored_set(&a, mnist)?;
+    let (mut model, name) = load_model(&a)?;
+    let wrong = misses(&mut model, &set)?;
+    for m in &wrong {
+        println!(
+            "{set_name} image {:5}: label {}, guess {} ({:.1}%)",
+            m.index,
+            m.label,
+            m.guess,
+            m.confidence * 100.0
+        );
+    }
     let shown = &wrong[..wrong.len().min(a.max)];
     let title = format!(
-        "{name}: {} of {} test digits wrong{}   (label → guess, confidence)",
+        "{name}: {} of {} {set_name} digits wrong{}   (label → guess, confidence)",
         wrong.len(),
-        mnist.test.len(),
+        set.len(),
         if shown.len() < wrong.len() {
             format!(", the first {}", shown.len())
         } else {
             String::new()
         }
     );
-    let png = grid_png(&mnist, shown, a.columns, &title)?;
+    let png = grid_png(&set, shown, a.columns, &title)?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
     }
@@ -124,8 +130,44 @@ pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The grid as PNG bytes.
-pub fn grid_png(mnist: &Mnist, shown: &[Miss], columns: usize, title: &str) -> Result<Vec<u8>, CliError> {
+/// The set `run` looks at, and its name: the test set, or the validation split.
+fn scored_set(a: &MisclassifiedArgs, mnist: Mnist) -> Result<(ImageSet, &'static str), CliError> {
+    Ok(match a.validation {
+        None => (mnist.test, "test"),
+        Some(n) => (
+            crate::eval::validation_split(&mnist.train, n, a.validation_seed)?,
+            "validation",
+        ),
+    })
+}
+
+/// The model `run` scores, and its name: an ensemble folder, one weights file (the
+/// shipped DeepConvNet by default) or several as one ensemble.
+fn load_model(a: &MisclassifiedArgs) -> Result<(Ensemble, String), CliError> {
+    Ok(match (&a.ensemble, a.params.as_slice()) {
+        (Some(dir), _) => {
+            let (e, _) = Ensemble::load(dir)?;
+            let name = format!("an ensemble of {}", e.len());
+            (e, name)
+        }
+        (None, [] | [_]) => {
+            let path = a.params.first().cloned().unwrap_or_else(crate::shipped_params);
+            let net = dl_models::registry::load(&path)?;
+            let name = net.kind().to_string();
+            (Ensemble::new(vec![net])?, name)
+        }
+        (None, paths) => {
+            let nets = paths
+                .iter()
+                .map(dl_models::registry::load)
+                .collect::<Result<Vec<_>, _>>()?;
+            (Ensemble::new(nets)?, format!("an ensemble of {}", paths.len()))
+        }
+    })
+}
+
+/// The grid as PNG bytes: the digits of `set` at the misses' indices.
+pub fn grid_png(set: &ImageSet, shown: &[Miss], columns: usize, title: &str) -> Result<Vec<u8>, CliError> {
     register_font();
     let columns = columns.min(shown.len()).max(1) as u32;
     let rows = (shown.len() as u32).div_ceil(columns).max(1);
@@ -141,13 +183,15 @@ pub fn grid_png(mnist: &Mnist, shown: &[Miss], columns: usize, title: &str) -> R
             ("sans-serif", 18).into_font().color(&BLACK),
         ))
         .map_err(err)?;
-        let test = &mnist.test;
         for (k, m) in shown.iter().enumerate() {
             let (cx, cy) = (
                 (k as u32 % columns) * CELL_W + 10,
                 TITLE_H + (k as u32 / columns) * CELL_H,
             );
-            let img = &test.images[m.index * 784..(m.index + 1) * 784];
+            let img = set
+                .images
+                .get(m.index * 784..(m.index + 1) * 784)
+                .ok_or_else(|| CliError::Other(format!("no image {} in a set of {}", m.index, set.len())))?;
             for (i, &v) in img.iter().enumerate() {
                 let (y, x) = (i as u32 / 28, i as u32 % 28);
                 let c = RGBColor(255 - v, 255 - v, 255 - v);
@@ -189,7 +233,7 @@ mod tests {
             confidence,
         };
         let shown = [miss(0, 7, 1, 0.5), miss(1, 2, 3, 0.75), miss(2, 1, 7, 0.995)];
-        let png = grid_png(&mnist, &shown, 2, "a title").unwrap();
+        let png = grid_png(&mnist.test, &shown, 2, "a title").unwrap();
         crate::tests::assert_golden_png(&png, "misclassified.png");
     }
 
@@ -205,7 +249,7 @@ mod tests {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
         let net = dl_models::registry::load(crate::shipped_params()).unwrap();
         let mut model = Ensemble::new(vec![net]).unwrap();
-        let wrong = misses(&mut model, &mnist).unwrap();
+        let wrong = misses(&mut model, &mnist.test).unwrap();
         // 9943 / 10000 right (docs/RESULTS.md)
         assert_eq!(wrong.len(), 57);
         assert!(wrong.windows(2).all(|w| w[0].index < w[1].index));
@@ -218,9 +262,11 @@ mod tests {
         // into a folder not made yet
         let out = dir.path().join("sub/m.png");
         run(MisclassifiedArgs {
-            params: None,
+            params: vec![],
             ensemble: None,
             data: None,
+            validation: None,
+            validation_seed: 0,
             out: out.clone(),
             max: 25,
             columns: 10,
@@ -232,14 +278,70 @@ mod tests {
         // 25 digits in rows of 10: three rows of 104x110-pixel cells under a 34-pixel title
         assert_eq!((reader.info().width, reader.info().height), (1040, 34 + 3 * 110));
         let e = run(MisclassifiedArgs {
-            params: None,
+            params: vec![],
             ensemble: None,
             data: None,
+            validation: None,
+            validation_seed: 0,
             out,
             max: 25,
             columns: 0,
         })
         .unwrap_err();
         assert!(e.to_string().contains("--columns"));
+    }
+
+    fn args(extra: &[&str]) -> MisclassifiedArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: MisclassifiedArgs,
+        }
+        let mut argv = vec!["misclassified"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().a
+    }
+
+    /// `--validation N --validation-seed S` looks at the images `train --validation N
+    /// --validation-seed S` holds out (and refuses an empty split or a whole one); without
+    /// it, at the test set.
+    #[test]
+    fn validation_looks_at_the_split_train_holds_out() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let held = mnist.train.split(300, 4).1;
+        let (set, name) = scored_set(&args(&["--validation", "300", "--validation-seed", "4"]), mnist.clone()).unwrap();
+        assert_eq!(name, "validation");
+        assert_eq!((set.labels, set.images), (held.labels, held.images));
+        let other = scored_set(&args(&["--validation", "300"]), mnist.clone()).unwrap().0;
+        assert_ne!(other.labels, mnist.train.split(300, 4).1.labels);
+        let (test, name) = scored_set(&args(&[]), mnist.clone()).unwrap();
+        assert_eq!(name, "test");
+        assert_eq!(test.labels, mnist.test.labels);
+        for n in ["0", "60000"] {
+            let e = scored_set(&args(&["--validation", n]), mnist.clone()).unwrap_err();
+            assert!(e.to_string().contains("between 1 and 59999"), "{e}");
+        }
+    }
+
+    /// Several `--params` files are one ensemble, one file or none a single network.
+    #[test]
+    fn several_params_files_are_scored_as_one_ensemble() {
+        let member = |k: usize| {
+            crate::root()
+                .join(format!("crates/dl-models/weights/ensemble/member-{k}.safetensors"))
+                .display()
+                .to_string()
+        };
+        let (m0, m1) = (member(0), member(1));
+        let (e, name) = load_model(&args(&["--params", &m0, &m1])).unwrap();
+        assert_eq!((e.len(), name.as_str()), (2, "an ensemble of 2"));
+        let (e, name) = load_model(&args(&["--params", &m0])).unwrap();
+        assert_eq!((e.len(), name.as_str()), (1, "DeepConvNet"));
+        let (e, name) = load_model(&args(&[])).unwrap();
+        assert_eq!((e.len(), name.as_str()), (1, "DeepConvNet"));
+        let dir = crate::root().join("crates/dl-models/weights/ensemble");
+        let (e, name) = load_model(&args(&["--ensemble", &dir.display().to_string()])).unwrap();
+        assert_eq!((e.len(), name.as_str()), (5, "an ensemble of 5"));
     }
 }
