@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dlfs's models in PyTorch: the same networks, named and shaped as dlfs names them.
 
-Builds DeepConvNet, Vgg, ResNet, GoogLeNet and BinaryConvNet exactly as dlfs's `dl-models` does (the
+Builds DeepConvNet, Vgg, ResNet, GoogLeNet, BinaryConvNet and ConvStack exactly as dlfs's `dl-models` does (the
 structure comes from the model's configuration, the same JSON dlfs writes into a
 parameter file's metadata), moves weights between the two, and serves three purposes:
 
@@ -307,8 +307,30 @@ def sign_margin(model, x):
     return min(min(v.abs().min().item(), (v.abs() - 1).abs().min().item()) for v in seen)
 
 
+class ConvStack(nn.Module):
+    """An et al. 2020's plain stack: unpadded convolutions (no bias under batch norm),
+    each with batch norm and ReLU, no pooling, then one linear layer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, h, w = cfg["input_dim"]
+        k, bn = cfg["kernel_size"], cfg["use_batchnorm"]
+        feats = []
+        for ch in cfg["channels"]:
+            feats.append(nn.Conv2d(c, ch, k, 1, 0, bias=not bn))
+            if bn:
+                feats.append(nn.BatchNorm2d(ch))
+            feats.append(nn.ReLU())
+            c, h, w = ch, h - k + 1, w - k + 1
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(nn.Linear(c * h * w, cfg["output_size"]))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 BUILDERS = {"DeepConvNet": deep_convnet, "Vgg": Vgg, "ResNet": ResNet, "GoogLeNet": GoogLeNet,
-            "BinaryConvNet": BinaryConvNet}
+            "BinaryConvNet": BinaryConvNet, "ConvStack": ConvStack}
 
 # ----------------------------------------------------------------------------
 # Names between dlfs and torch
@@ -423,6 +445,8 @@ GOLDEN = {
         [{"ch1x1": 8, "ch3x3red": 6, "ch3x3": 12, "ch5x5red": 2, "ch5x5": 4, "pool_proj": 8}]],
         "dropout_ratio": 0.0, "output_size": 10},
     "BinaryConvNet": {"input_dim": [1, 28, 28], "blocks": [[2, 8], [2, 16]], "hidden_size": 32, "output_size": 10},
+    "ConvStack": {"input_dim": [2, 14, 12], "kernel_size": 3, "channels": [4, 6, 8, 10], "output_size": 10,
+                  "use_batchnorm": True},
 }
 
 # A binarized network's input is drawn again until no sign's input lies within this of
@@ -509,7 +533,8 @@ def load_mnist(root):
 def bench(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    kind = {"deep": "DeepConvNet", "vgg": "Vgg", "resnet": "ResNet", "googlenet": "GoogLeNet"}[args.model]
+    kind = {"deep": "DeepConvNet", "vgg": "Vgg", "resnet": "ResNet", "googlenet": "GoogLeNet",
+            "convstack": "ConvStack"}[args.model]
     cfg = json.loads(args.config) if args.config else DEFAULTS[kind]
     model = BUILDERS[kind](cfg)
     if args.channels_last:
@@ -572,6 +597,8 @@ DEFAULTS = {
         for stage in [[(16, 16, 32, 8, 8, 8), (32, 32, 48, 8, 16, 16)],
                       [(48, 24, 64, 8, 16, 16), (48, 32, 64, 12, 24, 24)]]],
         "dropout_ratio": 0.2, "output_size": 10},
+    "ConvStack": {"input_dim": [1, 28, 28], "kernel_size": 3, "channels": [32 + 16 * i for i in range(10)],
+                  "output_size": 10, "use_batchnorm": True},
 }
 
 
@@ -588,7 +615,7 @@ def main():
     q.add_argument("--n", type=int, default=4)
     q.add_argument("--only", nargs="*", default=None, help="these kinds only (default: every one)")
     q = sub.add_parser("bench")
-    q.add_argument("--model", default="deep", choices=["deep", "vgg", "resnet", "googlenet"])
+    q.add_argument("--model", default="deep", choices=["deep", "vgg", "resnet", "googlenet", "convstack"])
     q.add_argument("--config", default=None, help="the model's configuration as dlfs's JSON")
     q.add_argument("--mnist", default=os.path.join(here, "..", "datasets", "mnist"))
     q.add_argument("--threads", type=int, default=2)

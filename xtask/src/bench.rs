@@ -719,6 +719,7 @@ fn run_torch(
         "Vgg" => "vgg",
         "ResNet" => "resnet",
         "GoogLeNet" => "googlenet",
+        "ConvStack" => "convstack",
         other => {
             eprintln!("--vs-torch: the PyTorch script has no {other}. Going on without PyTorch.");
             return None;

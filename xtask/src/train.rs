@@ -27,6 +27,8 @@ pub enum ModelName {
     Googlenet,
     /// A binarized network: weights and activations +1 or -1 (BNN).
     Binary,
+    /// A stack of unpadded convolutions without pooling (An et al. 2020's M3).
+    Convstack,
 }
 
 impl ModelName {
@@ -39,6 +41,7 @@ impl ModelName {
             ModelName::Resnet => "ResNet",
             ModelName::Googlenet => "GoogLeNet",
             ModelName::Binary => "BinaryConvNet",
+            ModelName::Convstack => "ConvStack",
         }
     }
 

@@ -12,6 +12,9 @@
 //!   10).
 //! * [`Vgg`], [`ResNet`] (ResNet-20 by default), [`GoogLeNet`]: chapter 8.2's deeper
 //!   networks, for 28x28 digits by default, each with a config struct.
+//! * [`ConvStack`]: a plain stack of unpadded convolutions without pooling (An et al.
+//!   2020's "M3" by default: ten 3x3 convolutions of 32 to 176 channels), a member that
+//!   sees digits differently for ensembles.
 //! * [`BinaryConvNet`]: chapter 8's 1-bit network (Courbariaux et al., 2016), weights
 //!   and activations `+1` or `-1`.
 //!
@@ -45,6 +48,7 @@
 mod binary_convnet;
 mod blocks;
 pub mod book;
+mod conv_stack;
 mod deep_convnet;
 mod error;
 mod googlenet;
@@ -56,6 +60,7 @@ mod vgg;
 
 pub use binary_convnet::{BinaryConvNet, BinaryConvNetConfig};
 pub use blocks::MAX_PARAMS;
+pub use conv_stack::{ConvStack, ConvStackConfig};
 pub use deep_convnet::{ConvParam, DeepConvNet, DeepConvNetConfig};
 pub use error::ModelError;
 pub use googlenet::{GoogLeNet, GoogLeNetConfig, InceptionParam};

@@ -11,18 +11,19 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BinaryConvNet, BinaryConvNetConfig, DeepConvNet, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelError,
-    Network, ResNet, ResNetConfig, SimpleConvNet, SimpleConvNetConfig, Vgg, VggConfig,
+    BinaryConvNet, BinaryConvNetConfig, ConvStack, ConvStackConfig, DeepConvNet, DeepConvNetConfig, GoogLeNet,
+    GoogLeNetConfig, ModelError, Network, ResNet, ResNetConfig, SimpleConvNet, SimpleConvNetConfig, Vgg, VggConfig,
 };
 
 /// The model kinds [`ModelConfig`] builds, as saved files name them.
-pub const MODEL_KINDS: [&str; 6] = [
+pub const MODEL_KINDS: [&str; 7] = [
     "DeepConvNet",
     "SimpleConvNet",
     "Vgg",
     "ResNet",
     "GoogLeNet",
     "BinaryConvNet",
+    "ConvStack",
 ];
 
 /// A model's kind with its configuration.
@@ -40,6 +41,8 @@ pub enum ModelConfig {
     GoogLeNet(GoogLeNetConfig),
     /// A binarized network.
     BinaryConvNet(BinaryConvNetConfig),
+    /// A stack of unpadded convolutions without pooling.
+    ConvStack(ConvStackConfig),
 }
 
 fn unknown(kind: &str) -> ModelError {
@@ -59,6 +62,7 @@ impl ModelConfig {
             "ResNet" => Self::ResNet(Default::default()),
             "GoogLeNet" => Self::GoogLeNet(Default::default()),
             "BinaryConvNet" => Self::BinaryConvNet(Default::default()),
+            "ConvStack" => Self::ConvStack(Default::default()),
             _ => return Err(unknown(kind)),
         })
     }
@@ -78,6 +82,7 @@ impl ModelConfig {
             "ResNet" => Self::ResNet(parse(kind, json)?),
             "GoogLeNet" => Self::GoogLeNet(parse(kind, json)?),
             "BinaryConvNet" => Self::BinaryConvNet(parse(kind, json)?),
+            "ConvStack" => Self::ConvStack(parse(kind, json)?),
             _ => return Err(unknown(kind)),
         })
     }
@@ -91,6 +96,7 @@ impl ModelConfig {
             Self::ResNet(_) => "ResNet",
             Self::GoogLeNet(_) => "GoogLeNet",
             Self::BinaryConvNet(_) => "BinaryConvNet",
+            Self::ConvStack(_) => "ConvStack",
         }
     }
 
@@ -103,6 +109,7 @@ impl ModelConfig {
             Self::ResNet(c) => serde_json::to_string(c),
             Self::GoogLeNet(c) => serde_json::to_string(c),
             Self::BinaryConvNet(c) => serde_json::to_string(c),
+            Self::ConvStack(c) => serde_json::to_string(c),
         }
         .expect("serialisable config")
     }
@@ -169,6 +176,7 @@ impl ModelConfig {
             Self::ResNet(c) => c.param_count(),
             Self::GoogLeNet(c) => c.param_count(),
             Self::BinaryConvNet(c) => c.param_count(),
+            Self::ConvStack(c) => c.param_count(),
         }
     }
 
@@ -181,6 +189,7 @@ impl ModelConfig {
             Self::ResNet(c) => ResNet::try_new(c, seed)?.into_network(),
             Self::GoogLeNet(c) => GoogLeNet::try_new(c, seed)?.into_network(),
             Self::BinaryConvNet(c) => BinaryConvNet::try_new(c, seed)?.into_network(),
+            Self::ConvStack(c) => ConvStack::try_new(c, seed)?.into_network(),
         })
     }
 }

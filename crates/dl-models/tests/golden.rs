@@ -141,3 +141,8 @@ fn binary_convnet_matches_pytorch() {
     // the sign (0) or of its gradient (+-1): float32's error cannot flip one
     check("BinaryConvNet");
 }
+
+#[test]
+fn conv_stack_matches_pytorch() {
+    check("ConvStack");
+}

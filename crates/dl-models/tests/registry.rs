@@ -2,14 +2,14 @@
 //! uniquely and as torchvision does, saves and rebuilds from its own file (batch-norm
 //! statistics included), and refuses a bad configuration with a typed error.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use dl_layers::gradcheck::random_input;
 use dl_layers::{Labels, Layer, Tensor};
 use dl_models::registry::{model_config_from_bytes, read_model_config};
 use dl_models::{
-    build, load, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError, Network, ResNet, ResNetConfig,
-    Vgg, VggConfig, MODEL_KINDS,
+    build, load, ConvStack, ConvStackConfig, DeepConvNetConfig, GoogLeNet, GoogLeNetConfig, ModelConfig, ModelError,
+    Network, ResNet, ResNetConfig, Vgg, VggConfig, MODEL_KINDS,
 };
 
 fn names(net: &Network) -> Vec<String> {
@@ -115,6 +115,40 @@ fn the_deeper_models_name_their_parameters_as_torchvision_does() {
         ["features.0.W", "features.0.b", "features.1.gamma", "features.1.beta"]
     );
     assert_eq!(n[n.len() - 2..], ["classifier.3.W", "classifier.3.b"]);
+
+    // An et al.'s M3: ten 3x3 convolutions without bias (batch norm follows each), 28
+    // shrinking to 8, 176 channels of 8x8 into the classifier
+    let net = ConvStack::new(ConvStackConfig::default(), 0);
+    let n = names(&net);
+    assert_eq!(
+        n[..4],
+        ["features.0.W", "features.1.gamma", "features.1.beta", "features.3.W"]
+    );
+    assert_eq!(n.iter().filter(|s| s.ends_with(".W")).count(), 11);
+    let shapes: HashMap<String, Vec<usize>> = net.params().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    assert_eq!(shapes["features.27.W"], [176, 160, 3, 3]);
+    assert_eq!(shapes["classifier.0.W"], [176 * 8 * 8, 10]);
+    // without batch norm each convolution has its bias
+    let plain = ConvStackConfig {
+        kernel_size: 5,
+        channels: vec![4, 6],
+        use_batchnorm: false,
+        ..ConvStackConfig::default()
+    };
+    let net = ConvStack::new(plain, 0);
+    let n = names(&net);
+    assert_eq!(
+        n,
+        [
+            "features.0.W",
+            "features.0.b",
+            "features.2.W",
+            "features.2.b",
+            "classifier.0.W",
+            "classifier.0.b"
+        ]
+    );
+    assert_eq!(net.params()[4].1.shape(), &[6 * 20 * 20, 10]);
 }
 
 #[test]
@@ -186,6 +220,22 @@ fn bad_kinds_configurations_and_files_are_typed_errors() {
             "SimpleConvNet",
             r#"{"input_dim":[1,3,3],"conv_param":{"filter_num":4,"filter_size":5,"pad":0,"stride":1},"hidden_size":5,"output_size":10,"weight_init_std":null}"#,
         ),
+        (
+            "ConvStack",
+            r#"{"input_dim":[1,28,28],"kernel_size":3,"channels":[],"output_size":10,"use_batchnorm":true}"#,
+        ),
+        (
+            "ConvStack",
+            r#"{"input_dim":[1,28,28],"kernel_size":0,"channels":[4],"output_size":10,"use_batchnorm":true}"#,
+        ),
+        (
+            "ConvStack",
+            r#"{"input_dim":[1,28,28],"kernel_size":3,"channels":[4,0],"output_size":10,"use_batchnorm":true}"#,
+        ),
+        (
+            "ConvStack",
+            r#"{"input_dim":[1,28,28],"kernel_size":3,"channels":[4],"output_size":0,"use_batchnorm":true}"#,
+        ),
     ] {
         let err = build(kind, Some(json), 0).unwrap_err();
         assert!(matches!(err, ModelError::Config { .. }), "{kind} {json}: {err}");
@@ -212,6 +262,9 @@ fn each_configuration_guard_says_what_is_wrong() {
             r#"{{"input_dim":[1,4,4],"conv_param":{{"filter_num":2,"filter_size":1,"pad":{pad},"stride":64}},"hidden_size":3,"output_size":2,"weight_init_std":null}}"#
         )
     };
+    let stack = |dim: &str, k: usize, channels: &str| {
+        format!(r#"{{"input_dim":{dim},"kernel_size":{k},"channels":{channels},"output_size":3,"use_batchnorm":true}}"#)
+    };
     let cases = [
         // an image too small to halve once per block, in either direction
         (
@@ -225,6 +278,17 @@ fn each_configuration_guard_says_what_is_wrong() {
             "a 12x3 image cannot be halved 2 times",
         ),
         ("SimpleConvNet", simple(64), "pad is 64, must be at most 63"),
+        // a stack of unpadded convolutions that leaves no pixel, in either direction
+        (
+            "ConvStack",
+            stack("[1,6,28]", 5, "[2,2,2]"),
+            "a 6x28 image is too small for 3 convolutions of 5x5",
+        ),
+        (
+            "ConvStack",
+            stack("[1,28,4]", 3, "[2,2]"),
+            "a 28x4 image is too small for 2 convolutions of 3x3",
+        ),
     ];
     for (kind, json, want) in cases {
         let err = build(kind, Some(&json), 0).unwrap_err();
@@ -237,6 +301,9 @@ fn each_configuration_guard_says_what_is_wrong() {
     build("BinaryConvNet", Some(&binary("[1,4,4]", "[[1,3],[1,3]]")), 0).unwrap();
     // the widest padding allowed
     build("SimpleConvNet", Some(&simple(63)), 0).unwrap();
+    // the smallest images the stacks leave one pixel of
+    build("ConvStack", Some(&stack("[1,13,28]", 5, "[2,2,2]")), 0).unwrap();
+    build("ConvStack", Some(&stack("[1,28,5]", 3, "[2,2]")), 0).unwrap();
     // Vgg and GoogLeNet halve the image once per block or stage too
     let (blocks, stages) = (
         VggConfig::default().blocks.len(),
@@ -379,6 +446,15 @@ fn a_configuration_counts_its_parameters_before_anything_is_built() {
             "BinaryConvNet",
             Some(r#"{"input_dim":[2,16,12],"blocks":[[1,3],[2,5]],"hidden_size":6,"output_size":3}"#),
         ),
+        ("ConvStack", None),
+        (
+            "ConvStack",
+            Some(r#"{"input_dim":[2,13,11],"kernel_size":4,"channels":[3,5],"output_size":4,"use_batchnorm":false}"#),
+        ),
+        (
+            "ConvStack",
+            Some(r#"{"input_dim":[3,9,12],"kernel_size":2,"channels":[4,6,2],"output_size":5,"use_batchnorm":true}"#),
+        ),
     ];
     for (kind, json) in configs {
         let config = match json {
@@ -436,6 +512,7 @@ fn the_head_is_what_depends_on_the_classes_and_can_start_fresh_for_as_many_class
         ("Vgg", vec!["classifier.3.W", "classifier.3.b"]),
         ("ResNet", vec!["fc.W", "fc.b"]),
         ("GoogLeNet", vec!["fc.W", "fc.b"]),
+        ("ConvStack", vec!["classifier.0.W", "classifier.0.b"]),
     ];
     for (kind, want) in heads {
         assert_eq!(
