@@ -43,8 +43,8 @@ impl ConvStackConfig {
     fn out_dim(&self) -> Option<(usize, usize)> {
         let (_, mut h, mut w) = self.input_dim;
         for _ in &self.channels {
-            h = out_side(h, self.kernel_size, 1, 0).filter(|&s| s > 0)?;
-            w = out_side(w, self.kernel_size, 1, 0).filter(|&s| s > 0)?;
+            h = out_side(h, self.kernel_size, 1, 0)?;
+            w = out_side(w, self.kernel_size, 1, 0)?;
         }
         Some((h, w))
     }
