@@ -45,6 +45,50 @@ pub enum ModelConfig {
     ConvStack(ConvStackConfig),
 }
 
+/// The largest number a configuration may hold: every size, count, stride and padding
+/// a model takes is at most this (`MAX_SIZE`).
+pub const MAX_CONFIG_NUMBER: u64 = crate::blocks::MAX_SIZE as u64;
+
+/// The longest list a configuration may hold: every list of blocks, stages, widths or
+/// channels a model takes is at most this long.
+pub const MAX_CONFIG_LIST: usize = 64;
+
+/// Refuses a number above [`MAX_CONFIG_NUMBER`] or a list longer than
+/// [`MAX_CONFIG_LIST`] anywhere in `value`, naming where (`path`).
+fn check_bounds(value: &serde_json::Value, path: &str) -> Result<(), String> {
+    let at = |path: &str| {
+        if path.is_empty() {
+            "the configuration".to_string()
+        } else {
+            format!("`{path}`")
+        }
+    };
+    match value {
+        serde_json::Value::Number(n) if n.as_u64().is_some_and(|v| v > MAX_CONFIG_NUMBER) => Err(format!(
+            "{} is {n}, more than any size a model takes ({MAX_CONFIG_NUMBER})",
+            at(path)
+        )),
+        serde_json::Value::Array(items) if items.len() > MAX_CONFIG_LIST => Err(format!(
+            "{} lists {} items, more than any list a model takes ({MAX_CONFIG_LIST})",
+            at(path),
+            items.len()
+        )),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_bounds(v, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(fields) => fields.iter().try_for_each(|(name, v)| {
+            let path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            check_bounds(v, &path)
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn unknown(kind: &str) -> ModelError {
     ModelError::UnknownModel {
         kind: kind.into(),
@@ -68,12 +112,20 @@ impl ModelConfig {
     }
 
     /// The configuration of `kind` from its JSON (as saved in a file's metadata).
+    ///
+    /// A number larger than any size a model takes ([`MAX_CONFIG_NUMBER`]) or a list
+    /// longer than any a model takes ([`MAX_CONFIG_LIST`]) is refused here, before
+    /// anything counts with it: the bounds that building checks field by field hold
+    /// already for the count of parameters a file is checked against.
     pub fn from_json(kind: &str, json: &str) -> Result<Self, ModelError> {
         fn parse<T: for<'de> Deserialize<'de>>(kind: &str, json: &str) -> Result<T, ModelError> {
-            serde_json::from_str(json).map_err(|e| ModelError::Config {
+            let config_error = |message: String| ModelError::Config {
                 kind: kind.into(),
-                message: e.to_string(),
-            })
+                message,
+            };
+            let value: serde_json::Value = serde_json::from_str(json).map_err(|e| config_error(e.to_string()))?;
+            check_bounds(&value, "").map_err(config_error)?;
+            serde_json::from_value(value).map_err(|e| config_error(e.to_string()))
         }
         Ok(match kind {
             "DeepConvNet" => Self::DeepConvNet(parse(kind, json)?),

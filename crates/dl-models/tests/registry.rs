@@ -505,6 +505,74 @@ fn a_small_file_cannot_ask_for_a_large_model() {
 }
 
 #[test]
+fn numbers_and_lists_past_any_model_are_refused_before_they_are_counted() {
+    let max = u64::MAX;
+    let cases = [
+        (
+            "Vgg",
+            format!(
+                r#"{{"input_dim":[1,28,28],"blocks":[[1,{max}]],"hidden_size":8,"output_size":10,"dropout_ratio":0.5,"use_batchnorm":true}}"#
+            ),
+            "`blocks[0][1]` is 18446744073709551615",
+        ),
+        (
+            "ConvStack",
+            format!(r#"{{"input_dim":[1,28,28],"kernel_size":3,"channels":[4,{max}],"output_size":10,"use_batchnorm":true}}"#),
+            "`channels[1]` is",
+        ),
+        (
+            "SimpleConvNet",
+            r#"{"input_dim":[1,28,28],"conv_param":{"filter_num":4,"filter_size":5,"pad":0,"stride":4097},"hidden_size":5,"output_size":10,"weight_init_std":null}"#.to_string(),
+            "`conv_param.stride` is 4097, more than any size a model takes (4096)",
+        ),
+        (
+            "ConvStack",
+            format!(
+                r#"{{"input_dim":[1,28,28],"kernel_size":1,"channels":[{}],"output_size":10,"use_batchnorm":true}}"#,
+                ["2"; 65].join(",")
+            ),
+            "`channels` lists 65 items, more than any list a model takes (64)",
+        ),
+    ];
+    for (kind, json, want) in &cases {
+        let err = ModelConfig::from_json(kind, json).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Config { .. }) && err.to_string().contains(want),
+            "{kind}: {err}, want {want:?}"
+        );
+    }
+    // at the bounds the configuration parses, and counts
+    let at_bound = ModelConfig::from_json(
+        "ConvStack",
+        &format!(
+            r#"{{"input_dim":[1,28,4096],"kernel_size":1,"channels":[{}],"output_size":10,"use_batchnorm":true}}"#,
+            ["2"; 64].join(",")
+        ),
+    )
+    .unwrap();
+    // 64 convolutions without bias (1 -> 2, then 2 -> 2), 64 batch norms of 2, the Affine
+    assert_eq!(
+        at_bound.param_count(),
+        (2 + 63 * 4) + 64 * 4 + (2 * 28 * 4096 * 10 + 10)
+    );
+    // a file whose configuration asks for a size past any model: a typed error
+    let net = build("ConvStack", None, 0).unwrap();
+    let bytes = net.params_to_bytes();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let forged_header = header.replacen("176", &max.to_string(), 1);
+    assert_ne!(forged_header, header, "the header names the channels");
+    let mut forged = (forged_header.len() as u64).to_le_bytes().to_vec();
+    forged.extend_from_slice(forged_header.as_bytes());
+    forged.extend_from_slice(&bytes[8 + header_len..]);
+    let err = dl_models::registry::load_from_bytes(&forged, std::path::Path::new("forged")).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Config { .. }) && err.to_string().contains("more than any size"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_head_is_what_depends_on_the_classes_and_can_start_fresh_for_as_many_classes() {
     let heads = [
         ("DeepConvNet", vec!["W8", "b8"]),
