@@ -533,6 +533,7 @@ fn numbers_and_lists_past_any_model_are_refused_before_they_are_counted() {
             ),
             "`channels` lists 65 items, more than any list a model takes (64)",
         ),
+        ("Vgg", "5000".to_string(), "the configuration is 5000"),
     ];
     for (kind, json, want) in &cases {
         let err = ModelConfig::from_json(kind, json).unwrap_err();
