@@ -483,18 +483,25 @@ fn a_configuration_counts_its_parameters_before_anything_is_built() {
     assert_eq!(over.param_count(), 2 + (4096 + 4096) + (4096 + 1));
 }
 
+/// A saved file with the first `from` in its header replaced by `to` (which must be
+/// there), the tensors' bytes unchanged.
+fn forge_header(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let forged = header.replacen(from, to, 1);
+    assert_ne!(forged, header, "the header holds {from}");
+    let mut out = (forged.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(forged.as_bytes());
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    out
+}
+
 #[test]
 fn a_small_file_cannot_ask_for_a_large_model() {
     // a real file whose configuration claims far more parameters than it holds
     let net = build("SimpleConvNet", None, 0).unwrap();
     let bytes = net.params_to_bytes();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
-    let bigger = header.replacen(":100,", ":4000,", 1);
-    assert_ne!(bigger, header, "the header names the hidden size");
-    let mut forged = (bigger.len() as u64).to_le_bytes().to_vec();
-    forged.extend_from_slice(bigger.as_bytes());
-    forged.extend_from_slice(&bytes[8 + header_len..]);
+    let forged = forge_header(&bytes, ":100,", ":4000,");
     let err = dl_models::registry::load_from_bytes(&forged, std::path::Path::new("forged")).unwrap_err();
     assert!(
         matches!(err, ModelError::Format { .. }) && err.to_string().contains("more than the file"),
@@ -557,15 +564,8 @@ fn numbers_and_lists_past_any_model_are_refused_before_they_are_counted() {
         (2 + 63 * 4) + 64 * 4 + (2 * 28 * 4096 * 10 + 10)
     );
     // a file whose configuration asks for a size past any model: a typed error
-    let net = build("ConvStack", None, 0).unwrap();
-    let bytes = net.params_to_bytes();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
-    let forged_header = header.replacen("176", &max.to_string(), 1);
-    assert_ne!(forged_header, header, "the header names the channels");
-    let mut forged = (forged_header.len() as u64).to_le_bytes().to_vec();
-    forged.extend_from_slice(forged_header.as_bytes());
-    forged.extend_from_slice(&bytes[8 + header_len..]);
+    let bytes = build("ConvStack", None, 0).unwrap().params_to_bytes();
+    let forged = forge_header(&bytes, "176", &max.to_string());
     let err = dl_models::registry::load_from_bytes(&forged, std::path::Path::new("forged")).unwrap_err();
     assert!(
         matches!(err, ModelError::Config { .. }) && err.to_string().contains("more than any size"),
