@@ -198,6 +198,21 @@ pub struct TrainArgs {
     #[arg(long, requires = "augment")]
     #[serde(default)]
     elastic: bool,
+    /// With --augment, rotate by up to this many degrees instead of 10 (An et al. 2020
+    /// rotate MNIST digits by up to 20).
+    #[arg(long, value_name = "DEGREES", requires = "augment")]
+    #[serde(default)]
+    rotation: Option<f32>,
+    /// With --augment, shift by up to this many pixels instead of 2 (An et al. 2020
+    /// shift by up to a fifth of the image: 5.6 pixels).
+    #[arg(long, value_name = "PIXELS", requires = "augment")]
+    #[serde(default)]
+    shift: Option<f32>,
+    /// Evaluate and save an exponential moving average of the trained parameters with
+    /// this decay (0.999: about the last thousand steps), not the last step's parameters.
+    #[arg(long, value_name = "DECAY")]
+    #[serde(default)]
+    ema: Option<f32>,
     /// Halve the rate when the per-epoch accuracy (validation, or test without
     /// --validation) has not improved for N epochs.
     #[arg(long)]
@@ -269,7 +284,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "classes", "labels_per_class",
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
-        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "elastic", "plateau_patience",
+        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "elastic", "rotation", "shift", "ema", "plateau_patience",
         "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision", "bf16_kernel",
     ])]
@@ -509,6 +524,11 @@ impl TrainArgs {
         }
         if self.elastic {
             out.push("--elastic".into());
+        }
+        for (flag, value) in [("rotation", self.rotation), ("shift", self.shift), ("ema", self.ema)] {
+            if let Some(v) = value {
+                out.push(format!("--{flag} {v}"));
+            }
         }
         out.join(" ")
     }
@@ -827,6 +847,9 @@ fn parse_lr_factor(s: &str) -> Result<(String, f32), String> {
 fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
     let lr_groups =
         dl_optim::LrGroups::from_pairs(&a.lr_factor).map_err(|e| CliError::Other(format!("--lr-factor: {e}")))?;
+    if let Some(d) = a.ema {
+        dl_optim::WeightAverage::new(d).map_err(|e| CliError::Other(format!("--ema: {e}")))?;
+    }
     Ok(TrainerConfig {
         epochs: a.epochs,
         mini_batch_size: a.batch_size,
@@ -860,10 +883,32 @@ fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
         },
         reduce_on_plateau: a.plateau_patience.map(|p| ReduceOnPlateau::new(0.5, p)),
         early_stop_patience: a.early_stop,
-        augment: a.augment.then(|| dl_data::Pipeline::mnist(a.elastic, a.seed)),
+        augment: a.augment.then(|| augmentation(a)).transpose()?,
         lr_groups,
         micro_batches: a.micro_batches,
+        ema_decay: a.ema,
     })
+}
+
+/// The MNIST augmentation recipe with the flags' rotation and shift.
+fn augmentation(a: &TrainArgs) -> Result<dl_data::Pipeline, CliError> {
+    let check = |flag: &str, v: Option<f32>, max: f32, unit: &str| match v {
+        Some(v) if !(v.is_finite() && (0.0..=max).contains(&v)) => {
+            Err(CliError::Other(format!("--{flag} {v}: must be from 0 to {max} {unit}")))
+        }
+        _ => Ok(v),
+    };
+    let rotation = check("rotation", a.rotation, 180.0, "degrees")?;
+    let shift = check("shift", a.shift, 14.0, "pixels (half an image)")?;
+    let mut p = dl_data::Pipeline::mnist(a.elastic, a.seed);
+    for step in &mut p.steps {
+        match step {
+            dl_data::Augment::Rotate { max_degrees } => *max_degrees = rotation.unwrap_or(*max_degrees),
+            dl_data::Augment::Shift { max } => *max = shift.unwrap_or(*max),
+            _ => {}
+        }
+    }
+    Ok(p)
 }
 
 fn threads_word(n: usize) -> &'static str {
@@ -1192,6 +1237,9 @@ fn start(
         threads,
         threads_word(threads)
     );
+    if let Some(d) = config.ema_decay {
+        println!("evaluating and saving the moving average of the parameters (decay {d})");
+    }
     if a.precision == TrainPrecision::Bf16 {
         println!(
             "products in bf16 ({} kernel): operands rounded to bfloat16, summed in f32; master weights in f32",
@@ -1731,6 +1779,82 @@ mod tests {
         let mut older: serde_json::Value = serde_json::to_value(&plain).unwrap();
         older.as_object_mut().unwrap().remove("elastic");
         assert!(!serde_json::from_value::<TrainArgs>(older).unwrap().elastic);
+    }
+
+    #[test]
+    fn rotation_shift_and_ema_set_the_augmentation_and_the_average() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["xtask", "train", "--seed", "2"];
+            v.extend_from_slice(extra);
+            crate::parse_from(v).map(|c| match c.command {
+                crate::Command::Train(a) => a,
+                _ => unreachable!(),
+            })
+        };
+        let a = parse(&["--augment", "--rotation", "20", "--shift", "5.6", "--ema", "0.999"]).unwrap();
+        let cfg = trainer_config(&a).unwrap();
+        let p = cfg.augment.unwrap();
+        assert_eq!(p.seed, 2);
+        assert_eq!(
+            p.steps,
+            [
+                dl_data::Augment::Rotate { max_degrees: 20.0 },
+                dl_data::Augment::Scale { min: 0.9, max: 1.1 },
+                dl_data::Augment::Shift { max: 5.6 },
+            ]
+        );
+        assert_eq!(cfg.ema_decay, Some(0.999));
+        assert!(
+            a.flags().ends_with("--augment --rotation 20 --shift 5.6 --ema 0.999"),
+            "{}",
+            a.flags()
+        );
+        // one of them alone leaves the recipe's other value, and elastic after them
+        let a = parse(&["--augment", "--elastic", "--shift", "0"]).unwrap();
+        let mut want = dl_data::Pipeline::mnist(true, 2).steps;
+        want[2] = dl_data::Augment::Shift { max: 0.0 };
+        assert_eq!(trainer_config(&a).unwrap().augment.unwrap().steps, want);
+        assert_eq!(trainer_config(&a).unwrap().ema_decay, None);
+        assert!(!a.flags().contains("--ema") && !a.flags().contains("--rotation"));
+        // the ends of the ranges are taken
+        let a = parse(&["--augment", "--rotation", "180", "--shift", "14", "--ema", "0"]).unwrap();
+        assert!(trainer_config(&a).is_ok());
+        // values out of range are refused, naming the flag
+        for (bad, flag) in [
+            (["--rotation", "180.5"], "--rotation"),
+            (["--rotation=-1", "--eval-samples=1000"], "--rotation"),
+            (["--rotation", "NaN"], "--rotation"),
+            (["--shift", "14.5"], "--shift"),
+            (["--shift=-0.5", "--eval-samples=1000"], "--shift"),
+            (["--shift", "inf"], "--shift"),
+        ] {
+            let mut args = vec!["--augment"];
+            args.extend_from_slice(&bad);
+            let err = trainer_config(&parse(&args).unwrap()).unwrap_err().to_string();
+            assert!(err.starts_with(flag) && err.contains("must be from 0 to"), "{err}");
+        }
+        for bad in ["1", "1.5", "-0.1"] {
+            let flag = format!("--ema={bad}");
+            let err = trainer_config(&parse(&[&flag]).unwrap()).unwrap_err().to_string();
+            assert!(err.starts_with("--ema") && err.contains("below 1"), "{err}");
+        }
+        // rotation and shift belong to --augment; all three to the settings a resume keeps
+        assert!(parse(&["--rotation", "20"]).is_err());
+        assert!(parse(&["--shift", "3"]).is_err());
+        for flag in [["--rotation", "20"], ["--shift", "3"], ["--ema", "0.9"]] {
+            let mut v = vec!["xtask", "train", "--resume", "runs/x"];
+            v.extend_from_slice(&flag);
+            assert!(crate::parse_from(v).is_err(), "{flag:?}");
+        }
+        let a = parse(&["--augment", "--rotation", "20", "--ema", "0.99"]).unwrap();
+        let back: TrainArgs = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!((back.rotation, back.shift, back.ema), (Some(20.0), None, Some(0.99)));
+        let mut older = serde_json::to_value(&a).unwrap();
+        for key in ["rotation", "shift", "ema"] {
+            older.as_object_mut().unwrap().remove(key);
+        }
+        let older: TrainArgs = serde_json::from_value(older).unwrap();
+        assert_eq!((older.rotation, older.shift, older.ema), (None, None, None));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! parameters, so a network may hand over only the parameters it wants trained (frozen
 //! layers simply are not passed). [`Optimizer::state`] exports it and
 //! [`Optimizer::load_state`] puts it back, so a stopped run continues exactly where it
-//! was (a checkpoint).
+//! was (a checkpoint). [`WeightAverage`] keeps an exponential moving average of the
+//! parameters beside any optimizer, to evaluate and save in their place.
 //!
 //! ```
 //! use dl_optim::{Adam, Optimizer};
@@ -25,6 +26,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+mod average;
+
+pub use average::{WeightAverage, AVERAGE_SLOT};
 pub use dl_tensor::{ParamMut, Tensor};
 use ndarray::Zip;
 use serde::{Deserialize, Serialize};

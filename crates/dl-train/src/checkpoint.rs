@@ -3,7 +3,8 @@
 //! A checkpoint is one safetensors file: the network's parameters and buffers under
 //! their own names (so it loads anywhere a parameter file does: `cargo xtask eval
 //! --params`, [`dl_models::load`]), the optimizer's state under
-//! [`TRAINING_PREFIX`]`slot/parameter`, and a metadata entry [`METADATA_KEY`] holding
+//! [`TRAINING_PREFIX`]`slot/parameter` (with the parameters' moving average, when the run
+//! keeps one, in the slot [`dl_optim::AVERAGE_SLOT`]), and a metadata entry [`METADATA_KEY`] holding
 //! the format version, the optimizer's step count and the [`TrainerState`] as JSON.
 //! Files are written atomically ([`dl_tensor::fs::atomic_write`]): a kill at any moment
 //! leaves the previous checkpoints whole and no file under a checkpoint's name that is
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dl_layers::Tensor;
 use dl_models::{Network, TRAINING_PREFIX};
-use dl_optim::{Optimizer, OptimizerState};
+use dl_optim::{Optimizer, OptimizerState, WeightAverage};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +66,8 @@ pub struct CheckpointInfo {
 }
 
 /// A checkpoint read back: its bytes (the network loads from them), the optimizer's
-/// state and the Trainer's.
+/// state (with the parameters' moving average in the slot [`dl_optim::AVERAGE_SLOT`],
+/// when the run keeps one) and the Trainer's.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// Where it was read from.
@@ -106,9 +108,18 @@ fn epoch_of(name: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// The checkpoint bytes of `network`, `optimizer` and `state`.
-pub fn to_bytes(network: &Network, optimizer: &dyn Optimizer, state: &TrainerState) -> Vec<u8> {
-    let opt = optimizer.state();
+/// The checkpoint bytes of `network`, `optimizer`, the parameters' moving `average` (if
+/// the run keeps one) and `state`.
+pub fn to_bytes(
+    network: &Network,
+    optimizer: &dyn Optimizer,
+    average: Option<&WeightAverage>,
+    state: &TrainerState,
+) -> Vec<u8> {
+    let mut opt = optimizer.state();
+    if let Some(avg) = average {
+        opt.tensors.extend(avg.state().tensors);
+    }
     let info = CheckpointInfo {
         format: FORMAT_VERSION,
         optimizer: opt.optimizer.clone(),
@@ -123,19 +134,20 @@ pub fn to_bytes(network: &Network, optimizer: &dyn Optimizer, state: &TrainerSta
     network.params_to_bytes_with(&extra, &meta)
 }
 
-/// Writes the checkpoint after `state.epoch` epochs into `dir` (created if needed),
+/// Writes the checkpoint after `state.epoch` epochs ([`to_bytes`]) into `dir` (created if needed),
 /// atomically, then removes all but the `keep` newest checkpoints there (`keep` 0
 /// keeps all). Returns the file's path.
 pub fn write(
     dir: &Path,
     network: &Network,
     optimizer: &dyn Optimizer,
+    average: Option<&WeightAverage>,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let path = dir.join(file_name(state.epoch));
-    dl_tensor::fs::atomic_write(&path, &to_bytes(network, optimizer, state)).map_err(io_error(&path))?;
+    dl_tensor::fs::atomic_write(&path, &to_bytes(network, optimizer, average, state)).map_err(io_error(&path))?;
     if keep > 0 {
         let all = list(dir)?;
         for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use dl_data::{BatchOrder, ImageSet, Pipeline};
 use dl_layers::{Labels, Tensor};
 use dl_models::{ModelError, Network};
-use dl_optim::{LrGroups, OptimError, Optimizer};
+use dl_optim::{LrGroups, OptimError, Optimizer, OptimizerState, WeightAverage, AVERAGE_SLOT};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, TrainerState};
@@ -109,6 +109,13 @@ pub struct TrainerConfig {
     /// process with `R` give the same parameters, bit for bit.
     #[serde(default = "one")]
     pub micro_batches: usize,
+    /// Keep an exponential moving average of the trained parameters with this decay
+    /// ([`WeightAverage`]; 0.999 as An et al. 2020 train their MNIST networks): the
+    /// per-epoch evaluations, the best checkpoint, the final evaluation and the network
+    /// the Trainer hands back have the averages in place of the parameters (batch
+    /// norm's running statistics stay the network's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f32>,
 }
 
 fn default_unit() -> Unit {
@@ -135,6 +142,7 @@ impl Default for TrainerConfig {
             augment: None,
             lr_groups: LrGroups::new(),
             micro_batches: 1,
+            ema_decay: None,
         }
     }
 }
@@ -292,6 +300,7 @@ pub struct Trainer<'a> {
     checkpoints: Option<CheckpointPolicy>,
     resumed: Option<TrainerState>,
     dist: Option<Distributed<'a>>,
+    average: Option<WeightAverage>,
 }
 
 impl<'a> Trainer<'a> {
@@ -318,6 +327,7 @@ impl<'a> Trainer<'a> {
         }
         let mut optimizer = dl_optim::by_name_with_decay(&config.optimizer, config.lr, config.weight_decay)?;
         optimizer.set_lr_groups(config.lr_groups.clone());
+        let average = config.ema_decay.map(WeightAverage::new).transpose()?;
         Ok(Self {
             network,
             train,
@@ -327,6 +337,7 @@ impl<'a> Trainer<'a> {
             checkpoints: None,
             resumed: None,
             dist: None,
+            average,
         })
     }
 
@@ -373,10 +384,42 @@ impl<'a> Trainer<'a> {
         // the network's part first into a copy, so that a failure changes nothing
         let mut net = self.network.clone();
         net.load_params_from_bytes(&checkpoint.bytes, path)?;
+        let slot = format!("{AVERAGE_SLOT}/");
+        let (averages, tensors) = checkpoint
+            .optimizer
+            .tensors
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(&slot));
+        let optimizer_state = OptimizerState {
+            tensors,
+            ..checkpoint.optimizer.clone()
+        };
+        let mut average = self.average.clone();
+        if let Some(avg) = average.as_mut() {
+            let state = OptimizerState {
+                optimizer: WeightAverage::NAME.into(),
+                steps: state.iteration as u64,
+                tensors: averages,
+            };
+            let mut trained = net.params_and_grads();
+            let params: Vec<(String, &Tensor)> = trained.iter_mut().map(|p| (p.name.clone(), &*p.value)).collect();
+            if state.tensors.len() != params.len() {
+                return Err(bad(format!(
+                    "{} of the {} trained parameters have a moving average",
+                    state.tensors.len(),
+                    params.len()
+                )));
+            }
+            avg.load_state(&state, &params).map_err(|e| bad(e.to_string()))?;
+        } else if !averages.is_empty() {
+            return Err(bad("moving averages of a run that keeps none".into()));
+        }
         self.optimizer
-            .load_state(&checkpoint.optimizer, &net.params())
+            .load_state(&optimizer_state, &net.params())
             .map_err(|e| bad(e.to_string()))?;
         *self.network = net;
+        self.average = average;
         self.resumed = Some(state.clone());
         Ok(self)
     }
@@ -395,6 +438,15 @@ impl<'a> Trainer<'a> {
     pub fn with_optimizer(mut self, optimizer: Box<dyn Optimizer>) -> Self {
         self.optimizer = optimizer;
         self
+    }
+
+    /// The network as it is evaluated and saved: a copy with the moving averages in
+    /// place of the parameters, when the run keeps them ([`TrainerConfig::ema_decay`]).
+    fn averaged(&self) -> Option<Network> {
+        let avg = self.average.as_ref()?;
+        let mut net = self.network.clone();
+        avg.copy_to(&mut net.params_and_grads());
+        Some(net)
     }
 
     /// The book's `train()`, silently.
@@ -522,6 +574,10 @@ impl<'a> Trainer<'a> {
                 }
                 self.optimizer.update(&mut self.network.params_and_grads());
                 self.network.clip_params();
+                if let Some(avg) = self.average.as_mut() {
+                    let trained = self.network.params_and_grads();
+                    avg.update(trained.iter().map(|p| (p.name.as_str(), &*p.value)));
+                }
                 if let Some(d) = dist.filter(|d| iteration.is_multiple_of(d.check_every)) {
                     let checksums = d.comm.all_gather_u64(distributed::checksum(self.network));
                     if checksums.iter().any(|&c| c != checksums[0]) {
@@ -545,7 +601,9 @@ impl<'a> Trainer<'a> {
                 observer.on_iteration(&info);
                 if dist.is_none() && observer.evaluate_now(&info) {
                     let eval_start = Instant::now();
-                    let eval = evaluate(self.network, self.test, None, cfg.mini_batch_size)?;
+                    let mut averaged = self.averaged();
+                    let net = averaged.as_mut().unwrap_or(&mut *self.network);
+                    let eval = evaluate(net, self.test, None, cfg.mini_batch_size)?;
                     let seconds = eval_start.elapsed().as_secs_f64();
                     if observer.on_evaluation(&info, &eval, seconds).is_break() {
                         break 'epochs;
@@ -554,9 +612,11 @@ impl<'a> Trainer<'a> {
             }
             let n = cfg.evaluate_sample_num_per_epoch;
             let mut accs = [0.0f64; 2];
+            let mut averaged = self.averaged().filter(|_| root);
             if root {
-                accs[0] = evaluate(self.network, self.train, n, cfg.mini_batch_size)?.accuracy();
-                accs[1] = evaluate(self.network, self.test, n, cfg.mini_batch_size)?.accuracy();
+                let net = averaged.as_mut().unwrap_or(&mut *self.network);
+                accs[0] = evaluate(net, self.train, n, cfg.mini_batch_size)?.accuracy();
+                accs[1] = evaluate(net, self.test, n, cfg.mini_batch_size)?.accuracy();
             }
             if let Some(d) = dist {
                 d.comm.broadcast_f64(&mut accs, 0);
@@ -596,10 +656,11 @@ impl<'a> Trainer<'a> {
                         path: policy.dir.clone(),
                         source,
                     })?;
-                    self.network.save_params(&best)?;
+                    averaged.as_ref().unwrap_or(&*self.network).save_params(&best)?;
                 }
                 if epoch % policy.every == 0 || epoch == cfg.epochs || stop {
-                    checkpoint::write(&policy.dir, self.network, self.optimizer.as_ref(), &state, policy.keep)?;
+                    let (opt, avg) = (self.optimizer.as_ref(), self.average.as_ref());
+                    checkpoint::write(&policy.dir, self.network, opt, avg, &state, policy.keep)?;
                 }
             }
             if stop {
@@ -618,6 +679,9 @@ impl<'a> Trainer<'a> {
             ranks,
             communication_seconds,
         };
+        if let Some(avg) = self.average.as_ref() {
+            avg.copy_to(&mut self.network.params_and_grads());
+        }
         observer.on_final_evaluation(None);
         let mut counts = [0.0f64; 2];
         if root {

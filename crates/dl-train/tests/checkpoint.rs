@@ -151,7 +151,7 @@ fn old_checkpoints_are_pruned_and_the_best_epoch_is_kept() {
     let mut state = ckpt.trainer.clone();
     state.epoch = 4;
     let opt = dl_optim::by_name("adam", 0.001).unwrap();
-    checkpoint::write(dir.path(), &n, opt.as_ref(), &state, 2).unwrap();
+    checkpoint::write(dir.path(), &n, opt.as_ref(), None, &state, 2).unwrap();
     assert!(!stale.exists() && !stale_best.exists() && other.exists());
     let epochs: Vec<usize> = checkpoint::list(dir.path())
         .unwrap()
@@ -403,7 +403,7 @@ fn a_diverging_run_stops_with_an_error_and_leaves_the_last_checkpoint_alone() {
         p.value.fill(f32::NAN);
     }
     let nan_dir = tempfile::tempdir().unwrap();
-    let last = checkpoint::write(nan_dir.path(), &broken, opt.as_ref(), &state, 1).unwrap();
+    let last = checkpoint::write(nan_dir.path(), &broken, opt.as_ref(), None, &state, 1).unwrap();
     let before = std::fs::read(&last).unwrap();
     let ckpt = checkpoint::read(&last).unwrap();
     let mut target = net();
