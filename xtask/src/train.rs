@@ -1755,16 +1755,19 @@ mod tests {
         assert_eq!(value_name(ModelName::Resnet), "resnet");
     }
 
+    /// `cargo xtask train --seed SEED` and `extra`, parsed.
+    fn train_flags(seed: &str, extra: &[&str]) -> Result<TrainArgs, clap::Error> {
+        let mut v = vec!["xtask", "train", "--seed", seed];
+        v.extend_from_slice(extra);
+        crate::parse_from(v).map(|c| match c.command {
+            crate::Command::Train(a) => a,
+            _ => unreachable!(),
+        })
+    }
+
     #[test]
     fn elastic_adds_the_distortion_to_the_augmentation() {
-        let parse = |extra: &[&str]| {
-            let mut v = vec!["xtask", "train", "--seed", "4"];
-            v.extend_from_slice(extra);
-            crate::parse_from(v).map(|c| match c.command {
-                crate::Command::Train(a) => a,
-                _ => unreachable!(),
-            })
-        };
+        let parse = |extra: &[&str]| train_flags("4", extra);
         let plain = parse(&["--augment"]).unwrap();
         let steps = |a: &TrainArgs| trainer_config(a).unwrap().augment.map(|p| (p.steps, p.seed));
         assert_eq!(steps(&plain), Some((dl_data::Pipeline::mnist(false, 4).steps, 4)));
@@ -1783,14 +1786,7 @@ mod tests {
 
     #[test]
     fn rotation_shift_and_ema_set_the_augmentation_and_the_average() {
-        let parse = |extra: &[&str]| {
-            let mut v = vec!["xtask", "train", "--seed", "2"];
-            v.extend_from_slice(extra);
-            crate::parse_from(v).map(|c| match c.command {
-                crate::Command::Train(a) => a,
-                _ => unreachable!(),
-            })
-        };
+        let parse = |extra: &[&str]| train_flags("2", extra);
         let a = parse(&["--augment", "--rotation", "20", "--shift", "5.6", "--ema", "0.999"]).unwrap();
         let cfg = trainer_config(&a).unwrap();
         let p = cfg.augment.unwrap();

@@ -168,6 +168,7 @@ mod tests {
         // update 2: d = min(0.5, 3 / 12) = 0.25
         let (a2, b2) = (t(&[6.0, 4.0]), t(&[-3.0]));
         ema.update([("W", &a2), ("b", &b2)]);
+        assert_eq!(ema.updates(), 2);
         assert_eq!(
             ema.average("W").unwrap(),
             &t(&[0.25 * 2.0 + 0.75 * 6.0, 0.25 * -4.0 + 0.75 * 4.0])
