@@ -1000,6 +1000,48 @@ mod tests {
         }
     }
 
+    /// `train --ema`: the run saves the parameters' moving average, its checkpoints the
+    /// live parameters beside it; the stronger augmentation is kept with the run.
+    #[test]
+    fn train_with_ema_saves_the_average_and_checkpoints_the_live_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = small_mnist(dir.path(), 200, 50);
+        let out = dir.path().join("run");
+        let flags = [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--eval-samples",
+            "50",
+        ];
+        let extra = ["--augment", "--rotation", "20", "--shift", "3", "--ema", "0.9"];
+        run_cli(&[&flags[..], &extra, &["--out", out.to_str().unwrap()]].concat()).unwrap();
+        let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(
+            (run["ema"].as_f64(), run["rotation"].as_f64(), run["shift"].as_f64()),
+            (Some(0.9), Some(20.0), Some(3.0))
+        );
+        let history: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("history.json")).unwrap()).unwrap();
+        assert_eq!(history["config"]["ema_decay"].as_f64(), Some(0.9));
+        let steps = &history["config"]["augment"]["steps"];
+        assert_eq!(
+            (steps[0]["max_degrees"].as_f64(), steps[2]["max"].as_f64()),
+            (Some(20.0), Some(3.0))
+        );
+        let saved = dl_models::load(out.join("params.safetensors")).unwrap();
+        let ckpt =
+            dl_train::checkpoint::read(&out.join("checkpoints").join(dl_train::checkpoint::file_name(2))).unwrap();
+        let live = dl_models::load(&ckpt.path).unwrap();
+        for ((name, avg), (_, p)) in saved.params().into_iter().zip(live.params()) {
+            let kept = &ckpt.optimizer.tensors[&format!("{}/{name}", dl_optim::AVERAGE_SLOT)];
+            assert_eq!(avg, kept, "{name}: the saved parameters are the averages");
+            assert_ne!(avg, p, "{name}: and not the live parameters");
+        }
+    }
+
     #[test]
     fn a_recipe_is_applied_under_the_flags_and_time_to_stops_at_its_target() {
         let dir = tempfile::tempdir().unwrap();
