@@ -385,15 +385,16 @@ impl<'a> Trainer<'a> {
         let mut net = self.network.clone();
         net.load_params_from_bytes(&checkpoint.bytes, path)?;
         let slot = format!("{AVERAGE_SLOT}/");
-        let (averages, tensors) = checkpoint
-            .optimizer
-            .tensors
-            .clone()
-            .into_iter()
-            .partition(|(k, _)| k.starts_with(&slot));
-        let optimizer_state = OptimizerState {
+        let OptimizerState {
+            optimizer,
+            steps,
             tensors,
-            ..checkpoint.optimizer.clone()
+        } = checkpoint.optimizer.clone();
+        let (averages, tensors) = tensors.into_iter().partition(|(k, _)| k.starts_with(&slot));
+        let optimizer_state = OptimizerState {
+            optimizer,
+            steps,
+            tensors,
         };
         let mut average = self.average.clone();
         if let Some(avg) = average.as_mut() {
