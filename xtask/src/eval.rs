@@ -726,9 +726,9 @@ mod tests {
         }
     }
 
-    /// The shipped mixed ensemble (`cargo xtask eval --ensemble
-    /// crates/dl-models/weights/mixed`, docs/RESULTS.md §5): one or more members of every
-    /// kind, each member and the whole at the manifest's figures.
+    /// The shipped validated ensemble (`cargo xtask eval --ensemble
+    /// crates/dl-models/weights/validated`, docs/RESULTS.md §5): four VGGs, ResNet-20 and
+    /// GoogLeNet, each member and the whole at the manifest's figures.
     #[test]
     fn the_shipped_validated_ensemble_reaches_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
@@ -743,6 +743,9 @@ mod tests {
         }
     }
 
+    /// The shipped mixed ensemble (`cargo xtask eval --ensemble
+    /// crates/dl-models/weights/mixed`, docs/RESULTS.md §5): one or more members of every
+    /// kind, each member and the whole at the manifest's figures.
     #[test]
     fn the_shipped_mixed_ensemble_reaches_the_documented_accuracy() {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
