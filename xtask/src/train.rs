@@ -861,6 +861,9 @@ fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
         verbose: false,
         lr_schedule: match a.lr_decay {
             Decay::None => None,
+            Decay::Step if a.step_size == 0 => {
+                return Err(CliError::Other("--step-size must be at least 1".into()));
+            }
             Decay::Step => Some(Schedule::Step {
                 step_size: a.step_size,
                 gamma: a.gamma,
@@ -1199,9 +1202,17 @@ fn start(
         TimeTo::new(&a.time_to, a.checks_per_epoch, iter_per_epoch)?;
     }
     let config = trainer_config(&a)?;
+    config.validate()?;
     let (mut probe, transfer) = a.build_model_reporting()?;
     if let (Some(from), Some(report)) = (&a.from, &transfer) {
         println!("from {}: {report}", from.display());
+    }
+    let names: Vec<String> = probe.params().into_iter().map(|(name, _)| name).collect();
+    if let Some(prefix) = config.lr_groups.unmatched(&names).first() {
+        return Err(CliError::Other(format!(
+            "--lr-factor {prefix}=...: no parameter of the network lies under {prefix:?} (its names are as saved: {}, ...)",
+            names.iter().take(3).map(String::as_str).collect::<Vec<_>>().join(", ")
+        )));
     }
     // every class of the data needs an output
     let (c, h, w) = (mnist.train.channels, mnist.train.height, mnist.train.width);

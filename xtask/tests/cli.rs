@@ -117,3 +117,42 @@ fn train_prints_a_line_per_epoch() {
     assert!(!text.contains("products in bf16"), "an f32 run: {text}");
     assert!(run.join("params.safetensors").is_file());
 }
+
+/// A bad training flag stops `train` before it writes anything: no folder for a new
+/// run, and the run it would replace (`--overwrite`) left as it was.
+#[test]
+fn a_bad_training_flag_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let checkpoint = old.join("checkpoints").join("checkpoint-0001.safetensors");
+    std::fs::create_dir_all(old.join("checkpoints")).unwrap();
+    std::fs::write(old.join("run.json"), "the user's run").unwrap();
+    std::fs::write(&checkpoint, "its checkpoint").unwrap();
+    let new = dir.path().join("new");
+    let (old_dir, new_dir) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let base = ["train", "--model", "simple", "--epochs", "1", "--train-limit", "100"];
+    for (flags, says) in [
+        (&["--batch-size", "0"][..], "mini-batch size must be at least 1"),
+        (&["--lr", "0"], "invalid learning rate 0"),
+        (&["--weight-decay", "NaN"], "invalid weight decay NaN"),
+        (&["--optimizer", "adamw"], "unknown optimizer \"adamw\""),
+        (&["--early-stop", "0"], "early-stop patience must be at least 1"),
+        (
+            &["--lr-decay", "step", "--step-size", "0"],
+            "--step-size must be at least 1",
+        ),
+        (
+            &["--lr-factor", "W1=0.5", "--lr-factor", "conv9=0.1"],
+            "lies under \"conv9\"",
+        ),
+    ] {
+        for out in [&["--out", new_dir][..], &["--out", old_dir, "--overwrite"]] {
+            let (code, err) = xtask(&[&base[..], flags, out].concat());
+            assert_eq!(code, Some(1), "{flags:?} {out:?}: {err}");
+            assert!(err.contains(says), "{flags:?} {out:?}: {err}");
+        }
+        assert!(!new.exists(), "{flags:?}");
+        assert_eq!(std::fs::read_to_string(old.join("run.json")).unwrap(), "the user's run");
+        assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), "its checkpoint");
+    }
+}

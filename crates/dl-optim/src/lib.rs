@@ -110,22 +110,40 @@ impl LrGroups {
 
     /// The factor of the parameter `name`: its longest group prefix's, else 1.
     pub fn factor(&self, name: &str) -> f32 {
-        let under = |prefix: &str| {
-            prefix.is_empty()
-                || name == prefix
-                || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
-        };
         self.groups
             .iter()
-            .filter(|(p, _)| under(p))
+            .filter(|(p, _)| lies_under(name, p))
             .max_by_key(|(p, _)| p.len())
             .map_or(1.0, |(_, f)| *f)
+    }
+
+    /// The prefixes under which none of `names` lies: groups that change nothing, as a
+    /// misspelt prefix makes.
+    ///
+    /// ```
+    /// let groups = dl_optim::LrGroups::from_pairs(&[("fc".into(), 1.0), ("layer9".into(), 0.1)]).unwrap();
+    /// assert_eq!(groups.unmatched(&["fc.W", "layer1.0.conv1.W"]), ["layer9"]);
+    /// ```
+    pub fn unmatched(&self, names: &[impl AsRef<str>]) -> Vec<&str> {
+        self.groups
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .filter(|p| !names.iter().any(|n| lies_under(n.as_ref(), p)))
+            .collect()
     }
 
     /// The `(prefix, factor)` pairs, in the order they were set.
     pub fn pairs(&self) -> &[(String, f32)] {
         &self.groups
     }
+}
+
+/// Whether the parameter `name` lies under the group `prefix`: every name under the
+/// empty prefix, else the prefix itself and the names it starts followed by a dot.
+fn lies_under(name: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || name == prefix
+        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
 }
 
 /// Updates parameters from their gradients.

@@ -371,3 +371,24 @@ fn the_longest_group_prefix_decides_and_bad_factors_are_refused() {
     assert_eq!(LrGroups::from_pairs(&pairs).unwrap().factor("a.W"), 0.25);
     assert!(LrGroups::from_pairs(&[("a".to_string(), -1.0)]).is_err());
 }
+
+#[test]
+fn a_group_no_parameter_lies_under_is_named() {
+    use dl_optim::LrGroups;
+    let names = ["layer1.0.conv1.W", "layer10.W", "fc.W", "fc.b"];
+    let pairs = [
+        ("".to_string(), 0.1),
+        ("layer1.0".to_string(), 0.5),
+        ("layer1.0.conv".to_string(), 0.5),
+        ("fc.W".to_string(), 1.0),
+        ("layer2".to_string(), 0.2),
+    ];
+    let groups = LrGroups::from_pairs(&pairs).unwrap();
+    // a prefix is whole path components: "layer1.0.conv" holds no "layer1.0.conv1.W"
+    assert_eq!(groups.unmatched(&names), ["layer1.0.conv", "layer2"]);
+    assert_eq!(
+        groups.unmatched(&[] as &[&str]),
+        ["", "layer1.0", "layer1.0.conv", "fc.W", "layer2"]
+    );
+    assert!(LrGroups::new().unmatched(&names).is_empty());
+}

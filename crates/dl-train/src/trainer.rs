@@ -147,6 +147,32 @@ impl Default for TrainerConfig {
     }
 }
 
+impl TrainerConfig {
+    /// Refuses what [`Trainer::new`] refuses whatever the data: a mini-batch size, a
+    /// micro-batch count or an early-stop patience of 0, an optimizer name, rate or
+    /// weight decay [`dl_optim::by_name_with_decay`] does not take, a moving-average
+    /// decay outside `[0, 1)`. A program checks them with this before it writes
+    /// anything for the run.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.mini_batch_size == 0 {
+            return Err(TrainError::Config("mini-batch size must be at least 1".into()));
+        }
+        if self.micro_batches == 0 {
+            return Err(TrainError::Config("micro-batches must be at least 1".into()));
+        }
+        if self.early_stop_patience == Some(0) {
+            return Err(TrainError::Config(
+                "early-stop patience must be at least 1 epoch".into(),
+            ));
+        }
+        dl_optim::by_name_with_decay(&self.optimizer, self.lr, self.weight_decay)?;
+        if let Some(decay) = self.ema_decay {
+            WeightAverage::new(decay)?;
+        }
+        Ok(())
+    }
+}
+
 /// One epoch of the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -311,17 +337,7 @@ impl<'a> Trainer<'a> {
         test: &'a ImageSet,
         config: TrainerConfig,
     ) -> Result<Self, TrainError> {
-        if config.mini_batch_size == 0 {
-            return Err(TrainError::Config("mini-batch size must be at least 1".into()));
-        }
-        if config.micro_batches == 0 {
-            return Err(TrainError::Config("micro-batches must be at least 1".into()));
-        }
-        if config.early_stop_patience == Some(0) {
-            return Err(TrainError::Config(
-                "early-stop patience must be at least 1 epoch".into(),
-            ));
-        }
+        config.validate()?;
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
         }
@@ -705,5 +721,41 @@ impl<'a> Trainer<'a> {
         history.test_evaluation = eval;
         history.total_seconds = elapsed_before + start.elapsed().as_secs_f64();
         Ok(history)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(change: fn(&mut TrainerConfig), what: &str) {
+        let mut config = TrainerConfig::default();
+        change(&mut config);
+        match config.validate() {
+            Err(e) => assert!(e.to_string().contains(what), "{e} should say {what:?}"),
+            Ok(()) => panic!("{config:?} taken"),
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_the_trainer_would_and_takes_the_edges() {
+        refused(|c| c.mini_batch_size = 0, "mini-batch size");
+        refused(|c| c.micro_batches = 0, "micro-batches");
+        refused(|c| c.early_stop_patience = Some(0), "early-stop patience");
+        refused(|c| c.optimizer = "adamw".into(), "unknown optimizer \"adamw\"");
+        refused(|c| c.lr = 0.0, "learning rate");
+        refused(|c| c.weight_decay = f32::NAN, "weight decay");
+        refused(|c| c.ema_decay = Some(1.0), "average decay");
+        let edges = TrainerConfig {
+            mini_batch_size: 1,
+            micro_batches: 1,
+            early_stop_patience: Some(1),
+            optimizer: "Nesterov".into(),
+            weight_decay: 0.0,
+            ema_decay: Some(0.0),
+            ..TrainerConfig::default()
+        };
+        edges.validate().unwrap();
+        TrainerConfig::default().validate().unwrap();
     }
 }
