@@ -1174,6 +1174,9 @@ fn start(
         }
         None => {}
     }
+    if mnist.train.is_empty() {
+        return Err(CliError::Other("no training images are left to train on".into()));
+    }
     println!(
         "{} from {}: {} train, {}{} test images ({:.1} s)",
         match a.dataset {

@@ -130,9 +130,11 @@ fn a_bad_training_flag_writes_nothing() {
     std::fs::write(&checkpoint, "its checkpoint").unwrap();
     let new = dir.path().join("new");
     let (old_dir, new_dir) = (old.to_str().unwrap(), new.to_str().unwrap());
-    let base = ["train", "--model", "simple", "--epochs", "1", "--train-limit", "100"];
+    let base = ["train", "--model", "simple", "--epochs", "1"];
+    let few = ["--train-limit", "100"];
     for (flags, says) in [
-        (&["--batch-size", "0"][..], "mini-batch size must be at least 1"),
+        (&["--train-limit", "0"][..], "no training images are left"),
+        (&["--batch-size", "0"], "mini-batch size must be at least 1"),
         (&["--lr", "0"], "invalid learning rate 0"),
         (&["--weight-decay", "NaN"], "invalid weight decay NaN"),
         (&["--optimizer", "adamw"], "unknown optimizer \"adamw\""),
@@ -147,7 +149,12 @@ fn a_bad_training_flag_writes_nothing() {
         ),
     ] {
         for out in [&["--out", new_dir][..], &["--out", old_dir, "--overwrite"]] {
-            let (code, err) = xtask(&[&base[..], flags, out].concat());
+            let limit = if flags.contains(&"--train-limit") {
+                &[][..]
+            } else {
+                &few
+            };
+            let (code, err) = xtask(&[&base[..], limit, flags, out].concat());
             assert_eq!(code, Some(1), "{flags:?} {out:?}: {err}");
             assert!(err.contains(says), "{flags:?} {out:?}: {err}");
         }
