@@ -1705,6 +1705,18 @@ mod tests {
         // a run.json edited by hand is checked too
         a.lr_factor = vec![("fc".into(), -1.0)];
         assert!(trainer_config(&a).unwrap_err().to_string().contains("--lr-factor"));
+        a.lr_factor.clear();
+        (a.lr_decay, a.step_size, a.gamma) = (Decay::Step, 1, 0.5);
+        let step = Schedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        };
+        assert_eq!(trainer_config(&a).unwrap().lr_schedule, Some(step));
+        a.step_size = 0;
+        assert!(trainer_config(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--step-size must be at least 1"));
     }
 
     /// A run.json written before a flag existed resumes with that flag's default.
