@@ -14,7 +14,8 @@
 //! * [`DirectConv`]: convolution straight from the zero-padded image (split into its
 //!   phases at a stride above 1), with no lowered matrix.
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
-//!   per 2x2 output tile instead of 36. Both implement [`ConvKernel`] (forward pass and
+//!   per 2x2 output tile instead of 36; [`Winograd4Conv`]: F(4x4, 3x3), 36 per 4x4 tile
+//!   instead of 144. All three implement [`ConvKernel`] (forward pass and
 //!   filter gradient of one image), at every instruction set of [`Isa`]: AVX-512,
 //!   AVX2 + FMA, NEON and plain scalar loops, chosen at run time ([`Isa::active`], which
 //!   the `DLFS_SIMD` environment variable overrides).
