@@ -1,5 +1,6 @@
-//! The book's `ch08/half_float_network.py`: DeepConvNet's test accuracy with its
-//! weights and activations in 16 bits against 32, the same trained parameters.
+//! The book's `ch08/half_float_network.py`: a trained network's test accuracy (the
+//! shipped DeepConvNet, or any model's saved file) with its weights and activations in
+//! 16 bits against 32, the same trained parameters.
 //!
 //! ```sh
 //! cargo run --release -p dl-infer --example half_float_network                    # the shipped weights
@@ -11,12 +12,22 @@
 //! printed beside them. `cargo xtask bench --precision` times all three.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use dl_data::Mnist;
 use dl_infer::{Inference, Precision};
-use dl_models::{DeepConvNet, DeepConvNetConfig};
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let params = std::env::args().nth(1).unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -25,8 +36,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .to_string()
     });
     let mnist = Mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist"))?;
-    let mut network = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
-    network.load_params(&params)?;
+    // any saved model rebuilds from its file: the book's DeepConvNet by default
+    let network = dl_models::load(&params)?;
     let x_test = mnist.test.to_f32(true, false);
     let t_test: Vec<usize> = mnist.test.labels.iter().map(|&t| usize::from(t)).collect();
 

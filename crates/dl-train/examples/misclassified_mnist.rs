@@ -1,23 +1,33 @@
-//! The book's `ch08/misclassified_mnist.py`: DeepConvNet's test accuracy with trained
-//! parameters, and the test digits it gets wrong, drawn here in text (the book plots
-//! the first 20 with matplotlib).
+//! The book's `ch08/misclassified_mnist.py`: the test accuracy of a trained network
+//! (the shipped DeepConvNet, or any model's saved file), and the test digits it gets
+//! wrong, drawn here in text (the book plots the first 20 with matplotlib).
 //!
 //! ```sh
 //! cargo run --release -p dl-train --example misclassified_mnist                    # the shipped weights
 //! cargo run --release -p dl-train --example misclassified_mnist -- deep_convnet_params.safetensors
 //! ```
 //!
-//! `cargo xtask misclassified` draws them as a PNG grid, for any model or ensemble.
+//! `cargo xtask misclassified` draws them as a PNG grid, for an ensemble too.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use dl_data::Mnist;
-use dl_models::{DeepConvNet, DeepConvNetConfig};
 
 /// How many of the misclassified digits to draw, as the book plots.
 const SHOWN: usize = 20;
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let params = std::env::args().nth(1).unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -26,8 +36,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .to_string()
     });
     let mnist = Mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist"))?;
-    let mut network = DeepConvNet::new(DeepConvNetConfig::default(), 0).into_network();
-    network.load_params(&params)?;
+    // any saved model rebuilds from its file: the book's DeepConvNet by default
+    let mut network = dl_models::load(&params)?;
 
     println!("calculating test accuracy ... ");
     let x_test = mnist.test.to_f32(true, false);

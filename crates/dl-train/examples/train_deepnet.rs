@@ -15,12 +15,23 @@
 
 use std::error::Error;
 use std::path::Path;
+use std::process::ExitCode;
 
 use dl_data::Mnist;
 use dl_models::{DeepConvNet, DeepConvNetConfig};
 use dl_train::{Trainer, TrainerConfig};
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let epochs = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|_| format!("the number of epochs, not {arg:?}"))?,
         None => 20,
