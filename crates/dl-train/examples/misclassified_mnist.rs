@@ -44,7 +44,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let t_test: Vec<usize> = mnist.test.labels.iter().map(|&t| usize::from(t)).collect();
     let classified = network.classify(&x_test, 100)?;
     let wrong: Vec<usize> = (0..t_test.len()).filter(|&i| classified[i] != t_test[i]).collect();
-    let acc = 1.0 - wrong.len() as f64 / t_test.len() as f64;
+    let acc = (t_test.len() - wrong.len()) as f64 / t_test.len() as f64;
     println!("test accuracy:{acc}");
 
     println!("======= misclassified result =======");
