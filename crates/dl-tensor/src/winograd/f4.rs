@@ -1163,7 +1163,7 @@ mod avx2 {
 mod tests {
     use super::super::tests::{
         assert_empty_accumulators_are_zeros, assert_forward_images_at_once_are_each_in_turn,
-        assert_images_at_once_are_each_in_turn,
+        assert_images_at_once_are_each_in_turn, assert_images_at_once_at,
     };
     use super::*;
     use crate::testing::{assert_forward_matches_reference, assert_weight_gradient_matches_reference};
@@ -1318,6 +1318,27 @@ mod tests {
         assert_images_at_once_are_each_in_turn(&cases, |f, g, isa| {
             Box::new(Winograd4Conv::with_isa(&vec![0.5; f * g.col_rows()], f, g, isa).unwrap())
         });
+    }
+
+    /// Several images at once in rows of 5 to 7 tiles, where the levels that transform a
+    /// tile row a register leave columns empty: outputs of 16 x 24 (4 rows of 6 tiles in
+    /// 8 columns: 2 images at once) and 8 x 20 (2 rows of 5: 5 images), one image at a
+    /// time at the other levels. Each image's empty columns get zeros in `Z`, not only
+    /// the first image's: the scratch starts as NaN.
+    #[test]
+    fn its_filter_gradient_of_images_at_once_clears_each_images_empty_columns() {
+        for (case, c, h, w, f, at_once) in [(0, 8, 16, 24, 16, 2), (1, 5, 8, 20, 20, 5)] {
+            for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
+                let most = if Winograd4Conv::by_rows_at(isa, w / 4) {
+                    at_once
+                } else {
+                    1
+                };
+                assert_images_at_once_at(case, (c, h, w, f, 1), isa, most, |f, g, isa| {
+                    Box::new(Winograd4Conv::with_isa(&vec![0.5; f * g.col_rows()], f, g, isa).unwrap())
+                });
+            }
+        }
     }
 
     /// Several images' forward at once gives each in turn's bits: 14 x 14 and 16 x 16

@@ -1178,32 +1178,44 @@ mod tests {
         build: GradientKernel,
     ) {
         for (case, &(c, h, w, f, pad, most)) in cases.iter().enumerate() {
-            let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
-            let (in_len, out_len) = (c * h * w, f * g.out_h * g.out_w);
             for isa in Isa::ALL.into_iter().filter(|i| i.runs_here()) {
-                let k = build(f, &g, isa);
-                assert_eq!(k.images_per_gradient(), most, "case {case} at {isa}");
-                for n in [most, most.div_ceil(2)] {
-                    let x = random4((n, c, h, w), 40 + case as u64);
-                    let dout = random4((n, f, g.out_h, g.out_w), 50 + case as u64);
-                    let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
-                    let mut scratch = vec![f32::NAN; k.gradient_scratch_len()];
-                    let mut want = k.gradient_accumulator();
-                    let mut got = k.gradient_accumulator();
-                    for a in [&mut want, &mut got] {
-                        let first = &x[..in_len];
-                        k.weight_gradient_image(first, &dout[..out_len], a, &mut scratch);
-                    }
-                    for (xi, di) in x.chunks(in_len).zip(dout.chunks(out_len)) {
-                        k.weight_gradient_image(xi, di, &mut want, &mut scratch);
-                    }
-                    scratch.fill(f32::NAN);
-                    k.weight_gradient_images(x, dout, &mut got, &mut scratch);
-                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got.sums), bits(&want.sums), "case {case}, {n} images at {isa}");
-                    assert_eq!(bits(&got.db), bits(&want.db), "case {case}, {n} images at {isa}");
-                }
+                assert_images_at_once_at(case, (c, h, w, f, pad), isa, most, build);
             }
+        }
+    }
+
+    /// [`assert_images_at_once_are_each_in_turn`] for one case `(C, H, W, FN, pad)` at
+    /// one level, where the kernel takes `most` images at once.
+    pub(super) fn assert_images_at_once_at(
+        case: usize,
+        (c, h, w, f, pad): (usize, usize, usize, usize, usize),
+        isa: Isa,
+        most: usize,
+        build: GradientKernel,
+    ) {
+        let g = ConvGeometry::new(c, h, w, 3, 3, 1, pad).unwrap();
+        let (in_len, out_len) = (c * h * w, f * g.out_h * g.out_w);
+        let k = build(f, &g, isa);
+        assert_eq!(k.images_per_gradient(), most, "case {case} at {isa}");
+        for n in [most, most.div_ceil(2)] {
+            let x = random4((n, c, h, w), 40 + case as u64);
+            let dout = random4((n, f, g.out_h, g.out_w), 50 + case as u64);
+            let (x, dout) = (x.as_slice().unwrap(), dout.as_slice().unwrap());
+            let mut scratch = vec![f32::NAN; k.gradient_scratch_len()];
+            let mut want = k.gradient_accumulator();
+            let mut got = k.gradient_accumulator();
+            for a in [&mut want, &mut got] {
+                let first = &x[..in_len];
+                k.weight_gradient_image(first, &dout[..out_len], a, &mut scratch);
+            }
+            for (xi, di) in x.chunks(in_len).zip(dout.chunks(out_len)) {
+                k.weight_gradient_image(xi, di, &mut want, &mut scratch);
+            }
+            scratch.fill(f32::NAN);
+            k.weight_gradient_images(x, dout, &mut got, &mut scratch);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.sums), bits(&want.sums), "case {case}, {n} images at {isa}");
+            assert_eq!(bits(&got.db), bits(&want.db), "case {case}, {n} images at {isa}");
         }
     }
 
