@@ -54,16 +54,23 @@ pub struct Miss {
     pub guess: usize,
     /// The probability the model gave its answer.
     pub confidence: f32,
+    /// How many of the ensemble's members misread it on their own (1 for one network).
+    pub members_wrong: usize,
 }
 
-/// The digits of `set` that `model` gets wrong, in the set's order.
-pub fn misses(model: &mut Ensemble, set: &ImageSet) -> Result<Vec<Miss>, CliError> {
-    let mut out = Vec::new();
+/// The digits of `set` that `model` gets wrong, in the set's order, and how many digits
+/// at least one of its members misreads on its own.
+pub fn misses(model: &mut Ensemble, set: &ImageSet) -> Result<(Vec<Miss>, usize), CliError> {
+    let (mut out, mut any_member) = (Vec::new(), 0);
     let all: Vec<usize> = (0..set.len()).collect();
     for chunk in all.chunks(500) {
         let (x, labels) = set.batch(chunk);
-        let probs = model.predict_proba(&x, 100)?;
-        for (row, (&index, &label)) in probs.rows().into_iter().zip(chunk.iter().zip(&labels)) {
+        let each = model.member_proba(&x, 100)?;
+        let probs = dl_train::ensemble::mean_proba(&each);
+        let tops: Vec<_> = each.iter().map(|p| dl_tensor::argmax_rows(&p.view())).collect();
+        for (r, (row, (&index, &label))) in probs.rows().into_iter().zip(chunk.iter().zip(&labels)).enumerate() {
+            let members_wrong = tops.iter().filter(|t| t[r] != label).count();
+            any_member += usize::from(members_wrong > 0);
             let (guess, confidence) = top(row.as_slice().expect("rows of a standard-layout array"));
             if guess != label {
                 out.push(Miss {
@@ -71,11 +78,12 @@ pub fn misses(model: &mut Ensemble, set: &ImageSet) -> Result<Vec<Miss>, CliErro
                     label,
                     guess,
                     confidence,
+                    members_wrong,
                 });
             }
         }
     }
-    Ok(out)
+    Ok((out, any_member))
 }
 
 /// The most probable class and its probability (the first, on a tie).
@@ -99,14 +107,26 @@ pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
     let mnist = Mnist::load(a.data.clone().unwrap_or_else(crate::default_data_dir))?;
     let (set, set_name) = scored_set(&a, mnist)?;
     let (mut model, name) = load_model(&a)?;
-    let wrong = misses(&mut model, &set)?;
+    let (wrong, any_member) = misses(&mut model, &set)?;
+    let members = model.len();
     for m in &wrong {
         println!(
-            "{set_name} image {:5}: label {}, guess {} ({:.1}%)",
+            "{set_name} image {:5}: label {}, guess {} ({:.1}%){}",
             m.index,
             m.label,
             m.guess,
-            m.confidence * 100.0
+            m.confidence * 100.0,
+            if members > 1 {
+                format!(", {} of {members} members wrong", m.members_wrong)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if members > 1 {
+        println!(
+            "{any_member} of {} {set_name} digits misread by at least one of the {members} members",
+            set.len()
         );
     }
     let shown = &wrong[..wrong.len().min(a.max)];
@@ -231,6 +251,7 @@ mod tests {
             label,
             guess,
             confidence,
+            members_wrong: 1,
         };
         let shown = [miss(0, 7, 1, 0.5), miss(1, 2, 3, 0.75), miss(2, 1, 7, 0.995)];
         let png = grid_png(&mnist.test, &shown, 2, "a title").unwrap();
@@ -249,9 +270,10 @@ mod tests {
         let mnist = Mnist::load(crate::default_data_dir()).unwrap();
         let net = dl_models::registry::load(crate::shipped_params()).unwrap();
         let mut model = Ensemble::new(vec![net]).unwrap();
-        let wrong = misses(&mut model, &mnist.test).unwrap();
+        let (wrong, any_member) = misses(&mut model, &mnist.test).unwrap();
         // 9943 / 10000 right (docs/RESULTS.md)
-        assert_eq!(wrong.len(), 57);
+        assert_eq!((wrong.len(), any_member), (57, 57));
+        assert!(wrong.iter().all(|m| m.members_wrong == 1));
         assert!(wrong.windows(2).all(|w| w[0].index < w[1].index));
         for m in &wrong {
             assert_eq!(m.label, usize::from(mnist.test.labels[m.index]));
@@ -322,6 +344,41 @@ mod tests {
             let e = scored_set(&args(&["--validation", n]), mnist.clone()).unwrap_err();
             assert!(e.to_string().contains("between 1 and 59999"), "{e}");
         }
+    }
+
+    /// An ensemble's misses count the members that misread each digit on their own, as
+    /// each member scored alone finds, and the digits any member misreads are the union
+    /// of the members' own misses.
+    #[test]
+    fn an_ensembles_misses_count_the_members_that_misread_each_digit() {
+        let mnist = Mnist::load(crate::default_data_dir()).unwrap();
+        let set = mnist.test.split(2000, 3).1;
+        let load = |k: usize| {
+            dl_models::registry::load(
+                crate::root().join(format!("crates/dl-models/weights/ensemble/member-{k}.safetensors")),
+            )
+            .unwrap()
+        };
+        let alone: Vec<Vec<usize>> = (0..3)
+            .map(|k| {
+                let mut one = Ensemble::new(vec![load(k)]).unwrap();
+                misses(&mut one, &set).unwrap().0.iter().map(|m| m.index).collect()
+            })
+            .collect();
+        let mut all = Ensemble::new((0..3).map(load).collect()).unwrap();
+        let (wrong, any_member) = misses(&mut all, &set).unwrap();
+        assert!(!wrong.is_empty());
+        for m in &wrong {
+            let want = alone.iter().filter(|a| a.contains(&m.index)).count();
+            assert_eq!(m.members_wrong, want, "{m:?}");
+        }
+        let mut union: Vec<usize> = alone.concat();
+        union.sort_unstable();
+        union.dedup();
+        assert_eq!(any_member, union.len());
+        // the members disagree somewhere, so the counts are not all alike
+        assert!(alone.iter().any(|a| a != &alone[0]));
+        assert!(wrong.iter().any(|m| m.members_wrong < 3) || union.len() > wrong.len());
     }
 
     /// Several `--params` files are one ensemble, one file or none a single network.

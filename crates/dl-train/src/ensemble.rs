@@ -243,12 +243,7 @@ fn argmax(p: &Array2<f32>) -> Vec<usize> {
 /// # Panics
 /// If `probs` is empty or the arrays differ in shape.
 pub fn combine(probs: &[Array2<f32>], vote: Vote) -> Vec<usize> {
-    assert!(!probs.is_empty(), "combine: no members");
-    assert!(
-        probs.iter().all(|p| p.dim() == probs[0].dim()),
-        "combine: the members' outputs differ in shape"
-    );
-    let mean = mean_of(probs);
+    let mean = mean_proba(probs);
     match vote {
         Vote::Mean => argmax(&mean),
         Vote::Majority => majority_of(probs, &mean),
@@ -256,6 +251,21 @@ pub fn combine(probs: &[Array2<f32>], vote: Vote) -> Vec<usize> {
 }
 
 /// Mean of the members' probabilities.
+/// The mean of the members' softmax outputs `probs` (one `(N, classes)` array per
+/// member, at least one): what [`Ensemble::predict_proba`] gives from its members'
+/// [`Ensemble::member_proba`], bit for bit.
+///
+/// # Panics
+/// If `probs` is empty or the arrays differ in shape.
+pub fn mean_proba(probs: &[Array2<f32>]) -> Array2<f32> {
+    assert!(!probs.is_empty(), "mean_proba: no members");
+    assert!(
+        probs.iter().all(|p| p.dim() == probs[0].dim()),
+        "mean_proba: the members' outputs differ in shape"
+    );
+    mean_of(probs)
+}
+
 fn mean_of(probs: &[Array2<f32>]) -> Array2<f32> {
     let mut mean = probs[0].clone();
     for p in &probs[1..] {
@@ -337,18 +347,33 @@ impl Ensemble {
     }
 
     /// The averaged softmax outputs `(N, classes)` for `x`, in evaluation mode,
-    /// `batch_size` images at a time.
+    /// `batch_size` images at a time: [`mean_proba`] of [`Ensemble::member_proba`].
     pub fn predict_proba(&mut self, x: &Tensor, batch_size: usize) -> Result<Array2<f32>, EnsembleError> {
-        let mut rows: Vec<Array2<f32>> = Vec::new();
+        Ok(mean_of(&self.member_proba(x, batch_size)?))
+    }
+
+    /// Every member's softmax outputs `(N, classes)` for `x` (each averaged over the
+    /// test-time views), in evaluation mode, `batch_size` images at a time: the arrays
+    /// [`Ensemble::predict_proba`] averages, one per member in order, so that a caller
+    /// can see which members read an image as the whole does.
+    pub fn member_proba(&mut self, x: &Tensor, batch_size: usize) -> Result<Vec<Array2<f32>>, EnsembleError> {
+        let mut rows: Vec<Vec<Array2<f32>>> = vec![Vec::new(); self.members.len()];
         for chunk in x.axis_chunks_iter(ndarray::Axis(0), batch_size.max(1)) {
             let probs = member_probabilities(&mut self.members, &self.views, &chunk.to_owned())?;
-            rows.push(mean_of(&probs));
+            for (member, p) in rows.iter_mut().zip(probs) {
+                member.push(p);
+            }
         }
-        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
-        if views.is_empty() {
-            return Ok(Array2::zeros((0, 0)));
-        }
-        Ok(ndarray::concatenate(ndarray::Axis(0), &views).expect("same number of classes"))
+        Ok(rows
+            .iter()
+            .map(|chunks| {
+                let views: Vec<_> = chunks.iter().map(|r| r.view()).collect();
+                if views.is_empty() {
+                    return Array2::zeros((0, 0));
+                }
+                ndarray::concatenate(ndarray::Axis(0), &views).expect("same number of classes")
+            })
+            .collect())
     }
 
     /// Class predictions for `x` combined by `vote`.

@@ -62,6 +62,42 @@ fn mean_vote_averages_the_members_softmax_outputs() {
 }
 
 #[test]
+fn member_proba_gives_each_members_softmax_outputs_in_order() {
+    let x = input(7, 4);
+    let (mut a, mut b, mut c) = (small(21), small(22), small(23));
+    let want = [softmax_of(&mut a, &x), softmax_of(&mut b, &x), softmax_of(&mut c, &x)];
+    let mut e = Ensemble::new(vec![a, b, c]).unwrap();
+    // batch 3 does not divide 7: each member's chunks join up in order
+    let each = e.member_proba(&x, 3).unwrap();
+    assert_eq!(each.len(), 3);
+    for (m, (got, want)) in each.iter().zip(&want).enumerate() {
+        assert_eq!(got.dim(), (7, 10), "member {m}");
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert!((g - w).abs() < 1e-6, "member {m}: {g} vs {w}");
+        }
+    }
+    // their mean is the ensemble's output, bit for bit
+    assert_eq!(dl_train::ensemble::mean_proba(&each), e.predict_proba(&x, 3).unwrap());
+    // no images: an empty array for each member, and an empty mean
+    let none = input(0, 4);
+    let empty = e.member_proba(&none, 3).unwrap();
+    assert_eq!(empty.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![0, 0, 0]);
+    assert_eq!(e.predict_proba(&none, 3).unwrap().len(), 0);
+}
+
+#[test]
+#[should_panic(expected = "no members")]
+fn mean_proba_needs_a_member() {
+    dl_train::ensemble::mean_proba(&[]);
+}
+
+#[test]
+#[should_panic(expected = "differ in shape")]
+fn mean_proba_needs_outputs_of_one_shape() {
+    dl_train::ensemble::mean_proba(&[Array2::zeros((2, 3)), Array2::zeros((3, 3))]);
+}
+
+#[test]
 fn an_ensemble_gives_its_members_by_reference_mutably_and_by_value() {
     let x = input(3, 9);
     let (mut a, mut b) = (small(11), small(12));
