@@ -77,6 +77,48 @@ fn eval_names_its_test_time_views() {
     assert!(accuracy > 0.95 && accuracy <= 1.0, "{accuracy}");
 }
 
+/// `misclassified` of several files prints, for each error, how many members make it
+/// on their own, and how many digits any member misreads; of one file, neither.
+#[test]
+fn misclassified_counts_the_members_behind_each_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.png");
+    let member = |k: usize| {
+        format!(
+            "{}/../crates/dl-models/weights/ensemble/member-{k}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let (m0, m1) = (member(0), member(1));
+    let base = [
+        "misclassified",
+        "--validation",
+        "1000",
+        "--out",
+        out.to_str().unwrap(),
+        "--params",
+    ];
+    let two = stdout_of(&[&base[..], &[m0.as_str(), m1.as_str()]].concat());
+    let errors: Vec<&str> = two.lines().filter(|l| l.starts_with("validation image")).collect();
+    assert!(!errors.is_empty(), "{two}");
+    for l in &errors {
+        assert!(
+            l.ends_with(", 1 of 2 members wrong") || l.ends_with(", 2 of 2 members wrong"),
+            "{l}"
+        );
+    }
+    let any: usize = two
+        .lines()
+        .find_map(|l| l.strip_suffix(" of 1000 validation digits misread by at least one of the 2 members"))
+        .unwrap_or_else(|| panic!("no count of the members' misses in {two}"))
+        .parse()
+        .unwrap();
+    assert!(any >= errors.len(), "{two}");
+    let one = stdout_of(&[&base[..], &[m0.as_str()]].concat());
+    assert!(one.lines().any(|l| l.starts_with("validation image")), "{one}");
+    assert!(!one.contains("members"), "{one}");
+}
+
 /// `eval` of an int8 file scores it by its own kernels and prints the accuracy.
 #[test]
 fn eval_of_a_quantized_file_prints_its_accuracy() {
