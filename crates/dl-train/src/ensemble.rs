@@ -250,7 +250,6 @@ pub fn combine(probs: &[Array2<f32>], vote: Vote) -> Vec<usize> {
     }
 }
 
-/// Mean of the members' probabilities.
 /// The mean of the members' softmax outputs `probs` (one `(N, classes)` array per
 /// member, at least one): what [`Ensemble::predict_proba`] gives from its members'
 /// [`Ensemble::member_proba`], bit for bit.
@@ -266,6 +265,7 @@ pub fn mean_proba(probs: &[Array2<f32>]) -> Array2<f32> {
     mean_of(probs)
 }
 
+/// Mean of the members' probabilities.
 fn mean_of(probs: &[Array2<f32>]) -> Array2<f32> {
     let mut mean = probs[0].clone();
     for p in &probs[1..] {
