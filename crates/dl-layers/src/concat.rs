@@ -1,4 +1,4 @@
-use ndarray::{Axis, Slice};
+use rayon::prelude::*;
 
 use crate::{check_dout, prefixed, ConvAlgo, Layer, LayerError, Op, Param, Sequential, Tensor};
 
@@ -70,26 +70,54 @@ impl Layer for Concat {
         }
         outs.push(last.forward(x, train)?);
         let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.shape().to_vec()).collect();
-        let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
-        let y = ndarray::concatenate(Axis(1), &views).map_err(|_| Self::mismatch(&shapes))?;
+        let first = &shapes[0];
+        let same = |s: &Vec<usize>| s.len() == first.len() && s[0] == first[0] && s[2..] == first[2..];
+        if first.len() < 2 || !shapes.iter().all(same) {
+            return Err(Self::mismatch(&shapes));
+        }
+        // each image's block of each branch (its channels, whole) is contiguous: copied
+        // into place, images in parallel
+        let (n, inner) = (first[0], first[2..].iter().product::<usize>());
+        let blocks: Vec<usize> = shapes.iter().map(|s| s[1] * inner).collect();
+        let image = blocks.iter().sum::<usize>();
+        let parts: Vec<_> = outs.iter().map(|o| o.as_standard_layout()).collect();
+        let parts: Vec<&[f32]> = parts.iter().map(|p| p.as_slice().expect("standard layout")).collect();
+        let mut y = vec![0.0f32; n * image];
+        y.par_chunks_mut(image.max(1)).enumerate().for_each(|(i, out)| {
+            let mut at = 0;
+            for (part, &len) in parts.iter().zip(&blocks) {
+                out[at..at + len].copy_from_slice(&part[i * len..(i + 1) * len]);
+                at += len;
+            }
+        });
+        let mut shape = first.clone();
+        shape[1] = shapes.iter().map(|s| s[1]).sum();
         if train {
             self.channels = shapes.iter().map(|s| s[1]).collect();
-            self.shape = y.shape().to_vec();
+            self.shape = shape.clone();
         }
-        Ok(crate::into_standard(y))
+        Ok(Tensor::from_shape_vec(shape, y).expect("joined shape"))
     }
 
     fn backward(&mut self, dout: Tensor) -> Tensor {
         check_dout("Concat", &dout, &self.shape);
+        let dout = dout.as_standard_layout();
+        let ds = dout.as_slice().expect("standard layout");
+        let (n, inner) = (self.shape[0], self.shape[2..].iter().product::<usize>());
+        let image = self.shape[1] * inner;
         let mut dx: Option<Tensor> = None;
         let mut at = 0;
         for (b, &c) in self.branches.iter_mut().zip(&self.channels) {
-            let part = dout
-                .slice_axis(Axis(1), Slice::from(at..at + c))
-                .as_standard_layout()
-                .into_owned();
-            at += c;
-            let d = b.backward(part);
+            // the branch's channels of each image, a contiguous block of it
+            let len = c * inner;
+            let mut part = vec![0.0f32; n * len];
+            part.par_chunks_mut(len.max(1)).enumerate().for_each(|(i, p)| {
+                p.copy_from_slice(&ds[i * image + at..i * image + at + len]);
+            });
+            let mut shape = self.shape.clone();
+            shape[1] = c;
+            at += len;
+            let d = b.backward(Tensor::from_shape_vec(shape, part).expect("branch shape"));
             match &mut dx {
                 None => dx = Some(crate::into_standard(d)),
                 Some(acc) => *acc += &d,

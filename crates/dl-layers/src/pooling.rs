@@ -82,6 +82,35 @@ impl Pooling {
         g.fh == 2 && g.fw == 2 && self.stride == 2 && self.pad == 0 && g.h == 2 * g.out_h && g.w == 2 * g.out_w
     }
 
+    /// GoogLeNet's pool branches: 3x3 windows with stride 1 and padding 1, which keep
+    /// the plane's size.
+    fn same_3x3(&self, g: &ConvGeometry) -> bool {
+        g.fh == 3 && g.fw == 3 && self.stride == 1 && self.pad == 1
+    }
+
+    /// Max pooling of one plane `p` into `o`, each winner's position into `a`: any
+    /// window, stride and padding.
+    fn max_general(&self, g: &ConvGeometry, p: &[f32], o: &mut [f32], a: &mut [u32]) {
+        for oy in 0..g.out_h {
+            let (y0, y1) = self.window(oy, g.fh, g.h);
+            for ox in 0..g.out_w {
+                let (x0, x1) = self.window(ox, g.fw, g.w);
+                let mut best = f32::NEG_INFINITY;
+                let mut best_i = y0 * g.w + x0;
+                for yy in y0..y1 {
+                    for (xx, &v) in p[yy * g.w + x0..yy * g.w + x1].iter().enumerate() {
+                        if v > best {
+                            best = v;
+                            best_i = yy * g.w + x0 + xx;
+                        }
+                    }
+                }
+                o[oy * g.out_w + ox] = best;
+                a[oy * g.out_w + ox] = best_i as u32;
+            }
+        }
+    }
+
     /// The input range `[lo, hi)` covered by output `o` along an axis of length `len`.
     #[inline]
     fn window(&self, o: usize, k: usize, len: usize) -> (usize, usize) {
@@ -112,36 +141,20 @@ impl Layer for Pooling {
         };
         match self.kind {
             PoolKind::Max => {
-                // The book's 2x2 pooling with stride 2 over even sizes: every window is
-                // whole, so a plain unrolled loop does; evaluation needs no positions.
-                let (full_2x2, isa) = (self.full_2x2(&g), Isa::active());
-                if full_2x2 && !train {
+                // The book's 2x2 pooling with stride 2 over even sizes (every window
+                // whole) and GoogLeNet's 3x3 with stride 1 and padding 1 have kernels of
+                // their own; evaluation needs no positions.
+                let (full_2x2, same_3x3, isa) = (self.full_2x2(&g), self.same_3x3(&g), Isa::active());
+                if (full_2x2 || same_3x3) && !train {
                     out.par_chunks_mut(oplane).zip(xs.par_chunks(plane)).for_each(|(o, p)| {
-                        pool::max_pool_2x2_values(isa, p, g.w, g.out_h, g.out_w, o);
+                        if full_2x2 {
+                            pool::max_pool_2x2_values(isa, p, g.w, g.out_h, g.out_w, o);
+                        } else {
+                            pool::max_pool_3x3_values(isa, p, g.h, g.w, o);
+                        }
                     });
                     return Ok(Tensor::from_shape_vec(vec![n, g.c, g.out_h, g.out_w], out).expect("output shape"));
                 }
-                // the general path: any window, stride and padding
-                let general = |o: &mut [f32], a: &mut [u32], p: &[f32]| {
-                    for oy in 0..g.out_h {
-                        let (y0, y1) = self.window(oy, g.fh, g.h);
-                        for ox in 0..g.out_w {
-                            let (x0, x1) = self.window(ox, g.fw, g.w);
-                            let mut best = f32::NEG_INFINITY;
-                            let mut best_i = y0 * g.w + x0;
-                            for yy in y0..y1 {
-                                for (xx, &v) in p[yy * g.w + x0..yy * g.w + x1].iter().enumerate() {
-                                    if v > best {
-                                        best = v;
-                                        best_i = yy * g.w + x0 + xx;
-                                    }
-                                }
-                            }
-                            o[oy * g.out_w + ox] = best;
-                            a[oy * g.out_w + ox] = best_i as u32;
-                        }
-                    }
-                };
                 if train {
                     arg.resize(n * g.c * oplane, 0);
                     out.par_chunks_mut(oplane)
@@ -150,15 +163,17 @@ impl Layer for Pooling {
                         .for_each(|((o, a), p)| {
                             if full_2x2 {
                                 pool::max_pool_2x2(isa, p, g.w, g.out_h, g.out_w, o, a);
+                            } else if same_3x3 {
+                                pool::max_pool_3x3(isa, p, g.h, g.w, o, a);
                             } else {
-                                general(o, a, p);
+                                self.max_general(&g, p, o, a);
                             }
                         });
                 } else {
                     // evaluation keeps no positions: one plane's worth per task
                     out.par_chunks_mut(oplane)
                         .zip(xs.par_chunks(plane))
-                        .for_each_init(|| vec![0u32; oplane], |a, (o, p)| general(o, a, p));
+                        .for_each_init(|| vec![0u32; oplane], |a, (o, p)| self.max_general(&g, p, o, a));
                 }
             }
             PoolKind::Average => {
@@ -269,5 +284,56 @@ mod tests {
         assert!(!fast(Pooling::max(2, 1, 2, 0), 6, 6), "1 wide");
         assert!(!fast(Pooling::max(2, 2, 1, 0), 2, 2), "stride 1");
         assert!(!fast(Pooling::max(2, 2, 2, 1), 6, 6), "padded");
+    }
+
+    /// GoogLeNet's 3x3 windows with stride 1 and padding 1 take the kernel of their
+    /// own, on any plane; nothing next to them does.
+    #[test]
+    fn the_3x3_kernel_takes_3x3_windows_with_stride_1_and_padding_1_only() {
+        let same = |pool: Pooling, h: usize, w: usize| pool.same_3x3(&pool.geometry(&[1, 3, h, w]).unwrap());
+        for (h, w) in [(14, 14), (7, 7), (1, 1), (5, 8)] {
+            assert!(same(Pooling::max(3, 3, 1, 1), h, w), "{h} x {w}");
+        }
+        assert!(!same(Pooling::max(2, 3, 1, 1), 6, 6), "2 high");
+        assert!(!same(Pooling::max(3, 2, 1, 1), 6, 6), "2 wide");
+        assert!(!same(Pooling::max(3, 3, 2, 1), 6, 6), "stride 2");
+        assert!(!same(Pooling::max(3, 3, 1, 0), 6, 6), "unpadded");
+        assert!(!same(Pooling::max(3, 3, 1, 2), 6, 6), "padded by 2");
+    }
+
+    /// The kernel's maxima and positions are the general path's on the same plane, ties
+    /// (few distinct values), NaN and -inf included, in training and in evaluation; the
+    /// backward sends each gradient where the general path's positions say.
+    #[test]
+    fn the_3x3_kernel_pools_and_unpools_as_the_general_path() {
+        let kinds = [1.0f32, 2.0, 2.0, -1.0, f32::NAN, 0.0, -0.0, f32::NEG_INFINITY, 2.0];
+        let (n, c, h, w) = (2, 3, 5, 7);
+        let xs: Vec<f32> = (0..n * c * h * w)
+            .map(|i| kinds[(i * 5 + i / 7) % kinds.len()])
+            .collect();
+        let x = Tensor::from_shape_vec(vec![n, c, h, w], xs.clone()).unwrap();
+        let mut pool = Pooling::max(3, 3, 1, 1);
+        let g = pool.geometry(x.shape()).unwrap();
+        let (mut want, mut want_at) = (vec![0.0f32; xs.len()], vec![0u32; xs.len()]);
+        for ((p, o), a) in xs
+            .chunks(h * w)
+            .zip(want.chunks_mut(h * w))
+            .zip(want_at.chunks_mut(h * w))
+        {
+            pool.max_general(&g, p, o, a);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let y = pool.forward(x.clone(), true).unwrap();
+        assert_eq!(bits(y.as_slice().unwrap()), bits(&want));
+        assert_eq!(pool.arg_max, want_at);
+        let alone = Pooling::max(3, 3, 1, 1).forward(x, false).unwrap();
+        assert_eq!(bits(alone.as_slice().unwrap()), bits(&want));
+        let dout: Vec<f32> = (0..xs.len()).map(|i| i as f32 + 1.0).collect();
+        let dx = pool.backward(Tensor::from_shape_vec(vec![n, c, h, w], dout.clone()).unwrap());
+        let mut want_dx = vec![0.0f32; xs.len()];
+        for (k, &at) in want_at.iter().enumerate() {
+            want_dx[k / (h * w) * h * w + at as usize] += dout[k];
+        }
+        assert_eq!(dx.as_slice().unwrap(), &want_dx[..]);
     }
 }

@@ -192,6 +192,8 @@ fn pooling_forward_matches_reference() {
         (2, 1, 2, 0, 6, 6),
         (2, 2, 2, 1, 6, 6),
         (2, 2, 2, 0, 5, 7),
+        (3, 3, 1, 1, 7, 9),
+        (3, 3, 1, 1, 1, 2),
     ];
     for (i, &(ph, pw, s, p, h, w)) in cases.iter().enumerate() {
         let x = random_input(&[2, 3, h, w], 0.0, i as u64);

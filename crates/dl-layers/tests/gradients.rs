@@ -103,6 +103,12 @@ fn pooling_backward_matches_numerical_gradient() {
         1e-3,
     );
     assert_grads(
+        "Pooling max 3x3/1 pad1 (GoogLeNet's pool branches)",
+        &Pooling::max(3, 3, 1, 1),
+        &grid(&[2, 2, 5, 6], 4),
+        1e-3,
+    );
+    assert_grads(
         "Pooling max 3x3/2 pad1",
         &Pooling::max(3, 3, 2, 1),
         &grid(&[1, 2, 5, 5], 3),

@@ -407,6 +407,37 @@ fn pooling(c: &mut Criterion) {
     group.finish();
 }
 
+/// GoogLeNet's pool branch (3x3 windows, stride 1, padding 1) over one image at its
+/// second inception module (64 planes of 14 x 14): forward with positions and without
+/// (`dl_tensor::pool`), at every level the CPU has, scalar included.
+fn pooling_3x3(c: &mut Criterion) {
+    use dl_tensor::pool;
+    let mut group = c.benchmark_group("pooling_3x3");
+    let (planes, h, w) = (64, 14, 14);
+    group.throughput(Throughput::Elements((planes * h * w) as u64));
+    let x: Vec<f32> = (0..planes * h * w).map(|i| ((i * 7919) % 23) as f32 - 11.0).collect();
+    let (mut o, mut a) = (vec![0.0f32; planes * h * w], vec![0u32; planes * h * w]);
+    let mut levels = vector_levels();
+    levels.insert(0, Isa::Scalar);
+    for isa in levels {
+        group.bench_function(BenchmarkId::new("max_pool_3x3", isa), |b| {
+            b.iter(|| {
+                for ((p, o), a) in x.chunks(h * w).zip(o.chunks_mut(h * w)).zip(a.chunks_mut(h * w)) {
+                    pool::max_pool_3x3(isa, p, h, w, o, a);
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("max_pool_3x3_values", isa), |b| {
+            b.iter(|| {
+                for (p, o) in x.chunks(h * w).zip(o.chunks_mut(h * w)) {
+                    pool::max_pool_3x3_values(isa, p, h, w, o);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn vector_levels() -> Vec<Isa> {
     let forced = Isa::from_env().ok().flatten();
     Isa::supported_levels()
@@ -418,6 +449,6 @@ fn vector_levels() -> Vec<Isa> {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = gemm_backends, lowering, convolution, relu_passes, pooling, int8_convolution, instruction_rates
+    targets = gemm_backends, lowering, convolution, relu_passes, pooling, pooling_3x3, int8_convolution, instruction_rates
 }
 criterion_main!(benches);

@@ -150,6 +150,149 @@ fn max_unpool_codes_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], codes
     }
 }
 
+// The 3x3 pooling with stride 1 and padding 1 (GoogLeNet's pool branches): output
+// `(y, x)` takes the window of rows `y - 1 ..= y + 1` and columns `x - 1 ..= x + 1`
+// cut to the plane. The general path's scan (row-major, strictly greater replaces,
+// from -inf at the window's first position) is taken in two passes: along the rows
+// (each value's row of the window into `m`, its winner's position into `c`), then
+// down the columns, the top row's winner first. The first largest of the window in
+// row-major order is the first largest of its rows' winners, row by row. Both passes
+// run over the whole plane at once, as the planes' rows (14 and 7 values in GoogLeNet)
+// are shorter than a vector of AVX-512: the row pass over every value but the first and
+// last, the border columns then redone with their two values; the column pass over the
+// inner rows at once, the top and bottom rows with their two.
+
+/// The row pass's update of a border column's `m`, `c` at `i` from values `lo..hi`.
+#[inline(always)]
+fn row_edge(p: &[f32], i: usize, lo: usize, hi: usize, m: &mut [f32], c: &mut [u32]) {
+    let (mut best, mut at) = (f32::NEG_INFINITY, lo as u32);
+    for (k, &v) in p.iter().enumerate().take(hi).skip(lo) {
+        let take = v > best;
+        best = if take { v } else { best };
+        at = if take { k as u32 } else { at };
+    }
+    (m[i], c[i]) = (best, at);
+}
+
+/// The scan's step: `v` at `k` replaces `(best, at)` when strictly greater.
+#[inline(always)]
+fn take_larger(best: &mut f32, at: &mut u32, v: f32, k: u32) {
+    let take = v > *best;
+    *best = if take { v } else { *best };
+    *at = if take { k } else { *at };
+}
+
+#[inline(always)]
+fn max_pool_3x3_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], c: &mut [u32], o: &mut [f32], a: &mut [u32]) {
+    let n = h * w;
+    let (p, m, c, o, a) = (&p[..n], &mut m[..n], &mut c[..n], &mut o[..n], &mut a[..n]);
+    // the rows: three values about each (two at the borders, redone below)
+    if n >= 3 {
+        let taps = p.iter().zip(&p[1..]).zip(&p[2..]);
+        let out = m[1..n - 1].iter_mut().zip(c[1..n - 1].iter_mut());
+        for (i, ((mv, cv), ((&l, &mid), &r))) in out.zip(taps).enumerate() {
+            let (mut best, mut at) = (f32::NEG_INFINITY, i as u32);
+            take_larger(&mut best, &mut at, l, i as u32);
+            take_larger(&mut best, &mut at, mid, i as u32 + 1);
+            take_larger(&mut best, &mut at, r, i as u32 + 2);
+            (*mv, *cv) = (best, at);
+        }
+    }
+    for row in (0..n).step_by(w) {
+        row_edge(p, row, row, row + w.min(2), m, c);
+        if w >= 2 {
+            row_edge(p, row + w - 1, row + w - 2, row + w, m, c);
+        }
+    }
+    // the columns: the rows' winners above, at and below each value
+    if h == 1 {
+        o.copy_from_slice(m);
+        a.copy_from_slice(c);
+        return;
+    }
+    let down = |o: &mut [f32], a: &mut [u32], rows: &[(&[f32], &[u32])]| {
+        for (j, (ov, av)) in o.iter_mut().zip(a.iter_mut()).enumerate() {
+            let (mut best, mut at) = (rows[0].0[j], rows[0].1[j]);
+            for &(rm, rc) in &rows[1..] {
+                take_larger(&mut best, &mut at, rm[j], rc[j]);
+            }
+            (*ov, *av) = (best, at);
+        }
+    };
+    down(
+        &mut o[..w],
+        &mut a[..w],
+        &[(&m[..w], &c[..w]), (&m[w..2 * w], &c[w..2 * w])],
+    );
+    if h >= 3 {
+        let inner = o[w..n - w].iter_mut().zip(a[w..n - w].iter_mut());
+        let above = m[..n - 2 * w].iter().zip(&c[..n - 2 * w]);
+        let at_row = m[w..n - w].iter().zip(&c[w..n - w]);
+        let below = m[2 * w..].iter().zip(&c[2 * w..]);
+        for ((ov, av), ((u, x), d)) in inner.zip(above.zip(at_row).zip(below)) {
+            let (mut best, mut at) = (*u.0, *u.1);
+            take_larger(&mut best, &mut at, *x.0, *x.1);
+            take_larger(&mut best, &mut at, *d.0, *d.1);
+            (*ov, *av) = (best, at);
+        }
+    }
+    let (last, prev) = (n - w, n - 2 * w);
+    let (ol, al) = (&mut o[last..], &mut a[last..]);
+    down(ol, al, &[(&m[prev..last], &c[prev..last]), (&m[last..], &c[last..])]);
+}
+
+#[inline(always)]
+fn max_pool_3x3_values_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], o: &mut [f32]) {
+    let n = h * w;
+    let (p, m, o) = (&p[..n], &mut m[..n], &mut o[..n]);
+    let larger = |best: f32, v: f32| if v > best { v } else { best };
+    if n >= 3 {
+        let taps = p.iter().zip(&p[1..]).zip(&p[2..]);
+        for (mv, ((&l, &mid), &r)) in m[1..n - 1].iter_mut().zip(taps) {
+            *mv = larger(larger(larger(f32::NEG_INFINITY, l), mid), r);
+        }
+    }
+    for row in (0..n).step_by(w) {
+        m[row] = p[row..row + w.min(2)]
+            .iter()
+            .fold(f32::NEG_INFINITY, |b, &v| larger(b, v));
+        if w >= 2 {
+            m[row + w - 1] = larger(larger(f32::NEG_INFINITY, p[row + w - 2]), p[row + w - 1]);
+        }
+    }
+    if h == 1 {
+        o.copy_from_slice(m);
+        return;
+    }
+    for (j, ov) in o[..w].iter_mut().enumerate() {
+        *ov = larger(m[j], m[w + j]);
+    }
+    if h >= 3 {
+        let rows = m.iter().zip(&m[w..]).zip(&m[2 * w..]);
+        for (ov, ((&u, &x), &d)) in o[w..n - w].iter_mut().zip(rows) {
+            *ov = larger(larger(u, x), d);
+        }
+    }
+    let (last, prev) = (n - w, n - 2 * w);
+    for (j, ov) in o[last..].iter_mut().enumerate() {
+        *ov = larger(m[prev + j], m[last + j]);
+    }
+}
+
+thread_local! {
+    /// The row pass's winners and their positions, a plane's worth, kept by each thread.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The first `n` values of the scratch, grown to hold them.
+fn scratch<'a>(m: &'a mut Vec<f32>, c: &'a mut Vec<u32>, n: usize) -> (&'a mut [f32], &'a mut [u32]) {
+    if m.len() < n {
+        m.resize(n, 0.0);
+        c.resize(n, 0);
+    }
+    (&mut m[..n], &mut c[..n])
+}
+
 /// The position `at` relative to the window's first value `first`, in 32 bits (the
 /// loops vectorize in lanes of 32): 0, 1, `w` or `w + 1` for a position in the window.
 #[inline(always)]
@@ -158,6 +301,8 @@ fn window_place(at: u32, first: usize) -> u32 {
 }
 
 builds! {
+    max_pool_3x3_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], c: &mut [u32], o: &mut [f32], a: &mut [u32]);
+    max_pool_3x3_values_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], o: &mut [f32]);
     max_pool_relu_2x2_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32], codes: &mut [u8]);
     max_pool_relu_2x2_values_loop(y: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]);
     max_unpool_codes_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], codes: &[u8], dx: &mut [f32]);
@@ -184,6 +329,40 @@ pub fn max_pool_2x2(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut
 pub fn max_pool_2x2_values(isa: Isa, p: &[f32], w: usize, oh: usize, ow: usize, o: &mut [f32]) {
     check_plane(p.len(), w, oh, ow);
     at_level!(isa, max_pool_2x2_values_loop(p, w, oh, ow, o))
+}
+
+/// The maxima of the 3x3 windows with stride 1 and padding 1 (GoogLeNet's pool
+/// branches) of the `h x w` plane `p` into the `h x w` plane `o`, and each one's
+/// position in `p` into `a`: the first largest in row-major order, a NaN never chosen
+/// over a number, padding never chosen (a window of NaNs alone gives -inf at its first
+/// position inside the plane), as in the general path of `dl-layers`' `Pooling`.
+///
+/// # Panics
+/// If `p`, `o` or `a` holds fewer than `h w` values.
+pub fn max_pool_3x3(isa: Isa, p: &[f32], h: usize, w: usize, o: &mut [f32], a: &mut [u32]) {
+    check_plane_3x3(h, w, p.len(), o.len(), Some(a.len()));
+    if h * w == 0 {
+        return;
+    }
+    SCRATCH.with_borrow_mut(|(m, c)| {
+        let (m, c) = scratch(m, c, h * w);
+        at_level!(isa, max_pool_3x3_loop(p, h, w, m, c, o, a))
+    })
+}
+
+/// [`max_pool_3x3`]'s maxima without their positions (evaluation), value for value.
+///
+/// # Panics
+/// If `p` or `o` holds fewer than `h w` values.
+pub fn max_pool_3x3_values(isa: Isa, p: &[f32], h: usize, w: usize, o: &mut [f32]) {
+    check_plane_3x3(h, w, p.len(), o.len(), None);
+    if h * w == 0 {
+        return;
+    }
+    SCRATCH.with_borrow_mut(|(m, c)| {
+        let (m, _) = scratch(m, c, h * w);
+        at_level!(isa, max_pool_3x3_values_loop(p, h, w, m, o))
+    })
 }
 
 /// The backward of [`max_pool_2x2`] over `planes` planes of `2 oh x w` values
@@ -480,6 +659,15 @@ fn check_plane(len: usize, w: usize, oh: usize, ow: usize) {
     );
 }
 
+/// The 3x3 pooling's planes must hold `h w` values each.
+fn check_plane_3x3(h: usize, w: usize, p: usize, o: usize, a: Option<usize>) {
+    let n = h * w;
+    assert!(
+        p >= n && o >= n && a.is_none_or(|a| a >= n),
+        "max_pool_3x3: planes of {p} values in and {o} out ({a:?} positions) for {h} x {w}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,6 +883,126 @@ mod tests {
     fn pooling_values_through_the_relu_wants_the_windows_inside_a_row() {
         let mut o = [0.0f32; 2];
         max_pool_relu_2x2_values(Isa::Scalar, &[0.0; 8], 3, 1, 2, &mut o);
+    }
+
+    /// The general path's scan, written out: each 3x3 window (stride 1, padding 1) cut
+    /// to the plane, row-major, `>` from -inf at the window's first position.
+    fn reference_3x3(p: &[f32], h: usize, w: usize) -> (Vec<f32>, Vec<u32>) {
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        for y in 0..h {
+            for x in 0..w {
+                let (y0, y1, x0, x1) = (y.saturating_sub(1), (y + 2).min(h), x.saturating_sub(1), (x + 2).min(w));
+                let (mut best, mut at) = (f32::NEG_INFINITY, y0 * w + x0);
+                for yy in y0..y1 {
+                    for xx in x0..x1 {
+                        if p[yy * w + xx] > best {
+                            (best, at) = (p[yy * w + xx], yy * w + xx);
+                        }
+                    }
+                }
+                o.push(best);
+                a.push(at as u32);
+            }
+        }
+        (o, a)
+    }
+
+    #[test]
+    fn every_level_pools_3x3_windows_as_the_general_path_on_planes_of_every_size() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // 1 to 3 rows and columns (no inner column, one, the borders alone), widths
+        // about the vector lanes (8, 16, 32 inner columns) and GoogLeNet's 14 and 7
+        let sizes = (1..=4).flat_map(|h| (1..=5).map(move |w| (h, w)));
+        let sizes = sizes.chain([
+            (7, 7),
+            (14, 14),
+            (5, 10),
+            (3, 17),
+            (2, 18),
+            (4, 33),
+            (9, 34),
+            (65, 66),
+            (3, 3),
+        ]);
+        for (h, w) in sizes {
+            for seed in 0..3 {
+                let p = plane(h * w, seed + h + w);
+                let (want, want_at) = reference_3x3(&p, h, w);
+                for isa in Isa::ALL {
+                    let (mut o, mut a) = (vec![9.0f32; h * w + 1], vec![u32::MAX; h * w + 1]);
+                    max_pool_3x3(isa, &p, h, w, &mut o, &mut a);
+                    assert_eq!(bits(&o[..h * w]), bits(&want), "{isa} {h}x{w} seed {seed}");
+                    assert_eq!(a[..h * w], want_at, "{isa} {h}x{w} seed {seed}");
+                    // past the plane: left alone
+                    assert_eq!((o[h * w], a[h * w]), (9.0, u32::MAX), "{isa} {h}x{w}");
+                    let mut alone = vec![9.0f32; h * w + 1];
+                    max_pool_3x3_values(isa, &p, h, w, &mut alone);
+                    assert_eq!(bits(&alone), bits(&o), "{isa} values {h}x{w} seed {seed}");
+                }
+            }
+        }
+    }
+
+    /// Ties of `-0` and `+0` (the first wins), NaN (never chosen; a window of NaNs
+    /// alone: -inf at its first position), -inf against NaN, on a 3 x 4 plane.
+    #[test]
+    fn the_3x3_windows_take_the_first_largest_and_never_a_nan() {
+        let (z, n, nan, inf) = (0.0f32, -0.0f32, f32::NAN, f32::NEG_INFINITY);
+        #[rustfmt::skip]
+        let p = [
+            nan, nan, n,   z,
+            nan, nan, inf, 1.0,
+            z,   nan, nan, nan,
+        ];
+        #[rustfmt::skip]
+        let (want, want_at): ([f32; 12], [u32; 12]) = (
+            [inf, n, 1.0, 1.0,
+             z,   n, 1.0, 1.0,
+             z,   z, 1.0, 1.0],
+            [0, 2, 7, 7,
+             8, 2, 7, 7,
+             8, 8, 7, 7],
+        );
+        for isa in Isa::ALL {
+            let (mut o, mut a, mut alone) = ([9.0f32; 12], [0u32; 12], [9.0f32; 12]);
+            max_pool_3x3(isa, &p, 3, 4, &mut o, &mut a);
+            max_pool_3x3_values(isa, &p, 3, 4, &mut alone);
+            assert_eq!(o.map(f32::to_bits), want.map(f32::to_bits), "{isa}");
+            assert_eq!(alone.map(f32::to_bits), want.map(f32::to_bits), "{isa}");
+            assert_eq!(a, want_at, "{isa}");
+        }
+    }
+
+    #[test]
+    fn the_3x3_pooling_of_an_empty_plane_writes_nothing() {
+        for isa in Isa::ALL {
+            let (mut o, mut a) = ([9.0f32; 1], [7u32; 1]);
+            max_pool_3x3(isa, &[], 3, 0, &mut o, &mut a);
+            max_pool_3x3(isa, &[], 0, 3, &mut o, &mut a);
+            max_pool_3x3_values(isa, &[], 3, 0, &mut o);
+            max_pool_3x3_values(isa, &[], 0, 3, &mut o);
+            assert_eq!((o, a), ([9.0], [7]), "{isa}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "max_pool_3x3: planes of 5 values in and 6 out (Some(6) positions) for 2 x 3")]
+    fn the_3x3_pooling_wants_a_whole_plane_in() {
+        let (mut o, mut a) = ([0.0f32; 6], [0u32; 6]);
+        max_pool_3x3(Isa::Scalar, &[0.0; 5], 2, 3, &mut o, &mut a);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_pool_3x3: planes of 6 values in and 6 out (Some(5) positions) for 2 x 3")]
+    fn the_3x3_pooling_wants_a_position_for_each_value() {
+        let (mut o, mut a) = ([0.0f32; 6], [0u32; 5]);
+        max_pool_3x3(Isa::Scalar, &[0.0; 6], 2, 3, &mut o, &mut a);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_pool_3x3: planes of 6 values in and 5 out (None positions) for 2 x 3")]
+    fn the_3x3_maxima_want_a_whole_plane_out() {
+        max_pool_3x3_values(Isa::Scalar, &[0.0; 6], 2, 3, &mut [0.0; 5]);
     }
 
     #[test]
