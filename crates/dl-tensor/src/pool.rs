@@ -189,7 +189,8 @@ fn max_pool_3x3_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], c: &mut [u32]
     // the rows: three values about each (two at the borders, redone below)
     if n >= 3 {
         let taps = p.iter().zip(&p[1..]).zip(&p[2..]);
-        let out = m[1..n - 1].iter_mut().zip(c[1..n - 1].iter_mut());
+        // (the taps end one short of the plane: the zips stop there)
+        let out = m[1..].iter_mut().zip(c[1..].iter_mut());
         for (i, ((mv, cv), ((&l, &mid), &r))) in out.zip(taps).enumerate() {
             let (mut best, mut at) = (f32::NEG_INFINITY, i as u32);
             take_larger(&mut best, &mut at, l, i as u32);
@@ -226,8 +227,8 @@ fn max_pool_3x3_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], c: &mut [u32]
     );
     if h >= 3 {
         let inner = o[w..n - w].iter_mut().zip(a[w..n - w].iter_mut());
-        let above = m[..n - 2 * w].iter().zip(&c[..n - 2 * w]);
-        let at_row = m[w..n - w].iter().zip(&c[w..n - w]);
+        let above = m.iter().zip(c.iter());
+        let at_row = m[w..].iter().zip(&c[w..]);
         let below = m[2 * w..].iter().zip(&c[2 * w..]);
         for ((ov, av), ((u, x), d)) in inner.zip(above.zip(at_row).zip(below)) {
             let (mut best, mut at) = (*u.0, *u.1);
@@ -248,7 +249,7 @@ fn max_pool_3x3_values_loop(p: &[f32], h: usize, w: usize, m: &mut [f32], o: &mu
     let larger = |best: f32, v: f32| if v > best { v } else { best };
     if n >= 3 {
         let taps = p.iter().zip(&p[1..]).zip(&p[2..]);
-        for (mv, ((&l, &mid), &r)) in m[1..n - 1].iter_mut().zip(taps) {
+        for (mv, ((&l, &mid), &r)) in m[1..].iter_mut().zip(taps) {
             *mv = larger(larger(larger(f32::NEG_INFINITY, l), mid), r);
         }
     }
