@@ -167,9 +167,7 @@ fn max_unpool_codes_2x2_loop(w: usize, oh: usize, ow: usize, dout: &[f32], codes
 fn row_edge(p: &[f32], i: usize, lo: usize, hi: usize, m: &mut [f32], c: &mut [u32]) {
     let (mut best, mut at) = (f32::NEG_INFINITY, lo as u32);
     for (k, &v) in p.iter().enumerate().take(hi).skip(lo) {
-        let take = v > best;
-        best = if take { v } else { best };
-        at = if take { k as u32 } else { at };
+        take_larger(&mut best, &mut at, v, k as u32);
     }
     (m[i], c[i]) = (best, at);
 }
