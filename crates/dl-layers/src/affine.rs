@@ -65,6 +65,22 @@ impl Affine {
         }
     }
 
+    /// A copy without the input and the rounded weights the last training forward kept
+    /// ([`Layer::clone_for_inference`]).
+    pub(crate) fn inference_copy(&self) -> Affine {
+        Affine {
+            w: self.w.clone(),
+            b: self.b.clone(),
+            x: None,
+            original_shape: Vec::new(),
+            input_gradient: self.input_gradient,
+            trainable: self.trainable,
+            bf16: self.bf16,
+            products: None,
+            w_bf16: None,
+        }
+    }
+
     fn dims(&self) -> (usize, usize) {
         (self.w.value.shape()[0], self.w.value.shape()[1])
     }
@@ -181,5 +197,9 @@ impl Layer for Affine {
 
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
+    }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(self.inference_copy())
     }
 }

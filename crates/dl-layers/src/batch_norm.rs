@@ -312,4 +312,20 @@ impl Layer for BatchNormalization {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(BatchNormalization {
+            gamma: self.gamma.clone(),
+            beta: self.beta.clone(),
+            running_mean: self.running_mean.clone(),
+            running_var: self.running_var.clone(),
+            momentum: self.momentum,
+            eps: self.eps,
+            unbiased_running_var: self.unbiased_running_var,
+            frozen: self.frozen,
+            trainable: self.trainable,
+            mode: self.mode,
+            cache: None,
+        })
+    }
 }

@@ -101,4 +101,11 @@ impl Layer for BinaryAffine {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(BinaryAffine {
+            w: self.w.clone(),
+            affine: self.affine.inference_copy(),
+        })
+    }
 }

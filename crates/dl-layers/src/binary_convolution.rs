@@ -162,4 +162,13 @@ impl Layer for BinaryConvolution {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(BinaryConvolution {
+            w: self.w.clone(),
+            conv: self.conv.inference_copy(),
+            stride: self.stride,
+            pad: self.pad,
+        })
+    }
 }

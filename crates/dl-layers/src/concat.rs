@@ -228,4 +228,13 @@ impl Layer for Concat {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Concat {
+            branches: self.branches.iter().map(Sequential::inference_copy).collect(),
+            names: self.names.clone(),
+            channels: Vec::new(),
+            shape: Vec::new(),
+        })
+    }
 }

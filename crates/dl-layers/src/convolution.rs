@@ -175,6 +175,25 @@ impl Convolution {
         Ok(Tensor::from_shape_vec(vec![n, filters, oh, ow], out).expect("output shape"))
     }
 
+    /// A copy without the input, the plan and the masks or codes the last training
+    /// forward kept ([`Layer::clone_for_inference`]).
+    pub(crate) fn inference_copy(&self) -> Convolution {
+        Convolution {
+            w: self.w.clone(),
+            b: self.b.clone(),
+            stride: self.stride,
+            pad: self.pad,
+            algo: self.algo,
+            x: None,
+            cache: None,
+            input_gradient: self.input_gradient,
+            trainable: self.trainable,
+            bf16: self.bf16,
+            w_bf16: None,
+            kernels: self.kernels.clone(),
+        }
+    }
+
     /// Which algorithm computes the convolution ([`ConvAlgo::Auto`] by default: the
     /// fastest this CPU has). [`ConvAlgo::Lowered`] is the book's `im2col` + GEMM.
     pub fn set_algo(&mut self, algo: ConvAlgo) {
@@ -315,5 +334,9 @@ impl Layer for Convolution {
 
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
+    }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(self.inference_copy())
     }
 }

@@ -144,4 +144,16 @@ impl Layer for Dropout {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Dropout {
+            ratio: self.ratio,
+            inverted: self.inverted,
+            seed: self.seed,
+            rng: self.rng.clone(),
+            batch_offset: self.batch_offset,
+            mask: Vec::new(),
+            shape: Vec::new(),
+        })
+    }
 }

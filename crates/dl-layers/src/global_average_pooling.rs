@@ -70,4 +70,8 @@ impl Layer for GlobalAveragePooling {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(GlobalAveragePooling::default())
+    }
 }

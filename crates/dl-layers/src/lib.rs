@@ -325,6 +325,17 @@ pub trait Layer: Send + Sync {
 
     /// A boxed copy of the layer, parameters and state included.
     fn clone_box(&self) -> Box<dyn Layer>;
+
+    /// A boxed copy for evaluation: the parameters, the buffers and the settings, but
+    /// nothing of what a training forward keeps for `backward` (its input, masks,
+    /// normalised values), which for a whole network is a batch's activations. Its
+    /// evaluation forward gives what the layer's gives, bit for bit; its `backward`
+    /// needs a training forward of its own first. Evaluation's per-thread copies of a
+    /// network are made with it. The default, [`Layer::clone_box`], suits a layer that
+    /// keeps nothing of that size.
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        self.clone_box()
+    }
 }
 
 impl Clone for Box<dyn Layer> {

@@ -261,6 +261,18 @@ impl Layer for Pooling {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Pooling {
+            kind: self.kind,
+            ph: self.ph,
+            pw: self.pw,
+            stride: self.stride,
+            pad: self.pad,
+            arg_max: Vec::new(),
+            cache: None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -65,4 +65,8 @@ impl Layer for Relu {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Relu::default())
+    }
 }

@@ -251,4 +251,13 @@ impl Layer for Residual {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Residual {
+            body: self.body.inference_copy(),
+            shortcut: self.shortcut.as_ref().map(Sequential::inference_copy),
+            mask: Vec::new(),
+            shape: Vec::new(),
+        })
+    }
 }

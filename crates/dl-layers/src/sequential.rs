@@ -65,6 +65,19 @@ impl Sequential {
         self.layers.push(layer);
     }
 
+    /// A copy for evaluation ([`Layer::clone_for_inference`] of every layer): the
+    /// parameters, buffers and settings without what the last training forward kept
+    /// for `backward`.
+    pub fn inference_copy(&self) -> Sequential {
+        Sequential {
+            layers: self.layers.iter().map(|l| l.clone_for_inference()).collect(),
+            names: self.names.clone(),
+            input_gradient_unread: self.input_gradient_unread,
+            input_shape: Vec::new(),
+            fused: Vec::new(),
+        }
+    }
+
     /// The layers, in order.
     pub fn layers(&self) -> &[Box<dyn Layer>] {
         &self.layers
@@ -259,6 +272,10 @@ impl Layer for Sequential {
 
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
+    }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(self.inference_copy())
     }
 }
 

@@ -46,4 +46,8 @@ impl Layer for Sigmoid {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Sigmoid::default())
+    }
 }

@@ -84,4 +84,8 @@ impl Layer for Sign {
     fn clone_box(&self) -> Box<dyn Layer> {
         Box::new(self.clone())
     }
+
+    fn clone_for_inference(&self) -> Box<dyn Layer> {
+        Box::new(Sign::default())
+    }
 }

@@ -1320,3 +1320,63 @@ fn a_layer_the_relu_and_the_2x2_pooling_run_as_one_wherever_they_stand_and_are_s
     let mut no_relu = Sequential::new().with(PoolFusionProbe).with(pool());
     assert_eq!(no_relu.forward(x.clone(), false).unwrap().shape(), &[2, 3, 2, 2]);
 }
+
+/// Every layer's copy for inference evaluates as the layer does, bit for bit, and keeps
+/// nothing of the training forward before it: its `backward` wants one of its own.
+#[test]
+fn every_layers_copy_for_inference_evaluates_alike_and_keeps_no_training_state() {
+    use dl_layers::{BinaryAffine, BinaryConvolution, GlobalAveragePooling, PoolKind, Sigmoid, Sign};
+    let image = [3, 2, 6, 4];
+    let conv = |c, f, k, seed| Convolution::new(c, f, k, k, 1, k / 2, Init::He, seed);
+    let layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(Affine::new(48, 4, Init::He, 1)),
+        Box::new(conv(2, 3, 3, 2)),
+        Box::new(BatchNormalization::new(2, BatchNormMode::PerChannel)),
+        Box::new(BatchNormalization::new(48, BatchNormMode::PerActivation)),
+        Box::new(Relu::new()),
+        Box::new(Sigmoid::new()),
+        Box::new(Pooling::new(PoolKind::Max, 2, 2, 2, 0)),
+        Box::new(Pooling::new(PoolKind::Average, 3, 2, 1, 1)),
+        Box::new(Dropout::new(0.5, 1)),
+        Box::new(GlobalAveragePooling::new()),
+        Box::new(
+            Concat::new()
+                .with_branch("a", Sequential::new().with(conv(2, 1, 1, 3)))
+                .with_branch("b", Sequential::new().with(conv(2, 4, 3, 4)).with(Relu::new())),
+        ),
+        Box::new(Residual::new(
+            Sequential::new().with(conv(2, 2, 3, 5)).with(Relu::new()),
+            None,
+        )),
+        Box::new(Residual::new(
+            Sequential::new().with(conv(2, 3, 3, 6)),
+            Some(Sequential::new().with(conv(2, 3, 1, 7))),
+        )),
+        Box::new(
+            Sequential::new()
+                .with(conv(2, 3, 3, 8))
+                .with(Relu::new())
+                .with(Pooling::max(2, 2, 2, 0)),
+        ),
+        Box::new(Sign::new()),
+        Box::new(BinaryAffine::new(48, 4, Init::Xavier, 5)),
+        Box::new(BinaryConvolution::new(2, 3, 3, 3, 1, 1, Init::Xavier, 6)),
+    ];
+    let x = random_input(&image, 0.0, 7);
+    let other = random_input(&image, 0.0, 8);
+    for mut layer in layers {
+        let name = layer.name().to_string();
+        let y = layer.forward(x.clone(), true).unwrap();
+        let mut copy = layer.clone_for_inference();
+        assert_eq!(copy.name(), name);
+        let want = layer.forward(other.clone(), false).unwrap();
+        let got = copy.forward(other.clone(), false).unwrap();
+        let bits = |t: &Tensor| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{name}: evaluation");
+        let dout = random_input(y.shape(), 0.0, 9);
+        let orphan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| copy.backward(dout.clone())));
+        assert!(orphan.is_err(), "{name}: the copy kept the training forward");
+        // the layer itself still has it
+        assert_eq!(layer.backward(dout).shape(), &image, "{name}");
+    }
+}

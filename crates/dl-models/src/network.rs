@@ -27,7 +27,8 @@ pub struct Network {
     renames: HashMap<String, String>,
     metadata: BTreeMap<String, String>,
     /// Copies of `root` that evaluate a batch's other shares in parallel
-    /// ([`Network::predict`]), made when first needed. Every `&mut self` method that
+    /// ([`Network::predict`]), made when first needed, without the training step's
+    /// activations ([`Sequential::inference_copy`]). Every `&mut self` method that
     /// could change a parameter, a buffer or a layer's setting drops them.
     replicas: Replicas,
 }
@@ -245,6 +246,23 @@ impl Network {
         Ok(())
     }
 
+    /// A copy for evaluation and saving: the same parameters, buffers, settings, names
+    /// and metadata, without what the last training step kept for `backward` (a batch's
+    /// activations, [`Layer::clone_for_inference`]). Its [`Network::predict`] in
+    /// evaluation gives this network's scores, bit for bit, and [`Network::gradient`] on
+    /// it gives what it gives on this network: a training forward keeps afresh what
+    /// backward reads.
+    pub fn clone_for_inference(&self) -> Network {
+        Network {
+            kind: self.kind.clone(),
+            root: self.root.inference_copy(),
+            last_layer: SoftmaxWithLoss::default(),
+            renames: self.renames.clone(),
+            metadata: self.metadata.clone(),
+            replicas: Replicas::default(),
+        }
+    }
+
     /// The book's `predict(x, train_flg)`: scores `(N, classes)` for input `x`.
     ///
     /// In evaluation, on more than one thread, a batch of four images or more is split
@@ -266,7 +284,7 @@ impl Network {
             return Ok(forward_in_chunks(&mut self.root, x)?);
         }
         while self.replicas.0.len() < shares - 1 {
-            self.replicas.0.push(self.root.clone());
+            self.replicas.0.push(self.root.inference_copy());
         }
         // shares of n / shares images, the first n % shares of them one more: every
         // share at least two (a one-row product may take another summation order)

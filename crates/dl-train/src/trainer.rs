@@ -458,10 +458,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// The network as it is evaluated and saved: a copy with the moving averages in
-    /// place of the parameters, when the run keeps them ([`TrainerConfig::ema_decay`]).
+    /// place of the parameters, when the run keeps them ([`TrainerConfig::ema_decay`]);
+    /// without the training step's activations ([`Network::clone_for_inference`]).
     fn averaged(&self) -> Option<Network> {
         let avg = self.average.as_ref()?;
-        let mut net = self.network.clone();
+        let mut net = self.network.clone_for_inference();
         avg.copy_to(&mut net.params_and_grads());
         Some(net)
     }
