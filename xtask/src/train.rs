@@ -850,6 +850,15 @@ fn trainer_config(a: &TrainArgs) -> Result<TrainerConfig, CliError> {
     if let Some(d) = a.ema {
         dl_optim::WeightAverage::new(d).map_err(|e| CliError::Other(format!("--ema: {e}")))?;
     }
+    if a.epochs == 0 {
+        return Err(CliError::Other("--epochs must be at least 1".into()));
+    }
+    if matches!(a.lr_decay, Decay::Step | Decay::Exponential) && !(a.gamma.is_finite() && a.gamma > 0.0) {
+        return Err(CliError::Other(format!(
+            "--gamma {}: must be a finite number above 0",
+            a.gamma
+        )));
+    }
     Ok(TrainerConfig {
         epochs: a.epochs,
         mini_batch_size: a.batch_size,
@@ -1717,6 +1726,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--step-size must be at least 1"));
+        a.step_size = 1;
+        for decay in [Decay::Step, Decay::Exponential] {
+            a.lr_decay = decay;
+            for gamma in [0.0, -0.5, f32::NAN, f32::INFINITY] {
+                a.gamma = gamma;
+                let err = trainer_config(&a).unwrap_err().to_string();
+                assert_eq!(err, format!("--gamma {gamma}: must be a finite number above 0"));
+            }
+            a.gamma = 1e30;
+            trainer_config(&a).unwrap().validate().unwrap();
+        }
+        // --gamma belongs to the step and exponential decays only
+        (a.lr_decay, a.gamma) = (Decay::Cosine, 0.0);
+        trainer_config(&a).unwrap().validate().unwrap();
+        a.epochs = 0;
+        assert_eq!(
+            trainer_config(&a).unwrap_err().to_string(),
+            "--epochs must be at least 1"
+        );
+        a.epochs = 1;
+        trainer_config(&a).unwrap().validate().unwrap();
     }
 
     /// A run.json written before a flag existed resumes with that flag's default.

@@ -6,6 +6,20 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::TrainError;
+
+/// `Ok` when `v` is a finite number above 0 (`or_zero`: at least 0).
+fn positive(what: &str, v: f32, or_zero: bool) -> Result<(), TrainError> {
+    if v.is_finite() && (v > 0.0 || (or_zero && v == 0.0)) {
+        Ok(())
+    } else {
+        let bound = if or_zero { ">= 0" } else { "> 0" };
+        Err(TrainError::Config(format!(
+            "{what} {v}: must be a finite number {bound}"
+        )))
+    }
+}
+
 /// Whether a schedule counts iterations or epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +70,35 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// Refuses a schedule whose rates would not be finite and positive: a step size of
+    /// 0, a `gamma` or a division factor that is not a finite number above 0, a
+    /// `min_lr` below 0, a `pct_start` outside `[0, 1]`. A `gamma` above 1 is taken (the
+    /// rate then grows).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        match *self {
+            Schedule::Constant => Ok(()),
+            Schedule::Step { step_size: 0, .. } => {
+                Err(TrainError::Config("step schedule: step size must be at least 1".into()))
+            }
+            Schedule::Step { gamma, .. } => positive("step schedule: gamma", gamma, false),
+            Schedule::Exponential { gamma } => positive("exponential schedule: gamma", gamma, false),
+            Schedule::Cosine { min_lr, .. } => positive("cosine schedule: min_lr", min_lr, true),
+            Schedule::OneCycle {
+                pct_start,
+                div_factor,
+                final_div_factor,
+            } => {
+                if !(0.0..=1.0).contains(&pct_start) {
+                    return Err(TrainError::Config(format!(
+                        "one-cycle schedule: pct_start {pct_start}: must be from 0 to 1"
+                    )));
+                }
+                positive("one-cycle schedule: div_factor", div_factor, false)?;
+                positive("one-cycle schedule: final_div_factor", final_div_factor, false)
+            }
+        }
+    }
+
     /// The learning rate at step `t` of `total`.
     pub fn lr_at(&self, base: f32, t: usize, total: usize) -> f32 {
         let cos_interp = |from: f32, to: f32, frac: f32| {
@@ -121,6 +164,24 @@ impl ReduceOnPlateau {
             best: None,
             bad_epochs: 0,
         }
+    }
+
+    /// Refuses a `factor` outside `(0, 1]`, a `threshold` or `min_lr` that is not a
+    /// finite number >= 0.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if !(self.factor > 0.0 && self.factor <= 1.0) {
+            return Err(TrainError::Config(format!(
+                "reduce-on-plateau: factor {}: must be above 0 and at most 1",
+                self.factor
+            )));
+        }
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "reduce-on-plateau: threshold {}: must be a finite number >= 0",
+                self.threshold
+            )));
+        }
+        positive("reduce-on-plateau: min_lr", self.min_lr, true)
     }
 
     /// The best accuracy seen and the epochs since it improved (what a checkpoint keeps).

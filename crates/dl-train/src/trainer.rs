@@ -148,17 +148,27 @@ impl Default for TrainerConfig {
 }
 
 impl TrainerConfig {
-    /// Refuses what [`Trainer::new`] refuses whatever the data: a mini-batch size, a
-    /// micro-batch count or an early-stop patience of 0, an optimizer name, rate or
-    /// weight decay [`dl_optim::by_name_with_decay`] does not take, a moving-average
-    /// decay outside `[0, 1)`. A program checks them with this before it writes
-    /// anything for the run.
+    /// Refuses what [`Trainer::new`] refuses whatever the data: 0 epochs, a mini-batch
+    /// size, a micro-batch count, an evaluation sample count or an early-stop patience
+    /// of 0, an optimizer name, rate or weight decay [`dl_optim::by_name_with_decay`]
+    /// does not take, a schedule or plateau rule their `validate` refuses
+    /// ([`Schedule::validate`], [`ReduceOnPlateau::validate`]), a moving-average decay
+    /// outside `[0, 1)`. A program checks them with this before it writes anything for
+    /// the run.
     pub fn validate(&self) -> Result<(), TrainError> {
+        if self.epochs == 0 {
+            return Err(TrainError::Config("epochs must be at least 1".into()));
+        }
         if self.mini_batch_size == 0 {
             return Err(TrainError::Config("mini-batch size must be at least 1".into()));
         }
         if self.micro_batches == 0 {
             return Err(TrainError::Config("micro-batches must be at least 1".into()));
+        }
+        if self.evaluate_sample_num_per_epoch == Some(0) {
+            return Err(TrainError::Config(
+                "evaluation samples per epoch must be at least 1 (None for all)".into(),
+            ));
         }
         if self.early_stop_patience == Some(0) {
             return Err(TrainError::Config(
@@ -166,6 +176,12 @@ impl TrainerConfig {
             ));
         }
         dl_optim::by_name_with_decay(&self.optimizer, self.lr, self.weight_decay)?;
+        if let Some(schedule) = &self.lr_schedule {
+            schedule.validate()?;
+        }
+        if let Some(plateau) = &self.reduce_on_plateau {
+            plateau.validate()?;
+        }
         if let Some(decay) = self.ema_decay {
             WeightAverage::new(decay)?;
         }
@@ -729,7 +745,7 @@ impl<'a> Trainer<'a> {
 mod tests {
     use super::*;
 
-    fn refused(change: fn(&mut TrainerConfig), what: &str) {
+    fn refused(change: impl Fn(&mut TrainerConfig), what: &str) {
         let mut config = TrainerConfig::default();
         change(&mut config);
         match config.validate() {
@@ -747,6 +763,63 @@ mod tests {
         refused(|c| c.lr = 0.0, "learning rate");
         refused(|c| c.weight_decay = f32::NAN, "weight decay");
         refused(|c| c.ema_decay = Some(1.0), "average decay");
+        refused(|c| c.epochs = 0, "epochs must be at least 1");
+        refused(|c| c.evaluate_sample_num_per_epoch = Some(0), "evaluation samples");
+        let schedule = |s: Schedule| move |c: &mut TrainerConfig| c.lr_schedule = Some(s.clone());
+        let step = |step_size, gamma| Schedule::Step { step_size, gamma };
+        refused(schedule(step(0, 0.5)), "step size must be at least 1");
+        for gamma in [0.0, -0.5, f32::NAN, f32::INFINITY] {
+            let what = format!("step schedule: gamma {gamma}: must be a finite number > 0");
+            refused(schedule(step(1, gamma)), &what);
+            refused(schedule(Schedule::Exponential { gamma }), "exponential schedule: gamma");
+        }
+        for min_lr in [-1e-6, f32::NAN] {
+            let what = format!("cosine schedule: min_lr {min_lr}: must be a finite number >= 0");
+            refused(schedule(Schedule::Cosine { warmup: 0, min_lr }), &what);
+        }
+        let one_cycle = |pct_start, div_factor, final_div_factor| Schedule::OneCycle {
+            pct_start,
+            div_factor,
+            final_div_factor,
+        };
+        for pct in [-0.1, 1.1, f32::NAN] {
+            let what = format!("pct_start {pct}: must be from 0 to 1");
+            refused(schedule(one_cycle(pct, 25.0, 1e4)), &what);
+        }
+        refused(schedule(one_cycle(0.25, 0.0, 1e4)), "one-cycle schedule: div_factor 0");
+        refused(schedule(one_cycle(0.25, 25.0, f32::INFINITY)), "final_div_factor inf");
+        let plateau = |change: fn(&mut ReduceOnPlateau)| {
+            move |c: &mut TrainerConfig| {
+                let mut p = ReduceOnPlateau::new(0.5, 2);
+                change(&mut p);
+                c.reduce_on_plateau = Some(p);
+            }
+        };
+        refused(plateau(|p| p.factor = 0.0), "reduce-on-plateau: factor 0");
+        refused(plateau(|p| p.factor = 1.5), "above 0 and at most 1");
+        refused(plateau(|p| p.factor = f32::NAN), "reduce-on-plateau: factor NaN");
+        refused(plateau(|p| p.threshold = -0.01), "threshold -0.01");
+        refused(plateau(|p| p.threshold = f64::INFINITY), "threshold inf");
+        refused(plateau(|p| p.min_lr = -1.0), "reduce-on-plateau: min_lr -1");
+        for (s, p) in [
+            (step(1, 1e30), (1.0, 0.0, 0.0)),
+            (Schedule::Exponential { gamma: 1e-30 }, (1e-6, 0.5, 1.0)),
+            (Schedule::Cosine { warmup: 3, min_lr: 0.0 }, (0.5, 1e-4, 0.0)),
+            (one_cycle(0.0, 1e-3, 1e-3), (1.0, 0.0, 0.0)),
+            (one_cycle(1.0, 25.0, 1e4), (1.0, 0.0, 0.0)),
+            (Schedule::Constant, (1.0, 0.0, 0.0)),
+        ] {
+            let mut plateau = ReduceOnPlateau::new(p.0, 0);
+            (plateau.threshold, plateau.min_lr) = (p.1, p.2);
+            let c = TrainerConfig {
+                epochs: 1,
+                evaluate_sample_num_per_epoch: Some(1),
+                lr_schedule: Some(s),
+                reduce_on_plateau: Some(plateau),
+                ..TrainerConfig::default()
+            };
+            c.validate().unwrap();
+        }
         let edges = TrainerConfig {
             mini_batch_size: 1,
             micro_batches: 1,
