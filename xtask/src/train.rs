@@ -180,7 +180,7 @@ pub struct TrainArgs {
     /// Step the decay per epoch rather than per iteration.
     #[arg(long)]
     decay_per_epoch: bool,
-    /// Decay factor (step: per drop; exponential: per step).
+    /// Decay factor, a finite number above 0 (step: per drop; exponential: per step).
     #[arg(long, default_value_t = 0.5)]
     gamma: f32,
     /// Steps between drops of the step decay.
