@@ -49,6 +49,7 @@ use crate::{ConvGeometry, GeometryError, Isa};
 const LANES: usize = 8;
 
 /// Blocks of filters one pass of the AVX-512 kernel keeps in registers.
+#[cfg(target_arch = "x86_64")]
 const BLOCKS: usize = 8;
 
 /// Filters per block of the narrow AVX-512 kernel (channels in half a word): one
@@ -57,6 +58,7 @@ const NARROW_LANES: usize = 16;
 
 /// Blocks of filters one pass of the narrow AVX-512 kernel keeps in registers: 64
 /// filters, one word of signs.
+#[cfg(target_arch = "x86_64")]
 const NARROW_BLOCKS: usize = 4;
 
 /// Words that hold `bits` bits.

@@ -330,7 +330,8 @@ pub struct QConv {
     /// cannot saturate.
     narrow: bool,
     /// `[F/16][FH][FW][CP/2][16][2]`, the same widened, for `vpmaddwd` (empty when
-    /// `narrow`).
+    /// `narrow`; only on x86-64, where the AVX2 kernel is).
+    #[cfg(target_arch = "x86_64")]
     packed16: Vec<i16>,
 }
 
@@ -381,6 +382,7 @@ impl QConv {
         let blocks = f.div_ceil(BLOCK);
         let mut packed = vec![0i8; blocks * taps * cp * BLOCK];
         let narrow = weights.iter().all(|v| (-WEIGHT_MAX..=WEIGHT_MAX).contains(v));
+        #[cfg(target_arch = "x86_64")]
         let mut packed16 = vec![0i16; if narrow { 0 } else { packed.len() }];
         for fi in 0..f {
             let (b, lane) = (fi / BLOCK, fi % BLOCK);
@@ -394,6 +396,7 @@ impl QConv {
                             ((b * fh + i) * fw + j, ci)
                         };
                         packed[((tap * cp + ch - ch % 4) * BLOCK + lane * 4) + ch % 4] = v;
+                        #[cfg(target_arch = "x86_64")]
                         if !narrow {
                             packed16[((tap * cp + ch - ch % 2) * BLOCK + lane * 2) + ch % 2] = i16::from(v);
                         }
@@ -418,6 +421,7 @@ impl QConv {
             bias,
             packed,
             narrow,
+            #[cfg(target_arch = "x86_64")]
             packed16,
         })
     }
@@ -678,10 +682,13 @@ impl QConv {
             scratch.wide.clear();
             scratch.wide.extend(padded.iter().map(|&v| u16::from(v)));
         }
-        let wide = &scratch.wide;
         let kernel = kernel.usable();
+        // only the x86-64 VNNI kernel stores bytes itself
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = &mut direct;
         let block_len = taps.len() * cp * BLOCK;
         let mut acc = [[0i32; BLOCK]; TILE];
+        #[cfg(target_arch = "x86_64")]
         let mut acc2 = [[0i32; BLOCK]; TILE];
         for p0 in (0..pixels).step_by(TILE) {
             let rows = TILE.min(pixels - p0);
@@ -694,7 +701,8 @@ impl QConv {
             while b < blocks {
                 let tile = Tile {
                     x: padded,
-                    x16: if wide_avx2 { wide } else { &[] },
+                    #[cfg(target_arch = "x86_64")]
+                    x16: if wide_avx2 { &scratch.wide } else { &[] },
                     offs: &offs,
                     taps: &taps,
                     cp,
@@ -927,6 +935,7 @@ const TILE: usize = 12;
 struct Tile<'a> {
     x: &'a [u8],
     /// `x` widened to 16 bits, for the AVX2 kernel (empty for the others).
+    #[cfg(target_arch = "x86_64")]
     x16: &'a [u16],
     offs: &'a [usize; TILE],
     taps: &'a [usize],

@@ -251,6 +251,9 @@ impl Winograd4Conv {
     /// `x` holds `n` images one after the other; in `V` (`v_stride_of(n)` a position)
     /// each channel's row holds their tiles in that order, image `i`'s from column
     /// `i tp`, channels in the outer loop and images in the inner.
+    // outside x86-64 the branches of the AVX2 and AVX-512 transforms are unreachable
+    // (`with_isa` takes those levels only where they run)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(clippy::never_loop))]
     fn transform_input(&self, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
         let g = &self.g;
         let plane = g.h * g.w;
@@ -347,6 +350,9 @@ impl Winograd4Conv {
     /// `out[f] = Aᵀ M A + b[f]` tile by tile, dropping the outputs past `OH` and `OW`,
     /// for the image `image` of the `n` whose tiles `M` holds (its tiles from column
     /// `image tp` of each filter's row).
+    // outside x86-64 the branches of the AVX2 and AVX-512 transforms are unreachable
+    // (`with_isa` takes those levels only where they run)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(clippy::never_loop))]
     fn transform_output(
         &self,
         m: &[f32],
