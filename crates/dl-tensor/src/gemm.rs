@@ -21,10 +21,16 @@ pub(crate) fn check(
 }
 
 /// `c = alpha · a · b + beta · c` on any strided 2-D views (transposed views included:
-/// pass `x.t()`), single-threaded. This is the one GEMM every layer calls; it runs on
-/// the `gemm` crate's kernels (AVX-512 where the CPU has it, chosen at run time), which
-/// beat `matrixmultiply` on this network's shapes (`docs/PERFORMANCE.md`);
-/// [`gemm_matrixmultiply`] is the same product on `matrixmultiply`.
+/// pass `x.t()`), single-threaded. This is the one GEMM every layer calls. On x86-64 it
+/// runs on the `gemm` crate's kernels (AVX-512 where the CPU has it, chosen at run
+/// time), which beat `matrixmultiply` on this network's shapes (`docs/PERFORMANCE.md`);
+/// elsewhere on [`gemm_matrixmultiply`], the same product on `matrixmultiply`, because
+/// the `gemm` crate's aarch64 kernels sum a row of 32 differently from the same row
+/// among 70, and a batch's scores must not depend on how it is split.
+///
+/// Each output's bits depend on its row of `a` and column of `b` only, not on the
+/// other rows or columns, except that on x86-64 a product of one row (`M = 1`) takes
+/// the `gemm` crate's vector path, which orders its sums otherwise.
 ///
 /// Shapes: `a` `(M, K)`, `b` `(K, N)`, `c` `(M, N)`. With `beta == 0` the old content of
 /// `c` is ignored (even NaN), so `c` need not be initialised.
@@ -39,6 +45,9 @@ pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: 
     if k == 0 {
         c.mapv_inplace(|v| if beta == 0.0 { 0.0 } else { beta * v });
         return;
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return gemm_matrixmultiply(alpha, a, b, beta, c);
     }
     let (rsa, csa) = (a.strides()[0], a.strides()[1]);
     let (rsb, csb) = (b.strides()[0], b.strides()[1]);
@@ -204,6 +213,50 @@ mod tests {
                 close(&c, &matmul_reference(&a.view(), &b.view()));
             }
         });
+    }
+
+    /// Each output is the same sum whatever else the product computes: rows taken in
+    /// blocks of another size (a batch split across threads or into evaluation chunks)
+    /// or columns in blocks (`par_gemm`'s other split) give the whole product's bits.
+    /// Blocks of a single row are left out on x86-64 (the `gemm` crate's vector path).
+    #[test]
+    fn a_block_of_rows_or_columns_gives_the_whole_products_bits() {
+        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        // DeepConvNet's two Affine layers at batch 70, a lowered convolution's product
+        for (m, k, n) in [(70, 1024, 50), (70, 50, 10), (16, 144, 1000)] {
+            let (a, b) = (random(m, k, 11), random(k, n, 12));
+            let c0 = random(m, n, 13);
+            for beta in [0.0, 1.0] {
+                let mut whole = c0.clone();
+                gemm(1.0, &a.view(), &b.view(), beta, &mut whole.view_mut());
+                for split in [1, 4, 6, 32] {
+                    // the last block of 70 rows by 4, 6 or 32 has 2, 4 or 6 rows; of 16 by 6, 4
+                    let single_rows = cfg!(target_arch = "x86_64") && (split == 1 || m % split == 1);
+                    let mut rows = c0.clone();
+                    for (mut cc, aa) in rows
+                        .axis_chunks_iter_mut(Axis(0), split)
+                        .zip(a.axis_chunks_iter(Axis(0), split))
+                    {
+                        gemm(1.0, &aa, &b.view(), beta, &mut cc);
+                    }
+                    if !single_rows {
+                        assert_eq!(bits(&rows), bits(&whole), "{m}x{k}x{n}, rows by {split}, beta {beta}");
+                    }
+                    let mut cols = c0.clone();
+                    for (mut cc, bb) in cols
+                        .axis_chunks_iter_mut(Axis(1), split)
+                        .zip(b.axis_chunks_iter(Axis(1), split))
+                    {
+                        gemm(1.0, &a.view(), &bb, beta, &mut cc);
+                    }
+                    assert_eq!(
+                        bits(&cols),
+                        bits(&whole),
+                        "{m}x{k}x{n}, columns by {split}, beta {beta}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
