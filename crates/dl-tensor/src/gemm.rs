@@ -125,7 +125,9 @@ pub fn gemm_matrixmultiply(
 const PAR_MIN_MACS: usize = 1 << 20;
 
 /// Like [`gemm()`], but splits the larger output dimension into blocks computed on the
-/// rayon pool when the product is large enough to pay for it.
+/// rayon pool when the product is large enough to pay for it. The blocks give the
+/// bits [`gemm()`] gives the whole product, whatever the thread count: a block of rows
+/// is never a single row (see [`gemm()`]).
 pub fn par_gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
     let (m, k) = a.dim();
     let n = b.dim().1;
@@ -142,7 +144,7 @@ pub fn par_gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32,
     );
     let parts = threads * 2;
     if m >= n {
-        let chunk = m.div_ceil(parts).max(8);
+        let chunk = row_block(m, parts);
         c.axis_chunks_iter_mut(Axis(0), chunk)
             .into_par_iter()
             .zip(a.axis_chunks_iter(Axis(0), chunk).into_par_iter())
@@ -154,6 +156,16 @@ pub fn par_gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32,
             .zip(b.axis_chunks_iter(Axis(1), chunk).into_par_iter())
             .for_each(|(mut cc, bb)| gemm(alpha, a, &bb, beta, &mut cc));
     }
+}
+
+/// Rows a block of `par_gemm` takes of `m` split into about `parts`: at least 8, and
+/// never leaving a last block of a single row.
+fn row_block(m: usize, parts: usize) -> usize {
+    let mut chunk = m.div_ceil(parts).max(8);
+    while chunk < m && m % chunk == 1 {
+        chunk += 1;
+    }
+    chunk
 }
 
 #[cfg(test)]
@@ -198,6 +210,44 @@ mod tests {
             let mut c = Array2::from_elem((m, n), f32::NAN);
             gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
             close(&c, &matmul_reference(&a.view(), &b.view()));
+        }
+    }
+
+    #[test]
+    fn row_blocks_are_8_rows_or_more_and_never_leave_one_row() {
+        assert_eq!(row_block(70, 4), 18);
+        assert_eq!(row_block(100, 8), 13);
+        assert_eq!(row_block(20, 4), 8);
+        assert_eq!(row_block(25, 4), 9);
+        assert_eq!(row_block(17, 8), 9);
+        // 73 = 9 x 8 + 1 = 8 x 9 + 1: by 10 the last block has 3 rows
+        assert_eq!(row_block(73, 10), 10);
+        assert_eq!(row_block(5, 4), 8);
+        assert_eq!(row_block(1, 4), 8);
+        for m in 1..300 {
+            for parts in 1..12 {
+                let b = row_block(m, parts);
+                assert!(b >= 8 && (b >= m || m % b != 1), "{m} rows in {parts}: {b}");
+            }
+        }
+    }
+
+    /// 25 and 17 rows on 2 to 4 threads: blocks of 8 would leave one row alone (9, 9
+    /// and 7; 9 and 8 instead).
+    #[test]
+    fn par_gemm_gives_gemms_bits_whatever_the_thread_count() {
+        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        // rows split where `m >= n`, columns otherwise; at least 2^20 multiply-adds
+        for (m, k, n) in [(25, 2048, 24), (17, 4096, 16), (300, 64, 200), (16, 144, 1000)] {
+            let (a, b) = (random(m, k, 14), random(k, n, 15));
+            let mut want = Array2::zeros((m, n));
+            gemm(1.0, &a.view(), &b.view(), 0.0, &mut want.view_mut());
+            for threads in [2, 3, 4] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut c = Array2::zeros((m, n));
+                pool.install(|| par_gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut()));
+                assert_eq!(bits(&c), bits(&want), "{m}x{k}x{n} on {threads} threads");
+            }
         }
     }
 
