@@ -46,9 +46,22 @@ pub fn gemm(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: 
         c.mapv_inplace(|v| if beta == 0.0 { 0.0 } else { beta * v });
         return;
     }
-    if !cfg!(target_arch = "x86_64") {
-        return gemm_matrixmultiply(alpha, a, b, beta, c);
+    if cfg!(target_arch = "x86_64") {
+        gemm_crate((m, k, n), alpha, a, b, beta, c);
+    } else {
+        gemm_matrixmultiply(alpha, a, b, beta, c);
     }
+}
+
+/// [`gemm()`] on the `gemm` crate's kernels, for shapes [`check`]ed and not empty.
+fn gemm_crate(
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
     let (rsa, csa) = (a.strides()[0], a.strides()[1]);
     let (rsb, csb) = (b.strides()[0], b.strides()[1]);
     let (rsc, csc) = (c.strides()[0], c.strides()[1]);
@@ -211,6 +224,28 @@ mod tests {
             gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut());
             close(&c, &matmul_reference(&a.view(), &b.view()));
         }
+    }
+
+    /// `gemm` runs on the `gemm` crate on x86-64 and on `matrixmultiply` elsewhere: the
+    /// two round this product differently, so its bits tell which ran.
+    #[test]
+    fn gemm_runs_on_the_backend_of_its_architecture() {
+        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (m, k, n) = (70, 1024, 50);
+        let (a, b) = (random(m, k, 16), random(k, n, 17));
+        let mut got = Array2::zeros((m, n));
+        gemm(1.0, &a.view(), &b.view(), 0.0, &mut got.view_mut());
+        let mut by_crate = Array2::zeros((m, n));
+        gemm_crate((m, k, n), 1.0, &a.view(), &b.view(), 0.0, &mut by_crate.view_mut());
+        let mut by_matrixmultiply = Array2::zeros((m, n));
+        gemm_matrixmultiply(1.0, &a.view(), &b.view(), 0.0, &mut by_matrixmultiply.view_mut());
+        assert_ne!(bits(&by_crate), bits(&by_matrixmultiply));
+        let want = if cfg!(target_arch = "x86_64") {
+            by_crate
+        } else {
+            by_matrixmultiply
+        };
+        assert_eq!(bits(&got), bits(&want));
     }
 
     #[test]
