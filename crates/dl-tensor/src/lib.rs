@@ -8,9 +8,10 @@
 //! * [`im2col_chw`] / [`col2im_chw`]: the per-image, transposed layout
 //!   `(C*FH*FW, OH*OW)` that the fast convolution uses, so that `W · col` writes an
 //!   NCHW output directly, with no transpose.
-//! * [`gemm()`]: `C = alpha · A · B + beta · C` on strided views, backed by
-//!   the `gemm` crate's AVX-512/AVX2 kernels ([`gemm_matrixmultiply`] is the same on
-//!   `matrixmultiply`), and [`par_gemm`] which splits large products across rayon threads.
+//! * [`gemm()`]: `C = alpha · A · B + beta · C` on strided views, backed on x86-64 by
+//!   the `gemm` crate's AVX-512/AVX2 kernels and elsewhere by [`gemm_matrixmultiply`]
+//!   (the same on `matrixmultiply`), and [`par_gemm`] which splits large products
+//!   across rayon threads.
 //! * [`DirectConv`]: convolution straight from the zero-padded image (split into its
 //!   phases at a stride above 1), with no lowered matrix.
 //! * [`WinogradConv`]: Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, 16 multiplies
