@@ -193,6 +193,10 @@ mod tests {
         Array2::from_shape_fn((m, n), |_| rng.gen_range(-1.0..1.0))
     }
 
+    fn bits(c: &Array2<f32>) -> Vec<u32> {
+        c.iter().map(|v| v.to_bits()).collect()
+    }
+
     fn close(a: &Array2<f32>, b: &Array2<f32>) {
         assert_eq!(a.dim(), b.dim());
         for (x, y) in a.iter().zip(b) {
@@ -230,7 +234,6 @@ mod tests {
     /// two round this product differently, so its bits tell which ran.
     #[test]
     fn gemm_runs_on_the_backend_of_its_architecture() {
-        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let (m, k, n) = (70, 1024, 50);
         let (a, b) = (random(m, k, 16), random(k, n, 17));
         let mut got = Array2::zeros((m, n));
@@ -271,7 +274,6 @@ mod tests {
     /// and 7; 9 and 8 instead).
     #[test]
     fn par_gemm_gives_gemms_bits_whatever_the_thread_count() {
-        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         // rows split where `m >= n`, columns otherwise; at least 2^20 multiply-adds
         for (m, k, n) in [(25, 2048, 24), (17, 4096, 16), (300, 64, 200), (16, 144, 1000)] {
             let (a, b) = (random(m, k, 14), random(k, n, 15));
@@ -306,7 +308,6 @@ mod tests {
     /// Blocks of a single row are left out on x86-64 (the `gemm` crate's vector path).
     #[test]
     fn a_block_of_rows_or_columns_gives_the_whole_products_bits() {
-        let bits = |c: &Array2<f32>| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         // DeepConvNet's two Affine layers at batch 70, a lowered convolution's product
         for (m, k, n) in [(70, 1024, 50), (70, 50, 10), (16, 144, 1000)] {
             let (a, b) = (random(m, k, 11), random(k, n, 12));
