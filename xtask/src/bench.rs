@@ -197,6 +197,13 @@ fn pace(interval_ms: u64) -> String {
     }
 }
 
+impl BenchArgs {
+    /// `--serve`: the web server's latency rather than the networks' throughput.
+    pub fn measures_server(&self) -> bool {
+        self.serve
+    }
+}
+
 fn run_serve(a: &BenchArgs) -> Result<(), CliError> {
     if a.clients == 0 || a.requests == 0 {
         return Err(CliError::Other("--clients and --requests must be at least 1".into()));

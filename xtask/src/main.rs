@@ -224,7 +224,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let result = match cli.command {
+    let result = if cli.command.serves() {
+        run(cli.command)
+    } else {
+        // on a pool of one thread, the command runs on it: no loop is handed over
+        dl_tensor::on_pool(|| run(cli.command))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The web server and its benchmark, which run on the calling thread: their request
+    /// threads call into the pool, which keeps all of its threads for them.
+    fn serves(&self) -> bool {
+        match self {
+            Command::Serve(_) => true,
+            Command::Bench(a) => a.measures_server(),
+            _ => false,
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
         Command::Train(a) => train::run(a),
         Command::Finetune(a) => train::finetune(a),
         Command::Transfer(a) => transfer::run(a),
@@ -241,13 +269,6 @@ fn main() -> ExitCode {
         Command::Predict(a) => serve::predict(a),
         Command::Plot(a) => plot::run(a),
         Command::Misclassified(a) => misclassified::run(a),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -276,17 +297,18 @@ mod tests {
 
     fn run_cli(args: &[&str]) -> Result<(), CliError> {
         let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
-        match cli.command {
-            Command::Train(a) => train::run(a),
-            Command::Finetune(a) => train::finetune(a),
-            Command::Eval(a) => eval::run(a),
-            Command::ConvertParams(a) => eval::convert_params(a),
-            Command::Quantize(a) => eval::quantize(a),
-            Command::Ensemble(a) => ensemble::run(a),
-            Command::Bench(a) => bench::run(a),
-            Command::ConvertOptdigits(a) => optdigits::convert(a),
-            Command::Transfer(a) => transfer::run(a),
-            _ => unreachable!("not used here"),
+        run(cli.command)
+    }
+
+    /// The web server and `bench --serve` run where they are called; every other command
+    /// through `dl_tensor::on_pool`.
+    #[test]
+    fn only_the_server_keeps_the_pool_for_its_requests() {
+        let command = |line: &str| parse_from(line.split(' ')).expect("valid flags").command;
+        assert!(command("xtask serve").serves());
+        assert!(command("xtask bench --serve").serves());
+        for other in ["xtask bench", "xtask train", "xtask eval", "xtask predict x.png"] {
+            assert!(!command(other).serves(), "{other}");
         }
     }
 

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use dl_layers::{Bf16Kernel, ConvAlgo, Labels, Layer, LayerError, Sequential, SoftmaxWithLoss, Tensor};
 use dl_tensor::lowp::Precision;
-use dl_tensor::{argmax_rows, ParamMut};
+use dl_tensor::{argmax_rows, on_pool, ParamMut};
 use ndarray::{Axis, Ix2};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
@@ -273,7 +273,14 @@ impl Network {
     /// cache, and no layer waits for the other threads between layers. Each image's
     /// scores are computed as they are for the whole batch, so the result does not
     /// depend on the thread count.
+    ///
+    /// On a pool of one thread, runs on that thread, as [`Network::gradient`] does
+    /// ([`dl_tensor::on_pool`]).
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
+        on_pool(|| self.predict_pass(x, train))
+    }
+
+    fn predict_pass(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let n = x.shape().first().copied().unwrap_or(0);
         let shares = rayon::current_num_threads().min(n / 2);
         if train {
@@ -320,12 +327,17 @@ impl Network {
 
     /// The book's `gradient(x, t)`: loss, then backpropagation through every layer. The
     /// gradients are stored on the parameters ([`Network::grads`]); returns the loss.
+    ///
+    /// On a rayon pool of one thread, called from outside it, the pass runs on the pool's
+    /// thread, so that no loop of it is handed over ([`dl_tensor::on_pool`]).
     pub fn gradient(&mut self, x: Tensor, t: Labels<'_>) -> Result<f32, ModelError> {
-        self.replicas.0.clear();
-        let loss = self.loss(x, t)?;
-        let dout = self.last_layer.backward();
-        self.root.backward(dout);
-        Ok(loss)
+        on_pool(|| {
+            self.replicas.0.clear();
+            let loss = self.loss(x, t)?;
+            let dout = self.last_layer.backward();
+            self.root.backward(dout);
+            Ok(loss)
+        })
     }
 
     /// [`Network::gradient`] for a slice of a mini-batch of `total` samples, as a
@@ -334,11 +346,13 @@ impl Network {
     /// length), so the ranks' gradients add up to the whole mini-batch's. Returns the
     /// slice's own mean loss.
     pub fn gradient_of_slice(&mut self, x: Tensor, t: Labels<'_>, total: usize) -> Result<f32, ModelError> {
-        self.replicas.0.clear();
-        let loss = self.loss(x, t)?;
-        let dout = self.last_layer.backward_over(total);
-        self.root.backward(dout);
-        Ok(loss)
+        on_pool(|| {
+            self.replicas.0.clear();
+            let loss = self.loss(x, t)?;
+            let dout = self.last_layer.backward_over(total);
+            self.root.backward(dout);
+            Ok(loss)
+        })
     }
 
     /// Computes every product of the network (convolutions, affine layers) in bfloat16

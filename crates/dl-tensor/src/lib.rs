@@ -30,6 +30,8 @@
 //! * [`retain_freed_memory`]: glibc's allocator set to keep the blocks a training step
 //!   frees for the next one, instead of returning them to the kernel and faulting them
 //!   back in.
+//! * [`on_pool`]: a call's work on the thread of a one-thread rayon pool rather than
+//!   handed to it loop by loop.
 //! * [`softmax`], [`cross_entropy_error`], [`argmax_rows`]: the small shared numerics.
 //! * [`reference`](mod@reference): plain loop implementations kept as the yardstick the fast kernels are
 //!   tested against.
@@ -70,6 +72,7 @@ pub mod relu;
 mod simd;
 #[cfg(test)]
 mod testing;
+mod threads;
 mod winograd;
 
 pub use conv::{ConvAlgo, ConvPlan, ConvSaved, KernelCache, GROUP};
@@ -81,6 +84,7 @@ pub use isa::{cpu_simd_flags, Isa, IsaError, SIMD_ENV};
 pub use kernel::{ConvKernel, GradientAccumulator};
 pub use memory::retain_freed_memory;
 pub use ops::{argmax_rows, cross_entropy_error, cross_entropy_error_onehot, softmax};
+pub use threads::on_pool;
 pub use winograd::{Winograd4Conv, WinogradConv};
 
 /// The tensor type used across dlfs: a dynamically shaped `f32` array (NCHW for images).
