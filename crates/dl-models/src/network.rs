@@ -274,8 +274,8 @@ impl Network {
     /// scores are computed as they are for the whole batch, so the result does not
     /// depend on the thread count.
     ///
-    /// On a pool of one thread, runs on that thread, as [`Network::gradient`] does
-    /// ([`dl_tensor::on_pool`]).
+    /// On a rayon pool of one thread, called from outside it, runs on the pool's thread,
+    /// as [`Network::gradient`] does ([`dl_tensor::on_pool`]).
     pub fn predict(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         on_pool(|| self.predict_pass(x, train))
     }
