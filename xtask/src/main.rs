@@ -241,7 +241,8 @@ fn main() -> ExitCode {
 
 impl Command {
     /// The web server and its benchmark, which run on the calling thread: their request
-    /// threads call into the pool, which keeps all of its threads for them.
+    /// threads call into the pool, which keeps all of its threads for them (on a pool of
+    /// one thread, a server running on it would leave no thread to answer).
     fn serves(&self) -> bool {
         match self {
             Command::Serve(_) => true,
