@@ -119,6 +119,19 @@ fn input_dim(net: &dl_models::Network) -> Result<(usize, usize, usize), CliError
         .map_err(|_| CliError::Other(format!("{}: no input_dim in its configuration", net.kind())))
 }
 
+/// The root of `net`, which the inference engines run alone: an error for a network
+/// that deskews its images first (`train --deskew`), which they would skip.
+fn root_alone(net: &dl_models::Network) -> Result<&dl_layers::Sequential, CliError> {
+    if net.deskews() {
+        return Err(CliError::Other(format!(
+            "{} deskews its images (train --deskew), a step the inference engines (eval --precision, quantize) \
+             do not take: evaluate it without --precision",
+            net.kind()
+        )));
+    }
+    Ok(net.root())
+}
+
 impl Engine {
     /// `net` at `precision`; int8 needs `calibration` images.
     pub fn new(
@@ -126,6 +139,7 @@ impl Engine {
         precision: EvalPrecision,
         calibration: Option<&dl_layers::Tensor>,
     ) -> Result<Engine, CliError> {
+        root_alone(net)?;
         Ok(match precision {
             EvalPrecision::Float(p) => Engine::Float(Inference::new(net.root(), p).map_err(infer_error)?),
             EvalPrecision::Int8 => {
@@ -569,6 +583,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     let params = a.params.unwrap_or_else(crate::shipped_params);
     crate::refuse_to_replace(&a.out, a.overwrite)?;
     let net = dl_models::load(&params)?;
+    root_alone(&net)?;
     if a.bits == 1 {
         let packed = BinaryNetwork::new(net.root(), input_dim(&net)?).map_err(infer_error)?;
         let bytes = packed.to_bytes();

@@ -313,6 +313,34 @@ mod tests {
         }
     }
 
+    /// A network that deskews its images is evaluated with the step (at f32), and the
+    /// inference engines, which would skip it, refuse it with an error that says why.
+    #[test]
+    fn a_deskewing_network_is_evaluated_and_refused_by_the_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskew.safetensors");
+        let mut net = dl_models::load(shipped_params()).unwrap();
+        net.set_deskew(true);
+        net.save_params(&path).unwrap();
+        let file = path.to_str().unwrap();
+        run_cli(&["eval", "--params", file, "--validation", "200"]).unwrap();
+        for refused in [
+            &["eval", "--params", file, "--precision", "f16"][..],
+            &["eval", "--params", file, "--precision", "int8"],
+            &[
+                "quantize",
+                "--params",
+                file,
+                "--out",
+                dir.path().join("q").to_str().unwrap(),
+            ],
+        ] {
+            let err = run_cli(refused).unwrap_err().to_string();
+            assert!(err.contains("deskews its images"), "{refused:?}: {err}");
+        }
+        assert!(!dir.path().join("q").exists());
+    }
+
     /// `convert-params` stores the shipped weights at 16 bits in half the bytes, refuses
     /// to replace its output without --overwrite, and `eval --precision` runs the file.
     #[test]

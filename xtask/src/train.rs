@@ -208,6 +208,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "PIXELS", requires = "augment")]
     #[serde(default)]
     shift: Option<f32>,
+    /// Deskew every image (sheared upright and centred by its moments, as the MNIST
+    /// literature's "deskewed" inputs) before the network sees it, after any
+    /// augmentation, in training and evaluation; the saved network records it.
+    #[arg(long)]
+    #[serde(default)]
+    deskew: bool,
     /// Evaluate and save an exponential moving average of the trained parameters with
     /// this decay (0.999: about the last thousand steps), not the last step's parameters.
     #[arg(long, value_name = "DECAY")]
@@ -284,7 +290,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "recipe", "model", "model_config", "time_to", "checks_per_epoch", "lr_factor", "classes", "labels_per_class",
         "from", "head_classes", "freeze", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "seed", "eval_samples", "train_limit",
-        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "elastic", "rotation", "shift", "ema", "plateau_patience",
+        "lr_decay", "decay_per_epoch", "gamma", "step_size", "warmup", "augment", "elastic", "rotation", "shift", "deskew", "ema", "plateau_patience",
         "early_stop", "dataset", "data", "validation", "validation_seed", "ensemble", "parallel", "vote", "out",
         "overwrite", "checkpoint_every", "keep_checkpoints", "micro_batches", "precision", "bf16_kernel",
     ])]
@@ -472,6 +478,9 @@ impl TrainArgs {
                 (net, Some(report))
             }
         };
+        if self.deskew {
+            net.set_deskew(true);
+        }
         for path in &self.freeze {
             net.set_trainable(path, false)
                 .map_err(|e| CliError::Other(format!("--freeze {path}: {e}")))?;
@@ -529,6 +538,9 @@ impl TrainArgs {
             if let Some(v) = value {
                 out.push(format!("--{flag} {v}"));
             }
+        }
+        if self.deskew {
+            out.push("--deskew".into());
         }
         out.join(" ")
     }
@@ -1838,6 +1850,23 @@ mod tests {
         let mut older: serde_json::Value = serde_json::to_value(&plain).unwrap();
         older.as_object_mut().unwrap().remove("elastic");
         assert!(!serde_json::from_value::<TrainArgs>(older).unwrap().elastic);
+    }
+
+    #[test]
+    fn deskew_makes_a_network_that_deskews_and_is_kept_on_resume() {
+        let parse = |extra: &[&str]| train_flags("3", extra);
+        let plain = parse(&["--model", "simple"]).unwrap();
+        let a = parse(&["--model", "simple", "--deskew"]).unwrap();
+        assert!(a.build_model().unwrap().deskews());
+        assert!(!plain.build_model().unwrap().deskews());
+        assert!(a.flags().ends_with("--deskew"), "{}", a.flags());
+        assert!(!plain.flags().contains("--deskew"));
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(serde_json::from_str::<TrainArgs>(&json).unwrap().deskew);
+        let mut older: serde_json::Value = serde_json::to_value(&plain).unwrap();
+        older.as_object_mut().unwrap().remove("deskew");
+        assert!(!serde_json::from_value::<TrainArgs>(older).unwrap().deskew);
+        assert!(parse(&["--resume", "runs/x", "--deskew"]).is_err());
     }
 
     #[test]

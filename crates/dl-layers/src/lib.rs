@@ -8,7 +8,8 @@
 //! (layers in a row, VGG), [`Residual`] (a body plus a shortcut, ResNet) and [`Concat`]
 //! (branches side by side joined on channels, GoogLeNet's inception module); and the
 //! binarized network's layers (Courbariaux et al., 2016): [`Sign`], [`BinaryConvolution`]
-//! and [`BinaryAffine`].
+//! and [`BinaryAffine`]; and [`Deskew`], the MNIST literature's deskewing of digits by
+//! their moments.
 //!
 //! Every layer implements [`Layer`]: `forward` takes its input by value (so `Relu` works
 //! in place and `Convolution` keeps what it needs without a copy) and returns a typed
@@ -43,6 +44,7 @@ mod binary_affine;
 mod binary_convolution;
 mod concat;
 mod convolution;
+mod deskew;
 mod dropout;
 mod global_average_pooling;
 pub mod gradcheck;
@@ -62,6 +64,7 @@ pub use binary_affine::BinaryAffine;
 pub use binary_convolution::BinaryConvolution;
 pub use concat::Concat;
 pub use convolution::Convolution;
+pub use deskew::Deskew;
 pub use dl_tensor::dpbf16::Bf16Kernel;
 pub use dl_tensor::{ConvAlgo, Tensor};
 pub use dropout::Dropout;

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use dl_layers::{Bf16Kernel, ConvAlgo, Labels, Layer, LayerError, Sequential, SoftmaxWithLoss, Tensor};
+use dl_layers::{Bf16Kernel, ConvAlgo, Deskew, Labels, Layer, LayerError, Sequential, SoftmaxWithLoss, Tensor};
 use dl_tensor::lowp::Precision;
 use dl_tensor::{argmax_rows, on_pool, ParamMut};
 use ndarray::{Axis, Ix2};
@@ -26,6 +26,9 @@ pub struct Network {
     /// Path in the root -> public name, for the parameters and buffers a model renames.
     renames: HashMap<String, String>,
     metadata: BTreeMap<String, String>,
+    /// Whether the images are deskewed before the root sees them
+    /// ([`Network::set_deskew`]).
+    deskew: bool,
     /// Copies of `root` that evaluate a batch's other shares in parallel
     /// ([`Network::predict`]), made when first needed, without the training step's
     /// activations ([`Sequential::inference_copy`]). Every `&mut self` method that
@@ -136,6 +139,7 @@ impl Network {
             last_layer: SoftmaxWithLoss::new(),
             renames: HashMap::new(),
             metadata: BTreeMap::new(),
+            deskew: false,
             replicas: Replicas::default(),
         }
     }
@@ -177,6 +181,36 @@ impl Network {
     /// Extra text saved in the header of parameter files (the model configuration).
     pub fn set_metadata(&mut self, key: &str, value: String) {
         self.metadata.insert(key.to_string(), value);
+    }
+
+    /// Deskews every image ([`Deskew`]: sheared upright and centred by its moments)
+    /// before the root sees it, in training and in evaluation (`true`), or not (`false`,
+    /// the default): the input a network was trained on is part of the network. A saved
+    /// file records it (metadata entry `"input": "deskew"`), and loading a file's
+    /// parameters ([`Network::load_params`]) sets it as the file says.
+    pub fn set_deskew(&mut self, deskew: bool) {
+        self.deskew = deskew;
+        if deskew {
+            self.metadata.insert(INPUT_KEY.into(), DESKEW.into());
+        } else {
+            self.metadata.remove(INPUT_KEY);
+        }
+    }
+
+    /// Whether images are deskewed before the root sees them ([`Network::set_deskew`]).
+    pub fn deskews(&self) -> bool {
+        self.deskew
+    }
+
+    /// The root's input for images `x`: `x` deskewed when the network deskews
+    /// ([`Network::set_deskew`]), else `x` itself. [`Network::predict`] applies it; an
+    /// engine that runs the root alone (another precision's) needs it applied first.
+    pub fn prepare_input(&self, x: Tensor) -> Result<Tensor, ModelError> {
+        if self.deskew {
+            Ok(Deskew::new().forward(x, false)?)
+        } else {
+            Ok(x)
+        }
     }
 
     /// The metadata saved with the parameters (`"config"`: the model's configuration as
@@ -259,6 +293,7 @@ impl Network {
             last_layer: SoftmaxWithLoss::default(),
             renames: self.renames.clone(),
             metadata: self.metadata.clone(),
+            deskew: self.deskew,
             replicas: Replicas::default(),
         }
     }
@@ -281,6 +316,7 @@ impl Network {
     }
 
     fn predict_pass(&mut self, x: Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let x = self.prepare_input(x)?;
         let n = x.shape().first().copied().unwrap_or(0);
         let shares = rayon::current_num_threads().min(n / 2);
         if train {
@@ -703,6 +739,7 @@ impl Network {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        let deskew = file_deskews(bytes, path)?;
         let mut values: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in self.saved_tensors() {
             let view = st.tensor(&name).map_err(|_| ModelError::Missing {
@@ -738,7 +775,37 @@ impl Network {
             });
         }
         self.set_tensors(values);
+        self.set_deskew(deskew);
         Ok(())
+    }
+}
+
+/// The metadata key (in the `"dlfs"` entry) naming a network's input stage.
+const INPUT_KEY: &str = "input";
+/// [`INPUT_KEY`]'s value for a network that deskews its images.
+const DESKEW: &str = "deskew";
+
+/// Whether a safetensors file's network deskews its images: its `"dlfs"` entry's
+/// `"input"` is `"deskew"` (`true`), or it has none (`false`). Any other value is an
+/// error: an input stage this version does not know.
+fn file_deskews(bytes: &[u8], path: &Path) -> Result<bool, ModelError> {
+    let format = |message: String| ModelError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format(e.to_string()))?;
+    let Some(entry) = meta.metadata().as_ref().and_then(|m| m.get("dlfs")) else {
+        return Ok(false);
+    };
+    let Ok(info) = serde_json::from_str::<BTreeMap<String, String>>(entry) else {
+        return Ok(false);
+    };
+    match info.get(INPUT_KEY).map(String::as_str) {
+        None => Ok(false),
+        Some(DESKEW) => Ok(true),
+        Some(other) => Err(format(format!(
+            "its input stage {other:?} is not one this version knows (\"{DESKEW}\" or none)"
+        ))),
     }
 }
 
