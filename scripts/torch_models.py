@@ -13,6 +13,10 @@ parameter file's metadata), moves weights between the two, and serves three purp
                    in evaluation mode, and after one training-mode forward and backward
                    the loss, every parameter's gradient and the updated running
                    statistics, all computed in float64
+  deskew FILE      write the golden file of dl-layers' `Deskew` test: non-negative
+                   images, their deskewed images and the gradient of a weighted sum of
+                   them (centre and skew moving with the input), by moments computed in
+                   torch and `grid_sample`'s bilinear sampling, in float64
   bench            training (forward, backward, Adam; batch 100) and inference
                    throughput of one model on MNIST, as medians over windows, for
                    `cargo xtask bench --vs-torch`
@@ -515,6 +519,47 @@ def golden(args):
               f"{len(grads)} gradients")
 
 
+def deskew_torch(x):
+    """dlfs's `Deskew` by torch's own operations: each image's ink (summed over channels)
+    gives its centre of mass (r, c), row variance and covariance, skew a = cov / var;
+    output pixel (i, j) samples the input bilinearly, zeros outside, at row
+    r + (i - H/2), column c + (j - W/2) + a (i - H/2)."""
+    n, _, h, w = x.shape
+    ink = x.sum(1)
+    rows = torch.arange(h, dtype=x.dtype).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype).view(1, 1, w)
+    m = ink.sum((1, 2))
+    r = ((ink * rows).sum((1, 2)) / m).view(n, 1, 1)
+    c = ((ink * cols).sum((1, 2)) / m).view(n, 1, 1)
+    var = (ink * (rows - r) ** 2).sum((1, 2)).view(n, 1, 1) / m.view(n, 1, 1)
+    cov = (ink * (rows - r) * (cols - c)).sum((1, 2)).view(n, 1, 1) / m.view(n, 1, 1)
+    a = cov / var
+    i = rows - h / 2
+    j = cols - w / 2
+    sr = (r + i).expand(n, h, w)
+    sc = c + j + a * i
+    # grid_sample's coordinates: -1 and 1 are the first and last pixels' centres
+    grid = torch.stack([2 * sc / (w - 1) - 1, 2 * sr / (h - 1) - 1], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def deskew(args):
+    g = np.random.default_rng(args.seed)
+    out = {}
+    for k, shape in enumerate([(3, 1, 28, 28), (2, 2, 9, 8)]):
+        # sparse non-negative ink, as digits have, in float32 values
+        x = g.random(shape) * (g.random(shape) < 0.3)
+        x = x.astype(np.float32).astype(np.float64)
+        rw = g.uniform(-1, 1, shape).astype(np.float32).astype(np.float64)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        y = deskew_torch(xt)
+        (y * torch.from_numpy(rw)).sum().backward()
+        out.update({f"{k}.x": x, f"{k}.r": rw, f"{k}.y": y.detach().numpy(), f"{k}.dx": xt.grad.numpy()})
+    save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, args.file,
+              metadata={"torch": torch.__version__, "dtype": "float64"})
+    print(f"wrote {args.file}: {len(out) // 4} cases")
+
+
 def load_mnist(root):
     def read(name):
         path = os.path.join(root, name)
@@ -614,6 +659,10 @@ def main():
     q.add_argument("dir", nargs="?", default=os.path.join(here, "..", "crates", "dl-models", "tests", "golden"))
     q.add_argument("--n", type=int, default=4)
     q.add_argument("--only", nargs="*", default=None, help="these kinds only (default: every one)")
+    q = sub.add_parser("deskew")
+    q.add_argument("file", nargs="?", default=os.path.join(here, "..", "crates", "dl-layers", "tests", "golden",
+                                                           "deskew.safetensors"))
+    q.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("bench")
     q.add_argument("--model", default="deep", choices=["deep", "vgg", "resnet", "googlenet", "convstack"])
     q.add_argument("--config", default=None, help="the model's configuration as dlfs's JSON")
@@ -627,7 +676,7 @@ def main():
     q.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"logits": logits, "golden": golden, "bench": bench}[args.mode](args)
+    {"logits": logits, "golden": golden, "deskew": deskew, "bench": bench}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-//! The deskewing layer: what it does to slanted, upright, blank and one-row images, and
-//! its backward (the centre and the skew moving with the input) against the numerical
-//! gradient.
+//! The deskewing layer: what it does to slanted, upright, blank and one-row images, its
+//! forward and backward against an independent implementation (PyTorch's own operations
+//! and `grid_sample`, in float64: `scripts/torch_models.py deskew`), and its backward
+//! (the centre and the skew moving with the input) against the numerical gradient.
 
 use dl_layers::gradcheck::{check_layer, random_input};
 use dl_layers::{Deskew, Layer, Tensor};
@@ -183,4 +184,33 @@ fn a_wrong_shape_is_an_error_naming_the_layer() {
     }
     assert_eq!(layer.output_shape(&[4, 1, 28, 28]).unwrap(), vec![4, 1, 28, 28]);
     assert_eq!(layer.name(), "Deskew");
+}
+
+/// The golden file's tensor `name` (float64) as `f32` values and its shape.
+fn golden(st: &safetensors::SafeTensors<'_>, name: &str) -> Tensor {
+    let view = st.tensor(name).unwrap();
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+        .collect();
+    Tensor::from_shape_vec(view.shape().to_vec(), values).unwrap()
+}
+
+#[test]
+fn forward_and_backward_match_pytorch() {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/deskew.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // sparse random ink: (3, 1, 28, 28) and (2, 2, 9, 8)
+    for case in 0..2 {
+        let (x, r) = (golden(&st, &format!("{case}.x")), golden(&st, &format!("{case}.r")));
+        let mut layer = Deskew::new();
+        let y = layer.forward(x.clone(), true).unwrap();
+        // both compute in float64 and round once: they agree to the last bit or so
+        assert_close(&y, &golden(&st, &format!("{case}.y")), 1e-6, "forward");
+        let dx = layer.backward(r);
+        let want = golden(&st, &format!("{case}.dx"));
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        assert_close(&dx, &want, 1e-6 * scale, "backward");
+    }
 }
