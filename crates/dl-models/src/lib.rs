@@ -23,7 +23,9 @@
 //! the book's names (`W1`, `b1`, ... `W8`, `b8`), the others their paths, as torchvision
 //! names them (`layer1.0.conv1.W`). Loading checks every name, shape and dtype. A file
 //! records its model's kind and configuration, so [`load`] rebuilds any model from its
-//! file alone ([`registry`]).
+//! file alone ([`registry`]). A network may deskew its images before its layers see them
+//! ([`Network::set_deskew`], the MNIST literature's deskewed inputs), in training and in
+//! evaluation; its file records that too.
 //!
 //! The book's own pickled parameter files load too
 //! ([`Network::load_book_params`]), through a reader that accepts nothing but NumPy arrays
