@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dl_layers::gradcheck::random_input;
-use dl_layers::{Convolution, Init, Layer, Pooling, Relu, Sequential};
+use dl_layers::{Convolution, Deskew, Init, Layer, Pooling, Relu, Sequential};
 
 fn pooling(c: &mut Criterion) {
     let mut group = c.benchmark_group("pooling");
@@ -63,9 +63,19 @@ fn convolution_relu(c: &mut Criterion) {
     group.finish();
 }
 
+/// Deskewing a batch of 100 digit-like images (sparse non-negative ink), in evaluation.
+fn deskew(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deskew");
+    let ink = random_input(&[100, 1, 28, 28], 0.0, 7);
+    let x = ink.mapv(|v| if v > 0.4 { v } else { 0.0 });
+    let mut layer = Deskew::new();
+    group.bench_function("forward eval", |b| b.iter(|| layer.forward(x.clone(), false).unwrap()));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = pooling, relu, convolution_relu
+    targets = pooling, relu, convolution_relu, deskew
 }
 criterion_main!(benches);

@@ -1,3 +1,5 @@
+use rayon::prelude::*;
+
 use crate::{check_dout, into_standard, Layer, LayerError, Tensor};
 
 /// Deskewing by moments, as the MNIST literature preprocesses digits (the "deskewed"
@@ -150,22 +152,26 @@ impl Deskew {
         let (plane, size) = (h * w, c * h * w);
         let src = x.as_slice().expect("standard layout");
         let mut out = vec![0.0f32; src.len()];
-        let mut warps = Vec::with_capacity(x.shape()[0]);
-        for (image, dst) in src.chunks_exact(size.max(1)).zip(out.chunks_exact_mut(size.max(1))) {
-            let warp = Warp::of(image, h, w);
-            if warp.identity {
-                dst.copy_from_slice(image);
-            } else {
-                for (ch, dst) in image.chunks_exact(plane).zip(dst.chunks_exact_mut(plane)) {
-                    for (k, d) in dst.iter_mut().enumerate() {
-                        let (sr, sc) = warp.source(k / w, k % w, h, w);
-                        let v: f64 = taps(sr, sc, h, w).map(|(q, wt, _, _)| wt * f64::from(ch[q])).sum();
-                        *d = v as f32;
+        // each image on its own, images in parallel
+        let warps: Vec<Warp> = src
+            .par_chunks_exact(size.max(1))
+            .zip(out.par_chunks_exact_mut(size.max(1)))
+            .map(|(image, dst)| {
+                let warp = Warp::of(image, h, w);
+                if warp.identity {
+                    dst.copy_from_slice(image);
+                } else {
+                    for (ch, dst) in image.chunks_exact(plane).zip(dst.chunks_exact_mut(plane)) {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            let (sr, sc) = warp.source(k / w, k % w, h, w);
+                            let v: f64 = taps(sr, sc, h, w).map(|(q, wt, _, _)| wt * f64::from(ch[q])).sum();
+                            *d = v as f32;
+                        }
                     }
                 }
-            }
-            warps.push(warp);
-        }
+                warp
+            })
+            .collect();
         (
             Tensor::from_shape_vec(x.shape().to_vec(), out).expect("same shape"),
             warps,
