@@ -25,7 +25,9 @@ use crate::{check_dout, into_standard, Layer, LayerError, Tensor};
 ///
 /// `backward` is the exact derivative of that map, the centre and the skew moving with
 /// the input (away from the sampling grid's cell borders, where bilinear sampling has
-/// no derivative). Input `(N, C, H, W)`, output the same shape.
+/// no derivative). Input `(N, C, H, W)`, output the same shape. The images of a batch
+/// are deskewed in parallel on rayon's pool, each on its own: the result does not
+/// depend on the thread count.
 ///
 /// ```
 /// use dl_layers::{Deskew, Layer};
