@@ -58,7 +58,9 @@ struct Warp {
     col: f64,
     var: f64,
     cov: f64,
-    /// `cov / var`, or 0 when the rows vary too little.
+    /// Whether the rows vary enough to shear by `cov / var`.
+    sheared: bool,
+    /// `cov / var` when sheared, else 0.
     alpha: f64,
     /// Too little ink: the image passes unchanged.
     identity: bool,
@@ -83,6 +85,7 @@ impl Warp {
                 col: 0.0,
                 var: 0.0,
                 cov: 0.0,
+                sheared: false,
                 alpha: 0.0,
                 identity: true,
             };
@@ -96,14 +99,15 @@ impl Warp {
             cov += v * dr * dc;
         }
         let (var, cov) = (var / mass, cov / mass);
-        let alpha = if var > Deskew::MIN_ROW_VARIANCE { cov / var } else { 0.0 };
+        let sheared = var > Deskew::MIN_ROW_VARIANCE;
         Warp {
             mass,
             row,
             col,
             var,
             cov,
-            alpha,
+            sheared,
+            alpha: if sheared { cov / var } else { 0.0 },
             identity: false,
         }
     }
@@ -156,8 +160,8 @@ impl Deskew {
         let mut out = vec![0.0f32; src.len()];
         // each image on its own, images in parallel
         let warps: Vec<Warp> = src
-            .par_chunks_exact(size.max(1))
-            .zip(out.par_chunks_exact_mut(size.max(1)))
+            .par_chunks_exact(size)
+            .zip(out.par_chunks_exact_mut(size))
             .map(|(image, dst)| {
                 let warp = Warp::of(image, h, w);
                 if warp.identity {
@@ -203,8 +207,8 @@ impl Layer for Deskew {
         let g = dout.as_slice().expect("standard");
         let src = x.as_slice().expect("standard");
         let mut dx = vec![0.0f32; src.len()];
-        let images = src.chunks_exact(size.max(1)).zip(g.chunks_exact(size.max(1)));
-        for (((image, g), dx), warp) in images.zip(dx.chunks_exact_mut(size.max(1))).zip(warps) {
+        let images = src.chunks_exact(size).zip(g.chunks_exact(size));
+        for (((image, g), dx), warp) in images.zip(dx.chunks_exact_mut(size)).zip(warps) {
             if warp.identity {
                 dx.copy_from_slice(g);
                 continue;
@@ -230,11 +234,10 @@ impl Layer for Deskew {
                 }
             }
             // the centre and the skew as functions of every pixel's ink
-            let shear = warp.var > Deskew::MIN_ROW_VARIANCE;
             for k in 0..plane {
                 let (dr, dc) = ((k / w) as f64 - warp.row, (k % w) as f64 - warp.col);
                 let mut through = (g_row * dr + g_col * dc) / warp.mass;
-                if shear {
+                if warp.sheared {
                     let d_cov = (dr * dc - warp.cov) / warp.mass;
                     let d_var = (dr * dr - warp.var) / warp.mass;
                     through += g_alpha * (d_cov - warp.alpha * d_var) / warp.var;

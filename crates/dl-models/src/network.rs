@@ -25,10 +25,9 @@ pub struct Network {
     last_layer: SoftmaxWithLoss,
     /// Path in the root -> public name, for the parameters and buffers a model renames.
     renames: HashMap<String, String>,
+    /// The model's configuration and settings saved with it; `"input": "deskew"` makes
+    /// the network deskew its images ([`Network::set_deskew`]).
     metadata: BTreeMap<String, String>,
-    /// Whether the images are deskewed before the root sees them
-    /// ([`Network::set_deskew`]).
-    deskew: bool,
     /// Copies of `root` that evaluate a batch's other shares in parallel
     /// ([`Network::predict`]), made when first needed, without the training step's
     /// activations ([`Sequential::inference_copy`]). Every `&mut self` method that
@@ -139,7 +138,6 @@ impl Network {
             last_layer: SoftmaxWithLoss::new(),
             renames: HashMap::new(),
             metadata: BTreeMap::new(),
-            deskew: false,
             replicas: Replicas::default(),
         }
     }
@@ -189,7 +187,6 @@ impl Network {
     /// file records it (metadata entry `"input": "deskew"`), and loading a file's
     /// parameters ([`Network::load_params`]) sets it as the file says.
     pub fn set_deskew(&mut self, deskew: bool) {
-        self.deskew = deskew;
         if deskew {
             self.metadata.insert(INPUT_KEY.into(), DESKEW.into());
         } else {
@@ -199,14 +196,14 @@ impl Network {
 
     /// Whether images are deskewed before the root sees them ([`Network::set_deskew`]).
     pub fn deskews(&self) -> bool {
-        self.deskew
+        self.metadata.get(INPUT_KEY).map(String::as_str) == Some(DESKEW)
     }
 
     /// The root's input for images `x`: `x` deskewed when the network deskews
     /// ([`Network::set_deskew`]), else `x` itself. [`Network::predict`] applies it; an
     /// engine that runs the root alone (another precision's) needs it applied first.
     pub fn prepare_input(&self, x: Tensor) -> Result<Tensor, ModelError> {
-        if self.deskew {
+        if self.deskews() {
             Ok(Deskew::new().forward(x, false)?)
         } else {
             Ok(x)
@@ -293,7 +290,6 @@ impl Network {
             last_layer: SoftmaxWithLoss::default(),
             renames: self.renames.clone(),
             metadata: self.metadata.clone(),
-            deskew: self.deskew,
             replicas: Replicas::default(),
         }
     }
