@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Replace --json if it exists.
+    #[arg(long, requires = "json")]
+    overwrite: bool,
     /// Folder with the MNIST files (default: the shipped copy).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -331,6 +334,10 @@ pub fn gemm_isa() -> &'static str {
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    // refused before anything is measured, not after
+    if let Some(path) = &a.json {
+        crate::refuse_to_replace(path, a.overwrite)?;
+    }
     if a.serve {
         return run_serve(&a);
     }

@@ -205,6 +205,36 @@ pub fn refuse_to_replace(path: &Path, overwrite: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The file a command writes its output to: `out` if it is absent or `overwrite` was
+/// passed, else an error; without `out`, `default` or the first of `NAME-2.EXT`,
+/// `NAME-3.EXT`, ... beside it that is absent. Never a file that holds something, unless
+/// asked (as [`refuse_to_replace`], and as `train` picks its run folder).
+pub fn output_file(out: Option<&Path>, overwrite: bool, default: &Path) -> Result<PathBuf, CliError> {
+    if let Some(path) = out {
+        refuse_to_replace(path, overwrite)?;
+        return Ok(path.to_path_buf());
+    }
+    let taken = |p: &Path| {
+        p.try_exists()
+            .map_err(|e| CliError::Other(format!("{}: {e}", p.display())))
+    };
+    let mut path = default.to_path_buf();
+    if overwrite {
+        return Ok(path);
+    }
+    let stem = default.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = default
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let mut k = 1;
+    while taken(&path)? {
+        k += 1;
+        path = default.with_file_name(format!("{stem}-{k}{ext}"));
+    }
+    Ok(path)
+}
+
 fn main() -> ExitCode {
     let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = dl_tensor::Isa::from_env() {
@@ -296,6 +326,38 @@ mod tests {
         assert!(command_line("ensemble").starts_with("cargo xtask ensemble"));
     }
 
+    /// An output file is never one that exists unless --overwrite was passed: an explicit
+    /// one that exists is refused, and without one the default or the first free
+    /// `NAME-K.EXT` beside it is chosen.
+    #[test]
+    fn an_output_file_never_replaces_a_file_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let default = p("plots/curves.png");
+        // nothing there yet: the default itself
+        assert_eq!(output_file(None, false, &default).unwrap(), default);
+        std::fs::create_dir_all(p("plots")).unwrap();
+        std::fs::write(&default, b"1").unwrap();
+        assert_eq!(output_file(None, false, &default).unwrap(), p("plots/curves-2.png"));
+        std::fs::write(p("plots/curves-2.png"), b"2").unwrap();
+        assert_eq!(output_file(None, false, &default).unwrap(), p("plots/curves-3.png"));
+        // asked to replace: the default itself
+        assert_eq!(output_file(None, true, &default).unwrap(), default);
+        // a name without an extension
+        let bare = p("plots/report");
+        std::fs::write(&bare, b"r").unwrap();
+        assert_eq!(output_file(None, false, &bare).unwrap(), p("plots/report-2"));
+        // an explicit file: taken when absent or when asked, refused otherwise
+        let mine = p("mine.png");
+        assert_eq!(output_file(Some(&mine), false, &default).unwrap(), mine);
+        std::fs::write(&mine, b"m").unwrap();
+        let err = output_file(Some(&mine), false, &default).unwrap_err().to_string();
+        assert!(err.contains("mine.png") && err.contains("--overwrite"), "{err}");
+        assert_eq!(output_file(Some(&mine), true, &default).unwrap(), mine);
+        // nothing was written or removed by choosing
+        assert_eq!(std::fs::read(&default).unwrap(), b"1");
+        assert_eq!(std::fs::read(&mine).unwrap(), b"m");
+    }
     fn run_cli(args: &[&str]) -> Result<(), CliError> {
         let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
         run(cli.command)
@@ -589,6 +651,24 @@ mod tests {
             r["extra"].get("train_images_per_sec_augmented").is_none(),
             "--skip-augment"
         );
+        // a report is replaced only when asked, and refused before anything is measured
+        // (here, before the set too small to bench is read)
+        let before = std::fs::read(&json).unwrap();
+        let few = small_mnist(&dir.path().join("few"), 99, 1000);
+        let err = run_cli(&["bench", "--data", few.to_str().unwrap(), "--json", j]).unwrap_err();
+        assert!(err.to_string().contains("--overwrite"), "{err}");
+        assert_eq!(std::fs::read(&json).unwrap(), before);
+        let err = run_cli(&["bench", "--data", few.to_str().unwrap(), "--json", j, "--overwrite"]).unwrap_err();
+        assert!(err.to_string().contains("has 99 and 1000"), "{err}");
+        run_cli(
+            &[
+                &QUICK_BENCH[..],
+                &["--data", data.to_str().unwrap(), "--json", j, "--overwrite"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_ne!(std::fs::read(&json).unwrap(), before, "a new report");
     }
 
     /// The child of `bench --distributed`, run alone, trains on exactly the images its

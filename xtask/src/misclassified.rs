@@ -3,7 +3,7 @@
 //! `misclassified_mnist.py`); with `--validation N`, the digits of the validation split
 //! instead, so that a model's errors can be studied without looking at the test set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dl_data::{ImageSet, Mnist};
@@ -32,9 +32,13 @@ pub struct MisclassifiedArgs {
     /// The seed of the --validation split (train's default: 0).
     #[arg(long, default_value_t = 0, requires = "validation")]
     validation_seed: u64,
-    /// Output PNG file.
-    #[arg(long, default_value = "runs/misclassified.png")]
-    out: PathBuf,
+    /// Output PNG file (default: runs/misclassified.png, or runs/misclassified-2.png and
+    /// so on when that exists).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
     /// Show at most this many digits (the first ones, in test-set order).
     #[arg(long, default_value_t = 60)]
     max: usize,
@@ -99,11 +103,14 @@ const ZOOM: u32 = 3;
 const CELL_W: u32 = 28 * ZOOM + 20;
 const CELL_H: u32 = 28 * ZOOM + 26;
 const TITLE_H: u32 = 34;
+/// Where the grid goes without `--out`.
+const DEFAULT_OUT: &str = "runs/misclassified.png";
 
 pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
     if a.columns == 0 {
         return Err(CliError::Other("--columns must be at least 1".into()));
     }
+    let out = crate::output_file(a.out.as_deref(), a.overwrite, Path::new(DEFAULT_OUT))?;
     let mnist = Mnist::load(a.data.clone().unwrap_or_else(crate::default_data_dir))?;
     let (set, set_name) = scored_set(&a, mnist)?;
     let (mut model, name) = load_model(&a)?;
@@ -141,12 +148,12 @@ pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
         }
     );
     let png = grid_png(&set, shown, a.columns, &title)?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
     }
-    dl_tensor::fs::atomic_write(&a.out, &png).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+    dl_tensor::fs::atomic_write(&out, &png).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
     println!("{title}");
-    println!("wrote {}", a.out.display());
+    println!("wrote {}", out.display());
     Ok(())
 }
 
@@ -283,33 +290,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // into a folder not made yet
         let out = dir.path().join("sub/m.png");
-        run(MisclassifiedArgs {
+        let args = |max: usize, columns: usize, overwrite: bool| MisclassifiedArgs {
             params: vec![],
             ensemble: None,
             data: None,
             validation: None,
             validation_seed: 0,
-            out: out.clone(),
-            max: 25,
-            columns: 10,
-        })
-        .unwrap();
-        let reader = png::Decoder::new(std::fs::File::open(&out).unwrap())
-            .read_info()
-            .unwrap();
+            out: Some(out.clone()),
+            overwrite,
+            max,
+            columns,
+        };
+        let size = || {
+            let reader = png::Decoder::new(std::fs::File::open(&out).unwrap())
+                .read_info()
+                .unwrap();
+            (reader.info().width, reader.info().height)
+        };
+        run(args(25, 10, false)).unwrap();
         // 25 digits in rows of 10: three rows of 104x110-pixel cells under a 34-pixel title
-        assert_eq!((reader.info().width, reader.info().height), (1040, 34 + 3 * 110));
-        let e = run(MisclassifiedArgs {
-            params: vec![],
-            ensemble: None,
-            data: None,
-            validation: None,
-            validation_seed: 0,
-            out,
-            max: 25,
-            columns: 0,
-        })
-        .unwrap_err();
+        assert_eq!(size(), (1040, 34 + 3 * 110));
+        // the grid is not replaced unless asked
+        let e = run(args(10, 10, false)).unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        assert_eq!(size(), (1040, 34 + 3 * 110));
+        run(args(10, 10, true)).unwrap();
+        assert_eq!(size(), (1040, 34 + 110));
+        let e = run(args(25, 0, true)).unwrap_err();
         assert!(e.to_string().contains("--columns"));
     }
 

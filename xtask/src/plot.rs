@@ -20,9 +20,13 @@ pub struct PlotArgs {
     /// history.json files (as `cargo xtask train` writes them), one curve each.
     #[arg(required = true, value_name = "HISTORY.json")]
     histories: Vec<PathBuf>,
-    /// Output PNG file.
-    #[arg(long, default_value = "runs/curves.png")]
-    out: PathBuf,
+    /// Output PNG file (default: runs/curves.png, or runs/curves-2.png and so on when
+    /// that exists).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// One run's per-epoch figures, as drawn.
@@ -78,16 +82,17 @@ fn read_history(path: &Path) -> Result<History, CliError> {
 }
 
 pub fn run(a: PlotArgs) -> Result<(), CliError> {
+    let out = crate::output_file(a.out.as_deref(), a.overwrite, Path::new("runs/curves.png"))?;
     let mut curves = Vec::with_capacity(a.histories.len());
     for path in &a.histories {
         let h = read_history(path)?;
         curves.push(Curve::from_history(&label_of(path), &h));
     }
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
     }
-    write_curves(&a.out, &curves)?;
-    println!("wrote {} ({} runs)", a.out.display(), curves.len());
+    write_curves(&out, &curves)?;
+    println!("wrote {} ({} runs)", out.display(), curves.len());
     Ok(())
 }
 
@@ -418,18 +423,29 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, good).unwrap();
         let out = dir.path().join("sub/c.png");
-        run(PlotArgs {
-            histories: vec![path.clone()],
-            out: out.clone(),
-        })
-        .unwrap();
+        let plot = |overwrite: bool| {
+            run(PlotArgs {
+                histories: vec![path.clone()],
+                out: Some(out.clone()),
+                overwrite,
+            })
+        };
+        plot(false).unwrap();
+        assert_eq!(decode(&std::fs::read(&out).unwrap()).0, CHART_SIZE.0);
+        // an existing chart is replaced only when asked
+        std::fs::write(&out, b"mine").unwrap();
+        let e = plot(false).unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"mine");
+        plot(true).unwrap();
         assert_eq!(decode(&std::fs::read(&out).unwrap()).0, CHART_SIZE.0);
 
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, b"{\"epochs\": 3}").unwrap();
         let e = run(PlotArgs {
             histories: vec![path, bad.clone()],
-            out: dir.path().join("d.png"),
+            out: Some(dir.path().join("d.png")),
+            overwrite: false,
         })
         .unwrap_err()
         .to_string();
@@ -440,7 +456,8 @@ mod tests {
         );
         let missing = run(PlotArgs {
             histories: vec![dir.path().join("nope.json")],
-            out: dir.path().join("d.png"),
+            out: Some(dir.path().join("d.png")),
+            overwrite: false,
         })
         .unwrap_err()
         .to_string();

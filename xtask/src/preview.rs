@@ -1,7 +1,7 @@
 //! `cargo xtask augment-preview`: a PNG grid of MNIST digits, each row one digit: the
 //! original, then augmented copies, so a person can see what a recipe does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dl_data::{Mnist, Pipeline};
@@ -10,9 +10,13 @@ use crate::CliError;
 
 #[derive(Args)]
 pub struct PreviewArgs {
-    /// Output PNG file.
-    #[arg(long, default_value = "runs/augment-preview.png")]
-    out: PathBuf,
+    /// Output PNG file (default: runs/augment-preview.png, or runs/augment-preview-2.png
+    /// and so on when that exists).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
     /// Digits (rows).
     #[arg(long, default_value_t = 8)]
     rows: usize,
@@ -31,6 +35,7 @@ pub struct PreviewArgs {
 }
 
 pub fn run(a: PreviewArgs) -> Result<(), CliError> {
+    let out = crate::output_file(a.out.as_deref(), a.overwrite, Path::new("runs/augment-preview.png"))?;
     let mnist = Mnist::load(a.data.unwrap_or_else(crate::default_data_dir))?;
     let (h, w) = (mnist.train.height, mnist.train.width);
     let (rows, zoom, gap) = (a.rows.max(1), 3usize, 2usize);
@@ -56,13 +61,13 @@ pub fn run(a: PreviewArgs) -> Result<(), CliError> {
             .write_image_data(&pixels)
             .map_err(|e| CliError::Other(e.to_string()))?;
     }
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
     }
-    dl_tensor::fs::atomic_write(&a.out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", a.out.display())))?;
+    dl_tensor::fs::atomic_write(&out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
     println!(
         "wrote {} ({rows} digits: the original, then {} augmented copies)",
-        a.out.display(),
+        out.display(),
         a.copies
     );
     Ok(())
@@ -114,19 +119,28 @@ mod tests {
     fn writes_a_png_grid_of_the_asked_size() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("sub/p.png");
-        run(PreviewArgs {
-            out: out.clone(),
-            rows: 2,
+        let args = |rows: usize, overwrite: bool| PreviewArgs {
+            out: Some(out.clone()),
+            overwrite,
+            rows,
             copies: 3,
             elastic: true,
             seed: 1,
             data: None,
-        })
-        .unwrap();
-        let decoder = png::Decoder::new(std::fs::File::open(&out).unwrap());
-        let reader = decoder.read_info().unwrap();
-        let info = reader.info();
+        };
+        let size = || {
+            let decoder = png::Decoder::new(std::fs::File::open(&out).unwrap());
+            let reader = decoder.read_info().unwrap();
+            (reader.info().width, reader.info().height)
+        };
+        run(args(2, false)).unwrap();
         // 4 columns and 2 rows of 84-pixel cells with 2-pixel gaps
-        assert_eq!((info.width, info.height), (4 * 86 + 2, 2 * 86 + 2));
+        assert_eq!(size(), (4 * 86 + 2, 2 * 86 + 2));
+        // the file is not replaced unless asked
+        let err = run(args(1, false)).unwrap_err().to_string();
+        assert!(err.contains("--overwrite"), "{err}");
+        assert_eq!(size(), (4 * 86 + 2, 2 * 86 + 2));
+        run(args(1, true)).unwrap();
+        assert_eq!(size(), (4 * 86 + 2, 86 + 2));
     }
 }

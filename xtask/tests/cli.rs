@@ -96,6 +96,8 @@ fn misclassified_counts_the_members_behind_each_error() {
         "1000",
         "--out",
         out.to_str().unwrap(),
+        // the second run replaces the first's grid
+        "--overwrite",
         "--params",
     ];
     let two = stdout_of(&[&base[..], &[m0.as_str(), m1.as_str()]].concat());
