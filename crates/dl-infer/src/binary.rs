@@ -438,7 +438,14 @@ impl BinaryNetwork {
     }
 
     /// The scores of a batch `x` `(N, C, H, W)`: those of the float network, bit for bit.
+    /// On a rayon pool of one thread the pass runs on that thread, every layer's loops
+    /// inline ([`dl_tensor::on_pool`]).
     pub fn predict(&self, x: &Tensor) -> Result<Tensor, InferError> {
+        dl_tensor::on_pool(|| self.predict_here(x))
+    }
+
+    /// [`BinaryNetwork::predict`] on the calling thread.
+    fn predict_here(&self, x: &Tensor) -> Result<Tensor, InferError> {
         let (c, h, w) = self.input;
         if x.ndim() != 4 || x.shape()[1..] != [c, h, w] {
             return Err(InferError::Shape {

@@ -607,8 +607,15 @@ impl<E: Storage> InferenceNetwork<E> {
     }
 
     /// The scores of a batch `x` (`(N, C, H, W)` images, or whatever the first layer
-    /// takes), stored as `E` on the way in and widened to `f32` on the way out.
+    /// takes), stored as `E` on the way in and widened to `f32` on the way out. On a
+    /// rayon pool of one thread the pass runs on that thread, every layer's loops inline
+    /// ([`dl_tensor::on_pool`]).
     pub fn predict(&self, x: &Tensor) -> Result<Tensor, InferError> {
+        dl_tensor::on_pool(|| self.predict_here(x))
+    }
+
+    /// [`InferenceNetwork::predict`] on the calling thread.
+    fn predict_here(&self, x: &Tensor) -> Result<Tensor, InferError> {
         let x = Act {
             shape: x.shape().to_vec(),
             data: x.iter().map(|&v| E::from_f32(v)).collect(),

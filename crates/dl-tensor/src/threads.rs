@@ -10,8 +10,8 @@
 /// of a step (docs/PERFORMANCE.md, "Work started on a thread of the pool"). With more
 /// threads the idle ones must be woken either way, and starting the loops from inside
 /// the pool left the second core idle for part of a step in the runs measured there, so
-/// `f` runs where it is called. `Network`'s forward and backward passes and `cargo
-/// xtask`'s commands run through it.
+/// `f` runs where it is called. `Network`'s forward and backward passes, the passes of
+/// `dl-infer`'s float and binary engines and `cargo xtask`'s commands run through it.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if hands_over(rayon::current_num_threads(), rayon::current_thread_index().is_some()) {
         rayon::scope(|_| f())
