@@ -790,6 +790,8 @@ mod tests {
                         python,
                         "--json",
                         json.to_str().unwrap(),
+                        // each run replaces the last one's report
+                        "--overwrite",
                     ][..],
                 ]
                 .concat(),

@@ -45,8 +45,8 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    by_lanes, gradient_products, grid_filters_last, images_of_forward, images_of_gradient, multiply, pack_filters,
-    pad_channel, transform, WinogradConv, NR,
+    add_transformed_gradient, by_lanes, empty_accumulator, gradient_products, grid_filters_last, images_of_forward,
+    images_of_gradient, multiply, pack_filters, pad_channel, transform, WinogradConv, NR,
 };
 use crate::kernel::{check_forward_args, MR};
 use crate::{ConvGeometry, ConvKernel, GradientAccumulator, Isa};
@@ -516,13 +516,7 @@ impl ConvKernel for Winograd4Conv {
     /// An accumulator for [`Winograd4Conv::weight_gradient_image`] with no image in: its
     /// 36 positions' sums are allocated and stored by the first image's products.
     fn gradient_accumulator(&self) -> GradientAccumulator {
-        GradientAccumulator {
-            sums: Vec::new(),
-            db: vec![0.0; self.filters],
-            k: self.g.col_rows(),
-            fp: self.fp(),
-            winograd: Some((36, self.g.c.div_ceil(16) * 16)),
-        }
+        empty_accumulator(&self.g, self.filters, self.fp(), 36)
     }
 
     /// The filter gradient of one image, **added** to `acc`:
@@ -619,24 +613,7 @@ impl ConvKernel for Winograd4Conv {
     }
 
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
-        let (f, k) = (self.filters, acc.k);
-        let Some((36, cp)) = acc.winograd else {
-            panic!("Winograd4Conv: accumulator of another kernel")
-        };
-        assert_eq!(dw.len(), f * k, "Winograd4Conv: dW length");
-        assert_eq!(db.len(), f, "Winograd4Conv: db length");
-        // dW = Gᵀ dU G for every filter and channel; no image in, no sums (zeros)
-        for (fi, row) in dw.chunks_exact_mut(k).enumerate().filter(|_| !acc.sums.is_empty()) {
-            for (ci, g) in row.chunks_exact_mut(9).enumerate() {
-                let du: [f32; 36] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
-                for (v, d) in g.iter_mut().zip(transform_filter_gradient(&du)) {
-                    *v += d;
-                }
-            }
-        }
-        for (a, b) in db.iter_mut().zip(&acc.db) {
-            *a += b;
-        }
+        add_transformed_gradient("Winograd4Conv", self.filters, acc, (dw, db), transform_filter_gradient);
     }
 }
 

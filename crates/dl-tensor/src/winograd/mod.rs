@@ -416,14 +416,7 @@ impl ConvKernel for WinogradConv {
     /// An accumulator for [`WinogradConv::weight_gradient_image`] with no image in: its
     /// sums are allocated and stored by the first image's products (not cleared first).
     fn gradient_accumulator(&self) -> GradientAccumulator {
-        let cp = self.g.c.div_ceil(16) * 16;
-        GradientAccumulator {
-            sums: Vec::new(),
-            db: vec![0.0; self.filters],
-            k: self.g.col_rows(),
-            fp: self.fp(),
-            winograd: Some((16, cp)),
-        }
+        empty_accumulator(&self.g, self.filters, self.fp(), 16)
     }
 
     /// The filter gradient of one image, **added** to `acc`: `dW += dout · col(x)^T`,
@@ -507,25 +500,55 @@ impl ConvKernel for WinogradConv {
     }
 
     fn add_gradient(&self, acc: &GradientAccumulator, dw: &mut [f32], db: &mut [f32]) {
-        let (f, k) = (self.filters, acc.k);
-        let Some((16, cp)) = acc.winograd else {
-            panic!("WinogradConv: accumulator of another kernel")
-        };
-        assert_eq!(dw.len(), f * k, "WinogradConv: dW length");
-        assert_eq!(db.len(), f, "WinogradConv: db length");
-        // dW = Gᵀ dU G for every filter and channel (3x3 filters: k = 9 C); no image in,
-        // no sums (zeros)
-        for (fi, row) in dw.chunks_exact_mut(k).enumerate().filter(|_| !acc.sums.is_empty()) {
-            for (ci, g) in row.chunks_exact_mut(9).enumerate() {
-                let du: [f32; 16] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
-                for (v, d) in g.iter_mut().zip(transform_filter_gradient(&du)) {
-                    *v += d;
-                }
+        add_transformed_gradient("WinogradConv", self.filters, acc, (dw, db), transform_filter_gradient);
+    }
+}
+
+/// The filter-gradient accumulator of a Winograd kernel of `positions` transformed
+/// positions (16 for F(2x2, 3x3), 36 for F(4x4, 3x3)), `filters` filters padded to
+/// `fp`, with no image in: its sums are allocated and stored by the first image's
+/// products (not cleared first).
+fn empty_accumulator(g: &ConvGeometry, filters: usize, fp: usize, positions: usize) -> GradientAccumulator {
+    GradientAccumulator {
+        sums: Vec::new(),
+        db: vec![0.0; filters],
+        k: g.col_rows(),
+        fp,
+        winograd: Some((positions, g.c.div_ceil(16) * 16)),
+    }
+}
+
+/// [`ConvKernel::add_gradient`] of both Winograd kernels: `dW += Gᵀ dU G` for every
+/// filter and channel (3x3 filters: `k = 9 C`), `dU` the `P` transformed sums of `acc`
+/// and `transform` the kernel's `Gᵀ dU G`, and `db +=` the bias sums; no image in, no
+/// sums (zeros).
+///
+/// # Panics
+/// If `acc` is not a kernel's of `P` positions or a length does not match.
+fn add_transformed_gradient<const P: usize>(
+    kernel: &str,
+    filters: usize,
+    acc: &GradientAccumulator,
+    (dw, db): (&mut [f32], &mut [f32]),
+    transform: fn(&[f32; P]) -> [f32; 9],
+) {
+    let (f, k) = (filters, acc.k);
+    let cp = match acc.winograd {
+        Some((positions, cp)) if positions == P => cp,
+        _ => panic!("{kernel}: accumulator of another kernel"),
+    };
+    assert_eq!(dw.len(), f * k, "{kernel}: dW length");
+    assert_eq!(db.len(), f, "{kernel}: db length");
+    for (fi, row) in dw.chunks_exact_mut(k).enumerate().filter(|_| !acc.sums.is_empty()) {
+        for (ci, g) in row.chunks_exact_mut(9).enumerate() {
+            let du: [f32; P] = std::array::from_fn(|xi| acc.sums[(xi * cp + ci) * acc.fp + fi]);
+            for (v, d) in g.iter_mut().zip(transform(&du)) {
+                *v += d;
             }
         }
-        for (a, b) in db.iter_mut().zip(&acc.db) {
-            *a += b;
-        }
+    }
+    for (a, b) in db.iter_mut().zip(&acc.db) {
+        *a += b;
     }
 }
 
