@@ -4,7 +4,7 @@ use dl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{affine_params, check_input, check_params, check_size, conv_params, model_type, Seeds, MAX_SIZE};
+use crate::blocks::{affine_params, check_vgg_style, conv_params, model_type, Seeds};
 use crate::{ModelError, Network};
 
 /// The settings of a [`BinaryConvNet`].
@@ -87,22 +87,15 @@ impl BinaryConvNet {
     pub fn try_new(config: BinaryConvNetConfig, seed: u64) -> Result<Self, ModelError> {
         let kind = "BinaryConvNet";
         let (c0, h0, w0) = config.input_dim;
-        check_input(kind, config.input_dim)?;
-        check_size(kind, "number of blocks", config.blocks.len(), 8)?;
-        for &(n, c) in &config.blocks {
-            check_size(kind, "convolutions in a block", n, 8)?;
-            check_size(kind, "block channels", c, MAX_SIZE)?;
-        }
-        check_size(kind, "hidden size", config.hidden_size, MAX_SIZE)?;
-        check_size(kind, "output size", config.output_size, MAX_SIZE)?;
-        check_params(kind, config.param_count())?;
+        check_vgg_style(
+            kind,
+            config.input_dim,
+            &config.blocks,
+            (config.hidden_size, config.output_size),
+            None,
+            || config.param_count(),
+        )?;
         let (mut c, mut h, mut w) = config.input_dim;
-        if h >> config.blocks.len() == 0 || w >> config.blocks.len() == 0 {
-            return Err(ModelError::Config {
-                kind: kind.into(),
-                message: format!("a {h}x{w} image cannot be halved {} times", config.blocks.len()),
-            });
-        }
         let mut seeds = Seeds::new(seed);
         let mut features = Sequential::new();
         let mut first = true;

@@ -115,6 +115,42 @@ pub(crate) fn check_ratio(kind: &str, ratio: f32) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// The checks a VGG-style configuration ([`Vgg`](crate::Vgg),
+/// [`BinaryConvNet`](crate::BinaryConvNet)) passes before anything is built: its input;
+/// 1 to 8 blocks of 1 to 8 convolutions of 1 to [`MAX_SIZE`] channels; the hidden and
+/// output sizes; the dropout ratio, when it has one; the parameter count (`param_count`,
+/// asked for once the sizes are known to be in range); and an image that each block
+/// can halve.
+pub(crate) fn check_vgg_style(
+    kind: &str,
+    input_dim: (usize, usize, usize),
+    blocks: &[(usize, usize)],
+    (hidden_size, output_size): (usize, usize),
+    dropout_ratio: Option<f32>,
+    param_count: impl FnOnce() -> u128,
+) -> Result<(), ModelError> {
+    check_input(kind, input_dim)?;
+    check_size(kind, "number of blocks", blocks.len(), 8)?;
+    for &(n, c) in blocks {
+        check_size(kind, "convolutions in a block", n, 8)?;
+        check_size(kind, "block channels", c, MAX_SIZE)?;
+    }
+    check_size(kind, "hidden size", hidden_size, MAX_SIZE)?;
+    check_size(kind, "output size", output_size, MAX_SIZE)?;
+    if let Some(ratio) = dropout_ratio {
+        check_ratio(kind, ratio)?;
+    }
+    check_params(kind, param_count())?;
+    let (_, h, w) = input_dim;
+    if h >> blocks.len() == 0 || w >> blocks.len() == 0 {
+        return Err(ModelError::Config {
+            kind: kind.into(),
+            message: format!("a {h}x{w} image cannot be halved {} times", blocks.len()),
+        });
+    }
+    Ok(())
+}
+
 /// `Deref`/`DerefMut` to the [`Network`](crate::Network) field and `into_network`, for
 /// a model type `$t { network: Network, config: $c }`.
 macro_rules! model_type {
