@@ -2,27 +2,33 @@
 //! its own, so its global pool and its allocator can be set).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dl_infer::{BinaryNetwork, Inference, Precision};
 use dl_layers::Tensor;
 use dl_models::ModelConfig;
 
-/// The system allocator, counting the allocations of [`WATCHED`] bytes made on threads
-/// outside rayon's pool.
+/// The system allocator, counting the allocations of [`WATCHED`] bytes made on a thread
+/// that [`CALLER`] marks (outside rayon's pool).
 struct Watching;
+
+thread_local! {
+    /// Whether this thread's allocations are counted.
+    static CALLER: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The size of the copy of a batch an engine's pass makes first: 5 images of 1 x 28 x
 /// 28 as `f32`, which no other allocation of these passes on the calling thread has.
 const WATCHED: usize = 5 * 28 * 28 * 4;
 
-static OUTSIDE_THE_POOL: AtomicUsize = AtomicUsize::new(0);
+static ON_THE_CALLER: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is the system allocator's, with its arguments unchanged.
 unsafe impl GlobalAlloc for Watching {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() == WATCHED && rayon::current_thread_index().is_none() {
-            OUTSIDE_THE_POOL.fetch_add(1, Ordering::Relaxed);
+        if layout.size() == WATCHED && CALLER.with(Cell::get) {
+            ON_THE_CALLER.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: as the trait's contract, passed on.
         unsafe { System.alloc(layout) }
@@ -48,9 +54,10 @@ fn on_one_thread_the_passes_run_on_the_pools_thread() {
         std::thread::scope(|s| {
             s.spawn(|| {
                 assert_eq!(rayon::current_thread_index(), None);
-                let before = OUTSIDE_THE_POOL.load(Ordering::Relaxed);
+                CALLER.with(|c| c.set(true));
+                let before = ON_THE_CALLER.load(Ordering::Relaxed);
                 pass(&x);
-                OUTSIDE_THE_POOL.load(Ordering::Relaxed) - before
+                ON_THE_CALLER.load(Ordering::Relaxed) - before
             })
             .join()
             .unwrap()
