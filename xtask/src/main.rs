@@ -206,27 +206,33 @@ pub fn refuse_to_replace(path: &Path, overwrite: bool) -> Result<(), CliError> {
 }
 
 /// The file a command writes its output to: `out` if it is absent or `overwrite` was
-/// passed, else an error; without `out`, `default` or the first of `NAME-2.EXT`,
-/// `NAME-3.EXT`, ... beside it that is absent. Never a file that holds something, unless
-/// asked (as [`refuse_to_replace`], and as `train` picks its run folder).
+/// passed, else an error; without `out`, `default` (with `overwrite`) or the first
+/// [`first_free`] name beside it. Never a file that holds something, unless asked (as
+/// [`refuse_to_replace`]).
 pub fn output_file(out: Option<&Path>, overwrite: bool, default: &Path) -> Result<PathBuf, CliError> {
     if let Some(path) = out {
         refuse_to_replace(path, overwrite)?;
         return Ok(path.to_path_buf());
     }
-    let taken = |p: &Path| {
+    if overwrite {
+        return Ok(default.to_path_buf());
+    }
+    first_free(default, |p| {
         p.try_exists()
             .map_err(|e| CliError::Other(format!("{}: {e}", p.display())))
-    };
-    let mut path = default.to_path_buf();
-    if overwrite {
-        return Ok(path);
-    }
+    })
+}
+
+/// `default`, or the first of `NAME-2.EXT`, `NAME-3.EXT`, ... beside it (`NAME-2` and so
+/// on for a name without an extension) that is not `taken`: where a command's default
+/// output goes without replacing an earlier one.
+pub fn first_free(default: &Path, taken: impl Fn(&Path) -> Result<bool, CliError>) -> Result<PathBuf, CliError> {
     let stem = default.file_stem().unwrap_or_default().to_string_lossy();
     let ext = default
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
+    let mut path = default.to_path_buf();
     let mut k = 1;
     while taken(&path)? {
         k += 1;

@@ -986,15 +986,7 @@ fn new_run_folder(out: Option<&Path>, overwrite: bool, base: &Path) -> Result<Pa
             dir.display(),
             dir.display()
         ))),
-        None => {
-            let mut dir = base.to_path_buf();
-            let mut k = 1;
-            while holds_files(&dir)? {
-                k += 1;
-                dir = PathBuf::from(format!("{}-{k}", base.display()));
-            }
-            Ok(dir)
-        }
+        None => crate::first_free(base, holds_files),
     }
 }
 
