@@ -241,6 +241,15 @@ pub fn first_free(default: &Path, taken: impl Fn(&Path) -> Result<bool, CliError
     Ok(path)
 }
 
+/// Writes `bytes` to `path` atomically ([`dl_tensor::fs::atomic_write`]), making its
+/// folder first if it is missing.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
+    }
+    dl_tensor::fs::atomic_write(path, bytes).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
+}
+
 fn main() -> ExitCode {
     let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = dl_tensor::Isa::from_env() {
@@ -364,6 +373,7 @@ mod tests {
         assert_eq!(std::fs::read(&default).unwrap(), b"1");
         assert_eq!(std::fs::read(&mine).unwrap(), b"m");
     }
+
     fn run_cli(args: &[&str]) -> Result<(), CliError> {
         let cli = parse_from(std::iter::once("xtask").chain(args.iter().copied())).expect("valid flags");
         run(cli.command)

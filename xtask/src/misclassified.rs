@@ -148,10 +148,7 @@ pub fn run(a: MisclassifiedArgs) -> Result<(), CliError> {
         }
     );
     let png = grid_png(&set, shown, a.columns, &title)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
-    }
-    dl_tensor::fs::atomic_write(&out, &png).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    crate::write_output(&out, &png)?;
     println!("{title}");
     println!("wrote {}", out.display());
     Ok(())

@@ -88,18 +88,14 @@ pub fn run(a: PlotArgs) -> Result<(), CliError> {
         let h = read_history(path)?;
         curves.push(Curve::from_history(&label_of(path), &h));
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
-    }
     write_curves(&out, &curves)?;
     println!("wrote {} ({} runs)", out.display(), curves.len());
     Ok(())
 }
 
-/// Writes the chart of `curves` to `path` as a PNG, atomically.
+/// Writes the chart of `curves` to `path` as a PNG ([`crate::write_output`]).
 pub fn write_curves(path: &Path, curves: &[Curve]) -> Result<(), CliError> {
-    let png = curves_png(curves)?;
-    dl_tensor::fs::atomic_write(path, &png).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
+    crate::write_output(path, &curves_png(curves)?)
 }
 
 fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> CliError {

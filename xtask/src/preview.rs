@@ -61,10 +61,7 @@ pub fn run(a: PreviewArgs) -> Result<(), CliError> {
             .write_image_data(&pixels)
             .map_err(|e| CliError::Other(e.to_string()))?;
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
-    }
-    dl_tensor::fs::atomic_write(&out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    crate::write_output(&out, &bytes)?;
     println!(
         "wrote {} ({rows} digits: the original, then {} augmented copies)",
         out.display(),
